@@ -1,0 +1,124 @@
+"""Pieces shared by the Hugging Face families: activations, attention masks and weights, the post-LN encoder layer.
+
+Module names are the dotted names of the tensors in Hugging Face checkpoints (a Dense named
+"attention.self.query" holds `attention.self.query.weight`), so the loader maps a parameter path to its tensor by
+joining the path with dots (see checkpoint.py).
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kd_jax.errors import UserError
+
+# transformers' ACT2FN names of the activations these families use. "gelu" is the exact erf form.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+# Added to the attention scores of masked keys: softmax gives them weight 0, and a fully masked row (a padding
+# example) gets uniform weights instead of NaN.
+MASKED_SCORE = float(jnp.finfo(jnp.float32).min)
+
+
+def check_activation(name: str, checkpoint: str) -> str:
+  """Returns `name` (an activation named in a checkpoint's config.json) if it is one of ACTIVATIONS."""
+  if name not in ACTIVATIONS:
+    raise UserError(f"checkpoint {checkpoint}: activation {name!r} is not supported; supported: "
+                    f"{', '.join(ACTIVATIONS)}")
+  return name
+
+
+def padding_bias(attention_mask: jax.Array) -> jax.Array:
+  """Additive attention bias [batch, 1, 1, keys] (float32): 0 where attention_mask [batch, keys] is 1, else masked."""
+  return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, MASKED_SCORE).astype(jnp.float32)
+
+
+def attention_probabilities(query: jax.Array, key: jax.Array, bias: jax.Array, scale: float = 1.0) -> jax.Array:
+  """softmax(scale * q kᵀ + bias) over keys, in float32.
+
+  Args:
+    query: [batch, queries, heads, head_dim].
+    key: [batch, keys, heads, head_dim].
+    bias: broadcastable to [batch, heads, queries, keys]: masks and position biases.
+    scale: multiplies the scores before the bias is added (BERT: head_dim**-0.5; T5: 1).
+
+  Returns:
+    [batch, heads, queries, keys], float32.
+  """
+  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+  return jax.nn.softmax(scores * scale + bias, axis=-1)
+
+
+def attention_output(probabilities: jax.Array, value: jax.Array) -> jax.Array:
+  """Σ_k p[b, h, q, k] v[b, k, h, :] -> [batch, queries, heads * head_dim] in value's dtype."""
+  mixed = jnp.einsum("bhqk,bkhd->bqhd", probabilities.astype(value.dtype), value)
+  return mixed.reshape(mixed.shape[:2] + (-1,))
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderDims:
+  """Sizes and rates of a BERT-style post-LN encoder, read from the family's config.json."""
+  hidden_size: int
+  num_heads: int
+  intermediate_size: int
+  activation: str
+  layer_norm_eps: float
+  hidden_dropout: float
+  attention_dropout: float
+  # BERT/RoBERTa drop the attention block's output before the residual; DistilBERT does not.
+  attention_output_dropout: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderLayerNames:
+  """Checkpoint names of the tensors of one encoder layer (relative to the layer)."""
+  query: str
+  key: str
+  value: str
+  attention_out: str
+  attention_norm: str
+  ffn_in: str
+  ffn_out: str
+  ffn_norm: str
+
+
+class EncoderLayer(nn.Module):
+  """Post-LN transformer layer: h = LN(x + MHA(x)); out = LN(h + W2 act(W1 h)), with HF's dropouts."""
+  dims: EncoderDims
+  names: EncoderLayerNames
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, hidden: jax.Array, bias: jax.Array, train: bool) -> jax.Array:
+    """hidden [batch, length, hidden_size], bias [batch, 1, 1, length] -> [batch, length, hidden_size]."""
+    dims, names = self.dims, self.names
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    layer_norm = functools.partial(nn.LayerNorm, epsilon=dims.layer_norm_eps, use_fast_variance=False,
+                                   dtype=self.dtype, param_dtype=self.param_dtype)
+    head_dim = dims.hidden_size // dims.num_heads
+    split_heads = lambda x: x.reshape(x.shape[:2] + (dims.num_heads, head_dim))
+    query = split_heads(dense(dims.hidden_size, name=names.query)(hidden))
+    key = split_heads(dense(dims.hidden_size, name=names.key)(hidden))
+    value = split_heads(dense(dims.hidden_size, name=names.value)(hidden))
+    probabilities = attention_probabilities(query, key, bias, scale=head_dim**-0.5)
+    probabilities = nn.Dropout(dims.attention_dropout)(probabilities, deterministic=not train)
+    attended = dense(dims.hidden_size, name=names.attention_out)(attention_output(probabilities, value))
+    if dims.attention_output_dropout:
+      attended = nn.Dropout(dims.hidden_dropout)(attended, deterministic=not train)
+    hidden = layer_norm(name=names.attention_norm)(hidden + attended)
+
+    intermediate = ACTIVATIONS[dims.activation](dense(dims.intermediate_size, name=names.ffn_in)(hidden))
+    transformed = dense(dims.hidden_size, name=names.ffn_out)(intermediate)
+    transformed = nn.Dropout(dims.hidden_dropout)(transformed, deterministic=not train)
+    return layer_norm(name=names.ffn_norm)(hidden + transformed)

@@ -1,0 +1,108 @@
+"""from_pretrained: a Hugging Face checkpoint (hub id or directory) -> (Flax module, params); the registry's create."""
+
+import dataclasses
+import inspect
+import types
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from kd_jax.errors import UserError
+from kd_jax.models.hf import bert
+from kd_jax.models.hf import checkpoint as checkpoint_lib
+from kd_jax.models.hf import distilbert
+from kd_jax.models.hf import t5
+
+# config.json model_type -> the module building that family's Flax models.
+FAMILIES: dict[str, types.ModuleType] = {"bert": bert, "roberta": bert, "distilbert": distilbert, "t5": t5}
+TASKS = ("encoder", "sequence_classification", "seq2seq")
+
+
+def from_pretrained(name_or_path: str, task: str = "sequence_classification", *, num_labels: int | None = None,
+                    dtype: Any = "float32", param_dtype: Any = "float32", rng: jax.Array | None = None):
+  """Builds the Flax model of a Hugging Face checkpoint for `task` and loads its weights.
+
+  Args:
+    name_or_path: a local directory with config.json and weights, or a hub id (through huggingface_hub's cache;
+      HF_HUB_OFFLINE=1 uses the cache only).
+    task: "encoder" (last hidden states [batch, length, hidden]), "sequence_classification" (logits
+      [batch, num_labels]) or "seq2seq" (LM logits [batch, target_length, vocab]).
+    num_labels: classification only. Required when the checkpoint has no classification head (a fresh one is
+      initialized from `rng`); must match the head of a fine-tuned classifier, which is loaded as is.
+    dtype: dtype of the computation ("float32", "bfloat16" or a jnp dtype).
+    param_dtype: dtype the weights are converted to while loading.
+    rng: PRNG key of a fresh head; defaults to jax.random.key(0).
+
+  Returns:
+    (module, params): call `module.apply({"params": params}, input_ids=..., attention_mask=...)` (plus
+    `decoder_input_ids=...` for seq2seq; `train=True, rngs={"dropout": key}` for dropout).
+  """
+  if task not in TASKS:
+    raise UserError(f"checkpoint {name_or_path}: task {task!r} is not one of {', '.join(TASKS)}")
+  directory = checkpoint_lib.resolve(name_or_path)
+  raw_config = checkpoint_lib.read_config(directory, name_or_path)
+  model_type = raw_config.get("model_type")
+  if model_type not in FAMILIES:
+    architectures = ", ".join(raw_config.get("architectures") or ["none listed"])
+    raise UserError(f"checkpoint {name_or_path}: model_type {model_type!r} (architectures: {architectures}) is not "
+                    f"supported; supported model types: {', '.join(sorted(FAMILIES))}")
+  family = FAMILIES[model_type]
+  if task not in family.SUPPORTED_TASKS:
+    raise UserError(f"checkpoint {name_or_path}: task {task!r} is not supported for model_type {model_type!r}; "
+                    f"supported: {', '.join(family.SUPPORTED_TASKS)}")
+  import transformers  # pylint: disable=g-import-not-at-top  (heavy; only loading needs it)
+  config = transformers.AutoConfig.from_pretrained(directory)
+  dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
+  with checkpoint_lib.open_tensors(directory, name_or_path) as source:
+    if task == "sequence_classification":
+      num_labels = _num_labels(source, family.classifier_tensor(config), num_labels, name_or_path)
+    architecture = family.build(config, checkpoint=name_or_path, task=task, num_labels=num_labels, dtype=dtype,
+                                param_dtype=param_dtype)
+    params = checkpoint_lib.load_params(architecture, source, checkpoint=name_or_path, param_dtype=param_dtype,
+                                        rng=jax.random.key(0) if rng is None else rng)
+  return architecture.module, params
+
+
+def _num_labels(source: checkpoint_lib.TensorSource, classifier_tensor: str, num_labels: int | None,
+                checkpoint: str) -> int:
+  """The classifier's output size: the checkpoint's head if it has one (num_labels must agree), else num_labels."""
+  if classifier_tensor in source.names():
+    checkpoint_labels = source.shape(classifier_tensor)[0]
+    if num_labels is not None and num_labels != checkpoint_labels:
+      raise UserError(f"checkpoint {checkpoint} has a {checkpoint_labels}-label classification head "
+                      f"({classifier_tensor}) but num_labels={num_labels} was asked for")
+    return checkpoint_labels
+  if num_labels is None:
+    raise UserError(f"checkpoint {checkpoint} has no classification head ({classifier_tensor}); pass num_labels "
+                    "to add a freshly initialized one")
+  return num_labels
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistryModel:
+  """The registry's calling convention over a from_pretrained module: apply(variables, inputs, train, rngs).
+
+  `inputs` is the data pipeline's dict of token arrays; keys the module's __call__ does not take
+  (token_type_ids for DistilBERT or T5) are left out.
+  """
+  module: Any
+
+  def apply(self, variables, inputs, train: bool = False, rngs=None):
+    input_names = inspect.signature(type(self.module).__call__).parameters
+    model_inputs = {name: array for name, array in inputs.items() if name in input_names and name != "train"}
+    return self.module.apply(variables, **model_inputs, train=train, rngs=rngs)
+
+
+def create(model_config, *, num_classes: int, example_inputs, rng):
+  """Registry hook (kd_jax.models.create): `model_config.checkpoint` loaded for `model_config.task`.
+
+  task None means "sequence_classification" with `num_classes` labels; "seq2seq" returns LM logits and ignores
+  num_classes. example_inputs is not needed: the shapes come from the checkpoint's config.
+  """
+  del example_inputs
+  task = model_config.task or "sequence_classification"
+  module, params = from_pretrained(
+      model_config.checkpoint, task, num_labels=num_classes if task == "sequence_classification" else None,
+      dtype=model_config.dtype, param_dtype=model_config.param_dtype, rng=rng)
+  return RegistryModel(module), params
