@@ -12,10 +12,11 @@ tokenizer_config.json) and loads with `transformers.AutoModel*.from_pretrained` 
 
   bert/           BertForSequenceClassification, 2 labels, WordPiece tokenizer (vocab 128)
   roberta/        RobertaForSequenceClassification, 2 labels, byte-level BPE tokenizer (vocab 300, pad id 1)
-  distilbert/     DistilBertForSequenceClassification, 2 labels, bert/'s WordPiece tokenizer without token types
+  distilbert/     DistilBertForSequenceClassification, 2 labels, a WordPiece tokenizer trained like bert/'s (its own
+                  vocabulary order), without token types
   t5/             T5ForConditionalGeneration, original T5: ReLU, LM head tied to the shared embedding (scaled)
   t5_v1_1/        T5ForConditionalGeneration, T5 v1.1 / FLAN-T5: gated-GELU, untied lm_head, config.json in the
-                  FLAN-T5 form (tie_word_embeddings: false); both T5s: Unigram tokenizer (vocab 128, </s> appended)
+                  FLAN-T5 form (tie_word_embeddings: false); both T5s: Unigram tokenizer (vocab 120, </s> appended)
   bert_sharded/   bert/'s weights in 3 safetensors shards with model.safetensors.index.json
   bert_msgpack/   bert/'s weights as flax_model.msgpack in the layout of transformers' former Flax models
 

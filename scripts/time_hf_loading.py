@@ -10,10 +10,8 @@ further calls. Imports of jax / torch / transformers themselves are not counted.
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
-import time
 
 REPEATS = 5
 

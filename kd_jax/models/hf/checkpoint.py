@@ -169,7 +169,8 @@ def open_tensors(directory: pathlib.Path, checkpoint: str) -> Iterator[TensorSou
 
 
 def tensor_name(path: tuple[str, ...]) -> str:
-  """The checkpoint name of the parameter at `path`: ("bert", "encoder.layer.0", "kernel") -> "bert.encoder...weight"."""
+  """The checkpoint name of a parameter: ("bert", "encoder.layer.0.output.dense", "kernel") ->
+  "bert.encoder.layer.0.output.dense.weight"."""
   leaf = path[-1]
   return ".".join(path[:-1] + ("bias" if leaf == "bias" else "weight",))
 

@@ -234,6 +234,8 @@ class T5ForConditionalGeneration(nn.Module):
 
   def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                train: bool = False) -> jax.Array:
+    if decoder_input_ids is None:
+      raise ValueError("T5ForConditionalGeneration needs decoder_input_ids (e.g. shift_right(labels, ...))")
     encoder_hidden = self.encode(input_ids, attention_mask, train=train)
     return self.decode(decoder_input_ids, encoder_hidden, attention_mask, decoder_attention_mask, train=train)
 
