@@ -1,0 +1,19 @@
+"""Errors meant for the user: one line, no traceback, exit code 2 from main.py."""
+
+
+class UserError(Exception):
+  """Bad input (config value, path, data file, checkpoint) the user can fix.
+
+  The message is the whole report: name the field or file, the value, and what is allowed.
+  main.py prints it as a single line and exits with status 2.
+  """
+
+
+class ConfigError(UserError):
+  """An invalid config value: `config.<field>=<value>: <what is allowed>`."""
+
+  def __init__(self, field: str, value, allowed: str):
+    self.field = field
+    self.value = value
+    self.allowed = allowed
+    super().__init__(f"config.{field}={value!r}: {allowed}")

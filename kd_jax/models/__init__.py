@@ -1,0 +1,56 @@
+"""Model registry: configs name a model (`config.student.name="mlp"`), each model module knows how to build itself.
+
+Every registered module exposes
+
+    create(model_config, *, num_classes, example_inputs, rng) -> (flax module, params)
+
+and the returned module is called as
+
+    module.apply({"params": params}, inputs, train=bool, rngs={"dropout": key})
+
+where `inputs` is what the data pipeline puts in `batch["inputs"]` (a float array [batch, features] for the MLP
+tasks, a dict of token arrays for text) and the result is logits ([batch, num_classes] for classification).
+Modules are imported on first use so that `import kd_jax` stays cheap.
+"""
+
+import importlib
+
+from kd_jax.errors import ConfigError
+
+_MODEL_MODULES = {
+    "mlp": "kd_jax.models.mlp",
+    "hf": "kd_jax.models.hf",
+}
+
+
+def names() -> tuple[str, ...]:
+  """The model names a config may use."""
+  return tuple(_MODEL_MODULES)
+
+
+def create(model_config, *, num_classes: int, example_inputs, rng, field: str = "model"):
+  """Builds the model named by `model_config.name` and its initial (or pretrained) parameters.
+
+  Args:
+    model_config: the `config.teacher` or `config.student` section.
+    num_classes: size of the classifier output.
+    example_inputs: one batch of inputs (shapes and dtypes only matter), used to initialize parameters.
+    rng: PRNG key for freshly initialized parameters.
+    field: the config path of `model_config`, for error messages.
+
+  Returns:
+    (module, params).
+  """
+  if model_config.name not in _MODEL_MODULES:
+    raise ConfigError(f"{field}.name", model_config.name, f"allowed: {', '.join(names())}")
+  module = importlib.import_module(_MODEL_MODULES[model_config.name])
+  return module.create(model_config, num_classes=num_classes, example_inputs=example_inputs, rng=rng)
+
+
+def from_pretrained(name_or_path: str, task: str = "sequence_classification", **kwargs):
+  """A Hugging Face checkpoint (hub id or directory) as (Flax module, params); see kd_jax.models.hf.from_pretrained.
+
+  task: "encoder", "sequence_classification" or "seq2seq"; kwargs: num_labels, dtype, param_dtype, rng.
+  """
+  from kd_jax.models import hf  # pylint: disable=g-import-not-at-top  (jax, transformers: only when used)
+  return hf.from_pretrained(name_or_path, task, **kwargs)
