@@ -1,0 +1,156 @@
+"""Distillation losses, pure JAX.
+
+Shapes: `logits` are [..., num_classes] (examples [batch, C] or tokens [batch, length, C]); per-example (or
+per-token) functions return [...] without the class axis. Reductions to a scalar happen in `global_mean`, which
+normalizes by the weight of the *global* batch so the loss does not depend on how the batch is split over devices.
+
+Notation: z_s, z_t student and teacher logits; p^T = softmax(z / T); y integer labels, -1 for "no label" (the
+unlabeled transfer set, or GLUE's test split).
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "js", "mse")
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """CE(y, p) = -sum_c q_c log softmax(z)_c with q = (1 - eps) onehot(y) + eps / C.
+
+  Args:
+    logits: [..., C].
+    labels: [...] int; negative labels (no label) give 0.
+    label_smoothing: eps in [0, 1).
+
+  Returns:
+    [...] per-example cross-entropy.
+  """
+  num_classes = logits.shape[-1]
+  log_probs = jax.nn.log_softmax(logits)
+  targets = jax.nn.one_hot(labels, num_classes, dtype=log_probs.dtype)
+  targets = (1.0 - label_smoothing) * targets + label_smoothing / num_classes
+  loss = -jnp.sum(targets * log_probs, axis=-1)
+  return jnp.where(labels >= 0, loss, 0.0)
+
+
+def _kl_from_log_probs(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
+  """KL(p || q) = sum_c p_c (log p_c - log q_c), with 0 log 0 = 0."""
+  p = jnp.exp(log_p)
+  return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+
+
+def divergence(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float, kind: str = "forward_kl",
+               t2_scaling: bool = True) -> jax.Array:
+  """Per-example distillation divergence s * D(z_s / T, z_t / T) with s = T^2 if t2_scaling else 1.
+
+  D is one of
+    forward_kl: KL(p_t^T || p_s^T)                      (Hinton et al. 2015)
+    reverse_kl: KL(p_s^T || p_t^T)
+    js:         (KL(p_t^T || m) + KL(p_s^T || m)) / 2,   m = (p_t^T + p_s^T) / 2
+    mse:        mean_c (z_s/T - z_t/T)_c^2               (logit matching; with T^2 scaling T cancels)
+  With T^2 scaling the gradient of forward KL w.r.t. z_s is T (p_s^T - p_t^T), and as T grows T^2 KL tends to
+  (1/2) mean_c (z_s - z_t)_c^2 for zero-mean logits, i.e. half the mse divergence.
+
+  Args:
+    student_logits, teacher_logits: [..., C].
+    temperature: T > 0 (a Python float or a traced scalar, so that sweeps can vmap over it).
+    kind: one of DIVERGENCES.
+    t2_scaling: multiply by T^2.
+
+  Returns:
+    [...] per-example divergence.
+  """
+  student_scaled = student_logits.astype(jnp.float32) / temperature
+  teacher_scaled = teacher_logits.astype(jnp.float32) / temperature
+  if kind == "mse":
+    value = jnp.mean(jnp.square(student_scaled - teacher_scaled), axis=-1)
+  else:
+    log_p_s = jax.nn.log_softmax(student_scaled)
+    log_p_t = jax.nn.log_softmax(teacher_scaled)
+    if kind == "forward_kl":
+      value = _kl_from_log_probs(log_p_t, log_p_s)
+    elif kind == "reverse_kl":
+      value = _kl_from_log_probs(log_p_s, log_p_t)
+    elif kind == "js":
+      log_m = jnp.logaddexp(log_p_s, log_p_t) - jnp.log(2.0)
+      value = 0.5 * (_kl_from_log_probs(log_p_t, log_m) + _kl_from_log_probs(log_p_s, log_m))
+    else:
+      raise ValueError(f"unknown divergence {kind!r}; allowed: {', '.join(DIVERGENCES)}")
+  if t2_scaling:
+    value = value * jnp.square(temperature)
+  return value
+
+
+def global_mean(values: jax.Array, weights: jax.Array, axis_name: str | None = None) -> jax.Array:
+  """Weighted mean over the global batch: sum(w * v) / sum(w), summed over every device on `axis_name`.
+
+  Inside a data-parallel step (`axis_name` bound by shard_map) this returns this device's share, normalized by the
+  *mean per-device* weight, so that `lax.pmean` of the result (and of its gradients) is exactly the global
+  weighted mean: pmean_d(S_d / mean_d W_d) = sum_d S_d / sum_d W_d. A micro-batch or device holding few (or no)
+  real tokens therefore weighs what its tokens weigh, not what its batch slot weighs. Returns 0 when the global
+  weight is 0 (e.g. a batch without labeled examples).
+
+  Args:
+    values: [...] per-example or per-token values.
+    weights: [...] non-negative weights of the same shape (0 for padding or for missing labels).
+    axis_name: the data-parallel mesh axis, or None outside a mapped context.
+  """
+  weighted_sum = jnp.sum(values * weights)
+  weight_sum = jnp.sum(weights).astype(values.dtype)
+  if axis_name is not None:
+    weight_sum = jax.lax.pmean(weight_sum, axis_name)
+  return jnp.where(weight_sum > 0, weighted_sum / jnp.where(weight_sum > 0, weight_sum, 1.0), 0.0)
+
+
+class LossWeights(NamedTuple):
+  """Weights of the two terms: loss = hard * CE + soft * D (D already carries T^2 when t2_scaling)."""
+  hard: jax.Array | float
+  soft: jax.Array | float
+
+
+def loss_weights(alpha: float | None, ce_weight: float | None, kd_weight: float | None) -> LossWeights:
+  """Hinton form (alpha given): hard = 1 - alpha, soft = alpha. Explicit form: hard = ce_weight, soft = kd_weight."""
+  if alpha is not None:
+    assert ce_weight is None and kd_weight is None, "use either alpha or ce_weight/kd_weight, not both"
+    return LossWeights(hard=1.0 - alpha, soft=alpha)
+  assert ce_weight is not None and kd_weight is not None, "the explicit form needs both ce_weight and kd_weight"
+  return LossWeights(hard=ce_weight, soft=kd_weight)
+
+
+class DistillationTerms(NamedTuple):
+  """The scalar loss and its parts (global means), for logging."""
+  loss: jax.Array
+  hard: jax.Array
+  soft: jax.Array
+
+
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | None, labels: jax.Array,
+                      example_weights: jax.Array, *, weights: LossWeights, temperature: float,
+                      label_smoothing: float = 0.0, divergence_kind: str = "forward_kl", t2_scaling: bool = True,
+                      axis_name: str | None = None) -> DistillationTerms:
+  """loss = w_hard * mean_{labeled} CE(y, p_s) + w_soft * mean_{all} s * D(z_s / T, z_t / T).
+
+  The hard term averages over labeled positions only (labels >= 0); the soft term over every real position, so
+  unlabeled examples (the transfer set) contribute only to the distillation term. Works per example
+  ([batch, C] logits, [batch] labels) and per token ([batch, length, C] logits, [batch, length] labels with
+  `example_weights` 0 on padding); both means are over the global batch (see `global_mean`).
+
+  Args:
+    student_logits: [..., C].
+    teacher_logits: [..., C], or None when w_soft is 0 (the hard-label baseline).
+    labels: [...] int, -1 where there is no label.
+    example_weights: [...] float, 0 for padding (and for examples not to be counted at all).
+    weights: LossWeights.
+    temperature, label_smoothing, divergence_kind, t2_scaling: see `divergence` and `cross_entropy`.
+    axis_name: data-parallel axis for the global normalization, or None.
+  """
+  labeled_weights = example_weights * (labels >= 0)
+  hard = global_mean(cross_entropy(student_logits, labels, label_smoothing), labeled_weights, axis_name)
+  if teacher_logits is None:
+    soft = jnp.zeros_like(hard)
+  else:
+    per_example = divergence(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling)
+    soft = global_mean(per_example, example_weights, axis_name)
+  return DistillationTerms(loss=weights.hard * hard + weights.soft * soft, hard=hard, soft=soft)
