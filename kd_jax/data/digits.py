@@ -1,0 +1,11 @@
+"""scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): real data, available offline."""
+
+import numpy as np
+
+
+def load(data_config):
+  """Returns inputs [1797, 64] float32 in [0, 1], labels [1797], 10 classes."""
+  del data_config
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int32), 10

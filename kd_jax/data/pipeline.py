@@ -1,0 +1,85 @@
+"""Input pipelines: tf.data for training batches (shuffled per epoch, a function of the step), NumPy for inference.
+
+TensorFlow is imported here only, on first use, with its GPUs hidden so that it never takes accelerator memory
+from JAX.
+"""
+
+import functools
+import os
+from typing import Iterator
+
+import jax
+import numpy as np
+
+
+@functools.cache
+def tensorflow():
+  """Imports TensorFlow (slow: seconds), hiding GPUs and TPUs from it."""
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  tf.config.set_visible_devices([], "TPU")
+  return tf
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+  """Full global batches per epoch (the remainder of each epoch's permutation is dropped)."""
+  return num_examples // batch_size
+
+
+def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> Iterator[dict]:
+  """Endless iterator over this process's share of every global training batch, from global step `start_step`.
+
+  Epoch e visits the examples in the order stateless_shuffle(range(N), seed=(seed, e)) and cuts it into
+  N // batch_size global batches, so batch s is a function of (examples, batch_size, seed, s) alone: a run resumed
+  at step s sees exactly the batches an uninterrupted run would. Each process takes rows
+  [process_index * B / P, (process_index + 1) * B / P) of every global batch of B rows.
+
+  Args:
+    examples: dict of arrays with a common first dimension N (anything per example: inputs, label, index,
+      teacher_logits joined by index...).
+    batch_size: global batch size B (over all processes).
+    seed: shuffle seed.
+    start_step: first global step to produce.
+    process_index, process_count: this process's place among P processes (B divisible by P).
+
+  Yields:
+    dicts of NumPy arrays with first dimension B / P.
+  """
+  tf = tensorflow()
+  num_examples = len(examples["index"])
+  batches_per_epoch = steps_per_epoch(num_examples, batch_size)
+  assert batches_per_epoch > 0, f"batch size {batch_size} is larger than the {num_examples} examples"
+  assert batch_size % process_count == 0, (batch_size, process_count)
+  local_batch_size = batch_size // process_count
+  local_rows = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
+  tensors = {key: tf.constant(value) for key, value in examples.items()}
+  start_epoch, skip_batches = divmod(start_step, batches_per_epoch)
+
+  def epoch_batches(epoch):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+    order = tf.reshape(order[:batches_per_epoch * batch_size], [batches_per_epoch, batch_size])
+    return tf.data.Dataset.from_tensor_slices(order[:, local_rows])
+
+  dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_batches).skip(skip_batches)
+  dataset = dataset.map(lambda rows: {key: tf.gather(tensor, rows) for key, tensor in tensors.items()},
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def inference_batches(examples, batch_size: int) -> Iterator[tuple[dict, int]]:
+  """Examples (a pytree of arrays with first dimension N) in order, in batches of exactly `batch_size` rows.
+
+  The last batch is padded by repeating row 0.
+
+  Yields:
+    (batch, num_real): the first `num_real` rows of `batch` are real examples.
+  """
+  num_examples = len(jax.tree.leaves(examples)[0])
+  for start in range(0, num_examples, batch_size):
+    rows = np.arange(start, min(start + batch_size, num_examples))
+    num_real = len(rows)
+    rows = np.concatenate([rows, np.zeros(batch_size - num_real, dtype=rows.dtype)])
+    yield jax.tree.map(lambda value: value[rows], examples), num_real
