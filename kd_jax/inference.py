@@ -1,0 +1,29 @@
+"""Batched, data-parallel inference (evaluation mode): logits for a whole split."""
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from kd_jax import sharding
+from kd_jax.data import pipeline
+
+
+def make_predict_fn(model, mesh: Mesh):
+  """Compiles params, inputs -> logits in eval mode, the batch split over the mesh's data axis."""
+  return jax.jit(lambda params, inputs: model.apply({"params": params}, inputs, train=False),
+                 in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                 out_shardings=sharding.batch_sharded(mesh))
+
+
+def predict_logits(predict_fn, params, inputs, *, batch_size: int, num_devices: int) -> np.ndarray:
+  """Logits [N, ...] for every example of `inputs` (an array or dict of arrays with first dimension N), in order.
+
+  Batches hold `batch_size` rows, or fewer (rounded up to a multiple of the device count) for a small split; the
+  last one is padded and its padding dropped.
+  """
+  num_examples = len(jax.tree.leaves(inputs)[0])
+  batch_size = min(batch_size, -(-num_examples // num_devices) * num_devices)
+  outputs = []
+  for batch, num_real in pipeline.inference_batches({"inputs": inputs}, batch_size):
+    outputs.append(np.asarray(predict_fn(params, batch["inputs"]))[:num_real])
+  return np.concatenate(outputs)

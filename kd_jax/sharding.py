@@ -1,0 +1,52 @@
+"""Data parallelism over a 1-D ('data',) device mesh: the pmap-style step as jax.jit(jax.shard_map(...)).
+
+All mesh and sharding code lives here. A data-parallel step function is written for one device's shard of the
+global batch and reduces across devices with `lax.pmean(..., DATA_AXIS)`.
+"""
+
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A ('data',) mesh over all devices of all processes, or over the first `num_devices` local ones."""
+  devices = jax.devices() if num_devices is None else jax.local_devices()[:num_devices]
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of values held whole on every device (parameters, optimizer state, scalars)."""
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Sharding of batches: the leading (example) axis split over the data axis."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicate(tree, mesh: Mesh):
+  """Places a pytree on every device of the mesh."""
+  return jax.device_put(tree, replicated(mesh))
+
+
+def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Assembles global batch arrays from this process's rows (a single process holds every row)."""
+  sharding = batch_sharded(mesh)
+  return jax.tree.map(lambda rows: jax.make_array_from_process_local_data(sharding, rows), local_batch)
+
+
+def data_parallel(step_fn: Callable, mesh: Mesh, *, num_replicated_args: int, donate_argnums=(0,)) -> Callable:
+  """Compiles `step_fn(*replicated_args, batch)` as a pmap-style data-parallel step.
+
+  `step_fn` sees its first `num_replicated_args` arguments whole and the last one (the batch pytree) as this
+  device's shard; it must reduce what it returns across devices itself (`lax.pmean(x, DATA_AXIS)`), so outputs are
+  replicated.
+  """
+  in_specs = (P(),) * num_replicated_args + (P(DATA_AXIS),)
+  mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
+  return jax.jit(mapped, donate_argnums=donate_argnums)
