@@ -1,0 +1,166 @@
+"""The embedded default: distill an MLP teacher into a small MLP student on scikit-learn's digits, offline.
+
+Launch (about a minute on 2 CPU cores):
+
+    python main.py --config=configs/default.py --workdir=runs/default
+
+Only 10% of the training labels are kept; the other 90% of the training images form an unlabeled transfer set that
+only the distillation term sees (Hinton et al. 2015). The teacher (2x1200 MLP with dropout) is trained on the
+labeled images, its logits for every training image are cached, then two students with 32 hidden units are trained
+on the same batches: one distilled (labeled CE + T^2 KL on everything), one on hard labels only (the baseline).
+Expect the distilled student to beat the hard-label one by a few points of test accuracy.
+
+Arguments (`--config=configs/default.py:smoke`): `smoke` shrinks the run to a few seconds of training.
+Any field can be overridden from the command line, e.g. `--config.distill.temperature=2`.
+
+This file is the config schema: every field any kd_jax config may set is defined here with a comment. Variants
+import `get_config()` and change a few fields; fields unknown to this schema are rejected.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the default config; `arg` is a comma-separated list of options (`smoke`)."""
+  options = parse_options(arg, allowed=("smoke",))
+  config = ml_collections.ConfigDict()
+
+  # Seed of the student's initialization, dropout, and the order of training batches. Sweeping it repeats a run
+  # on the same data split and the same teacher (see data.split_seed and teacher.seed for those).
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  # Data set: 'digits' (scikit-learn's 8x8 handwritten digits, bundled, offline), 'synthetic_clusters'
+  # (Gaussian class clusters) or 'synthetic_random_labels' (random inputs, random labels: pure memorization).
+  config.data.name = "digits"
+  # Seed of the stratified train/test split and of the train_fraction / labeled_fraction subsets.
+  config.data.split_seed = 0
+  # Fraction of the whole data set held out as the test split (stratified).
+  config.data.test_fraction = 0.3
+  # Fraction of the training split kept at all (data-size ablation); in (0, 1].
+  config.data.train_fraction = 1.0
+  # Fraction of the kept training examples whose labels are kept; the rest form the unlabeled transfer set that
+  # only the distillation term sees. The teacher is trained on the labeled examples only. In (0, 1].
+  config.data.labeled_fraction = 0.1
+  # Global batch size (over all devices and processes) of every training phase; divisible by the device count.
+  config.data.batch_size = 32
+  # Global batch size of inference (evaluation and the teacher-logit cache); divisible by the device count.
+  config.data.eval_batch_size = 512
+  # Shape of the synthetic tasks (ignored by 'digits').
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.num_examples = 2000
+  config.data.synthetic.num_features = 32
+  config.data.synthetic.num_classes = 10
+  # Standard deviation of each class cluster around its center (centers are drawn from a unit normal).
+  config.data.synthetic.cluster_std = 1.0
+
+  config.teacher = ml_collections.ConfigDict()
+  # Registered model name: 'mlp' or 'hf' (a Hugging Face checkpoint, see `checkpoint`).
+  config.teacher.name = "mlp"
+  # 'train': train the teacher in this run (saved under teacher.workdir and reused by later runs);
+  # otherwise the path of a teacher directory written by an earlier run (`<workdir>/teacher`).
+  config.teacher.init = "train"
+  # Where the trained teacher and its logit cache live; None means `<workdir>/teacher`. Sweeps point all their
+  # points here so that the teacher is trained and cached once.
+  config.teacher.workdir = config_dict.placeholder(str)
+  # Seed of the teacher's initialization, dropout and batch order when init='train'.
+  config.teacher.seed = 0
+  # MLP: hidden layer widths (depth = number of entries) and dropout after every hidden layer.
+  config.teacher.hidden_sizes = (1200, 1200)
+  config.teacher.dropout_rate = 0.3
+  # Hugging Face models (name='hf'): hub id or local directory with config.json and weights.
+  config.teacher.checkpoint = config_dict.placeholder(str)
+  # Hugging Face models: 'sequence_classification' or 'seq2seq'.
+  config.teacher.task = config_dict.placeholder(str)
+  # dtype of the forward computation and of the stored parameters ('float32' or 'bfloat16').
+  config.teacher.dtype = "float32"
+  config.teacher.param_dtype = "float32"
+  # Training of the teacher (init='train'): epochs over the labeled examples, and its optimizer.
+  config.teacher.num_epochs = 150
+  config.teacher.optim = optim_config(learning_rate=1e-3, weight_decay=1e-4, warmup_ratio=0.05)
+
+  config.student = ml_collections.ConfigDict()
+  # Same fields as config.teacher's model fields.
+  config.student.name = "mlp"
+  config.student.hidden_sizes = (32,)
+  config.student.dropout_rate = 0.0
+  config.student.checkpoint = config_dict.placeholder(str)
+  config.student.task = config_dict.placeholder(str)
+  config.student.dtype = "float32"
+  config.student.param_dtype = "float32"
+
+  config.distill = ml_collections.ConfigDict()
+  # 'cached': teacher logits computed once for the training set and stored on disk, joined to examples by index.
+  # 'online': the teacher runs inside the train step on exactly the student's (possibly augmented) batch.
+  config.distill.teacher_mode = "cached"
+  # Softmax temperature T of the distillation term; > 0.
+  config.distill.temperature = 4.0
+  # Hinton form: (1 - alpha) * CE + alpha * T^2 * D. In [0, 1]; alpha = 0 is training on hard labels only.
+  # Set it to None to use the explicit form below instead.
+  config.distill.alpha = 0.5
+  # Explicit form: ce_weight * CE + kd_weight * T^2 * D (both >= 0). Use either alpha or these two, not both.
+  config.distill.ce_weight = config_dict.placeholder(float)
+  config.distill.kd_weight = config_dict.placeholder(float)
+  # Label smoothing of the hard-label cross-entropy; in [0, 1).
+  config.distill.label_smoothing = 0.0
+  # D: 'forward_kl' KL(p_t || p_s), 'reverse_kl' KL(p_s || p_t), 'js' (Jensen-Shannon), 'mse' (on logits).
+  config.distill.divergence = "forward_kl"
+  # Multiply the distillation term by T^2 so its gradient scale does not shrink with T (Hinton et al. 2015).
+  config.distill.t2_scaling = True
+  # Gaussian noise added to the inputs of teacher and student alike in each train step (online mode only).
+  config.distill.input_noise_std = 0.0
+
+  # Optimizer of the students: AdamW with linear warmup then linear decay to 0.
+  config.optim = optim_config(learning_rate=3e-3, weight_decay=1e-4, warmup_ratio=0.05)
+
+  config.train = ml_collections.ConfigDict()
+  # Duration of each student's training in epochs over the training split (labeled + transfer set).
+  config.train.num_epochs = 60
+  # If set, overrides num_epochs with an exact number of steps.
+  config.train.num_steps = config_dict.placeholder(int)
+  # Evaluate on the test split every this many steps (and at the end).
+  config.train.eval_every_steps = 500
+  # Save a checkpoint every this many steps (and at the end); a rerun resumes from the latest one.
+  config.train.checkpoint_every_steps = 500
+  # Log the training losses every this many steps.
+  config.train.log_every_steps = 100
+  # Number of checkpoints kept per model.
+  config.train.max_checkpoints_to_keep = 2
+  # Number of local devices the data-parallel steps run on; None means all of them.
+  config.train.num_devices = config_dict.placeholder(int)
+
+  # Also train the hard-label student (the same run without the distillation term) as the baseline.
+  config.baseline = True
+
+  if "smoke" in options:
+    config.teacher.hidden_sizes = (256, 256)
+    config.teacher.num_epochs = 40
+    config.train.num_epochs = 10
+    config.train.eval_every_steps = 200
+    config.train.checkpoint_every_steps = 200
+    config.train.log_every_steps = 50
+  return config
+
+
+def optim_config(*, learning_rate: float, weight_decay: float, warmup_ratio: float) -> ml_collections.ConfigDict:
+  """AdamW settings: peak learning rate, decoupled weight decay, and the warmup's share of all steps."""
+  optim = ml_collections.ConfigDict()
+  # Peak learning rate, reached after warmup; > 0.
+  optim.learning_rate = learning_rate
+  # Decoupled weight decay (AdamW); >= 0.
+  optim.weight_decay = weight_decay
+  # Fraction of the steps spent warming the learning rate up linearly from 0; in [0, 1).
+  optim.warmup_ratio = warmup_ratio
+  # Clip gradients to this global norm; None disables clipping.
+  optim.grad_clip_norm = config_dict.placeholder(float)
+  return optim
+
+
+def parse_options(arg: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
+  """Splits a config argument such as 'smoke' or 'sst2,smoke' and rejects unknown options."""
+  options = tuple(option for option in (arg or "").split(",") if option)
+  for option in options:
+    if option not in allowed:
+      raise ValueError(f"unknown config argument {option!r}; allowed: {', '.join(allowed)}")
+  return options

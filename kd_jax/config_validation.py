@@ -1,0 +1,188 @@
+"""Checks a config before anything runs or is written: one `ConfigError` naming the field, the value and what is allowed.
+
+The schema (every field a config may hold, and its type) is `configs/default.py`; a field it lacks is unknown.
+"""
+
+import importlib.util
+import os
+import pathlib
+
+import jax
+import ml_collections
+
+from kd_jax import data, losses, models
+from kd_jax.errors import ConfigError
+
+SCHEMA_PATH = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
+# Fields whose schema value is set but which may be None (the Hinton weight gives way to the explicit form).
+NULLABLE_FIELDS = frozenset({"distill.alpha"})
+DTYPES = ("float32", "bfloat16")
+TEACHER_MODES = ("cached", "online")
+
+
+def schema() -> ml_collections.ConfigDict:
+  """The default config, which defines every allowed field and its type."""
+  spec = importlib.util.spec_from_file_location("kd_jax_config_schema", SCHEMA_PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for the first invalid field of `config`."""
+  check_fields(config, schema())
+  check_values(config)
+
+
+def num_data_devices(config: ml_collections.ConfigDict) -> int:
+  """Size of the data-parallel mesh: `train.num_devices` local devices, or every device of every process."""
+  return config.train.num_devices or jax.device_count()
+
+
+def _declared_type(section: ml_collections.ConfigDict, key: str):
+  """The type a schema field holds (placeholders declare it without a value); None if it is untyped."""
+  reference = section.get_ref(key)
+  declared = reference.get_type() if reference is not None else None
+  if declared is None:
+    value = section[key]
+    declared = None if value is None else type(value)
+  return declared
+
+
+def check_fields(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict, prefix: str = "") -> None:
+  """Every field of `config` exists in `reference` with a compatible type, and none is missing."""
+  for key in config.keys():
+    field = prefix + key
+    if key not in reference:
+      known = ", ".join(sorted(reference.keys()))
+      raise ConfigError(field, config[key], f"unknown field; known fields{' of config.' + prefix[:-1] if prefix else ''}: {known}")
+    value, expected = config[key], reference[key]
+    if isinstance(expected, ml_collections.ConfigDict):
+      if not isinstance(value, ml_collections.ConfigDict):
+        raise ConfigError(field, value, "must be a section (ConfigDict)")
+      check_fields(value, expected, field + ".")
+      continue
+    declared = _declared_type(reference, key)
+    if value is None:
+      if reference[key] is not None and field not in NULLABLE_FIELDS:
+        raise ConfigError(field, value, f"must be a {declared.__name__}, not None")
+      continue
+    if declared is None or isinstance(value, declared):
+      continue
+    if declared is float and isinstance(value, int) and not isinstance(value, bool):
+      continue
+    if declared in (tuple, list) and isinstance(value, (tuple, list)):
+      continue
+    raise ConfigError(field, value, f"must be of type {declared.__name__}")
+  for key in reference.keys():
+    if key not in config:
+      raise ConfigError(prefix + key, None, "missing field (see configs/default.py)")
+
+
+def _require(condition: bool, field: str, value, allowed: str) -> None:
+  if not condition:
+    raise ConfigError(field, value, allowed)
+
+
+def _check_in_range(config, field: str, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
+  value = _get(config, field)
+  above = value > low if low_open else value >= low
+  below = value < high if high_open else value <= high
+  interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+  _require(above and below, field, value, f"must be in {interval}")
+
+
+def _get(config, field: str):
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  return value
+
+
+def _check_positive(config, field: str) -> None:
+  _require(_get(config, field) > 0, field, _get(config, field), "must be > 0")
+
+
+def _check_model(config, section: str) -> None:
+  model_config = config[section]
+  _require(model_config.name in models.names(), f"{section}.name", model_config.name,
+           f"allowed: {', '.join(models.names())}")
+  for dtype_field in ("dtype", "param_dtype"):
+    _require(model_config[dtype_field] in DTYPES, f"{section}.{dtype_field}", model_config[dtype_field],
+             f"allowed: {', '.join(DTYPES)}")
+  if model_config.name == "mlp":
+    _require(all(isinstance(w, int) and w > 0 for w in model_config.hidden_sizes), f"{section}.hidden_sizes",
+             tuple(model_config.hidden_sizes), "must be positive integers")
+    _check_in_range(config, f"{section}.dropout_rate", 0.0, 1.0, low_open=False, high_open=True)
+  else:
+    _require(bool(model_config.checkpoint), f"{section}.checkpoint", model_config.checkpoint,
+             f"required for {section}.name={model_config.name!r}: a hub id or a local checkpoint directory")
+
+
+def _check_optim(config, section: str) -> None:
+  _check_positive(config, f"{section}.learning_rate")
+  _require(_get(config, f"{section}.weight_decay") >= 0, f"{section}.weight_decay",
+           _get(config, f"{section}.weight_decay"), "must be >= 0")
+  _check_in_range(config, f"{section}.warmup_ratio", 0.0, 1.0, low_open=False, high_open=True)
+  clip = _get(config, f"{section}.grad_clip_norm")
+  _require(clip is None or clip > 0, f"{section}.grad_clip_norm", clip, "must be > 0 or None")
+
+
+def check_values(config: ml_collections.ConfigDict) -> None:
+  """Value ranges, names and cross-field rules."""
+  num_local = config.train.num_devices
+  _require(num_local is None or 0 < num_local <= jax.local_device_count(), "train.num_devices", num_local,
+           f"must be None (all devices) or between 1 and the {jax.local_device_count()} local devices")
+  num_devices = num_data_devices(config)
+  for field in ("seed", "data.split_seed", "teacher.seed"):
+    _require(_get(config, field) >= 0, field, _get(config, field), "must be >= 0")
+
+  _require(config.data.name in data.names(), "data.name", config.data.name, f"allowed: {', '.join(data.names())}")
+  _check_in_range(config, "data.test_fraction", 0.0, 1.0, low_open=True, high_open=True)
+  for field in ("data.train_fraction", "data.labeled_fraction"):
+    _check_in_range(config, field, 0.0, 1.0, low_open=True, high_open=False)
+  for field in ("data.batch_size", "data.eval_batch_size"):
+    value = _get(config, field)
+    _require(value > 0 and value % num_devices == 0, field, value,
+             f"must be a positive multiple of the device count ({num_devices})")
+  for field in ("data.synthetic.num_examples", "data.synthetic.num_features", "data.synthetic.num_classes",
+                "data.synthetic.cluster_std"):
+    _check_positive(config, field)
+
+  _check_model(config, "teacher")
+  _check_model(config, "student")
+  init = config.teacher.init
+  _require(init == "train" or os.path.isdir(os.path.join(init, "checkpoints")), "teacher.init", init,
+           "must be 'train' or an existing teacher directory with checkpoints/ (an earlier run's <workdir>/teacher)")
+  _check_positive(config, "teacher.num_epochs")
+  _check_optim(config, "teacher.optim")
+
+  distill = config.distill
+  _require(distill.teacher_mode in TEACHER_MODES, "distill.teacher_mode", distill.teacher_mode,
+           f"allowed: {', '.join(TEACHER_MODES)}")
+  _check_positive(config, "distill.temperature")
+  explicit = (distill.ce_weight, distill.kd_weight)
+  if distill.alpha is not None:
+    _require(explicit == (None, None), "distill.ce_weight", distill.ce_weight,
+             "must be None when distill.alpha is set (use either alpha, or ce_weight and kd_weight with alpha=None)")
+    _check_in_range(config, "distill.alpha", 0.0, 1.0, low_open=False, high_open=False)
+  else:
+    for field in ("distill.ce_weight", "distill.kd_weight"):
+      value = _get(config, field)
+      _require(value is not None and value >= 0, field, value,
+               "must be a number >= 0 when distill.alpha is None (the explicit form needs both weights)")
+  _check_in_range(config, "distill.label_smoothing", 0.0, 1.0, low_open=False, high_open=True)
+  _require(distill.divergence in losses.DIVERGENCES, "distill.divergence", distill.divergence,
+           f"allowed: {', '.join(losses.DIVERGENCES)}")
+  _require(distill.input_noise_std >= 0, "distill.input_noise_std", distill.input_noise_std, "must be >= 0")
+  _require(distill.input_noise_std == 0 or distill.teacher_mode == "online", "distill.input_noise_std",
+           distill.input_noise_std,
+           "needs distill.teacher_mode='online' (cached teacher logits were computed on clean inputs)")
+
+  _check_optim(config, "optim")
+  _check_positive(config, "train.num_epochs")
+  _require(config.train.num_steps is None or config.train.num_steps > 0, "train.num_steps", config.train.num_steps,
+           "must be > 0 or None")
+  for field in ("train.eval_every_steps", "train.checkpoint_every_steps", "train.log_every_steps",
+                "train.max_checkpoints_to_keep"):
+    _check_positive(config, field)
