@@ -1,30 +1,61 @@
 """Runs a kd_jax config: `python main.py --config=configs/default.py --workdir=runs/default`.
 
-Bad input (an invalid config value, unknown field, missing file) ends with one line on stderr and exit status 2.
+Bad input (an invalid config value, an unknown field, a missing file) ends with one line on stderr and exit
+status 2, before anything is written to the workdir.
 """
 
+import os
+import re
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+USAGE_ERROR = 2
 FLAGS = flags.FLAGS
+
+
+def exit_with_usage_error(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(USAGE_ERROR)
+
+
+def describe_config_error(error: Exception) -> str:
+  """One line for an error raised while loading the config file or applying `--config.*` overrides."""
+  config_arg = next((arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith("--config=")), None)
+  if config_arg is not None and not os.path.isfile(config_arg.split(":", 1)[0]):
+    return f"--config={config_arg}: no such config file"
+  text = " ".join(str(error).replace("\\n", "\n").split())
+  for arg in sys.argv[1:]:
+    if not arg.startswith("--config."):
+      continue
+    field = arg.split("=", 1)[0][len("--config."):]
+    if isinstance(error, (KeyError, AttributeError)) and re.search(rf"\b{re.escape(field.rsplit('.', 1)[-1])}\b", text):
+      suggestion = re.search(r'Did you mean "([^"]+)"', text)
+      hint = f'; did you mean "{suggestion.group(1)}"?' if suggestion else " (see configs/default.py)"
+      return f"{arg}: unknown config field config.{field}{hint}"
+  return f"config: {text or error.__class__.__name__}"
+
+
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.json (created if missing).")
 flags.mark_flag_as_required("workdir")
-config_flags.DEFINE_config_file("config", "configs/default.py", "Config file, optionally `file.py:arg`.",
-                                lock_config=True)
-
-USAGE_ERROR = 2
+try:
+  # The config flag applies `--config.*` overrides as soon as it is defined: an unknown field fails here.
+  config_flags.DEFINE_config_file("config", "configs/default.py", "Config file, optionally `file.py:arg`.",
+                                  lock_config=True)
+except Exception as define_error:  # pylint: disable=broad-except
+  exit_with_usage_error(describe_config_error(define_error))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing whose errors (bad override, unknown config field, config file error) are one line, exit 2."""
+  """absl flag parsing whose errors (bad override, missing flag, config file error) are one line, exit 2."""
   try:
     return FLAGS(argv)
-  except Exception as error:  # pylint: disable=broad-except
-    message = str(error).strip().splitlines()
-    print(f"error: {message[-1] if message else error.__class__.__name__}", file=sys.stderr)
-    sys.exit(USAGE_ERROR)
+  except flags.Error as error:
+    lines = str(error).strip().splitlines()
+    exit_with_usage_error(lines[-1] if lines else error.__class__.__name__)
+  except Exception as error:  # pylint: disable=broad-except  (config file or override errors)
+    exit_with_usage_error(describe_config_error(error))
 
 
 class _QuietLibraries:
@@ -37,19 +68,26 @@ class _QuietLibraries:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  from kd_jax import train  # pylint: disable=g-import-not-at-top  (kd_jax first: it sizes XLA's CPU threads)
-  import jax  # pylint: disable=g-import-not-at-top
-  from kd_jax.errors import UserError  # pylint: disable=g-import-not-at-top
-
-  logging.info("JAX process %d of %d; local devices: %s", jax.process_index(), jax.process_count(),
-               jax.local_devices())
+    exit_with_usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    config = FLAGS.config
+    config.keys()  # the config flag defers loading errors to the first access
+  except Exception as error:  # pylint: disable=broad-except
+    exit_with_usage_error(describe_config_error(error))
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  # kd_jax before jax: importing kd_jax sizes XLA's CPU thread pools for forced host devices.
+  from kd_jax import config_validation, report, train  # pylint: disable=g-import-not-at-top
+  from kd_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+
+  try:
+    config_validation.validate(config)
+    logging.info("JAX process %d of %d; local devices: %s", jax.process_index(), jax.process_count(),
+                 jax.local_devices())
+    results = train.train_and_evaluate(config, FLAGS.workdir)
   except UserError as error:
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(USAGE_ERROR)
+    exit_with_usage_error(str(error))
+  print(report.metrics_table(results))
 
 
 if __name__ == "__main__":

@@ -40,6 +40,11 @@ class TeacherLogitCache:
     return self.logits[rows]
 
 
+def join(examples: dict, cache: TeacherLogitCache) -> dict:
+  """`examples` plus `teacher_logits`, row by row looked up by each example's `index` (never by position)."""
+  return {**examples, "teacher_logits": cache.lookup(examples["index"])}
+
+
 def load(cache_dir: str, expected_metadata: dict) -> TeacherLogitCache | None:
   """The cache in `cache_dir` if it is complete and its metadata equals `expected_metadata`, else None."""
   metadata_path = os.path.join(cache_dir, "metadata.json")

@@ -21,7 +21,7 @@ from absl import logging
 from flax.training import train_state
 
 from kd_jax import (checkpointing, config_validation, data, files, fingerprints, inference, losses, metric_writer,
-                    metrics, models, report, sharding, teacher_cache)
+                    metrics, models, sharding, teacher_cache)
 from kd_jax.data import pipeline
 from kd_jax.errors import UserError
 
@@ -144,7 +144,7 @@ def train_step(state: TrainState, teacher_params, hyperparams: LossHyperparams, 
   new_state = state.apply_gradients(grads=grads)
   step_metrics = {"loss": terms.loss, "hard_loss": terms.hard, "soft_loss": terms.soft}
   step_metrics = jax.lax.pmean(step_metrics, sharding.DATA_AXIS)
-  step_metrics["grad_norm"] = optax.global_norm(grads)
+  step_metrics["grad_norm"] = optax.tree.norm(grads)
   return new_state, step_metrics
 
 
@@ -374,11 +374,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if teacher_stats is not None:
     results["train"]["phases"]["teacher"] = teacher_stats
 
-  student_examples = dict(task.train)
+  student_examples = task.train
   teacher_mode = config.distill.teacher_mode
   if teacher_mode == "cached":
     cache, cache_stats = build_teacher_cache(config, task, teacher_predict, teacher_params, workdir, num_devices)
-    student_examples["teacher_logits"] = cache.lookup(task.train["index"])
+    student_examples = teacher_cache.join(task.train, cache)
     results["teacher_cache"] = cache_stats
 
   example_inputs = jax.tree.map(lambda value: value[:1], task.train["inputs"])
@@ -405,7 +405,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.baseline:
     hard_step = compile_train_step(mesh, model=student_model, teacher_model=None, teacher_mode="none",
                                    distill_config=config.distill)
-    run = student_run("student_hard", dict(task.train), loss_hyperparams(config.distill, hard_labels_only=True), None)
+    run = student_run("student_hard", task.train, loss_hyperparams(config.distill, hard_labels_only=True), None)
     trained["student_hard"] = run_training(run, model=student_model, init_params=student_init_params,
                                            step_fn=hard_step, eval_teacher_logits=teacher_test_logits)
   for phase, (params, stats) in trained.items():
@@ -420,7 +420,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for writer in writers.values():
     writer.close()
   files.write_json(os.path.join(workdir, "results.json"), results)
-  logging.info("Results (%s):\n%s", os.path.join(workdir, "results.json"), report.metrics_table(results))
+  logging.info("Wrote %s (%.1fs).", os.path.join(workdir, "results.json"), results["train"]["wall_s"])
   return results
 
 
