@@ -1,0 +1,88 @@
+"""Bad input: one ConfigError line naming field, value and what is allowed; via main.py, exit 2 and nothing written."""
+
+import ml_collections
+import pytest
+
+from kd_jax import config_validation
+from kd_jax.errors import ConfigError
+from tests.conftest import load_config, run_main
+
+INVALID = [
+    ("distill.temperature", 0.0, "config.distill.temperature=0.0: must be > 0"),
+    ("distill.temperature", -1.0, "config.distill.temperature=-1.0: must be > 0"),
+    ("distill.alpha", 1.5, "config.distill.alpha=1.5: must be in [0.0, 1.0]"),
+    ("distill.alpha", -0.1, "config.distill.alpha=-0.1: must be in [0.0, 1.0]"),
+    ("distill.label_smoothing", 1.0, "config.distill.label_smoothing=1.0: must be in [0.0, 1.0)"),
+    ("distill.divergence", "kl", "config.distill.divergence='kl': allowed: forward_kl, reverse_kl, js, mse"),
+    ("distill.teacher_mode", "live", "config.distill.teacher_mode='live': allowed: cached, online"),
+    ("distill.ce_weight", 1.0, "config.distill.ce_weight=1.0: must be None when distill.alpha is set"),
+    ("data.batch_size", 0, "config.data.batch_size=0: must be a positive multiple of the device count (8)"),
+    ("data.batch_size", 12, "config.data.batch_size=12: must be a positive multiple of the device count (8)"),
+    ("data.train_fraction", 0.0, "config.data.train_fraction=0.0: must be in (0.0, 1.0]"),
+    ("data.labeled_fraction", 1.2, "config.data.labeled_fraction=1.2: must be in (0.0, 1.0]"),
+    ("data.name", "mnist", "config.data.name='mnist': allowed: digits, synthetic_clusters, synthetic_random_labels"),
+    ("optim.learning_rate", 0.0, "config.optim.learning_rate=0.0: must be > 0"),
+    ("teacher.optim.learning_rate", -1e-3, "config.teacher.optim.learning_rate=-0.001: must be > 0"),
+    ("train.num_epochs", 0, "config.train.num_epochs=0: must be > 0"),
+    ("seed", -1, "config.seed=-1: must be >= 0"),
+    ("student.name", "resnet", "config.student.name='resnet': allowed: mlp, hf"),
+    ("teacher.init", "/no/such/teacher", "config.teacher.init='/no/such/teacher': must be 'train' or an existing "
+     "teacher directory"),
+    ("student.dropout_rate", 1.0, "config.student.dropout_rate=1.0: must be in [0.0, 1.0)"),
+    ("distill.input_noise_std", 0.1, "config.distill.input_noise_std=0.1: needs distill.teacher_mode='online'"),
+    ("train.num_devices", 9, "config.train.num_devices=9: must be None (all devices) or between 1 and the 8 local"),
+    ("teacher.name", "hf", "config.teacher.checkpoint=None: required for teacher.name='hf'"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", INVALID, ids=[f"{f}={v}" for f, v, _ in INVALID])
+def test_invalid_value_names_field_value_and_rule(field, value, message):
+  config = load_config()
+  section, key = (["", field] if "." not in field else field.rsplit(".", 1))
+  target = config
+  for part in filter(None, section.split(".")):
+    target = target[part]
+  target[key] = value
+  with pytest.raises(ConfigError) as error:
+    config_validation.validate(config)
+  assert str(error.value).startswith(message)
+
+
+def test_explicit_form_needs_both_weights():
+  config = load_config()
+  config.distill.alpha = None
+  config.distill.ce_weight = 1.0
+  with pytest.raises(ConfigError, match=r"config.distill.kd_weight=None: must be a number >= 0"):
+    config_validation.validate(config)
+  config.distill.kd_weight = 0.5
+  config_validation.validate(config)
+
+
+def test_unknown_and_mistyped_fields():
+  config = load_config()
+  config.distill.temprature = 2.0
+  with pytest.raises(ConfigError, match=r"config.distill.temprature=2.0: unknown field; known fields of "
+                                        r"config.distill: alpha, ce_weight"):
+    config_validation.validate(config)
+  config = load_config()
+  # A config written from scratch (not from configs/default.py) has no type-safe fields to stop this.
+  config.train = ml_collections.ConfigDict(config.train.to_dict() | {"num_epochs": "ten"})
+  with pytest.raises(ConfigError, match=r"config.train.num_epochs='ten': must be of type int"):
+    config_validation.validate(config)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.distill.temperature=-1"], "error: config.distill.temperature=-1.0: must be > 0"),
+    (["--config.distill.temprature=2"],
+     'error: --config.distill.temprature=2: unknown config field config.distill.temprature; did you mean '
+     '"temperature"?'),
+    (["--config=configs/nope.py"], "error: --config=configs/nope.py: no such config file"),
+    (["--config.data.batch_size=4096"], "error: config.data.batch_size=4096: larger than the 1258 training examples"),
+])
+def test_main_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
+  workdir = tmp_path / "run"
+  result = run_main(f"--workdir={workdir}", *args)
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(message)
+  assert "Traceback" not in result.stderr
+  assert not workdir.exists()

@@ -1,0 +1,111 @@
+"""End to end: the real train_and_evaluate on the smoke config (8 forced CPU devices), and main.py's default run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from kd_jax import train
+from tests.conftest import load_config, run_main
+
+SUMMARY_METRICS = ("accuracy", "nll", "ece", "brier", "agreement", "kl_to_teacher")
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("smoke"))
+  return workdir, train.train_and_evaluate(load_config(), workdir)
+
+
+def test_results_contract_and_learning(smoke_run):
+  workdir, results = smoke_run
+  with open(os.path.join(workdir, "results.json")) as stream:
+    assert json.load(stream) == json.loads(json.dumps(results))
+  for model in ("teacher", "student", "student_hard"):
+    for name in ("accuracy", "ece", "nll", "agreement"):
+      assert isinstance(results["metrics"][model][name], float), (model, name)
+  assert results["train"]["num_devices"] == 8
+  assert results["train"]["resumed_from_step"] is None
+  assert results["train"]["steps"] == results["train"]["phases"]["student"]["steps"] > 0
+  assert results["train"]["examples_per_sec"] > 0 and results["train"]["wall_s"] > 0
+  # Real learning on 10 classes (chance 0.1) with 126 labels.
+  assert results["metrics"]["teacher"]["accuracy"] > 0.8
+  assert results["metrics"]["student"]["accuracy"] > 0.7
+  assert results["metrics"]["student_hard"]["accuracy"] > 0.5
+  assert results["metrics"]["student"]["agreement"] > 0.8
+  assert results["data"]["num_labeled"] + results["data"]["num_unlabeled"] == results["data"]["num_train"]
+
+
+def test_outputs_in_workdir(smoke_run):
+  workdir, results = smoke_run
+  steps = results["train"]["steps"]
+  for phase in ("student", "student_hard"):
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", phase, str(steps)))
+  assert os.path.isdir(os.path.join(workdir, "teacher", "params"))
+  with open(os.path.join(workdir, "config.json")) as stream:
+    assert json.load(stream)["distill"]["temperature"] == 4.0
+  with open(os.path.join(workdir, "history.jsonl")) as stream:
+    history = [json.loads(line) for line in stream]
+  phases = {record["phase"] for record in history}
+  assert phases == {"teacher", "student", "student_hard"}
+  assert any("test/accuracy" in record for record in history)
+  assert os.listdir(os.path.join(workdir, "tensorboard", "student"))
+
+
+def test_rerun_resumes_from_the_final_checkpoint(smoke_run):
+  workdir, results = smoke_run
+  again = train.train_and_evaluate(load_config(), workdir)
+  assert again["train"]["resumed_from_step"] == results["train"]["steps"]
+  assert "teacher" not in again["train"]["phases"]  # the finished teacher is reused, not retrained
+  for model in ("teacher", "student", "student_hard"):
+    for name in SUMMARY_METRICS:
+      assert again["metrics"][model][name] == results["metrics"][model][name]
+
+
+def test_one_device_equals_eight_devices(smoke_run, tmp_path):
+  _, results = smoke_run
+  config = load_config()
+  config.train.num_devices = 1
+  single = train.train_and_evaluate(config, str(tmp_path))
+  assert single["train"]["num_devices"] == 1
+  for model in ("teacher", "student", "student_hard"):
+    for name in SUMMARY_METRICS:
+      np.testing.assert_allclose(single["metrics"][model][name], results["metrics"][model][name], atol=1e-5,
+                                 err_msg=f"{model} {name}")
+
+
+def test_online_teacher_matches_cached_teacher(smoke_run, tmp_path):
+  """The same teacher run inside the step gives the same student as its cached logits."""
+  workdir, results = smoke_run
+  config = load_config()
+  config.teacher.workdir = os.path.join(workdir, "teacher")
+  config.distill.teacher_mode = "online"
+  config.baseline = False
+  online = train.train_and_evaluate(config, str(tmp_path))
+  assert "student_hard" not in online["metrics"]
+  for name in SUMMARY_METRICS:
+    np.testing.assert_allclose(online["metrics"]["student"][name], results["metrics"]["student"][name], atol=1e-4)
+
+
+def test_online_input_noise_trains(smoke_run, tmp_path):
+  workdir, _ = smoke_run
+  config = load_config()
+  config.teacher.workdir = os.path.join(workdir, "teacher")
+  config.distill.teacher_mode = "online"
+  config.distill.input_noise_std = 0.1
+  config.baseline = False
+  noisy = train.train_and_evaluate(config, str(tmp_path))
+  assert noisy["metrics"]["student"]["accuracy"] > 0.7
+
+
+def test_default_run_through_main(tmp_path):
+  """The README's first command: teacher >= 0.90 and the distilled student beats the hard-label student."""
+  result = run_main("--config=configs/default.py", f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "results.json") as stream:
+    results = json.load(stream)
+  accuracy = {model: results["metrics"][model]["accuracy"] for model in ("teacher", "student", "student_hard")}
+  assert accuracy["teacher"] >= 0.90, accuracy
+  assert accuracy["student"] > accuracy["student_hard"], accuracy
+  assert "student (KD)" in result.stdout and "student (hard labels)" in result.stdout
