@@ -1,7 +1,11 @@
 """Orbax checkpoints of training states: save every N steps and at the end, resume from the latest."""
 
+import os
+import time
+
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class CheckpointStore:
@@ -17,12 +21,24 @@ class CheckpointStore:
     return self._manager.latest_step()
 
   def restore_latest(self, target):
-    """The newest checkpoint restored into the structure, shapes and shardings of `target`, or None if none exists."""
-    step = self.latest_step()
-    if step is None:
-      return None
+    """The newest readable checkpoint, restored into the structure, shapes and shardings of `target`; else None.
+
+    A checkpoint that fails to restore (cut off or damaged on disk) is moved aside to `corrupt-<step>-<time>` with
+    a warning, and the previous one is tried.
+    """
     abstract_target = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_target))
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_target))
+      except Exception as error:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds for bad files)
+        set_aside = os.path.join(self.directory, f"corrupt-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        logging.warning("Checkpoint %s/%d cannot be restored (%s: %s); moved it to %s, trying the previous one.",
+                        self.directory, step, error.__class__.__name__, str(error).splitlines()[0][:200],
+                        set_aside)
+        if jax.process_index() == 0:
+          os.rename(os.path.join(self.directory, str(step)), set_aside)
+        self._manager.reload()
+    return None
 
   def save(self, step: int, state) -> None:
     """Saves `state` as checkpoint `step` (asynchronously; `close` waits for it)."""

@@ -17,3 +17,10 @@ class ConfigError(UserError):
     self.value = value
     self.allowed = allowed
     super().__init__(f"config.{field}={value!r}: {allowed}")
+
+
+class NonFiniteError(Exception):
+  """Training produced NaN or Inf: the message names the phase, the first bad step and the loss terms.
+
+  The last checkpoint saved before that step is kept; results.json is not written. main.py exits with status 1.
+  """
