@@ -20,10 +20,13 @@ import `get_config()` and change a few fields; fields unknown to this schema are
 import ml_collections
 from ml_collections import config_dict
 
+# The arguments a config accepts (`--config=file.py:arg1,arg2`); sweep configs accept the same ones.
+OPTIONS = ("smoke",)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the default config; `arg` is a comma-separated list of options (`smoke`)."""
-  options = parse_options(arg, allowed=("smoke",))
+  options = parse_options(arg, allowed=OPTIONS)
   config = ml_collections.ConfigDict()
 
   # Seed of the student's initialization, dropout, and the order of training batches. Sweeping it repeats a run
@@ -132,6 +135,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Also train the hard-label student (the same run without the distillation term) as the baseline.
   config.baseline = True
+
+  # Sweeps (kd_jax/sweep.py): the config runs once per point, each in `<workdir>/<point name>/`, then the report
+  # (results.csv, summary.md, plots/) is written. A config is a sweep when grid or zipped is non-empty or seeds > 1.
+  config.sweep = ml_collections.ConfigDict()
+  # Cartesian product: a tuple of (dotted field path, tuple of values) pairs. Any field can be swept, e.g.
+  # (("distill.temperature", (1.0, 2.0)), ("distill.alpha", (0.5, 0.9))) gives 4 points.
+  config.sweep.grid = ()
+  # Values that advance together: a tuple of groups, each a tuple of (path, values) pairs of equal length; a group
+  # is one factor, multiplied with the grid and the other groups. E.g. one group of 2 values:
+  # ((("student.hidden_sizes", ((16,), (64,))), ("optim.learning_rate", (3e-3, 1e-3))),)
+  config.sweep.zipped = ()
+  # Repeats of every point, with config.seed = 0, 1, ..., seeds - 1 (the base config's seed is not used).
+  config.sweep.seeds = 1
+  # The student metric that picks the best value in the report: accuracy or agreement (higher is better), or nll,
+  # ece, brier or kl_to_teacher (lower is better).
+  config.sweep.selection_metric = "accuracy"
 
   if "smoke" in options:
     config.teacher.hidden_sizes = (256, 256)

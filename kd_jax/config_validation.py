@@ -3,6 +3,7 @@
 The schema (every field a config may hold, and its type) is `configs/default.py`; a field it lacks is unknown.
 """
 
+import functools
 import importlib.util
 import os
 import pathlib
@@ -10,7 +11,7 @@ import pathlib
 import jax
 import ml_collections
 
-from kd_jax import data, losses, models
+from kd_jax import data, losses, models, report
 from kd_jax.errors import ConfigError
 
 SCHEMA_PATH = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
@@ -22,16 +23,25 @@ TEACHER_MODES = ("cached", "online")
 
 def schema() -> ml_collections.ConfigDict:
   """The default config, which defines every allowed field and its type."""
+  return _schema_module().get_config()
+
+
+@functools.cache
+def _schema_module():
+  """configs/default.py, loaded once per process like the code: editing it while a sweep runs does not change the
+  schema its later points are checked against."""
   spec = importlib.util.spec_from_file_location("kd_jax_config_schema", SCHEMA_PATH)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first invalid field of `config`."""
-  check_fields(config, schema())
+  reference = schema()
+  check_fields(config, reference)
   check_values(config)
+  check_sweep(config, reference)
 
 
 def num_data_devices(config: ml_collections.ConfigDict) -> int:
@@ -62,21 +72,26 @@ def check_fields(config: ml_collections.ConfigDict, reference: ml_collections.Co
         raise ConfigError(field, value, "must be a section (ConfigDict)")
       check_fields(value, expected, field + ".")
       continue
-    declared = _declared_type(reference, key)
-    if value is None:
-      if reference[key] is not None and field not in NULLABLE_FIELDS:
-        raise ConfigError(field, value, f"must be a {declared.__name__}, not None")
-      continue
-    if declared is None or isinstance(value, declared):
-      continue
-    if declared is float and isinstance(value, int) and not isinstance(value, bool):
-      continue
-    if declared in (tuple, list) and isinstance(value, (tuple, list)):
-      continue
-    raise ConfigError(field, value, f"must be of type {declared.__name__}")
+    check_type(field, value, reference, key)
   for key in reference.keys():
     if key not in config:
       raise ConfigError(prefix + key, None, "missing field (see configs/default.py)")
+
+
+def check_type(field: str, value, reference: ml_collections.ConfigDict, key: str) -> None:
+  """`value` fits the type of schema field `reference[key]` (named `field`): ints pass for floats, lists for tuples."""
+  declared = _declared_type(reference, key)
+  if value is None:
+    if reference[key] is not None and field not in NULLABLE_FIELDS:
+      raise ConfigError(field, value, f"must be a {declared.__name__}, not None")
+    return
+  if declared is None or isinstance(value, declared):
+    return
+  if declared is float and isinstance(value, int) and not isinstance(value, bool):
+    return
+  if declared in (tuple, list) and isinstance(value, (tuple, list)):
+    return
+  raise ConfigError(field, value, f"must be of type {declared.__name__}")
 
 
 def _require(condition: bool, field: str, value, allowed: str) -> None:
@@ -186,3 +201,59 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   for field in ("train.eval_every_steps", "train.checkpoint_every_steps", "train.log_every_steps",
                 "train.max_checkpoints_to_keep"):
     _check_positive(config, field)
+
+def check_sweep(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> None:
+  """config.sweep: each swept path is a schema field with a non-empty tuple of values of its type, no field is swept
+  twice, and the lists of a zipped group have equal lengths. The values' ranges are checked per point (sweep.py)."""
+  sweep = config.sweep
+  _require(isinstance(sweep.seeds, int) and sweep.seeds >= 1, "sweep.seeds", sweep.seeds, "must be an integer >= 1")
+  _require(sweep.selection_metric in report.TABLE_METRICS, "sweep.selection_metric", sweep.selection_metric,
+           f"allowed: {', '.join(report.TABLE_METRICS)}")
+  groups = [("sweep.grid", sweep.grid)] + [(f"sweep.zipped[{i}]", group) for i, group in enumerate(sweep.zipped)]
+  swept = {}
+  for where, pairs in groups:
+    _require(_is_pairs(pairs) and (where == "sweep.grid" or len(pairs) > 0), where, pairs,
+             "must be a tuple of (dotted field path, tuple of values) pairs" + (
+                 "" if where == "sweep.grid" else ", at least one"))
+    for path, values in pairs:
+      _check_swept_field(path, values, reference, f"config.{where}")
+      _require(path not in swept, path, values, f"is swept twice: in config.{swept.get(path)} and config.{where}")
+      swept[path] = where
+    if where != "sweep.grid":
+      first_path, first_values = pairs[0]
+      for path, values in pairs[1:]:
+        _require(len(values) == len(first_values), path, values,
+                 f"has {len(values)} values but {first_path} in the same group of config.{where} has "
+                 f"{len(first_values)}; zipped lists advance together and need equal lengths")
+
+
+def _is_pairs(pairs) -> bool:
+  return isinstance(pairs, (tuple, list)) and all(isinstance(pair, (tuple, list)) and len(pair) == 2
+                                                  for pair in pairs)
+
+
+def _check_swept_field(path, values, reference: ml_collections.ConfigDict, where: str) -> None:
+  """`path` names a field (not a section) of `reference`, and `values` is a non-empty tuple of values of its type."""
+  _require(isinstance(path, str) and bool(path), where[len("config."):], path,
+           "swept fields are given by dotted paths such as 'distill.temperature'")
+  parts = path.split(".")
+  parent, section = None, reference
+  for depth, part in enumerate(parts):
+    if not isinstance(section, ml_collections.ConfigDict) or part not in section:
+      prefix = ".".join(parts[:depth])
+      known = (f"known fields{' of config.' + prefix if prefix else ''}: {', '.join(sorted(section.keys()))}"
+               if isinstance(section, ml_collections.ConfigDict) else f"config.{prefix} is a field, not a section")
+      raise ConfigError(path, values, f"unknown field in {where}; {known}")
+    parent, section = section, section[part]
+  if isinstance(section, ml_collections.ConfigDict):
+    raise ConfigError(path, values,
+                      f"is a section, not a field; sweep one of its fields: {', '.join(sorted(section.keys()))}")
+  _require(path != "seed", path, values, "is set by config.sweep.seeds (seeds 0, 1, ..., n-1): set that instead")
+  _require(parts[0] != "sweep", path, values, "the sweep settings themselves cannot be swept")
+  _require(isinstance(values, (tuple, list)) and len(values) > 0, path, values,
+           f"needs a non-empty tuple of values in {where}")
+  for position, value in enumerate(values):
+    try:
+      check_type(path, value, parent, parts[-1])
+    except ConfigError as error:
+      raise ConfigError(path, value, f"{error.allowed} (value {position} of its list in {where})") from None

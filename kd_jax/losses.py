@@ -67,17 +67,72 @@ def divergence(student_logits: jax.Array, teacher_logits: jax.Array, temperature
   if kind == "mse":
     value = jnp.mean(jnp.square(student_scaled - teacher_scaled), axis=-1)
   else:
-    log_p_s = jax.nn.log_softmax(student_scaled)
-    log_p_t = jax.nn.log_softmax(teacher_scaled)
-    if kind == "forward_kl":
-      value = _kl_from_log_probs(log_p_t, log_p_s)
-    elif kind == "reverse_kl":
-      value = _kl_from_log_probs(log_p_s, log_p_t)
-    elif kind == "js":
-      log_m = jnp.logaddexp(log_p_s, log_p_t) - jnp.log(2.0)
-      value = 0.5 * (_kl_from_log_probs(log_p_t, log_m) + _kl_from_log_probs(log_p_s, log_m))
-    else:
-      raise ValueError(f"unknown divergence {kind!r}; allowed: {', '.join(DIVERGENCES)}")
+    value = _divergence_of_log_probs(jax.nn.log_softmax(student_scaled), jax.nn.log_softmax(teacher_scaled), kind)
+  if t2_scaling:
+    value = value * jnp.square(temperature)
+  return value
+
+
+def _divergence_of_log_probs(log_p_s: jax.Array, log_p_t: jax.Array, kind: str) -> jax.Array:
+  """forward_kl, reverse_kl or js (see `divergence`) of two distributions given as log-probabilities [..., C]."""
+  if kind == "forward_kl":
+    return _kl_from_log_probs(log_p_t, log_p_s)
+  if kind == "reverse_kl":
+    return _kl_from_log_probs(log_p_s, log_p_t)
+  if kind == "js":
+    log_m = jnp.logaddexp(log_p_s, log_p_t) - jnp.log(2.0)
+    return 0.5 * (_kl_from_log_probs(log_p_t, log_m) + _kl_from_log_probs(log_p_s, log_m))
+  raise ValueError(f"unknown divergence {kind!r}; allowed: {', '.join(DIVERGENCES)}")
+
+
+class TopKLogits(NamedTuple):
+  """A teacher's logits reduced to the k largest per position (the seq2seq top-k cache, kd_jax/topk_cache.py).
+
+  values: [..., k] the k largest logits z_t (any float dtype; the cache stores float16 or bfloat16).
+  indices: [..., k] int32 their vocabulary ids.
+  tail_logsumexp: [...] float32 log sum_{v not in top-k} exp(z_t,v), the exact tail mass at T = 1 (-inf if k = V).
+  """
+  values: jax.Array
+  indices: jax.Array
+  tail_logsumexp: jax.Array
+
+
+def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature: float, kind: str = "forward_kl",
+                    t2_scaling: bool = True) -> jax.Array:
+  """`divergence` against a teacher known only by its top-k logits: D over the k + 1 bins {top-k tokens, tail}.
+
+  Both distributions are coarse-grained onto the same support: the teacher's k tokens, each with its own
+  probability, and one bin holding the rest of the vocabulary (the tail). The student's bins are exact:
+  softmax(z_s / T) summed over the tail. The teacher's tail is approximated by a flat tail: its V - k logits
+  are taken equal to u with (V - k) e^u = sum_tail e^z_t (the exact tail mass at T = 1, stored as
+  tail_logsumexp), so at temperature T the tail bin has logit log(V - k) + u / T. The teacher's bins are thus exact
+  at T = 1 for any k, and exact at any T when k = V (no tail), where this equals `divergence`. At T = 1 the
+  forward KL over the bins is a lower bound of the dense KL (data-processing inequality); the gap is the
+  divergence within the tail, which the flat tail cannot see. mse compares the k logits only.
+
+  Args:
+    student_logits: [..., V] the student's full logits.
+    teacher: TopKLogits with values, indices [..., k] (k <= V) and tail_logsumexp [...].
+    temperature, kind, t2_scaling: see `divergence`.
+
+  Returns:
+    [...] per-position divergence.
+  """
+  vocab_size, k = student_logits.shape[-1], teacher.indices.shape[-1]
+  student_scaled = student_logits.astype(jnp.float32) / temperature
+  student_top = jnp.take_along_axis(student_scaled, teacher.indices, axis=-1)
+  teacher_top = teacher.values.astype(jnp.float32) / temperature
+  if kind == "mse":
+    value = jnp.mean(jnp.square(student_top - teacher_top), axis=-1)
+  else:
+    if k < vocab_size:
+      student_tail = jax.nn.logsumexp(
+          jnp.put_along_axis(student_scaled, teacher.indices, -jnp.inf, axis=-1, inplace=False), axis=-1)
+      log_num_tail = jnp.log(float(vocab_size - k))
+      teacher_tail = log_num_tail + (teacher.tail_logsumexp.astype(jnp.float32) - log_num_tail) / temperature
+      student_top = jnp.concatenate([student_top, student_tail[..., None]], axis=-1)
+      teacher_top = jnp.concatenate([teacher_top, teacher_tail[..., None]], axis=-1)
+    value = _divergence_of_log_probs(jax.nn.log_softmax(student_top), jax.nn.log_softmax(teacher_top), kind)
   if t2_scaling:
     value = value * jnp.square(temperature)
   return value
@@ -126,8 +181,8 @@ class DistillationTerms(NamedTuple):
   soft: jax.Array
 
 
-def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | None, labels: jax.Array,
-                      example_weights: jax.Array, *, weights: LossWeights, temperature: float,
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | TopKLogits | None,
+                      labels: jax.Array, example_weights: jax.Array, *, weights: LossWeights, temperature: float,
                       label_smoothing: float = 0.0, divergence_kind: str = "forward_kl", t2_scaling: bool = True,
                       axis_name: str | None = None) -> DistillationTerms:
   """loss = w_hard * mean_{labeled} CE(y, p_s) + w_soft * mean_{all} s * D(z_s / T, z_t / T).
@@ -139,7 +194,8 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Non
 
   Args:
     student_logits: [..., C].
-    teacher_logits: [..., C], or None when w_soft is 0 (the hard-label baseline).
+    teacher_logits: [..., C]; or TopKLogits (the seq2seq top-k cache, see `topk_divergence`); or None when w_soft
+      is 0 (the hard-label baseline).
     labels: [...] int, -1 where there is no label.
     example_weights: [...] float, 0 for padding (and for examples not to be counted at all).
     weights: LossWeights.
@@ -151,6 +207,7 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Non
   if teacher_logits is None:
     soft = jnp.zeros_like(hard)
   else:
-    per_example = divergence(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling)
+    divergence_fn = topk_divergence if isinstance(teacher_logits, TopKLogits) else divergence
+    per_example = divergence_fn(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling)
     soft = global_mean(per_example, example_weights, axis_name)
   return DistillationTerms(loss=weights.hard * hard + weights.soft * soft, hard=hard, soft=soft)
