@@ -37,8 +37,8 @@ def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int
   [process_index * B / P, (process_index + 1) * B / P) of every global batch of B rows.
 
   Args:
-    examples: dict of arrays with a common first dimension N (anything per example: inputs, label, index,
-      teacher_logits joined by index...).
+    examples: dict of arrays (or of dicts of arrays, e.g. token inputs) with a common first dimension N (anything
+      per example: inputs, label, index, teacher_logits joined by index...).
     batch_size: global batch size B (over all processes).
     seed: shuffle seed.
     start_step: first global step to produce.
@@ -54,7 +54,7 @@ def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int
   assert batch_size % process_count == 0, (batch_size, process_count)
   local_batch_size = batch_size // process_count
   local_rows = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
-  tensors = {key: tf.constant(value) for key, value in examples.items()}
+  tensors = tf.nest.map_structure(tf.constant, examples)
   start_epoch, skip_batches = divmod(start_step, batches_per_epoch)
 
   def epoch_batches(epoch):
@@ -64,7 +64,7 @@ def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int
     return tf.data.Dataset.from_tensor_slices(order[:, local_rows])
 
   dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_batches).skip(skip_batches)
-  dataset = dataset.map(lambda rows: {key: tf.gather(tensor, rows) for key, tensor in tensors.items()},
+  dataset = dataset.map(lambda rows: tf.nest.map_structure(lambda tensor: tf.gather(tensor, rows), tensors),
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 

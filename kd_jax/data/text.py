@@ -1,0 +1,191 @@
+"""Text data sets from Hugging Face `datasets`, TFDS or local files, tokenized with each model's own tokenizer.
+
+Sources (`config.data.source`), each giving the columns of one split as Python lists:
+  hub:   `datasets.load_dataset(data.path, data.subset, split=...)` through the HF cache, e.g. ("nyu-mll/glue",
+         "sst2") or ("esnli/esnli", None); HF_DATASETS_OFFLINE=1 reads the cache only.
+  tfds:  `tfds.load(data.path, split=..., data_dir=data.data_dir)`, e.g. "glue/sst2" or "esnli".
+  files: `data.path` is a directory with one file per split: `<split>.csv`, `<split>.jsonl` or `<split>.parquet`.
+  disk:  `data.path` is a `datasets.DatasetDict` written by `save_to_disk` (read with `load_from_disk`).
+
+Tokenization pads every split to its longest example, truncated at the configured maximum, so batches have one
+static shape per split.
+"""
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import numpy as np
+
+from kd_jax.errors import UserError
+
+SOURCES = ("hub", "tfds", "files", "disk")
+FILE_FORMATS = ("csv", "jsonl", "parquet")
+
+
+@dataclasses.dataclass(frozen=True)
+class Seq2SeqInfo:
+  """What seq2seq evaluation needs besides the token arrays of `TaskData`.
+
+  Attributes:
+    tokenizer: the (shared) tokenizer; decodes generated ids.
+    label_names: class names, in label-id order.
+    references: the test split's reference outputs (explanations), row-aligned with `TaskData.test`.
+    parse: generated text -> (label id or None when unparseable, the explanation part of the text).
+    max_target_length: target length T (generation stops after T new tokens).
+    decoder_start_token_id: first decoder input of teacher forcing and generation.
+  """
+  tokenizer: Any
+  label_names: tuple[str, ...]
+  references: tuple[str, ...]
+  parse: Callable[[str], tuple[int | None, str]]
+  max_target_length: int
+  decoder_start_token_id: int
+
+
+def describe_source(data_config) -> str:
+  """The source of `data_config` in words, for messages."""
+  if data_config.source == "hub":
+    subset = f", {data_config.subset!r}" if data_config.subset else ""
+    return f"HF datasets load_dataset({data_config.path!r}{subset})"
+  if data_config.source == "tfds":
+    return f"tfds.load({data_config.path!r}, data_dir={data_config.data_dir!r})"
+  return f"{data_config.source} source {data_config.path}"
+
+
+def _local_copy_hint(name: str) -> str:
+  return (f"offline, point the config at a local copy of {name}: config.data.source='files' with config.data.path=<a "
+          "directory of <split>.csv/.jsonl/.parquet files>, or 'disk' with a save_to_disk directory, or 'tfds' with "
+          "config.data.data_dir=<a TFDS data_dir>")
+
+
+def load_columns(data_config, split: str, columns: tuple[str, ...]) -> tuple[dict[str, list], str]:
+  """The `columns` of split `split` of the configured source, as Python lists (text as str), and where they are from
+  (for messages: the file, or the source and split).
+
+  Raises:
+    UserError: the data set cannot be read (missing, unreachable without network) or lacks a column.
+  """
+  name = data_config.name
+  where = f"{describe_source(data_config)} split {split!r}"
+  if data_config.source == "hub":
+    table = _load_hub(data_config, split, name, where)
+  elif data_config.source == "tfds":
+    table = _load_tfds(data_config, split, name, where)
+  elif data_config.source == "files":
+    table, where = _load_file(data_config.path, split, name)
+  else:
+    table = _load_disk(data_config.path, split, name, where)
+  missing = [column for column in columns if column not in table]
+  if missing:
+    raise UserError(f"data set {name}: {where} has no column {missing[0]!r} (columns: {', '.join(sorted(table))})")
+  values = {column: [value.decode("utf-8") if isinstance(value, bytes) else value for value in table[column]]
+            for column in columns}
+  return values, f"data set {name} ({where})"
+
+
+def _load_hub(data_config, split: str, name: str, where: str) -> dict:
+  import datasets  # pylint: disable=g-import-not-at-top  (slow; text tasks only)
+  try:
+    dataset = datasets.load_dataset(data_config.path, data_config.subset, split=split, cache_dir=data_config.data_dir)
+  except Exception as error:  # pylint: disable=broad-except  (network, cache and hub errors of many kinds)
+    raise UserError(f"data set {name}: {where} failed ({error.__class__.__name__}: "
+                    f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no message'}); "
+                    f"{_local_copy_hint(name)}") from error
+  return dataset.to_dict()
+
+
+def _load_tfds(data_config, split: str, name: str, where: str) -> dict:
+  from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  pipeline.tensorflow()  # TensorFlow with its GPUs hidden, before TFDS imports it
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    dataset = tfds.load(data_config.path, split=split, data_dir=data_config.data_dir)
+  except Exception as error:  # pylint: disable=broad-except  (download, missing data_dir, unknown name)
+    raise UserError(f"data set {name}: {where} failed ({error.__class__.__name__}: "
+                    f"{str(error).strip().splitlines()[0] if str(error).strip() else 'no message'}); "
+                    f"{_local_copy_hint(name)}") from error
+  table = {}
+  for batch in tfds.as_numpy(dataset.batch(4096)):
+    for column, values in batch.items():
+      table.setdefault(column, []).extend(values.tolist())
+  return table
+
+
+def _load_file(directory: str, split: str, name: str) -> tuple[dict, str]:
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  candidates = [os.path.join(directory, f"{split}.{extension}") for extension in FILE_FORMATS]
+  path = next((candidate for candidate in candidates if os.path.isfile(candidate)), None)
+  if path is None:
+    raise UserError(f"data set {name}: no file for split {split!r} in {directory} (expected one of "
+                    f"{', '.join(os.path.basename(candidate) for candidate in candidates)}); {_local_copy_hint(name)}")
+  try:
+    if path.endswith(".csv"):
+      frame = pd.read_csv(path, keep_default_na=False)
+    elif path.endswith(".jsonl"):
+      frame = pd.read_json(path, lines=True, dtype=False)
+    else:
+      frame = pd.read_parquet(path)
+  except Exception as error:  # pylint: disable=broad-except  (pandas' parser errors)
+    raise UserError(f"data set {name}: cannot read {path} ({error.__class__.__name__}: "
+                    f"{str(error).strip().splitlines()[0]})") from error
+  return {column: frame[column].tolist() for column in frame.columns}, path
+
+
+def _load_disk(directory: str, split: str, name: str, where: str) -> dict:
+  import datasets  # pylint: disable=g-import-not-at-top
+  try:
+    dataset_dict = datasets.load_from_disk(directory)
+  except FileNotFoundError as error:
+    raise UserError(f"data set {name}: {directory} is not a directory written by datasets' save_to_disk; "
+                    f"{_local_copy_hint(name)}") from error
+  if split not in dataset_dict:
+    raise UserError(f"data set {name}: {where} is missing (splits: {', '.join(dataset_dict)})")
+  return dataset_dict[split].to_dict()
+
+
+def check_labels(labels: list, num_classes: int, where: str, *, allow_unlabeled: bool) -> np.ndarray:
+  """Labels as int32 [N], each an integer in [0, num_classes) (or -1 where allowed); else a UserError naming the row."""
+  for row, label in enumerate(labels):
+    valid = isinstance(label, (int, np.integer)) and not isinstance(label, bool) and (
+        0 <= label < num_classes or (allow_unlabeled and label == -1))
+    if not valid:
+      allowed = f"an integer in [0, {num_classes})" + (" or -1 (no label)" if allow_unlabeled else "")
+      raise UserError(f"{where}, row {row}: label {label!r} is not {allowed}")
+  return np.asarray(labels, np.int32).reshape(len(labels))
+
+
+def check_texts(texts: list, where: str) -> None:
+  """Every entry is a non-empty string; else a UserError naming the row."""
+  for row, text in enumerate(texts):
+    if not isinstance(text, str) or not text.strip():
+      raise UserError(f"{where}, row {row}: text {text!r} is empty or not a string")
+
+
+def load_tokenizer(checkpoint: str, field: str):
+  """The tokenizer stored with an HF checkpoint (hub id or directory); a UserError if it has none."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  from kd_jax.models.hf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  directory = checkpoint_lib.resolve(checkpoint)
+  try:
+    return transformers.AutoTokenizer.from_pretrained(directory)
+  except (OSError, ValueError) as error:
+    raise UserError(f"config.{field}={checkpoint!r}: no usable tokenizer in {directory} ({error.__class__.__name__}: "
+                    f"{str(error).strip().splitlines()[0]})") from error
+
+
+def checkpoint_config(checkpoint: str) -> dict:
+  """The config.json of an HF checkpoint (hub id or directory)."""
+  from kd_jax.models.hf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  return checkpoint_lib.read_config(checkpoint_lib.resolve(checkpoint), checkpoint)
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+  """Token arrays [N, L], L = the longest tokenized text, at most max_length (longer ones are truncated).
+
+  Returns:
+    input_ids and attention_mask (and token_type_ids where the tokenizer makes them), int32.
+  """
+  encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="np")
+  return {key: np.asarray(value, np.int32) for key, value in encoded.items()
+          if key in ("input_ids", "attention_mask", "token_type_ids")}
