@@ -80,3 +80,19 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, teacher_logit
   result["confusion_matrix"] = confusion.tolist()
   result["reliability"] = reliability
   return result
+
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_scores(predictions: list[str], references: list[str]) -> dict:
+  """Mean ROUGE-1, ROUGE-2 and ROUGE-L F1 of each prediction against its reference, in [0, 1].
+
+  rouge-score (Lin 2004, Google's reimplementation) with Porter stemming and its default tokenizer (lowercased
+  alphanumeric words): ROUGE-n F1 = 2 P R / (P + R) over overlapping n-grams, ROUGE-L over the longest common
+  subsequence. An empty prediction scores 0.
+  """
+  from rouge_score import rouge_scorer  # pylint: disable=g-import-not-at-top  (seq2seq evaluation only)
+  scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
+  scores = [scorer.score(reference, prediction) for prediction, reference in zip(predictions, references, strict=True)]
+  return {name: float(np.mean([score[name].fmeasure for score in scores])) for name in ROUGE_TYPES}
