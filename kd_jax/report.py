@@ -1,7 +1,33 @@
-"""Human-readable summaries of results.json files."""
+"""Human-readable summaries of results: the metrics table of one run, and the report of a sweep.
+
+A sweep report is computed from files only: `<workdir>/sweep.json` (written by kd_jax/sweep.py) and each finished
+point's results.json and history.jsonl. So `python -m kd_jax.report WORKDIR` (scripts/report.sh) re-aggregates
+any sweep workdir, also while points are still running. It writes:
+  results.csv  one row per finished point: swept fields, seed, metrics of the KD student, hard-label student and
+               teacher, data sizes, steps and wall time;
+  summary.md   per combination of swept values, mean ± std over seeds of every metric; the paired difference from
+               the hard-label student of the same seed with a bootstrap interval; findings computed from the data;
+  plots/       PNG and PDF figures (kd_jax/plots.py).
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+
+import numpy as np
+
+from kd_jax import files, stats
+from kd_jax.errors import UserError
 
 MODEL_LABELS = {"teacher": "teacher", "student": "student (KD)", "student_hard": "student (hard labels)"}
 TABLE_METRICS = ("accuracy", "ece", "nll", "brier", "agreement", "kl_to_teacher")
+HIGHER_IS_BETTER = ("accuracy", "agreement")
+PERCENT_METRICS = ("accuracy", "agreement")  # shown in %, their differences in percentage points
+SWEEP_FILE = "sweep.json"
+BASELINE = "student_hard"
 
 
 def metrics_table(results: dict) -> str:
@@ -16,3 +42,423 @@ def metrics_table(results: dict) -> str:
                     for name in TABLE_METRICS)
     rows.append(f"{label:<22}{cells}")
   return "\n".join(rows)
+
+
+def format_value(value) -> str:
+  """A swept value as written in point names, tables and plots: 2.0 -> '2', (64, 64) -> '64x64', 'a/b' -> 'a_b'."""
+  if isinstance(value, float):
+    text = repr(value)
+    return text[:-2] if text.endswith(".0") else text
+  if isinstance(value, (tuple, list)):
+    return "x".join(format_value(item) for item in value) if value else "()"
+  return str(value).replace("/", "_")
+
+
+@dataclasses.dataclass(frozen=True)
+class Factor:
+  """One swept dimension: a grid field, or a zipped group of fields that take their i-th values together."""
+  fields: tuple[str, ...]
+  values: tuple[tuple, ...]  # values[i][j]: the i-th value of fields[j]
+
+  @property
+  def label(self) -> str:
+    return "+".join(self.fields)
+
+  def value_label(self, i: int) -> str:
+    return ",".join(format_value(value) for value in self.values[i])
+
+  @property
+  def numeric(self) -> bool:
+    """A single field with numbers for values (plotted on a numeric axis)."""
+    return len(self.fields) == 1 and all(
+        isinstance(value, (int, float)) and not isinstance(value, bool) for (value,) in self.values)
+
+  def to_json(self) -> dict:
+    return {"fields": list(self.fields), "values": files.as_json_value(self.values)}
+
+  @classmethod
+  def from_json(cls, value: dict) -> "Factor":
+    return cls(tuple(value["fields"]), tuple(tuple(_as_tuple(item) for item in values) for values in value["values"]))
+
+
+def _as_tuple(value):
+  """JSON lists back to tuples (swept tuple values such as hidden sizes), recursively."""
+  return tuple(_as_tuple(item) for item in value) if isinstance(value, list) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A finished sweep point: which value of each factor it ran, its seed, and its results.json."""
+  name: str
+  directory: str
+  value_indices: tuple[int, ...]
+  seed: int
+  results: dict
+
+  def metric(self, model: str, metric: str) -> float:
+    """The test metric of `model`, NaN if this run has no such model (no hard-label baseline)."""
+    value = self.results["metrics"].get(model, {}).get(metric)
+    return float("nan") if value is None else float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """The runs (one per seed) of one combination of factor values."""
+  value_indices: tuple[int, ...]
+  runs: tuple[Run, ...]
+
+  def values(self, model: str, metric: str) -> np.ndarray:
+    """[seeds] the metric of `model` in each run."""
+    return np.array([run.metric(model, metric) for run in self.runs])
+
+  def mean_std(self, model: str, metric: str) -> tuple[float, float]:
+    return stats.mean_std(self.values(model, metric))
+
+  def versus_baseline(self, model: str, metric: str) -> stats.PairedDifference | None:
+    """`model` minus the hard-label student of the same seed, or None without a baseline."""
+    baseline = self.values(BASELINE, metric)
+    if np.isnan(baseline).all():
+      return None
+    return stats.paired_difference(self.values(model, metric), baseline)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """A sweep workdir as read from its files."""
+  workdir: str
+  factors: tuple[Factor, ...]
+  seeds: int
+  selection_metric: str
+  num_points: int
+  runs: tuple[Run, ...]  # the finished points, in sweep order
+
+  def groups(self) -> list[Group]:
+    """The combinations of factor values that have at least one finished run, in sweep order."""
+    by_values = {}
+    for run in self.runs:
+      by_values.setdefault(run.value_indices, []).append(run)
+    return [Group(key, tuple(sorted(runs, key=lambda run: run.seed))) for key, runs in by_values.items()]
+
+  def group_label(self, group: Group) -> str:
+    return ",".join(f"{factor.label}={factor.value_label(i)}" for factor, i in zip(self.factors, group.value_indices))
+
+  @property
+  def has_baseline(self) -> bool:
+    return any(BASELINE in run.results["metrics"] for run in self.runs)
+
+
+def load_sweep(workdir: str) -> Sweep:
+  """Reads `<workdir>/sweep.json` and the results.json of every point that has finished."""
+  path = os.path.join(workdir, SWEEP_FILE)
+  if not os.path.exists(path):
+    raise UserError(f"{workdir} has no {SWEEP_FILE}: not a sweep workdir (run a sweep config with --workdir={workdir})")
+  definition = files.read_json(path)
+  runs = []
+  for point in definition["points"]:
+    directory = os.path.join(workdir, point["name"])
+    results_path = os.path.join(directory, "results.json")
+    if os.path.exists(results_path):
+      runs.append(Run(name=point["name"], directory=directory, value_indices=tuple(point["value_indices"]),
+                      seed=point["seed"], results=files.read_json(results_path)))
+  return Sweep(workdir=workdir, factors=tuple(Factor.from_json(factor) for factor in definition["factors"]),
+               seeds=definition["seeds"], selection_metric=definition["selection_metric"],
+               num_points=len(definition["points"]), runs=tuple(runs))
+
+
+def read_history(run: Run) -> list[dict]:
+  """The run's history.jsonl records ({phase, step, train/... or test/... scalars}); [] if it has none."""
+  path = os.path.join(run.directory, "history.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as stream:
+    return [json.loads(line) for line in stream if line.strip()]
+
+
+def better(metric: str, a: float, b: float) -> bool:
+  """Whether value a of `metric` is better than b."""
+  return a > b if metric in HIGHER_IS_BETTER else a < b
+
+
+def baseline_varies(groups: list[Group]) -> bool:
+  """Whether the hard-label student's results differ between groups (it does not when only KD settings are swept)."""
+  first = [run.results["metrics"].get(BASELINE) for run in groups[0].runs]
+  return any([run.results["metrics"].get(BASELINE) for run in group.runs] != first for group in groups[1:])
+
+
+def best_group(groups: list[Group], metric: str) -> Group:
+  """The group whose KD student has the best mean `metric` over seeds (the first one on ties)."""
+  best = groups[0]
+  for group in groups[1:]:
+    if better(metric, group.mean_std("student", metric)[0], best.mean_std("student", metric)[0]):
+      best = group
+  return best
+
+
+# Formatting.
+
+def format_metric(metric: str, value: float, *, signed: bool = False, unit: bool = False) -> str:
+  """Accuracy-like metrics in % with 2 decimals (a '%' sign if `unit`), the others with 4; NaN as '-'."""
+  if not np.isfinite(value):
+    return "-"
+  scale, digits = (100.0, 2) if metric in PERCENT_METRICS else (1.0, 4)
+  text = f"{value * scale:{'+' if signed else ''}.{digits}f}"
+  return text + "%" if unit and metric in PERCENT_METRICS else text
+
+
+def format_mean_std(metric: str, mean: float, std: float, *, signed: bool = False) -> str:
+  text = format_metric(metric, mean, signed=signed)
+  return text if not np.isfinite(std) else f"{text} ± {format_metric(metric, std)}"
+
+
+def metric_unit(metric: str) -> str:
+  return " points" if metric in PERCENT_METRICS else ""
+
+
+def metric_header(metric: str, *, difference: bool = False) -> str:
+  if metric in PERCENT_METRICS:
+    return f"Δ {metric} (points)" if difference else f"{metric} (%)"
+  return f"Δ {metric}" if difference else metric
+
+
+def format_difference(metric: str, difference: stats.PairedDifference) -> str:
+  """'+1.80 ± 0.60 points (95% CI [+1.10, +2.40])'."""
+  return (f"{format_mean_std(metric, difference.mean, difference.std, signed=True)}{metric_unit(metric)} "
+          f"({stats.CONFIDENCE_LEVEL:.0%} CI [{format_metric(metric, difference.low, signed=True)}, "
+          f"{format_metric(metric, difference.high, signed=True)}])")
+
+
+# Findings: sentences computed from the numbers.
+
+def trend_phrase(name: str, labels: list[str], means: list[float], noise: float) -> str:
+  """How the means change along the values of `name` (in their config order).
+
+  'is flat in NAME' when their range is within the seed noise; else 'rises with NAME', 'falls with NAME', 'rises
+  with NAME up to V, then falls', 'falls with NAME down to V, then rises', or 'varies non-monotonically'.
+  """
+  means = np.asarray(means, np.float64)
+  steps = np.diff(means)
+  if not means.max() - means.min() > (noise if np.isfinite(noise) else 0.0):
+    return f"is flat in {name} within the seed noise"
+  if (steps >= 0).all():
+    return f"rises with {name}"
+  if (steps <= 0).all():
+    return f"falls with {name}"
+  peak, trough = int(means.argmax()), int(means.argmin())
+  if (steps[:peak] >= 0).all() and (steps[peak:] <= 0).all():
+    return f"rises with {name} up to {labels[peak]}, then falls"
+  if (steps[:trough] <= 0).all() and (steps[trough:] >= 0).all():
+    return f"falls with {name} down to {labels[trough]}, then rises"
+  return f"varies non-monotonically with {name} (highest at {labels[peak]}, lowest at {labels[trough]})"
+
+
+def _series(metric: str, labels: list[str], means: list[float]) -> str:
+  return ", ".join(f"{label}: {format_metric(metric, mean, unit=True)}" for label, mean in zip(labels, means))
+
+
+def factor_means(sweep: Sweep, factor_index: int, model: str, metric: str) -> list[float]:
+  """Mean of `metric` over every run with each value of the factor (over seeds and the other factors' values)."""
+  values = [[run.metric(model, metric) for run in sweep.runs if run.value_indices[factor_index] == i]
+            for i in range(len(sweep.factors[factor_index].values))]
+  return [stats.mean_std(run_values)[0] for run_values in values]
+
+
+def seed_noise(groups: list[Group], model: str, metric: str) -> float:
+  """Pooled standard deviation over seeds: sqrt of the mean per-group variance (NaN with one seed)."""
+  variances = [group.mean_std(model, metric)[1] ** 2 for group in groups]
+  variances = [variance for variance in variances if np.isfinite(variance)]
+  return float(np.sqrt(np.mean(variances))) if variances else float("nan")
+
+
+def findings(sweep: Sweep, groups: list[Group]) -> list[str]:
+  """One line per swept factor (trend of the selection metric), the best value against hard labels, where KD beats
+  hard labels and where it does not, and the student against the teacher."""
+  metric = sweep.selection_metric
+  best = best_group(groups, metric)
+  noise = seed_noise(groups, "student", metric)
+  lines = []
+  best_difference = best.versus_baseline("student", metric)
+  against_baseline = "" if best_difference is None else f": {format_difference(metric, best_difference)} vs hard labels"
+  if best_difference is not None and best_difference.n > 1:
+    against_baseline += (", more than the seed spread" if best_difference.exceeds_spread else
+                         ", within the seed spread")
+  for index, factor in enumerate(sweep.factors):
+    if len(factor.values) < 2:
+      continue
+    labels = [factor.value_label(i) for i in range(len(factor.values))]
+    means = factor_means(sweep, index, "student", metric)
+    others_vary = any(len(other.values) > 1 for other in sweep.factors if other is not factor)
+    averaged = " (averaged over the other factors)" if others_vary else ""
+    trend = trend_phrase(factor.label, labels, means, noise)
+    line = f"KD-student {metric} {trend}{averaged} ({_series(metric, labels, means)})"
+    if len(sweep.factors) == 1:
+      line += f"; best {sweep.group_label(best)}{against_baseline}"
+    lines.append(line + ".")
+  if len(sweep.factors) != 1:
+    lines.append(f"Best point by {metric}: {sweep.group_label(best)}, KD student "
+                 f"{format_mean_std(metric, *best.mean_std('student', metric))}"
+                 f"{'%' if metric in PERCENT_METRICS else ''}{against_baseline}.")
+  if sweep.has_baseline:
+    lines.append(_baseline_line(sweep, groups, metric))
+  teacher_mean, _ = best.mean_std("teacher", metric)
+  student_mean, _ = best.mean_std("student", metric)
+  line = (f"Student vs teacher at the best point ({metric}): KD student "
+          f"{format_metric(metric, student_mean, unit=True)}, teacher {format_metric(metric, teacher_mean, unit=True)} "
+          f"({format_metric(metric, student_mean - teacher_mean, signed=True)}{metric_unit(metric)})")
+  if sweep.has_baseline:
+    line += f", hard-label student {format_metric(metric, best.mean_std(BASELINE, metric)[0], unit=True)}"
+  lines.append(line + ".")
+  return lines
+
+
+def _baseline_line(sweep: Sweep, groups: list[Group], metric: str) -> str:
+  """Where the KD student beats the hard-label one (whole interval on the better side), loses, or neither."""
+  outcomes = {"better": [], "worse": [], "unclear": []}
+  direction = 1 if metric in HIGHER_IS_BETTER else -1
+  for group in groups:
+    difference = group.versus_baseline("student", metric)
+    if difference is None:
+      continue
+    outcome = {direction: "better", -direction: "worse", 0: "unclear"}[difference.sign]
+    outcomes[outcome].append(f"{sweep.group_label(group)} ({format_metric(metric, difference.mean, signed=True)})")
+  parts = [f"{what} at {', '.join(labels)}" for what, labels in (
+      ("better", outcomes["better"]), ("worse", outcomes["worse"]),
+      ("no clear difference (interval contains 0)", outcomes["unclear"])) if labels]
+  return (f"KD vs hard labels ({metric}, paired {stats.CONFIDENCE_LEVEL:.0%} interval): " + "; ".join(parts) + ".")
+
+
+# Files.
+
+def csv_rows(sweep: Sweep) -> list[dict]:
+  """One row per finished point: swept fields by path, seed, metrics per model, data sizes, steps, wall time."""
+  rows = []
+  for run in sweep.runs:
+    row = {"point": run.name}
+    for factor, i in zip(sweep.factors, run.value_indices):
+      for field, value in zip(factor.fields, factor.values[i]):
+        row[field] = value if isinstance(value, (int, float, str, type(None))) else format_value(value)
+    row["seed"] = run.seed
+    for model in ("student", BASELINE, "teacher"):
+      for metric in TABLE_METRICS:
+        row[f"{model}_{metric}"] = run.results["metrics"].get(model, {}).get(metric)
+    data = run.results.get("data", {})
+    for key in ("num_train", "num_labeled", "num_unlabeled", "num_test"):
+      row[key] = data.get(key)
+    train = run.results.get("train", {})
+    for key in ("steps", "wall_s", "examples_per_sec", "num_devices"):
+      row[key] = train.get(key)
+    rows.append(row)
+  return rows
+
+
+def results_csv(sweep: Sweep) -> str:
+  rows = csv_rows(sweep)
+  stream = io.StringIO()
+  writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else ["point"], lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  return stream.getvalue()
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+  return (["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"] +
+          ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def summary_markdown(sweep: Sweep) -> str:
+  """summary.md: header, findings, metrics per swept value, paired differences from hard labels, data sizes."""
+  groups = sweep.groups()
+  metric = sweep.selection_metric
+  factor_text = " × ".join(f"`{factor.label}` ({len(factor.values)} value{'s' if len(factor.values) > 1 else ''})"
+                           for factor in sweep.factors)
+  lines = [f"# Sweep report: {os.path.basename(os.path.normpath(sweep.workdir))}", "",
+           f"{factor_text or 'Seeds only'}, {sweep.seeds} seed{'s' if sweep.seeds > 1 else ''} each: "
+           f"{len(sweep.runs)} of {sweep.num_points} points finished.", ""]
+  if not groups:
+    return "\n".join(lines + ["No point has finished yet."]) + "\n"
+  best = best_group(groups, metric)
+  wall_s = [run.results.get("train", {}).get("wall_s") or 0.0 for run in sweep.runs]
+  lines += [f"Selection metric: {metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better), of the KD "
+            f"student. Cells are mean ± sample std (ddof=1) over seeds; accuracy and agreement in %. Differences are "
+            f"paired: each model minus the hard-label student of the same seed, with a {stats.CONFIDENCE_LEVEL:.0%} "
+            f"percentile-bootstrap interval of the mean difference ({stats.BOOTSTRAP_RESAMPLES} resamples, seed "
+            f"{stats.BOOTSTRAP_SEED}). Training time of the finished points: {sum(wall_s):.0f} s.", "",
+            "## Findings", ""]
+  lines += [f"- {line}" for line in findings(sweep, groups)]
+  value_header = [factor.label for factor in sweep.factors]
+
+  def value_cells(group: Group) -> list[str]:
+    cells = [factor.value_label(i) for factor, i in zip(sweep.factors, group.value_indices)]
+    if group is best and cells:
+      cells[0] = f"**{cells[0]}** (best)"
+    return cells
+
+  rows = []
+  for group in groups:
+    for model, label in MODEL_LABELS.items():
+      if model == BASELINE and not sweep.has_baseline:
+        continue
+      cells = [format_mean_std(name, *group.mean_std(model, name)) for name in TABLE_METRICS]
+      rows.append(value_cells(group) + [label] + cells + [str(len(group.runs))])
+  lines += ["", "## Metrics by swept value", ""]
+  lines += _markdown_table(value_header + ["model"] + [metric_header(name) for name in TABLE_METRICS] + ["seeds"], rows)
+  if sweep.has_baseline:
+    difference_metrics = (metric,) + tuple(name for name in ("accuracy", "nll", "ece") if name != metric)
+    rows = []
+    for group in groups:
+      for model in ("student", "teacher"):
+        cells = []
+        for name in difference_metrics:
+          difference = group.versus_baseline(model, name)
+          if difference is None:
+            cells += ["-"] * (3 if name == metric else 1)
+            continue
+          cells.append(format_mean_std(name, difference.mean, difference.std, signed=True))
+          if name == metric:
+            cells.append(f"[{format_metric(name, difference.low, signed=True)}, "
+                         f"{format_metric(name, difference.high, signed=True)}]")
+            cells.append("-" if difference.n < 2 else ("yes" if difference.exceeds_spread else "no"))
+        rows.append(value_cells(group) + [f"{MODEL_LABELS[model]} − hard labels"] + cells)
+    header = value_header + ["model", metric_header(metric, difference=True), f"{stats.CONFIDENCE_LEVEL:.0%} CI",
+                             "exceeds seed spread"] + [metric_header(name, difference=True)
+                                                       for name in difference_metrics[1:]]
+    lines += ["", "## Difference from the hard-label student (paired over seeds)", ""]
+    lines += _markdown_table(header, rows)
+  sizes = [(group, group.runs[0].results.get("data", {})) for group in groups]
+  if len({json.dumps(data, sort_keys=True) for _, data in sizes}) > 1:
+    lines += ["", "## Data per swept value", ""]
+    lines += _markdown_table(value_header + ["train", "labeled", "unlabeled (transfer set)", "test"], [
+        value_cells(group) + [str(data.get(key, "-")) for key in ("num_train", "num_labeled", "num_unlabeled",
+                                                                   "num_test")] for group, data in sizes])
+  return "\n".join(lines) + "\n"
+
+
+def write_sweep_report(workdir: str) -> list[str]:
+  """Writes results.csv, summary.md and plots/ into the sweep workdir; returns the paths written."""
+  from kd_jax import plots  # pylint: disable=g-import-not-at-top  (matplotlib only where figures are drawn)
+  sweep = load_sweep(workdir)
+  written = []
+  for name, text in (("results.csv", results_csv(sweep)), ("summary.md", summary_markdown(sweep))):
+    path = os.path.join(workdir, name)
+    with files.atomic_open(path) as stream:
+      stream.write(text.encode())
+    written.append(path)
+  if sweep.runs:
+    written += plots.write_plots(sweep, os.path.join(workdir, "plots"))
+  return written
+
+
+def main(argv: list[str]) -> None:
+  """`python -m kd_jax.report SWEEP_WORKDIR`: (re)writes the sweep's report; bad input is one line, exit 2."""
+  if len(argv) != 2:
+    print("usage: python -m kd_jax.report SWEEP_WORKDIR", file=sys.stderr)
+    sys.exit(2)
+  try:
+    written = write_sweep_report(argv[1])
+  except UserError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+  print("\n".join(written))
+
+
+if __name__ == "__main__":
+  main(sys.argv)

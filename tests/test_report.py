@@ -1,0 +1,220 @@
+"""Sweep reports from a hand-made sweep workdir: statistics against independent computations, CSV, summary, plots."""
+
+import csv
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kd_jax import files, report, stats
+from tests.conftest import REPO_ROOT
+
+TEMPERATURES = (1.0, 2.0, 3.0)
+# KD and hard-label accuracy per (temperature, seed): KD peaks at T=2; T=3 is worse than hard labels on every seed.
+KD_ACCURACY = {1.0: (0.90, 0.92, 0.91), 2.0: (0.95, 0.96, 0.94), 3.0: (0.80, 0.82, 0.81)}
+HARD_ACCURACY = (0.85, 0.88, 0.86)
+TEACHER_ACCURACY = 0.97
+
+
+def fake_metrics(accuracy: float, num_classes: int = 3) -> dict:
+  """Metrics as in results.json, with a reliability diagram and a confusion matrix consistent with `accuracy`."""
+  correct = int(round(accuracy * 100))
+  confusion = np.zeros((num_classes, num_classes), int)
+  confusion[0, 0], confusion[1, 1], confusion[2, 1] = correct // 2, correct - correct // 2, 100 - correct
+  counts = [0] * 13 + [100 - correct, correct]
+  return {"accuracy": accuracy, "nll": 1.0 - accuracy, "ece": 0.1 * accuracy, "brier": 0.5 - 0.1 * accuracy,
+          "agreement": accuracy, "kl_to_teacher": 0.05, "num_examples": 100, "confusion_matrix": confusion.tolist(),
+          "reliability": {"count": counts, "confidence": [None] * 13 + [0.9, 0.97],
+                          "accuracy": [None] * 13 + [0.0 if counts[13] else None, 1.0]}}
+
+
+def write_point(workdir: str, name: str, kd: float, hard: float | None, teacher: float, num_labeled: int = 126):
+  directory = os.path.join(workdir, name)
+  metrics = {"teacher": fake_metrics(teacher), "student": fake_metrics(kd)}
+  if hard is not None:
+    metrics["student_hard"] = fake_metrics(hard)
+  files.write_json(os.path.join(directory, "results.json"), {
+      "data": {"name": "fake", "num_classes": 3, "num_train": 1000, "num_labeled": num_labeled,
+               "num_unlabeled": 1000 - num_labeled, "num_test": 100},
+      "metrics": metrics, "train": {"steps": 100, "wall_s": 2.5, "examples_per_sec": 1000.0, "num_devices": 1}})
+  with open(os.path.join(directory, "history.jsonl"), "w") as stream:
+    for phase, final in (("student", kd), ("student_hard", hard or 0.5)):
+      for step in (50, 100):
+        stream.write(json.dumps({"phase": phase, "step": step, "train/hard_loss": 1.0 / step}) + "\n")
+        stream.write(json.dumps({"phase": phase, "step": step, "test/accuracy": final * step / 100}) + "\n")
+
+
+def write_sweep_json(workdir: str, factors: list[report.Factor], seeds: int, metric: str = "accuracy") -> list[dict]:
+  points = []
+  for value_indices in itertools.product(*(range(len(factor.values)) for factor in factors)):
+    for seed in range(seeds):
+      name = ",".join(f"{factor.label}={factor.value_label(i)}" for factor, i in zip(factors, value_indices))
+      points.append({"index": len(points), "name": f"{name},seed={seed}", "value_indices": list(value_indices),
+                     "seed": seed})
+  files.write_json(os.path.join(workdir, report.SWEEP_FILE), {
+      "factors": [factor.to_json() for factor in factors], "seeds": seeds, "selection_metric": metric,
+      "points": points})
+  return points
+
+
+@pytest.fixture
+def temperature_sweep(tmp_path):
+  """3 temperatures x 3 seeds, every point finished, with the accuracies above."""
+  workdir = str(tmp_path / "sweep")
+  factor = report.Factor(("distill.temperature",), tuple((t,) for t in TEMPERATURES))
+  for point in write_sweep_json(workdir, [factor], seeds=3):
+    temperature = TEMPERATURES[point["value_indices"][0]]
+    write_point(workdir, point["name"], KD_ACCURACY[temperature][point["seed"]], HARD_ACCURACY[point["seed"]],
+                TEACHER_ACCURACY)
+  return workdir
+
+
+def test_mean_std_matches_statistics_module():
+  values = [0.91, 0.95, 0.87, 0.9]
+  mean, std = stats.mean_std(values)
+  assert mean == pytest.approx(statistics.mean(values), abs=1e-12)
+  assert std == pytest.approx(statistics.stdev(values), abs=1e-12)
+  assert stats.mean_std([0.5, float("nan"), 0.7]) == pytest.approx((0.6, statistics.stdev([0.5, 0.7])))
+  mean, std = stats.mean_std([0.5])
+  assert mean == 0.5 and np.isnan(std)
+
+
+def test_bootstrap_interval_matches_exact_enumeration():
+  """The percentile interval of 10,000 resampled means against the exact bootstrap distribution (all n^n draws)."""
+  values = np.array([0.0, 1.0, 3.0, 7.0])
+  exact_means = [np.mean(values[list(draw)]) for draw in itertools.product(range(4), repeat=4)]
+  exact_low, exact_high = np.quantile(exact_means, [0.025, 0.975])
+  low, high = stats.bootstrap_mean_interval(values)
+  assert abs(low - exact_low) <= 0.25 and abs(high - exact_high) <= 0.25, (low, high, exact_low, exact_high)
+  assert (low, high) == stats.bootstrap_mean_interval(values)  # seeded: deterministic
+  assert stats.bootstrap_mean_interval([2.0, 2.0, 2.0]) == (2.0, 2.0)
+
+
+def test_paired_difference_against_hand_computation():
+  kd, hard = [0.95, 0.96, 0.94], [0.85, 0.88, 0.86]
+  differences = [a - b for a, b in zip(kd, hard)]
+  result = stats.paired_difference(kd, hard)
+  assert result.n == 3
+  assert result.mean == pytest.approx(statistics.mean(differences), abs=1e-12)
+  assert result.std == pytest.approx(statistics.stdev(differences), abs=1e-12)
+  assert min(differences) <= result.low <= result.mean <= result.high <= max(differences)
+  assert result.sign == 1 and result.exceeds_spread
+  # Differences that straddle 0 by more than their mean: no sign, within the spread.
+  straddling = stats.paired_difference([0.9, 0.8, 0.85], [0.85, 0.85, 0.85])
+  assert straddling.sign == 0 and not straddling.exceeds_spread
+  assert stats.paired_difference([0.5, 0.6], [0.5, 0.6]).sign == 0
+
+
+def test_groups_statistics_and_best_value(temperature_sweep):
+  sweep = report.load_sweep(temperature_sweep)
+  assert len(sweep.runs) == 9 and sweep.num_points == 9
+  groups = sweep.groups()
+  assert [group.value_indices for group in groups] == [(0,), (1,), (2,)]
+  for group, temperature in zip(groups, TEMPERATURES):
+    mean, std = group.mean_std("student", "accuracy")
+    assert mean == pytest.approx(statistics.mean(KD_ACCURACY[temperature]))
+    assert std == pytest.approx(statistics.stdev(KD_ACCURACY[temperature]))
+    difference = group.versus_baseline("student", "accuracy")
+    expected = [kd - hard for kd, hard in zip(KD_ACCURACY[temperature], HARD_ACCURACY)]
+    assert difference.mean == pytest.approx(statistics.mean(expected))
+    assert difference.std == pytest.approx(statistics.stdev(expected))
+  best = report.best_group(groups, "accuracy")
+  assert sweep.group_label(best) == "distill.temperature=2"
+  assert sweep.group_label(report.best_group(groups, "nll")) == "distill.temperature=2"  # nll = 1 - accuracy here
+
+
+@pytest.mark.parametrize("means, phrase", [
+    ([0.1, 0.2, 0.3], "rises with T"),
+    ([0.3, 0.2, 0.1], "falls with T"),
+    ([0.1, 0.3, 0.2], "rises with T up to b, then falls"),
+    ([0.3, 0.1, 0.2], "falls with T down to b, then rises"),
+    ([0.1, 0.3, 0.1, 0.3], "varies non-monotonically with T (highest at b, lowest at a)"),
+    ([0.20, 0.21, 0.20], "is flat in T within the seed noise"),
+])
+def test_trend_phrase(means, phrase):
+  assert report.trend_phrase("T", ["a", "b", "c", "d"][:len(means)], means, noise=0.05) == phrase
+
+
+def test_summary_findings_and_tables(temperature_sweep):
+  text = report.summary_markdown(report.load_sweep(temperature_sweep))
+  assert "3 of 3" not in text and "9 of 9 points finished" in text
+  # KD: 91.00, 95.00, 81.00 (%); best T=2: +8.67 points over hard labels (paired: +10, +8, +8).
+  assert ("- KD-student accuracy rises with distill.temperature up to 2, then falls (1: 91.00%, 2: 95.00%, "
+          "3: 81.00%); best distill.temperature=2: +8.67 ± 1.15 points") in text
+  assert "more than the seed spread" in text
+  assert ("better at distill.temperature=1 (+4.67), distill.temperature=2 (+8.67); worse at "
+          "distill.temperature=3 (-5.33)") in text
+  assert "KD student 95.00%, teacher 97.00% (-2.00 points), hard-label student 86.33%" in text
+  metrics_section = text.split("## Metrics by swept value")[1].split("## Difference")[0]
+  assert metrics_section.count("| teacher |") == 3  # a teacher row per value
+  assert "| **2** (best) | student (KD) | 95.00 ± 1.00 |" in metrics_section
+  difference_section = text.split("## Difference from the hard-label student")[1]
+  assert difference_section.count("teacher − hard labels") == 3
+  assert "## Data per swept value" not in text  # the same data everywhere
+
+
+def test_partial_sweep_and_missing_baseline(tmp_path):
+  workdir = str(tmp_path / "partial")
+  factor = report.Factor(("student.hidden_sizes",), (((8,),), ((64, 64),)))
+  points = write_sweep_json(workdir, [factor], seeds=2)
+  write_point(workdir, points[0]["name"], 0.8, None, 0.9, num_labeled=10)
+  write_point(workdir, points[2]["name"], 0.85, None, 0.9, num_labeled=20)
+  sweep = report.load_sweep(workdir)
+  assert sweep.factors[0].value_label(1) == "64x64" and not sweep.factors[0].numeric
+  text = report.summary_markdown(sweep)
+  assert "2 of 4 points finished" in text
+  assert "hard labels" not in text  # no baseline: no baseline rows or lines
+  assert "## Data per swept value" in text
+  rows = list(csv.DictReader(report.results_csv(sweep).splitlines()))
+  assert [row["student.hidden_sizes"] for row in rows] == ["8", "64x64"]
+  assert rows[0]["student_hard_accuracy"] == ""
+
+
+def test_written_report_csv_and_plots(temperature_sweep):
+  written = report.write_sweep_report(temperature_sweep)
+  rows = list(csv.DictReader(open(os.path.join(temperature_sweep, "results.csv"))))
+  assert len(rows) == 9
+  assert {"point", "distill.temperature", "seed", "student_accuracy", "student_hard_accuracy", "teacher_accuracy",
+          "wall_s", "steps"} <= set(rows[0])
+  assert [float(row["distill.temperature"]) for row in rows[:3]] == [1.0, 1.0, 1.0]
+  assert float(rows[4]["student_accuracy"]) == KD_ACCURACY[2.0][1]
+  for stem in ("accuracy_vs_distill.temperature", "ece_vs_distill.temperature", "reliability", "confusion",
+               "training_curves"):
+    for extension in ("png", "pdf"):
+      path = os.path.join(temperature_sweep, "plots", f"{stem}.{extension}")
+      assert path in written and os.path.getsize(path) > 1000, path
+
+
+def test_two_factor_report_has_heatmap(tmp_path):
+  workdir = str(tmp_path / "grid")
+  factors = [report.Factor(("distill.temperature",), ((1.0,), (4.0,))),
+             report.Factor(("distill.alpha",), ((0.5,), (0.9,)))]
+  for point in write_sweep_json(workdir, factors, seeds=2):
+    i, j = point["value_indices"]
+    write_point(workdir, point["name"], 0.8 + 0.05 * i + 0.02 * j + 0.01 * point["seed"], 0.8, 0.95)
+  written = report.write_sweep_report(workdir)
+  assert os.path.join(workdir, "plots", "heatmap_accuracy.pdf") in written
+  assert os.path.join(workdir, "plots", "accuracy_vs_distill.temperature_by_distill.alpha.png") in written
+  text = open(os.path.join(workdir, "summary.md")).read()
+  assert "Best point by accuracy: distill.temperature=4,distill.alpha=0.9, KD student 87.50 ± 0.71%: +7.50" in text
+  assert "(averaged over the other factors)" in text
+
+
+def test_report_command_line(tmp_path):
+  """scripts/report.sh on a sweep none of whose points has finished yet, and on a directory that is no sweep."""
+  workdir = str(tmp_path / "started")
+  write_sweep_json(workdir, [report.Factor(("distill.alpha",), ((0.0,), (0.5,)))], seeds=1)
+  done = subprocess.run([str(REPO_ROOT / "scripts" / "report.sh"), workdir], capture_output=True, text=True,
+                        check=False, env=dict(os.environ, PYTHON=sys.executable))
+  assert done.returncode == 0, done.stderr
+  assert "0 of 2 points finished" in open(os.path.join(workdir, "summary.md")).read()
+  command = [sys.executable, "-m", "kd_jax.report"]
+  done = subprocess.run(command + [str(tmp_path / "nothing")], cwd=REPO_ROOT, capture_output=True, text=True,
+                        check=False)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nothing'} has no sweep.json")
