@@ -39,6 +39,8 @@ def describe_config_error(error: Exception) -> str:
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.json (created if missing).")
 flags.mark_flag_as_required("workdir")
+flags.DEFINE_integer("sweep_index", None, "Run only this point of the config's sweep (one per cluster array task).")
+flags.DEFINE_bool("list_points", False, "Print the sweep's points (index, status, name) without running anything.")
 try:
   # The config flag applies `--config.*` overrides as soon as it is defined: an unknown field fails here.
   config_flags.DEFINE_config_file("config", "configs/default.py", "Config file, optionally `file.py:arg`.",
@@ -76,7 +78,7 @@ def main(argv: list[str]) -> None:
     exit_with_usage_error(describe_config_error(error))
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # kd_jax before jax: importing kd_jax sizes XLA's CPU thread pools for forced host devices.
-  from kd_jax import config_validation, report, train  # pylint: disable=g-import-not-at-top
+  from kd_jax import config_validation, report, sweep, train  # pylint: disable=g-import-not-at-top
   from kd_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -84,6 +86,9 @@ def main(argv: list[str]) -> None:
     config_validation.validate(config)
     logging.info("JAX process %d of %d; local devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
+    if sweep.is_sweep(config) or FLAGS.sweep_index is not None or FLAGS.list_points:
+      sweep.run(config, FLAGS.workdir, point_index=FLAGS.sweep_index, list_points=FLAGS.list_points)
+      return
     results = train.train_and_evaluate(config, FLAGS.workdir)
   except UserError as error:
     exit_with_usage_error(str(error))

@@ -1,0 +1,241 @@
+"""Sweeps: one config, many runs. `config.sweep` (see configs/default.py) expands into points, which run in-process
+one after another (or one per process with `--sweep_index`), then the report is written (kd_jax/report.py).
+
+A point is the base config with one value of every factor (a grid field, or a zipped group) and a seed. Point
+`name` runs through `train.train_and_evaluate` in `<workdir>/<name>/`, e.g. `<workdir>/distill.temperature=2,seed=1/`,
+so each has its own results.json, config.json, history.jsonl and checkpoints. Points that train the same teacher
+share `<workdir>/teachers/<key>/`: the first of them trains it and builds its logit cache, the others reuse both;
+a file lock makes parallel processes wait for the one that is training it.
+
+Everything is checked before any point runs or anything is written: the sweep definition, every point's config,
+the data sizes, and that an existing point directory holds a run of the same config. A rerun skips finished points
+(results.json written) and resumes the others from their checkpoints. `<workdir>/sweep.json` records the factors
+and points for the report.
+"""
+
+import contextlib
+import dataclasses
+import fcntl
+import glob
+import itertools
+import os
+
+import jax
+import ml_collections
+from absl import logging
+
+from kd_jax import config_validation, data, files, fingerprints, report, train
+from kd_jax.errors import ConfigError, UserError
+
+TEACHERS_DIR = "teachers"
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+  """One run of a sweep."""
+  index: int
+  name: str
+  value_indices: tuple[int, ...]  # per factor, which of its values
+  assignments: dict  # dotted field path -> value, seed excluded
+  seed: int
+  config: ml_collections.ConfigDict
+
+
+def is_sweep(config: ml_collections.ConfigDict) -> bool:
+  """Whether the config defines more than one run."""
+  return bool(config.sweep.grid) or bool(config.sweep.zipped) or config.sweep.seeds > 1
+
+
+def factors(sweep_config: ml_collections.ConfigDict) -> tuple[report.Factor, ...]:
+  """The factors of a validated `config.sweep`: each grid field, then each zipped group, in config order."""
+  grid = [report.Factor((path,), tuple((value,) for value in values)) for path, values in sweep_config.grid]
+  zipped = [report.Factor(tuple(path for path, _ in group), tuple(zip(*(values for _, values in group))))
+            for group in sweep_config.zipped]
+  return tuple(grid + zipped)
+
+
+def point_name(assignments: dict, seed: int) -> str:
+  """`path=value,...,seed=s` in factor order, e.g. 'distill.temperature=2,seed=1' (see `report.format_value`)."""
+  return ",".join([f"{path}={report.format_value(value)}" for path, value in assignments.items()] + [f"seed={seed}"])
+
+
+def teacher_key(config: ml_collections.ConfigDict) -> str:
+  """Hash of what a point's teacher and its logit cache depend on: config.teacher (but where it is stored) and
+  config.data (but the inference batch size). Points with equal keys share one teacher directory."""
+  teacher = config.teacher.to_dict() | {"workdir": None}
+  data_config = config.data.to_dict() | {"eval_batch_size": None}
+  return fingerprints.fingerprint_json(files.as_json_value({"teacher": teacher, "data": data_config}))
+
+
+def expand(config: ml_collections.ConfigDict, workdir: str) -> list[Point]:
+  """The points: the factors' cartesian product (the first factor outermost), each with seeds 0..seeds-1.
+
+  A point's config is the base config with its values and seed set, teacher.workdir set to its shared teacher
+  directory (unless the base config sets one), and the sweep section reset: a point is a single run.
+  """
+  sweep_factors = factors(config.sweep)
+  for factor in sweep_factors:
+    labels = [factor.value_label(i) for i in range(len(factor.values))]
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+      raise ConfigError(factor.fields[0], tuple(values[0] for values in factor.values),
+                        f"lists the same value more than once ({', '.join(duplicates)})")
+  single_run = config_validation.schema().sweep
+  points = []
+  for value_indices in itertools.product(*(range(len(factor.values)) for factor in sweep_factors)):
+    assignments = {}
+    for factor, i in zip(sweep_factors, value_indices):
+      assignments.update(zip(factor.fields, factor.values[i]))
+    for seed in range(config.sweep.seeds):
+      point_config = config.copy_and_resolve_references()
+      for path, value in assignments.items():
+        _assign(point_config, path, value)
+      point_config.seed = seed
+      for key in single_run.keys():
+        point_config.sweep[key] = single_run[key]
+      if config.teacher.workdir is None:
+        point_config.teacher.workdir = os.path.join(workdir, TEACHERS_DIR, teacher_key(point_config))
+      points.append(Point(index=len(points), name=point_name(assignments, seed), value_indices=value_indices,
+                          assignments=assignments, seed=seed, config=point_config))
+  return points
+
+
+def _assign(config: ml_collections.ConfigDict, path: str, value) -> None:
+  *sections, key = path.split(".")
+  for section in sections:
+    config = config[section]
+  config[key] = tuple(value) if isinstance(value, list) else value
+
+
+def check_points(config: ml_collections.ConfigDict, points: list[Point], workdir: str) -> None:
+  """Raises ConfigError / UserError, naming the point, for anything that would fail once points run."""
+  if config.teacher.workdir is not None and len({teacher_key(point.config) for point in points}) > 1:
+    raise ConfigError("teacher.workdir", config.teacher.workdir,
+                      "must be None in a sweep whose swept fields change the teacher or the data: each teacher then "
+                      f"gets its own directory under {os.path.join(workdir, TEACHERS_DIR)}")
+  data_checked = set()
+  for point in points:
+    try:
+      config_validation.validate(point.config)
+      data_key = fingerprints.fingerprint_json(files.as_json_value(
+          {"data": point.config.data.to_dict(), "teacher_init": point.config.teacher.init}))
+      if data_key not in data_checked:
+        train.check_data_sizes(point.config, data.load_task(point.config))
+        data_checked.add(data_key)
+    except ConfigError as error:
+      raise ConfigError(error.field, error.value, f"{error.allowed} (sweep point {point.name})") from None
+    except UserError as error:
+      raise UserError(f"{error} (sweep point {point.name})") from None
+    _check_existing_run(point, workdir)
+
+
+def _comparable(config_dict: dict) -> dict:
+  """A config as written to config.json, without where its teacher is stored (a location, not an identity)."""
+  config_dict = files.as_json_value(config_dict)
+  config_dict["teacher"]["workdir"] = None
+  return config_dict
+
+
+def _differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
+  """Dotted paths of the fields both configs hold with different values. A field only one holds comes from a schema
+  change between the runs (a field added with its default, or removed), not from a different experiment."""
+  fields = []
+  for key in sorted(set(a) & set(b)):
+    if isinstance(a[key], dict) and isinstance(b[key], dict):
+      fields += _differing_fields(a[key], b[key], f"{prefix}{key}.")
+    elif a[key] != b[key]:
+      fields.append(prefix + key)
+  return fields
+
+
+def _check_existing_run(point: Point, workdir: str) -> None:
+  """A point directory left by an earlier run must hold the same config, or resuming it would mix two runs."""
+  config_path = os.path.join(workdir, point.name, "config.json")
+  if not os.path.exists(config_path):
+    return
+  differing = _differing_fields(_comparable(files.read_json(config_path)), _comparable(point.config.to_dict()))
+  if differing:
+    raise UserError(f"{os.path.dirname(config_path)} holds a run of another config "
+                    f"(config.{', config.'.join(differing)} differ); use a new --workdir or delete that directory")
+
+
+def point_status(point: Point, workdir: str) -> str:
+  """'finished' (results.json written), 'partial' (started, resumable) or 'new'."""
+  directory = os.path.join(workdir, point.name)
+  if os.path.exists(os.path.join(directory, "results.json")):
+    return "finished"
+  return "partial" if os.path.exists(os.path.join(directory, "config.json")) else "new"
+
+
+def describe(config: ml_collections.ConfigDict, points: list[Point]) -> dict:
+  """The content of sweep.json: what the report needs to group the points' results."""
+  return files.as_json_value({
+      "factors": [factor.to_json() for factor in factors(config.sweep)], "seeds": config.sweep.seeds,
+      "selection_metric": config.sweep.selection_metric,
+      "points": [{"index": point.index, "name": point.name, "value_indices": point.value_indices,
+                  "assignments": point.assignments, "seed": point.seed} for point in points],
+      "config": config.to_dict()})
+
+
+def _teacher_ready(config: ml_collections.ConfigDict) -> bool:
+  """The shared teacher directory holds the finished teacher and, in cached mode, a logit cache."""
+  directory = config.teacher.workdir
+  trained = config.teacher.init != "train" or os.path.isdir(os.path.join(directory, "params"))
+  cached = config.distill.teacher_mode != "cached" or bool(
+      glob.glob(os.path.join(directory, "logit_cache", "*", "metadata.json")))
+  return trained and cached
+
+
+@contextlib.contextmanager
+def _teacher_lock(config: ml_collections.ConfigDict):
+  """While the shared teacher is not ready, runs the point under an exclusive lock on `<teacher dir>.lock`.
+
+  train_and_evaluate trains the teacher and builds its cache first, so another process that wants the same teacher
+  waits for this point, then finds both ready and runs alongside. Single-process jobs only: the processes of one
+  multi-host job train a teacher together, and one of them waiting for another's lock would deadlock them.
+  """
+  if jax.process_count() > 1 or _teacher_ready(config):
+    yield
+    return
+  lock_path = os.path.normpath(config.teacher.workdir) + ".lock"
+  os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+  with open(lock_path, "a") as lock_file:
+    fcntl.flock(lock_file, fcntl.LOCK_EX)
+    if _teacher_ready(config):  # another process finished it while this one waited
+      fcntl.flock(lock_file, fcntl.LOCK_UN)
+    yield
+
+
+def run_point(point: Point, workdir: str, num_points: int) -> None:
+  """Runs (or resumes) one point; a finished point is skipped."""
+  status = point_status(point, workdir)
+  what = {"finished": "finished earlier, skipped", "partial": "resuming", "new": "starting"}[status]
+  logging.info("Sweep point %d (of %d points), %s: %s.", point.index, num_points, point.name, what)
+  if status == "finished":
+    return
+  with _teacher_lock(point.config):
+    train.train_and_evaluate(point.config, os.path.join(workdir, point.name))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, point_index: int | None = None,
+        list_points: bool = False) -> None:
+  """Checks the whole sweep, then lists its points, runs one of them, or runs all of them and writes the report."""
+  if not is_sweep(config):
+    raise UserError("--sweep_index and --list_points need a sweep config (config.sweep sets no grid, zipped "
+                    "values or seeds > 1); see configs/sweep_*.py")
+  points = expand(config, workdir)
+  if point_index is not None and not 0 <= point_index < len(points):
+    raise UserError(f"--sweep_index={point_index}: the sweep has {len(points)} points, 0 to {len(points) - 1} "
+                    "(see --list_points)")
+  check_points(config, points, workdir)
+  if list_points:
+    for point in points:
+      print(f"{point.index}\t{point_status(point, workdir)}\t{point.name}")
+    return
+  if jax.process_index() == 0:
+    files.write_json(os.path.join(workdir, report.SWEEP_FILE), describe(config, points))
+  for point in points if point_index is None else [points[point_index]]:
+    run_point(point, workdir, len(points))
+  if point_index is None and jax.process_index() == 0:
+    written = report.write_sweep_report(workdir)
+    logging.info("Sweep report: %s", ", ".join(path for path in written if not path.endswith(".pdf")))
