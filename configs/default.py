@@ -10,23 +10,35 @@ labeled images, its logits for every training image are cached, then two student
 on the same batches: one distilled (labeled CE + T^2 KL on everything), one on hard labels only (the baseline).
 Expect the distilled student to beat the hard-label one by a few points of test accuracy.
 
-Arguments (`--config=configs/default.py:smoke`): `smoke` shrinks the run to a few seconds of training.
+Arguments (`--config=configs/default.py:smoke`): `smoke` shrinks the run to a few seconds of training. A task name,
+`sst2` or `esnli`, returns that task's config (configs/sst2.py, configs/esnli.py) instead, so that every config built
+on this one (the sweeps) runs on it: `--config=configs/sweep_temp.py:sst2,smoke`.
 Any field can be overridden from the command line, e.g. `--config.distill.temperature=2`.
 
 This file is the config schema: every field any kd_jax config may set is defined here with a comment. Variants
 import `get_config()` and change a few fields; fields unknown to this schema are rejected.
 """
 
+import importlib.util
+import pathlib
+
 import ml_collections
 from ml_collections import config_dict
 
+# Text tasks: the argument `sst2` or `esnli` makes get_config return configs/<task>.py's config.
+TASKS = ("sst2", "esnli")
 # The arguments a config accepts (`--config=file.py:arg1,arg2`); sweep configs accept the same ones.
-OPTIONS = ("smoke",)
+OPTIONS = ("smoke",) + TASKS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  """Returns the default config; `arg` is a comma-separated list of options (`smoke`)."""
+  """Returns the default config; `arg` is a comma-separated list of options (`smoke`, and a task name)."""
   options = parse_options(arg, allowed=OPTIONS)
+  tasks = [option for option in options if option in TASKS]
+  if len(tasks) > 1:
+    raise ValueError(f"config arguments {', '.join(tasks)}: choose one task")
+  if tasks:
+    return task_config(tasks[0], ",".join(option for option in options if option not in TASKS))
   config = ml_collections.ConfigDict()
 
   # Seed of the student's initialization, dropout, and the order of training batches. Sweeping it repeats a run
@@ -50,6 +62,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.batch_size = 32
   # Global batch size of inference (evaluation and the teacher-logit cache); divisible by the device count.
   config.data.eval_batch_size = 512
+  # Text tasks ('sst2', 'esnli'; kd_jax/data/text.py): where the data comes from. 'hub': HF datasets'
+  # load_dataset(path, subset) through the HF cache; 'tfds': tfds.load(path, data_dir=data_dir); 'files': path is a
+  # directory of <split>.csv / <split>.jsonl / <split>.parquet; 'disk': path is a DatasetDict written by save_to_disk.
+  config.data.source = "hub"
+  # Hub dataset id, TFDS name, or local directory (see source); the task configs set the real ones.
+  config.data.path = config_dict.placeholder(str)
+  # Hub dataset config name (e.g. 'sst2' of 'nyu-mll/glue'); None if it has none.
+  config.data.subset = config_dict.placeholder(str)
+  # HF datasets cache_dir or TFDS data_dir (a local copy); None for the libraries' defaults.
+  config.data.data_dir = config_dict.placeholder(str)
+  # Splits of the text tasks' source: training and evaluation (the test metrics). They replace test_fraction.
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  # Evaluate on the first this many examples of eval_split; None for all of them.
+  config.data.max_eval_examples = config_dict.placeholder(int)
+  # Maximum tokens of a text input (the source, for seq2seq) and of a seq2seq target; longer ones are truncated.
+  config.data.max_length = 128
+  config.data.max_target_length = 64
   # Shape of the synthetic tasks (ignored by 'digits').
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_examples = 2000
@@ -62,6 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Registered model name: 'mlp' or 'hf' (a Hugging Face checkpoint, see `checkpoint`).
   config.teacher.name = "mlp"
   # 'train': train the teacher in this run (saved under teacher.workdir and reused by later runs);
+  # 'pretrained': the checkpoint's weights as they are (HF models, e.g. a fine-tuned classifier);
   # otherwise the path of a teacher directory written by an earlier run (`<workdir>/teacher`).
   config.teacher.init = "train"
   # Where the trained teacher and its logit cache live; None means `<workdir>/teacher`. Sweeps point all their
@@ -113,6 +144,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distill.t2_scaling = True
   # Gaussian noise added to the inputs of teacher and student alike in each train step (online mode only).
   config.distill.input_noise_std = 0.0
+  # Seq2seq tasks: 'token' distills the teacher's distribution at every target token (teacher_mode cached or
+  # online); 'sequence' trains the student with cross-entropy on the teacher's own greedy outputs, generated once
+  # and cached as tokens (Kim & Rush 2016; the loss weights and teacher_mode then do not apply).
+  config.distill.strategy = "token"
+  # Seq2seq cached mode: the teacher logits kept per target token (the k largest, with their vocabulary ids and the
+  # log-sum-exp of the other logits; see losses.topk_divergence), and the dtype the k values are stored in: 'float16'
+  # (default: 3 more mantissa bits than bfloat16, and logits stay far below its 65504 limit), 'bfloat16' or
+  # 'float32'. Full-vocabulary logits are never stored for seq2seq tasks.
+  config.distill.topk = 32
+  config.distill.topk_dtype = "float16"
 
   # Optimizer of the students: AdamW with linear warmup then linear decay to 0.
   config.optim = optim_config(learning_rate=3e-3, weight_decay=1e-4, warmup_ratio=0.05)
@@ -135,6 +176,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Also train the hard-label student (the same run without the distillation term) as the baseline.
   config.baseline = True
+
+  # Seq2seq evaluation: every model's outputs for the test split are generated (max data.max_target_length tokens)
+  # and scored (kd_jax/seq2seq.py).
+  config.generation = ml_collections.ConfigDict()
+  # Decoding temperatures, 0 = greedy; the metrics at the first are the models' metrics, the students' metrics at
+  # every one are also reported (the generation-temperature ablation: one trained student, no retraining).
+  config.generation.temperatures = (0.0,)
+  # Sampling filters for temperatures > 0: keep the top_k most likely tokens and/or the top_p nucleus; None: off.
+  config.generation.top_k = config_dict.placeholder(int)
+  config.generation.top_p = config_dict.placeholder(float)
 
   # Sweeps (kd_jax/sweep.py): the config runs once per point, each in `<workdir>/<point name>/`, then the report
   # (results.csv, summary.md, plots/) is written. A config is a sweep when grid or zipped is non-empty or seeds > 1.
@@ -174,6 +225,14 @@ def optim_config(*, learning_rate: float, weight_decay: float, warmup_ratio: flo
   # Clip gradients to this global norm; None disables clipping.
   optim.grad_clip_norm = config_dict.placeholder(float)
   return optim
+
+
+def task_config(task: str, arg: str) -> ml_collections.ConfigDict:
+  """get_config(arg) of configs/<task>.py, which builds on this file's config."""
+  spec = importlib.util.spec_from_file_location(f"configs_{task}", pathlib.Path(__file__).with_name(f"{task}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def parse_options(arg: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:

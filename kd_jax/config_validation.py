@@ -12,6 +12,7 @@ import jax
 import ml_collections
 
 from kd_jax import data, losses, models, report
+from kd_jax.data import text as text_data
 from kd_jax.errors import ConfigError
 
 SCHEMA_PATH = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
@@ -19,6 +20,8 @@ SCHEMA_PATH = pathlib.Path(__file__).resolve().parent.parent / "configs" / "defa
 NULLABLE_FIELDS = frozenset({"distill.alpha"})
 DTYPES = ("float32", "bfloat16")
 TEACHER_MODES = ("cached", "online")
+STRATEGIES = ("token", "sequence")
+TOPK_DTYPES = ("float16", "bfloat16", "float32")
 
 
 def schema() -> ml_collections.ConfigDict:
@@ -167,8 +170,11 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _check_model(config, "teacher")
   _check_model(config, "student")
   init = config.teacher.init
-  _require(init == "train" or os.path.isdir(os.path.join(init, "checkpoints")), "teacher.init", init,
-           "must be 'train' or an existing teacher directory with checkpoints/ (an earlier run's <workdir>/teacher)")
+  _require(init in ("train", "pretrained") or os.path.isdir(os.path.join(init, "checkpoints")), "teacher.init", init,
+           "must be 'train', 'pretrained' (an HF checkpoint's own weights) or an existing teacher directory with "
+           "checkpoints/ (an earlier run's <workdir>/teacher)")
+  _require(init != "pretrained" or config.teacher.name == "hf", "teacher.init", init,
+           "'pretrained' needs teacher.name='hf' (the weights of teacher.checkpoint)")
   _check_positive(config, "teacher.num_epochs")
   _check_optim(config, "teacher.optim")
 
@@ -194,6 +200,8 @@ def check_values(config: ml_collections.ConfigDict) -> None:
            distill.input_noise_std,
            "needs distill.teacher_mode='online' (cached teacher logits were computed on clean inputs)")
 
+  _check_text_and_seq2seq(config)
+
   _check_optim(config, "optim")
   _check_positive(config, "train.num_epochs")
   _require(config.train.num_steps is None or config.train.num_steps > 0, "train.num_steps", config.train.num_steps,
@@ -201,6 +209,50 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   for field in ("train.eval_every_steps", "train.checkpoint_every_steps", "train.log_every_steps",
                 "train.max_checkpoints_to_keep"):
     _check_positive(config, field)
+
+
+def _check_text_and_seq2seq(config: ml_collections.ConfigDict) -> None:
+  """The text tasks' data source and models, and the seq2seq distillation and generation settings."""
+  data_config, distill, generation = config.data, config.distill, config.generation
+  seq2seq = data_config.name in data.SEQ2SEQ_TASKS
+  _require(distill.strategy in STRATEGIES, "distill.strategy", distill.strategy, f"allowed: {', '.join(STRATEGIES)}")
+  _require(distill.strategy == "token" or seq2seq, "distill.strategy", distill.strategy,
+           f"'sequence' needs a seq2seq data set ({', '.join(data.SEQ2SEQ_TASKS)})")
+  _check_positive(config, "distill.topk")
+  _require(distill.topk_dtype in TOPK_DTYPES, "distill.topk_dtype", distill.topk_dtype,
+           f"allowed: {', '.join(TOPK_DTYPES)}")
+  temperatures = tuple(generation.temperatures)
+  _require(len(temperatures) > 0 and all(t >= 0 for t in temperatures), "generation.temperatures", temperatures,
+           "must be a non-empty tuple of temperatures >= 0 (0 = greedy)")
+  _require(generation.top_k is None or generation.top_k > 0, "generation.top_k", generation.top_k,
+           "must be > 0 or None")
+  _require(generation.top_p is None or 0 < generation.top_p <= 1, "generation.top_p", generation.top_p,
+           "must be in (0, 1] or None")
+  if data_config.name not in data.TEXT_TASKS:
+    return
+  _require(data_config.source in text_data.SOURCES, "data.source", data_config.source,
+           f"allowed: {', '.join(text_data.SOURCES)}")
+  _require(bool(data_config.path), "data.path", data_config.path,
+           f"required for data.name={data_config.name!r}: a hub dataset id, TFDS name or local directory "
+           "(see data.source)")
+  for field in ("data.max_length", "data.max_target_length"):
+    _check_positive(config, field)
+  _require(data_config.max_eval_examples is None or data_config.max_eval_examples > 0, "data.max_eval_examples",
+           data_config.max_eval_examples, "must be > 0 or None")
+  _require(distill.input_noise_std == 0, "distill.input_noise_std", distill.input_noise_std,
+           f"must be 0 for data.name={data_config.name!r}: its inputs are token ids")
+  model_task = "seq2seq" if seq2seq else "sequence_classification"
+  allowed_tasks = (model_task,) if seq2seq else (model_task, None)  # None means sequence_classification
+  for section in ("teacher", "student"):
+    model_config = config[section]
+    _require(model_config.name == "hf", f"{section}.name", model_config.name,
+             f"data.name={data_config.name!r} is text: it needs 'hf' models (their tokenizers tokenize it)")
+    _require(model_config.task in allowed_tasks, f"{section}.task", model_config.task,
+             f"must be {model_task!r} for data.name={data_config.name!r}")
+  if seq2seq:
+    _require(data_config.labeled_fraction == 1.0, "data.labeled_fraction", data_config.labeled_fraction,
+             "must be 1.0 for seq2seq data sets (an example without its target has nothing to teacher-force)")
+
 
 def check_sweep(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> None:
   """config.sweep: each swept path is a schema field with a non-empty tuple of values of its type, no field is swept

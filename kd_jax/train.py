@@ -21,7 +21,7 @@ from absl import logging
 from flax.training import train_state
 
 from kd_jax import (checkpointing, config_validation, data, files, fingerprints, inference, losses, metric_writer,
-                    metrics, models, sharding, teacher_cache)
+                    metrics, models, seq2seq, seq2seq_cache, sharding, teacher_cache)
 from kd_jax.data import pipeline
 from kd_jax.errors import UserError
 
@@ -101,7 +101,9 @@ def train_step(state: TrainState, teacher_params, hyperparams: LossHyperparams, 
     teacher_params: replicated teacher parameters (teacher_mode 'online'), else None.
     hyperparams: replicated loss hyperparameters.
     rng: replicated base PRNG key of this training run.
-    batch: this device's rows: inputs, label (-1: unlabeled), index, and teacher_logits in 'cached' mode.
+    batch: this device's rows: inputs, label (-1: unlabeled), index; in 'cached' mode teacher_logits, or the
+      top-k arrays of seq2seq tasks (seq2seq_cache.join_topk); teacher_inputs when the teacher has its own
+      tokenizer; token_weights [rows, T] for seq2seq targets (0 on padding).
     model, teacher_model: flax modules (static).
     teacher_mode: 'cached' (logits in the batch), 'online' (teacher forward here, no gradient) or 'none'.
     divergence_kind, t2_scaling: see `losses.divergence`.
@@ -118,13 +120,15 @@ def train_step(state: TrainState, teacher_params, hyperparams: LossHyperparams, 
     noise = jax.vmap(lambda key, x: jax.random.normal(key, x.shape, x.dtype))(noise_rngs, inputs)
     inputs = inputs + input_noise_std * noise
   if teacher_mode == "online":
-    teacher_logits = jax.lax.stop_gradient(teacher_model.apply({"params": teacher_params}, inputs, train=False))
+    teacher_inputs = batch.get("teacher_inputs", inputs)
+    teacher_logits = jax.lax.stop_gradient(teacher_model.apply({"params": teacher_params}, teacher_inputs,
+                                                               train=False))
   elif teacher_mode == "cached":
-    teacher_logits = batch["teacher_logits"]
+    teacher_logits = seq2seq_cache.topk_logits(batch) if seq2seq_cache.has_topk(batch) else batch["teacher_logits"]
   else:
     teacher_logits = None
   labels = batch["label"]
-  example_weights = jnp.ones(labels.shape, jnp.float32)
+  example_weights = batch.get("token_weights", jnp.ones(labels.shape, jnp.float32))
 
   def loss_fn(params):
     def example_logits(example_inputs, dropout_rng):
@@ -260,11 +264,11 @@ def teacher_directory(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 def _teacher_identity(config: ml_collections.ConfigDict, task: data.TaskData) -> dict:
   """What a trained teacher depends on: its config, the labeled training examples and the batch size."""
-  labeled = task.labeled_train
+  labeled = data.teacher_view(task.labeled_train)
   return {"teacher": config.teacher.to_dict() | {"workdir": None, "init": "train"},
           "batch_size": config.data.batch_size, "num_classes": task.num_classes,
-          "labeled_train_fingerprint": fingerprints.fingerprint_arrays(labeled["inputs"], labeled["label"],
-                                                                       labeled["index"])}
+          "labeled_train_fingerprint": fingerprints.fingerprint_arrays(*jax.tree.leaves(labeled["inputs"]),
+                                                                       labeled["label"], labeled["index"])}
 
 
 def obtain_teacher(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir: str, train_fn):
@@ -273,9 +277,11 @@ def obtain_teacher(config: ml_collections.ConfigDict, task: data.TaskData, mesh,
   Returns:
     (model, params, stats or None when the teacher was not trained in this call).
   """
-  example_inputs = jax.tree.map(lambda value: value[:1], task.train["inputs"])
+  example_inputs = jax.tree.map(lambda value: value[:1], data.teacher_view(task.train)["inputs"])
   model, params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=example_inputs,
                                 rng=jax.random.PRNGKey(config.teacher.seed), field="teacher")
+  if config.teacher.init == "pretrained":
+    return model, params, None
   if config.teacher.init != "train":
     return model, _restore_teacher_params(config.teacher.init, params), None
   directory = teacher_directory(config, workdir)
@@ -289,7 +295,7 @@ def obtain_teacher(config: ml_collections.ConfigDict, task: data.TaskData, mesh,
     logging.info("teacher: reusing the trained teacher in %s.", directory)
     return model, _restore_teacher_params(directory, params), None
   files.write_json(identity_path, identity)
-  labeled = task.labeled_train
+  labeled = data.teacher_view(task.labeled_train)
   run = TrainingRun(
       phase="teacher", examples=labeled, hyperparams=teacher_hyperparams(), optim_config=config.teacher.optim,
       num_steps=num_train_steps(len(labeled["index"]), config.data.batch_size, config.teacher.num_epochs),
@@ -334,19 +340,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   check_data_sizes(config, task)
   mesh = sharding.make_mesh(config.train.num_devices)
   num_devices = mesh.size
+  num_labeled = len(task.labeled_train["index"])
   logging.info("Data %s: %d training examples (%d labeled), %d test; %d classes. Mesh: %d devices.", task.name,
-               len(task.train["index"]), int((task.train["label"] >= 0).sum()), len(task.test["index"]),
-               task.num_classes, num_devices)
+               len(task.train["index"]), num_labeled, len(task.test["index"]), task.num_classes, num_devices)
 
   os.makedirs(workdir, exist_ok=True)
   files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   writers = {phase: metric_writer.MetricWriter(workdir, phase) for phase in PHASES}
   test_labels = task.test["label"]
+  seq2seq_evaluation = seq2seq.Evaluation(config, task, mesh) if task.seq2seq is not None else None
 
   def run_training(run, *, model, init_params, step_fn, eval_teacher_logits):
     predict = inference.make_predict_fn(model, mesh)
 
     def evaluate(params):
+      if seq2seq_evaluation is not None:
+        return seq2seq_evaluation.during_training(model, params)
       logits = inference.predict_logits(predict, params, task.test["inputs"], batch_size=config.data.eval_batch_size,
                                         num_devices=num_devices)
       test_metrics = metrics.classification_metrics(logits, test_labels, eval_teacher_logits)
@@ -364,19 +373,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   teacher_model, teacher_params, teacher_stats = obtain_teacher(config, task, mesh, workdir, train_teacher)
   teacher_params = sharding.replicate(teacher_params, mesh)
   teacher_predict = inference.make_predict_fn(teacher_model, mesh)
-  teacher_test_logits = inference.predict_logits(teacher_predict, teacher_params, task.test["inputs"],
-                                                 batch_size=config.data.eval_batch_size, num_devices=num_devices)
+  if seq2seq_evaluation is None:
+    teacher_test_logits = inference.predict_logits(teacher_predict, teacher_params,
+                                                   data.teacher_view(task.test)["inputs"],
+                                                   batch_size=config.data.eval_batch_size, num_devices=num_devices)
+    teacher_metrics = metrics.classification_metrics(teacher_test_logits, test_labels, teacher_test_logits)
+  else:
+    teacher_test_logits = None  # [N, T, V] is too large to keep: the students' KL is computed beside the teacher
+    teacher_metrics = seq2seq_evaluation.teacher_metrics(teacher_model, teacher_params)
   results = {"data": {"name": task.name, "num_classes": task.num_classes, "num_train": len(task.train["index"]),
-                      "num_labeled": int((task.train["label"] >= 0).sum()),
-                      "num_unlabeled": int((task.train["label"] < 0).sum()), "num_test": len(task.test["index"])},
-             "metrics": {"teacher": metrics.classification_metrics(teacher_test_logits, test_labels, teacher_test_logits)},
+                      "num_labeled": num_labeled, "num_unlabeled": len(task.train["index"]) - num_labeled,
+                      "num_test": len(task.test["index"])},
+             "metrics": {"teacher": teacher_metrics},
              "train": {"num_devices": num_devices, "phases": {}}}
   if teacher_stats is not None:
     results["train"]["phases"]["teacher"] = teacher_stats
 
   student_examples = task.train
   teacher_mode = config.distill.teacher_mode
-  if teacher_mode == "cached":
+  student_hyperparams = loss_hyperparams(config.distill)
+  if config.distill.strategy == "sequence":
+    # Kim & Rush 2016: cross-entropy on the teacher's own outputs, without a distillation term.
+    student_examples, results["teacher_generations"] = seq2seq.sequence_level_examples(
+        config, task, teacher_model, teacher_params, mesh, teacher_directory(config, workdir))
+    teacher_mode, student_hyperparams = "none", loss_hyperparams(config.distill, hard_labels_only=True)
+  elif teacher_mode == "cached" and task.seq2seq is not None:
+    cache, results["teacher_cache"] = seq2seq.build_topk_cache(config, task, teacher_model, teacher_params, mesh,
+                                                               teacher_directory(config, workdir))
+    student_examples = seq2seq_cache.join_topk(task.train, cache)
+  elif teacher_mode == "cached":
     cache, cache_stats = build_teacher_cache(config, task, teacher_predict, teacher_params, workdir, num_devices)
     student_examples = teacher_cache.join(task.train, cache)
     results["teacher_cache"] = cache_stats
@@ -398,7 +423,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     distill_config=config.distill)
   student_predict = inference.make_predict_fn(student_model, mesh)
   trained = {}
-  run = student_run("student", student_examples, loss_hyperparams(config.distill),
+  run = student_run("student", student_examples, student_hyperparams,
                     teacher_params if teacher_mode == "online" else None)
   trained["student"] = run_training(run, model=student_model, init_params=student_init_params, step_fn=student_step,
                                     eval_teacher_logits=teacher_test_logits)
@@ -409,9 +434,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     trained["student_hard"] = run_training(run, model=student_model, init_params=student_init_params,
                                            step_fn=hard_step, eval_teacher_logits=teacher_test_logits)
   for phase, (params, stats) in trained.items():
-    logits = inference.predict_logits(student_predict, params, task.test["inputs"],
-                                      batch_size=config.data.eval_batch_size, num_devices=num_devices)
-    results["metrics"][phase] = metrics.classification_metrics(logits, test_labels, teacher_test_logits)
+    if seq2seq_evaluation is not None:
+      results["metrics"][phase] = seq2seq_evaluation.final(student_model, params, teacher_model, teacher_params)
+    else:
+      logits = inference.predict_logits(student_predict, params, task.test["inputs"],
+                                        batch_size=config.data.eval_batch_size, num_devices=num_devices)
+      results["metrics"][phase] = metrics.classification_metrics(logits, test_labels, teacher_test_logits)
     results["train"]["phases"][phase] = stats
   student_stats = trained["student"][1]
   results["train"].update({"steps": student_stats["steps"], "examples_per_sec": student_stats["examples_per_sec"],
@@ -434,7 +462,7 @@ def build_teacher_cache(config, task: data.TaskData, teacher_predict, teacher_pa
   start_time = time.time()
   cache, built = teacher_cache.load_or_build(
       cache_dir, metadata, task.train["index"],
-      lambda: inference.predict_logits(teacher_predict, teacher_params, task.train["inputs"],
+      lambda: inference.predict_logits(teacher_predict, teacher_params, data.teacher_view(task.train)["inputs"],
                                        batch_size=config.data.eval_batch_size, num_devices=num_devices))
   wall_s = time.time() - start_time
   logging.info("Teacher-logit cache %s: %s %d examples in %.2fs.", cache_dir, "built for" if built else "loaded",
