@@ -1,0 +1,386 @@
+"""Text tasks: SST-2 with two tokenizers, e-SNLI seq2seq, the top-k cache and loss, sources, errors, smoke runs."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from kd_jax import data, losses, metrics, models, seq2seq, seq2seq_cache, sharding, teacher_cache, train
+from kd_jax.data import esnli, pipeline, text
+from kd_jax.errors import UserError
+from tests.conftest import REPO_ROOT, load_config, run_main
+
+SST2_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "text" / "sst2"
+
+
+def squeezed(texts: list[str]) -> list[str]:
+  """Texts compared across tokenizers: lowercased, without whitespace."""
+  return ["".join(t.lower().split()) for t in texts]
+
+
+def text_encoding_logits(texts: list[str]) -> np.ndarray:
+  """A 'teacher' whose two logits spell out its input text, so a row joined to the wrong example is obvious."""
+  return np.asarray([[len(t), sum(map(ord, t)) % 9973] for t in texts], np.float32)
+
+
+@pytest.fixture(scope="module")
+def sst2_task():
+  return data.load_task(load_config("configs/sst2.py", "smoke"))
+
+
+def test_two_tokenizers_and_the_index_join_canary(sst2_task, tmp_path):
+  """Teacher logits computed on the teacher's tokens reach the student's batch of the same sentence, by index."""
+  config = load_config("configs/sst2.py", "smoke")
+  student_tokenizer = text.load_tokenizer(config.student.checkpoint, "student.checkpoint")
+  teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
+  train_split = sst2_task.train
+  assert not np.array_equal(train_split["inputs"]["input_ids"][:, :5], train_split["teacher_inputs"]["input_ids"][:, :5])
+  decode = lambda tokenizer, ids: squeezed(tokenizer.batch_decode(ids, skip_special_tokens=True))
+  teacher_texts = decode(teacher_tokenizer, train_split["teacher_inputs"]["input_ids"])
+  assert teacher_texts == decode(student_tokenizer, train_split["inputs"]["input_ids"])
+  metadata = teacher_cache.expected_metadata(data_name="sst2", split="train", data_fingerprint=sst2_task.fingerprint,
+                                             size=len(teacher_texts), num_classes=2, teacher_fingerprint="t")
+  # The cache is computed in the teacher's order (its own tokens), then shuffled batches of student tokens join it.
+  cache, _ = teacher_cache.load_or_build(str(tmp_path), metadata, train_split["index"],
+                                         lambda: text_encoding_logits(teacher_texts))
+  batches = pipeline.train_batches(teacher_cache.join(train_split, cache), batch_size=16, seed=3)
+  for _ in range(12):
+    batch = next(batches)
+    np.testing.assert_array_equal(batch["teacher_logits"],
+                                  text_encoding_logits(decode(student_tokenizer, batch["inputs"]["input_ids"])))
+
+
+def test_sst2_task_from_the_saved_dataset(sst2_task):
+  assert sst2_task.num_classes == 2 and sst2_task.seq2seq is None
+  assert len(sst2_task.train["index"]) == 160 and len(sst2_task.test["index"]) == 48
+  assert not set(sst2_task.train["index"]) & set(sst2_task.test["index"])
+  for split in (sst2_task.train, sst2_task.test):
+    for inputs in (split["inputs"], split["teacher_inputs"]):
+      assert inputs["input_ids"].dtype == np.int32 and inputs["input_ids"].shape == inputs["attention_mask"].shape
+      assert inputs["input_ids"].shape[1] <= 64
+
+
+@pytest.mark.parametrize("extension", ["csv", "jsonl", "parquet"])
+def test_local_files_give_the_saved_dataset(sst2_task, tmp_path, extension):
+  import datasets  # pylint: disable=import-outside-toplevel
+  for split, dataset in datasets.load_from_disk(str(SST2_FIXTURE)).items():
+    frame = dataset.to_pandas()
+    path = tmp_path / f"{split}.{extension}"
+    {"csv": lambda: frame.to_csv(path, index=False), "jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+     "parquet": lambda: frame.to_parquet(path)}[extension]()
+  config = load_config("configs/sst2.py", "smoke")
+  config.data.source, config.data.path = "files", str(tmp_path)
+  task = data.load_task(config)
+  assert task.fingerprint == sst2_task.fingerprint
+  np.testing.assert_array_equal(task.train["inputs"]["input_ids"], sst2_task.train["inputs"]["input_ids"])
+
+
+def test_tfds_source_with_mock_data():
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/sst2.py", "smoke")
+  config.data.source, config.data.path = "tfds", "glue/sst2"
+  with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
+    columns, _ = text.load_columns(config.data, "validation", ("sentence", "label"))
+  assert len(columns["sentence"]) == 6 and all(isinstance(s, str) for s in columns["sentence"])
+  config = load_config("configs/esnli.py", "smoke")
+  config.data.source, config.data.path = "tfds", "esnli"
+  with tfds.testing.mock_data(num_examples=4, policy=tfds.testing.MockPolicy.USE_CODE):
+    columns, _ = text.load_columns(config.data, "train", esnli.COLUMNS)
+  assert sorted(columns) == sorted(esnli.COLUMNS) and len(columns["premise"]) == 4
+
+
+def test_bad_files_are_one_line_errors(tmp_path):
+  config = load_config("configs/sst2.py", "smoke")
+  config.data.source, config.data.path = "files", str(tmp_path)
+  with pytest.raises(UserError, match=r"no file for split 'train' .*offline, point the config at a local copy"):
+    data.load_task(config)
+  (tmp_path / "train.csv").write_text("sentence,label\nfine film .,1\nbad film .,7\n")
+  with pytest.raises(UserError, match=r"train.csv.*row 1: label 7 is not an integer in \[0, 2\)"):
+    data.load_task(config)
+  (tmp_path / "train.csv").write_text("text,label\nfine film .,1\n")
+  with pytest.raises(UserError, match=r"train.csv has no column 'sentence' \(columns: label, text\)"):
+    data.load_task(config)
+
+
+def test_offline_hub_data_and_checkpoint_errors(tmp_path, monkeypatch):
+  """Without network or local copies: exit 2, one line naming what is missing and how to point at local copies."""
+  monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+  monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+  result = run_main("--config=configs/sst2.py", f"--workdir={tmp_path / 'w'}")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: checkpoint distilbert-base-uncased is not a local directory and could not be fetched")
+  fixtures = REPO_ROOT / "tests" / "fixtures" / "hf"
+  result = run_main("--config=configs/sst2.py", f"--workdir={tmp_path / 'w'}",
+                    f"--config.student.checkpoint={fixtures / 'distilbert'}",
+                    f"--config.teacher.checkpoint={fixtures / 'roberta'}")
+  assert result.returncode == 2
+  line = result.stderr.strip().splitlines()[-1]
+  assert "load_dataset('nyu-mll/glue', 'sst2')" in line and "config.data.source='files'" in line, line
+  assert not (tmp_path / "w").exists()
+
+
+def test_esnli_label_parsing():
+  assert esnli.parse_output("entailment explanation: a park is outside .") == (0, "a park is outside .")
+  assert esnli.parse_output("  Contradiction. explanation: no") == (2, "no")
+  assert esnli.parse_output("neutral not every man is a student") == (1, "not every man is a student")
+  assert esnli.parse_output("maybe explanation: a park is outside") == (None, "a park is outside")
+  assert esnli.parse_output("") == (None, "")
+  assert esnli.parse_output("entailmentexplanation: x")[0] is None
+  result, parsed = seq2seq.label_metrics(["entailment explanation: a b", "garbage", "neutral explanation: c"],
+                                         np.array([0, 0, 2]), ["a b", "x", "c"], esnli.parse_output,
+                                         teacher_labels=[0, None, 1])
+  assert parsed == [0, None, 1]
+  assert result["label_accuracy"] == pytest.approx(1 / 3) and result["unparseable"] == pytest.approx(1 / 3)
+  assert result["agreement"] == pytest.approx(2 / 3)  # an unparseable output never agrees, even with another
+
+
+def test_rouge_on_known_strings():
+  scores = metrics.rouge_scores(["the cat sat"], ["the cat sat on the mat"])
+  # rouge1: P = 3/3, R = 3/6; rouge2: P = 2/2, R = 2/5; rougeL: LCS 3 as rouge1.
+  assert scores["rouge1"] == pytest.approx(2 / 3)
+  assert scores["rouge2"] == pytest.approx(2 * 0.4 / 1.4)
+  assert scores["rougeL"] == pytest.approx(2 / 3)
+  assert metrics.rouge_scores(["a dog runs", ""], ["a dog runs", "a dog"]) == {"rouge1": 0.5, "rouge2": 0.5,
+                                                                               "rougeL": 0.5}
+  assert metrics.rouge_scores(["Dogs running."], ["dog runs"])["rouge1"] == 1.0  # Porter stemming
+
+
+def random_topk(logits: np.ndarray, k: int) -> losses.TopKLogits:
+  values, indices = jax.lax.top_k(jnp.asarray(logits), k)
+  tail = jnp.put_along_axis(jnp.asarray(logits), indices, -jnp.inf, axis=-1, inplace=False)
+  return losses.TopKLogits(values, indices, jax.nn.logsumexp(tail, axis=-1))
+
+
+def numpy_topk_forward_kl(student: np.ndarray, teacher: np.ndarray, k: int, temperature: float) -> np.ndarray:
+  """The (k + 1)-bin forward KL of losses.topk_divergence, computed independently in float64."""
+  student, teacher = student.astype(np.float64), teacher.astype(np.float64)
+  vocab = teacher.shape[-1]
+  order = np.argsort(-teacher, axis=-1)[..., :k]
+  top_t = np.take_along_axis(teacher, order, -1)
+  tail_mass_t1 = np.exp(teacher).sum(-1) - np.exp(top_t).sum(-1)  # at T = 1
+  flat_tail_logit = np.log(tail_mass_t1 / (vocab - k))
+  t_bins = np.concatenate([top_t / temperature, (np.log(vocab - k) + flat_tail_logit / temperature)[..., None]], -1)
+  s_scaled = np.exp(student / temperature)
+  s_top = np.take_along_axis(s_scaled, order, -1)
+  s_bins = np.concatenate([s_top, (s_scaled.sum(-1) - s_top.sum(-1))[..., None]], -1)
+  p_t = np.exp(t_bins - t_bins.max(-1, keepdims=True))
+  p_t /= p_t.sum(-1, keepdims=True)
+  p_s = s_bins / s_bins.sum(-1, keepdims=True)
+  return temperature**2 * (p_t * (np.log(p_t) - np.log(p_s))).sum(-1)
+
+
+def test_topk_loss_vs_dense_and_numpy():
+  rng = np.random.default_rng(0)
+  vocab = 40
+  student = rng.normal(size=(3, 5, vocab)).astype(np.float32) * 2
+  teacher = rng.normal(size=(3, 5, vocab)).astype(np.float32) * 3
+  for kind in losses.DIVERGENCES:
+    for temperature in (1.0, 3.0):
+      dense = losses.divergence(student, teacher, temperature, kind)
+      np.testing.assert_allclose(losses.topk_divergence(student, random_topk(teacher, vocab), temperature, kind),
+                                 dense, rtol=1e-5, atol=1e-5, err_msg=f"{kind} T={temperature}")
+  for k in (1, 8, 32):
+    for temperature in (1.0, 2.0, 4.0):
+      np.testing.assert_allclose(losses.topk_divergence(student, random_topk(teacher, k), temperature),
+                                 numpy_topk_forward_kl(student, teacher, k, temperature), rtol=1e-4, atol=1e-5)
+    # Coarse-graining never increases the KL (exact teacher tail at T = 1).
+    assert np.all(losses.topk_divergence(student, random_topk(teacher, k), 1.0) <=
+                  losses.divergence(student, teacher, 1.0) + 1e-5)
+  gradient = jax.grad(lambda z: losses.topk_divergence(z, random_topk(teacher, 8), 2.0).sum())(jnp.asarray(student))
+  assert np.all(np.isfinite(gradient))
+  weights = np.ones((3, 5), np.float32)
+  labels = rng.integers(0, vocab, size=(3, 5)).astype(np.int32)
+  loss_weights = losses.LossWeights(1.0, 0.5)
+  np.testing.assert_allclose(
+      losses.distillation_loss(student, random_topk(teacher, vocab), labels, weights, weights=loss_weights,
+                               temperature=2.0).loss,
+      losses.distillation_loss(student, teacher, labels, weights, weights=loss_weights, temperature=2.0).loss,
+      rtol=1e-5)
+
+
+@pytest.mark.parametrize("values_dtype", ["float16", "bfloat16"])
+def test_topk_cache_round_trip(tmp_path, values_dtype):
+  rng = np.random.default_rng(1)
+  num_examples, length, vocab, k = 12, 4, 30, 5
+  index = rng.permutation(np.arange(num_examples) * 3 + 1).astype(np.int32)
+  logits_of = lambda idx: np.stack([np.random.default_rng(int(i)).normal(size=(length, vocab)) for i in idx]) * 4
+  examples = {"index": index, "inputs": {"input_ids": index[:, None] * np.ones((1, 2), np.int32)}}
+  calls = []
+
+  def compute(sorted_examples):
+    calls.append(1)
+    for start in range(0, num_examples, 5):
+      ids = sorted_examples["inputs"]["input_ids"][start:start + 5, 0]
+      topk = random_topk(logits_of(ids).astype(np.float32), k)
+      yield {"values": np.asarray(topk.values.astype(values_dtype)), "indices": np.asarray(topk.indices),
+             "tail_logsumexp": np.asarray(topk.tail_logsumexp)}, len(ids)
+
+  metadata = seq2seq_cache.topk_metadata(
+      teacher_cache.expected_metadata(data_name="esnli", split="train", data_fingerprint="f", size=num_examples,
+                                      num_classes=vocab, teacher_fingerprint="t"),
+      k=k, values_dtype=values_dtype, target_length=length)
+  cache, built = seq2seq_cache.load_or_build(str(tmp_path), metadata, examples, seq2seq_cache.TOPK_ARRAYS, compute)
+  again, built_again = seq2seq_cache.load_or_build(str(tmp_path), metadata, examples, seq2seq_cache.TOPK_ARRAYS,
+                                                   compute)
+  assert built and not built_again and len(calls) == 1
+  assert str(again.arrays["values"].dtype) == values_dtype
+  assert again.bytes_per_example == length * (k * (2 + 4) + 4) + 4
+  wanted = index[::-2]
+  rows = again.lookup(wanted)
+  expected = random_topk(logits_of(wanted).astype(np.float32), k)
+  np.testing.assert_array_equal(rows["indices"], expected.indices)
+  np.testing.assert_allclose(rows["values"].astype(np.float32), expected.values, rtol=1e-2 if values_dtype ==
+                             "bfloat16" else 1e-3)
+  np.testing.assert_allclose(rows["tail_logsumexp"], expected.tail_logsumexp, rtol=1e-6)
+  joined = seq2seq_cache.join_topk(examples, again)
+  batch = next(pipeline.train_batches(joined, batch_size=4, seed=0))
+  topk = seq2seq_cache.topk_logits(batch)
+  np.testing.assert_array_equal(topk.indices, random_topk(logits_of(batch["index"]).astype(np.float32), k).indices)
+  with pytest.raises(KeyError, match="no row for example index 2"):
+    again.lookup(np.array([1, 2]))
+  _, rebuilt = seq2seq_cache.load_or_build(str(tmp_path), {**metadata, "teacher_fingerprint": "other"}, examples,
+                                           seq2seq_cache.TOPK_ARRAYS, compute)
+  assert rebuilt and len(calls) == 2
+
+
+@pytest.fixture(scope="module")
+def esnli_task():
+  return data.load_task(load_config("configs/esnli.py", "smoke"))
+
+
+def test_esnli_task_format(esnli_task):
+  info, train_split = esnli_task.seq2seq, esnli_task.train
+  assert esnli_task.num_classes == 3
+  labels, weights = train_split["label"], train_split["token_weights"]
+  np.testing.assert_array_equal(labels >= 0, weights > 0)
+  decoded = info.tokenizer.batch_decode(np.where(labels >= 0, labels, 0), skip_special_tokens=True)
+  assert decoded[0].startswith(esnli.LABEL_NAMES[train_split["class_label"][0]] + " explanation:")
+  assert [esnli.parse_output(t)[0] for t in decoded] == train_split["class_label"].tolist()
+  np.testing.assert_array_equal(train_split["inputs"]["decoder_input_ids"][:, 0], info.decoder_start_token_id)
+  np.testing.assert_array_equal(train_split["inputs"]["decoder_input_ids"][:, 1:][weights[:, 1:] > 0],
+                                labels[:, :-1][weights[:, 1:] > 0])
+  sources = info.tokenizer.batch_decode(train_split["inputs"]["input_ids"][:2], skip_special_tokens=True)
+  assert sources[0].startswith("premise: ") and " hypothesis: " in sources[0]
+  assert len(info.references) == len(esnli_task.test["index"])
+
+
+def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnli_task, tmp_path):
+  config = load_config("configs/esnli.py", "smoke")
+  config.distill.topk, config.distill.topk_dtype = 10_000, "float32"
+  mesh = sharding.make_mesh()
+  student_model, student_params = models.create(config.student, num_classes=3, example_inputs=None,
+                                                rng=jax.random.PRNGKey(0))
+  teacher_model, teacher_params = models.create(config.teacher, num_classes=3, example_inputs=None,
+                                                rng=jax.random.PRNGKey(0))
+  cache, stats = seq2seq.build_topk_cache(config, esnli_task, teacher_model, teacher_params, mesh, str(tmp_path))
+  assert stats["k"] == teacher_model.module.dims.vocab_size == 120
+  examples = data.select(seq2seq_cache.join_topk(esnli_task.train, cache), np.arange(16))
+  batch = sharding.shard_batch(examples, mesh)
+  losses_by_mode = {}
+  for mode in ("online", "cached"):
+    step = train.compile_train_step(mesh, model=student_model, teacher_model=teacher_model, teacher_mode=mode,
+                                    distill_config=config.distill)
+    # From a host copy: the step donates the state's buffers.
+    state = sharding.replicate(train.create_train_state(student_model, jax.device_get(student_params), config.optim,
+                                                        10), mesh)
+    _, step_metrics = step(state, sharding.replicate(teacher_params, mesh) if mode == "online" else None,
+                           sharding.replicate(train.loss_hyperparams(config.distill), mesh),
+                           sharding.replicate(jax.random.PRNGKey(0), mesh), batch)
+    losses_by_mode[mode] = jax.device_get(step_metrics)
+  for name in ("loss", "soft_loss", "hard_loss"):
+    np.testing.assert_allclose(losses_by_mode["cached"][name], losses_by_mode["online"][name], rtol=2e-5, err_msg=name)
+  assert losses_by_mode["online"]["soft_loss"] > 0
+
+
+def test_sequence_level_targets_from_generations():
+  tokens = np.array([[5, 6, 1, 0, 0], [7, 8, 9, 4, 3]])  # EOS = 1; the second never stops
+  targets = seq2seq.targets_from_generations(tokens, eos_token_id=1, pad_token_id=0, decoder_start_token_id=0)
+  np.testing.assert_array_equal(targets["label"], [[5, 6, 1, -1, -1], [7, 8, 9, 4, 3]])
+  np.testing.assert_array_equal(targets["token_weights"], [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(targets["decoder_input_ids"], [[0, 5, 6, 1, 0], [0, 7, 8, 9, 4]])
+
+
+def test_sst2_smoke_end_to_end(tmp_path):
+  results = train.train_and_evaluate(load_config("configs/sst2.py", "smoke"), str(tmp_path))
+  for model in ("teacher", "student", "student_hard"):
+    for name in ("accuracy", "ece", "nll", "agreement"):
+      assert isinstance(results["metrics"][model][name], float), (model, name)
+  assert results["metrics"]["teacher"]["accuracy"] > 0.7  # fine-tuned on 160 sentences; chance is 0.5
+  assert results["metrics"]["student"]["agreement"] > 0.7
+  assert results["teacher_cache"]["bytes_per_example"] == 2 * 4 + 4
+  assert results["data"] == {"name": "sst2", "num_classes": 2, "num_train": 160, "num_labeled": 160,
+                             "num_unlabeled": 0, "num_test": 48}
+
+
+@pytest.fixture(scope="module")
+def esnli_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("esnli")
+  return workdir, train.train_and_evaluate(load_config("configs/esnli.py", "smoke"), str(workdir))
+
+
+def test_esnli_smoke_end_to_end(esnli_run, esnli_task):
+  _, results = esnli_run
+  teacher, student = results["metrics"]["teacher"], results["metrics"]["student"]
+  for model in ("teacher", "student", "student_hard"):
+    for name in ("label_accuracy", "rouge1", "rouge2", "rougeL", "nll", "token_accuracy"):
+      assert 0 <= results["metrics"][model][name] < float("inf"), (model, name)
+  assert teacher["label_accuracy"] > 0.6  # trained in the run on 144 examples; chance is 1/3
+  assert student["kl_to_teacher"] > 0 and 0 <= student["agreement"] <= 1
+  assert sorted(student["by_generation_temperature"]) == ["0", "1"]
+  assert student["by_generation_temperature"]["0"]["label_accuracy"] == student["label_accuracy"]
+  cache = results["teacher_cache"]
+  target_length = esnli_task.train["label"].shape[1]
+  assert cache["k"] == 32 and cache["dtype"] == "float16"
+  assert cache["bytes_per_example"] == target_length * (32 * (2 + 4) + 4) + 4
+
+
+def test_esnli_sequence_level_strategy(esnli_run, tmp_path):
+  workdir, _ = esnli_run
+  config = load_config("configs/esnli.py", "smoke")
+  config.teacher.workdir = str(workdir / "teacher")
+  config.distill.strategy = "sequence"
+  config.baseline = False
+  config.generation.temperatures = (0.0,)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results["teacher_generations"]["built"] and "teacher_cache" not in results
+  assert results["train"]["phases"]["student"]["steps"] > 0
+  assert results["metrics"]["student"]["label_accuracy"] >= 0
+  with open(os.path.join(results["teacher_generations"]["path"], "metadata.json")) as stream:
+    assert json.load(stream)["format"] == "generation"
+
+
+def test_sweep_configs_accept_the_text_tasks():
+  from kd_jax import config_validation, sweep  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/sweep_temp.py", "sst2,smoke")
+  config_validation.validate(config)
+  assert config.data.name == "sst2" and config.sweep.grid[0][0] == "distill.temperature"
+  points = sweep.expand(config, "/tmp/unused")
+  assert len(points) == 4 and len({point.config.teacher.workdir for point in points}) == 1
+  assert load_config("configs/default.py", "esnli,smoke").data.name == "esnli"
+  with pytest.raises(ValueError, match="choose one task"):
+    load_config("configs/default.py", "sst2,esnli")
+
+
+def test_text_config_errors():
+  from kd_jax import config_validation  # pylint: disable=import-outside-toplevel
+  from kd_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  cases = [
+      (("sst2", "student.name", "mlp"), "student.name='mlp': data.name='sst2' is text"),
+      (("sst2", "data.source", "s3"), "data.source='s3': allowed: hub, tfds, files, disk"),
+      (("sst2", "distill.strategy", "sequence"), "'sequence' needs a seq2seq data set"),
+      (("esnli", "data.labeled_fraction", 0.5), "must be 1.0 for seq2seq"),
+      (("esnli", "distill.topk_dtype", "int8"), "allowed: float16, bfloat16, float32"),
+      (("esnli", "generation.temperatures", ()), "non-empty tuple of temperatures"),
+      (("default", "teacher.init", "pretrained"), "'pretrained' needs teacher.name='hf'"),
+  ]
+  for (task, field, value), message in cases:
+    config = load_config(f"configs/{task}.py", "smoke")
+    section, key = field.rsplit(".", 1)
+    functools.reduce(getattr, section.split("."), config)[key] = value
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+      config_validation.validate(config)
