@@ -281,12 +281,13 @@ def _training_curves(sweep: report.Sweep, groups: list):
                 label=f"KD, {sweep.group_label(group)}")
     if sweep.has_baseline:
       steps, values = _curve(best.runs, "student_hard", key)
-      label = "hard labels" + (f", {sweep.group_label(best)}" if report.baseline_varies(groups) else "")
+      label = "hard labels" + (f", {sweep.group_label(best)}" if report.model_varies(groups) else "")
       axis.plot(steps, values * scale, color=MODEL_COLORS["student_hard"], linestyle="--",
                 marker="o" if len(steps) < 8 else None, label=label)
     if key == "test/accuracy":
+      label = "teacher" + (f", {sweep.group_label(best)}" if report.model_varies(groups, "teacher") else "")
       axis.axhline(best.mean_std("teacher", "accuracy")[0] * scale, color=MODEL_COLORS["teacher"], linestyle=":",
-                   label="teacher")
+                   label=label)
     axis.set_xlabel("step")
     axis.set_ylabel(ylabel)
   axes[1].set_yscale("log")

@@ -179,10 +179,11 @@ def better(metric: str, a: float, b: float) -> bool:
   return a > b if metric in HIGHER_IS_BETTER else a < b
 
 
-def baseline_varies(groups: list[Group]) -> bool:
-  """Whether the hard-label student's results differ between groups (it does not when only KD settings are swept)."""
-  first = [run.results["metrics"].get(BASELINE) for run in groups[0].runs]
-  return any([run.results["metrics"].get(BASELINE) for run in group.runs] != first for group in groups[1:])
+def model_varies(groups: list[Group], model: str = BASELINE) -> bool:
+  """Whether a model's results differ between groups: the hard-label student does not when only KD settings are
+  swept, the teacher not unless its config or the data are."""
+  first = [run.results["metrics"].get(model) for run in groups[0].runs]
+  return any([run.results["metrics"].get(model) for run in group.runs] != first for group in groups[1:])
 
 
 def best_group(groups: list[Group], metric: str) -> Group:
@@ -255,17 +256,21 @@ def _series(metric: str, labels: list[str], means: list[float]) -> str:
   return ", ".join(f"{label}: {format_metric(metric, mean, unit=True)}" for label, mean in zip(labels, means))
 
 
-def factor_means(sweep: Sweep, factor_index: int, model: str, metric: str) -> list[float]:
-  """Mean of `metric` over every run with each value of the factor (over seeds and the other factors' values)."""
-  values = [[run.metric(model, metric) for run in sweep.runs if run.value_indices[factor_index] == i]
+def factor_means(sweep: Sweep, factor_index: int, value_of_run) -> list[float]:
+  """Per value of the factor, the mean of `value_of_run(run)` over its runs (seeds and the other factors' values)."""
+  values = [[value_of_run(run) for run in sweep.runs if run.value_indices[factor_index] == i]
             for i in range(len(sweep.factors[factor_index].values))]
   return [stats.mean_std(run_values)[0] for run_values in values]
 
 
-def seed_noise(groups: list[Group], model: str, metric: str) -> float:
-  """Pooled standard deviation over seeds: sqrt of the mean per-group variance (NaN with one seed)."""
-  variances = [group.mean_std(model, metric)[1] ** 2 for group in groups]
-  variances = [variance for variance in variances if np.isfinite(variance)]
+def _gain(metric: str):
+  """A run's KD-student metric minus its hard-label student's."""
+  return lambda run: run.metric("student", metric) - run.metric(BASELINE, metric)
+
+
+def pooled_std(stds: list[float]) -> float:
+  """The seed noise of several groups: sqrt of their mean variance (NaN when no group has 2 seeds)."""
+  variances = [std ** 2 for std in stds if std is not None and np.isfinite(std)]
   return float(np.sqrt(np.mean(variances))) if variances else float("nan")
 
 
@@ -274,18 +279,21 @@ def findings(sweep: Sweep, groups: list[Group]) -> list[str]:
   hard labels and where it does not, and the student against the teacher."""
   metric = sweep.selection_metric
   best = best_group(groups, metric)
-  noise = seed_noise(groups, "student", metric)
+  noise = pooled_std([group.mean_std("student", metric)[1] for group in groups])
   lines = []
   best_difference = best.versus_baseline("student", metric)
   against_baseline = "" if best_difference is None else f": {format_difference(metric, best_difference)} vs hard labels"
   if best_difference is not None and best_difference.n > 1:
     against_baseline += (", more than the seed spread" if best_difference.exceeds_spread else
                          ", within the seed spread")
+  # The gain over hard labels gets its own trend when the baseline changes with the swept values (data, student).
+  gain_varies = sweep.has_baseline and model_varies(groups)
+  gain_noise = pooled_std([getattr(group.versus_baseline("student", metric), "std", None) for group in groups])
   for index, factor in enumerate(sweep.factors):
     if len(factor.values) < 2:
       continue
     labels = [factor.value_label(i) for i in range(len(factor.values))]
-    means = factor_means(sweep, index, "student", metric)
+    means = factor_means(sweep, index, lambda run: run.metric("student", metric))
     others_vary = any(len(other.values) > 1 for other in sweep.factors if other is not factor)
     averaged = " (averaged over the other factors)" if others_vary else ""
     trend = trend_phrase(factor.label, labels, means, noise)
@@ -293,6 +301,11 @@ def findings(sweep: Sweep, groups: list[Group]) -> list[str]:
     if len(sweep.factors) == 1:
       line += f"; best {sweep.group_label(best)}{against_baseline}"
     lines.append(line + ".")
+    if gain_varies:
+      gains = factor_means(sweep, index, _gain(metric))
+      series = ", ".join(f"{label}: {format_metric(metric, gain, signed=True)}" for label, gain in zip(labels, gains))
+      lines.append(f"KD minus hard-label {metric} {trend_phrase(factor.label, labels, gains, gain_noise)}{averaged} "
+                   f"({series}{metric_unit(metric)}).")
   if len(sweep.factors) != 1:
     lines.append(f"Best point by {metric}: {sweep.group_label(best)}, KD student "
                  f"{format_mean_std(metric, *best.mean_std('student', metric))}"
