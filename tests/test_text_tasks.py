@@ -306,8 +306,10 @@ def test_sequence_level_targets_from_generations():
 
 
 def test_sst2_smoke_end_to_end(tmp_path):
-  results = train.train_and_evaluate(load_config("configs/sst2.py", "smoke"), str(tmp_path))
-  for model in ("teacher", "student", "student_hard"):
+  config = load_config("configs/sst2.py", "smoke")
+  config.baseline = False  # the hard-label run is the same code as on digits; the e-SNLI smoke test runs its own
+  results = train.train_and_evaluate(config, str(tmp_path))
+  for model in ("teacher", "student"):
     for name in ("accuracy", "ece", "nll", "agreement"):
       assert isinstance(results["metrics"][model][name], float), (model, name)
   assert results["metrics"]["teacher"]["accuracy"] > 0.7  # fine-tuned on 160 sentences; chance is 0.5
