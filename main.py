@@ -41,6 +41,13 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, result
 flags.mark_flag_as_required("workdir")
 flags.DEFINE_integer("sweep_index", None, "Run only this point of the config's sweep (one per cluster array task).")
 flags.DEFINE_bool("list_points", False, "Print the sweep's points (index, status, name) without running anything.")
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                 "Join a multi-process JAX job (jax.distributed.initialize): 'auto' when the flags below, their "
+                 "JAX_* variables or a multi-task SLURM step say so; 'on' always, detecting the rest (TPU VM pods).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0 "
+                    "(default $JAX_COORDINATOR_ADDRESS).")
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes (default $JAX_NUM_PROCESSES).")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's id (default $JAX_PROCESS_ID).")
 try:
   # The config flag applies `--config.*` overrides as soon as it is defined: an unknown field fails here.
   config_flags.DEFINE_config_file("config", "configs/default.py", "Config file, optionally `file.py:arg`.",
@@ -78,11 +85,13 @@ def main(argv: list[str]) -> None:
     exit_with_usage_error(describe_config_error(error))
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # kd_jax before jax: importing kd_jax sizes XLA's CPU thread pools for forced host devices.
-  from kd_jax import config_validation, report, sweep, train  # pylint: disable=g-import-not-at-top
+  from kd_jax import config_validation, distributed, report, sweep, train  # pylint: disable=g-import-not-at-top
   from kd_jax.errors import UserError  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
   try:
+    distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
+                           num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
     config_validation.validate(config)
     logging.info("JAX process %d of %d; local devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
@@ -92,7 +101,8 @@ def main(argv: list[str]) -> None:
     results = train.train_and_evaluate(config, FLAGS.workdir)
   except UserError as error:
     exit_with_usage_error(str(error))
-  print(report.metrics_table(results))
+  if distributed.is_main_process():
+    print(report.metrics_table(results))
 
 
 if __name__ == "__main__":
