@@ -151,6 +151,8 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   num_local = config.train.num_devices
   _require(num_local is None or 0 < num_local <= jax.local_device_count(), "train.num_devices", num_local,
            f"must be None (all devices) or between 1 and the {jax.local_device_count()} local devices")
+  _require(num_local is None or jax.process_count() == 1, "train.num_devices", num_local,
+           f"must be None in a run of {jax.process_count()} processes (the mesh spans every process's devices)")
   num_devices = num_data_devices(config)
   for field in ("seed", "data.split_seed", "teacher.seed"):
     _require(_get(config, field) >= 0, field, _get(config, field), "must be >= 0")

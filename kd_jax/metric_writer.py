@@ -1,9 +1,14 @@
-"""Metric history: one JSON line per (phase, step) in `<workdir>/history.jsonl`, and TensorBoard event files."""
+"""Metric history: one JSON line per (phase, step) in `<workdir>/history.jsonl`, and TensorBoard event files.
+
+In a multi-process run every process computes the same scalars; process 0 alone writes them.
+"""
 
 import json
 import os
 
 import tensorboardX
+
+from kd_jax import distributed
 
 
 class MetricWriter:
@@ -18,10 +23,11 @@ class MetricWriter:
     self._history_path = os.path.join(workdir, "history.jsonl")
     self._tensorboard_dir = os.path.join(workdir, "tensorboard", phase)
     self._summary_writer = None
+    self._writes = distributed.is_main_process()
 
   def drop_after(self, step: int) -> None:
     """Forgets this phase's lines after `step` (a resumed run logs those steps again)."""
-    if not os.path.exists(self._history_path):
+    if not self._writes or not os.path.exists(self._history_path):
       return
     with open(self._history_path) as stream:
       lines = stream.readlines()
@@ -32,6 +38,8 @@ class MetricWriter:
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     """Appends one history line and the matching TensorBoard scalars."""
+    if not self._writes:
+      return
     record = {"phase": self.phase, "step": int(step), **{key: float(value) for key, value in scalars.items()}}
     os.makedirs(os.path.dirname(self._history_path), exist_ok=True)
     with open(self._history_path, "a") as stream:

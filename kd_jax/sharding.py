@@ -8,6 +8,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
@@ -34,10 +35,27 @@ def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
 
 
+def process_rows(global_batch_size: int) -> slice:
+  """This process's rows of a global batch: the `process_index`-th of `process_count` equal blocks.
+
+  Meshes list the devices of process 0 first, then those of process 1..., so these are the rows that
+  `shard_batch` places on this process's devices.
+  """
+  rows_per_process, remainder = divmod(global_batch_size, jax.process_count())
+  assert remainder == 0, f"{global_batch_size} rows do not split over {jax.process_count()} processes"
+  start = jax.process_index() * rows_per_process
+  return slice(start, start + rows_per_process)
+
+
 def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Assembles global batch arrays from this process's rows (a single process holds every row)."""
   sharding = batch_sharded(mesh)
   return jax.tree.map(lambda rows: jax.make_array_from_process_local_data(sharding, rows), local_batch)
+
+
+def gather(array: jax.Array) -> np.ndarray:
+  """The whole value of a global array (e.g. batch-sharded logits) as NumPy, on every process."""
+  return multihost_utils.process_allgather(array, tiled=True)
 
 
 def data_parallel(step_fn: Callable, mesh: Mesh, *, num_replicated_args: int, donate_argnums=(0,)) -> Callable:

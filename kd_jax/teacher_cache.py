@@ -7,6 +7,9 @@ current run expects; otherwise it is rebuilt (with a warning naming the fields t
 
 Logits are joined to examples by their `index`, never by position: `lookup(indices)` returns the rows of exactly
 those examples, in the order asked, and fails loudly for an index the cache does not hold.
+
+In a multi-process run every process computes its share of the logits (and receives all of them); process 0 alone
+writes the files, and the others wait for it.
 """
 
 import dataclasses
@@ -16,7 +19,7 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
-from kd_jax import files
+from kd_jax import distributed, files
 
 FORMAT_VERSION = 1
 
@@ -78,6 +81,7 @@ def load_or_build(cache_dir: str, expected_metadata: dict, example_index: np.nda
     (cache, built): built is True when the logits were computed in this call.
   """
   cache = load(cache_dir, expected_metadata)
+  distributed.check_same_on_all_processes(cache is not None, f"whether the teacher-logit cache {cache_dir} is usable")
   if cache is not None:
     return cache, False
   order = np.argsort(example_index, kind="stable")
@@ -85,12 +89,14 @@ def load_or_build(cache_dir: str, expected_metadata: dict, example_index: np.nda
   assert np.all(np.diff(index) > 0), "example indices must be unique"
   logits = np.asarray(compute_logits(), np.float32)[order]
   assert logits.shape == (expected_metadata["size"], expected_metadata["num_classes"]), logits.shape
-  metadata_path = os.path.join(cache_dir, "metadata.json")
-  if os.path.exists(metadata_path):
-    os.remove(metadata_path)  # the arrays below are being replaced: never leave old metadata beside new arrays
-  files.write_npy(os.path.join(cache_dir, "index.npy"), index)
-  files.write_npy(os.path.join(cache_dir, "logits.npy"), logits)
-  files.write_json(metadata_path, expected_metadata)
+  if distributed.is_main_process():
+    metadata_path = os.path.join(cache_dir, "metadata.json")
+    if os.path.exists(metadata_path):
+      os.remove(metadata_path)  # the arrays below are being replaced: never leave old metadata beside new arrays
+    files.write_npy(os.path.join(cache_dir, "index.npy"), index)
+    files.write_npy(os.path.join(cache_dir, "logits.npy"), logits)
+    files.write_json(metadata_path, expected_metadata)
+  distributed.barrier(f"teacher-logit cache {cache_dir} written")
   return TeacherLogitCache(index=index, logits=logits, metadata=expected_metadata), True
 
 

@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
 
-from kd_jax import (checkpointing, config_validation, data, files, fingerprints, inference, losses, metric_writer,
-                    metrics, models, seq2seq, seq2seq_cache, sharding, teacher_cache)
+from kd_jax import (checkpointing, config_validation, data, distributed, files, fingerprints, inference, losses,
+                    metric_writer, metrics, models, seq2seq, seq2seq_cache, sharding, teacher_cache)
 from kd_jax.data import pipeline
 from kd_jax.errors import UserError
 
@@ -283,7 +283,7 @@ def obtain_teacher(config: ml_collections.ConfigDict, task: data.TaskData, mesh,
   if config.teacher.init == "pretrained":
     return model, params, None
   if config.teacher.init != "train":
-    return model, _restore_teacher_params(config.teacher.init, params), None
+    return model, _restore_teacher_params(config.teacher.init, params, mesh), None
   directory = teacher_directory(config, workdir)
   identity = _teacher_identity(config, task)
   identity_path = os.path.join(directory, "teacher.json")
@@ -291,10 +291,13 @@ def obtain_teacher(config: ml_collections.ConfigDict, task: data.TaskData, mesh,
     raise UserError(f"teacher directory {directory} holds a teacher trained with another config or data set; "
                     "use a new --workdir or point config.teacher.workdir elsewhere")
   params_dir = os.path.join(directory, "params")
-  if os.path.isdir(params_dir):
+  trained = os.path.isdir(params_dir)
+  distributed.check_same_on_all_processes(trained, f"whether {params_dir} holds a trained teacher")
+  if trained:
     logging.info("teacher: reusing the trained teacher in %s.", directory)
-    return model, _restore_teacher_params(directory, params), None
-  files.write_json(identity_path, identity)
+    return model, _restore_teacher_params(directory, params, mesh), None
+  if distributed.is_main_process():
+    files.write_json(identity_path, identity)
   labeled = data.teacher_view(task.labeled_train)
   run = TrainingRun(
       phase="teacher", examples=labeled, hyperparams=teacher_hyperparams(), optim_config=config.teacher.optim,
@@ -302,18 +305,21 @@ def obtain_teacher(config: ml_collections.ConfigDict, task: data.TaskData, mesh,
       batch_size=config.data.batch_size, seed=config.teacher.seed,
       checkpoint_dir=os.path.join(directory, "checkpoints"))
   params, stats = train_fn(run, model=model, init_params=params)
-  ocp.StandardCheckpointer().save(os.path.abspath(params_dir), jax.device_get(params))
+  # Every process saves (orbax's multi-process path: process 0 writes the metadata, the owner of each shard its data).
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(params_dir), params)
   return model, params, stats
 
 
-def _restore_teacher_params(directory: str, target_params):
-  """The final teacher parameters saved in `<directory>/params`, shaped like `target_params`."""
+def _restore_teacher_params(directory: str, target_params, mesh):
+  """The final teacher parameters saved in `<directory>/params`, shaped like `target_params`, replicated on `mesh`."""
   params_dir = os.path.abspath(os.path.join(directory, "params"))
   if not os.path.isdir(params_dir):
     raise UserError(f"teacher directory {directory} has no params/ (its training did not finish); "
                     "rerun the run that trains it, or set teacher.init='train'")
   checkpointer = ocp.StandardCheckpointer()
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_params)
+  abstract = jax.tree.map(lambda value: jax.ShapeDtypeStruct(value.shape, value.dtype,
+                                                             sharding=sharding.replicated(mesh)), target_params)
   try:
     return checkpointer.restore(params_dir, abstract)
   except (ValueError, KeyError) as error:
@@ -345,7 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                len(task.train["index"]), num_labeled, len(task.test["index"]), task.num_classes, num_devices)
 
   os.makedirs(workdir, exist_ok=True)
-  files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  if distributed.is_main_process():
+    files.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   writers = {phase: metric_writer.MetricWriter(workdir, phase) for phase in PHASES}
   test_labels = task.test["label"]
   seq2seq_evaluation = seq2seq.Evaluation(config, task, mesh) if task.seq2seq is not None else None
@@ -385,7 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       "num_labeled": num_labeled, "num_unlabeled": len(task.train["index"]) - num_labeled,
                       "num_test": len(task.test["index"])},
              "metrics": {"teacher": teacher_metrics},
-             "train": {"num_devices": num_devices, "phases": {}}}
+             "train": {"num_devices": num_devices, "num_processes": jax.process_count(), "phases": {}}}
   if teacher_stats is not None:
     results["train"]["phases"]["teacher"] = teacher_stats
 
@@ -447,8 +454,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                            "wall_s": time.time() - start_time})
   for writer in writers.values():
     writer.close()
-  files.write_json(os.path.join(workdir, "results.json"), results)
-  logging.info("Wrote %s (%.1fs).", os.path.join(workdir, "results.json"), results["train"]["wall_s"])
+  if distributed.is_main_process():
+    files.write_json(os.path.join(workdir, "results.json"), results)
+    logging.info("Wrote %s (%.1fs).", os.path.join(workdir, "results.json"), results["train"]["wall_s"])
   return results
 
 
