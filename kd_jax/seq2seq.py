@@ -17,6 +17,7 @@ training split replace the reference targets, generated once and cached as token
 """
 
 import functools
+import time
 
 import jax
 import jax.numpy as jnp
@@ -169,8 +170,12 @@ def build_topk_cache(config, task: data.TaskData, teacher_model, teacher_params,
   topk_fn = seq2seq_cache.make_topk_fn(teacher_model, mesh, k=k, values_dtype=distill.topk_dtype)
   compute = seq2seq_cache.batched(lambda inputs: topk_fn(teacher_params, inputs),
                                   batch_size=config.data.eval_batch_size, num_devices=mesh.size)
+  start_time = time.time()
   cache, built = seq2seq_cache.load_or_build(cache_dir, metadata, task.train, seq2seq_cache.TOPK_ARRAYS, compute)
-  return cache, {"path": cache_dir, "built": built, "k": k, "dtype": distill.topk_dtype,
+  wall_s = time.time() - start_time
+  logging.info("Top-%d teacher cache %s: %s %d examples in %.2fs (%d bytes per example).", k, cache_dir,
+               "built for" if built else "loaded", len(cache.index), wall_s, cache.bytes_per_example)
+  return cache, {"path": cache_dir, "built": built, "wall_s": wall_s, "k": k, "dtype": distill.topk_dtype,
                  "bytes_per_example": cache.bytes_per_example}
 
 

@@ -180,13 +180,13 @@ def load_or_build(cache_dir: str, expected_metadata: dict, examples: dict, names
   return cache, True
 
 
-def batched(fn: Callable[[dict], dict], *, batch_size: int, num_devices: int, key: str = "inputs"):
-  """compute_batches for load_or_build: `fn(examples[key] of one batch)` over padded inference batches."""
+def batched(fn: Callable[[dict], dict], *, batch_size: int, num_devices: int):
+  """compute_batches for load_or_build: `fn(inputs of one batch)` over padded inference batches."""
 
   def compute_batches(examples: dict) -> Iterator[tuple[dict, int]]:
     num_examples = len(examples["index"])
     size = min(batch_size, -(-num_examples // num_devices) * num_devices)
-    for batch, num_real in pipeline.inference_batches(examples[key], size):
+    for batch, num_real in pipeline.inference_batches(examples["inputs"], size):
       yield jax.device_get(fn(batch)), num_real
 
   return compute_batches

@@ -363,7 +363,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def evaluate(params):
       if seq2seq_evaluation is not None:
         return seq2seq_evaluation.during_training(model, params)
-      logits = inference.predict_logits(predict, params, task.test["inputs"], batch_size=config.data.eval_batch_size,
+      test_split = data.teacher_view(task.test) if run.phase == "teacher" else task.test  # its own tokens
+      logits = inference.predict_logits(predict, params, test_split["inputs"], batch_size=config.data.eval_batch_size,
                                         num_devices=num_devices)
       test_metrics = metrics.classification_metrics(logits, test_labels, eval_teacher_logits)
       return {key: test_metrics[key] for key in ("accuracy", "nll", "ece") + (

@@ -272,6 +272,7 @@ def test_esnli_task_format(esnli_task):
 def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnli_task, tmp_path):
   config = load_config("configs/esnli.py", "smoke")
   config.distill.topk, config.distill.topk_dtype = 10_000, "float32"
+  config.student.checkpoint = str(REPO_ROOT / "tests" / "fixtures" / "hf" / "t5")  # not the teacher's init weights
   mesh = sharding.make_mesh()
   student_model, student_params = models.create(config.student, num_classes=3, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
@@ -315,6 +316,9 @@ def test_sst2_smoke_end_to_end(tmp_path):
   assert results["metrics"]["teacher"]["accuracy"] > 0.7  # fine-tuned on 160 sentences; chance is 0.5
   assert results["metrics"]["student"]["agreement"] > 0.7
   assert results["teacher_cache"]["bytes_per_example"] == 2 * 4 + 4
+  with open(tmp_path / "history.jsonl") as stream:  # the teacher is evaluated on its own tokens while it trains
+    teacher_evaluations = [r for r in map(json.loads, stream) if r["phase"] == "teacher" and "test/accuracy" in r]
+  assert teacher_evaluations[-1]["test/accuracy"] == pytest.approx(results["metrics"]["teacher"]["accuracy"])
   assert results["data"] == {"name": "sst2", "num_classes": 2, "num_train": 160, "num_labeled": 160,
                              "num_unlabeled": 0, "num_test": 48}
 
