@@ -8,6 +8,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from jax import flatten_util
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -51,6 +52,17 @@ def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Assembles global batch arrays from this process's rows (a single process holds every row)."""
   sharding = batch_sharded(mesh)
   return jax.tree.map(lambda rows: jax.make_array_from_process_local_data(sharding, rows), local_batch)
+
+
+def mean_over_devices(tree):
+  """lax.pmean of every leaf of `tree` over DATA_AXIS (inside a data-parallel step), as a single all-reduce.
+
+  XLA:CPU runs every all-reduce on its own, and between processes each costs a rendezvous (measured: 10 small
+  all-reduces 31 ms, one of their concatenation 0.7 ms, 2 processes on 2 cores); so the leaves travel as one
+  vector (in their common dtype). TPU and GPU compilers combine all-reduces anyway.
+  """
+  vector, unravel = flatten_util.ravel_pytree(tree)
+  return unravel(jax.lax.pmean(vector, DATA_AXIS))
 
 
 def gather(array: jax.Array) -> np.ndarray:
