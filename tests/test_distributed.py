@@ -1,0 +1,124 @@
+"""Multi-process runs: when kd_jax joins a JAX job, and 2 processes against 1 on the smoke config (the acceptance)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from kd_jax import distributed
+from kd_jax.errors import UserError
+from tests.conftest import REPO_ROOT, run_main
+
+LAUNCH_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_STEP_NODELIST",
+                    "SLURM_NTASKS")
+SUMMARY_METRICS = ("accuracy", "nll", "ece", "brier", "agreement", "kl_to_teacher")
+
+
+@pytest.fixture
+def initialize_calls(monkeypatch):
+  """The arguments of every jax.distributed.initialize call made by distributed.initialize (none really made)."""
+  for name in LAUNCH_VARIABLES:
+    monkeypatch.delenv(name, raising=False)
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+  monkeypatch.setattr(distributed, "_label_log_lines", lambda: None)
+  return calls
+
+
+def test_a_plain_launch_stays_single_process(initialize_calls, monkeypatch):
+  distributed.initialize("auto")
+  monkeypatch.setenv("SLURM_STEP_NODELIST", "node001")  # srun with one task: a single run
+  monkeypatch.setenv("SLURM_NTASKS", "1")
+  distributed.initialize("auto")
+  distributed.initialize("off", coordinator_address="10.0.0.1:1234", num_processes=2, process_id=0)
+  assert not initialize_calls
+
+
+def test_joins_from_flags_or_environment(initialize_calls, monkeypatch):
+  distributed.initialize("auto", coordinator_address="10.0.0.1:1234", num_processes=4, process_id=3)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:5555")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("JAX_PROCESS_ID", "1")
+  distributed.initialize("auto")
+  distributed.initialize("auto", process_id=0)  # a flag wins over its variable
+  assert initialize_calls == [
+      {"coordinator_address": "10.0.0.1:1234", "num_processes": 4, "process_id": 3},
+      {"coordinator_address": "127.0.0.1:5555", "num_processes": 2, "process_id": 1},
+      {"coordinator_address": "127.0.0.1:5555", "num_processes": 2, "process_id": 0}]
+
+
+def test_cluster_detection_is_left_to_jax(initialize_calls, monkeypatch):
+  distributed.initialize("on")  # TPU VM pods: JAX finds the coordinator, process count and id
+  monkeypatch.setenv("SLURM_STEP_NODELIST", "node[001-004]")
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  distributed.initialize("auto")
+  unset = {"coordinator_address": None, "num_processes": None, "process_id": None}
+  assert initialize_calls == [unset, unset]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"num_processes": 2}, "missing: --coordinator_address, --process_id"),
+    ({"coordinator_address": "127.0.0.1:5555", "num_processes": 2, "process_id": 2}, "--process_id=2: must be in"),
+    ({"mode": "sometimes"}, "--distributed=sometimes: allowed: auto, on, off"),
+])
+def test_incomplete_or_inconsistent_launches_are_user_errors(initialize_calls, settings, message):
+  settings = dict(settings)
+  with pytest.raises(UserError, match=message):
+    distributed.initialize(settings.pop("mode", "auto"), **settings)
+  assert not initialize_calls
+
+
+def launcher_environment(**variables) -> dict:
+  """This environment without the tests' 8 forced devices (each process of a launch gets 1 CPU device)."""
+  environment = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  return environment | {"PYTHON": sys.executable} | variables
+
+
+def test_launcher_stops_the_job_when_a_process_fails(tmp_path):
+  """Process 1 fails while process 0 would wait for it forever: the launcher ends both with process 1's status."""
+  fake_python = tmp_path / "python"
+  fake_python.write_text('#!/bin/bash\nif [ "$JAX_PROCESS_ID" = 1 ]; then exit 3; fi\nexec sleep 120\n')
+  fake_python.chmod(0o755)
+  start = time.time()
+  launch = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "multiprocess_local.sh"), "2", "--workdir=x"],
+                          env=launcher_environment(PYTHON=str(fake_python), COORDINATOR_PORT="1"),
+                          capture_output=True, text=True, timeout=60, check=False)
+  assert launch.returncode == 3, launch.stderr
+  assert "a process failed (exit status 3)" in launch.stderr
+  assert time.time() - start < 30
+
+
+def test_two_processes_give_the_one_process_results(tmp_path):
+  """`multiprocess_local.sh 2 --config=configs/default.py:smoke` against `main.py` (both 1 CPU device a process)."""
+  arguments = ["--config=configs/default.py:smoke"]
+  two_workdir, one_workdir = tmp_path / "two_processes", tmp_path / "one_process"
+  two_processes = subprocess.Popen(
+      ["bash", "scripts/multiprocess_local.sh", "2", *arguments, f"--workdir={two_workdir}"], cwd=REPO_ROOT,
+      env=launcher_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  one_process = run_main(*arguments, f"--workdir={one_workdir}")
+  stdout, stderr = two_processes.communicate(timeout=600)
+  assert one_process.returncode == 0, one_process.stderr[-3000:]
+  assert two_processes.returncode == 0, stderr[-3000:]
+  with open(one_workdir / "results.json") as stream:
+    one = json.load(stream)
+  with open(two_workdir / "results.json") as stream:
+    two = json.load(stream)
+  assert (one["train"]["num_processes"], one["train"]["num_devices"]) == (1, 1)
+  assert (two["train"]["num_processes"], two["train"]["num_devices"]) == (2, 2)
+  for model in ("teacher", "student", "student_hard"):
+    for name in SUMMARY_METRICS:
+      np.testing.assert_allclose(two["metrics"][model][name], one["metrics"][model][name], atol=1e-4,
+                                 err_msg=f"{model} {name}")
+  # One job: process 0 alone prints the table and writes the files; both processes log, each saying who speaks.
+  assert stdout.count("student (KD)") == 1
+  assert "[process 0/2]" in stderr and "[process 1/2]" in stderr
+  with open(two_workdir / "history.jsonl") as stream:
+    history = [json.loads(line) for line in stream]
+  with open(one_workdir / "history.jsonl") as stream:
+    assert len(history) == len(stream.readlines())
+  assert two["teacher_cache"]["built"] and os.path.exists(os.path.join(two["teacher_cache"]["path"], "metadata.json"))
