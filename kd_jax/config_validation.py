@@ -173,8 +173,8 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _check_model(config, "student")
   init = config.teacher.init
   _require(init in ("train", "pretrained") or os.path.isdir(os.path.join(init, "checkpoints")), "teacher.init", init,
-           "must be 'train', 'pretrained' (an HF checkpoint's own weights) or an existing teacher directory with "
-           "checkpoints/ (an earlier run's <workdir>/teacher)")
+           "must be 'train' or an existing teacher directory with checkpoints/ (an earlier run's <workdir>/teacher), "
+           "or 'pretrained' (an HF checkpoint's own weights)")
   _require(init != "pretrained" or config.teacher.name == "hf", "teacher.init", init,
            "'pretrained' needs teacher.name='hf' (the weights of teacher.checkpoint)")
   _check_positive(config, "teacher.num_epochs")
