@@ -1,7 +1,7 @@
-"""Input pipelines: tf.data for training batches (shuffled per epoch, a function of the step), NumPy for inference.
+"""Input pipelines: training batches (shuffled per epoch, a function of the step) and inference batches, NumPy.
 
 TensorFlow is imported here only, on first use, with its GPUs hidden so that it never takes accelerator memory
-from JAX.
+from JAX: its stateless shuffle orders the epochs, and the text tasks load data through it (TFDS).
 """
 
 import functools
@@ -27,14 +27,40 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
+def epoch_order(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The order [N] in which epoch `epoch` visits the examples: stateless_shuffle(range(N), seed=(seed, epoch)).
+
+  TensorFlow's stateless shuffle (the order kd_jax has always used, so results stay comparable across versions);
+  one call per epoch.
+  """
+  tf = tensorflow()
+  seed_pair = tf.constant([seed, epoch], tf.int64)
+  return tf.random.experimental.stateless_shuffle(tf.range(num_examples, dtype=tf.int64), seed=seed_pair).numpy()
+
+
+def train_rows(num_examples: int, *, batch_size: int, seed: int, start_step: int = 0) -> Iterator[np.ndarray]:
+  """Endless iterator over the example positions [B] of every global training batch, from global step `start_step`.
+
+  Epoch e visits the examples in `epoch_order(N, seed, e)` and cuts it into N // B batches (the remainder is
+  dropped), so the rows of batch s are a function of (N, B, seed, s) alone: a run resumed at step s sees exactly the
+  batches an uninterrupted run would.
+  """
+  batches_per_epoch = steps_per_epoch(num_examples, batch_size)
+  assert batches_per_epoch > 0, f"batch size {batch_size} is larger than the {num_examples} examples"
+  epoch, batch = divmod(start_step, batches_per_epoch)
+  while True:
+    order = epoch_order(num_examples, seed, epoch)[:batches_per_epoch * batch_size].reshape(batches_per_epoch, -1)
+    yield from order[batch:]
+    epoch, batch = epoch + 1, 0
+
+
 def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1) -> Iterator[dict]:
   """Endless iterator over this process's share of every global training batch, from global step `start_step`.
 
-  Epoch e visits the examples in the order stateless_shuffle(range(N), seed=(seed, e)) and cuts it into
-  N // batch_size global batches, so batch s is a function of (examples, batch_size, seed, s) alone: a run resumed
-  at step s sees exactly the batches an uninterrupted run would. Each process takes rows
-  [process_index * B / P, (process_index + 1) * B / P) of every global batch of B rows.
+  Global batch s holds the examples at positions `train_rows(N, batch_size, seed)`'s s-th row; each process takes
+  rows [process_index * B / P, (process_index + 1) * B / P) of it. Gathered with NumPy from the in-memory arrays
+  (a tf.data iterator costs about a millisecond per batch, the whole step of a small model).
 
   Args:
     examples: dict of arrays (or of dicts of arrays, e.g. token inputs) with a common first dimension N (anything
@@ -47,26 +73,11 @@ def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int
   Yields:
     dicts of NumPy arrays with first dimension B / P.
   """
-  tf = tensorflow()
-  num_examples = len(examples["index"])
-  batches_per_epoch = steps_per_epoch(num_examples, batch_size)
-  assert batches_per_epoch > 0, f"batch size {batch_size} is larger than the {num_examples} examples"
   assert batch_size % process_count == 0, (batch_size, process_count)
   local_batch_size = batch_size // process_count
   local_rows = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
-  tensors = tf.nest.map_structure(tf.constant, examples)
-  start_epoch, skip_batches = divmod(start_step, batches_per_epoch)
-
-  def epoch_batches(epoch):
-    order = tf.random.experimental.stateless_shuffle(
-        tf.range(num_examples, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-    order = tf.reshape(order[:batches_per_epoch * batch_size], [batches_per_epoch, batch_size])
-    return tf.data.Dataset.from_tensor_slices(order[:, local_rows])
-
-  dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_batches).skip(skip_batches)
-  dataset = dataset.map(lambda rows: tf.nest.map_structure(lambda tensor: tf.gather(tensor, rows), tensors),
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+  for rows in train_rows(len(examples["index"]), batch_size=batch_size, seed=seed, start_step=start_step):
+    yield jax.tree.map(lambda values, rows=rows[local_rows]: values[rows], examples)
 
 
 def inference_batches(examples, batch_size: int) -> Iterator[tuple[dict, int]]:
