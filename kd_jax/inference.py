@@ -1,5 +1,7 @@
 """Batched, data-parallel inference (evaluation mode): logits for a whole split."""
 
+import functools
+
 import jax
 import numpy as np
 from jax.sharding import Mesh
@@ -8,10 +10,12 @@ from kd_jax import sharding
 from kd_jax.data import pipeline
 
 
+@functools.lru_cache(maxsize=16)
 def make_predict_fn(model, mesh: Mesh):
   """Compiles params, this process's rows of a global batch -> the batch's logits in eval mode.
 
-  The global batch is split over the mesh's data axis (the devices of every process); so are the logits.
+  The global batch is split over the mesh's data axis (the devices of every process); so are the logits. One
+  compiled function per model and mesh for the whole process (the runs of a sweep share it).
   """
   apply = jax.jit(lambda params, inputs: model.apply({"params": params}, inputs, train=False),
                   in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),

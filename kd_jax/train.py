@@ -70,7 +70,16 @@ def learning_rate_schedule(optim_config: ml_collections.ConfigDict, num_steps: i
 
 
 def make_optimizer(optim_config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-  """AdamW on the schedule above; weight decay on matrices only (not biases or norm scales), optional clipping."""
+  """AdamW on the schedule above; weight decay on matrices only (not biases or norm scales), optional clipping.
+
+  Equal settings give the same object: the optimizer is part of the train state's tree structure, so runs with
+  equal settings (the points of a sweep) reuse compiled steps instead of tracing and compiling their own.
+  """
+  return _make_optimizer(ml_collections.FrozenConfigDict(optim_config), num_steps)
+
+
+@functools.lru_cache(maxsize=64)
+def _make_optimizer(optim_config: ml_collections.FrozenConfigDict, num_steps: int) -> optax.GradientTransformation:
   adamw = optax.adamw(learning_rate_schedule(optim_config, num_steps), weight_decay=optim_config.weight_decay,
                       mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
   if optim_config.grad_clip_norm is None:

@@ -13,6 +13,7 @@ tasks, a dict of token arrays for text) and the result is logits ([batch, num_cl
 Modules are imported on first use so that `import kd_jax` stays cheap.
 """
 
+import functools
 import importlib
 
 from kd_jax.errors import ConfigError
@@ -44,7 +45,16 @@ def create(model_config, *, num_classes: int, example_inputs, rng, field: str = 
   if model_config.name not in _MODEL_MODULES:
     raise ConfigError(f"{field}.name", model_config.name, f"allowed: {', '.join(names())}")
   module = importlib.import_module(_MODEL_MODULES[model_config.name])
-  return module.create(model_config, num_classes=num_classes, example_inputs=example_inputs, rng=rng)
+  model, params = module.create(model_config, num_classes=num_classes, example_inputs=example_inputs, rng=rng)
+  return _canonical(model), params
+
+
+@functools.lru_cache(maxsize=64)
+def _canonical(model):
+  """The first created model equal to `model`. Equal models are then one object, and so are their bound `apply`
+  methods (compared by identity), which train states hold in their tree structure: the runs of a sweep reuse each
+  other's compiled steps."""
+  return model
 
 
 def from_pretrained(name_or_path: str, task: str = "sequence_classification", **kwargs):
