@@ -82,6 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim = default.optim_config(learning_rate=3e-4, weight_decay=0.01, warmup_ratio=0.05)
   config.optim.grad_clip_norm = 1.0
   config.train.num_epochs = 1
+  # Sweeps on this task pick their best value by the label accuracy of the generated text.
+  config.sweep.selection_metric = "label_accuracy"
   config.train.eval_every_steps = 2000
   config.train.checkpoint_every_steps = 2000
   config.train.log_every_steps = 100

@@ -39,7 +39,7 @@ def write_plots(sweep: report.Sweep, plots_dir: str) -> list[str]:
   best = report.best_group(groups, sweep.selection_metric)
   written = []
   with plt.rc_context(STYLE):
-    for metric in report.TABLE_METRICS:
+    for metric in sweep.metrics:
       if len(sweep.factors) == 2:
         written += _save(_two_factor_lines(sweep, groups, metric), plots_dir,
                          f"{metric}_vs_{sweep.factors[0].label}_by_{sweep.factors[1].label}")
@@ -49,8 +49,9 @@ def write_plots(sweep: report.Sweep, plots_dir: str) -> list[str]:
     if len(sweep.factors) == 2:
       written += _save(_heatmaps(sweep, groups), plots_dir, f"heatmap_{sweep.selection_metric}")
     label = sweep.group_label(best)
-    written += _save(_reliability(best, label), plots_dir, "reliability")
-    written += _save(_confusion(best, label), plots_dir, "confusion")
+    if "reliability" in best.runs[0].results["metrics"]["student"]:  # classification tasks
+      written += _save(_reliability(best, label), plots_dir, "reliability")
+      written += _save(_confusion(best, label), plots_dir, "confusion")
     written += _save(_training_curves(sweep, groups), plots_dir, "training_curves")
   return written
 

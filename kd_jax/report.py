@@ -23,23 +23,33 @@ from kd_jax import files, stats
 from kd_jax.errors import UserError
 
 MODEL_LABELS = {"teacher": "teacher", "student": "student (KD)", "student_hard": "student (hard labels)"}
-TABLE_METRICS = ("accuracy", "ece", "nll", "brier", "agreement", "kl_to_teacher")
-HIGHER_IS_BETTER = ("accuracy", "agreement")
-PERCENT_METRICS = ("accuracy", "agreement")  # shown in %, their differences in percentage points
+# Every metric a table may show, in column order: classification tasks have accuracy, ece, brier; generation tasks
+# (e-SNLI) label_accuracy and ROUGE. Tables show the ones the results hold (`present_metrics`).
+TABLE_METRICS = ("accuracy", "label_accuracy", "rouge1", "rouge2", "rougeL", "ece", "nll", "brier", "agreement",
+                 "kl_to_teacher")
+HIGHER_IS_BETTER = ("accuracy", "label_accuracy", "rouge1", "rouge2", "rougeL", "agreement")
+PERCENT_METRICS = ("accuracy", "label_accuracy", "agreement")  # shown in %, their differences in percentage points
 SWEEP_FILE = "sweep.json"
 BASELINE = "student_hard"
 
 
+def present_metrics(metric_dicts) -> tuple[str, ...]:
+  """The TABLE_METRICS that at least one of the `{metric: value}` dicts holds, in table order."""
+  metric_dicts = list(metric_dicts)
+  return tuple(name for name in TABLE_METRICS if any(name in metrics for metrics in metric_dicts))
+
+
 def metrics_table(results: dict) -> str:
   """A fixed-width table: one row per model (teacher, KD student, hard-label student), one column per metric."""
-  header = f"{'model':<22}" + "".join(f"{name:>15}" for name in TABLE_METRICS)
+  columns = present_metrics(results["metrics"].values())
+  header = f"{'model':<22}" + "".join(f"{name:>15}" for name in columns)
   rows = [header, "-" * len(header)]
   for model, label in MODEL_LABELS.items():
     model_metrics = results["metrics"].get(model)
     if model_metrics is None:
       continue
     cells = "".join(f"{model_metrics[name]:>15.4f}" if name in model_metrics else f"{'-':>15}"
-                    for name in TABLE_METRICS)
+                    for name in columns)
     rows.append(f"{label:<22}{cells}")
   return "\n".join(rows)
 
@@ -141,6 +151,11 @@ class Sweep:
 
   def group_label(self, group: Group) -> str:
     return ",".join(f"{factor.label}={factor.value_label(i)}" for factor, i in zip(self.factors, group.value_indices))
+
+  @property
+  def metrics(self) -> tuple[str, ...]:
+    """The metrics the finished points report (classification or generation ones)."""
+    return present_metrics(metrics for run in self.runs for metrics in run.results["metrics"].values())
 
   @property
   def has_baseline(self) -> bool:
@@ -351,7 +366,7 @@ def csv_rows(sweep: Sweep) -> list[dict]:
         row[field] = value if isinstance(value, (int, float, str, type(None))) else format_value(value)
     row["seed"] = run.seed
     for model in ("student", BASELINE, "teacher"):
-      for metric in TABLE_METRICS:
+      for metric in sweep.metrics:
         row[f"{model}_{metric}"] = run.results["metrics"].get(model, {}).get(metric)
     data = run.results.get("data", {})
     for key in ("num_train", "num_labeled", "num_unlabeled", "num_test"):
@@ -410,12 +425,14 @@ def summary_markdown(sweep: Sweep) -> str:
     for model, label in MODEL_LABELS.items():
       if model == BASELINE and not sweep.has_baseline:
         continue
-      cells = [format_mean_std(name, *group.mean_std(model, name)) for name in TABLE_METRICS]
+      cells = [format_mean_std(name, *group.mean_std(model, name)) for name in sweep.metrics]
       rows.append(value_cells(group) + [label] + cells + [str(len(group.runs))])
   lines += ["", "## Metrics by swept value", ""]
-  lines += _markdown_table(value_header + ["model"] + [metric_header(name) for name in TABLE_METRICS] + ["seeds"], rows)
+  lines += _markdown_table(value_header + ["model"] + [metric_header(name) for name in sweep.metrics] + ["seeds"],
+                           rows)
   if sweep.has_baseline:
-    difference_metrics = (metric,) + tuple(name for name in ("accuracy", "nll", "ece") if name != metric)
+    difference_metrics = (metric,) + tuple(name for name in ("accuracy", "label_accuracy", "rougeL", "nll", "ece")
+                                           if name != metric and name in sweep.metrics)
     rows = []
     for group in groups:
       for model in ("student", "teacher"):

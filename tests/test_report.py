@@ -221,3 +221,15 @@ def test_report_command_line(tmp_path):
                         check=False)
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nothing'} has no sweep.json")
+
+
+def test_metrics_table_shows_the_metrics_the_task_has():
+  generation = {"metrics": {
+      "teacher": {"label_accuracy": 0.86, "rouge1": 0.41, "rouge2": 0.25, "rougeL": 0.41, "nll": 0.7},
+      "student": {"label_accuracy": 0.55, "rouge1": 0.10, "rouge2": 0.0, "rougeL": 0.09, "nll": 1.2,
+                  "agreement": 0.55, "kl_to_teacher": 0.51}}}
+  lines = report.metrics_table(generation).splitlines()
+  assert lines[0].split() == ["model", "label_accuracy", "rouge1", "rouge2", "rougeL", "nll", "agreement",
+                              "kl_to_teacher"]
+  assert lines[2].split() == ["teacher", "0.8600", "0.4100", "0.2500", "0.4100", "0.7000", "-", "-"]
+  assert lines[3].split()[:4] == ["student", "(KD)", "0.5500", "0.1000"]
