@@ -173,6 +173,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.train.max_checkpoints_to_keep = 2
   # Number of local devices the data-parallel steps run on; None means all of them.
   config.train.num_devices = config_dict.placeholder(int)
+  # Most optimizer steps run per compiled call (kd_jax/fused.py: a loop on the device over stacked batches, no host
+  # round trip per step). A call ends at every log, eval and checkpoint step and after about a second (SIGTERM is
+  # honored between calls); 1 dispatches every step from Python.
+  config.train.steps_per_dispatch = 100
 
   # Also train the hard-label student (the same run without the distillation term) as the baseline.
   config.baseline = True

@@ -209,7 +209,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _require(config.train.num_steps is None or config.train.num_steps > 0, "train.num_steps", config.train.num_steps,
            "must be > 0 or None")
   for field in ("train.eval_every_steps", "train.checkpoint_every_steps", "train.log_every_steps",
-                "train.max_checkpoints_to_keep"):
+                "train.max_checkpoints_to_keep", "train.steps_per_dispatch"):
     _check_positive(config, field)
 
 

@@ -48,9 +48,9 @@ def process_rows(global_batch_size: int) -> slice:
   return slice(start, start + rows_per_process)
 
 
-def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """Assembles global batch arrays from this process's rows (a single process holds every row)."""
-  sharding = batch_sharded(mesh)
+def shard_batch(local_batch: dict, mesh: Mesh, batch_axis: int = 0) -> dict:
+  """Assembles global batch arrays from this process's rows of axis `batch_axis` (a single process holds all)."""
+  sharding = NamedSharding(mesh, P(*(None,) * batch_axis, DATA_AXIS))
   return jax.tree.map(lambda rows: jax.make_array_from_process_local_data(sharding, rows), local_batch)
 
 
@@ -70,13 +70,15 @@ def gather(array: jax.Array) -> np.ndarray:
   return multihost_utils.process_allgather(array, tiled=True)
 
 
-def data_parallel(step_fn: Callable, mesh: Mesh, *, num_replicated_args: int, donate_argnums=(0,)) -> Callable:
+def data_parallel(step_fn: Callable, mesh: Mesh, *, num_replicated_args: int, donate_argnums=(0,),
+                  batch_axis: int = 0) -> Callable:
   """Compiles `step_fn(*replicated_args, batch)` as a pmap-style data-parallel step.
 
   `step_fn` sees its first `num_replicated_args` arguments whole and the last one (the batch pytree) as this
-  device's shard; it must reduce what it returns across devices itself (`lax.pmean(x, DATA_AXIS)`), so outputs are
-  replicated.
+  device's shard of axis `batch_axis` (1 for stacked batches [steps, batch, ...]); it must reduce what it returns
+  across devices itself (`lax.pmean(x, DATA_AXIS)`), so outputs are replicated.
   """
-  in_specs = (P(),) * num_replicated_args + (P(DATA_AXIS),)
+  in_specs = (P(),) * num_replicated_args + (P(*(None,) * batch_axis, DATA_AXIS),)
   mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
   return jax.jit(mapped, donate_argnums=donate_argnums)
+

@@ -20,8 +20,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from flax.training import train_state
 
-from kd_jax import (checkpointing, config_validation, data, distributed, files, fingerprints, inference, losses,
-                    metric_writer, metrics, models, seq2seq, seq2seq_cache, sharding, teacher_cache)
+from kd_jax import (checkpointing, config_validation, data, distributed, files, fingerprints, fused, inference,
+                    losses, metric_writer, metrics, models, seq2seq, seq2seq_cache, sharding, teacher_cache)
 from kd_jax.data import pipeline
 from kd_jax.errors import UserError
 
@@ -169,6 +169,27 @@ def compile_train_step(mesh, *, model, teacher_model, teacher_mode: str, distill
   return sharding.data_parallel(step, mesh, num_replicated_args=4)
 
 
+def compile_train_chunk(mesh, *, model, teacher_model, teacher_mode: str, distill_config: ml_collections.ConfigDict,
+                        device_resident: bool):
+  """train_step run `num_steps` times per call (`fused.compile_chunk`): chunk(state, teacher_params, hyperparams,
+  rng, num_steps, *fused.ChunkFeeder.next(num_steps)) -> (state, stacked metrics).
+
+  One compiled program per model and static loss settings for the whole process: the runs of a sweep, which differ
+  in hyperparameters (arguments), seeds and data of the same shapes, reuse it instead of compiling their own.
+  """
+  return _compiled_chunk(mesh, model, teacher_model, teacher_mode, distill_config.divergence,
+                         distill_config.t2_scaling, distill_config.input_noise_std, device_resident)
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_chunk(mesh, model, teacher_model, teacher_mode, divergence_kind, t2_scaling, input_noise_std,
+                    device_resident):
+  return fused.compile_chunk(functools.partial(
+      train_step, model=model, teacher_model=teacher_model, teacher_mode=teacher_mode,
+      divergence_kind=divergence_kind, t2_scaling=t2_scaling, input_noise_std=input_noise_std), mesh,
+                             device_resident=device_resident)
+
+
 @dataclasses.dataclass
 class TrainingRun:
   """What one training phase needs beyond its compiled step."""
@@ -183,9 +204,13 @@ class TrainingRun:
   teacher_params: object = None
 
 
-def train_model(run: TrainingRun, *, model, init_params, step_fn, mesh, train_config: ml_collections.ConfigDict,
+def train_model(run: TrainingRun, *, model, init_params, compile_chunk, mesh, train_config: ml_collections.ConfigDict,
                 writer: metric_writer.MetricWriter, evaluate_fn) -> tuple[object, dict]:
   """Trains (or resumes training) for `run.num_steps` steps, checkpointing, logging and evaluating on the way.
+
+  `compile_chunk(device_resident=...)` gives the compiled chunk (`compile_train_chunk` with the rest of its
+  arguments bound) for the data placement the feeder chose: each call runs the steps up to the next log / eval /
+  checkpoint step, at most train.steps_per_dispatch and about a second of them.
 
   Returns:
     (final params, stats): steps, trained_steps (in this call), wall_s, examples_per_sec, resumed_from_step.
@@ -206,25 +231,37 @@ def train_model(run: TrainingRun, *, model, init_params, step_fn, mesh, train_co
   rng = sharding.replicate(jax.random.PRNGKey(run.seed), mesh)
   teacher_params = run.teacher_params
   hyperparams = sharding.replicate(run.hyperparams, mesh)
-  batches = pipeline.train_batches(run.examples, batch_size=run.batch_size, seed=run.seed, start_step=start_step,
-                                   process_index=jax.process_index(), process_count=jax.process_count())
+  feeder = fused.ChunkFeeder(run.examples, batch_size=run.batch_size, seed=run.seed, start_step=start_step,
+                             max_steps=train_config.steps_per_dispatch, mesh=mesh)
+  chunk_fn = compile_chunk(device_resident=feeder.device_resident)
+  boundary_every = (train_config.log_every_steps, train_config.eval_every_steps, train_config.checkpoint_every_steps)
   start_time = time.time()
   first_step_done_time = None
+  seconds_per_step = None  # measured on the second chunk (one step), then on every log interval
   interval_start_time, interval_start_step = start_time, start_step
-  for step in range(start_step, run.num_steps):
-    batch = sharding.shard_batch(next(batches), mesh)
-    state, step_metrics = step_fn(state, teacher_params, hyperparams, rng, batch)
-    done = step + 1
+  step = start_step
+  while step < run.num_steps:
+    # The first two chunks are single steps: the first compiles, the second times a step.
+    num_steps = 1 if seconds_per_step is None else fused.chunk_length(
+        step, run.num_steps, boundary_every, train_config.steps_per_dispatch, seconds_per_step)
+    chunk_start_time = time.time()
+    state, chunk_metrics = chunk_fn(state, teacher_params, hyperparams, rng, np.int32(num_steps),
+                                    *feeder.next(num_steps))
+    step = done = step + num_steps
     if first_step_done_time is None:
       jax.block_until_ready(state)
       first_step_done_time = interval_start_time = time.time()
       interval_start_step = done
+    elif seconds_per_step is None:
+      jax.block_until_ready(state)
+      seconds_per_step = time.time() - chunk_start_time
     if done % train_config.log_every_steps == 0 or done == run.num_steps:
-      scalars = {f"train/{key}": value for key, value in jax.device_get(step_metrics).items()}
-      scalars["train/learning_rate"] = schedule(step)
+      scalars = {f"train/{key}": values[num_steps - 1] for key, values in jax.device_get(chunk_metrics).items()}
+      scalars["train/learning_rate"] = schedule(done - 1)
       now = time.time()
       if done > interval_start_step:
         steps_per_sec = (done - interval_start_step) / (now - interval_start_time)
+        seconds_per_step = 1 / steps_per_sec
         scalars["train/examples_per_sec"] = steps_per_sec * run.batch_size
         eta = (run.num_steps - done) / steps_per_sec
       else:
@@ -366,7 +403,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   test_labels = task.test["label"]
   seq2seq_evaluation = seq2seq.Evaluation(config, task, mesh) if task.seq2seq is not None else None
 
-  def run_training(run, *, model, init_params, step_fn, eval_teacher_logits):
+  def run_training(run, *, model, init_params, compile_chunk, eval_teacher_logits):
     predict = inference.make_predict_fn(model, mesh)
 
     def evaluate(params):
@@ -379,13 +416,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       return {key: test_metrics[key] for key in ("accuracy", "nll", "ece") + (
           ("agreement",) if eval_teacher_logits is not None else ())}
 
-    return train_model(run, model=model, init_params=init_params, step_fn=step_fn, mesh=mesh,
+    return train_model(run, model=model, init_params=init_params, compile_chunk=compile_chunk, mesh=mesh,
                        train_config=config.train, writer=writers[run.phase], evaluate_fn=evaluate)
 
   def train_teacher(run, *, model, init_params):
-    step_fn = compile_train_step(mesh, model=model, teacher_model=None, teacher_mode="none",
-                                 distill_config=config.distill)
-    return run_training(run, model=model, init_params=init_params, step_fn=step_fn, eval_teacher_logits=None)
+    compile_chunk = functools.partial(compile_train_chunk, mesh, model=model, teacher_model=None, teacher_mode="none",
+                                      distill_config=config.distill)
+    return run_training(run, model=model, init_params=init_params, compile_chunk=compile_chunk,
+                        eval_teacher_logits=None)
 
   teacher_model, teacher_params, teacher_stats = obtain_teacher(config, task, mesh, workdir, train_teacher)
   teacher_params = sharding.replicate(teacher_params, mesh)
@@ -436,20 +474,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                        num_steps=num_steps, batch_size=config.data.batch_size, seed=config.seed,
                        checkpoint_dir=os.path.join(checkpoints_dir, phase), teacher_params=run_teacher_params)
 
-  student_step = compile_train_step(mesh, model=student_model, teacher_model=teacher_model, teacher_mode=teacher_mode,
-                                    distill_config=config.distill)
+  student_chunk = functools.partial(compile_train_chunk, mesh, model=student_model, teacher_model=teacher_model,
+                                    teacher_mode=teacher_mode, distill_config=config.distill)
   student_predict = inference.make_predict_fn(student_model, mesh)
   trained = {}
   run = student_run("student", student_examples, student_hyperparams,
                     teacher_params if teacher_mode == "online" else None)
-  trained["student"] = run_training(run, model=student_model, init_params=student_init_params, step_fn=student_step,
-                                    eval_teacher_logits=teacher_test_logits)
+  trained["student"] = run_training(run, model=student_model, init_params=student_init_params,
+                                    compile_chunk=student_chunk, eval_teacher_logits=teacher_test_logits)
   if config.baseline:
-    hard_step = compile_train_step(mesh, model=student_model, teacher_model=None, teacher_mode="none",
-                                   distill_config=config.distill)
+    hard_chunk = functools.partial(compile_train_chunk, mesh, model=student_model, teacher_model=None,
+                                   teacher_mode="none", distill_config=config.distill)
     run = student_run("student_hard", task.train, loss_hyperparams(config.distill, hard_labels_only=True), None)
     trained["student_hard"] = run_training(run, model=student_model, init_params=student_init_params,
-                                           step_fn=hard_step, eval_teacher_logits=teacher_test_logits)
+                                           compile_chunk=hard_chunk, eval_teacher_logits=teacher_test_logits)
   for phase, (params, stats) in trained.items():
     if seq2seq_evaluation is not None:
       results["metrics"][phase] = seq2seq_evaluation.final(student_model, params, teacher_model, teacher_params)
