@@ -61,6 +61,10 @@ def mean_over_devices(tree):
   all-reduces 31 ms, one of their concatenation 0.7 ms, 2 processes on 2 cores); so the leaves travel as one
   vector (in their common dtype). TPU and GPU compilers combine all-reduces anyway.
   """
+  if jax.process_count() == 1:
+    # Within one process XLA:CPU's all-reduces are cheap, and concatenating large trees is not (measured: ravel +
+    # unravel of the default teacher's 1.5M gradients ~100 ms, its whole step 8 ms).
+    return jax.lax.pmean(tree, DATA_AXIS)
   vector, unravel = flatten_util.ravel_pytree(tree)
   return unravel(jax.lax.pmean(vector, DATA_AXIS))
 
