@@ -206,6 +206,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The student metric that picks the best value in the report: accuracy or agreement (higher is better), or nll,
   # ece, brier or kl_to_teacher (lower is better).
   config.sweep.selection_metric = "accuracy"
+  # 'sequential': the points run one after another, each a full run. 'vectorized' (kd_jax/vectorized.py): points
+  # whose configs differ only in seed, distill.temperature / alpha / ce_weight / kd_weight / label_smoothing and
+  # optim.learning_rate train together in one compiled program (vmap over points); other differences (widths, data,
+  # divergence...) split the points into groups trained in turn. Same results.json and report, up to float rounding.
+  # One process, classification tasks; --sweep_index runs its point sequentially.
+  config.sweep.mode = "sequential"
 
   if "smoke" in options:
     config.teacher.hidden_sizes = (256, 256)

@@ -22,6 +22,7 @@ DTYPES = ("float32", "bfloat16")
 TEACHER_MODES = ("cached", "online")
 STRATEGIES = ("token", "sequence")
 TOPK_DTYPES = ("float16", "bfloat16", "float32")
+SWEEP_MODES = ("sequential", "vectorized")
 
 
 def schema() -> ml_collections.ConfigDict:
@@ -263,6 +264,7 @@ def check_sweep(config: ml_collections.ConfigDict, reference: ml_collections.Con
   _require(isinstance(sweep.seeds, int) and sweep.seeds >= 1, "sweep.seeds", sweep.seeds, "must be an integer >= 1")
   _require(sweep.selection_metric in report.TABLE_METRICS, "sweep.selection_metric", sweep.selection_metric,
            f"allowed: {', '.join(report.TABLE_METRICS)}")
+  _require(sweep.mode in SWEEP_MODES, "sweep.mode", sweep.mode, f"allowed: {', '.join(SWEEP_MODES)}")
   groups = [("sweep.grid", sweep.grid)] + [(f"sweep.zipped[{i}]", group) for i, group in enumerate(sweep.zipped)]
   swept = {}
   for where, pairs in groups:

@@ -13,6 +13,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+SWEEP_AXIS = "sweep"  # vectorized sweeps (kd_jax/vectorized.py): points spread over devices
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -86,3 +87,17 @@ def data_parallel(step_fn: Callable, mesh: Mesh, *, num_replicated_args: int, do
   mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
   return jax.jit(mapped, donate_argnums=donate_argnums)
 
+
+def make_sweep_mesh(num_points: int, num_devices: int | None = None) -> Mesh:
+  """A 2-D ('sweep', 'data') mesh over the first `num_devices` local devices (all by default) for `num_points` points
+  trained together: the sweep axis gets the largest device count that divides both, the data axis the rest."""
+  devices = jax.local_devices()[:num_devices]
+  sweep_size = int(np.gcd(len(devices), num_points))
+  return Mesh(np.asarray(devices).reshape(sweep_size, -1), (SWEEP_AXIS, DATA_AXIS))
+
+
+def sweep_parallel(fn: Callable, mesh: Mesh, *, in_specs: tuple, out_specs, donate_argnums=(0,)) -> Callable:
+  """Compiles `fn` as a step over a ('sweep', 'data') mesh: each device sees its points (axis SWEEP_AXIS) and its
+  rows of their batches (axis DATA_AXIS) as the specs say, and reduces over DATA_AXIS itself."""
+  mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+  return jax.jit(mapped, donate_argnums=donate_argnums)

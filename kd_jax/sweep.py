@@ -1,6 +1,9 @@
 """Sweeps: one config, many runs. `config.sweep` (see configs/default.py) expands into points, which run in-process
 one after another (or one per process with `--sweep_index`), then the report is written (kd_jax/report.py).
 
+With `config.sweep.mode = "vectorized"`, the points that differ only in loss hyperparameters, learning rate and seed
+train together in one compiled program (kd_jax/vectorized.py), with the same outputs per point.
+
 A point is the base config with one value of every factor (a grid field, or a zipped group) and a seed. Point
 `name` runs through `train.train_and_evaluate` in `<workdir>/<name>/`, e.g. `<workdir>/distill.temperature=2,seed=1/`,
 so each has its own results.json, config.json, history.jsonl and checkpoints. Points that train the same teacher
@@ -24,7 +27,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from kd_jax import config_validation, data, files, fingerprints, report, train
+from kd_jax import config_validation, data, files, fingerprints, report, train, vectorized
 from kd_jax.errors import ConfigError, UserError
 
 TEACHERS_DIR = "teachers"
@@ -232,10 +235,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, point_index: int | N
     for point in points:
       print(f"{point.index}\t{point_status(point, workdir)}\t{point.name}")
     return
+  if config.sweep.mode == "vectorized" and point_index is None:
+    vectorized.check(config)
   if jax.process_index() == 0:
     files.write_json(os.path.join(workdir, report.SWEEP_FILE), describe(config, points))
-  for point in points if point_index is None else [points[point_index]]:
-    run_point(point, workdir, len(points))
+  if config.sweep.mode == "vectorized" and point_index is None:
+    for group in vectorized.groups(points):
+      unfinished = [point for point in group if point_status(point, workdir) != "finished"]
+      logging.info("Sweep points %s: %d of %d finished earlier; training %d together.",
+                   ", ".join(str(point.index) for point in group), len(group) - len(unfinished), len(group),
+                   len(unfinished))
+      if unfinished:
+        with _teacher_lock(unfinished[0].config):
+          vectorized.run_group(unfinished, workdir)
+  else:
+    for point in points if point_index is None else [points[point_index]]:
+      run_point(point, workdir, len(points))
   if point_index is None and jax.process_index() == 0:
     written = report.write_sweep_report(workdir)
     logging.info("Sweep report: %s", ", ".join(path for path in written if not path.endswith(".pdf")))
