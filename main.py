@@ -12,6 +12,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 USAGE_ERROR = 2
+PREEMPTED = 143  # 128 + SIGTERM: the job was terminated, and its checkpoint saved
 FLAGS = flags.FLAGS
 
 
@@ -39,6 +40,8 @@ def describe_config_error(error: Exception) -> str:
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.json (created if missing).")
 flags.mark_flag_as_required("workdir")
+flags.DEFINE_bool("overwrite", False, "If --workdir holds a run of another config, move it aside (to "
+                  "<workdir>.replaced-<time>) and start over instead of refusing.")
 flags.DEFINE_integer("sweep_index", None, "Run only this point of the config's sweep (one per cluster array task).")
 flags.DEFINE_bool("list_points", False, "Print the sweep's points (index, status, name) without running anything.")
 flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
@@ -86,7 +89,8 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # kd_jax before jax: importing kd_jax sizes XLA's CPU thread pools for forced host devices.
   from kd_jax import config_validation, distributed, report, sweep, train  # pylint: disable=g-import-not-at-top
-  from kd_jax.errors import UserError  # pylint: disable=g-import-not-at-top
+  from kd_jax.errors import NonFiniteError, UserError  # pylint: disable=g-import-not-at-top
+  from kd_jax.preemption import Preempted  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
   try:
@@ -98,9 +102,15 @@ def main(argv: list[str]) -> None:
     if sweep.is_sweep(config) or FLAGS.sweep_index is not None or FLAGS.list_points:
       sweep.run(config, FLAGS.workdir, point_index=FLAGS.sweep_index, list_points=FLAGS.list_points)
       return
-    results = train.train_and_evaluate(config, FLAGS.workdir)
+    results = train.train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
   except UserError as error:
     exit_with_usage_error(str(error))
+  except Preempted as stop:
+    print(f"preempted: {stop}", file=sys.stderr)
+    sys.exit(PREEMPTED)
+  except NonFiniteError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
   if distributed.is_main_process():
     print(report.metrics_table(results))
 

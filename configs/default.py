@@ -166,7 +166,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Evaluate on the test split every this many steps (and at the end).
   config.train.eval_every_steps = 500
   # Save a checkpoint every this many steps (and at the end); a rerun resumes from the latest one.
-  config.train.checkpoint_every_steps = 500
+  config.train.checkpoint_every_steps = 250
   # Log the training losses every this many steps.
   config.train.log_every_steps = 100
   # Number of checkpoints kept per model.
@@ -177,6 +177,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # round trip per step). A call ends at every log, eval and checkpoint step and after about a second (SIGTERM is
   # honored between calls); 1 dispatches every step from Python.
   config.train.steps_per_dispatch = 100
+  # Training sets (inputs, labels and joined teacher logits) up to this many MiB are copied to every device once and
+  # batched there; larger ones stream through tf.data (gathered and prefetched in background threads). 0 sends
+  # every training set through tf.data. The batches are the same either way.
+  config.train.device_data_max_mib = 256
 
   # Also train the hard-label student (the same run without the distillation term) as the baseline.
   config.baseline = True

@@ -7,6 +7,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from kd_jax import distributed
+
 
 class CheckpointStore:
   """The checkpoints of one model's training (`<directory>/<step>/`), kept `max_to_keep` at a time."""
@@ -35,8 +37,9 @@ class CheckpointStore:
         logging.warning("Checkpoint %s/%d cannot be restored (%s: %s); moved it to %s, trying the previous one.",
                         self.directory, step, error.__class__.__name__, str(error).splitlines()[0][:200],
                         set_aside)
-        if jax.process_index() == 0:
+        if distributed.is_main_process():
           os.rename(os.path.join(self.directory, str(step)), set_aside)
+        distributed.barrier(f"set aside checkpoint {self.directory}/{step}")  # before any process rereads the steps
         self._manager.reload()
     return None
 

@@ -212,6 +212,8 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   for field in ("train.eval_every_steps", "train.checkpoint_every_steps", "train.log_every_steps",
                 "train.max_checkpoints_to_keep", "train.steps_per_dispatch"):
     _check_positive(config, field)
+  _require(config.train.device_data_max_mib >= 0, "train.device_data_max_mib", config.train.device_data_max_mib,
+           "must be >= 0")
 
 
 def _check_text_and_seq2seq(config: ml_collections.ConfigDict) -> None:

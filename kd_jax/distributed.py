@@ -13,6 +13,7 @@ Every process computes the same things; process 0 alone writes files (`is_main_p
 at a `barrier` when they need what it wrote. The workdir must be a file system that every process sees.
 """
 
+import itertools
 import logging as python_logging
 import os
 
@@ -24,6 +25,9 @@ from jax.experimental import multihost_utils
 from kd_jax.errors import UserError
 
 MODES = ("auto", "on", "off")
+# How long a process waits at a barrier for the others (process 0 may be writing a large teacher cache meanwhile).
+BARRIER_TIMEOUT_SECONDS = 3600
+_barrier_counter = itertools.count()
 
 
 def _environment_int(name: str) -> int | None:
@@ -103,9 +107,36 @@ def is_main_process() -> bool:
 
 
 def barrier(name: str) -> None:
-  """Blocks until every process of the job has reached the barrier `name` (returns at once in a single process)."""
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+  """Blocks until every process of the job has reached the barrier `name` (returns at once in a single process).
+
+  A barrier of JAX's coordination service (the job's control channel, waiting up to BARRIER_TIMEOUT_SECONDS), not a
+  collective on the devices: gloo's CPU collectives give up after a fixed timeout while process 0 writes files.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed as jax_distributed  # pylint: disable=g-import-not-at-top
+  client = jax_distributed.global_state.client
+  # Each barrier id is used once per job: every process passes the same barriers in the same order.
+  barrier_id = f"kd_jax/{next(_barrier_counter)}/{name}"
+  if client is None:  # a multi-process runtime JAX started without the coordination service
+    multihost_utils.sync_global_devices(barrier_id)
+  else:
+    client.wait_at_barrier(barrier_id, BARRIER_TIMEOUT_SECONDS * 1000)
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set on any process of the job (e.g. SIGTERM reached one of them), the same on all processes."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.asarray(multihost_utils.process_allgather(np.asarray(flag, np.int32))).any())
+
+
+def max_over_processes(value: float) -> float:
+  """The largest of the processes' `value`s, the same on all processes (e.g. a measured step time, from which every
+  process must derive the same chunk lengths: the processes' compiled calls must hold the same collectives)."""
+  if jax.process_count() == 1:
+    return value
+  return float(np.asarray(multihost_utils.process_allgather(np.asarray(value, np.float64))).max())
 
 
 def check_same_on_all_processes(value: bool, what: str) -> None:

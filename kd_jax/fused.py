@@ -5,8 +5,8 @@ sets live on the devices, and a chunk transfers only the row numbers of its batc
 `max_steps`, so that any chunk length reuses one compiled program), gathered on the device step by step; larger
 ones are gathered on the host (stacked [max_steps, batch, ...]) and transferred once per chunk. A chunk returns the
 new state and the per-step metrics [max_steps, ...], which stay on the device until the training loop fetches them
-at its next log / eval / checkpoint step. The state is donated. Each step inside is exactly `train.train_step`, so batches, dropout masks and results are those of one
-call per step.
+at its next log / eval / checkpoint step. The state is donated. Each step inside is exactly `train.train_step`, so
+batches, dropout masks and results are those of one call per step.
 """
 
 import functools
@@ -24,9 +24,9 @@ from kd_jax.data import pipeline
 # A chunk is cut short to take about this long (seconds, estimated from the steps measured so far), so that a
 # SIGTERM, which is honored at the end of a chunk, is answered within about a second.
 TARGET_CHUNK_SECONDS = 1.0
-# Training examples up to this size (all arrays, bytes) are copied to every device once; a chunk then transfers only
-# the row numbers of its batches [max_steps, batch] and gathers them on the device. Larger ones are gathered on the
-# host and transferred chunk by chunk.
+# Training examples up to this size (all arrays, bytes; config.train.device_data_max_mib) are copied to every
+# device once; a chunk then transfers only the row numbers of its batches [max_steps, batch] and gathers them on the
+# device. Larger ones come through tf.data (pipeline.train_batches) and are transferred chunk by chunk.
 DEVICE_DATA_MAX_BYTES = 256 << 20
 
 
@@ -81,12 +81,14 @@ class ChunkFeeder:
   """The training batches, `num_steps` consecutive global steps at a time from `start_step`, as chunk arguments.
 
   The batches are those of `pipeline.train_batches`: a function of (examples, batch_size, seed, step). Examples of
-  at most DEVICE_DATA_MAX_BYTES stay on the devices (`device_resident`) and a chunk takes their row numbers;
-  otherwise this process's rows are gathered here and the chunk takes the stacked batches.
+  at most `device_data_max_bytes` stay on the devices (`device_resident`) and a chunk takes their row numbers
+  (`pipeline.train_rows`); otherwise this process's rows come from the tf.data pipeline, gathered and prefetched in
+  its background threads, and the chunk takes the stacked batches.
   """
 
-  def __init__(self, examples: dict, *, batch_size: int, seed: int, start_step: int, max_steps: int, mesh: Mesh):
-    self.device_resident = data_bytes(examples) <= DEVICE_DATA_MAX_BYTES
+  def __init__(self, examples: dict, *, batch_size: int, seed: int, start_step: int, max_steps: int, mesh: Mesh,
+               device_data_max_bytes: int = DEVICE_DATA_MAX_BYTES):
+    self.device_resident = data_bytes(examples) <= device_data_max_bytes
     self._max_steps = max_steps
     self._mesh = mesh
     if self.device_resident:

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from kd_jax import sharding
+from kd_jax import distributed, preemption, sharding
 from kd_jax.data import pipeline
 
 
@@ -35,6 +35,9 @@ def predict_logits(predict_fn, params, inputs, *, batch_size: int, num_devices: 
   local_rows = sharding.process_rows(batch_size)
   outputs = []
   for batch, num_real in pipeline.inference_batches({"inputs": inputs}, batch_size):
+    if distributed.any_process(preemption.requested()):
+      raise preemption.Preempted("stopped by SIGTERM during inference (nothing of it is kept); rerun the same "
+                                 "command to resume")
     local_inputs = jax.tree.map(lambda rows: rows[local_rows], batch["inputs"])
     outputs.append(sharding.gather(predict_fn(params, local_inputs))[:num_real])
   return np.concatenate(outputs)

@@ -8,7 +8,7 @@ import os
 
 import tensorboardX
 
-from kd_jax import distributed
+from kd_jax import distributed, files
 
 
 class MetricWriter:
@@ -33,8 +33,8 @@ class MetricWriter:
       lines = stream.readlines()
     kept = [line for line in lines if not _is_after(line, self.phase, step)]
     if len(kept) != len(lines):
-      with open(self._history_path, "w") as stream:
-        stream.writelines(kept)
+      with files.atomic_open(self._history_path) as stream:
+        stream.write("".join(kept).encode())
 
   def write_scalars(self, step: int, scalars: dict) -> None:
     """Appends one history line and the matching TensorBoard scalars."""

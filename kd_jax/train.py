@@ -21,9 +21,10 @@ from absl import logging
 from flax.training import train_state
 
 from kd_jax import (checkpointing, config_validation, data, distributed, files, fingerprints, fused, inference,
-                    losses, metric_writer, metrics, models, seq2seq, seq2seq_cache, sharding, teacher_cache)
+                    losses, metric_writer, metrics, models, preemption, seq2seq, seq2seq_cache, sharding,
+                    teacher_cache)
 from kd_jax.data import pipeline
-from kd_jax.errors import UserError
+from kd_jax.errors import NonFiniteError, UserError
 
 TrainState = train_state.TrainState
 PHASES = ("teacher", "student", "student_hard")
@@ -153,11 +154,12 @@ def train_step(state: TrainState, teacher_params, hyperparams: LossHyperparams, 
     return terms.loss, terms
 
   grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, sharding.DATA_AXIS)
+  grads = sharding.mean_over_devices(grads)
   new_state = state.apply_gradients(grads=grads)
   step_metrics = {"loss": terms.loss, "hard_loss": terms.hard, "soft_loss": terms.soft}
-  step_metrics = jax.lax.pmean(step_metrics, sharding.DATA_AXIS)
+  step_metrics = sharding.mean_over_devices(step_metrics)
   step_metrics["grad_norm"] = optax.tree.norm(grads)
+  step_metrics["param_norm"] = optax.tree.norm(new_state.params)
   return new_state, step_metrics
 
 
@@ -210,10 +212,12 @@ def train_model(run: TrainingRun, *, model, init_params, compile_chunk, mesh, tr
 
   `compile_chunk(device_resident=...)` gives the compiled chunk (`compile_train_chunk` with the rest of its
   arguments bound) for the data placement the feeder chose: each call runs the steps up to the next log / eval /
-  checkpoint step, at most train.steps_per_dispatch and about a second of them.
+  checkpoint step, at most train.steps_per_dispatch and about a second of them; a SIGTERM stops the run at the end
+  of the chunk it arrives in.
 
   Returns:
-    (final params, stats): steps, trained_steps (in this call), wall_s, examples_per_sec, resumed_from_step.
+    (final params, stats): steps, trained_steps (in this call), wall_s, examples_per_sec, resumed_from_step,
+    data_feed ('device': the training set on the devices, or 'tf.data').
   """
   # From a host copy: the step donates the state's buffers, and `init_params` may serve another run (the baseline).
   state = create_train_state(model, jax.device_get(init_params), run.optim_config, run.num_steps)
@@ -232,62 +236,113 @@ def train_model(run: TrainingRun, *, model, init_params, compile_chunk, mesh, tr
   teacher_params = run.teacher_params
   hyperparams = sharding.replicate(run.hyperparams, mesh)
   feeder = fused.ChunkFeeder(run.examples, batch_size=run.batch_size, seed=run.seed, start_step=start_step,
-                             max_steps=train_config.steps_per_dispatch, mesh=mesh)
+                             max_steps=train_config.steps_per_dispatch, mesh=mesh,
+                             device_data_max_bytes=int(train_config.device_data_max_mib * 2**20))
   chunk_fn = compile_chunk(device_resident=feeder.device_resident)
   boundary_every = (train_config.log_every_steps, train_config.eval_every_steps, train_config.checkpoint_every_steps)
   start_time = time.time()
   first_step_done_time = None
   seconds_per_step = None  # measured on the second chunk (one step), then on every log interval
   interval_start_time, interval_start_step = start_time, start_step
+  # (first step, steps, on-device stacked metrics) of the chunks not yet fetched: one host sync per log / eval /
+  # checkpoint, not per step or chunk.
+  unchecked = []
+  interval_metrics = []  # fetched metrics since the last log line
   step = start_step
-  while step < run.num_steps:
-    # The first two chunks are single steps: the first compiles, the second times a step.
-    num_steps = 1 if seconds_per_step is None else fused.chunk_length(
-        step, run.num_steps, boundary_every, train_config.steps_per_dispatch, seconds_per_step)
-    chunk_start_time = time.time()
-    state, chunk_metrics = chunk_fn(state, teacher_params, hyperparams, rng, np.int32(num_steps),
-                                    *feeder.next(num_steps))
-    step = done = step + num_steps
-    if first_step_done_time is None:
-      jax.block_until_ready(state)
-      first_step_done_time = interval_start_time = time.time()
-      interval_start_step = done
-    elif seconds_per_step is None:
-      jax.block_until_ready(state)
-      seconds_per_step = time.time() - chunk_start_time
-    if done % train_config.log_every_steps == 0 or done == run.num_steps:
-      scalars = {f"train/{key}": values[num_steps - 1] for key, values in jax.device_get(chunk_metrics).items()}
-      scalars["train/learning_rate"] = schedule(done - 1)
-      now = time.time()
-      if done > interval_start_step:
-        steps_per_sec = (done - interval_start_step) / (now - interval_start_time)
-        seconds_per_step = 1 / steps_per_sec
-        scalars["train/examples_per_sec"] = steps_per_sec * run.batch_size
-        eta = (run.num_steps - done) / steps_per_sec
-      else:
-        eta = float("nan")
-      interval_start_time, interval_start_step = now, done
-      writer.write_scalars(done, scalars)
-      logging.info("%s step %d/%d | loss %.4f (hard %.4f, soft %.4f) | lr %.2e | %s ex/s | ETA %s", run.phase,
-                   done, run.num_steps, scalars["train/loss"], scalars["train/hard_loss"],
-                   scalars["train/soft_loss"], scalars["train/learning_rate"],
-                   f"{scalars['train/examples_per_sec']:.0f}" if "train/examples_per_sec" in scalars else "-",
-                   _format_duration(eta))
-    if done % train_config.eval_every_steps == 0 or done == run.num_steps:
-      writer.write_scalars(done, {f"test/{key}": value for key, value in evaluate_fn(state.params).items()})
-    if done % train_config.checkpoint_every_steps == 0 or done == run.num_steps:
-      store.save(done, state)
-  jax.block_until_ready(state)
+  try:
+    while step < run.num_steps:
+      # The first two chunks are single steps: the first compiles, the second times a step.
+      num_steps = 1 if seconds_per_step is None else fused.chunk_length(
+          step, run.num_steps, boundary_every, train_config.steps_per_dispatch, seconds_per_step)
+      chunk_start_time = time.time()
+      state, chunk_metrics = chunk_fn(state, teacher_params, hyperparams, rng, np.int32(num_steps),
+                                      *feeder.next(num_steps))
+      unchecked.append((step, num_steps, chunk_metrics))
+      step = done = step + num_steps
+      if first_step_done_time is None:
+        jax.block_until_ready(state)
+        first_step_done_time = interval_start_time = time.time()
+        interval_start_step = done
+      elif seconds_per_step is None:
+        jax.block_until_ready(state)
+        seconds_per_step = distributed.max_over_processes(time.time() - chunk_start_time)
+      # Every process must run chunks of the same lengths and stop at the same step: the chunk lengths come from a
+      # step time agreed on by all processes, and a SIGTERM to any process stops all of them.
+      preempted = distributed.any_process(preemption.requested())
+      last = done == run.num_steps
+      log_now = done % train_config.log_every_steps == 0 or last
+      eval_now = done % train_config.eval_every_steps == 0 or last
+      checkpoint_now = done % train_config.checkpoint_every_steps == 0 or last or preempted
+      if log_now or eval_now or checkpoint_now:
+        interval_metrics += fetch_finite_metrics(run.phase, unchecked, store)
+        unchecked = []
+      if log_now:
+        now = time.time()
+        steps_per_sec = (done - interval_start_step) / (now - interval_start_time) if done > interval_start_step else 0
+        seconds_per_step = distributed.max_over_processes(
+            1 / steps_per_sec if steps_per_sec > 0 else seconds_per_step)
+        log_training(run, writer, done, interval_metrics, schedule(done - 1), steps_per_sec)
+        interval_start_time, interval_start_step, interval_metrics = now, done, []
+      if eval_now:
+        writer.write_scalars(done, {f"test/{key}": value for key, value in evaluate_fn(state.params).items()})
+      if checkpoint_now:
+        store.save(done, state)
+      if preempted:
+        raise preemption.Preempted(
+            f"{run.phase}: stopped by SIGTERM at step {done} of {run.num_steps}; checkpoint saved in "
+            f"{run.checkpoint_dir}; rerun the same command to resume")
+    jax.block_until_ready(state)
+  finally:
+    store.close()
   end_time = time.time()
-  store.close()
   trained_steps = run.num_steps - start_step
   timed_steps = trained_steps - 1
   examples_per_sec = None
   if first_step_done_time is not None and timed_steps > 0 and end_time > first_step_done_time:
     examples_per_sec = timed_steps * run.batch_size / (end_time - first_step_done_time)
   stats = {"steps": run.num_steps, "trained_steps": trained_steps, "wall_s": end_time - start_time,
-           "examples_per_sec": examples_per_sec, "resumed_from_step": resumed_from_step}
+           "examples_per_sec": examples_per_sec, "resumed_from_step": resumed_from_step,
+           "data_feed": "device" if feeder.device_resident else "tf.data"}
   return state.params, stats
+
+
+def fetch_finite_metrics(phase: str, unchecked: list, store: checkpointing.CheckpointStore) -> list[dict]:
+  """Fetches the per-step metrics of the chunks in `unchecked`, (first step, steps, stacked metrics) each, and
+  raises NonFiniteError at the first NaN or Inf.
+
+  Checked before every checkpoint is saved, so the last checkpoint always precedes the first bad step.
+  """
+  fetched = jax.device_get([stacked for _, _, stacked in unchecked])
+  per_step = []
+  for (first_step, num_steps, _), stacked in zip(unchecked, fetched):
+    per_step += [(first_step + 1 + i, metrics_of_step)
+                 for i, metrics_of_step in enumerate(fused.unstack_metrics(stacked, num_steps))]
+  for step, metrics_of_step in per_step:
+    bad = {name: float(value) for name, value in metrics_of_step.items() if not np.isfinite(value)}
+    if bad:
+      last_good = store.latest_step()
+      raise NonFiniteError(
+          f"{phase}: non-finite {', '.join(f'{name}={value}' for name, value in bad.items())} at step {step}; "
+          f"training stopped, last good checkpoint: "
+          f"{'none' if last_good is None else f'step {last_good} in {store.directory}'}; results.json not written. "
+          "Lower the learning rate or set grad_clip_norm")
+  return [metrics_of_step for _, metrics_of_step in per_step]
+
+
+def log_training(run: TrainingRun, writer: metric_writer.MetricWriter, step: int, interval_metrics: list[dict],
+                 learning_rate: float, steps_per_sec: float) -> None:
+  """Writes and logs the training metrics averaged over the steps since the last log line."""
+  scalars = {f"train/{name}": float(np.mean([metrics_of_step[name] for metrics_of_step in interval_metrics]))
+             for name in interval_metrics[0]}
+  scalars["train/learning_rate"] = float(learning_rate)
+  if steps_per_sec > 0:
+    scalars["train/examples_per_sec"] = steps_per_sec * run.batch_size
+  writer.write_scalars(step, scalars)
+  eta = (run.num_steps - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
+  logging.info("%s step %d/%d | loss %.4f (hard %.4f, soft %.4f) | lr %.2e | %s ex/s | ETA %s", run.phase, step,
+               run.num_steps, scalars["train/loss"], scalars["train/hard_loss"], scalars["train/soft_loss"],
+               learning_rate, f"{scalars['train/examples_per_sec']:.0f}" if steps_per_sec > 0 else "-",
+               _format_duration(eta))
 
 
 def _format_duration(seconds: float) -> str:
@@ -384,8 +439,58 @@ def check_data_sizes(config: ml_collections.ConfigDict, task: data.TaskData) -> 
                       f"data set {task.name!r}; lower it or raise data.train_fraction / data.labeled_fraction")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs teacher -> cache -> students -> evaluation, writes `<workdir>/results.json` and returns its content."""
+# Config fields a resumed run may change: they affect logging, checkpoint cadence and placement, not the result.
+OPERATIONAL_FIELDS = frozenset({"train.log_every_steps", "train.eval_every_steps", "train.checkpoint_every_steps",
+                                "train.max_checkpoints_to_keep", "train.num_devices", "data.eval_batch_size",
+                                "train.steps_per_dispatch", "train.device_data_max_mib"})
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def claim_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> None:
+  """Refuses to resume a workdir that holds a run of another config; with `overwrite`, moves that run aside.
+
+  The earlier run is renamed to `<workdir>.replaced-<time>`, never deleted.
+  """
+  config_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(config_path):
+    return
+  previous = _flatten(files.read_json(config_path))
+  current = _flatten(files.as_json_value(config.to_dict()))
+  differing = sorted(field for field in set(previous) | set(current)
+                     if field not in OPERATIONAL_FIELDS and previous.get(field) != current.get(field))
+  if not differing:
+    return
+  if not overwrite:
+    shown = ", ".join(f"{field}: {previous.get(field)!r} -> {current.get(field)!r}" for field in differing[:3])
+    more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
+    raise UserError(f"--workdir={workdir} holds a run of another config ({shown}{more}); use a new workdir, or "
+                    "--overwrite to move that run aside and start over")
+  replaced = f"{workdir.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+  if distributed.is_main_process():
+    os.rename(workdir, replaced)
+  logging.warning("Moved the earlier run of another config from %s to %s.", workdir, replaced)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False) -> dict:
+  """Runs teacher -> cache -> students -> evaluation, writes `<workdir>/results.json` and returns its content.
+
+  SIGTERM stops the run at the next step with a checkpoint (`preemption.Preempted`); a rerun resumes it. A workdir
+  holding another config's run is refused unless `overwrite`.
+  """
+  with preemption.sigterm_requests_stop():
+    return _train_and_evaluate(config, workdir, overwrite)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> dict:
   start_time = time.time()
   config_validation.validate(config)
   task = data.load_task(config)
@@ -396,6 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("Data %s: %d training examples (%d labeled), %d test; %d classes. Mesh: %d devices.", task.name,
                len(task.train["index"]), num_labeled, len(task.test["index"]), task.num_classes, num_devices)
 
+  claim_workdir(config, workdir, overwrite)
   os.makedirs(workdir, exist_ok=True)
   if distributed.is_main_process():
     files.write_json(os.path.join(workdir, "config.json"), config.to_dict())

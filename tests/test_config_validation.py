@@ -10,6 +10,7 @@ from tests.conftest import load_config, run_main
 INVALID = [
     ("distill.temperature", 0.0, "config.distill.temperature=0.0: must be > 0"),
     ("distill.temperature", -1.0, "config.distill.temperature=-1.0: must be > 0"),
+    ("train.device_data_max_mib", -1, "config.train.device_data_max_mib=-1: must be >= 0"),
     ("distill.alpha", 1.5, "config.distill.alpha=1.5: must be in [0.0, 1.0]"),
     ("distill.alpha", -0.1, "config.distill.alpha=-0.1: must be in [0.0, 1.0]"),
     ("distill.label_smoothing", 1.0, "config.distill.label_smoothing=1.0: must be in [0.0, 1.0)"),
@@ -26,8 +27,7 @@ INVALID = [
     ("train.num_epochs", 0, "config.train.num_epochs=0: must be > 0"),
     ("seed", -1, "config.seed=-1: must be >= 0"),
     ("student.name", "resnet", "config.student.name='resnet': allowed: mlp, hf"),
-    ("teacher.init", "/no/such/teacher", "config.teacher.init='/no/such/teacher': must be 'train' or an existing "
-     "teacher directory"),
+    ("teacher.init", "/no/such/teacher", "config.teacher.init='/no/such/teacher': must be 'train'"),
     ("student.dropout_rate", 1.0, "config.student.dropout_rate=1.0: must be in [0.0, 1.0)"),
     ("distill.input_noise_std", 0.1, "config.distill.input_noise_std=0.1: needs distill.teacher_mode='online'"),
     ("train.num_devices", 9, "config.train.num_devices=9: must be None (all devices) or between 1 and the 8 local"),

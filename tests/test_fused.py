@@ -25,7 +25,7 @@ def test_chunks_are_cut_to_about_a_second():
 
 
 @pytest.mark.parametrize("device_resident", [True, False])
-def test_a_chunk_equals_single_steps(device_resident, monkeypatch):
+def test_a_chunk_equals_single_steps(device_resident):
   """Seven steps as one padded chunk (max 10) give the state and metrics of seven one-step calls (8 devices)."""
   config = load_config()
   task = data.load_task(config)
@@ -48,8 +48,9 @@ def test_a_chunk_equals_single_steps(device_resident, monkeypatch):
     state, step_metrics = single(state, None, hyperparams, rng, sharding.shard_batch(next(batches), mesh))
     single_metrics.append(jax.device_get(step_metrics))
 
-  monkeypatch.setattr(fused, "DEVICE_DATA_MAX_BYTES", (1 << 40) if device_resident else 0)
-  feeder = fused.ChunkFeeder(examples, batch_size=32, seed=5, start_step=2, max_steps=10, mesh=mesh)
+  # Single steps take tf.data's batches; the chunk takes the same batches' rows on the device or tf.data's again.
+  feeder = fused.ChunkFeeder(examples, batch_size=32, seed=5, start_step=2, max_steps=10, mesh=mesh,
+                             device_data_max_bytes=(1 << 40) if device_resident else 0)
   assert feeder.device_resident == device_resident
   chunk = train.compile_train_chunk(mesh, **kwargs, device_resident=device_resident)
   chunk_state = sharding.replicate(train.create_train_state(model, params, config.optim, 100), mesh)

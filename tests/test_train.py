@@ -63,12 +63,17 @@ def test_rerun_resumes_from_the_final_checkpoint(smoke_run):
       assert again["metrics"][model][name] == results["metrics"][model][name]
 
 
-def test_one_device_equals_eight_devices(smoke_run, tmp_path):
+def test_one_device_through_tf_data_equals_eight_devices(smoke_run, tmp_path):
+  """1 device fed by the tf.data pipeline vs 8 devices gathering the batches from the training set on the devices."""
   _, results = smoke_run
   config = load_config()
   config.train.num_devices = 1
+  config.train.device_data_max_mib = 0
   single = train.train_and_evaluate(config, str(tmp_path))
   assert single["train"]["num_devices"] == 1
+  for phase in ("teacher", "student", "student_hard"):
+    assert single["train"]["phases"][phase]["data_feed"] == "tf.data", phase
+    assert results["train"]["phases"][phase]["data_feed"] == "device", phase
   for model in ("teacher", "student", "student_hard"):
     for name in SUMMARY_METRICS:
       np.testing.assert_allclose(single["metrics"][model][name], results["metrics"][model][name], atol=1e-5,

@@ -1,7 +1,13 @@
-"""Input pipelines: training batches (shuffled per epoch, a function of the step) and inference batches, NumPy.
+"""Input pipelines: training batches (shuffled per epoch, a function of the step) and inference batches.
+
+Training examples (inputs, labels, and the cached teacher logits joined to them by example index) reach the train
+step in one of two ways, with the same batches: `train_batches`, a tf.data pipeline that gathers each batch's rows
+in background threads and prefetches ahead of the step (training sets larger than train.device_data_max_mib), or
+`train_rows`, the row numbers alone, for sets small enough to live on the devices and be gathered there
+(kd_jax/fused.py). Both cut the epochs from `epoch_order`, TensorFlow's stateless shuffle.
 
 TensorFlow is imported here only, on first use, with its GPUs hidden so that it never takes accelerator memory
-from JAX: its stateless shuffle orders the epochs, and the text tasks load data through it (TFDS).
+from JAX.
 """
 
 import functools
@@ -56,11 +62,14 @@ def train_rows(num_examples: int, *, batch_size: int, seed: int, start_step: int
 
 def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1) -> Iterator[dict]:
-  """Endless iterator over this process's share of every global training batch, from global step `start_step`.
+  """Endless tf.data iterator over this process's share of every global training batch, from global step
+  `start_step`.
 
-  Global batch s holds the examples at positions `train_rows(N, batch_size, seed)`'s s-th row; each process takes
-  rows [process_index * B / P, (process_index + 1) * B / P) of it. Gathered with NumPy from the in-memory arrays
-  (a tf.data iterator costs about a millisecond per batch, the whole step of a small model).
+  Epoch e visits the examples in `epoch_order(N, seed, e)` and cuts it into N // B global batches (the rows of
+  `train_rows`), so batch s is a function of (examples, batch_size, seed, s) alone: a run resumed at step s sees
+  exactly the batches an uninterrupted run would. Each process takes rows [process_index * B / P,
+  (process_index + 1) * B / P) of every global batch of B rows. The rows are gathered (`tf.gather`) in parallel
+  background threads, in order, and prefetched, so the next batches are ready while the devices run a step.
 
   Args:
     examples: dict of arrays (or of dicts of arrays, e.g. token inputs) with a common first dimension N (anything
@@ -73,11 +82,26 @@ def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int
   Yields:
     dicts of NumPy arrays with first dimension B / P.
   """
+  tf = tensorflow()
+  num_examples = len(examples["index"])
+  batches_per_epoch = steps_per_epoch(num_examples, batch_size)
+  assert batches_per_epoch > 0, f"batch size {batch_size} is larger than the {num_examples} examples"
   assert batch_size % process_count == 0, (batch_size, process_count)
   local_batch_size = batch_size // process_count
   local_rows = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
-  for rows in train_rows(len(examples["index"]), batch_size=batch_size, seed=seed, start_step=start_step):
-    yield jax.tree.map(lambda values, rows=rows[local_rows]: values[rows], examples)
+  tensors = tf.nest.map_structure(tf.convert_to_tensor, examples)
+  start_epoch, skip_batches = divmod(start_step, batches_per_epoch)
+
+  def epoch_batches(epoch):
+    order = tf.random.experimental.stateless_shuffle(
+        tf.range(num_examples, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+    order = tf.reshape(order[:batches_per_epoch * batch_size], [batches_per_epoch, batch_size])
+    return tf.data.Dataset.from_tensor_slices(order[:, local_rows])
+
+  dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_batches).skip(skip_batches)
+  dataset = dataset.map(lambda rows: tf.nest.map_structure(lambda tensor: tf.gather(tensor, rows), tensors),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def inference_batches(examples, batch_size: int) -> Iterator[tuple[dict, int]]:

@@ -1,0 +1,212 @@
+"""Fault injection: kills, preemption, damaged checkpoints and caches, NaN, bad configs, a reused workdir."""
+
+import concurrent.futures
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from kd_jax import inference, preemption
+from tests.conftest import REPO_ROOT, run_main
+from tests.test_config_validation import INVALID
+
+# The smoke run, stretched so that each phase lasts long enough to be interrupted, with frequent checkpoints.
+RUN_ARGS = ("--config=configs/default.py:smoke", "--config.teacher.num_epochs=200", "--config.train.num_steps=1000",
+            "--config.train.checkpoint_every_steps=50", "--config.train.eval_every_steps=500")
+COMPARED = ("accuracy", "nll", "ece", "brier", "agreement", "kl_to_teacher")
+
+
+def read_results(workdir):
+  with open(os.path.join(workdir, "results.json")) as stream:
+    return json.load(stream)
+
+
+def assert_same_metrics(results, reference):
+  """Bitwise equality on CPU: data order, dropout and the schedule are functions of the step."""
+  for model in ("teacher", "student", "student_hard"):
+    for name in COMPARED:
+      assert results["metrics"][model][name] == reference["metrics"][model][name], (model, name)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  result = run_main(*RUN_ARGS, f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, read_results(workdir)
+
+
+def interrupt_when(workdir, checkpoint_dir, min_step, sig):
+  """Starts the run, sends `sig` once `checkpoint_dir` holds a checkpoint at or after `min_step`."""
+  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  process = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *RUN_ARGS, f"--workdir={workdir}"],
+                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  watched = os.path.join(workdir, checkpoint_dir)
+  deadline = time.time() + 300
+  while process.poll() is None and time.time() < deadline:
+    steps = [int(name) for name in os.listdir(watched) if name.isdigit()] if os.path.isdir(watched) else []
+    if steps and max(steps) >= min_step:
+      process.send_signal(sig)
+      break
+    time.sleep(0.02)
+  _, stderr = process.communicate(timeout=300)
+  assert not os.path.exists(os.path.join(workdir, "results.json")), "the run finished before it was interrupted"
+  return process.returncode, stderr
+
+
+def test_sigkill_during_student_then_rerun_gives_the_same_result(reference_run, tmp_path):
+  _, reference = reference_run
+  returncode, _ = interrupt_when(str(tmp_path), "checkpoints/student", 300, signal.SIGKILL)
+  assert returncode == -signal.SIGKILL
+  result = run_main(*RUN_ARGS, f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = read_results(tmp_path)
+  assert results["train"]["resumed_from_step"] is not None and results["train"]["resumed_from_step"] >= 300
+  assert_same_metrics(results, reference)
+
+
+@pytest.mark.parametrize("phase_dir", ["teacher/checkpoints", "checkpoints/student_hard"])
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(reference_run, tmp_path, phase_dir):
+  _, reference = reference_run
+  returncode, stderr = interrupt_when(str(tmp_path), phase_dir, 100, signal.SIGTERM)
+  assert returncode == 143, stderr[-2000:]
+  message = stderr.strip().splitlines()[-1]
+  assert message.startswith("preempted: ") and "stopped by SIGTERM at step" in message, message
+  stopped_at = int(message.split("at step ")[1].split()[0])
+  assert os.path.isdir(os.path.join(tmp_path, phase_dir, str(stopped_at)))  # saved at the step it stopped
+  result = run_main(*RUN_ARGS, f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = read_results(tmp_path)
+  phase = "teacher" if phase_dir.startswith("teacher") else "student_hard"
+  assert results["train"]["phases"][phase]["resumed_from_step"] == stopped_at
+  assert_same_metrics(results, reference)
+
+
+def test_damaged_newest_checkpoint_is_skipped_for_the_previous_one(reference_run, tmp_path):
+  reference_dir, reference = reference_run
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_dir, workdir)
+  os.remove(workdir / "results.json")
+  for data_file in glob.glob(str(workdir / "checkpoints" / "student" / "1000" / "**" / "d" / "*"), recursive=True):
+    with open(data_file, "r+b") as stream:  # cut off mid-write
+      stream.truncate(os.path.getsize(data_file) // 2)
+  result = run_main(*RUN_ARGS, f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "checkpoints/student/1000 cannot be restored" in result.stderr
+  results = read_results(workdir)
+  assert results["train"]["resumed_from_step"] == 950
+  assert_same_metrics(results, reference)
+
+
+def test_damaged_teacher_cache_is_rebuilt(reference_run, tmp_path):
+  reference_dir, reference = reference_run
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_dir, workdir)
+  (logits_file,) = glob.glob(str(workdir / "teacher" / "logit_cache" / "*" / "logits.npy"))
+  with open(logits_file, "r+b") as stream:
+    stream.truncate(64)
+  result = run_main(*RUN_ARGS, f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = read_results(workdir)
+  assert results["teacher_cache"]["built"] is True
+  assert_same_metrics(results, reference)
+
+
+def test_nan_stops_training_names_step_and_term_and_keeps_good_checkpoints(reference_run, tmp_path):
+  reference_dir, _ = reference_run
+  result = run_main(*RUN_ARGS, f"--workdir={tmp_path}", f"--config.teacher.init={reference_dir}/teacher",
+                    "--config.optim.learning_rate=1e12", "--config.optim.warmup_ratio=0.5")
+  assert result.returncode == 1, result.stderr[-2000:]
+  message = result.stderr.strip().splitlines()[-1]
+  assert message.startswith("error: student: non-finite ") and " at step " in message, message
+  assert "loss=nan" in message or "loss=inf" in message or "grad_norm=" in message or "param_norm=" in message
+  bad_step = int(message.split(" at step ")[1].split(";")[0])
+  saved = [int(name) for name in os.listdir(tmp_path / "checkpoints" / "student") if name.isdigit()]
+  assert all(step < bad_step for step in saved), (saved, bad_step)
+  assert not (tmp_path / "results.json").exists()
+
+
+def test_same_config_twice_gives_identical_metrics(reference_run, tmp_path):
+  _, reference = reference_run
+  result = run_main(*RUN_ARGS, f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert_same_metrics(read_results(tmp_path), reference)
+
+
+def test_workdir_of_another_config_is_refused_unless_overwrite(reference_run, tmp_path):
+  reference_dir, _ = reference_run
+  workdir = tmp_path / "run"
+  shutil.copytree(reference_dir, workdir)
+  before = sorted(os.listdir(workdir))
+  result = run_main(*RUN_ARGS, f"--workdir={workdir}", "--config.data.name=synthetic_clusters")
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: --workdir={workdir} holds a run of another config (data.name: 'digits' -> 'synthetic_clusters')")
+  assert sorted(os.listdir(workdir)) == before
+  result = run_main(*RUN_ARGS, f"--workdir={workdir}", "--config.data.name=synthetic_clusters",
+                    "--config.train.num_steps=100", "--overwrite")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert read_results(workdir)["data"]["name"] == "synthetic_clusters"
+  (moved,) = glob.glob(f"{workdir}.replaced-*")
+  assert read_results(moved)["data"]["name"] == "digits"  # the earlier run is kept, not deleted
+
+
+def test_preemption_during_inference_stops_cleanly():
+  with preemption.sigterm_requests_stop():
+    os.kill(os.getpid(), signal.SIGTERM)
+    with pytest.raises(preemption.Preempted, match="during inference"):
+      inference.predict_logits(lambda params, inputs: inputs, None, np.zeros((10, 2)), batch_size=4, num_devices=1)
+
+
+def test_main_rejects_invalid_configs_with_exit_2_one_line_and_empty_workdir(tmp_path):
+  """Every case of the validation table, through main.py (on 1 device), 3 processes at a time."""
+  # main.py runs on 1 device: rules about the 8 test devices don't apply there.
+  cases = [(field, value, message) for field, value, message in INVALID
+           if field != "train.num_devices" and ("(8)" not in message or value == 0)]
+  cases = [(field, value, message.replace("(8)", "(1)")) for field, value, message in cases]
+  assert len(cases) >= 15
+
+  def check(case_number):
+    field, value, message = cases[case_number]
+    workdir = tmp_path / f"run{case_number}"
+    result = run_main("--config=configs/default.py:smoke", f"--workdir={workdir}", f"--config.{field}={value}")
+    lines = result.stderr.strip().splitlines()
+    if result.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: " + message) or workdir.exists():
+      return f"{field}={value}: exit {result.returncode}, workdir exists: {workdir.exists()}, stderr: {lines[-3:]}"
+    return None
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=3) as executor:
+    failures = [failure for failure in executor.map(check, range(len(cases))) if failure]
+  assert not failures, "\n".join(failures)
+
+
+def test_two_sweep_index_processes_share_one_workdir_and_teacher(tmp_path):
+  """Points 0 and 2 of the smoke temperature sweep (same teacher) run as two processes at once."""
+  workdir = tmp_path / "W"
+  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  processes = [subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), "--config=configs/sweep_temp.py:smoke",
+                                 f"--workdir={workdir}", f"--sweep_index={index}"], cwd=REPO_ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in (0, 2)]
+  outputs = [process.communicate(timeout=600) for process in processes]
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 0, stderr[-3000:]
+  sweep = json.load(open(workdir / "sweep.json"))
+  finished = [point["name"] for point in sweep["points"] if (workdir / point["name"] / "results.json").exists()]
+  assert finished == [sweep["points"][0]["name"], sweep["points"][2]["name"]]
+  # One of the two trained the shared teacher; the other waited for it and reused it.
+  trained_teacher = ["teacher" in read_results(workdir / name)["train"]["phases"] for name in finished]
+  assert sorted(trained_teacher) == [False, True]
+  teachers = [name for name in os.listdir(workdir / "teachers") if not name.endswith(".lock")]
+  assert len(teachers) == 1
+  # The rest of the sweep then runs in-process, skipping the two finished points, and reports all four.
+  result = run_main("--config=configs/sweep_temp.py:smoke", f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr.count("finished earlier, skipped") == 2
+  assert "4 of 4 points finished" in open(workdir / "summary.md").read()
