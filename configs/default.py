@@ -166,7 +166,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Evaluate on the test split every this many steps (and at the end).
   config.train.eval_every_steps = 500
   # Save a checkpoint every this many steps (and at the end); a rerun resumes from the latest one.
-  config.train.checkpoint_every_steps = 250
+  config.train.checkpoint_every_steps = 100
   # Log the training losses every this many steps.
   config.train.log_every_steps = 100
   # Number of checkpoints kept per model.

@@ -223,6 +223,9 @@ def _check_text_and_seq2seq(config: ml_collections.ConfigDict) -> None:
   _require(distill.strategy in STRATEGIES, "distill.strategy", distill.strategy, f"allowed: {', '.join(STRATEGIES)}")
   _require(distill.strategy == "token" or seq2seq, "distill.strategy", distill.strategy,
            f"'sequence' needs a seq2seq data set ({', '.join(data.SEQ2SEQ_TASKS)})")
+  # The top-k and generation caches and the generation evaluation are computed on one process's devices.
+  _require(not seq2seq or jax.process_count() == 1, "data.name", data_config.name,
+           f"seq2seq tasks run in a single process (this job has {jax.process_count()}); use one host's devices")
   _check_positive(config, "distill.topk")
   _require(distill.topk_dtype in TOPK_DTYPES, "distill.topk_dtype", distill.topk_dtype,
            f"allowed: {', '.join(TOPK_DTYPES)}")

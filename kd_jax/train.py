@@ -603,8 +603,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, overwri
       results["metrics"][phase] = metrics.classification_metrics(logits, test_labels, teacher_test_logits)
     results["train"]["phases"][phase] = stats
   student_stats = trained["student"][1]
+  # Where this run took up an interrupted one: the first phase (teacher, student, student_hard) resumed from a
+  # checkpoint before its last step, and that step (else the first phase restored at its end, as in a rerun of a
+  # finished run).
+  phases = results["train"]["phases"]
+  resumed = [(phase, stats["resumed_from_step"]) for phase, stats in phases.items()
+             if stats.get("resumed_from_step") is not None]
+  resumed = [(phase, step) for phase, step in resumed if step < phases[phase]["steps"]] + resumed
   results["train"].update({"steps": student_stats["steps"], "examples_per_sec": student_stats["examples_per_sec"],
-                           "resumed_from_step": student_stats["resumed_from_step"],
+                           "resumed_from_step": resumed[0][1] if resumed else None,
+                           "resumed_phase": resumed[0][0] if resumed else None,
                            "wall_s": time.time() - start_time})
   for writer in writers.values():
     writer.close()

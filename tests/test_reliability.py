@@ -69,6 +69,7 @@ def test_sigkill_during_student_then_rerun_gives_the_same_result(reference_run, 
   assert result.returncode == 0, result.stderr[-3000:]
   results = read_results(tmp_path)
   assert results["train"]["resumed_from_step"] is not None and results["train"]["resumed_from_step"] >= 300
+  assert results["train"]["resumed_phase"] == "student"
   assert_same_metrics(results, reference)
 
 
@@ -86,6 +87,7 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(reference_run, tmp_pat
   results = read_results(tmp_path)
   phase = "teacher" if phase_dir.startswith("teacher") else "student_hard"
   assert results["train"]["phases"][phase]["resumed_from_step"] == stopped_at
+  assert (results["train"]["resumed_phase"], results["train"]["resumed_from_step"]) == (phase, stopped_at)
   assert_same_metrics(results, reference)
 
 
