@@ -4,9 +4,9 @@ The points of a sweep whose configs are equal but for VECTORIZED_FIELDS (loss hy
 seed) have the same array shapes: one compiled program trains them all, `jax.vmap` of `train.train_step` over stacked
 student states [P, ...], per-point loss hyperparameters [P], PRNG keys [P] and, when the seeds differ, per-point
 batches [P, B, ...] (with one seed, one batch and its cached teacher logits serve every point). Steps run in fused
-chunks (kd_jax/fused.py) over training examples held on every device (gathered there by row numbers). With several devices the points spread over a ('sweep', 'data') mesh
-(`sharding.make_sweep_mesh`). Points that differ in anything else (the student's width, the data, the divergence...)
-form separate groups, each trained this way in turn.
+chunks (kd_jax/fused.py) over training examples held on every device (gathered there by row numbers). With several
+devices the points spread over a ('sweep', 'data') mesh (`sharding.make_sweep_mesh`). Points that differ in anything
+else (the student's width, the data, the divergence...) form separate groups, each trained this way in turn.
 
 Per point, the outputs are those of a sequential run (results.json, config.json, history.jsonl, with the same
 metrics up to float rounding), so the report reads both alike; the group's checkpoints of the stacked states live in
@@ -106,14 +106,15 @@ class FanOutWriter:
 
 
 @functools.lru_cache(maxsize=8)
-def _points_optimizer(optim_config: ml_collections.FrozenConfigDict, num_steps: int) -> optax.GradientTransformation:
+def points_optimizer(optim_config: ml_collections.FrozenConfigDict, num_steps: int) -> optax.GradientTransformation:
   """AdamW at peak learning rate 1 (train.make_optimizer), then a per-point scale (the peak) held in the state."""
   unit = ml_collections.ConfigDict(optim_config.as_configdict())
   unit.learning_rate = 1.0
   return optax.chain(train.make_optimizer(unit, num_steps), optax.inject_hyperparams(optax.scale)(step_size=1.0))
 
 
-def _point_state(model, params, tx: optax.GradientTransformation, learning_rate: float) -> train.TrainState:
+def point_state(model, params, tx: optax.GradientTransformation, learning_rate: float) -> train.TrainState:
+  """A point's fresh state under `points_optimizer`'s `tx`, its update scale set to the point's peak learning rate."""
   state = train.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
   *inner, scale = state.opt_state
   return state.replace(opt_state=(*inner, scale._replace(hyperparams={"step_size": jnp.float32(learning_rate)})))
@@ -153,8 +154,8 @@ def train_points(phase: str, runs: list[PointRun], *, model, init_params: dict, 
   """
   num_runs = len(runs)
   points_sharding = NamedSharding(mesh, P(sharding.SWEEP_AXIS))
-  tx = _points_optimizer(ml_collections.FrozenConfigDict(config.optim), num_steps)
-  states = [_point_state(model, jax.device_get(init_params[run.seed]), tx, run.learning_rate) for run in runs]
+  tx = points_optimizer(ml_collections.FrozenConfigDict(config.optim), num_steps)
+  states = [point_state(model, jax.device_get(init_params[run.seed]), tx, run.learning_rate) for run in runs]
   state = jax.device_put(jax.tree.map(lambda *values: np.stack(values), *states), points_sharding)
   store = checkpointing.CheckpointStore(checkpoint_dir, config.train.max_checkpoints_to_keep)
   restored = store.restore_latest(state)

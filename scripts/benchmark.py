@@ -1,0 +1,608 @@
+"""Benchmark: kd_jax against PyTorch and against the machine's own matmul speed.
+
+    python scripts/benchmark.py [--quick] [--out B.json] [--torch_python PYTHON]
+
+`--quick` (under 5 minutes on 2 CPU cores) takes fewer repeats and shorter trainings; `--out` writes the figures as
+a JSON object; a table is printed either way. Every time is a median over repeats measured after a warm-up call
+that compiles (compile times are reported separately), and each ratio is measured within this run with its two
+sides alternating, so that a change in machine load hits both alike. The keys:
+
+- kd_over_ce_step_time: a distillation step with cached teacher logits over a plain cross-entropy step, same
+  student and batch: the default config's MLP student on digits (batch 32), fused steps (kd_jax/fused.py).
+- vectorized_sweep_speedup: 8 sweep points (4 temperatures x 2 seeds) of the default task (smoke teacher, already
+  trained; 10 epochs per student) run as the sweep runs them, point after point (train.train_and_evaluate: data,
+  teacher and cache loading, KD and hard-label students, evaluation, checkpoints, results.json), over the same
+  points run by sweep.mode='vectorized' (kd_jax/vectorized.py); the report is not timed, and the points' metrics
+  must agree (vectorized_sweep_end_to_end_max_metric_diff). vectorized_sweep_loop_speedup isolates the training
+  loops: the 8 KD students' fused steps one after another vs together (vectorized_sweep_max_param_diff).
+- jax_over_torch_throughput: distillation training examples/s of kd_jax over a PyTorch eager loop written as the
+  SST-2 notebook writes it (transformers' DistilBertForSequenceClassification, torch AdamW, linear schedule with
+  warmup, the same KD loss: (1 - a) CE + a T^2 KL), for a DistilBERT-shaped student (4 layers, hidden 256, 4 heads,
+  FFN 1024, sequence 128, random weights), batch 32, the same CPU threads. The PyTorch side runs in a worker
+  process (`--torch_python`, default this interpreter) that must have torch and transformers
+  (requirements-torch.txt); without them the key is null and `torch_unavailable` says why.
+- mfu_vs_matmul_peak: that kd_jax step's FLOP/s (forward + backward = 3x the forward matmul FLOPs counted from the
+  model configuration) over the FLOP/s of a large fp32 matmul measured here (4096 x 4096, 2048 with --quick; the
+  faster of XLA and NumPy).
+
+Extras: compile times, the input-pipeline stall fraction (the share of a fused training loop's time spent waiting
+for batches: 1 - time with one chunk's data staged on the device / time with each chunk's data prepared and sent),
+the teacher-cache build throughput (examples/s of the teacher's inference), cache bytes per example (dense for the
+default task, top-k for the e-SNLI config), the peak host memory (max RSS) of the default run (`main.py
+--config=configs/default.py`, in a subprocess), the machine (CPU model, cores, load average).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# The DistilBERT-shaped student: transformers DistilBertConfig fields.
+DISTILBERT = dict(vocab_size=30522, dim=256, n_layers=4, n_heads=4, hidden_dim=1024, max_position_embeddings=512,
+                  dropout=0.1, attention_dropout=0.1, seq_classif_dropout=0.2)
+SEQUENCE_LENGTH = 128
+BATCH_SIZE = 32
+NUM_LABELS = 2
+TEMPERATURE, ALPHA = 2.0, 0.5
+LEARNING_RATE, WEIGHT_DECAY, WARMUP_RATIO = 5e-5, 0.01, 0.1
+
+
+def transformer_train_flops_per_example(dims: dict, length: int, num_labels: int) -> float:
+  """3 x forward matmul FLOPs of one example (backward = 2 x forward): per layer the Q, K, V, output projections
+  (4 * 2 L H^2), attention scores and mixing (2 * 2 L^2 H), the FFN (2 * 2 L H F); the classifier head on the first
+  token (2 H^2 + 2 H C). Embeddings, norms, softmax and activations are not counted."""
+  hidden, ffn = dims["dim"], dims["hidden_dim"]
+  per_layer = 4 * 2 * length * hidden**2 + 2 * 2 * length**2 * hidden + 2 * 2 * length * hidden * ffn
+  forward = dims["n_layers"] * per_layer + 2 * hidden**2 + 2 * hidden * num_labels
+  return 3.0 * forward
+
+
+def synthetic_text_batch(num_examples: int, seed: int = 0) -> dict:
+  """Random token ids (full length), labels and teacher logits: the same arrays in both frameworks."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  return {"input_ids": rng.integers(1000, DISTILBERT["vocab_size"], (num_examples, SEQUENCE_LENGTH), dtype=np.int32),
+          "attention_mask": np.ones((num_examples, SEQUENCE_LENGTH), np.int32),
+          "label": rng.integers(0, NUM_LABELS, num_examples).astype(np.int32),
+          "teacher_logits": rng.normal(size=(num_examples, NUM_LABELS)).astype(np.float32)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The PyTorch side: a worker process answering JSON lines on stdin.
+
+
+def torch_worker() -> None:
+  """Builds the notebook's PyTorch training loop, then runs `{"steps": n}` requests, answering their seconds."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  request = json.loads(sys.stdin.readline())
+  torch.set_num_threads(request["threads"])
+  torch.manual_seed(0)
+  model = transformers.DistilBertForSequenceClassification(
+      transformers.DistilBertConfig(**DISTILBERT, num_labels=NUM_LABELS))
+  model.train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+  total_steps = request["total_steps"]
+  scheduler = transformers.get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * total_steps), total_steps)
+  batch = {key: torch.from_numpy(value) for key, value in synthetic_text_batch(BATCH_SIZE).items()}
+  input_ids, attention_mask = batch["input_ids"].long(), batch["attention_mask"].long()
+  labels, teacher_logits = batch["label"].long(), batch["teacher_logits"]
+
+  def kd_loss(student_logits):
+    soft = F.kl_div(F.log_softmax(student_logits / TEMPERATURE, dim=-1), F.softmax(teacher_logits / TEMPERATURE,
+                                                                                      dim=-1),
+                    reduction="batchmean") * TEMPERATURE**2
+    return ALPHA * soft + (1 - ALPHA) * F.cross_entropy(student_logits, labels)
+
+  def train_steps(num_steps):
+    start = time.perf_counter()
+    for _ in range(num_steps):
+      logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+      loss = kd_loss(logits)
+      loss.backward()
+      optimizer.step()
+      scheduler.step()
+      optimizer.zero_grad()
+    return time.perf_counter() - start, float(loss)
+
+  seconds, _ = train_steps(1)  # warm-up (PyTorch has nothing to compile; the first step allocates)
+  print(json.dumps({"ready": True, "first_step_s": seconds, "torch": torch.__version__,
+                    "transformers": transformers.__version__, "threads": torch.get_num_threads()}), flush=True)
+  for line in sys.stdin:
+    request = json.loads(line)
+    if "steps" not in request:
+      break
+    seconds, loss = train_steps(request["steps"])
+    print(json.dumps({"seconds": seconds, "loss": loss}), flush=True)
+
+
+class TorchWorker:
+  """The PyTorch loop in a worker process (`python scripts/benchmark.py --torch_worker`)."""
+
+  def __init__(self, python: str, threads: int, total_steps: int):
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")  # idle OpenMP threads must not spin while JAX is timed
+    self._process = subprocess.Popen([python, __file__, "--torch_worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    self.info = self._ask({"threads": threads, "total_steps": total_steps})
+
+  def _ask(self, request: dict) -> dict:
+    self._process.stdin.write(json.dumps(request) + "\n")
+    self._process.stdin.flush()
+    line = self._process.stdout.readline()
+    if not line:
+      raise RuntimeError(self._process.stderr.read().strip().splitlines()[-1])
+    return json.loads(line)
+
+  def seconds_for(self, num_steps: int) -> float:
+    return self._ask({"steps": num_steps})["seconds"]
+
+  def close(self) -> None:
+    self._process.stdin.write("{}\n")
+    self._process.stdin.close()
+    self._process.wait(timeout=60)
+
+
+def torch_unavailable(python: str) -> str | None:
+  """Why the PyTorch side cannot run with `python`, or None."""
+  check = subprocess.run([python, "-c", "import torch, transformers"], capture_output=True, text=True, check=False)
+  if check.returncode != 0:
+    last = (check.stderr.strip().splitlines() or ["import failed"])[-1]
+    return (f"{python} cannot import torch and transformers ({last}); install requirements-torch.txt "
+            "(pip install torch==2.13.0 transformers) or pass --torch_python")
+  return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The kd_jax side.
+
+
+def median_seconds(function, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    function()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def matmul_peak(size: int, repeats: int) -> dict:
+  """FLOP/s of a size x size fp32 matmul: XLA (jax.jit) and NumPy, medians; the peak is the faster."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  a = np.random.default_rng(0).normal(size=(size, size)).astype(np.float32)
+  b = np.random.default_rng(1).normal(size=(size, size)).astype(np.float32)
+  matmul = jax.jit(jnp.matmul)
+  a_device, b_device = jax.device_put(a), jax.device_put(b)
+  matmul(a_device, b_device).block_until_ready()
+  flops = 2.0 * size**3
+  xla = flops / median_seconds(lambda: matmul(a_device, b_device).block_until_ready(), repeats)
+  np.matmul(a, b)
+  numpy = flops / median_seconds(lambda: np.matmul(a, b), repeats)
+  return {"xla_flops": xla, "numpy_flops": numpy, "peak_flops": max(xla, numpy), "size": size}
+
+
+class FusedTrainer:
+  """A student trained by kd_jax's fused loop (train.compile_train_chunk), from fixed initial parameters."""
+
+  def __init__(self, *, model, params, examples: dict, teacher_mode: str, distill_config, optim_config,
+               batch_size: int, num_steps: int, seed: int, max_steps: int = 100):
+    import jax  # pylint: disable=g-import-not-at-top
+    from kd_jax import fused, sharding, train  # pylint: disable=g-import-not-at-top
+    self.mesh = sharding.make_mesh()
+    self.chunk = train.compile_train_chunk(
+        self.mesh, model=model, teacher_model=None, teacher_mode=teacher_mode, distill_config=distill_config,
+        device_resident=fused.data_bytes(examples) <= fused.DEVICE_DATA_MAX_BYTES)
+    self._initial_state = jax.device_get(train.create_train_state(model, params, optim_config, num_steps))
+    hard_only = teacher_mode == "none"
+    self._hyperparams = sharding.replicate(train.loss_hyperparams(distill_config, hard_labels_only=hard_only),
+                                           self.mesh)
+    self._rng = sharding.replicate(jax.random.PRNGKey(seed), self.mesh)
+    self._examples, self._batch_size, self._seed, self._max_steps = examples, batch_size, seed, max_steps
+    self._fused, self._sharding = fused, sharding
+
+  def feeder(self):
+    return self._fused.ChunkFeeder(self._examples, batch_size=self._batch_size, seed=self._seed, start_step=0,
+                                   max_steps=self._max_steps, mesh=self.mesh)
+
+  def train(self, num_steps: int, staged_data=None):
+    """Trains `num_steps` steps from the initial state in chunks of max_steps; returns the final state (synced).
+
+    staged_data: one chunk's data already on the device, reused by every chunk (the stall measurement).
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    state = self._sharding.replicate(self._initial_state, self.mesh)
+    feeder = self.feeder()
+    step = 0
+    while step < num_steps:
+      length = min(self._max_steps, num_steps - step)
+      data = staged_data if staged_data is not None else feeder.next(length)
+      state, _ = self.chunk(state, None, self._hyperparams, self._rng, np.int32(length), *data)
+      step += length
+    return jax.block_until_ready(state)
+
+  def staged_data(self):
+    return self.feeder().next(self._max_steps)
+
+
+def default_task():
+  """The default config (digits, MLP student) and its task with random teacher logits joined (the cache's shape)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO_ROOT))
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.train.num_devices = 1
+  task = data.load_task(config)
+  logits = np.random.default_rng(0).normal(size=(len(task.train["index"]), task.num_classes)).astype(np.float32)
+  return config, task, {**task.train, "teacher_logits": logits}
+
+
+def mlp_student(config, task, seed: int = 0):
+  import jax  # pylint: disable=g-import-not-at-top
+  from kd_jax import models  # pylint: disable=g-import-not-at-top
+  return models.create(config.student, num_classes=task.num_classes, example_inputs=task.train["inputs"][:1],
+                       rng=jax.random.PRNGKey(seed))
+
+
+def kd_over_ce(quick: bool) -> dict:
+  """Fused steps of the default MLP student: KD with cached logits vs hard-label CE, alternating."""
+  config, task, examples = default_task()
+  model, params = mlp_student(config, task)
+  num_steps = 1000 if quick else 3000
+  trainers = {mode: FusedTrainer(model=model, params=params, examples=examples, teacher_mode=mode,
+                                 distill_config=config.distill, optim_config=config.optim,
+                                 batch_size=config.data.batch_size, num_steps=num_steps, seed=0)
+              for mode in ("cached", "none")}
+  compile_s = {}
+  for mode, trainer in trainers.items():
+    start = time.perf_counter()
+    trainer.train(1)
+    compile_s[mode] = time.perf_counter() - start
+  times = {mode: [] for mode in trainers}
+  for _ in range(21 if quick else 41):
+    for mode, trainer in trainers.items():
+      start = time.perf_counter()
+      trainer.train(num_steps)
+      times[mode].append((time.perf_counter() - start) / num_steps)
+  kd, ce = statistics.median(times["cached"]), statistics.median(times["none"])
+  return {"kd_over_ce_step_time": kd / ce, "mlp_kd_step_us": kd * 1e6, "mlp_ce_step_us": ce * 1e6,
+          "mlp_compile_s": compile_s["cached"]}
+
+
+def stall_fraction(quick: bool) -> dict:
+  """The fused loop of the default KD student with batches gathered + transferred vs one staged chunk reused."""
+  config, task, examples = default_task()
+  model, params = mlp_student(config, task)
+  num_steps = 1000 if quick else 3000
+  trainer = FusedTrainer(model=model, params=params, examples=examples, teacher_mode="cached",
+                         distill_config=config.distill, optim_config=config.optim,
+                         batch_size=config.data.batch_size, num_steps=num_steps, seed=0)
+  staged = trainer.staged_data()
+  trainer.train(1)
+  fed, prestaged = [], []
+  for _ in range(15 if quick else 31):
+    start = time.perf_counter()
+    trainer.train(num_steps)
+    fed.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    trainer.train(num_steps, staged_data=staged)
+    prestaged.append(time.perf_counter() - start)
+  return {"input_stall_fraction": max(0.0, 1 - statistics.median(prestaged) / statistics.median(fed))}
+
+
+def vectorized_speedup(quick: bool) -> dict:
+  """8 points (4 temperatures x 2 seeds) of the default student: one after another vs together, alternating."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from kd_jax import fused, sharding, train, vectorized  # pylint: disable=g-import-not-at-top
+  from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  config, task, examples = default_task()
+  num_steps = 390 if quick else 1170  # 10 / 30 epochs of the default task
+  temperatures, seeds = (1.0, 2.0, 3.0, 4.0), (0, 1)
+  points = [(temperature, seed) for temperature in temperatures for seed in seeds]
+  init = {seed: mlp_student(config, task, seed) for seed in seeds}
+  model = init[0][0]
+
+  def distill(temperature):
+    distill_config = ml_collections.ConfigDict(config.distill.to_dict())
+    distill_config.temperature = temperature
+    return distill_config
+
+  sequential = [FusedTrainer(model=model, params=init[seed][1], examples=examples, teacher_mode="cached",
+                             distill_config=distill(temperature), optim_config=config.optim,
+                             batch_size=config.data.batch_size, num_steps=num_steps, seed=seed)
+                for temperature, seed in points]
+  mesh = sharding.make_sweep_mesh(len(points), 1)
+  runs = [vectorized.PointRun(train.loss_hyperparams(distill(temperature)), config.optim.learning_rate, seed)
+          for temperature, seed in points]
+  tx = vectorized.points_optimizer(ml_collections.FrozenConfigDict(config.optim), num_steps)
+  states = [vectorized.point_state(model, init[run.seed][1], tx, run.learning_rate) for run in runs]
+  points_sharding = NamedSharding(mesh, P(sharding.SWEEP_AXIS))
+  initial = jax.device_get(jax.tree.map(lambda *values: np.stack(values), *states))
+  hyperparams = jax.device_put(jax.tree.map(lambda *v: np.stack(v), *[jax.device_get(r.hyperparams) for r in runs]),
+                               points_sharding)
+  rngs = jax.device_put(np.stack([jax.random.PRNGKey(run.seed) for run in runs]), points_sharding)
+  chunk = vectorized.compile_points_chunk(mesh, model, None, "cached", config.distill.divergence,
+                                          config.distill.t2_scaling, False)
+  device_examples = jax.device_put(examples, NamedSharding(mesh, P()))
+  rows_sharding = NamedSharding(mesh, P(None, sharding.SWEEP_AXIS, sharding.DATA_AXIS))
+  max_steps = 100
+
+  def train_together(steps):
+    state = jax.device_put(initial, points_sharding)
+    row_iterators = {seed: pipeline.train_rows(len(examples["index"]), batch_size=config.data.batch_size, seed=seed)
+                     for seed in seeds}
+    step = 0
+    while step < steps:
+      length = min(max_steps, steps - step)
+      rows = {seed: fused.next_rows(iterator, length, max_steps) for seed, iterator in row_iterators.items()}
+      rows = np.stack([rows[run.seed] for run in runs], axis=1).astype(np.int32)
+      state, _ = chunk(state, None, hyperparams, rngs, np.int32(length), device_examples,
+                       jax.device_put(rows, rows_sharding))
+      step += length
+    return jax.block_until_ready(state)
+
+  def train_one_after_another(steps):
+    return [trainer.train(steps) for trainer in sequential]
+
+  start = time.perf_counter()
+  train_together(1)
+  compile_vectorized = time.perf_counter() - start
+  train_one_after_another(1)
+  times = {"sequential": [], "vectorized": []}
+  for _ in range(7 if quick else 15):
+    start = time.perf_counter()
+    one_by_one = train_one_after_another(num_steps)
+    times["sequential"].append(time.perf_counter() - start)
+    start = time.perf_counter()
+    together = train_together(num_steps)
+    times["vectorized"].append(time.perf_counter() - start)
+  together_params = jax.device_get(together.params)
+  difference = max(float(np.max(np.abs(np.asarray(a[i]) - np.asarray(b))))
+                   for i, state in enumerate(one_by_one)
+                   for a, b in zip(jax.tree.leaves(together_params), jax.tree.leaves(jax.device_get(state.params))))
+  loop_speedup = statistics.median(times["sequential"]) / statistics.median(times["vectorized"])
+  return {"vectorized_sweep_loop_speedup": loop_speedup,
+          "vectorized_sweep_points": len(points), "vectorized_sweep_steps": num_steps,
+          "vectorized_sweep_sequential_s": statistics.median(times["sequential"]),
+          "vectorized_sweep_vectorized_s": statistics.median(times["vectorized"]),
+          "vectorized_sweep_compile_s": compile_vectorized, "vectorized_sweep_max_param_diff": difference}
+
+
+def vectorized_sweep_end_to_end(quick: bool) -> dict:
+  """The same 8 points (4 temperatures x 2 seeds, 10 epochs each, the teacher already trained) as the sweep runs
+  them: point after point (train.train_and_evaluate each: data, teacher, cache, KD and hard-label students,
+  evaluation, checkpoints, results.json) vs sweep.mode='vectorized' (one group); the report is not timed."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from kd_jax import files, sweep, vectorized  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.WARNING)
+  config = default.get_config("smoke")
+  config.sweep.grid = (("distill.temperature", (1.0, 2.0, 3.0, 4.0)),)
+  config.sweep.seeds = 2
+  root = tempfile.mkdtemp()
+  warm = sweep.expand(config, os.path.join(root, "warm-up"))
+  config.teacher.workdir = warm[0].config.teacher.workdir
+  sweep.run_point(warm[0], os.path.join(root, "warm-up"), 1)  # trains the teacher, compiles
+  vectorized.run_group(sweep.expand(config, os.path.join(root, "warm-up-vectorized")),
+                       os.path.join(root, "warm-up-vectorized"))  # compiles for 8 points
+  times = {"sequential": [], "vectorized": []}
+  metrics = {}
+  for repeat in range(2 if quick else 5):
+    for mode in times:
+      workdir = os.path.join(root, f"{mode}-{repeat}")
+      points = sweep.expand(config, workdir)
+      start = time.perf_counter()
+      if mode == "sequential":
+        for point in points:
+          sweep.run_point(point, workdir, len(points))
+      else:
+        for group in vectorized.groups(points):
+          vectorized.run_group(group, workdir)
+      times[mode].append(time.perf_counter() - start)
+      metrics[mode] = [files.read_json(os.path.join(workdir, point.name, "results.json"))["metrics"]
+                       for point in points]
+  difference = max(abs(a[model][name] - b[model][name]) for a, b in zip(metrics["sequential"], metrics["vectorized"])
+                   for model in ("student", "student_hard") for name in ("accuracy", "nll", "ece", "brier"))
+  return {"vectorized_sweep_speedup": statistics.median(times["sequential"]) / statistics.median(times["vectorized"]),
+          "vectorized_sweep_end_to_end_sequential_s": statistics.median(times["sequential"]),
+          "vectorized_sweep_end_to_end_vectorized_s": statistics.median(times["vectorized"]),
+          "vectorized_sweep_end_to_end_max_metric_diff": difference}
+
+
+def distilbert_student():
+  """kd_jax's Flax DistilBERT classifier with the DISTILBERT config and random weights."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from kd_jax.models.hf import distilbert, pretrained  # pylint: disable=g-import-not-at-top
+  architecture = distilbert.build(transformers.DistilBertConfig(**DISTILBERT), checkpoint="random",
+                                  task="sequence_classification", num_labels=NUM_LABELS, dtype=jnp.float32,
+                                  param_dtype=jnp.float32)
+  ids = jnp.zeros((1, SEQUENCE_LENGTH), jnp.int32)
+  params = jax.jit(architecture.module.init)(jax.random.PRNGKey(0), input_ids=ids, attention_mask=ids)["params"]
+  return pretrained.RegistryModel(architecture.module), params
+
+
+def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: float) -> dict:
+  """kd_jax's DistilBERT-shaped KD training vs the PyTorch notebook loop, alternating; MFU of the kd_jax step."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  model, params = distilbert_student()
+  arrays = synthetic_text_batch(BATCH_SIZE)
+  examples = {"inputs": {"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]},
+              "label": arrays["label"], "index": np.arange(BATCH_SIZE, dtype=np.int32),
+              "teacher_logits": arrays["teacher_logits"]}
+  distill_config = ml_collections.ConfigDict(dict(temperature=TEMPERATURE, alpha=ALPHA, ce_weight=None,
+                                                  kd_weight=None, label_smoothing=0.0, divergence="forward_kl",
+                                                  t2_scaling=True, input_noise_std=0.0))
+  optim_config = ml_collections.ConfigDict(dict(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
+                                                warmup_ratio=WARMUP_RATIO, grad_clip_norm=None))
+  steps_per_round, rounds = (2, 7) if quick else (4, 9)
+  total_steps = steps_per_round * (rounds + 1) + 1
+  trainers = {mode: FusedTrainer(model=model, params=params, examples=examples, teacher_mode=mode,
+                                 distill_config=distill_config, optim_config=optim_config, batch_size=BATCH_SIZE,
+                                 num_steps=total_steps, seed=0, max_steps=steps_per_round)
+              for mode in ("cached", "none")}
+  start = time.perf_counter()
+  trainers["cached"].train(1)
+  compile_s = time.perf_counter() - start
+  trainers["none"].train(1)
+  unavailable = torch_unavailable(torch_python)
+  worker = None if unavailable else TorchWorker(torch_python, threads, total_steps)
+  times = {"kd_jax": [], "kd_jax_ce": [], "torch": []}
+  for _ in range(rounds):
+    start = time.perf_counter()
+    trainers["cached"].train(steps_per_round)
+    times["kd_jax"].append((time.perf_counter() - start) / steps_per_round)
+    if worker is not None:
+      times["torch"].append(worker.seconds_for(steps_per_round) / steps_per_round)
+    start = time.perf_counter()
+    trainers["none"].train(steps_per_round)
+    times["kd_jax_ce"].append((time.perf_counter() - start) / steps_per_round)
+  jax_step = statistics.median(times["kd_jax"])
+  flops = BATCH_SIZE * transformer_train_flops_per_example(DISTILBERT, SEQUENCE_LENGTH, NUM_LABELS)
+  result = {"jax_over_torch_throughput": None, "mfu_vs_matmul_peak": flops / jax_step / peak_flops,
+            "distilbert_kd_step_s": jax_step, "distilbert_kd_examples_per_s": BATCH_SIZE / jax_step,
+            "distilbert_kd_over_ce_step_time": jax_step / statistics.median(times["kd_jax_ce"]),
+            "distilbert_compile_s": compile_s, "distilbert_step_gflop": flops / 1e9,
+            "distilbert_achieved_gflops": flops / jax_step / 1e9}
+  if worker is None:
+    result["torch_unavailable"] = unavailable
+    return result
+  torch_step = statistics.median(times["torch"])
+  result.update({"jax_over_torch_throughput": torch_step / jax_step, "torch_step_s": torch_step,
+                 "torch_examples_per_s": BATCH_SIZE / torch_step, "torch_first_step_s": worker.info["first_step_s"],
+                 "torch_version": worker.info["torch"], "torch_threads": worker.info["threads"]})
+  worker.close()
+  return result
+
+
+def cache_throughput(quick: bool) -> dict:
+  """Teacher inference (what building a logit cache runs): the default 2x1200 MLP teacher on the digits training
+  split and the DistilBERT-shaped model as a teacher, examples/s; cache bytes per example."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from kd_jax import inference, models, sharding  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(REPO_ROOT))
+  from configs import esnli  # pylint: disable=g-import-not-at-top
+  config, task, _ = default_task()
+  mesh = sharding.make_mesh()
+  teacher, teacher_params = models.create(config.teacher, num_classes=task.num_classes,
+                                          example_inputs=task.train["inputs"][:1], rng=jax.random.PRNGKey(0))
+  teacher_params = sharding.replicate(teacher_params, mesh)
+  inputs = task.train["inputs"]
+  predict = inference.make_predict_fn(teacher, mesh)
+  run = lambda: inference.predict_logits(predict, teacher_params, inputs, batch_size=config.data.eval_batch_size,
+                                         num_devices=1)
+  run()
+  mlp_seconds = median_seconds(run, 5 if quick else 15)
+  text_model, text_params = distilbert_student()
+  text_params = sharding.replicate(text_params, mesh)
+  arrays = synthetic_text_batch(256)
+  text_inputs = {"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]}
+  text_predict = inference.make_predict_fn(text_model, mesh)
+  text_run = lambda: inference.predict_logits(text_predict, text_params, text_inputs, batch_size=128, num_devices=1)
+  text_run()
+  text_seconds = median_seconds(text_run, 2 if quick else 5)
+  esnli_config = esnli.get_config()
+  topk_bytes = esnli_config.data.max_target_length * (
+      esnli_config.distill.topk * (np.dtype(esnli_config.distill.topk_dtype).itemsize + 4) + 4) + 4
+  return {"cache_build_examples_per_s_mlp": len(inputs) / mlp_seconds,
+          "cache_build_examples_per_s_distilbert": 256 / text_seconds,
+          "cache_bytes_per_example_dense": 4 * task.num_classes + 4,
+          "cache_bytes_per_example_topk_esnli": topk_bytes}
+
+
+def default_run_peak_memory() -> dict:
+  """Max RSS of `python main.py --config=configs/default.py` (a child process, its own rusage) in MiB, and its wall
+  time."""
+  with tempfile.TemporaryDirectory() as workdir:
+    env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "main.py", "--config=configs/default.py", f"--workdir={workdir}"],
+                               cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+  assert status == 0, f"the default run failed (wait status {status})"
+  return {"default_run_peak_host_memory_mib": usage.ru_maxrss / 1024, "default_run_wall_s": wall}
+
+
+def machine() -> dict:
+  model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+  return {"cpu": model, "cores": os.cpu_count(), "load_average_start": os.getloadavg()[0]}
+
+
+def print_table(results: dict) -> None:
+  goals = {"kd_over_ce_step_time": ("<=", 1.05), "vectorized_sweep_speedup": (">=", 4.0),
+           "jax_over_torch_throughput": (">=", 1.5), "mfu_vs_matmul_peak": (">=", 0.35)}
+  print(f"{'figure':40s} {'value':>14s}  goal")
+  print("-" * 70)
+  for key, value in results.items():
+    if isinstance(value, (dict, list)):
+      continue
+    shown = f"{value:14.4g}" if isinstance(value, float) else f"{str(value):>14s}"
+    goal = ""
+    if key in goals:
+      sign, target = goals[key]
+      met = value is not None and (value <= target if sign == "<=" else value >= target)
+      goal = f"{sign} {target}: {'met' if met else 'NOT met'}"
+    print(f"{key:40s} {shown}  {goal}")
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="fewer repeats and shorter trainings (< 5 min, 2 cores)")
+  parser.add_argument("--out", help="write the figures to this JSON file")
+  parser.add_argument("--torch_python", default=sys.executable,
+                      help="interpreter with torch + transformers for the PyTorch side (default: this one)")
+  parser.add_argument("--skip_default_run", action="store_true", help="do not measure the default run's memory")
+  parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.torch_worker:
+    torch_worker()
+    return
+  sys.path.insert(0, str(REPO_ROOT))
+  import kd_jax  # pylint: disable=g-import-not-at-top,unused-import  (before jax: XLA thread pools)
+  import jax  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  results = {"quick": args.quick, **machine(), "jax_version": jax.__version__, "devices": jax.device_count()}
+  if not args.skip_default_run:
+    # First: a child's max RSS includes what it shared with this process when forked.
+    results.update(default_run_peak_memory())
+  peak = matmul_peak(2048 if args.quick else 4096, 5 if args.quick else 10)
+  results.update({"matmul_peak_gflops": peak["peak_flops"] / 1e9, "matmul_xla_gflops": peak["xla_flops"] / 1e9,
+                  "matmul_numpy_gflops": peak["numpy_flops"] / 1e9, "matmul_size": peak["size"]})
+  results.update(kd_over_ce(args.quick))
+  results.update(vectorized_speedup(args.quick))
+  results.update(vectorized_sweep_end_to_end(args.quick))
+  results.update(jax_over_torch(args.quick, args.torch_python, os.cpu_count(), peak["peak_flops"]))
+  results.update(stall_fraction(args.quick))
+  results.update(cache_throughput(args.quick))
+  results.update({"load_average_end": os.getloadavg()[0], "benchmark_wall_s": time.perf_counter() - start,
+                  "own_peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+  print_table(results)
+  if args.out:
+    with open(args.out, "w") as stream:
+      json.dump(results, stream, indent=2)
+      stream.write("\n")
+
+
+if __name__ == "__main__":
+  main()
