@@ -3,9 +3,9 @@
 A chunk of up to `max_steps` steps runs as one `lax.fori_loop` inside the data-parallel program. Small training
 sets live on the devices, and a chunk transfers only the row numbers of its batches [max_steps, batch] (padded to
 `max_steps`, so that any chunk length reuses one compiled program), gathered on the device step by step; larger
-ones are gathered on the host (stacked [max_steps, batch, ...]) and transferred once per chunk. A chunk returns the
-new state and the per-step metrics [max_steps, ...], which stay on the device until the training loop fetches them
-at its next log / eval / checkpoint step. The state is donated. Each step inside is exactly `train.train_step`, so
+ones come from the tf.data pipeline (pipeline.train_batches), stacked [max_steps, batch, ...] and transferred once
+per chunk. A chunk returns the new state and the per-step metrics [max_steps, ...], which stay on the device until
+the training loop fetches them at its next log / eval / checkpoint step. The state is donated. Each step inside is exactly `train.train_step`, so
 batches, dropout masks and results are those of one call per step.
 """
 
