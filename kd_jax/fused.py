@@ -9,8 +9,10 @@ the training loop fetches them at its next log / eval / checkpoint step. The sta
 batches, dropout masks and results are those of one call per step.
 """
 
+import dataclasses
 import functools
 import itertools
+import time
 from typing import Callable, Iterator
 
 import jax
@@ -18,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from kd_jax import sharding
+from kd_jax import distributed, preemption, sharding
 from kd_jax.data import pipeline
 
 # A chunk is cut short to take about this long (seconds, estimated from the steps measured so far), so that a
@@ -137,3 +139,81 @@ def chunk_length(step: int, num_steps: int, boundary_every: tuple[int, ...], max
 def unstack_metrics(stacked_metrics: dict, num_steps: int) -> list[dict]:
   """Per-step metric dicts (host values) of the first `num_steps` rows of a chunk's stacked metrics."""
   return [{name: values[i] for name, values in stacked_metrics.items()} for i in range(num_steps)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkEnd:
+  """What a training loop does after the chunk that ended at `step`."""
+  step: int
+  last: bool
+  log: bool
+  eval: bool
+  checkpoint: bool
+  preempted: bool
+
+
+class ChunkClock:
+  """The chunk lengths and the log / eval / checkpoint / stop decisions of a fused training loop from `start_step`
+  to `num_steps` (train.train_model, vectorized.train_points).
+
+  The first two chunks are single steps: the first compiles, the second times a step. Later chunks run up to the
+  next log / eval / checkpoint step and for about TARGET_CHUNK_SECONDS, from the step time measured again at every
+  log step. In a multi-process job the step time and the SIGTERM flag are agreed by all processes, so that every
+  process runs the same chunks (the same collectives) and stops at the same step.
+  """
+
+  def __init__(self, start_step: int, num_steps: int, train_config):
+    self.step, self.num_steps = start_step, num_steps
+    self.start_time = time.time()
+    self.first_step_done_time = None  # when the first (compiling) chunk ended
+    self._log_every, self._eval_every = train_config.log_every_steps, train_config.eval_every_steps
+    self._checkpoint_every, self._max_steps = train_config.checkpoint_every_steps, train_config.steps_per_dispatch
+    self._seconds_per_step = None
+    self._chunk_start_time = None
+    self._interval_start_time, self._interval_start_step = self.start_time, start_step
+
+  def running(self) -> bool:
+    return self.step < self.num_steps
+
+  def next_length(self) -> int:
+    """Steps in the chunk about to run (starts its timer)."""
+    self._chunk_start_time = time.time()
+    if self._seconds_per_step is None:
+      return 1
+    return chunk_length(self.step, self.num_steps, (self._log_every, self._eval_every, self._checkpoint_every),
+                        self._max_steps, self._seconds_per_step)
+
+  def chunk_done(self, length: int, state) -> ChunkEnd:
+    """Records a dispatched chunk of `length` steps (waiting for `state` while the step time is being measured)."""
+    self.step += length
+    done = self.step
+    if self.first_step_done_time is None:
+      jax.block_until_ready(state)
+      self.first_step_done_time = self._interval_start_time = time.time()
+      self._interval_start_step = done
+    elif self._seconds_per_step is None:
+      jax.block_until_ready(state)
+      self._seconds_per_step = distributed.max_over_processes(time.time() - self._chunk_start_time)
+    preempted = distributed.any_process(preemption.requested())
+    last = done == self.num_steps
+    return ChunkEnd(step=done, last=last, log=done % self._log_every == 0 or last,
+                    eval=done % self._eval_every == 0 or last,
+                    checkpoint=done % self._checkpoint_every == 0 or last or preempted, preempted=preempted)
+
+  def interval_steps_per_sec(self) -> float:
+    """Steps per second since the previous call (at log steps; 0 when unknown); re-times the chunks by it."""
+    now = time.time()
+    elapsed_steps = self.step - self._interval_start_step
+    steps_per_sec = elapsed_steps / (now - self._interval_start_time) if elapsed_steps > 0 else 0
+    if steps_per_sec > 0:  # on every process alike: the steps since the previous call are the same everywhere
+      self._seconds_per_step = distributed.max_over_processes(1 / steps_per_sec)
+    self._interval_start_time, self._interval_start_step = now, self.step
+    return steps_per_sec
+
+  def examples_per_sec(self, examples_per_step: int, start_step: int) -> float | None:
+    """Training throughput after the first (compiling) chunk, at the end of the loop."""
+    timed_steps = self.num_steps - start_step - 1
+    end_time = time.time()
+    if self.first_step_done_time is None or timed_steps <= 0 or end_time <= self.first_step_done_time:
+      return None
+    return timed_steps * examples_per_step / (end_time - self.first_step_done_time)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from kd_jax import data, files, losses, sharding
+from kd_jax import data, files, losses, sharding, teacher_cache
 from kd_jax.data import pipeline
 
 TOPK_ARRAYS = ("values", "indices", "tail_logsumexp")
@@ -109,15 +109,8 @@ def _from_disk(name: str, array: np.ndarray, metadata: dict) -> np.ndarray:
 
 def load(cache_dir: str, expected_metadata: dict, names: tuple[str, ...]) -> ArrayCache | None:
   """The cache in `cache_dir` if it is complete and its metadata equals `expected_metadata`, else None."""
-  metadata_path = os.path.join(cache_dir, "metadata.json")
-  if not os.path.exists(metadata_path):
-    return None
-  metadata = files.read_json(metadata_path)
-  if metadata != expected_metadata:
-    differing = sorted(key for key in set(metadata) | set(expected_metadata)
-                       if metadata.get(key) != expected_metadata.get(key))
-    logging.warning("Seq2seq teacher cache %s does not match this run (%s differ); rebuilding it.", cache_dir,
-                    ", ".join(differing))
+  metadata = teacher_cache.matching_metadata(cache_dir, expected_metadata, "Seq2seq teacher cache")
+  if metadata is None:
     return None
   try:
     index = np.load(os.path.join(cache_dir, "index.npy"))

@@ -48,8 +48,9 @@ def join(examples: dict, cache: TeacherLogitCache) -> dict:
   return {**examples, "teacher_logits": cache.lookup(examples["index"])}
 
 
-def load(cache_dir: str, expected_metadata: dict) -> TeacherLogitCache | None:
-  """The cache in `cache_dir` if it is complete and its metadata equals `expected_metadata`, else None."""
+def matching_metadata(cache_dir: str, expected_metadata: dict, what: str) -> dict | None:
+  """The metadata of the cache in `cache_dir` when it exists (it is written last) and equals `expected_metadata`;
+  else None, with a warning naming the fields that differ (`what`: the kind of cache, for the message)."""
   metadata_path = os.path.join(cache_dir, "metadata.json")
   if not os.path.exists(metadata_path):
     return None
@@ -57,8 +58,16 @@ def load(cache_dir: str, expected_metadata: dict) -> TeacherLogitCache | None:
   if metadata != expected_metadata:
     differing = sorted(key for key in set(metadata) | set(expected_metadata)
                        if metadata.get(key) != expected_metadata.get(key))
-    logging.warning("Teacher-logit cache %s does not match this run (%s differ); rebuilding it.", cache_dir,
+    logging.warning("%s %s does not match this run (%s differ); rebuilding it.", what, cache_dir,
                     ", ".join(f"{key}: {metadata.get(key)!r} != {expected_metadata.get(key)!r}" for key in differing))
+    return None
+  return metadata
+
+
+def load(cache_dir: str, expected_metadata: dict) -> TeacherLogitCache | None:
+  """The cache in `cache_dir` if it is complete and its metadata equals `expected_metadata`, else None."""
+  metadata = matching_metadata(cache_dir, expected_metadata, "Teacher-logit cache")
+  if metadata is None:
     return None
   try:
     index = np.load(os.path.join(cache_dir, "index.npy"), mmap_mode="r")

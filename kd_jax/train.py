@@ -239,70 +239,39 @@ def train_model(run: TrainingRun, *, model, init_params, compile_chunk, mesh, tr
                              max_steps=train_config.steps_per_dispatch, mesh=mesh,
                              device_data_max_bytes=int(train_config.device_data_max_mib * 2**20))
   chunk_fn = compile_chunk(device_resident=feeder.device_resident)
-  boundary_every = (train_config.log_every_steps, train_config.eval_every_steps, train_config.checkpoint_every_steps)
-  start_time = time.time()
-  first_step_done_time = None
-  seconds_per_step = None  # measured on the second chunk (one step), then on every log interval
-  interval_start_time, interval_start_step = start_time, start_step
+  clock = fused.ChunkClock(start_step, run.num_steps, train_config)
   # (first step, steps, on-device stacked metrics) of the chunks not yet fetched: one host sync per log / eval /
   # checkpoint, not per step or chunk.
   unchecked = []
   interval_metrics = []  # fetched metrics since the last log line
-  step = start_step
   try:
-    while step < run.num_steps:
-      # The first two chunks are single steps: the first compiles, the second times a step.
-      num_steps = 1 if seconds_per_step is None else fused.chunk_length(
-          step, run.num_steps, boundary_every, train_config.steps_per_dispatch, seconds_per_step)
-      chunk_start_time = time.time()
+    while clock.running():
+      first_step, num_steps = clock.step, clock.next_length()
       state, chunk_metrics = chunk_fn(state, teacher_params, hyperparams, rng, np.int32(num_steps),
                                       *feeder.next(num_steps))
-      unchecked.append((step, num_steps, chunk_metrics))
-      step = done = step + num_steps
-      if first_step_done_time is None:
-        jax.block_until_ready(state)
-        first_step_done_time = interval_start_time = time.time()
-        interval_start_step = done
-      elif seconds_per_step is None:
-        jax.block_until_ready(state)
-        seconds_per_step = distributed.max_over_processes(time.time() - chunk_start_time)
-      # Every process must run chunks of the same lengths and stop at the same step: the chunk lengths come from a
-      # step time agreed on by all processes, and a SIGTERM to any process stops all of them.
-      preempted = distributed.any_process(preemption.requested())
-      last = done == run.num_steps
-      log_now = done % train_config.log_every_steps == 0 or last
-      eval_now = done % train_config.eval_every_steps == 0 or last
-      checkpoint_now = done % train_config.checkpoint_every_steps == 0 or last or preempted
-      if log_now or eval_now or checkpoint_now:
+      unchecked.append((first_step, num_steps, chunk_metrics))
+      end = clock.chunk_done(num_steps, state)
+      if end.log or end.eval or end.checkpoint:
         interval_metrics += fetch_finite_metrics(run.phase, unchecked, store)
         unchecked = []
-      if log_now:
-        now = time.time()
-        steps_per_sec = (done - interval_start_step) / (now - interval_start_time) if done > interval_start_step else 0
-        seconds_per_step = distributed.max_over_processes(
-            1 / steps_per_sec if steps_per_sec > 0 else seconds_per_step)
-        log_training(run, writer, done, interval_metrics, schedule(done - 1), steps_per_sec)
-        interval_start_time, interval_start_step, interval_metrics = now, done, []
-      if eval_now:
-        writer.write_scalars(done, {f"test/{key}": value for key, value in evaluate_fn(state.params).items()})
-      if checkpoint_now:
-        store.save(done, state)
-      if preempted:
+      if end.log:
+        log_training(run, writer, end.step, interval_metrics, schedule(end.step - 1), clock.interval_steps_per_sec())
+        interval_metrics = []
+      if end.eval:
+        writer.write_scalars(end.step, {f"test/{key}": value for key, value in evaluate_fn(state.params).items()})
+      if end.checkpoint:
+        store.save(end.step, state)
+      if end.preempted:
         raise preemption.Preempted(
-            f"{run.phase}: stopped by SIGTERM at step {done} of {run.num_steps}; checkpoint saved in "
+            f"{run.phase}: stopped by SIGTERM at step {end.step} of {run.num_steps}; checkpoint saved in "
             f"{run.checkpoint_dir}; rerun the same command to resume")
     jax.block_until_ready(state)
   finally:
     store.close()
-  end_time = time.time()
-  trained_steps = run.num_steps - start_step
-  timed_steps = trained_steps - 1
-  examples_per_sec = None
-  if first_step_done_time is not None and timed_steps > 0 and end_time > first_step_done_time:
-    examples_per_sec = timed_steps * run.batch_size / (end_time - first_step_done_time)
-  stats = {"steps": run.num_steps, "trained_steps": trained_steps, "wall_s": end_time - start_time,
-           "examples_per_sec": examples_per_sec, "resumed_from_step": resumed_from_step,
-           "data_feed": "device" if feeder.device_resident else "tf.data"}
+  stats = {"steps": run.num_steps, "trained_steps": run.num_steps - start_step,
+           "wall_s": time.time() - clock.start_time,
+           "examples_per_sec": clock.examples_per_sec(run.batch_size, start_step),
+           "resumed_from_step": resumed_from_step, "data_feed": "device" if feeder.device_resident else "tf.data"}
   return state.params, stats
 
 

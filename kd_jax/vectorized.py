@@ -180,43 +180,23 @@ def train_points(phase: str, runs: list[PointRun], *, model, init_params: dict, 
                                   config.distill.t2_scaling, shared_batches)
   schedules = [train.learning_rate_schedule(ml_collections.ConfigDict(
       config.optim.to_dict() | {"learning_rate": run.learning_rate}), num_steps) for run in runs]
-  train_config = config.train
-  boundary_every = (train_config.log_every_steps, train_config.eval_every_steps, train_config.checkpoint_every_steps)
-  start_time = time.time()
-  first_step_done_time = seconds_per_step = None
-  interval_start_time, interval_start_step = start_time, start_step
+  clock = fused.ChunkClock(start_step, num_steps, config.train)
   unchecked, interval_metrics = [], []
-  step = start_step
   try:
-    while step < num_steps:
-      length = 1 if seconds_per_step is None else fused.chunk_length(step, num_steps, boundary_every, max_steps,
-                                                                     seconds_per_step)
-      chunk_start_time = time.time()
+    while clock.running():
+      first_step, length = clock.step, clock.next_length()
       rows = {seed: fused.next_rows(iterator, length, max_steps) for seed, iterator in row_iterators.items()}
       rows = rows[seeds[0]] if shared_batches else np.stack([rows[run.seed] for run in runs], axis=1)
       state, chunk_metrics = chunk_fn(state, teacher_params, hyperparams, rngs, np.int32(length), device_examples,
                                       jax.device_put(rows.astype(np.int32), rows_sharding))
-      unchecked.append((step, length, chunk_metrics))
-      step = done = step + length
-      if first_step_done_time is None:
-        jax.block_until_ready(state)
-        first_step_done_time = interval_start_time = time.time()
-        interval_start_step = done
-      elif seconds_per_step is None:
-        jax.block_until_ready(state)
-        seconds_per_step = time.time() - chunk_start_time
-      preempted = preemption.requested()
-      last = done == num_steps
-      log_now = done % train_config.log_every_steps == 0 or last
-      eval_now = done % train_config.eval_every_steps == 0 or last
-      checkpoint_now = done % train_config.checkpoint_every_steps == 0 or last or preempted
-      if log_now or eval_now or checkpoint_now:
+      unchecked.append((first_step, length, chunk_metrics))
+      end = clock.chunk_done(length, state)
+      done = end.step
+      if end.log or end.eval or end.checkpoint:
         interval_metrics += _fetch_finite_metrics(phase, unchecked, names, store)
         unchecked = []
-      if log_now:
-        now = time.time()
-        steps_per_sec = (done - interval_start_step) / (now - interval_start_time) if done > interval_start_step else 0
-        seconds_per_step = 1 / steps_per_sec if steps_per_sec > 0 else seconds_per_step
+      if end.log:
+        steps_per_sec = clock.interval_steps_per_sec()
         for i, writer in enumerate(writers):
           scalars = {f"train/{name}": float(np.mean([step_metrics[name][i] for step_metrics in interval_metrics]))
                      for name in interval_metrics[0]}
@@ -227,26 +207,23 @@ def train_points(phase: str, runs: list[PointRun], *, model, init_params: dict, 
         logging.info("%s (%d runs vectorized) step %d/%d | loss %s | %s steps/s", phase, num_runs, done, num_steps,
                      " ".join(f"{np.mean([m['loss'][i] for m in interval_metrics]):.4f}" for i in range(num_runs)),
                      f"{steps_per_sec:.0f}" if steps_per_sec > 0 else "-")
-        interval_start_time, interval_start_step, interval_metrics = now, done, []
-      if eval_now:
+        interval_metrics = []
+      if end.eval:
         host_params = jax.device_get(state.params)
         for i, writer in enumerate(writers):
           scalars = evaluate_fn(jax.tree.map(lambda values, i=i: values[i], host_params))
           writer.write_scalars(done, {f"test/{key}": value for key, value in scalars.items()})
-      if checkpoint_now:
+      if end.checkpoint:
         store.save(done, state)
-      if preempted:
+      if end.preempted:
         raise preemption.Preempted(f"{phase}: stopped by SIGTERM at step {done} of {num_steps}; checkpoint saved in "
                                    f"{checkpoint_dir}; rerun the same command to resume")
     jax.block_until_ready(state)
   finally:
     store.close()
-  end_time = time.time()
   trained_steps = num_steps - start_step
-  examples_per_sec = None
-  if first_step_done_time is not None and trained_steps > 1 and end_time > first_step_done_time:
-    examples_per_sec = (trained_steps - 1) * config.data.batch_size * num_runs / (end_time - first_step_done_time)
-  stats = {"steps": num_steps, "trained_steps": trained_steps, "wall_s": end_time - start_time,
+  examples_per_sec = clock.examples_per_sec(config.data.batch_size * num_runs, start_step)
+  stats = {"steps": num_steps, "trained_steps": trained_steps, "wall_s": time.time() - clock.start_time,
            "examples_per_sec": examples_per_sec, "resumed_from_step": resumed_from_step, "vectorized_runs": num_runs,
            "mesh": dict(mesh.shape)}
   host_params = jax.device_get(state.params)
