@@ -93,6 +93,7 @@ def main(argv: list[str]) -> None:
   from kd_jax.preemption import Preempted  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
+  workdir = os.path.abspath(FLAGS.workdir)  # checkpoints need absolute paths; the log then says where it went
   try:
     distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                            num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
@@ -100,9 +101,9 @@ def main(argv: list[str]) -> None:
     logging.info("JAX process %d of %d; local devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
     if sweep.is_sweep(config) or FLAGS.sweep_index is not None or FLAGS.list_points:
-      sweep.run(config, FLAGS.workdir, point_index=FLAGS.sweep_index, list_points=FLAGS.list_points)
+      sweep.run(config, workdir, point_index=FLAGS.sweep_index, list_points=FLAGS.list_points)
       return
-    results = train.train_and_evaluate(config, FLAGS.workdir, overwrite=FLAGS.overwrite)
+    results = train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
   except UserError as error:
     exit_with_usage_error(str(error))
   except Preempted as stop:

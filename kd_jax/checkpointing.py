@@ -14,9 +14,9 @@ class CheckpointStore:
   """The checkpoints of one model's training (`<directory>/<step>/`), kept `max_to_keep` at a time."""
 
   def __init__(self, directory: str, max_to_keep: int):
-    self.directory = directory
+    self.directory = os.path.abspath(directory)  # orbax's asynchronous saves need an absolute path
     self._manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
   def latest_step(self) -> int | None:
     """The step of the newest complete checkpoint, or None."""

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kd_jax import train
-from tests.conftest import load_config, run_main
+from tests.conftest import REPO_ROOT, load_config, run_main
 
 SUMMARY_METRICS = ("accuracy", "nll", "ece", "brier", "agreement", "kl_to_teacher")
 
@@ -105,10 +105,11 @@ def test_online_input_noise_trains(smoke_run, tmp_path):
 
 
 def test_default_run_through_main(tmp_path):
-  """The README's first command: teacher >= 0.90 and the distilled student beats the hard-label student."""
-  result = run_main("--config=configs/default.py", f"--workdir={tmp_path}")
+  """The README's first command (a relative --workdir): teacher >= 0.90 and the distilled student beats the
+  hard-label student."""
+  result = run_main(f"--config={REPO_ROOT / 'configs' / 'default.py'}", "--workdir=runs/default", cwd=tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
-  with open(tmp_path / "results.json") as stream:
+  with open(tmp_path / "runs" / "default" / "results.json") as stream:
     results = json.load(stream)
   accuracy = {model: results["metrics"][model]["accuracy"] for model in ("teacher", "student", "student_hard")}
   assert accuracy["teacher"] >= 0.90, accuracy
