@@ -101,7 +101,10 @@ def main(argv: list[str]) -> None:
     logging.info("JAX process %d of %d; local devices: %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
     if sweep.is_sweep(config) or FLAGS.sweep_index is not None or FLAGS.list_points:
-      sweep.run(config, workdir, point_index=FLAGS.sweep_index, list_points=FLAGS.list_points)
+      summary_path = sweep.run(config, workdir, point_index=FLAGS.sweep_index, list_points=FLAGS.list_points)
+      if summary_path is not None:  # the report's summary, as a single run prints its table
+        with open(summary_path) as stream:
+          print(stream.read())
       return
     results = train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
   except UserError as error:

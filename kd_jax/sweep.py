@@ -221,8 +221,12 @@ def run_point(point: Point, workdir: str, num_points: int) -> None:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, point_index: int | None = None,
-        list_points: bool = False) -> None:
-  """Checks the whole sweep, then lists its points, runs one of them, or runs all of them and writes the report."""
+        list_points: bool = False) -> str | None:
+  """Checks the whole sweep, then lists its points, runs one of them, or runs all of them and writes the report.
+
+  Returns:
+    the path of the report's summary.md when this call wrote the report (process 0 of a whole sweep), else None.
+  """
   if not is_sweep(config):
     raise UserError("--sweep_index and --list_points need a sweep config (config.sweep sets no grid, zipped "
                     "values or seeds > 1); see configs/sweep_*.py")
@@ -254,3 +258,5 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, point_index: int | N
   if point_index is None and jax.process_index() == 0:
     written = report.write_sweep_report(workdir)
     logging.info("Sweep report: %s", ", ".join(path for path in written if not path.endswith(".pdf")))
+    return os.path.join(workdir, "summary.md")
+  return None

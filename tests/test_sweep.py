@@ -183,11 +183,11 @@ def smoke_sweep(tmp_path_factory):
   start = time.time()
   done = run_main("--config=configs/sweep_temp.py:smoke", f"--workdir={workdir}")
   assert done.returncode == 0, done.stderr[-3000:]
-  return workdir, time.time() - start
+  return workdir, time.time() - start, done.stdout
 
 
 def test_smoke_sweep_writes_points_and_report(smoke_sweep):
-  workdir, _ = smoke_sweep
+  workdir, _, stdout = smoke_sweep
   with open(os.path.join(workdir, "results.csv")) as stream:
     rows = list(csv.DictReader(stream))
   assert [(float(row["distill.temperature"]), int(row["seed"])) for row in rows] == [
@@ -197,6 +197,7 @@ def test_smoke_sweep_writes_points_and_report(smoke_sweep):
       assert 0.5 < float(row[column]) <= 1.0, (column, row)
   summary = open(os.path.join(workdir, "summary.md")).read()
   assert "4 of 4 points finished" in summary and "## Findings" in summary and "| teacher |" in summary
+  assert stdout == summary + "\n"  # main.py prints the summary, as a single run prints its table
   for stem in ("accuracy_vs_distill.temperature", "reliability", "confusion", "training_curves"):
     for extension in ("png", "pdf"):
       assert os.path.getsize(os.path.join(workdir, "plots", f"{stem}.{extension}")) > 1000
@@ -208,7 +209,7 @@ def test_smoke_sweep_writes_points_and_report(smoke_sweep):
 
 
 def test_rerun_skips_finished_points_and_resumes_an_unfinished_one(smoke_sweep):
-  workdir, first_run_s = smoke_sweep
+  workdir, first_run_s, _ = smoke_sweep
   names = [point["name"] for point in files.read_json(os.path.join(workdir, "sweep.json"))["points"]]
   results_paths = [os.path.join(workdir, name, "results.json") for name in names]
   modified = [os.stat(path).st_mtime_ns for path in results_paths]
