@@ -1,4 +1,5 @@
-"""Checks a config before anything runs or is written: one `ConfigError` naming the field, the value and what is allowed.
+"""Checks a config before anything runs or is written: one `ConfigError` naming the field, the value and what is
+allowed.
 
 The schema (every field a config may hold, and its type) is `configs/default.py`; a field it lacks is unknown.
 """
@@ -69,7 +70,8 @@ def check_fields(config: ml_collections.ConfigDict, reference: ml_collections.Co
     field = prefix + key
     if key not in reference:
       known = ", ".join(sorted(reference.keys()))
-      raise ConfigError(field, config[key], f"unknown field; known fields{' of config.' + prefix[:-1] if prefix else ''}: {known}")
+      section = f" of config.{prefix[:-1]}" if prefix else ""
+      raise ConfigError(field, config[key], f"unknown field; known fields{section}: {known}")
     value, expected = config[key], reference[key]
     if isinstance(expected, ml_collections.ConfigDict):
       if not isinstance(value, ml_collections.ConfigDict):

@@ -5,8 +5,8 @@ sets live on the devices, and a chunk transfers only the row numbers of its batc
 `max_steps`, so that any chunk length reuses one compiled program), gathered on the device step by step; larger
 ones come from the tf.data pipeline (pipeline.train_batches), stacked [max_steps, batch, ...] and transferred once
 per chunk. A chunk returns the new state and the per-step metrics [max_steps, ...], which stay on the device until
-the training loop fetches them at its next log / eval / checkpoint step. The state is donated. Each step inside is exactly `train.train_step`, so
-batches, dropout masks and results are those of one call per step.
+the training loop fetches them at its next log / eval / checkpoint step. The state is donated. Each step inside is
+exactly `train.train_step`, so batches, dropout masks and results are those of one call per step.
 """
 
 import dataclasses

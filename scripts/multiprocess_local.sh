@@ -7,7 +7,8 @@
 # Process i gets JAX_PROCESS_ID=i, JAX_NUM_PROCESSES=N and a coordinator on a free local port
 # (JAX_COORDINATOR_ADDRESS), so main.py joins the job with jax.distributed.initialize; the processes' CPU devices
 # (one each, unless XLA_FLAGS forces more) form one mesh, and their collectives run over gloo. Waits for every
-# process; when one fails, stops the others and exits with its status. Environment: PYTHON (default python3),
+# process; when one fails, stops the others (after up to 60 s for a preempted job, exit 143, to stop together) and
+# exits with its status. Environment: PYTHON (default python3),
 # COORDINATOR_PORT (default: a free port), JAX_PLATFORMS (default cpu).
 set -euo pipefail
 
@@ -53,6 +54,16 @@ for ((remaining = num_processes; remaining > 0; remaining--)); do
     status=$?
   fi
   echo "multiprocess_local: a process failed (exit status $status); stopping the others." >&2
+  if [ "$status" -eq 143 ]; then
+    # Preempted (SIGTERM): the whole job stops at the same step and saves its checkpoint together; give the others
+    # time to finish that on their own.
+    for ((waited = 0; waited < 60; waited++)); do
+      if [ -z "$(jobs -rp)" ]; then
+        break
+      fi
+      sleep 1
+    done
+  fi
   stop_all
   wait || true
   break

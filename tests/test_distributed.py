@@ -1,7 +1,10 @@
-"""Multi-process runs: when kd_jax joins a JAX job, and 2 processes against 1 on the smoke config (the acceptance)."""
+"""Multi-process runs: when kd_jax joins a JAX job, 2 processes against 1 on the smoke config (the acceptance), and a
+SIGTERM to one process of a job."""
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -130,3 +133,65 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   with open(one_workdir / "history.jsonl") as stream:
     assert len(history) == len(stream.readlines())
   assert two["teacher_cache"]["built"] and os.path.exists(os.path.join(two["teacher_cache"]["path"], "metadata.json"))
+
+
+def _process_pid(port: int, process_id: int) -> int | None:
+  """The pid of the launched process with this coordinator port and JAX_PROCESS_ID, from /proc."""
+  wanted = {f"JAX_COORDINATOR_ADDRESS=127.0.0.1:{port}".encode(), f"JAX_PROCESS_ID={process_id}".encode()}
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f"/proc/{entry}/environ", "rb") as stream:
+        variables = set(stream.read().split(b"\0"))
+      with open(f"/proc/{entry}/cmdline", "rb") as stream:
+        is_main = b"main.py" in stream.read()
+    except OSError:
+      continue
+    if is_main and wanted <= variables:
+      return int(entry)
+  return None
+
+
+def test_sigterm_to_one_process_stops_the_whole_job_at_one_step_and_it_resumes(tmp_path):
+  """SIGTERM reaches process 1 only: both processes stop after the same step with one checkpoint, exit 143, and the
+  rerun of the same launch resumes there (without the agreement, process 0 would wait in a collective forever)."""
+  arguments = ["--config=configs/default.py:smoke", "--config.teacher.num_epochs=200", "--config.train.num_epochs=4",
+               "--config.train.checkpoint_every_steps=20", f"--workdir={tmp_path}"]
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  launch = subprocess.Popen(["bash", "scripts/multiprocess_local.sh", "2", *arguments], cwd=REPO_ROOT,
+                            env=launcher_environment(COORDINATOR_PORT=str(port)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+  checkpoints = tmp_path / "teacher" / "checkpoints"
+  deadline = time.time() + 300
+  try:
+    while launch.poll() is None and time.time() < deadline:
+      steps = [int(name) for name in os.listdir(checkpoints) if name.isdigit()] if checkpoints.is_dir() else []
+      if steps and max(steps) >= 20:
+        process_1 = _process_pid(port, 1)
+        assert process_1 is not None, "process 1 of the launch not found in /proc"
+        os.kill(process_1, signal.SIGTERM)
+        break
+      time.sleep(0.02)
+    _, stderr = launch.communicate(timeout=300)
+  finally:
+    if launch.poll() is None:  # the launcher stops its processes on SIGTERM
+      launch.terminate()
+      launch.communicate(timeout=60)
+  assert launch.returncode == 143, stderr[-3000:]
+  assert "a process failed" in stderr  # the launcher saw process 1 end with 143 ...
+  assert "Killed" not in stderr  # ... and process 0 ended on its own, not by the launcher's SIGKILL
+  stops = [line for line in stderr.splitlines() if line.startswith("preempted: ")]
+  assert len(stops) == 2 and stops[0] == stops[1], stops  # the same phase and step in both processes
+  phase, stopped_at = stops[0].split()[1].rstrip(":"), int(stops[0].split("at step ")[1].split()[0])
+  assert not (tmp_path / "results.json").exists()
+
+  rerun = subprocess.run(["bash", "scripts/multiprocess_local.sh", "2", *arguments], cwd=REPO_ROOT,
+                         env=launcher_environment(), capture_output=True, text=True, timeout=600, check=False)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  with open(tmp_path / "results.json") as stream:
+    results = json.load(stream)
+  assert (results["train"]["resumed_phase"], results["train"]["resumed_from_step"]) == (phase, stopped_at)
+  assert results["metrics"]["student"]["accuracy"] > 0.5
