@@ -70,6 +70,12 @@ def learning_rate_schedule(optim_config: ml_collections.ConfigDict, num_steps: i
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup_steps), decay], [warmup_steps])
 
 
+def learning_rates(optim_config: ml_collections.ConfigDict, num_steps: int) -> np.ndarray:
+  """The learning rate of every step [num_steps] (host copy, for logging): the schedule evaluated once, not per log
+  line (each evaluation runs several small JAX ops)."""
+  return np.asarray(learning_rate_schedule(optim_config, num_steps)(np.arange(num_steps)))
+
+
 def make_optimizer(optim_config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
   """AdamW on the schedule above; weight decay on matrices only (not biases or norm scales), optional clipping.
 
@@ -231,7 +237,7 @@ def train_model(run: TrainingRun, *, model, init_params, compile_chunk, mesh, tr
   if resumed_from_step is not None:
     logging.info("%s: resuming from step %d of %d (%s).", run.phase, start_step, run.num_steps, run.checkpoint_dir)
   writer.drop_after(start_step)
-  schedule = learning_rate_schedule(run.optim_config, run.num_steps)
+  rates = learning_rates(run.optim_config, run.num_steps)
   rng = sharding.replicate(jax.random.PRNGKey(run.seed), mesh)
   teacher_params = run.teacher_params
   hyperparams = sharding.replicate(run.hyperparams, mesh)
@@ -255,7 +261,7 @@ def train_model(run: TrainingRun, *, model, init_params, compile_chunk, mesh, tr
         interval_metrics += fetch_finite_metrics(run.phase, unchecked, store)
         unchecked = []
       if end.log:
-        log_training(run, writer, end.step, interval_metrics, schedule(end.step - 1), clock.interval_steps_per_sec())
+        log_training(run, writer, end.step, interval_metrics, rates[end.step - 1], clock.interval_steps_per_sec())
         interval_metrics = []
       if end.eval:
         writer.write_scalars(end.step, {f"test/{key}": value for key, value in evaluate_fn(state.params).items()})

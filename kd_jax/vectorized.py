@@ -178,7 +178,7 @@ def train_points(phase: str, runs: list[PointRun], *, model, init_params: dict, 
                                 P(None, sharding.SWEEP_AXIS, sharding.DATA_AXIS))
   chunk_fn = compile_points_chunk(mesh, model, teacher_model, teacher_mode, config.distill.divergence,
                                   config.distill.t2_scaling, shared_batches)
-  schedules = [train.learning_rate_schedule(ml_collections.ConfigDict(
+  rates = [train.learning_rates(ml_collections.ConfigDict(
       config.optim.to_dict() | {"learning_rate": run.learning_rate}), num_steps) for run in runs]
   clock = fused.ChunkClock(start_step, num_steps, config.train)
   unchecked, interval_metrics = [], []
@@ -200,7 +200,7 @@ def train_points(phase: str, runs: list[PointRun], *, model, init_params: dict, 
         for i, writer in enumerate(writers):
           scalars = {f"train/{name}": float(np.mean([step_metrics[name][i] for step_metrics in interval_metrics]))
                      for name in interval_metrics[0]}
-          scalars["train/learning_rate"] = float(schedules[i](done - 1))
+          scalars["train/learning_rate"] = float(rates[i][done - 1])
           if steps_per_sec > 0:
             scalars["train/examples_per_sec"] = steps_per_sec * config.data.batch_size
           writer.write_scalars(done, scalars)
