@@ -281,26 +281,31 @@ def train_model(run: TrainingRun, *, model, init_params, compile_chunk, mesh, tr
   return state.params, stats
 
 
-def fetch_finite_metrics(phase: str, unchecked: list, store: checkpointing.CheckpointStore) -> list[dict]:
+def fetch_finite_metrics(phase: str, unchecked: list, store: checkpointing.CheckpointStore,
+                         run_names: list[str] | None = None) -> list[dict]:
   """Fetches the per-step metrics of the chunks in `unchecked`, (first step, steps, stacked metrics) each, and
   raises NonFiniteError at the first NaN or Inf.
 
-  Checked before every checkpoint is saved, so the last checkpoint always precedes the first bad step.
+  With `run_names` (vectorized sweeps), every metric holds one value per stacked run [R] and the error names the
+  run. Checked before every checkpoint is saved, so the last checkpoint always precedes the first bad step.
   """
   fetched = jax.device_get([stacked for _, _, stacked in unchecked])
   per_step = []
   for (first_step, num_steps, _), stacked in zip(unchecked, fetched):
     per_step += [(first_step + 1 + i, metrics_of_step)
                  for i, metrics_of_step in enumerate(fused.unstack_metrics(stacked, num_steps))]
+  runs = [(None, "")] if run_names is None else [(run, f" of {name}") for run, name in enumerate(run_names)]
   for step, metrics_of_step in per_step:
-    bad = {name: float(value) for name, value in metrics_of_step.items() if not np.isfinite(value)}
-    if bad:
-      last_good = store.latest_step()
-      raise NonFiniteError(
-          f"{phase}: non-finite {', '.join(f'{name}={value}' for name, value in bad.items())} at step {step}; "
-          f"training stopped, last good checkpoint: "
-          f"{'none' if last_good is None else f'step {last_good} in {store.directory}'}; results.json not written. "
-          "Lower the learning rate or set grad_clip_norm")
+    for run, of_run in runs:
+      values = {name: value if run is None else value[run] for name, value in metrics_of_step.items()}
+      bad = {name: float(value) for name, value in values.items() if not np.isfinite(value)}
+      if bad:
+        last_good = store.latest_step()
+        raise NonFiniteError(
+            f"{phase}{of_run}: non-finite {', '.join(f'{name}={value}' for name, value in bad.items())} at step "
+            f"{step}; training stopped, last good checkpoint: "
+            f"{'none' if last_good is None else f'step {last_good} in {store.directory}'}; results.json not written. "
+            "Lower the learning rate or set grad_clip_norm")
   return [metrics_of_step for _, metrics_of_step in per_step]
 
 

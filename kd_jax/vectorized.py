@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from kd_jax import (checkpointing, data, files, fingerprints, fused, inference, metric_writer, metrics, models,
                     preemption, sharding, teacher_cache, train)
 from kd_jax.data import pipeline
-from kd_jax.errors import ConfigError, NonFiniteError
+from kd_jax.errors import ConfigError
 
 # The fields points of one group may differ in.
 VECTORIZED_FIELDS = ("seed", "distill.temperature", "distill.alpha", "distill.ce_weight", "distill.kd_weight",
@@ -193,7 +193,7 @@ def train_points(phase: str, runs: list[PointRun], *, model, init_params: dict, 
       end = clock.chunk_done(length, state)
       done = end.step
       if end.log or end.eval or end.checkpoint:
-        interval_metrics += _fetch_finite_metrics(phase, unchecked, names, store)
+        interval_metrics += train.fetch_finite_metrics(phase, unchecked, store, run_names=names)
         unchecked = []
       if end.log:
         steps_per_sec = clock.interval_steps_per_sec()
@@ -228,27 +228,6 @@ def train_points(phase: str, runs: list[PointRun], *, model, init_params: dict, 
            "mesh": dict(mesh.shape)}
   host_params = jax.device_get(state.params)
   return [jax.tree.map(lambda values, i=i: values[i], host_params) for i in range(num_runs)], stats
-
-
-def _fetch_finite_metrics(phase: str, unchecked: list, names: list[str],
-                          store: checkpointing.CheckpointStore) -> list[dict]:
-  """train.fetch_finite_metrics for stacked runs: per-step metrics {name: [runs]}; NonFiniteError names the run."""
-  fetched = jax.device_get([stacked for _, _, stacked in unchecked])
-  per_step = []
-  for (first_step, num_steps, _), stacked in zip(unchecked, fetched):
-    per_step += [(first_step + 1 + i, step_metrics)
-                 for i, step_metrics in enumerate(fused.unstack_metrics(stacked, num_steps))]
-  for step, step_metrics in per_step:
-    for run, name in enumerate(names):
-      bad = {term: float(values[run]) for term, values in step_metrics.items() if not np.isfinite(values[run])}
-      if bad:
-        last_good = store.latest_step()
-        raise NonFiniteError(
-            f"{phase} of {name}: non-finite {', '.join(f'{term}={value}' for term, value in bad.items())} at step "
-            f"{step}; training stopped, last good checkpoint: "
-            f"{'none' if last_good is None else f'step {last_good} in {store.directory}'}; results.json not written. "
-            "Lower the learning rate or set grad_clip_norm")
-  return [step_metrics for _, step_metrics in per_step]
 
 
 def run_group(points: list, workdir: str) -> None:

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from kd_jax import inference, preemption
+from kd_jax import inference, preemption, train
+from kd_jax.errors import NonFiniteError
 from tests.conftest import REPO_ROOT, run_main
 from tests.test_config_validation import INVALID
 
@@ -212,3 +213,27 @@ def test_two_sweep_index_processes_share_one_workdir_and_teacher(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert result.stderr.count("finished earlier, skipped") == 2
   assert "4 of 4 points finished" in open(workdir / "summary.md").read()
+
+
+class _Store:
+  """What fetch_finite_metrics asks of a checkpoint store."""
+  directory = "/runs/x/checkpoints/student"
+
+  def latest_step(self):
+    return 20
+
+
+def test_non_finite_metrics_name_the_step_term_and_stacked_run():
+  """One chunk of 3 steps from step 20: step 22's loss is NaN for the second of two stacked runs only."""
+  stacked = {"loss": np.array([[0.5, 0.4], [0.3, np.nan], [0.2, 0.1], [0.0, 0.0]]),
+             "grad_norm": np.ones((4, 2))}
+  unchecked = [(20, 3, stacked)]
+  with pytest.raises(NonFiniteError, match=r"^student of T=2: non-finite loss=nan at step 22; training stopped, "
+                                           r"last good checkpoint: step 20 in /runs/x/checkpoints/student;"):
+    train.fetch_finite_metrics("student", unchecked, _Store(), run_names=["T=1", "T=2"])
+  first_run = [(20, 3, {name: values[:, 0] for name, values in stacked.items()})]
+  fetched = train.fetch_finite_metrics("student", first_run, _Store())
+  assert [float(step_metrics["loss"]) for step_metrics in fetched] == [0.5, 0.3, 0.2]
+  with pytest.raises(NonFiniteError, match=r"^student: non-finite loss=nan at step 22;"):
+    train.fetch_finite_metrics("student", [(20, 3, {name: values[:, 1] for name, values in stacked.items()})],
+                               _Store())
