@@ -163,7 +163,7 @@ class ChunkClock:
   """
 
   def __init__(self, start_step: int, num_steps: int, train_config):
-    self.step, self.num_steps = start_step, num_steps
+    self.start_step, self.step, self.num_steps = start_step, start_step, num_steps
     self.start_time = time.time()
     self.first_step_done_time = None  # when the first (compiling) chunk ended
     self._log_every, self._eval_every = train_config.log_every_steps, train_config.eval_every_steps
@@ -210,9 +210,9 @@ class ChunkClock:
     self._interval_start_time, self._interval_start_step = now, self.step
     return steps_per_sec
 
-  def examples_per_sec(self, examples_per_step: int, start_step: int) -> float | None:
+  def examples_per_sec(self, examples_per_step: int) -> float | None:
     """Training throughput after the first (compiling) chunk, at the end of the loop."""
-    timed_steps = self.num_steps - start_step - 1
+    timed_steps = self.num_steps - self.start_step - 1
     end_time = time.time()
     if self.first_step_done_time is None or timed_steps <= 0 or end_time <= self.first_step_done_time:
       return None

@@ -276,7 +276,7 @@ def train_model(run: TrainingRun, *, model, init_params, compile_chunk, mesh, tr
     store.close()
   stats = {"steps": run.num_steps, "trained_steps": run.num_steps - start_step,
            "wall_s": time.time() - clock.start_time,
-           "examples_per_sec": clock.examples_per_sec(run.batch_size, start_step),
+           "examples_per_sec": clock.examples_per_sec(run.batch_size),
            "resumed_from_step": resumed_from_step, "data_feed": "device" if feeder.device_resident else "tf.data"}
   return state.params, stats
 

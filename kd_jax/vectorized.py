@@ -222,7 +222,7 @@ def train_points(phase: str, runs: list[PointRun], *, model, init_params: dict, 
   finally:
     store.close()
   trained_steps = num_steps - start_step
-  examples_per_sec = clock.examples_per_sec(config.data.batch_size * num_runs, start_step)
+  examples_per_sec = clock.examples_per_sec(config.data.batch_size * num_runs)
   stats = {"steps": num_steps, "trained_steps": trained_steps, "wall_s": time.time() - clock.start_time,
            "examples_per_sec": examples_per_sec, "resumed_from_step": resumed_from_step, "vectorized_runs": num_runs,
            "mesh": dict(mesh.shape)}
