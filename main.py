@@ -88,25 +88,16 @@ def main(argv: list[str]) -> None:
     exit_with_usage_error(describe_config_error(error))
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # kd_jax before jax: importing kd_jax sizes XLA's CPU thread pools for forced host devices.
-  from kd_jax import config_validation, distributed, report, sweep, train  # pylint: disable=g-import-not-at-top
+  from kd_jax import distributed, launch  # pylint: disable=g-import-not-at-top
   from kd_jax.errors import NonFiniteError, UserError  # pylint: disable=g-import-not-at-top
   from kd_jax.preemption import Preempted  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(FLAGS.workdir)  # checkpoints need absolute paths; the log then says where it went
   try:
     distributed.initialize(FLAGS.distributed, coordinator_address=FLAGS.coordinator_address,
                            num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    config_validation.validate(config)
-    logging.info("JAX process %d of %d; local devices: %s", jax.process_index(), jax.process_count(),
-                 jax.local_devices())
-    if sweep.is_sweep(config) or FLAGS.sweep_index is not None or FLAGS.list_points:
-      summary_path = sweep.run(config, workdir, point_index=FLAGS.sweep_index, list_points=FLAGS.list_points)
-      if summary_path is not None:  # the report's summary, as a single run prints its table
-        with open(summary_path) as stream:
-          print(stream.read())
-      return
-    results = train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
+    output = launch.run(config, workdir, overwrite=FLAGS.overwrite, sweep_index=FLAGS.sweep_index,
+                        list_points=FLAGS.list_points)
   except UserError as error:
     exit_with_usage_error(str(error))
   except Preempted as stop:
@@ -115,8 +106,8 @@ def main(argv: list[str]) -> None:
   except NonFiniteError as error:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
-  if distributed.is_main_process():
-    print(report.metrics_table(results))
+  if output and distributed.is_main_process():
+    print(output)
 
 
 if __name__ == "__main__":

@@ -40,14 +40,14 @@ import pathlib
 
 import ml_collections
 
-from configs import default
+from kd_jax import schema
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = default.parse_options(arg, allowed=("smoke",))
-  config = default.get_config()
+  options = schema.parse_options(arg, allowed=("smoke",))
+  config = schema.default_config()
   config.data.name = "esnli"
   config.data.source = "hub"
   config.data.path = "esnli/esnli"
@@ -65,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.teacher.param_dtype = "bfloat16"
   # Used when the teacher is fine-tuned in the run (--config.teacher.init=train).
   config.teacher.num_epochs = 1
-  config.teacher.optim = default.optim_config(learning_rate=1e-4, weight_decay=0.01, warmup_ratio=0.05)
+  config.teacher.optim = schema.optim_config(learning_rate=1e-4, weight_decay=0.01, warmup_ratio=0.05)
 
   config.student.name = "hf"
   config.student.checkpoint = "google/flan-t5-small"
@@ -79,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distill.kd_weight = 0.5
   config.distill.topk = 32
   config.distill.topk_dtype = "float16"
-  config.optim = default.optim_config(learning_rate=3e-4, weight_decay=0.01, warmup_ratio=0.05)
+  config.optim = schema.optim_config(learning_rate=3e-4, weight_decay=0.01, warmup_ratio=0.05)
   config.optim.grad_clip_norm = 1.0
   config.train.num_epochs = 1
   # Sweeps on this task pick their best value by the label accuracy of the generated text.
@@ -99,9 +99,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.teacher.dtype = "float32"
     config.teacher.param_dtype = "float32"
     config.teacher.num_epochs = 25
-    config.teacher.optim = default.optim_config(learning_rate=1e-2, weight_decay=0.01, warmup_ratio=0.1)
+    config.teacher.optim = schema.optim_config(learning_rate=1e-2, weight_decay=0.01, warmup_ratio=0.1)
     config.student.checkpoint = str(FIXTURES / "hf" / "t5_v1_1")
-    config.optim = default.optim_config(learning_rate=1e-2, weight_decay=0.01, warmup_ratio=0.1)
+    config.optim = schema.optim_config(learning_rate=1e-2, weight_decay=0.01, warmup_ratio=0.1)
     config.train.num_epochs = 10
     config.train.eval_every_steps = 50
     config.train.checkpoint_every_steps = 100

@@ -31,14 +31,14 @@ import pathlib
 
 import ml_collections
 
-from configs import default
+from kd_jax import schema
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = default.parse_options(arg, allowed=("smoke",))
-  config = default.get_config()
+  options = schema.parse_options(arg, allowed=("smoke",))
+  config = schema.default_config()
   config.data.name = "sst2"
   config.data.source = "hub"
   config.data.path = "nyu-mll/glue"
@@ -54,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.teacher.init = "pretrained"
   # Used when the teacher is fine-tuned in the run (--config.teacher.init=train).
   config.teacher.num_epochs = 3
-  config.teacher.optim = default.optim_config(learning_rate=2e-5, weight_decay=0.01, warmup_ratio=0.1)
+  config.teacher.optim = schema.optim_config(learning_rate=2e-5, weight_decay=0.01, warmup_ratio=0.1)
 
   config.student.name = "hf"
   config.student.checkpoint = "distilbert-base-uncased"
@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.distill.temperature = 2.0
   config.distill.alpha = 0.5
-  config.optim = default.optim_config(learning_rate=5e-5, weight_decay=0.01, warmup_ratio=0.1)
+  config.optim = schema.optim_config(learning_rate=5e-5, weight_decay=0.01, warmup_ratio=0.1)
   config.optim.grad_clip_norm = 1.0
   config.train.num_epochs = 3
   config.train.eval_every_steps = 1000
@@ -79,9 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.teacher.checkpoint = str(FIXTURES / "hf" / "roberta")
     config.teacher.init = "train"
     config.teacher.num_epochs = 15
-    config.teacher.optim = default.optim_config(learning_rate=3e-3, weight_decay=0.01, warmup_ratio=0.1)
+    config.teacher.optim = schema.optim_config(learning_rate=3e-3, weight_decay=0.01, warmup_ratio=0.1)
     config.student.checkpoint = str(FIXTURES / "hf" / "distilbert")
-    config.optim = default.optim_config(learning_rate=3e-3, weight_decay=0.01, warmup_ratio=0.1)
+    config.optim = schema.optim_config(learning_rate=3e-3, weight_decay=0.01, warmup_ratio=0.1)
     config.train.num_epochs = 10
     config.train.eval_every_steps = 50
     config.train.checkpoint_every_steps = 100

@@ -16,13 +16,14 @@ the other arguments of configs/default.py apply as well. More seeds: `--config.s
 import ml_collections
 
 from configs import default
+from kd_jax import schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = default.get_config(arg)
   config.sweep.grid = (("distill.alpha", (0.0, 0.3, 0.5, 0.7, 0.9, 1.0)),)
   config.sweep.seeds = 3
-  if "smoke" in default.parse_options(arg, allowed=default.OPTIONS):
+  if "smoke" in schema.parse_options(arg, allowed=default.OPTIONS):
     config.sweep.grid = (("distill.alpha", (0.0, 0.9)),)
     config.sweep.seeds = 2
   return config

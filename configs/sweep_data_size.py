@@ -19,6 +19,7 @@ seeds: `--config.sweep.seeds=5`.
 import ml_collections
 
 from configs import default
+from kd_jax import schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -26,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.batch_size = 16
   config.sweep.grid = (("data.train_fraction", (0.1, 0.5, 1.0)), ("data.labeled_fraction", (0.2, 0.5, 1.0)))
   config.sweep.seeds = 3
-  if "smoke" in default.parse_options(arg, allowed=default.OPTIONS):
+  if "smoke" in schema.parse_options(arg, allowed=default.OPTIONS):
     config.sweep.grid = (("data.train_fraction", (0.5, 1.0)), ("data.labeled_fraction", (0.2,)))
     config.sweep.seeds = 2
   return config

@@ -15,6 +15,7 @@ training; the other arguments of configs/default.py apply as well. More seeds: `
 import ml_collections
 
 from configs import default
+from kd_jax import schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,7 +25,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distill.kd_weight = 0.5
   config.sweep.grid = (("distill.kd_weight", (0.0, 0.3, 0.5, 0.7)),)
   config.sweep.seeds = 3
-  if "smoke" in default.parse_options(arg, allowed=default.OPTIONS):
+  if "smoke" in schema.parse_options(arg, allowed=default.OPTIONS):
     config.sweep.grid = (("distill.kd_weight", (0.0, 0.7)),)
     config.sweep.seeds = 2
   return config

@@ -15,13 +15,14 @@ training; the other arguments of configs/default.py apply as well. More seeds: `
 import ml_collections
 
 from configs import default
+from kd_jax import schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = default.get_config(arg)
   config.sweep.grid = (("student.hidden_sizes", ((8,), (16,), (32,), (64,), (128,), (64, 64), (128, 128))),)
   config.sweep.seeds = 3
-  if "smoke" in default.parse_options(arg, allowed=default.OPTIONS):
+  if "smoke" in schema.parse_options(arg, allowed=default.OPTIONS):
     config.sweep.grid = (("student.hidden_sizes", ((8,), (64,))),)
     config.sweep.seeds = 2
   return config

@@ -16,13 +16,14 @@ other arguments of configs/default.py (task names) apply as well. More seeds: `-
 import ml_collections
 
 from configs import default
+from kd_jax import schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = default.get_config(arg)
   config.sweep.grid = (("distill.temperature", (1.0, 2.0, 3.0, 4.0)),)
   config.sweep.seeds = 3
-  if "smoke" in default.parse_options(arg, allowed=default.OPTIONS):
+  if "smoke" in schema.parse_options(arg, allowed=default.OPTIONS):
     config.sweep.grid = (("distill.temperature", (1.0, 4.0)),)
     config.sweep.seeds = 2
   return config

@@ -1,24 +1,18 @@
 """Checks a config before anything runs or is written: one `ConfigError` naming the field, the value and what is
 allowed.
 
-The schema (every field a config may hold, and its type) is `configs/default.py`; a field it lacks is unknown.
+The schema (every field a config may hold, and its type) is kd_jax/schema.py; a field it lacks is unknown.
 """
 
-import functools
-import importlib.util
 import os
-import pathlib
 
 import jax
 import ml_collections
 
-from kd_jax import data, losses, models, report
+from kd_jax import config_paths, data, losses, models, results, schema
 from kd_jax.data import text as text_data
 from kd_jax.errors import ConfigError
 
-SCHEMA_PATH = pathlib.Path(__file__).resolve().parent.parent / "configs" / "default.py"
-# Fields whose schema value is set but which may be None (the Hinton weight gives way to the explicit form).
-NULLABLE_FIELDS = frozenset({"distill.alpha"})
 DTYPES = ("float32", "bfloat16")
 TEACHER_MODES = ("cached", "online")
 STRATEGIES = ("token", "sequence")
@@ -26,24 +20,9 @@ TOPK_DTYPES = ("float16", "bfloat16", "float32")
 SWEEP_MODES = ("sequential", "vectorized")
 
 
-def schema() -> ml_collections.ConfigDict:
-  """The default config, which defines every allowed field and its type."""
-  return _schema_module().get_config()
-
-
-@functools.cache
-def _schema_module():
-  """configs/default.py, loaded once per process like the code: editing it while a sweep runs does not change the
-  schema its later points are checked against."""
-  spec = importlib.util.spec_from_file_location("kd_jax_config_schema", SCHEMA_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first invalid field of `config`."""
-  reference = schema()
+  reference = schema.default_config()
   check_fields(config, reference)
   check_values(config)
   check_sweep(config, reference)
@@ -81,14 +60,14 @@ def check_fields(config: ml_collections.ConfigDict, reference: ml_collections.Co
     check_type(field, value, reference, key)
   for key in reference.keys():
     if key not in config:
-      raise ConfigError(prefix + key, None, "missing field (see configs/default.py)")
+      raise ConfigError(prefix + key, None, "missing field (see kd_jax/schema.py)")
 
 
 def check_type(field: str, value, reference: ml_collections.ConfigDict, key: str) -> None:
   """`value` fits the type of schema field `reference[key]` (named `field`): ints pass for floats, lists for tuples."""
   declared = _declared_type(reference, key)
   if value is None:
-    if reference[key] is not None and field not in NULLABLE_FIELDS:
+    if reference[key] is not None and field not in schema.NULLABLE_FIELDS:
       raise ConfigError(field, value, f"must be a {declared.__name__}, not None")
     return
   if declared is None or isinstance(value, declared):
@@ -106,22 +85,15 @@ def _require(condition: bool, field: str, value, allowed: str) -> None:
 
 
 def _check_in_range(config, field: str, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
-  value = _get(config, field)
+  value = config_paths.get(config, field)
   above = value > low if low_open else value >= low
   below = value < high if high_open else value <= high
   interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
   _require(above and below, field, value, f"must be in {interval}")
 
 
-def _get(config, field: str):
-  value = config
-  for part in field.split("."):
-    value = value[part]
-  return value
-
-
 def _check_positive(config, field: str) -> None:
-  _require(_get(config, field) > 0, field, _get(config, field), "must be > 0")
+  _require(config_paths.get(config, field) > 0, field, config_paths.get(config, field), "must be > 0")
 
 
 def _check_model(config, section: str) -> None:
@@ -142,10 +114,10 @@ def _check_model(config, section: str) -> None:
 
 def _check_optim(config, section: str) -> None:
   _check_positive(config, f"{section}.learning_rate")
-  _require(_get(config, f"{section}.weight_decay") >= 0, f"{section}.weight_decay",
-           _get(config, f"{section}.weight_decay"), "must be >= 0")
+  _require(config_paths.get(config, f"{section}.weight_decay") >= 0, f"{section}.weight_decay",
+           config_paths.get(config, f"{section}.weight_decay"), "must be >= 0")
   _check_in_range(config, f"{section}.warmup_ratio", 0.0, 1.0, low_open=False, high_open=True)
-  clip = _get(config, f"{section}.grad_clip_norm")
+  clip = config_paths.get(config, f"{section}.grad_clip_norm")
   _require(clip is None or clip > 0, f"{section}.grad_clip_norm", clip, "must be > 0 or None")
 
 
@@ -158,14 +130,14 @@ def check_values(config: ml_collections.ConfigDict) -> None:
            f"must be None in a run of {jax.process_count()} processes (the mesh spans every process's devices)")
   num_devices = num_data_devices(config)
   for field in ("seed", "data.split_seed", "teacher.seed"):
-    _require(_get(config, field) >= 0, field, _get(config, field), "must be >= 0")
+    _require(config_paths.get(config, field) >= 0, field, config_paths.get(config, field), "must be >= 0")
 
   _require(config.data.name in data.names(), "data.name", config.data.name, f"allowed: {', '.join(data.names())}")
   _check_in_range(config, "data.test_fraction", 0.0, 1.0, low_open=True, high_open=True)
   for field in ("data.train_fraction", "data.labeled_fraction"):
     _check_in_range(config, field, 0.0, 1.0, low_open=True, high_open=False)
   for field in ("data.batch_size", "data.eval_batch_size"):
-    value = _get(config, field)
+    value = config_paths.get(config, field)
     _require(value > 0 and value % num_devices == 0, field, value,
              f"must be a positive multiple of the device count ({num_devices})")
   for field in ("data.synthetic.num_examples", "data.synthetic.num_features", "data.synthetic.num_classes",
@@ -194,7 +166,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _check_in_range(config, "distill.alpha", 0.0, 1.0, low_open=False, high_open=False)
   else:
     for field in ("distill.ce_weight", "distill.kd_weight"):
-      value = _get(config, field)
+      value = config_paths.get(config, field)
       _require(value is not None and value >= 0, field, value,
                "must be a number >= 0 when distill.alpha is None (the explicit form needs both weights)")
   _check_in_range(config, "distill.label_smoothing", 0.0, 1.0, low_open=False, high_open=True)
@@ -269,8 +241,8 @@ def check_sweep(config: ml_collections.ConfigDict, reference: ml_collections.Con
   twice, and the lists of a zipped group have equal lengths. The values' ranges are checked per point (sweep.py)."""
   sweep = config.sweep
   _require(isinstance(sweep.seeds, int) and sweep.seeds >= 1, "sweep.seeds", sweep.seeds, "must be an integer >= 1")
-  _require(sweep.selection_metric in report.TABLE_METRICS, "sweep.selection_metric", sweep.selection_metric,
-           f"allowed: {', '.join(report.TABLE_METRICS)}")
+  _require(sweep.selection_metric in results.TABLE_METRICS, "sweep.selection_metric", sweep.selection_metric,
+           f"allowed: {', '.join(results.TABLE_METRICS)}")
   _require(sweep.mode in SWEEP_MODES, "sweep.mode", sweep.mode, f"allowed: {', '.join(SWEEP_MODES)}")
   groups = [("sweep.grid", sweep.grid)] + [(f"sweep.zipped[{i}]", group) for i, group in enumerate(sweep.zipped)]
   swept = {}

@@ -1,6 +1,12 @@
-"""Batched, data-parallel inference (evaluation mode): logits for a whole split."""
+"""Batched, data-parallel inference (evaluation mode) over a whole split: logits, top-k logits, generations.
+
+`map_batches(fn, inputs, ...)` cuts the inputs into global batches, gives each process its rows (`fn` places them on
+the mesh and returns global arrays split over the batch), and yields every batch's outputs as NumPy on every
+process. SIGTERM stops it between batches (`preemption.Preempted`; nothing of the inference is kept).
+"""
 
 import functools
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -10,34 +16,46 @@ from kd_jax import distributed, preemption, sharding
 from kd_jax.data import pipeline
 
 
-@functools.lru_cache(maxsize=16)
-def make_predict_fn(model, mesh: Mesh):
-  """Compiles params, this process's rows of a global batch -> the batch's logits in eval mode.
+def batch_size_for(num_examples: int, batch_size: int, num_devices: int) -> int:
+  """`batch_size`, or fewer rows (rounded up to a multiple of the device count) for a small split."""
+  return min(batch_size, -(-num_examples // num_devices) * num_devices)
 
-  The global batch is split over the mesh's data axis (the devices of every process); so are the logits. One
-  compiled function per model and mesh for the whole process (the runs of a sweep share it).
+
+def map_batches(fn: Callable, inputs, *, batch_size: int, num_devices: int) -> Iterator[tuple[object, int]]:
+  """(outputs, num_real) of `fn` on every batch of `inputs` (a pytree of arrays with first dimension N), in order.
+
+  Batches hold `batch_size` rows (`batch_size_for`); the last one is padded (its first `num_real` rows are real).
+  `fn(local_inputs)` gets this process's rows of the batch (`inputs` is the whole split on every process) and
+  returns a pytree of global arrays split over the batch axis; every process gets all of them, as NumPy.
   """
-  apply = jax.jit(lambda params, inputs: model.apply({"params": params}, inputs, train=False),
-                  in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
-                  out_shardings=sharding.batch_sharded(mesh))
-  return lambda params, local_inputs: apply(params, sharding.shard_batch(local_inputs, mesh))
-
-
-def predict_logits(predict_fn, params, inputs, *, batch_size: int, num_devices: int) -> np.ndarray:
-  """Logits [N, ...] for every example of `inputs` (an array or dict of arrays with first dimension N), in order.
-
-  Batches hold `batch_size` rows, or fewer (rounded up to a multiple of the device count) for a small split; the
-  last one is padded and its padding dropped. Each process feeds its rows of every batch (`inputs` is the whole
-  split on every process), and every process gets all the logits.
-  """
-  num_examples = len(jax.tree.leaves(inputs)[0])
-  batch_size = min(batch_size, -(-num_examples // num_devices) * num_devices)
+  batch_size = batch_size_for(len(jax.tree.leaves(inputs)[0]), batch_size, num_devices)
   local_rows = sharding.process_rows(batch_size)
-  outputs = []
-  for batch, num_real in pipeline.inference_batches({"inputs": inputs}, batch_size):
+  for batch, num_real in pipeline.inference_batches(inputs, batch_size):
     if distributed.any_process(preemption.requested()):
       raise preemption.Preempted("stopped by SIGTERM during inference (nothing of it is kept); rerun the same "
                                  "command to resume")
-    local_inputs = jax.tree.map(lambda rows: rows[local_rows], batch["inputs"])
-    outputs.append(sharding.gather(predict_fn(params, local_inputs))[:num_real])
-  return np.concatenate(outputs)
+    outputs = fn(jax.tree.map(lambda rows: rows[local_rows], batch))
+    yield jax.tree.map(sharding.gather, outputs), num_real
+
+
+def sharded(fn: Callable, mesh: Mesh) -> Callable:
+  """`fn(params, inputs)` compiled with replicated params and the inputs (and outputs) split over the mesh's data
+  axis, called as (params, this process's rows)."""
+  compiled = jax.jit(fn, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+                     out_shardings=sharding.batch_sharded(mesh))
+  return lambda params, local_inputs: compiled(params, sharding.shard_batch(local_inputs, mesh))
+
+
+@functools.lru_cache(maxsize=16)
+def make_predict_fn(model, mesh: Mesh):
+  """params, this process's rows of a global batch -> the batch's logits in eval mode (split over the mesh).
+
+  One compiled function per model and mesh for the whole process (the runs of a sweep share it).
+  """
+  return sharded(lambda params, inputs: model.apply({"params": params}, inputs, train=False), mesh)
+
+
+def predict_logits(predict_fn, params, inputs, *, batch_size: int, num_devices: int) -> np.ndarray:
+  """Logits [N, ...] of every example of `inputs`, in order (`predict_fn` from `make_predict_fn`)."""
+  return np.concatenate([logits[:num_real] for logits, num_real in map_batches(
+      functools.partial(predict_fn, params), inputs, batch_size=batch_size, num_devices=num_devices)])

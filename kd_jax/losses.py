@@ -8,8 +8,9 @@ Notation: z_s, z_t student and teacher logits; p^T = softmax(z / T); y integer l
 unlabeled transfer set, or GLUE's test split).
 """
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
+import flax
 import jax
 import jax.numpy as jnp
 
@@ -211,3 +212,50 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Top
     per_example = divergence_fn(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling)
     soft = global_mean(per_example, example_weights, axis_name)
   return DistillationTerms(loss=weights.hard * hard + weights.soft * soft, hard=hard, soft=soft)
+
+
+@flax.struct.dataclass
+class DistillationLoss:
+  """The training loss of a run, built from `config.distill` in one place (`from_config`) and called by the step.
+
+  loss = hard_weight * mean_{labeled} CE_eps + soft_weight * mean_{all} s * D(z_s / T, z_t / T)   (see
+  `distillation_loss`). The numbers (weights, T, eps) are arrays, arguments of the compiled step, so that one
+  program serves every value and a vectorized sweep stacks them [P]; the divergence and the T^2 scaling choose code
+  and are static (part of the tree structure: equal losses share a compiled step).
+  """
+  hard_weight: jax.Array
+  soft_weight: jax.Array
+  temperature: jax.Array
+  label_smoothing: jax.Array
+  divergence: str = flax.struct.field(pytree_node=False, default="forward_kl")
+  t2_scaling: bool = flax.struct.field(pytree_node=False, default=True)
+
+  # The config.distill fields behind the array leaves: runs whose configs differ only in these (and in the seed and
+  # the learning rate) can train together in one vectorized program (kd_jax/vectorized.py).
+  ARRAY_FIELDS: ClassVar[tuple[str, ...]] = ("distill.temperature", "distill.alpha", "distill.ce_weight",
+                                             "distill.kd_weight", "distill.label_smoothing")
+
+  @classmethod
+  def from_config(cls, distill_config, *, distills: bool = True) -> "DistillationLoss":
+    """The loss of `config.distill`; with `distills=False`, its cross-entropy alone (hard weight 1, soft weight 0,
+    the same label smoothing): the hard-label baseline, and sequence-level KD's CE on the teacher's outputs."""
+    weights = (loss_weights(distill_config.alpha, distill_config.ce_weight, distill_config.kd_weight) if distills
+               else LossWeights(hard=1.0, soft=0.0))
+    return cls(hard_weight=jnp.float32(weights.hard), soft_weight=jnp.float32(weights.soft),
+               temperature=jnp.float32(distill_config.temperature),
+               label_smoothing=jnp.float32(distill_config.label_smoothing), divergence=distill_config.divergence,
+               t2_scaling=distill_config.t2_scaling)
+
+  @classmethod
+  def cross_entropy(cls) -> "DistillationLoss":
+    """Plain cross-entropy on the labels (no smoothing, no teacher): how a teacher is trained."""
+    return cls(hard_weight=jnp.float32(1.0), soft_weight=jnp.float32(0.0), temperature=jnp.float32(1.0),
+               label_smoothing=jnp.float32(0.0))
+
+  def __call__(self, student_logits: jax.Array, teacher_logits, labels: jax.Array, example_weights: jax.Array,
+               axis_name: str | None = None) -> DistillationTerms:
+    """`distillation_loss` with this loss's settings; teacher_logits None (no teacher signal) gives soft = 0."""
+    return distillation_loss(student_logits, teacher_logits, labels, example_weights,
+                             weights=LossWeights(self.hard_weight, self.soft_weight), temperature=self.temperature,
+                             label_smoothing=self.label_smoothing, divergence_kind=self.divergence,
+                             t2_scaling=self.t2_scaling, axis_name=axis_name)

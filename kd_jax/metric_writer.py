@@ -55,6 +55,22 @@ class MetricWriter:
       self._summary_writer.close()
 
 
+class FanOutWriter:
+  """The MetricWriter interface over the writers of every point that shares one run (a vectorized sweep's shared
+  hard-label baseline)."""
+
+  def __init__(self, writers: list[MetricWriter]):
+    self._writers = writers
+
+  def drop_after(self, step: int) -> None:
+    for writer in self._writers:
+      writer.drop_after(step)
+
+  def write_scalars(self, step: int, scalars: dict) -> None:
+    for writer in self._writers:
+      writer.write_scalars(step, scalars)
+
+
 def _is_after(line: str, phase: str, step: int) -> bool:
   try:
     record = json.loads(line)

@@ -1,4 +1,4 @@
-"""Figures of a sweep report, as PNG and PDF in `<workdir>/plots/`, drawn from the files read by kd_jax/report.py.
+"""Figures of a sweep report, as PNG and PDF in `<workdir>/plots/`, drawn from the files read by kd_jax/results.py.
 
 - `<metric>_vs_<factor>`: every test metric against the swept values, mean over seeds with std error bars, the
   hard-label student as a band (mean ± std) and the teacher as a dotted line; with two factors, one line per value
@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from kd_jax import report, stats  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kd_jax import results, stats  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODEL_COLORS = {"teacher": "#4d4d4d", "student": "#1f77b4", "student_hard": "#d95f02"}
 MODEL_SHADES = {"teacher": "Greys", "student": "Blues", "student_hard": "Oranges"}
@@ -32,11 +32,11 @@ FIGURE_SIZE = (3.6, 2.7)
 FORMATS = ("png", "pdf")
 
 
-def write_plots(sweep: report.Sweep, plots_dir: str) -> list[str]:
+def write_plots(sweep: results.Sweep, plots_dir: str) -> list[str]:
   """Draws every figure of the sweep into `plots_dir`; returns the paths written."""
   os.makedirs(plots_dir, exist_ok=True)
   groups = sweep.groups()
-  best = report.best_group(groups, sweep.selection_metric)
+  best = results.best_group(groups, sweep.selection_metric)
   written = []
   with plt.rc_context(STYLE):
     for metric in sweep.metrics:
@@ -49,7 +49,7 @@ def write_plots(sweep: report.Sweep, plots_dir: str) -> list[str]:
     if len(sweep.factors) == 2:
       written += _save(_heatmaps(sweep, groups), plots_dir, f"heatmap_{sweep.selection_metric}")
     label = sweep.group_label(best)
-    if "reliability" in best.runs[0].results["metrics"]["student"]:  # classification tasks
+    if "reliability" in best.runs[0].results.metrics["student"]:  # classification tasks
       written += _save(_reliability(best, label), plots_dir, "reliability")
       written += _save(_confusion(best, label), plots_dir, "confusion")
     written += _save(_training_curves(sweep, groups), plots_dir, "training_curves")
@@ -64,19 +64,19 @@ def _save(figure, plots_dir: str, stem: str) -> list[str]:
   return paths
 
 
-def _models(sweep: report.Sweep) -> tuple[str, ...]:
+def _models(sweep: results.Sweep) -> tuple[str, ...]:
   return ("student", "student_hard", "teacher") if sweep.has_baseline else ("student", "teacher")
 
 
 def _axis_label(metric: str) -> str:
-  return f"test {metric}{' (%)' if metric in report.PERCENT_METRICS else ''}"
+  return f"test {metric}{' (%)' if metric in results.PERCENT_METRICS else ''}"
 
 
 def _scale(metric: str) -> float:
-  return 100.0 if metric in report.PERCENT_METRICS else 1.0
+  return 100.0 if metric in results.PERCENT_METRICS else 1.0
 
 
-def _set_x_axis(axis, factor: report.Factor) -> np.ndarray:
+def _set_x_axis(axis, factor: results.Factor) -> np.ndarray:
   """x positions of the factor's values: the values themselves (log scale if they span > 1 decade) or 0..k-1."""
   labels = [factor.value_label(i) for i in range(len(factor.values))]
   if factor.numeric:
@@ -104,7 +104,7 @@ def _draw_model(axis, model: str, x: np.ndarray, means: np.ndarray, stds: np.nda
     axis.plot(x, means, color=color, linestyle=":", label=label, zorder=2)
 
 
-def _one_factor_lines(sweep: report.Sweep, factor_index: int, metric: str):
+def _one_factor_lines(sweep: results.Sweep, factor_index: int, metric: str):
   """Metric against one factor's values; with several factors, each value pools the runs of the other factors."""
   factor = sweep.factors[factor_index]
   figure, axis = plt.subplots(figsize=FIGURE_SIZE)
@@ -113,7 +113,7 @@ def _one_factor_lines(sweep: report.Sweep, factor_index: int, metric: str):
     per_value = [[run.metric(model, metric) for run in sweep.runs if run.value_indices[factor_index] == i]
                  for i in range(len(factor.values))]
     means, stds = np.array([stats.mean_std(values) for values in per_value]).T * _scale(metric)
-    _draw_model(axis, model, x, means, stds, color=MODEL_COLORS[model], label=report.MODEL_LABELS[model])
+    _draw_model(axis, model, x, means, stds, color=MODEL_COLORS[model], label=results.MODEL_LABELS[model])
   axis.set_ylabel(_axis_label(metric))
   averaged = " (averaged over the other factors)" if len(sweep.factors) > 1 else ""
   axis.set_title(f"{metric} vs {factor.label}{averaged}", fontsize=8 if averaged else None)
@@ -122,7 +122,7 @@ def _one_factor_lines(sweep: report.Sweep, factor_index: int, metric: str):
   return figure
 
 
-def _two_factor_lines(sweep: report.Sweep, groups: list, metric: str):
+def _two_factor_lines(sweep: results.Sweep, groups: list, metric: str):
   """x: the first factor; one line per value of the second. A model whose lines coincide is drawn once."""
   x_factor, line_factor = sweep.factors
   by_values = {group.value_indices: group for group in groups}
@@ -139,7 +139,7 @@ def _two_factor_lines(sweep: report.Sweep, groups: list, metric: str):
     shades = plt.get_cmap(MODEL_SHADES[model])(np.linspace(0.45, 0.95, num_lines))
     for j, (means, stds) in enumerate(series[:1] if identical else series):
       color = MODEL_COLORS[model] if identical else shades[j]
-      label = report.MODEL_LABELS[model] + ("" if identical else f", {line_factor.label}={line_factor.value_label(j)}")
+      label = results.MODEL_LABELS[model] + ("" if identical else f", {line_factor.label}={line_factor.value_label(j)}")
       _draw_model(axis, model, x, means, stds, color=color, label=label)
   axis.set_ylabel(_axis_label(metric))
   axis.set_title(f"{metric} vs {x_factor.label}")
@@ -147,7 +147,7 @@ def _two_factor_lines(sweep: report.Sweep, groups: list, metric: str):
   return figure
 
 
-def _heatmaps(sweep: report.Sweep, groups: list):
+def _heatmaps(sweep: results.Sweep, groups: list):
   """Two panels over the 2-D grid: the KD student's mean selection metric, and its paired difference from hard."""
   metric = sweep.selection_metric
   row_factor, column_factor = sweep.factors
@@ -158,13 +158,13 @@ def _heatmaps(sweep: report.Sweep, groups: list):
     versus = group.versus_baseline("student", metric)
     if versus is not None:
       difference[group.value_indices] = versus.mean * _scale(metric)
-  percent = " (%)" if metric in report.PERCENT_METRICS else ""
-  panels = [(student, f"KD student {metric}{percent}", "viridis" if metric in report.HIGHER_IS_BETTER else "viridis_r",
+  percent = " (%)" if metric in results.PERCENT_METRICS else ""
+  panels = [(student, f"KD student {metric}{percent}", "viridis" if metric in results.HIGHER_IS_BETTER else "viridis_r",
              None)]
   if sweep.has_baseline:
     limit = np.nanmax(np.abs(difference)) or 1.0
-    panels.append((difference, f"KD − hard labels ({'points' if metric in report.PERCENT_METRICS else metric})",
-                   "RdBu" if metric in report.HIGHER_IS_BETTER else "RdBu_r", (-limit, limit)))
+    panels.append((difference, f"KD − hard labels ({'points' if metric in results.PERCENT_METRICS else metric})",
+                   "RdBu" if metric in results.HIGHER_IS_BETTER else "RdBu_r", (-limit, limit)))
   figure, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 2.9), squeeze=False)
   for axis, (values, title, colormap, limits) in zip(axes[0], panels):
     image = axis.imshow(values, cmap=colormap, aspect="auto", vmin=limits[0] if limits else None,
@@ -188,7 +188,7 @@ def _heatmaps(sweep: report.Sweep, groups: list):
 
 def _pooled(runs, model: str, key: str):
   """A model's reliability bins or confusion matrix summed over the runs (seeds)."""
-  entries = [run.results["metrics"][model][key] for run in runs if model in run.results["metrics"]]
+  entries = [run.results.metrics[model][key] for run in runs if model in run.results.metrics]
   if key == "confusion_matrix":
     return np.sum([np.asarray(entry, np.float64) for entry in entries], axis=0)
   counts = np.array([entry["count"] for entry in entries], np.float64)
@@ -203,7 +203,7 @@ def _pooled(runs, model: str, key: str):
 
 
 def _panels_models(group) -> list[str]:
-  return [model for model in ("teacher", "student", "student_hard") if model in group.runs[0].results["metrics"]]
+  return [model for model in ("teacher", "student", "student_hard") if model in group.runs[0].results.metrics]
 
 
 def _reliability(group, label: str):
@@ -223,7 +223,7 @@ def _reliability(group, label: str):
              edgecolor="#c0392b", hatch="///", linewidth=0.5, label="gap to confidence")
     axis.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=0.8)
     ece_mean, ece_std = group.mean_std(model, "ece")
-    axis.set_title(f"{report.MODEL_LABELS[model]}\nECE {report.format_mean_std('ece', ece_mean, ece_std)}")
+    axis.set_title(f"{results.MODEL_LABELS[model]}\nECE {results.format_mean_std('ece', ece_mean, ece_std)}")
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1)
     axis.set_xlabel("confidence")
@@ -250,8 +250,8 @@ def _confusion(group, label: str):
     axis.set_ylabel("true class")
     axis.grid(False)
     accuracy_mean, accuracy_std = group.mean_std(model, "accuracy")
-    axis.set_title(f"{report.MODEL_LABELS[model]}\naccuracy "
-                   f"{report.format_mean_std('accuracy', accuracy_mean, accuracy_std)}%")
+    axis.set_title(f"{results.MODEL_LABELS[model]}\naccuracy "
+                   f"{results.format_mean_std('accuracy', accuracy_mean, accuracy_std)}%")
   figure.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="fraction of the true class")
   figure.suptitle(f"Confusion matrices at {label} (pooled over {len(group.runs)} seeds)", fontsize=9)
   return figure
@@ -261,17 +261,17 @@ def _curve(runs, phase: str, key: str) -> tuple[np.ndarray, np.ndarray]:
   """(steps, mean over runs) of one scalar of one phase's history, at the steps every run logged."""
   by_step = {}
   for run in runs:
-    for record in report.read_history(run):
+    for record in results.read_history(run):
       if record["phase"] == phase and key in record:
         by_step.setdefault(record["step"], []).append(record[key])
   steps = sorted(step for step, values in by_step.items() if len(values) == len(runs))
   return np.array(steps), np.array([np.mean(by_step[step]) for step in steps])
 
 
-def _training_curves(sweep: report.Sweep, groups: list):
+def _training_curves(sweep: results.Sweep, groups: list):
   """Test accuracy and the labeled cross-entropy against the step: one KD line per swept value (shades of blue),
   the hard-label student of the best point dashed."""
-  best = report.best_group(groups, sweep.selection_metric)
+  best = results.best_group(groups, sweep.selection_metric)
   panels = (("test/accuracy", "test accuracy (%)", 100.0), ("train/hard_loss", "train CE on labeled examples", 1.0))
   figure, axes = plt.subplots(1, 2, figsize=(7.4, 2.8), layout="constrained")
   shades = plt.get_cmap(MODEL_SHADES["student"])(np.linspace(0.4, 0.95, len(groups)))
@@ -282,11 +282,11 @@ def _training_curves(sweep: report.Sweep, groups: list):
                 label=f"KD, {sweep.group_label(group)}")
     if sweep.has_baseline:
       steps, values = _curve(best.runs, "student_hard", key)
-      label = "hard labels" + (f", {sweep.group_label(best)}" if report.model_varies(groups) else "")
+      label = "hard labels" + (f", {sweep.group_label(best)}" if results.model_varies(groups) else "")
       axis.plot(steps, values * scale, color=MODEL_COLORS["student_hard"], linestyle="--",
                 marker="o" if len(steps) < 8 else None, label=label)
     if key == "test/accuracy":
-      label = "teacher" + (f", {sweep.group_label(best)}" if report.model_varies(groups, "teacher") else "")
+      label = "teacher" + (f", {sweep.group_label(best)}" if results.model_varies(groups, "teacher") else "")
       axis.axhline(best.mean_std("teacher", "accuracy")[0] * scale, color=MODEL_COLORS["teacher"], linestyle=":",
                    label=label)
     axis.set_xlabel("step")

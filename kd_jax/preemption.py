@@ -10,6 +10,7 @@ import signal
 import threading
 
 _requested = threading.Event()
+_depth = 0  # nesting of sigterm_requests_stop blocks (a sweep's block holds its runs')
 
 
 class Preempted(Exception):
@@ -30,16 +31,20 @@ def _on_sigterm(signum, frame):
 def sigterm_requests_stop():
   """Within the block, SIGTERM sets `requested()` instead of killing the process; the old handler returns after.
 
-  Signal handlers can only be set from the main thread; elsewhere (e.g. a run in a worker thread) the block runs
-  without preemption handling.
+  Blocks nest: an inner block (a run inside a sweep's block) keeps the outer one's handler and flag. Signal handlers
+  can only be set from the main thread; elsewhere (e.g. a run in a worker thread) the block runs without preemption
+  handling.
   """
-  _requested.clear()
-  if threading.current_thread() is not threading.main_thread():
+  global _depth
+  if _depth > 0 or threading.current_thread() is not threading.main_thread():
     yield
     return
+  _requested.clear()
   previous_handler = signal.signal(signal.SIGTERM, _on_sigterm)
+  _depth += 1
   try:
     yield
   finally:
+    _depth -= 1
     signal.signal(signal.SIGTERM, previous_handler)
     _requested.clear()

@@ -11,7 +11,6 @@ any sweep workdir, also while points are still running. It writes:
 """
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -21,31 +20,20 @@ import numpy as np
 
 from kd_jax import files, stats
 from kd_jax.errors import UserError
-
-MODEL_LABELS = {"teacher": "teacher", "student": "student (KD)", "student_hard": "student (hard labels)"}
-# Every metric a table may show, in column order: classification tasks have accuracy, ece, brier; generation tasks
-# (e-SNLI) label_accuracy and ROUGE. Tables show the ones the results hold (`present_metrics`).
-TABLE_METRICS = ("accuracy", "label_accuracy", "rouge1", "rouge2", "rougeL", "ece", "nll", "brier", "agreement",
-                 "kl_to_teacher")
-HIGHER_IS_BETTER = ("accuracy", "label_accuracy", "rouge1", "rouge2", "rougeL", "agreement")
-PERCENT_METRICS = ("accuracy", "label_accuracy", "agreement")  # shown in %, their differences in percentage points
-SWEEP_FILE = "sweep.json"
-BASELINE = "student_hard"
-
-
-def present_metrics(metric_dicts) -> tuple[str, ...]:
-  """The TABLE_METRICS that at least one of the `{metric: value}` dicts holds, in table order."""
-  metric_dicts = list(metric_dicts)
-  return tuple(name for name in TABLE_METRICS if any(name in metrics for metrics in metric_dicts))
+from kd_jax.results import (BASELINE, HIGHER_IS_BETTER, MODEL_LABELS, PERCENT_METRICS, Group, Sweep, best_group,
+                            format_mean_std, format_metric, format_value, load_sweep, model_varies,
+                            present_metrics)
 
 
 def metrics_table(results: dict) -> str:
-  """A fixed-width table: one row per model (teacher, KD student, hard-label student), one column per metric."""
-  columns = present_metrics(results["metrics"].values())
+  """A fixed-width table of a results.json: one row per model (teacher, KD student, hard-label student), one column
+  per metric."""
+  metrics = results["metrics"]
+  columns = present_metrics(metrics.values())
   header = f"{'model':<22}" + "".join(f"{name:>15}" for name in columns)
   rows = [header, "-" * len(header)]
   for model, label in MODEL_LABELS.items():
-    model_metrics = results["metrics"].get(model)
+    model_metrics = metrics.get(model)
     if model_metrics is None:
       continue
     cells = "".join(f"{model_metrics[name]:>15.4f}" if name in model_metrics else f"{'-':>15}"
@@ -53,177 +41,6 @@ def metrics_table(results: dict) -> str:
     rows.append(f"{label:<22}{cells}")
   return "\n".join(rows)
 
-
-def format_value(value) -> str:
-  """A swept value as written in point names, tables and plots: 2.0 -> '2', (64, 64) -> '64x64', 'a/b' -> 'a_b'."""
-  if isinstance(value, float):
-    text = repr(value)
-    return text[:-2] if text.endswith(".0") else text
-  if isinstance(value, (tuple, list)):
-    return "x".join(format_value(item) for item in value) if value else "()"
-  return str(value).replace("/", "_")
-
-
-@dataclasses.dataclass(frozen=True)
-class Factor:
-  """One swept dimension: a grid field, or a zipped group of fields that take their i-th values together."""
-  fields: tuple[str, ...]
-  values: tuple[tuple, ...]  # values[i][j]: the i-th value of fields[j]
-
-  @property
-  def label(self) -> str:
-    return "+".join(self.fields)
-
-  def value_label(self, i: int) -> str:
-    return ",".join(format_value(value) for value in self.values[i])
-
-  @property
-  def numeric(self) -> bool:
-    """A single field with numbers for values (plotted on a numeric axis)."""
-    return len(self.fields) == 1 and all(
-        isinstance(value, (int, float)) and not isinstance(value, bool) for (value,) in self.values)
-
-  def to_json(self) -> dict:
-    return {"fields": list(self.fields), "values": files.as_json_value(self.values)}
-
-  @classmethod
-  def from_json(cls, value: dict) -> "Factor":
-    return cls(tuple(value["fields"]), tuple(tuple(_as_tuple(item) for item in values) for values in value["values"]))
-
-
-def _as_tuple(value):
-  """JSON lists back to tuples (swept tuple values such as hidden sizes), recursively."""
-  return tuple(_as_tuple(item) for item in value) if isinstance(value, list) else value
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-  """A finished sweep point: which value of each factor it ran, its seed, and its results.json."""
-  name: str
-  directory: str
-  value_indices: tuple[int, ...]
-  seed: int
-  results: dict
-
-  def metric(self, model: str, metric: str) -> float:
-    """The test metric of `model`, NaN if this run has no such model (no hard-label baseline)."""
-    value = self.results["metrics"].get(model, {}).get(metric)
-    return float("nan") if value is None else float(value)
-
-
-@dataclasses.dataclass(frozen=True)
-class Group:
-  """The runs (one per seed) of one combination of factor values."""
-  value_indices: tuple[int, ...]
-  runs: tuple[Run, ...]
-
-  def values(self, model: str, metric: str) -> np.ndarray:
-    """[seeds] the metric of `model` in each run."""
-    return np.array([run.metric(model, metric) for run in self.runs])
-
-  def mean_std(self, model: str, metric: str) -> tuple[float, float]:
-    return stats.mean_std(self.values(model, metric))
-
-  def versus_baseline(self, model: str, metric: str) -> stats.PairedDifference | None:
-    """`model` minus the hard-label student of the same seed, or None without a baseline."""
-    baseline = self.values(BASELINE, metric)
-    if np.isnan(baseline).all():
-      return None
-    return stats.paired_difference(self.values(model, metric), baseline)
-
-
-@dataclasses.dataclass(frozen=True)
-class Sweep:
-  """A sweep workdir as read from its files."""
-  workdir: str
-  factors: tuple[Factor, ...]
-  seeds: int
-  selection_metric: str
-  num_points: int
-  runs: tuple[Run, ...]  # the finished points, in sweep order
-
-  def groups(self) -> list[Group]:
-    """The combinations of factor values that have at least one finished run, in sweep order."""
-    by_values = {}
-    for run in self.runs:
-      by_values.setdefault(run.value_indices, []).append(run)
-    return [Group(key, tuple(sorted(runs, key=lambda run: run.seed))) for key, runs in by_values.items()]
-
-  def group_label(self, group: Group) -> str:
-    return ",".join(f"{factor.label}={factor.value_label(i)}" for factor, i in zip(self.factors, group.value_indices))
-
-  @property
-  def metrics(self) -> tuple[str, ...]:
-    """The metrics the finished points report (classification or generation ones)."""
-    return present_metrics(metrics for run in self.runs for metrics in run.results["metrics"].values())
-
-  @property
-  def has_baseline(self) -> bool:
-    return any(BASELINE in run.results["metrics"] for run in self.runs)
-
-
-def load_sweep(workdir: str) -> Sweep:
-  """Reads `<workdir>/sweep.json` and the results.json of every point that has finished."""
-  path = os.path.join(workdir, SWEEP_FILE)
-  if not os.path.exists(path):
-    raise UserError(f"{workdir} has no {SWEEP_FILE}: not a sweep workdir (run a sweep config with --workdir={workdir})")
-  definition = files.read_json(path)
-  runs = []
-  for point in definition["points"]:
-    directory = os.path.join(workdir, point["name"])
-    results_path = os.path.join(directory, "results.json")
-    if os.path.exists(results_path):
-      runs.append(Run(name=point["name"], directory=directory, value_indices=tuple(point["value_indices"]),
-                      seed=point["seed"], results=files.read_json(results_path)))
-  return Sweep(workdir=workdir, factors=tuple(Factor.from_json(factor) for factor in definition["factors"]),
-               seeds=definition["seeds"], selection_metric=definition["selection_metric"],
-               num_points=len(definition["points"]), runs=tuple(runs))
-
-
-def read_history(run: Run) -> list[dict]:
-  """The run's history.jsonl records ({phase, step, train/... or test/... scalars}); [] if it has none."""
-  path = os.path.join(run.directory, "history.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as stream:
-    return [json.loads(line) for line in stream if line.strip()]
-
-
-def better(metric: str, a: float, b: float) -> bool:
-  """Whether value a of `metric` is better than b."""
-  return a > b if metric in HIGHER_IS_BETTER else a < b
-
-
-def model_varies(groups: list[Group], model: str = BASELINE) -> bool:
-  """Whether a model's results differ between groups: the hard-label student does not when only KD settings are
-  swept, the teacher not unless its config or the data are."""
-  first = [run.results["metrics"].get(model) for run in groups[0].runs]
-  return any([run.results["metrics"].get(model) for run in group.runs] != first for group in groups[1:])
-
-
-def best_group(groups: list[Group], metric: str) -> Group:
-  """The group whose KD student has the best mean `metric` over seeds (the first one on ties)."""
-  best = groups[0]
-  for group in groups[1:]:
-    if better(metric, group.mean_std("student", metric)[0], best.mean_std("student", metric)[0]):
-      best = group
-  return best
-
-
-# Formatting.
-
-def format_metric(metric: str, value: float, *, signed: bool = False, unit: bool = False) -> str:
-  """Accuracy-like metrics in % with 2 decimals (a '%' sign if `unit`), the others with 4; NaN as '-'."""
-  if not np.isfinite(value):
-    return "-"
-  scale, digits = (100.0, 2) if metric in PERCENT_METRICS else (1.0, 4)
-  text = f"{value * scale:{'+' if signed else ''}.{digits}f}"
-  return text + "%" if unit and metric in PERCENT_METRICS else text
-
-
-def format_mean_std(metric: str, mean: float, std: float, *, signed: bool = False) -> str:
-  text = format_metric(metric, mean, signed=signed)
-  return text if not np.isfinite(std) else f"{text} ± {format_metric(metric, std)}"
 
 
 def metric_unit(metric: str) -> str:
@@ -367,11 +184,11 @@ def csv_rows(sweep: Sweep) -> list[dict]:
     row["seed"] = run.seed
     for model in ("student", BASELINE, "teacher"):
       for metric in sweep.metrics:
-        row[f"{model}_{metric}"] = run.results["metrics"].get(model, {}).get(metric)
-    data = run.results.get("data", {})
+        row[f"{model}_{metric}"] = run.results.metrics.get(model, {}).get(metric)
+    data = run.results.data
     for key in ("num_train", "num_labeled", "num_unlabeled", "num_test"):
       row[key] = data.get(key)
-    train = run.results.get("train", {})
+    train = run.results.train
     for key in ("steps", "wall_s", "examples_per_sec", "num_devices"):
       row[key] = train.get(key)
     rows.append(row)
@@ -404,7 +221,7 @@ def summary_markdown(sweep: Sweep) -> str:
   if not groups:
     return "\n".join(lines + ["No point has finished yet."]) + "\n"
   best = best_group(groups, metric)
-  wall_s = [run.results.get("train", {}).get("wall_s") or 0.0 for run in sweep.runs]
+  wall_s = [run.results.train.get("wall_s") or 0.0 for run in sweep.runs]
   lines += [f"Selection metric: {metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better), of the KD "
             f"student. Cells are mean ± sample std (ddof=1) over seeds; accuracy and agreement in %. Differences are "
             f"paired: each model minus the hard-label student of the same seed, with a {stats.CONFIDENCE_LEVEL:.0%} "
@@ -453,7 +270,7 @@ def summary_markdown(sweep: Sweep) -> str:
                                                        for name in difference_metrics[1:]]
     lines += ["", "## Difference from the hard-label student (paired over seeds)", ""]
     lines += _markdown_table(header, rows)
-  sizes = [(group, group.runs[0].results.get("data", {})) for group in groups]
+  sizes = [(group, group.runs[0].results.data) for group in groups]
   if len({json.dumps(data, sort_keys=True) for _, data in sizes}) > 1:
     lines += ["", "## Data per swept value", ""]
     lines += _markdown_table(value_header + ["train", "labeled", "unlabeled (transfer set)", "test"], [

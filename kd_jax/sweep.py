@@ -1,11 +1,11 @@
-"""Sweeps: one config, many runs. `config.sweep` (see configs/default.py) expands into points, which run in-process
+"""Sweeps: one config, many runs. `config.sweep` (see kd_jax/schema.py) expands into points, which run in-process
 one after another (or one per process with `--sweep_index`), then the report is written (kd_jax/report.py).
 
 With `config.sweep.mode = "vectorized"`, the points that differ only in loss hyperparameters, learning rate and seed
 train together in one compiled program (kd_jax/vectorized.py), with the same outputs per point.
 
 A point is the base config with one value of every factor (a grid field, or a zipped group) and a seed. Point
-`name` runs through `train.train_and_evaluate` in `<workdir>/<name>/`, e.g. `<workdir>/distill.temperature=2,seed=1/`,
+`name` runs through `train.run_group` in `<workdir>/<name>/`, e.g. `<workdir>/distill.temperature=2,seed=1/`,
 so each has its own results.json, config.json, history.jsonl and checkpoints. Points that train the same teacher
 share `<workdir>/teachers/<key>/`: the first of them trains it and builds its logit cache, the others reuse both;
 a file lock makes parallel processes wait for the one that is training it.
@@ -27,7 +27,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from kd_jax import config_validation, data, files, fingerprints, report, train, vectorized
+from kd_jax import (config_paths, config_validation, data, files, fingerprints, preemption, report, results, schema,
+                    teacher, train, vectorized)
 from kd_jax.errors import ConfigError, UserError
 
 TEACHERS_DIR = "teachers"
@@ -49,32 +50,25 @@ def is_sweep(config: ml_collections.ConfigDict) -> bool:
   return bool(config.sweep.grid) or bool(config.sweep.zipped) or config.sweep.seeds > 1
 
 
-def factors(sweep_config: ml_collections.ConfigDict) -> tuple[report.Factor, ...]:
+def factors(sweep_config: ml_collections.ConfigDict) -> tuple[results.Factor, ...]:
   """The factors of a validated `config.sweep`: each grid field, then each zipped group, in config order."""
-  grid = [report.Factor((path,), tuple((value,) for value in values)) for path, values in sweep_config.grid]
-  zipped = [report.Factor(tuple(path for path, _ in group), tuple(zip(*(values for _, values in group))))
+  grid = [results.Factor((path,), tuple((value,) for value in values)) for path, values in sweep_config.grid]
+  zipped = [results.Factor(tuple(path for path, _ in group), tuple(zip(*(values for _, values in group))))
             for group in sweep_config.zipped]
   return tuple(grid + zipped)
 
 
 def point_name(assignments: dict, seed: int) -> str:
-  """`path=value,...,seed=s` in factor order, e.g. 'distill.temperature=2,seed=1' (see `report.format_value`)."""
-  return ",".join([f"{path}={report.format_value(value)}" for path, value in assignments.items()] + [f"seed={seed}"])
-
-
-def teacher_key(config: ml_collections.ConfigDict) -> str:
-  """Hash of what a point's teacher and its logit cache depend on: config.teacher (but where it is stored) and
-  config.data (but the inference batch size). Points with equal keys share one teacher directory."""
-  teacher = config.teacher.to_dict() | {"workdir": None}
-  data_config = config.data.to_dict() | {"eval_batch_size": None}
-  return fingerprints.fingerprint_json(files.as_json_value({"teacher": teacher, "data": data_config}))
+  """`path=value,...,seed=s` in factor order, e.g. 'distill.temperature=2,seed=1' (see `results.format_value`)."""
+  return ",".join([f"{path}={results.format_value(value)}" for path, value in assignments.items()] + [f"seed={seed}"])
 
 
 def expand(config: ml_collections.ConfigDict, workdir: str) -> list[Point]:
   """The points: the factors' cartesian product (the first factor outermost), each with seeds 0..seeds-1.
 
   A point's config is the base config with its values and seed set, teacher.workdir set to its shared teacher
-  directory (unless the base config sets one), and the sweep section reset: a point is a single run.
+  directory `<workdir>/teachers/<teacher.identity_key>` (unless the base config sets one), and the sweep section
+  reset: a point is a single run.
   """
   sweep_factors = factors(config.sweep)
   for factor in sweep_factors:
@@ -83,7 +77,7 @@ def expand(config: ml_collections.ConfigDict, workdir: str) -> list[Point]:
     if duplicates:
       raise ConfigError(factor.fields[0], tuple(values[0] for values in factor.values),
                         f"lists the same value more than once ({', '.join(duplicates)})")
-  single_run = config_validation.schema().sweep
+  single_run = schema.default_config().sweep
   points = []
   for value_indices in itertools.product(*(range(len(factor.values)) for factor in sweep_factors)):
     assignments = {}
@@ -92,27 +86,20 @@ def expand(config: ml_collections.ConfigDict, workdir: str) -> list[Point]:
     for seed in range(config.sweep.seeds):
       point_config = config.copy_and_resolve_references()
       for path, value in assignments.items():
-        _assign(point_config, path, value)
+        config_paths.set_value(point_config, path, value)
       point_config.seed = seed
       for key in single_run.keys():
         point_config.sweep[key] = single_run[key]
       if config.teacher.workdir is None:
-        point_config.teacher.workdir = os.path.join(workdir, TEACHERS_DIR, teacher_key(point_config))
+        point_config.teacher.workdir = os.path.join(workdir, TEACHERS_DIR, teacher.identity_key(point_config))
       points.append(Point(index=len(points), name=point_name(assignments, seed), value_indices=value_indices,
                           assignments=assignments, seed=seed, config=point_config))
   return points
 
 
-def _assign(config: ml_collections.ConfigDict, path: str, value) -> None:
-  *sections, key = path.split(".")
-  for section in sections:
-    config = config[section]
-  config[key] = tuple(value) if isinstance(value, list) else value
-
-
 def check_points(config: ml_collections.ConfigDict, points: list[Point], workdir: str) -> None:
   """Raises ConfigError / UserError, naming the point, for anything that would fail once points run."""
-  if config.teacher.workdir is not None and len({teacher_key(point.config) for point in points}) > 1:
+  if config.teacher.workdir is not None and len({teacher.identity_key(point.config) for point in points}) > 1:
     raise ConfigError("teacher.workdir", config.teacher.workdir,
                       "must be None in a sweep whose swept fields change the teacher or the data: each teacher then "
                       f"gets its own directory under {os.path.join(workdir, TEACHERS_DIR)}")
@@ -132,34 +119,13 @@ def check_points(config: ml_collections.ConfigDict, points: list[Point], workdir
     _check_existing_run(point, workdir)
 
 
-def _comparable(config_dict: dict) -> dict:
-  """A config as written to config.json, without where its teacher is stored (a location, not an identity)."""
-  config_dict = files.as_json_value(config_dict)
-  config_dict["teacher"]["workdir"] = None
-  return config_dict
-
-
-def _differing_fields(a: dict, b: dict, prefix: str = "") -> list[str]:
-  """Dotted paths of the fields both configs hold with different values. A field only one holds comes from a schema
-  change between the runs (a field added with its default, or removed), not from a different experiment."""
-  fields = []
-  for key in sorted(set(a) & set(b)):
-    if isinstance(a[key], dict) and isinstance(b[key], dict):
-      fields += _differing_fields(a[key], b[key], f"{prefix}{key}.")
-    elif a[key] != b[key]:
-      fields.append(prefix + key)
-  return fields
-
-
 def _check_existing_run(point: Point, workdir: str) -> None:
   """A point directory left by an earlier run must hold the same config, or resuming it would mix two runs."""
-  config_path = os.path.join(workdir, point.name, "config.json")
-  if not os.path.exists(config_path):
-    return
-  differing = _differing_fields(_comparable(files.read_json(config_path)), _comparable(point.config.to_dict()))
+  directory = os.path.join(workdir, point.name)
+  differing = train.stored_config_differences(point.config, directory)
   if differing:
-    raise UserError(f"{os.path.dirname(config_path)} holds a run of another config "
-                    f"(config.{', config.'.join(differing)} differ); use a new --workdir or delete that directory")
+    raise UserError(f"{directory} holds a run of another config (config.{', config.'.join(differing)} differ); use "
+                    "a new --workdir or delete that directory")
 
 
 def point_status(point: Point, workdir: str) -> str:
@@ -217,15 +183,34 @@ def run_point(point: Point, workdir: str, num_points: int) -> None:
   if status == "finished":
     return
   with _teacher_lock(point.config):
-    train.train_and_evaluate(point.config, os.path.join(workdir, point.name))
+    train.run_group([_run_spec(point, workdir)])
+
+
+def run_vectorized_group(group: list[Point], workdir: str) -> None:
+  """Trains the unfinished points of a group (vectorized.groups) together; finished ones are skipped."""
+  unfinished = [point for point in group if point_status(point, workdir) != "finished"]
+  logging.info("Sweep points %s: %d of %d finished earlier; training %d together.",
+               ", ".join(str(point.index) for point in group), len(group) - len(unfinished), len(group),
+               len(unfinished))
+  if unfinished:
+    with _teacher_lock(unfinished[0].config):
+      train.run_group([_run_spec(point, workdir) for point in unfinished], vectorize=True)
+
+
+def _run_spec(point: Point, workdir: str) -> train.RunSpec:
+  return train.RunSpec(point.config, os.path.join(workdir, point.name), point.name)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, point_index: int | None = None,
-        list_points: bool = False) -> str | None:
-  """Checks the whole sweep, then lists its points, runs one of them, or runs all of them and writes the report.
+        list_points: bool = False) -> str:
+  """Checks the whole sweep of a validated `config` (config_validation.validate; each point is validated here), then
+  lists its points, runs one of them, or runs all of them and writes the report.
+
+  SIGTERM stops the point (or group) being trained at the next chunk with a checkpoint (`preemption.Preempted`);
+  a rerun resumes it and skips the finished points.
 
   Returns:
-    the path of the report's summary.md when this call wrote the report (process 0 of a whole sweep), else None.
+    what to print: the listing (`list_points`), the report's summary.md (a whole sweep, on process 0), else ''.
   """
   if not is_sweep(config):
     raise UserError("--sweep_index and --list_points need a sweep config (config.sweep sets no grid, zipped "
@@ -236,27 +221,22 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, point_index: int | N
                     "(see --list_points)")
   check_points(config, points, workdir)
   if list_points:
-    for point in points:
-      print(f"{point.index}\t{point_status(point, workdir)}\t{point.name}")
-    return
-  if config.sweep.mode == "vectorized" and point_index is None:
+    return "\n".join(f"{point.index}\t{point_status(point, workdir)}\t{point.name}" for point in points)
+  vectorize = config.sweep.mode == "vectorized" and point_index is None
+  if vectorize:
     vectorized.check(config)
   if jax.process_index() == 0:
-    files.write_json(os.path.join(workdir, report.SWEEP_FILE), describe(config, points))
-  if config.sweep.mode == "vectorized" and point_index is None:
-    for group in vectorized.groups(points):
-      unfinished = [point for point in group if point_status(point, workdir) != "finished"]
-      logging.info("Sweep points %s: %d of %d finished earlier; training %d together.",
-                   ", ".join(str(point.index) for point in group), len(group) - len(unfinished), len(group),
-                   len(unfinished))
-      if unfinished:
-        with _teacher_lock(unfinished[0].config):
-          vectorized.run_group(unfinished, workdir)
-  else:
-    for point in points if point_index is None else [points[point_index]]:
-      run_point(point, workdir, len(points))
+    files.write_json(os.path.join(workdir, results.SWEEP_FILE), describe(config, points))
+  with preemption.sigterm_requests_stop():
+    if vectorize:
+      for group in vectorized.groups(points):
+        run_vectorized_group(group, workdir)
+    else:
+      for point in points if point_index is None else [points[point_index]]:
+        run_point(point, workdir, len(points))
   if point_index is None and jax.process_index() == 0:
     written = report.write_sweep_report(workdir)
     logging.info("Sweep report: %s", ", ".join(path for path in written if not path.endswith(".pdf")))
-    return os.path.join(workdir, "summary.md")
-  return None
+    with open(os.path.join(workdir, "summary.md")) as stream:
+      return stream.read()
+  return ""

@@ -1,117 +1,173 @@
-"""Teacher-logit cache: the teacher's eval-mode logits for a split, computed once, stored with what they depend on.
+"""Teacher caches: what a teacher computed for the training split, stored once, with what it was computed from.
 
-On disk (`<cache_dir>/`): `logits.npy` [N, C] float32, `index.npy` [N] int32 (the example `index` of each row) and
-`metadata.json`, written last: data set, split, size, data fingerprint (examples + preprocessing), teacher
-fingerprint (hash of its parameters), number of classes. A cache is used only if its metadata equals what the
-current run expects; otherwise it is rebuilt (with a warning naming the fields that differ).
+One format serves every kind (kd_jax/student_data.py chooses which): arrays with one row per example,
 
-Logits are joined to examples by their `index`, never by position: `lookup(indices)` returns the rows of exactly
-those examples, in the order asked, and fails loudly for an index the cache does not hold.
+  <cache_dir>/<name>.npy     [N, ...] per array: 'logits' [N, C] float32 (dense); 'values' [N, T, k] (float16,
+                             float32, or bfloat16 stored as its uint16 bit pattern), 'indices' [N, T, k] int32 and
+                             'tail_logsumexp' [N, T] float32 (top-k per target token); 'tokens' [N, T] int32 (the
+                             teacher's generations, sequence-level KD)
+  <cache_dir>/index.npy      [N] int32, the example `index` of each row, ascending
+  <cache_dir>/metadata.json  written last: the cache's kind, the data set, split, size and data fingerprint, the
+                             teacher's fingerprint (a hash of its parameters) and the kind's own fields
 
-In a multi-process run every process computes its share of the logits (and receives all of them); process 0 alone
-writes the files, and the others wait for it.
+A cache is used only when its metadata equals what the run expects (else it is rebuilt, with a warning naming the
+fields that differ); its arrays are written batch by batch into memory-mapped temporary files, renamed into place
+before the metadata, so a killed build leaves no usable half cache. Rows are joined to examples by their `index`,
+never by position: `lookup(indices)` returns the rows of exactly those examples, in the order asked, and fails loudly
+for an index the cache does not hold.
+
+In a multi-process run every process computes (the inference is data-parallel over all of them) and receives every
+row; process 0 alone writes the files, and the others wait for it, then read them.
 """
 
 import dataclasses
 import os
-from typing import Callable
+from typing import Callable, Iterator
 
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from kd_jax import distributed, files
+from kd_jax import config_paths, distributed, files, losses
+from kd_jax.data import Examples
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+KINDS = {"dense": ("logits",), "topk": ("values", "indices", "tail_logsumexp"), "generation": ("tokens",)}
 
 
 @dataclasses.dataclass(frozen=True)
-class TeacherLogitCache:
-  """Teacher logits by example index."""
-  index: np.ndarray  # [N] int, sorted ascending
-  logits: np.ndarray  # [N, C], row i belongs to example index[i]
+class ArrayCache:
+  """Arrays with one row per example, by example index."""
+  index: np.ndarray  # [N] int32, ascending
+  arrays: dict  # name -> [N, ...] (memory-mapped), row i belongs to example index[i]
   metadata: dict
 
-  def lookup(self, indices: np.ndarray) -> np.ndarray:
-    """Logits [len(indices), C] of the examples with these `index` values (any order, repeats allowed)."""
+  def lookup(self, indices: np.ndarray) -> dict:
+    """The rows of the examples with these `index` values (any order, repeats allowed), per array."""
     indices = np.asarray(indices)
-    rows = np.searchsorted(self.index, indices)
-    rows = np.minimum(rows, len(self.index) - 1)
+    rows = np.minimum(np.searchsorted(self.index, indices), len(self.index) - 1)
     missing = self.index[rows] != indices
     if missing.any():
-      raise KeyError(f"teacher-logit cache has no logits for example index {int(indices[missing][0])} "
+      raise KeyError(f"teacher cache has no row for example index {int(indices[missing][0])} "
                      f"({int(missing.sum())} missing); cache metadata: {self.metadata}")
-    return self.logits[rows]
+    return {name: np.asarray(array[rows]) for name, array in self.arrays.items()}
+
+  @property
+  def bytes_per_example(self) -> int:
+    return self.index.itemsize + sum(array.itemsize * int(np.prod(array.shape[1:])) for array in self.arrays.values())
 
 
-def join(examples: dict, cache: TeacherLogitCache) -> dict:
-  """`examples` plus `teacher_logits`, row by row looked up by each example's `index` (never by position)."""
-  return {**examples, "teacher_logits": cache.lookup(examples["index"])}
+def join(examples: Examples, cache: ArrayCache) -> Examples:
+  """`examples` with the cached teacher signal of each example, looked up by its `index` (never by position), as
+  `Examples.teacher`: the dense logits [N, C], or the top-k cache's losses.TopKLogits."""
+  rows = cache.lookup(examples.index)
+  if cache.metadata["format"] == "dense":
+    return examples.replace(teacher=rows["logits"])
+  assert cache.metadata["format"] == "topk", cache.metadata["format"]
+  return examples.replace(teacher=losses.TopKLogits(rows["values"], rows["indices"], rows["tail_logsumexp"]))
 
 
-def matching_metadata(cache_dir: str, expected_metadata: dict, what: str) -> dict | None:
-  """The metadata of the cache in `cache_dir` when it exists (it is written last) and equals `expected_metadata`;
-  else None, with a warning naming the fields that differ (`what`: the kind of cache, for the message)."""
+def expected_metadata(kind: str, *, data_name: str, split: str, data_fingerprint: str, size: int, num_classes: int,
+                      teacher_fingerprint: str, **kind_fields) -> dict:
+  """What a cache of kind `kind` (KINDS) must have been computed from: the data, the teacher, and the kind's own
+  fields (the top-k cache's k, value dtype and target length; the generation cache's token count)."""
+  assert kind in KINDS, kind
+  return {"format_version": FORMAT_VERSION, "format": kind, "data": data_name, "split": split,
+          "data_fingerprint": data_fingerprint, "size": int(size), "num_classes": int(num_classes),
+          "teacher_fingerprint": teacher_fingerprint, **files.as_json_value(kind_fields)}
+
+
+def _to_disk(array: np.ndarray) -> np.ndarray:
+  """bfloat16 has no .npy type: it is stored as its uint16 bit pattern."""
+  return array.view(np.uint16) if array.dtype == jnp.bfloat16 else array
+
+
+def _from_disk(name: str, array: np.ndarray, metadata: dict) -> np.ndarray:
+  return array.view(jnp.bfloat16) if name == "values" and metadata.get("dtype") == "bfloat16" else array
+
+
+def _matching_metadata(cache_dir: str, expected: dict) -> dict | None:
+  """The metadata of the cache in `cache_dir` when it exists (it is written last) and equals `expected`; else None,
+  with a warning naming the fields that differ."""
   metadata_path = os.path.join(cache_dir, "metadata.json")
   if not os.path.exists(metadata_path):
     return None
   metadata = files.read_json(metadata_path)
-  if metadata != expected_metadata:
-    differing = sorted(key for key in set(metadata) | set(expected_metadata)
-                       if metadata.get(key) != expected_metadata.get(key))
-    logging.warning("%s %s does not match this run (%s differ); rebuilding it.", what, cache_dir,
-                    ", ".join(f"{key}: {metadata.get(key)!r} != {expected_metadata.get(key)!r}" for key in differing))
+  differing = config_paths.differing(metadata, expected, missing_differs=True)
+  if differing:
+    logging.warning("Teacher cache %s does not match this run (%s differ); rebuilding it.", cache_dir,
+                    ", ".join(f"{key}: {config_paths.flatten(metadata).get(key)!r} != "
+                              f"{config_paths.flatten(expected).get(key)!r}" for key in differing))
     return None
   return metadata
 
 
-def load(cache_dir: str, expected_metadata: dict) -> TeacherLogitCache | None:
-  """The cache in `cache_dir` if it is complete and its metadata equals `expected_metadata`, else None."""
-  metadata = matching_metadata(cache_dir, expected_metadata, "Teacher-logit cache")
+def load(cache_dir: str, expected: dict) -> ArrayCache | None:
+  """The cache in `cache_dir` if it is complete and its metadata equals `expected`, else None."""
+  metadata = _matching_metadata(cache_dir, expected)
   if metadata is None:
     return None
   try:
-    index = np.load(os.path.join(cache_dir, "index.npy"), mmap_mode="r")
-    logits = np.load(os.path.join(cache_dir, "logits.npy"), mmap_mode="r")
+    index = np.load(os.path.join(cache_dir, "index.npy"))
+    arrays = {name: _from_disk(name, np.load(os.path.join(cache_dir, f"{name}.npy"), mmap_mode="r"), metadata)
+              for name in KINDS[metadata["format"]]}
   except (OSError, ValueError) as error:
-    logging.warning("Teacher-logit cache %s is unreadable (%s); rebuilding it.", cache_dir, error)
+    logging.warning("Teacher cache %s is unreadable (%s); rebuilding it.", cache_dir, error)
     return None
-  if index.shape != (metadata["size"],) or logits.shape != (metadata["size"], metadata["num_classes"]):
-    logging.warning("Teacher-logit cache %s holds arrays of shapes %s, %s, not what its metadata says; rebuilding it.",
-                    cache_dir, index.shape, logits.shape)
+  if index.shape != (metadata["size"],) or any(len(array) != metadata["size"] for array in arrays.values()):
+    logging.warning("Teacher cache %s holds arrays of other sizes than its metadata says; rebuilding it.", cache_dir)
     return None
-  return TeacherLogitCache(index=np.asarray(index), logits=logits, metadata=metadata)
+  return ArrayCache(index=index, arrays=arrays, metadata=metadata)
 
 
-def load_or_build(cache_dir: str, expected_metadata: dict, example_index: np.ndarray,
-                  compute_logits: Callable[[], np.ndarray]) -> tuple[TeacherLogitCache, bool]:
-  """Loads the matching cache, or computes `compute_logits()` (rows in `example_index` order) and stores it.
+def load_or_build(cache_dir: str, expected: dict, examples: Examples,
+                  compute_batches: Callable[[Examples], Iterator[tuple[dict, int]]]) -> tuple[ArrayCache, bool]:
+  """Loads the matching cache, or computes it batch by batch into memory-mapped files and stores it.
+
+  Args:
+    cache_dir: the cache's directory.
+    expected: `expected_metadata(...)`: what the arrays are computed from; written last.
+    examples: the examples whose rows are cached.
+    compute_batches: examples in ascending index order -> iterator of (outputs, num_real): a dict name -> [B, ...]
+      array per batch (every array of the kind) of which the first num_real rows are real, in order. Called on every
+      process.
 
   Returns:
-    (cache, built): built is True when the logits were computed in this call.
+    (cache, built): built is True when the arrays were computed in this call.
   """
-  cache = load(cache_dir, expected_metadata)
-  distributed.check_same_on_all_processes(cache is not None, f"whether the teacher-logit cache {cache_dir} is usable")
+  cache = load(cache_dir, expected)
+  distributed.check_same_on_all_processes(cache is not None, f"whether the teacher cache {cache_dir} is usable")
   if cache is not None:
     return cache, False
-  order = np.argsort(example_index, kind="stable")
-  index = np.asarray(example_index)[order].astype(np.int32)
+  order = np.argsort(examples.index, kind="stable")
+  index = np.asarray(examples.index)[order].astype(np.int32)
   assert np.all(np.diff(index) > 0), "example indices must be unique"
-  logits = np.asarray(compute_logits(), np.float32)[order]
-  assert logits.shape == (expected_metadata["size"], expected_metadata["num_classes"]), logits.shape
-  if distributed.is_main_process():
-    metadata_path = os.path.join(cache_dir, "metadata.json")
+  names = KINDS[expected["format"]]
+  writes = distributed.is_main_process()
+  metadata_path = os.path.join(cache_dir, "metadata.json")
+  temporary = {name: os.path.join(cache_dir, f".{name}.tmp.npy") for name in names}
+  if writes:
+    os.makedirs(cache_dir, exist_ok=True)
     if os.path.exists(metadata_path):
       os.remove(metadata_path)  # the arrays below are being replaced: never leave old metadata beside new arrays
+  arrays, start = {}, 0
+  for outputs, num_real in compute_batches(examples.select(order)):
+    for name in names if writes else ():
+      rows = _to_disk(np.asarray(outputs[name])[:num_real])
+      if name not in arrays:
+        arrays[name] = np.lib.format.open_memmap(temporary[name], mode="w+", dtype=rows.dtype,
+                                                 shape=(len(index),) + rows.shape[1:])
+      arrays[name][start:start + num_real] = rows
+    start += num_real
+  assert start == len(index), (start, len(index))
+  if writes:
+    for name in names:
+      arrays[name].flush()
+      del arrays[name]
+      os.replace(temporary[name], os.path.join(cache_dir, f"{name}.npy"))
     files.write_npy(os.path.join(cache_dir, "index.npy"), index)
-    files.write_npy(os.path.join(cache_dir, "logits.npy"), logits)
-    files.write_json(metadata_path, expected_metadata)
-  distributed.barrier(f"teacher-logit cache {cache_dir} written")
-  return TeacherLogitCache(index=index, logits=logits, metadata=expected_metadata), True
-
-
-def expected_metadata(*, data_name: str, split: str, data_fingerprint: str, size: int, num_classes: int,
-                      teacher_fingerprint: str) -> dict:
-  """What a cache of the teacher's logits for this split must have been computed from."""
-  return {"format_version": FORMAT_VERSION, "data": data_name, "split": split, "data_fingerprint": data_fingerprint,
-          "size": int(size), "num_classes": int(num_classes), "teacher_fingerprint": teacher_fingerprint,
-          "mode": "eval", "dtype": "float32"}
+    files.write_json(metadata_path, expected)
+  distributed.barrier(f"teacher cache {cache_dir} written")
+  cache = load(cache_dir, expected)
+  assert cache is not None, f"the cache just written to {cache_dir} does not load"
+  return cache, True

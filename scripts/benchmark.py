@@ -8,9 +8,9 @@ that compiles (compile times are reported separately), and each ratio is measure
 sides alternating, so that a change in machine load hits both alike. The keys:
 
 - kd_over_ce_step_time: a distillation step with cached teacher logits over a plain cross-entropy step, same
-  student and batch: the default config's MLP student on digits (batch 32), fused steps (kd_jax/fused.py).
+  student and batch: the default config's MLP student on digits (batch 32), fused steps (kd_jax/steps.py).
 - vectorized_sweep_speedup: 8 sweep points (4 temperatures x 2 seeds) of the default task (smoke teacher, already
-  trained; 10 epochs per student) run as the sweep runs them, point after point (train.train_and_evaluate: data,
+  trained; 10 epochs per student) run as the sweep runs them, point after point (train.run_group: data,
   teacher and cache loading, KD and hard-label students, evaluation, checkpoints, results.json), over the same
   points run by sweep.mode='vectorized' (kd_jax/vectorized.py); the report is not timed, and the points' metrics
   must agree (vectorized_sweep_end_to_end_max_metric_diff). vectorized_sweep_loop_speedup isolates the training
@@ -194,27 +194,27 @@ def matmul_peak(size: int, repeats: int) -> dict:
 
 
 class FusedTrainer:
-  """A student trained by kd_jax's fused loop (train.compile_train_chunk), from fixed initial parameters."""
+  """A student trained by kd_jax's fused chunks as the training loop runs them (steps.program), from fixed initial
+  parameters: with the distillation loss on examples carrying cached teacher logits, or with cross-entropy alone on
+  the same examples without them."""
 
-  def __init__(self, *, model, params, examples: dict, teacher_mode: str, distill_config, optim_config,
-               batch_size: int, num_steps: int, seed: int, max_steps: int = 100):
-    import jax  # pylint: disable=g-import-not-at-top
-    from kd_jax import fused, sharding, train  # pylint: disable=g-import-not-at-top
+  def __init__(self, *, model, params, examples, distills: bool, distill_config, optim_config, batch_size: int,
+               num_steps: int, seed: int, max_steps: int = 100):
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from kd_jax import losses, sharding  # pylint: disable=g-import-not-at-top
     self.mesh = sharding.make_mesh()
-    self.chunk = train.compile_train_chunk(
-        self.mesh, model=model, teacher_model=None, teacher_mode=teacher_mode, distill_config=distill_config,
-        device_resident=fused.data_bytes(examples) <= fused.DEVICE_DATA_MAX_BYTES)
-    self._initial_state = jax.device_get(train.create_train_state(model, params, optim_config, num_steps))
-    hard_only = teacher_mode == "none"
-    self._hyperparams = sharding.replicate(train.loss_hyperparams(distill_config, hard_labels_only=hard_only),
-                                           self.mesh)
-    self._rng = sharding.replicate(jax.random.PRNGKey(seed), self.mesh)
-    self._examples, self._batch_size, self._seed, self._max_steps = examples, batch_size, seed, max_steps
-    self._fused, self._sharding = fused, sharding
+    self._program_args = dict(
+        model=model, init_params=params, optim_config=optim_config, num_steps=num_steps,
+        loss=losses.DistillationLoss.from_config(distill_config, distills=distills),
+        examples=examples if distills else examples.replace(teacher=None), batch_size=batch_size, seed=seed,
+        mesh=self.mesh, train_config=ml_collections.ConfigDict(dict(steps_per_dispatch=max_steps,
+                                                                    device_data_max_mib=256)))
+    self._max_steps = max_steps
 
-  def feeder(self):
-    return self._fused.ChunkFeeder(self._examples, batch_size=self._batch_size, seed=self._seed, start_step=0,
-                                   max_steps=self._max_steps, mesh=self.mesh)
+  def program(self):
+    """A fresh program (its initial state; the compiled chunk is shared by every program of the process)."""
+    from kd_jax import steps  # pylint: disable=g-import-not-at-top
+    return steps.program(**self._program_args)
 
   def train(self, num_steps: int, staged_data=None):
     """Trains `num_steps` steps from the initial state in chunks of max_steps; returns the final state (synced).
@@ -223,18 +223,18 @@ class FusedTrainer:
     """
     import jax  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
-    state = self._sharding.replicate(self._initial_state, self.mesh)
-    feeder = self.feeder()
+    program = self.program()
+    state, feed = program.state, program.feed(0)
     step = 0
     while step < num_steps:
       length = min(self._max_steps, num_steps - step)
-      data = staged_data if staged_data is not None else feeder.next(length)
-      state, _ = self.chunk(state, None, self._hyperparams, self._rng, np.int32(length), *data)
+      data = staged_data if staged_data is not None else feed.next(length)
+      state, _ = program.chunk(state, np.int32(length), *data)
       step += length
     return jax.block_until_ready(state)
 
   def staged_data(self):
-    return self.feeder().next(self._max_steps)
+    return self.program().feed(0).next(self._max_steps)
 
 
 def default_task():
@@ -246,14 +246,14 @@ def default_task():
   config = default.get_config()
   config.train.num_devices = 1
   task = data.load_task(config)
-  logits = np.random.default_rng(0).normal(size=(len(task.train["index"]), task.num_classes)).astype(np.float32)
-  return config, task, {**task.train, "teacher_logits": logits}
+  logits = np.random.default_rng(0).normal(size=(len(task.train), task.num_classes)).astype(np.float32)
+  return config, task, task.train.replace(teacher=logits)
 
 
 def mlp_student(config, task, seed: int = 0):
   import jax  # pylint: disable=g-import-not-at-top
   from kd_jax import models  # pylint: disable=g-import-not-at-top
-  return models.create(config.student, num_classes=task.num_classes, example_inputs=task.train["inputs"][:1],
+  return models.create(config.student, num_classes=task.num_classes, example_inputs=task.train.inputs[:1],
                        rng=jax.random.PRNGKey(seed))
 
 
@@ -262,7 +262,7 @@ def kd_over_ce(quick: bool) -> dict:
   config, task, examples = default_task()
   model, params = mlp_student(config, task)
   num_steps = 1000 if quick else 3000
-  trainers = {mode: FusedTrainer(model=model, params=params, examples=examples, teacher_mode=mode,
+  trainers = {mode: FusedTrainer(model=model, params=params, examples=examples, distills=mode == "cached",
                                  distill_config=config.distill, optim_config=config.optim,
                                  batch_size=config.data.batch_size, num_steps=num_steps, seed=0)
               for mode in ("cached", "none")}
@@ -287,7 +287,7 @@ def stall_fraction(quick: bool) -> dict:
   config, task, examples = default_task()
   model, params = mlp_student(config, task)
   num_steps = 1000 if quick else 3000
-  trainer = FusedTrainer(model=model, params=params, examples=examples, teacher_mode="cached",
+  trainer = FusedTrainer(model=model, params=params, examples=examples, distills=True,
                          distill_config=config.distill, optim_config=config.optim,
                          batch_size=config.data.batch_size, num_steps=num_steps, seed=0)
   staged = trainer.staged_data()
@@ -308,52 +308,37 @@ def vectorized_speedup(quick: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from kd_jax import fused, sharding, train, vectorized  # pylint: disable=g-import-not-at-top
-  from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from kd_jax import losses, vectorized  # pylint: disable=g-import-not-at-top
   config, task, examples = default_task()
   num_steps = 390 if quick else 1170  # 10 / 30 epochs of the default task
   temperatures, seeds = (1.0, 2.0, 3.0, 4.0), (0, 1)
   points = [(temperature, seed) for temperature in temperatures for seed in seeds]
   init = {seed: mlp_student(config, task, seed) for seed in seeds}
   model = init[0][0]
+  max_steps = 100
 
   def distill(temperature):
     distill_config = ml_collections.ConfigDict(config.distill.to_dict())
     distill_config.temperature = temperature
     return distill_config
 
-  sequential = [FusedTrainer(model=model, params=init[seed][1], examples=examples, teacher_mode="cached",
+  sequential = [FusedTrainer(model=model, params=init[seed][1], examples=examples, distills=True,
                              distill_config=distill(temperature), optim_config=config.optim,
                              batch_size=config.data.batch_size, num_steps=num_steps, seed=seed)
                 for temperature, seed in points]
-  mesh = sharding.make_sweep_mesh(len(points), 1)
-  runs = [vectorized.PointRun(train.loss_hyperparams(distill(temperature)), config.optim.learning_rate, seed)
-          for temperature, seed in points]
-  tx = vectorized.points_optimizer(ml_collections.FrozenConfigDict(config.optim), num_steps)
-  states = [vectorized.point_state(model, init[run.seed][1], tx, run.learning_rate) for run in runs]
-  points_sharding = NamedSharding(mesh, P(sharding.SWEEP_AXIS))
-  initial = jax.device_get(jax.tree.map(lambda *values: np.stack(values), *states))
-  hyperparams = jax.device_put(jax.tree.map(lambda *v: np.stack(v), *[jax.device_get(r.hyperparams) for r in runs]),
-                               points_sharding)
-  rngs = jax.device_put(np.stack([jax.random.PRNGKey(run.seed) for run in runs]), points_sharding)
-  chunk = vectorized.compile_points_chunk(mesh, model, None, "cached", config.distill.divergence,
-                                          config.distill.t2_scaling, False)
-  device_examples = jax.device_put(examples, NamedSharding(mesh, P()))
-  rows_sharding = NamedSharding(mesh, P(None, sharding.SWEEP_AXIS, sharding.DATA_AXIS))
-  max_steps = 100
+  train_config = ml_collections.ConfigDict(dict(steps_per_dispatch=max_steps, num_devices=1))
 
   def train_together(steps):
-    state = jax.device_put(initial, points_sharding)
-    row_iterators = {seed: pipeline.train_rows(len(examples["index"]), batch_size=config.data.batch_size, seed=seed)
-                     for seed in seeds}
+    program = vectorized.program(
+        model=model, init_params={seed: params for seed, (_, params) in init.items()}, optim_config=config.optim,
+        num_steps=num_steps, losses_of_runs=[losses.DistillationLoss.from_config(distill(t)) for t, _ in points],
+        learning_rates=[config.optim.learning_rate] * len(points), seeds=[seed for _, seed in points],
+        examples=examples, batch_size=config.data.batch_size, train_config=train_config)
+    state, feed = program.state, program.feed(0)
     step = 0
     while step < steps:
       length = min(max_steps, steps - step)
-      rows = {seed: fused.next_rows(iterator, length, max_steps) for seed, iterator in row_iterators.items()}
-      rows = np.stack([rows[run.seed] for run in runs], axis=1).astype(np.int32)
-      state, _ = chunk(state, None, hyperparams, rngs, np.int32(length), device_examples,
-                       jax.device_put(rows, rows_sharding))
+      state, _ = program.chunk(state, np.int32(length), *feed.next(length))
       step += length
     return jax.block_until_ready(state)
 
@@ -386,7 +371,7 @@ def vectorized_speedup(quick: bool) -> dict:
 
 def vectorized_sweep_end_to_end(quick: bool) -> dict:
   """The same 8 points (4 temperatures x 2 seeds, 10 epochs each, the teacher already trained) as the sweep runs
-  them: point after point (train.train_and_evaluate each: data, teacher, cache, KD and hard-label students,
+  them: point after point (train.run_group each: data, teacher, cache, KD and hard-label students,
   evaluation, checkpoints, results.json) vs sweep.mode='vectorized' (one group); the report is not timed."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
@@ -399,8 +384,8 @@ def vectorized_sweep_end_to_end(quick: bool) -> dict:
   warm = sweep.expand(config, os.path.join(root, "warm-up"))
   config.teacher.workdir = warm[0].config.teacher.workdir
   sweep.run_point(warm[0], os.path.join(root, "warm-up"), 1)  # trains the teacher, compiles
-  vectorized.run_group(sweep.expand(config, os.path.join(root, "warm-up-vectorized")),
-                       os.path.join(root, "warm-up-vectorized"))  # compiles for 8 points
+  sweep.run_vectorized_group(sweep.expand(config, os.path.join(root, "warm-up-vectorized")),
+                             os.path.join(root, "warm-up-vectorized"))  # compiles for 8 points
   times = {"sequential": [], "vectorized": []}
   metrics = {}
   for repeat in range(2 if quick else 5):
@@ -413,7 +398,7 @@ def vectorized_sweep_end_to_end(quick: bool) -> dict:
           sweep.run_point(point, workdir, len(points))
       else:
         for group in vectorized.groups(points):
-          vectorized.run_group(group, workdir)
+          sweep.run_vectorized_group(group, workdir)
       times[mode].append(time.perf_counter() - start)
       metrics[mode] = [files.read_json(os.path.join(workdir, point.name, "results.json"))["metrics"]
                        for point in points]
@@ -443,11 +428,12 @@ def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: flo
   """kd_jax's DistilBERT-shaped KD training vs the PyTorch notebook loop, alternating; MFU of the kd_jax step."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
   model, params = distilbert_student()
   arrays = synthetic_text_batch(BATCH_SIZE)
-  examples = {"inputs": {"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]},
-              "label": arrays["label"], "index": np.arange(BATCH_SIZE, dtype=np.int32),
-              "teacher_logits": arrays["teacher_logits"]}
+  examples = data.Examples(inputs={"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]},
+                           label=arrays["label"], index=np.arange(BATCH_SIZE, dtype=np.int32),
+                           teacher=arrays["teacher_logits"])
   distill_config = ml_collections.ConfigDict(dict(temperature=TEMPERATURE, alpha=ALPHA, ce_weight=None,
                                                   kd_weight=None, label_smoothing=0.0, divergence="forward_kl",
                                                   t2_scaling=True, input_noise_std=0.0))
@@ -455,7 +441,7 @@ def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: flo
                                                 warmup_ratio=WARMUP_RATIO, grad_clip_norm=None))
   steps_per_round, rounds = (2, 7) if quick else (4, 9)
   total_steps = steps_per_round * (rounds + 1) + 1
-  trainers = {mode: FusedTrainer(model=model, params=params, examples=examples, teacher_mode=mode,
+  trainers = {mode: FusedTrainer(model=model, params=params, examples=examples, distills=mode == "cached",
                                  distill_config=distill_config, optim_config=optim_config, batch_size=BATCH_SIZE,
                                  num_steps=total_steps, seed=0, max_steps=steps_per_round)
               for mode in ("cached", "none")}
@@ -504,9 +490,9 @@ def cache_throughput(quick: bool) -> dict:
   config, task, _ = default_task()
   mesh = sharding.make_mesh()
   teacher, teacher_params = models.create(config.teacher, num_classes=task.num_classes,
-                                          example_inputs=task.train["inputs"][:1], rng=jax.random.PRNGKey(0))
+                                          example_inputs=task.train.inputs[:1], rng=jax.random.PRNGKey(0))
   teacher_params = sharding.replicate(teacher_params, mesh)
-  inputs = task.train["inputs"]
+  inputs = task.train.inputs
   predict = inference.make_predict_fn(teacher, mesh)
   run = lambda: inference.predict_logits(predict, teacher_params, inputs, batch_size=config.data.eval_batch_size,
                                          num_devices=1)

@@ -28,28 +28,27 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from kd_jax import checkpointing, data, losses, models, sharding  # pylint: disable=g-import-not-at-top
-  from kd_jax import train  # pylint: disable=g-import-not-at-top
+  from kd_jax import checkpointing, data, losses, models, sharding, steps, teacher  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   task = data.load_task(config)
-  batch = data.select(task.train, np.arange(FLAGS.batch_size))
+  batch = task.train.select(np.arange(FLAGS.batch_size))
   teacher_model, teacher_params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
-  teacher_params = train._restore_teacher_params(os.path.join(FLAGS.workdir, "teacher"), teacher_params,  # pylint: disable=protected-access
-                                                 sharding.make_mesh(1))
+  teacher_params = teacher.restore_params(os.path.join(FLAGS.workdir, "teacher"), teacher_params,
+                                         sharding.make_mesh(1))
   student_model, initial_params = models.create(config.student, num_classes=task.num_classes, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
   store = checkpointing.CheckpointStore(os.path.join(os.path.abspath(FLAGS.workdir), "checkpoints", "student"), 1)
-  trained = store.restore_latest(train.create_train_state(student_model, initial_params, config.optim, 1))
+  trained = store.restore_latest(steps.create_train_state(student_model, initial_params, config.optim, 1))
   last_step, trained_params = int(trained.step), trained.params
-  teacher_logits = teacher_model.apply({"params": teacher_params}, batch["inputs"], train=False).astype(jnp.float32)
-  weights = jnp.asarray(batch["token_weights"])
+  teacher_logits = teacher_model.apply({"params": teacher_params}, batch.inputs, train=False).astype(jnp.float32)
+  weights = jnp.asarray(batch.token_weights)
   vocab = teacher_logits.shape[-1]
   length = teacher_logits.shape[1]
   print(f"batch: {FLAGS.batch_size} examples, {int(weights.sum())} real target tokens of {length} positions, "
         f"vocabulary {vocab}, values stored as {config.distill.topk_dtype}")
   for student, params in (("untrained", initial_params), (f"distilled (step {last_step})", trained_params)):
-    student_logits = student_model.apply({"params": params}, batch["inputs"], train=False)
+    student_logits = student_model.apply({"params": params}, batch.inputs, train=False)
     for k in sorted({8, config.distill.topk, 64, vocab} & set(range(1, vocab + 1))):
       values, indices = jax.lax.top_k(teacher_logits, k)
       tail = jnp.put_along_axis(teacher_logits, indices, -jnp.inf, axis=-1, inplace=False)

@@ -12,16 +12,16 @@ def test_digits_split_is_deterministic_stratified_and_disjoint(smoke_config):
   smoke_config.data.labeled_fraction = 0.1
   task = data.load_task(smoke_config)
   again = data.load_task(smoke_config)
-  np.testing.assert_array_equal(task.train["index"], again.train["index"])
+  np.testing.assert_array_equal(task.train.index, again.train.index)
   assert task.fingerprint == again.fingerprint
-  assert len(task.train["index"]) + len(task.test["index"]) == 1797
-  assert not set(task.train["index"]) & set(task.test["index"])
-  labeled = task.train["label"] >= 0
+  assert len(task.train.index) + len(task.test.index) == 1797
+  assert not set(task.train.index) & set(task.test.index)
+  labeled = task.train.label >= 0
   assert abs(labeled.mean() - 0.1) < 0.01
   # Every class keeps about 10% of its training images labeled, and the test split keeps the class balance.
-  all_labels = np.concatenate([task.labeled_train["label"], task.test["label"]])
-  assert set(task.labeled_train["label"]) == set(range(10)) == set(all_labels)
-  test_share = np.bincount(task.test["label"]) / len(task.test["label"])
+  all_labels = np.concatenate([task.labeled_train.label, task.test.label])
+  assert set(task.labeled_train.label) == set(range(10)) == set(all_labels)
+  test_share = np.bincount(task.test.label) / len(task.test.label)
   assert np.all(np.abs(test_share - 0.1) < 0.02)
 
 
@@ -29,12 +29,12 @@ def test_split_seed_changes_the_split_and_fractions_shrink_it(smoke_config):
   task = data.load_task(smoke_config)
   smoke_config.data.split_seed = 1
   other = data.load_task(smoke_config)
-  assert set(task.test["index"]) != set(other.test["index"])
+  assert set(task.test.index) != set(other.test.index)
   assert task.fingerprint != other.fingerprint
   smoke_config.data.train_fraction = 0.5
   half = data.load_task(smoke_config)
-  assert abs(len(half.train["index"]) - len(other.train["index"]) / 2) <= 10
-  assert set(half.train["index"]) <= set(other.train["index"])
+  assert abs(len(half.train.index) - len(other.train.index) / 2) <= 10
+  assert set(half.train.index) <= set(other.train.index)
 
 
 def test_synthetic_tasks(smoke_config):
@@ -42,7 +42,7 @@ def test_synthetic_tasks(smoke_config):
     smoke_config.data.name = name
     task = data.load_task(smoke_config)
     assert task.num_classes == smoke_config.data.synthetic.num_classes
-    assert task.train["inputs"].shape[1] == smoke_config.data.synthetic.num_features
+    assert task.train.inputs.shape[1] == smoke_config.data.synthetic.num_features
 
 
 def make_examples(num_examples):

@@ -97,6 +97,7 @@ def test_launcher_stops_the_job_when_a_process_fails(tmp_path):
   assert time.time() - start < 30
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_one_process_results(tmp_path):
   """`multiprocess_local.sh 2 --config=configs/default.py:smoke` against `main.py` (both 1 CPU device a process).
 
@@ -153,6 +154,7 @@ def _process_pid(port: int, process_id: int) -> int | None:
   return None
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_the_whole_job_at_one_step_and_it_resumes(tmp_path):
   """SIGTERM reaches process 1 only: both processes stop after the same step with one checkpoint, exit 143, and the
   rerun of the same launch resumes there (without the agreement, process 0 would wait in a collective forever)."""

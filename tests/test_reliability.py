@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from kd_jax import inference, preemption, train
+from kd_jax import inference, loop, preemption
 from kd_jax.errors import NonFiniteError
 from tests.conftest import REPO_ROOT, run_main
 from tests.test_config_validation import INVALID
@@ -62,6 +62,7 @@ def interrupt_when(workdir, checkpoint_dir, min_step, sig):
   return process.returncode, stderr
 
 
+@pytest.mark.slow
 def test_sigkill_during_student_then_rerun_gives_the_same_result(reference_run, tmp_path):
   _, reference = reference_run
   returncode, _ = interrupt_when(str(tmp_path), "checkpoints/student", 300, signal.SIGKILL)
@@ -74,6 +75,7 @@ def test_sigkill_during_student_then_rerun_gives_the_same_result(reference_run, 
   assert_same_metrics(results, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase_dir", ["teacher/checkpoints", "checkpoints/student_hard"])
 def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(reference_run, tmp_path, phase_dir):
   _, reference = reference_run
@@ -92,6 +94,7 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(reference_run, tmp_pat
   assert_same_metrics(results, reference)
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_is_skipped_for_the_previous_one(reference_run, tmp_path):
   reference_dir, reference = reference_run
   workdir = tmp_path / "run"
@@ -108,6 +111,7 @@ def test_damaged_newest_checkpoint_is_skipped_for_the_previous_one(reference_run
   assert_same_metrics(results, reference)
 
 
+@pytest.mark.slow
 def test_damaged_teacher_cache_is_rebuilt(reference_run, tmp_path):
   reference_dir, reference = reference_run
   workdir = tmp_path / "run"
@@ -122,6 +126,7 @@ def test_damaged_teacher_cache_is_rebuilt(reference_run, tmp_path):
   assert_same_metrics(results, reference)
 
 
+@pytest.mark.slow
 def test_nan_stops_training_names_step_and_term_and_keeps_good_checkpoints(reference_run, tmp_path):
   reference_dir, _ = reference_run
   result = run_main(*RUN_ARGS, f"--workdir={tmp_path}", f"--config.teacher.init={reference_dir}/teacher",
@@ -136,6 +141,7 @@ def test_nan_stops_training_names_step_and_term_and_keeps_good_checkpoints(refer
   assert not (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
 def test_same_config_twice_gives_identical_metrics(reference_run, tmp_path):
   _, reference = reference_run
   result = run_main(*RUN_ARGS, f"--workdir={tmp_path}")
@@ -143,6 +149,7 @@ def test_same_config_twice_gives_identical_metrics(reference_run, tmp_path):
   assert_same_metrics(read_results(tmp_path), reference)
 
 
+@pytest.mark.slow
 def test_workdir_of_another_config_is_refused_unless_overwrite(reference_run, tmp_path):
   reference_dir, _ = reference_run
   workdir = tmp_path / "run"
@@ -168,6 +175,7 @@ def test_preemption_during_inference_stops_cleanly():
       inference.predict_logits(lambda params, inputs: inputs, None, np.zeros((10, 2)), batch_size=4, num_devices=1)
 
 
+@pytest.mark.slow
 def test_main_rejects_invalid_configs_with_exit_2_one_line_and_empty_workdir(tmp_path):
   """Every case of the validation table, through main.py (on 1 device), 3 processes at a time."""
   # main.py runs on 1 device: rules about the 8 test devices don't apply there.
@@ -190,6 +198,7 @@ def test_main_rejects_invalid_configs_with_exit_2_one_line_and_empty_workdir(tmp
   assert not failures, "\n".join(failures)
 
 
+@pytest.mark.slow
 def test_two_sweep_index_processes_share_one_workdir_and_teacher(tmp_path):
   """Points 0 and 2 of the smoke temperature sweep (same teacher) run as two processes at once."""
   workdir = tmp_path / "W"
@@ -230,10 +239,10 @@ def test_non_finite_metrics_name_the_step_term_and_stacked_run():
   unchecked = [(20, 3, stacked)]
   with pytest.raises(NonFiniteError, match=r"^student of T=2: non-finite loss=nan at step 22; training stopped, "
                                            r"last good checkpoint: step 20 in /runs/x/checkpoints/student;"):
-    train.fetch_finite_metrics("student", unchecked, _Store(), run_names=["T=1", "T=2"])
+    loop.fetch_finite_metrics("student", unchecked, _Store(), run_names=["T=1", "T=2"])
   first_run = [(20, 3, {name: values[:, 0] for name, values in stacked.items()})]
-  fetched = train.fetch_finite_metrics("student", first_run, _Store())
+  fetched = loop.fetch_finite_metrics("student", first_run, _Store())
   assert [float(step_metrics["loss"]) for step_metrics in fetched] == [0.5, 0.3, 0.2]
   with pytest.raises(NonFiniteError, match=r"^student: non-finite loss=nan at step 22;"):
-    train.fetch_finite_metrics("student", [(20, 3, {name: values[:, 1] for name, values in stacked.items()})],
+    loop.fetch_finite_metrics("student", [(20, 3, {name: values[:, 1] for name, values in stacked.items()})],
                                _Store())

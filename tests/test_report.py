@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from kd_jax import files, report, stats
+from kd_jax import files, report, results, stats
 from tests.conftest import REPO_ROOT
 
 TEMPERATURES = (1.0, 2.0, 3.0)
@@ -49,14 +49,14 @@ def write_point(workdir: str, name: str, kd: float, hard: float | None, teacher:
         stream.write(json.dumps({"phase": phase, "step": step, "test/accuracy": final * step / 100}) + "\n")
 
 
-def write_sweep_json(workdir: str, factors: list[report.Factor], seeds: int, metric: str = "accuracy") -> list[dict]:
+def write_sweep_json(workdir: str, factors: list[results.Factor], seeds: int, metric: str = "accuracy") -> list[dict]:
   points = []
   for value_indices in itertools.product(*(range(len(factor.values)) for factor in factors)):
     for seed in range(seeds):
       name = ",".join(f"{factor.label}={factor.value_label(i)}" for factor, i in zip(factors, value_indices))
       points.append({"index": len(points), "name": f"{name},seed={seed}", "value_indices": list(value_indices),
                      "seed": seed})
-  files.write_json(os.path.join(workdir, report.SWEEP_FILE), {
+  files.write_json(os.path.join(workdir, results.SWEEP_FILE), {
       "factors": [factor.to_json() for factor in factors], "seeds": seeds, "selection_metric": metric,
       "points": points})
   return points
@@ -66,7 +66,7 @@ def write_sweep_json(workdir: str, factors: list[report.Factor], seeds: int, met
 def temperature_sweep(tmp_path):
   """3 temperatures x 3 seeds, every point finished, with the accuracies above."""
   workdir = str(tmp_path / "sweep")
-  factor = report.Factor(("distill.temperature",), tuple((t,) for t in TEMPERATURES))
+  factor = results.Factor(("distill.temperature",), tuple((t,) for t in TEMPERATURES))
   for point in write_sweep_json(workdir, [factor], seeds=3):
     temperature = TEMPERATURES[point["value_indices"][0]]
     write_point(workdir, point["name"], KD_ACCURACY[temperature][point["seed"]], HARD_ACCURACY[point["seed"]],
@@ -111,7 +111,7 @@ def test_paired_difference_against_hand_computation():
 
 
 def test_groups_statistics_and_best_value(temperature_sweep):
-  sweep = report.load_sweep(temperature_sweep)
+  sweep = results.load_sweep(temperature_sweep)
   assert len(sweep.runs) == 9 and sweep.num_points == 9
   groups = sweep.groups()
   assert [group.value_indices for group in groups] == [(0,), (1,), (2,)]
@@ -123,9 +123,9 @@ def test_groups_statistics_and_best_value(temperature_sweep):
     expected = [kd - hard for kd, hard in zip(KD_ACCURACY[temperature], HARD_ACCURACY)]
     assert difference.mean == pytest.approx(statistics.mean(expected))
     assert difference.std == pytest.approx(statistics.stdev(expected))
-  best = report.best_group(groups, "accuracy")
+  best = results.best_group(groups, "accuracy")
   assert sweep.group_label(best) == "distill.temperature=2"
-  assert sweep.group_label(report.best_group(groups, "nll")) == "distill.temperature=2"  # nll = 1 - accuracy here
+  assert sweep.group_label(results.best_group(groups, "nll")) == "distill.temperature=2"  # nll = 1 - accuracy here
 
 
 @pytest.mark.parametrize("means, phrase", [
@@ -141,7 +141,7 @@ def test_trend_phrase(means, phrase):
 
 
 def test_summary_findings_and_tables(temperature_sweep):
-  text = report.summary_markdown(report.load_sweep(temperature_sweep))
+  text = report.summary_markdown(results.load_sweep(temperature_sweep))
   assert "3 of 3" not in text and "9 of 9 points finished" in text
   # KD: 91.00, 95.00, 81.00 (%); best T=2: +8.67 points over hard labels (paired: +10, +8, +8).
   assert ("- KD-student accuracy rises with distill.temperature up to 2, then falls (1: 91.00%, 2: 95.00%, "
@@ -160,11 +160,11 @@ def test_summary_findings_and_tables(temperature_sweep):
 
 def test_partial_sweep_and_missing_baseline(tmp_path):
   workdir = str(tmp_path / "partial")
-  factor = report.Factor(("student.hidden_sizes",), (((8,),), ((64, 64),)))
+  factor = results.Factor(("student.hidden_sizes",), (((8,),), ((64, 64),)))
   points = write_sweep_json(workdir, [factor], seeds=2)
   write_point(workdir, points[0]["name"], 0.8, None, 0.9, num_labeled=10)
   write_point(workdir, points[2]["name"], 0.85, None, 0.9, num_labeled=20)
-  sweep = report.load_sweep(workdir)
+  sweep = results.load_sweep(workdir)
   assert sweep.factors[0].value_label(1) == "64x64" and not sweep.factors[0].numeric
   text = report.summary_markdown(sweep)
   assert "2 of 4 points finished" in text
@@ -192,8 +192,8 @@ def test_written_report_csv_and_plots(temperature_sweep):
 
 def test_two_factor_report_has_heatmap(tmp_path):
   workdir = str(tmp_path / "grid")
-  factors = [report.Factor(("distill.temperature",), ((1.0,), (4.0,))),
-             report.Factor(("distill.alpha",), ((0.5,), (0.9,)))]
+  factors = [results.Factor(("distill.temperature",), ((1.0,), (4.0,))),
+             results.Factor(("distill.alpha",), ((0.5,), (0.9,)))]
   for point in write_sweep_json(workdir, factors, seeds=2):
     i, j = point["value_indices"]
     write_point(workdir, point["name"], 0.8 + 0.05 * i + 0.02 * j + 0.01 * point["seed"], 0.8 + 0.03 * i, 0.95)
@@ -211,7 +211,7 @@ def test_two_factor_report_has_heatmap(tmp_path):
 def test_report_command_line(tmp_path):
   """scripts/report.sh on a sweep none of whose points has finished yet, and on a directory that is no sweep."""
   workdir = str(tmp_path / "started")
-  write_sweep_json(workdir, [report.Factor(("distill.alpha",), ((0.0,), (0.5,)))], seeds=1)
+  write_sweep_json(workdir, [results.Factor(("distill.alpha",), ((0.0,), (0.5,)))], seeds=1)
   done = subprocess.run([str(REPO_ROOT / "scripts" / "report.sh"), workdir], capture_output=True, text=True,
                         check=False, env=dict(os.environ, PYTHON=sys.executable))
   assert done.returncode == 0, done.stderr

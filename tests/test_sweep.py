@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from kd_jax import config_validation, files, report, sweep
+from kd_jax import config_validation, files, results, schema, sweep
 from kd_jax.errors import ConfigError, UserError
 from tests.conftest import load_config, run_main
 
@@ -32,7 +32,7 @@ def test_grid_is_a_product_with_seeds_innermost(tmp_path):
   assert [p.index for p in points] == list(range(8))
   assert points[5].value_indices == (1, 0) and points[5].assignments == {"distill.temperature": 2.0,
                                                                          "distill.alpha": 0.5}
-  single_run = config_validation.schema().sweep.to_dict()
+  single_run = schema.default_config().sweep.to_dict()
   for point in points:
     assert point.config.sweep.to_dict() == single_run and not sweep.is_sweep(point.config)
     config_validation.validate(point.config)
@@ -65,7 +65,7 @@ def test_seeds_only_sweep(tmp_path):
     (2.0, "2"), (0.5, "0.5"), (1e-05, "1e-05"), (3, "3"), (True, "True"), (None, "None"), ((64, 64), "64x64"),
     ((32,), "32"), ((), "()"), ("google/flan-t5-small", "google_flan-t5-small"), ("forward_kl", "forward_kl")])
 def test_value_names(value, text):
-  assert report.format_value(value) == text
+  assert results.format_value(value) == text
 
 
 def test_teacher_directories_follow_what_the_teacher_depends_on(tmp_path):
@@ -186,6 +186,7 @@ def smoke_sweep(tmp_path_factory):
   return workdir, time.time() - start, done.stdout
 
 
+@pytest.mark.slow
 def test_smoke_sweep_writes_points_and_report(smoke_sweep):
   workdir, _, stdout = smoke_sweep
   with open(os.path.join(workdir, "results.csv")) as stream:
@@ -208,6 +209,7 @@ def test_smoke_sweep_writes_points_and_report(smoke_sweep):
   assert [r["teacher_cache"]["built"] for r in results] == [True, False, False, False]
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_points_and_resumes_an_unfinished_one(smoke_sweep):
   workdir, first_run_s, _ = smoke_sweep
   names = [point["name"] for point in files.read_json(os.path.join(workdir, "sweep.json"))["points"]]

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import data, losses, metrics, models, seq2seq, seq2seq_cache, sharding, teacher_cache, train
-from kd_jax.data import esnli, pipeline, text
+from kd_jax import (data, evaluation, losses, metrics, models, seq2seq, sharding, steps, student_data, teacher,
+                    teacher_cache, train)
+from kd_jax.data import Examples, esnli, pipeline, text
 from kd_jax.errors import UserError
 from tests.conftest import REPO_ROOT, load_config, run_main
 
@@ -38,28 +39,33 @@ def test_two_tokenizers_and_the_index_join_canary(sst2_task, tmp_path):
   student_tokenizer = text.load_tokenizer(config.student.checkpoint, "student.checkpoint")
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
   train_split = sst2_task.train
-  assert not np.array_equal(train_split["inputs"]["input_ids"][:, :5], train_split["teacher_inputs"]["input_ids"][:, :5])
+  assert not np.array_equal(train_split.inputs["input_ids"][:, :5], train_split.teacher_inputs["input_ids"][:, :5])
   decode = lambda tokenizer, ids: squeezed(tokenizer.batch_decode(ids, skip_special_tokens=True))
-  teacher_texts = decode(teacher_tokenizer, train_split["teacher_inputs"]["input_ids"])
-  assert teacher_texts == decode(student_tokenizer, train_split["inputs"]["input_ids"])
-  metadata = teacher_cache.expected_metadata(data_name="sst2", split="train", data_fingerprint=sst2_task.fingerprint,
-                                             size=len(teacher_texts), num_classes=2, teacher_fingerprint="t")
-  # The cache is computed in the teacher's order (its own tokens), then shuffled batches of student tokens join it.
-  cache, _ = teacher_cache.load_or_build(str(tmp_path), metadata, train_split["index"],
-                                         lambda: text_encoding_logits(teacher_texts))
+  teacher_texts = decode(teacher_tokenizer, train_split.teacher_inputs["input_ids"])
+  assert teacher_texts == decode(student_tokenizer, train_split.inputs["input_ids"])
+  metadata = teacher_cache.expected_metadata("dense", data_name="sst2", split="train",
+                                             data_fingerprint=sst2_task.fingerprint, size=len(teacher_texts),
+                                             num_classes=2, teacher_fingerprint="t", dtype="float32")
+
+  def teacher_on_its_own_tokens(examples):  # the cache's order (by index), the teacher's tokens
+    texts = decode(teacher_tokenizer, examples.teacher_view().inputs["input_ids"])
+    yield {"logits": text_encoding_logits(texts)}, len(texts)
+
+  cache, _ = teacher_cache.load_or_build(str(tmp_path), metadata, train_split, teacher_on_its_own_tokens)
+  # Shuffled batches of student tokens join it.
   batches = pipeline.train_batches(teacher_cache.join(train_split, cache), batch_size=16, seed=3)
   for _ in range(12):
     batch = next(batches)
-    np.testing.assert_array_equal(batch["teacher_logits"],
-                                  text_encoding_logits(decode(student_tokenizer, batch["inputs"]["input_ids"])))
+    np.testing.assert_array_equal(batch.teacher,
+                                  text_encoding_logits(decode(student_tokenizer, batch.inputs["input_ids"])))
 
 
 def test_sst2_task_from_the_saved_dataset(sst2_task):
   assert sst2_task.num_classes == 2 and sst2_task.seq2seq is None
-  assert len(sst2_task.train["index"]) == 160 and len(sst2_task.test["index"]) == 48
-  assert not set(sst2_task.train["index"]) & set(sst2_task.test["index"])
+  assert len(sst2_task.train.index) == 160 and len(sst2_task.test.index) == 48
+  assert not set(sst2_task.train.index) & set(sst2_task.test.index)
   for split in (sst2_task.train, sst2_task.test):
-    for inputs in (split["inputs"], split["teacher_inputs"]):
+    for inputs in (split.inputs, split.teacher_inputs):
       assert inputs["input_ids"].dtype == np.int32 and inputs["input_ids"].shape == inputs["attention_mask"].shape
       assert inputs["input_ids"].shape[1] <= 64
 
@@ -76,7 +82,7 @@ def test_local_files_give_the_saved_dataset(sst2_task, tmp_path, extension):
   config.data.source, config.data.path = "files", str(tmp_path)
   task = data.load_task(config)
   assert task.fingerprint == sst2_task.fingerprint
-  np.testing.assert_array_equal(task.train["inputs"]["input_ids"], sst2_task.train["inputs"]["input_ids"])
+  np.testing.assert_array_equal(task.train.inputs["input_ids"], sst2_task.train.inputs["input_ids"])
 
 
 def test_tfds_source_with_mock_data():
@@ -156,12 +162,17 @@ def random_topk(logits: np.ndarray, k: int) -> losses.TopKLogits:
   return losses.TopKLogits(values, indices, jax.nn.logsumexp(tail, axis=-1))
 
 
-def numpy_topk_forward_kl(student: np.ndarray, teacher: np.ndarray, k: int, temperature: float) -> np.ndarray:
-  """The (k + 1)-bin forward KL of losses.topk_divergence, computed independently in float64."""
+def numpy_topk_divergence(student: np.ndarray, teacher: np.ndarray, k: int, temperature: float,
+                          kind: str = "forward_kl") -> np.ndarray:
+  """The (k + 1)-bin divergence of losses.topk_divergence, computed independently in float64: the teacher's k
+  largest logits and a flat tail holding its exact tail mass at T = 1, the student's exact bins (mse: the k logits)."""
   student, teacher = student.astype(np.float64), teacher.astype(np.float64)
   vocab = teacher.shape[-1]
   order = np.argsort(-teacher, axis=-1)[..., :k]
   top_t = np.take_along_axis(teacher, order, -1)
+  if kind == "mse":
+    top_s = np.take_along_axis(student, order, -1)
+    return temperature**2 * ((top_s / temperature - top_t / temperature) ** 2).mean(-1)
   tail_mass_t1 = np.exp(teacher).sum(-1) - np.exp(top_t).sum(-1)  # at T = 1
   flat_tail_logit = np.log(tail_mass_t1 / (vocab - k))
   t_bins = np.concatenate([top_t / temperature, (np.log(vocab - k) + flat_tail_logit / temperature)[..., None]], -1)
@@ -171,7 +182,15 @@ def numpy_topk_forward_kl(student: np.ndarray, teacher: np.ndarray, k: int, temp
   p_t = np.exp(t_bins - t_bins.max(-1, keepdims=True))
   p_t /= p_t.sum(-1, keepdims=True)
   p_s = s_bins / s_bins.sum(-1, keepdims=True)
-  return temperature**2 * (p_t * (np.log(p_t) - np.log(p_s))).sum(-1)
+  kl = lambda p, q: (p * (np.log(p) - np.log(q))).sum(-1)
+  if kind == "forward_kl":
+    value = kl(p_t, p_s)
+  elif kind == "reverse_kl":
+    value = kl(p_s, p_t)
+  else:
+    m = (p_t + p_s) / 2
+    value = (kl(p_t, m) + kl(p_s, m)) / 2
+  return temperature**2 * value
 
 
 def test_topk_loss_vs_dense_and_numpy():
@@ -184,15 +203,14 @@ def test_topk_loss_vs_dense_and_numpy():
       dense = losses.divergence(student, teacher, temperature, kind)
       np.testing.assert_allclose(losses.topk_divergence(student, random_topk(teacher, vocab), temperature, kind),
                                  dense, rtol=1e-5, atol=1e-5, err_msg=f"{kind} T={temperature}")
+      for k in (1, 8, 32):
+        np.testing.assert_allclose(losses.topk_divergence(student, random_topk(teacher, k), temperature, kind),
+                                   numpy_topk_divergence(student, teacher, k, temperature, kind), rtol=1e-4,
+                                   atol=1e-5, err_msg=f"{kind} k={k} T={temperature}")
   for k in (1, 8, 32):
-    for temperature in (1.0, 2.0, 4.0):
-      np.testing.assert_allclose(losses.topk_divergence(student, random_topk(teacher, k), temperature),
-                                 numpy_topk_forward_kl(student, teacher, k, temperature), rtol=1e-4, atol=1e-5)
     # Coarse-graining never increases the KL (exact teacher tail at T = 1).
     assert np.all(losses.topk_divergence(student, random_topk(teacher, k), 1.0) <=
                   losses.divergence(student, teacher, 1.0) + 1e-5)
-  gradient = jax.grad(lambda z: losses.topk_divergence(z, random_topk(teacher, 8), 2.0).sum())(jnp.asarray(student))
-  assert np.all(np.isfinite(gradient))
   weights = np.ones((3, 5), np.float32)
   labels = rng.integers(0, vocab, size=(3, 5)).astype(np.int32)
   loss_weights = losses.LossWeights(1.0, 0.5)
@@ -203,30 +221,51 @@ def test_topk_loss_vs_dense_and_numpy():
       rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", losses.DIVERGENCES)
+def test_topk_loss_gradient_matches_numpy_finite_differences(kind):
+  """d/dz_s of the top-k divergence (k < V, T = 2) against central differences of the float64 NumPy reference."""
+  rng = np.random.default_rng(1)
+  vocab, k, temperature = 12, 4, 2.0
+  student = rng.normal(size=(2, vocab)) * 2
+  teacher = rng.normal(size=(2, vocab)).astype(np.float32) * 3
+  gradient = jax.grad(lambda z: losses.topk_divergence(z, random_topk(teacher, k), temperature, kind).sum())(
+      jnp.asarray(student, jnp.float32))
+  step = 1e-5
+  expected = np.zeros_like(student)
+  for index in np.ndindex(*student.shape):
+    shift = np.zeros_like(student)
+    shift[index] = step
+    expected[index] = (numpy_topk_divergence(student + shift, teacher, k, temperature, kind).sum()
+                       - numpy_topk_divergence(student - shift, teacher, k, temperature, kind).sum()) / (2 * step)
+  np.testing.assert_allclose(gradient, expected, rtol=1e-3, atol=2e-5)
+  if kind != "mse":  # the tail tokens get gradient too: the student's tail bin sums them
+    tail = np.take_along_axis(np.asarray(gradient), np.argsort(-teacher, axis=-1)[:, k:], axis=-1)
+    assert np.abs(tail).max() > 1e-4
+
+
 @pytest.mark.parametrize("values_dtype", ["float16", "bfloat16"])
 def test_topk_cache_round_trip(tmp_path, values_dtype):
   rng = np.random.default_rng(1)
   num_examples, length, vocab, k = 12, 4, 30, 5
   index = rng.permutation(np.arange(num_examples) * 3 + 1).astype(np.int32)
   logits_of = lambda idx: np.stack([np.random.default_rng(int(i)).normal(size=(length, vocab)) for i in idx]) * 4
-  examples = {"index": index, "inputs": {"input_ids": index[:, None] * np.ones((1, 2), np.int32)}}
+  examples = Examples(index=index, inputs={"input_ids": index[:, None] * np.ones((1, 2), np.int32)},
+                      label=np.zeros((num_examples, length), np.int32))
   calls = []
 
   def compute(sorted_examples):
     calls.append(1)
     for start in range(0, num_examples, 5):
-      ids = sorted_examples["inputs"]["input_ids"][start:start + 5, 0]
+      ids = sorted_examples.inputs["input_ids"][start:start + 5, 0]
       topk = random_topk(logits_of(ids).astype(np.float32), k)
       yield {"values": np.asarray(topk.values.astype(values_dtype)), "indices": np.asarray(topk.indices),
              "tail_logsumexp": np.asarray(topk.tail_logsumexp)}, len(ids)
 
-  metadata = seq2seq_cache.topk_metadata(
-      teacher_cache.expected_metadata(data_name="esnli", split="train", data_fingerprint="f", size=num_examples,
-                                      num_classes=vocab, teacher_fingerprint="t"),
-      k=k, values_dtype=values_dtype, target_length=length)
-  cache, built = seq2seq_cache.load_or_build(str(tmp_path), metadata, examples, seq2seq_cache.TOPK_ARRAYS, compute)
-  again, built_again = seq2seq_cache.load_or_build(str(tmp_path), metadata, examples, seq2seq_cache.TOPK_ARRAYS,
-                                                   compute)
+  metadata = teacher_cache.expected_metadata("topk", data_name="esnli", split="train", data_fingerprint="f",
+                                             size=num_examples, num_classes=vocab, teacher_fingerprint="t", k=k,
+                                             dtype=values_dtype, target_length=length)
+  cache, built = teacher_cache.load_or_build(str(tmp_path), metadata, examples, compute)
+  again, built_again = teacher_cache.load_or_build(str(tmp_path), metadata, examples, compute)
   assert built and not built_again and len(calls) == 1
   assert str(again.arrays["values"].dtype) == values_dtype
   assert again.bytes_per_example == length * (k * (2 + 4) + 4) + 4
@@ -237,14 +276,14 @@ def test_topk_cache_round_trip(tmp_path, values_dtype):
   np.testing.assert_allclose(rows["values"].astype(np.float32), expected.values, rtol=1e-2 if values_dtype ==
                              "bfloat16" else 1e-3)
   np.testing.assert_allclose(rows["tail_logsumexp"], expected.tail_logsumexp, rtol=1e-6)
-  joined = seq2seq_cache.join_topk(examples, again)
+  joined = teacher_cache.join(examples, again)
   batch = next(pipeline.train_batches(joined, batch_size=4, seed=0))
-  topk = seq2seq_cache.topk_logits(batch)
-  np.testing.assert_array_equal(topk.indices, random_topk(logits_of(batch["index"]).astype(np.float32), k).indices)
+  np.testing.assert_array_equal(batch.teacher.indices,
+                                random_topk(logits_of(batch.index).astype(np.float32), k).indices)
   with pytest.raises(KeyError, match="no row for example index 2"):
     again.lookup(np.array([1, 2]))
-  _, rebuilt = seq2seq_cache.load_or_build(str(tmp_path), {**metadata, "teacher_fingerprint": "other"}, examples,
-                                           seq2seq_cache.TOPK_ARRAYS, compute)
+  _, rebuilt = teacher_cache.load_or_build(str(tmp_path), {**metadata, "teacher_fingerprint": "other"}, examples,
+                                           compute)
   assert rebuilt and len(calls) == 2
 
 
@@ -256,17 +295,17 @@ def esnli_task():
 def test_esnli_task_format(esnli_task):
   info, train_split = esnli_task.seq2seq, esnli_task.train
   assert esnli_task.num_classes == 3
-  labels, weights = train_split["label"], train_split["token_weights"]
+  labels, weights = train_split.label, train_split.token_weights
   np.testing.assert_array_equal(labels >= 0, weights > 0)
   decoded = info.tokenizer.batch_decode(np.where(labels >= 0, labels, 0), skip_special_tokens=True)
-  assert decoded[0].startswith(esnli.LABEL_NAMES[train_split["class_label"][0]] + " explanation:")
-  assert [esnli.parse_output(t)[0] for t in decoded] == train_split["class_label"].tolist()
-  np.testing.assert_array_equal(train_split["inputs"]["decoder_input_ids"][:, 0], info.decoder_start_token_id)
-  np.testing.assert_array_equal(train_split["inputs"]["decoder_input_ids"][:, 1:][weights[:, 1:] > 0],
+  assert decoded[0].startswith(esnli.LABEL_NAMES[train_split.class_label[0]] + " explanation:")
+  assert [esnli.parse_output(t)[0] for t in decoded] == train_split.class_label.tolist()
+  np.testing.assert_array_equal(train_split.inputs["decoder_input_ids"][:, 0], info.decoder_start_token_id)
+  np.testing.assert_array_equal(train_split.inputs["decoder_input_ids"][:, 1:][weights[:, 1:] > 0],
                                 labels[:, :-1][weights[:, 1:] > 0])
-  sources = info.tokenizer.batch_decode(train_split["inputs"]["input_ids"][:2], skip_special_tokens=True)
+  sources = info.tokenizer.batch_decode(train_split.inputs["input_ids"][:2], skip_special_tokens=True)
   assert sources[0].startswith("premise: ") and " hypothesis: " in sources[0]
-  assert len(info.references) == len(esnli_task.test["index"])
+  assert len(info.references) == len(esnli_task.test.index)
 
 
 def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnli_task, tmp_path):
@@ -278,20 +317,21 @@ def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnl
                                                 rng=jax.random.PRNGKey(0))
   teacher_model, teacher_params = models.create(config.teacher, num_classes=3, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
-  cache, stats = seq2seq.build_topk_cache(config, esnli_task, teacher_model, teacher_params, mesh, str(tmp_path))
-  assert stats["k"] == teacher_model.module.dims.vocab_size == 120
-  examples = data.select(seq2seq_cache.join_topk(esnli_task.train, cache), np.arange(16))
-  batch = sharding.shard_batch(examples, mesh)
+  the_teacher = teacher.Teacher(teacher_model, sharding.replicate(teacher_params, mesh), str(tmp_path))
+  cached = student_data.prepare(config, esnli_task, the_teacher, mesh)
+  assert cached.results["teacher_cache"]["k"] == teacher_model.module.dims.vocab_size == 120
+  assert cached.online_teacher is None and isinstance(cached.examples.teacher, losses.TopKLogits)
+  loss = sharding.replicate(losses.DistillationLoss.from_config(config.distill), mesh)
   losses_by_mode = {}
-  for mode in ("online", "cached"):
-    step = train.compile_train_step(mesh, model=student_model, teacher_model=teacher_model, teacher_mode=mode,
-                                    distill_config=config.distill)
+  for mode, examples, step_teacher in (("online", esnli_task.train, teacher_model),
+                                       ("cached", cached.examples, None)):
+    step = steps.compile_step(mesh, model=student_model, teacher_model=step_teacher)
     # From a host copy: the step donates the state's buffers.
-    state = sharding.replicate(train.create_train_state(student_model, jax.device_get(student_params), config.optim,
+    state = sharding.replicate(steps.create_train_state(student_model, jax.device_get(student_params), config.optim,
                                                         10), mesh)
-    _, step_metrics = step(state, sharding.replicate(teacher_params, mesh) if mode == "online" else None,
-                           sharding.replicate(train.loss_hyperparams(config.distill), mesh),
-                           sharding.replicate(jax.random.PRNGKey(0), mesh), batch)
+    _, step_metrics = step(state, the_teacher.params if step_teacher is not None else None, loss,
+                           sharding.replicate(jax.random.PRNGKey(0), mesh),
+                           sharding.shard_batch(examples.select(np.arange(16)), mesh))
     losses_by_mode[mode] = jax.device_get(step_metrics)
   for name in ("loss", "soft_loss", "hard_loss"):
     np.testing.assert_allclose(losses_by_mode["cached"][name], losses_by_mode["online"][name], rtol=2e-5, err_msg=name)
@@ -306,6 +346,7 @@ def test_sequence_level_targets_from_generations():
   np.testing.assert_array_equal(targets["decoder_input_ids"], [[0, 5, 6, 1, 0], [0, 7, 8, 9, 4]])
 
 
+@pytest.mark.slow
 def test_sst2_smoke_end_to_end(tmp_path):
   config = load_config("configs/sst2.py", "smoke")
   config.baseline = False  # the hard-label run is the KD run's code with the soft weight at 0 (test_train.py)
@@ -331,7 +372,24 @@ def esnli_run(tmp_path_factory):
   return workdir, train.train_and_evaluate(config, str(workdir))
 
 
-def test_esnli_smoke_end_to_end(esnli_run, esnli_task):
+@pytest.fixture(scope="module")
+def untrained_esnli_student(esnli_run, esnli_task):
+  """The metrics of the student before training (its checkpoint's weights: where distillation starts), against the
+  smoke run's teacher."""
+  workdir, _ = esnli_run
+  config = load_config("configs/esnli.py", "smoke")
+  mesh = sharding.make_mesh()
+  evaluator = evaluation.for_task(config, esnli_task, mesh)
+  teacher_model, teacher_params = models.create(config.teacher, num_classes=3, example_inputs=None,
+                                                rng=jax.random.PRNGKey(0))
+  evaluator.teacher_metrics(teacher_model, teacher.restore_params(str(workdir / "teacher"), teacher_params, mesh))
+  student_model, student_params = models.create(config.student, num_classes=3, example_inputs=None,
+                                                rng=jax.random.PRNGKey(0))
+  return evaluator.final(student_model, student_params)
+
+
+@pytest.mark.slow
+def test_esnli_smoke_end_to_end(esnli_run, esnli_task, untrained_esnli_student):
   _, results = esnli_run
   teacher, student = results["metrics"]["teacher"], results["metrics"]["student"]
   for model in ("teacher", "student"):
@@ -339,15 +397,22 @@ def test_esnli_smoke_end_to_end(esnli_run, esnli_task):
       assert 0 <= results["metrics"][model][name] < float("inf"), (model, name)
   assert teacher["label_accuracy"] > 0.6  # trained in the run on 144 examples; chance is 1/3
   assert student["kl_to_teacher"] > 0 and 0 <= student["agreement"] <= 1
+  # What distillation taught: the untrained student's outputs are unparseable and far from the teacher's (measured:
+  # agreement 0, KL 20.0); the distilled one writes labels and agrees with the teacher on about half of them.
+  untrained = untrained_esnli_student
+  assert untrained["unparseable"] > 0.9 and student["unparseable"] < 0.1
+  assert student["agreement"] > untrained["agreement"] + 0.25
+  assert student["kl_to_teacher"] < untrained["kl_to_teacher"] / 10
   assert sorted(student["by_generation_temperature"]) == ["0", "1"]
   assert student["by_generation_temperature"]["0"]["label_accuracy"] == student["label_accuracy"]
   cache = results["teacher_cache"]
-  target_length = esnli_task.train["label"].shape[1]
+  target_length = esnli_task.train.label.shape[1]
   assert cache["k"] == 32 and cache["dtype"] == "float16"
   assert cache["bytes_per_example"] == target_length * (32 * (2 + 4) + 4) + 4
 
 
-def test_esnli_sequence_level_strategy(esnli_run, tmp_path):
+@pytest.mark.slow
+def test_esnli_sequence_level_strategy(esnli_run, esnli_task, untrained_esnli_student, tmp_path):
   workdir, _ = esnli_run
   config = load_config("configs/esnli.py", "smoke")
   config.teacher.workdir = str(workdir / "teacher")
@@ -356,8 +421,12 @@ def test_esnli_sequence_level_strategy(esnli_run, tmp_path):
   config.generation.temperatures = (0.0,)
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results["teacher_generations"]["built"] and "teacher_cache" not in results
-  assert results["train"]["phases"]["student"]["steps"] > 0
-  assert results["metrics"]["student"]["label_accuracy"] >= 0
+  assert results["train"]["phases"]["student"]["trained_steps"] == steps.num_train_steps(
+      len(esnli_task.train), config.data.batch_size, config.train.num_epochs) > 0
+  # Cross-entropy on the teacher's outputs moves the student towards them (untrained: unparseable, KL 20.0).
+  student, untrained = results["metrics"]["student"], untrained_esnli_student
+  assert student["unparseable"] < 0.1 and student["agreement"] > untrained["agreement"] + 0.25
+  assert student["kl_to_teacher"] < untrained["kl_to_teacher"] / 2
   with open(os.path.join(results["teacher_generations"]["path"], "metadata.json")) as stream:
     assert json.load(stream)["format"] == "generation"
 

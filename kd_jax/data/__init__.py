@@ -1,13 +1,7 @@
 """Data sets by name. Every example carries a stable integer `index`; labels of -1 mean "no label".
 
-`load_task(config)` returns a `TaskData` whose splits are dicts of NumPy arrays (or of dicts of them) with the
-same first dimension:
-  inputs: [N, ...] model inputs, or a dict of token arrays for text (input_ids, attention_mask, ...);
-  label: [N] int32 (-1: unlabeled), or [N, T] target token ids (-1 on padding) for seq2seq tasks;
-  index: [N] int32, unique across splits;
-  teacher_inputs: (text classification) the same examples tokenized with the teacher's tokenizer;
-  token_weights: (seq2seq) [N, T] float32, 1 on real target tokens, 0 on padding;
-  class_label: (seq2seq) [N] int32 class of each example (the e-SNLI label), for stratified subsets.
+`load_task(config)` returns a `TaskData` whose splits are `Examples` (kd_jax/data/examples.py: inputs, label,
+index, and per task teacher_inputs, token_weights, class_label).
 
 A task module either returns one pool of examples (`load(data_config)`, split here with `data.test_fraction`) or
 its own train/test splits (`load_splits(config)`, e.g. GLUE's train and validation); train_fraction and
@@ -21,6 +15,7 @@ import numpy as np
 
 from kd_jax import fingerprints
 from kd_jax.data import splits
+from kd_jax.data.examples import Examples
 from kd_jax.errors import ConfigError
 
 _TASK_MODULES = {
@@ -55,34 +50,20 @@ class TaskData:
   """
   name: str
   num_classes: int
-  train: dict
-  test: dict
+  train: Examples
+  test: Examples
   fingerprint: str
   seq2seq: object = None
 
   @property
-  def labeled_train(self) -> dict:
+  def labeled_train(self) -> Examples:
     """The labeled part of the training split (what the teacher is trained on)."""
-    return select(self.train, labeled_rows(self.train["label"]))
+    return self.train.select(labeled_rows(self.train.label))
 
 
 def labeled_rows(labels: np.ndarray) -> np.ndarray:
   """[N] bool: examples with a label ([N] labels >= 0, or [N, T] targets with at least one token)."""
   return (np.asarray(labels) >= 0).reshape(len(labels), -1).any(axis=1)
-
-
-def select(examples: dict, rows: np.ndarray) -> dict:
-  """The examples where the boolean mask `rows` is True, or at the row numbers `rows`, in that order (every array
-  indexed alike, also inside nested dicts of arrays)."""
-  return {key: select(value, rows) if isinstance(value, dict) else value[rows] for key, value in examples.items()}
-
-
-def teacher_view(examples: dict) -> dict:
-  """The examples as the teacher sees them: `inputs` replaced by `teacher_inputs` where the task has them."""
-  if "teacher_inputs" not in examples:
-    return examples
-  return {**{key: value for key, value in examples.items() if key != "teacher_inputs"},
-          "inputs": examples["teacher_inputs"]}
 
 
 def _leaves(tree) -> list:
@@ -104,18 +85,18 @@ def load_task(config) -> TaskData:
     train, test, num_classes, seq2seq = module.load_splits(config)
   else:
     inputs, labels, num_classes = module.load(data_config)
-    examples = {"inputs": inputs, "label": labels.astype(np.int32), "index": np.arange(len(labels), dtype=np.int32)}
+    examples = Examples(inputs=inputs, label=labels.astype(np.int32), index=np.arange(len(labels), dtype=np.int32))
     test_mask = splits.stratified_mask(labels, data_config.test_fraction, rng)
-    train, test = select(examples, ~test_mask), select(examples, test_mask)
-  strata = train.get("class_label", train["label"])
+    train, test = examples.select(~test_mask), examples.select(test_mask)
   if data_config.train_fraction < 1.0:
-    kept = splits.stratified_mask(strata, data_config.train_fraction, rng)
-    train, strata = select(train, kept), strata[kept]
-  labeled_mask = splits.stratified_mask(strata, data_config.labeled_fraction, rng)
-  label = train["label"]
-  train["label"] = np.where(labeled_mask.reshape((-1,) + (1,) * (label.ndim - 1)), label, -1).astype(np.int32)
-  extra = {key: value for key, value in train.items() if key not in ("inputs", "label", "index")}
-  fingerprint = fingerprints.fingerprint_arrays(*_leaves(train["inputs"]), train["label"], train["index"],
-                                                test["index"], *_leaves(extra))
+    train = train.select(splits.stratified_mask(train.strata, data_config.train_fraction, rng))
+  labeled_mask = splits.stratified_mask(train.strata, data_config.labeled_fraction, rng)
+  label = train.label
+  train = train.replace(
+      label=np.where(labeled_mask.reshape((-1,) + (1,) * (label.ndim - 1)), label, -1).astype(np.int32))
+  extra = {name: getattr(train, name) for name in ("teacher_inputs", "token_weights", "class_label")
+           if getattr(train, name) is not None}
+  fingerprint = fingerprints.fingerprint_arrays(*_leaves(train.inputs), train.label, train.index, test.index,
+                                                *_leaves(extra))
   return TaskData(name=data_config.name, num_classes=num_classes, train=train, test=test, fingerprint=fingerprint,
                   seq2seq=seq2seq)

@@ -15,6 +15,7 @@ distillation compares their distributions token by token.
 import numpy as np
 
 from kd_jax.data import text
+from kd_jax.data.examples import Examples
 from kd_jax.errors import UserError
 
 LABEL_NAMES = ("entailment", "neutral", "contradiction")
@@ -89,8 +90,8 @@ def load_splits(config):
     target_arrays = tokenize_targets(tokenizer, targets, data_config.max_target_length, start)
     inputs = text.tokenize(tokenizer, sources, data_config.max_length)
     inputs["decoder_input_ids"] = target_arrays.pop("decoder_input_ids")
-    splits.append({"inputs": inputs, **target_arrays, "class_label": labels,
-                   "index": np.arange(first_index, first_index + len(labels), dtype=np.int32)})
+    splits.append(Examples(inputs=inputs, label=target_arrays["label"], token_weights=target_arrays["token_weights"],
+                           class_label=labels, index=np.arange(first_index, first_index + len(labels), dtype=np.int32)))
     first_index += len(labels)
     references = tuple(explanation.strip() for explanation in columns["explanation_1"])
   train, test = splits

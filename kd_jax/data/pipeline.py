@@ -4,7 +4,7 @@ Training examples (inputs, labels, and the cached teacher logits joined to them 
 step in one of two ways, with the same batches: `train_batches`, a tf.data pipeline that gathers each batch's rows
 in background threads and prefetches ahead of the step (training sets larger than train.device_data_max_mib), or
 `train_rows`, the row numbers alone, for sets small enough to live on the devices and be gathered there
-(kd_jax/fused.py). Both cut the epochs from `epoch_order`, TensorFlow's stateless shuffle.
+(kd_jax/data/feed.py). Both cut the epochs from `epoch_order`, TensorFlow's stateless shuffle.
 
 TensorFlow is imported here only, on first use, with its GPUs hidden so that it never takes accelerator memory
 from JAX.
@@ -60,8 +60,8 @@ def train_rows(num_examples: int, *, batch_size: int, seed: int, start_step: int
     epoch, batch = epoch + 1, 0
 
 
-def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict]:
+def train_batches(examples, *, batch_size: int, seed: int, start_step: int = 0, process_index: int = 0,
+                  process_count: int = 1) -> Iterator:
   """Endless tf.data iterator over this process's share of every global training batch, from global step
   `start_step`.
 
@@ -72,24 +72,25 @@ def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int
   background threads, in order, and prefetched, so the next batches are ready while the devices run a step.
 
   Args:
-    examples: dict of arrays (or of dicts of arrays, e.g. token inputs) with a common first dimension N (anything
-      per example: inputs, label, index, teacher_logits joined by index...).
+    examples: a pytree of arrays with a common first dimension N (`data.Examples`: inputs, label, index, the
+      teacher's signal joined by index...).
     batch_size: global batch size B (over all processes).
     seed: shuffle seed.
     start_step: first global step to produce.
     process_index, process_count: this process's place among P processes (B divisible by P).
 
   Yields:
-    dicts of NumPy arrays with first dimension B / P.
+    pytrees like `examples` of NumPy arrays with first dimension B / P.
   """
   tf = tensorflow()
-  num_examples = len(examples["index"])
+  leaves, treedef = jax.tree.flatten(examples)
+  num_examples = len(leaves[0])
   batches_per_epoch = steps_per_epoch(num_examples, batch_size)
   assert batches_per_epoch > 0, f"batch size {batch_size} is larger than the {num_examples} examples"
   assert batch_size % process_count == 0, (batch_size, process_count)
   local_batch_size = batch_size // process_count
   local_rows = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
-  tensors = tf.nest.map_structure(tf.convert_to_tensor, examples)
+  tensors = tuple(tf.convert_to_tensor(leaf) for leaf in leaves)
   start_epoch, skip_batches = divmod(start_step, batches_per_epoch)
 
   def epoch_batches(epoch):
@@ -99,9 +100,9 @@ def train_batches(examples: dict, *, batch_size: int, seed: int, start_step: int
     return tf.data.Dataset.from_tensor_slices(order[:, local_rows])
 
   dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_batches).skip(skip_batches)
-  dataset = dataset.map(lambda rows: tf.nest.map_structure(lambda tensor: tf.gather(tensor, rows), tensors),
+  dataset = dataset.map(lambda rows: tuple(tf.gather(tensor, rows) for tensor in tensors),
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+  return (jax.tree.unflatten(treedef, batch) for batch in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
 
 
 def inference_batches(examples, batch_size: int) -> Iterator[tuple[dict, int]]:

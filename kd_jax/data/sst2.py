@@ -10,6 +10,7 @@ the example `index`.
 import numpy as np
 
 from kd_jax.data import text
+from kd_jax.data.examples import Examples
 
 LABEL_NAMES = ("negative", "positive")
 
@@ -26,12 +27,10 @@ def load_splits(config):
     sentences, labels = columns["sentence"][:max_examples], columns["label"][:max_examples]
     text.check_texts(sentences, where)
     labels = text.check_labels(labels, len(LABEL_NAMES), where, allow_unlabeled=True)
-    splits.append({
-        "inputs": text.tokenize(student_tokenizer, sentences, data_config.max_length),
-        "teacher_inputs": text.tokenize(teacher_tokenizer, sentences, data_config.max_length),
-        "label": labels,
-        "index": np.arange(first_index, first_index + len(labels), dtype=np.int32),
-    })
+    splits.append(Examples(
+        inputs=text.tokenize(student_tokenizer, sentences, data_config.max_length),
+        teacher_inputs=text.tokenize(teacher_tokenizer, sentences, data_config.max_length),
+        label=labels, index=np.arange(first_index, first_index + len(labels), dtype=np.int32)))
     first_index += len(labels)
   train, test = splits
   return train, test, len(LABEL_NAMES), None

@@ -8,8 +8,8 @@ and the returned module is called as
 
     module.apply({"params": params}, inputs, train=bool, rngs={"dropout": key})
 
-where `inputs` is what the data pipeline puts in `batch["inputs"]` (a float array [batch, features] for the MLP
-tasks, a dict of token arrays for text) and the result is logits ([batch, num_classes] for classification).
+where `inputs` is a batch's `Examples.inputs` (a float array [batch, features] for the MLP tasks, a dict of token
+arrays for text) and the result is logits ([batch, num_classes] for classification).
 Modules are imported on first use so that `import kd_jax` stays cheap.
 """
 

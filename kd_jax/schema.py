@@ -1,0 +1,224 @@
+"""The config schema: every field a kd_jax config may hold, its default and type, with a comment on each.
+
+`default_config()` is the embedded default run (the digits task of configs/default.py); config files build on it and
+change a few fields (configs/*.py). `config_validation.validate` rejects any field this schema lacks and any value of
+another type. `OPERATIONAL_FIELDS` are those a resumed run may change.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+# Fields a resumed run (or a sweep point's directory) may change: they affect logging, checkpoint cadence, placement
+# and where the shared teacher is stored, not the result.
+OPERATIONAL_FIELDS = frozenset({
+    "train.log_every_steps", "train.eval_every_steps", "train.checkpoint_every_steps", "train.max_checkpoints_to_keep",
+    "train.num_devices", "train.steps_per_dispatch", "train.device_data_max_mib", "data.eval_batch_size",
+    "teacher.workdir"})
+# Fields whose default is set but which may be None (the Hinton weight gives way to the explicit form).
+NULLABLE_FIELDS = frozenset({"distill.alpha"})
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The default run: an MLP teacher distilled into a small MLP student on scikit-learn's digits, offline."""
+  config = ml_collections.ConfigDict()
+
+  # Seed of the student's initialization, dropout, and the order of training batches. Sweeping it repeats a run
+  # on the same data split and the same teacher (see data.split_seed and teacher.seed for those).
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  # Data set: 'digits' (scikit-learn's 8x8 handwritten digits, bundled, offline), 'synthetic_clusters'
+  # (Gaussian class clusters) or 'synthetic_random_labels' (random inputs, random labels: pure memorization).
+  config.data.name = "digits"
+  # Seed of the stratified train/test split and of the train_fraction / labeled_fraction subsets.
+  config.data.split_seed = 0
+  # Fraction of the whole data set held out as the test split (stratified).
+  config.data.test_fraction = 0.3
+  # Fraction of the training split kept at all (data-size ablation); in (0, 1].
+  config.data.train_fraction = 1.0
+  # Fraction of the kept training examples whose labels are kept; the rest form the unlabeled transfer set that
+  # only the distillation term sees. The teacher is trained on the labeled examples only. In (0, 1].
+  config.data.labeled_fraction = 0.1
+  # Global batch size (over all devices and processes) of every training phase; divisible by the device count.
+  config.data.batch_size = 32
+  # Global batch size of inference (evaluation and the teacher-logit cache); divisible by the device count.
+  config.data.eval_batch_size = 512
+  # Text tasks ('sst2', 'esnli'; kd_jax/data/text.py): where the data comes from. 'hub': HF datasets'
+  # load_dataset(path, subset) through the HF cache; 'tfds': tfds.load(path, data_dir=data_dir); 'files': path is a
+  # directory of <split>.csv / <split>.jsonl / <split>.parquet; 'disk': path is a DatasetDict written by save_to_disk.
+  config.data.source = "hub"
+  # Hub dataset id, TFDS name, or local directory (see source); the task configs set the real ones.
+  config.data.path = config_dict.placeholder(str)
+  # Hub dataset config name (e.g. 'sst2' of 'nyu-mll/glue'); None if it has none.
+  config.data.subset = config_dict.placeholder(str)
+  # HF datasets cache_dir or TFDS data_dir (a local copy); None for the libraries' defaults.
+  config.data.data_dir = config_dict.placeholder(str)
+  # Splits of the text tasks' source: training and evaluation (the test metrics). They replace test_fraction.
+  config.data.train_split = "train"
+  config.data.eval_split = "validation"
+  # Evaluate on the first this many examples of eval_split; None for all of them.
+  config.data.max_eval_examples = config_dict.placeholder(int)
+  # Maximum tokens of a text input (the source, for seq2seq) and of a seq2seq target; longer ones are truncated.
+  config.data.max_length = 128
+  config.data.max_target_length = 64
+  # Shape of the synthetic tasks (ignored by 'digits').
+  config.data.synthetic = ml_collections.ConfigDict()
+  config.data.synthetic.num_examples = 2000
+  config.data.synthetic.num_features = 32
+  config.data.synthetic.num_classes = 10
+  # Standard deviation of each class cluster around its center (centers are drawn from a unit normal).
+  config.data.synthetic.cluster_std = 1.0
+
+  config.teacher = ml_collections.ConfigDict()
+  # Registered model name: 'mlp' or 'hf' (a Hugging Face checkpoint, see `checkpoint`).
+  config.teacher.name = "mlp"
+  # 'train': train the teacher in this run (saved under teacher.workdir and reused by later runs);
+  # 'pretrained': the checkpoint's weights as they are (HF models, e.g. a fine-tuned classifier);
+  # otherwise the path of a teacher directory written by an earlier run (`<workdir>/teacher`).
+  config.teacher.init = "train"
+  # Where the trained teacher and its logit cache live; None means `<workdir>/teacher`. Sweeps point all their
+  # points here so that the teacher is trained and cached once.
+  config.teacher.workdir = config_dict.placeholder(str)
+  # Seed of the teacher's initialization, dropout and batch order when init='train'.
+  config.teacher.seed = 0
+  # MLP: hidden layer widths (depth = number of entries) and dropout after every hidden layer.
+  config.teacher.hidden_sizes = (1200, 1200)
+  config.teacher.dropout_rate = 0.3
+  # Hugging Face models (name='hf'): hub id or local directory with config.json and weights.
+  config.teacher.checkpoint = config_dict.placeholder(str)
+  # Hugging Face models: 'sequence_classification' or 'seq2seq'.
+  config.teacher.task = config_dict.placeholder(str)
+  # dtype of the forward computation and of the stored parameters ('float32' or 'bfloat16').
+  config.teacher.dtype = "float32"
+  config.teacher.param_dtype = "float32"
+  # Training of the teacher (init='train'): epochs over the labeled examples, and its optimizer.
+  config.teacher.num_epochs = 150
+  config.teacher.optim = optim_config(learning_rate=1e-3, weight_decay=1e-4, warmup_ratio=0.05)
+
+  config.student = ml_collections.ConfigDict()
+  # Same fields as config.teacher's model fields.
+  config.student.name = "mlp"
+  config.student.hidden_sizes = (32,)
+  config.student.dropout_rate = 0.0
+  config.student.checkpoint = config_dict.placeholder(str)
+  config.student.task = config_dict.placeholder(str)
+  config.student.dtype = "float32"
+  config.student.param_dtype = "float32"
+
+  config.distill = ml_collections.ConfigDict()
+  # 'cached': teacher logits computed once for the training set and stored on disk, joined to examples by index.
+  # 'online': the teacher runs inside the train step on exactly the student's (possibly augmented) batch.
+  config.distill.teacher_mode = "cached"
+  # Softmax temperature T of the distillation term; > 0.
+  config.distill.temperature = 4.0
+  # Hinton form: (1 - alpha) * CE + alpha * T^2 * D. In [0, 1]; alpha = 0 is training on hard labels only.
+  # Set it to None to use the explicit form below instead.
+  config.distill.alpha = 0.5
+  # Explicit form: ce_weight * CE + kd_weight * T^2 * D (both >= 0). Use either alpha or these two, not both.
+  config.distill.ce_weight = config_dict.placeholder(float)
+  config.distill.kd_weight = config_dict.placeholder(float)
+  # Label smoothing of the hard-label cross-entropy; in [0, 1).
+  config.distill.label_smoothing = 0.0
+  # D: 'forward_kl' KL(p_t || p_s), 'reverse_kl' KL(p_s || p_t), 'js' (Jensen-Shannon), 'mse' (on logits).
+  config.distill.divergence = "forward_kl"
+  # Multiply the distillation term by T^2 so its gradient scale does not shrink with T (Hinton et al. 2015).
+  config.distill.t2_scaling = True
+  # Gaussian noise added to the inputs of teacher and student alike in each train step (online mode only).
+  config.distill.input_noise_std = 0.0
+  # Seq2seq tasks: 'token' distills the teacher's distribution at every target token (teacher_mode cached or
+  # online); 'sequence' trains the student with cross-entropy on the teacher's own greedy outputs, generated once
+  # and cached as tokens (Kim & Rush 2016; the loss weights and teacher_mode then do not apply).
+  config.distill.strategy = "token"
+  # Seq2seq cached mode: the teacher logits kept per target token (the k largest, with their vocabulary ids and the
+  # log-sum-exp of the other logits; see losses.topk_divergence), and the dtype the k values are stored in: 'float16'
+  # (default: 3 more mantissa bits than bfloat16, and logits stay far below its 65504 limit), 'bfloat16' or
+  # 'float32'. Full-vocabulary logits are never stored for seq2seq tasks.
+  config.distill.topk = 32
+  config.distill.topk_dtype = "float16"
+
+  # Optimizer of the students: AdamW with linear warmup then linear decay to 0.
+  config.optim = optim_config(learning_rate=3e-3, weight_decay=1e-4, warmup_ratio=0.05)
+
+  config.train = ml_collections.ConfigDict()
+  # Duration of each student's training in epochs over the training split (labeled + transfer set).
+  config.train.num_epochs = 60
+  # If set, overrides num_epochs with an exact number of steps.
+  config.train.num_steps = config_dict.placeholder(int)
+  # Evaluate on the test split every this many steps (and at the end).
+  config.train.eval_every_steps = 500
+  # Save a checkpoint every this many steps (and at the end); a rerun resumes from the latest one.
+  config.train.checkpoint_every_steps = 100
+  # Log the training losses every this many steps.
+  config.train.log_every_steps = 100
+  # Number of checkpoints kept per model.
+  config.train.max_checkpoints_to_keep = 2
+  # Number of local devices the data-parallel steps run on; None means all of them.
+  config.train.num_devices = config_dict.placeholder(int)
+  # Most optimizer steps run per compiled call (kd_jax/steps.py: a loop on the device over stacked batches, no host
+  # round trip per step). A call ends at every log, eval and checkpoint step and after about a second (SIGTERM is
+  # honored between calls); 1 dispatches every step from Python.
+  config.train.steps_per_dispatch = 100
+  # Training sets (inputs, labels and joined teacher logits) up to this many MiB are copied to every device once and
+  # batched there; larger ones stream through tf.data (gathered and prefetched in background threads). 0 sends
+  # every training set through tf.data. The batches are the same either way.
+  config.train.device_data_max_mib = 256
+
+  # Also train the hard-label student (the same run without the distillation term) as the baseline.
+  config.baseline = True
+
+  # Seq2seq evaluation: every model's outputs for the test split are generated (max data.max_target_length tokens)
+  # and scored (kd_jax/evaluation.py).
+  config.generation = ml_collections.ConfigDict()
+  # Decoding temperatures, 0 = greedy; the metrics at the first are the models' metrics, the students' metrics at
+  # every one are also reported (the generation-temperature ablation: one trained student, no retraining).
+  config.generation.temperatures = (0.0,)
+  # Sampling filters for temperatures > 0: keep the top_k most likely tokens and/or the top_p nucleus; None: off.
+  config.generation.top_k = config_dict.placeholder(int)
+  config.generation.top_p = config_dict.placeholder(float)
+
+  # Sweeps (kd_jax/sweep.py): the config runs once per point, each in `<workdir>/<point name>/`, then the report
+  # (results.csv, summary.md, plots/) is written. A config is a sweep when grid or zipped is non-empty or seeds > 1.
+  config.sweep = ml_collections.ConfigDict()
+  # Cartesian product: a tuple of (dotted field path, tuple of values) pairs. Any field can be swept, e.g.
+  # (("distill.temperature", (1.0, 2.0)), ("distill.alpha", (0.5, 0.9))) gives 4 points.
+  config.sweep.grid = ()
+  # Values that advance together: a tuple of groups, each a tuple of (path, values) pairs of equal length; a group
+  # is one factor, multiplied with the grid and the other groups. E.g. one group of 2 values:
+  # ((("student.hidden_sizes", ((16,), (64,))), ("optim.learning_rate", (3e-3, 1e-3))),)
+  config.sweep.zipped = ()
+  # Repeats of every point, with config.seed = 0, 1, ..., seeds - 1 (the base config's seed is not used).
+  config.sweep.seeds = 1
+  # The student metric that picks the best value in the report: accuracy or agreement (higher is better), or nll,
+  # ece, brier or kl_to_teacher (lower is better).
+  config.sweep.selection_metric = "accuracy"
+  # 'sequential': the points run one after another, each a full run. 'vectorized' (kd_jax/vectorized.py): points
+  # whose configs differ only in seed, distill.temperature / alpha / ce_weight / kd_weight / label_smoothing and
+  # optim.learning_rate train together in one compiled program (vmap over points); other differences (widths, data,
+  # divergence...) split the points into groups trained in turn. Same results.json and report, up to float rounding.
+  # One process, classification tasks; --sweep_index runs its point sequentially.
+  config.sweep.mode = "sequential"
+
+  return config
+
+
+def optim_config(*, learning_rate: float, weight_decay: float, warmup_ratio: float) -> ml_collections.ConfigDict:
+  """AdamW settings: peak learning rate, decoupled weight decay, and the warmup's share of all steps."""
+  optim = ml_collections.ConfigDict()
+  # Peak learning rate, reached after warmup; > 0.
+  optim.learning_rate = learning_rate
+  # Decoupled weight decay (AdamW); >= 0.
+  optim.weight_decay = weight_decay
+  # Fraction of the steps spent warming the learning rate up linearly from 0; in [0, 1).
+  optim.warmup_ratio = warmup_ratio
+  # Clip gradients to this global norm; None disables clipping.
+  optim.grad_clip_norm = config_dict.placeholder(float)
+  return optim
+
+
+def parse_options(arg: str | None, allowed: tuple[str, ...]) -> tuple[str, ...]:
+  """Splits a config argument such as 'smoke' or 'sst2,smoke' (`--config=file.py:arg`) and rejects unknown options."""
+  options = tuple(option for option in (arg or "").split(",") if option)
+  for option in options:
+    if option not in allowed:
+      raise ValueError(f"unknown config argument {option!r}; allowed: {', '.join(allowed)}")
+  return options

@@ -1,0 +1,209 @@
+"""The optimizer step and its compiled forms: `train_step`, many steps per call (`run_steps`), and the program of one
+run that the training loop (kd_jax/loop.py) trains.
+
+`train_step` is pure: its settings (model, teacher model, input noise) are bound with functools.partial before
+compiling, and everything numeric comes in as arguments: the state, the teacher's parameters, the loss
+(`losses.DistillationLoss`: weights, temperature, smoothing), the run's PRNG key and the batch.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from kd_jax import loop, losses, sharding
+from kd_jax.data import Examples, feed, pipeline
+
+TrainState = train_state.TrainState
+
+
+def num_train_steps(num_examples: int, batch_size: int, num_epochs: int, num_steps: int | None = None) -> int:
+  """`num_steps` if given, else epochs times the full batches per epoch."""
+  return num_steps or num_epochs * pipeline.steps_per_epoch(num_examples, batch_size)
+
+
+def learning_rate_schedule(optim_config: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to the peak over warmup_ratio * num_steps steps, then linear decay to 0 at num_steps."""
+  peak = optim_config.learning_rate
+  warmup_steps = int(optim_config.warmup_ratio * num_steps)
+  decay = optax.linear_schedule(peak, 0.0, max(num_steps - warmup_steps, 1))
+  if warmup_steps == 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup_steps), decay], [warmup_steps])
+
+
+def learning_rates(optim_config: ml_collections.ConfigDict, num_steps: int) -> np.ndarray:
+  """The learning rate of every step [num_steps] (host copy, for logging): the schedule evaluated once, not per log
+  line (each evaluation runs several small JAX ops)."""
+  return np.asarray(learning_rate_schedule(optim_config, num_steps)(np.arange(num_steps)))
+
+
+def make_optimizer(optim_config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
+  """AdamW on the schedule above; weight decay on matrices only (not biases or norm scales), optional clipping.
+
+  Equal settings give the same object: the optimizer is part of the train state's tree structure, so runs with
+  equal settings (the points of a sweep) reuse compiled steps instead of tracing and compiling their own.
+  """
+  return _make_optimizer(ml_collections.FrozenConfigDict(optim_config), num_steps)
+
+
+@functools.lru_cache(maxsize=64)
+def _make_optimizer(optim_config: ml_collections.FrozenConfigDict, num_steps: int) -> optax.GradientTransformation:
+  adamw = optax.adamw(learning_rate_schedule(optim_config, num_steps), weight_decay=optim_config.weight_decay,
+                      mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+  if optim_config.grad_clip_norm is None:
+    return adamw
+  return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), adamw)
+
+
+def create_train_state(model, params, optim_config: ml_collections.ConfigDict, num_steps: int) -> TrainState:
+  """A fresh training state (step 0) for `params`."""
+  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(optim_config, num_steps))
+
+
+def _add_batch_axis(tree):
+  return jax.tree.map(lambda value: value[None], tree)
+
+
+def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss, rng: jax.Array, batch: Examples, *,
+               model, teacher_model, input_noise_std: float) -> tuple[TrainState, dict]:
+  """One data-parallel optimizer step on this device's shard of the global batch.
+
+  The teacher's signal is the teacher run here on the student's batch (`teacher_model` given: online), else what
+  the batch carries (`batch.teacher`: cached logits or top-k, joined by example index), else none (the loss's soft
+  weight is then 0: the hard-label baseline, the teacher's own training, sequence-level targets).
+
+  Randomness (dropout, input noise) is drawn per example from fold_in(fold_in(rng, step), example index), so it
+  depends neither on the device count nor on where a batch lands, and a resumed run redraws the same masks.
+  The loss is normalized over the global batch (`losses.global_mean`) and gradients are averaged with pmean.
+
+  Args:
+    state: replicated training state of the model being trained.
+    teacher_params: replicated teacher parameters when `teacher_model` is given, else None.
+    loss: replicated loss (its arrays: weights, temperature, label smoothing).
+    rng: replicated base PRNG key of this training run.
+    batch: this device's rows of the global batch.
+    model, teacher_model: flax modules (static); teacher_model None unless the teacher runs in the step.
+    input_noise_std: Gaussian noise on the inputs, seen by teacher and student alike.
+
+  Returns:
+    (new state, metrics averaged over devices).
+  """
+  step_rng = jax.random.fold_in(rng, state.step)
+  example_rngs = jax.vmap(functools.partial(jax.random.fold_in, step_rng))(batch.index)
+  dropout_rngs, noise_rngs = jnp.moveaxis(jax.vmap(lambda key: jax.random.split(key, 2))(example_rngs), 1, 0)
+  inputs = batch.inputs
+  if input_noise_std > 0:
+    noise = jax.vmap(lambda key, x: jax.random.normal(key, x.shape, x.dtype))(noise_rngs, inputs)
+    inputs = inputs + input_noise_std * noise
+  teacher_logits = batch.teacher
+  if teacher_model is not None:
+    teacher_inputs = inputs if batch.teacher_inputs is None else batch.teacher_inputs
+    teacher_logits = jax.lax.stop_gradient(teacher_model.apply({"params": teacher_params}, teacher_inputs,
+                                                               train=False))
+  example_weights = batch.example_weights()
+
+  def loss_fn(params):
+    def example_logits(example_inputs, dropout_rng):
+      return model.apply({"params": params}, _add_batch_axis(example_inputs), train=True,
+                         rngs={"dropout": dropout_rng})[0]
+
+    logits = jax.vmap(example_logits)(inputs, dropout_rngs)
+    terms = loss(logits, teacher_logits, batch.label, example_weights, axis_name=sharding.DATA_AXIS)
+    return terms.loss, terms
+
+  grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
+  grads = sharding.mean_over_devices(grads)
+  new_state = state.apply_gradients(grads=grads)
+  step_metrics = {"loss": terms.loss, "hard_loss": terms.hard, "soft_loss": terms.soft}
+  step_metrics = sharding.mean_over_devices(step_metrics)
+  step_metrics["grad_norm"] = optax.tree.norm(grads)
+  step_metrics["param_norm"] = optax.tree.norm(new_state.params)
+  return new_state, step_metrics
+
+
+def run_steps(step_fn, state, teacher_params, loss, rng, num_steps: jax.Array, *data):
+  """`num_steps` applications of `step_fn` in one `lax.fori_loop`, step i on batch i of `data` (up to max_steps).
+
+  Args:
+    step_fn: step_fn(state, teacher_params, loss, rng, batch) -> (state, metrics).
+    data: (stacked batches [max_steps, rows, ...],) or (examples [N, ...], rows [max_steps, rows] of them, gathered
+      on the device step by step).
+
+  Returns:
+    (state after num_steps steps, metrics of each step stacked [max_steps, ...]; rows >= num_steps are 0).
+  """
+  if len(data) == 1:
+    (batches,) = data
+    max_steps = jax.tree.leaves(batches)[0].shape[0]
+    batch_at = lambda i: jax.tree.map(lambda values: jax.lax.dynamic_index_in_dim(values, i, keepdims=False), batches)
+  else:
+    examples, rows = data
+    max_steps = rows.shape[0]
+    batch_at = lambda i: jax.tree.map(
+        lambda values: jnp.take(values, jax.lax.dynamic_index_in_dim(rows, i, keepdims=False), axis=0), examples)
+  metric_shapes = jax.eval_shape(step_fn, state, teacher_params, loss, rng, batch_at(0))[1]
+  stacked_metrics = jax.tree.map(lambda shape: jnp.zeros((max_steps,) + shape.shape, shape.dtype), metric_shapes)
+
+  def body(i, carry):
+    state, stacked_metrics = carry
+    state, step_metrics = step_fn(state, teacher_params, loss, rng, batch_at(i))
+    stacked_metrics = jax.tree.map(lambda stacked, value: jax.lax.dynamic_update_index_in_dim(stacked, value, i, 0),
+                                   stacked_metrics, step_metrics)
+    return state, stacked_metrics
+
+  return jax.lax.fori_loop(0, num_steps, body, (state, stacked_metrics))
+
+
+@functools.lru_cache(maxsize=16)
+def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_resident: bool):
+  """chunk(state, teacher_params, loss, rng, num_steps, *feed.ChunkFeeder.next(num_steps)) -> (state, metrics
+  stacked [max_steps, ...]): `train_step` run num_steps times per call, data-parallel over `mesh`; the state is
+  donated.
+
+  With `device_resident` data the examples are replicated and their rows [max_steps, global batch] split over
+  devices along axis 1; otherwise the stacked batches [max_steps, global batch, ...] are. One compiled program per
+  model and setting for the whole process: the runs of a sweep, which differ in the loss's numbers, seeds and data
+  of the same shapes, reuse it.
+  """
+  step = functools.partial(train_step, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std)
+  return sharding.data_parallel(functools.partial(run_steps, step), mesh,
+                                num_replicated_args=6 if device_resident else 5, batch_axis=1)
+
+
+def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_steps: int,
+            loss: losses.DistillationLoss, examples: Examples, batch_size: int, seed: int, mesh, train_config,
+            teacher=None, input_noise_std: float = 0.0) -> loop.Program:
+  """The loop.Program of one run: `model` from `init_params` under AdamW, on `examples` in the batches of `seed`.
+
+  Args:
+    teacher: (teacher model, its replicated params) to run in the step (online distillation), or None.
+  """
+  # From a host copy: the step donates the state's buffers, and `init_params` may serve another run (the baseline).
+  state = sharding.replicate(create_train_state(model, jax.device_get(init_params), optim_config, num_steps), mesh)
+  device_resident = feed.data_bytes(examples) <= int(train_config.device_data_max_mib * 2**20)
+  teacher_model, teacher_params = teacher if teacher is not None else (None, None)
+  compiled = compile_chunk(mesh, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
+                           device_resident=device_resident)
+  loss = sharding.replicate(loss, mesh)
+  rng = sharding.replicate(jax.random.PRNGKey(seed), mesh)
+  return loop.Program(
+      state=state,
+      chunk=lambda state, num_steps, *data: compiled(state, teacher_params, loss, rng, num_steps, *data),
+      feed=lambda start_step: feed.ChunkFeeder(examples, batch_size=batch_size, seed=seed, start_step=start_step,
+                                               max_steps=train_config.steps_per_dispatch, mesh=mesh,
+                                               device_resident=device_resident),
+      run_params=lambda params: [params], stacked=False, examples_per_step=batch_size,
+      stats={"data_feed": "device" if device_resident else "tf.data", "mesh": {"sweep": 1, **dict(mesh.shape)},
+             "vectorized_runs": 1})
+
+
+def compile_step(mesh, *, model, teacher_model, input_noise_std: float = 0.0):
+  """step(state, teacher_params, loss, rng, batch) -> (state, metrics): one `train_step` per call, data-parallel over
+  `mesh` (the chunk of `compile_chunk` runs exactly these steps; tests compare the two)."""
+  step = functools.partial(train_step, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std)
+  return sharding.data_parallel(step, mesh, num_replicated_args=4)

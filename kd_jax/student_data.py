@@ -1,0 +1,124 @@
+"""The student's training data: which signal of the teacher reaches the train step, chosen in one place (`prepare`).
+
+  online       distill.teacher_mode='online': the teacher runs inside the step on the student's (possibly noisy)
+               batch; the examples are the training split as it is.
+  dense cache  teacher_mode='cached', classification: the teacher's eval-mode logits for every training example,
+               computed once on its own inputs (kd_jax/teacher_cache.py, kind 'dense') and joined to the examples by
+               index (`Examples.teacher` [N, C]).
+  top-k cache  teacher_mode='cached', seq2seq: per target token the k largest logits, their ids and the log-sum-exp
+               of the others (kind 'topk'; the loss: losses.topk_divergence), joined as a losses.TopKLogits.
+  sequence     distill.strategy='sequence', seq2seq (Kim & Rush 2016): the teacher's greedy outputs (kind
+               'generation', cached as tokens) replace the reference targets; the student learns them by
+               cross-entropy alone (`distills` False: no distillation term).
+"""
+
+import dataclasses
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+
+from kd_jax import data, inference, sharding, teacher_cache
+from kd_jax.models import hf
+from kd_jax.seq2seq import targets_from_generations
+from kd_jax.teacher import Teacher
+
+
+@dataclasses.dataclass(frozen=True)
+class StudentData:
+  """What the KD student trains on.
+
+  Attributes:
+    examples: the training split, with the cached teacher signal joined by index (or the teacher's targets).
+    online_teacher: the teacher to run inside the step, or None.
+    distills: whether the student's loss has a distillation term (losses.DistillationLoss.from_config).
+    results: what results.json records about it: {'teacher_cache': stats} or {'teacher_generations': stats}.
+  """
+  examples: data.Examples
+  online_teacher: Teacher | None
+  distills: bool
+  results: dict
+
+
+def prepare(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
+  """The student's training data for `config` (see the module docstring), building or loading the teacher's cache."""
+  if config.distill.strategy == "sequence":
+    cache, stats = _build(config, task, teacher, mesh, "generation", _generate_fn(teacher, task, mesh),
+                          max_new_tokens=task.seq2seq.max_target_length)
+    dims = teacher.model.module.dims
+    targets = targets_from_generations(cache.lookup(task.train.index)["tokens"], eos_token_id=dims.eos_token_id,
+                                       pad_token_id=dims.pad_token_id,
+                                       decoder_start_token_id=task.seq2seq.decoder_start_token_id)
+    examples = task.train.replace(label=targets["label"], token_weights=targets["token_weights"],
+                                  inputs={**task.train.inputs, "decoder_input_ids": targets["decoder_input_ids"]})
+    return StudentData(examples, None, distills=False, results={"teacher_generations": stats})
+  if config.distill.teacher_mode == "online":
+    return StudentData(task.train, teacher, distills=True, results={})
+  if task.seq2seq is not None:
+    k = min(config.distill.topk, teacher.model.module.dims.vocab_size)
+    cache, stats = _build(config, task, teacher, mesh, "topk", _topk_fn(teacher, mesh, k, config.distill.topk_dtype),
+                          k=k, dtype=config.distill.topk_dtype, target_length=task.train.label.shape[1])
+    return StudentData(teacher_cache.join(task.train, cache), None, distills=True,
+                       results={"teacher_cache": {**stats, "k": k, "dtype": config.distill.topk_dtype}})
+  predict = inference.make_predict_fn(teacher.model, mesh)
+  cache, stats = _build(config, task, teacher, mesh, "dense", lambda inputs: {"logits": predict(teacher.params, inputs)},
+                        dtype="float32")
+  return StudentData(teacher_cache.join(task.train, cache), None, distills=True, results={"teacher_cache": stats})
+
+
+def cache_dir(teacher: Teacher, task: data.TaskData, kind: str, **fields) -> str:
+  """Where the teacher's cache of `kind` for this task lives (in the teacher's directory)."""
+  if kind == "dense":
+    return os.path.join(teacher.directory, "logit_cache", task.fingerprint)
+  if kind == "topk":
+    return os.path.join(teacher.directory, "topk_cache", f"{task.fingerprint}-k{fields['k']}-{fields['dtype']}")
+  return os.path.join(teacher.directory, "generation_cache", task.fingerprint)
+
+
+def _build(config, task: data.TaskData, teacher: Teacher, mesh, kind: str, fn, **fields):
+  """Loads or computes the teacher's cache of `kind` for the training split, with `fn(this process's rows of the
+  teacher's inputs) -> {array name: global array}` over inference batches."""
+  num_classes = task.num_classes if kind == "dense" else teacher.model.module.dims.vocab_size
+  expected = teacher_cache.expected_metadata(
+      kind, data_name=task.name, split="train", data_fingerprint=task.fingerprint, size=len(task.train),
+      num_classes=num_classes, teacher_fingerprint=teacher.fingerprint, **fields)
+  directory = cache_dir(teacher, task, kind, **fields)
+  compute = lambda examples: inference.map_batches(fn, examples.teacher_view().inputs,
+                                                   batch_size=config.data.eval_batch_size, num_devices=mesh.size)
+  start_time = time.time()
+  cache, built = teacher_cache.load_or_build(directory, expected, task.train, compute)
+  wall_s = time.time() - start_time
+  logging.info("Teacher cache (%s) %s: %s %d examples in %.2fs (%d bytes per example).", kind, directory,
+               "built for" if built else "loaded", len(cache.index), wall_s, cache.bytes_per_example)
+  return cache, {"path": directory, "built": built, "wall_s": wall_s, "bytes_per_example": cache.bytes_per_example}
+
+
+def _topk_fn(teacher: Teacher, mesh, k: int, values_dtype: str):
+  """rows of inputs -> {values [B, T, k] in values_dtype, indices [B, T, k], tail_logsumexp [B, T]}.
+
+  The teacher runs in eval mode; tail_logsumexp = log sum of exp(logits) outside the top k, summed directly
+  (not as logsumexp(all) minus the top k, which cancels catastrophically in float32 when the tail is small).
+  """
+
+  def topk(params, inputs):
+    logits = teacher.model.apply({"params": params}, inputs, train=False).astype(jnp.float32)
+    values, indices = jax.lax.top_k(logits, k)
+    tail = jnp.put_along_axis(logits, indices, -jnp.inf, axis=-1, inplace=False)
+    return {"values": values.astype(values_dtype), "indices": indices.astype(jnp.int32),
+            "tail_logsumexp": jax.nn.logsumexp(tail, axis=-1)}
+
+  return functools.partial(inference.sharded(topk, mesh), teacher.params)
+
+
+def _generate_fn(teacher: Teacher, task: data.TaskData, mesh):
+  """rows of inputs -> {tokens [B, T]}: the teacher's greedy outputs."""
+
+  def generate(local_inputs):
+    batch = sharding.shard_batch(local_inputs, mesh)
+    return {"tokens": hf.generate(teacher.model.module, teacher.params, batch["input_ids"], batch["attention_mask"],
+                                  max_new_tokens=task.seq2seq.max_target_length)}
+
+  return generate

@@ -1,0 +1,132 @@
+"""The teacher: obtained (trained here, restored from a teacher directory, or a pretrained checkpoint as it is), and
+identified.
+
+Two identities, each with one home here:
+- `identity(config)`: the teacher a config asks for (config.teacher but where it is stored, and config.data but
+  the inference batch size). It names a sweep's shared teacher directories (`identity_key`) and is recorded in a
+  trained teacher's `teacher.json` (with the fingerprint of its labeled training data); a directory holding another
+  teacher is refused.
+- `Teacher.fingerprint`: a hash of the weights in hand, whichever way they were obtained. The teacher caches
+  (kd_jax/teacher_cache.py) are keyed by it, so a cache is never reused for other weights.
+
+A trained teacher lives in its directory (`<workdir>/teacher`, or config.teacher.workdir): checkpoints/ while it
+trains (through the one training loop: a rerun resumes it), params/ once finished (later runs reuse it), and its
+caches. Teachers are never part of a student's checkpoints: they do not change.
+"""
+
+import dataclasses
+import functools
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from absl import logging
+
+from kd_jax import config_paths, data, distributed, files, fingerprints, loop, losses, models, sharding, steps
+from kd_jax.errors import UserError
+
+# Fields of the config that do not change which teacher it asks for: where it is stored, and how large the
+# inference batches are.
+NOT_IDENTITY = ("teacher.workdir", "data.eval_batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+  """A teacher ready to teach.
+
+  Attributes:
+    model, params: the flax module and its parameters, replicated on the run's mesh.
+    directory: where its trained weights (if trained) and its caches live.
+    stats: the training phase's stats when it was trained (or resumed) in this call, else None.
+  """
+  model: object
+  params: object
+  directory: str
+  stats: dict | None = None
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """Hash of the parameters (computed on first use: only caches need it)."""
+    return fingerprints.fingerprint_tree(jax.device_get(self.params))
+
+
+def identity(config: ml_collections.ConfigDict) -> dict:
+  """The teacher `config` asks for, as flat {dotted field: value} of config.teacher and config.data (but
+  NOT_IDENTITY)."""
+  sections = files.as_json_value({"teacher": config.teacher.to_dict(), "data": config.data.to_dict()})
+  return config_paths.without(sections, NOT_IDENTITY)
+
+
+def identity_key(config: ml_collections.ConfigDict) -> str:
+  """A short hash of `identity(config)`: configs with equal keys share one teacher."""
+  return fingerprints.fingerprint_json(identity(config))
+
+
+def directory(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Where the run's teacher and its caches live."""
+  return config.teacher.workdir or os.path.join(workdir, "teacher")
+
+
+def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir: str, *, writer,
+           evaluate_fn) -> Teacher:
+  """The teacher of `config`: the pretrained checkpoint, an earlier run's teacher directory (teacher.init=<dir>), or
+  trained here on the labeled training examples (resumed from its checkpoints; reused once finished).
+
+  Args:
+    writer: where the teacher's training history goes.
+    evaluate_fn: (model, params) -> test scalars during its training (on its own inputs).
+  """
+  example_inputs = jax.tree.map(lambda value: value[:1], task.train.teacher_view().inputs)
+  model, params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=example_inputs,
+                                rng=jax.random.PRNGKey(config.teacher.seed), field="teacher")
+  home = directory(config, workdir)
+  if config.teacher.init == "pretrained":
+    return Teacher(model, sharding.replicate(params, mesh), home)
+  if config.teacher.init != "train":
+    return Teacher(model, restore_params(config.teacher.init, params, mesh), home)
+  labeled = task.labeled_train.teacher_view()
+  recorded = {**identity(config), "labeled_train_fingerprint": fingerprints.fingerprint_arrays(
+      *jax.tree.leaves(labeled.inputs), labeled.label, labeled.index)}
+  record_path = os.path.join(home, "teacher.json")
+  if os.path.exists(record_path) and files.read_json(record_path) != recorded:
+    raise UserError(f"teacher directory {home} holds a teacher trained with another config or data set; "
+                    "use a new --workdir or point config.teacher.workdir elsewhere")
+  params_dir = os.path.join(home, "params")
+  trained = os.path.isdir(params_dir)
+  distributed.check_same_on_all_processes(trained, f"whether {params_dir} holds a trained teacher")
+  if trained:
+    logging.info("teacher: reusing the trained teacher in %s.", home)
+    return Teacher(model, restore_params(home, params, mesh), home)
+  if distributed.is_main_process():
+    files.write_json(record_path, recorded)
+  optim_config = config.teacher.optim
+  num_steps = steps.num_train_steps(len(labeled), config.data.batch_size, config.teacher.num_epochs)
+  program = steps.program(model=model, init_params=params, optim_config=optim_config, num_steps=num_steps,
+                          loss=losses.DistillationLoss.cross_entropy(), examples=labeled,
+                          batch_size=config.data.batch_size, seed=config.teacher.seed, mesh=mesh,
+                          train_config=config.train)
+  (params,), stats = loop.train(
+      "teacher", program, [loop.RunLog("", writer, steps.learning_rates(optim_config, num_steps))],
+      num_steps=num_steps, checkpoint_dir=os.path.join(home, "checkpoints"), train_config=config.train,
+      evaluate=lambda params: evaluate_fn(model, params))
+  # Every process saves (orbax's multi-process path: process 0 writes the metadata, the owner of each shard its data).
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(params_dir), params)
+  return Teacher(model, params, home, stats)
+
+
+def restore_params(teacher_dir: str, target_params, mesh):
+  """The final teacher parameters saved in `<teacher_dir>/params`, shaped like `target_params`, replicated on `mesh`."""
+  params_dir = os.path.abspath(os.path.join(teacher_dir, "params"))
+  if not os.path.isdir(params_dir):
+    raise UserError(f"teacher directory {teacher_dir} has no params/ (its training did not finish); "
+                    "rerun the run that trains it, or set teacher.init='train'")
+  checkpointer = ocp.StandardCheckpointer()
+  abstract = jax.tree.map(lambda value: jax.ShapeDtypeStruct(value.shape, value.dtype,
+                                                             sharding=sharding.replicated(mesh)), target_params)
+  try:
+    return checkpointer.restore(params_dir, abstract)
+  except (ValueError, KeyError) as error:
+    raise UserError(f"teacher checkpoint {params_dir} does not match the teacher described by config.teacher "
+                    f"({error.__class__.__name__}: {str(error).splitlines()[0]})") from error
