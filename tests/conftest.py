@@ -34,3 +34,8 @@ def run_main(*args: str, cwd=REPO_ROOT, timeout: int = 600) -> subprocess.Comple
 def smoke_config():
   """The default config's smoke variant (a few seconds of training)."""
   return load_config()
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: end-to-end runs (subprocesses, full smoke runs); the fast tier is "
+                                     "`pytest -m 'not slow'`")

@@ -142,8 +142,30 @@ def test_sampling_with_top_k_one_is_greedy_and_is_reproducible():
                                               max_new_tokens=8, temperature=1.0, rng=jax.random.key(seed), **kwargs)
   np.testing.assert_array_equal(sample(0, top_k=1), ref["generated"])
   np.testing.assert_array_equal(sample(0, top_p=1e-6), ref["generated"])
-  np.testing.assert_array_equal(sample(3), sample(3))
   assert not np.array_equal(sample(3, top_p=0.9), ref["generated"])
+  assert not np.array_equal(sample(3), sample(4))
+
+
+def test_sampling_draws_from_the_model_distribution_at_the_temperature():
+  """The first generated token of 4,000 copies of one prompt at T = 2: each token expected at least 10 times is drawn
+  with the probability softmax(z / 2) of the model's first decoder step (in float64), within 4 standard errors."""
+  ref = reference("t5_v1_1")
+  model, params = hf.from_pretrained(str(FIXTURES / "t5_v1_1"), task="seq2seq")
+  num_draws = 4000
+  prompt = {key: np.repeat(ref[key][:1], num_draws, axis=0) for key in ("input_ids", "attention_mask")}
+  first = np.asarray(hf.generate(model, params, prompt["input_ids"], prompt["attention_mask"], max_new_tokens=1,
+                                 temperature=2.0, rng=jax.random.key(3)))[:, 0]
+  start = np.full((1, 1), model.dims.decoder_start_token_id, np.int32)
+  logits = np.asarray(model.apply({"params": params}, input_ids=ref["input_ids"][:1],
+                                  attention_mask=ref["attention_mask"][:1], decoder_input_ids=start)[0, 0], np.float64)
+  logits /= 2.0
+  probabilities = np.exp(logits - logits.max())
+  probabilities /= probabilities.sum()
+  frequencies = np.bincount(first, minlength=len(probabilities)) / num_draws
+  likeliest = np.flatnonzero(probabilities * num_draws >= 10)
+  assert len(likeliest) >= 3
+  p = probabilities[likeliest]
+  np.testing.assert_array_less(np.abs(frequencies[likeliest] - p), 4 * np.sqrt(p * (1 - p) / num_draws))
 
 
 def test_select_token_draws_only_from_top_k_and_nucleus():
@@ -217,7 +239,7 @@ def hf_model_config(checkpoint: str, task=None) -> ml_collections.ConfigDict:
                                         param_dtype="float32", dropout_rate=0.0, hidden_sizes=(32,)))
 
 
-def test_registry_creates_a_classifier_with_dropout_in_training():
+def test_registry_creates_a_classifier_with_dropout_in_training(tmp_path):
   ref = reference("distilbert")
   inputs = {key: jnp.asarray(value) for key, value in encoder_inputs(ref).items()}
   inputs["token_type_ids"] = jnp.zeros_like(inputs["input_ids"])  # Not taken by DistilBERT: left out.
@@ -227,8 +249,16 @@ def test_registry_creates_a_classifier_with_dropout_in_training():
   assert relative_error(logits, ref["logits"]) <= TOLERANCE
   train_logits = lambda seed: model.apply({"params": params}, inputs, train=True,
                                           rngs={"dropout": jax.random.key(seed)})
-  np.testing.assert_array_equal(train_logits(0), train_logits(0))
   assert relative_error(train_logits(0), logits) > 1e-3
+  assert relative_error(train_logits(0), train_logits(1)) > 1e-3  # each key draws its own masks
+  # The checkpoint's dropout rates are the only difference between training and evaluation mode: at rate 0 they agree.
+  def no_dropout(config):
+    config.update(dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)
+  path = rewrite_checkpoint("distilbert", tmp_path / "distilbert", edit_config=no_dropout)
+  model, params = kd_jax.models.create(hf_model_config(path), num_classes=2, example_inputs=inputs,
+                                       rng=jax.random.key(0))
+  without_dropout = model.apply({"params": params}, inputs, train=True, rngs={"dropout": jax.random.key(0)})
+  assert relative_error(without_dropout, ref["logits"]) <= TOLERANCE
 
   # Per-example calls under vmap (batch size 1 inside), as the train loop may make them.
   per_example = jax.vmap(lambda example: model.apply({"params": params}, jax.tree.map(lambda x: x[None], example),

@@ -1,13 +1,18 @@
 """Vectorized sweeps: grouping, validation, and the same results as the sequential mode (8 CPU devices: 2-D mesh)."""
 
 import csv
+import glob
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from kd_jax import config_validation, files, sweep, vectorized
 from kd_jax.errors import ConfigError
-from tests.conftest import load_config
+from tests.conftest import REPO_ROOT, load_config, run_main
 
 
 def sweep_config(mode, grid=(), zipped=(), seeds=1):
@@ -66,7 +71,83 @@ def test_vectorized_sweep_matches_sequential_sweep(tmp_path):
   assert {r["train"]["phases"]["student_hard"]["vectorized_runs"] for r in results} == {4}
   assert {r["train"]["phases"]["student_hard"]["shared_by_points"] for r in results} == {2}
   assert results[0]["train"]["phases"]["student"]["mesh"] == {"sweep": 8, "data": 1}
+  # The same results.json contract in both modes: the same keys, recursively (per-model metric lists aside).
+  for row in rows["vectorized"]:
+    vectorized_keys, sequential_keys = (
+        nested_keys(files.read_json(os.path.join(str(tmp_path / mode), row["point"], "results.json")))
+        for mode in ("vectorized", "sequential"))
+    assert vectorized_keys == sequential_keys, (row["point"], vectorized_keys ^ sequential_keys)
+  assert {r["train"]["resumed_phase"] for r in results} == {None}
+  assert {r["train"]["phases"]["student"]["data_feed"] for r in results} == {"device"}
   for row in rows["vectorized"]:
     history = open(os.path.join(workdir, row["point"], "history.jsonl")).read()
     assert history.count('"phase": "student"') == history.count('"phase": "student_hard"') == 6 + 2
   assert os.path.exists(os.path.join(workdir, "summary.md"))
+
+
+def nested_keys(value, prefix=""):
+  """Every key path of a nested dict (metrics' per-model contents aside: models report the metrics they have)."""
+  if not isinstance(value, dict):
+    return set()
+  keys = set()
+  for key, item in value.items():
+    keys.add(prefix + key)
+    keys |= nested_keys(item, f"{prefix}{key}.")
+  return keys
+
+
+# The smoke temperature sweep, vectorized, with a student phase long enough to be interrupted.
+VECTORIZED_ARGS = ("--config=configs/sweep_temp.py:smoke", "--config.sweep.mode=vectorized",
+                   "--config.train.num_steps=2000", "--config.train.checkpoint_every_steps=50",
+                   "--config.train.eval_every_steps=1000")
+
+
+def point_results(workdir):
+  sweep_json = files.read_json(os.path.join(workdir, "sweep.json"))
+  return {point["name"]: files.read_json(os.path.join(workdir, point["name"], "results.json"))
+          for point in sweep_json["points"]}
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_vectorized_student_phase_checkpoints_exits_143_and_resumes_exactly(tmp_path):
+  """SIGTERM while the 4 stacked students train: one `preempted:` line, exit 143, a checkpoint at the stop step and
+  no half-written one; the rerun resumes there and every point's metrics equal an uninterrupted sweep's, bitwise."""
+  reference_dir = tmp_path / "reference"
+  done = run_main(*VECTORIZED_ARGS, f"--workdir={reference_dir}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  reference = point_results(reference_dir)
+
+  workdir = tmp_path / "interrupted"
+  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  process = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *VECTORIZED_ARGS, f"--workdir={workdir}"],
+                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while process.poll() is None and time.time() < deadline:
+    steps = [int(os.path.basename(path)) for path in glob.glob(str(workdir / "vectorized" / "*" / "student" / "*"))
+             if os.path.basename(path).isdigit()]
+    if steps and max(steps) >= 300:
+      process.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.02)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 143, stderr[-3000:]
+  message = stderr.strip().splitlines()[-1]
+  assert message.startswith("preempted: student: stopped by SIGTERM at step "), message
+  stopped_at = int(message.split("at step ")[1].split()[0])
+  assert 300 <= stopped_at < 2000
+  (checkpoint_dir,) = glob.glob(str(workdir / "vectorized" / "*" / "student"))
+  assert os.path.isdir(os.path.join(checkpoint_dir, str(stopped_at)))  # saved at the step it stopped
+  assert not [name for name in os.listdir(checkpoint_dir) if "tmp" in name]  # no save cut off by the exit
+  assert not glob.glob(str(workdir / "*" / "results.json"))
+
+  done = run_main(*VECTORIZED_ARGS, f"--workdir={workdir}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "orbax-checkpoint-tmp" not in done.stderr
+  resumed = point_results(workdir)
+  assert list(resumed) == list(reference)
+  for name, results in resumed.items():
+    assert results["train"]["phases"]["student"]["resumed_from_step"] == stopped_at, name
+    assert (results["train"]["resumed_phase"], results["train"]["resumed_from_step"]) == ("student", stopped_at)
+    for model in ("teacher", "student", "student_hard"):
+      for metric in ("accuracy", "nll", "ece", "brier", "agreement", "kl_to_teacher"):
+        assert results["metrics"][model][metric] == reference[name]["metrics"][model][metric], (name, model, metric)
