@@ -64,8 +64,9 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
     return StudentData(teacher_cache.join(task.train, cache), None, distills=True,
                        results={"teacher_cache": {**stats, "k": k, "dtype": config.distill.topk_dtype}})
   predict = inference.make_predict_fn(teacher.model, mesh)
-  cache, stats = _build(config, task, teacher, mesh, "dense", lambda inputs: {"logits": predict(teacher.params, inputs)},
-                        dtype="float32")
+  cache, stats = _build(config, task, teacher, mesh, "dense",
+                        lambda inputs: {"logits": predict(teacher.params, inputs).astype(jnp.float32)},
+                        dtype="float32")  # float32 whatever the teacher computes in (a bfloat16 classifier's logits)
   return StudentData(teacher_cache.join(task.train, cache), None, distills=True, results={"teacher_cache": stats})
 
 

@@ -70,6 +70,22 @@ def test_sst2_task_from_the_saved_dataset(sst2_task):
       assert inputs["input_ids"].shape[1] <= 64
 
 
+def test_a_bfloat16_teachers_dense_cache_holds_its_logits_in_float32(sst2_task, tmp_path):
+  """The cache of a classifier computing in bfloat16 (whose logits are bfloat16) stores float32 that read back as
+  the teacher's logits on its own tokens, joined to the right examples."""
+  config = load_config("configs/sst2.py", "smoke")
+  config.teacher.dtype = config.teacher.param_dtype = "bfloat16"
+  mesh = sharding.make_mesh()
+  model, params = models.create(config.teacher, num_classes=2, example_inputs=None, rng=jax.random.PRNGKey(0))
+  the_teacher = teacher.Teacher(model, sharding.replicate(params, mesh), str(tmp_path))
+  prepared = student_data.prepare(config, sst2_task, the_teacher, mesh)
+  assert prepared.examples.teacher.dtype == np.float32 and prepared.results["teacher_cache"]["bytes_per_example"] == 12
+  rows = np.arange(0, len(sst2_task.train), 7)
+  expected = model.apply({"params": params}, sst2_task.train.teacher_view().select(rows).inputs, train=False)
+  assert expected.dtype == jnp.bfloat16
+  np.testing.assert_allclose(prepared.examples.teacher[rows], np.asarray(expected, np.float32), rtol=0.02, atol=0.02)
+
+
 @pytest.mark.parametrize("extension", ["csv", "jsonl", "parquet"])
 def test_local_files_give_the_saved_dataset(sst2_task, tmp_path, extension):
   import datasets  # pylint: disable=import-outside-toplevel

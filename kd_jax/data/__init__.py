@@ -94,8 +94,8 @@ def load_task(config) -> TaskData:
   label = train.label
   train = train.replace(
       label=np.where(labeled_mask.reshape((-1,) + (1,) * (label.ndim - 1)), label, -1).astype(np.int32))
-  extra = {name: getattr(train, name) for name in ("teacher_inputs", "token_weights", "class_label")
-           if getattr(train, name) is not None}
+  extra = {field.name: getattr(train, field.name) for field in dataclasses.fields(train)
+           if field.name not in ("inputs", "label", "index") and getattr(train, field.name) is not None}
   fingerprint = fingerprints.fingerprint_arrays(*_leaves(train.inputs), train.label, train.index, test.index,
                                                 *_leaves(extra))
   return TaskData(name=data_config.name, num_classes=num_classes, train=train, test=test, fingerprint=fingerprint,
