@@ -147,11 +147,12 @@ def describe(config: ml_collections.ConfigDict, points: list[Point]) -> dict:
 
 
 def _teacher_ready(config: ml_collections.ConfigDict) -> bool:
-  """The shared teacher directory holds the finished teacher and, in cached mode, a logit cache."""
+  """The shared teacher directory holds the finished teacher and, unless the teacher runs online, a teacher cache
+(dense, top-k or generations: kd_jax/student_data.py)."""
   directory = config.teacher.workdir
   trained = config.teacher.init != "train" or os.path.isdir(os.path.join(directory, "params"))
-  cached = config.distill.teacher_mode != "cached" or bool(
-      glob.glob(os.path.join(directory, "logit_cache", "*", "metadata.json")))
+  online = config.distill.teacher_mode == "online" and config.distill.strategy == "token"
+  cached = online or bool(glob.glob(os.path.join(directory, "*_cache", "*", "metadata.json")))
   return trained and cached
 
 
@@ -159,7 +160,7 @@ def _teacher_ready(config: ml_collections.ConfigDict) -> bool:
 def _teacher_lock(config: ml_collections.ConfigDict):
   """While the shared teacher is not ready, runs the point under an exclusive lock on `<teacher dir>.lock`.
 
-  train_and_evaluate trains the teacher and builds its cache first, so another process that wants the same teacher
+  train.run_group trains the teacher and builds its cache first, so another process that wants the same teacher
   waits for this point, then finds both ready and runs alongside. Single-process jobs only: the processes of one
   multi-host job train a teacher together, and one of them waiting for another's lock would deadlock them.
   """
