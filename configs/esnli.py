@@ -15,7 +15,7 @@ beside it. results.json per model: label_accuracy (label parsed from the generat
 rouge1/rouge2/rougeL of the generated explanation, agreement with the teacher's labels, kl_to_teacher (average
 token-level KL on the validation set), nll and token_accuracy (teacher-forced).
 
-Variants (all fields of configs/default.py apply):
+Variants (all fields of kd_jax/schema.py apply):
     --config.distill.teacher_mode=online        the teacher (bf16, no gradients) runs inside the train step instead
     --config.distill.strategy=sequence          sequence-level KD (Kim & Rush 2016): CE on the teacher's greedy
                                                 outputs, generated once and cached as tokens
@@ -31,9 +31,8 @@ DIR/validation.jsonl, or .csv / .parquet, with columns premise, hypothesis, labe
 Arguments: `smoke` (`--config=configs/esnli.py:smoke`) runs offline on the tiny fixture T5 v1.1
 (tests/fixtures/hf/t5_v1_1, FLAN-T5's architecture) as both models: the teacher is trained in the run for 25 epochs
 (its weights are random), the student starts from the fixture's weights and gets 10, on a 144-example e-SNLI
-look-alike in JSON lines (tests/fixtures/text/esnli); the students are decoded at temperatures 0 and 1. 4 min 12 s
-measured on 2 CPU cores shared with other jobs (97 s of CPU time), most of it XLA compiling the T5 train steps'
-per-example dropout.
+look-alike in JSON lines (tests/fixtures/text/esnli); the students are decoded at temperatures 0 and 1. 48 s
+measured on 2 CPU cores, most of it XLA compiling the T5 train steps' per-example dropout.
 """
 
 import pathlib
