@@ -35,16 +35,12 @@ FIELDS = ("seed", "optim.learning_rate") + losses.DistillationLoss.ARRAY_FIELDS
 BASELINE_FIELDS = ("seed", "distill.label_smoothing", "optim.learning_rate")
 
 
-def group_key(config: ml_collections.ConfigDict, fields=FIELDS) -> str:
-  """Fingerprint of the config but `fields`: points with equal keys train together."""
-  return fingerprints.fingerprint_json(config_paths.without(files.as_json_value(config.to_dict()), fields))
-
-
 def groups(points: list) -> list[list]:
   """The points (sweep.Point) in groups of configs equal but for FIELDS, in order of first appearance."""
   by_key = {}
   for point in points:
-    by_key.setdefault(group_key(point.config), []).append(point)
+    key = fingerprints.fingerprint_json(config_paths.without(files.as_json_value(point.config.to_dict()), FIELDS))
+    by_key.setdefault(key, []).append(point)
   return list(by_key.values())
 
 

@@ -18,11 +18,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from kd_jax import sharding
 from kd_jax.data import pipeline
 
-# Training examples up to this size (all arrays, bytes; config.train.device_data_max_mib) are copied to every
-# device once; larger ones come through tf.data and are transferred chunk by chunk.
-DEVICE_DATA_MAX_BYTES = 256 << 20
-
-
 def data_bytes(examples) -> int:
   return sum(leaf.nbytes for leaf in jax.tree.leaves(examples))
 
