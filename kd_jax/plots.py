@@ -5,7 +5,10 @@
   of the second; with more, one figure per factor, averaged over the others.
 - `heatmap_<metric>` (two factors): the KD student's selection metric and its paired difference from hard labels.
 - `reliability`, `confusion`: teacher, KD student and hard-label student at the best point, pooled over seeds.
-- `training_curves`: test accuracy and labeled cross-entropy against the step, per swept value.
+- `training_curves`: a validation metric and the labeled cross-entropy against the step, per swept value.
+- `<metric>_vs_parameters`, `<metric>_vs_latency`: the test metric against model size and latency (log scale), with
+  the KD students' Pareto front (chosen on validation).
+- `training_time_vs_data_size` (when the sweep changes the data size): each phase's training wall time.
 
 Colors are fixed per model (teacher gray, KD student blue, hard labels orange); the values of a factor are shades.
 """
@@ -13,6 +16,7 @@ Colors are fixed per model (teacher gray, KD student blue, hard labels orange); 
 import os
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -36,7 +40,7 @@ def write_plots(sweep: results.Sweep, plots_dir: str) -> list[str]:
   """Draws every figure of the sweep into `plots_dir`; returns the paths written."""
   os.makedirs(plots_dir, exist_ok=True)
   groups = sweep.groups()
-  best = results.best_group(groups, sweep.selection_metric)
+  best = results.best_group(groups, sweep.selection_metric, sweep.selection_split)
   written = []
   with plt.rc_context(STYLE):
     for metric in sweep.metrics:
@@ -52,7 +56,12 @@ def write_plots(sweep: results.Sweep, plots_dir: str) -> list[str]:
     if "reliability" in best.runs[0].results.metrics["student"]:  # classification tasks
       written += _save(_reliability(best, label), plots_dir, "reliability")
       written += _save(_confusion(best, label), plots_dir, "confusion")
-    written += _save(_training_curves(sweep, groups), plots_dir, "training_curves")
+    written += _save(_training_curves(sweep, groups, best), plots_dir, "training_curves")
+    if all(run.results.efficiency for run in sweep.runs):
+      for cost, stem in (("params", "parameters"), ("latency_ms", "latency")):
+        written += _save(_quality_vs_cost(sweep, groups, cost), plots_dir, f"{sweep.selection_metric}_vs_{stem}")
+    if len({group.runs[0].results.data.get("num_train") for group in groups}) > 1:
+      written += _save(_training_time_vs_data(groups), plots_dir, "training_time_vs_data_size")
   return written
 
 
@@ -268,11 +277,15 @@ def _curve(runs, phase: str, key: str) -> tuple[np.ndarray, np.ndarray]:
   return np.array(steps), np.array([np.mean(by_step[step]) for step in steps])
 
 
-def _training_curves(sweep: results.Sweep, groups: list):
-  """Test accuracy and the labeled cross-entropy against the step: one KD line per swept value (shades of blue),
-  the hard-label student of the best point dashed."""
-  best = results.best_group(groups, sweep.selection_metric)
-  panels = (("test/accuracy", "test accuracy (%)", 100.0), ("train/hard_loss", "train CE on labeled examples", 1.0))
+def _training_curves(sweep: results.Sweep, groups: list, best):
+  """A validation metric (the selection metric where the history has it) and the labeled cross-entropy against the
+  step: one KD line per swept value (shades of blue), the hard-label student of the best point dashed."""
+  logged = {key for run in best.runs for record in results.read_history(run) for key in record}
+  metric = next((name for name in (sweep.selection_metric, "accuracy", "token_accuracy", "nll")
+                 if f"validation/{name}" in logged), sweep.selection_metric)
+  scale = 100.0 if metric in results.PERCENT_METRICS else 1.0
+  panels = ((f"validation/{metric}", f"validation {metric}{' (%)' if scale == 100 else ''}", scale),
+            ("train/hard_loss", "train CE on labeled examples", 1.0))
   figure, axes = plt.subplots(1, 2, figsize=(7.4, 2.8), layout="constrained")
   shades = plt.get_cmap(MODEL_SHADES["student"])(np.linspace(0.4, 0.95, len(groups)))
   for axis, (key, ylabel, scale) in zip(axes, panels):
@@ -285,13 +298,86 @@ def _training_curves(sweep: results.Sweep, groups: list):
       label = "hard labels" + (f", {sweep.group_label(best)}" if results.model_varies(groups) else "")
       axis.plot(steps, values * scale, color=MODEL_COLORS["student_hard"], linestyle="--",
                 marker="o" if len(steps) < 8 else None, label=label)
-    if key == "test/accuracy":
-      label = "teacher" + (f", {sweep.group_label(best)}" if results.model_varies(groups, "teacher") else "")
-      axis.axhline(best.mean_std("teacher", "accuracy")[0] * scale, color=MODEL_COLORS["teacher"], linestyle=":",
-                   label=label)
+    if key.startswith("validation/"):
+      teacher = best.mean_std("teacher", metric, "validation")[0]
+      if np.isfinite(teacher):
+        label = "teacher" + (f", {sweep.group_label(best)}" if results.model_varies(groups, "teacher") else "")
+        axis.axhline(teacher * scale, color=MODEL_COLORS["teacher"], linestyle=":", label=label)
     axis.set_xlabel("step")
     axis.set_ylabel(ylabel)
   axes[1].set_yscale("log")
   figure.suptitle(f"Training curves, mean over seeds ({sweep.seeds} per value)", fontsize=9)
   figure.legend(*axes[0].get_legend_handles_labels(), loc="outside right center", fontsize=6.5)
+  return figure
+
+
+def pareto_front(costs, qualities, higher_is_better: bool = True) -> np.ndarray:
+  """Indices of the points no other point beats: one at most as costly and at least as good, better in one of the
+  two. Ordered by cost."""
+  costs, qualities = np.asarray(costs, np.float64), np.asarray(qualities, np.float64)
+  qualities = qualities if higher_is_better else -qualities
+  front = [i for i in range(len(costs))
+           if not any(costs[j] <= costs[i] and qualities[j] >= qualities[i]
+                      and (costs[j] < costs[i] or qualities[j] > qualities[i]) for j in range(len(costs)))]
+  return np.array(sorted(front, key=lambda i: costs[i]), dtype=int)
+
+
+def _quality_vs_cost(sweep: results.Sweep, groups: list, cost: str):
+  """The selection metric on test against a cost (parameters or latency at batch 1, log scale) of every group's KD
+  and hard-label students and of the teacher(s); the KD students' Pareto front, chosen on validation, connected."""
+  metric = sweep.selection_metric
+  scale = _scale(metric)
+  higher = metric in results.HIGHER_IS_BETTER
+  figure, axis = plt.subplots(figsize=(FIGURE_SIZE[0] + 0.6, FIGURE_SIZE[1]))
+  for model in _models(sweep):
+    points = [(group.efficiency(model, cost), group.mean_std(model, metric)[0] * scale) for group in groups]
+    if model == "teacher" and not results.model_varies(groups, "teacher"):
+      points = points[:1]
+    x, y = np.array(points).T
+    style = {"student": dict(marker="o", s=20, zorder=4, color=MODEL_COLORS[model]),
+             "student_hard": dict(marker="s", s=34, zorder=3, facecolors="none", edgecolors=MODEL_COLORS[model]),
+             "teacher": dict(marker="*", s=50, zorder=3, color=MODEL_COLORS[model])}[model]
+    axis.scatter(x, y, label=results.MODEL_LABELS[model], **style)
+  students = np.array([(group.efficiency("student", cost), group.mean_std("student", metric)[0] * scale)
+                       for group in groups])
+  selected = np.array([group.mean_std("student", metric, sweep.selection_split)[0] for group in groups])
+  front = pareto_front(students[:, 0], selected, higher)
+  axis.plot(students[front, 0], students[front, 1], color=MODEL_COLORS["student"], linewidth=1.0, zorder=2,
+            label=f"KD Pareto front (by {sweep.selection_split})")
+  for i in front:
+    values = ",".join(factor.value_label(j) for factor, j in zip(sweep.factors, groups[i].value_indices))
+    axis.annotate(values, students[i], fontsize=6, xytext=(3, 3), textcoords="offset points")
+  axis.set_xscale("log")
+  axis.set_xlabel({"params": "parameters", "latency_ms": "latency at batch 1 (ms)"}[cost])
+  axis.set_ylabel(_axis_label(metric))
+  axis.set_title(f"{metric} vs {'size' if cost == 'params' else 'latency'}")
+  axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=7)
+  return figure
+
+
+def _training_time_vs_data(groups: list):
+  """Training wall time of each phase after its first (compiling) chunk against the number of training examples
+  (mean over seeds, log-log; only runs that trained the phase from start to end in one go)."""
+  figure, axis = plt.subplots(figsize=FIGURE_SIZE)
+  for phase in ("teacher", "student", "student_hard"):
+    points = {}
+    for group in groups:
+      for run in group.runs:
+        phase_stats = run.results.train.get("phases", {}).get(phase)
+        if (phase_stats is not None and phase_stats.get("trained_steps") == phase_stats.get("steps")
+            and "wall_s_after_compile" in phase_stats):
+          points.setdefault(run.results.data["num_train"], []).append(phase_stats["wall_s_after_compile"])
+    if points:
+      sizes = sorted(points)
+      axis.plot(sizes, [np.mean(points[size]) for size in sizes], color=MODEL_COLORS[phase], marker="o",
+                label=results.MODEL_LABELS[phase])
+  axis.set_xscale("log")
+  axis.set_yscale("log")
+  for scaled_axis in (axis.xaxis, axis.yaxis):
+    scaled_axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    scaled_axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+  axis.set_xlabel("training examples")
+  axis.set_ylabel("training wall time after compiling (s)")
+  axis.set_title("training time vs data size", fontsize=8)
+  axis.legend()
   return figure

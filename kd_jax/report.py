@@ -26,20 +26,41 @@ from kd_jax.results import (BASELINE, HIGHER_IS_BETTER, MODEL_LABELS, PERCENT_ME
 
 
 def metrics_table(results: dict) -> str:
-  """A fixed-width table of a results.json: one row per model (teacher, KD student, hard-label student), one column
-  per metric."""
-  metrics = results["metrics"]
-  columns = present_metrics(metrics.values())
-  header = f"{'model':<22}" + "".join(f"{name:>15}" for name in columns)
+  """Fixed-width tables of a results.json: the test metrics (reported), the validation metrics (what selects) and
+  the models' efficiency; one row per model (teacher, KD student, hard-label student)."""
+  data = results.get("data", {})
+  blocks = []
+  for split, key in (("test", "metrics"), ("validation", "validation_metrics")):
+    if results.get(key):
+      size = data.get(f"num_{split}")
+      role = "reported" if split == "test" else "selects"
+      title = f"{split} split{f' ({size} examples)' if size is not None else ''}: {role}"
+      columns = {name: (name, "{:.4f}".format) for name in present_metrics(results[key].values())}
+      blocks.append([title] + _model_rows(results[key], columns))
+  if results.get("efficiency"):
+    blocks.append(["efficiency"] + _model_rows(results["efficiency"], EFFICIENCY_COLUMNS))
+  return "\n\n".join("\n".join(block) for block in blocks)
+
+
+# The efficiency table's columns: results.json key -> (header, format).
+EFFICIENCY_COLUMNS = {
+    "params": ("params", "{:,.0f}".format), "param_bytes": ("MiB", lambda value: f"{value / 2**20:.3f}"),
+    "flops_per_example": ("MFLOP/example", lambda value: f"{value / 1e6:.4f}"),
+    "latency_ms": ("latency ms", "{:.4f}".format), "throughput_per_s": ("examples/s", "{:,.0f}".format),
+    "compression_params": ("compression", "{:.1f}x".format), "latency_speedup": ("speedup", "{:.2f}x".format)}
+
+
+def _model_rows(by_model: dict, columns: dict) -> list[str]:
+  """A header and one row per model of `by_model` ({model: {key: value}}), `columns` {key: (header, format)};
+  '-' where a model lacks a key."""
+  header = f"{'model':<22}" + "".join(f"{name:>15}" for name, _ in columns.values())
   rows = [header, "-" * len(header)]
   for model, label in MODEL_LABELS.items():
-    model_metrics = metrics.get(model)
-    if model_metrics is None:
-      continue
-    cells = "".join(f"{model_metrics[name]:>15.4f}" if name in model_metrics else f"{'-':>15}"
-                    for name in columns)
-    rows.append(f"{label:<22}{cells}")
-  return "\n".join(rows)
+    if model in by_model:
+      values = by_model[model]
+      rows.append(f"{label:<22}" + "".join(f"{form(values[key]) if key in values else '-':>15}"
+                                           for key, (_, form) in columns.items()))
+  return rows
 
 
 
@@ -53,11 +74,24 @@ def metric_header(metric: str, *, difference: bool = False) -> str:
   return f"Δ {metric}" if difference else metric
 
 
+def format_interval(metric: str, difference: stats.PairedDifference) -> str:
+  """'95% t interval [+1.10, +2.40], n = 5' (and the bootstrap's from 10 seeds), or, below 3 seeds, 'n = 2: too few
+  seeds for an interval; differences +1.20, +0.80'."""
+  if difference.method is None:
+    values = ", ".join(format_metric(metric, value, signed=True) for value in difference.values)
+    return f"n = {difference.n}: too few seeds for an interval; differences {values}"
+  text = (f"{stats.CONFIDENCE_LEVEL:.0%} t interval [{format_metric(metric, difference.low, signed=True)}, "
+          f"{format_metric(metric, difference.high, signed=True)}], n = {difference.n}")
+  if np.isfinite(difference.bootstrap_low):
+    text += (f"; bootstrap [{format_metric(metric, difference.bootstrap_low, signed=True)}, "
+             f"{format_metric(metric, difference.bootstrap_high, signed=True)}]")
+  return text
+
+
 def format_difference(metric: str, difference: stats.PairedDifference) -> str:
-  """'+1.80 ± 0.60 points (95% CI [+1.10, +2.40])'."""
+  """'+1.80 ± 0.60 points (95% t interval [+1.10, +2.40], n = 5)'."""
   return (f"{format_mean_std(metric, difference.mean, difference.std, signed=True)}{metric_unit(metric)} "
-          f"({stats.CONFIDENCE_LEVEL:.0%} CI [{format_metric(metric, difference.low, signed=True)}, "
-          f"{format_metric(metric, difference.high, signed=True)}])")
+          f"({format_interval(metric, difference)})")
 
 
 # Findings: sentences computed from the numbers.
@@ -95,9 +129,9 @@ def factor_means(sweep: Sweep, factor_index: int, value_of_run) -> list[float]:
   return [stats.mean_std(run_values)[0] for run_values in values]
 
 
-def _gain(metric: str):
-  """A run's KD-student metric minus its hard-label student's."""
-  return lambda run: run.metric("student", metric) - run.metric(BASELINE, metric)
+def _gain(metric: str, split: str):
+  """A run's KD-student metric minus its hard-label student's, on `split`."""
+  return lambda run: run.metric("student", metric, split) - run.metric(BASELINE, metric, split)
 
 
 def pooled_std(stds: list[float]) -> float:
@@ -108,45 +142,48 @@ def pooled_std(stds: list[float]) -> float:
 
 def findings(sweep: Sweep, groups: list[Group]) -> list[str]:
   """One line per swept factor (trend of the selection metric), the best value against hard labels, where KD beats
-  hard labels and where it does not, and the student against the teacher."""
-  metric = sweep.selection_metric
-  best = best_group(groups, metric)
-  noise = pooled_std([group.mean_std("student", metric)[1] for group in groups])
+  hard labels and where it does not, and the student against the teacher. Trends and the best point are chosen on
+  the selection split (validation); what is reported for the best point, and KD against hard labels, is on test."""
+  metric, split = sweep.selection_metric, sweep.selection_split
+  best = best_group(groups, metric, split)
+  noise = pooled_std([group.mean_std("student", metric, split)[1] for group in groups])
   lines = []
   best_difference = best.versus_baseline("student", metric)
-  against_baseline = "" if best_difference is None else f": {format_difference(metric, best_difference)} vs hard labels"
-  if best_difference is not None and best_difference.n > 1:
+  against_baseline = "" if best_difference is None else f", {format_difference(metric, best_difference)} vs hard labels"
+  if best_difference is not None and best_difference.n >= stats.MIN_SEEDS_FOR_INTERVAL:
     against_baseline += (", more than the seed spread" if best_difference.exceeds_spread else
                          ", within the seed spread")
+  best_text = (f"{sweep.group_label(best)} (by {split} {metric}); on test: KD student "
+               f"{format_mean_std(metric, *best.mean_std('student', metric))}"
+               f"{'%' if metric in PERCENT_METRICS else ''}{against_baseline}")
   # The gain over hard labels gets its own trend when the baseline changes with the swept values (data, student).
   gain_varies = sweep.has_baseline and model_varies(groups)
-  gain_noise = pooled_std([getattr(group.versus_baseline("student", metric), "std", None) for group in groups])
+  gain_noise = pooled_std([getattr(group.versus_baseline("student", metric, split), "std", None)
+                           for group in groups])
   for index, factor in enumerate(sweep.factors):
     if len(factor.values) < 2:
       continue
     labels = [factor.value_label(i) for i in range(len(factor.values))]
-    means = factor_means(sweep, index, lambda run: run.metric("student", metric))
+    means = factor_means(sweep, index, lambda run: run.metric("student", metric, split))
     others_vary = any(len(other.values) > 1 for other in sweep.factors if other is not factor)
     averaged = " (averaged over the other factors)" if others_vary else ""
     trend = trend_phrase(factor.label, labels, means, noise)
-    line = f"KD-student {metric} {trend}{averaged} ({_series(metric, labels, means)})"
+    line = f"KD-student {split} {metric} {trend}{averaged} ({_series(metric, labels, means)})"
     if len(sweep.factors) == 1:
-      line += f"; best {sweep.group_label(best)}{against_baseline}"
+      line += f"; best {best_text}"
     lines.append(line + ".")
     if gain_varies:
-      gains = factor_means(sweep, index, _gain(metric))
+      gains = factor_means(sweep, index, _gain(metric, split))
       series = ", ".join(f"{label}: {format_metric(metric, gain, signed=True)}" for label, gain in zip(labels, gains))
-      lines.append(f"KD minus hard-label {metric} {trend_phrase(factor.label, labels, gains, gain_noise)}{averaged} "
-                   f"({series}{metric_unit(metric)}).")
+      lines.append(f"KD minus hard-label {split} {metric} {trend_phrase(factor.label, labels, gains, gain_noise)}"
+                   f"{averaged} ({series}{metric_unit(metric)}).")
   if len(sweep.factors) != 1:
-    lines.append(f"Best point by {metric}: {sweep.group_label(best)}, KD student "
-                 f"{format_mean_std(metric, *best.mean_std('student', metric))}"
-                 f"{'%' if metric in PERCENT_METRICS else ''}{against_baseline}.")
+    lines.append(f"Best point: {best_text}.")
   if sweep.has_baseline:
     lines.append(_baseline_line(sweep, groups, metric))
   teacher_mean, _ = best.mean_std("teacher", metric)
   student_mean, _ = best.mean_std("student", metric)
-  line = (f"Student vs teacher at the best point ({metric}): KD student "
+  line = (f"Student vs teacher at the best point (test {metric}): KD student "
           f"{format_metric(metric, student_mean, unit=True)}, teacher {format_metric(metric, teacher_mean, unit=True)} "
           f"({format_metric(metric, student_mean - teacher_mean, signed=True)}{metric_unit(metric)})")
   if sweep.has_baseline:
@@ -167,8 +204,9 @@ def _baseline_line(sweep: Sweep, groups: list[Group], metric: str) -> str:
     outcomes[outcome].append(f"{sweep.group_label(group)} ({format_metric(metric, difference.mean, signed=True)})")
   parts = [f"{what} at {', '.join(labels)}" for what, labels in (
       ("better", outcomes["better"]), ("worse", outcomes["worse"]),
-      ("no clear difference (interval contains 0)", outcomes["unclear"])) if labels]
-  return (f"KD vs hard labels ({metric}, paired {stats.CONFIDENCE_LEVEL:.0%} interval): " + "; ".join(parts) + ".")
+      ("no clear difference (interval contains 0, or no interval)", outcomes["unclear"])) if labels]
+  return (f"KD vs hard labels (test {metric}, paired {stats.CONFIDENCE_LEVEL:.0%} t interval; fewer than "
+          f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds give none): " + "; ".join(parts) + ".")
 
 
 # Files.
@@ -185,8 +223,12 @@ def csv_rows(sweep: Sweep) -> list[dict]:
     for model in ("student", BASELINE, "teacher"):
       for metric in sweep.metrics:
         row[f"{model}_{metric}"] = run.results.metrics.get(model, {}).get(metric)
+      for metric in sweep.metrics:
+        row[f"{model}_validation_{metric}"] = run.results.validation_metrics.get(model, {}).get(metric)
+      for key in EFFICIENCY_COLUMNS:
+        row[f"{model}_{key}"] = run.results.efficiency.get(model, {}).get(key)
     data = run.results.data
-    for key in ("num_train", "num_labeled", "num_unlabeled", "num_test"):
+    for key in ("num_train", "num_labeled", "num_unlabeled", "num_validation", "num_test"):
       row[key] = data.get(key)
     train = run.results.train
     for key in ("steps", "wall_s", "examples_per_sec", "num_devices"):
@@ -220,14 +262,22 @@ def summary_markdown(sweep: Sweep) -> str:
            f"{len(sweep.runs)} of {sweep.num_points} points finished.", ""]
   if not groups:
     return "\n".join(lines + ["No point has finished yet."]) + "\n"
-  best = best_group(groups, metric)
+  split = sweep.selection_split
+  best = best_group(groups, metric, split)
   wall_s = [run.results.train.get("wall_s") or 0.0 for run in sweep.runs]
-  lines += [f"Selection metric: {metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better), of the KD "
+  protocol = ("Selection (the best point, the trends) is on the **validation** split; every number reported for a "
+              "point is on the **test** split." if split == "validation" else
+              "These results have no validation split (written by an older kd_jax): the best point and the trends "
+              "are chosen on the **test** split itself, which biases the reported numbers upwards.")
+  lines += [protocol, "",
+            f"Selection metric: {metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better), of the KD "
             f"student. Cells are mean ± sample std (ddof=1) over seeds; accuracy and agreement in %. Differences are "
             f"paired: each model minus the hard-label student of the same seed, with a {stats.CONFIDENCE_LEVEL:.0%} "
-            f"percentile-bootstrap interval of the mean difference ({stats.BOOTSTRAP_RESAMPLES} resamples, seed "
-            f"{stats.BOOTSTRAP_SEED}). Training time of the finished points: {sum(wall_s):.0f} s.", "",
-            "## Findings", ""]
+            f"Student-t interval of the mean difference (n - 1 degrees of freedom) from "
+            f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds (fewer: no interval, the differences are listed), and a "
+            f"percentile-bootstrap interval beside it from {stats.MIN_SEEDS_FOR_BOOTSTRAP} seeds "
+            f"({stats.BOOTSTRAP_RESAMPLES} resamples, seed {stats.BOOTSTRAP_SEED}). Training time of the finished "
+            f"points: {sum(wall_s):.0f} s.", "", "## Findings", ""]
   lines += [f"- {line}" for line in findings(sweep, groups)]
   value_header = [factor.label for factor in sweep.factors]
 
@@ -237,16 +287,16 @@ def summary_markdown(sweep: Sweep) -> str:
       cells[0] = f"**{cells[0]}** (best)"
     return cells
 
+  models = [(model, label) for model, label in MODEL_LABELS.items() if model != BASELINE or sweep.has_baseline]
   rows = []
   for group in groups:
-    for model, label in MODEL_LABELS.items():
-      if model == BASELINE and not sweep.has_baseline:
-        continue
+    for model, label in models:
       cells = [format_mean_std(name, *group.mean_std(model, name)) for name in sweep.metrics]
-      rows.append(value_cells(group) + [label] + cells + [str(len(group.runs))])
-  lines += ["", "## Metrics by swept value", ""]
-  lines += _markdown_table(value_header + ["model"] + [metric_header(name) for name in sweep.metrics] + ["seeds"],
-                           rows)
+      rows.append(value_cells(group) + [label] + cells + [format_mean_std(metric, *group.mean_std(model, metric, split)),
+                                                          str(len(group.runs))])
+  lines += ["", "## Metrics by swept value (test split; the last column: the selection metric on validation)", ""]
+  lines += _markdown_table(value_header + ["model"] + [metric_header(name) for name in sweep.metrics]
+                           + [f"{split} {metric_header(metric)}", "seeds"], rows)
   if sweep.has_baseline:
     difference_metrics = (metric,) + tuple(name for name in ("accuracy", "label_accuracy", "rougeL", "nll", "ece")
                                            if name != metric and name in sweep.metrics)
@@ -261,21 +311,28 @@ def summary_markdown(sweep: Sweep) -> str:
             continue
           cells.append(format_mean_std(name, difference.mean, difference.std, signed=True))
           if name == metric:
-            cells.append(f"[{format_metric(name, difference.low, signed=True)}, "
-                         f"{format_metric(name, difference.high, signed=True)}]")
-            cells.append("-" if difference.n < 2 else ("yes" if difference.exceeds_spread else "no"))
+            cells.append(format_interval(name, difference))
+            cells.append("-" if difference.n < stats.MIN_SEEDS_FOR_INTERVAL else ("yes" if difference.exceeds_spread else "no"))
         rows.append(value_cells(group) + [f"{MODEL_LABELS[model]} − hard labels"] + cells)
-    header = value_header + ["model", metric_header(metric, difference=True), f"{stats.CONFIDENCE_LEVEL:.0%} CI",
+    header = value_header + ["model", metric_header(metric, difference=True), "interval of the mean",
                              "exceeds seed spread"] + [metric_header(name, difference=True)
                                                        for name in difference_metrics[1:]]
-    lines += ["", "## Difference from the hard-label student (paired over seeds)", ""]
+    lines += ["", "## Difference from the hard-label student (test split, paired over seeds)", ""]
     lines += _markdown_table(header, rows)
+  if any(run.results.efficiency for run in sweep.runs):
+    rows = [value_cells(group) + [label] + [
+        "-" if not np.isfinite(value := group.efficiency(model, key)) else form(value)
+        for key, (_, form) in EFFICIENCY_COLUMNS.items()] for group in groups for model, label in models]
+    lines += ["", "## Size and speed (mean over seeds; the students' compression and speedup are the teacher's "
+              "parameters and latency over theirs)", ""]
+    lines += _markdown_table(value_header + ["model"] + [header for header, _ in EFFICIENCY_COLUMNS.values()], rows)
   sizes = [(group, group.runs[0].results.data) for group in groups]
   if len({json.dumps(data, sort_keys=True) for _, data in sizes}) > 1:
     lines += ["", "## Data per swept value", ""]
-    lines += _markdown_table(value_header + ["train", "labeled", "unlabeled (transfer set)", "test"], [
+    lines += _markdown_table(value_header + ["train", "labeled", "unlabeled (transfer set)", "validation", "test"], [
         value_cells(group) + [str(data.get(key, "-")) for key in ("num_train", "num_labeled", "num_unlabeled",
-                                                                   "num_test")] for group, data in sizes])
+                                                                   "num_validation", "num_test")]
+        for group, data in sizes])
   return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.stats
 
 from kd_jax import files, report, results, stats
 from tests.conftest import REPO_ROOT
@@ -33,20 +34,29 @@ def fake_metrics(accuracy: float, num_classes: int = 3) -> dict:
                           "accuracy": [None] * 13 + [0.0 if counts[13] else None, 1.0]}}
 
 
-def write_point(workdir: str, name: str, kd: float, hard: float | None, teacher: float, num_labeled: int = 126):
+def write_point(workdir: str, name: str, kd: float, hard: float | None, teacher: float, num_labeled: int = 126,
+                kd_validation: float | None = None):
+  """A finished point's results.json and history; the validation metrics equal the test ones unless the KD student's
+  validation accuracy is given."""
   directory = os.path.join(workdir, name)
   metrics = {"teacher": fake_metrics(teacher), "student": fake_metrics(kd)}
   if hard is not None:
     metrics["student_hard"] = fake_metrics(hard)
+  validation = {**metrics, "student": fake_metrics(kd if kd_validation is None else kd_validation)}
+  efficiency = {"teacher": {"params": 100_000, "param_bytes": 400_000, "latency_ms": 1.0, "throughput_per_s": 1e4},
+                **{model: {"params": 1_000, "param_bytes": 4_000, "latency_ms": 0.1, "throughput_per_s": 1e5,
+                           "compression_params": 100.0, "latency_speedup": 10.0} for model in metrics
+                   if model != "teacher"}}
   files.write_json(os.path.join(directory, "results.json"), {
       "data": {"name": "fake", "num_classes": 3, "num_train": 1000, "num_labeled": num_labeled,
-               "num_unlabeled": 1000 - num_labeled, "num_test": 100},
-      "metrics": metrics, "train": {"steps": 100, "wall_s": 2.5, "examples_per_sec": 1000.0, "num_devices": 1}})
+               "num_unlabeled": 1000 - num_labeled, "num_validation": 50, "num_test": 100},
+      "metrics": metrics, "validation_metrics": validation, "efficiency": efficiency,
+      "train": {"steps": 100, "wall_s": 2.5, "examples_per_sec": 1000.0, "num_devices": 1}})
   with open(os.path.join(directory, "history.jsonl"), "w") as stream:
     for phase, final in (("student", kd), ("student_hard", hard or 0.5)):
       for step in (50, 100):
         stream.write(json.dumps({"phase": phase, "step": step, "train/hard_loss": 1.0 / step}) + "\n")
-        stream.write(json.dumps({"phase": phase, "step": step, "test/accuracy": final * step / 100}) + "\n")
+        stream.write(json.dumps({"phase": phase, "step": step, "validation/accuracy": final * step / 100}) + "\n")
 
 
 def write_sweep_json(workdir: str, factors: list[results.Factor], seeds: int, metric: str = "accuracy") -> list[dict]:
@@ -102,12 +112,36 @@ def test_paired_difference_against_hand_computation():
   assert result.n == 3
   assert result.mean == pytest.approx(statistics.mean(differences), abs=1e-12)
   assert result.std == pytest.approx(statistics.stdev(differences), abs=1e-12)
-  assert min(differences) <= result.low <= result.mean <= result.high <= max(differences)
+  # Student's t interval with n - 1 = 2 degrees of freedom, against scipy's.
+  expected = scipy.stats.t.interval(0.95, 2, loc=statistics.mean(differences),
+                                    scale=scipy.stats.sem(differences))
+  assert result.method == "t" and abs(result.low - expected[0]) < 1e-9 and abs(result.high - expected[1]) < 1e-9
+  assert result.values == pytest.approx(differences, abs=1e-12)
   assert result.sign == 1 and result.exceeds_spread
+  assert np.isnan(result.bootstrap_low)  # 3 seeds: no bootstrap interval
   # Differences that straddle 0 by more than their mean: no sign, within the spread.
   straddling = stats.paired_difference([0.9, 0.8, 0.85], [0.85, 0.85, 0.85])
   assert straddling.sign == 0 and not straddling.exceeds_spread
   assert stats.paired_difference([0.5, 0.6], [0.5, 0.6]).sign == 0
+
+
+def test_intervals_follow_the_number_of_seeds():
+  """2 seeds: no interval; 3 to 9: Student's t (matching scipy to 1e-9); from 10: the bootstrap beside it."""
+  rng = np.random.default_rng(4)
+  two = stats.paired_difference([0.9, 0.7], [0.8, 0.8])
+  assert two.method is None and two.n == 2 and np.isnan(two.low) and np.isnan(two.high) and two.sign == 0
+  assert two.values == pytest.approx((0.1, -0.1))
+  # Two differences of one sign and little spread: still no claim about the seed spread from two values.
+  assert not stats.paired_difference([0.91, 0.92], [0.80, 0.80]).exceeds_spread
+  for n in (3, 5, 9, 10, 25):
+    a, b = rng.normal(0.85, 0.02, n), rng.normal(0.83, 0.02, n)
+    result = stats.paired_difference(a, b)
+    differences = a - b
+    low, high = scipy.stats.t.interval(0.95, n - 1, loc=differences.mean(), scale=scipy.stats.sem(differences))
+    assert result.method == "t" and abs(result.low - low) < 1e-9 and abs(result.high - high) < 1e-9, n
+    assert np.isnan(result.bootstrap_low) == (n < 10), n
+    if n >= 10:
+      assert (result.bootstrap_low, result.bootstrap_high) == stats.bootstrap_mean_interval(differences)
 
 
 def test_groups_statistics_and_best_value(temperature_sweep):
@@ -123,7 +157,7 @@ def test_groups_statistics_and_best_value(temperature_sweep):
     expected = [kd - hard for kd, hard in zip(KD_ACCURACY[temperature], HARD_ACCURACY)]
     assert difference.mean == pytest.approx(statistics.mean(expected))
     assert difference.std == pytest.approx(statistics.stdev(expected))
-  best = results.best_group(groups, "accuracy")
+  best = results.best_group(groups, "accuracy")  # on validation, here equal to test
   assert sweep.group_label(best) == "distill.temperature=2"
   assert sweep.group_label(results.best_group(groups, "nll")) == "distill.temperature=2"  # nll = 1 - accuracy here
 
@@ -143,9 +177,13 @@ def test_trend_phrase(means, phrase):
 def test_summary_findings_and_tables(temperature_sweep):
   text = report.summary_markdown(results.load_sweep(temperature_sweep))
   assert "3 of 3" not in text and "9 of 9 points finished" in text
-  # KD: 91.00, 95.00, 81.00 (%); best T=2: +8.67 points over hard labels (paired: +10, +8, +8).
-  assert ("- KD-student accuracy rises with distill.temperature up to 2, then falls (1: 91.00%, 2: 95.00%, "
-          "3: 81.00%); best distill.temperature=2: +8.67 ± 1.15 points") in text
+  assert ("Selection (the best point, the trends) is on the **validation** split; every number reported for a point "
+          "is on the **test** split.") in text
+  # KD: 91.00, 95.00, 81.00 (%); best T=2: +8.67 points over hard labels (paired: +10, +8, +8), t interval with 2
+  # degrees of freedom: 8.67 ± 4.303 * 1.155 / sqrt(3).
+  assert ("- KD-student validation accuracy rises with distill.temperature up to 2, then falls (1: 91.00%, "
+          "2: 95.00%, 3: 81.00%); best distill.temperature=2 (by validation accuracy); on test: KD student "
+          "95.00 ± 1.00%, +8.67 ± 1.15 points (95% t interval [+5.80, +11.54], n = 3) vs hard labels") in text
   assert "more than the seed spread" in text
   assert ("better at distill.temperature=1 (+4.67), distill.temperature=2 (+8.67); worse at "
           "distill.temperature=3 (-5.33)") in text
@@ -156,6 +194,40 @@ def test_summary_findings_and_tables(temperature_sweep):
   difference_section = text.split("## Difference from the hard-label student")[1]
   assert difference_section.count("teacher − hard labels") == 3
   assert "## Data per swept value" not in text  # the same data everywhere
+
+
+def test_the_best_point_is_chosen_on_validation_and_reported_on_test(tmp_path):
+  """T=2 is best on test, T=1 on validation: the report picks T=1 and reports T=1's test numbers."""
+  workdir = str(tmp_path / "sweep")
+  factor = results.Factor(("distill.temperature",), tuple((t,) for t in TEMPERATURES))
+  validation = {1.0: 0.97, 2.0: 0.90, 3.0: 0.85}
+  for point in write_sweep_json(workdir, [factor], seeds=3):
+    temperature = TEMPERATURES[point["value_indices"][0]]
+    write_point(workdir, point["name"], KD_ACCURACY[temperature][point["seed"]], HARD_ACCURACY[point["seed"]],
+                TEACHER_ACCURACY, kd_validation=validation[temperature])
+  sweep = results.load_sweep(workdir)
+  groups = sweep.groups()
+  assert sweep.selection_split == "validation"
+  assert sweep.group_label(results.best_group(groups, "accuracy")) == "distill.temperature=1"
+  assert sweep.group_label(results.best_group(groups, "accuracy", "test")) == "distill.temperature=2"
+  text = report.summary_markdown(sweep)
+  assert ("best distill.temperature=1 (by validation accuracy); on test: KD student 91.00 ± 1.00%, +4.67") in text
+  assert "KD-student validation accuracy falls with distill.temperature (1: 97.00%, 2: 90.00%, 3: 85.00%)" in text
+  assert "| **1** (best) | student (KD) | 91.00 ± 1.00 |" in text
+  assert "KD student 91.00%, teacher 97.00% (-6.00 points)" in text
+
+
+def test_results_without_validation_select_on_test_and_say_so(temperature_sweep):
+  for name in os.listdir(temperature_sweep):
+    path = os.path.join(temperature_sweep, name, "results.json")
+    if os.path.exists(path):
+      stored = files.read_json(path)
+      del stored["validation_metrics"]
+      files.write_json(path, stored)
+  sweep = results.load_sweep(temperature_sweep)
+  assert sweep.selection_split == "test"
+  text = report.summary_markdown(sweep)
+  assert "These results have no validation split" in text and "best distill.temperature=2 (by test accuracy)" in text
 
 
 def test_partial_sweep_and_missing_baseline(tmp_path):
@@ -183,8 +255,9 @@ def test_written_report_csv_and_plots(temperature_sweep):
           "wall_s", "steps"} <= set(rows[0])
   assert [float(row["distill.temperature"]) for row in rows[:3]] == [1.0, 1.0, 1.0]
   assert float(rows[4]["student_accuracy"]) == KD_ACCURACY[2.0][1]
+  assert {"student_validation_accuracy", "student_params", "student_latency_ms", "teacher_params"} <= set(rows[0])
   for stem in ("accuracy_vs_distill.temperature", "ece_vs_distill.temperature", "reliability", "confusion",
-               "training_curves"):
+               "training_curves", "accuracy_vs_parameters", "accuracy_vs_latency"):
     for extension in ("png", "pdf"):
       path = os.path.join(temperature_sweep, "plots", f"{stem}.{extension}")
       assert path in written and os.path.getsize(path) > 1000, path
@@ -201,11 +274,15 @@ def test_two_factor_report_has_heatmap(tmp_path):
   assert os.path.join(workdir, "plots", "heatmap_accuracy.pdf") in written
   assert os.path.join(workdir, "plots", "accuracy_vs_distill.temperature_by_distill.alpha.png") in written
   text = open(os.path.join(workdir, "summary.md")).read()
-  assert "Best point by accuracy: distill.temperature=4,distill.alpha=0.9, KD student 87.50 ± 0.71%: +4.50" in text
+  assert ("Best point: distill.temperature=4,distill.alpha=0.9 (by validation accuracy); on test: KD student "
+          "87.50 ± 0.71%, +4.50") in text
   assert "(averaged over the other factors)" in text
   # The hard-label student changes with T here, so the gain gets its own trend: 0.02 * i + 0.02 * j + 0.01 * seed.
-  assert ("KD minus hard-label accuracy rises with distill.temperature (averaged over the other factors) "
+  assert ("KD minus hard-label validation accuracy rises with distill.temperature (averaged over the other factors) "
           "(1: +1.50, 4: +3.50 points)") in text
+  # 2 seeds: no interval, the differences listed instead; no bootstrap anywhere.
+  assert "+4.50 ± 0.71 points (n = 2: too few seeds for an interval; differences +4.00, +5.00)" in text
+  assert "bootstrap [" not in text
 
 
 def test_report_command_line(tmp_path):
@@ -229,7 +306,24 @@ def test_metrics_table_shows_the_metrics_the_task_has():
       "student": {"label_accuracy": 0.55, "rouge1": 0.10, "rouge2": 0.0, "rougeL": 0.09, "nll": 1.2,
                   "agreement": 0.55, "kl_to_teacher": 0.51}}}
   lines = report.metrics_table(generation).splitlines()
-  assert lines[0].split() == ["model", "label_accuracy", "rouge1", "rouge2", "rougeL", "nll", "agreement",
+  assert lines[0] == "test split: reported"
+  assert lines[1].split() == ["model", "label_accuracy", "rouge1", "rouge2", "rougeL", "nll", "agreement",
                               "kl_to_teacher"]
-  assert lines[2].split() == ["teacher", "0.8600", "0.4100", "0.2500", "0.4100", "0.7000", "-", "-"]
-  assert lines[3].split()[:4] == ["student", "(KD)", "0.5500", "0.1000"]
+  assert lines[3].split() == ["teacher", "0.8600", "0.4100", "0.2500", "0.4100", "0.7000", "-", "-"]
+  assert lines[4].split()[:4] == ["student", "(KD)", "0.5500", "0.1000"]
+
+
+def test_metrics_table_shows_test_validation_and_efficiency():
+  results = {"data": {"num_test": 539, "num_validation": 126},
+             "metrics": {"teacher": {"accuracy": 0.9}, "student": {"accuracy": 0.8}},
+             "validation_metrics": {"teacher": {"accuracy": 0.91}, "student": {"accuracy": 0.79}},
+             "efficiency": {"teacher": {"params": 1_000_000, "param_bytes": 4_000_000, "latency_ms": 0.5},
+                            "student": {"params": 2_000, "param_bytes": 8_000, "latency_ms": 0.05,
+                                        "compression_params": 500.0, "latency_speedup": 10.0}}}
+  blocks = [block.splitlines() for block in report.metrics_table(results).split("\n\n")]
+  assert [block[0] for block in blocks] == ["test split (539 examples): reported",
+                                            "validation split (126 examples): selects", "efficiency"]
+  assert blocks[0][3].split() == ["teacher", "0.9000"] and blocks[1][3].split() == ["teacher", "0.9100"]
+  assert blocks[2][1].split()[:4] == ["model", "params", "MiB", "MFLOP/example"]
+  assert blocks[2][3].split()[:3] == ["teacher", "1,000,000", "3.815"]
+  assert blocks[2][4].split()[-2:] == ["500.0x", "10.00x"]
