@@ -11,9 +11,11 @@ inside and outside at once." (kd_jax/data/esnli.py). The teacher google/flan-t5-
 once and cached (float16 values, int32 ids, and the log-sum-exp of all logits: see losses.topk_divergence for the
 tail approximation); google/flan-t5-small learns from CE + 0.5 T^2 KL at T = 2 over real target tokens (explicit
 form: ce_weight 1, kd_weight = beta 0.5), AdamW 3e-4, batch 32, 1 epoch. The hard-label FLAN-T5-small is trained
-beside it. results.json per model: label_accuracy (label parsed from the generated text; unparseable = wrong),
-rouge1/rouge2/rougeL of the generated explanation, agreement with the teacher's labels, kl_to_teacher (average
-token-level KL on the validation set), nll and token_accuracy (teacher-forced).
+beside it. Evaluation during training and every selection use e-SNLI's validation split (9,842 examples); the
+reported metrics its test split (9,824). results.json per model and split: label_accuracy (label parsed from the
+generated text; unparseable = wrong), rouge1/rouge2/rougeL of the generated explanation, agreement with the
+teacher's labels, kl_to_teacher (average token-level KL), nll and token_accuracy (teacher-forced), and the
+explanations' faithfulness to the model's own labels (faithfulness, las; kd_jax/faithfulness.py).
 
 Variants (all fields of kd_jax/schema.py apply):
     --config.distill.teacher_mode=online        the teacher (bf16, no gradients) runs inside the train step instead
@@ -24,14 +26,15 @@ Variants (all fields of kd_jax/schema.py apply):
     --config.distill.kd_weight=0.3 / --config.distill.temperature=4 / --config.distill.label_smoothing=0.1 /
     --config.data.train_fraction=0.1            the beta, T, label-smoothing and data-size ablations (or sweep them)
 Offline, point the config at local copies: --config.data.source=files --config.data.path=DIR (DIR/train.jsonl and
-DIR/validation.jsonl, or .csv / .parquet, with columns premise, hypothesis, label, explanation_1), or source=disk
+DIR/validation.jsonl and DIR/test.jsonl, or .csv / .parquet, with columns premise, hypothesis, label,
+explanation_1), or source=disk
 (save_to_disk) or source=tfds with --config.data.path=esnli --config.data.data_dir=DIR; and
 --config.teacher.checkpoint=DIR --config.student.checkpoint=DIR.
 
 Arguments: `smoke` (`--config=configs/esnli.py:smoke`) runs offline on the tiny fixture T5 v1.1
 (tests/fixtures/hf/t5_v1_1, FLAN-T5's architecture) as both models: the teacher is trained in the run for 25 epochs
 (its weights are random), the student starts from the fixture's weights and gets 10, on a 144-example e-SNLI
-look-alike in JSON lines (tests/fixtures/text/esnli); the students are decoded at temperatures 0 and 1. 48 s
+look-alike in JSON lines (tests/fixtures/text/esnli; 36 validation and 36 test examples); the students are decoded at temperatures 0 and 1. 48 s
 measured on 2 CPU cores, most of it XLA compiling the T5 train steps' per-example dropout.
 """
 
@@ -51,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.source = "hub"
   config.data.path = "esnli/esnli"
   config.data.labeled_fraction = 1.0
+  config.data.validation_split = "validation"
+  config.data.test_split = "test"
   config.data.max_length = 128
   config.data.max_target_length = 64
   config.data.batch_size = 32

@@ -7,8 +7,9 @@ Launch (downloads the checkpoints and GLUE SST-2 through the Hugging Face caches
 Teacher: philschmid/roberta-large-sst2, used as it is (teacher.init='pretrained'; any sequence-classification
 checkpoint with labels 0 = negative, 1 = positive works, or fine-tune one in the run with
 --config.teacher.init=train). Student: distilbert-base-uncased with a fresh 2-label head. Data: nyu-mll/glue, sst2:
-67,349 training sentences; metrics on the 872 of the validation split (GLUE's test labels are hidden: -1, left
-out). Each model reads the sentences through its own tokenizer (max 128 tokens); the teacher's logits are computed
+67,349 training sentences, of which a stratified 10% is held out as the validation split (evaluation during
+training, model and sweep selection: data.validation_fraction); the reported test metrics are on GLUE's validation
+split (872 sentences: data.test_split='validation'; GLUE's own test labels are hidden). Each model reads the sentences through its own tokenizer (max 128 tokens); the teacher's logits are computed
 once on its tokens, cached, and joined to the student's batches by example index. Loss 0.5 CE + 0.5 T^2 KL at
 T = 2; AdamW (5e-5, 10% linear warmup, then linear decay), batch 32, 3 epochs; the hard-label DistilBERT is trained
 beside it. results.json: accuracy, nll, ece, brier, agreement, kl_to_teacher and the confusion matrix per model.
@@ -44,6 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.path = "nyu-mll/glue"
   config.data.subset = "sst2"
   config.data.labeled_fraction = 1.0
+  config.data.validation_fraction = 0.1  # of the training sentences: GLUE's validation split is the test split
+  config.data.test_split = "validation"
   config.data.max_length = 128
   config.data.batch_size = 32
   config.data.eval_batch_size = 256

@@ -9,7 +9,7 @@ import os
 import jax
 import ml_collections
 
-from kd_jax import config_paths, data, losses, models, results, schema
+from kd_jax import config_paths, data, evaluation, losses, models, schema
 from kd_jax.data import text as text_data
 from kd_jax.errors import ConfigError
 
@@ -18,6 +18,7 @@ TEACHER_MODES = ("cached", "online")
 STRATEGIES = ("token", "sequence")
 TOPK_DTYPES = ("float16", "bfloat16", "float32")
 SWEEP_MODES = ("sequential", "vectorized")
+SELECTS = ("last", "best_validation")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -134,6 +135,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
 
   _require(config.data.name in data.names(), "data.name", config.data.name, f"allowed: {', '.join(data.names())}")
   _check_in_range(config, "data.test_fraction", 0.0, 1.0, low_open=True, high_open=True)
+  _check_in_range(config, "data.validation_fraction", 0.0, 0.5, low_open=True, high_open=False)
   for field in ("data.train_fraction", "data.labeled_fraction"):
     _check_in_range(config, field, 0.0, 1.0, low_open=True, high_open=False)
   for field in ("data.batch_size", "data.eval_batch_size"):
@@ -188,6 +190,21 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _check_positive(config, field)
   _require(config.train.device_data_max_mib >= 0, "train.device_data_max_mib", config.train.device_data_max_mib,
            "must be >= 0")
+  _check_selection(config)
+
+
+def _check_selection(config: ml_collections.ConfigDict) -> None:
+  """train.select and the selection metric: a metric the task's evaluator computes, evaluated during training."""
+  train = config.train
+  _require(train.select in SELECTS, "train.select", train.select, f"allowed: {', '.join(SELECTS)}")
+  task_metrics = evaluation.metrics_of(config.data.name)
+  metric = config.sweep.selection_metric
+  _require(metric in task_metrics, "sweep.selection_metric", metric,
+           f"not computed for data.name={config.data.name!r}; allowed: {', '.join(task_metrics)}")
+  _require(train.select != "best_validation" or train.num_steps is None or train.eval_every_steps < train.num_steps,
+           "train.select", train.select,
+           f"needs evaluation during training: train.eval_every_steps={train.eval_every_steps} evaluates only at the "
+           f"end of train.num_steps={train.num_steps}; lower eval_every_steps or use 'last'")
 
 
 def _check_text_and_seq2seq(config: ml_collections.ConfigDict) -> None:
@@ -241,8 +258,6 @@ def check_sweep(config: ml_collections.ConfigDict, reference: ml_collections.Con
   twice, and the lists of a zipped group have equal lengths. The values' ranges are checked per point (sweep.py)."""
   sweep = config.sweep
   _require(isinstance(sweep.seeds, int) and sweep.seeds >= 1, "sweep.seeds", sweep.seeds, "must be an integer >= 1")
-  _require(sweep.selection_metric in results.TABLE_METRICS, "sweep.selection_metric", sweep.selection_metric,
-           f"allowed: {', '.join(results.TABLE_METRICS)}")
   _require(sweep.mode in SWEEP_MODES, "sweep.mode", sweep.mode, f"allowed: {', '.join(SWEEP_MODES)}")
   groups = [("sweep.grid", sweep.grid)] + [(f"sweep.zipped[{i}]", group) for i, group in enumerate(sweep.zipped)]
   swept = {}

@@ -9,14 +9,18 @@ stacked on a leading axis), the compiled chunk and the data feed.
 """
 
 import dataclasses
+import os
+import shutil
 import time
 from typing import Any, Callable, Protocol, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 
-from kd_jax import checkpointing, distributed, preemption
+from kd_jax import checkpointing, distributed, files, preemption
 from kd_jax.errors import NonFiniteError
 
 # A chunk is cut short to take about this long (seconds, estimated from the steps measured so far), so that a
@@ -63,8 +67,25 @@ class RunLog:
   learning_rates: np.ndarray
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """Keep, per run, the parameters of the evaluated step with the best validation `metric` (train.select)."""
+  metric: str
+  higher_is_better: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+  """What a phase ends with: each run's final parameters (the selected step's) and that step, and the phase's
+  stats: steps, trained_steps (in this call), wall_s, wall_s_after_compile (from the end of the first, compiling,
+  chunk), examples_per_sec, resumed_from_step (None for a fresh start) and the program's stats."""
+  params: list
+  selected_steps: list
+  stats: dict
+
+
 def train(phase: str, program: Program, runs: Sequence[RunLog], *, num_steps: int, checkpoint_dir: str,
-          train_config, evaluate: Callable[[Any], dict]) -> tuple[list, dict]:
+          train_config, evaluate: Callable[[Any], dict], selection: Selection | None = None) -> Outcome:
   """Trains (or resumes) `program` to step `num_steps`, checkpointing, logging and evaluating on the way.
 
   Args:
@@ -74,13 +95,12 @@ def train(phase: str, program: Program, runs: Sequence[RunLog], *, num_steps: in
     num_steps: the phase's total steps.
     checkpoint_dir: the phase's checkpoints; the newest readable one is restored first.
     train_config: config.train (log / eval / checkpoint cadence, steps_per_dispatch, checkpoints kept).
-    evaluate: params of one run -> test scalars (written as test/<name> at eval steps and at the end).
-
-  Returns:
-    (final params of each run, stats): steps, trained_steps (in this call), wall_s, examples_per_sec,
-    resumed_from_step (None for a fresh start), and the program's stats.
+    evaluate: params of one run -> validation scalars (written as validation/<name> at eval steps and at the end).
+    selection: None to end with the last step's parameters; else each run ends with those of its evaluated step
+      with the best selection.metric, kept in `<checkpoint_dir>_best/` so that a resumed run keeps them.
   """
   store = checkpointing.CheckpointStore(checkpoint_dir, train_config.max_checkpoints_to_keep)
+  best = None
   try:
     restored = store.restore_latest(program.state)
     state = program.state if restored is None else restored
@@ -90,6 +110,8 @@ def train(phase: str, program: Program, runs: Sequence[RunLog], *, num_steps: in
       logging.info("%s: resuming from step %d of %d (%s).", phase, start_step, num_steps, store.directory)
     for run in runs:
       run.writer.drop_after(start_step)
+    if selection is not None:
+      best = _Best(f"{store.directory}_best", selection, len(runs), program.stacked, state.params)
     feed = program.feed(start_step)
     clock = ChunkClock(start_step, num_steps, train_config)
     history = _History(phase, runs, program.stacked, store)
@@ -103,8 +125,11 @@ def train(phase: str, program: Program, runs: Sequence[RunLog], *, num_steps: in
       if end.log:
         history.log(end.step, num_steps, clock.interval_steps_per_sec(), program.examples_per_step // len(runs))
       if end.eval:
-        for run, params in zip(runs, program.run_params(state.params)):
-          run.writer.write_scalars(end.step, {f"test/{key}": value for key, value in evaluate(params).items()})
+        evaluated = [evaluate(params) for params in program.run_params(state.params)]
+        for run, scalars in zip(runs, evaluated):
+          run.writer.write_scalars(end.step, {f"validation/{key}": value for key, value in scalars.items()})
+        if best is not None:
+          best.update(end.step, state.params, [scalars[selection.metric] for scalars in evaluated])
       if end.checkpoint:
         store.save(end.step, state)
       if end.preempted:
@@ -113,10 +138,64 @@ def train(phase: str, program: Program, runs: Sequence[RunLog], *, num_steps: in
     jax.block_until_ready(state)
   finally:
     store.close()
-  stats = {"steps": num_steps, "trained_steps": num_steps - start_step, "wall_s": time.time() - clock.start_time,
+  end_time = time.time()
+  stats = {"steps": num_steps, "trained_steps": num_steps - start_step, "wall_s": end_time - clock.start_time,
+           "wall_s_after_compile": end_time - (clock.first_step_done_time or end_time),
            "examples_per_sec": clock.examples_per_sec(program.examples_per_step),
            "resumed_from_step": resumed_from_step, **program.stats}
-  return program.run_params(state.params), stats
+  if best is None:
+    return Outcome(program.run_params(state.params), [num_steps] * len(runs), stats)
+  return Outcome(program.run_params(best.params), best.steps, stats)
+
+
+class _Best:
+  """Each run's best validation value so far, its step, and the parameters of those steps (stacked like the
+  state's). They live in `<directory>/best-<step>/` (the newest improvement's step) with `best.json` naming it,
+  written after the parameters: a killed save leaves the previous best in force. Held as copies: the loop donates
+  the state's buffers to the next chunk."""
+
+  def __init__(self, directory: str, selection: Selection, num_runs: int, stacked: bool, params):
+    self._directory, self._selection, self._stacked = directory, selection, stacked
+    self.params, self.steps, self._values = jax.tree.map(jnp.copy, params), [None] * num_runs, [None] * num_runs
+    record_path = os.path.join(directory, "best.json")
+    if os.path.exists(record_path):
+      record = files.read_json(record_path)
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
+      with ocp.StandardCheckpointer() as checkpointer:
+        self.params = checkpointer.restore(os.path.join(directory, record["directory"]), abstract)
+      self.steps, self._values = record["steps"], record["values"]
+
+  def _better(self, value: float, best: float | None) -> bool:
+    if best is None:
+      return bool(np.isfinite(value))
+    return value > best if self._selection.higher_is_better else value < best
+
+  def update(self, step: int, params, values: list[float]) -> None:
+    """Takes each run's parameters at `step` where its validation value beats its best so far."""
+    improved = np.array([self._better(value, best) for value, best in zip(values, self._values)])
+    if not improved.any():
+      return
+    if self._stacked:
+      self.params = jax.tree.map(
+          lambda kept, new: jnp.where(improved.reshape((-1,) + (1,) * (new.ndim - 1)), new, kept), self.params,
+          params)
+    else:
+      self.params = jax.tree.map(jnp.copy, params)
+    self.steps = [step if better else kept for better, kept in zip(improved, self.steps)]
+    self._values = [float(value) if better else kept for better, value, kept in zip(improved, values, self._values)]
+    name = f"best-{step}"
+    os.makedirs(self._directory, exist_ok=True)
+    with ocp.StandardCheckpointer() as checkpointer:  # every process saves its shards; waits for the save
+      checkpointer.save(os.path.join(self._directory, f".{name}.tmp"), self.params, force=True)
+    if distributed.is_main_process():
+      os.replace(os.path.join(self._directory, f".{name}.tmp"), os.path.join(self._directory, name))
+      files.write_json(os.path.join(self._directory, "best.json"),
+                       {"directory": name, "steps": self.steps, "values": self._values,
+                        "metric": self._selection.metric})
+      for stale in os.listdir(self._directory):
+        if stale.startswith("best-") and stale != name:
+          shutil.rmtree(os.path.join(self._directory, stale))
+    distributed.barrier(f"best parameters {self._directory}/{name}")
 
 
 class _History:

@@ -2,8 +2,12 @@
 
 A run of any mode (single, a sweep point, a point of a vectorized group) writes the same results.json through
 `Results`:
-  data     {name, num_classes, num_train, num_labeled, num_unlabeled, num_test}
-  metrics  {teacher, student, student_hard (when trained)}: each model's test metrics (kd_jax/evaluation.py)
+  data     {name, num_classes, num_train, num_labeled, num_unlabeled, num_validation, num_test}
+  metrics  {teacher, student, student_hard (when trained)}: each model's test metrics (kd_jax/evaluation.py): what
+           is reported
+  validation_metrics   the same models' metrics on the validation split: what selects (the final model with
+           train.select, a sweep's best point)
+  efficiency  {teacher, student, student_hard}: size and speed of each model (kd_jax/efficiency.py)
   train    {num_devices, num_processes, phases: {phase: the loop's stats}, steps, examples_per_sec (of the KD
            student), resumed_from_step, resumed_phase (where a rerun took up an interrupted run), wall_s}
   teacher_cache or teacher_generations   what the student's data was built from (kd_jax/student_data.py)
@@ -25,9 +29,9 @@ RESULTS_FILE = "results.json"
 MODEL_LABELS = {"teacher": "teacher", "student": "student (KD)", "student_hard": "student (hard labels)"}
 # Every metric a table may show, in column order: classification tasks have accuracy, ece, brier; generation tasks
 # (e-SNLI) label_accuracy and ROUGE. Tables show the ones the results hold (`present_metrics`).
-TABLE_METRICS = ("accuracy", "label_accuracy", "rouge1", "rouge2", "rougeL", "ece", "nll", "brier", "agreement",
-                 "kl_to_teacher")
-HIGHER_IS_BETTER = ("accuracy", "label_accuracy", "rouge1", "rouge2", "rougeL", "agreement")
+TABLE_METRICS = ("accuracy", "label_accuracy", "rouge1", "rouge2", "rougeL", "faithfulness", "las", "ece", "nll",
+                 "brier", "agreement", "kl_to_teacher")
+HIGHER_IS_BETTER = ("accuracy", "label_accuracy", "rouge1", "rouge2", "rougeL", "faithfulness", "las", "agreement")
 PERCENT_METRICS = ("accuracy", "label_accuracy", "agreement")  # shown in %, their differences in percentage points
 SWEEP_FILE = "sweep.json"
 BASELINE = "student_hard"
@@ -48,15 +52,19 @@ class Results:
   data: dict
   metrics: dict
   train: dict
+  validation_metrics: dict = dataclasses.field(default_factory=dict)
+  efficiency: dict = dataclasses.field(default_factory=dict)
   extra: dict = dataclasses.field(default_factory=dict)
 
+  SECTIONS = ("data", "metrics", "validation_metrics", "efficiency", "train")
+
   @classmethod
-  def of_run(cls, *, task, num_devices: int, num_processes: int, metrics: dict, phases: dict, extra: dict,
-             wall_s: float) -> "Results":
-    """The results of a finished run: the task's sizes, each model's metrics, each trained phase's loop stats
-    (teacher when trained in this call, student, student_hard) and where a rerun took up an interrupted run: the
-    first phase resumed from a checkpoint before its last step, and that step (else the first phase restored at its
-    end, as in a rerun of a finished run)."""
+  def of_run(cls, *, task, num_devices: int, num_processes: int, metrics: dict, efficiency: dict, phases: dict,
+             extra: dict, wall_s: float) -> "Results":
+    """The results of a finished run: the task's sizes, each model's metrics ({model: {test, validation}}) and
+    efficiency, each trained phase's loop stats (teacher when trained in this call, student, student_hard) and where
+    a rerun took up an interrupted run: the first phase resumed from a checkpoint before its last step, and that step
+    (else the first phase restored at its end, as in a rerun of a finished run)."""
     num_train, num_labeled = len(task.train), len(task.labeled_train)
     resumed = [(phase, phase_stats["resumed_from_step"]) for phase, phase_stats in phases.items()
                if phase_stats.get("resumed_from_step") is not None]
@@ -64,8 +72,11 @@ class Results:
     student = phases["student"]
     return cls(
         data={"name": task.name, "num_classes": task.num_classes, "num_train": num_train, "num_labeled": num_labeled,
-              "num_unlabeled": num_train - num_labeled, "num_test": len(task.test)},
-        metrics=metrics,
+              "num_unlabeled": num_train - num_labeled, "num_validation": len(task.validation),
+              "num_test": len(task.test)},
+        metrics={model: by_split["test"] for model, by_split in metrics.items()},
+        validation_metrics={model: by_split["validation"] for model, by_split in metrics.items()},
+        efficiency=efficiency,
         train={"num_devices": num_devices, "num_processes": num_processes, "phases": phases,
                "steps": student["steps"], "examples_per_sec": student["examples_per_sec"],
                "resumed_from_step": resumed[0][1] if resumed else None,
@@ -73,13 +84,13 @@ class Results:
         extra=extra)
 
   def to_json(self) -> dict:
-    return files.as_json_value({"data": self.data, "metrics": self.metrics, "train": self.train, **self.extra})
+    return files.as_json_value({**{section: getattr(self, section) for section in self.SECTIONS}, **self.extra})
 
   @classmethod
   def from_json(cls, value: dict) -> "Results":
     """Reads what `to_json` wrote; sections a file lacks (written by hand, or by an older kd_jax) are empty."""
-    extra = {key: section for key, section in value.items() if key not in ("data", "metrics", "train")}
-    return cls(data=value.get("data", {}), metrics=value["metrics"], train=value.get("train", {}), extra=extra)
+    extra = {key: section for key, section in value.items() if key not in cls.SECTIONS}
+    return cls(**{section: value.get(section, {}) for section in cls.SECTIONS}, extra=extra)
 
   def write(self, workdir: str) -> dict:
     """Writes `<workdir>/results.json` (atomically); returns its content."""
@@ -87,9 +98,11 @@ class Results:
     files.write_json(os.path.join(workdir, RESULTS_FILE), content)
     return content
 
-  def metric(self, model: str, metric: str) -> float:
-    """The test metric of `model`, NaN if there is no such model (no hard-label baseline) or metric."""
-    value = self.metrics.get(model, {}).get(metric)
+  def metric(self, model: str, metric: str, split: str = "test") -> float:
+    """The metric of `model` on `split` ('test' or 'validation'), NaN if there is no such model (no hard-label
+    baseline), metric or split (results written before validation splits existed)."""
+    by_model = self.metrics if split == "test" else self.validation_metrics
+    value = by_model.get(model, {}).get(metric)
     return float("nan") if value is None else float(value)
 
 
@@ -148,9 +161,9 @@ class Run:
   seed: int
   results: Results
 
-  def metric(self, model: str, metric: str) -> float:
-    """The test metric of `model`, NaN if this run has no such model (no hard-label baseline)."""
-    return self.results.metric(model, metric)
+  def metric(self, model: str, metric: str, split: str = "test") -> float:
+    """The metric of `model` on `split`, NaN if this run has no such model (no hard-label baseline)."""
+    return self.results.metric(model, metric, split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,19 +172,23 @@ class Group:
   value_indices: tuple[int, ...]
   runs: tuple[Run, ...]
 
-  def values(self, model: str, metric: str) -> np.ndarray:
-    """[seeds] the metric of `model` in each run."""
-    return np.array([run.metric(model, metric) for run in self.runs])
+  def values(self, model: str, metric: str, split: str = "test") -> np.ndarray:
+    """[seeds] the metric of `model` on `split` in each run."""
+    return np.array([run.metric(model, metric, split) for run in self.runs])
 
-  def mean_std(self, model: str, metric: str) -> tuple[float, float]:
-    return stats.mean_std(self.values(model, metric))
+  def mean_std(self, model: str, metric: str, split: str = "test") -> tuple[float, float]:
+    return stats.mean_std(self.values(model, metric, split))
 
-  def versus_baseline(self, model: str, metric: str) -> stats.PairedDifference | None:
+  def versus_baseline(self, model: str, metric: str, split: str = "test") -> stats.PairedDifference | None:
     """`model` minus the hard-label student of the same seed, or None without a baseline."""
-    baseline = self.values(BASELINE, metric)
+    baseline = self.values(BASELINE, metric, split)
     if np.isnan(baseline).all():
       return None
-    return stats.paired_difference(self.values(model, metric), baseline)
+    return stats.paired_difference(self.values(model, metric, split), baseline)
+
+  def efficiency(self, model: str, key: str) -> float:
+    """The mean over seeds of `model`'s efficiency `key` (NaN where the results hold none)."""
+    return stats.mean_std([run.results.efficiency.get(model, {}).get(key, np.nan) for run in self.runs])[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +220,12 @@ class Sweep:
   def has_baseline(self) -> bool:
     return any(BASELINE in run.results.metrics for run in self.runs)
 
+  @property
+  def selection_split(self) -> str:
+    """Where the best point, the findings and the trends are chosen: 'validation'; 'test' only for results written
+    before kd_jax had validation splits (no validation metrics), which the summary then says."""
+    return "validation" if self.runs and all(run.results.validation_metrics for run in self.runs) else "test"
+
 
 def load_sweep(workdir: str) -> Sweep:
   """Reads `<workdir>/sweep.json` and the results.json of every point that has finished."""
@@ -222,7 +245,7 @@ def load_sweep(workdir: str) -> Sweep:
 
 
 def read_history(run: Run) -> list[dict]:
-  """The run's history.jsonl records ({phase, step, train/... or test/... scalars}); [] if it has none."""
+  """The run's history.jsonl records ({phase, step, train/... or validation/... scalars}); [] if it has none."""
   path = os.path.join(run.directory, "history.jsonl")
   if not os.path.exists(path):
     return []
@@ -242,11 +265,12 @@ def model_varies(groups: list[Group], model: str = BASELINE) -> bool:
   return any([run.results.metrics.get(model) for run in group.runs] != first for group in groups[1:])
 
 
-def best_group(groups: list[Group], metric: str) -> Group:
-  """The group whose KD student has the best mean `metric` over seeds (the first one on ties)."""
+def best_group(groups: list[Group], metric: str, split: str = "validation") -> Group:
+  """The group whose KD student has the best mean `metric` over seeds on `split` (the first one on ties): chosen on
+  the validation split, so that the test metrics reported for it are not selected on."""
   best = groups[0]
   for group in groups[1:]:
-    if better(metric, group.mean_std("student", metric)[0], best.mean_std("student", metric)[0]):
+    if better(metric, group.mean_std("student", metric, split)[0], best.mean_std("student", metric, split)[0]):
       best = group
   return best
 

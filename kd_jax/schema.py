@@ -34,6 +34,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.split_seed = 0
   # Fraction of the whole data set held out as the test split (stratified).
   config.data.test_fraction = 0.3
+  # Fraction of the training split held out (stratified, every example labeled) as the validation split: evaluation
+  # during training, the choice of the final model (train.select) and of a sweep's best point. The test split only
+  # reports. In (0, 0.5]. Text tasks whose source has a validation split (data.validation_split) use that instead.
+  # 5% of digits' 1,258 training images is 63, about 6 per class: the little data the default run has stays for
+  # training (the teacher learns from 10% of the rest).
+  config.data.validation_fraction = 0.05
   # Fraction of the training split kept at all (data-size ablation); in (0, 1].
   config.data.train_fraction = 1.0
   # Fraction of the kept training examples whose labels are kept; the rest form the unlabeled transfer set that
@@ -53,10 +59,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.subset = config_dict.placeholder(str)
   # HF datasets cache_dir or TFDS data_dir (a local copy); None for the libraries' defaults.
   config.data.data_dir = config_dict.placeholder(str)
-  # Splits of the text tasks' source: training and evaluation (the test metrics). They replace test_fraction.
+  # Splits of the text tasks' source: training, validation (None: a validation_fraction slice of the training split)
+  # and test (the reported metrics). They replace test_fraction.
   config.data.train_split = "train"
-  config.data.eval_split = "validation"
-  # Evaluate on the first this many examples of eval_split; None for all of them.
+  config.data.validation_split = config_dict.placeholder(str)
+  config.data.test_split = "validation"
+  # Read only the first this many examples of the validation and test splits of the source; None for all of them.
   config.data.max_eval_examples = config_dict.placeholder(int)
   # Maximum tokens of a text input (the source, for seq2seq) and of a seq2seq target; longer ones are truncated.
   config.data.max_length = 128
@@ -144,8 +152,12 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.num_epochs = 60
   # If set, overrides num_epochs with an exact number of steps.
   config.train.num_steps = config_dict.placeholder(int)
-  # Evaluate on the test split every this many steps (and at the end).
+  # Evaluate on the validation split every this many steps (and at the end).
   config.train.eval_every_steps = 500
+  # Which step's parameters each student phase (KD and hard-label) ends with: 'last', or 'best_validation': the
+  # evaluated step with the best validation value of sweep.selection_metric (kept as its own checkpoint, so a resumed
+  # run keeps it). The teacher, trained in the run, always ends with its last step.
+  config.train.select = "last"
   # Save a checkpoint every this many steps (and at the end); a rerun resumes from the latest one.
   config.train.checkpoint_every_steps = 100
   # Log the training losses every this many steps.

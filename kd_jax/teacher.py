@@ -106,10 +106,11 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
                           loss=losses.DistillationLoss.cross_entropy(), examples=labeled,
                           batch_size=config.data.batch_size, seed=config.teacher.seed, mesh=mesh,
                           train_config=config.train)
-  (params,), stats = loop.train(
+  outcome = loop.train(
       "teacher", program, [loop.RunLog("", writer, steps.learning_rates(optim_config, num_steps))],
       num_steps=num_steps, checkpoint_dir=os.path.join(home, "checkpoints"), train_config=config.train,
       evaluate=lambda params: evaluate_fn(model, params))
+  (params,), stats = outcome.params, outcome.stats
   # Every process saves (orbax's multi-process path: process 0 writes the metadata, the owner of each shard its data).
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(os.path.abspath(params_dir), params)

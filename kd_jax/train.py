@@ -17,7 +17,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from kd_jax import (config_paths, config_validation, data, distributed, evaluation, files, loop, losses,
+from kd_jax import (config_paths, config_validation, data, distributed, efficiency, evaluation, files, loop, losses,
                     metric_writer, models, preemption, results, schema, sharding, steps, student_data, teacher,
                     vectorized)
 from kd_jax.errors import UserError
@@ -63,6 +63,7 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
   teacher_metrics = evaluator.teacher_metrics(the_teacher.model, the_teacher.params)
   student = student_data.prepare(config, task, the_teacher, mesh)
   student_model, trained = train_students(runs, writers, task, mesh, student, evaluator, vectorize=vectorize)
+  costs = model_efficiency(config, task, mesh, the_teacher, student_model, trained[0]["student"][0])
   final_metrics = {}  # id(params) -> metrics: a baseline shared by several runs is evaluated once
   outputs = []
   for i, run in enumerate(runs):
@@ -74,8 +75,8 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
         final_metrics[id(params)] = evaluator.final(student_model, params)
       metrics[phase], phases[phase] = final_metrics[id(params)], phase_stats
     outcome = results.Results.of_run(task=task, num_devices=mesh.size, num_processes=jax.process_count(),
-                                     metrics=metrics, phases=phases, extra=student.results,
-                                     wall_s=time.time() - start_time)
+                                     metrics=metrics, efficiency={model: costs[model] for model in metrics},
+                                     phases=phases, extra=student.results, wall_s=time.time() - start_time)
     for writer in writers[i].values():
       writer.close()
     outputs.append(outcome.write(run.workdir) if distributed.is_main_process() else outcome.to_json())
@@ -118,6 +119,10 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
     shares = vectorized.baseline_shares([run.config for run in runs]) if vectorize else [[0]]
     phases["student_hard"] = (task.train, [_Trainee(runs[indices[0]].config, losses.DistillationLoss.from_config(
         runs[indices[0]].config.distill, distills=False), tuple(indices)) for indices in shares])
+  selection = None
+  if config.train.select == "best_validation":
+    metric = config.sweep.selection_metric
+    selection = loop.Selection(metric, higher_is_better=metric in results.HIGHER_IS_BETTER)
   trained = [{} for _ in runs]
   for phase, (examples, trainees) in phases.items():
     online = student.online_teacher if phase == "student" else None
@@ -138,14 +143,30 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
     logs = [loop.RunLog(", ".join(runs[i].name for i in trainee.run_indices),
                         metric_writer.FanOutWriter([writers[i][phase] for i in trainee.run_indices]),
                         steps.learning_rates(trainee.config.optim, num_steps)) for trainee in trainees]
-    params, stats = loop.train(phase, program, logs, num_steps=num_steps, checkpoint_dir=checkpoint_dir,
-                               train_config=config.train,
-                               evaluate=lambda params: evaluator.during_training(model, params))
-    for trainee, trainee_params in zip(trainees, params):
-      shared = {"shared_by_points": len(trainee.run_indices)} if phase == "student_hard" else {}
+    outcome = loop.train(phase, program, logs, num_steps=num_steps, checkpoint_dir=checkpoint_dir,
+                         train_config=config.train, evaluate=lambda params: evaluator.during_training(model, params),
+                         selection=selection)
+    for trainee, trainee_params, selected_step in zip(trainees, outcome.params, outcome.selected_steps):
+      trainee_stats = outcome.stats | {"selected_step": selected_step}
+      if phase == "student_hard":
+        trainee_stats["shared_by_points"] = len(trainee.run_indices)
       for i in trainee.run_indices:
-        trained[i][phase] = (trainee_params, stats | shared)
+        trained[i][phase] = (trainee_params, trainee_stats)
   return model, trained
+
+
+def model_efficiency(config, task: data.TaskData, mesh, the_teacher: teacher.Teacher, student_model,
+                     student_params) -> dict:
+  """efficiency.measure of the teacher and the student architecture (both students share it), on this process's
+  first device of the mesh, with the students' compression relative to the teacher."""
+  device = next(device for device in mesh.devices.flat if device.process_index == jax.process_index())
+  one = lambda examples: jax.tree.map(lambda value: value[:1], examples.inputs)
+  costs = {"teacher": efficiency.measure(the_teacher.model, the_teacher.params, one(task.test.teacher_view()),
+                                         device=device, batch_size=config.data.eval_batch_size)}
+  student = efficiency.measure(student_model, student_params, one(task.test), device=device,
+                               batch_size=config.data.eval_batch_size)
+  costs["student"] = costs["student_hard"] = {**student, **efficiency.compression(costs["teacher"], student)}
+  return costs
 
 
 def check_data_sizes(config: ml_collections.ConfigDict, task: data.TaskData) -> None:

@@ -4,7 +4,7 @@
 
   sst2/   a `datasets.DatasetDict` written by save_to_disk with GLUE SST-2's schema (idx, sentence, label as
           ClassLabel negative/positive) and splits train (160), validation (48) and test (16, labels -1 as in GLUE)
-  esnli/  one JSON-lines file per split (train 144, validation 36) with e-SNLI's columns premise, hypothesis,
+  esnli/  one JSON-lines file per split (train 144, validation 36, test 36) with e-SNLI's columns premise, hypothesis,
           label (0 entailment, 1 neutral, 2 contradiction), explanation_1, explanation_2, explanation_3
 
 The sentences are drawn from fixed seeds out of templates whose words the fixture tokenizers of tests/fixtures/hf
@@ -88,7 +88,7 @@ def main() -> None:
   sst2.save_to_disk(str(OUT / "sst2"))
   rng = np.random.default_rng(7)
   (OUT / "esnli").mkdir(parents=True, exist_ok=True)
-  for split, size in (("train", 144), ("validation", 36)):
+  for split, size in (("train", 144), ("validation", 36), ("test", 36)):
     with open(OUT / "esnli" / f"{split}.jsonl", "w") as stream:
       for row in esnli_rows(rng, size):
         stream.write(json.dumps(row) + "\n")

@@ -32,6 +32,11 @@ INVALID = [
     ("distill.input_noise_std", 0.1, "config.distill.input_noise_std=0.1: needs distill.teacher_mode='online'"),
     ("train.num_devices", 9, "config.train.num_devices=9: must be None (all devices) or between 1 and the 8 local"),
     ("teacher.name", "hf", "config.teacher.checkpoint=None: required for teacher.name='hf'"),
+    ("data.validation_fraction", 0.0, "config.data.validation_fraction=0.0: must be in (0.0, 0.5]"),
+    ("data.validation_fraction", 0.6, "config.data.validation_fraction=0.6: must be in (0.0, 0.5]"),
+    ("train.select", "best", "config.train.select='best': allowed: last, best_validation"),
+    ("sweep.selection_metric", "label_accuracy", "config.sweep.selection_metric='label_accuracy': not computed for "
+     "data.name='digits'; allowed: accuracy, nll, ece, brier, agreement, kl_to_teacher"),
 ]
 
 
@@ -58,6 +63,18 @@ def test_explicit_form_needs_both_weights():
   config_validation.validate(config)
 
 
+def test_best_validation_needs_evaluation_during_training():
+  config = load_config()
+  config.train.select = "best_validation"
+  config.train.num_steps, config.train.eval_every_steps = 100, 100
+  with pytest.raises(ConfigError, match=r"^config.train.select='best_validation': needs evaluation during training: "
+                                        r"train.eval_every_steps=100 evaluates only at the end of "
+                                        r"train.num_steps=100; lower eval_every_steps or use 'last'$"):
+    config_validation.validate(config)
+  config.train.eval_every_steps = 50
+  config_validation.validate(config)
+
+
 def test_unknown_and_mistyped_fields():
   config = load_config()
   config.distill.temprature = 2.0
@@ -77,7 +94,10 @@ def test_unknown_and_mistyped_fields():
      'error: --config.distill.temprature=2: unknown config field config.distill.temprature; did you mean '
      '"temperature"?'),
     (["--config=configs/nope.py"], "error: --config=configs/nope.py: no such config file"),
-    (["--config.data.batch_size=4096"], "error: config.data.batch_size=4096: larger than the 1258 training examples"),
+    (["--config.data.batch_size=4096"], "error: config.data.batch_size=4096: larger than the 1198 training examples"),
+    (["--config.data.name=synthetic_clusters", "--config.data.synthetic.num_examples=30"],
+     "error: config.data.validation_fraction=0.05: leaves class 0 of data set 'synthetic_clusters' without training "
+     "examples"),
 ])
 def test_main_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
   workdir = tmp_path / "run"

@@ -3,8 +3,10 @@
 import itertools
 
 import numpy as np
+import pytest
 
 from kd_jax import data
+from kd_jax.errors import ConfigError
 from kd_jax.data import pipeline
 
 
@@ -14,8 +16,12 @@ def test_digits_split_is_deterministic_stratified_and_disjoint(smoke_config):
   again = data.load_task(smoke_config)
   np.testing.assert_array_equal(task.train.index, again.train.index)
   assert task.fingerprint == again.fingerprint
-  assert len(task.train.index) + len(task.test.index) == 1797
+  assert len(task.train.index) + len(task.validation.index) + len(task.test.index) == 1797
   assert not set(task.train.index) & set(task.test.index)
+  assert not set(task.validation.index) & (set(task.train.index) | set(task.test.index))
+  # The validation split: 5% of the 1,258 training images, every class, every example labeled.
+  assert len(task.validation) == 60 and set(task.validation.label) == set(range(10))
+  assert np.bincount(task.validation.label).min() >= 5
   labeled = task.train.label >= 0
   assert abs(labeled.mean() - 0.1) < 0.01
   # Every class keeps about 10% of its training images labeled, and the test split keeps the class balance.
@@ -35,6 +41,14 @@ def test_split_seed_changes_the_split_and_fractions_shrink_it(smoke_config):
   half = data.load_task(smoke_config)
   assert abs(len(half.train.index) - len(other.train.index) / 2) <= 10
   assert set(half.train.index) <= set(other.train.index)
+
+
+def test_a_validation_split_that_empties_a_class_is_refused(smoke_config):
+  smoke_config.data.name = "synthetic_clusters"
+  smoke_config.data.synthetic.num_examples = 30  # 10 classes: some have a single training example
+  with pytest.raises(ConfigError, match=r"^config.data.validation_fraction=0.05: leaves class 0 of data set "
+                                        r"'synthetic_clusters' without training examples"):
+    data.load_task(smoke_config)
 
 
 def test_synthetic_tasks(smoke_config):

@@ -127,7 +127,7 @@ def test_two_processes_give_the_one_process_results(tmp_path):
       np.testing.assert_allclose(two["metrics"][model][name], one["metrics"][model][name], atol=1e-4,
                                  err_msg=f"{model} {name}")
   # One job: process 0 alone prints the table and writes the files; both processes log, each saying who speaks.
-  assert stdout.count("student (KD)") == 1
+  assert stdout.count("test split") == 1 and stdout.count("student (KD)") == 3  # test, validation, efficiency
   assert "[process 0/2]" in stderr and "[process 1/2]" in stderr
   with open(two_workdir / "history.jsonl") as stream:
     history = [json.loads(line) for line in stream]

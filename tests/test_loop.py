@@ -6,6 +6,7 @@ import signal
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from kd_jax import data, losses, loop, models, preemption, sharding, steps, vectorized
@@ -117,7 +118,8 @@ def test_sigterm_stops_the_loop_with_a_checkpoint_and_the_rerun_ends_where_an_un
       "student", make_program(), [loop.RunLog(f"run {i}", writer, np.zeros(300)) for i in range(num_runs)],
       num_steps=300, checkpoint_dir=str(directory), train_config=config.train, evaluate=lambda params: {"seen": 1.0})
   with preemption.sigterm_requests_stop():
-    uninterrupted, stats = train(SigtermAt(), tmp_path / "uninterrupted")
+    uninterrupted = train(SigtermAt(), tmp_path / "uninterrupted")
+    stats = uninterrupted.stats
     assert stats["resumed_from_step"] is None and stats["trained_steps"] == 300
     assert stats["vectorized_runs"] == num_runs
     writer = SigtermAt(step=100)  # SIGTERM arrives while the loop writes step 100's history: it stops at the next
@@ -126,8 +128,50 @@ def test_sigterm_stops_the_loop_with_a_checkpoint_and_the_rerun_ends_where_an_un
       train(writer, tmp_path / "interrupted")
     assert sorted(os.listdir(tmp_path / "interrupted")) == ["100", "150"]  # the periodic one and the stop step
   with preemption.sigterm_requests_stop():  # the rerun
-    resumed, stats = train(writer, tmp_path / "interrupted")
+    resumed = train(writer, tmp_path / "interrupted")
+    stats = resumed.stats
   assert stats["resumed_from_step"] == 150 and stats["trained_steps"] == 150
-  assert [step for step, _ in writer.records if "test/seen" in _] == [150] * num_runs + [300] * num_runs
-  for expected, got in zip(jax.tree.leaves(uninterrupted), jax.tree.leaves(resumed)):
+  assert [step for step, _ in writer.records if "validation/seen" in _] == [150] * num_runs + [300] * num_runs
+  assert resumed.selected_steps == [300] * num_runs  # train.select='last'
+  for expected, got in zip(jax.tree.leaves(uninterrupted.params), jax.tree.leaves(resumed.params)):
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_best_validation_keeps_each_runs_best_evaluated_step_across_a_rerun(tmp_path, stacked):
+  """Evaluations at steps 150 and 300 score run 0 best at 150 and run 1 best at 300: each run ends with the
+  parameters of its checkpoint at that step, and a rerun of the finished phase restores the same choice."""
+  make_program, config = digits_programs(stacked)
+  config.train.checkpoint_every_steps = 150
+  num_runs = 2 if stacked else 1
+  scores = {150: [0.8, 0.5], 300: [0.6, 0.7]}  # per evaluated step, per run (higher is better)
+  calls = []
+
+  def evaluate(params):
+    del params
+    calls.append(1)
+    step = 150 if len(calls) <= num_runs else 300
+    return {"accuracy": scores[step][(len(calls) - 1) % num_runs]}
+
+  train = lambda: loop.train(
+      "student", make_program(), [loop.RunLog(f"run {i}", SigtermAt(), np.zeros(300)) for i in range(num_runs)],
+      num_steps=300, checkpoint_dir=str(tmp_path / "student"), train_config=config.train, evaluate=evaluate,
+      selection=loop.Selection("accuracy", higher_is_better=True))
+  outcome = train()
+  expected_steps = [150, 300][:num_runs]
+  assert outcome.selected_steps == expected_steps
+  assert sorted(os.listdir(tmp_path / "student_best")) == ["best-300" if stacked else "best-150", "best.json"]
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, make_program().state)
+  with ocp.CheckpointManager(str(tmp_path / "student")) as manager:
+    saved = {step: jax.device_get(manager.restore(step, args=ocp.args.StandardRestore(abstract)).params)
+             for step in (150, 300)}
+  for run, step in enumerate(expected_steps):
+    kept = saved[step] if not stacked else jax.tree.map(lambda values, run=run: values[run], saved[step])
+    for got, expected in zip(jax.tree.leaves(jax.device_get(outcome.params[run])), jax.tree.leaves(kept)):
+      np.testing.assert_array_equal(got, expected)
+  calls.clear()
+  again = train()  # restored at its last step: nothing trained or evaluated, the kept choice read back
+  assert again.selected_steps == expected_steps and again.stats["trained_steps"] == 0 and not calls
+  for got, expected in zip(jax.tree.leaves(jax.device_get(again.params)),
+                           jax.tree.leaves(jax.device_get(outcome.params))):
+    np.testing.assert_array_equal(got, expected)

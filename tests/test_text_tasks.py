@@ -62,7 +62,11 @@ def test_two_tokenizers_and_the_index_join_canary(sst2_task, tmp_path):
 
 def test_sst2_task_from_the_saved_dataset(sst2_task):
   assert sst2_task.num_classes == 2 and sst2_task.seq2seq is None
-  assert len(sst2_task.train.index) == 160 and len(sst2_task.test.index) == 48
+  # GLUE's validation split (48 fixture sentences) is the test split; 10% of the 160 training sentences validate.
+  assert len(sst2_task.train) == 144 and len(sst2_task.validation) == 16 and len(sst2_task.test) == 48
+  held_out, kept = np.bincount(sst2_task.validation.label), np.bincount(sst2_task.train.label)
+  np.testing.assert_array_equal(held_out, np.maximum(1, np.round(0.1 * (held_out + kept))))  # stratified
+  assert not set(sst2_task.validation.index) & (set(sst2_task.train.index) | set(sst2_task.test.index))
   assert not set(sst2_task.train.index) & set(sst2_task.test.index)
   for split in (sst2_task.train, sst2_task.test):
     for inputs in (split.inputs, split.teacher_inputs):
@@ -321,7 +325,11 @@ def test_esnli_task_format(esnli_task):
                                 labels[:, :-1][weights[:, 1:] > 0])
   sources = info.tokenizer.batch_decode(train_split.inputs["input_ids"][:2], skip_special_tokens=True)
   assert sources[0].startswith("premise: ") and " hypothesis: " in sources[0]
-  assert len(info.references) == len(esnli_task.test.index)
+  # e-SNLI's own validation and test splits (36 fixture examples each), every example's texts kept by index.
+  assert len(esnli_task.validation) == len(esnli_task.test) == 36 and len(esnli_task.train) == 144
+  indices = {int(i) for split in (esnli_task.train, esnli_task.validation, esnli_task.test) for i in split.index}
+  assert set(info.sources) == set(info.explanations) == indices and len(indices) == 216
+  assert info.sources[int(esnli_task.test.index[0])].startswith("premise: ")
 
 
 def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnli_task, tmp_path):
@@ -374,10 +382,12 @@ def test_sst2_smoke_end_to_end(tmp_path):
   assert results["metrics"]["student"]["agreement"] > 0.7
   assert results["teacher_cache"]["bytes_per_example"] == 2 * 4 + 4
   with open(tmp_path / "history.jsonl") as stream:  # the teacher is evaluated on its own tokens while it trains
-    teacher_evaluations = [r for r in map(json.loads, stream) if r["phase"] == "teacher" and "test/accuracy" in r]
-  assert teacher_evaluations[-1]["test/accuracy"] == pytest.approx(results["metrics"]["teacher"]["accuracy"])
-  assert results["data"] == {"name": "sst2", "num_classes": 2, "num_train": 160, "num_labeled": 160,
-                             "num_unlabeled": 0, "num_test": 48}
+    teacher_evaluations = [r for r in map(json.loads, stream)
+                           if r["phase"] == "teacher" and "validation/accuracy" in r]
+  assert teacher_evaluations[-1]["validation/accuracy"] == pytest.approx(
+      results["validation_metrics"]["teacher"]["accuracy"])
+  assert results["data"] == {"name": "sst2", "num_classes": 2, "num_train": 144, "num_labeled": 144,
+                             "num_unlabeled": 0, "num_validation": 16, "num_test": 48}
 
 
 @pytest.fixture(scope="module")
@@ -401,7 +411,7 @@ def untrained_esnli_student(esnli_run, esnli_task):
   evaluator.teacher_metrics(teacher_model, teacher.restore_params(str(workdir / "teacher"), teacher_params, mesh))
   student_model, student_params = models.create(config.student, num_classes=3, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
-  return evaluator.final(student_model, student_params)
+  return evaluator.final(student_model, student_params)["test"]
 
 
 @pytest.mark.slow
@@ -421,6 +431,16 @@ def test_esnli_smoke_end_to_end(esnli_run, esnli_task, untrained_esnli_student):
   assert student["kl_to_teacher"] < untrained["kl_to_teacher"] / 10
   assert sorted(student["by_generation_temperature"]) == ["0", "1"]
   assert student["by_generation_temperature"]["0"]["label_accuracy"] == student["label_accuracy"]
+  # Faithfulness of every model's explanations, on both splits and at every temperature, under one simulator.
+  for split in ("metrics", "validation_metrics"):
+    by_model = results[split]
+    assert by_model["teacher"]["faithfulness_ceiling"] == by_model["student"]["faithfulness_ceiling"] > 0.9
+    for model in ("teacher", "student"):
+      assert 0 <= by_model[model]["faithfulness"] <= 1 and -1 <= by_model[model]["las"] <= 1, (split, model)
+  assert student["by_generation_temperature"]["1"]["faithfulness"] >= 0
+  # It moves: the untrained student's unparseable outputs are never faithful (measured 0.0), the distilled one's
+  # explanations lead the simulator to its own labels on about 60% of the test split, the teacher's on all.
+  assert student["faithfulness"] > untrained["faithfulness"] + 0.25
   cache = results["teacher_cache"]
   target_length = esnli_task.train.label.shape[1]
   assert cache["k"] == 32 and cache["dtype"] == "float16"

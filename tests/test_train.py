@@ -35,6 +35,15 @@ def test_results_contract_and_learning(smoke_run):
   assert results["metrics"]["student_hard"]["accuracy"] > 0.5
   assert results["metrics"]["student"]["agreement"] > 0.8
   assert results["data"]["num_labeled"] + results["data"]["num_unlabeled"] == results["data"]["num_train"]
+  # Validation metrics (what selects) and the cost of every model beside the test metrics (what is reported).
+  assert results["data"]["num_validation"] == 60
+  costs = results["efficiency"]
+  for model in ("teacher", "student", "student_hard"):
+    assert isinstance(results["validation_metrics"][model]["accuracy"], float), model
+    assert costs[model]["params"] > 0 and costs[model]["flops_per_example"] > 0 and costs[model]["latency_ms"] > 0
+  assert costs["teacher"]["params"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+  assert costs["student"]["compression_params"] == costs["teacher"]["params"] / costs["student"]["params"]
+  assert results["train"]["phases"]["student"]["selected_step"] == results["train"]["steps"]  # select='last'
 
 
 def test_outputs_in_workdir(smoke_run):
@@ -49,7 +58,7 @@ def test_outputs_in_workdir(smoke_run):
     history = [json.loads(line) for line in stream]
   phases = {record["phase"] for record in history}
   assert phases == {"teacher", "student", "student_hard"}
-  assert any("test/accuracy" in record for record in history)
+  assert any("validation/accuracy" in record for record in history)
   assert os.listdir(os.path.join(workdir, "tensorboard", "student"))
 
 
@@ -93,6 +102,26 @@ def test_online_teacher_matches_cached_teacher(smoke_run, tmp_path):
     np.testing.assert_allclose(online["metrics"]["student"][name], results["metrics"]["student"][name], atol=1e-4)
 
 
+def test_best_validation_selects_a_checkpoint_the_validation_metrics_confirm(smoke_run, tmp_path):
+  """train.select='best_validation': each student ends with its evaluated step of best validation accuracy, whose
+  validation accuracy is the best the history records, and results.json says which step it was."""
+  workdir, _ = smoke_run
+  config = load_config()
+  config.teacher.workdir = os.path.join(workdir, "teacher")
+  config.train.select = "best_validation"
+  config.train.eval_every_steps = 50
+  selected = train.train_and_evaluate(config, str(tmp_path))
+  with open(tmp_path / "history.jsonl") as stream:
+    history = [json.loads(line) for line in stream]
+  for phase in ("student", "student_hard"):
+    evaluated = {record["step"]: record["validation/accuracy"] for record in history
+                 if record["phase"] == phase and "validation/accuracy" in record}
+    step = selected["train"]["phases"][phase]["selected_step"]
+    assert evaluated[step] == max(evaluated.values()) and min(evaluated) <= step <= max(evaluated), phase
+    np.testing.assert_allclose(selected["validation_metrics"][phase]["accuracy"], evaluated[step], atol=1e-6)
+    assert os.path.isdir(os.path.join(tmp_path, "checkpoints", f"{phase}_best"))
+
+
 def test_online_input_noise_trains(smoke_run, tmp_path):
   workdir, _ = smoke_run
   config = load_config()
@@ -116,3 +145,5 @@ def test_default_run_through_main(tmp_path):
   assert accuracy["teacher"] >= 0.90, accuracy
   assert accuracy["student"] > accuracy["student_hard"], accuracy
   assert "student (KD)" in result.stdout and "student (hard labels)" in result.stdout
+  assert "test split (539 examples): reported" in result.stdout
+  assert "validation split (60 examples): selects" in result.stdout and "efficiency" in result.stdout

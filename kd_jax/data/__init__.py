@@ -43,7 +43,10 @@ class TaskData:
     name: data set name.
     num_classes: number of classes.
     train: training split after train_fraction / labeled_fraction (unlabeled examples have label -1).
-    test: test split (all labeled; examples labeled -1, such as GLUE's test split, are left out of metrics).
+    validation: validation split (all labeled): evaluation during training and every selection (final model, a
+      sweep's best point). Held out of the training split (data.validation_fraction, stratified) unless the source
+      has one (data.validation_split).
+    test: test split, for reporting only (examples labeled -1, such as GLUE's test split, are left out of metrics).
     fingerprint: hash of the examples and preprocessing; part of the teacher-cache identity.
     seq2seq: what seq2seq evaluation needs besides the arrays (decoding, label parsing, references); None for
       classification tasks.
@@ -51,6 +54,7 @@ class TaskData:
   name: str
   num_classes: int
   train: Examples
+  validation: Examples
   test: Examples
   fingerprint: str
   seq2seq: object = None
@@ -74,7 +78,9 @@ def _leaves(tree) -> list:
 
 
 def load_task(config) -> TaskData:
-  """Loads `config.data.name`, splits it and applies `train_fraction` / `labeled_fraction` (all from split_seed)."""
+  """Loads `config.data.name` and splits it (all from split_seed): the test split (test_fraction, or the source's),
+  the validation split (held out of the training split by validation_fraction, or the source's), then the
+  `train_fraction` / `labeled_fraction` subsets of what remains for training."""
   data_config = config.data
   if data_config.name not in _TASK_MODULES:
     raise ConfigError("data.name", data_config.name, f"allowed: {', '.join(names())}")
@@ -82,12 +88,22 @@ def load_task(config) -> TaskData:
   rng = np.random.default_rng(data_config.split_seed)
   seq2seq = None
   if hasattr(module, "load_splits"):
-    train, test, num_classes, seq2seq = module.load_splits(config)
+    source_splits, num_classes, seq2seq = module.load_splits(config)
+    train, validation, test = (source_splits.get(role) for role in ("train", "validation", "test"))
   else:
     inputs, labels, num_classes = module.load(data_config)
     examples = Examples(inputs=inputs, label=labels.astype(np.int32), index=np.arange(len(labels), dtype=np.int32))
     test_mask = splits.stratified_mask(labels, data_config.test_fraction, rng)
-    train, test = examples.select(~test_mask), examples.select(test_mask)
+    train, test, validation = examples.select(~test_mask), examples.select(test_mask), None
+  if validation is None:
+    held_out = splits.stratified_mask(train.strata, data_config.validation_fraction, rng)
+    classes = set(np.unique(train.strata).tolist())
+    validation, train = train.select(held_out), train.select(~held_out)
+    left = classes - set(np.unique(train.strata).tolist())
+    if left:
+      raise ConfigError("data.validation_fraction", data_config.validation_fraction,
+                        f"leaves class {sorted(left)[0]} of data set {data_config.name!r} without training examples "
+                        "(every class keeps at least one validation example); lower it or add data")
   if data_config.train_fraction < 1.0:
     train = train.select(splits.stratified_mask(train.strata, data_config.train_fraction, rng))
   labeled_mask = splits.stratified_mask(train.strata, data_config.labeled_fraction, rng)
@@ -96,7 +112,7 @@ def load_task(config) -> TaskData:
       label=np.where(labeled_mask.reshape((-1,) + (1,) * (label.ndim - 1)), label, -1).astype(np.int32))
   extra = {field.name: getattr(train, field.name) for field in dataclasses.fields(train)
            if field.name not in ("inputs", "label", "index") and getattr(train, field.name) is not None}
-  fingerprint = fingerprints.fingerprint_arrays(*_leaves(train.inputs), train.label, train.index, test.index,
-                                                *_leaves(extra))
-  return TaskData(name=data_config.name, num_classes=num_classes, train=train, test=test, fingerprint=fingerprint,
-                  seq2seq=seq2seq)
+  fingerprint = fingerprints.fingerprint_arrays(*_leaves(train.inputs), train.label, train.index, validation.index,
+                                                test.index, *_leaves(extra))
+  return TaskData(name=data_config.name, num_classes=num_classes, train=train, validation=validation, test=test,
+                  fingerprint=fingerprint, seq2seq=seq2seq)

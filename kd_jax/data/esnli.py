@@ -64,7 +64,8 @@ def tokenize_targets(tokenizer, targets: list[str], max_length: int, decoder_sta
 
 
 def load_splits(config):
-  """(train, test, num_classes, Seq2SeqInfo): sources, targets, classes and indices of the two splits."""
+  """({role: Examples} of train, test and, when data.validation_split is set, validation; num_classes;
+  Seq2SeqInfo): sources, targets, classes and indices of every split."""
   data_config = config.data
   tokenizer = text.load_tokenizer(config.student.checkpoint, "student.checkpoint")
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
@@ -77,24 +78,27 @@ def load_splits(config):
                     "token-level distillation on e-SNLI needs them to (e.g. two FLAN-T5 sizes)")
   start = student_model_config.get("decoder_start_token_id")
   start = tokenizer.pad_token_id if start is None else start
-  splits, references = [], None
+  splits, sources_by_index, explanations_by_index = {}, {}, {}
   first_index = 0
-  for split, max_examples in ((data_config.train_split, None), (data_config.eval_split, data_config.max_eval_examples)):
+  for role, split, max_examples in text.source_splits(data_config):
     columns, where = text.load_columns(data_config, split, COLUMNS)
     columns = {name: values[:max_examples] for name, values in columns.items()}
     for name in ("premise", "hypothesis", "explanation_1"):
       text.check_texts(columns[name], f"{where}, column {name}")
     labels = text.check_labels(columns["label"], len(LABEL_NAMES), where, allow_unlabeled=False)
     sources = [format_source(p, h) for p, h in zip(columns["premise"], columns["hypothesis"])]
-    targets = [format_target(label, explanation) for label, explanation in zip(labels, columns["explanation_1"])]
+    explanations = [explanation.strip() for explanation in columns["explanation_1"]]
+    targets = [format_target(label, explanation) for label, explanation in zip(labels, explanations)]
     target_arrays = tokenize_targets(tokenizer, targets, data_config.max_target_length, start)
     inputs = text.tokenize(tokenizer, sources, data_config.max_length)
     inputs["decoder_input_ids"] = target_arrays.pop("decoder_input_ids")
-    splits.append(Examples(inputs=inputs, label=target_arrays["label"], token_weights=target_arrays["token_weights"],
-                           class_label=labels, index=np.arange(first_index, first_index + len(labels), dtype=np.int32)))
+    index = np.arange(first_index, first_index + len(labels), dtype=np.int32)
+    splits[role] = Examples(inputs=inputs, label=target_arrays["label"], token_weights=target_arrays["token_weights"],
+                            class_label=labels, index=index)
+    sources_by_index.update(zip(index.tolist(), sources))
+    explanations_by_index.update(zip(index.tolist(), explanations))
     first_index += len(labels)
-    references = tuple(explanation.strip() for explanation in columns["explanation_1"])
-  train, test = splits
-  info = text.Seq2SeqInfo(tokenizer=tokenizer, label_names=LABEL_NAMES, references=references, parse=parse_output,
+  info = text.Seq2SeqInfo(tokenizer=tokenizer, label_names=LABEL_NAMES, sources=sources_by_index,
+                          explanations=explanations_by_index, parse=parse_output,
                           max_target_length=data_config.max_target_length, decoder_start_token_id=int(start))
-  return train, test, len(LABEL_NAMES), info
+  return splits, len(LABEL_NAMES), info

@@ -1,8 +1,9 @@
 """GLUE SST-2: binary sentiment of movie-review sentences (0 negative, 1 positive; GLUE's test split is -1).
 
 Columns `sentence` and `label` (HF `nyu-mll/glue` / `sst2`, TFDS `glue/sst2`, or local files with those columns).
-Training uses `data.train_split`, evaluation `data.eval_split` (GLUE's validation split: its test labels are
-hidden). Every example is tokenized twice, with the student's tokenizer (`inputs`) and the teacher's
+Training uses `data.train_split`; the reported test metrics `data.test_split` (GLUE's validation split: its test
+labels are hidden); validation (model and sweep selection) a stratified `data.validation_fraction` slice of the
+training split. Every example is tokenized twice, with the student's tokenizer (`inputs`) and the teacher's
 (`teacher_inputs`): the teacher's logits are computed on its own tokens and reach the student's batch joined by
 the example `index`.
 """
@@ -16,21 +17,21 @@ LABEL_NAMES = ("negative", "positive")
 
 
 def load_splits(config):
-  """(train, test, num_classes, None): token inputs of both models, labels and indices of the two splits."""
+  """({role: Examples} of train, test and, when data.validation_split is set, validation; num_classes; None): token
+  inputs of both models, labels and indices of every split."""
   data_config = config.data
   student_tokenizer = text.load_tokenizer(config.student.checkpoint, "student.checkpoint")
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
-  splits = []
+  splits = {}
   first_index = 0
-  for split, max_examples in ((data_config.train_split, None), (data_config.eval_split, data_config.max_eval_examples)):
+  for role, split, max_examples in text.source_splits(data_config):
     columns, where = text.load_columns(data_config, split, ("sentence", "label"))
     sentences, labels = columns["sentence"][:max_examples], columns["label"][:max_examples]
     text.check_texts(sentences, where)
     labels = text.check_labels(labels, len(LABEL_NAMES), where, allow_unlabeled=True)
-    splits.append(Examples(
+    splits[role] = Examples(
         inputs=text.tokenize(student_tokenizer, sentences, data_config.max_length),
         teacher_inputs=text.tokenize(teacher_tokenizer, sentences, data_config.max_length),
-        label=labels, index=np.arange(first_index, first_index + len(labels), dtype=np.int32)))
+        label=labels, index=np.arange(first_index, first_index + len(labels), dtype=np.int32))
     first_index += len(labels)
-  train, test = splits
-  return train, test, len(LABEL_NAMES), None
+  return splits, len(LABEL_NAMES), None

@@ -30,17 +30,29 @@ class Seq2SeqInfo:
   Attributes:
     tokenizer: the (shared) tokenizer; decodes generated ids.
     label_names: class names, in label-id order.
-    references: the test split's reference outputs (explanations), row-aligned with `TaskData.test`.
+    sources: example index -> the source text the models read (every split).
+    explanations: example index -> the reference (gold) explanation (every split).
     parse: generated text -> (label id or None when unparseable, the explanation part of the text).
     max_target_length: target length T (generation stops after T new tokens).
     decoder_start_token_id: first decoder input of teacher forcing and generation.
   """
   tokenizer: Any
   label_names: tuple[str, ...]
-  references: tuple[str, ...]
+  sources: dict
+  explanations: dict
   parse: Callable[[str], tuple[int | None, str]]
   max_target_length: int
   decoder_start_token_id: int
+
+
+def source_splits(data_config) -> list[tuple[str, str, int | None]]:
+  """(role, the source's split name, the most examples to read) of every split a text task reads: 'train', then
+  'validation' (when data.validation_split names one; else it is held out of train by data/__init__.load_task) and
+  'test'."""
+  roles = [("train", data_config.train_split, None)]
+  if data_config.validation_split is not None:
+    roles.append(("validation", data_config.validation_split, data_config.max_eval_examples))
+  return roles + [("test", data_config.test_split, data_config.max_eval_examples)]
 
 
 def describe_source(data_config) -> str:
