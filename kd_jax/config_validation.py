@@ -174,6 +174,10 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _check_in_range(config, "distill.label_smoothing", 0.0, 1.0, low_open=False, high_open=True)
   _require(distill.divergence in losses.DIVERGENCES, "distill.divergence", distill.divergence,
            f"allowed: {', '.join(losses.DIVERGENCES)}")
+  for field in ("distill.beta", "distill.skew"):
+    _check_in_range(config, field, 0.0, 1.0, low_open=False, high_open=False)
+  _check_in_range(config, "distill.akl_mu", 0.0, 1.0, low_open=True, high_open=False)
+  _check_schedule(config)
   _require(distill.input_noise_std >= 0, "distill.input_noise_std", distill.input_noise_std, "must be >= 0")
   _require(distill.input_noise_std == 0 or distill.teacher_mode == "online", "distill.input_noise_std",
            distill.input_noise_std,
@@ -191,6 +195,35 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _require(config.train.device_data_max_mib >= 0, "train.device_data_max_mib", config.train.device_data_max_mib,
            "must be >= 0")
   _check_selection(config)
+
+
+def _check_schedule(config: ml_collections.ConfigDict) -> None:
+  """distill.schedule and the ends it moves towards: each in its start's range and of the start's form."""
+  distill = config.distill
+  _require(distill.schedule in losses.SCHEDULES, "distill.schedule", distill.schedule,
+           f"allowed: {', '.join(losses.SCHEDULES)}")
+  ends = ("distill.temperature_end", "distill.alpha_end", "distill.ce_weight_end", "distill.kd_weight_end")
+  if distill.schedule == "constant":
+    for field in ends:
+      value = config_paths.get(config, field)
+      _require(value is None, field, value, "needs distill.schedule='linear' or 'cosine' (the schedule is constant)")
+    return
+  _require(any(config_paths.get(config, field) is not None for field in ends), "distill.schedule", distill.schedule,
+           f"needs an end to move to: set one of {', '.join(ends)}")
+  if distill.temperature_end is not None:
+    _check_positive(config, "distill.temperature_end")
+  if distill.alpha is not None:
+    for field in ("distill.ce_weight_end", "distill.kd_weight_end"):
+      value = config_paths.get(config, field)
+      _require(value is None, field, value, "must be None in the Hinton form (alpha set): schedule alpha_end instead")
+    if distill.alpha_end is not None:
+      _check_in_range(config, "distill.alpha_end", 0.0, 1.0, low_open=False, high_open=False)
+  else:
+    _require(distill.alpha_end is None, "distill.alpha_end", distill.alpha_end,
+             "must be None in the explicit form (alpha=None): schedule ce_weight_end / kd_weight_end instead")
+    for field in ("distill.ce_weight_end", "distill.kd_weight_end"):
+      value = config_paths.get(config, field)
+      _require(value is None or value >= 0, field, value, "must be >= 0 or None")
 
 
 def _check_selection(config: ml_collections.ConfigDict) -> None:

@@ -61,10 +61,13 @@ class Program:
 @dataclasses.dataclass(frozen=True)
 class RunLog:
   """Where one run of a program reports: its name in messages ('' for a lone run), its metric writer (or a writer
-  fanning out to the points that share the run), and the learning rate of each step [num_steps] for the history."""
+  fanning out to the points that share the run), and the learning rate of each step [num_steps] for the history,
+  with any other scheduled value by name (`scheduled`: {name: [num_steps]}, e.g. the distillation temperature),
+  each logged as its value at the logged step."""
   name: str
   writer: Any
   learning_rates: np.ndarray
+  scheduled: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +226,7 @@ class _History:
                                                   for step_metrics in self._interval]))
                  for name in self._interval[0]}
       scalars["train/learning_rate"] = float(run.learning_rates[step - 1])
+      scalars |= {f"train/{name}": float(values[step - 1]) for name, values in run.scheduled.items()}
       if steps_per_sec > 0:
         scalars["train/examples_per_sec"] = steps_per_sec * batch_size
       run.writer.write_scalars(step, scalars)

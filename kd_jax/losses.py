@@ -13,8 +13,20 @@ from typing import ClassVar, NamedTuple
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "js", "mse")
+DIVERGENCES = ("forward_kl", "reverse_kl", "js", "generalized_js", "skew_forward_kl", "skew_reverse_kl", "tvd", "akl",
+               "mse")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+class DivergenceParams(NamedTuple):
+  """The numbers some divergences take (arrays or floats; a vectorized sweep stacks them):
+  beta: generalized_js's interpolation in [0, 1]; skew: lambda of the skew KLs in [0, 1]; akl_mu: the teacher mass
+  of akl's head in (0, 1]."""
+  beta: jax.Array | float = 0.5
+  skew: jax.Array | float = 0.1
+  akl_mu: jax.Array | float = 0.5
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -43,22 +55,40 @@ def _kl_from_log_probs(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
 
 
 def divergence(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float, kind: str = "forward_kl",
-               t2_scaling: bool = True) -> jax.Array:
+               t2_scaling: bool = True, params: DivergenceParams = DivergenceParams()) -> jax.Array:
   """Per-example distillation divergence s * D(z_s / T, z_t / T) with s = T^2 if t2_scaling else 1.
 
-  D is one of
-    forward_kl: KL(p_t^T || p_s^T)                      (Hinton et al. 2015)
-    reverse_kl: KL(p_s^T || p_t^T)
-    js:         (KL(p_t^T || m) + KL(p_s^T || m)) / 2,   m = (p_t^T + p_s^T) / 2
-    mse:        mean_c (z_s/T - z_t/T)_c^2               (logit matching; with T^2 scaling T cancels)
-  With T^2 scaling the gradient of forward KL w.r.t. z_s is T (p_s^T - p_t^T), and as T grows T^2 KL tends to
-  (1/2) mean_c (z_s - z_t)_c^2 for zero-mean logits, i.e. half the mse divergence.
+  With p = p_t^T (teacher) and q = p_s^T (student), D is one of
+    forward_kl:      KL(p || q)                                     (Hinton et al. 2015)
+    reverse_kl:      KL(q || p)
+    js:              (KL(p || m) + KL(q || m)) / 2,   m = (p + q) / 2
+    generalized_js:  JSD_beta = beta KL(p || m) + (1 - beta) KL(q || m),   m = beta p + (1 - beta) q
+                     (Agarwal et al. 2024, GKD, eq. 1). beta = 0.5 is `js`. As beta -> 0, JSD_beta -> 0 and
+                     JSD_beta / beta -> KL(p || q); as beta -> 1, JSD_beta / (1 - beta) -> KL(q || p). Like TRL's
+                     `GKDTrainer.generalized_jsd_loss`, beta = 0 is taken as forward KL and beta = 1 as reverse KL
+                     (the limits of the rescaled divergence; JSD_beta itself vanishes at both ends), the same
+                     mixture convention (m weights the teacher by beta) and no rescaling in between.
+    skew_forward_kl: KL(p || lambda p + (1 - lambda) q)            (DistiLLM, Ko et al. 2024; lambda = params.skew)
+    skew_reverse_kl: KL(q || lambda q + (1 - lambda) p)            lambda = 0 gives forward / reverse KL; lambda = 1
+                                                                    gives 0
+    tvd:             (1/2) sum_c |p_c - q_c|                       total variation distance, in [0, 1]
+    akl:             w_head KL(p || q) + w_tail KL(q || p)          (adaptive KL, Wu et al. 2024). The head is the
+                     teacher's most probable classes up to mass mu (sorted by p, a class is in the head when the
+                     teacher mass strictly above it is < mu = params.akl_mu), the tail the rest; g_head and g_tail
+                     are sum |p - q| over each, w_head = g_head / (g_head + g_tail), w_tail = 1 - w_head (both 1/2
+                     when p = q). The weights are constants of the step (stop_gradient): they choose how much of
+                     each KL to follow, as in the authors' reference, where they are detached from the student.
+    mse:             mean_c (z_s/T - z_t/T)_c^2                    (logit matching; with T^2 scaling T cancels)
+  With T^2 scaling the gradient of forward KL w.r.t. z_s is T (q - p), and as T grows T^2 KL tends to
+  (1/2) mean_c (z_s - z_t)_c^2 for zero-mean logits, i.e. half the mse divergence. The T^2 factor applies to every
+  kind alike (turn it off with t2_scaling=False).
 
   Args:
     student_logits, teacher_logits: [..., C].
     temperature: T > 0 (a Python float or a traced scalar, so that sweeps can vmap over it).
     kind: one of DIVERGENCES.
     t2_scaling: multiply by T^2.
+    params: DivergenceParams (beta, skew, akl_mu; floats or traced scalars).
 
   Returns:
     [...] per-example divergence.
@@ -68,14 +98,37 @@ def divergence(student_logits: jax.Array, teacher_logits: jax.Array, temperature
   if kind == "mse":
     value = jnp.mean(jnp.square(student_scaled - teacher_scaled), axis=-1)
   else:
-    value = _divergence_of_log_probs(jax.nn.log_softmax(student_scaled), jax.nn.log_softmax(teacher_scaled), kind)
+    value = _divergence_of_log_probs(jax.nn.log_softmax(student_scaled), jax.nn.log_softmax(teacher_scaled), kind,
+                                     params)
   if t2_scaling:
     value = value * jnp.square(temperature)
   return value
 
 
-def _divergence_of_log_probs(log_p_s: jax.Array, log_p_t: jax.Array, kind: str) -> jax.Array:
-  """forward_kl, reverse_kl or js (see `divergence`) of two distributions given as log-probabilities [..., C]."""
+def _log_mixture(log_p: jax.Array, log_q: jax.Array, weight) -> jax.Array:
+  """log(w p + (1 - w) q) from log p and log q, for w in [0, 1] (w = 0 or 1 gives log q or log p exactly)."""
+  weight = jnp.asarray(weight, log_p.dtype)
+  return jnp.logaddexp(jnp.log(weight) + log_p, jnp.log1p(-weight) + log_q)
+
+
+def _akl(log_p_s: jax.Array, log_p_t: jax.Array, mu) -> jax.Array:
+  """Adaptive KL (see `divergence`): head/tail gap weights (constants of the step) on forward and reverse KL."""
+  p_t, p_s = jnp.exp(log_p_t), jnp.exp(log_p_s)
+  order = jnp.argsort(-p_t, axis=-1)
+  sorted_p_t = jnp.take_along_axis(p_t, order, axis=-1)
+  in_head_sorted = (jnp.cumsum(sorted_p_t, axis=-1) - sorted_p_t) < mu
+  in_head = jnp.take_along_axis(in_head_sorted, jnp.argsort(order, axis=-1), axis=-1)
+  gap = jnp.abs(p_t - p_s)
+  head_gap = jnp.sum(jnp.where(in_head, gap, 0.0), axis=-1)
+  total_gap = jnp.sum(gap, axis=-1)
+  head_weight = jax.lax.stop_gradient(jnp.where(total_gap > 0, head_gap / jnp.where(total_gap > 0, total_gap, 1.0),
+                                                0.5))
+  return head_weight * _kl_from_log_probs(log_p_t, log_p_s) + (1 - head_weight) * _kl_from_log_probs(log_p_s, log_p_t)
+
+
+def _divergence_of_log_probs(log_p_s: jax.Array, log_p_t: jax.Array, kind: str,
+                             params: DivergenceParams = DivergenceParams()) -> jax.Array:
+  """A divergence of `divergence` (all kinds but mse) of two distributions given as log-probabilities [..., C]."""
   if kind == "forward_kl":
     return _kl_from_log_probs(log_p_t, log_p_s)
   if kind == "reverse_kl":
@@ -83,6 +136,20 @@ def _divergence_of_log_probs(log_p_s: jax.Array, log_p_t: jax.Array, kind: str) 
   if kind == "js":
     log_m = jnp.logaddexp(log_p_s, log_p_t) - jnp.log(2.0)
     return 0.5 * (_kl_from_log_probs(log_p_t, log_m) + _kl_from_log_probs(log_p_s, log_m))
+  if kind == "generalized_js":
+    beta = jnp.asarray(params.beta, jnp.float32)
+    log_m = _log_mixture(log_p_t, log_p_s, beta)
+    jsd = beta * _kl_from_log_probs(log_p_t, log_m) + (1 - beta) * _kl_from_log_probs(log_p_s, log_m)
+    return jnp.where(beta == 0, _kl_from_log_probs(log_p_t, log_p_s),
+                     jnp.where(beta == 1, _kl_from_log_probs(log_p_s, log_p_t), jsd))
+  if kind == "skew_forward_kl":
+    return _kl_from_log_probs(log_p_t, _log_mixture(log_p_t, log_p_s, params.skew))
+  if kind == "skew_reverse_kl":
+    return _kl_from_log_probs(log_p_s, _log_mixture(log_p_s, log_p_t, params.skew))
+  if kind == "tvd":
+    return 0.5 * jnp.sum(jnp.abs(jnp.exp(log_p_t) - jnp.exp(log_p_s)), axis=-1)
+  if kind == "akl":
+    return _akl(log_p_s, log_p_t, params.akl_mu)
   raise ValueError(f"unknown divergence {kind!r}; allowed: {', '.join(DIVERGENCES)}")
 
 
@@ -99,7 +166,7 @@ class TopKLogits(NamedTuple):
 
 
 def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature: float, kind: str = "forward_kl",
-                    t2_scaling: bool = True) -> jax.Array:
+                    t2_scaling: bool = True, params: DivergenceParams = DivergenceParams()) -> jax.Array:
   """`divergence` against a teacher known only by its top-k logits: D over the k + 1 bins {top-k tokens, tail}.
 
   Both distributions are coarse-grained onto the same support: the teacher's k tokens, each with its own
@@ -109,12 +176,13 @@ def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature:
   tail_logsumexp), so at temperature T the tail bin has logit log(V - k) + u / T. The teacher's bins are thus exact
   at T = 1 for any k, and exact at any T when k = V (no tail), where this equals `divergence`. At T = 1 the
   forward KL over the bins is a lower bound of the dense KL (data-processing inequality); the gap is the
-  divergence within the tail, which the flat tail cannot see. mse compares the k logits only.
+  divergence within the tail, which the flat tail cannot see. Every kind but mse is computed on the k + 1 bins (the
+  same formulas; akl's head and tail are chosen among the bins); mse compares the k logits only.
 
   Args:
     student_logits: [..., V] the student's full logits.
     teacher: TopKLogits with values, indices [..., k] (k <= V) and tail_logsumexp [...].
-    temperature, kind, t2_scaling: see `divergence`.
+    temperature, kind, t2_scaling, params: see `divergence`.
 
   Returns:
     [...] per-position divergence.
@@ -133,7 +201,7 @@ def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature:
       teacher_tail = log_num_tail + (teacher.tail_logsumexp.astype(jnp.float32) - log_num_tail) / temperature
       student_top = jnp.concatenate([student_top, student_tail[..., None]], axis=-1)
       teacher_top = jnp.concatenate([teacher_top, teacher_tail[..., None]], axis=-1)
-    value = _divergence_of_log_probs(jax.nn.log_softmax(student_top), jax.nn.log_softmax(teacher_top), kind)
+    value = _divergence_of_log_probs(jax.nn.log_softmax(student_top), jax.nn.log_softmax(teacher_top), kind, params)
   if t2_scaling:
     value = value * jnp.square(temperature)
   return value
@@ -185,6 +253,7 @@ class DistillationTerms(NamedTuple):
 def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | TopKLogits | None,
                       labels: jax.Array, example_weights: jax.Array, *, weights: LossWeights, temperature: float,
                       label_smoothing: float = 0.0, divergence_kind: str = "forward_kl", t2_scaling: bool = True,
+                      divergence_params: DivergenceParams = DivergenceParams(),
                       axis_name: str | None = None) -> DistillationTerms:
   """loss = w_hard * mean_{labeled} CE(y, p_s) + w_soft * mean_{all} s * D(z_s / T, z_t / T).
 
@@ -200,7 +269,8 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Top
     labels: [...] int, -1 where there is no label.
     example_weights: [...] float, 0 for padding (and for examples not to be counted at all).
     weights: LossWeights.
-    temperature, label_smoothing, divergence_kind, t2_scaling: see `divergence` and `cross_entropy`.
+    temperature, label_smoothing, divergence_kind, t2_scaling, divergence_params: see `divergence` and
+      `cross_entropy`.
     axis_name: data-parallel axis for the global normalization, or None.
   """
   labeled_weights = example_weights * (labels >= 0)
@@ -209,9 +279,23 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Top
     soft = jnp.zeros_like(hard)
   else:
     divergence_fn = topk_divergence if isinstance(teacher_logits, TopKLogits) else divergence
-    per_example = divergence_fn(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling)
+    per_example = divergence_fn(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling,
+                                divergence_params)
     soft = global_mean(per_example, example_weights, axis_name)
   return DistillationTerms(loss=weights.hard * hard + weights.soft * soft, hard=hard, soft=soft)
+
+
+def schedule_fraction(kind: str, step: jax.Array, num_steps: jax.Array) -> jax.Array:
+  """How far a scheduled value has moved from its start to its end at `step` of `num_steps` (0 at step 0, 1 at the
+  last step num_steps - 1): constant 0, linear s / (N - 1), cosine (1 - cos(pi s / (N - 1))) / 2."""
+  if kind == "constant":
+    return jnp.float32(0.0)
+  progress = jnp.clip(jnp.asarray(step, jnp.float32) / jnp.maximum(num_steps - 1.0, 1.0), 0.0, 1.0)
+  if kind == "linear":
+    return progress
+  if kind == "cosine":
+    return 0.5 * (1.0 - jnp.cos(jnp.pi * progress))
+  raise ValueError(f"unknown schedule {kind!r}; allowed: {', '.join(SCHEDULES)}")
 
 
 @flax.struct.dataclass
@@ -219,38 +303,85 @@ class DistillationLoss:
   """The training loss of a run, built from `config.distill` in one place (`from_config`) and called by the step.
 
   loss = hard_weight * mean_{labeled} CE_eps + soft_weight * mean_{all} s * D(z_s / T, z_t / T)   (see
-  `distillation_loss`). The numbers (weights, T, eps) are arrays, arguments of the compiled step, so that one
-  program serves every value and a vectorized sweep stacks them [P]; the divergence and the T^2 scaling choose code
-  and are static (part of the tree structure: equal losses share a compiled step).
+  `distillation_loss`). The numbers (weights, T, eps, the divergence's beta / skew / akl_mu, the schedules' ends
+  and the phase's length) are arrays, arguments of the compiled step, so that one program serves every value and
+  a vectorized sweep stacks them [P]; the divergence, the T^2 scaling and the schedule's shape choose code and are
+  static (part of the tree structure: equal losses share a compiled step).
+
+  Schedules: with `schedule` linear or cosine, T and the two weights move from their start (hard_weight,
+  soft_weight, temperature) to their end (*_end) over the phase's steps (`schedule_fraction`); `at_step` gives the
+  loss of one step, inside the compiled step, so no value recompiles anything.
   """
   hard_weight: jax.Array
   soft_weight: jax.Array
   temperature: jax.Array
   label_smoothing: jax.Array
+  beta: jax.Array
+  skew: jax.Array
+  akl_mu: jax.Array
+  hard_weight_end: jax.Array
+  soft_weight_end: jax.Array
+  temperature_end: jax.Array
+  num_steps: jax.Array
   divergence: str = flax.struct.field(pytree_node=False, default="forward_kl")
   t2_scaling: bool = flax.struct.field(pytree_node=False, default=True)
+  schedule: str = flax.struct.field(pytree_node=False, default="constant")
 
   # The config.distill fields behind the array leaves: runs whose configs differ only in these (and in the seed and
   # the learning rate) can train together in one vectorized program (kd_jax/vectorized.py).
   ARRAY_FIELDS: ClassVar[tuple[str, ...]] = ("distill.temperature", "distill.alpha", "distill.ce_weight",
-                                             "distill.kd_weight", "distill.label_smoothing")
+                                             "distill.kd_weight", "distill.label_smoothing", "distill.beta",
+                                             "distill.skew", "distill.akl_mu", "distill.temperature_end",
+                                             "distill.alpha_end", "distill.ce_weight_end", "distill.kd_weight_end")
 
   @classmethod
-  def from_config(cls, distill_config, *, distills: bool = True) -> "DistillationLoss":
-    """The loss of `config.distill`; with `distills=False`, its cross-entropy alone (hard weight 1, soft weight 0,
-    the same label smoothing): the hard-label baseline, and sequence-level KD's CE on the teacher's outputs."""
-    weights = (loss_weights(distill_config.alpha, distill_config.ce_weight, distill_config.kd_weight) if distills
-               else LossWeights(hard=1.0, soft=0.0))
+  def from_config(cls, distill_config, *, distills: bool = True, num_steps: int = 1) -> "DistillationLoss":
+    """The loss of `config.distill` over a phase of `num_steps` steps; with `distills=False`, its cross-entropy
+    alone (hard weight 1, soft weight 0, the same label smoothing, no schedule): the hard-label baseline, and
+    sequence-level KD's CE on the teacher's outputs. An end left None keeps its start value."""
+    d = distill_config
+    schedule = d.schedule if distills else "constant"
+    if distills:
+      weights = loss_weights(d.alpha, d.ce_weight, d.kd_weight)
+      ends = loss_weights(_or(d.alpha_end, d.alpha), _or(d.ce_weight_end, d.ce_weight), _or(d.kd_weight_end,
+                                                                                              d.kd_weight))
+    else:
+      weights = ends = LossWeights(hard=1.0, soft=0.0)
     return cls(hard_weight=jnp.float32(weights.hard), soft_weight=jnp.float32(weights.soft),
-               temperature=jnp.float32(distill_config.temperature),
-               label_smoothing=jnp.float32(distill_config.label_smoothing), divergence=distill_config.divergence,
-               t2_scaling=distill_config.t2_scaling)
+               temperature=jnp.float32(d.temperature), label_smoothing=jnp.float32(d.label_smoothing),
+               beta=jnp.float32(d.beta), skew=jnp.float32(d.skew), akl_mu=jnp.float32(d.akl_mu),
+               hard_weight_end=jnp.float32(ends.hard), soft_weight_end=jnp.float32(ends.soft),
+               temperature_end=jnp.float32(_or(d.temperature_end, d.temperature)), num_steps=jnp.float32(num_steps),
+               divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=schedule)
 
   @classmethod
   def cross_entropy(cls) -> "DistillationLoss":
     """Plain cross-entropy on the labels (no smoothing, no teacher): how a teacher is trained."""
-    return cls(hard_weight=jnp.float32(1.0), soft_weight=jnp.float32(0.0), temperature=jnp.float32(1.0),
-               label_smoothing=jnp.float32(0.0))
+    one, zero, defaults = jnp.float32(1.0), jnp.float32(0.0), DivergenceParams()
+    return cls(hard_weight=one, soft_weight=zero, temperature=one, label_smoothing=zero,
+               beta=jnp.float32(defaults.beta), skew=jnp.float32(defaults.skew), akl_mu=jnp.float32(defaults.akl_mu),
+               hard_weight_end=one, soft_weight_end=zero, temperature_end=one, num_steps=one)
+
+  def at_step(self, step: jax.Array) -> "DistillationLoss":
+    """The loss of training step `step`: T and the weights where the schedule has moved them (itself if constant)."""
+    if self.schedule == "constant":
+      return self
+    fraction = schedule_fraction(self.schedule, step, self.num_steps)
+    between = lambda start, end: start + (end - start) * fraction
+    return self.replace(hard_weight=between(self.hard_weight, self.hard_weight_end),
+                        soft_weight=between(self.soft_weight, self.soft_weight_end),
+                        temperature=between(self.temperature, self.temperature_end))
+
+  def schedule_table(self) -> dict:
+    """{name: [num_steps] values} of what the schedule moves (temperature, hard_weight, soft_weight) at every step of
+    the phase, for the history (host copies; empty when constant: nothing moves)."""
+    if self.schedule == "constant":
+      return {}
+    fraction = np.asarray(schedule_fraction(self.schedule, np.arange(int(self.num_steps)), self.num_steps))
+    between = lambda start, end: float(start) + (float(end) - float(start)) * fraction
+    return {"temperature": between(self.temperature, self.temperature_end),
+            "hard_weight": between(self.hard_weight, self.hard_weight_end),
+            "soft_weight": between(self.soft_weight, self.soft_weight_end)}
 
   def __call__(self, student_logits: jax.Array, teacher_logits, labels: jax.Array, example_weights: jax.Array,
                axis_name: str | None = None) -> DistillationTerms:
@@ -258,4 +389,11 @@ class DistillationLoss:
     return distillation_loss(student_logits, teacher_logits, labels, example_weights,
                              weights=LossWeights(self.hard_weight, self.soft_weight), temperature=self.temperature,
                              label_smoothing=self.label_smoothing, divergence_kind=self.divergence,
-                             t2_scaling=self.t2_scaling, axis_name=axis_name)
+                             t2_scaling=self.t2_scaling,
+                             divergence_params=DivergenceParams(self.beta, self.skew, self.akl_mu),
+                             axis_name=axis_name)
+
+
+def _or(value, default):
+  """`value` unless it is None."""
+  return default if value is None else value

@@ -127,8 +127,25 @@ def default_config() -> ml_collections.ConfigDict:
   config.distill.kd_weight = config_dict.placeholder(float)
   # Label smoothing of the hard-label cross-entropy; in [0, 1).
   config.distill.label_smoothing = 0.0
-  # D: 'forward_kl' KL(p_t || p_s), 'reverse_kl' KL(p_s || p_t), 'js' (Jensen-Shannon), 'mse' (on logits).
+  # D (formulas and references in kd_jax/losses.py: divergence): 'forward_kl' KL(p_t || p_s), 'reverse_kl'
+  # KL(p_s || p_t), 'js' (Jensen-Shannon), 'generalized_js' (GKD's JSD_beta), 'skew_forward_kl' / 'skew_reverse_kl'
+  # (DistiLLM), 'tvd' (total variation), 'akl' (adaptive KL), 'mse' (on logits).
   config.distill.divergence = "forward_kl"
+  # generalized_js: beta in [0, 1], the teacher's weight in the mixture m = beta p_t + (1 - beta) p_s; 0.5 is 'js',
+  # 0 is taken as forward KL and 1 as reverse KL (TRL's convention).
+  config.distill.beta = 0.5
+  # skew_forward_kl / skew_reverse_kl: lambda in [0, 1] (0: plain forward / reverse KL; DistiLLM uses 0.1).
+  config.distill.skew = 0.1
+  # akl: the teacher mass of the head (its most probable classes), in (0, 1].
+  config.distill.akl_mu = 0.5
+  # Schedules over each student phase: 'constant', or 'linear' / 'cosine' from the start value (temperature, alpha,
+  # ce_weight, kd_weight above) at the first step to its *_end at the last; an end left None keeps its start. The
+  # scheduled values are logged (temperature, hard_weight, soft_weight in history.jsonl).
+  config.distill.schedule = "constant"
+  config.distill.temperature_end = config_dict.placeholder(float)
+  config.distill.alpha_end = config_dict.placeholder(float)
+  config.distill.ce_weight_end = config_dict.placeholder(float)
+  config.distill.kd_weight_end = config_dict.placeholder(float)
   # Multiply the distillation term by T^2 so its gradient scale does not shrink with T (Hinton et al. 2015).
   config.distill.t2_scaling = True
   # Gaussian noise added to the inputs of teacher and student alike in each train step (online mode only).

@@ -84,7 +84,8 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
   Args:
     state: replicated training state of the model being trained.
     teacher_params: replicated teacher parameters when `teacher_model` is given, else None.
-    loss: replicated loss (its arrays: weights, temperature, label smoothing).
+    loss: replicated loss (its arrays: weights, temperature, label smoothing, ...); `loss.at_step(state.step)` is
+      this step's (a schedule moves T and the weights step by step).
     rng: replicated base PRNG key of this training run.
     batch: this device's rows of the global batch.
     model, teacher_model: flax modules (static); teacher_model None unless the teacher runs in the step.
@@ -93,6 +94,7 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
   Returns:
     (new state, metrics averaged over devices).
   """
+  loss = loss.at_step(state.step)
   step_rng = jax.random.fold_in(rng, state.step)
   example_rngs = jax.vmap(functools.partial(jax.random.fold_in, step_rng))(batch.index)
   dropout_rngs, noise_rngs = jnp.moveaxis(jax.vmap(lambda key: jax.random.split(key, 2))(example_rngs), 1, 0)

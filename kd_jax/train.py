@@ -114,7 +114,7 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
   num_steps = steps.num_train_steps(len(task.train), config.data.batch_size, config.train.num_epochs,
                                     config.train.num_steps)
   phases = {"student": (student.examples, [_Trainee(run.config, losses.DistillationLoss.from_config(
-      run.config.distill, distills=student.distills), (i,)) for i, run in enumerate(runs)])}
+      run.config.distill, distills=student.distills, num_steps=num_steps), (i,)) for i, run in enumerate(runs)])}
   if config.baseline:
     shares = vectorized.baseline_shares([run.config for run in runs]) if vectorize else [[0]]
     phases["student_hard"] = (task.train, [_Trainee(runs[indices[0]].config, losses.DistillationLoss.from_config(
@@ -142,7 +142,8 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
       checkpoint_dir = os.path.join(runs[0].workdir, "checkpoints", phase)
     logs = [loop.RunLog(", ".join(runs[i].name for i in trainee.run_indices),
                         metric_writer.FanOutWriter([writers[i][phase] for i in trainee.run_indices]),
-                        steps.learning_rates(trainee.config.optim, num_steps)) for trainee in trainees]
+                        steps.learning_rates(trainee.config.optim, num_steps), trainee.loss.schedule_table())
+            for trainee in trainees]
     outcome = loop.train(phase, program, logs, num_steps=num_steps, checkpoint_dir=checkpoint_dir,
                          train_config=config.train, evaluate=lambda params: evaluator.during_training(model, params),
                          selection=selection)

@@ -14,7 +14,16 @@ INVALID = [
     ("distill.alpha", 1.5, "config.distill.alpha=1.5: must be in [0.0, 1.0]"),
     ("distill.alpha", -0.1, "config.distill.alpha=-0.1: must be in [0.0, 1.0]"),
     ("distill.label_smoothing", 1.0, "config.distill.label_smoothing=1.0: must be in [0.0, 1.0)"),
-    ("distill.divergence", "kl", "config.distill.divergence='kl': allowed: forward_kl, reverse_kl, js, mse"),
+    ("distill.divergence", "kl", "config.distill.divergence='kl': allowed: forward_kl, reverse_kl, js, generalized_js, "
+     "skew_forward_kl, skew_reverse_kl, tvd, akl, mse"),
+    ("distill.beta", 1.5, "config.distill.beta=1.5: must be in [0.0, 1.0]"),
+    ("distill.skew", -0.1, "config.distill.skew=-0.1: must be in [0.0, 1.0]"),
+    ("distill.akl_mu", 0.0, "config.distill.akl_mu=0.0: must be in (0.0, 1.0]"),
+    ("distill.schedule", "step", "config.distill.schedule='step': allowed: constant, linear, cosine"),
+    ("distill.schedule", "cosine", "config.distill.schedule='cosine': needs an end to move to: set one of "
+     "distill.temperature_end, distill.alpha_end, distill.ce_weight_end, distill.kd_weight_end"),
+    ("distill.temperature_end", 1.0, "config.distill.temperature_end=1.0: needs distill.schedule='linear' or "
+     "'cosine'"),
     ("distill.teacher_mode", "live", "config.distill.teacher_mode='live': allowed: cached, online"),
     ("distill.ce_weight", 1.0, "config.distill.ce_weight=1.0: must be None when distill.alpha is set"),
     ("data.batch_size", 0, "config.data.batch_size=0: must be a positive multiple of the device count (8)"),
@@ -38,6 +47,28 @@ INVALID = [
     ("sweep.selection_metric", "label_accuracy", "config.sweep.selection_metric='label_accuracy': not computed for "
      "data.name='digits'; allowed: accuracy, nll, ece, brier, agreement, kl_to_teacher"),
 ]
+
+
+# Schedules whose end is out of range or of the other form of the loss weights (several fields at once).
+INVALID_SCHEDULES = [
+    ({"temperature_end": 0.0}, "config.distill.temperature_end=0.0: must be > 0"),
+    ({"alpha_end": 1.5}, "config.distill.alpha_end=1.5: must be in [0.0, 1.0]"),
+    ({"kd_weight_end": 0.5}, "config.distill.kd_weight_end=0.5: must be None in the Hinton form (alpha set)"),
+    ({"alpha": None, "ce_weight": 1.0, "kd_weight": 0.5, "kd_weight_end": -1.0},
+     "config.distill.kd_weight_end=-1.0: must be >= 0 or None"),
+    ({"alpha": None, "ce_weight": 1.0, "kd_weight": 0.5, "alpha_end": 0.5},
+     "config.distill.alpha_end=0.5: must be None in the explicit form (alpha=None)"),
+]
+
+
+@pytest.mark.parametrize("fields, message", INVALID_SCHEDULES)
+def test_invalid_schedule_ends(fields, message):
+  config = load_config()
+  config.distill.schedule = "linear"
+  config.distill.update(fields)
+  with pytest.raises(ConfigError) as error:
+    config_validation.validate(config)
+  assert str(error.value).startswith(message)
 
 
 @pytest.mark.parametrize("field, value, message", INVALID, ids=[f"{f}={v}" for f, v, _ in INVALID])
@@ -79,7 +110,7 @@ def test_unknown_and_mistyped_fields():
   config = load_config()
   config.distill.temprature = 2.0
   with pytest.raises(ConfigError, match=r"config.distill.temprature=2.0: unknown field; known fields of "
-                                        r"config.distill: alpha, ce_weight"):
+                                        r"config.distill: akl_mu, alpha, alpha_end, beta, ce_weight"):
     config_validation.validate(config)
   config = load_config()
   # A config written from scratch (not from configs/default.py) has no type-safe fields to stop this.

@@ -6,32 +6,12 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from kd_jax import losses, sharding
+from kd_jax import losses, schema, sharding
+from tests import numpy_divergences
 
 
-def np_log_softmax(z):
-  z = z - z.max(-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
-
-def np_kl(log_p, log_q):
-  return (np.exp(log_p) * (log_p - log_q)).sum(-1)
-
-
-def np_divergence(student, teacher, temperature, kind, t2_scaling=True):
-  s, t = student / temperature, teacher / temperature
-  if kind == "mse":
-    value = ((s - t) ** 2).mean(-1)
-  else:
-    log_ps, log_pt = np_log_softmax(s), np_log_softmax(t)
-    if kind == "forward_kl":
-      value = np_kl(log_pt, log_ps)
-    elif kind == "reverse_kl":
-      value = np_kl(log_ps, log_pt)
-    else:
-      log_m = np.log((np.exp(log_ps) + np.exp(log_pt)) / 2)
-      value = 0.5 * np_kl(log_pt, log_m) + 0.5 * np_kl(log_ps, log_m)
-  return value * (temperature ** 2 if t2_scaling else 1.0)
+np_log_softmax = numpy_divergences.log_softmax
+np_divergence = numpy_divergences.divergence
 
 
 def np_cross_entropy(logits, labels, eps):
@@ -156,3 +136,130 @@ def test_token_level_loss_does_not_depend_on_how_the_batch_is_split():
 
 def test_global_mean_is_zero_without_weight():
   assert float(losses.global_mean(jnp.ones(4), jnp.zeros(4))) == 0.0
+
+
+# The divergence family: beta (generalized_js), skew (the skew KLs) and akl_mu (akl) at values other than their
+# defaults, on logits of ordinary and of large scale (saturated softmaxes), at several temperatures.
+PARAMS = {"generalized_js": [{"beta": 0.0}, {"beta": 0.2}, {"beta": 0.5}, {"beta": 0.9}, {"beta": 1.0}],
+          "skew_forward_kl": [{"skew": 0.0}, {"skew": 0.1}, {"skew": 0.7}],
+          "skew_reverse_kl": [{"skew": 0.0}, {"skew": 0.1}, {"skew": 0.7}],
+          "tvd": [{}], "akl": [{"akl_mu": 0.3}, {"akl_mu": 0.5}, {"akl_mu": 0.9}]}
+FAMILY = [(kind, params) for kind, values in PARAMS.items() for params in values]
+
+
+def family_logits(scale):
+  rng = np.random.default_rng(5)
+  return rng.normal(size=(12, 9)) * scale, rng.normal(size=(12, 9)) * scale
+
+
+def loss_params(params):
+  return losses.DivergenceParams(**{"beta": 0.5, "skew": 0.1, "akl_mu": 0.5, **params})
+
+
+@pytest.mark.parametrize("kind,params", FAMILY)
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
+@pytest.mark.parametrize("scale", [3.0, 30.0])
+def test_divergence_family_matches_numpy(kind, params, temperature, scale):
+  student, teacher = family_logits(scale)
+  got = losses.divergence(jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32), temperature, kind,
+                          params=loss_params(params))
+  expected = np_divergence(student, teacher, temperature, kind, **params)
+  assert np.all(np.isfinite(np.asarray(got)))
+  np.testing.assert_allclose(got, expected, rtol=2e-4, atol=2e-5 * temperature**2)
+
+
+@pytest.mark.parametrize("kind,params", FAMILY)
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 4.0])
+@pytest.mark.parametrize("scale", [3.0, 30.0])
+def test_divergence_family_gradient_matches_numpy_finite_differences(kind, params, temperature, scale):
+  """d/dz_s against central differences of the float64 reference (akl's weight held at the point, as the loss's
+  stop_gradient holds it)."""
+  student, teacher = family_logits(scale)
+  student, teacher = student[:4], teacher[:4]
+  gradient = jax.grad(lambda z: losses.divergence(z, jnp.asarray(teacher, jnp.float32), temperature, kind,
+                                                  params=loss_params(params)).sum())(jnp.asarray(student, jnp.float32))
+  assert np.all(np.isfinite(np.asarray(gradient)))
+  weight_of = None
+  if kind == "akl":
+    probs = lambda z: np.exp(numpy_divergences.log_softmax(z / temperature))
+    weight_of = (probs(teacher), probs(student))
+  value = lambda z: numpy_divergences.divergence(z, teacher, temperature, kind, **params, **(
+      {"akl_head_weight_of": weight_of} if weight_of else {})).sum()
+  step = 1e-6 * scale
+  expected = np.zeros_like(student)
+  for index in np.ndindex(*student.shape):
+    shift = np.zeros_like(student)
+    shift[index] = step
+    expected[index] = (value(student + shift) - value(student - shift)) / (2 * step)
+  np.testing.assert_allclose(gradient, expected, rtol=2e-3, atol=2e-4 * max(temperature, 1.0))
+
+
+def test_divergence_family_special_cases():
+  """generalized_js at beta = 0.5 is js, at 0 and 1 forward and reverse KL (TRL's convention); the skew KLs at
+  lambda = 0 are forward and reverse KL and at lambda = 1 vanish; tvd is in [0, 1]; akl is between its two KLs."""
+  student, teacher = (jnp.asarray(z, jnp.float32) for z in family_logits(3.0))
+  div = lambda kind, **params: np.asarray(losses.divergence(student, teacher, 2.0, kind, params=loss_params(params)))
+  np.testing.assert_allclose(div("generalized_js", beta=0.5), div("js"), rtol=1e-6)
+  np.testing.assert_allclose(div("generalized_js", beta=0.0), div("forward_kl"), rtol=1e-6)
+  np.testing.assert_allclose(div("generalized_js", beta=1.0), div("reverse_kl"), rtol=1e-6)
+  np.testing.assert_allclose(div("skew_forward_kl", skew=0.0), div("forward_kl"), rtol=1e-6)
+  np.testing.assert_allclose(div("skew_reverse_kl", skew=0.0), div("reverse_kl"), rtol=1e-6)
+  np.testing.assert_allclose(div("skew_forward_kl", skew=1.0), 0.0, atol=1e-6)
+  np.testing.assert_allclose(div("skew_reverse_kl", skew=1.0), 0.0, atol=1e-6)
+  # JSD_beta vanishes at both ends; JSD_beta / beta tends to forward KL (the limit TRL's endpoint takes).
+  np.testing.assert_allclose(div("generalized_js", beta=1e-3) / 1e-3, div("forward_kl"), rtol=2e-2)
+  np.testing.assert_allclose(div("generalized_js", beta=1 - 1e-3) / 1e-3, div("reverse_kl"), rtol=2e-2)
+  tvd = div("tvd") / 4.0  # T^2 = 4
+  assert np.all((tvd >= 0) & (tvd <= 1))
+  low, high = np.minimum(div("forward_kl"), div("reverse_kl")), np.maximum(div("forward_kl"), div("reverse_kl"))
+  assert np.all((div("akl") >= low - 1e-6) & (div("akl") <= high + 1e-6))
+
+
+def test_generalized_js_beta_can_be_traced():
+  """beta reaches the compiled step as an array (a vectorized sweep stacks it): one vmapped call over several betas
+  equals the calls one by one, the endpoints included."""
+  student, teacher = (jnp.asarray(z, jnp.float32) for z in family_logits(3.0))
+  betas = jnp.asarray([0.0, 0.3, 1.0], jnp.float32)
+  stacked = jax.jit(jax.vmap(lambda beta: losses.divergence(
+      student, teacher, 2.0, "generalized_js", params=losses.DivergenceParams(beta=beta))))(betas)
+  for row, beta in zip(stacked, [0.0, 0.3, 1.0]):
+    np.testing.assert_allclose(row, np_divergence(np.asarray(student), np.asarray(teacher), 2.0, "generalized_js",
+                                                  beta=beta), rtol=2e-4, atol=1e-5)
+  # With beta traced, the endpoints' gradients w.r.t. the student are forward and reverse KL's (the JSD branch that
+  # jnp.where leaves out holds log(0) = -inf in its mixture and must not leak NaN into them).
+  gradient = jax.jit(jax.grad(lambda z, beta, kind: losses.divergence(
+      z, teacher, 2.0, kind, params=losses.DivergenceParams(beta=beta)).sum()), static_argnums=2)
+  for beta, kind in ((0.0, "forward_kl"), (1.0, "reverse_kl")):
+    np.testing.assert_allclose(gradient(student, jnp.float32(beta), "generalized_js"),
+                               gradient(student, jnp.float32(beta), kind), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("kind,expected", [
+    ("constant", [0.0, 0.0, 0.0, 0.0, 0.0]),
+    ("linear", [0.0, 0.25, 0.5, 0.75, 1.0]),
+    ("cosine", [0.0, (1 - np.cos(np.pi / 4)) / 2, 0.5, (1 - np.cos(3 * np.pi / 4)) / 2, 1.0]),
+])
+def test_schedule_fraction(kind, expected):
+  np.testing.assert_allclose(losses.schedule_fraction(kind, np.arange(5), 5.0), expected, atol=1e-7)
+
+
+def test_scheduled_loss_moves_temperature_and_weights_step_by_step():
+  """A linear schedule from T = 4, alpha = 0.9 to T = 1, alpha = 0.1 over 5 steps: at_step(s) (inside the compiled
+  step) is the loss with the values of step s, and schedule_table (the history) holds the same values."""
+  distill = schema.default_config().distill
+  distill.update(temperature=4.0, alpha=0.9, schedule="linear", temperature_end=1.0, alpha_end=0.1)
+  loss = losses.DistillationLoss.from_config(distill, num_steps=5)
+  table = loss.schedule_table()
+  np.testing.assert_allclose(table["temperature"], [4.0, 3.25, 2.5, 1.75, 1.0])
+  np.testing.assert_allclose(table["soft_weight"], [0.9, 0.7, 0.5, 0.3, 0.1], rtol=1e-6)
+  np.testing.assert_allclose(table["hard_weight"], [0.1, 0.3, 0.5, 0.7, 0.9], rtol=1e-6)
+  student, teacher = (jnp.asarray(z, jnp.float32) for z in family_logits(3.0))
+  labels, weights = jnp.zeros(12, jnp.int32), jnp.ones(12)
+  at_step = jax.jit(lambda loss, step: loss.at_step(step)(student, teacher, labels, weights).loss)
+  for step in range(5):
+    expected = losses.distillation_loss(student, teacher, labels, weights, temperature=table["temperature"][step],
+                                        weights=losses.LossWeights(table["hard_weight"][step],
+                                                                   table["soft_weight"][step])).loss
+    np.testing.assert_allclose(at_step(loss, jnp.int32(step)), expected, rtol=1e-5)
+  # The hard-label baseline's loss does not move, and a constant schedule logs nothing.
+  assert losses.DistillationLoss.from_config(distill, distills=False, num_steps=5).schedule_table() == {}

@@ -13,6 +13,7 @@ from kd_jax import (data, evaluation, losses, metrics, models, seq2seq, sharding
                     teacher_cache, train)
 from kd_jax.data import Examples, esnli, pipeline, text
 from kd_jax.errors import UserError
+from tests import numpy_divergences
 from tests.conftest import REPO_ROOT, load_config, run_main
 
 SST2_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "text" / "sst2"
@@ -182,17 +183,13 @@ def random_topk(logits: np.ndarray, k: int) -> losses.TopKLogits:
   return losses.TopKLogits(values, indices, jax.nn.logsumexp(tail, axis=-1))
 
 
-def numpy_topk_divergence(student: np.ndarray, teacher: np.ndarray, k: int, temperature: float,
-                          kind: str = "forward_kl") -> np.ndarray:
-  """The (k + 1)-bin divergence of losses.topk_divergence, computed independently in float64: the teacher's k
-  largest logits and a flat tail holding its exact tail mass at T = 1, the student's exact bins (mse: the k logits)."""
+def numpy_topk_bins(student: np.ndarray, teacher: np.ndarray, k: int, temperature: float):
+  """The k + 1 bins of losses.topk_divergence in float64: (student's exact bin probabilities, teacher's: its k largest
+  logits and a flat tail holding its exact tail mass at T = 1)."""
   student, teacher = student.astype(np.float64), teacher.astype(np.float64)
   vocab = teacher.shape[-1]
   order = np.argsort(-teacher, axis=-1)[..., :k]
   top_t = np.take_along_axis(teacher, order, -1)
-  if kind == "mse":
-    top_s = np.take_along_axis(student, order, -1)
-    return temperature**2 * ((top_s / temperature - top_t / temperature) ** 2).mean(-1)
   tail_mass_t1 = np.exp(teacher).sum(-1) - np.exp(top_t).sum(-1)  # at T = 1
   flat_tail_logit = np.log(tail_mass_t1 / (vocab - k))
   t_bins = np.concatenate([top_t / temperature, (np.log(vocab - k) + flat_tail_logit / temperature)[..., None]], -1)
@@ -200,17 +197,22 @@ def numpy_topk_divergence(student: np.ndarray, teacher: np.ndarray, k: int, temp
   s_top = np.take_along_axis(s_scaled, order, -1)
   s_bins = np.concatenate([s_top, (s_scaled.sum(-1) - s_top.sum(-1))[..., None]], -1)
   p_t = np.exp(t_bins - t_bins.max(-1, keepdims=True))
-  p_t /= p_t.sum(-1, keepdims=True)
-  p_s = s_bins / s_bins.sum(-1, keepdims=True)
-  kl = lambda p, q: (p * (np.log(p) - np.log(q))).sum(-1)
-  if kind == "forward_kl":
-    value = kl(p_t, p_s)
-  elif kind == "reverse_kl":
-    value = kl(p_s, p_t)
-  else:
-    m = (p_t + p_s) / 2
-    value = (kl(p_t, m) + kl(p_s, m)) / 2
-  return temperature**2 * value
+  return s_bins / s_bins.sum(-1, keepdims=True), p_t / p_t.sum(-1, keepdims=True)
+
+
+def numpy_topk_divergence(student: np.ndarray, teacher: np.ndarray, k: int, temperature: float,
+                          kind: str = "forward_kl", akl_weight_student: np.ndarray | None = None) -> np.ndarray:
+  """The (k + 1)-bin divergence of losses.topk_divergence, computed independently in float64 (mse: the k logits).
+  akl_weight_student: the student logits akl's head/tail weight is taken at (default: `student`)."""
+  if kind == "mse":
+    order = np.argsort(-teacher, axis=-1)[..., :k]
+    top_s, top_t = (np.take_along_axis(z.astype(np.float64), order, -1) for z in (student, teacher))
+    return temperature**2 * ((top_s / temperature - top_t / temperature) ** 2).mean(-1)
+  p_s, p_t = numpy_topk_bins(student, teacher, k, temperature)
+  weight_of = None
+  if akl_weight_student is not None:
+    weight_of = tuple(reversed(numpy_topk_bins(akl_weight_student, teacher, k, temperature)))
+  return temperature**2 * numpy_divergences.divergence_of_probs(p_s, p_t, kind, akl_head_weight_of=weight_of)
 
 
 def test_topk_loss_vs_dense_and_numpy():
@@ -255,8 +257,9 @@ def test_topk_loss_gradient_matches_numpy_finite_differences(kind):
   for index in np.ndindex(*student.shape):
     shift = np.zeros_like(student)
     shift[index] = step
-    expected[index] = (numpy_topk_divergence(student + shift, teacher, k, temperature, kind).sum()
-                       - numpy_topk_divergence(student - shift, teacher, k, temperature, kind).sum()) / (2 * step)
+    expected[index] = (numpy_topk_divergence(student + shift, teacher, k, temperature, kind, student).sum()
+                       - numpy_topk_divergence(student - shift, teacher, k, temperature, kind, student).sum()
+                       ) / (2 * step)
   np.testing.assert_allclose(gradient, expected, rtol=1e-3, atol=2e-5)
   if kind != "mse":  # the tail tokens get gradient too: the student's tail bin sums them
     tail = np.take_along_axis(np.asarray(gradient), np.argsort(-teacher, axis=-1)[:, k:], axis=-1)

@@ -2,6 +2,7 @@
 
 import csv
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -87,6 +88,38 @@ def test_vectorized_sweep_matches_sequential_sweep(tmp_path):
     history = open(os.path.join(workdir, row["point"], "history.jsonl")).read()
     assert history.count('"phase": "student"') == history.count('"phase": "student_hard"') == 6 + 2
   assert os.path.exists(os.path.join(workdir, "summary.md"))
+
+
+@pytest.mark.slow
+def test_vectorized_sweep_over_beta_and_a_schedule_matches_sequential(tmp_path):
+  """generalized_js at beta 0 (forward KL) and 0.5 with a linear temperature schedule (4 -> 1, its end swept too):
+  beta and the schedule's end reach the stacked step as arrays, and the points equal the sequential sweep's; the
+  history logs the scheduled temperature of each logged step."""
+  rows = {}
+  for mode in ("sequential", "vectorized"):
+    config = sweep_config(mode, grid=(("distill.beta", (0.0, 0.5)), ("distill.temperature_end", (1.0, 2.0))))
+    config.distill.divergence, config.distill.schedule = "generalized_js", "linear"
+    config.teacher.num_epochs = 10
+    config.train.num_steps = 41
+    config.train.log_every_steps, config.train.eval_every_steps, config.train.checkpoint_every_steps = 10, 40, 40
+    workdir = str(tmp_path / mode)
+    sweep.run(config, workdir)
+    with open(os.path.join(workdir, "results.csv")) as stream:
+      rows[mode] = list(csv.DictReader(stream))
+  assert len(rows["vectorized"]) == 4
+  for sequential_row, vectorized_row in zip(rows["sequential"], rows["vectorized"]):
+    assert sequential_row["point"] == vectorized_row["point"]
+    for column in ("student_accuracy", "student_nll", "student_kl_to_teacher", "student_hard_accuracy"):
+      assert float(vectorized_row[column]) == pytest.approx(float(sequential_row[column]), rel=1e-4, abs=1e-5), (
+          sequential_row["point"], column)
+  # Every point trains a different student.
+  assert len({row["student_nll"] for row in rows["sequential"]}) == 4
+  for mode in ("sequential", "vectorized"):
+    point = os.path.join(str(tmp_path / mode), "distill.beta=0.5,distill.temperature_end=2,seed=0")
+    history = [json.loads(line) for line in open(os.path.join(point, "history.jsonl"))]
+    logged = {row["step"]: row["train/temperature"] for row in history
+              if row["phase"] == "student" and "train/temperature" in row}
+    assert logged == pytest.approx({10: 3.5, 20: 3.0, 30: 2.5, 40: 2.0}), mode  # 4 - 2 (step - 1) / 40
 
 
 def nested_keys(value, prefix=""):
