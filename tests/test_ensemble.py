@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import config_validation, ensemble, losses, report, teacher, train
+from kd_jax import config_validation, ensemble, losses, report, sweep, teacher, train
 from kd_jax.errors import ConfigError
 from kd_jax.models import mlp
 from tests.conftest import load_config, run_main
@@ -84,6 +84,27 @@ def test_ensemble_target_is_not_the_average_of_logits_and_one_member_is_the_teac
                                                2.0),
                              losses.divergence(jnp.asarray(student), jnp.asarray(members[:, 0]), 2.0), rtol=1e-5,
                              atol=1e-6)
+
+
+def test_ensemble_target_at_traced_temperatures():
+  """A vectorized sweep vmaps the loss over T: one EnsembleLogits serves every temperature."""
+  rng = np.random.default_rng(3)
+  student, members = jnp.asarray(rng.normal(size=(8, 5)) * 3), jnp.asarray(rng.normal(size=(8, 3, 5)) * 3)
+  temperatures = jnp.asarray([0.5, 1.0, 4.0])
+  stacked = jax.vmap(lambda t: losses.divergence(student, losses.EnsembleLogits(members), t))(temperatures)
+  for row, temperature in zip(stacked, (0.5, 1.0, 4.0)):
+    np.testing.assert_allclose(row, np_ensemble_divergence(np.asarray(student), np.asarray(members), temperature,
+                                                           "forward_kl"), rtol=2e-4, atol=1e-4)
+
+
+def test_a_sweep_over_the_ensemble_size_shares_one_teacher_directory(tmp_path):
+  """Points of ensemble.size 1 and 3 get one teacher directory: member 0 of the ensemble is the single teacher."""
+  config = load_config()
+  config.sweep.grid = (("ensemble.size", (1, 3)),)
+  points = sweep.expand(config, str(tmp_path))
+  assert len({point.config.teacher.workdir for point in points}) == 1
+  single, triple = (ensemble.member_configs(point.config, str(tmp_path)) for point in points)
+  assert single[0].teacher.workdir == triple[0].teacher.workdir == points[0].config.teacher.workdir
 
 
 def test_averaged_model_is_the_log_of_the_mean_probabilities():
