@@ -22,20 +22,15 @@ against. results.json names it (`teacher_ensemble`: size and each member's direc
 import dataclasses
 import os
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 
 from kd_jax import config_paths, losses, teacher
 
 
-def size(config: ml_collections.ConfigDict) -> int:
-  return config.ensemble.size
-
-
 def phases(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The training phases (history, results.json) of the teachers: 'teacher', or 'teacher_<m>' per member."""
-  return ("teacher",) if size(config) == 1 else tuple(f"teacher_{m}" for m in range(size(config)))
+  return ("teacher",) if config.ensemble.size == 1 else tuple(f"teacher_{m}" for m in range(config.ensemble.size))
 
 
 def member_configs(config: ml_collections.ConfigDict, workdir: str | None = None) -> list[ml_collections.ConfigDict]:
@@ -43,7 +38,7 @@ def member_configs(config: ml_collections.ConfigDict, workdir: str | None = None
   to its directory when the run's `workdir` is given."""
   home = None if workdir is None else teacher.directory(config, workdir)
   members = []
-  for m in range(size(config)):
+  for m in range(config.ensemble.size):
     member = config.copy_and_resolve_references()
     if config.ensemble.members:
       for field, value in config.ensemble.members[m]:
@@ -66,7 +61,7 @@ def obtain(config: ml_collections.ConfigDict, task, mesh, workdir: str, *, write
     writers: {phase: metric writer} holding every phase of `phases(config)`.
     evaluate_fn: see teacher.obtain.
   """
-  if size(config) == 1:
+  if config.ensemble.size == 1:
     return teacher.obtain(config, task, mesh, workdir, writer=writers["teacher"], evaluate_fn=evaluate_fn)
   return combine([teacher.obtain(member, task, mesh, workdir, writer=writers[phase], evaluate_fn=evaluate_fn,
                                  phase=phase)
@@ -134,4 +129,4 @@ def results(config: ml_collections.ConfigDict, workdir: str, the_teacher: teache
                     "init": member_config.teacher.init,
                     "changes": dict(config.ensemble.members[m]) if config.ensemble.members else {},
                     "metrics": metrics["test"], "validation_metrics": metrics["validation"]})
-  return {"teacher_ensemble": {"size": size(config), "label": label(size(config)), "members": members}}
+  return {"teacher_ensemble": {"size": config.ensemble.size, "label": label(config.ensemble.size), "members": members}}

@@ -1,7 +1,7 @@
 """Training and evaluation: `train_and_evaluate(config, workdir)`, and `run_group`, which every mode runs through.
 
 Fixed order: data -> mesh -> the runs' workdirs -> evaluator -> teacher (kd_jax/teacher.py: trained, restored or
-pretrained) -> its test metrics -> the student's data (kd_jax/student_data.py: cache, online teacher or teacher
+pretrained; or every member of an ensemble, kd_jax/ensemble.py) -> its test metrics -> the student's data (kd_jax/student_data.py: cache, online teacher or teacher
 targets) -> the students (KD, then the hard-label baseline) through the one training loop (kd_jax/loop.py) ->
 their test metrics -> results.json (kd_jax/results.py). A single run is a group of one; a vectorized sweep group
 (kd_jax/vectorized.py) is several runs whose configs differ only in vectorized.FIELDS, trained as one stacked
@@ -58,8 +58,9 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
                len(task.train), len(task.labeled_train), len(task.test), task.num_classes, mesh.size)
   writers = [_start_workdir(run, overwrite) for run in runs]
   evaluator = evaluation.for_task(config, task, mesh)
-  the_teacher = ensemble.obtain(config, task, mesh, runs[0].workdir, writers=writers[0],
-                                evaluate_fn=lambda model, params: evaluator.during_training(model, params, teacher=True))
+  the_teacher = ensemble.obtain(
+      config, task, mesh, runs[0].workdir, writers=writers[0],
+      evaluate_fn=lambda model, params: evaluator.during_training(model, params, teacher=True))
   teacher_metrics = evaluator.teacher_metrics(the_teacher.model, the_teacher.params)
   teacher_results = ensemble.results(config, runs[0].workdir, the_teacher, evaluator)
   student = student_data.prepare(config, task, the_teacher, mesh)
