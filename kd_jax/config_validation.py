@@ -9,7 +9,7 @@ import os
 import jax
 import ml_collections
 
-from kd_jax import config_paths, data, evaluation, losses, models, schema
+from kd_jax import config_paths, data, ensemble, evaluation, files, losses, models, schema, teacher
 from kd_jax.data import text as text_data
 from kd_jax.errors import ConfigError
 
@@ -113,6 +113,19 @@ def _check_model(config, section: str) -> None:
              f"required for {section}.name={model_config.name!r}: a hub id or a local checkpoint directory")
 
 
+def _check_teacher(config) -> None:
+  """config.teacher's model, init, epochs and optimizer."""
+  _check_model(config, "teacher")
+  init = config.teacher.init
+  _require(init in ("train", "pretrained") or os.path.isdir(os.path.join(init, "checkpoints")), "teacher.init", init,
+           "must be 'train' or an existing teacher directory with checkpoints/ (an earlier run's <workdir>/teacher), "
+           "or 'pretrained' (an HF checkpoint's own weights)")
+  _require(init != "pretrained" or config.teacher.name == "hf", "teacher.init", init,
+           "'pretrained' needs teacher.name='hf' (the weights of teacher.checkpoint)")
+  _check_positive(config, "teacher.num_epochs")
+  _check_optim(config, "teacher.optim")
+
+
 def _check_optim(config, section: str) -> None:
   _check_positive(config, f"{section}.learning_rate")
   _require(config_paths.get(config, f"{section}.weight_decay") >= 0, f"{section}.weight_decay",
@@ -146,16 +159,8 @@ def check_values(config: ml_collections.ConfigDict) -> None:
                 "data.synthetic.cluster_std"):
     _check_positive(config, field)
 
-  _check_model(config, "teacher")
+  _check_teacher(config)
   _check_model(config, "student")
-  init = config.teacher.init
-  _require(init in ("train", "pretrained") or os.path.isdir(os.path.join(init, "checkpoints")), "teacher.init", init,
-           "must be 'train' or an existing teacher directory with checkpoints/ (an earlier run's <workdir>/teacher), "
-           "or 'pretrained' (an HF checkpoint's own weights)")
-  _require(init != "pretrained" or config.teacher.name == "hf", "teacher.init", init,
-           "'pretrained' needs teacher.name='hf' (the weights of teacher.checkpoint)")
-  _check_positive(config, "teacher.num_epochs")
-  _check_optim(config, "teacher.optim")
 
   distill = config.distill
   _require(distill.teacher_mode in TEACHER_MODES, "distill.teacher_mode", distill.teacher_mode,
@@ -184,6 +189,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
            "needs distill.teacher_mode='online' (cached teacher logits were computed on clean inputs)")
 
   _check_text_and_seq2seq(config)
+  _check_ensemble(config)
 
   _check_optim(config, "optim")
   _check_positive(config, "train.num_epochs")
@@ -224,6 +230,67 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
     for field in ("distill.ce_weight_end", "distill.kd_weight_end"):
       value = config_paths.get(config, field)
       _require(value is None or value >= 0, field, value, "must be >= 0 or None")
+
+
+def _check_ensemble(config: ml_collections.ConfigDict) -> None:
+  """config.ensemble (kd_jax/ensemble.py): its size, each member's changes to config.teacher and the member they
+  make (a valid teacher, distinct from the others, of this run's label space), and the tasks and divergences an
+  ensemble supports."""
+  size, members = config.ensemble.size, tuple(config.ensemble.members)
+  _require(size >= 1, "ensemble.size", size, "must be >= 1 (1: a single teacher)")
+  _require(len(members) in (0, size), "ensemble.members", members,
+           f"must be () or hold one entry per member (ensemble.size={size}), not {len(members)}")
+  teacher_reference = schema.default_config().teacher
+  for m, changes in enumerate(members):
+    _require(_is_pairs(changes), f"ensemble.members[{m}]", changes,
+             "must be a tuple of (config.teacher field, value) pairs, e.g. (('seed', 1), ('hidden_sizes', (512,)))")
+    for field, value in changes:
+      _require(field in schema.ENSEMBLE_MEMBER_FIELDS, f"ensemble.members[{m}]", field,
+               f"a member may set these config.teacher fields: {', '.join(schema.ENSEMBLE_MEMBER_FIELDS)}")
+      *sections, key = field.split(".")
+      section = teacher_reference
+      for name in sections:
+        section = section[name]
+      check_type(f"ensemble.members[{m}].{field}", value, section, key)
+  if size == 1:
+    return
+  _require(config.data.name not in data.SEQ2SEQ_TASKS, "ensemble.size", size,
+           f"needs a classification data set; data.name={config.data.name!r} is seq2seq (its teachers generate and "
+           "are cached as top-k, one model at a time)")
+  _require(config.distill.divergence != "mse", "distill.divergence", config.distill.divergence,
+           f"ensemble.size={size} distills the members' averaged probabilities; 'mse' compares logits: use "
+           f"{', '.join(kind for kind in losses.DIVERGENCES if kind != 'mse')}")
+  identities = {}
+  for m, member in enumerate(ensemble.member_configs(config)):
+    try:
+      _check_teacher(member)
+    except ConfigError as error:
+      raise ConfigError(f"ensemble.members[{m}].{error.field.removeprefix('teacher.')}", error.value,
+                        error.allowed) from None
+    key = teacher.identity_key(member)
+    _require(key not in identities, "ensemble.members" if members else "ensemble.size", members or size,
+             f"members {identities.get(key)} and {m} are the same teacher; vary their seed, init or widths")
+    identities[key] = m
+    _check_label_space(config, member, m)
+  pretrained = [member for member in ensemble.member_configs(config) if member.teacher.init == "pretrained"]
+  _require(len(pretrained) <= 1, "ensemble.members" if members else "ensemble.size", members or size,
+           f"{len(pretrained)} members are teacher.checkpoint as it is (init='pretrained'), the same weights; give "
+           "the others teacher directories (('init', <dir>),) in ensemble.members")
+
+
+def _check_label_space(config, member, m: int) -> None:
+  """A member restored from a teacher directory (init=<dir>) was trained on this run's label space: its recorded
+  teacher.json names the same data set (and number of synthetic classes)."""
+  record_path = os.path.join(member.teacher.init, "teacher.json")
+  if member.teacher.init in ("train", "pretrained") or not os.path.exists(record_path):
+    return
+  recorded = files.read_json(record_path)
+  space = lambda flat: (flat.get("data.name"), flat.get("data.synthetic.num_classes")
+                        if str(flat.get("data.name")).startswith("synthetic") else None)
+  ours = space(config_paths.flatten(files.as_json_value({"data": config.data.to_dict()})))
+  _require(space(recorded) == ours, f"ensemble.members[{m}].init", member.teacher.init,
+           f"a teacher of data.name={recorded.get('data.name')!r}, whose classes are not this run's "
+           f"(data.name={config.data.name!r}); an ensemble averages probabilities over one label space")
 
 
 def _check_selection(config: ml_collections.ConfigDict) -> None:

@@ -4,7 +4,8 @@
                                                                 loop's eval steps (and what train.select compares);
                                                                 teacher=True reads the teacher's own inputs
     teacher_metrics(model, params) -> {test, validation}        the teacher's final metrics; the teacher becomes the
-                                                                reference of the students' agreement and KL
+                                                                reference of the students' agreement and KL (an
+                                                                ensemble's members: member_metrics, classification)
     final(model, params) -> {test, validation}                  a student's metrics for results.json
 
 The validation split selects (the final model, a sweep's best point); the test split only reports.
@@ -94,6 +95,12 @@ class ClassificationEvaluator:
 
   def final(self, model, params) -> dict:
     return {split: self._metrics(model, params, split) for split in SPLITS}
+
+  def member_metrics(self, model, params) -> dict:
+    """{test, validation} metrics of one member of a teacher ensemble (kd_jax/ensemble.py), on the teacher's inputs;
+    agreement and kl_to_teacher against the ensemble (after teacher_metrics of the ensemble). Ensembles are
+    classification only."""
+    return {split: self._metrics(model, params, split, teacher=True) for split in SPLITS}
 
 
 class Seq2SeqEvaluator:

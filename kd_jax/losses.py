@@ -54,7 +54,7 @@ def _kl_from_log_probs(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
   return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
 
 
-def divergence(student_logits: jax.Array, teacher_logits: jax.Array, temperature: float, kind: str = "forward_kl",
+def divergence(student_logits: jax.Array, teacher_logits, temperature: float, kind: str = "forward_kl",
                t2_scaling: bool = True, params: DivergenceParams = DivergenceParams()) -> jax.Array:
   """Per-example distillation divergence s * D(z_s / T, z_t / T) with s = T^2 if t2_scaling else 1.
 
@@ -83,8 +83,13 @@ def divergence(student_logits: jax.Array, teacher_logits: jax.Array, temperature
   (1/2) mean_c (z_s - z_t)_c^2 for zero-mean logits, i.e. half the mse divergence. The T^2 factor applies to every
   kind alike (turn it off with t2_scaling=False).
 
+  An ensemble's teacher (`EnsembleLogits`, [..., M, C]) enters as its averaged probabilities at T,
+  p_t^T = p_ens^T = mean_m softmax(z_m / T) (`EnsembleLogits.log_probs`); mse, which compares logits, has no such
+  target and is not defined for it.
+
   Args:
-    student_logits, teacher_logits: [..., C].
+    student_logits: [..., C].
+    teacher_logits: [..., C], or EnsembleLogits [..., M, C].
     temperature: T > 0 (a Python float or a traced scalar, so that sweeps can vmap over it).
     kind: one of DIVERGENCES.
     t2_scaling: multiply by T^2.
@@ -94,12 +99,14 @@ def divergence(student_logits: jax.Array, teacher_logits: jax.Array, temperature
     [...] per-example divergence.
   """
   student_scaled = student_logits.astype(jnp.float32) / temperature
-  teacher_scaled = teacher_logits.astype(jnp.float32) / temperature
+  ensemble = isinstance(teacher_logits, EnsembleLogits)
   if kind == "mse":
-    value = jnp.mean(jnp.square(student_scaled - teacher_scaled), axis=-1)
+    assert not ensemble, "an ensemble's target is its averaged probabilities; mse compares logits"
+    value = jnp.mean(jnp.square(student_scaled - teacher_logits.astype(jnp.float32) / temperature), axis=-1)
   else:
-    value = _divergence_of_log_probs(jax.nn.log_softmax(student_scaled), jax.nn.log_softmax(teacher_scaled), kind,
-                                     params)
+    teacher_log_probs = (teacher_logits.log_probs(temperature) if ensemble
+                         else jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature))
+    value = _divergence_of_log_probs(jax.nn.log_softmax(student_scaled), teacher_log_probs, kind, params)
   if t2_scaling:
     value = value * jnp.square(temperature)
   return value
@@ -151,6 +158,25 @@ def _divergence_of_log_probs(log_p_s: jax.Array, log_p_t: jax.Array, kind: str,
   if kind == "akl":
     return _akl(log_p_s, log_p_t, params.akl_mu)
   raise ValueError(f"unknown divergence {kind!r}; allowed: {', '.join(DIVERGENCES)}")
+
+
+class EnsembleLogits(NamedTuple):
+  """The logits of an ensemble's M teachers (kd_jax/ensemble.py) for the same examples, kept per member so that the
+  target can be formed at any temperature, traced ones included (a vectorized sweep over T).
+
+  logits: [..., M, C] member m's logits z_m at [..., m, :].
+  """
+  logits: jax.Array
+
+  def log_probs(self, temperature) -> jax.Array:
+    """[..., C] log p_ens^T = log (1/M) sum_m softmax(z_m / T) = logsumexp_m log_softmax(z_m / T) - log M.
+
+    The average is over probabilities, inside the temperature: log p_ens^T is in general not log_softmax(z / T) of
+    any one z for every T (so no single cached logits vector stands for the ensemble at every T); at M = 1 it is
+    log_softmax(z_0 / T).
+    """
+    member_log_probs = jax.nn.log_softmax(self.logits.astype(jnp.float32) / temperature, axis=-1)
+    return jax.nn.logsumexp(member_log_probs, axis=-2) - jnp.log(float(self.logits.shape[-2]))
 
 
 class TopKLogits(NamedTuple):
@@ -250,7 +276,7 @@ class DistillationTerms(NamedTuple):
   soft: jax.Array
 
 
-def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | TopKLogits | None,
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | EnsembleLogits | TopKLogits | None,
                       labels: jax.Array, example_weights: jax.Array, *, weights: LossWeights, temperature: float,
                       label_smoothing: float = 0.0, divergence_kind: str = "forward_kl", t2_scaling: bool = True,
                       divergence_params: DivergenceParams = DivergenceParams(),
@@ -264,8 +290,8 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Top
 
   Args:
     student_logits: [..., C].
-    teacher_logits: [..., C]; or TopKLogits (the seq2seq top-k cache, see `topk_divergence`); or None when w_soft
-      is 0 (the hard-label baseline).
+    teacher_logits: [..., C]; or EnsembleLogits [..., M, C] (several teachers, see `divergence`); or TopKLogits (the
+      seq2seq top-k cache, see `topk_divergence`); or None when w_soft is 0 (the hard-label baseline).
     labels: [...] int, -1 where there is no label.
     example_weights: [...] float, 0 for padding (and for examples not to be counted at all).
     weights: LossWeights.

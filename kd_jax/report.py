@@ -27,8 +27,11 @@ from kd_jax.results import (BASELINE, HIGHER_IS_BETTER, MODEL_LABELS, PERCENT_ME
 
 def metrics_table(results: dict) -> str:
   """Fixed-width tables of a results.json: the test metrics (reported), the validation metrics (what selects) and
-  the models' efficiency; one row per model (teacher, KD student, hard-label student)."""
+  the models' efficiency; one row per model (teacher, KD student, hard-label student). A teacher ensemble is named
+  ('teacher (ensemble of 3)') and its members follow it in the metrics tables."""
   data = results.get("data", {})
+  ensemble = results.get("teacher_ensemble")
+  labels = {**MODEL_LABELS, "teacher": ensemble["label"]} if ensemble else MODEL_LABELS
   blocks = []
   for split, key in (("test", "metrics"), ("validation", "validation_metrics")):
     if results.get(key):
@@ -36,9 +39,14 @@ def metrics_table(results: dict) -> str:
       role = "reported" if split == "test" else "selects"
       title = f"{split} split{f' ({size} examples)' if size is not None else ''}: {role}"
       columns = {name: (name, "{:.4f}".format) for name in present_metrics(results[key].values())}
-      blocks.append([title] + _model_rows(results[key], columns))
+      rows = [(labels[model], results[key][model]) for model in labels if model in results[key]]
+      if ensemble:  # each member after the ensemble's row
+        rows[1:1] = [(f"  member {m} (seed {member['seed']})", member[key])
+                     for m, member in enumerate(ensemble["members"])]
+      blocks.append([title] + _table_rows(rows, columns))
   if results.get("efficiency"):
-    blocks.append(["efficiency"] + _model_rows(results["efficiency"], EFFICIENCY_COLUMNS))
+    blocks.append(["efficiency"] + _table_rows([(labels[model], results["efficiency"][model]) for model in labels
+                                                if model in results["efficiency"]], EFFICIENCY_COLUMNS))
   return "\n\n".join("\n".join(block) for block in blocks)
 
 
@@ -50,17 +58,16 @@ EFFICIENCY_COLUMNS = {
     "compression_params": ("compression", "{:.1f}x".format), "latency_speedup": ("speedup", "{:.2f}x".format)}
 
 
-def _model_rows(by_model: dict, columns: dict) -> list[str]:
-  """A header and one row per model of `by_model` ({model: {key: value}}), `columns` {key: (header, format)};
-  '-' where a model lacks a key."""
-  header = f"{'model':<22}" + "".join(f"{name:>15}" for name, _ in columns.values())
-  rows = [header, "-" * len(header)]
-  for model, label in MODEL_LABELS.items():
-    if model in by_model:
-      values = by_model[model]
-      rows.append(f"{label:<22}" + "".join(f"{form(values[key]) if key in values else '-':>15}"
-                                           for key, (_, form) in columns.items()))
-  return rows
+def _table_rows(rows: list[tuple[str, dict]], columns: dict) -> list[str]:
+  """A header and one line per (label, {key: value}) of `rows`, `columns` {key: (header, format)}; '-' where a row
+  lacks a key."""
+  width = max([22] + [len(label) + 1 for label, _ in rows])
+  header = f"{'model':<{width}}" + "".join(f"{name:>15}" for name, _ in columns.values())
+  lines = [header, "-" * len(header)]
+  for label, values in rows:
+    lines.append(f"{label:<{width}}" + "".join(f"{form(values[key]) if key in values else '-':>15}"
+                                                for key, (_, form) in columns.items()))
+  return lines
 
 
 

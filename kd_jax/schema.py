@@ -14,6 +14,10 @@ OPERATIONAL_FIELDS = frozenset({
     "train.log_every_steps", "train.eval_every_steps", "train.checkpoint_every_steps", "train.max_checkpoints_to_keep",
     "train.num_devices", "train.steps_per_dispatch", "train.device_data_max_mib", "data.eval_batch_size",
     "teacher.workdir"})
+# The config.teacher fields an ensemble's members may set (config.ensemble.members): what changes a teacher's
+# weights, not its kind, label space or inputs (name, checkpoint and task stay config.teacher's).
+ENSEMBLE_MEMBER_FIELDS = ("seed", "init", "hidden_sizes", "dropout_rate", "num_epochs", "dtype", "param_dtype",
+                          "optim.learning_rate", "optim.weight_decay", "optim.warmup_ratio", "optim.grad_clip_norm")
 # Fields whose default is set but which may be None (the Hinton weight gives way to the explicit form).
 NULLABLE_FIELDS = frozenset({"distill.alpha"})
 
@@ -102,6 +106,18 @@ def default_config() -> ml_collections.ConfigDict:
   # Training of the teacher (init='train'): epochs over the labeled examples, and its optimizer.
   config.teacher.num_epochs = 150
   config.teacher.optim = optim_config(learning_rate=1e-3, weight_decay=1e-4, warmup_ratio=0.05)
+
+  # Several teachers (kd_jax/ensemble.py): the distillation target is the average of their probabilities at the
+  # temperature T, mean_m softmax(z_m / T); the teacher's reported metrics are those of the average at T = 1. Each
+  # member is a teacher of its own, trained and cached once (member 0, when it is config.teacher itself, is the
+  # single-teacher run's teacher). Classification tasks; every divergence but 'mse'.
+  config.ensemble = ml_collections.ConfigDict()
+  # Number of teachers; 1 is a single teacher. Without `members`, member m is config.teacher with teacher.seed + m.
+  config.ensemble.size = 1
+  # Members that differ in more than their seed: () or one entry per member (ensemble.size entries), each a tuple of
+  # (config.teacher field, value) pairs applied to config.teacher for that member, e.g.
+  # ((), (("seed", 1),), (("seed", 2), ("hidden_sizes", (512,)))). Fields: those of ENSEMBLE_MEMBER_FIELDS.
+  config.ensemble.members = ()
 
   config.student = ml_collections.ConfigDict()
   # Same fields as config.teacher's model fields.

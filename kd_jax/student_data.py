@@ -4,7 +4,8 @@
                batch; the examples are the training split as it is.
   dense cache  teacher_mode='cached', classification: the teacher's eval-mode logits for every training example,
                computed once on its own inputs (kd_jax/teacher_cache.py, kind 'dense') and joined to the examples by
-               index (`Examples.teacher` [N, C]).
+               index (`Examples.teacher` [N, C]). An ensemble (kd_jax/ensemble.py): each member's own dense cache,
+               joined side by side as losses.EnsembleLogits [N, M, C]; online, its members run side by side.
   top-k cache  teacher_mode='cached', seq2seq: per target token the k largest logits, their ids and the log-sum-exp
                of the others (kind 'topk'; the loss: losses.topk_divergence), joined as a losses.TopKLogits.
   sequence     distill.strategy='sequence', seq2seq (Kim & Rush 2016): the teacher's greedy outputs (kind
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from kd_jax import data, inference, sharding, teacher_cache
+from kd_jax import data, ensemble, inference, sharding, teacher_cache
 from kd_jax.models import hf
 from kd_jax.seq2seq import targets_from_generations
 from kd_jax.teacher import Teacher
@@ -56,18 +57,29 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
                                   inputs={**task.train.inputs, "decoder_input_ids": targets["decoder_input_ids"]})
     return StudentData(examples, None, distills=False, results={"teacher_generations": stats})
   if config.distill.teacher_mode == "online":
-    return StudentData(task.train, teacher, distills=True, results={})
+    return StudentData(task.train, ensemble.online(teacher), distills=True, results={})
   if task.seq2seq is not None:
     k = min(config.distill.topk, teacher.model.module.dims.vocab_size)
     cache, stats = _build(config, task, teacher, mesh, "topk", _topk_fn(teacher, mesh, k, config.distill.topk_dtype),
                           k=k, dtype=config.distill.topk_dtype, target_length=task.train.label.shape[1])
     return StudentData(teacher_cache.join(task.train, cache), None, distills=True,
                        results={"teacher_cache": {**stats, "k": k, "dtype": config.distill.topk_dtype}})
+  if not teacher.members:
+    cache, stats = _dense(config, task, teacher, mesh)
+    return StudentData(teacher_cache.join(task.train, cache), None, distills=True, results={"teacher_cache": stats})
+  caches, member_stats = zip(*(_dense(config, task, member, mesh) for member in teacher.members))
+  stats = {"members": list(member_stats), "built": any(member["built"] for member in member_stats),
+           "bytes_per_example": sum(member["bytes_per_example"] for member in member_stats)}
+  return StudentData(teacher_cache.join_members(task.train, caches), None, distills=True,
+                     results={"teacher_cache": stats})
+
+
+def _dense(config, task: data.TaskData, teacher: Teacher, mesh):
+  """The dense cache of one teacher (an ensemble's member has its own, in its directory) and its stats."""
   predict = inference.make_predict_fn(teacher.model, mesh)
-  cache, stats = _build(config, task, teacher, mesh, "dense",
-                        lambda inputs: {"logits": predict(teacher.params, inputs).astype(jnp.float32)},
-                        dtype="float32")  # float32 whatever the teacher computes in (a bfloat16 classifier's logits)
-  return StudentData(teacher_cache.join(task.train, cache), None, distills=True, results={"teacher_cache": stats})
+  return _build(config, task, teacher, mesh, "dense",
+                lambda inputs: {"logits": predict(teacher.params, inputs).astype(jnp.float32)},
+                dtype="float32")  # float32 whatever the teacher computes in (a bfloat16 classifier's logits)
 
 
 def cache_dir(teacher: Teacher, task: data.TaskData, kind: str, **fields) -> str:

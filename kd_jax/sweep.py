@@ -27,8 +27,8 @@ import jax
 import ml_collections
 from absl import logging
 
-from kd_jax import (config_paths, config_validation, data, files, fingerprints, preemption, report, results, schema,
-                    teacher, train, vectorized)
+from kd_jax import (config_paths, config_validation, data, ensemble, files, fingerprints, preemption, report, results,
+                    schema, teacher, train, vectorized)
 from kd_jax.errors import ConfigError, UserError
 
 TEACHERS_DIR = "teachers"
@@ -148,12 +148,14 @@ def describe(config: ml_collections.ConfigDict, points: list[Point]) -> dict:
 
 def _teacher_ready(config: ml_collections.ConfigDict) -> bool:
   """The shared teacher directory holds the finished teacher and, unless the teacher runs online, a teacher cache
-(dense, top-k or generations: kd_jax/student_data.py)."""
-  directory = config.teacher.workdir
-  trained = config.teacher.init != "train" or os.path.isdir(os.path.join(directory, "params"))
+(dense, top-k or generations: kd_jax/student_data.py); for an ensemble, every member's directory does."""
   online = config.distill.teacher_mode == "online" and config.distill.strategy == "token"
-  cached = online or bool(glob.glob(os.path.join(directory, "*_cache", "*", "metadata.json")))
-  return trained and cached
+  for member in ensemble.member_configs(config, config.teacher.workdir):
+    directory = member.teacher.workdir
+    trained = member.teacher.init != "train" or os.path.isdir(os.path.join(directory, "params"))
+    if not (trained and (online or glob.glob(os.path.join(directory, "*_cache", "*", "metadata.json")))):
+      return False
+  return True
 
 
 @contextlib.contextmanager

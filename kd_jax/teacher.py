@@ -39,11 +39,13 @@ class Teacher:
     model, params: the flax module and its parameters, replicated on the run's mesh.
     directory: where its trained weights (if trained) and its caches live.
     stats: the training phase's stats when it was trained (or resumed) in this call, else None.
+    members: an ensemble's member teachers (kd_jax/ensemble.py), whose combination this is; () for one teacher.
   """
   model: object
   params: object
   directory: str
   stats: dict | None = None
+  members: tuple = ()
 
   @functools.cached_property
   def fingerprint(self) -> str:
@@ -69,12 +71,13 @@ def directory(config: ml_collections.ConfigDict, workdir: str) -> str:
 
 
 def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir: str, *, writer,
-           evaluate_fn) -> Teacher:
+           evaluate_fn, phase: str = "teacher") -> Teacher:
   """The teacher of `config`: the pretrained checkpoint, an earlier run's teacher directory (teacher.init=<dir>), or
   trained here on the labeled training examples (resumed from its checkpoints; reused once finished).
 
   Args:
     writer: where the teacher's training history goes.
+    phase: its training phase's name (history, messages): an ensemble's members are 'teacher_<m>'.
     evaluate_fn: (model, params) -> test scalars during its training (on its own inputs).
   """
   example_inputs = jax.tree.map(lambda value: value[:1], task.train.teacher_view().inputs)
@@ -96,7 +99,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
   trained = os.path.isdir(params_dir)
   distributed.check_same_on_all_processes(trained, f"whether {params_dir} holds a trained teacher")
   if trained:
-    logging.info("teacher: reusing the trained teacher in %s.", home)
+    logging.info("%s: reusing the trained teacher in %s.", phase, home)
     return Teacher(model, restore_params(home, params, mesh), home)
   if distributed.is_main_process():
     files.write_json(record_path, recorded)
@@ -107,7 +110,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
                           batch_size=config.data.batch_size, seed=config.teacher.seed, mesh=mesh,
                           train_config=config.train)
   outcome = loop.train(
-      "teacher", program, [loop.RunLog("", writer, steps.learning_rates(optim_config, num_steps))],
+      phase, program, [loop.RunLog("", writer, steps.learning_rates(optim_config, num_steps))],
       num_steps=num_steps, checkpoint_dir=os.path.join(home, "checkpoints"), train_config=config.train,
       evaluate=lambda params: evaluate_fn(model, params))
   (params,), stats = outcome.params, outcome.stats

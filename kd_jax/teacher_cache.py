@@ -67,6 +67,14 @@ def join(examples: Examples, cache: ArrayCache) -> Examples:
   return examples.replace(teacher=losses.TopKLogits(rows["values"], rows["indices"], rows["tail_logsumexp"]))
 
 
+def join_members(examples: Examples, caches) -> Examples:
+  """`examples` with the dense caches of an ensemble's M members (one per member, each keyed by its own teacher)
+  side by side, as `Examples.teacher` = losses.EnsembleLogits [N, M, C]."""
+  assert all(cache.metadata["format"] == "dense" for cache in caches), [cache.metadata["format"] for cache in caches]
+  return examples.replace(teacher=losses.EnsembleLogits(
+      np.stack([cache.lookup(examples.index)["logits"] for cache in caches], axis=1)))
+
+
 def expected_metadata(kind: str, *, data_name: str, split: str, data_fingerprint: str, size: int, num_classes: int,
                       teacher_fingerprint: str, **kind_fields) -> dict:
   """What a cache of kind `kind` (KINDS) must have been computed from: the data, the teacher, and the kind's own

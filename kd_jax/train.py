@@ -1,7 +1,7 @@
 """Training and evaluation: `train_and_evaluate(config, workdir)`, and `run_group`, which every mode runs through.
 
 Fixed order: data -> mesh -> the runs' workdirs -> evaluator -> teacher (kd_jax/teacher.py: trained, restored or
-pretrained) -> its test metrics -> the student's data (kd_jax/student_data.py: cache, online teacher or teacher
+pretrained; or every member of an ensemble, kd_jax/ensemble.py) -> its test metrics -> the student's data (kd_jax/student_data.py: cache, online teacher or teacher
 targets) -> the students (KD, then the hard-label baseline) through the one training loop (kd_jax/loop.py) ->
 their test metrics -> results.json (kd_jax/results.py). A single run is a group of one; a vectorized sweep group
 (kd_jax/vectorized.py) is several runs whose configs differ only in vectorized.FIELDS, trained as one stacked
@@ -17,12 +17,12 @@ import jax
 import ml_collections
 from absl import logging
 
-from kd_jax import (config_paths, config_validation, data, distributed, efficiency, evaluation, files, loop, losses,
-                    metric_writer, models, preemption, results, schema, sharding, steps, student_data, teacher,
+from kd_jax import (config_paths, config_validation, data, distributed, efficiency, ensemble, evaluation, files, loop,
+                    losses, metric_writer, models, preemption, results, schema, sharding, steps, student_data, teacher,
                     vectorized)
 from kd_jax.errors import UserError
 
-PHASES = ("teacher", "student", "student_hard")
+STUDENT_PHASES = ("student", "student_hard")  # after the teacher's ('teacher', or an ensemble's 'teacher_<m>')
 CONFIG_FILE = "config.json"
 
 
@@ -58,9 +58,11 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
                len(task.train), len(task.labeled_train), len(task.test), task.num_classes, mesh.size)
   writers = [_start_workdir(run, overwrite) for run in runs]
   evaluator = evaluation.for_task(config, task, mesh)
-  the_teacher = teacher.obtain(config, task, mesh, runs[0].workdir, writer=writers[0]["teacher"],
-                               evaluate_fn=lambda model, params: evaluator.during_training(model, params, teacher=True))
+  the_teacher = ensemble.obtain(
+      config, task, mesh, runs[0].workdir, writers=writers[0],
+      evaluate_fn=lambda model, params: evaluator.during_training(model, params, teacher=True))
   teacher_metrics = evaluator.teacher_metrics(the_teacher.model, the_teacher.params)
+  teacher_results = ensemble.results(config, runs[0].workdir, the_teacher, evaluator)
   student = student_data.prepare(config, task, the_teacher, mesh)
   student_model, trained = train_students(runs, writers, task, mesh, student, evaluator, vectorize=vectorize)
   costs = model_efficiency(config, task, mesh, the_teacher, student_model, trained[0]["student"][0])
@@ -68,15 +70,16 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
   outputs = []
   for i, run in enumerate(runs):
     metrics, phases = {"teacher": teacher_metrics}, {}
-    if the_teacher.stats is not None and i == 0:  # the run that trained it
-      phases["teacher"] = the_teacher.stats
+    if i == 0:  # the run that trained the teacher (or the ensemble's members)
+      phases.update(ensemble.training_stats(config, the_teacher))
     for phase, (params, phase_stats) in trained[i].items():
       if id(params) not in final_metrics:
         final_metrics[id(params)] = evaluator.final(student_model, params)
       metrics[phase], phases[phase] = final_metrics[id(params)], phase_stats
     outcome = results.Results.of_run(task=task, num_devices=mesh.size, num_processes=jax.process_count(),
                                      metrics=metrics, efficiency={model: costs[model] for model in metrics},
-                                     phases=phases, extra=student.results, wall_s=time.time() - start_time)
+                                     phases=phases, extra={**teacher_results, **student.results},
+                                     wall_s=time.time() - start_time)
     for writer in writers[i].values():
       writer.close()
     outputs.append(outcome.write(run.workdir) if distributed.is_main_process() else outcome.to_json())
@@ -218,4 +221,5 @@ def _start_workdir(run: RunSpec, overwrite: bool) -> dict:
   os.makedirs(run.workdir, exist_ok=True)
   if distributed.is_main_process():
     files.write_json(os.path.join(run.workdir, CONFIG_FILE), run.config.to_dict())
-  return {phase: metric_writer.MetricWriter(run.workdir, phase) for phase in PHASES}
+  return {phase: metric_writer.MetricWriter(run.workdir, phase)
+          for phase in ensemble.phases(run.config) + STUDENT_PHASES}
