@@ -8,7 +8,7 @@ Notation: z_s, z_t student and teacher logits; p^T = softmax(z / T); y integer l
 unlabeled transfer set, or GLUE's test split).
 """
 
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax
 import jax
@@ -229,22 +229,27 @@ class DistillationLoss:
   label_smoothing: jax.Array
   divergence: str = flax.struct.field(pytree_node=False, default="forward_kl")
   t2_scaling: bool = flax.struct.field(pytree_node=False, default=True)
+  # Feature distillation (kd_jax/feature_losses.FeatureLoss: its weights are arrays too), or None; the train step
+  # adds its terms.
+  features: Any = None
 
   # The config.distill fields behind the array leaves: runs whose configs differ only in these (and in the seed and
   # the learning rate) can train together in one vectorized program (kd_jax/vectorized.py).
   ARRAY_FIELDS: ClassVar[tuple[str, ...]] = ("distill.temperature", "distill.alpha", "distill.ce_weight",
-                                             "distill.kd_weight", "distill.label_smoothing")
+                                             "distill.kd_weight", "distill.label_smoothing",
+                                             "distill.feature_weight", "distill.attention_weight")
 
   @classmethod
-  def from_config(cls, distill_config, *, distills: bool = True) -> "DistillationLoss":
+  def from_config(cls, distill_config, *, distills: bool = True, features=None) -> "DistillationLoss":
     """The loss of `config.distill`; with `distills=False`, its cross-entropy alone (hard weight 1, soft weight 0,
-    the same label smoothing): the hard-label baseline, and sequence-level KD's CE on the teacher's outputs."""
+    the same label smoothing): the hard-label baseline, and sequence-level KD's CE on the teacher's outputs.
+    `features`: the run's feature_losses.FeatureLoss (built once the models' layers are known), or None."""
     weights = (loss_weights(distill_config.alpha, distill_config.ce_weight, distill_config.kd_weight) if distills
                else LossWeights(hard=1.0, soft=0.0))
     return cls(hard_weight=jnp.float32(weights.hard), soft_weight=jnp.float32(weights.soft),
                temperature=jnp.float32(distill_config.temperature),
                label_smoothing=jnp.float32(distill_config.label_smoothing), divergence=distill_config.divergence,
-               t2_scaling=distill_config.t2_scaling)
+               t2_scaling=distill_config.t2_scaling, features=features if distills else None)
 
   @classmethod
   def cross_entropy(cls) -> "DistillationLoss":
