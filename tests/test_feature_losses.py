@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from kd_jax import feature_losses, losses, sharding, steps
+from kd_jax import config_validation, feature_losses, losses, sharding, steps, sweep
 from kd_jax.data import Examples
 from kd_jax.errors import ConfigError
 from kd_jax.models import hf, mlp
 from kd_jax.models.hf import distilbert, layers
 from kd_jax.models.hf.pretrained import RegistryModel
-from tests.conftest import run_main
+from tests.conftest import load_config, run_main
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
 
@@ -328,6 +328,18 @@ def test_train_step_trains_a_projection_outside_the_student():
     assert not np.allclose(new_params[feature_losses.PROJECTIONS][name]["kernel"], projections[name]["kernel"])
   student_only, _ = feature_losses.split_params(new_params, features)
   assert jax.tree.structure(student_only) == jax.tree.structure(params)
+
+
+def test_features_sweep_over_none_uniform_and_pairs(tmp_path):
+  """Sweep points take any form of the layer map, whatever the base config holds."""
+  config = load_config()
+  config.distill.teacher_mode, config.distill.features = "online", "uniform"
+  config.sweep.grid = (("distill.features", (None, "uniform", ((0, 0), (2, 1)))),)
+  config_validation.validate(config)
+  points = sweep.expand(config, str(tmp_path))
+  assert [point.config.distill.features for point in points] == [None, "uniform", ((0, 0), (2, 1))]
+  for point in points:
+    config_validation.validate(point.config)
 
 
 def _history(workdir, phase):
