@@ -122,7 +122,7 @@ def test_unknown_and_mistyped_fields():
   config = load_config()
   config.distill.temprature = 2.0
   with pytest.raises(ConfigError, match=r"config.distill.temprature=2.0: unknown field; known fields of "
-                                        r"config.distill: alpha, ce_weight"):
+                                        r"config.distill: alpha, attention_weight, ce_weight"):
     config_validation.validate(config)
   config = load_config()
   # A config written from scratch (not from configs/default.py) has no type-safe fields to stop this.
