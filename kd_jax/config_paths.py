@@ -18,7 +18,16 @@ def set_value(config, path: str, value) -> None:
   *sections, name = path.split(".")
   for section in sections:
     config = config[section]
-  config[name] = tuple(value) if isinstance(value, list) else value
+  value = tuple(value) if isinstance(value, list) else value
+  try:
+    config[name] = value
+  except TypeError:
+    # A field the schema declares as `object` (distill.features: 'uniform' or a tuple of pairs) takes the type of its
+    # value once a config is copied with its references resolved (a sweep's points); values reaching here were
+    # checked against the schema's declared type, so the field takes the new value's type.
+    with config.unlocked():
+      del config[name]
+      config[name] = value
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:

@@ -9,7 +9,7 @@ import os
 import jax
 import ml_collections
 
-from kd_jax import config_paths, data, ensemble, evaluation, files, losses, models, schema, teacher
+from kd_jax import config_paths, data, ensemble, evaluation, feature_losses, files, losses, models, schema, teacher
 from kd_jax.data import text as text_data
 from kd_jax.errors import ConfigError
 
@@ -188,6 +188,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
            distill.input_noise_std,
            "needs distill.teacher_mode='online' (cached teacher logits were computed on clean inputs)")
 
+  _check_features(config)
   _check_text_and_seq2seq(config)
   _check_ensemble(config)
 
@@ -305,6 +306,47 @@ def _check_selection(config: ml_collections.ConfigDict) -> None:
            "train.select", train.select,
            f"needs evaluation during training: train.eval_every_steps={train.eval_every_steps} evaluates only at the "
            f"end of train.num_steps={train.num_steps}; lower eval_every_steps or use 'last'")
+
+
+def _check_features(config: ml_collections.ConfigDict) -> None:
+  """Feature distillation: the layer map, its distance and weights, and what it needs (the teacher in the step,
+  classification models, attention for attention transfer). The map is checked against the models' depths where
+  they are known without loading a model (MLPs, local HF checkpoints); otherwise when the student phase starts."""
+  distill = config.distill
+  _require(distill.feature_loss in feature_losses.FEATURE_LOSSES, "distill.feature_loss", distill.feature_loss,
+           f"allowed: {', '.join(feature_losses.FEATURE_LOSSES)}")
+  for field in ("distill.feature_weight", "distill.attention_weight"):
+    _require(config_paths.get(config, field) >= 0, field, config_paths.get(config, field), "must be >= 0")
+  if distill.features is None:
+    _require(distill.attention_weight == 0, "distill.attention_weight", distill.attention_weight,
+             "needs distill.features (the mapped layers whose attention is matched)")
+    return
+  feature_losses.check_layer_map(distill.features)
+  _require(distill.teacher_mode == "online", "distill.features", distill.features,
+           "needs distill.teacher_mode='online' (the teacher's hidden states are computed in the step; a logit cache "
+           "holds none)")
+  _require(config.data.name not in data.SEQ2SEQ_TASKS, "distill.features", distill.features,
+           f"is not supported for seq2seq data sets ({', '.join(data.SEQ2SEQ_TASKS)}) yet: the T5 models do not "
+           "return their hidden states")
+  for section in ("teacher", "student"):
+    _require(distill.attention_weight == 0 or config[section].name == "hf", "distill.attention_weight",
+             distill.attention_weight, f"needs transformer models: {section}.name={config[section].name!r} has no "
+             "attention")
+  depths = (_num_layers(config.teacher), _num_layers(config.student))
+  if None not in depths:
+    feature_losses.resolve_layer_map(distill.features, *depths)
+
+
+def _num_layers(model_config) -> int | None:
+  """The number of (hidden) layers of a teacher or student, where known from the config or a local checkpoint's
+  config.json; None for hub ids (known once the model is loaded)."""
+  if model_config.name == "mlp":
+    return len(model_config.hidden_sizes)
+  path = os.path.join(model_config.checkpoint or "", "config.json")
+  if not os.path.isfile(path):
+    return None
+  hf_config = files.read_json(path)
+  return next((hf_config[key] for key in ("num_hidden_layers", "n_layers", "num_layers") if key in hf_config), None)
 
 
 def _check_text_and_seq2seq(config: ml_collections.ConfigDict) -> None:

@@ -236,9 +236,11 @@ class _History:
     speed = f"{steps_per_sec * batch_size * len(self._runs):.0f}" if steps_per_sec > 0 else "-"
     if len(all_scalars) == 1:
       (scalars,) = all_scalars
-      logging.info("%s step %d/%d | loss %.4f (hard %.4f, soft %.4f) | lr %.2e | %s ex/s | ETA %s", self._phase, step,
-                   num_steps, scalars["train/loss"], scalars["train/hard_loss"], scalars["train/soft_loss"],
-                   scalars["train/learning_rate"], speed, eta)
+      extra = "".join(f", {name} {scalars[f'train/{name}_loss']:.4f}" for name in ("feature", "attention")
+                      if f"train/{name}_loss" in scalars)
+      logging.info("%s step %d/%d | loss %.4f (hard %.4f, soft %.4f%s) | lr %.2e | %s ex/s | ETA %s", self._phase,
+                   step, num_steps, scalars["train/loss"], scalars["train/hard_loss"], scalars["train/soft_loss"],
+                   extra, scalars["train/learning_rate"], speed, eta)
     else:
       logging.info("%s (%d runs vectorized) step %d/%d | loss %s | %s ex/s | ETA %s", self._phase, len(all_scalars),
                    step, num_steps, " ".join(f"{scalars['train/loss']:.4f}" for scalars in all_scalars), speed, eta)

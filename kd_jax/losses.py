@@ -8,7 +8,7 @@ Notation: z_s, z_t student and teacher logits; p^T = softmax(z / T); y integer l
 unlabeled transfer set, or GLUE's test split).
 """
 
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax
 import jax
@@ -352,19 +352,25 @@ class DistillationLoss:
   divergence: str = flax.struct.field(pytree_node=False, default="forward_kl")
   t2_scaling: bool = flax.struct.field(pytree_node=False, default=True)
   schedule: str = flax.struct.field(pytree_node=False, default="constant")
+  # Feature distillation (kd_jax/feature_losses.FeatureLoss: its weights are arrays too), or None; the train step
+  # adds its terms.
+  features: Any = None
 
   # The config.distill fields behind the array leaves: runs whose configs differ only in these (and in the seed and
   # the learning rate) can train together in one vectorized program (kd_jax/vectorized.py).
   ARRAY_FIELDS: ClassVar[tuple[str, ...]] = ("distill.temperature", "distill.alpha", "distill.ce_weight",
                                              "distill.kd_weight", "distill.label_smoothing", "distill.beta",
                                              "distill.skew", "distill.akl_mu", "distill.temperature_end",
-                                             "distill.alpha_end", "distill.ce_weight_end", "distill.kd_weight_end")
+                                             "distill.alpha_end", "distill.ce_weight_end", "distill.kd_weight_end",
+                                             "distill.feature_weight", "distill.attention_weight")
 
   @classmethod
-  def from_config(cls, distill_config, *, distills: bool = True, num_steps: int = 1) -> "DistillationLoss":
+  def from_config(cls, distill_config, *, distills: bool = True, num_steps: int = 1,
+                  features=None) -> "DistillationLoss":
     """The loss of `config.distill` over a phase of `num_steps` steps; with `distills=False`, its cross-entropy
-    alone (hard weight 1, soft weight 0, the same label smoothing, no schedule): the hard-label baseline, and
-    sequence-level KD's CE on the teacher's outputs. An end left None keeps its start value."""
+    alone (hard weight 1, soft weight 0, the same label smoothing, no schedule, no features): the hard-label
+    baseline, and sequence-level KD's CE on the teacher's outputs. An end left None keeps its start value.
+    `features`: the run's feature_losses.FeatureLoss (built once the models' layers are known), or None."""
     d = distill_config
     schedule = d.schedule if distills else "constant"
     if distills:
@@ -378,7 +384,8 @@ class DistillationLoss:
                beta=jnp.float32(d.beta), skew=jnp.float32(d.skew), akl_mu=jnp.float32(d.akl_mu),
                hard_weight_end=jnp.float32(ends.hard), soft_weight_end=jnp.float32(ends.soft),
                temperature_end=jnp.float32(_or(d.temperature_end, d.temperature)), num_steps=jnp.float32(num_steps),
-               divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=schedule)
+               divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=schedule,
+               features=features if distills else None)
 
   @classmethod
   def cross_entropy(cls) -> "DistillationLoss":

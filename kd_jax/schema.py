@@ -176,6 +176,20 @@ def default_config() -> ml_collections.ConfigDict:
   # 'float32'. Full-vocabulary logits are never stored for seq2seq tasks.
   config.distill.topk = 32
   config.distill.topk_dtype = "float16"
+  # Feature distillation (kd_jax/feature_losses.py; needs teacher_mode='online'): the hidden states matched, as
+  # (teacher, student) pairs of hidden-state indices (0 = embeddings or the MLP's inputs, l = the output of layer l),
+  # e.g. ((0, 0), (2, 1), (4, 2)); 'uniform': student layer s = 1..L_s with teacher layer s * L_t // L_s; None: off.
+  # A placeholder of type object, so that the command line takes both: --config.distill.features=uniform and
+  # --config.distill.features='((0, 0), (2, 1))'. A learned linear projection maps the student's hidden state to the
+  # teacher's width where they differ (trained with the student, not part of it).
+  config.distill.features = config_dict.placeholder(object)
+  # Distance of matched hidden states: 'mse' (TinyBERT) or 'cosine' (1 - cosine similarity, DistilBERT).
+  config.distill.feature_loss = "mse"
+  # Weight of the feature term (summed over the mapped pairs) in the loss; >= 0.
+  config.distill.feature_weight = 1.0
+  # Attention transfer: weight of the KL between teacher and student attention distributions of the mapped layers
+  # (pairs with both indices >= 1; transformer models that tokenize alike); >= 0, 0 = off.
+  config.distill.attention_weight = 0.0
 
   # Optimizer of the students: AdamW with linear warmup then linear decay to 0.
   config.optim = optim_config(learning_rate=3e-3, weight_decay=1e-4, warmup_ratio=0.05)

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from kd_jax import loop, losses, sharding
+from kd_jax import feature_losses, loop, losses, sharding
 from kd_jax.data import Examples, feed, pipeline
 
 TrainState = train_state.TrainState
@@ -69,6 +69,11 @@ def _add_batch_axis(tree):
   return jax.tree.map(lambda value: value[None], tree)
 
 
+def _attention_mask(inputs):
+  """The token mask [batch, length] of text inputs; None for the MLP tasks' feature vectors."""
+  return inputs["attention_mask"] if isinstance(inputs, dict) else None
+
+
 def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss, rng: jax.Array, batch: Examples, *,
                model, teacher_model, input_noise_std: float) -> tuple[TrainState, dict]:
   """One data-parallel optimizer step on this device's shard of the global batch.
@@ -80,6 +85,9 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
   Randomness (dropout, input noise) is drawn per example from fold_in(fold_in(rng, step), example index), so it
   depends neither on the device count nor on where a batch lands, and a resumed run redraws the same masks.
   The loss is normalized over the global batch (`losses.global_mean`) and gradients are averaged with pmean.
+  With feature distillation (`loss.features`) both models also return their intermediates, the feature and
+  attention terms are added (logged as feature_loss, attention_loss), and `state.params` holds the student's params
+  and the projections (feature_losses.join_params).
 
   Args:
     state: replicated training state of the model being trained.
@@ -102,26 +110,44 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
   if input_noise_std > 0:
     noise = jax.vmap(lambda key, x: jax.random.normal(key, x.shape, x.dtype))(noise_rngs, inputs)
     inputs = inputs + input_noise_std * noise
-  teacher_logits = batch.teacher
+  features = loss.features  # feature distillation (kd_jax/feature_losses.py) needs both models' intermediates
+  teacher_logits, teacher_features = batch.teacher, None
+  teacher_inputs = inputs if batch.teacher_inputs is None else batch.teacher_inputs
   if teacher_model is not None:
-    teacher_inputs = inputs if batch.teacher_inputs is None else batch.teacher_inputs
-    teacher_logits = jax.lax.stop_gradient(teacher_model.apply({"params": teacher_params}, teacher_inputs,
-                                                               train=False))
+    if features is None:
+      teacher_logits = teacher_model.apply({"params": teacher_params}, teacher_inputs, train=False)
+    else:
+      teacher_logits, teacher_state = teacher_model.apply({"params": teacher_params}, teacher_inputs, train=False,
+                                                          mutable=["intermediates"])
+      teacher_features = feature_losses.collect(teacher_state["intermediates"])
+    teacher_logits, teacher_features = jax.lax.stop_gradient((teacher_logits, teacher_features))
+  assert features is None or teacher_features is not None, "feature distillation needs the teacher in the step"
   example_weights = batch.example_weights()
 
   def loss_fn(params):
-    def example_logits(example_inputs, dropout_rng):
-      return model.apply({"params": params}, _add_batch_axis(example_inputs), train=True,
-                         rngs={"dropout": dropout_rng})[0]
+    model_params, projections = feature_losses.split_params(params, features)
 
-    logits = jax.vmap(example_logits)(inputs, dropout_rngs)
+    def example_outputs(example_inputs, dropout_rng):
+      apply = functools.partial(model.apply, {"params": model_params}, _add_batch_axis(example_inputs), train=True,
+                                rngs={"dropout": dropout_rng})
+      if features is None:
+        return apply()[0], None
+      logits, model_state = apply(mutable=["intermediates"])
+      return logits[0], jax.tree.map(lambda value: value[0], feature_losses.collect(model_state["intermediates"]))
+
+    logits, student_features = jax.vmap(example_outputs)(inputs, dropout_rngs)
     terms = loss(logits, teacher_logits, batch.label, example_weights, axis_name=sharding.DATA_AXIS)
-    return terms.loss, terms
+    if features is None:
+      return terms.loss, (terms, {})
+    feature_total, feature_terms = features(
+        student_features, teacher_features, projections, student_mask=_attention_mask(inputs),
+        teacher_mask=_attention_mask(teacher_inputs), example_weights=example_weights, axis_name=sharding.DATA_AXIS)
+    return terms.loss + feature_total, (terms, feature_terms)
 
-  grads, terms = jax.grad(loss_fn, has_aux=True)(state.params)
+  (total, (terms, feature_terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grads = sharding.mean_over_devices(grads)
   new_state = state.apply_gradients(grads=grads)
-  step_metrics = {"loss": terms.loss, "hard_loss": terms.hard, "soft_loss": terms.soft}
+  step_metrics = {"loss": total, "hard_loss": terms.hard, "soft_loss": terms.soft, **feature_terms}
   step_metrics = sharding.mean_over_devices(step_metrics)
   step_metrics["grad_norm"] = optax.tree.norm(grads)
   step_metrics["param_norm"] = optax.tree.norm(new_state.params)
@@ -199,7 +225,7 @@ def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_
       feed=lambda start_step: feed.ChunkFeeder(examples, batch_size=batch_size, seed=seed, start_step=start_step,
                                                max_steps=train_config.steps_per_dispatch, mesh=mesh,
                                                device_resident=device_resident),
-      run_params=lambda params: [params], stacked=False, examples_per_step=batch_size,
+      run_params=lambda params: [feature_losses.split_params(params, loss.features)[0]], stacked=False, examples_per_step=batch_size,
       stats={"data_feed": "device" if device_resident else "tf.data", "mesh": {"sweep": 1, **dict(mesh.shape)},
              "vectorized_runs": 1})
 

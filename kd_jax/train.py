@@ -17,9 +17,9 @@ import jax
 import ml_collections
 from absl import logging
 
-from kd_jax import (config_paths, config_validation, data, distributed, efficiency, ensemble, evaluation, files, loop,
-                    losses, metric_writer, models, preemption, results, schema, sharding, steps, student_data, teacher,
-                    vectorized)
+from kd_jax import (config_paths, config_validation, data, distributed, efficiency, ensemble, evaluation,
+                    feature_losses, files, loop, losses, metric_writer, models, preemption, results, schema, sharding,
+                    steps, student_data, teacher, vectorized)
 from kd_jax.errors import UserError
 
 STUDENT_PHASES = ("student", "student_hard")  # after the teacher's ('teacher', or an ensemble's 'teacher_<m>')
@@ -53,6 +53,8 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
   config = runs[0].config
   task = data.load_task(config)
   check_data_sizes(config, task)
+  for run in runs:
+    feature_losses.check_positions(run.config.distill, task.train)
   mesh = sharding.make_mesh(config.train.num_devices)
   logging.info("Data %s: %d training examples (%d labeled), %d test; %d classes. Mesh: %d devices.", task.name,
                len(task.train), len(task.labeled_train), len(task.test), task.num_classes, mesh.size)
@@ -116,8 +118,12 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
                                              field="student")
   num_steps = steps.num_train_steps(len(task.train), config.data.batch_size, config.train.num_epochs,
                                     config.train.num_steps)
+  feature_losses_of_runs, kd_init_params = [None] * len(runs), init_params
+  if config.distill.features is not None:
+    feature_losses_of_runs, kd_init_params = _feature_distillation(runs, student, model, init_params, example_inputs)
   phases = {"student": (student.examples, [_Trainee(run.config, losses.DistillationLoss.from_config(
-      run.config.distill, distills=student.distills, num_steps=num_steps), (i,)) for i, run in enumerate(runs)])}
+      run.config.distill, distills=student.distills, num_steps=num_steps, features=features), (i,))
+                                           for i, (run, features) in enumerate(zip(runs, feature_losses_of_runs))])}
   if config.baseline:
     shares = vectorized.baseline_shares([run.config for run in runs]) if vectorize else [[0]]
     phases["student_hard"] = (task.train, [_Trainee(runs[indices[0]].config, losses.DistillationLoss.from_config(
@@ -129,18 +135,19 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
   trained = [{} for _ in runs]
   for phase, (examples, trainees) in phases.items():
     online = student.online_teacher if phase == "student" else None
+    phase_init_params = kd_init_params if phase == "student" else init_params
     common = dict(model=model, optim_config=config.optim, num_steps=num_steps, examples=examples,
                   batch_size=config.data.batch_size, train_config=config.train,
                   teacher=None if online is None else (online.model, online.params),
                   input_noise_std=config.distill.input_noise_std)
     if vectorize:
-      program = vectorized.program(init_params=init_params, losses_of_runs=[trainee.loss for trainee in trainees],
+      program = vectorized.program(init_params=phase_init_params, losses_of_runs=[trainee.loss for trainee in trainees],
                                    learning_rates=[trainee.config.optim.learning_rate for trainee in trainees],
                                    seeds=[trainee.config.seed for trainee in trainees], **common)
       checkpoint_dir = os.path.join(vectorized.group_directory([run.workdir for run in runs]), phase)
     else:
       (trainee,) = trainees
-      program = steps.program(init_params=init_params[config.seed], loss=trainee.loss, seed=config.seed, mesh=mesh,
+      program = steps.program(init_params=phase_init_params[config.seed], loss=trainee.loss, seed=config.seed, mesh=mesh,
                               **common)
       checkpoint_dir = os.path.join(runs[0].workdir, "checkpoints", phase)
     logs = [loop.RunLog(", ".join(runs[i].name for i in trainee.run_indices),
@@ -157,6 +164,26 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
       for i in trainee.run_indices:
         trained[i][phase] = (trainee_params, trainee_stats)
   return model, trained
+
+
+def _feature_distillation(runs: list[RunSpec], student: student_data.StudentData, model, init_params: dict,
+                          example_inputs) -> tuple[list, dict]:
+  """Each run's feature_losses.FeatureLoss, and what the KD phase trains per seed: the student's initial params
+  joined with freshly initialized projections (for the mapped layers whose widths differ; seeded by the seed)."""
+  online = student.online_teacher
+  teacher_inputs = jax.tree.map(lambda value: value[:1], student.examples.teacher_view().inputs)
+  teacher_layers = feature_losses.describe(online.model, online.params, teacher_inputs)
+  student_layers = feature_losses.describe(model, next(iter(init_params.values())), example_inputs)
+  pool_tokens = not feature_losses.tokens_aligned(student.examples)
+  features = [feature_losses.FeatureLoss.from_config(run.config.distill, teacher=teacher_layers, student=student_layers,
+                                                     pool_tokens=pool_tokens) for run in runs]
+  logging.info("Feature distillation: (teacher, student) hidden states %s, widths %s -> %s, %s.", features[0].pairs,
+               student_layers.widths, teacher_layers.widths,
+               "mean-pooled per example (the tokenizations differ)" if pool_tokens else "position by position")
+  kd_init_params = {seed: feature_losses.join_params(params, feature_losses.init_projections(
+      features[0].pairs, teacher_layers, student_layers, jax.random.fold_in(jax.random.PRNGKey(seed), 1)))
+                    for seed, params in init_params.items()}
+  return features, kd_init_params
 
 
 def model_efficiency(config, task: data.TaskData, mesh, the_teacher: teacher.Teacher, student_model,

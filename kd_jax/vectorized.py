@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from kd_jax import config_paths, data, files, fingerprints, loop, losses, sharding, steps
+from kd_jax import config_paths, data, feature_losses, files, fingerprints, loop, losses, sharding, steps
 from kd_jax.data import feed
 from kd_jax.errors import ConfigError
 
@@ -128,7 +128,7 @@ def program(*, model, init_params: dict, optim_config: ml_collections.ConfigDict
   compiled = compile_points_chunk(mesh, model, teacher_model, shared_batches, input_noise_std)
 
   def run_params(params):
-    host = jax.device_get(params)
+    host = feature_losses.split_params(jax.device_get(params), losses_of_runs[0].features)[0]
     return [jax.tree.map(lambda values, r=r: values[r], host) for r in range(num_runs)]
 
   return loop.Program(

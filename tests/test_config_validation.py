@@ -3,7 +3,7 @@
 import ml_collections
 import pytest
 
-from kd_jax import config_validation
+from kd_jax import config_paths, config_validation
 from kd_jax.errors import ConfigError
 from tests.conftest import load_config, run_main
 
@@ -46,7 +46,50 @@ INVALID = [
     ("train.select", "best", "config.train.select='best': allowed: last, best_validation"),
     ("sweep.selection_metric", "label_accuracy", "config.sweep.selection_metric='label_accuracy': not computed for "
      "data.name='digits'; allowed: accuracy, nll, ece, brier, agreement, kl_to_teacher"),
+    ("distill.features", "uniform", "config.distill.features='uniform': needs distill.teacher_mode='online'"),
+    ("distill.attention_weight", 1.0, "config.distill.attention_weight=1.0: needs distill.features"),
 ]
+
+# Feature distillation on the default (MLP teacher 256x256, student 32; online teacher) and the SST-2 smoke (2-layer
+# RoBERTa and DistilBERT fixtures, whose depths validation reads from their config.json).
+ONLINE = {"distill.teacher_mode": "online"}
+INVALID_FEATURES = [
+    ("default", {"distill.features": ((3, 1),)},
+     "config.distill.features=((3, 1),): teacher layer 3 does not exist: the teacher has hidden states 0..2"),
+    ("default", {"distill.features": ((0, 0), (1, 1), (2, 1))},
+     "config.distill.features=((0, 0), (1, 1), (2, 1)): has 3 pairs but the student has 2 hidden states"),
+    ("default", {"distill.features": "all"}, "config.distill.features='all': allowed: None (off), 'uniform', or a "
+     "tuple of distinct (teacher layer, student layer) pairs"),
+    ("default", {"distill.features": "uniform", "distill.feature_loss": "l1"},
+     "config.distill.feature_loss='l1': allowed: mse, cosine"),
+    ("default", {"distill.features": "uniform", "distill.feature_weight": -1.0},
+     "config.distill.feature_weight=-1.0: must be >= 0"),
+    ("default", {"distill.features": "uniform", "distill.attention_weight": 1.0},
+     "config.distill.attention_weight=1.0: needs transformer models: teacher.name='mlp' has no attention"),
+    ("sst2", {"distill.features": ((1, 3),)},
+     "config.distill.features=((1, 3),): student layer 3 does not exist: the student has hidden states 0..2"),
+    ("esnli", {"distill.features": "uniform"},
+     "config.distill.features='uniform': is not supported for seq2seq data sets"),
+]
+
+
+@pytest.mark.parametrize("task, overrides, message", INVALID_FEATURES,
+                         ids=[f"{task}:{overrides}" for task, overrides, _ in INVALID_FEATURES])
+def test_invalid_feature_distillation(task, overrides, message):
+  config = load_config() if task == "default" else load_config(f"configs/{task}.py")
+  for field, value in {**ONLINE, **overrides}.items():
+    config_paths.set_value(config, field, value)
+  with pytest.raises(ConfigError) as error:
+    config_validation.validate(config)
+  assert str(error.value).startswith(message)
+  assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("features", ["uniform", ((0, 0), (2, 1)), ((1, 1),)])
+def test_valid_feature_maps(features):
+  config = load_config()
+  config.distill.teacher_mode, config.distill.features = "online", features
+  config_validation.validate(config)
 
 
 # Schedules whose end is out of range or of the other form of the loss weights (several fields at once).
@@ -110,7 +153,7 @@ def test_unknown_and_mistyped_fields():
   config = load_config()
   config.distill.temprature = 2.0
   with pytest.raises(ConfigError, match=r"config.distill.temprature=2.0: unknown field; known fields of "
-                                        r"config.distill: akl_mu, alpha, alpha_end, beta, ce_weight"):
+                                        r"config.distill: akl_mu, alpha, alpha_end, attention_weight, beta, ce_weight"):
     config_validation.validate(config)
   config = load_config()
   # A config written from scratch (not from configs/default.py) has no type-safe fields to stop this.

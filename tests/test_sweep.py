@@ -80,7 +80,7 @@ def test_teacher_directories_follow_what_the_teacher_depends_on(tmp_path):
 INVALID_SWEEPS = [
     (dict(grid=(("distill.temprature", (1.0, 2.0)),)),
      "config.distill.temprature=(1.0, 2.0): unknown field in config.sweep.grid; known fields of config.distill: "
-     "akl_mu, alpha, alpha_end, beta, ce_weight"),
+     "akl_mu, alpha, alpha_end, attention_weight, beta, ce_weight"),
     (dict(grid=(("distill.temperature", ()),)),
      "config.distill.temperature=(): needs a non-empty tuple of values in config.sweep.grid"),
     (dict(grid=(("distill.temperature", (1.0, "hot")),)),

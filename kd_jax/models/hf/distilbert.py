@@ -50,10 +50,14 @@ class DistilBertEncoder(nn.Module):
     hidden = nn.LayerNorm(epsilon=_LAYER_NORM_EPS, use_fast_variance=False, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="embeddings.LayerNorm")(hidden)
     hidden = nn.Dropout(dims.encoder.hidden_dropout)(hidden, deterministic=not train)
+    # Hidden states 0 (embeddings) to num_layers, for feature distillation (kd_jax/feature_losses.py); sow is a no-op
+    # unless the 'intermediates' collection is mutable.
+    self.sow("intermediates", "hidden_states", hidden)
     bias = layers.padding_bias(attention_mask)
     for index in range(dims.num_layers):
       hidden = layers.EncoderLayer(dims.encoder, _LAYER_NAMES, self.dtype, self.param_dtype,
                                    name=f"transformer.layer.{index}")(hidden, bias, train)
+      self.sow("intermediates", "hidden_states", hidden)
     return hidden
 
 

@@ -43,8 +43,8 @@ def padding_bias(attention_mask: jax.Array) -> jax.Array:
   return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, MASKED_SCORE).astype(jnp.float32)
 
 
-def attention_probabilities(query: jax.Array, key: jax.Array, bias: jax.Array, scale: float = 1.0) -> jax.Array:
-  """softmax(scale * q kᵀ + bias) over keys, in float32.
+def attention_logits(query: jax.Array, key: jax.Array, bias: jax.Array, scale: float = 1.0) -> jax.Array:
+  """scale * q kᵀ + bias, in float32: the attention scores whose softmax over keys is the attention.
 
   Args:
     query: [batch, queries, heads, head_dim].
@@ -56,7 +56,12 @@ def attention_probabilities(query: jax.Array, key: jax.Array, bias: jax.Array, s
     [batch, heads, queries, keys], float32.
   """
   scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
-  return jax.nn.softmax(scores * scale + bias, axis=-1)
+  return scores * scale + bias
+
+
+def attention_probabilities(query: jax.Array, key: jax.Array, bias: jax.Array, scale: float = 1.0) -> jax.Array:
+  """softmax(`attention_logits`) over keys: [batch, heads, queries, keys], float32."""
+  return jax.nn.softmax(attention_logits(query, key, bias, scale), axis=-1)
 
 
 def attention_output(probabilities: jax.Array, value: jax.Array) -> jax.Array:
@@ -111,7 +116,10 @@ class EncoderLayer(nn.Module):
     query = split_heads(dense(dims.hidden_size, name=names.query)(hidden))
     key = split_heads(dense(dims.hidden_size, name=names.key)(hidden))
     value = split_heads(dense(dims.hidden_size, name=names.value)(hidden))
-    probabilities = attention_probabilities(query, key, bias, scale=head_dim**-0.5)
+    logits = attention_logits(query, key, bias, scale=head_dim**-0.5)
+    # Attention transfer (kd_jax/feature_losses.py) reads them when 'intermediates' is mutable; a no-op otherwise.
+    self.sow("intermediates", "attention_logits", logits)
+    probabilities = jax.nn.softmax(logits, axis=-1)
     probabilities = nn.Dropout(dims.attention_dropout)(probabilities, deterministic=not train)
     attended = dense(dims.hidden_size, name=names.attention_out)(attention_output(probabilities, value))
     if dims.attention_output_dropout:

@@ -88,10 +88,11 @@ class RegistryModel:
   """
   module: Any
 
-  def apply(self, variables, inputs, train: bool = False, rngs=None):
+  def apply(self, variables, inputs, train: bool = False, rngs=None, **apply_kwargs):
+    """apply_kwargs: flax's (e.g. mutable=['intermediates'] for the hidden states and attention logits)."""
     input_names = inspect.signature(type(self.module).__call__).parameters
     model_inputs = {name: array for name, array in inputs.items() if name in input_names and name != "train"}
-    return self.module.apply(variables, **model_inputs, train=train, rngs=rngs)
+    return self.module.apply(variables, **model_inputs, train=train, rngs=rngs, **apply_kwargs)
 
 
 def create(model_config, *, num_classes: int, example_inputs, rng):

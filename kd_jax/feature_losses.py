@@ -1,0 +1,267 @@
+"""Intermediate-layer (feature) distillation: hidden-state matching and attention transfer, pure JAX.
+
+Hidden states are indexed like transformers' `output_hidden_states`: h_0 is the embedding output (the flattened
+inputs for an MLP) and h_l the output of layer (hidden layer) l = 1..L, so a model has L + 1 of them; the attention
+of layer l (l >= 1) is the softmax of its scores A_l [heads, queries, keys]. The models sow both into the
+'intermediates' collection (kd_jax/models: `hidden_states`, `attention_logits`); `collect` reads them back.
+
+A layer map is a tuple of (teacher index, student index) pairs of hidden states, e.g. ((0, 0), (2, 1), (4, 2)), or
+'uniform': student layer s = 1..L_s matched with teacher layer s * L_t // L_s (TinyBERT's uniform strategy g(m) = m *
+N / M, without the embedding pair, which an explicit map may add as (0, 0)). For each pair
+
+  feature term    mse:    mean_{real positions} (1 / d_t) || W h_s + b - h_t ||^2     (TinyBERT, Jiao et al. 2020,
+                                                                                     L_hidn, W_h learned)
+                  cosine: mean_{real positions} (1 - cos(W h_s + b, h_t))           (DistilBERT, Sanh et al. 2019,
+                                                                                     L_cos)
+  attention term  mean_{real queries} mean_heads KL(softmax(A_t) || softmax(A_s))     (pairs with both indices >= 1;
+                                                                                     MiniLM's KL, Wang et al. 2020)
+
+summed over the pairs (TinyBERT sums its layer losses; TextBrewer adds one term per `intermediate_matches` entry).
+These are TextBrewer's `hid_mse_loss`, `cos_loss` and `att_ce_loss` (the KL here differs from its cross-entropy by
+the teacher's entropy, a constant) in airaria/TextBrewer src/textbrewer/losses.py, with padding excluded. The linear
+projection (W, b) maps the student's width to the teacher's and exists only for pairs whose widths differ (one per
+pair: MLP layers differ in width; TinyBERT shares one W_h across its equal-width layers); it trains with the student
+but is not part of the student (`split_params`). Where teacher and student have different head counts, the
+attention term compares the head-averaged attention distributions instead (TextBrewer's `att_ce_mean_loss`):
+KL(mean_h softmax(A_t,h) || mean_h softmax(A_s,h)). MiniLM's last-layer attention transfer is the map ((L_t, L_s),)
+with feature_weight 0; its value-relation term is not implemented.
+
+Positions: text models compare token by token when teacher and student tokenize the texts alike (`tokens_aligned`),
+weighting real tokens (attention_mask) of every example; otherwise token positions mean nothing across the two
+tokenizations, and each hidden state is first mean-pooled over the example's real tokens (the sentence embedding of
+Reimers & Gurevych 2020, who distill across tokenizers that way); attention transfer then does not apply. Means are
+over the global batch (`losses.global_mean`), like the logit terms.
+"""
+
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from kd_jax import losses
+from kd_jax.errors import ConfigError
+
+FEATURE_LOSSES = ("mse", "cosine")
+UNIFORM = "uniform"
+PROJECTIONS = "feature_projections"  # the key of the projections beside the model's params ("model") when training
+# torch's cosine_embedding_loss adds it to the squared norms, so that a zero vector gives cos 0, not NaN.
+_COSINE_EPS = 1e-12
+
+
+class Intermediates(NamedTuple):
+  """What a model sowed: hidden_states L + 1 arrays [batch, (length,) width_l]; attention_logits L arrays
+  [batch, heads, queries, keys] (the pre-softmax scores plus the padding bias), () for models without attention."""
+  hidden_states: tuple
+  attention_logits: tuple
+
+
+def collect(intermediates) -> Intermediates:
+  """The Intermediates in a model's 'intermediates' collection (`apply(..., mutable=['intermediates'])`)."""
+  flat = traverse_util.flatten_dict(flax.core.unfreeze(intermediates))
+  (hidden_states,) = [value for path, value in flat.items() if path[-1] == "hidden_states"]
+  attention = sorted((int(path[-2].rsplit(".", 1)[-1]), value[0]) for path, value in flat.items()
+                     if path[-1] == "attention_logits")
+  return Intermediates(tuple(hidden_states), tuple(logits for _, logits in attention))
+
+
+class Layers(NamedTuple):
+  """A model's shape as feature distillation sees it: widths [L + 1] of its hidden states, heads [L] per layer."""
+  widths: tuple
+  num_heads: tuple
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.widths) - 1
+
+
+def describe(model, params, example_inputs) -> Layers:
+  """The Layers of `model` (registry convention: apply(variables, inputs, train, ...)), from shapes only."""
+  _, state = jax.eval_shape(lambda: model.apply({"params": params}, example_inputs, train=False,
+                                                mutable=["intermediates"]))
+  found = collect(state["intermediates"])
+  return Layers(tuple(h.shape[-1] for h in found.hidden_states), tuple(a.shape[1] for a in found.attention_logits))
+
+
+def check_layer_map(value) -> None:
+  """Raises ConfigError unless `value` (config.distill.features) is None, 'uniform' or a non-empty tuple of
+  distinct (teacher index, student index) pairs of non-negative integers."""
+  if value is None or value == UNIFORM:
+    return
+  pairs_ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(
+      isinstance(pair, (tuple, list)) and len(pair) == 2
+      and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in pair) for pair in value)
+  if not pairs_ok or len({tuple(pair) for pair in value}) != len(value):
+    raise ConfigError("distill.features", value,
+                      "allowed: None (off), 'uniform', or a tuple of distinct (teacher layer, student layer) pairs of "
+                      "hidden-state indices >= 0 (0 = embeddings), e.g. ((0, 0), (2, 1), (4, 2)); on the command "
+                      "line --config.distill.features='((0, 0), (2, 1))'")
+
+
+def resolve_layer_map(value, num_teacher_layers: int, num_student_layers: int) -> tuple[tuple[int, int], ...]:
+  """The (teacher, student) hidden-state pairs of config.distill.features for models of these depths.
+
+  Raises ConfigError for an index beyond a model's layers or a map with more pairs than the student has hidden
+  states (L_s + 1).
+  """
+  check_layer_map(value)
+  if value == UNIFORM:
+    if num_student_layers < 1 or num_teacher_layers < 1:
+      raise ConfigError("distill.features", value, f"'uniform' maps the student's {num_student_layers} layers onto "
+                        f"the teacher's {num_teacher_layers}; both need at least one (hidden) layer")
+    return tuple((s * num_teacher_layers // num_student_layers, s) for s in range(1, num_student_layers + 1))
+  pairs = tuple((int(t), int(s)) for t, s in value)
+  if len(pairs) > num_student_layers + 1:
+    raise ConfigError("distill.features", value, f"has {len(pairs)} pairs but the student has {num_student_layers + 1} "
+                      f"hidden states (0 = embeddings, 1..{num_student_layers} its layers); map each at most once")
+  for teacher_index, student_index in pairs:
+    for index, depth, who in ((teacher_index, num_teacher_layers, "teacher"),
+                              (student_index, num_student_layers, "student")):
+      if index > depth:
+        raise ConfigError("distill.features", value, f"{who} layer {index} does not exist: the {who} has hidden "
+                          f"states 0..{depth} (0 = embeddings)")
+  return pairs
+
+
+def hidden_state_loss(student_hidden: jax.Array, teacher_hidden: jax.Array, kind: str) -> jax.Array:
+  """Per-position distance of hidden states [..., d] -> [...], float32.
+
+    mse:    (1 / d) sum_i (s_i - t_i)^2
+    cosine: 1 - <s, t> / sqrt((|s|^2 + eps)(|t|^2 + eps)),  eps = 1e-12 (torch's cosine_embedding_loss)
+  """
+  student_hidden, teacher_hidden = student_hidden.astype(jnp.float32), teacher_hidden.astype(jnp.float32)
+  if kind == "mse":
+    return jnp.mean(jnp.square(student_hidden - teacher_hidden), axis=-1)
+  if kind == "cosine":
+    dot = jnp.sum(student_hidden * teacher_hidden, axis=-1)
+    norms = (jnp.sum(jnp.square(student_hidden), axis=-1) + _COSINE_EPS) * (
+        jnp.sum(jnp.square(teacher_hidden), axis=-1) + _COSINE_EPS)
+    return 1.0 - dot * jax.lax.rsqrt(norms)
+  raise ValueError(f"unknown feature loss {kind!r}; allowed: {', '.join(FEATURE_LOSSES)}")
+
+
+def attention_kl(student_logits: jax.Array, teacher_logits: jax.Array) -> jax.Array:
+  """Per-query KL between teacher and student attention: [..., H_s, Q, K], [..., H_t, Q, K] -> [..., Q].
+
+  Equal head counts: mean_h KL(softmax(A_t,h) || softmax(A_s,h)). Different head counts: KL(mean_h softmax(A_t,h) ||
+  mean_h softmax(A_s,h)) of the head-averaged distributions. Keys masked out by a large negative bias have teacher
+  probability 0 and add nothing.
+  """
+  log_student = jax.nn.log_softmax(student_logits.astype(jnp.float32), axis=-1)
+  log_teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), axis=-1)
+  heads_axis = -3
+  if log_student.shape[heads_axis] == log_teacher.shape[heads_axis]:
+    return jnp.mean(losses._kl_from_log_probs(log_teacher, log_student), axis=-2)  # pylint: disable=protected-access
+  head_mean = lambda log_p: jax.nn.logsumexp(log_p, axis=heads_axis) - jnp.log(log_p.shape[heads_axis])
+  return losses._kl_from_log_probs(head_mean(log_teacher), head_mean(log_student))  # pylint: disable=protected-access
+
+
+def mean_over_tokens(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+  """Mean of hidden [batch, length, d] over the real tokens (mask [batch, length] 1) of each example: [batch, d]."""
+  mask = mask.astype(jnp.float32)[..., None]
+  return jnp.sum(hidden.astype(jnp.float32) * mask, axis=-2) / jnp.maximum(jnp.sum(mask, axis=-2), 1.0)
+
+
+def projection_name(teacher_index: int, student_index: int) -> str:
+  return f"teacher{teacher_index}_student{student_index}"
+
+
+def init_projections(pairs, teacher: Layers, student: Layers, rng: jax.Array) -> dict:
+  """{projection_name: {'kernel' [d_s, d_t], 'bias' [d_t]}} for the pairs whose widths differ (LeCun-normal kernel,
+  zero bias: flax's Dense initialization)."""
+  projections = {}
+  for i, (t, s) in enumerate(pairs):
+    if teacher.widths[t] != student.widths[s]:
+      kernel = jax.nn.initializers.lecun_normal()(jax.random.fold_in(rng, i), (student.widths[s], teacher.widths[t]))
+      projections[projection_name(t, s)] = {"kernel": kernel, "bias": jnp.zeros((teacher.widths[t],), jnp.float32)}
+  return projections
+
+
+def join_params(model_params, projections: dict) -> dict:
+  """What a student phase with feature distillation trains: the model's params and the projections."""
+  return {"model": model_params, PROJECTIONS: projections}
+
+
+def split_params(params, features: "FeatureLoss | None") -> tuple[Any, dict]:
+  """(the model's params, the projections) of what a phase trains; without features, (params, {})."""
+  if features is None:
+    return params, {}
+  return params["model"], params[PROJECTIONS]
+
+
+def tokens_aligned(examples) -> bool:
+  """Whether the teacher sees the student's token positions: no teacher_inputs (the same inputs), or equal
+  input_ids and attention_mask."""
+  if examples.teacher_inputs is None:
+    return True
+  student, teacher = examples.inputs, examples.teacher_inputs
+  return all(np.shape(student[key]) == np.shape(teacher[key]) and np.array_equal(student[key], teacher[key])
+             for key in ("input_ids", "attention_mask"))
+
+
+def check_positions(distill_config, examples) -> None:
+  """Raises ConfigError where attention transfer is asked for but the teacher tokenizes the training texts unlike the
+  student (checked once the data is loaded, before anything is written)."""
+  if distill_config.features is not None and distill_config.attention_weight > 0 and not tokens_aligned(examples):
+    raise ConfigError("distill.attention_weight", distill_config.attention_weight,
+                      "must be 0 here: attention transfer needs teacher and student to tokenize alike, and "
+                      "teacher.checkpoint and student.checkpoint split the training texts differently (hidden states "
+                      "are then compared mean-pooled per example)")
+
+
+@flax.struct.dataclass
+class FeatureLoss:
+  """The feature and attention terms of a run (see the module docstring), built by `from_config`.
+
+  The weights are arrays (vectorized sweeps stack them); the resolved layer pairs, the distance and whether text
+  positions are pooled choose code and are static.
+  """
+  feature_weight: jax.Array
+  attention_weight: jax.Array
+  pairs: tuple = flax.struct.field(pytree_node=False, default=())
+  kind: str = flax.struct.field(pytree_node=False, default="mse")
+  pool_tokens: bool = flax.struct.field(pytree_node=False, default=False)
+
+  @classmethod
+  def from_config(cls, distill_config, *, teacher: Layers, student: Layers, pool_tokens: bool) -> "FeatureLoss":
+    pairs = resolve_layer_map(distill_config.features, teacher.num_layers, student.num_layers)
+    return cls(feature_weight=jnp.float32(distill_config.feature_weight),
+               attention_weight=jnp.float32(distill_config.attention_weight), pairs=pairs,
+               kind=distill_config.feature_loss, pool_tokens=pool_tokens)
+
+  def __call__(self, student: Intermediates, teacher: Intermediates, projections: dict, *, student_mask, teacher_mask,
+               example_weights: jax.Array, axis_name: str | None = None) -> tuple[jax.Array, dict]:
+    """(feature_weight * feature term + attention_weight * attention term, {'feature_loss', 'attention_loss'}).
+
+    Args:
+      student, teacher: the models' Intermediates on this device's rows [batch, ...].
+      projections: init_projections' dict (trained).
+      student_mask, teacher_mask: attention masks [batch, length] of text models (each on its own tokens), or None.
+      example_weights: [batch], 0 for examples not counted.
+      axis_name: the data-parallel axis of the global normalization, or None.
+
+    'attention_loss' is there when both models have attention, positions align and a pair maps layers >= 1.
+    """
+    per_token = student_mask is not None and not self.pool_tokens
+    weights = example_weights[:, None] * student_mask if per_token else example_weights
+    feature = jnp.zeros((), jnp.float32)
+    for t, s in self.pairs:
+      student_hidden, teacher_hidden = student.hidden_states[s], teacher.hidden_states[t]
+      if student_mask is not None and self.pool_tokens:
+        student_hidden = mean_over_tokens(student_hidden, student_mask)
+        teacher_hidden = mean_over_tokens(teacher_hidden, teacher_mask)
+      projection = projections.get(projection_name(t, s))
+      if projection is not None:
+        student_hidden = student_hidden.astype(jnp.float32) @ projection["kernel"] + projection["bias"]
+      feature += losses.global_mean(hidden_state_loss(student_hidden, teacher_hidden, self.kind), weights, axis_name)
+    terms = {"feature_loss": feature}
+    total = self.feature_weight * feature
+    attention_pairs = [(t, s) for t, s in self.pairs if t > 0 and s > 0]
+    if per_token and student.attention_logits and teacher.attention_logits and attention_pairs:
+      terms["attention_loss"] = sum(
+          losses.global_mean(attention_kl(student.attention_logits[s - 1], teacher.attention_logits[t - 1]), weights,
+                             axis_name) for t, s in attention_pairs)
+      total += self.attention_weight * terms["attention_loss"]
+    return total, terms
