@@ -11,8 +11,9 @@ on the same batches: one distilled (labeled CE + T^2 KL on everything), one on h
 Expect the distilled student to beat the hard-label one by a few points of test accuracy.
 
 Arguments (`--config=configs/default.py:smoke`): `smoke` shrinks the run to a few seconds of training. A task name,
-`sst2` or `esnli`, returns that task's config (configs/sst2.py, configs/esnli.py) instead, so that every config built
-on this one (the sweeps) runs on it: `--config=configs/sweep_temp.py:sst2,smoke`.
+`sst2`, `esnli` or `fashion_mnist`, returns that task's config (configs/sst2.py, configs/esnli.py,
+configs/fashion_mnist.py) instead, so that every config built on this one (the sweeps) runs on it:
+`--config=configs/sweep_temp.py:sst2,smoke`.
 Any field can be overridden from the command line, e.g. `--config.distill.temperature=2`.
 
 The fields, their defaults and a comment on each are the schema in kd_jax/schema.py; fields it lacks are rejected.
@@ -20,11 +21,11 @@ The fields, their defaults and a comment on each are the schema in kd_jax/schema
 
 import ml_collections
 
-from configs import esnli, sst2
+from configs import esnli, fashion_mnist, sst2
 from kd_jax import schema
 
-# Text tasks: the argument `sst2` or `esnli` makes get_config return that task's config.
-TASKS = {"sst2": sst2, "esnli": esnli}
+# Other tasks: the argument `sst2`, `esnli` or `fashion_mnist` makes get_config return that task's config.
+TASKS = {"sst2": sst2, "esnli": esnli, "fashion_mnist": fashion_mnist}
 # The arguments a config accepts (`--config=file.py:arg1,arg2`); sweep configs accept the same ones.
 OPTIONS = ("smoke",) + tuple(TASKS)
 

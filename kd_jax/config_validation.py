@@ -10,6 +10,7 @@ import jax
 import ml_collections
 
 from kd_jax import config_paths, data, ensemble, evaluation, feature_losses, files, losses, models, schema, teacher
+from kd_jax.data import mnist
 from kd_jax.data import text as text_data
 from kd_jax.errors import ConfigError
 
@@ -104,10 +105,12 @@ def _check_model(config, section: str) -> None:
   for dtype_field in ("dtype", "param_dtype"):
     _require(model_config[dtype_field] in DTYPES, f"{section}.{dtype_field}", model_config[dtype_field],
              f"allowed: {', '.join(DTYPES)}")
-  if model_config.name == "mlp":
+  if model_config.name in ("mlp", "cnn"):
     _require(all(isinstance(w, int) and w > 0 for w in model_config.hidden_sizes), f"{section}.hidden_sizes",
              tuple(model_config.hidden_sizes), "must be positive integers")
     _check_in_range(config, f"{section}.dropout_rate", 0.0, 1.0, low_open=False, high_open=True)
+    if model_config.name == "cnn":
+      _check_cnn(config, section)
   else:
     _require(bool(model_config.checkpoint), f"{section}.checkpoint", model_config.checkpoint,
              f"required for {section}.name={model_config.name!r}: a hub id or a local checkpoint directory")
@@ -124,6 +127,42 @@ def _check_teacher(config) -> None:
            "'pretrained' needs teacher.name='hf' (the weights of teacher.checkpoint)")
   _check_positive(config, "teacher.num_epochs")
   _check_optim(config, "teacher.optim")
+
+
+def _check_cnn(config, section: str) -> None:
+  """A CNN reads images, and its blocks fit them: each 2x2 max-pool halves the side (rounded down) and needs it >= 2."""
+  model_config = config[section]
+  _require(config.data.name in data.IMAGE_TASKS, f"{section}.name", model_config.name,
+           f"needs an image data set ({', '.join(data.IMAGE_TASKS)}), not data.name={config.data.name!r}")
+  features = tuple(model_config.conv_features)
+  _require(len(features) > 0 and all(isinstance(f, int) and f > 0 for f in features), f"{section}.conv_features",
+           features, "must be one or more positive integers (the output channels of each conv block)")
+  side, max_blocks = mnist.IMAGE_SHAPE[0], 0
+  while side >= 2:
+    side, max_blocks = side // 2, max_blocks + 1
+  _require(len(features) <= max_blocks, f"{section}.conv_features", features,
+           f"at most {max_blocks} conv blocks on {mnist.IMAGE_SHAPE[0]}x{mnist.IMAGE_SHAPE[1]} images (each block's "
+           "2x2 max-pool halves the side)")
+  kernel_size = model_config.kernel_size
+  _require(kernel_size > 0 and kernel_size % 2 == 1, f"{section}.kernel_size", kernel_size,
+           "must be a positive odd integer (SAME padding centers an odd kernel)")
+  groups = model_config.norm_groups
+  _require(groups >= 0 and all(f % groups == 0 for f in features if groups), f"{section}.norm_groups", groups,
+           f"must be 0 (no normalization) or a number of groups dividing every conv width {features}")
+
+
+def _check_image_task(config: ml_collections.ConfigDict) -> None:
+  """The image tasks' source (their IDX files present) and models."""
+  data_config = config.data
+  if data_config.name not in data.IMAGE_TASKS:
+    return
+  _require(data_config.source in mnist.SOURCES, "data.source", data_config.source,
+           f"allowed for data.name={data_config.name!r}: files (its IDX files in data.data_dir), tfds")
+  if data_config.source == "files":
+    mnist.idx_paths(data_config)
+  for section in ("teacher", "student"):
+    _require(config[section].name in ("mlp", "cnn"), f"{section}.name", config[section].name,
+             f"data.name={data_config.name!r} is images: it needs 'mlp' or 'cnn' models")
 
 
 def _check_optim(config, section: str) -> None:
@@ -147,6 +186,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _require(config_paths.get(config, field) >= 0, field, config_paths.get(config, field), "must be >= 0")
 
   _require(config.data.name in data.names(), "data.name", config.data.name, f"allowed: {', '.join(data.names())}")
+  _check_image_task(config)
   _check_in_range(config, "data.test_fraction", 0.0, 1.0, low_open=True, high_open=True)
   _check_in_range(config, "data.validation_fraction", 0.0, 0.5, low_open=True, high_open=False)
   for field in ("data.train_fraction", "data.labeled_fraction"):

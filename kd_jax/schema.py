@@ -32,7 +32,9 @@ def default_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   # Data set: 'digits' (scikit-learn's 8x8 handwritten digits, bundled, offline), 'synthetic_clusters'
-  # (Gaussian class clusters) or 'synthetic_random_labels' (random inputs, random labels: pure memorization).
+  # (Gaussian class clusters), 'synthetic_random_labels' (random inputs, random labels: pure memorization), the image
+  # tasks 'fashion_mnist' and 'mnist' (28x28 grayscale, their official test split; kd_jax/data/mnist.py), or the text
+  # tasks 'sst2' and 'esnli'.
   config.data.name = "digits"
   # Seed of the stratified train/test split and of the train_fraction / labeled_fraction subsets.
   config.data.split_seed = 0
@@ -56,12 +58,15 @@ def default_config() -> ml_collections.ConfigDict:
   # Text tasks ('sst2', 'esnli'; kd_jax/data/text.py): where the data comes from. 'hub': HF datasets'
   # load_dataset(path, subset) through the HF cache; 'tfds': tfds.load(path, data_dir=data_dir); 'files': path is a
   # directory of <split>.csv / <split>.jsonl / <split>.parquet; 'disk': path is a DatasetDict written by save_to_disk.
+  # Image tasks: 'files' (the four IDX files in data_dir) or 'tfds' (tfds.load(path or name, data_dir=data_dir)).
   config.data.source = "hub"
   # Hub dataset id, TFDS name, or local directory (see source); the task configs set the real ones.
   config.data.path = config_dict.placeholder(str)
   # Hub dataset config name (e.g. 'sst2' of 'nyu-mll/glue'); None if it has none.
   config.data.subset = config_dict.placeholder(str)
-  # HF datasets cache_dir or TFDS data_dir (a local copy); None for the libraries' defaults.
+  # HF datasets cache_dir or TFDS data_dir (a local copy); None for the libraries' defaults. Image tasks with
+  # source 'files': the directory of the IDX files; None means /usr/share/datasets/fashion-mnist for fashion_mnist
+  # (the Debian package dataset-fashion-mnist; MNIST has no default).
   config.data.data_dir = config_dict.placeholder(str)
   # Splits of the text tasks' source: training, validation (None: a validation_fraction slice of the training split)
   # and test (the reported metrics). They replace test_fraction.
@@ -82,7 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.data.synthetic.cluster_std = 1.0
 
   config.teacher = ml_collections.ConfigDict()
-  # Registered model name: 'mlp' or 'hf' (a Hugging Face checkpoint, see `checkpoint`).
+  # Registered model name: 'mlp', 'cnn' (image tasks) or 'hf' (a Hugging Face checkpoint, see `checkpoint`).
   config.teacher.name = "mlp"
   # 'train': train the teacher in this run (saved under teacher.workdir and reused by later runs);
   # 'pretrained': the checkpoint's weights as they are (HF models, e.g. a fine-tuned classifier);
@@ -96,6 +101,13 @@ def default_config() -> ml_collections.ConfigDict:
   # MLP: hidden layer widths (depth = number of entries) and dropout after every hidden layer.
   config.teacher.hidden_sizes = (1200, 1200)
   config.teacher.dropout_rate = 0.3
+  # CNN (name='cnn', image tasks; kd_jax/models/cnn.py): output channels of each conv block (conv, GroupNorm, ReLU,
+  # 2x2 max-pool; depth = number of entries, at most 4 on 28x28 images), the side of the square conv kernels (odd),
+  # and the GroupNorm groups after every conv (0: no normalization; each width a multiple of it). hidden_sizes are
+  # then the Dense layers after the conv blocks, and dropout_rate follows every block.
+  config.teacher.conv_features = (32, 64)
+  config.teacher.kernel_size = 3
+  config.teacher.norm_groups = 0
   # Hugging Face models (name='hf'): hub id or local directory with config.json and weights.
   config.teacher.checkpoint = config_dict.placeholder(str)
   # Hugging Face models: 'sequence_classification' or 'seq2seq'.
@@ -124,6 +136,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.student.name = "mlp"
   config.student.hidden_sizes = (32,)
   config.student.dropout_rate = 0.0
+  config.student.conv_features = (16, 32)
+  config.student.kernel_size = 3
+  config.student.norm_groups = 0
   config.student.checkpoint = config_dict.placeholder(str)
   config.student.task = config_dict.placeholder(str)
   config.student.dtype = "float32"

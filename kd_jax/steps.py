@@ -155,7 +155,8 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
 
 
 def run_steps(step_fn, state, teacher_params, loss, rng, num_steps: jax.Array, *data):
-  """`num_steps` applications of `step_fn` in one `lax.fori_loop`, step i on batch i of `data` (up to max_steps).
+  """`num_steps` applications of `step_fn` in one `lax.fori_loop` (none when max_steps is 1), step i on batch i of
+  `data` (up to max_steps).
 
   Args:
     step_fn: step_fn(state, teacher_params, loss, rng, batch) -> (state, metrics).
@@ -174,6 +175,11 @@ def run_steps(step_fn, state, teacher_params, loss, rng, num_steps: jax.Array, *
     max_steps = rows.shape[0]
     batch_at = lambda i: jax.tree.map(
         lambda values: jnp.take(values, jax.lax.dynamic_index_in_dim(rows, i, keepdims=False), axis=0), examples)
+  if max_steps == 1:
+    # No loop for one step per call: XLA:CPU runs convolutions inside a while loop several times slower
+    # (jax-ml/jax#12868; 5x for the Fashion-MNIST CNN's step), so CNN configs dispatch every step.
+    state, step_metrics = step_fn(state, teacher_params, loss, rng, batch_at(0))
+    return state, jax.tree.map(lambda value: value[None], step_metrics)
   metric_shapes = jax.eval_shape(step_fn, state, teacher_params, loss, rng, batch_at(0))[1]
   stacked_metrics = jax.tree.map(lambda shape: jnp.zeros((max_steps,) + shape.shape, shape.dtype), metric_shapes)
 

@@ -30,12 +30,17 @@ INVALID = [
     ("data.batch_size", 12, "config.data.batch_size=12: must be a positive multiple of the device count (8)"),
     ("data.train_fraction", 0.0, "config.data.train_fraction=0.0: must be in (0.0, 1.0]"),
     ("data.labeled_fraction", 1.2, "config.data.labeled_fraction=1.2: must be in (0.0, 1.0]"),
-    ("data.name", "mnist", "config.data.name='mnist': allowed: digits, synthetic_clusters, synthetic_random_labels"),
+    ("data.name", "cifar10", "config.data.name='cifar10': allowed: digits, synthetic_clusters, "
+     "synthetic_random_labels"),
+    ("data.name", "fashion_mnist", "config.data.source='hub': allowed for data.name='fashion_mnist': files (its IDX "
+     "files in data.data_dir), tfds"),
     ("optim.learning_rate", 0.0, "config.optim.learning_rate=0.0: must be > 0"),
     ("teacher.optim.learning_rate", -1e-3, "config.teacher.optim.learning_rate=-0.001: must be > 0"),
     ("train.num_epochs", 0, "config.train.num_epochs=0: must be > 0"),
     ("seed", -1, "config.seed=-1: must be >= 0"),
-    ("student.name", "resnet", "config.student.name='resnet': allowed: mlp, hf"),
+    ("student.name", "resnet", "config.student.name='resnet': allowed: mlp, cnn, hf"),
+    ("student.name", "cnn", "config.student.name='cnn': needs an image data set (fashion_mnist, mnist), not "
+     "data.name='digits'"),
     ("teacher.init", "/no/such/teacher", "config.teacher.init='/no/such/teacher': must be 'train'"),
     ("student.dropout_rate", 1.0, "config.student.dropout_rate=1.0: must be in [0.0, 1.0)"),
     ("distill.input_noise_std", 0.1, "config.distill.input_noise_std=0.1: needs distill.teacher_mode='online'"),
@@ -127,6 +132,39 @@ def test_invalid_value_names_field_value_and_rule(field, value, message):
   assert str(error.value).startswith(message)
 
 
+# On configs/fashion_mnist.py:smoke read through TFDS (validation then needs no IDX files).
+INVALID_IMAGES = [
+    ("student.conv_features", (), "config.student.conv_features=(): must be one or more positive integers (the "
+     "output channels of each conv block)"),
+    ("student.conv_features", (8, 0), "config.student.conv_features=(8, 0): must be one or more positive integers"),
+    ("teacher.conv_features", (8, 8, 8, 8, 8), "config.teacher.conv_features=(8, 8, 8, 8, 8): at most 4 conv blocks "
+     "on 28x28 images (each block's 2x2 max-pool halves the side)"),
+    ("student.kernel_size", 4, "config.student.kernel_size=4: must be a positive odd integer"),
+    ("student.kernel_size", 0, "config.student.kernel_size=0: must be a positive odd integer"),
+    ("student.norm_groups", 3, "config.student.norm_groups=3: must be 0 (no normalization) or a number of groups "
+     "dividing every conv width (4, 8)"),
+    ("student.norm_groups", -1, "config.student.norm_groups=-1: must be 0 (no normalization) or a number of groups"),
+    ("student.dropout_rate", 1.0, "config.student.dropout_rate=1.0: must be in [0.0, 1.0)"),
+    ("teacher.hidden_sizes", (0,), "config.teacher.hidden_sizes=(0,): must be positive integers"),
+    ("teacher.name", "hf", "config.teacher.name='hf': data.name='fashion_mnist' is images: it needs 'mlp' or 'cnn' "
+     "models"),
+    ("data.source", "disk", "config.data.source='disk': allowed for data.name='fashion_mnist': files (its IDX files "
+     "in data.data_dir), tfds"),
+]
+
+
+@pytest.mark.parametrize("field, value, message", INVALID_IMAGES, ids=[f"{f}={v}" for f, v, _ in INVALID_IMAGES])
+def test_invalid_image_task_value_names_field_value_and_rule(field, value, message):
+  config = load_config("configs/fashion_mnist.py")
+  config.data.source = "tfds"
+  config_validation.validate(config)
+  section, key = field.rsplit(".", 1)
+  config[section][key] = value
+  with pytest.raises(ConfigError) as error:
+    config_validation.validate(config)
+  assert str(error.value).startswith(message)
+
+
 def test_explicit_form_needs_both_weights():
   config = load_config()
   config.distill.alpha = None
@@ -169,6 +207,9 @@ def test_unknown_and_mistyped_fields():
      '"temperature"?'),
     (["--config=configs/nope.py"], "error: --config=configs/nope.py: no such config file"),
     (["--config.data.batch_size=4096"], "error: config.data.batch_size=4096: larger than the 1198 training examples"),
+    (["--config=configs/fashion_mnist.py:smoke", "--config.data.data_dir=/no/fashion-mnist"],
+     "error: config.data.data_dir='/no/fashion-mnist': has no train-images-idx3-ubyte or train-images-idx3-ubyte.gz "
+     "(the fashion_mnist IDX file of the train images); or set data.source='tfds'"),
     (["--config.data.name=synthetic_clusters", "--config.data.synthetic.num_examples=30"],
      "error: config.data.validation_fraction=0.05: leaves class 0 of data set 'synthetic_clusters' without training "
      "examples"),

@@ -29,9 +29,10 @@ def test_chunks_are_cut_to_about_a_second():
   assert loop.chunk_length(0, 1000, (500,), 100, seconds_per_step=1e-6) == 100
 
 
-@pytest.mark.parametrize("device_resident", [True, False])
-def test_a_chunk_equals_single_steps(device_resident):
-  """Seven steps as one padded chunk (max 10) give the state and metrics of seven one-step calls (8 devices)."""
+@pytest.mark.parametrize("device_resident, max_steps", [(True, 10), (False, 10), (True, 1)])
+def test_a_chunk_equals_single_steps(device_resident, max_steps):
+  """Seven steps as one padded chunk (max 10) give the state and metrics of seven one-step calls (8 devices); so do
+  seven chunks of max 1 (a program without the step loop)."""
   config = load_config()
   task = data.load_task(config)
   logits = np.random.default_rng(0).normal(size=(len(task.train), task.num_classes)).astype(np.float32)
@@ -52,12 +53,19 @@ def test_a_chunk_equals_single_steps(device_resident):
     single_metrics.append(jax.device_get(step_metrics))
 
   # Single steps take tf.data's batches; the chunk takes the same batches' rows on the device or tf.data's again.
-  feeder = feed.ChunkFeeder(examples, batch_size=32, seed=5, start_step=2, max_steps=10, mesh=mesh,
+  feeder = feed.ChunkFeeder(examples, batch_size=32, seed=5, start_step=2, max_steps=max_steps, mesh=mesh,
                             device_resident=device_resident)
   chunk = steps.compile_chunk(mesh, model=model, teacher_model=None, input_noise_std=0.0,
                               device_resident=device_resident)
   chunk_state = sharding.replicate(steps.create_train_state(model, params, config.optim, 100), mesh)
-  chunk_state, stacked = chunk(chunk_state, None, loss, rng, np.int32(7), *feeder.next(7))
+  if max_steps == 1:
+    stacked_chunks = []
+    for _ in range(7):
+      chunk_state, one = chunk(chunk_state, None, loss, rng, np.int32(1), *feeder.next(1))
+      stacked_chunks.append(jax.device_get(one))
+    stacked = jax.tree.map(lambda *values: np.concatenate(values), *stacked_chunks)
+  else:
+    chunk_state, stacked = chunk(chunk_state, None, loss, rng, np.int32(7), *feeder.next(7))
 
   assert int(chunk_state.step) == int(state.step) == 7
   for single_leaf, chunk_leaf in zip(jax.tree.leaves(jax.device_get(state)),

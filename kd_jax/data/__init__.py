@@ -24,10 +24,14 @@ _TASK_MODULES = {
     "synthetic_random_labels": "kd_jax.data.synthetic",
     "sst2": "kd_jax.data.sst2",
     "esnli": "kd_jax.data.esnli",
+    "fashion_mnist": "kd_jax.data.mnist",
+    "mnist": "kd_jax.data.mnist",
 }
 # Text tasks: tokenized with the models' own tokenizers (HF models only); the seq2seq ones have token targets.
 TEXT_TASKS = ("sst2", "esnli")
 SEQ2SEQ_TASKS = ("esnli",)
+# Image tasks: inputs [N, height, width, channels] (kd_jax/data/mnist.py), what the CNN reads.
+IMAGE_TASKS = ("fashion_mnist", "mnist")
 
 
 def names() -> tuple[str, ...]:

@@ -8,8 +8,9 @@ and the returned module is called as
 
     module.apply({"params": params}, inputs, train=bool, rngs={"dropout": key})
 
-where `inputs` is a batch's `Examples.inputs` (a float array [batch, features] for the MLP tasks, a dict of token
-arrays for text) and the result is logits ([batch, num_classes] for classification).
+where `inputs` is a batch's `Examples.inputs` (a float array [batch, features] for the MLP tasks, [batch, height,
+width, channels] for the image tasks (the MLP flattens them), a dict of token arrays for text) and the result is
+logits ([batch, num_classes] for classification).
 Modules are imported on first use so that `import kd_jax` stays cheap.
 """
 
@@ -20,6 +21,7 @@ from kd_jax.errors import ConfigError
 
 _MODEL_MODULES = {
     "mlp": "kd_jax.models.mlp",
+    "cnn": "kd_jax.models.cnn",
     "hf": "kd_jax.models.hf",
 }
 
