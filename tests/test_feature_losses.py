@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from kd_jax import config_validation, feature_losses, losses, sharding, steps, sweep
+from kd_jax import config_validation, feature_losses, losses, schema, sharding, steps, sweep
 from kd_jax.data import Examples
 from kd_jax.errors import ConfigError
 from kd_jax.models import hf, mlp
@@ -301,10 +301,9 @@ def test_train_step_trains_a_projection_outside_the_student():
   teacher_layers = feature_losses.describe(teacher_model, teacher_params, example)
   student_layers = feature_losses.describe(model, params, example)
   assert teacher_layers == feature_losses.Layers((32, 32, 32), (4, 4))
-  distill = ml_collections.ConfigDict({"features": "uniform", "feature_loss": "mse", "feature_weight": 1.0,
-                                       "attention_weight": 0.5, "alpha": 0.5, "ce_weight": None, "kd_weight": None,
-                                       "temperature": 2.0, "label_smoothing": 0.0, "divergence": "forward_kl",
-                                       "t2_scaling": True})
+  distill = schema.default_config().distill
+  distill.update({"features": "uniform", "feature_loss": "mse", "feature_weight": 1.0, "attention_weight": 0.5,
+                  "alpha": 0.5, "temperature": 2.0})
   features = feature_losses.FeatureLoss.from_config(distill, teacher=teacher_layers, student=student_layers,
                                                     pool_tokens=False)
   loss = losses.DistillationLoss.from_config(distill, features=features)
