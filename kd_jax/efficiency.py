@@ -21,6 +21,8 @@ import time
 import jax
 import numpy as np
 
+from kd_jax import sharding
+
 TIMING_BUDGET_S = 0.2
 MIN_REPEATS = 5
 MAX_REPEATS = 500
@@ -54,19 +56,12 @@ def flops(compiled) -> float:
   return float(analysis.get("flops", 0.0))
 
 
-def _local(leaf):
-  """A replicated array of a multi-process job as this process's copy (device_put cannot move the global one)."""
-  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-    return leaf.addressable_data(0)
-  return leaf
-
-
 def measure(model, params, example_inputs, *, device, batch_size: int, trainable_params: int | None = None) -> dict:
   """The size and speed of `model` (see the module docstring); `example_inputs`: one example's inputs [1, ...].
   `params` may be replicated over the devices of several processes; `device` must be one of this process's.
   trainable_params: how many of them training updated (None: all)."""
   predict = jax.jit(lambda params, inputs: model.apply({"params": params}, inputs, train=False))
-  params = jax.device_put(jax.tree.map(_local, params), device)
+  params = jax.device_put(jax.tree.map(sharding.local_copy, params), device)
   one = jax.device_put(example_inputs, device)
   batch = jax.device_put(jax.tree.map(lambda value: np.repeat(np.asarray(value), batch_size, axis=0),
                                       example_inputs), device)

@@ -155,7 +155,8 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
                         metric_writer.FanOutWriter([writers[i][phase] for i in trainee.run_indices]),
                         steps.learning_rates(trainee.config.optim, num_steps)) for trainee in trainees]
     outcome = loop.train(phase, program, logs, num_steps=num_steps, checkpoint_dir=checkpoint_dir,
-                         train_config=config.train, evaluate=lambda params: evaluator.during_training(model, params),
+                         train_config=config.train, evaluate=lambda params: evaluator.during_training(
+                             peft.plain_model(model), peft.plain_params(model, params)),
                          selection=selection)
     for trainee, trainee_params, selected_step in zip(trainees, outcome.params, outcome.selected_steps):
       trainee_stats = outcome.stats | {"selected_step": selected_step}

@@ -1,6 +1,7 @@
 """Students built from the teacher's layers, LoRA adapters and freezing: exact copies, the LoRA term against NumPy,
 merging, hand counts of trainable parameters, frozen parameters that stay put, exact resume."""
 
+import functools
 import json
 
 import jax
@@ -167,9 +168,26 @@ def test_trainable_parameters_of_lora_on_a_tiny_bert_match_a_hand_count(rank):
       config, num_classes=2, example_inputs=None, rng=jax.random.PRNGKey(0))[1]))
 
 
+def test_default_lora_targets_are_every_familys_query_and_value():
+  """BERT and RoBERTa query/value, DistilBERT q_lin/v_lin, T5 q/v in self- and cross-attention (the T5 fixture: 2
+  encoder blocks, 3 decoder blocks)."""
+  from kd_jax.models.hf import pretrained  # pylint: disable=import-outside-toplevel
+  for name, task, expected in (("bert", "sequence_classification", 4), ("roberta", "sequence_classification", 4),
+                               ("distilbert", "sequence_classification", 4), ("t5", "seq2seq", 2 * 2 + 3 * 4)):
+    widths = peft.target_widths(pretrained.abstract_params(str(FIXTURES / name), task), None)
+    assert len(widths) == expected, (name, sorted(widths))
+    layer_names = {path.rsplit("/", 1)[-1].rsplit(".", 1)[-1] for path in widths}
+    assert layer_names <= {"query", "value", "q_lin", "v_lin", "q", "v"} and len(layer_names) == 2, layer_names
+
+
 def tiny_text_examples(num: int = 32) -> Examples:
   inputs = token_inputs(batch=num, length=6, seed=3)
   return Examples(inputs=inputs, label=(np.arange(num) % 2).astype(np.int32), index=np.arange(num, dtype=np.int32))
+
+
+@functools.lru_cache(maxsize=4)
+def compiled_step(model):
+  return steps.compile_step(sharding.make_mesh(), model=model, teacher_model=None)
 
 
 def train_steps(model, params, trainable, examples, num_steps, *, state=None):
@@ -178,7 +196,7 @@ def train_steps(model, params, trainable, examples, num_steps, *, state=None):
   optim = load_config().optim
   if state is None:
     state = sharding.replicate(steps.create_train_state(model, jax.device_get(params), optim, 10, trainable), mesh)
-  step = steps.compile_step(mesh, model=model, teacher_model=None)
+  step = compiled_step(model)
   loss = sharding.replicate(losses.DistillationLoss.cross_entropy(), mesh)
   rng = sharding.replicate(jax.random.PRNGKey(0), mesh)
   for i in range(int(state.step), int(state.step) + num_steps):
@@ -273,3 +291,26 @@ def test_sst2_smoke_from_teacher_end_to_end(tmp_path):
   one_layer = 4 * 32 * 32 + 2 * 32 * 37 + 5 * 32 + 37 + 4 * 32
   assert costs["teacher"]["params"] - costs["student"]["params"] == one_layer
   assert isinstance(results["metrics"]["student"]["accuracy"], float)
+
+
+@pytest.mark.slow
+def test_a_vectorized_sweep_freezes_like_the_sequential_one(tmp_path):
+  """Two temperatures with the default MLP student's hidden layer frozen (student.trainable: the output layer
+  Dense_1 only, 32 x 10 + 10 parameters): trained together they give the metrics of the sequential sweep."""
+  from kd_jax import sweep  # pylint: disable=import-outside-toplevel
+  metrics = {}
+  for mode in ("sequential", "vectorized"):
+    config = load_config()
+    config.sweep.grid, config.sweep.mode = (("distill.temperature", (1.0, 4.0)),), mode
+    config.student.trainable = ("Dense_1/",)
+    config.teacher.num_epochs, config.train.num_steps, config.baseline = 5, 20, False
+    sweep.run(config, str(tmp_path / mode))
+    for temperature in ("1", "4"):
+      with open(tmp_path / mode / f"distill.temperature={temperature},seed=0" / "results.json") as stream:
+        results = json.load(stream)
+      assert results["efficiency"]["student"]["trainable_params"] == 32 * 10 + 10
+      metrics[mode, temperature] = results["metrics"]["student"]
+  for temperature in ("1", "4"):
+    for name in ("accuracy", "nll"):
+      assert metrics["vectorized", temperature][name] == pytest.approx(metrics["sequential", temperature][name],
+                                                                      rel=1e-4, abs=1e-6)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kd_jax import sharding
 from kd_jax.models.hf import pretrained
 
 # The module names of one layer in each family's parameters: BERT/RoBERTa 'encoder.layer.i' (under 'bert' or
@@ -41,11 +42,11 @@ def stack_depths(params) -> dict[str, int]:
 
 def select_layers(params, layers: tuple[int, ...], param_dtype):
   """The teacher's parameters with layer layers[j] of every stack renamed to layer j, the other layers dropped, and
-  every parameter cast to `param_dtype` (host arrays)."""
+  every parameter cast to `param_dtype` (host arrays; replicated over several processes, this process's copy)."""
 
   def visit(node):
     if not isinstance(node, dict):
-      return np.asarray(node, dtype=param_dtype)
+      return np.asarray(sharding.local_copy(node), dtype=param_dtype)
     selected = {}
     for key, child in node.items():
       match = LAYER_NAME.match(key)
@@ -55,7 +56,7 @@ def select_layers(params, layers: tuple[int, ...], param_dtype):
         selected[f"{match.group(1)}.{layers.index(int(match.group(2)))}"] = visit(child)
     return selected
 
-  return visit(jax.device_get(params))
+  return visit(params)
 
 
 def create(teacher_model: pretrained.RegistryModel, teacher_params, layers: tuple[int, ...], *, dtype,
