@@ -8,11 +8,11 @@ runs/sweep_lora_rank/summary.md, results.csv, plots/):
 
 The points (one zipped factor): student.lora.rank 0, 8, 32, 64, 0 with student.trainable ('classifier',) for the
 first (every parameter frozen but the classification head: DistilBERT's pre_classifier and classifier) and None for
-the others (LoRA: the adapters on the attention's q_lin and v_lin and the head train; rank 0: everything trains), and
-optim.learning_rate 5e-4 for the head and LoRA points, 5e-5 for full fine-tuning (LoRA trains at about ten times the
-full-model rate, as Hu et al. 2021 did on GLUE). LoRA's alpha stays 8 (peft's default), so the update's scale alpha / r
-falls as the rank grows. efficiency.trainable_params in each results.json (and the report's size table) counts what
-each point trains.
+the others (LoRA: the adapters on the attention's query and value projections, DistilBERT's q_lin and v_lin, and the
+head train; rank 0: everything trains), and optim.learning_rate 5e-4 for the head and LoRA points, 5e-5 for full
+fine-tuning (LoRA trains at about ten times the full-model rate, as Hu et al. 2021 did on GLUE). LoRA's alpha stays 8
+(peft's default), so the update's scale alpha / r falls as the rank grows. efficiency.trainable_params in each
+results.json (and the report's size table) counts what each point trains.
 
 Arguments: `smoke` (`--config=configs/sweep_lora_rank.py:smoke`) runs the five points once on the offline SST-2
 fixtures (configs/sst2.py:smoke); the fixture DistilBERT is 32 wide, so its ranks are 4, 16 and 32 (a rank above a
