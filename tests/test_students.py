@@ -180,6 +180,16 @@ def test_default_lora_targets_are_every_familys_query_and_value():
     assert layer_names <= {"query", "value", "q_lin", "v_lin", "q", "v"} and len(layer_names) == 2, layer_names
 
 
+def test_trainable_patterns_matching_no_parameter_are_refused():
+  config = load_config().student
+  config.trainable = ("classifier",)
+  with pytest.raises(config_validation.ConfigError, match=r"^config.student.trainable=\('classifier',\): matches no "
+                                                         r"parameter of the student \(names are '/'-joined paths "
+                                                         r"such as 'Dense_0/bias'\)$"):
+    models.create_student(config, num_classes=10, example_inputs=np.zeros((1, 64), np.float32),
+                          rng=jax.random.PRNGKey(0))
+
+
 def tiny_text_examples(num: int = 32) -> Examples:
   inputs = token_inputs(batch=num, length=6, seed=3)
   return Examples(inputs=inputs, label=(np.arange(num) % 2).astype(np.int32), index=np.arange(num, dtype=np.int32))

@@ -65,9 +65,10 @@ def create_student(student_config, *, num_classes: int, example_inputs, rng, tea
   else:
     model, params = create(student_config, num_classes=num_classes, example_inputs=example_inputs, rng=rng,
                            field="student")
+  from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
   if student_config.lora.rank:
-    from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
     model, params = peft.with_adapters(model, params, student_config.lora, rng)
+  peft.check_trainable(student_config, params)
   return _canonical(model), params
 
 

@@ -75,6 +75,15 @@ def of_student(student_config) -> Trainable | None:
   return Trainable((ADAPTER_PATTERN,) + (tuple(patterns) if patterns is not None else (HEAD_PATTERN,)))
 
 
+def check_trainable(student_config, params) -> None:
+  """ConfigError when student.trainable selects none of `params` (and LoRA adds no adapters to train)."""
+  trainable = of_student(student_config)
+  if trainable is not None and trainable.count(params) == 0:
+    example = path_name(jax.tree_util.tree_flatten_with_path(params)[0][0][0])
+    raise ConfigError("student.trainable", tuple(student_config.trainable),
+                      f"matches no parameter of the student (names are '/'-joined paths such as {example!r})")
+
+
 def split(params, trainable: Trainable | None):
   """(trained, frozen): two trees shaped like `params`, each holding its leaves and None where the other has one.
   trainable None: (params, None)."""
