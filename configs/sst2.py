@@ -25,7 +25,9 @@ Arguments: `smoke` (`--config=configs/sst2.py:smoke`) runs offline in about 20 s
 tiny fixture RoBERTa (tests/fixtures/hf/roberta, fine-tuned in the run since its weights are random) and DistilBERT
 (tests/fixtures/hf/distilbert), on a 160-sentence SST-2 look-alike saved in GLUE's format
 (tests/fixtures/text/sst2, save_to_disk). The sweeps run on this task with their `sst2` argument, e.g.
-`--config=configs/sweep_temp.py:sst2,smoke`.
+`--config=configs/sweep_temp.py:sst2,smoke`. `from_teacher` (`--config=configs/sst2.py:smoke,from_teacher`) builds
+the student from every other teacher layer instead of DistilBERT (student.init_from_teacher_layers, DistilBERT's
+initialization): 12 of RoBERTa-large's 24 layers at its widths, or 1 of the fixture RoBERTa's 2 with `smoke`.
 """
 
 import pathlib
@@ -35,10 +37,13 @@ import ml_collections
 from kd_jax import schema
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+OPTIONS = ("smoke", "from_teacher")
+# Layers of the teachers: philschmid/roberta-large-sst2 and the smoke run's fixture RoBERTa.
+TEACHER_LAYERS = {"full": 24, "smoke": 2}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = schema.parse_options(arg, allowed=("smoke",))
+  options = schema.parse_options(arg, allowed=OPTIONS)
   config = schema.default_config()
   config.data.name = "sst2"
   config.data.source = "hub"
@@ -89,4 +94,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every_steps = 50
     config.train.checkpoint_every_steps = 100
     config.train.log_every_steps = 25
+  if "from_teacher" in options:
+    config.student.checkpoint = None
+    teacher_layers = TEACHER_LAYERS["smoke" if "smoke" in options else "full"]
+    config.student.init_from_teacher_layers = tuple(range(0, teacher_layers, 2))
   return config

@@ -5,6 +5,7 @@ The schema (every field a config may hold, and its type) is kd_jax/schema.py; a 
 """
 
 import os
+import re
 
 import jax
 import ml_collections
@@ -111,7 +112,7 @@ def _check_model(config, section: str) -> None:
     _check_in_range(config, f"{section}.dropout_rate", 0.0, 1.0, low_open=False, high_open=True)
     if model_config.name == "cnn":
       _check_cnn(config, section)
-  else:
+  elif section == "teacher" or model_config.init_from_teacher_layers is None:
     _require(bool(model_config.checkpoint), f"{section}.checkpoint", model_config.checkpoint,
              f"required for {section}.name={model_config.name!r}: a hub id or a local checkpoint directory")
 
@@ -165,6 +166,55 @@ def _check_image_task(config: ml_collections.ConfigDict) -> None:
              f"data.name={data_config.name!r} is images: it needs 'mlp' or 'cnn' models")
 
 
+def _check_student_parameters(config) -> None:
+  """student.init_from_teacher_layers, student.trainable and student.lora; the layer indices and the LoRA rank
+  against the shapes of the checkpoint they apply to (its config.json, read without loading weights)."""
+  student, teacher = config.student, config.teacher
+  layers = student.init_from_teacher_layers
+  abstract = None
+  if layers is not None:
+    field = "student.init_from_teacher_layers"
+    _require(student.checkpoint is None, "student.checkpoint", student.checkpoint,
+             f"must be None when {field} is set (the student is built from the teacher's layers)")
+    _require(teacher.name == "hf" and student.name == "hf", field, tuple(layers),
+             f"needs HF models (teacher.name='hf', student.name='hf'), not {teacher.name!r} and {student.name!r}")
+    _require(student.task == teacher.task, "student.task", student.task,
+             f"must be the teacher's ({teacher.task!r}) when {field} is set (the student has its architecture)")
+    _require(len(layers) > 0 and all(isinstance(i, int) and i >= 0 for i in layers)
+             and all(a < b for a, b in zip(layers, layers[1:])), field, tuple(layers),
+             "must be a non-empty, strictly increasing tuple of teacher layer indices >= 0")
+    from kd_jax.models.hf import from_teacher, pretrained  # pylint: disable=g-import-not-at-top  (jax, transformers)
+    abstract = pretrained.abstract_params(teacher.checkpoint, teacher.task or "sequence_classification")
+    depth = min(from_teacher.stack_depths(abstract).values())
+    _require(max(layers) < depth, field, tuple(layers),
+             f"teacher layer indices must be < {depth}, the depth of teacher.checkpoint={teacher.checkpoint!r}")
+  patterns = student.trainable
+  if patterns is not None:
+    for pattern in patterns:
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as error:
+        raise ConfigError("student.trainable", tuple(patterns), f"{pattern!r} is not a regular expression ({error})")
+    _require(len(patterns) > 0 or student.lora.rank > 0, "student.trainable", tuple(patterns),
+             "freezes every parameter: give at least one pattern (or None to train all)")
+  lora = student.lora
+  _require(isinstance(lora.rank, int) and lora.rank >= 0, "student.lora.rank", lora.rank, "must be an integer >= 0")
+  if not lora.rank:
+    return
+  _require(student.name == "hf", "student.lora.rank", lora.rank,
+           f"LoRA needs an HF student (student.name='hf'), not {student.name!r}")
+  _check_positive(config, "student.lora.alpha")
+  _check_in_range(config, "student.lora.dropout", 0.0, 1.0, low_open=False, high_open=True)
+  targets = lora.target_modules
+  _require(targets is None or (len(targets) > 0 and all(isinstance(t, str) and t for t in targets)),
+           "student.lora.target_modules", targets, "must be None or a non-empty tuple of layer names")
+  from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
+  from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top
+  if abstract is None:
+    abstract = pretrained.abstract_params(student.checkpoint, student.task or "sequence_classification")
+  peft.check_rank(lora, abstract)
+
+
 def _check_optim(config, section: str) -> None:
   _check_positive(config, f"{section}.learning_rate")
   _require(config_paths.get(config, f"{section}.weight_decay") >= 0, f"{section}.weight_decay",
@@ -201,6 +251,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
 
   _check_teacher(config)
   _check_model(config, "student")
+  _check_student_parameters(config)
 
   distill = config.distill
   _require(distill.teacher_mode in TEACHER_MODES, "distill.teacher_mode", distill.teacher_mode,
@@ -368,7 +419,11 @@ def _check_features(config: ml_collections.ConfigDict) -> None:
   _require(config.data.name not in data.SEQ2SEQ_TASKS, "distill.features", distill.features,
            f"is not supported for seq2seq data sets ({', '.join(data.SEQ2SEQ_TASKS)}) yet: the T5 models do not "
            "return their hidden states")
+  _require(config.ensemble.size == 1, "distill.features", distill.features,
+           f"needs a single teacher (ensemble.size={config.ensemble.size}): whose hidden states would it match?")
   for section in ("teacher", "student"):
+    _require(config[section].name in ("mlp", "hf"), "distill.features", distill.features,
+             f"needs MLP or HF models (they return their hidden states); {section}.name={config[section].name!r}")
     _require(distill.attention_weight == 0 or config[section].name == "hf", "distill.attention_weight",
              distill.attention_weight, f"needs transformer models: {section}.name={config[section].name!r} has no "
              "attention")
@@ -382,6 +437,8 @@ def _num_layers(model_config) -> int | None:
   config.json; None for hub ids (known once the model is loaded)."""
   if model_config.name == "mlp":
     return len(model_config.hidden_sizes)
+  if model_config.get("init_from_teacher_layers") is not None:  # a student built from the teacher's layers
+    return len(model_config.init_from_teacher_layers)
   path = os.path.join(model_config.checkpoint or "", "config.json")
   if not os.path.isfile(path):
     return None

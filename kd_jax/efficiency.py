@@ -2,7 +2,8 @@
 
 measure(model, params, example_inputs, device=..., batch_size=...) gives
   params             parameter count (every array's size, summed)
-  trainable_params   the parameters its training updates (every one: kd_jax trains whole models)
+  trainable_params   the parameters its training updates: every one, unless the caller counted fewer (a student with
+                     frozen parameters or LoRA adapters: the adapters and the unfrozen parameters)
   param_bytes        bytes of the parameters at their stored dtype (param_dtype)
   flops_per_example  FLOPs of one forward pass on one example: XLA's cost analysis of the compiled prediction at
                      batch 1 (a seq2seq model: encoder and teacher-forced decoder over the target length)
@@ -20,16 +21,18 @@ import time
 import jax
 import numpy as np
 
+from kd_jax import sharding
+
 TIMING_BUDGET_S = 0.2
 MIN_REPEATS = 5
 MAX_REPEATS = 500
 
 
-def parameter_counts(params) -> dict:
-  """{params, trainable_params, param_bytes} of a parameter tree."""
+def parameter_counts(params, trainable_params: int | None = None) -> dict:
+  """{params, trainable_params, param_bytes} of a parameter tree; trainable_params None: every parameter."""
   leaves = jax.tree.leaves(params)
   count = int(sum(np.size(leaf) for leaf in leaves))
-  return {"params": count, "trainable_params": count,
+  return {"params": count, "trainable_params": count if trainable_params is None else int(trainable_params),
           "param_bytes": int(sum(np.size(leaf) * np.dtype(leaf.dtype).itemsize for leaf in leaves))}
 
 
@@ -53,26 +56,20 @@ def flops(compiled) -> float:
   return float(analysis.get("flops", 0.0))
 
 
-def _local(leaf):
-  """A replicated array of a multi-process job as this process's copy (device_put cannot move the global one)."""
-  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-    return leaf.addressable_data(0)
-  return leaf
-
-
-def measure(model, params, example_inputs, *, device, batch_size: int) -> dict:
+def measure(model, params, example_inputs, *, device, batch_size: int, trainable_params: int | None = None) -> dict:
   """The size and speed of `model` (see the module docstring); `example_inputs`: one example's inputs [1, ...].
-  `params` may be replicated over the devices of several processes; `device` must be one of this process's."""
+  `params` may be replicated over the devices of several processes; `device` must be one of this process's.
+  trainable_params: how many of them training updated (None: all)."""
   predict = jax.jit(lambda params, inputs: model.apply({"params": params}, inputs, train=False))
-  params = jax.device_put(jax.tree.map(_local, params), device)
+  params = jax.device_put(jax.tree.map(sharding.local_copy, params), device)
   one = jax.device_put(example_inputs, device)
   batch = jax.device_put(jax.tree.map(lambda value: np.repeat(np.asarray(value), batch_size, axis=0),
                                       example_inputs), device)
   compiled = predict.lower(params, one).compile()
   latency = _median_seconds(lambda: compiled(params, one))
   throughput = batch_size / _median_seconds(lambda: predict(params, batch))
-  return {**parameter_counts(params), "flops_per_example": flops(compiled), "latency_ms": latency * 1e3,
-          "throughput_per_s": throughput}
+  return {**parameter_counts(params, trainable_params), "flops_per_example": flops(compiled),
+          "latency_ms": latency * 1e3, "throughput_per_s": throughput}
 
 
 def compression(teacher: dict, student: dict) -> dict:

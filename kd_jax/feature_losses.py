@@ -46,6 +46,7 @@ from kd_jax.errors import ConfigError
 
 FEATURE_LOSSES = ("mse", "cosine")
 UNIFORM = "uniform"
+MODEL = "model"  # the key of the model's own params in what such a phase trains
 PROJECTIONS = "feature_projections"  # the key of the projections beside the model's params ("model") when training
 # torch's cosine_embedding_loss adds it to the squared norms, so that a zero vector gives cos 0, not NaN.
 _COSINE_EPS = 1e-12
@@ -180,15 +181,15 @@ def init_projections(pairs, teacher: Layers, student: Layers, rng: jax.Array) ->
 
 
 def join_params(model_params, projections: dict) -> dict:
-  """What a student phase with feature distillation trains: the model's params and the projections."""
-  return {"model": model_params, PROJECTIONS: projections}
+  """What a student phase with feature distillation trains: the model's params (under MODEL) and the projections."""
+  return {MODEL: model_params, PROJECTIONS: projections}
 
 
 def split_params(params, features: "FeatureLoss | None") -> tuple[Any, dict]:
   """(the model's params, the projections) of what a phase trains; without features, (params, {})."""
   if features is None:
     return params, {}
-  return params["model"], params[PROJECTIONS]
+  return params[MODEL], params[PROJECTIONS]
 
 
 def tokens_aligned(examples) -> bool:

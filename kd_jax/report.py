@@ -46,16 +46,25 @@ def metrics_table(results: dict) -> str:
       blocks.append([title] + _table_rows(rows, columns))
   if results.get("efficiency"):
     blocks.append(["efficiency"] + _table_rows([(labels[model], results["efficiency"][model]) for model in labels
-                                                if model in results["efficiency"]], EFFICIENCY_COLUMNS))
+                                                if model in results["efficiency"]],
+                                               efficiency_columns(results["efficiency"].values())))
   return "\n\n".join("\n".join(block) for block in blocks)
 
 
 # The efficiency table's columns: results.json key -> (header, format).
 EFFICIENCY_COLUMNS = {
-    "params": ("params", "{:,.0f}".format), "param_bytes": ("MiB", lambda value: f"{value / 2**20:.3f}"),
+    "params": ("params", "{:,.0f}".format), "trainable_params": ("trainable", "{:,.0f}".format),
+    "param_bytes": ("MiB", lambda value: f"{value / 2**20:.3f}"),
     "flops_per_example": ("MFLOP/example", lambda value: f"{value / 1e6:.4f}"),
     "latency_ms": ("latency ms", "{:.4f}".format), "throughput_per_s": ("examples/s", "{:,.0f}".format),
     "compression_params": ("compression", "{:.1f}x".format), "latency_speedup": ("speedup", "{:.2f}x".format)}
+
+
+def efficiency_columns(efficiencies) -> dict:
+  """EFFICIENCY_COLUMNS for tables of these efficiency dicts; 'trainable' only where some model trained fewer
+  parameters than it has (frozen parameters, LoRA)."""
+  partial = any(entry.get("trainable_params", entry.get("params")) != entry.get("params") for entry in efficiencies)
+  return {key: column for key, column in EFFICIENCY_COLUMNS.items() if partial or key != "trainable_params"}
 
 
 def _table_rows(rows: list[tuple[str, dict]], columns: dict) -> list[str]:
@@ -327,12 +336,13 @@ def summary_markdown(sweep: Sweep) -> str:
     lines += ["", "## Difference from the hard-label student (test split, paired over seeds)", ""]
     lines += _markdown_table(header, rows)
   if any(run.results.efficiency for run in sweep.runs):
+    columns = efficiency_columns([entry for run in sweep.runs for entry in run.results.efficiency.values()])
     rows = [value_cells(group) + [label] + [
         "-" if not np.isfinite(value := group.efficiency(model, key)) else form(value)
-        for key, (_, form) in EFFICIENCY_COLUMNS.items()] for group in groups for model, label in models]
+        for key, (_, form) in columns.items()] for group in groups for model, label in models]
     lines += ["", "## Size and speed (mean over seeds; the students' compression and speedup are the teacher's "
               "parameters and latency over theirs)", ""]
-    lines += _markdown_table(value_header + ["model"] + [header for header, _ in EFFICIENCY_COLUMNS.values()], rows)
+    lines += _markdown_table(value_header + ["model"] + [header for header, _ in columns.values()], rows)
   sizes = [(group, group.runs[0].results.data) for group in groups]
   if len({json.dumps(data, sort_keys=True) for _, data in sizes}) > 1:
     lines += ["", "## Data per swept value", ""]

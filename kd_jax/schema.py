@@ -143,6 +143,30 @@ def default_config() -> ml_collections.ConfigDict:
   config.student.task = config_dict.placeholder(str)
   config.student.dtype = "float32"
   config.student.param_dtype = "float32"
+  # Build the student from the teacher instead of student.checkpoint (leave that None): the teacher's architecture
+  # and widths with only these teacher layers (strictly increasing indices; student layer j = teacher layer
+  # layers[j]), everything outside the layers (embeddings, pooler and head, T5's shared embedding, position bias and
+  # final norms) copied: DistilBERT's initialization. HF teacher and student; the student's task is the teacher's;
+  # T5 takes the same indices in its encoder and decoder. None: off. E.g. (0, 2, 4).
+  config.student.init_from_teacher_layers = config_dict.placeholder(tuple)
+  # Freezing: regular expressions (re.search) over '/'-joined parameter paths, e.g.
+  # 'distilbert/transformer.layer.0/attention.q_lin/kernel'; only the parameters matching one of them train, the
+  # others keep their initial values. None: every parameter trains (with LoRA: the classification head, 'classifier').
+  config.student.trainable = config_dict.placeholder(tuple)
+  # LoRA (Hu et al. 2021; kd_jax/models/peft.py) on HF students: each targeted Dense kernel W [in, out] gains A [in, r]
+  # and B [r, out]: h = x W + (alpha / r) dropout(x) A B. Only the adapters and the parameters matching
+  # student.trainable (None: the classification head, as peft's modules_to_save) train; the adapters are merged into
+  # W for evaluation and export.
+  config.student.lora = ml_collections.ConfigDict()
+  # r: 0 is off; at most min(in, out) of every targeted layer.
+  config.student.lora.rank = 0
+  # The update's scale is alpha / r (peft's default alpha 8).
+  config.student.lora.alpha = 8.0
+  # Dropout on the adapters' input x (per example, like the model's dropout), in [0, 1).
+  config.student.lora.dropout = 0.0
+  # Dense layers given adapters: a layer named N is targeted when N is one of these or ends with '.' + one of them
+  # (peft's rule). None: every family's attention query and value projections (query, value; q_lin, v_lin; q, v).
+  config.student.lora.target_modules = config_dict.placeholder(tuple)
 
   config.distill = ml_collections.ConfigDict()
   # 'cached': teacher logits computed once for the training set and stored on disk, joined to examples by index.

@@ -70,6 +70,14 @@ def mean_over_devices(tree):
   return unravel(jax.lax.pmean(vector, DATA_AXIS))
 
 
+def local_copy(leaf):
+  """A replicated array of a multi-process job as this process's copy (device_put and device_get cannot move the
+  global one); other values as they are."""
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    return leaf.addressable_data(0)
+  return leaf
+
+
 def gather(array: jax.Array) -> np.ndarray:
   """The whole value of a global array (e.g. batch-sharded logits) as NumPy, on every process."""
   return multihost_utils.process_allgather(array, tiled=True)

@@ -13,12 +13,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import struct
 from flax.training import train_state
 
 from kd_jax import feature_losses, loop, losses, sharding
 from kd_jax.data import Examples, feed, pipeline
+from kd_jax.models import peft
 
-TrainState = train_state.TrainState
+
+class TrainState(train_state.TrainState):
+  """flax's TrainState and which parameters training updates (`peft.Trainable`; None: all), static like its tx."""
+  trainable: peft.Trainable | None = struct.field(pytree_node=False, default=None)
 
 
 def num_train_steps(num_examples: int, batch_size: int, num_epochs: int, num_steps: int | None = None) -> int:
@@ -42,27 +47,35 @@ def learning_rates(optim_config: ml_collections.ConfigDict, num_steps: int) -> n
   return np.asarray(learning_rate_schedule(optim_config, num_steps)(np.arange(num_steps)))
 
 
-def make_optimizer(optim_config: ml_collections.ConfigDict, num_steps: int) -> optax.GradientTransformation:
-  """AdamW on the schedule above; weight decay on matrices only (not biases or norm scales), optional clipping.
+def make_optimizer(optim_config: ml_collections.ConfigDict, num_steps: int,
+                   trainable: peft.Trainable | None = None) -> optax.GradientTransformation:
+  """AdamW on the schedule above; weight decay on matrices only (not biases or norm scales), optional clipping; with
+  `trainable`, over the trained parameters only (clipping by their norm), the frozen ones left unchanged and without
+  optimizer state.
 
   Equal settings give the same object: the optimizer is part of the train state's tree structure, so runs with
   equal settings (the points of a sweep) reuse compiled steps instead of tracing and compiling their own.
   """
-  return _make_optimizer(ml_collections.FrozenConfigDict(optim_config), num_steps)
+  return _make_optimizer(ml_collections.FrozenConfigDict(optim_config), num_steps, trainable)
 
 
 @functools.lru_cache(maxsize=64)
-def _make_optimizer(optim_config: ml_collections.FrozenConfigDict, num_steps: int) -> optax.GradientTransformation:
-  adamw = optax.adamw(learning_rate_schedule(optim_config, num_steps), weight_decay=optim_config.weight_decay,
-                      mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
-  if optim_config.grad_clip_norm is None:
-    return adamw
-  return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), adamw)
+def _make_optimizer(optim_config: ml_collections.FrozenConfigDict, num_steps: int,
+                    trainable: peft.Trainable | None) -> optax.GradientTransformation:
+  tx = optax.adamw(learning_rate_schedule(optim_config, num_steps), weight_decay=optim_config.weight_decay,
+                   mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
+  if optim_config.grad_clip_norm is not None:
+    tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), tx)
+  if trainable is None:
+    return tx
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, trainable.labels)
 
 
-def create_train_state(model, params, optim_config: ml_collections.ConfigDict, num_steps: int) -> TrainState:
-  """A fresh training state (step 0) for `params`."""
-  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(optim_config, num_steps))
+def create_train_state(model, params, optim_config: ml_collections.ConfigDict, num_steps: int,
+                       trainable: peft.Trainable | None = None) -> TrainState:
+  """A fresh training state (step 0) for `params`, training those `trainable` selects (None: all)."""
+  return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(optim_config, num_steps, trainable),
+                           trainable=trainable)
 
 
 def _add_batch_axis(tree):
@@ -144,9 +157,12 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
         teacher_mask=_attention_mask(teacher_inputs), example_weights=example_weights, axis_name=sharding.DATA_AXIS)
     return terms.loss + feature_total, (terms, feature_terms)
 
-  (total, (terms, feature_terms)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  # Gradients of the trained parameters only (state.trainable); the frozen ones get zeros, which the optimizer drops.
+  trained, frozen = peft.split(state.params, state.trainable)
+  (total, (terms, feature_terms)), grads = jax.value_and_grad(
+      lambda trained: loss_fn(peft.combine(trained, frozen)), has_aux=True)(trained)
   grads = sharding.mean_over_devices(grads)
-  new_state = state.apply_gradients(grads=grads)
+  new_state = state.apply_gradients(grads=peft.combine(grads, jax.tree.map(jnp.zeros_like, frozen)))
   step_metrics = {"loss": total, "hard_loss": terms.hard, "soft_loss": terms.soft, **feature_terms}
   step_metrics = sharding.mean_over_devices(step_metrics)
   step_metrics["grad_norm"] = optax.tree.norm(grads)
@@ -211,14 +227,16 @@ def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_
 
 def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_steps: int,
             loss: losses.DistillationLoss, examples: Examples, batch_size: int, seed: int, mesh, train_config,
-            teacher=None, input_noise_std: float = 0.0) -> loop.Program:
+            teacher=None, input_noise_std: float = 0.0, trainable: peft.Trainable | None = None) -> loop.Program:
   """The loop.Program of one run: `model` from `init_params` under AdamW, on `examples` in the batches of `seed`.
 
   Args:
     teacher: (teacher model, its replicated params) to run in the step (online distillation), or None.
+    trainable: the parameters trained (None: all).
   """
   # From a host copy: the step donates the state's buffers, and `init_params` may serve another run (the baseline).
-  state = sharding.replicate(create_train_state(model, jax.device_get(init_params), optim_config, num_steps), mesh)
+  state = sharding.replicate(create_train_state(model, jax.device_get(init_params), optim_config, num_steps,
+                                                trainable), mesh)
   device_resident = feed.data_bytes(examples) <= int(train_config.device_data_max_mib * 2**20)
   teacher_model, teacher_params = teacher if teacher is not None else (None, None)
   compiled = compile_chunk(mesh, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,

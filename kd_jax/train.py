@@ -21,6 +21,7 @@ from kd_jax import (config_paths, config_validation, data, distributed, efficien
                     feature_losses, files, loop, losses, metric_writer, models, preemption, results, schema, sharding,
                     steps, student_data, teacher, vectorized)
 from kd_jax.errors import UserError
+from kd_jax.models import peft
 
 STUDENT_PHASES = ("student", "student_hard")  # after the teacher's ('teacher', or an ensemble's 'teacher_<m>')
 CONFIG_FILE = "config.json"
@@ -66,8 +67,10 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
   teacher_metrics = evaluator.teacher_metrics(the_teacher.model, the_teacher.params)
   teacher_results = ensemble.results(config, runs[0].workdir, the_teacher, evaluator)
   student = student_data.prepare(config, task, the_teacher, mesh)
-  student_model, trained = train_students(runs, writers, task, mesh, student, evaluator, vectorize=vectorize)
-  costs = model_efficiency(config, task, mesh, the_teacher, student_model, trained[0]["student"][0])
+  student_model, trained, trainable_params = train_students(runs, writers, task, mesh, the_teacher, student,
+                                                            evaluator, vectorize=vectorize)
+  costs = model_efficiency(config, task, mesh, the_teacher, student_model, trained[0]["student"][0],
+                           student_trainable_params=trainable_params)
   final_metrics = {}  # id(params) -> metrics: a baseline shared by several runs is evaluated once
   outputs = []
   for i, run in enumerate(runs):
@@ -98,24 +101,32 @@ class _Trainee:
   run_indices: tuple[int, ...]
 
 
-def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData, mesh,
+def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData, mesh, the_teacher: teacher.Teacher,
                    student: student_data.StudentData, evaluator: evaluation.Evaluator, *,
-                   vectorize: bool) -> tuple[object, list[dict]]:
+                   vectorize: bool) -> tuple[object, list[dict], int]:
   """The KD student and, with config.baseline, the hard-label student of every run, through the training loop.
 
   A single run trains one model per phase (steps.program); a vectorized group stacks its models (vectorized.program):
-  one KD student per run, one hard-label student per distinct vectorized.BASELINE_FIELDS.
+  one KD student per run, one hard-label student per distinct vectorized.BASELINE_FIELDS. The students are created
+  by models.create_student (from the teacher's layers when config.student.init_from_teacher_layers is set) and train
+  the parameters peft.of_student selects; LoRA adapters are merged into their layers at the end (peft.plain_params).
 
   Returns:
-    (the student model, per run {phase: (final params, the phase's stats)}).
+    (the student model as evaluation sees it, per run {phase: (its final params, the phase's stats)}, the number of
+    parameters training updates).
   """
   config = runs[0].config
   example_inputs = jax.tree.map(lambda value: value[:1], task.train.inputs)
+  trainable = peft.of_student(config.student)
   init_params = {}
   for seed in sorted({run.config.seed for run in runs}):
-    model, init_params[seed] = models.create(config.student, num_classes=task.num_classes,
-                                             example_inputs=example_inputs, rng=jax.random.PRNGKey(seed),
-                                             field="student")
+    model, init_params[seed] = models.create_student(config.student, num_classes=task.num_classes,
+                                                     example_inputs=example_inputs, rng=jax.random.PRNGKey(seed),
+                                                     teacher_model=the_teacher.model,
+                                                     teacher_params=the_teacher.params)
+  some_params = next(iter(init_params.values()))
+  trainable_params = sum(leaf.size for leaf in jax.tree.leaves(some_params)) if trainable is None else (
+      trainable.count(some_params))
   num_steps = steps.num_train_steps(len(task.train), config.data.batch_size, config.train.num_epochs,
                                     config.train.num_steps)
   feature_losses_of_runs, kd_init_params = [None] * len(runs), init_params
@@ -136,10 +147,13 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
   for phase, (examples, trainees) in phases.items():
     online = student.online_teacher if phase == "student" else None
     phase_init_params = kd_init_params if phase == "student" else init_params
+    phase_trainable = trainable
+    if trainable is not None and phase_init_params is not init_params:  # the feature projections beside the model
+      phase_trainable = dataclasses.replace(trainable, within=feature_losses.MODEL)
     common = dict(model=model, optim_config=config.optim, num_steps=num_steps, examples=examples,
                   batch_size=config.data.batch_size, train_config=config.train,
                   teacher=None if online is None else (online.model, online.params),
-                  input_noise_std=config.distill.input_noise_std)
+                  input_noise_std=config.distill.input_noise_std, trainable=phase_trainable)
     if vectorize:
       program = vectorized.program(init_params=phase_init_params, losses_of_runs=[trainee.loss for trainee in trainees],
                                    learning_rates=[trainee.config.optim.learning_rate for trainee in trainees],
@@ -155,15 +169,16 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
                         steps.learning_rates(trainee.config.optim, num_steps), trainee.loss.schedule_table())
             for trainee in trainees]
     outcome = loop.train(phase, program, logs, num_steps=num_steps, checkpoint_dir=checkpoint_dir,
-                         train_config=config.train, evaluate=lambda params: evaluator.during_training(model, params),
+                         train_config=config.train, evaluate=lambda params: evaluator.during_training(
+                             peft.plain_model(model), peft.plain_params(model, params)),
                          selection=selection)
     for trainee, trainee_params, selected_step in zip(trainees, outcome.params, outcome.selected_steps):
       trainee_stats = outcome.stats | {"selected_step": selected_step}
       if phase == "student_hard":
         trainee_stats["shared_by_points"] = len(trainee.run_indices)
       for i in trainee.run_indices:
-        trained[i][phase] = (trainee_params, trainee_stats)
-  return model, trained
+        trained[i][phase] = (peft.plain_params(model, trainee_params), trainee_stats)
+  return peft.plain_model(model), trained, trainable_params
 
 
 def _feature_distillation(runs: list[RunSpec], student: student_data.StudentData, model, init_params: dict,
@@ -187,15 +202,16 @@ def _feature_distillation(runs: list[RunSpec], student: student_data.StudentData
 
 
 def model_efficiency(config, task: data.TaskData, mesh, the_teacher: teacher.Teacher, student_model,
-                     student_params) -> dict:
+                     student_params, *, student_trainable_params: int) -> dict:
   """efficiency.measure of the teacher and the student architecture (both students share it), on this process's
-  first device of the mesh, with the students' compression relative to the teacher."""
+  first device of the mesh, with the students' compression relative to the teacher; `student_trainable_params`: the
+  parameters the students' training updated (LoRA adapters and unfrozen parameters)."""
   device = next(device for device in mesh.devices.flat if device.process_index == jax.process_index())
   one = lambda examples: jax.tree.map(lambda value: value[:1], examples.inputs)
   costs = {"teacher": efficiency.measure(the_teacher.model, the_teacher.params, one(task.test.teacher_view()),
                                          device=device, batch_size=config.data.eval_batch_size)}
   student = efficiency.measure(student_model, student_params, one(task.test), device=device,
-                               batch_size=config.data.eval_batch_size)
+                               batch_size=config.data.eval_batch_size, trainable_params=student_trainable_params)
   costs["student"] = costs["student_hard"] = {**student, **efficiency.compression(costs["teacher"], student)}
   return costs
 

@@ -72,16 +72,20 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 
 @functools.lru_cache(maxsize=8)
-def points_optimizer(optim_config: ml_collections.FrozenConfigDict, num_steps: int) -> optax.GradientTransformation:
-  """AdamW at peak learning rate 1 (steps.make_optimizer), then a per-point scale (the peak) held in the state."""
+def points_optimizer(optim_config: ml_collections.FrozenConfigDict, num_steps: int,
+                     trainable=None) -> optax.GradientTransformation:
+  """AdamW at peak learning rate 1 (steps.make_optimizer, over the `trainable` parameters), then a per-point scale
+  (the peak) held in the state."""
   unit = ml_collections.ConfigDict(optim_config.as_configdict())
   unit.learning_rate = 1.0
-  return optax.chain(steps.make_optimizer(unit, num_steps), optax.inject_hyperparams(optax.scale)(step_size=1.0))
+  return optax.chain(steps.make_optimizer(unit, num_steps, trainable),
+                     optax.inject_hyperparams(optax.scale)(step_size=1.0))
 
 
-def point_state(model, params, tx: optax.GradientTransformation, learning_rate: float) -> steps.TrainState:
+def point_state(model, params, tx: optax.GradientTransformation, learning_rate: float,
+                trainable=None) -> steps.TrainState:
   """A point's fresh state under `points_optimizer`'s `tx`, its update scale set to the point's peak learning rate."""
-  state = steps.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+  state = steps.TrainState.create(apply_fn=model.apply, params=params, tx=tx, trainable=trainable)
   *inner, scale = state.opt_state
   return state.replace(opt_state=(*inner, scale._replace(hyperparams={"step_size": jnp.float32(learning_rate)})))
 
@@ -105,19 +109,20 @@ def compile_points_chunk(mesh, model, teacher_model, shared_batches: bool, input
 
 def program(*, model, init_params: dict, optim_config: ml_collections.ConfigDict, num_steps: int,
             losses_of_runs: list, learning_rates: list[float], seeds: list[int], examples, batch_size: int,
-            train_config, teacher=None, input_noise_std: float = 0.0) -> loop.Program:
+            train_config, teacher=None, input_noise_std: float = 0.0, trainable=None) -> loop.Program:
   """The loop.Program of R runs trained together: run r from init_params[seeds[r]] with losses_of_runs[r] at peak
   learning rate learning_rates[r], on `examples` in the batches of seeds[r].
 
   Args:
     teacher: (teacher model, its params) to run in the step (online distillation), or None.
+    trainable: the parameters trained (peft.Trainable; None: all).
   """
   num_runs = len(seeds)
   mesh = sharding.make_sweep_mesh(num_runs, train_config.num_devices)
   points_sharding = NamedSharding(mesh, P(sharding.SWEEP_AXIS))
   stack = lambda trees: jax.device_put(jax.tree.map(lambda *values: np.stack(values), *trees), points_sharding)
-  tx = points_optimizer(ml_collections.FrozenConfigDict(optim_config), num_steps)
-  state = stack([point_state(model, jax.device_get(init_params[seed]), tx, rate)
+  tx = points_optimizer(ml_collections.FrozenConfigDict(optim_config), num_steps, trainable)
+  state = stack([point_state(model, jax.device_get(init_params[seed]), tx, rate, trainable)
                  for seed, rate in zip(seeds, learning_rates)])
   stacked_losses = stack([jax.device_get(loss) for loss in losses_of_runs])
   rngs = stack([jax.device_get(jax.random.PRNGKey(seed)) for seed in seeds])

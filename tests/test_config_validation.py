@@ -53,6 +53,10 @@ INVALID = [
      "data.name='digits'; allowed: accuracy, nll, ece, brier, agreement, kl_to_teacher"),
     ("distill.features", "uniform", "config.distill.features='uniform': needs distill.teacher_mode='online'"),
     ("distill.attention_weight", 1.0, "config.distill.attention_weight=1.0: needs distill.features"),
+    ("student.lora.rank", 4, "config.student.lora.rank=4: LoRA needs an HF student (student.name='hf'), not 'mlp'"),
+    ("student.trainable", (), "config.student.trainable=(): freezes every parameter"),
+    ("student.trainable", ("(",), "config.student.trainable=('(',): '(' is not a regular expression"),
+    ("student.init_from_teacher_layers", (0,), "config.student.init_from_teacher_layers=(0,): needs HF models"),
 ]
 
 # Feature distillation on the default (MLP teacher 256x256, student 32; online teacher) and the SST-2 smoke (2-layer
@@ -75,6 +79,10 @@ INVALID_FEATURES = [
      "config.distill.features=((1, 3),): student layer 3 does not exist: the student has hidden states 0..2"),
     ("esnli", {"distill.features": "uniform"},
      "config.distill.features='uniform': is not supported for seq2seq data sets"),
+    ("default", {"distill.features": "uniform", "ensemble.size": 2},
+     "config.distill.features='uniform': needs a single teacher (ensemble.size=2)"),
+    ("default", {"distill.features": "uniform", "student.name": "cnn", "data.name": "fashion_mnist",
+                 "data.source": "tfds"}, "config.distill.features='uniform': needs MLP or HF models"),
 ]
 
 
@@ -202,6 +210,10 @@ def test_unknown_and_mistyped_fields():
 
 @pytest.mark.parametrize("args, message", [
     (["--config.distill.temperature=-1"], "error: config.distill.temperature=-1.0: must be > 0"),
+    (["--config=configs/sst2.py:smoke", "--config.student.lora.rank=64"],
+     "error: config.student.lora.rank=64: must be <= 32, the smallest width"),
+    (["--config=configs/sst2.py:smoke,from_teacher", "--config.student.init_from_teacher_layers=(0,5)"],
+     "error: config.student.init_from_teacher_layers=(0, 5): teacher layer indices must be < 2"),
     (["--config.distill.temprature=2"],
      'error: --config.distill.temprature=2: unknown config field config.distill.temprature; did you mean '
      '"temperature"?'),
@@ -221,3 +233,42 @@ def test_main_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
   assert result.stderr.strip().splitlines()[-1].startswith(message)
   assert "Traceback" not in result.stderr
   assert not workdir.exists()
+
+
+INVALID_SST2 = [
+    ({"student.init_from_teacher_layers": (0,)},
+     "config.student.checkpoint='", "must be None when student.init_from_teacher_layers is set"),
+    ({"student.checkpoint": None, "student.init_from_teacher_layers": (0, 2)},
+     "config.student.init_from_teacher_layers=(0, 2): teacher layer indices must be < 2, the depth of "
+     "teacher.checkpoint=", ""),
+    ({"student.checkpoint": None, "student.init_from_teacher_layers": (1, 0)},
+     "config.student.init_from_teacher_layers=(1, 0): must be a non-empty, strictly increasing tuple", ""),
+    ({"student.checkpoint": None, "student.init_from_teacher_layers": (0, 0)},
+     "config.student.init_from_teacher_layers=(0, 0): must be a non-empty, strictly increasing tuple", ""),
+    ({"student.checkpoint": None, "student.init_from_teacher_layers": (0,), "student.task": "seq2seq"},
+     "config.student.task='seq2seq': must be the teacher's ('sequence_classification')", ""),
+    ({"student.lora.rank": 33},
+     "config.student.lora.rank=33: must be <= 32, the smallest width (min of inputs and outputs) of the targeted "
+     "layers", ""),
+    ({"student.lora.rank": 4, "student.lora.target_modules": ("query",)},
+     "config.student.lora.target_modules=('query',): matches no Dense layer of the student", ""),
+    ({"student.lora.rank": 4, "student.lora.dropout": 1.0},
+     "config.student.lora.dropout=1.0: must be in [0.0, 1.0)", ""),
+    ({"student.lora.rank": 4, "student.lora.alpha": 0.0}, "config.student.lora.alpha=0.0: must be > 0", ""),
+]
+
+
+@pytest.mark.parametrize("overrides, message, rest", INVALID_SST2, ids=[str(case[0]) for case in INVALID_SST2])
+def test_invalid_student_settings_on_sst2_are_one_line(overrides, message, rest):
+  """On configs/sst2.py:smoke (fixture RoBERTa teacher: 2 layers, DistilBERT student: 32 wide)."""
+  config = load_config("configs/sst2.py", "smoke")
+  for path, value in overrides.items():
+    section, key = path.rsplit(".", 1)
+    target = config
+    for part in section.split("."):
+      target = target[part]
+    target[key] = value
+  with pytest.raises(ConfigError) as error:
+    config_validation.validate(config)
+  assert str(error.value).startswith(message) and rest in str(error.value)
+  assert "\n" not in str(error.value)

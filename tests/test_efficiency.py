@@ -41,3 +41,4 @@ def test_a_wider_teacher_costs_more_and_the_student_is_compressed():
 def test_parameter_counts_of_mixed_dtypes():
   params = {"a": np.zeros((3, 4), np.float32), "b": {"c": np.zeros(5, np.dtype("bfloat16"))}}
   assert efficiency.parameter_counts(params) == {"params": 17, "trainable_params": 17, "param_bytes": 48 + 10}
+  assert efficiency.parameter_counts(params, trainable_params=5)["trainable_params"] == 5

@@ -67,9 +67,9 @@ def load_splits(config):
   """({role: Examples} of train, test and, when data.validation_split is set, validation; num_classes;
   Seq2SeqInfo): sources, targets, classes and indices of every split."""
   data_config = config.data
-  tokenizer = text.load_tokenizer(config.student.checkpoint, "student.checkpoint")
+  tokenizer = text.load_tokenizer(*text.student_checkpoint_field(config))
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
-  student_model_config = text.checkpoint_config(config.student.checkpoint)
+  student_model_config = text.checkpoint_config(text.student_checkpoint_field(config)[0])
   teacher_model_config = text.checkpoint_config(config.teacher.checkpoint)
   if (teacher_tokenizer.get_vocab() != tokenizer.get_vocab()
       or teacher_model_config.get("vocab_size") != student_model_config.get("vocab_size")):

@@ -20,7 +20,7 @@ def load_splits(config):
   """({role: Examples} of train, test and, when data.validation_split is set, validation; num_classes; None): token
   inputs of both models, labels and indices of every split."""
   data_config = config.data
-  student_tokenizer = text.load_tokenizer(config.student.checkpoint, "student.checkpoint")
+  student_tokenizer = text.load_tokenizer(*text.student_checkpoint_field(config))
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
   splits = {}
   first_index = 0

@@ -186,6 +186,14 @@ def load_tokenizer(checkpoint: str, field: str):
                     f"{str(error).strip().splitlines()[0]})") from error
 
 
+def student_checkpoint_field(config) -> tuple[str, str]:
+  """(checkpoint, its config field) of the student's tokenizer and vocabulary: the teacher's when the student is built
+  from the teacher's layers (student.init_from_teacher_layers), else student.checkpoint."""
+  if config.student.init_from_teacher_layers is not None:
+    return config.teacher.checkpoint, "teacher.checkpoint"
+  return config.student.checkpoint, "student.checkpoint"
+
+
 def checkpoint_config(checkpoint: str) -> dict:
   """The config.json of an HF checkpoint (hub id or directory)."""
   from kd_jax.models.hf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top

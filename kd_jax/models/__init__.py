@@ -51,6 +51,29 @@ def create(model_config, *, num_classes: int, example_inputs, rng, field: str = 
   return _canonical(model), params
 
 
+def create_student(student_config, *, num_classes: int, example_inputs, rng, teacher_model=None,
+                   teacher_params=None):
+  """The student of config.student and its initial parameters: from the registry (`create`), or built from the
+  teacher's layers `student_config.init_from_teacher_layers` (kd_jax/models/hf/from_teacher.py: the teacher model and
+  its trained parameters are then required), with LoRA adapters when `student_config.lora.rank` > 0 (peft.py).
+
+  Which of its parameters train is `peft.of_student(student_config)`; `peft.plain_model` and
+  `peft.plain_params` give what evaluation sees.
+  """
+  if student_config.init_from_teacher_layers is not None:
+    from kd_jax.models.hf import from_teacher  # pylint: disable=g-import-not-at-top
+    model, params = from_teacher.create(teacher_model, teacher_params, tuple(student_config.init_from_teacher_layers),
+                                        dtype=student_config.dtype, param_dtype=student_config.param_dtype)
+  else:
+    model, params = create(student_config, num_classes=num_classes, example_inputs=example_inputs, rng=rng,
+                           field="student")
+  from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
+  if student_config.lora.rank:
+    model, params = peft.with_adapters(model, params, student_config.lora, rng)
+  peft.check_trainable(student_config, params)
+  return _canonical(model), params
+
+
 @functools.lru_cache(maxsize=64)
 def _canonical(model):
   """The first created model equal to `model`. Equal models are then one object, and so are their bound `apply`

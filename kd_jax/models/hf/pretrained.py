@@ -1,6 +1,7 @@
 """from_pretrained: a Hugging Face checkpoint (hub id or directory) -> (Flax module, params); the registry's create."""
 
 import dataclasses
+import functools
 import inspect
 import types
 from typing import Any
@@ -38,6 +39,20 @@ def from_pretrained(name_or_path: str, task: str = "sequence_classification", *,
     (module, params): call `module.apply({"params": params}, input_ids=..., attention_mask=...)` (plus
     `decoder_input_ids=...` for seq2seq; `train=True, rngs={"dropout": key}` for dropout).
   """
+  directory, family, config = _family_and_config(name_or_path, task)
+  dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
+  with checkpoint_lib.open_tensors(directory, name_or_path) as source:
+    if task == "sequence_classification":
+      num_labels = _num_labels(source, family.classifier_tensor(config), num_labels, name_or_path)
+    architecture = family.build(config, checkpoint=name_or_path, task=task, num_labels=num_labels, dtype=dtype,
+                                param_dtype=param_dtype)
+    params = checkpoint_lib.load_params(architecture, source, checkpoint=name_or_path, param_dtype=param_dtype,
+                                        rng=jax.random.key(0) if rng is None else rng)
+  return architecture.module, params
+
+
+def _family_and_config(name_or_path: str, task: str):
+  """(local directory, family module, transformers config) of a checkpoint, or a UserError naming what is wrong."""
   if task not in TASKS:
     raise UserError(f"checkpoint {name_or_path}: task {task!r} is not one of {', '.join(TASKS)}")
   directory = checkpoint_lib.resolve(name_or_path)
@@ -52,16 +67,21 @@ def from_pretrained(name_or_path: str, task: str = "sequence_classification", *,
     raise UserError(f"checkpoint {name_or_path}: task {task!r} is not supported for model_type {model_type!r}; "
                     f"supported: {', '.join(family.SUPPORTED_TASKS)}")
   import transformers  # pylint: disable=g-import-not-at-top  (heavy; only loading needs it)
-  config = transformers.AutoConfig.from_pretrained(directory)
-  dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
+  return directory, family, transformers.AutoConfig.from_pretrained(directory)
+
+
+@functools.lru_cache(maxsize=16)
+def abstract_params(name_or_path: str, task: str = "sequence_classification"):
+  """The parameter shapes (jax.ShapeDtypeStruct tree) of `from_pretrained(name_or_path, task)`, from config.json
+  alone: what config validation checks layer indices and LoRA ranks against before anything runs. A classifier
+  without a head in the checkpoint gets 2 labels here (the class count is known once the data has loaded)."""
+  directory, family, config = _family_and_config(name_or_path, task)
   with checkpoint_lib.open_tensors(directory, name_or_path) as source:
-    if task == "sequence_classification":
-      num_labels = _num_labels(source, family.classifier_tensor(config), num_labels, name_or_path)
-    architecture = family.build(config, checkpoint=name_or_path, task=task, num_labels=num_labels, dtype=dtype,
-                                param_dtype=param_dtype)
-    params = checkpoint_lib.load_params(architecture, source, checkpoint=name_or_path, param_dtype=param_dtype,
-                                        rng=jax.random.key(0) if rng is None else rng)
-  return architecture.module, params
+    tensor = family.classifier_tensor(config) if task == "sequence_classification" else None
+    num_labels = source.shape(tensor)[0] if tensor in source.names() else 2
+  architecture = family.build(config, checkpoint=name_or_path, task=task, num_labels=num_labels,
+                              dtype=jnp.float32, param_dtype=jnp.float32)
+  return jax.eval_shape(lambda: architecture.module.init(jax.random.key(0), **architecture.example_inputs))["params"]
 
 
 def _num_labels(source: checkpoint_lib.TensorSource, classifier_tensor: str, num_labels: int | None,
