@@ -215,6 +215,18 @@ def train_steps(model, params, trainable, examples, num_steps, *, state=None):
   return state
 
 
+def test_freezing_beside_feature_projections_applies_to_the_model_only():
+  """With feature distillation the KD phase trains {'model': student, 'feature_projections': ...}: the patterns see
+  the student's own names (an anchored pattern still matches), and the projections always train."""
+  leaf = jnp.zeros(2)
+  params = {"model": {"classifier": {"kernel": leaf}, "body": {"kernel": leaf}},
+            "feature_projections": {"pair_2_1": {"kernel": leaf}}}
+  trainable = peft.Trainable(("^classifier/",), within="model")
+  assert trainable.labels(params) == {"model": {"classifier": {"kernel": "train"}, "body": {"kernel": "frozen"}},
+                                      "feature_projections": {"pair_2_1": {"kernel": "train"}}}
+  assert peft.Trainable(("^classifier/",)).count(params) == 0  # without `within` the prefix hides the head
+
+
 @pytest.mark.parametrize("lora_rank, patterns", [(2, None), (0, ("classifier", "encoder.layer.1/"))])
 def test_frozen_parameters_stay_and_the_others_train(lora_rank, patterns):
   """Three optimizer steps: every frozen parameter is bitwise its initial value and holds no optimizer moments;
