@@ -119,7 +119,8 @@ def test_vectorized_sweep_over_beta_and_a_schedule_matches_sequential(tmp_path):
     history = [json.loads(line) for line in open(os.path.join(point, "history.jsonl"))]
     logged = {row["step"]: row["train/temperature"] for row in history
               if row["phase"] == "student" and "train/temperature" in row}
-    assert logged == pytest.approx({10: 3.5, 20: 3.0, 30: 2.5, 40: 2.0}), mode  # 4 - 2 (step - 1) / 40
+    # History step s logs the value of the last step it ran (0-based s - 1): T = 4 - 2 (s - 1) / 40.
+    assert logged == pytest.approx({10: 3.55, 20: 3.05, 30: 2.55, 40: 2.05, 41: 2.0}), mode
 
 
 def nested_keys(value, prefix=""):
