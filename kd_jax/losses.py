@@ -38,10 +38,11 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
     label_smoothing: eps in [0, 1).
 
   Returns:
-    [...] per-example cross-entropy.
+    [...] per-example cross-entropy, in float32 whatever the logits' dtype: a bfloat16 student's log-softmax and sum
+    in bfloat16 would carry its 8-bit mantissa into the loss (about 5e-3 relative error, measured against float64).
   """
   num_classes = logits.shape[-1]
-  log_probs = jax.nn.log_softmax(logits)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
   targets = jax.nn.one_hot(labels, num_classes, dtype=log_probs.dtype)
   targets = (1.0 - label_smoothing) * targets + label_smoothing / num_classes
   loss = -jnp.sum(targets * log_probs, axis=-1)

@@ -263,3 +263,21 @@ def test_scheduled_loss_moves_temperature_and_weights_step_by_step():
     np.testing.assert_allclose(at_step(loss, jnp.int32(step)), expected, rtol=1e-5)
   # The hard-label baseline's loss does not move, and a constant schedule logs nothing.
   assert losses.DistillationLoss.from_config(distill, distills=False, num_steps=5).schedule_table() == {}
+
+
+def test_a_bfloat16_students_loss_is_computed_in_float32():
+  """Logits held in bfloat16 (a bf16 student): both terms are computed in float32 from them, so the loss equals the
+  float64 loss of the same (bf16-rounded) logits to float32 precision, not to bfloat16's ~4e-3; and the result is
+  float32."""
+  rng = np.random.default_rng(7)
+  student = jnp.asarray(rng.normal(size=(64, 10)) * 4, jnp.bfloat16)
+  teacher = jnp.asarray(rng.normal(size=(64, 10)) * 4, jnp.bfloat16)
+  labels = rng.integers(-1, 10, size=64)
+  terms = losses.distillation_loss(student, teacher, jnp.asarray(labels), jnp.ones(64),
+                                   weights=losses.LossWeights(0.5, 0.5), temperature=2.0, label_smoothing=0.1)
+  assert terms.loss.dtype == jnp.float32 and terms.hard.dtype == jnp.float32
+  student64, teacher64 = np.asarray(student, np.float64), np.asarray(teacher, np.float64)
+  hard = np_cross_entropy(student64, labels, 0.1)[labels >= 0].mean()
+  soft = np_divergence(student64, teacher64, 2.0, "forward_kl").mean()
+  np.testing.assert_allclose(terms.hard, hard, rtol=2e-6)
+  np.testing.assert_allclose(terms.loss, 0.5 * hard + 0.5 * soft, rtol=2e-6)
