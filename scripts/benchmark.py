@@ -428,15 +428,15 @@ def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: flo
   """kd_jax's DistilBERT-shaped KD training vs the PyTorch notebook loop, alternating; MFU of the kd_jax step."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kd_jax import data  # pylint: disable=g-import-not-at-top
+  from kd_jax import data, schema  # pylint: disable=g-import-not-at-top
   model, params = distilbert_student()
   arrays = synthetic_text_batch(BATCH_SIZE)
   examples = data.Examples(inputs={"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]},
                            label=arrays["label"], index=np.arange(BATCH_SIZE, dtype=np.int32),
                            teacher=arrays["teacher_logits"])
-  distill_config = ml_collections.ConfigDict(dict(temperature=TEMPERATURE, alpha=ALPHA, ce_weight=None,
-                                                  kd_weight=None, label_smoothing=0.0, divergence="forward_kl",
-                                                  t2_scaling=True, input_noise_std=0.0))
+  distill_config = schema.default_config().distill  # every field the loss reads, then the notebook's settings
+  distill_config.update(dict(temperature=TEMPERATURE, alpha=ALPHA, label_smoothing=0.0, divergence="forward_kl",
+                             t2_scaling=True, input_noise_std=0.0))
   optim_config = ml_collections.ConfigDict(dict(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
                                                 warmup_ratio=WARMUP_RATIO, grad_clip_norm=None))
   steps_per_round, rounds = (2, 7) if quick else (4, 9)
