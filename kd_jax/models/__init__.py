@@ -74,6 +74,14 @@ def create_student(student_config, *, num_classes: int, example_inputs, rng, tea
   return _canonical(model), params
 
 
+@functools.lru_cache(maxsize=32)
+def compiled_init(module):
+  """module.init compiled once per process and architecture (the runs of a sweep create the same models): for the
+  registry's own flax modules (MLP, CNN), which are hashable by their fields."""
+  import jax  # pylint: disable=g-import-not-at-top  (kept out of `import kd_jax`)
+  return jax.jit(module.init)
+
+
 @functools.lru_cache(maxsize=64)
 def _canonical(model):
   """The first created model equal to `model`. Equal models are then one object, and so are their bound `apply`

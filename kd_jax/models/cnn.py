@@ -7,12 +7,13 @@ statistics do not exist, and GroupNorm has no running statistics to keep in the 
 the uninterrupted one, and training and evaluation compute the same function.
 """
 
-import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from kd_jax import models
 
 
 class CNN(nn.Module):
@@ -66,11 +67,5 @@ def create(model_config, *, num_classes: int, example_inputs, rng):
                num_classes=num_classes, kernel_size=model_config.kernel_size, norm_groups=model_config.norm_groups,
                dropout_rate=model_config.dropout_rate, dtype=jnp.dtype(model_config.dtype),
                param_dtype=jnp.dtype(model_config.param_dtype))
-  params = _compiled_init(module)(rng, example_inputs)["params"]
+  params = models.compiled_init(module)(rng, example_inputs)["params"]
   return module, params
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled_init(module: CNN):
-  """module.init compiled once per process and architecture (the runs of a sweep create the same models)."""
-  return jax.jit(module.init)

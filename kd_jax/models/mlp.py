@@ -1,11 +1,12 @@
 """MLP classifier (the from-scratch demo's teacher and student): Dense-ReLU-Dropout blocks, then a linear head."""
 
-import functools
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from kd_jax import models
 
 
 class MLP(nn.Module):
@@ -44,11 +45,5 @@ def create(model_config, *, num_classes: int, example_inputs, rng):
   module = MLP(hidden_sizes=tuple(model_config.hidden_sizes), num_classes=num_classes,
                dropout_rate=model_config.dropout_rate, dtype=jnp.dtype(model_config.dtype),
                param_dtype=jnp.dtype(model_config.param_dtype))
-  params = _compiled_init(module)(rng, example_inputs)["params"]
+  params = models.compiled_init(module)(rng, example_inputs)["params"]
   return module, params
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled_init(module: MLP):
-  """module.init compiled once per process and architecture (the runs of a sweep create the same models)."""
-  return jax.jit(module.init)
