@@ -11,8 +11,9 @@ measure(model, params, example_inputs, device=..., batch_size=...) gives
                      in TIMING_BUDGET_S, at least MIN_REPEATS and at most MAX_REPEATS (a small model's call is tens of
                      microseconds, mostly dispatch: many repeats steady its median)
   throughput_per_s   examples per second of the forward pass at `batch_size` (the eval batch size), timed alike
-on one device (this process's first in the run's mesh). compression(teacher, student) gives the student's `compression_params` (teacher's
-parameters / the student's) and `latency_speedup` (teacher's latency / the student's).
+on one device (this process's first in the run's mesh). compression(teacher, student) gives the student's
+`compression_params` (teacher's parameters / the student's) and `latency_speedup` (teacher's latency / the
+student's).
 """
 
 import statistics

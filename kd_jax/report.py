@@ -308,8 +308,8 @@ def summary_markdown(sweep: Sweep) -> str:
   for group in groups:
     for model, label in models:
       cells = [format_mean_std(name, *group.mean_std(model, name)) for name in sweep.metrics]
-      rows.append(value_cells(group) + [label] + cells + [format_mean_std(metric, *group.mean_std(model, metric, split)),
-                                                          str(len(group.runs))])
+      selection_cell = format_mean_std(metric, *group.mean_std(model, metric, split))
+      rows.append(value_cells(group) + [label] + cells + [selection_cell, str(len(group.runs))])
   lines += ["", "## Metrics by swept value (test split; the last column: the selection metric on validation)", ""]
   lines += _markdown_table(value_header + ["model"] + [metric_header(name) for name in sweep.metrics]
                            + [f"{split} {metric_header(metric)}", "seeds"], rows)
@@ -328,7 +328,8 @@ def summary_markdown(sweep: Sweep) -> str:
           cells.append(format_mean_std(name, difference.mean, difference.std, signed=True))
           if name == metric:
             cells.append(format_interval(name, difference))
-            cells.append("-" if difference.n < stats.MIN_SEEDS_FOR_INTERVAL else ("yes" if difference.exceeds_spread else "no"))
+            too_few = difference.n < stats.MIN_SEEDS_FOR_INTERVAL
+            cells.append("-" if too_few else ("yes" if difference.exceeds_spread else "no"))
         rows.append(value_cells(group) + [f"{MODEL_LABELS[model]} − hard labels"] + cells)
     header = value_header + ["model", metric_header(metric, difference=True), "interval of the mean",
                              "exceeds seed spread"] + [metric_header(name, difference=True)

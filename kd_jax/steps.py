@@ -249,7 +249,8 @@ def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_
       feed=lambda start_step: feed.ChunkFeeder(examples, batch_size=batch_size, seed=seed, start_step=start_step,
                                                max_steps=train_config.steps_per_dispatch, mesh=mesh,
                                                device_resident=device_resident),
-      run_params=lambda params: [feature_losses.split_params(params, loss.features)[0]], stacked=False, examples_per_step=batch_size,
+      run_params=lambda params: [feature_losses.split_params(params, loss.features)[0]], stacked=False,
+      examples_per_step=batch_size,
       stats={"data_feed": "device" if device_resident else "tf.data", "mesh": {"sweep": 1, **dict(mesh.shape)},
              "vectorized_runs": 1})
 

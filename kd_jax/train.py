@@ -1,12 +1,13 @@
 """Training and evaluation: `train_and_evaluate(config, workdir)`, and `run_group`, which every mode runs through.
 
 Fixed order: data -> mesh -> the runs' workdirs -> evaluator -> teacher (kd_jax/teacher.py: trained, restored or
-pretrained; or every member of an ensemble, kd_jax/ensemble.py) -> its test metrics -> the student's data (kd_jax/student_data.py: cache, online teacher or teacher
-targets) -> the students (KD, then the hard-label baseline) through the one training loop (kd_jax/loop.py) ->
-their test metrics -> results.json (kd_jax/results.py). A single run is a group of one; a vectorized sweep group
-(kd_jax/vectorized.py) is several runs whose configs differ only in vectorized.FIELDS, trained as one stacked
-program. Every training phase restores its latest checkpoint first, so rerunning the same command resumes where a
-previous run stopped; SIGTERM stops it at the next chunk with a checkpoint.
+pretrained; or every member of an ensemble, kd_jax/ensemble.py) -> its test metrics -> the student's data
+(kd_jax/student_data.py: cache, online teacher or teacher targets) -> the students (KD, then the hard-label
+baseline) through the one training loop (kd_jax/loop.py) -> their test metrics -> results.json
+(kd_jax/results.py). A single run is a group of one; a vectorized sweep group (kd_jax/vectorized.py) is several
+runs whose configs differ only in vectorized.FIELDS, trained as one stacked program. Every training phase restores
+its latest checkpoint first, so rerunning the same command resumes where a previous run stopped; SIGTERM stops it
+at the next chunk with a checkpoint.
 """
 
 import dataclasses
@@ -103,7 +104,7 @@ class _Trainee:
 
 def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData, mesh, the_teacher: teacher.Teacher,
                    student: student_data.StudentData, evaluator: evaluation.Evaluator, *,
-                   vectorize: bool) -> tuple[object, list[dict], int]:
+                   vectorize: bool) -> tuple[object, list[dict], int | None]:
   """The KD student and, with config.baseline, the hard-label student of every run, through the training loop.
 
   A single run trains one model per phase (steps.program); a vectorized group stacks its models (vectorized.program):
@@ -113,7 +114,7 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
 
   Returns:
     (the student model as evaluation sees it, per run {phase: (its final params, the phase's stats)}, the number of
-    parameters training updates).
+    parameters training updates: None when it updates every one).
   """
   config = runs[0].config
   example_inputs = jax.tree.map(lambda value: value[:1], task.train.inputs)
@@ -124,9 +125,7 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
                                                      example_inputs=example_inputs, rng=jax.random.PRNGKey(seed),
                                                      teacher_model=the_teacher.model,
                                                      teacher_params=the_teacher.params)
-  some_params = next(iter(init_params.values()))
-  trainable_params = sum(leaf.size for leaf in jax.tree.leaves(some_params)) if trainable is None else (
-      trainable.count(some_params))
+  trainable_params = None if trainable is None else trainable.count(next(iter(init_params.values())))
   num_steps = steps.num_train_steps(len(task.train), config.data.batch_size, config.train.num_epochs,
                                     config.train.num_steps)
   feature_losses_of_runs, kd_init_params = [None] * len(runs), init_params
@@ -161,8 +160,8 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
       checkpoint_dir = os.path.join(vectorized.group_directory([run.workdir for run in runs]), phase)
     else:
       (trainee,) = trainees
-      program = steps.program(init_params=phase_init_params[config.seed], loss=trainee.loss, seed=config.seed, mesh=mesh,
-                              **common)
+      program = steps.program(init_params=phase_init_params[config.seed], loss=trainee.loss, seed=config.seed,
+                              mesh=mesh, **common)
       checkpoint_dir = os.path.join(runs[0].workdir, "checkpoints", phase)
     logs = [loop.RunLog(", ".join(runs[i].name for i in trainee.run_indices),
                         metric_writer.FanOutWriter([writers[i][phase] for i in trainee.run_indices]),
@@ -202,10 +201,10 @@ def _feature_distillation(runs: list[RunSpec], student: student_data.StudentData
 
 
 def model_efficiency(config, task: data.TaskData, mesh, the_teacher: teacher.Teacher, student_model,
-                     student_params, *, student_trainable_params: int) -> dict:
+                     student_params, *, student_trainable_params: int | None) -> dict:
   """efficiency.measure of the teacher and the student architecture (both students share it), on this process's
   first device of the mesh, with the students' compression relative to the teacher; `student_trainable_params`: the
-  parameters the students' training updated (LoRA adapters and unfrozen parameters)."""
+  parameters the students' training updated (LoRA adapters and unfrozen parameters; None: all)."""
   device = next(device for device in mesh.devices.flat if device.process_index == jax.process_index())
   one = lambda examples: jax.tree.map(lambda value: value[:1], examples.inputs)
   costs = {"teacher": efficiency.measure(the_teacher.model, the_teacher.params, one(task.test.teacher_view()),
