@@ -18,8 +18,9 @@ from kd_jax import sharding
 from kd_jax.models.hf import pretrained
 
 # The module names of one layer in each family's parameters: BERT/RoBERTa 'encoder.layer.i' (under 'bert' or
-# 'roberta'), DistilBERT 'transformer.layer.i' (under 'distilbert'), T5 'block.i' (under 'encoder' and 'decoder').
-LAYER_NAME = re.compile(r"^(encoder\.layer|transformer\.layer|block)\.(\d+)$")
+# 'roberta'), DistilBERT 'transformer.layer.i' (under 'distilbert'), T5 'block.i' (under 'encoder' and 'decoder'),
+# Llama 'layers.i' (under 'model'), GPT-2 'h.i' (under 'transformer').
+LAYER_NAME = re.compile(r"^(encoder\.layer|transformer\.layer|block|layers|h)\.(\d+)$")
 
 
 def stack_depths(params) -> dict[str, int]:
@@ -69,6 +70,8 @@ def create(teacher_model: pretrained.RegistryModel, teacher_params, layers: tupl
   depth = {"num_layers": len(layers)}
   if hasattr(dims, "num_decoder_layers"):  # T5
     depth["num_decoder_layers"] = len(layers)
+  if hasattr(dims, "sliding_windows"):  # Llama family: each student layer keeps its teacher layer's window
+    depth["sliding_windows"] = tuple(dims.sliding_windows[index] for index in layers)
   student = module.clone(parent=None, dims=dataclasses.replace(dims, **depth), dtype=jnp.dtype(dtype),
                          param_dtype=jnp.dtype(param_dtype))
   params = select_layers(teacher_params, tuple(layers), jnp.dtype(param_dtype))
