@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import transformers
 
 import kd_jax.models
 from kd_jax.errors import UserError
@@ -183,7 +184,7 @@ def llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
 def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "llama", tensor_type=None) -> None:
   """The fixture `name`'s weights (transformers' names and layout) as a GGUF file of the llama architecture."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-  config = hf.pretrained._family_and_config(str(FIXTURES / name), "causal_lm")[2]  # pylint: disable=protected-access
+  config = transformers.AutoConfig.from_pretrained(FIXTURES / name)
   tensors = load_file(FIXTURES / name / "model.safetensors")
   writer = gguf.GGUFWriter(str(path), architecture)
   writer.add_block_count(config.num_hidden_layers)
@@ -196,8 +197,8 @@ def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "lla
   writer.add_layer_norm_rms_eps(config.rms_norm_eps)
   writer.add_vocab_size(config.vocab_size)
   writer.add_eos_token_id(2)
-  renames = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib._LAYER_NAMES.items()}  # pylint: disable=protected-access
-  globals_ = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib._GLOBAL_NAMES.items()}  # pylint: disable=protected-access
+  renames = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.LAYER_TENSOR_NAMES.items()}
+  globals_ = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.GLOBAL_TENSOR_NAMES.items()}
   for hf_name, tensor in tensors.items():
     if hf_name.endswith(".bias"):
       continue

@@ -28,8 +28,8 @@ SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                    "Q6_K")
 
 # GGUF tensor name -> transformers' (Llama) tensor name.
-_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_LAYER_NAMES = {
+GLOBAL_TENSOR_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+LAYER_TENSOR_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
@@ -170,8 +170,8 @@ def hf_tensor_name(gguf_name: str) -> str | None:
     return None
   layer, stem, leaf = match.groups()
   if layer is None:
-    return f"{_GLOBAL_NAMES[stem]}.{leaf}" if stem in _GLOBAL_NAMES else None
-  return f"model.layers.{layer}.{_LAYER_NAMES[stem]}.{leaf}" if stem in _LAYER_NAMES else None
+    return f"{GLOBAL_TENSOR_NAMES[stem]}.{leaf}" if stem in GLOBAL_TENSOR_NAMES else None
+  return f"model.layers.{layer}.{LAYER_TENSOR_NAMES[stem]}.{leaf}" if stem in LAYER_TENSOR_NAMES else None
 
 
 def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
