@@ -25,6 +25,7 @@ from kd_jax.models import hf
 from kd_jax.models.hf import from_teacher
 from kd_jax.models.hf import gguf as gguf_lib
 from kd_jax.models.hf import llama
+from kd_jax.models.hf import pretrained
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
 TOLERANCE = 1e-5
@@ -235,6 +236,9 @@ def test_gguf_weights_are_the_checkpoints_with_q_and_k_rows_unpermuted(tmp_path)
   assert len(flat) == 21 and set(flat) <= set(flat_reference)  # all but the biases
   for key, leaf in flat.items():
     np.testing.assert_array_equal(leaf, flat_reference[key], err_msg=key)
+  # What config validation checks student layers against, from the GGUF metadata alone.
+  abstract = pretrained.abstract_params(str(path), "causal_lm")
+  assert jax.tree.map(lambda leaf: leaf.shape, abstract) == jax.tree.map(lambda leaf: leaf.shape, params)
 
 
 @pytest.mark.parametrize("tensor_type, tolerance", [(gguf.GGMLQuantizationType.F16, 1e-3),
