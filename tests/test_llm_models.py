@@ -155,11 +155,14 @@ def test_generated_mask_ends_after_the_first_eos():
   np.testing.assert_array_equal(hf.generated_mask(tokens, [2]), [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
 
 
-def test_right_padded_prompts_are_refused():
+def test_right_padded_prompts_and_positions_past_the_table_are_refused():
   ref = reference("llama")
   model, params = hf.from_pretrained(str(FIXTURES / "llama"), task="causal_lm")
   with pytest.raises(ValueError, match="left-padded"):
     hf.generate(model, params, ref["input_ids"], ref["attention_mask"], max_new_tokens=2)
+  gpt2, gpt2_params = hf.from_pretrained(str(FIXTURES / "gpt2"), task="causal_lm")
+  with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
+    hf.generate(gpt2, gpt2_params, ref["prompt_ids"], ref["prompt_mask"], max_new_tokens=128)
 
 
 def test_rope_scaling_of_an_unsupported_type_is_named(tmp_path):

@@ -116,6 +116,11 @@ def _generate_causal_lm(module, params, input_ids, attention_mask, *, max_new_to
   if not isinstance(attention_mask, jax.core.Tracer) and not np.all(np.asarray(attention_mask)[:, -1]):
     raise ValueError("decoder-only prompts must be left-padded: attention_mask[:, -1] must be 1 in every row")
   input_ids = jnp.asarray(input_ids, jnp.int32)
+  # Learned position tables (GPT-2) end; JAX would clip the positions past them silently.
+  max_positions = getattr(dims, "max_position_embeddings", None)
+  if max_positions is not None and input_ids.shape[1] + max_new_tokens > max_positions:
+    raise ValueError(f"prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds the model's "
+                     f"{max_positions} positions")
   if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.wrap_key_data(rng)  # a raw uint32 key (jax.random.PRNGKey)
   row_rngs = rng if rng.shape == (input_ids.shape[0],) else jax.random.split(rng, input_ids.shape[0])
