@@ -251,7 +251,9 @@ def test_gguf_weights_are_the_checkpoints_with_q_and_k_rows_unpermuted(tmp_path)
                                                     (gguf.GGMLQuantizationType.BF16, 1e-2),
                                                     (gguf.GGMLQuantizationType.Q8_0, 1e-2),
                                                     (gguf.GGMLQuantizationType.Q4_0, 0.2),
-                                                    (gguf.GGMLQuantizationType.Q4_1, 0.2)])
+                                                    (gguf.GGMLQuantizationType.Q4_1, 0.2),
+                                                    (gguf.GGMLQuantizationType.Q5_0, 0.1),
+                                                    (gguf.GGMLQuantizationType.Q5_1, 0.1)])
 def test_quantized_gguf_tensors_are_close_to_the_originals(tmp_path, tensor_type, tolerance):
   """A [64, 96] q_proj and a [32, 64] down_proj quantized as llama.cpp does (q rows permuted for 4 heads)."""
   path = tmp_path / f"{tensor_type.name}.gguf"
@@ -270,6 +272,32 @@ def test_quantized_gguf_tensors_are_close_to_the_originals(tmp_path, tensor_type
   assert loaded.shape == source.shape("model.layers.0.self_attn.q_proj.weight") == (64, 96)
   assert 0 < relative_error(loaded, q_proj) < tolerance
   assert 0 < relative_error(source.get("model.layers.0.mlp.down_proj.weight"), down_proj) < tolerance
+
+
+def test_k_quant_tensors_are_read_from_their_place_in_the_file(tmp_path):
+  """The gguf package has no NumPy quantizer for the K-quants: random blocks written after another tensor read back
+  as the package dequantizes those bytes."""
+  path = tmp_path / "k_quants.gguf"
+  rng = np.random.default_rng(1)
+  tensors = {"model.layers.0.mlp.up_proj.weight": ("blk.0.ffn_up.weight", gguf.GGMLQuantizationType.Q4_K),
+             "model.layers.0.mlp.gate_proj.weight": ("blk.0.ffn_gate.weight", gguf.GGMLQuantizationType.Q6_K)}
+  blocks = {}
+  writer = gguf.GGUFWriter(str(path), "llama")
+  writer.add_tensor("output_norm.weight", rng.normal(size=(256,)).astype(np.float32))
+  for name, (gguf_name, tensor_type) in tensors.items():
+    blocks[name] = rng.integers(0, 256, size=(3, 2 * gguf.GGML_QUANT_SIZES[tensor_type][1]), dtype=np.uint8)
+    blocks[name][:, :4] = 0x3c  # finite float16 scales at the start of each block
+    writer.add_tensor(gguf_name, blocks[name], raw_dtype=tensor_type)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  source = gguf_lib.GGUFSource(str(path), ml_collections.ConfigDict(dict(num_attention_heads=1,
+                                                                         num_key_value_heads=1)))
+  for name, (_, tensor_type) in tensors.items():
+    expected = gguf.quants.dequantize(blocks[name], tensor_type)
+    assert source.shape(name) == expected.shape == (3, 512)
+    np.testing.assert_array_equal(source.get(name), expected)
 
 
 def test_gguf_with_an_unsupported_tensor_type_is_refused(tmp_path):
