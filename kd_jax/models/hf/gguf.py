@@ -120,6 +120,9 @@ def read(path: str) -> GGUFFile:
   data_start = -(-offset // alignment) * alignment
   tensors = {}
   for name, shape, type_id, tensor_offset in infos:
+    if type_id not in set(gguf.GGMLQuantizationType) or gguf.GGMLQuantizationType(type_id) not in gguf.GGML_QUANT_SIZES:
+      tensors[name] = GGUFTensor(name, shape, f"unknown type {type_id}", np.zeros((0, 0), np.uint8))
+      continue
     tensor_type = gguf.GGMLQuantizationType(type_id)
     block_size, block_bytes = gguf.GGML_QUANT_SIZES[tensor_type]
     rows, row_bytes = int(np.prod(shape[:-1], dtype=np.int64)), shape[-1] // block_size * block_bytes
