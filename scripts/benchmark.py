@@ -208,7 +208,7 @@ class FusedTrainer:
         loss=losses.DistillationLoss.from_config(distill_config, distills=distills),
         examples=examples if distills else examples.replace(teacher=None), batch_size=batch_size, seed=seed,
         mesh=self.mesh, train_config=ml_collections.ConfigDict(dict(steps_per_dispatch=max_steps,
-                                                                    device_data_max_mib=256)))
+                                                                    device_data_max_mib=256, microbatches=1)))
     self._max_steps = max_steps
 
   def program(self):
@@ -326,7 +326,7 @@ def vectorized_speedup(quick: bool) -> dict:
                              distill_config=distill(temperature), optim_config=config.optim,
                              batch_size=config.data.batch_size, num_steps=num_steps, seed=seed)
                 for temperature, seed in points]
-  train_config = ml_collections.ConfigDict(dict(steps_per_dispatch=max_steps, num_devices=1))
+  train_config = ml_collections.ConfigDict(dict(steps_per_dispatch=max_steps, num_devices=1, microbatches=1))
 
   def train_together(steps):
     program = vectorized.program(
@@ -426,7 +426,6 @@ def distilbert_student():
 
 def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: float) -> dict:
   """kd_jax's DistilBERT-shaped KD training vs the PyTorch notebook loop, alternating; MFU of the kd_jax step."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from kd_jax import data, schema  # pylint: disable=g-import-not-at-top
   model, params = distilbert_student()
@@ -437,8 +436,7 @@ def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: flo
   distill_config = schema.default_config().distill  # every field the loss reads, then the notebook's settings
   distill_config.update(dict(temperature=TEMPERATURE, alpha=ALPHA, label_smoothing=0.0, divergence="forward_kl",
                              t2_scaling=True, input_noise_std=0.0))
-  optim_config = ml_collections.ConfigDict(dict(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
-                                                warmup_ratio=WARMUP_RATIO, grad_clip_norm=None))
+  optim_config = schema.optim_config(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO)
   steps_per_round, rounds = (2, 7) if quick else (4, 9)
   total_steps = steps_per_round * (rounds + 1) + 1
   trainers = {mode: FusedTrainer(model=model, params=params, examples=examples, distills=mode == "cached",
