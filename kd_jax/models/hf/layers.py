@@ -64,9 +64,10 @@ def attention_logits(query: jax.Array, key: jax.Array, bias: jax.Array, scale: f
     scale: multiplies the scores before the bias is added (BERT: head_dim**-0.5; T5: 1).
 
   Returns:
-    [batch, heads, queries, keys], float32.
+    [batch, heads, queries, keys], float32: accumulated and returned in float32 also when query and key are
+    bfloat16 (a bfloat16 model's softmax then sees unrounded scores).
   """
-  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
   return scores * scale + bias
 
 
