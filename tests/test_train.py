@@ -149,6 +149,7 @@ def test_default_run_through_main(tmp_path):
   assert "validation split (60 examples): selects" in result.stdout and "efficiency" in result.stdout
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_equals_one_step(smoke_run, tmp_path):
   """train.microbatches=4 (one row per micro-batch on each of the 8 devices) trains the student of microbatches=1:
   after 20 steps the same logged losses and norms and the same metrics within 1e-5. Dropout is on, so per-example
