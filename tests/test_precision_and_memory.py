@@ -123,3 +123,24 @@ def test_remat_of_t5_blocks_keeps_the_gradients():
   # Per parameter, relative to its gradient's norm (elements near 0 differ by the rounding of large terms).
   jax.tree.map(lambda a, b: np.testing.assert_array_less(np.linalg.norm(a - b), 1e-5 * np.linalg.norm(b) + 1e-9),
                remat_grads, grads)
+
+
+def test_micro_batch_shares_add_up_to_the_whole_batch_loss():
+  """losses.distillation_loss per micro-batch with the whole batch's term weights (weight_sums): the 4 shares add up
+  to the loss of the whole batch, per token with padding and micro-batches without a labeled token; the mean of
+  per-micro-batch means (TRL PR #6006's bug) does not."""
+  rng = np.random.default_rng(0)
+  logits, teacher = (jnp.asarray(rng.normal(size=(8, 6, 5)) * 3, jnp.float32) for _ in range(2))
+  labels = np.where(rng.random((8, 6)) < 0.5, -1, rng.integers(0, 5, size=(8, 6)))
+  labels[:2] = -1  # the first micro-batch has no labeled token
+  weights = (np.arange(6)[None, :] < rng.integers(1, 7, size=8)[:, None]).astype(np.float32)
+  loss = lambda rows, sums=None: losses.distillation_loss(
+      logits[rows], teacher[rows], labels[rows], weights[rows], weights=losses.LossWeights(hard=0.3, soft=0.7),
+      temperature=2.0, weight_sums=sums)
+  whole = loss(slice(0, 8))
+  sums = losses.term_weight_sums(labels, weights)
+  parts = [loss(slice(2 * m, 2 * m + 2), sums) for m in range(4)]
+  for term in ("loss", "hard", "soft"):
+    np.testing.assert_allclose(sum(getattr(part, term) for part in parts), getattr(whole, term), rtol=1e-6)
+  mean_of_means = np.mean([loss(slice(2 * m, 2 * m + 2)).loss for m in range(4)])
+  assert abs(mean_of_means - whole.loss) > 1e-2

@@ -33,8 +33,8 @@ MASKED_SCORE = float(jnp.finfo(jnp.float32).min)
 def rematerialized(block: type[nn.Module], remat: str, train_argnum: int) -> type[nn.Module]:
   """The transformer block class `block` as config.train.remat asks: itself ('none'), or under flax's nn.remat
   (jax.checkpoint) so that its backward pass recomputes what it did not keep: only its inputs ('block'), or what
-  the jax.checkpoint_policies `remat` saves (kd_jax.models.remat_options). `train_argnum` is the position of its `train` flag (self is 0), a
-  Python bool that must stay static."""
+  the jax.checkpoint_policies `remat` saves (kd_jax.models.remat_options). `train_argnum` is the position of its
+  `train` flag (self is 0), a Python bool that must stay static."""
   if remat == "none":
     return block
   policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
