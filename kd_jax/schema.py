@@ -268,9 +268,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Rematerialization (activation checkpointing) of the transformer blocks of HF models while they train (the
   # student; the teacher in its own training): 'none'; 'block': each block keeps only its input for the backward
   # pass and recomputes the rest (flax nn.remat per block); or a jax.checkpoint_policies name applied per block
-  # (e.g. 'dots_saveable': keep the matmul outputs, recompute the elementwise ops). Same results, less memory, more
-  # compute. An online teacher runs forward only (no gradient, nothing kept for a backward pass): remat does not
-  # apply to it.
+  # (e.g. 'dots_saveable': keep the matmul outputs, recompute the elementwise ops). Same results, more compute, less
+  # memory on accelerators (XLA:CPU merges the recomputation back: see the README). An online teacher runs forward
+  # only (no gradient, nothing kept for a backward pass): remat does not apply to it.
   config.train.remat = "none"
 
   # Also train the hard-label student (the same run without the distillation term) as the baseline.
