@@ -222,6 +222,8 @@ def _check_optim(config, section: str) -> None:
   _check_in_range(config, f"{section}.warmup_ratio", 0.0, 1.0, low_open=False, high_open=True)
   clip = config_paths.get(config, f"{section}.grad_clip_norm")
   _require(clip is None or clip > 0, f"{section}.grad_clip_norm", clip, "must be > 0 or None")
+  moment_dtype = config_paths.get(config, f"{section}.moment_dtype")
+  _require(moment_dtype in DTYPES, f"{section}.moment_dtype", moment_dtype, f"allowed: {', '.join(DTYPES)}")
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:
@@ -292,7 +294,20 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _check_positive(config, field)
   _require(config.train.device_data_max_mib >= 0, "train.device_data_max_mib", config.train.device_data_max_mib,
            "must be >= 0")
+  _check_memory_savers(config, num_devices)
   _check_selection(config)
+
+
+def _check_memory_savers(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """train.microbatches divides each device's rows of a batch; train.remat is known, on a model with blocks."""
+  microbatches, rows = config.train.microbatches, config.data.batch_size // num_devices
+  _require(microbatches >= 1 and rows % microbatches == 0, "train.microbatches", microbatches,
+           f"must be >= 1 and divide each device's rows of a batch (data.batch_size {config.data.batch_size} / "
+           f"{num_devices} devices = {rows})")
+  remat, options = config.train.remat, models.remat_options()
+  _require(remat in options, "train.remat", remat, f"allowed: {', '.join(options)}")
+  _require(remat == "none" or config.student.name == "hf", "train.remat", remat,
+           f"needs transformer blocks (student.name='hf'); the {config.student.name} student has none: use 'none'")
 
 
 def _check_schedule(config: ml_collections.ConfigDict) -> None:

@@ -232,8 +232,15 @@ class FeatureLoss:
                attention_weight=jnp.float32(distill_config.attention_weight), pairs=pairs,
                kind=distill_config.feature_loss, pool_tokens=pool_tokens)
 
+  def position_weights(self, example_weights: jax.Array, student_mask) -> jax.Array:
+    """The weights of the terms' means: per real token [batch, length] when text positions are compared, else per
+    example [batch]."""
+    per_token = student_mask is not None and not self.pool_tokens
+    return example_weights[:, None] * student_mask if per_token else example_weights
+
   def __call__(self, student: Intermediates, teacher: Intermediates, projections: dict, *, student_mask, teacher_mask,
-               example_weights: jax.Array, axis_name: str | None = None) -> tuple[jax.Array, dict]:
+               example_weights: jax.Array, axis_name: str | None = None,
+               weight_sum: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """(feature_weight * feature term + attention_weight * attention term, {'feature_loss', 'attention_loss'}).
 
     Args:
@@ -242,11 +249,14 @@ class FeatureLoss:
       student_mask, teacher_mask: attention masks [batch, length] of text models (each on its own tokens), or None.
       example_weights: [batch], 0 for examples not counted.
       axis_name: the data-parallel axis of the global normalization, or None.
+      weight_sum: this device's total `position_weights` when these rows are one micro-batch of its rows
+        (losses.global_mean), else None.
 
     'attention_loss' is there when both models have attention, positions align and a pair maps layers >= 1.
     """
     per_token = student_mask is not None and not self.pool_tokens
-    weights = example_weights[:, None] * student_mask if per_token else example_weights
+    weights = self.position_weights(example_weights, student_mask)
+    mean = lambda values: losses.global_mean(values, weights, axis_name, weight_sum)
     feature = jnp.zeros((), jnp.float32)
     for t, s in self.pairs:
       student_hidden, teacher_hidden = student.hidden_states[s], teacher.hidden_states[t]
@@ -256,13 +266,12 @@ class FeatureLoss:
       projection = projections.get(projection_name(t, s))
       if projection is not None:
         student_hidden = student_hidden.astype(jnp.float32) @ projection["kernel"] + projection["bias"]
-      feature += losses.global_mean(hidden_state_loss(student_hidden, teacher_hidden, self.kind), weights, axis_name)
+      feature += mean(hidden_state_loss(student_hidden, teacher_hidden, self.kind))
     terms = {"feature_loss": feature}
     total = self.feature_weight * feature
     attention_pairs = [(t, s) for t, s in self.pairs if t > 0 and s > 0]
     if per_token and student.attention_logits and teacher.attention_logits and attention_pairs:
-      terms["attention_loss"] = sum(
-          losses.global_mean(attention_kl(student.attention_logits[s - 1], teacher.attention_logits[t - 1]), weights,
-                             axis_name) for t, s in attention_pairs)
+      terms["attention_loss"] = sum(mean(attention_kl(student.attention_logits[s - 1], teacher.attention_logits[t - 1]))
+                                    for t, s in attention_pairs)
       total += self.attention_weight * terms["attention_loss"]
     return total, terms

@@ -234,7 +234,8 @@ def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature:
   return value
 
 
-def global_mean(values: jax.Array, weights: jax.Array, axis_name: str | None = None) -> jax.Array:
+def global_mean(values: jax.Array, weights: jax.Array, axis_name: str | None = None,
+                weight_sum: jax.Array | None = None) -> jax.Array:
   """Weighted mean over the global batch: sum(w * v) / sum(w), summed over every device on `axis_name`.
 
   Inside a data-parallel step (`axis_name` bound by shard_map) this returns this device's share, normalized by the
@@ -243,13 +244,20 @@ def global_mean(values: jax.Array, weights: jax.Array, axis_name: str | None = N
   real tokens therefore weighs what its tokens weigh, not what its batch slot weighs. Returns 0 when the global
   weight is 0 (e.g. a batch without labeled examples).
 
+  With gradient accumulation (kd_jax/steps.py) `values` and `weights` are one micro-batch m of this device's rows
+  and `weight_sum` is W_d, the weight of all of them: the result S_dm / mean_d W_d is the micro-batch's share, and
+  the shares add up over micro-batches to the mean of the whole batch (not to a mean of per-micro-batch means, which
+  would weigh a micro-batch of few real tokens like a full one: the bug class of TRL PR #6006).
+
   Args:
     values: [...] per-example or per-token values.
     weights: [...] non-negative weights of the same shape (0 for padding or for missing labels).
     axis_name: the data-parallel mesh axis, or None outside a mapped context.
+    weight_sum: this device's total weight when `values` are a part of its rows; None: sum(weights).
   """
   weighted_sum = jnp.sum(values * weights)
-  weight_sum = jnp.sum(weights).astype(values.dtype)
+  weight_sum = jnp.sum(weights) if weight_sum is None else weight_sum
+  weight_sum = weight_sum.astype(values.dtype)
   if axis_name is not None:
     weight_sum = jax.lax.pmean(weight_sum, axis_name)
   return jnp.where(weight_sum > 0, weighted_sum / jnp.where(weight_sum > 0, weight_sum, 1.0), 0.0)
@@ -270,6 +278,23 @@ def loss_weights(alpha: float | None, ce_weight: float | None, kd_weight: float 
   return LossWeights(hard=ce_weight, soft=kd_weight)
 
 
+def labeled_weights(labels: jax.Array, example_weights: jax.Array) -> jax.Array:
+  """The hard term's weights: example_weights where there is a label (labels >= 0), else 0."""
+  return example_weights * (labels >= 0)
+
+
+class TermWeightSums(NamedTuple):
+  """This device's total weight of each term over its rows (see `global_mean`'s weight_sum): hard (labeled
+  positions) and soft (every real position)."""
+  hard: jax.Array
+  soft: jax.Array
+
+
+def term_weight_sums(labels: jax.Array, example_weights: jax.Array) -> TermWeightSums:
+  """The TermWeightSums of rows with these labels and example weights."""
+  return TermWeightSums(hard=jnp.sum(labeled_weights(labels, example_weights)), soft=jnp.sum(example_weights))
+
+
 class DistillationTerms(NamedTuple):
   """The scalar loss and its parts (global means), for logging."""
   loss: jax.Array
@@ -281,7 +306,8 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Ens
                       labels: jax.Array, example_weights: jax.Array, *, weights: LossWeights, temperature: float,
                       label_smoothing: float = 0.0, divergence_kind: str = "forward_kl", t2_scaling: bool = True,
                       divergence_params: DivergenceParams = DivergenceParams(),
-                      axis_name: str | None = None) -> DistillationTerms:
+                      axis_name: str | None = None,
+                      weight_sums: TermWeightSums | None = None) -> DistillationTerms:
   """loss = w_hard * mean_{labeled} CE(y, p_s) + w_soft * mean_{all} s * D(z_s / T, z_t / T).
 
   The hard term averages over labeled positions only (labels >= 0); the soft term over every real position, so
@@ -299,16 +325,18 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Ens
     temperature, label_smoothing, divergence_kind, t2_scaling, divergence_params: see `divergence` and
       `cross_entropy`.
     axis_name: data-parallel axis for the global normalization, or None.
+    weight_sums: this device's term weights over all its rows when these rows are one micro-batch of them
+      (`term_weight_sums`; see `global_mean`), else None.
   """
-  labeled_weights = example_weights * (labels >= 0)
-  hard = global_mean(cross_entropy(student_logits, labels, label_smoothing), labeled_weights, axis_name)
+  hard = global_mean(cross_entropy(student_logits, labels, label_smoothing), labeled_weights(labels, example_weights),
+                     axis_name, None if weight_sums is None else weight_sums.hard)
   if teacher_logits is None:
     soft = jnp.zeros_like(hard)
   else:
     divergence_fn = topk_divergence if isinstance(teacher_logits, TopKLogits) else divergence
     per_example = divergence_fn(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling,
                                 divergence_params)
-    soft = global_mean(per_example, example_weights, axis_name)
+    soft = global_mean(per_example, example_weights, axis_name, None if weight_sums is None else weight_sums.soft)
   return DistillationTerms(loss=weights.hard * hard + weights.soft * soft, hard=hard, soft=soft)
 
 
@@ -418,14 +446,14 @@ class DistillationLoss:
             "soft_weight": between(self.soft_weight, self.soft_weight_end)}
 
   def __call__(self, student_logits: jax.Array, teacher_logits, labels: jax.Array, example_weights: jax.Array,
-               axis_name: str | None = None) -> DistillationTerms:
+               axis_name: str | None = None, weight_sums: TermWeightSums | None = None) -> DistillationTerms:
     """`distillation_loss` with this loss's settings; teacher_logits None (no teacher signal) gives soft = 0."""
     return distillation_loss(student_logits, teacher_logits, labels, example_weights,
                              weights=LossWeights(self.hard_weight, self.soft_weight), temperature=self.temperature,
                              label_smoothing=self.label_smoothing, divergence_kind=self.divergence,
                              t2_scaling=self.t2_scaling,
                              divergence_params=DivergenceParams(self.beta, self.skew, self.akl_mu),
-                             axis_name=axis_name)
+                             axis_name=axis_name, weight_sums=weight_sums)
 
 
 def _or(value, default):

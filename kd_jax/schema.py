@@ -13,7 +13,7 @@ from ml_collections import config_dict
 OPERATIONAL_FIELDS = frozenset({
     "train.log_every_steps", "train.eval_every_steps", "train.checkpoint_every_steps", "train.max_checkpoints_to_keep",
     "train.num_devices", "train.steps_per_dispatch", "train.device_data_max_mib", "data.eval_batch_size",
-    "teacher.workdir"})
+    "teacher.workdir", "train.microbatches", "train.remat"})
 # The config.teacher fields an ensemble's members may set (config.ensemble.members): what changes a teacher's
 # weights, not its kind, label space or inputs (name, checkpoint and task stay config.teacher's).
 ENSEMBLE_MEMBER_FIELDS = ("seed", "init", "hidden_sizes", "dropout_rate", "num_epochs", "dtype", "param_dtype",
@@ -260,6 +260,18 @@ def default_config() -> ml_collections.ConfigDict:
   # batched there; larger ones stream through tf.data (gathered and prefetched in background threads). 0 sends
   # every training set through tf.data. The batches are the same either way.
   config.train.device_data_max_mib = 256
+  # Gradient accumulation: each device's rows of a step's batch (data.batch_size / devices) run as this many
+  # micro-batches one after another inside the compiled step, their gradients summed before one optimizer step;
+  # the loss is normalized over the whole global batch, so any value gives the update of 1 (up to float rounding)
+  # with the activations of one micro-batch in memory. Must divide the per-device rows.
+  config.train.microbatches = 1
+  # Rematerialization (activation checkpointing) of the transformer blocks of HF models while they train (the
+  # student; the teacher in its own training): 'none'; 'block': each block keeps only its input for the backward
+  # pass and recomputes the rest (flax nn.remat per block); or a jax.checkpoint_policies name applied per block
+  # (e.g. 'dots_saveable': keep the matmul outputs, recompute the elementwise ops). Same results, more compute, less
+  # memory on accelerators (XLA:CPU merges the recomputation back: see the README). An online teacher runs forward
+  # only (no gradient, nothing kept for a backward pass): remat does not apply to it.
+  config.train.remat = "none"
 
   # Also train the hard-label student (the same run without the distillation term) as the baseline.
   config.baseline = True
@@ -310,6 +322,10 @@ def optim_config(*, learning_rate: float, weight_decay: float, warmup_ratio: flo
   optim.warmup_ratio = warmup_ratio
   # Clip gradients to this global norm; None disables clipping.
   optim.grad_clip_norm = config_dict.placeholder(float)
+  # dtype of AdamW's first moment (optax.adamw's mu_dtype): 'float32' or 'bfloat16' (half that moment's memory).
+  # The second moment keeps the parameters' dtype (float32 master parameters with param_dtype 'float32'): optax has
+  # no dtype option for it, and its average moves by (1 - b2) = 0.1% a step, below bfloat16's 0.4% resolution.
+  optim.moment_dtype = "float32"
   return optim
 
 

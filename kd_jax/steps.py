@@ -49,9 +49,9 @@ def learning_rates(optim_config: ml_collections.ConfigDict, num_steps: int) -> n
 
 def make_optimizer(optim_config: ml_collections.ConfigDict, num_steps: int,
                    trainable: peft.Trainable | None = None) -> optax.GradientTransformation:
-  """AdamW on the schedule above; weight decay on matrices only (not biases or norm scales), optional clipping; with
-  `trainable`, over the trained parameters only (clipping by their norm), the frozen ones left unchanged and without
-  optimizer state.
+  """AdamW on the schedule above (its first moment in optim_config.moment_dtype); weight decay on matrices only (not
+  biases or norm scales), optional clipping; with `trainable`, over the trained parameters only (clipping by their
+  norm), the frozen ones left unchanged and without optimizer state.
 
   Equal settings give the same object: the optimizer is part of the train state's tree structure, so runs with
   equal settings (the points of a sweep) reuse compiled steps instead of tracing and compiling their own.
@@ -63,6 +63,7 @@ def make_optimizer(optim_config: ml_collections.ConfigDict, num_steps: int,
 def _make_optimizer(optim_config: ml_collections.FrozenConfigDict, num_steps: int,
                     trainable: peft.Trainable | None) -> optax.GradientTransformation:
   tx = optax.adamw(learning_rate_schedule(optim_config, num_steps), weight_decay=optim_config.weight_decay,
+                   mu_dtype=jnp.dtype(optim_config.moment_dtype),
                    mask=lambda params: jax.tree.map(lambda p: p.ndim > 1, params))
   if optim_config.grad_clip_norm is not None:
     tx = optax.chain(optax.clip_by_global_norm(optim_config.grad_clip_norm), tx)
@@ -88,7 +89,7 @@ def _attention_mask(inputs):
 
 
 def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss, rng: jax.Array, batch: Examples, *,
-               model, teacher_model, input_noise_std: float) -> tuple[TrainState, dict]:
+               model, teacher_model, input_noise_std: float, microbatches: int = 1) -> tuple[TrainState, dict]:
   """One data-parallel optimizer step on this device's shard of the global batch.
 
   The teacher's signal is the teacher run here on the student's batch (`teacher_model` given: online), else what
@@ -102,6 +103,13 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
   attention terms are added (logged as feature_loss, attention_loss), and `state.params` holds the student's params
   and the projections (feature_losses.join_params).
 
+  Gradient accumulation (`microbatches` k > 1): this device's rows are split into k micro-batches of consecutive
+  rows, run one after another in a lax.scan (teacher, student forward and backward: the activations of one
+  micro-batch are alive at a time). Each micro-batch's loss is its share of the whole batch's loss, normalized by
+  the weight of all the rows (`losses.global_mean`'s weight_sum), so the summed gradients and logged losses are
+  those of k = 1 up to float rounding; the optimizer then steps once. Dropout keys follow the example index, so
+  they do not depend on k either.
+
   Args:
     state: replicated training state of the model being trained.
     teacher_params: replicated teacher parameters when `teacher_model` is given, else None.
@@ -111,63 +119,97 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
     batch: this device's rows of the global batch.
     model, teacher_model: flax modules (static); teacher_model None unless the teacher runs in the step.
     input_noise_std: Gaussian noise on the inputs, seen by teacher and student alike.
+    microbatches: k, dividing this device's rows.
 
   Returns:
     (new state, metrics averaged over devices).
   """
   loss = loss.at_step(state.step)
   step_rng = jax.random.fold_in(rng, state.step)
-  example_rngs = jax.vmap(functools.partial(jax.random.fold_in, step_rng))(batch.index)
-  dropout_rngs, noise_rngs = jnp.moveaxis(jax.vmap(lambda key: jax.random.split(key, 2))(example_rngs), 1, 0)
-  inputs = batch.inputs
-  if input_noise_std > 0:
-    noise = jax.vmap(lambda key, x: jax.random.normal(key, x.shape, x.dtype))(noise_rngs, inputs)
-    inputs = inputs + input_noise_std * noise
   features = loss.features  # feature distillation (kd_jax/feature_losses.py) needs both models' intermediates
-  teacher_logits, teacher_features = batch.teacher, None
-  teacher_inputs = inputs if batch.teacher_inputs is None else batch.teacher_inputs
-  if teacher_model is not None:
-    if features is None:
-      teacher_logits = teacher_model.apply({"params": teacher_params}, teacher_inputs, train=False)
-    else:
-      teacher_logits, teacher_state = teacher_model.apply({"params": teacher_params}, teacher_inputs, train=False,
-                                                          mutable=["intermediates"])
-      teacher_features = feature_losses.collect(teacher_state["intermediates"])
-    teacher_logits, teacher_features = jax.lax.stop_gradient((teacher_logits, teacher_features))
-  assert features is None or teacher_features is not None, "feature distillation needs the teacher in the step"
-  example_weights = batch.example_weights()
-
-  def loss_fn(params):
-    model_params, projections = feature_losses.split_params(params, features)
-
-    def example_outputs(example_inputs, dropout_rng):
-      apply = functools.partial(model.apply, {"params": model_params}, _add_batch_axis(example_inputs), train=True,
-                                rngs={"dropout": dropout_rng})
-      if features is None:
-        return apply()[0], None
-      logits, model_state = apply(mutable=["intermediates"])
-      return logits[0], jax.tree.map(lambda value: value[0], feature_losses.collect(model_state["intermediates"]))
-
-    logits, student_features = jax.vmap(example_outputs)(inputs, dropout_rngs)
-    terms = loss(logits, teacher_logits, batch.label, example_weights, axis_name=sharding.DATA_AXIS)
-    if features is None:
-      return terms.loss, (terms, {})
-    feature_total, feature_terms = features(
-        student_features, teacher_features, projections, student_mask=_attention_mask(inputs),
-        teacher_mask=_attention_mask(teacher_inputs), example_weights=example_weights, axis_name=sharding.DATA_AXIS)
-    return terms.loss + feature_total, (terms, feature_terms)
-
   # Gradients of the trained parameters only (state.trainable); the frozen ones get zeros, which the optimizer drops.
   trained, frozen = peft.split(state.params, state.trainable)
-  (total, (terms, feature_terms)), grads = jax.value_and_grad(
-      lambda trained: loss_fn(peft.combine(trained, frozen)), has_aux=True)(trained)
+
+  def gradients(rows: Examples, weight_sums):
+    """(gradients of the trained params, loss terms) of `rows`: this device's rows, or one micro-batch of them with
+    `weight_sums` (the terms' weights over all of them) for the normalization."""
+    example_rngs = jax.vmap(functools.partial(jax.random.fold_in, step_rng))(rows.index)
+    dropout_rngs, noise_rngs = jnp.moveaxis(jax.vmap(lambda key: jax.random.split(key, 2))(example_rngs), 1, 0)
+    inputs = rows.inputs
+    if input_noise_std > 0:
+      noise = jax.vmap(lambda key, x: jax.random.normal(key, x.shape, x.dtype))(noise_rngs, inputs)
+      inputs = inputs + input_noise_std * noise
+    teacher_logits, teacher_features = rows.teacher, None
+    teacher_inputs = inputs if rows.teacher_inputs is None else rows.teacher_inputs
+    if teacher_model is not None:
+      if features is None:
+        teacher_logits = teacher_model.apply({"params": teacher_params}, teacher_inputs, train=False)
+      else:
+        teacher_logits, teacher_state = teacher_model.apply({"params": teacher_params}, teacher_inputs, train=False,
+                                                            mutable=["intermediates"])
+        teacher_features = feature_losses.collect(teacher_state["intermediates"])
+      teacher_logits, teacher_features = jax.lax.stop_gradient((teacher_logits, teacher_features))
+    assert features is None or teacher_features is not None, "feature distillation needs the teacher in the step"
+    example_weights = rows.example_weights()
+    term_sums, feature_sum = weight_sums if weight_sums is not None else (None, None)
+
+    def loss_fn(params):
+      model_params, projections = feature_losses.split_params(params, features)
+
+      def example_outputs(example_inputs, dropout_rng):
+        apply = functools.partial(model.apply, {"params": model_params}, _add_batch_axis(example_inputs), train=True,
+                                  rngs={"dropout": dropout_rng})
+        if features is None:
+          return apply()[0], None
+        logits, model_state = apply(mutable=["intermediates"])
+        return logits[0], jax.tree.map(lambda value: value[0], feature_losses.collect(model_state["intermediates"]))
+
+      logits, student_features = jax.vmap(example_outputs)(inputs, dropout_rngs)
+      terms = loss(logits, teacher_logits, rows.label, example_weights, axis_name=sharding.DATA_AXIS,
+                   weight_sums=term_sums)
+      if features is None:
+        return terms.loss, (terms, {})
+      feature_total, feature_terms = features(
+          student_features, teacher_features, projections, student_mask=_attention_mask(inputs),
+          teacher_mask=_attention_mask(teacher_inputs), example_weights=example_weights,
+          axis_name=sharding.DATA_AXIS, weight_sum=feature_sum)
+      return terms.loss + feature_total, (terms, feature_terms)
+
+    (total, (terms, feature_terms)), grads = jax.value_and_grad(
+        lambda trained: loss_fn(peft.combine(trained, frozen)), has_aux=True)(trained)
+    return grads, {"loss": total, "hard_loss": terms.hard, "soft_loss": terms.soft, **feature_terms}
+
+  if microbatches == 1:
+    grads, step_metrics = gradients(batch, None)
+  else:
+    grads, step_metrics = _accumulate(gradients, batch, microbatches, features)
   grads = sharding.mean_over_devices(grads)
   new_state = state.apply_gradients(grads=peft.combine(grads, jax.tree.map(jnp.zeros_like, frozen)))
-  step_metrics = {"loss": total, "hard_loss": terms.hard, "soft_loss": terms.soft, **feature_terms}
   step_metrics = sharding.mean_over_devices(step_metrics)
   step_metrics["grad_norm"] = optax.tree.norm(grads)
   step_metrics["param_norm"] = optax.tree.norm(new_state.params)
   return new_state, step_metrics
+
+
+def _accumulate(gradients, batch: Examples, microbatches: int, features):
+  """`gradients(rows, weight_sums)` summed over `microbatches` micro-batches of consecutive rows of `batch`, run in
+  a lax.scan, each normalized by the weight of all of `batch`'s rows; sums in at least float32."""
+  example_weights = batch.example_weights()
+  feature_sum = None
+  if features is not None:
+    feature_sum = jnp.sum(features.position_weights(example_weights, _attention_mask(batch.inputs)))
+  weight_sums = (losses.term_weight_sums(batch.label, example_weights), feature_sum)
+  parts = jax.tree.map(lambda rows: rows.reshape((microbatches, rows.shape[0] // microbatches) + rows.shape[1:]),
+                       batch)
+  shapes = jax.eval_shape(gradients, jax.tree.map(lambda rows: rows[0], parts), weight_sums)
+  zeros = jax.tree.map(lambda shape: jnp.zeros(shape.shape, jnp.promote_types(shape.dtype, jnp.float32)), shapes)
+
+  def add_part(sums, rows):
+    return jax.tree.map(lambda total, value: total + value.astype(total.dtype), sums,
+                        gradients(rows, weight_sums)), None
+
+  sums, _ = jax.lax.scan(add_part, zeros, parts)
+  return jax.tree.map(lambda total, shape: total.astype(shape.dtype), sums, shapes)
 
 
 def run_steps(step_fn, state, teacher_params, loss, rng, num_steps: jax.Array, *data):
@@ -210,7 +252,8 @@ def run_steps(step_fn, state, teacher_params, loss, rng, num_steps: jax.Array, *
 
 
 @functools.lru_cache(maxsize=16)
-def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_resident: bool):
+def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_resident: bool,
+                  microbatches: int = 1):
   """chunk(state, teacher_params, loss, rng, num_steps, *feed.ChunkFeeder.next(num_steps)) -> (state, metrics
   stacked [max_steps, ...]): `train_step` run num_steps times per call, data-parallel over `mesh`; the state is
   donated.
@@ -220,7 +263,8 @@ def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_
   model and setting for the whole process: the runs of a sweep, which differ in the loss's numbers, seeds and data
   of the same shapes, reuse it.
   """
-  step = functools.partial(train_step, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std)
+  step = functools.partial(train_step, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
+                           microbatches=microbatches)
   return sharding.data_parallel(functools.partial(run_steps, step), mesh,
                                 num_replicated_args=6 if device_resident else 5, batch_axis=1)
 
@@ -240,7 +284,7 @@ def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_
   device_resident = feed.data_bytes(examples) <= int(train_config.device_data_max_mib * 2**20)
   teacher_model, teacher_params = teacher if teacher is not None else (None, None)
   compiled = compile_chunk(mesh, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
-                           device_resident=device_resident)
+                           device_resident=device_resident, microbatches=train_config.microbatches)
   loss = sharding.replicate(loss, mesh)
   rng = sharding.replicate(jax.random.PRNGKey(seed), mesh)
   return loop.Program(
@@ -255,8 +299,9 @@ def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_
              "vectorized_runs": 1})
 
 
-def compile_step(mesh, *, model, teacher_model, input_noise_std: float = 0.0):
+def compile_step(mesh, *, model, teacher_model, input_noise_std: float = 0.0, microbatches: int = 1):
   """step(state, teacher_params, loss, rng, batch) -> (state, metrics): one `train_step` per call, data-parallel over
   `mesh` (the chunk of `compile_chunk` runs exactly these steps; tests compare the two)."""
-  step = functools.partial(train_step, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std)
+  step = functools.partial(train_step, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
+                           microbatches=microbatches)
   return sharding.data_parallel(step, mesh, num_replicated_args=4)

@@ -105,7 +105,8 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
     files.write_json(record_path, recorded)
   optim_config = config.teacher.optim
   num_steps = steps.num_train_steps(len(labeled), config.data.batch_size, config.teacher.num_epochs)
-  program = steps.program(model=model, init_params=params, optim_config=optim_config, num_steps=num_steps,
+  program = steps.program(model=models.with_remat(model, config.train.remat), init_params=params,
+                          optim_config=optim_config, num_steps=num_steps,
                           loss=losses.DistillationLoss.cross_entropy(), examples=labeled,
                           batch_size=config.data.batch_size, seed=config.teacher.seed, mesh=mesh,
                           train_config=config.train)

@@ -91,7 +91,8 @@ def point_state(model, params, tx: optax.GradientTransformation, learning_rate: 
 
 
 @functools.lru_cache(maxsize=8)
-def compile_points_chunk(mesh, model, teacher_model, shared_batches: bool, input_noise_std: float = 0.0):
+def compile_points_chunk(mesh, model, teacher_model, shared_batches: bool, input_noise_std: float = 0.0,
+                         microbatches: int = 1):
   """chunk(states, teacher_params, losses, rngs, num_steps, examples, rows) -> (states, metrics [max_steps, P]).
 
   states, losses, rngs: stacked over points [P, ...], split over the mesh's sweep axis. examples: the training
@@ -99,7 +100,7 @@ def compile_points_chunk(mesh, model, teacher_model, shared_batches: bool, input
   axis. The states are donated.
   """
   step_fn = functools.partial(steps.train_step, model=model, teacher_model=teacher_model,
-                              input_noise_std=input_noise_std)
+                              input_noise_std=input_noise_std, microbatches=microbatches)
   points_step = jax.vmap(step_fn, in_axes=(0, None, 0, 0, None if shared_batches else 0))
   points = P(sharding.SWEEP_AXIS)
   return sharding.sweep_parallel(functools.partial(steps.run_steps, points_step), mesh,
@@ -130,7 +131,8 @@ def program(*, model, init_params: dict, optim_config: ml_collections.ConfigDict
   if teacher_params is not None:
     teacher_params = jax.device_put(jax.device_get(teacher_params), NamedSharding(mesh, P()))
   shared_batches = len(set(seeds)) == 1
-  compiled = compile_points_chunk(mesh, model, teacher_model, shared_batches, input_noise_std)
+  compiled = compile_points_chunk(mesh, model, teacher_model, shared_batches, input_noise_std,
+                                  train_config.microbatches)
 
   def run_params(params):
     host = feature_losses.split_params(jax.device_get(params), losses_of_runs[0].features)[0]

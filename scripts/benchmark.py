@@ -29,7 +29,10 @@ Extras: compile times, the input-pipeline stall fraction (the share of a fused t
 for batches: 1 - time with one chunk's data staged on the device / time with each chunk's data prepared and sent),
 the teacher-cache build throughput (examples/s of the teacher's inference), cache bytes per example (dense for the
 default task, top-k for the e-SNLI config), the peak host memory (max RSS) of the default run (`main.py
---config=configs/default.py`, in a subprocess), the machine (CPU model, cores, load average).
+--config=configs/default.py`, in a subprocess), the machine (CPU model, cores, load average), and the memory
+savers (config.train.remat and microbatches): the compiled KD step's temporaries (XLA memory_analysis, per device)
+of the DistilBERT-shaped student, plain (step_temp_mib_plain) and as a ratio to it with remat per block
+(step_temp_ratio_block, step_temp_ratio_dots_saveable) and 4 micro-batches (step_temp_ratio_microbatches_4).
 """
 
 import argparse
@@ -208,7 +211,7 @@ class FusedTrainer:
         loss=losses.DistillationLoss.from_config(distill_config, distills=distills),
         examples=examples if distills else examples.replace(teacher=None), batch_size=batch_size, seed=seed,
         mesh=self.mesh, train_config=ml_collections.ConfigDict(dict(steps_per_dispatch=max_steps,
-                                                                    device_data_max_mib=256)))
+                                                                    device_data_max_mib=256, microbatches=1)))
     self._max_steps = max_steps
 
   def program(self):
@@ -326,7 +329,7 @@ def vectorized_speedup(quick: bool) -> dict:
                              distill_config=distill(temperature), optim_config=config.optim,
                              batch_size=config.data.batch_size, num_steps=num_steps, seed=seed)
                 for temperature, seed in points]
-  train_config = ml_collections.ConfigDict(dict(steps_per_dispatch=max_steps, num_devices=1))
+  train_config = ml_collections.ConfigDict(dict(steps_per_dispatch=max_steps, num_devices=1, microbatches=1))
 
   def train_together(steps):
     program = vectorized.program(
@@ -426,7 +429,6 @@ def distilbert_student():
 
 def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: float) -> dict:
   """kd_jax's DistilBERT-shaped KD training vs the PyTorch notebook loop, alternating; MFU of the kd_jax step."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from kd_jax import data, schema  # pylint: disable=g-import-not-at-top
   model, params = distilbert_student()
@@ -437,8 +439,7 @@ def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: flo
   distill_config = schema.default_config().distill  # every field the loss reads, then the notebook's settings
   distill_config.update(dict(temperature=TEMPERATURE, alpha=ALPHA, label_smoothing=0.0, divergence="forward_kl",
                              t2_scaling=True, input_noise_std=0.0))
-  optim_config = ml_collections.ConfigDict(dict(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
-                                                warmup_ratio=WARMUP_RATIO, grad_clip_norm=None))
+  optim_config = schema.optim_config(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO)
   steps_per_round, rounds = (2, 7) if quick else (4, 9)
   total_steps = steps_per_round * (rounds + 1) + 1
   trainers = {mode: FusedTrainer(model=model, params=params, examples=examples, distills=mode == "cached",
@@ -477,6 +478,39 @@ def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: flo
                  "torch_version": worker.info["torch"], "torch_threads": worker.info["threads"]})
   worker.close()
   return result
+
+
+def step_temporaries(quick: bool) -> dict:
+  """Per-device temporaries of the DistilBERT-shaped student's compiled KD step (batch 32, cached teacher logits,
+  one device), from XLA's memory_analysis: plain, with 4 micro-batches, with remat per block ('block',
+  'dots_saveable'). Compiled only, not run; --quick compiles plain and 4 micro-batches only. XLA:CPU drops remat's
+  optimization barriers and merges the recomputation back into the forward pass (same temporaries with and
+  without: measured), so the remat ratios say something on GPU and TPU only."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from kd_jax import data, losses, models, schema, sharding, steps  # pylint: disable=g-import-not-at-top
+  model, params = distilbert_student()
+  arrays = synthetic_text_batch(BATCH_SIZE)
+  batch = data.Examples(inputs={"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]},
+                        label=arrays["label"], index=np.arange(BATCH_SIZE, dtype=np.int32),
+                        teacher=arrays["teacher_logits"])
+  mesh = sharding.make_mesh(1)
+  optim_config = schema.optim_config(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO)
+  state = steps.create_train_state(model, params, optim_config, 100)
+  loss = losses.DistillationLoss.from_config(schema.default_config().distill)
+  settings = {"none": ("none", 1), "microbatches_4": ("none", 4)}
+  if not quick:
+    settings.update({"block": ("block", 1), "dots_saveable": ("dots_saveable", 1)})
+  temporaries = {}
+  for name, (remat, microbatches) in settings.items():
+    step = steps.compile_step(mesh, model=models.with_remat(model, remat), teacher_model=None,
+                              microbatches=microbatches)
+    compiled = step.lower(state, None, loss, jax.random.PRNGKey(0), batch).compile()
+    temporaries[name] = compiled.memory_analysis().temp_size_in_bytes
+  results = {"step_temp_mib_plain": temporaries["none"] / 2**20}
+  results.update({f"step_temp_ratio_{name}": value / temporaries["none"] for name, value in temporaries.items()
+                  if name != "none"})
+  return results
 
 
 def cache_throughput(quick: bool) -> dict:
@@ -581,6 +615,7 @@ def main() -> None:
   results.update(jax_over_torch(args.quick, args.torch_python, os.cpu_count(), peak["peak_flops"]))
   results.update(stall_fraction(args.quick))
   results.update(cache_throughput(args.quick))
+  results.update(step_temporaries(args.quick))
   results.update({"load_average_end": os.getloadavg()[0], "benchmark_wall_s": time.perf_counter() - start,
                   "own_peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
   print_table(results)

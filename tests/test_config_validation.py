@@ -57,6 +57,15 @@ INVALID = [
     ("student.trainable", (), "config.student.trainable=(): freezes every parameter"),
     ("student.trainable", ("(",), "config.student.trainable=('(',): '(' is not a regular expression"),
     ("student.init_from_teacher_layers", (0,), "config.student.init_from_teacher_layers=(0,): needs HF models"),
+    ("train.microbatches", 3, "config.train.microbatches=3: must be >= 1 and divide each device's rows of a batch "
+     "(data.batch_size 32 / 8 devices = 4)"),
+    ("train.microbatches", 0, "config.train.microbatches=0: must be >= 1 and divide"),
+    ("train.remat", "dots", "config.train.remat='dots': allowed: none, block, dots_saveable, "
+     "dots_with_no_batch_dims_saveable, nothing_saveable, everything_saveable"),
+    ("train.remat", "block", "config.train.remat='block': needs transformer blocks (student.name='hf'); the mlp "
+     "student has none: use 'none'"),
+    ("optim.moment_dtype", "float16", "config.optim.moment_dtype='float16': allowed: float32, bfloat16"),
+    ("teacher.optim.moment_dtype", "int8", "config.teacher.optim.moment_dtype='int8': allowed: float32, bfloat16"),
 ]
 
 # Feature distillation on the default (MLP teacher 256x256, student 32; online teacher) and the SST-2 smoke (2-layer
@@ -96,6 +105,12 @@ def test_invalid_feature_distillation(task, overrides, message):
     config_validation.validate(config)
   assert str(error.value).startswith(message)
   assert "\n" not in str(error.value)
+
+
+def test_valid_memory_savers_on_a_transformer_student():
+  config = load_config("configs/sst2.py")
+  config.train.remat, config.train.microbatches, config.optim.moment_dtype = "dots_saveable", 2, "bfloat16"
+  config_validation.validate(config)
 
 
 @pytest.mark.parametrize("features", ["uniform", ((0, 0), (2, 1)), ((1, 1),)])

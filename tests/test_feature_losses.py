@@ -6,7 +6,6 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -311,8 +310,7 @@ def test_train_step_trains_a_projection_outside_the_student():
   assert {name: p["kernel"].shape for name, p in projections.items()} == {
       "teacher1_student1": (16, 32), "teacher2_student2": (16, 32)}
   params, projections = jax.device_get((params, projections))  # host copies: the step donates the state's buffers
-  optim = ml_collections.ConfigDict({"learning_rate": 1e-2, "weight_decay": 0.0, "warmup_ratio": 0.0,
-                                     "grad_clip_norm": None})
+  optim = schema.optim_config(learning_rate=1e-2, weight_decay=0.0, warmup_ratio=0.0)
   mesh = sharding.make_mesh()
   state = sharding.replicate(steps.create_train_state(model, feature_losses.join_params(params, projections), optim,
                                                       10), mesh)

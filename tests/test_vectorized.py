@@ -46,11 +46,14 @@ def test_invalid_mode_and_seq2seq_are_refused():
 
 def test_vectorized_sweep_matches_sequential_sweep(tmp_path):
   """8 points (2 temperatures x 2 learning rates x 2 seeds) trained together give the per-point results.json and
-  results.csv of the same sweep run point by point, up to float rounding; 4 hard-label baselines serve 8 points."""
+  results.csv of the same sweep run point by point, up to float rounding; 4 hard-label baselines serve 8 points.
+  The vectorized points accumulate gradients over 4 micro-batches (train.microbatches: a scan over micro-batches
+  inside the step, under the vmap over points), the sequential ones take one step per batch."""
   rows = {}
   for mode in ("sequential", "vectorized"):
     config = sweep_config(mode, grid=(("distill.temperature", (1.0, 4.0)), ("optim.learning_rate", (3e-3, 1e-3))),
                           seeds=2)
+    config.train.microbatches = 4 if mode == "vectorized" else 1
     config.teacher.num_epochs = 10
     config.train.num_steps = 60
     config.train.log_every_steps, config.train.eval_every_steps, config.train.checkpoint_every_steps = 10, 30, 30
@@ -189,3 +192,4 @@ def test_sigterm_during_a_vectorized_student_phase_checkpoints_exits_143_and_res
     for model in ("teacher", "student", "student_hard"):
       for metric in ("accuracy", "nll", "ece", "brier", "agreement", "kl_to_teacher"):
         assert results["metrics"][model][metric] == reference[name]["metrics"][model][metric], (name, model, metric)
+

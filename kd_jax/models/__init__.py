@@ -14,6 +14,7 @@ logits ([batch, num_classes] for classification).
 Modules are imported on first use so that `import kd_jax` stays cheap.
 """
 
+import dataclasses
 import functools
 import importlib
 
@@ -72,6 +73,28 @@ def create_student(student_config, *, num_classes: int, example_inputs, rng, tea
     model, params = peft.with_adapters(model, params, student_config.lora, rng)
   peft.check_trainable(student_config, params)
   return _canonical(model), params
+
+
+# jax.checkpoint_policies that config.train.remat may name: those that are policies, not policy factories.
+_REMAT_POLICIES = ("dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable", "everything_saveable")
+
+
+def remat_options() -> tuple[str, ...]:
+  """The values of config.train.remat: 'none', 'block', and the checkpoint policies this jax offers."""
+  import jax  # pylint: disable=g-import-not-at-top  (kept out of `import kd_jax`)
+  return ("none", "block") + tuple(name for name in _REMAT_POLICIES if hasattr(jax.checkpoint_policies, name))
+
+
+def with_remat(model, remat: str):
+  """`model` as it trains with config.train.remat = `remat` (kd_jax/models/hf/layers.rematerialized): an HF model's
+  module cloned with it (a LoRA model's base likewise); the same function of the same parameters. 'none': `model`."""
+  if remat == "none":
+    return model
+  from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
+  if isinstance(model, peft.LoraModel):
+    return _canonical(dataclasses.replace(model, base=with_remat(model.base, remat)))
+  assert hasattr(model.module, "remat"), f"{type(model.module).__name__} has no transformer blocks to rematerialize"
+  return _canonical(dataclasses.replace(model, module=model.module.clone(remat=remat)))
 
 
 @functools.lru_cache(maxsize=32)

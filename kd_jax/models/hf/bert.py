@@ -51,6 +51,7 @@ class BertEncoder(nn.Module):
   dims: BertDims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # layers.rematerialized
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids, train: bool) -> jax.Array:
@@ -74,8 +75,9 @@ class BertEncoder(nn.Module):
     self.sow("intermediates", "hidden_states", hidden)
     bias = layers.padding_bias(attention_mask)
     for index in range(dims.num_layers):
-      hidden = layers.EncoderLayer(dims.encoder, _LAYER_NAMES, self.dtype, self.param_dtype,
-                                   name=f"encoder.layer.{index}")(hidden, bias, train)
+      layer = layers.rematerialized(layers.EncoderLayer, self.remat, train_argnum=3)
+      hidden = layer(dims.encoder, _LAYER_NAMES, self.dtype, self.param_dtype, name=f"encoder.layer.{index}")(
+          hidden, bias, train)
       self.sow("intermediates", "hidden_states", hidden)
     return hidden
 
@@ -95,11 +97,12 @@ class BertModel(nn.Module):
   base_prefix: str
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, train: bool = False) -> jax.Array:
     attention_mask, token_type_ids = _default_masks(input_ids, attention_mask, token_type_ids)
-    return BertEncoder(self.dims, self.dtype, self.param_dtype, name=self.base_prefix)(
+    return BertEncoder(self.dims, self.dtype, self.param_dtype, self.remat, name=self.base_prefix)(
         input_ids, attention_mask, token_type_ids, train)
 
 
@@ -109,11 +112,12 @@ class BertForSequenceClassification(nn.Module):
   num_labels: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, train: bool = False) -> jax.Array:
     attention_mask, token_type_ids = _default_masks(input_ids, attention_mask, token_type_ids)
-    hidden = BertEncoder(self.dims, self.dtype, self.param_dtype, name="bert")(
+    hidden = BertEncoder(self.dims, self.dtype, self.param_dtype, self.remat, name="bert")(
         input_ids, attention_mask, token_type_ids, train)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=nn.initializers.normal(self.dims.initializer_range))
@@ -129,11 +133,12 @@ class RobertaForSequenceClassification(nn.Module):
   num_labels: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, train: bool = False) -> jax.Array:
     attention_mask, token_type_ids = _default_masks(input_ids, attention_mask, token_type_ids)
-    hidden = BertEncoder(self.dims, self.dtype, self.param_dtype, name="roberta")(
+    hidden = BertEncoder(self.dims, self.dtype, self.param_dtype, self.remat, name="roberta")(
         input_ids, attention_mask, token_type_ids, train)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=nn.initializers.normal(self.dims.initializer_range))

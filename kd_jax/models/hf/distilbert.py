@@ -37,6 +37,7 @@ class DistilBertEncoder(nn.Module):
   dims: DistilBertDims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # layers.rematerialized
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, train: bool) -> jax.Array:
@@ -55,8 +56,9 @@ class DistilBertEncoder(nn.Module):
     self.sow("intermediates", "hidden_states", hidden)
     bias = layers.padding_bias(attention_mask)
     for index in range(dims.num_layers):
-      hidden = layers.EncoderLayer(dims.encoder, _LAYER_NAMES, self.dtype, self.param_dtype,
-                                   name=f"transformer.layer.{index}")(hidden, bias, train)
+      layer = layers.rematerialized(layers.EncoderLayer, self.remat, train_argnum=3)
+      hidden = layer(dims.encoder, _LAYER_NAMES, self.dtype, self.param_dtype, name=f"transformer.layer.{index}")(
+          hidden, bias, train)
       self.sow("intermediates", "hidden_states", hidden)
     return hidden
 
@@ -66,11 +68,12 @@ class DistilBertModel(nn.Module):
   dims: DistilBertDims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # layers.rematerialized
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, train: bool = False) -> jax.Array:
     attention_mask = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
-    return DistilBertEncoder(self.dims, self.dtype, self.param_dtype, name="distilbert")(
+    return DistilBertEncoder(self.dims, self.dtype, self.param_dtype, self.remat, name="distilbert")(
         input_ids, attention_mask, train)
 
 
@@ -80,11 +83,12 @@ class DistilBertForSequenceClassification(nn.Module):
   num_labels: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # layers.rematerialized
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, train: bool = False) -> jax.Array:
     attention_mask = jnp.ones_like(input_ids) if attention_mask is None else attention_mask
-    hidden = DistilBertEncoder(self.dims, self.dtype, self.param_dtype, name="distilbert")(
+    hidden = DistilBertEncoder(self.dims, self.dtype, self.param_dtype, self.remat, name="distilbert")(
         input_ids, attention_mask, train)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=nn.initializers.normal(self.dims.initializer_range))

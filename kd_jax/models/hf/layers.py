@@ -30,6 +30,17 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 MASKED_SCORE = float(jnp.finfo(jnp.float32).min)
 
 
+def rematerialized(block: type[nn.Module], remat: str, train_argnum: int) -> type[nn.Module]:
+  """The transformer block class `block` as config.train.remat asks: itself ('none'), or under flax's nn.remat
+  (jax.checkpoint) so that its backward pass recomputes what it did not keep: only its inputs ('block'), or what
+  the jax.checkpoint_policies `remat` saves (kd_jax.models.remat_options). `train_argnum` is the position of its
+  `train` flag (self is 0), a Python bool that must stay static."""
+  if remat == "none":
+    return block
+  policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
+  return nn.remat(block, policy=policy, static_argnums=(train_argnum,))
+
+
 def check_activation(name: str, checkpoint: str) -> str:
   """Returns `name` (an activation named in a checkpoint's config.json) if it is one of ACTIVATIONS."""
   if name not in ACTIVATIONS:
@@ -53,9 +64,10 @@ def attention_logits(query: jax.Array, key: jax.Array, bias: jax.Array, scale: f
     scale: multiplies the scores before the bias is added (BERT: head_dim**-0.5; T5: 1).
 
   Returns:
-    [batch, heads, queries, keys], float32.
+    [batch, heads, queries, keys], float32: accumulated and returned in float32 also when query and key are
+    bfloat16 (a bfloat16 model's softmax then sees unrounded scores).
   """
-  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32)
+  scores = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
   return scores * scale + bias
 
 

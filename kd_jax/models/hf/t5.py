@@ -151,8 +151,8 @@ class T5Block(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, hidden, self_bias, *, encoder_hidden=None, encoder_bias=None, decode_position=None,
-               train: bool) -> jax.Array:
+  def __call__(self, hidden, self_bias, train: bool, *, encoder_hidden=None, encoder_bias=None,
+               decode_position=None) -> jax.Array:
     dims = self.dims
     norm = functools.partial(T5LayerNorm, dims.layer_norm_epsilon, self.dtype, self.param_dtype)
     attention = functools.partial(T5Attention, dims, self.dtype, self.param_dtype)
@@ -175,6 +175,7 @@ class T5Stack(nn.Module):
   embed: nn.Embed
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # layers.rematerialized
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, *, encoder_hidden=None, encoder_mask=None, decode_length=None,
@@ -211,9 +212,10 @@ class T5Stack(nn.Module):
       self_bias += layers.padding_bias(attention_mask)
     encoder_bias = None if encoder_mask is None else layers.padding_bias(encoder_mask)
     for index in range(dims.num_decoder_layers if self.is_decoder else dims.num_layers):
-      hidden = T5Block(dims, self.is_decoder, self.dtype, self.param_dtype, name=f"block.{index}")(
-          hidden, self_bias, encoder_hidden=encoder_hidden, encoder_bias=encoder_bias,
-          decode_position=decode_position, train=train)
+      block = layers.rematerialized(T5Block, self.remat, train_argnum=3)
+      hidden = block(dims, self.is_decoder, self.dtype, self.param_dtype, name=f"block.{index}")(
+          hidden, self_bias, train, encoder_hidden=encoder_hidden, encoder_bias=encoder_bias,
+          decode_position=decode_position)
     hidden = T5LayerNorm(dims.layer_norm_epsilon, self.dtype, self.param_dtype, name="final_layer_norm")(hidden)
     return dropout(hidden)
 
@@ -223,12 +225,13 @@ class T5ForConditionalGeneration(nn.Module):
   dims: T5Dims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # layers.rematerialized
 
   def setup(self):
     dims = self.dims
     self.shared = nn.Embed(dims.vocab_size, dims.d_model, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = T5Stack(dims, False, self.shared, self.dtype, self.param_dtype)
-    self.decoder = T5Stack(dims, True, self.shared, self.dtype, self.param_dtype)
+    self.encoder = T5Stack(dims, False, self.shared, self.dtype, self.param_dtype, self.remat)
+    self.decoder = T5Stack(dims, True, self.shared, self.dtype, self.param_dtype, self.remat)
     if not dims.tied_lm_head:
       self.lm_head = nn.Dense(dims.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
 
@@ -260,10 +263,11 @@ class T5EncoderModel(nn.Module):
   dims: T5Dims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # layers.rematerialized
 
   def setup(self):
     self.shared = nn.Embed(self.dims.vocab_size, self.dims.d_model, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.encoder = T5Stack(self.dims, False, self.shared, self.dtype, self.param_dtype)
+    self.encoder = T5Stack(self.dims, False, self.shared, self.dtype, self.param_dtype, self.remat)
 
   def __call__(self, input_ids, attention_mask=None, train: bool = False) -> jax.Array:
     return self.encoder(input_ids, attention_mask, train=train)
