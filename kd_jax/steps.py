@@ -103,8 +103,9 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
   and the projections (feature_losses.join_params).
 
   Args:
-    state: replicated training state of the model being trained.
-    teacher_params: replicated teacher parameters when `teacher_model` is given, else None.
+    state: training state of the model being trained (replicated over the data axis; split over fsdp / tensor as
+      sharding.param_shardings places it).
+    teacher_params: teacher parameters (placed alike) when `teacher_model` is given, else None.
     loss: replicated loss (its arrays: weights, temperature, label smoothing, ...); `loss.at_step(state.step)` is
       this step's (a schedule moves T and the weights step by step).
     rng: replicated base PRNG key of this training run.
@@ -149,12 +150,12 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
       return logits[0], jax.tree.map(lambda value: value[0], feature_losses.collect(model_state["intermediates"]))
 
     logits, student_features = jax.vmap(example_outputs)(inputs, dropout_rngs)
-    terms = loss(logits, teacher_logits, batch.label, example_weights, axis_name=sharding.DATA_AXIS)
+    terms = loss(logits, teacher_logits, batch.label, example_weights, axis_name=sharding.data_axis())
     if features is None:
       return terms.loss, (terms, {})
     feature_total, feature_terms = features(
         student_features, teacher_features, projections, student_mask=_attention_mask(inputs),
-        teacher_mask=_attention_mask(teacher_inputs), example_weights=example_weights, axis_name=sharding.DATA_AXIS)
+        teacher_mask=_attention_mask(teacher_inputs), example_weights=example_weights, axis_name=sharding.data_axis())
     return terms.loss + feature_total, (terms, feature_terms)
 
   # Gradients of the trained parameters only (state.trainable); the frozen ones get zeros, which the optimizer drops.
@@ -227,16 +228,18 @@ def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_
 
 def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_steps: int,
             loss: losses.DistillationLoss, examples: Examples, batch_size: int, seed: int, mesh, train_config,
-            teacher=None, input_noise_std: float = 0.0, trainable: peft.Trainable | None = None) -> loop.Program:
+            teacher=None, input_noise_std: float = 0.0, trainable: peft.Trainable | None = None,
+            param_rules=()) -> loop.Program:
   """The loop.Program of one run: `model` from `init_params` under AdamW, on `examples` in the batches of `seed`.
 
   Args:
-    teacher: (teacher model, its replicated params) to run in the step (online distillation), or None.
+    teacher: (teacher model, its params placed on `mesh`) to run in the step (online distillation), or None.
     trainable: the parameters trained (None: all).
+    param_rules: config.mesh.rules, placing the state's arrays before sharding.TENSOR_RULES and FSDP.
   """
   # From a host copy: the step donates the state's buffers, and `init_params` may serve another run (the baseline).
-  state = sharding.replicate(create_train_state(model, jax.device_get(init_params), optim_config, num_steps,
-                                                trainable), mesh)
+  state = sharding.place_params(create_train_state(model, jax.device_get(init_params), optim_config, num_steps,
+                                                   trainable), mesh, param_rules)
   device_resident = feed.data_bytes(examples) <= int(train_config.device_data_max_mib * 2**20)
   teacher_model, teacher_params = teacher if teacher is not None else (None, None)
   compiled = compile_chunk(mesh, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,

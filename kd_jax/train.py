@@ -57,9 +57,10 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
   check_data_sizes(config, task)
   for run in runs:
     feature_losses.check_positions(run.config.distill, task.train)
-  mesh = sharding.make_mesh(config.train.num_devices)
-  logging.info("Data %s: %d training examples (%d labeled), %d test; %d classes. Mesh: %d devices.", task.name,
-               len(task.train), len(task.labeled_train), len(task.test), task.num_classes, mesh.size)
+  mesh = sharding.make_mesh(config.train.num_devices, config.mesh)
+  logging.info("Data %s: %d training examples (%d labeled), %d test; %d classes. Mesh: %d devices (%s).", task.name,
+               len(task.train), len(task.labeled_train), len(task.test), task.num_classes, mesh.size,
+               ", ".join(f"{axis} {size}" for axis, size in mesh.shape.items()))
   writers = [_start_workdir(run, overwrite) for run in runs]
   evaluator = evaluation.for_task(config, task, mesh)
   the_teacher = ensemble.obtain(
@@ -161,7 +162,7 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
     else:
       (trainee,) = trainees
       program = steps.program(init_params=phase_init_params[config.seed], loss=trainee.loss, seed=config.seed,
-                              mesh=mesh, **common)
+                              mesh=mesh, param_rules=config.mesh.rules, **common)
       checkpoint_dir = os.path.join(runs[0].workdir, "checkpoints", phase)
     logs = [loop.RunLog(", ".join(runs[i].name for i in trainee.run_indices),
                         metric_writer.FanOutWriter([writers[i][phase] for i in trainee.run_indices]),

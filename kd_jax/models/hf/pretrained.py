@@ -84,6 +84,13 @@ def abstract_params(name_or_path: str, task: str = "sequence_classification"):
   return jax.eval_shape(lambda: architecture.module.init(jax.random.key(0), **architecture.example_inputs))["params"]
 
 
+def num_attention_heads(name_or_path: str) -> int:
+  """The attention heads per layer of a checkpoint, from its config.json (BERT / RoBERTa, DistilBERT and T5 name the
+  field differently)."""
+  raw_config = checkpoint_lib.read_config(checkpoint_lib.resolve(name_or_path), name_or_path)
+  return int(next(raw_config[key] for key in ("num_attention_heads", "n_heads", "num_heads") if key in raw_config))
+
+
 def _num_labels(source: checkpoint_lib.TensorSource, classifier_tensor: str, num_labels: int | None,
                 checkpoint: str) -> int:
   """The classifier's output size: the checkpoint's head if it has one (num_labels must agree), else num_labels."""
