@@ -316,6 +316,9 @@ def _check_mesh(config: ml_collections.ConfigDict, num_devices: int) -> None:
            f"the mesh ({shape}) must multiply to the {num_devices} devices of the run")
   resolved = sharding.mesh_shape(sizes, num_devices)
   tensor = resolved["tensor"]
+  _require(min(resolved.values()) == 1, "mesh.tensor", config.mesh.tensor,
+           f"must be 1 when data and fsdp both exceed 1 (the mesh is {shape}): XLA (jax 0.10) aborts compiling the "
+           "step of a model with embeddings on a mesh whose three axes all exceed 1; use two of them")
   if tensor > 1:
     from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top  (transformers)
     for section in ("teacher", "student"):
