@@ -197,15 +197,47 @@ def data_parallel(step_fn: Callable, mesh: Mesh, *, num_replicated_args: int, do
                          check_vma=False)
   compiled = {}
 
-  def step(state, *args):
+  def jitted(state):
     state_shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
     key = (jax.tree.structure(state), tuple(jax.tree.leaves(state_shardings)))
     if key not in compiled:
       compiled[key] = jax.jit(mapped, donate_argnums=donate_argnums,
                               out_shardings=(state_shardings, replicated(mesh)))
-    return compiled[key](state, *args)
+    return compiled[key]
 
+  step = lambda state, *args: jitted(state)(state, *args)
+  step.lower = lambda state, *args: jitted(state).lower(state, *args)  # also from jax.ShapeDtypeStructs
   return step
+
+
+def per_device_bytes(tree) -> int:
+  """Bytes of `tree`'s arrays (or jax.ShapeDtypeStructs with a sharding) held by one device: each leaf's shard."""
+  return int(sum(np.prod(leaf.sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+                 for leaf in jax.tree.leaves(tree)))
+
+
+def memory_stats(step: Callable, state, *args) -> dict:
+  """Per-device memory of a compiled step (`data_parallel`'s) called on (state, *args): the state's parameters and
+  optimizer state (their shards), and XLA's `memory_analysis` of the compiled program of one device: its arguments
+  (state, teacher, data), outputs, temporaries (activations, gradients, gathered parameters) and peak estimate
+  (arguments + outputs + temporaries - outputs aliased to donated arguments). Lowering takes the shapes and
+  shardings only: after the step ran with these arguments it reuses the compiled program."""
+  analysis = step.lower(state, *args).compile().memory_analysis()
+  memory = {"params_bytes": per_device_bytes(state.params), "optimizer_bytes": per_device_bytes(state.opt_state)}
+  if analysis is not None:
+    memory.update(argument_bytes=int(analysis.argument_size_in_bytes), output_bytes=int(analysis.output_size_in_bytes),
+                  temp_bytes=int(analysis.temp_size_in_bytes), alias_bytes=int(analysis.alias_size_in_bytes))
+    memory["peak_bytes"] = (memory["argument_bytes"] + memory["output_bytes"] + memory["temp_bytes"]
+                            - memory["alias_bytes"])
+  return memory
+
+
+def format_bytes(size: float) -> str:
+  """1536 -> '1.5 KiB'."""
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if abs(size) < 1024 or unit == "GiB":
+      return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    size /= 1024
 
 
 def make_sweep_mesh(num_points: int, num_devices: int | None = None) -> Mesh:

@@ -249,6 +249,8 @@ def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_
   return loop.Program(
       state=state,
       chunk=lambda state, num_steps, *data: compiled(state, teacher_params, loss, rng, num_steps, *data),
+      memory=lambda state, num_steps, *data: sharding.memory_stats(compiled, state, teacher_params, loss, rng,
+                                                                   num_steps, *data),
       feed=lambda start_step: feed.ChunkFeeder(examples, batch_size=batch_size, seed=seed, start_step=start_step,
                                                max_steps=train_config.steps_per_dispatch, mesh=mesh,
                                                device_resident=device_resident),

@@ -83,9 +83,13 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
       if id(params) not in final_metrics:
         final_metrics[id(params)] = evaluator.final(student_model, params)
       metrics[phase], phases[phase] = final_metrics[id(params)], phase_stats
+    # The compiled steps' per-device memory (loop stats) as its own section, by phase.
+    memory = {phase: phase_stats["memory"] for phase, phase_stats in phases.items() if "memory" in phase_stats}
+    phases = {phase: {key: value for key, value in phase_stats.items() if key != "memory"}
+              for phase, phase_stats in phases.items()}
     outcome = results.Results.of_run(task=task, num_devices=mesh.size, num_processes=jax.process_count(),
                                      metrics=metrics, efficiency={model: costs[model] for model in metrics},
-                                     phases=phases, extra={**teacher_results, **student.results},
+                                     phases=phases, extra={**teacher_results, **student.results, "memory": memory},
                                      wall_s=time.time() - start_time)
     for writer in writers[i].values():
       writer.close()
