@@ -44,7 +44,9 @@ def sharded(fn: Callable, mesh: Mesh) -> Callable:
   this process's rows)."""
   compiled = jax.jit(fn, in_shardings=(None, sharding.batch_sharded(mesh)),
                      out_shardings=sharding.batch_sharded(mesh))
-  return lambda params, local_inputs: compiled(params, sharding.shard_batch(local_inputs, mesh))
+  call = lambda params, local_inputs: compiled(params, sharding.shard_batch(local_inputs, mesh))
+  call.lower = compiled.lower  # from global (abstract) inputs: scripts/memory_plan.py
+  return call
 
 
 @functools.lru_cache(maxsize=16)
