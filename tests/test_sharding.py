@@ -2,7 +2,10 @@
 placement rules, the per-device bytes, the steps of the MLP, the BERT-family classifiers (online and cached teacher)
 and T5 (top-k cache), the teachers' caches computed sharded, and a run resumed on another mesh."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from kd_jax import data, loop, losses, models, preemption, sharding, steps, student_data, teacher
-from tests.conftest import load_config
+from tests.conftest import REPO_ROOT, load_config
 from tests.test_loop import SigtermAt
 
 REPLICATED = {"data": 8, "fsdp": 1, "tensor": 1}
@@ -190,3 +193,22 @@ def test_a_run_checkpointed_on_fsdp8_resumes_on_4_devices_with_the_same_result(t
     assert outcome.stats["resumed_from_step"] == 20, name
     for expected_leaf, leaf in zip(jax.tree.leaves(expected), jax.tree.leaves(jax.device_get(outcome.params))):
       np.testing.assert_allclose(leaf, expected_leaf, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_memory_plan_prints_each_programs_per_device_bytes_and_whether_they_fit():
+  """scripts/memory_plan.py on the esnli smoke config's fixture T5 models: the student's step and the teacher's
+  top-k inference on data 2 x fsdp 4, from config.json shapes; 1 KiB per device fits neither (exit 1); a mesh that
+  does not multiply to the devices is one line, exit 2."""
+  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  command = [sys.executable, "scripts/memory_plan.py", "--config=configs/esnli.py:smoke", "--device_memory=1KiB"]
+  result = subprocess.run(command + ["--mesh=data:2,fsdp:4"], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
+  assert result.returncode == 1, result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines() if line.startswith("data 2 x fsdp 4")]
+  assert [row[25:63].strip() for row in rows] == ["student train step", "teacher top-k cache inference"]
+  assert all(row.endswith("NO") for row in rows) and "does not fit 1KiB per device" in result.stdout
+  bad = subprocess.run(command + ["--mesh=data:3"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                       timeout=600, check=False)
+  assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+      "error: --mesh={'data': 3, 'fsdp': 1, 'tensor': 1}: must multiply to --devices=8")
