@@ -271,7 +271,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1
   config.mesh.fsdp = 1
-  # Divides the attention heads of the HF models (and is 1 for the MLP and CNN, which have none).
+  # Must divide the attention heads of the HF models (the MLP and CNN have none: they stay replicated over it). A mesh
+  # whose three axes all exceed 1 is refused (XLA in jax 0.10 aborts compiling a transformer's step on it).
   config.mesh.tensor = 1
   # Placement rules tried before the built-in ones (sharding.TENSOR_RULES, then FSDP): a tuple of (regular
   # expression searched in the '/'-joined parameter path, the mesh axis of each dimension: 'fsdp', 'tensor' or
