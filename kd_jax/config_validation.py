@@ -234,6 +234,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   _require(num_local is None or jax.process_count() == 1, "train.num_devices", num_local,
            f"must be None in a run of {jax.process_count()} processes (the mesh spans every process's devices)")
   num_devices = num_data_devices(config)
+  _check_mesh(config, num_devices)
   for field in ("seed", "data.split_seed", "teacher.seed"):
     _require(config_paths.get(config, field) >= 0, field, config_paths.get(config, field), "must be >= 0")
 
@@ -308,6 +309,51 @@ def _check_memory_savers(config: ml_collections.ConfigDict, num_devices: int) ->
   _require(remat in options, "train.remat", remat, f"allowed: {', '.join(options)}")
   _require(remat == "none" or config.student.name == "hf", "train.remat", remat,
            f"needs transformer blocks (student.name='hf'); the {config.student.name} student has none: use 'none'")
+
+
+def _check_mesh(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """config.mesh: axis sizes (one may be -1) whose product is the device count, a tensor size dividing the HF models'
+  attention heads, rules naming known axes; vectorized sweeps keep their parameters replicated."""
+  from kd_jax import sharding  # pylint: disable=g-import-not-at-top
+  sizes = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
+  for axis, size in sizes.items():
+    _require(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}", size,
+             "must be an integer >= 1, or -1 (the devices the other axes leave)")
+  filled = [axis for axis, size in sizes.items() if size == -1]
+  _require(len(filled) <= 1, f"mesh.{filled[-1] if filled else 'data'}", -1,
+           f"only one mesh axis may be -1 (here {', '.join(filled)})")
+  fixed = 1
+  for size in sizes.values():
+    fixed *= size if size != -1 else 1
+  shape = " x ".join(f"{axis} {size}" for axis, size in sizes.items())
+  _require(num_devices % fixed == 0 if filled else fixed == num_devices, f"mesh.{filled[0] if filled else 'data'}",
+           sizes[filled[0]] if filled else sizes["data"],
+           f"the mesh ({shape}) must multiply to the {num_devices} devices of the run")
+  resolved = sharding.mesh_shape(sizes, num_devices)
+  tensor = resolved["tensor"]
+  _require(min(resolved.values()) == 1, "mesh.tensor", config.mesh.tensor,
+           f"must be 1 when data and fsdp both exceed 1 (the mesh is {shape}): XLA (jax 0.10) aborts compiling the "
+           "step of a model with embeddings on a mesh whose three axes all exceed 1; use two of them")
+  if tensor > 1:
+    from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top  (transformers)
+    for section in ("teacher", "student"):
+      checkpoint = config[section].checkpoint or (config.teacher.checkpoint if section == "student" else None)
+      if config[section].name == "hf" and checkpoint:
+        heads = pretrained.num_attention_heads(checkpoint)
+        _require(heads % tensor == 0, "mesh.tensor", config.mesh.tensor,
+                 f"must divide the {heads} attention heads of {section}.checkpoint={checkpoint!r}")
+  for rule in config.mesh.rules:
+    _require(_is_pairs((rule,)) and isinstance(rule[0], str) and isinstance(rule[1], (tuple, list)), "mesh.rules",
+             rule, "each rule is (regular expression, tuple of mesh axes per dimension)")
+    try:
+      re.compile(rule[0])
+    except re.error as error:
+      raise ConfigError("mesh.rules", rule, f"{rule[0]!r} is not a regular expression ({error})") from None
+    for axis in rule[1]:
+      _require(axis is None or axis in sharding.PARAM_AXES, "mesh.rules", rule,
+               f"unknown mesh axis {axis!r}; a rule places dimensions on {', '.join(sharding.PARAM_AXES)} or None")
+  _require(config.sweep.mode != "vectorized" or resolved["fsdp"] * tensor == 1, "sweep.mode", config.sweep.mode,
+           f"'vectorized' keeps parameters replicated: it needs mesh.fsdp = mesh.tensor = 1 (the mesh is {shape})")
 
 
 def _check_schedule(config: ml_collections.ConfigDict) -> None:

@@ -129,7 +129,7 @@ class Seq2SeqEvaluator:
       batch = sharding.batch_sharded(self._mesh)
       self._compiled[key] = jax.jit(
           functools.partial(seq2seq.token_sums, model=model, teacher_model=teacher_model),
-          in_shardings=(sharding.replicated(self._mesh), sharding.replicated(self._mesh), batch, batch, batch))
+          in_shardings=(None, None, batch, batch, batch))  # the params where they are (replicated or split)
     examples = self._splits[split]
     totals = {}
     size = inference.batch_size_for(len(examples), self._batch_size, self._mesh.size)

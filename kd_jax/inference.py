@@ -39,11 +39,14 @@ def map_batches(fn: Callable, inputs, *, batch_size: int, num_devices: int) -> I
 
 
 def sharded(fn: Callable, mesh: Mesh) -> Callable:
-  """`fn(params, inputs)` compiled with replicated params and the inputs (and outputs) split over the mesh's data
-  axis, called as (params, this process's rows)."""
-  compiled = jax.jit(fn, in_shardings=(sharding.replicated(mesh), sharding.batch_sharded(mesh)),
+  """`fn(params, inputs)` compiled with the params where they are (replicated, or split over fsdp / tensor: a
+  teacher larger than one device) and the inputs (and outputs) split over the mesh's batch axes, called as (params,
+  this process's rows)."""
+  compiled = jax.jit(fn, in_shardings=(None, sharding.batch_sharded(mesh)),
                      out_shardings=sharding.batch_sharded(mesh))
-  return lambda params, local_inputs: compiled(params, sharding.shard_batch(local_inputs, mesh))
+  call = lambda params, local_inputs: compiled(params, sharding.shard_batch(local_inputs, mesh))
+  call.lower = compiled.lower  # from global (abstract) inputs: scripts/memory_plan.py
+  return call
 
 
 @functools.lru_cache(maxsize=16)

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from kd_jax import checkpointing, distributed, files, preemption
+from kd_jax import checkpointing, distributed, files, preemption, sharding
 from kd_jax.errors import NonFiniteError
 
 # A chunk is cut short to take about this long (seconds, estimated from the steps measured so far), so that a
@@ -48,6 +48,8 @@ class Program:
     stacked: whether the state and metrics hold several runs.
     examples_per_step: training examples of one step, over all runs (for throughput).
     stats: what the phase's stats in results.json add (data_feed, mesh, vectorized_runs).
+    memory: memory(state, num_steps, *feed data) -> per-device bytes of the chunk's compiled program
+      (sharding.memory_stats), measured after the first chunk; None: not measured.
   """
   state: Any
   chunk: Callable[..., tuple]
@@ -56,6 +58,7 @@ class Program:
   stacked: bool
   examples_per_step: int
   stats: dict
+  memory: Callable[..., dict] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,9 +121,16 @@ def train(phase: str, program: Program, runs: Sequence[RunLog], *, num_steps: in
     feed = program.feed(start_step)
     clock = ChunkClock(start_step, num_steps, train_config)
     history = _History(phase, runs, program.stacked, store)
+    memory = None
     while clock.running():
       first_step, length = clock.step, clock.next_length()
-      state, chunk_metrics = program.chunk(state, np.int32(length), *feed.next(length))
+      data = feed.next(length)
+      state, chunk_metrics = program.chunk(state, np.int32(length), *data)
+      if memory is None and program.memory is not None:
+        memory = program.memory(state, np.int32(length), *data)
+        logging.info("%s: per device: parameters %s, optimizer state %s, temporaries %s, peak %s (compiled step).",
+                     phase, *(sharding.format_bytes(memory.get(key, float("nan"))) for key in
+                              ("params_bytes", "optimizer_bytes", "temp_bytes", "peak_bytes")))
       history.add_chunk(first_step, length, chunk_metrics)
       end = clock.chunk_done(length, state)
       if end.log or end.eval or end.checkpoint:
@@ -146,6 +156,8 @@ def train(phase: str, program: Program, runs: Sequence[RunLog], *, num_steps: in
            "wall_s_after_compile": end_time - (clock.first_step_done_time or end_time),
            "examples_per_sec": clock.examples_per_sec(program.examples_per_step),
            "resumed_from_step": resumed_from_step, **program.stats}
+  if memory is not None:
+    stats["memory"] = memory
   if best is None:
     return Outcome(program.run_params(state.params), [num_steps] * len(runs), stats)
   return Outcome(program.run_params(best.params), best.steps, stats)

@@ -11,6 +11,9 @@ A run of any mode (single, a sweep point, a point of a vectorized group) writes 
   train    {num_devices, num_processes, phases: {phase: the loop's stats}, steps, examples_per_sec (of the KD
            student), resumed_from_step, resumed_phase (where a rerun took up an interrupted run), wall_s}
   teacher_cache or teacher_generations   what the student's data was built from (kd_jax/student_data.py)
+  memory   {phase: per-device bytes of its compiled step (sharding.memory_stats): params_bytes, optimizer_bytes (from
+           the state's shards), argument_bytes, output_bytes, temp_bytes, alias_bytes, peak_bytes (XLA's
+           memory_analysis)}, for the phases trained in this call
 The report (kd_jax/report.py, kd_jax/plots.py) reads these files back, never live objects: `load_sweep(workdir)`
 gives the sweep's factors (sweep.json, written by kd_jax/sweep.py) and every finished point's Results and history.
 The metric catalog (which metrics exist, which direction is better, how they are written) lives here too.

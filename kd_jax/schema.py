@@ -13,7 +13,7 @@ from ml_collections import config_dict
 OPERATIONAL_FIELDS = frozenset({
     "train.log_every_steps", "train.eval_every_steps", "train.checkpoint_every_steps", "train.max_checkpoints_to_keep",
     "train.num_devices", "train.steps_per_dispatch", "train.device_data_max_mib", "data.eval_batch_size",
-    "teacher.workdir", "train.microbatches", "train.remat"})
+    "teacher.workdir", "train.microbatches", "train.remat", "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules"})
 # The config.teacher fields an ensemble's members may set (config.ensemble.members): what changes a teacher's
 # weights, not its kind, label space or inputs (name, checkpoint and task stay config.teacher's).
 ENSEMBLE_MEMBER_FIELDS = ("seed", "init", "hidden_sizes", "dropout_rate", "num_epochs", "dtype", "param_dtype",
@@ -250,7 +250,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.log_every_steps = 100
   # Number of checkpoints kept per model.
   config.train.max_checkpoints_to_keep = 2
-  # Number of local devices the data-parallel steps run on; None means all of them.
+  # Number of local devices the mesh (config.mesh) spans; None means every device of every process.
   config.train.num_devices = config_dict.placeholder(int)
   # Most optimizer steps run per compiled call (kd_jax/steps.py: a loop on the device over stacked batches, no host
   # round trip per step). A call ends at every log, eval and checkpoint step and after about a second (SIGTERM is
@@ -272,6 +272,25 @@ def default_config() -> ml_collections.ConfigDict:
   # memory on accelerators (XLA:CPU merges the recomputation back: see the README). An online teacher runs forward
   # only (no gradient, nothing kept for a backward pass): remat does not apply to it.
   config.train.remat = "none"
+
+  # The device mesh (kd_jax/sharding.py): axis sizes whose product is the device count (train.num_devices local
+  # devices, or every device of every process); one may be -1, the devices the others leave. The batch rows are
+  # split over data x fsdp; the parameters and optimizer state of student and teacher are replicated over data,
+  # split over fsdp (each array along its largest dimension divisible by it: FSDP / ZeRO-3, gathered where the
+  # computation needs them) and over tensor (attention heads and MLP hidden units of the HF models: Megatron-style
+  # tensor parallelism). Results do not depend on the mesh (up to float rounding), so a run resumes on another.
+  # Pure FSDP on 8 devices: --config.mesh.data=1 --config.mesh.fsdp=8.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  # Must divide the attention heads of the HF models (the MLP and CNN have none: they stay replicated over it). A mesh
+  # whose three axes all exceed 1 is refused (XLA in jax 0.10 aborts compiling a transformer's step on it).
+  config.mesh.tensor = 1
+  # Placement rules tried before the built-in ones (sharding.TENSOR_RULES, then FSDP): a tuple of (regular
+  # expression searched in the '/'-joined parameter path, the mesh axis of each dimension: 'fsdp', 'tensor' or
+  # None) pairs, e.g. (("classifier/kernel", (None, "tensor")),); a rule applies to arrays of its rank whose named
+  # dimensions the axes divide (the optimizer state's paths end in the parameter's, so it follows).
+  config.mesh.rules = ()
 
   # Also train the hard-label student (the same run without the distillation term) as the baseline.
   config.baseline = True

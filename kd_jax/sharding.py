@@ -1,9 +1,15 @@
-"""Data parallelism over a 1-D ('data',) device mesh: the pmap-style step as jax.jit(jax.shard_map(...)).
+"""The device mesh and where arrays live on it: data parallelism, FSDP and tensor parallelism.
 
-All mesh and sharding code lives here. A data-parallel step function is written for one device's shard of the
-global batch and reduces across devices with `lax.pmean(..., DATA_AXIS)`.
+All mesh and sharding code lives here. The training mesh has three axes, ('data', 'fsdp', 'tensor')
+(config.mesh; the default, data = every device, is pure data parallelism). A step function is written for one
+'data' shard of the global batch and reduces across it with `lax.pmean(..., DATA_AXIS)` (`data_parallel`: jax.jit
+of a shard_map that is manual over 'data' only); within a shard, the 'fsdp' and 'tensor' axes are left to GSPMD:
+the batch rows are split over 'fsdp' as well, and parameters and optimizer state are placed by `param_specs`
+(FSDP: each array split along its largest axis divisible by the fsdp size; tensor parallelism: attention heads and
+MLP hidden units of the HF families split over 'tensor'), GSPMD gathering them where the computation needs them.
 """
 
+import re
 from typing import Callable
 
 import jax
@@ -13,13 +19,90 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"  # parameters and optimizer state split over it (and the batch rows, with DATA_AXIS)
+TENSOR_AXIS = "tensor"  # attention heads and MLP hidden units split over it
+MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS)
+PARAM_AXES = (FSDP_AXIS, TENSOR_AXIS)  # the axes a sharding rule may name
 SWEEP_AXIS = "sweep"  # vectorized sweeps (kd_jax/vectorized.py): points spread over devices
 
+# Tensor parallelism of the HF families (kd_jax/models/hf), Megatron-style: the query / key / value projections and
+# the MLP's first layer split their output units (whole heads when `tensor` divides the heads) over TENSOR_AXIS,
+# the attention output and the MLP's second layer their input units; each rule is (regular expression searched in
+# the '/'-joined parameter path, the mesh axis of each dimension). They name parameters by path (the HF weight names
+# kd_jax's modules keep) rather than as flax logical axes on the modules: one table covers BERT, RoBERTa, DistilBERT
+# and T5, their LoRA adapters and the optimizer state (whose paths end in the parameter's).
+TENSOR_RULES = (
+    (r"(attention\.self\.(query|key|value)|attention\.(q_lin|k_lin|v_lin)|Attention/(q|k|v)|intermediate\.dense|"
+     r"ffn\.lin1|DenseReluDense/wi(_0|_1)?)/kernel$", (None, TENSOR_AXIS)),
+    (r"(attention\.self\.(query|key|value)|attention\.(q_lin|k_lin|v_lin)|intermediate\.dense|ffn\.lin1)/bias$",
+     (TENSOR_AXIS,)),
+    (r"(attention\.output\.dense|\boutput\.dense|attention\.out_lin|Attention/o|ffn\.lin2|DenseReluDense/wo)/kernel$",
+     (TENSOR_AXIS, None)),
+)
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A ('data',) mesh over all devices of all processes, or over the first `num_devices` local ones."""
+
+def mesh_shape(sizes: dict, num_devices: int) -> dict:
+  """The axis sizes {data, fsdp, tensor} of `sizes` (config.mesh) on `num_devices` devices: one size may be -1, the
+  devices the others leave. Assumes validated sizes (config_validation.check_mesh)."""
+  shape = {axis: int(sizes[axis]) for axis in MESH_AXES}
+  fixed = int(np.prod([size for size in shape.values() if size != -1]))
+  return {axis: num_devices // fixed if size == -1 else size for axis, size in shape.items()}
+
+
+def make_mesh(num_devices: int | None = None, sizes: dict | None = None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh of `sizes` (config.mesh; default: data over every device) over all devices
+  of all processes, or over the first `num_devices` local ones."""
   devices = jax.devices() if num_devices is None else jax.local_devices()[:num_devices]
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  shape = mesh_shape(sizes or {DATA_AXIS: -1, FSDP_AXIS: 1, TENSOR_AXIS: 1}, len(devices))
+  return Mesh(np.asarray(devices).reshape(tuple(shape.values())), MESH_AXES)
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+  """The mesh axes the rows of a batch are split over: data and fsdp (those the mesh has)."""
+  return tuple(axis for axis in (DATA_AXIS, FSDP_AXIS) if axis in mesh.axis_names)
+
+
+def is_sharded(mesh: Mesh) -> bool:
+  """Whether parameters are split over devices on `mesh` (fsdp or tensor > 1), not replicated."""
+  return any(mesh.shape.get(axis, 1) > 1 for axis in PARAM_AXES)
+
+
+def _path_name(path) -> str:
+  return "/".join(str(getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))) for key in path)
+
+
+def param_spec(name: str, shape: tuple, mesh_sizes: dict, rules=()) -> P:
+  """Where an array of `shape` at path `name` lives: the first of `rules` (then TENSOR_RULES) whose expression is
+  found in `name` and whose axes fit the array (rank; each named dimension divisible by its axis size) places its
+  dimensions; then the largest remaining dimension divisible by the fsdp size is split over FSDP_AXIS (the first of
+  equal ones). Axes of size 1 are left out: on a mesh of data parallelism only, everything is replicated."""
+  axes = [None] * len(shape)
+  for expression, rule_axes in tuple(rules) + TENSOR_RULES:
+    if re.search(expression, name) and len(rule_axes) == len(shape) and all(
+        axis is None or size % mesh_sizes.get(axis, 1) == 0 for axis, size in zip(rule_axes, shape)):
+      axes = [axis if mesh_sizes.get(axis, 1) > 1 else None for axis in rule_axes]
+      break
+  fsdp = mesh_sizes.get(FSDP_AXIS, 1)
+  if fsdp > 1 and FSDP_AXIS not in axes:
+    free = [d for d in range(len(shape)) if axes[d] is None and shape[d] % fsdp == 0]
+    if free:
+      axes[max(free, key=lambda d: (shape[d], -d))] = FSDP_AXIS
+  while axes and axes[-1] is None:
+    axes.pop()
+  return P(*axes)
+
+
+def param_shardings(tree, mesh: Mesh, rules=()):
+  """NamedSharding of every leaf of `tree` (parameters, a train state with its optimizer state) by `param_spec`."""
+  sizes = dict(mesh.shape)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: NamedSharding(mesh, param_spec(_path_name(path), np.shape(leaf), sizes, rules)), tree)
+
+
+def place_params(tree, mesh: Mesh, rules=()):
+  """Places `tree` (parameters, or a train state) on the mesh as `param_shardings` says: replicated on a mesh of
+  data parallelism only, split over fsdp / tensor otherwise."""
+  return jax.device_put(tree, param_shardings(tree, mesh, rules))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -28,8 +111,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-  """Sharding of batches: the leading (example) axis split over the data axis."""
-  return NamedSharding(mesh, P(DATA_AXIS))
+  """Sharding of batches: the leading (example) axis split over the data (and fsdp) axes."""
+  return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def replicate(tree, mesh: Mesh):
@@ -51,8 +134,15 @@ def process_rows(global_batch_size: int) -> slice:
 
 def shard_batch(local_batch: dict, mesh: Mesh, batch_axis: int = 0) -> dict:
   """Assembles global batch arrays from this process's rows of axis `batch_axis` (a single process holds all)."""
-  sharding = NamedSharding(mesh, P(*(None,) * batch_axis, DATA_AXIS))
+  sharding = NamedSharding(mesh, P(*(None,) * batch_axis, batch_axes(mesh)))
   return jax.tree.map(lambda rows: jax.make_array_from_process_local_data(sharding, rows), local_batch)
+
+
+def data_axis() -> str | None:
+  """Inside a step: the axis name its losses normalize over (losses.global_mean), DATA_AXIS; None when it has size 1
+  (XLA's SPMD partitioner rejects an all-reduce over a manual axis of size 1 beside automatic ones, and it would
+  change nothing)."""
+  return DATA_AXIS if jax.sharding.get_abstract_mesh().shape.get(DATA_AXIS, 1) > 1 else None
 
 
 def mean_over_devices(tree):
@@ -62,19 +152,28 @@ def mean_over_devices(tree):
   all-reduces 31 ms, one of their concatenation 0.7 ms, 2 processes on 2 cores); so the leaves travel as one
   vector (in their common dtype). TPU and GPU compilers combine all-reduces anyway.
   """
-  if jax.process_count() == 1:
-    # Within one process XLA:CPU's all-reduces are cheap, and concatenating large trees is not (measured: ravel +
+  if data_axis() is None:
+    return tree
+  if jax.process_count() == 1 or _params_sharded_here():
+    # Sharded leaves are not concatenated (that would gather them). Within one process XLA:CPU's all-reduces are cheap, and concatenating large trees is not (measured: ravel +
     # unravel of the default teacher's 1.5M gradients ~100 ms, its whole step 8 ms).
     return jax.lax.pmean(tree, DATA_AXIS)
   vector, unravel = flatten_util.ravel_pytree(tree)
   return unravel(jax.lax.pmean(vector, DATA_AXIS))
 
 
+def _params_sharded_here() -> bool:
+  """Inside a step: whether the mesh it runs on splits parameters (fsdp or tensor > 1)."""
+  sizes = jax.sharding.get_abstract_mesh().shape
+  return any(sizes.get(axis, 1) > 1 for axis in PARAM_AXES)
+
+
 def local_copy(leaf):
-  """A replicated array of a multi-process job as this process's copy (device_put and device_get cannot move the
-  global one); other values as they are."""
+  """An array of a multi-process job as a whole copy on this process (device_put and device_get cannot move the
+  global one): a replicated array's local copy, a sharded one gathered (a collective: every process calls it);
+  other values as they are."""
   if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-    return leaf.addressable_data(0)
+    return leaf.addressable_data(0) if leaf.is_fully_replicated else gather(leaf)
   return leaf
 
 
@@ -85,15 +184,60 @@ def gather(array: jax.Array) -> np.ndarray:
 
 def data_parallel(step_fn: Callable, mesh: Mesh, *, num_replicated_args: int, donate_argnums=(0,),
                   batch_axis: int = 0) -> Callable:
-  """Compiles `step_fn(*replicated_args, batch)` as a pmap-style data-parallel step.
+  """Compiles `step_fn(state, *other_args, batch) -> (state, metrics)` as a pmap-style data-parallel step.
 
-  `step_fn` sees its first `num_replicated_args` arguments whole and the last one (the batch pytree) as this
-  device's shard of axis `batch_axis` (1 for stacked batches [steps, batch, ...]); it must reduce what it returns
-  across devices itself (`lax.pmean(x, DATA_AXIS)`), so outputs are replicated.
+  `step_fn` sees its first `num_replicated_args` arguments whole over the data axis and the last one (the batch
+  pytree) as this data shard's rows of axis `batch_axis` (1 for stacked batches [steps, batch, ...]); it must reduce
+  what it returns across the data axis itself (`lax.pmean(x, DATA_AXIS)`). The other mesh axes are GSPMD's: the
+  arguments keep their shardings over them (parameters split over fsdp / tensor, the batch rows over fsdp), the
+  returned state keeps the input state's, the metrics are replicated.
   """
   in_specs = (P(),) * num_replicated_args + (P(*(None,) * batch_axis, DATA_AXIS),)
-  mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False)
-  return jax.jit(mapped, donate_argnums=donate_argnums)
+  mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=in_specs, out_specs=P(), axis_names={DATA_AXIS},
+                         check_vma=False)
+  compiled = {}
+
+  def jitted(state):
+    state_shardings = jax.tree.map(lambda leaf: leaf.sharding, state)
+    key = (jax.tree.structure(state), tuple(jax.tree.leaves(state_shardings)))
+    if key not in compiled:
+      compiled[key] = jax.jit(mapped, donate_argnums=donate_argnums,
+                              out_shardings=(state_shardings, replicated(mesh)))
+    return compiled[key]
+
+  step = lambda state, *args: jitted(state)(state, *args)
+  step.lower = lambda state, *args: jitted(state).lower(state, *args)  # also from jax.ShapeDtypeStructs
+  return step
+
+
+def per_device_bytes(tree) -> int:
+  """Bytes of `tree`'s arrays (or jax.ShapeDtypeStructs with a sharding) held by one device: each leaf's shard."""
+  return int(sum(np.prod(leaf.sharding.shard_shape(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+                 for leaf in jax.tree.leaves(tree)))
+
+
+def memory_stats(step: Callable, state, *args) -> dict:
+  """Per-device memory of a compiled step (`data_parallel`'s) called on (state, *args): the state's parameters and
+  optimizer state (their shards), and XLA's `memory_analysis` of the compiled program of one device: its arguments
+  (state, teacher, data), outputs, temporaries (activations, gradients, gathered parameters) and peak estimate
+  (arguments + outputs + temporaries - outputs aliased to donated arguments). Lowering takes the shapes and
+  shardings only: after the step ran with these arguments it reuses the compiled program."""
+  analysis = step.lower(state, *args).compile().memory_analysis()
+  memory = {"params_bytes": per_device_bytes(state.params), "optimizer_bytes": per_device_bytes(state.opt_state)}
+  if analysis is not None:
+    memory.update(argument_bytes=int(analysis.argument_size_in_bytes), output_bytes=int(analysis.output_size_in_bytes),
+                  temp_bytes=int(analysis.temp_size_in_bytes), alias_bytes=int(analysis.alias_size_in_bytes))
+    memory["peak_bytes"] = (memory["argument_bytes"] + memory["output_bytes"] + memory["temp_bytes"]
+                            - memory["alias_bytes"])
+  return memory
+
+
+def format_bytes(size: float) -> str:
+  """1536 -> '1.5 KiB'."""
+  for unit in ("B", "KiB", "MiB", "GiB"):
+    if abs(size) < 1024 or unit == "GiB":
+      return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    size /= 1024
 
 
 def make_sweep_mesh(num_points: int, num_devices: int | None = None) -> Mesh:

@@ -111,8 +111,9 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
   they do not depend on k either.
 
   Args:
-    state: replicated training state of the model being trained.
-    teacher_params: replicated teacher parameters when `teacher_model` is given, else None.
+    state: training state of the model being trained (replicated over the data axis; split over fsdp / tensor as
+      sharding.param_shardings places it).
+    teacher_params: teacher parameters (placed alike) when `teacher_model` is given, else None.
     loss: replicated loss (its arrays: weights, temperature, label smoothing, ...); `loss.at_step(state.step)` is
       this step's (a schedule moves T and the weights step by step).
     rng: replicated base PRNG key of this training run.
@@ -165,14 +166,14 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
         return logits[0], jax.tree.map(lambda value: value[0], feature_losses.collect(model_state["intermediates"]))
 
       logits, student_features = jax.vmap(example_outputs)(inputs, dropout_rngs)
-      terms = loss(logits, teacher_logits, rows.label, example_weights, axis_name=sharding.DATA_AXIS,
+      terms = loss(logits, teacher_logits, rows.label, example_weights, axis_name=sharding.data_axis(),
                    weight_sums=term_sums)
       if features is None:
         return terms.loss, (terms, {})
       feature_total, feature_terms = features(
           student_features, teacher_features, projections, student_mask=_attention_mask(inputs),
           teacher_mask=_attention_mask(teacher_inputs), example_weights=example_weights,
-          axis_name=sharding.DATA_AXIS, weight_sum=feature_sum)
+          axis_name=sharding.data_axis(), weight_sum=feature_sum)
       return terms.loss + feature_total, (terms, feature_terms)
 
     (total, (terms, feature_terms)), grads = jax.value_and_grad(
@@ -271,16 +272,18 @@ def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_
 
 def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_steps: int,
             loss: losses.DistillationLoss, examples: Examples, batch_size: int, seed: int, mesh, train_config,
-            teacher=None, input_noise_std: float = 0.0, trainable: peft.Trainable | None = None) -> loop.Program:
+            teacher=None, input_noise_std: float = 0.0, trainable: peft.Trainable | None = None,
+            param_rules=()) -> loop.Program:
   """The loop.Program of one run: `model` from `init_params` under AdamW, on `examples` in the batches of `seed`.
 
   Args:
-    teacher: (teacher model, its replicated params) to run in the step (online distillation), or None.
+    teacher: (teacher model, its params placed on `mesh`) to run in the step (online distillation), or None.
     trainable: the parameters trained (None: all).
+    param_rules: config.mesh.rules, placing the state's arrays before sharding.TENSOR_RULES and FSDP.
   """
   # From a host copy: the step donates the state's buffers, and `init_params` may serve another run (the baseline).
-  state = sharding.replicate(create_train_state(model, jax.device_get(init_params), optim_config, num_steps,
-                                                trainable), mesh)
+  state = sharding.place_params(create_train_state(model, jax.device_get(init_params), optim_config, num_steps,
+                                                   trainable), mesh, param_rules)
   device_resident = feed.data_bytes(examples) <= int(train_config.device_data_max_mib * 2**20)
   teacher_model, teacher_params = teacher if teacher is not None else (None, None)
   compiled = compile_chunk(mesh, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
@@ -290,6 +293,8 @@ def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_
   return loop.Program(
       state=state,
       chunk=lambda state, num_steps, *data: compiled(state, teacher_params, loss, rng, num_steps, *data),
+      memory=lambda state, num_steps, *data: sharding.memory_stats(compiled, state, teacher_params, loss, rng,
+                                                                   num_steps, *data),
       feed=lambda start_step: feed.ChunkFeeder(examples, batch_size=batch_size, seed=seed, start_step=start_step,
                                                max_steps=train_config.steps_per_dispatch, mesh=mesh,
                                                device_resident=device_resident),

@@ -110,20 +110,27 @@ def _build(config, task: data.TaskData, teacher: Teacher, mesh, kind: str, fn, *
 
 
 def _topk_fn(teacher: Teacher, mesh, k: int, values_dtype: str):
-  """rows of inputs -> {values [B, T, k] in values_dtype, indices [B, T, k], tail_logsumexp [B, T]}.
+  """rows of inputs -> {values [B, T, k] in values_dtype, indices [B, T, k], tail_logsumexp [B, T]}: the teacher's
+  `topk_program`."""
+  return functools.partial(topk_program(teacher.model, mesh, k, values_dtype), teacher.params)
+
+
+def topk_program(teacher_model, mesh, k: int, values_dtype: str):
+  """(teacher params, rows of inputs) -> {values [B, T, k] in values_dtype, indices [B, T, k], tail_logsumexp [B, T]}
+  (inference.sharded).
 
   The teacher runs in eval mode; tail_logsumexp = log sum of exp(logits) outside the top k, summed directly
   (not as logsumexp(all) minus the top k, which cancels catastrophically in float32 when the tail is small).
   """
 
   def topk(params, inputs):
-    logits = teacher.model.apply({"params": params}, inputs, train=False).astype(jnp.float32)
+    logits = teacher_model.apply({"params": params}, inputs, train=False).astype(jnp.float32)
     values, indices = jax.lax.top_k(logits, k)
     tail = jnp.put_along_axis(logits, indices, -jnp.inf, axis=-1, inplace=False)
     return {"values": values.astype(values_dtype), "indices": indices.astype(jnp.int32),
             "tail_logsumexp": jax.nn.logsumexp(tail, axis=-1)}
 
-  return functools.partial(inference.sharded(topk, mesh), teacher.params)
+  return inference.sharded(topk, mesh)
 
 
 def _generate_fn(teacher: Teacher, task: data.TaskData, mesh):

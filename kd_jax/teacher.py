@@ -36,7 +36,8 @@ class Teacher:
   """A teacher ready to teach.
 
   Attributes:
-    model, params: the flax module and its parameters, replicated on the run's mesh.
+    model, params: the flax module and its parameters, placed on the run's mesh (sharding.place_params: replicated,
+      or split over fsdp / tensor).
     directory: where its trained weights (if trained) and its caches live.
     stats: the training phase's stats when it was trained (or resumed) in this call, else None.
     members: an ensemble's member teachers (kd_jax/ensemble.py), whose combination this is; () for one teacher.
@@ -50,7 +51,7 @@ class Teacher:
   @functools.cached_property
   def fingerprint(self) -> str:
     """Hash of the parameters (computed on first use: only caches need it)."""
-    return fingerprints.fingerprint_tree(jax.device_get(self.params))
+    return fingerprints.fingerprint_tree(jax.device_get(jax.tree.map(sharding.local_copy, self.params)))
 
 
 def identity(config: ml_collections.ConfigDict) -> dict:
@@ -85,9 +86,9 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
                                 rng=jax.random.PRNGKey(config.teacher.seed), field="teacher")
   home = directory(config, workdir)
   if config.teacher.init == "pretrained":
-    return Teacher(model, sharding.replicate(params, mesh), home)
+    return Teacher(model, sharding.place_params(params, mesh, config.mesh.rules), home)
   if config.teacher.init != "train":
-    return Teacher(model, restore_params(config.teacher.init, params, mesh), home)
+    return Teacher(model, restore_params(config.teacher.init, params, mesh, config.mesh.rules), home)
   labeled = task.labeled_train.teacher_view()
   recorded = {**identity(config), "labeled_train_fingerprint": fingerprints.fingerprint_arrays(
       *jax.tree.leaves(labeled.inputs), labeled.label, labeled.index)}
@@ -100,7 +101,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
   distributed.check_same_on_all_processes(trained, f"whether {params_dir} holds a trained teacher")
   if trained:
     logging.info("%s: reusing the trained teacher in %s.", phase, home)
-    return Teacher(model, restore_params(home, params, mesh), home)
+    return Teacher(model, restore_params(home, params, mesh, config.mesh.rules), home)
   if distributed.is_main_process():
     files.write_json(record_path, recorded)
   optim_config = config.teacher.optim
@@ -109,7 +110,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
                           optim_config=optim_config, num_steps=num_steps,
                           loss=losses.DistillationLoss.cross_entropy(), examples=labeled,
                           batch_size=config.data.batch_size, seed=config.teacher.seed, mesh=mesh,
-                          train_config=config.train)
+                          train_config=config.train, param_rules=config.mesh.rules)
   outcome = loop.train(
       phase, program, [loop.RunLog("", writer, steps.learning_rates(optim_config, num_steps))],
       num_steps=num_steps, checkpoint_dir=os.path.join(home, "checkpoints"), train_config=config.train,
@@ -121,15 +122,16 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
   return Teacher(model, params, home, stats)
 
 
-def restore_params(teacher_dir: str, target_params, mesh):
-  """The final teacher parameters saved in `<teacher_dir>/params`, shaped like `target_params`, replicated on `mesh`."""
+def restore_params(teacher_dir: str, target_params, mesh, rules=()):
+  """The final teacher parameters saved in `<teacher_dir>/params`, shaped like `target_params`, placed on `mesh` as
+  sharding.param_shardings says (whatever mesh saved them)."""
   params_dir = os.path.abspath(os.path.join(teacher_dir, "params"))
   if not os.path.isdir(params_dir):
     raise UserError(f"teacher directory {teacher_dir} has no params/ (its training did not finish); "
                     "rerun the run that trains it, or set teacher.init='train'")
   checkpointer = ocp.StandardCheckpointer()
-  abstract = jax.tree.map(lambda value: jax.ShapeDtypeStruct(value.shape, value.dtype,
-                                                             sharding=sharding.replicated(mesh)), target_params)
+  abstract = jax.tree.map(lambda value, placement: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=placement),
+                          target_params, sharding.param_shardings(target_params, mesh, rules))
   try:
     return checkpointer.restore(params_dir, abstract)
   except (ValueError, KeyError) as error:

@@ -57,9 +57,10 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
   check_data_sizes(config, task)
   for run in runs:
     feature_losses.check_positions(run.config.distill, task.train)
-  mesh = sharding.make_mesh(config.train.num_devices)
-  logging.info("Data %s: %d training examples (%d labeled), %d test; %d classes. Mesh: %d devices.", task.name,
-               len(task.train), len(task.labeled_train), len(task.test), task.num_classes, mesh.size)
+  mesh = sharding.make_mesh(config.train.num_devices, config.mesh)
+  logging.info("Data %s: %d training examples (%d labeled), %d test; %d classes. Mesh: %d devices (%s).", task.name,
+               len(task.train), len(task.labeled_train), len(task.test), task.num_classes, mesh.size,
+               ", ".join(f"{axis} {size}" for axis, size in mesh.shape.items()))
   writers = [_start_workdir(run, overwrite) for run in runs]
   evaluator = evaluation.for_task(config, task, mesh)
   the_teacher = ensemble.obtain(
@@ -82,9 +83,13 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
       if id(params) not in final_metrics:
         final_metrics[id(params)] = evaluator.final(student_model, params)
       metrics[phase], phases[phase] = final_metrics[id(params)], phase_stats
+    # The compiled steps' per-device memory (loop stats) as its own section, by phase.
+    memory = {phase: phase_stats["memory"] for phase, phase_stats in phases.items() if "memory" in phase_stats}
+    phases = {phase: {key: value for key, value in phase_stats.items() if key != "memory"}
+              for phase, phase_stats in phases.items()}
     outcome = results.Results.of_run(task=task, num_devices=mesh.size, num_processes=jax.process_count(),
                                      metrics=metrics, efficiency={model: costs[model] for model in metrics},
-                                     phases=phases, extra={**teacher_results, **student.results},
+                                     phases=phases, extra={**teacher_results, **student.results, "memory": memory},
                                      wall_s=time.time() - start_time)
     for writer in writers[i].values():
       writer.close()
@@ -161,7 +166,7 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
     else:
       (trainee,) = trainees
       program = steps.program(init_params=phase_init_params[config.seed], loss=trainee.loss, seed=config.seed,
-                              mesh=mesh, **common)
+                              mesh=mesh, param_rules=config.mesh.rules, **common)
       checkpoint_dir = os.path.join(runs[0].workdir, "checkpoints", phase)
     logs = [loop.RunLog(", ".join(runs[i].name for i in trainee.run_indices),
                         metric_writer.FanOutWriter([writers[i][phase] for i in trainee.run_indices]),

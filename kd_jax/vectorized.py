@@ -141,8 +141,11 @@ def program(*, model, init_params: dict, optim_config: ml_collections.ConfigDict
   return loop.Program(
       state=state,
       chunk=lambda state, length, *data: compiled(state, teacher_params, stacked_losses, rngs, length, *data),
+      memory=lambda state, length, *data: sharding.memory_stats(compiled, state, teacher_params, stacked_losses,
+                                                                rngs, length, *data),
       feed=lambda start_step: feed.StackedRowsFeeder(examples, batch_size=batch_size, seeds=seeds,
                                                      start_step=start_step, max_steps=train_config.steps_per_dispatch,
                                                      mesh=mesh),
       run_params=run_params, stacked=True, examples_per_step=batch_size * num_runs,
-      stats={"data_feed": "device", "mesh": dict(mesh.shape), "vectorized_runs": num_runs})
+      stats={"data_feed": "device", "mesh": {**dict(mesh.shape), sharding.FSDP_AXIS: 1, sharding.TENSOR_AXIS: 1},
+             "vectorized_runs": num_runs})

@@ -24,6 +24,10 @@ sides alternating, so that a change in machine load hits both alike. The keys:
 - mfu_vs_matmul_peak: that kd_jax step's FLOP/s (forward + backward = 3x the forward matmul FLOPs counted from the
   model configuration) over the FLOP/s of a large fp32 matmul measured here (4096 x 4096, 2048 with --quick; the
   faster of XLA and NumPy).
+- sharded_param_bytes_ratio: per-device bytes of the DistilBERT-shaped student's parameters and optimizer state
+  (from the arrays' shards) with FSDP over 8 forced CPU devices (config.mesh.fsdp=8) over replicated (data
+  parallelism over the 8). fsdp_step_over_replicated: its KD step time, FSDP-8 over replicated, alternating (a memory
+  feature: on CPU, where the all-gathers are copies, above 1). Both in a subprocess with 8 forced CPU devices.
 
 Extras: compile times, the input-pipeline stall fraction (the share of a fused training loop's time spent waiting
 for batches: 1 - time with one chunk's data staged on the device / time with each chunk's data prepared and sent),
@@ -202,10 +206,10 @@ class FusedTrainer:
   the same examples without them."""
 
   def __init__(self, *, model, params, examples, distills: bool, distill_config, optim_config, batch_size: int,
-               num_steps: int, seed: int, max_steps: int = 100):
+               num_steps: int, seed: int, max_steps: int = 100, mesh_sizes: dict | None = None):
     import ml_collections  # pylint: disable=g-import-not-at-top
     from kd_jax import losses, sharding  # pylint: disable=g-import-not-at-top
-    self.mesh = sharding.make_mesh()
+    self.mesh = sharding.make_mesh(sizes=mesh_sizes)
     self._program_args = dict(
         model=model, init_params=params, optim_config=optim_config, num_steps=num_steps,
         loss=losses.DistillationLoss.from_config(distill_config, distills=distills),
@@ -513,6 +517,56 @@ def step_temporaries(quick: bool) -> dict:
   return results
 
 
+def fsdp_worker(quick: bool) -> None:
+  """(In a process with 8 forced CPU devices.) The DistilBERT-shaped student's KD training, FSDP-8 vs replicated
+  (data parallelism over the 8 devices), alternating; prints the figures as JSON."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from kd_jax import data, schema, sharding  # pylint: disable=g-import-not-at-top
+  model, params = distilbert_student()
+  arrays = synthetic_text_batch(BATCH_SIZE)
+  examples = data.Examples(inputs={"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]},
+                           label=arrays["label"], index=np.arange(BATCH_SIZE, dtype=np.int32),
+                           teacher=arrays["teacher_logits"])
+  distill_config = schema.default_config().distill
+  distill_config.update(dict(temperature=TEMPERATURE, alpha=ALPHA))
+  optim_config = ml_collections.ConfigDict(dict(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
+                                                warmup_ratio=WARMUP_RATIO, grad_clip_norm=None))
+  steps_per_round, rounds = (1, 3) if quick else (2, 5)
+  meshes = {"replicated": {"data": 8, "fsdp": 1, "tensor": 1}, "fsdp": {"data": 1, "fsdp": 8, "tensor": 1}}
+  trainers = {name: FusedTrainer(model=model, params=params, examples=examples, distills=True,
+                                 distill_config=distill_config, optim_config=optim_config, batch_size=BATCH_SIZE,
+                                 num_steps=steps_per_round * rounds + 1, seed=0, max_steps=steps_per_round,
+                                 mesh_sizes=sizes) for name, sizes in meshes.items()}
+  result, times = {}, {name: [] for name in meshes}
+  for name, trainer in trainers.items():
+    state = trainer.program().state
+    result[f"{name}_param_optimizer_bytes_per_device"] = sharding.per_device_bytes((state.params, state.opt_state))
+    start = time.perf_counter()
+    trainer.train(1)
+    result[f"{name}_compile_s"] = time.perf_counter() - start
+  for _ in range(rounds):
+    for name, trainer in trainers.items():
+      start = time.perf_counter()
+      trainer.train(steps_per_round)
+      times[name].append((time.perf_counter() - start) / steps_per_round)
+  result.update({
+      "sharded_param_bytes_ratio": (result["fsdp_param_optimizer_bytes_per_device"]
+                                    / result["replicated_param_optimizer_bytes_per_device"]),
+      "fsdp_step_over_replicated": statistics.median(times["fsdp"]) / statistics.median(times["replicated"]),
+      "fsdp_step_s": statistics.median(times["fsdp"]), "replicated_step_s": statistics.median(times["replicated"])})
+  print(json.dumps(result))
+
+
+def fsdp_figures(quick: bool) -> dict:
+  """fsdp_worker's figures, from a subprocess with 8 forced CPU devices (this process has its own device count)."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  env.pop("PJRT_NPROC", None)
+  result = subprocess.run([sys.executable, __file__, "--fsdp_worker"] + (["--quick"] if quick else []), env=env,
+                          capture_output=True, text=True, check=True, timeout=1800)
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def cache_throughput(quick: bool) -> dict:
   """Teacher inference (what building a logit cache runs): the default 2x1200 MLP teacher on the digits training
   split and the DistilBERT-shaped model as a teacher, examples/s; cache bytes per example."""
@@ -571,7 +625,8 @@ def machine() -> dict:
 
 def print_table(results: dict) -> None:
   goals = {"kd_over_ce_step_time": ("<=", 1.05), "vectorized_sweep_speedup": (">=", 4.0),
-           "jax_over_torch_throughput": (">=", 1.5), "mfu_vs_matmul_peak": (">=", 0.35)}
+           "jax_over_torch_throughput": (">=", 1.5), "mfu_vs_matmul_peak": (">=", 0.35),
+           "sharded_param_bytes_ratio": ("<=", 0.15)}
   print(f"{'figure':40s} {'value':>14s}  goal")
   print("-" * 70)
   for key, value in results.items():
@@ -594,12 +649,16 @@ def main() -> None:
                       help="interpreter with torch + transformers for the PyTorch side (default: this one)")
   parser.add_argument("--skip_default_run", action="store_true", help="do not measure the default run's memory")
   parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--fsdp_worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.torch_worker:
     torch_worker()
     return
   sys.path.insert(0, str(REPO_ROOT))
   import kd_jax  # pylint: disable=g-import-not-at-top,unused-import  (before jax: XLA thread pools)
+  if args.fsdp_worker:
+    fsdp_worker(args.quick)
+    return
   import jax  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   results = {"quick": args.quick, **machine(), "jax_version": jax.__version__, "devices": jax.device_count()}
@@ -616,6 +675,7 @@ def main() -> None:
   results.update(stall_fraction(args.quick))
   results.update(cache_throughput(args.quick))
   results.update(step_temporaries(args.quick))
+  results.update(fsdp_figures(args.quick))
   results.update({"load_average_end": os.getloadavg()[0], "benchmark_wall_s": time.perf_counter() - start,
                   "own_peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
   print_table(results)

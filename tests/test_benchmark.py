@@ -29,4 +29,6 @@ def test_quick_benchmark_runs_and_writes_its_figures(tmp_path):
   assert figures["vectorized_sweep_end_to_end_max_metric_diff"] < 1e-5
   # 4 micro-batches hold the activations of 8 examples at a time instead of 32.
   assert 0 < figures["step_temp_ratio_microbatches_4"] < 0.5
+  # FSDP-8 holds an eighth of the DistilBERT-shaped student's parameters and optimizer state per device.
+  assert 0.12 < figures["sharded_param_bytes_ratio"] <= 0.15 and figures["fsdp_step_over_replicated"] > 0
   assert figures["cache_bytes_per_example_dense"] == 44 and figures["cache_bytes_per_example_topk_esnli"] == 12548

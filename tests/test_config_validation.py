@@ -66,6 +66,16 @@ INVALID = [
      "student has none: use 'none'"),
     ("optim.moment_dtype", "float16", "config.optim.moment_dtype='float16': allowed: float32, bfloat16"),
     ("teacher.optim.moment_dtype", "int8", "config.teacher.optim.moment_dtype='int8': allowed: float32, bfloat16"),
+    # The mesh on 8 devices (config.mesh).
+    ("mesh.fsdp", 3, "config.mesh.data=-1: the mesh (data -1 x fsdp 3 x tensor 1) must multiply to the 8 devices "
+     "of the run"),
+    ("mesh.data", 2, "config.mesh.data=2: the mesh (data 2 x fsdp 1 x tensor 1) must multiply to the 8 devices"),
+    ("mesh.fsdp", 0, "config.mesh.fsdp=0: must be an integer >= 1, or -1 (the devices the other axes leave)"),
+    ("mesh.fsdp", -1, "config.mesh.fsdp=-1: only one mesh axis may be -1 (here data, fsdp)"),
+    ("mesh.rules", (("Dense_0/kernel", ("fsdp", "model")),), "config.mesh.rules=('Dense_0/kernel', ('fsdp', "
+     "'model')): unknown mesh axis 'model'; a rule places dimensions on fsdp, tensor or None"),
+    ("mesh.rules", (("Dense_0/kernel",),), "config.mesh.rules=('Dense_0/kernel',): each rule is (regular expression, "
+     "tuple of mesh axes per dimension)"),
 ]
 
 # Feature distillation on the default (MLP teacher 256x256, student 32; online teacher) and the SST-2 smoke (2-layer
@@ -233,6 +243,8 @@ def test_unknown_and_mistyped_fields():
      'error: --config.distill.temprature=2: unknown config field config.distill.temprature; did you mean '
      '"temperature"?'),
     (["--config=configs/nope.py"], "error: --config=configs/nope.py: no such config file"),
+    (["--config.mesh.fsdp=2"], "error: config.mesh.data=-1: the mesh (data -1 x fsdp 2 x tensor 1) must multiply to "
+     "the 1 devices of the run"),
     (["--config.data.batch_size=4096"], "error: config.data.batch_size=4096: larger than the 1198 training examples"),
     (["--config=configs/fashion_mnist.py:smoke", "--config.data.data_dir=/no/fashion-mnist"],
      "error: config.data.data_dir='/no/fashion-mnist': has no train-images-idx3-ubyte or train-images-idx3-ubyte.gz "
@@ -270,6 +282,12 @@ INVALID_SST2 = [
     ({"student.lora.rank": 4, "student.lora.dropout": 1.0},
      "config.student.lora.dropout=1.0: must be in [0.0, 1.0)", ""),
     ({"student.lora.rank": 4, "student.lora.alpha": 0.0}, "config.student.lora.alpha=0.0: must be > 0", ""),
+    ({"mesh.data": 1, "mesh.tensor": 8}, "config.mesh.tensor=8: must divide the 4 attention heads of "
+     "teacher.checkpoint=", ""),
+    ({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}, "config.mesh.tensor=2: must be 1 when data and fsdp both "
+     "exceed 1 (the mesh is data 2 x fsdp 2 x tensor 2)", ""),
+    ({"mesh.data": 1, "mesh.fsdp": 8, "sweep.mode": "vectorized"}, "config.sweep.mode='vectorized': 'vectorized' "
+     "keeps parameters replicated: it needs mesh.fsdp = mesh.tensor = 1", ""),
 ]
 
 

@@ -100,7 +100,9 @@ def test_launcher_stops_the_job_when_a_process_fails(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_give_the_one_process_results(tmp_path):
-  """`multiprocess_local.sh 2 --config=configs/default.py:smoke` against `main.py` (both 1 CPU device a process).
+  """`multiprocess_local.sh 2 --config=configs/default.py:smoke` with FSDP over both processes (mesh.data=1,
+  mesh.fsdp=2: every parameter and optimizer array split between them) against `main.py` (both 1 CPU device a
+  process; the 2-process SIGTERM test below runs data parallelism).
 
   The two processes read their shares of every batch through tf.data (train.device_data_max_mib=0); the single
   process gathers its batches on its device.
@@ -109,7 +111,7 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   two_workdir, one_workdir = tmp_path / "two_processes", tmp_path / "one_process"
   two_processes = subprocess.Popen(
       ["bash", "scripts/multiprocess_local.sh", "2", *arguments, "--config.train.device_data_max_mib=0",
-       f"--workdir={two_workdir}"], cwd=REPO_ROOT,
+       "--config.mesh.data=1", "--config.mesh.fsdp=2", f"--workdir={two_workdir}"], cwd=REPO_ROOT,
       env=launcher_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   one_process = run_main(*arguments, f"--workdir={one_workdir}")
   stdout, stderr = two_processes.communicate(timeout=600)
@@ -123,6 +125,9 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   assert (one["train"]["num_processes"], one["train"]["num_devices"]) == (1, 1)
   assert (two["train"]["num_processes"], two["train"]["num_devices"]) == (2, 2)
   assert two["train"]["phases"]["student"]["data_feed"] == "tf.data"
+  assert two["train"]["phases"]["student"]["mesh"] == {"sweep": 1, "data": 1, "fsdp": 2, "tensor": 1}
+  # Each process holds half of the teacher's parameters and optimizer state (the biases of 10 classes split too).
+  assert two["memory"]["teacher"]["params_bytes"] * 2 == one["memory"]["teacher"]["params_bytes"]
   for model in ("teacher", "student", "student_hard"):
     for name in SUMMARY_METRICS:
       np.testing.assert_allclose(two["metrics"][model][name], one["metrics"][model][name], atol=1e-4,

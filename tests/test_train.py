@@ -44,6 +44,13 @@ def test_results_contract_and_learning(smoke_run):
   assert costs["teacher"]["params"] == 64 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
   assert costs["student"]["compression_params"] == costs["teacher"]["params"] / costs["student"]["params"]
   assert results["train"]["phases"]["student"]["selected_step"] == results["train"]["steps"]  # select='last'
+  # Per-device memory of each phase's compiled step: replicated parameters (float32) and AdamW's two moments.
+  for phase in ("teacher", "student", "student_hard"):
+    memory = results["memory"][phase]
+    assert memory["params_bytes"] == 4 * costs[phase]["params"], phase
+    assert memory["optimizer_bytes"] >= 2 * memory["params_bytes"] and memory["temp_bytes"] > 0, phase
+    assert memory["peak_bytes"] >= memory["argument_bytes"] >= memory["params_bytes"] + memory["optimizer_bytes"]
+  assert "memory" not in results["train"]["phases"]["student"]
 
 
 def test_outputs_in_workdir(smoke_run):

@@ -78,7 +78,7 @@ def test_vectorized_sweep_matches_sequential_sweep(tmp_path):
   assert {r["train"]["phases"]["student"]["vectorized_runs"] for r in results} == {8}
   assert {r["train"]["phases"]["student_hard"]["vectorized_runs"] for r in results} == {4}
   assert {r["train"]["phases"]["student_hard"]["shared_by_points"] for r in results} == {2}
-  assert results[0]["train"]["phases"]["student"]["mesh"] == {"sweep": 8, "data": 1}
+  assert results[0]["train"]["phases"]["student"]["mesh"] == {"sweep": 8, "data": 1, "fsdp": 1, "tensor": 1}
   # The same results.json contract in both modes: the same keys, recursively (per-model metric lists aside).
   for row in rows["vectorized"]:
     vectorized_keys, sequential_keys = (

@@ -104,6 +104,27 @@ def abstract_params(name_or_path: str, task: str = "sequence_classification"):
   return jax.eval_shape(lambda: architecture.module.init(jax.random.key(0), **architecture.example_inputs))["params"]
 
 
+def abstract_model(model_config, *, num_classes: int):
+  """(RegistryModel, jax.ShapeDtypeStruct tree of its params) of `model_config` (an HF model's config section) from
+  its checkpoint's config.json alone, in its dtypes: what scripts/memory_plan.py compiles steps from. A classifier
+  gets `num_classes` labels."""
+  task = model_config.task or "sequence_classification"
+  directory, family, config = _family_and_config(model_config.checkpoint, task)
+  del directory
+  architecture = family.build(config, checkpoint=model_config.checkpoint, task=task,
+                              num_labels=num_classes if task == "sequence_classification" else None,
+                              dtype=jnp.dtype(model_config.dtype), param_dtype=jnp.dtype(model_config.param_dtype))
+  params = jax.eval_shape(lambda: architecture.module.init(jax.random.key(0), **architecture.example_inputs))["params"]
+  return RegistryModel(architecture.module), params
+
+
+def num_attention_heads(name_or_path: str) -> int:
+  """The attention heads per layer of a checkpoint, from its config.json (BERT / RoBERTa, DistilBERT and T5 name the
+  field differently)."""
+  raw_config = checkpoint_lib.read_config(checkpoint_lib.resolve(name_or_path), name_or_path)
+  return int(next(raw_config[key] for key in ("num_attention_heads", "n_heads", "num_heads") if key in raw_config))
+
+
 def _num_labels(source: checkpoint_lib.TensorSource, classifier_tensor: str, num_labels: int | None,
                 checkpoint: str) -> int:
   """The classifier's output size: the checkpoint's head if it has one (num_labels must agree), else num_labels."""
