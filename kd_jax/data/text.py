@@ -178,6 +178,13 @@ def load_tokenizer(checkpoint: str, field: str):
   """The tokenizer stored with an HF checkpoint (hub id or directory); a UserError if it has none."""
   import transformers  # pylint: disable=g-import-not-at-top
   from kd_jax.models.hf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  if checkpoint.endswith(".gguf") and os.path.isfile(checkpoint):  # llama.cpp's file holds the tokenizer too
+    directory, gguf_file = os.path.split(os.path.abspath(checkpoint))
+    try:
+      return transformers.AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
+    except (OSError, ValueError) as error:
+      raise UserError(f"config.{field}={checkpoint!r}: no usable tokenizer in the GGUF file "
+                      f"({error.__class__.__name__}: {str(error).strip().splitlines()[0]})") from error
   directory = checkpoint_lib.resolve(checkpoint)
   try:
     return transformers.AutoTokenizer.from_pretrained(directory)
@@ -192,6 +199,18 @@ def student_checkpoint_field(config) -> tuple[str, str]:
   if config.student.init_from_teacher_layers is not None:
     return config.teacher.checkpoint, "teacher.checkpoint"
   return config.student.checkpoint, "student.checkpoint"
+
+
+def check_shared_vocabulary(config, tokenizer, teacher_tokenizer, what: str) -> None:
+  """Teacher and student tokenize alike: equal vocabularies (token -> id) and, where both checkpoints have a
+  config.json, equal vocab_size; else a UserError naming both checkpoints."""
+  student_checkpoint, _ = student_checkpoint_field(config)
+  sizes = [None if checkpoint.endswith(".gguf") else checkpoint_config(checkpoint).get("vocab_size")
+           for checkpoint in (config.teacher.checkpoint, student_checkpoint)]
+  if teacher_tokenizer.get_vocab() != tokenizer.get_vocab() or (None not in sizes and sizes[0] != sizes[1]):
+    raise UserError(f"config.teacher.checkpoint={config.teacher.checkpoint!r} and config.student.checkpoint="
+                    f"{config.student.checkpoint!r} do not share one vocabulary (tokenizer and vocab_size); "
+                    f"{what} needs them to (cross-tokenizer distillation is not supported)")
 
 
 def checkpoint_config(checkpoint: str) -> dict:
