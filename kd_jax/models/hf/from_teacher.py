@@ -3,9 +3,8 @@ architecture and widths with a subset of its layers, initialized from those laye
 
 Student layer j is teacher layer layers[j]; every parameter outside the layers is copied: the embeddings, the
 pooler and classification head (BERT's pooler and classifier, RoBERTa's classifier.dense and out_proj, DistilBERT's
-pre_classifier and classifier), T5's shared embedding, LM head, relative position bias and final layer norms, a
-decoder-only LM's token embedding, final norm and LM head (Llama family: SmolLM2-135M's 30 layers give a 6-layer
-student with (0, 6, 12, 18, 24, 29)). A T5 teacher gives both its encoder and its decoder blocks by the same indices.
+pre_classifier and classifier), T5's shared embedding, LM head, relative position bias and final layer norms. A T5
+teacher gives both its encoder and its decoder blocks by the same indices.
 """
 
 import dataclasses
@@ -20,8 +19,8 @@ from kd_jax.models.hf import pretrained
 
 # The module names of one layer in each family's parameters: BERT/RoBERTa 'encoder.layer.i' (under 'bert' or
 # 'roberta'), DistilBERT 'transformer.layer.i' (under 'distilbert'), T5 'block.i' (under 'encoder' and 'decoder'),
-# the Llama family 'layers.i' (under 'model').
-LAYER_NAME = re.compile(r"^(encoder\.layer|transformer\.layer|block|layers)\.(\d+)$")
+# Llama 'layers.i' (under 'model'), GPT-2 'h.i' (under 'transformer').
+LAYER_NAME = re.compile(r"^(encoder\.layer|transformer\.layer|block|layers|h)\.(\d+)$")
 
 
 def stack_depths(params) -> dict[str, int]:
@@ -71,8 +70,8 @@ def create(teacher_model: pretrained.RegistryModel, teacher_params, layers: tupl
   depth = {"num_layers": len(layers)}
   if hasattr(dims, "num_decoder_layers"):  # T5
     depth["num_decoder_layers"] = len(layers)
-  if hasattr(dims, "sliding_windows"):  # the Llama family: each layer's attention window goes with it
-    depth["sliding_windows"] = tuple(dims.sliding_windows[layer] for layer in layers)
+  if hasattr(dims, "sliding_windows"):  # Llama family: each student layer keeps its teacher layer's window
+    depth["sliding_windows"] = tuple(dims.sliding_windows[index] for index in layers)
   student = module.clone(parent=None, dims=dataclasses.replace(dims, **depth), dtype=jnp.dtype(dtype),
                          param_dtype=jnp.dtype(param_dtype))
   params = select_layers(teacher_params, tuple(layers), jnp.dtype(param_dtype))

@@ -1,37 +1,56 @@
-"""Decoding of seq2seq models (t5.T5ForConditionalGeneration): greedy or temperature sampling with a KV cache.
+"""Decoding with a KV cache: greedy or temperature sampling (top-k, top-p) for seq2seq models
+(t5.T5ForConditionalGeneration) and decoder-only LMs (llama.LlamaForCausalLM, gpt2.GPT2LMHeadModel).
 
-One jitted program encodes the batch-padded prompts once, then feeds one token per step through the decoder with
-its self-attention keys/values cached, until max_new_tokens or until every sequence has produced EOS. Like
+One jitted program (compiled once per module, shapes and decoding settings) runs the prompt once (T5: through the
+encoder; decoder-only LMs: a prefill writing the prompt's keys/values into the cache), then feeds one token per step
+with the self-attention keys/values cached, until max_new_tokens or until every sequence has produced EOS. Like
 transformers' `generate`, a finished sequence continues with pad tokens.
+
+Decoder-only prompts are left-padded (every row's last column a real token), and positions count real tokens only
+(cumsum(attention_mask) - 1, as transformers' generate): a prompt's continuation does not depend on its padding.
+Sampling draws each sequence's tokens from its own key, fold_in(key of the row, step), so a row's sample depends on
+its key, not on the other rows of the batch.
 """
 
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kd_jax.models.hf import t5
 
 
-def generate(module: t5.T5ForConditionalGeneration, params, input_ids: jax.Array, attention_mask: jax.Array, *,
-             max_new_tokens: int, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             eos_token_id: int | None = None, rng: jax.Array | None = None) -> jax.Array:
-  """Generated token ids [batch, max_new_tokens] (pad after EOS), without the decoder start token.
+def generate(module, params, input_ids: jax.Array, attention_mask: jax.Array, *, max_new_tokens: int,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
+             rng: jax.Array | None = None) -> jax.Array:
+  """Generated token ids [batch, max_new_tokens] (pad after EOS): T5's without the decoder start token, a
+  decoder-only LM's without the prompt.
 
   Args:
-    module, params: from `from_pretrained(..., task="seq2seq")`.
-    input_ids, attention_mask: prompts [batch, source_length], padded where attention_mask is 0.
+    module, params: from `from_pretrained(..., task="seq2seq")` or `from_pretrained(..., task="causal_lm")`.
+    input_ids, attention_mask: prompts [batch, prompt_length], padded where attention_mask is 0 (decoder-only LMs:
+      on the left).
     max_new_tokens: number of decoding steps at most.
     temperature: 0 for greedy decoding (argmax); otherwise tokens are drawn from softmax(logits / temperature),
       restricted to the top_k most likely tokens and/or the smallest set whose probability reaches top_p.
-    eos_token_id: the token that ends a sequence; defaults to the checkpoint's.
-    rng: PRNG key of the sampling (required when temperature > 0).
+    eos_token_id: the token(s) that end a sequence; defaults to the checkpoint's.
+    pad_token_id: decoder-only LMs: the token after EOS; defaults to the checkpoint's pad token, else its (first) EOS.
+    rng: PRNG key of the sampling (required when temperature > 0); decoder-only LMs also take one key per row
+      [batch] (e.g. keys derived from example indices).
   """
   if temperature > 0 and rng is None:
     raise ValueError("sampling (temperature > 0) needs an rng")
+  rng = jax.random.key(0) if rng is None else rng
+  if not isinstance(module, t5.T5ForConditionalGeneration):
+    return _generate_causal_lm(module, params, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
+                               pad_token_id=pad_token_id, rng=rng)
   eos_token_id = module.dims.eos_token_id if eos_token_id is None else eos_token_id
   return _generate(module, max_new_tokens, float(temperature), top_k, top_p, eos_token_id, params,
-                   jnp.asarray(input_ids), jnp.asarray(attention_mask), jax.random.key(0) if rng is None else rng)
+                   jnp.asarray(input_ids), jnp.asarray(attention_mask), rng)
 
 
 def select_token(logits: jax.Array, rng: jax.Array, *, temperature: float, top_k: int | None = None,
@@ -85,3 +104,61 @@ def _generate(module, max_new_tokens, temperature, top_k, top_p, eos_token_id, p
   tokens = jnp.full((batch_size, max_new_tokens), dims.pad_token_id, jnp.int32)
   state = (0, tokens, jnp.zeros(batch_size, bool), logits, cache, rng)
   return jax.lax.while_loop(not_done, step_fn, state)[1]
+
+
+def _generate_causal_lm(module, params, input_ids, attention_mask, *, max_new_tokens, temperature, top_k, top_p,
+                        eos_token_id, pad_token_id, rng):
+  """generate() of a decoder-only LM: checks the prompts and defaults, then the compiled decoding loop."""
+  dims = module.dims
+  eos_token_ids = dims.eos_token_ids if eos_token_id is None else tuple(np.atleast_1d(eos_token_id).tolist())
+  if pad_token_id is None:
+    pad_token_id = dims.pad_token_id if dims.pad_token_id is not None else (eos_token_ids or (0,))[0]
+  if not isinstance(attention_mask, jax.core.Tracer) and not np.all(np.asarray(attention_mask)[:, -1]):
+    raise ValueError("decoder-only prompts must be left-padded: attention_mask[:, -1] must be 1 in every row")
+  input_ids = jnp.asarray(input_ids, jnp.int32)
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)  # a raw uint32 key (jax.random.PRNGKey)
+  row_rngs = rng if rng.shape == (input_ids.shape[0],) else jax.random.split(rng, input_ids.shape[0])
+  return _decode_causal_lm(module, max_new_tokens, float(temperature), top_k, top_p, tuple(eos_token_ids),
+                           int(pad_token_id), params, input_ids, jnp.asarray(attention_mask, jnp.int32), row_rngs)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
+def _decode_causal_lm(module, max_new_tokens, temperature, top_k, top_p, eos_token_ids, pad_token_id, params,
+                      input_ids, attention_mask, row_rngs):
+  batch_size, prompt_length = input_ids.shape
+  variables = {"params": params}
+  # The cache holds the prompt and every generated token; the last one is fed once more and its logits never used.
+  cache_length = prompt_length + max_new_tokens
+  cache_mask = jnp.concatenate([attention_mask, jnp.ones((batch_size, max_new_tokens), jnp.int32)], axis=1)
+  positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
+  decode = functools.partial(module.apply, decode_length=cache_length, mutable=["cache"])
+  logits, cache = decode(variables, input_ids, cache_mask, positions)
+  logits = logits[:, -1]
+  select = jax.vmap(lambda logits, rng: select_token(logits[None], rng, temperature=temperature, top_k=top_k,
+                                                     top_p=top_p)[0])
+
+  def not_done(state):
+    step, _, finished, _, _, _ = state
+    return (step < max_new_tokens) & ~jnp.all(finished)
+
+  def step_fn(state):
+    step, tokens, finished, logits, cache, position = state
+    step_rngs = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_rngs, step)
+    next_tokens = jnp.where(finished, pad_token_id, select(logits, step_rngs))
+    tokens = tokens.at[:, step].set(next_tokens)
+    finished |= jnp.isin(next_tokens, jnp.array(eos_token_ids, jnp.int32))
+    position += 1
+    logits, cache = decode({**variables, **cache}, next_tokens[:, None], cache_mask, position[:, None])
+    return step + 1, tokens, finished, logits[:, -1], cache, position
+
+  tokens = jnp.full((batch_size, max_new_tokens), pad_token_id, jnp.int32)
+  state = (0, tokens, jnp.zeros(batch_size, bool), logits, cache, positions[:, -1])
+  return jax.lax.while_loop(not_done, step_fn, state)[1]
+
+
+def generated_mask(tokens: jax.Array, eos_token_ids: Sequence[int]) -> jax.Array:
+  """1 for the generated tokens [batch, length] up to and including each row's first EOS, 0 after it (int32)."""
+  is_eos = jnp.isin(tokens, jnp.asarray(eos_token_ids, jnp.int32)).astype(jnp.int32)
+  eos_before = jnp.cumsum(is_eos, axis=1) - is_eos
+  return (eos_before == 0).astype(jnp.int32)

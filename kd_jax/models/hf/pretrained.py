@@ -13,11 +13,16 @@ from kd_jax.errors import UserError
 from kd_jax.models.hf import bert
 from kd_jax.models.hf import checkpoint as checkpoint_lib
 from kd_jax.models.hf import distilbert
+from kd_jax.models.hf import gguf
+from kd_jax.models.hf import gpt2
+from kd_jax.models.hf import llama
 from kd_jax.models.hf import t5
 
 # config.json model_type -> the module building that family's Flax models.
-FAMILIES: dict[str, types.ModuleType] = {"bert": bert, "roberta": bert, "distilbert": distilbert, "t5": t5}
-TASKS = ("encoder", "sequence_classification", "seq2seq")
+FAMILIES: dict[str, types.ModuleType] = {"bert": bert, "roberta": bert, "distilbert": distilbert, "t5": t5,
+                                         "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama,
+                                         "gpt2": gpt2}
+TASKS = ("encoder", "sequence_classification", "seq2seq", "causal_lm")
 
 
 def from_pretrained(name_or_path: str, task: str = "sequence_classification", *, num_labels: int | None = None,
@@ -25,10 +30,11 @@ def from_pretrained(name_or_path: str, task: str = "sequence_classification", *,
   """Builds the Flax model of a Hugging Face checkpoint for `task` and loads its weights.
 
   Args:
-    name_or_path: a local directory with config.json and weights, or a hub id (through huggingface_hub's cache;
-      HF_HUB_OFFLINE=1 uses the cache only).
+    name_or_path: a local directory with config.json and weights, a hub id (through huggingface_hub's cache;
+      HF_HUB_OFFLINE=1 uses the cache only), or a llama.cpp .gguf file (gguf.py; task "causal_lm").
     task: "encoder" (last hidden states [batch, length, hidden]), "sequence_classification" (logits
-      [batch, num_labels]) or "seq2seq" (LM logits [batch, target_length, vocab]).
+      [batch, num_labels]), "seq2seq" (LM logits [batch, target_length, vocab]) or "causal_lm" (next-token logits
+      [batch, length, vocab] of a decoder-only LM).
     num_labels: classification only. Required when the checkpoint has no classification head (a fresh one is
       initialized from `rng`); must match the head of a fine-tuned classifier, which is loaded as is.
     dtype: dtype of the computation ("float32", "bfloat16" or a jnp dtype).
@@ -39,8 +45,10 @@ def from_pretrained(name_or_path: str, task: str = "sequence_classification", *,
     (module, params): call `module.apply({"params": params}, input_ids=..., attention_mask=...)` (plus
     `decoder_input_ids=...` for seq2seq; `train=True, rngs={"dropout": key}` for dropout).
   """
-  directory, family, config = _family_and_config(name_or_path, task)
   dtype, param_dtype = jnp.dtype(dtype), jnp.dtype(param_dtype)
+  if gguf.is_gguf(name_or_path):
+    return gguf.from_pretrained(name_or_path, task, dtype=dtype, param_dtype=param_dtype)
+  directory, family, config = _family_and_config(name_or_path, task)
   with checkpoint_lib.open_tensors(directory, name_or_path) as source:
     if task == "sequence_classification":
       num_labels = _num_labels(source, family.classifier_tensor(config), num_labels, name_or_path)
@@ -70,11 +78,23 @@ def _family_and_config(name_or_path: str, task: str):
   return directory, family, transformers.AutoConfig.from_pretrained(directory)
 
 
+def load_tokenizer(name_or_path: str):
+  """The tokenizer of a checkpoint: a directory's or hub id's (transformers' AutoTokenizer), or a GGUF file's."""
+  if gguf.is_gguf(name_or_path):
+    return gguf.tokenizer(name_or_path)
+  import transformers  # pylint: disable=g-import-not-at-top
+  return transformers.AutoTokenizer.from_pretrained(checkpoint_lib.resolve(name_or_path))
+
+
 @functools.lru_cache(maxsize=16)
 def abstract_params(name_or_path: str, task: str = "sequence_classification"):
   """The parameter shapes (jax.ShapeDtypeStruct tree) of `from_pretrained(name_or_path, task)`, from config.json
-  alone: what config validation checks layer indices and LoRA ranks against before anything runs. A classifier
-  without a head in the checkpoint gets 2 labels here (the class count is known once the data has loaded)."""
+  (or the GGUF metadata) alone: what config validation checks layer indices and LoRA ranks against before anything
+  runs. A classifier without a head in the checkpoint gets 2 labels here (the class count is known once the data has
+  loaded)."""
+  if gguf.is_gguf(name_or_path):
+    architecture = gguf.architecture(name_or_path, task, dtype=jnp.float32, param_dtype=jnp.float32)[0]
+    return jax.eval_shape(lambda: architecture.module.init(jax.random.key(0), **architecture.example_inputs))["params"]
   directory, family, config = _family_and_config(name_or_path, task)
   with checkpoint_lib.open_tensors(directory, name_or_path) as source:
     tensor = family.classifier_tensor(config) if task == "sequence_classification" else None

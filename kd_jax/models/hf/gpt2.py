@@ -1,0 +1,155 @@
+"""GPT-2 (transformers' modeling_gpt2.py) as Flax modules named like its tensors.
+
+Learned position embeddings, pre-LN blocks with LayerNorm: h += c_proj(attention(ln_1 h)); h += mlp(ln_2 h), mlp =
+c_proj(gelu_new(c_fc x)); a final LayerNorm ln_f and the LM head tied to the token embedding wte. GPT-2's linear
+layers are Conv1D: weights stored [in, out] (Flax's kernel layout, not PyTorch Linear's), and q, k, v fused in one
+c_attn of width 3 * n_embd.
+
+Decoding with a KV cache works as in llama.py (same call signature; generation.py drives both).
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kd_jax.errors import UserError
+from kd_jax.models.hf import layers
+from kd_jax.models.hf.checkpoint import Architecture
+from kd_jax.models.hf.llama import causal_bias
+
+SUPPORTED_TASKS = ("causal_lm",)
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Dims:
+  """What the modules need from a GPT-2 config.json."""
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  intermediate_size: int
+  max_position_embeddings: int
+  layer_norm_epsilon: float
+  activation: str
+  embedding_dropout: float
+  attention_dropout: float
+  residual_dropout: float
+  pad_token_id: int | None = None
+  eos_token_ids: tuple[int, ...] = ()
+
+
+class Conv1D(nn.Module):
+  """transformers' Conv1D: x @ weight + bias with weight [in, out] (the tensor's own layout, loaded untransposed)."""
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    weight = self.param("weight", nn.initializers.normal(0.02), (x.shape[-1], self.features), self.param_dtype)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+    return jnp.dot(x.astype(self.dtype), weight.astype(self.dtype)) + bias.astype(self.dtype)
+
+
+class GPT2Block(nn.Module):
+  """h += dropout(attn.c_proj(attention(ln_1 h))); h += dropout(mlp.c_proj(act(mlp.c_fc(ln_2 h))))."""
+  dims: GPT2Dims
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, hidden, bias, *, cache_index=None, train: bool) -> jax.Array:
+    dims = self.dims
+    conv = functools.partial(Conv1D, dtype=self.dtype, param_dtype=self.param_dtype)
+    layer_norm = functools.partial(nn.LayerNorm, epsilon=dims.layer_norm_epsilon, use_fast_variance=False,
+                                   dtype=self.dtype, param_dtype=self.param_dtype)
+    dropout = nn.Dropout(dims.residual_dropout, deterministic=not train)
+    head_dim = dims.hidden_size // dims.num_heads
+    query, key, value = jnp.split(conv(3 * dims.hidden_size, name="attn.c_attn")(layer_norm(name="ln_1")(hidden)), 3,
+                                  axis=-1)
+    split_heads = lambda x: x.reshape(x.shape[:2] + (dims.num_heads, head_dim))
+    query, key, value = split_heads(query), split_heads(key), split_heads(value)
+    if cache_index is not None:
+      cache_shape = (hidden.shape[0], bias.shape[-1], dims.num_heads, head_dim)
+      cached_key = self.variable("cache", "key", jnp.zeros, cache_shape, key.dtype)
+      cached_value = self.variable("cache", "value", jnp.zeros, cache_shape, value.dtype)
+      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, cache_index, 0, 0))
+      cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, cache_index, 0, 0))
+      key, value = cached_key.value, cached_value.value
+    logits = layers.attention_logits(query, key, bias, scale=head_dim**-0.5)
+    self.sow("intermediates", "attention_logits", logits)
+    probabilities = nn.Dropout(dims.attention_dropout)(jax.nn.softmax(logits, axis=-1), deterministic=not train)
+    hidden += dropout(conv(dims.hidden_size, name="attn.c_proj")(layers.attention_output(probabilities, value)))
+    transformed = layers.ACTIVATIONS[dims.activation](
+        conv(dims.intermediate_size, name="mlp.c_fc")(layer_norm(name="ln_2")(hidden)))
+    return hidden + dropout(conv(dims.hidden_size, name="mlp.c_proj")(transformed))
+
+
+class GPT2Model(nn.Module):
+  """wte + wpe, the blocks h.N, ln_f: the transformer.* tensors. Returns (hidden states, tied LM logits)."""
+  dims: GPT2Dims
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool):
+    dims = self.dims
+    length = input_ids.shape[1]
+    query_slots = jnp.arange(length)
+    key_slots = query_slots
+    cache_index = None
+    if decode_length is not None:
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      cache_index = index.value
+      query_slots = query_slots + cache_index
+      key_slots = jnp.arange(decode_length)
+      index.value += length
+    if position_ids is None:
+      position_ids = jnp.broadcast_to(query_slots, input_ids.shape)
+    embed = functools.partial(nn.Embed, dtype=self.dtype, param_dtype=self.param_dtype)
+    wte = embed(dims.vocab_size, dims.hidden_size, name="wte")
+    hidden = wte(input_ids) + embed(dims.max_position_embeddings, dims.hidden_size, name="wpe")(position_ids)
+    hidden = nn.Dropout(dims.embedding_dropout)(hidden, deterministic=not train)
+    bias = causal_bias(query_slots, key_slots, attention_mask, None)
+    for index in range(dims.num_layers):
+      hidden = GPT2Block(dims, self.dtype, self.param_dtype, name=f"h.{index}")(
+          hidden, bias, cache_index=cache_index, train=train)
+    hidden = nn.LayerNorm(epsilon=dims.layer_norm_epsilon, use_fast_variance=False, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="ln_f")(hidden)
+    return hidden, wte.attend(hidden)
+
+
+class GPT2LMHeadModel(nn.Module):
+  """Task "causal_lm": next-token logits [batch, length, vocab_size]; arguments as llama.LlamaForCausalLM's."""
+  dims: GPT2Dims
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
+               train: bool = False) -> jax.Array:
+    return GPT2Model(self.dims, self.dtype, self.param_dtype, name="transformer")(
+        input_ids, attention_mask, position_ids, decode_length, train)[1]
+
+
+def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, param_dtype) -> Architecture:
+  """The Flax model of a GPT-2 config for task "causal_lm"; num_labels is unused."""
+  del task, num_labels
+  for option in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+    if getattr(config, option, False):
+      raise UserError(f"checkpoint {checkpoint}: GPT-2 option {option}=True is not supported; supported: False")
+  eos = config.eos_token_id
+  dims = GPT2Dims(
+      vocab_size=config.vocab_size, hidden_size=config.n_embd, num_layers=config.n_layer, num_heads=config.n_head,
+      intermediate_size=config.n_inner or 4 * config.n_embd, max_position_embeddings=config.n_positions,
+      layer_norm_epsilon=config.layer_norm_epsilon,
+      activation=layers.check_activation(config.activation_function, checkpoint),
+      embedding_dropout=config.embd_pdrop, attention_dropout=config.attn_pdrop, residual_dropout=config.resid_pdrop,
+      pad_token_id=config.pad_token_id,
+      eos_token_ids=() if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,))
+  return Architecture(module=GPT2LMHeadModel(dims, dtype, param_dtype), class_name="GPT2LMHeadModel",
+                      example_inputs={"input_ids": jnp.zeros((1, 1), jnp.int32)}, base_prefix="transformer")

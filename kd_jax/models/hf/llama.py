@@ -1,0 +1,329 @@
+"""Llama-family decoder-only LMs (transformers' modeling_llama.py, modeling_mistral.py, modeling_qwen2.py,
+modeling_qwen3.py) as Flax modules named like their tensors: Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2.
+
+Pre-norm blocks with RMS norm: h += o(attention(rope(q), rope(k), v)); h += down(silu(gate(x)) * up(x)); a final
+RMS norm and the LM head (its own lm_head.weight, or the token embedding when tie_word_embeddings). Grouped-query
+attention (num_key_value_heads <= num_attention_heads), rotary position embeddings with the default, linear, dynamic
+(NTK) or llama3 frequencies of config.json's rope parameters. The variants differ by config only: Qwen2 has q/k/v
+biases (Llama's attention_bias adds one to o_proj too), Qwen3 an RMS norm over each head of q and k before the
+rotation, Mistral (and Qwen layers listed as "sliding_attention") a sliding attention window.
+
+Decoding with a KV cache (generation.py) calls the module with `decode_length` set: the keys and values of every
+call are written into a [batch, decode_length, kv_heads, head_dim] cache at the "cache" collection's index, and
+`attention_mask` then covers all decode_length slots.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from kd_jax.errors import UserError
+from kd_jax.models.hf import layers
+from kd_jax.models.hf.checkpoint import Architecture
+# Llama's RMSNorm is T5's: weight * x / sqrt(mean(x²) + eps) with the statistic in float32.
+from kd_jax.models.hf.t5 import T5LayerNorm as RMSNorm
+
+SUPPORTED_TASKS = ("causal_lm",)
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rope:
+  """Rotary position embedding frequencies (transformers' modeling_rope_utils.py for ROPE_TYPES)."""
+  theta: float
+  head_dim: int
+  rope_type: str = "default"
+  # linear, dynamic, llama3: the context extension factor.
+  factor: float = 1.0
+  # dynamic: the length past which the base grows with the sequence length.
+  max_position_embeddings: int = 0
+  # llama3: wavelengths above original_max_position_embeddings / low_freq_factor are divided by factor, those below
+  # original_max_position_embeddings / high_freq_factor kept, those between interpolated.
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 8192
+
+  def inverse_frequencies(self, sequence_length: jax.Array) -> jax.Array:
+    """[head_dim / 2] float32; `sequence_length` (max position + 1 of the call, traced) matters for dynamic only."""
+    exponents = jnp.arange(0, self.head_dim, 2, dtype=jnp.float32) / self.head_dim
+    if self.rope_type == "dynamic":
+      length = jnp.maximum(sequence_length, self.max_position_embeddings).astype(jnp.float32)
+      base = self.theta * ((self.factor * length / self.max_position_embeddings) - (self.factor - 1)) ** (
+          self.head_dim / (self.head_dim - 2))
+      return 1.0 / base**exponents
+    inverse = 1.0 / self.theta**exponents
+    if self.rope_type == "linear":
+      return inverse / self.factor
+    if self.rope_type == "llama3":
+      low_freq_wavelength = self.original_max_position_embeddings / self.low_freq_factor
+      high_freq_wavelength = self.original_max_position_embeddings / self.high_freq_factor
+      wavelength = 2 * math.pi / inverse
+      scaled = jnp.where(wavelength > low_freq_wavelength, inverse / self.factor, inverse)
+      smooth = (self.original_max_position_embeddings / wavelength - self.low_freq_factor) / (
+          self.high_freq_factor - self.low_freq_factor)
+      smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
+      is_medium = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
+      return jnp.where(is_medium, smoothed, scaled)
+    return inverse
+
+  def cos_sin(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [batch, length, 1, head_dim] (float32) of positions [batch, length]."""
+    frequencies = positions[..., None].astype(jnp.float32) * self.inverse_frequencies(jnp.max(positions) + 1)
+    angles = jnp.concatenate([frequencies, frequencies], axis=-1)[:, :, None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """x [batch, length, heads, head_dim] rotated: x cos + rotate_half(x) sin, rotate_half(a, b) = (-b, a)."""
+  half = x.shape[-1] // 2
+  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+  return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaDims:
+  """What the modules need from a Llama-family config.json."""
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  rms_norm_eps: float
+  hidden_act: str
+  rope: Rope
+  # Biases of q_proj, k_proj, v_proj (Qwen2, Llama's attention_bias), of o_proj (Llama's attention_bias), of the MLP.
+  qkv_bias: bool = False
+  output_bias: bool = False
+  mlp_bias: bool = False
+  # Qwen3: RMS norm over head_dim of each query and key head, before the rotation.
+  qk_norm: bool = False
+  # Attention window of each layer (key slot > query slot - window), None for full causal attention.
+  sliding_windows: tuple[int | None, ...] = ()
+  attention_dropout: float = 0.0
+  tie_word_embeddings: bool = False
+  pad_token_id: int | None = None
+  eos_token_ids: tuple[int, ...] = ()
+
+
+def grouped_attention_logits(query: jax.Array, key: jax.Array, bias: jax.Array, scale: float) -> jax.Array:
+  """scale * q kᵀ + bias in float32 [batch, heads, queries, keys] for query [batch, queries, heads, head_dim] and
+  key [batch, keys, kv_heads, head_dim]: query head h reads key head h // (heads / kv_heads), as transformers'
+  repeat_kv does, without repeating the keys."""
+  batch, length, heads, head_dim = query.shape
+  kv_heads = key.shape[2]
+  grouped = query.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+  scores = jnp.einsum("bqkgd,bskd->bkgqs", grouped, key).astype(jnp.float32)
+  return scores.reshape(batch, heads, length, key.shape[1]) * scale + bias
+
+
+def grouped_attention_output(probabilities: jax.Array, value: jax.Array) -> jax.Array:
+  """Σ_s p[b, h, q, s] v[b, s, h // group, :] -> [batch, queries, heads * head_dim] in value's dtype."""
+  batch, heads, length, keys = probabilities.shape
+  kv_heads = value.shape[2]
+  grouped = probabilities.reshape(batch, kv_heads, heads // kv_heads, length, keys).astype(value.dtype)
+  mixed = jnp.einsum("bkgqs,bskd->bqkgd", grouped, value)
+  return mixed.reshape(batch, length, -1)
+
+
+class LlamaAttention(nn.Module):
+  """Grouped-query self-attention with rotary embeddings: o_proj(softmax(q kᵀ / sqrt(head_dim) + bias) v)."""
+  dims: LlamaDims
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, hidden, bias, cos, sin, *, cache_index=None, train: bool) -> jax.Array:
+    """hidden [batch, length, hidden]; bias broadcastable to [batch, heads, length, keys]; cos/sin of the positions.
+
+    cache_index: when decoding, the cache slot of this call's first token (the cache has bias.shape[-1] slots).
+    """
+    dims = self.dims
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    split = lambda x, heads: x.reshape(x.shape[:2] + (heads, dims.head_dim))
+    query = split(dense(dims.num_heads * dims.head_dim, use_bias=dims.qkv_bias, name="q_proj")(hidden),
+                  dims.num_heads)
+    key = split(dense(dims.num_kv_heads * dims.head_dim, use_bias=dims.qkv_bias, name="k_proj")(hidden),
+                dims.num_kv_heads)
+    value = split(dense(dims.num_kv_heads * dims.head_dim, use_bias=dims.qkv_bias, name="v_proj")(hidden),
+                  dims.num_kv_heads)
+    if dims.qk_norm:
+      norm = functools.partial(RMSNorm, dims.rms_norm_eps, self.dtype, self.param_dtype)
+      query, key = norm(name="q_norm")(query), norm(name="k_norm")(key)
+    query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
+    if cache_index is not None:
+      cache_shape = (hidden.shape[0], bias.shape[-1], dims.num_kv_heads, dims.head_dim)
+      cached_key = self.variable("cache", "key", jnp.zeros, cache_shape, key.dtype)
+      cached_value = self.variable("cache", "value", jnp.zeros, cache_shape, value.dtype)
+      start = (0, cache_index, 0, 0)
+      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
+      cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(key.dtype), start)
+      key, value = cached_key.value, cached_value.value
+    logits = grouped_attention_logits(query, key, bias, dims.head_dim**-0.5)
+    self.sow("intermediates", "attention_logits", logits)
+    probabilities = nn.Dropout(dims.attention_dropout)(jax.nn.softmax(logits, axis=-1), deterministic=not train)
+    return dense(dims.hidden_size, use_bias=dims.output_bias, name="o_proj")(
+        grouped_attention_output(probabilities, value))
+
+
+class LlamaDecoderLayer(nn.Module):
+  """h += self_attn(input_layernorm(h)); h += mlp(post_attention_layernorm(h)), mlp = down(act(gate x) * up x)."""
+  dims: LlamaDims
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, hidden, bias, cos, sin, *, cache_index=None, train: bool) -> jax.Array:
+    dims = self.dims
+    norm = functools.partial(RMSNorm, dims.rms_norm_eps, self.dtype, self.param_dtype)
+    dense = functools.partial(nn.Dense, use_bias=dims.mlp_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    hidden += LlamaAttention(dims, self.dtype, self.param_dtype, name="self_attn")(
+        norm(name="input_layernorm")(hidden), bias, cos, sin, cache_index=cache_index, train=train)
+    x = norm(name="post_attention_layernorm")(hidden)
+    gated = layers.ACTIVATIONS[dims.hidden_act](dense(dims.intermediate_size, name="mlp.gate_proj")(x)) * dense(
+        dims.intermediate_size, name="mlp.up_proj")(x)
+    return hidden + dense(dims.hidden_size, name="mlp.down_proj")(gated)
+
+
+def causal_bias(query_slots: jax.Array, key_slots: jax.Array, attention_mask: jax.Array | None,
+                window: int | None) -> jax.Array:
+  """Additive bias [batch or 1, 1, queries, keys] (float32): 0 where key slot <= query slot (and > query slot -
+  window) and attention_mask [batch, keys] is 1, else masked."""
+  allowed = key_slots[None, :] <= query_slots[:, None]
+  if window is not None:
+    allowed &= key_slots[None, :] > query_slots[:, None] - window
+  bias = jnp.where(allowed, 0.0, layers.MASKED_SCORE)[None, None]
+  if attention_mask is not None:
+    bias = bias + layers.padding_bias(attention_mask)
+  return jnp.maximum(bias, layers.MASKED_SCORE)
+
+
+class LlamaModel(nn.Module):
+  """Token embedding, decoder layers, final norm: the model.* tensors."""
+  dims: LlamaDims
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool):
+    """(last hidden states [batch, length, hidden_size], the tied LM head's logits or None); see LlamaForCausalLM."""
+    dims = self.dims
+    length = input_ids.shape[1]
+    query_slots = jnp.arange(length)
+    key_slots = query_slots
+    cache_index = None
+    if decode_length is not None:
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      cache_index = index.value
+      query_slots = query_slots + cache_index
+      key_slots = jnp.arange(decode_length)
+      index.value += length
+    if position_ids is None:
+      position_ids = jnp.broadcast_to(query_slots, input_ids.shape)
+    cos, sin = dims.rope.cos_sin(position_ids)
+    biases = {window: causal_bias(query_slots, key_slots, attention_mask, window)
+              for window in set(dims.sliding_windows)}
+    embed = nn.Embed(dims.vocab_size, dims.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="embed_tokens")
+    hidden = embed(input_ids)
+    for index, window in enumerate(dims.sliding_windows):
+      hidden = LlamaDecoderLayer(dims, self.dtype, self.param_dtype, name=f"layers.{index}")(
+          hidden, biases[window], cos, sin, cache_index=cache_index, train=train)
+    hidden = RMSNorm(dims.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(hidden)
+    return hidden, embed.attend(hidden) if dims.tie_word_embeddings else None
+
+
+class LlamaForCausalLM(nn.Module):
+  """Task "causal_lm": next-token logits [batch, length, vocab_size] (in `dtype`)."""
+  dims: LlamaDims
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
+               train: bool = False) -> jax.Array:
+    """Logits [batch, length, vocab_size] of input_ids [batch, length].
+
+    attention_mask: [batch, length] (1 for tokens, 0 for padding; None: all tokens); when decoding, [batch,
+      decode_length] over the cache's slots.
+    position_ids: [batch, length] rotary positions; default: the slot index (0, 1, ... as in transformers' forward,
+      which also counts left padding; generation passes cumsum(attention_mask) - 1 as transformers' generate does).
+    decode_length: the KV cache's length when decoding (the "cache" collection mutable).
+    """
+    hidden, logits = LlamaModel(self.dims, self.dtype, self.param_dtype, name="model")(
+        input_ids, attention_mask, position_ids, decode_length, train)
+    if logits is None:
+      logits = nn.Dense(self.dims.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="lm_head")(hidden)
+    return logits
+
+
+def rope_from_config(config, head_dim: int, checkpoint: str) -> Rope:
+  """The Rope of a transformers config (rope_parameters in transformers 5; rope_theta/rope_scaling before)."""
+  parameters = dict(getattr(config, "rope_parameters", None) or {})
+  if not parameters:
+    parameters = dict(getattr(config, "rope_scaling", None) or {})
+    parameters.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+  rope_type = parameters.get("rope_type", parameters.get("type", "default"))
+  if rope_type not in ROPE_TYPES:
+    raise UserError(f"checkpoint {checkpoint}: rope type {rope_type!r} is not supported; supported: "
+                    f"{', '.join(ROPE_TYPES)}")
+  if parameters.get("partial_rotary_factor", 1.0) != 1.0:
+    raise UserError(f"checkpoint {checkpoint}: partial_rotary_factor {parameters['partial_rotary_factor']} is not "
+                    "supported; supported: 1.0")
+  extra = {key: parameters[key] for key in ("factor", "low_freq_factor", "high_freq_factor",
+                                            "original_max_position_embeddings") if key in parameters}
+  return Rope(theta=float(parameters["rope_theta"]), head_dim=head_dim, rope_type=rope_type,
+              max_position_embeddings=config.max_position_embeddings, **extra)
+
+
+def _sliding_windows(config) -> tuple[int | None, ...]:
+  """Each layer's attention window: Mistral's sliding_window for all; Qwen's per layer_types."""
+  window = getattr(config, "sliding_window", None)
+  layer_types = getattr(config, "layer_types", None)
+  if config.model_type == "mistral" or not layer_types:
+    return (window if config.model_type == "mistral" else None,) * config.num_hidden_layers
+  return tuple(window if layer_type == "sliding_attention" else None for layer_type in layer_types)
+
+
+def _token_ids(value) -> tuple[int, ...]:
+  if value is None:
+    return ()
+  return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def dims_from_config(config, checkpoint: str) -> LlamaDims:
+  """The LlamaDims of a transformers Llama/Mistral/Qwen2/Qwen3 config."""
+  head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+  model_type = config.model_type
+  attention_bias = bool(getattr(config, "attention_bias", False))
+  return LlamaDims(
+      vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
+      num_layers=config.num_hidden_layers, num_heads=config.num_attention_heads,
+      num_kv_heads=getattr(config, "num_key_value_heads", None) or config.num_attention_heads, head_dim=head_dim,
+      rms_norm_eps=config.rms_norm_eps, hidden_act=layers.check_activation(config.hidden_act, checkpoint),
+      rope=rope_from_config(config, head_dim, checkpoint),
+      qkv_bias=model_type == "qwen2" or attention_bias, output_bias=model_type != "qwen2" and attention_bias,
+      mlp_bias=bool(getattr(config, "mlp_bias", False)), qk_norm=model_type == "qwen3",
+      sliding_windows=_sliding_windows(config), attention_dropout=float(getattr(config, "attention_dropout", 0.0)),
+      tie_word_embeddings=bool(config.tie_word_embeddings), pad_token_id=config.pad_token_id,
+      eos_token_ids=_token_ids(config.eos_token_id))
+
+
+_CLASS_NAMES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                "qwen3": "Qwen3ForCausalLM"}
+
+
+def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, param_dtype) -> Architecture:
+  """The Flax model of a Llama-family config for task "causal_lm"; num_labels is unused."""
+  del task, num_labels
+  return Architecture(module=LlamaForCausalLM(dims_from_config(config, checkpoint), dtype, param_dtype),
+                      class_name=_CLASS_NAMES[config.model_type],
+                      example_inputs={"input_ids": jnp.zeros((1, 1), jnp.int32)}, base_prefix="model")
+
