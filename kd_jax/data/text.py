@@ -175,21 +175,12 @@ def check_texts(texts: list, where: str) -> None:
 
 
 def load_tokenizer(checkpoint: str, field: str):
-  """The tokenizer stored with an HF checkpoint (hub id or directory); a UserError if it has none."""
-  import transformers  # pylint: disable=g-import-not-at-top
-  from kd_jax.models.hf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  if checkpoint.endswith(".gguf") and os.path.isfile(checkpoint):  # llama.cpp's file holds the tokenizer too
-    directory, gguf_file = os.path.split(os.path.abspath(checkpoint))
-    try:
-      return transformers.AutoTokenizer.from_pretrained(directory, gguf_file=gguf_file)
-    except (OSError, ValueError) as error:
-      raise UserError(f"config.{field}={checkpoint!r}: no usable tokenizer in the GGUF file "
-                      f"({error.__class__.__name__}: {str(error).strip().splitlines()[0]})") from error
-  directory = checkpoint_lib.resolve(checkpoint)
+  """The tokenizer stored with an HF checkpoint (hub id, directory or GGUF file); a UserError if it has none."""
+  from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top
   try:
-    return transformers.AutoTokenizer.from_pretrained(directory)
+    return pretrained.load_tokenizer(checkpoint)  # a GGUF file's own, or the directory's / hub id's
   except (OSError, ValueError) as error:
-    raise UserError(f"config.{field}={checkpoint!r}: no usable tokenizer in {directory} ({error.__class__.__name__}: "
+    raise UserError(f"config.{field}={checkpoint!r}: no usable tokenizer ({error.__class__.__name__}: "
                     f"{str(error).strip().splitlines()[0]})") from error
 
 
