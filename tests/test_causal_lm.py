@@ -187,7 +187,8 @@ def test_a_resumed_on_policy_run_is_bitwise_the_uninterrupted_one(task, tmp_path
   def train(directory):
     program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=6, loss=loss,
                             examples=task.train, batch_size=16, seed=config.seed, mesh=mesh,
-                            train_config=config.train, teacher=(teacher_model, sharding.replicate(teacher_params, mesh)),
+                            train_config=config.train,
+                            teacher=(teacher_model, sharding.replicate(teacher_params, mesh)),
                             on_policy=on_policy)
     return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(6))], num_steps=6,
                       checkpoint_dir=str(directory), train_config=config.train, evaluate=lambda params: {})
