@@ -44,6 +44,9 @@ PYDOC_SOURCE = "pydoc_topics"
 # PROMPT_WORDS words are the prompt, the rest the response. Passage i (in sorted-topic order) is validation when
 # i % 20 == 0, test when i % 20 == 10, training otherwise.
 MIN_PASSAGE_WORDS, PASSAGE_WORDS, PROMPT_WORDS = 40, 52, 12
+# Sequence and prompt lengths are rounded up to a multiple of this (within data.max_length), so that the splits
+# mostly share shapes and reuse each other's compiled evaluation and generation.
+LENGTH_MULTIPLE = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +144,7 @@ def sequence_arrays(prompt_ids: list[list[int]], response_ids: list[list[int]], 
   input_ids = np.full((num, length), pad_token_id, np.int32)
   attention_mask = np.zeros((num, length), np.int32)
   is_response = np.zeros((num, length), bool)
-  prompt_length = max([len(prompt) for prompt in prompt_ids] + [1])
+  prompt_length = _round_up(max([len(prompt) for prompt in prompt_ids] + [1]))
   prompts = np.full((num, prompt_length), pad_token_id, np.int32)
   prompt_mask = np.zeros((num, prompt_length), np.int32)
   for row, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
@@ -223,7 +226,7 @@ def load_splits(config):
       # Room for a generated response after the longest prompt (on-policy distillation writes it there).
       longest = max(len(p) + max(len(r), data_config.max_target_length) for p, r in zip(prompt_ids, response_ids))
       arrays = sequence_arrays(prompt_ids, response_ids, pad_token_id=pad_token_id,
-                               length=min(data_config.max_length, longest))
+                               length=min(data_config.max_length, _round_up(longest)))
     label, token_weights = arrays.pop("label"), arrays.pop("token_weights")
     splits[role] = Examples(inputs=arrays, label=label, token_weights=token_weights,
                             class_label=np.zeros(len(index), np.int32), index=index)
@@ -231,3 +234,7 @@ def load_splits(config):
                       max_new_tokens=data_config.max_target_length, eos_token_id=int(tokenizer.eos_token_id),
                       pad_token_id=int(pad_token_id))
   return splits, len(tokenizer), info
+
+
+def _round_up(length: int) -> int:
+  return -(-length // LENGTH_MULTIPLE) * LENGTH_MULTIPLE
