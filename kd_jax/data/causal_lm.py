@@ -43,7 +43,7 @@ PYDOC_SOURCE = "pydoc_topics"
 # pydoc_passages: a passage is a paragraph of at least this many words, cut after PASSAGE_WORDS; its first
 # PROMPT_WORDS words are the prompt, the rest the response. Passage i (in sorted-topic order) is validation when
 # i % 20 == 0, test when i % 20 == 10, training otherwise.
-MIN_PASSAGE_WORDS, PASSAGE_WORDS, PROMPT_WORDS = 40, 52, 12
+MIN_PASSAGE_WORDS, PASSAGE_WORDS, PROMPT_WORDS = 40, 40, 12
 # Sequence and prompt lengths are rounded up to a multiple of this (within data.max_length), so that the splits
 # mostly share shapes and reuse each other's compiled evaluation and generation.
 LENGTH_MULTIPLE = 16
