@@ -69,6 +69,17 @@ def test_plain_text_and_packing():
   np.testing.assert_array_equal(pairs["label"], [[-1, 9, 10, -1]])
 
 
+def test_generated_responses_join_their_prompts_in_the_training_layout():
+  """Left-padded prompts and responses (EOS = 2, pad = 0 after it) -> [prompt][response up to EOS][pad]."""
+  sequences = jax.device_get(causal_lm.sequences_from_responses(
+      np.array([[0, 0, 5, 6], [3, 4, 5, 6]]), np.array([[0, 0, 1, 1], [1, 1, 1, 1]]),
+      np.array([[7, 2, 0], [8, 9, 9]]), length=6, eos_token_id=2, pad_token_id=0))
+  np.testing.assert_array_equal(sequences["input_ids"], [[5, 6, 7, 2, 0, 0], [3, 4, 5, 6, 8, 9]])
+  np.testing.assert_array_equal(sequences["attention_mask"], [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(sequences["label"], [[-1, 7, 2, -1, -1, -1], [-1, -1, -1, 8, 9, -1]])
+  np.testing.assert_array_equal(sequences["response_mask"], np.asarray(sequences["label"]) >= 0)
+
+
 def test_bad_input_is_one_line(tmp_path):
   config = load_config("configs/causal_lm.py", "smoke")
   config.data.max_length = 8
