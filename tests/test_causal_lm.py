@@ -8,10 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import causal_lm, data, loop, losses, models, sharding, steps
+from kd_jax import causal_lm, data, loop, losses, models, sharding, steps, student_data, teacher
 from kd_jax.data import causal_lm as causal_lm_data
 from kd_jax.data import text
 from kd_jax.errors import ConfigError, UserError
+from kd_jax.models import hf
 from tests.conftest import REPO_ROOT, load_config, run_main
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -118,6 +119,33 @@ def test_on_policy_and_packing_need_what_they_use(changes, message):
     config_paths.set_value(config, field, value)
   with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
     config_validation.validate(config)
+
+
+@pytest.mark.slow
+def test_the_cached_teacher_is_its_topk_per_position_and_sequence_level_targets_are_its_responses(task, tmp_path):
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.distill.teacher_mode, config.distill.on_policy_fraction, config.distill.topk = "cached", 0.0, 8
+  mesh = sharding.make_mesh()
+  model, params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=None,
+                                rng=jax.random.PRNGKey(0))
+  the_teacher = teacher.Teacher(model, sharding.replicate(params, mesh), str(tmp_path))
+  prepared = student_data.prepare(config, task, the_teacher, mesh)
+  cached = prepared.examples.teacher
+  assert isinstance(cached, losses.TopKLogits) and cached.values.shape == task.train.label.shape + (8,)
+  rows = np.array([5, 77])
+  logits = np.asarray(model.apply({"params": params}, task.train.select(rows).inputs, train=False), np.float32)
+  np.testing.assert_allclose(np.asarray(cached.values[rows], np.float32), -np.sort(-logits, axis=-1)[..., :8],
+                             rtol=1e-3, atol=1e-3)
+  config.distill.strategy = "sequence"
+  targets = student_data.prepare(config, task, the_teacher, mesh).examples
+  generated = hf.generate(model.module, params, task.train.inputs["prompt_ids"][rows],
+                          task.train.inputs["prompt_mask"][rows], max_new_tokens=config.data.max_target_length,
+                          eos_token_id=task.causal_lm.eos_token_id, pad_token_id=task.causal_lm.pad_token_id)
+  for row, tokens in zip(rows, np.asarray(generated)):
+    response = targets.label[row][targets.label[row] >= 0]
+    np.testing.assert_array_equal(response, tokens[:len(response)])
+    assert targets.token_weights[row].sum() == len(response) > 0
+    np.testing.assert_array_equal(targets.inputs["prompt_ids"][row], task.train.inputs["prompt_ids"][row])
 
 
 def numpy_generalized_jsd(student_logits, teacher_logits, mask, beta):
