@@ -170,14 +170,14 @@ def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], *, pad_toke
                     for flag in [False] * len(prompt) + [True] * len(response)]
   rows = [(stream[start:start + length], response_flags[start:start + length])
           for start in range(0, len(stream), length)]
-  # A row is a 'prompt' of its leading non-response tokens and a 'response' of the rest; labels only need the flags.
   num = len(rows)
   input_ids = np.full((num, length), pad_token_id, np.int32)
   attention_mask = np.zeros((num, length), np.int32)
   is_response = np.zeros((num, length), bool)
   for row, (tokens, flags) in enumerate(rows):
-    input_ids[row, :len(tokens)], attention_mask[row, :len(tokens)], is_response[row, :len(tokens)] = (
-        tokens, 1, flags)
+    input_ids[row, :len(tokens)] = tokens
+    attention_mask[row, :len(tokens)] = 1
+    is_response[row, :len(tokens)] = flags
   label = np.full((num, length), -1, np.int32)
   label[:, :-1] = np.where(is_response[:, 1:], input_ids[:, 1:], -1)
   return {"input_ids": input_ids, "attention_mask": attention_mask, "label": label,
@@ -208,11 +208,11 @@ def load_splits(config):
       logging.warning("%s: %d of %d examples have no response token left after truncation at data.max_length=%d; "
                       "they are left out.", where, len(response_ids) - len(kept), len(response_ids),
                       data_config.max_length)
-    minimum = data_config.batch_size if role == "train" else 1
+    minimum, fewer_than = ((data_config.batch_size, f"one batch (data.batch_size={data_config.batch_size})")
+                           if role == "train" else (1, "one"))
     if len(kept) < minimum:
       raise UserError(f"{where}: only {len(kept)} of {len(response_ids)} examples keep a response token after "
-                      f"truncation at data.max_length={data_config.max_length}, fewer than "
-                      f"{'one batch (data.batch_size=' + str(minimum) + ')' if role == 'train' else 'one'}: a whole "
+                      f"truncation at data.max_length={data_config.max_length}, fewer than {fewer_than}: a whole "
                       "batch would have no response token to learn from; raise data.max_length or shorten the prompts")
     prompt_ids, response_ids = [prompt_ids[row] for row in kept], [response_ids[row] for row in kept]
     index = np.arange(first_index, first_index + len(kept), dtype=np.int32)
