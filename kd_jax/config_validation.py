@@ -11,6 +11,7 @@ import jax
 import ml_collections
 
 from kd_jax import config_paths, data, ensemble, evaluation, feature_losses, files, losses, models, schema, teacher
+from kd_jax.data import causal_lm as causal_lm_data
 from kd_jax.data import mnist
 from kd_jax.data import text as text_data
 from kd_jax.errors import ConfigError
@@ -410,6 +411,9 @@ def _check_ensemble(config: ml_collections.ConfigDict) -> None:
   _require(config.data.name not in data.SEQ2SEQ_TASKS, "ensemble.size", size,
            f"needs a classification data set; data.name={config.data.name!r} is seq2seq (its teachers generate and "
            "are cached as top-k, one model at a time)")
+  _require(config.data.name not in data.CAUSAL_LM_TASKS, "ensemble.size", size,
+           f"needs a classification data set; data.name={config.data.name!r} is a causal LM (its teachers are cached "
+           "as top-k, one model at a time)")
   _require(config.distill.divergence != "mse", "distill.divergence", config.distill.divergence,
            f"ensemble.size={size} distills the members' averaged probabilities; 'mse' compares logits: use "
            f"{', '.join(kind for kind in losses.DIVERGENCES if kind != 'mse')}")
@@ -480,6 +484,8 @@ def _check_features(config: ml_collections.ConfigDict) -> None:
   _require(config.data.name not in data.SEQ2SEQ_TASKS, "distill.features", distill.features,
            f"is not supported for seq2seq data sets ({', '.join(data.SEQ2SEQ_TASKS)}) yet: the T5 models do not "
            "return their hidden states")
+  _require(config.data.name not in data.CAUSAL_LM_TASKS, "distill.features", distill.features,
+           "is not supported for causal-LM data sets yet: the decoder-only models do not return their hidden states")
   _require(config.ensemble.size == 1, "distill.features", distill.features,
            f"needs a single teacher (ensemble.size={config.ensemble.size}): whose hidden states would it match?")
   for section in ("teacher", "student"):
@@ -511,12 +517,16 @@ def _check_text_and_seq2seq(config: ml_collections.ConfigDict) -> None:
   """The text tasks' data source and models, and the seq2seq distillation and generation settings."""
   data_config, distill, generation = config.data, config.distill, config.generation
   seq2seq = data_config.name in data.SEQ2SEQ_TASKS
+  causal_lm = data_config.name in data.CAUSAL_LM_TASKS
+  generative = data.SEQ2SEQ_TASKS + data.CAUSAL_LM_TASKS
   _require(distill.strategy in STRATEGIES, "distill.strategy", distill.strategy, f"allowed: {', '.join(STRATEGIES)}")
-  _require(distill.strategy == "token" or seq2seq, "distill.strategy", distill.strategy,
-           f"'sequence' needs a seq2seq data set ({', '.join(data.SEQ2SEQ_TASKS)})")
+  _require(distill.strategy == "token" or seq2seq or causal_lm, "distill.strategy", distill.strategy,
+           f"'sequence' needs a seq2seq or causal-LM data set ({', '.join(generative)})")
   # The top-k and generation caches and the generation evaluation are computed on one process's devices.
-  _require(not seq2seq or jax.process_count() == 1, "data.name", data_config.name,
-           f"seq2seq tasks run in a single process (this job has {jax.process_count()}); use one host's devices")
+  _require(not (seq2seq or causal_lm) or jax.process_count() == 1, "data.name", data_config.name,
+           f"seq2seq and causal-LM tasks run in a single process (this job has {jax.process_count()}); use one "
+           "host's devices")
+  _check_causal_lm(config)
   _check_positive(config, "distill.topk")
   _require(distill.topk_dtype in TOPK_DTYPES, "distill.topk_dtype", distill.topk_dtype,
            f"allowed: {', '.join(TOPK_DTYPES)}")
@@ -529,9 +539,9 @@ def _check_text_and_seq2seq(config: ml_collections.ConfigDict) -> None:
            "must be in (0, 1] or None")
   if data_config.name not in data.TEXT_TASKS:
     return
-  _require(data_config.source in text_data.SOURCES, "data.source", data_config.source,
-           f"allowed: {', '.join(text_data.SOURCES)}")
-  _require(bool(data_config.path), "data.path", data_config.path,
+  sources = text_data.SOURCES + ((causal_lm_data.PYDOC_SOURCE,) if causal_lm else ())
+  _require(data_config.source in sources, "data.source", data_config.source, f"allowed: {', '.join(sources)}")
+  _require(bool(data_config.path) or data_config.source == causal_lm_data.PYDOC_SOURCE, "data.path", data_config.path,
            f"required for data.name={data_config.name!r}: a hub dataset id, TFDS name or local directory "
            "(see data.source)")
   for field in ("data.max_length", "data.max_target_length"):
@@ -540,17 +550,47 @@ def _check_text_and_seq2seq(config: ml_collections.ConfigDict) -> None:
            data_config.max_eval_examples, "must be > 0 or None")
   _require(distill.input_noise_std == 0, "distill.input_noise_std", distill.input_noise_std,
            f"must be 0 for data.name={data_config.name!r}: its inputs are token ids")
-  model_task = "seq2seq" if seq2seq else "sequence_classification"
-  allowed_tasks = (model_task,) if seq2seq else (model_task, None)  # None means sequence_classification
+  model_task = "seq2seq" if seq2seq else "causal_lm" if causal_lm else "sequence_classification"
+  # None means sequence_classification
+  allowed_tasks = (model_task,) if seq2seq or causal_lm else (model_task, None)
   for section in ("teacher", "student"):
     model_config = config[section]
     _require(model_config.name == "hf", f"{section}.name", model_config.name,
              f"data.name={data_config.name!r} is text: it needs 'hf' models (their tokenizers tokenize it)")
     _require(model_config.task in allowed_tasks, f"{section}.task", model_config.task,
              f"must be {model_task!r} for data.name={data_config.name!r}")
-  if seq2seq:
+  if seq2seq or causal_lm:
     _require(data_config.labeled_fraction == 1.0, "data.labeled_fraction", data_config.labeled_fraction,
-             "must be 1.0 for seq2seq data sets (an example without its target has nothing to teacher-force)")
+             "must be 1.0 for seq2seq and causal-LM data sets (an example without its target has nothing to "
+             "teacher-force)")
+
+
+def _check_causal_lm(config: ml_collections.ConfigDict) -> None:
+  """The causal-LM data fields, packing, and on-policy distillation (GKD) and what it needs."""
+  data_config, distill = config.data, config.distill
+  causal_lm = data_config.name in data.CAUSAL_LM_TASKS
+  _check_in_range(config, "distill.on_policy_fraction", 0.0, 1.0, low_open=False, high_open=False)
+  _check_positive(config, "generation.train_temperature")
+  if not causal_lm:
+    for field, default in (("data.packing", False), ("distill.on_policy_fraction", 0.0)):
+      value = config_paths.get(config, field)
+      _require(value == default, field, value, f"needs data.name='causal_lm' (data.name={data_config.name!r})")
+    return
+  _require(bool(data_config.response_column), "data.response_column", data_config.response_column,
+           "must name the column of the responses (or of the plain text, with data.prompt_column=None)")
+  if data_config.packing:
+    _require(data_config.validation_split is not None, "data.packing", data_config.packing,
+             "needs data.validation_split (the validation examples are not packed rows)")
+    _require(distill.strategy == "token" and distill.on_policy_fraction == 0, "data.packing", data_config.packing,
+             "is not supported with distill.strategy='sequence' or on-policy distillation (they generate from each "
+             "example's prompt; a packed row has none)")
+  if distill.on_policy_fraction > 0:
+    _require(distill.teacher_mode == "online", "distill.on_policy_fraction", distill.on_policy_fraction,
+             "needs distill.teacher_mode='online' (the teacher scores the student's sampled responses in the step)")
+    _require(distill.strategy == "token", "distill.on_policy_fraction", distill.on_policy_fraction,
+             "needs distill.strategy='token'")
+    _require(data_config.prompt_column is not None, "distill.on_policy_fraction", distill.on_policy_fraction,
+             "needs prompts to sample responses to (data.prompt_column; plain text has none)")
 
 
 def check_sweep(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> None:

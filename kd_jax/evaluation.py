@@ -14,6 +14,7 @@ kl_to_teacher, the confusion matrix and the reliability diagram. Seq2seq (`Seq2S
   teacher-forced on the reference targets, means over real target tokens:
     nll = -log p(y_t | y_<t, x);  token_accuracy = 1[argmax p = y_t];
     kl_to_teacher = KL(p_teacher || p_model) at temperature 1 (the average token-level KL to the teacher);
+    token_agreement = 1[argmax p_model = argmax p_teacher];
   generated (kd_jax.models.hf.generate, max data.max_target_length new tokens), at every temperature of
   config.generation.temperatures, means over examples:
     label_accuracy = 1[parsed label = true label] (an unparseable output counts as wrong); unparseable = its share;
@@ -24,6 +25,11 @@ kl_to_teacher, the confusion matrix and the reliability diagram. Seq2seq (`Seq2S
 The metrics at the first temperature are the model's metrics; the students' are also given per temperature in
 `by_generation_temperature` (the generation-temperature ablation: one trained model, several decodings). During
 training only the teacher-forced ones are computed (no generation), unless the selection metric needs generation.
+Causal LM (`CausalLMEvaluator`, kd_jax/data/causal_lm.py): the same two kinds on the reference responses,
+  teacher-forced, means over real response tokens: nll, perplexity = exp(nll), token_accuracy, kl_to_teacher, and
+    agreement = token_agreement (top-1 token agreement with the teacher);
+  generated from the prompts (max data.max_target_length new tokens, at every generation temperature): rouge1,
+    rouge2, rougeL of the response against the reference (none for plain text, which has no prompts).
 """
 
 import functools
@@ -58,11 +64,15 @@ def for_task(config, task: data.TaskData, mesh) -> Evaluator:
   """The evaluator of the task's kind."""
   if task.seq2seq is not None:
     return Seq2SeqEvaluator(config, task, mesh)
+  if task.causal_lm is not None:
+    return CausalLMEvaluator(config, task, mesh)
   return ClassificationEvaluator(config, task, mesh)
 
 
 def metrics_of(data_name: str) -> tuple[str, ...]:
   """The scalar metrics the evaluator of data set `data_name` reports."""
+  if data_name in data.CAUSAL_LM_TASKS:
+    return CausalLMEvaluator.METRICS
   return (Seq2SeqEvaluator if data_name in data.SEQ2SEQ_TASKS else ClassificationEvaluator).METRICS
 
 
@@ -142,6 +152,7 @@ class Seq2SeqEvaluator:
     result = {"nll": totals["nll"] / totals["tokens"], "token_accuracy": totals["correct"] / totals["tokens"]}
     if "kl" in totals:
       result["kl_to_teacher"] = totals["kl"] / totals["tokens"]
+      result["token_agreement"] = totals["agree"] / totals["tokens"]
     return result
 
   def _generated(self, model, params, split: str, temperature: float) -> list[str]:
@@ -207,3 +218,37 @@ class Seq2SeqEvaluator:
                        **self._token_metrics(model, params, split, self._teacher),
                        "num_examples": len(self._splits[split]), "by_generation_temperature": by_temperature}
     return result
+
+
+class CausalLMEvaluator(Seq2SeqEvaluator):
+  """Seq2SeqEvaluator's teacher-forced token metrics (plus perplexity and top-1 agreement) on the reference responses,
+  and ROUGE of the responses generated from the prompts (see the module docstring)."""
+  METRICS = ("perplexity", "nll", "token_accuracy", "agreement", "kl_to_teacher", "rouge1", "rouge2", "rougeL")
+  GENERATED = ("rouge1", "rouge2", "rougeL")
+
+  def _token_metrics(self, model, params, split: str, teacher=None) -> dict:
+    result = super()._token_metrics(model, params, split, teacher)
+    result["perplexity"] = float(np.exp(result["nll"]))
+    if teacher is not None:
+      result["agreement"] = result.pop("token_agreement")
+    return result
+
+  def _generated(self, model, params, split: str, temperature: float) -> list[str]:
+    info = self._task.causal_lm
+    if not info.has_prompts:
+      return []
+    inputs = self._splits[split].inputs
+    tokens = seq2seq.generate_tokens(model, params, {"input_ids": inputs["prompt_ids"],
+                                                     "attention_mask": inputs["prompt_mask"]},
+                                     mesh=self._mesh, batch_size=self._batch_size, max_new_tokens=info.max_new_tokens,
+                                     temperature=temperature, top_k=self._generation.top_k,
+                                     top_p=self._generation.top_p, seed=self._seed)
+    return info.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+
+  def _text_metrics(self, texts: list[str], split: str, with_agreement: bool) -> tuple[dict, None]:
+    """ROUGE of the generated responses against the references (nothing for plain text)."""
+    del with_agreement  # top-1 agreement is teacher-forced (_token_metrics)
+    if not texts:
+      return {}, None
+    references = [self._task.causal_lm.references[i] for i in self._splits[split].index.tolist()]
+    return metrics.rouge_scores([text.strip() for text in texts], references), None

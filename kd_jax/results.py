@@ -31,10 +31,12 @@ from kd_jax.errors import UserError
 RESULTS_FILE = "results.json"
 MODEL_LABELS = {"teacher": "teacher", "student": "student (KD)", "student_hard": "student (hard labels)"}
 # Every metric a table may show, in column order: classification tasks have accuracy, ece, brier; generation tasks
-# (e-SNLI) label_accuracy and ROUGE. Tables show the ones the results hold (`present_metrics`).
-TABLE_METRICS = ("accuracy", "label_accuracy", "rouge1", "rouge2", "rougeL", "faithfulness", "las", "ece", "nll",
-                 "brier", "agreement", "kl_to_teacher")
-HIGHER_IS_BETTER = ("accuracy", "label_accuracy", "rouge1", "rouge2", "rougeL", "faithfulness", "las", "agreement")
+# (e-SNLI) label_accuracy and ROUGE, causal LMs perplexity and ROUGE. Tables show the ones the results hold
+# (`present_metrics`).
+TABLE_METRICS = ("accuracy", "label_accuracy", "perplexity", "rouge1", "rouge2", "rougeL", "faithfulness", "las", "ece",
+                 "nll", "brier", "agreement", "kl_to_teacher")
+HIGHER_IS_BETTER = ("accuracy", "label_accuracy", "token_accuracy", "rouge1", "rouge2", "rougeL", "faithfulness", "las",
+                    "agreement")
 PERCENT_METRICS = ("accuracy", "label_accuracy", "agreement")  # shown in %, their differences in percentage points
 SWEEP_FILE = "sweep.json"
 BASELINE = "student_hard"

@@ -33,8 +33,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   # Data set: 'digits' (scikit-learn's 8x8 handwritten digits, bundled, offline), 'synthetic_clusters'
   # (Gaussian class clusters), 'synthetic_random_labels' (random inputs, random labels: pure memorization), the image
-  # tasks 'fashion_mnist' and 'mnist' (28x28 grayscale, their official test split; kd_jax/data/mnist.py), or the text
-  # tasks 'sst2' and 'esnli'.
+  # tasks 'fashion_mnist' and 'mnist' (28x28 grayscale, their official test split; kd_jax/data/mnist.py), the text
+  # tasks 'sst2' and 'esnli', or 'causal_lm' (decoder-only LMs on prompt/response pairs or plain text;
+  # kd_jax/data/causal_lm.py).
   config.data.name = "digits"
   # Seed of the stratified train/test split and of the train_fraction / labeled_fraction subsets.
   config.data.split_seed = 0
@@ -59,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
   # load_dataset(path, subset) through the HF cache; 'tfds': tfds.load(path, data_dir=data_dir); 'files': path is a
   # directory of <split>.csv / <split>.jsonl / <split>.parquet; 'disk': path is a DatasetDict written by save_to_disk.
   # Image tasks: 'files' (the four IDX files in data_dir) or 'tfds' (tfds.load(path or name, data_dir=data_dir)).
+  # causal_lm also: 'pydoc_topics', passages of Python's own documentation (pydoc_data/topics.py), offline everywhere.
   config.data.source = "hub"
   # Hub dataset id, TFDS name, or local directory (see source); the task configs set the real ones.
   config.data.path = config_dict.placeholder(str)
@@ -76,8 +78,20 @@ def default_config() -> ml_collections.ConfigDict:
   # Read only the first this many examples of the validation and test splits of the source; None for all of them.
   config.data.max_eval_examples = config_dict.placeholder(int)
   # Maximum tokens of a text input (the source, for seq2seq) and of a seq2seq target; longer ones are truncated.
+  # causal_lm: max_length bounds prompt + response (a longer prompt is an error, the response is truncated) and
+  # max_target_length the responses generated (evaluation, sequence-level and on-policy distillation).
   config.data.max_length = 128
   config.data.max_target_length = 64
+  # causal_lm: the columns of the prompt and of the response; prompt_column None reads plain text from
+  # response_column (every token a response token: the loss covers them all).
+  config.data.prompt_column = config_dict.placeholder(str)
+  config.data.response_column = "response"
+  # causal_lm with prompts: render them with the tokenizer's chat template (a user turn, then the assistant's
+  # response); False: the prompt text (with the tokenizer's special tokens) followed by the response and EOS.
+  config.data.chat_template = True
+  # causal_lm: concatenate the training sequences and cut them into rows of max_length tokens (no padding; the loss
+  # mask is carried along). Needs data.validation_split; not with on-policy or sequence-level distillation.
+  config.data.packing = False
   # Shape of the synthetic tasks (ignored by 'digits').
   config.data.synthetic = ml_collections.ConfigDict()
   config.data.synthetic.num_examples = 2000
@@ -110,7 +124,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.teacher.norm_groups = 0
   # Hugging Face models (name='hf'): hub id or local directory with config.json and weights.
   config.teacher.checkpoint = config_dict.placeholder(str)
-  # Hugging Face models: 'sequence_classification' or 'seq2seq'.
+  # Hugging Face models: 'sequence_classification', 'seq2seq' or 'causal_lm' (decoder-only LMs).
   config.teacher.task = config_dict.placeholder(str)
   # dtype of the forward computation and of the stored parameters ('float32' or 'bfloat16').
   config.teacher.dtype = "float32"
@@ -205,9 +219,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.distill.t2_scaling = True
   # Gaussian noise added to the inputs of teacher and student alike in each train step (online mode only).
   config.distill.input_noise_std = 0.0
-  # Seq2seq tasks: 'token' distills the teacher's distribution at every target token (teacher_mode cached or
-  # online); 'sequence' trains the student with cross-entropy on the teacher's own greedy outputs, generated once
-  # and cached as tokens (Kim & Rush 2016; the loss weights and teacher_mode then do not apply).
+  # Seq2seq and causal_lm tasks: 'token' distills the teacher's distribution at every target (response) token
+  # (teacher_mode cached or online); 'sequence' trains the student with cross-entropy on the teacher's own greedy
+  # outputs (responses), generated once and cached as tokens (Kim & Rush 2016; the loss weights and teacher_mode
+  # then do not apply).
   config.distill.strategy = "token"
   # Seq2seq cached mode: the teacher logits kept per target token (the k largest, with their vocabulary ids and the
   # log-sum-exp of the other logits; see losses.topk_divergence), and the dtype the k values are stored in: 'float16'
@@ -215,6 +230,11 @@ def default_config() -> ml_collections.ConfigDict:
   # 'float32'. Full-vocabulary logits are never stored for seq2seq tasks.
   config.distill.topk = 32
   config.distill.topk_dtype = "float16"
+  # causal_lm, on-policy distillation (GKD, Agarwal et al. 2024): lambda in [0, 1], the probability that a training
+  # batch's responses are sampled from the current student (at generation.train_temperature, at most
+  # data.max_target_length tokens) and scored by the teacher in the step (teacher_mode='online'); the loss is then
+  # the distillation term on the student's tokens. 0: supervised KD on the data's responses.
+  config.distill.on_policy_fraction = 0.0
   # Feature distillation (kd_jax/feature_losses.py; needs teacher_mode='online'): the hidden states matched, as
   # (teacher, student) pairs of hidden-state indices (0 = embeddings or the MLP's inputs, l = the output of layer l),
   # e.g. ((0, 0), (2, 1), (4, 2)); 'uniform': student layer s = 1..L_s with teacher layer s * L_t // L_s; None: off.
@@ -304,6 +324,9 @@ def default_config() -> ml_collections.ConfigDict:
   # Sampling filters for temperatures > 0: keep the top_k most likely tokens and/or the top_p nucleus; None: off.
   config.generation.top_k = config_dict.placeholder(int)
   config.generation.top_p = config_dict.placeholder(float)
+  # causal_lm on-policy distillation: the temperature the student's responses are sampled at during training (> 0;
+  # GKD samples at 1).
+  config.generation.train_temperature = 1.0
 
   # Sweeps (kd_jax/sweep.py): the config runs once per point, each in `<workdir>/<point name>/`, then the report
   # (results.csv, summary.md, plots/) is written. A config is a sweep when grid or zipped is non-empty or seeds > 1.

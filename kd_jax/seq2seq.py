@@ -52,7 +52,8 @@ def label_metrics(texts: list[str], labels: np.ndarray, references, parse, teach
 
 
 def token_sums(params, teacher_params, inputs, labels, weights, *, model, teacher_model) -> dict:
-  """Sums over the real target tokens of a batch: nll, correct predictions, KL to the teacher, token count."""
+  """Sums over the real target tokens of a batch: nll, correct predictions, token count; with a teacher, the KL to
+  it and the top-1 agreement with it (equal argmax)."""
   log_p = jax.nn.log_softmax(model.apply({"params": params}, inputs, train=False).astype(jnp.float32))
   nll = -jnp.take_along_axis(log_p, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
   sums = {"nll": jnp.sum(nll * weights), "correct": jnp.sum((jnp.argmax(log_p, -1) == labels) * weights),
@@ -60,6 +61,7 @@ def token_sums(params, teacher_params, inputs, labels, weights, *, model, teache
   if teacher_model is not None:
     log_q = jax.nn.log_softmax(teacher_model.apply({"params": teacher_params}, inputs, train=False).astype(jnp.float32))
     sums["kl"] = jnp.sum(jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1) * weights)
+    sums["agree"] = jnp.sum((jnp.argmax(log_p, -1) == jnp.argmax(log_q, -1)) * weights)
   return sums
 
 

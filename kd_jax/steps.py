@@ -89,7 +89,8 @@ def _attention_mask(inputs):
 
 
 def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss, rng: jax.Array, batch: Examples, *,
-               model, teacher_model, input_noise_std: float, microbatches: int = 1) -> tuple[TrainState, dict]:
+               model, teacher_model, input_noise_std: float, microbatches: int = 1,
+               on_policy=None) -> tuple[TrainState, dict]:
   """One data-parallel optimizer step on this device's shard of the global batch.
 
   The teacher's signal is the teacher run here on the student's batch (`teacher_model` given: online), else what
@@ -121,11 +122,15 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
     model, teacher_model: flax modules (static); teacher_model None unless the teacher runs in the step.
     input_noise_std: Gaussian noise on the inputs, seen by teacher and student alike.
     microbatches: k, dividing this device's rows.
+    on_policy: causal_lm.OnPolicy (static) or None: on-policy distillation, which replaces the batch's responses by
+      the student's own samples in a share of the steps, before anything else sees the batch.
 
   Returns:
     (new state, metrics averaged over devices).
   """
   loss = loss.at_step(state.step)
+  if on_policy is not None:
+    batch = on_policy.batch(peft.plain_params(model, state.params), rng, state.step, batch)
   step_rng = jax.random.fold_in(rng, state.step)
   features = loss.features  # feature distillation (kd_jax/feature_losses.py) needs both models' intermediates
   # Gradients of the trained parameters only (state.trainable); the frozen ones get zeros, which the optimizer drops.
@@ -254,7 +259,7 @@ def run_steps(step_fn, state, teacher_params, loss, rng, num_steps: jax.Array, *
 
 @functools.lru_cache(maxsize=16)
 def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_resident: bool,
-                  microbatches: int = 1):
+                  microbatches: int = 1, on_policy=None):
   """chunk(state, teacher_params, loss, rng, num_steps, *feed.ChunkFeeder.next(num_steps)) -> (state, metrics
   stacked [max_steps, ...]): `train_step` run num_steps times per call, data-parallel over `mesh`; the state is
   donated.
@@ -265,7 +270,7 @@ def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_
   of the same shapes, reuse it.
   """
   step = functools.partial(train_step, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
-                           microbatches=microbatches)
+                           microbatches=microbatches, on_policy=on_policy)
   return sharding.data_parallel(functools.partial(run_steps, step), mesh,
                                 num_replicated_args=6 if device_resident else 5, batch_axis=1)
 
@@ -273,13 +278,14 @@ def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_
 def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_steps: int,
             loss: losses.DistillationLoss, examples: Examples, batch_size: int, seed: int, mesh, train_config,
             teacher=None, input_noise_std: float = 0.0, trainable: peft.Trainable | None = None,
-            param_rules=()) -> loop.Program:
+            param_rules=(), on_policy=None) -> loop.Program:
   """The loop.Program of one run: `model` from `init_params` under AdamW, on `examples` in the batches of `seed`.
 
   Args:
     teacher: (teacher model, its params placed on `mesh`) to run in the step (online distillation), or None.
     trainable: the parameters trained (None: all).
     param_rules: config.mesh.rules, placing the state's arrays before sharding.TENSOR_RULES and FSDP.
+    on_policy: causal_lm.OnPolicy (needs `teacher`) or None.
   """
   # From a host copy: the step donates the state's buffers, and `init_params` may serve another run (the baseline).
   state = sharding.place_params(create_train_state(model, jax.device_get(init_params), optim_config, num_steps,
@@ -287,7 +293,8 @@ def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_
   device_resident = feed.data_bytes(examples) <= int(train_config.device_data_max_mib * 2**20)
   teacher_model, teacher_params = teacher if teacher is not None else (None, None)
   compiled = compile_chunk(mesh, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
-                           device_resident=device_resident, microbatches=train_config.microbatches)
+                           device_resident=device_resident, microbatches=train_config.microbatches,
+                           on_policy=on_policy)
   loss = sharding.replicate(loss, mesh)
   rng = sharding.replicate(jax.random.PRNGKey(seed), mesh)
   return loop.Program(
@@ -304,9 +311,10 @@ def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_
              "vectorized_runs": 1})
 
 
-def compile_step(mesh, *, model, teacher_model, input_noise_std: float = 0.0, microbatches: int = 1):
+def compile_step(mesh, *, model, teacher_model, input_noise_std: float = 0.0, microbatches: int = 1,
+                 on_policy=None):
   """step(state, teacher_params, loss, rng, batch) -> (state, metrics): one `train_step` per call, data-parallel over
   `mesh` (the chunk of `compile_chunk` runs exactly these steps; tests compare the two)."""
   step = functools.partial(train_step, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
-                           microbatches=microbatches)
+                           microbatches=microbatches, on_policy=on_policy)
   return sharding.data_parallel(step, mesh, num_replicated_args=4)

@@ -6,11 +6,12 @@
                computed once on its own inputs (kd_jax/teacher_cache.py, kind 'dense') and joined to the examples by
                index (`Examples.teacher` [N, C]). An ensemble (kd_jax/ensemble.py): each member's own dense cache,
                joined side by side as losses.EnsembleLogits [N, M, C]; online, its members run side by side.
-  top-k cache  teacher_mode='cached', seq2seq: per target token the k largest logits, their ids and the log-sum-exp
-               of the others (kind 'topk'; the loss: losses.topk_divergence), joined as a losses.TopKLogits.
-  sequence     distill.strategy='sequence', seq2seq (Kim & Rush 2016): the teacher's greedy outputs (kind
-               'generation', cached as tokens) replace the reference targets; the student learns them by
-               cross-entropy alone (`distills` False: no distillation term).
+  top-k cache  teacher_mode='cached', seq2seq and causal LM: per target token the k largest logits, their ids and
+               the log-sum-exp of the others (kind 'topk'; the loss: losses.topk_divergence), joined as a
+               losses.TopKLogits. A causal LM's rows cover its whole sequence; the loss reads the response positions.
+  sequence     distill.strategy='sequence', seq2seq and causal LM (Kim & Rush 2016): the teacher's greedy outputs
+               (kind 'generation', cached as tokens; a causal LM's responses to the prompts) replace the reference
+               targets; the student learns them by cross-entropy alone (`distills` False: no distillation term).
 """
 
 import dataclasses
@@ -22,7 +23,9 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from kd_jax import data, ensemble, inference, sharding, teacher_cache
+import numpy as np
+
+from kd_jax import causal_lm, data, ensemble, inference, sharding, teacher_cache
 from kd_jax.models import hf
 from kd_jax.seq2seq import targets_from_generations
 from kd_jax.teacher import Teacher
@@ -46,6 +49,8 @@ class StudentData:
 
 def prepare(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
   """The student's training data for `config` (see the module docstring), building or loading the teacher's cache."""
+  if config.distill.strategy == "sequence" and task.causal_lm is not None:
+    return _causal_lm_sequences(config, task, teacher, mesh)
   if config.distill.strategy == "sequence":
     cache, stats = _build(config, task, teacher, mesh, "generation", _generate_fn(teacher, task, mesh),
                           max_new_tokens=task.seq2seq.max_target_length)
@@ -58,8 +63,8 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
     return StudentData(examples, None, distills=False, results={"teacher_generations": stats})
   if config.distill.teacher_mode == "online":
     return StudentData(task.train, ensemble.online(teacher), distills=True, results={})
-  if task.seq2seq is not None:
-    k = min(config.distill.topk, teacher.model.module.dims.vocab_size)
+  if task.seq2seq is not None or task.causal_lm is not None:
+    k = min(config.distill.topk, vocab_size(teacher, task))
     cache, stats = _build(config, task, teacher, mesh, "topk", _topk_fn(teacher, mesh, k, config.distill.topk_dtype),
                           k=k, dtype=config.distill.topk_dtype, target_length=task.train.label.shape[1])
     return StudentData(teacher_cache.join(task.train, cache), None, distills=True,
@@ -72,6 +77,30 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
            "bytes_per_example": sum(member["bytes_per_example"] for member in member_stats)}
   return StudentData(teacher_cache.join_members(task.train, caches), None, distills=True,
                      results={"teacher_cache": stats})
+
+
+def vocab_size(teacher: Teacher, task: data.TaskData) -> int:
+  """The width of the teacher's token logits (a causal LM's embedding rows may outnumber its tokenizer's tokens)."""
+  one = jax.tree.map(lambda value: value[:1], task.train.teacher_view().inputs)
+  return jax.eval_shape(lambda params: teacher.model.apply({"params": params}, one, train=False),
+                        teacher.params).shape[-1]
+
+
+def _causal_lm_sequences(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
+  """Sequence-level KD of a causal LM: the teacher's greedy responses to the training prompts (cached as tokens)
+  written behind the prompts in the training layout, learned by cross-entropy on the response tokens."""
+  info = task.causal_lm
+  cache, stats = _build(config, task, teacher, mesh, "generation", _generate_fn(teacher, task, mesh),
+                        max_new_tokens=info.max_new_tokens)
+  inputs = task.train.inputs
+  sequences = jax.device_get(causal_lm.sequences_from_responses(
+      inputs["prompt_ids"], inputs["prompt_mask"], cache.lookup(task.train.index)["tokens"],
+      length=inputs["input_ids"].shape[1], eos_token_id=info.eos_token_id, pad_token_id=info.pad_token_id))
+  examples = task.train.replace(
+      label=np.asarray(sequences["label"]), token_weights=np.asarray(sequences["response_mask"]),
+      inputs={**inputs, "input_ids": np.asarray(sequences["input_ids"]),
+              "attention_mask": np.asarray(sequences["attention_mask"])})
+  return StudentData(examples, None, distills=False, results={"teacher_generations": stats})
 
 
 def _dense(config, task: data.TaskData, teacher: Teacher, mesh):
@@ -94,7 +123,7 @@ def cache_dir(teacher: Teacher, task: data.TaskData, kind: str, **fields) -> str
 def _build(config, task: data.TaskData, teacher: Teacher, mesh, kind: str, fn, **fields):
   """Loads or computes the teacher's cache of `kind` for the training split, with `fn(this process's rows of the
   teacher's inputs) -> {array name: global array}` over inference batches."""
-  num_classes = task.num_classes if kind == "dense" else teacher.model.module.dims.vocab_size
+  num_classes = task.num_classes if kind == "dense" else vocab_size(teacher, task)
   expected = teacher_cache.expected_metadata(
       kind, data_name=task.name, split="train", data_fingerprint=task.fingerprint, size=len(task.train),
       num_classes=num_classes, teacher_fingerprint=teacher.fingerprint, **fields)
@@ -134,11 +163,15 @@ def topk_program(teacher_model, mesh, k: int, values_dtype: str):
 
 
 def _generate_fn(teacher: Teacher, task: data.TaskData, mesh):
-  """rows of inputs -> {tokens [B, T]}: the teacher's greedy outputs."""
+  """rows of inputs -> {tokens [B, T]}: the teacher's greedy outputs (a causal LM's responses to the prompts)."""
+  info = task.causal_lm
+  prompts = ("input_ids", "attention_mask") if info is None else ("prompt_ids", "prompt_mask")
+  extra = {} if info is None else {"eos_token_id": info.eos_token_id, "pad_token_id": info.pad_token_id}
 
   def generate(local_inputs):
     batch = sharding.shard_batch(local_inputs, mesh)
-    return {"tokens": hf.generate(teacher.model.module, teacher.params, batch["input_ids"], batch["attention_mask"],
-                                  max_new_tokens=task.seq2seq.max_target_length)}
+    return {"tokens": hf.generate(teacher.model.module, teacher.params, batch[prompts[0]], batch[prompts[1]],
+                                  max_new_tokens=task.seq2seq.max_target_length if info is None
+                                  else info.max_new_tokens, **extra)}
 
   return generate

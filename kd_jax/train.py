@@ -18,7 +18,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from kd_jax import (config_paths, config_validation, data, distributed, efficiency, ensemble, evaluation,
+from kd_jax import (causal_lm, config_paths, config_validation, data, distributed, efficiency, ensemble, evaluation,
                     feature_losses, files, loop, losses, metric_writer, models, preemption, results, schema, sharding,
                     steps, student_data, teacher, vectorized)
 from kd_jax.errors import UserError
@@ -165,8 +165,9 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
       checkpoint_dir = os.path.join(vectorized.group_directory([run.workdir for run in runs]), phase)
     else:
       (trainee,) = trainees
+      on_policy = causal_lm.OnPolicy.from_config(config, task, model) if phase == "student" else None
       program = steps.program(init_params=phase_init_params[config.seed], loss=trainee.loss, seed=config.seed,
-                              mesh=mesh, param_rules=config.mesh.rules, **common)
+                              mesh=mesh, param_rules=config.mesh.rules, on_policy=on_policy, **common)
       checkpoint_dir = os.path.join(runs[0].workdir, "checkpoints", phase)
     logs = [loop.RunLog(", ".join(runs[i].name for i in trainee.run_indices),
                         metric_writer.FanOutWriter([writers[i][phase] for i in trainee.run_indices]),

@@ -69,6 +69,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   if config.data.name in data.SEQ2SEQ_TASKS:
     raise ConfigError("sweep.mode", config.sweep.mode,
                       f"supports classification tasks; data.name={config.data.name!r} is seq2seq: use 'sequential'")
+  if config.data.name in data.CAUSAL_LM_TASKS:
+    raise ConfigError("sweep.mode", config.sweep.mode,
+                      f"supports classification tasks; data.name={config.data.name!r} is a causal LM: use 'sequential'")
 
 
 @functools.lru_cache(maxsize=8)

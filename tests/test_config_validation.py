@@ -25,6 +25,10 @@ INVALID = [
     ("distill.temperature_end", 1.0, "config.distill.temperature_end=1.0: needs distill.schedule='linear' or "
      "'cosine'"),
     ("distill.teacher_mode", "live", "config.distill.teacher_mode='live': allowed: cached, online"),
+    ("distill.on_policy_fraction", -0.5, "config.distill.on_policy_fraction=-0.5: must be in [0.0, 1.0]"),
+    ("distill.on_policy_fraction", 0.5, "config.distill.on_policy_fraction=0.5: needs data.name='causal_lm'"),
+    ("data.packing", True, "config.data.packing=True: needs data.name='causal_lm'"),
+    ("generation.train_temperature", 0.0, "config.generation.train_temperature=0.0: must be > 0"),
     ("distill.ce_weight", 1.0, "config.distill.ce_weight=1.0: must be None when distill.alpha is set"),
     ("data.batch_size", 0, "config.data.batch_size=0: must be a positive multiple of the device count (8)"),
     ("data.batch_size", 12, "config.data.batch_size=12: must be a positive multiple of the device count (8)"),

@@ -488,7 +488,7 @@ def test_text_config_errors():
   cases = [
       (("sst2", "student.name", "mlp"), "student.name='mlp': data.name='sst2' is text"),
       (("sst2", "data.source", "s3"), "data.source='s3': allowed: hub, tfds, files, disk"),
-      (("sst2", "distill.strategy", "sequence"), "'sequence' needs a seq2seq data set"),
+      (("sst2", "distill.strategy", "sequence"), "'sequence' needs a seq2seq or causal-LM data set"),
       (("esnli", "data.labeled_fraction", 0.5), "must be 1.0 for seq2seq"),
       (("esnli", "distill.topk_dtype", "int8"), "allowed: float16, bfloat16, float32"),
       (("esnli", "generation.temperatures", ()), "non-empty tuple of temperatures"),

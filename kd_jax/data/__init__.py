@@ -24,12 +24,15 @@ _TASK_MODULES = {
     "synthetic_random_labels": "kd_jax.data.synthetic",
     "sst2": "kd_jax.data.sst2",
     "esnli": "kd_jax.data.esnli",
+    "causal_lm": "kd_jax.data.causal_lm",
     "fashion_mnist": "kd_jax.data.mnist",
     "mnist": "kd_jax.data.mnist",
 }
 # Text tasks: tokenized with the models' own tokenizers (HF models only); the seq2seq ones have token targets.
-TEXT_TASKS = ("sst2", "esnli")
+TEXT_TASKS = ("sst2", "esnli", "causal_lm")
 SEQ2SEQ_TASKS = ("esnli",)
+# Decoder-only language modeling (kd_jax/data/causal_lm.py): token targets on the response positions.
+CAUSAL_LM_TASKS = ("causal_lm",)
 # Image tasks: inputs [N, height, width, channels] (kd_jax/data/mnist.py), what the CNN reads.
 IMAGE_TASKS = ("fashion_mnist", "mnist")
 
@@ -54,6 +57,8 @@ class TaskData:
     fingerprint: hash of the examples and preprocessing; part of the teacher-cache identity.
     seq2seq: what seq2seq evaluation needs besides the arrays (decoding, label parsing, references); None for
       classification tasks.
+    causal_lm: what causal-LM evaluation needs (data.causal_lm.CausalLMInfo: tokenizer, references); None for the
+      other tasks.
   """
   name: str
   num_classes: int
@@ -62,6 +67,7 @@ class TaskData:
   test: Examples
   fingerprint: str
   seq2seq: object = None
+  causal_lm: object = None
 
   @property
   def labeled_train(self) -> Examples:
@@ -90,9 +96,9 @@ def load_task(config) -> TaskData:
     raise ConfigError("data.name", data_config.name, f"allowed: {', '.join(names())}")
   module = importlib.import_module(_TASK_MODULES[data_config.name])
   rng = np.random.default_rng(data_config.split_seed)
-  seq2seq = None
+  info = None  # the task module's text.Seq2SeqInfo or causal_lm.CausalLMInfo
   if hasattr(module, "load_splits"):
-    source_splits, num_classes, seq2seq = module.load_splits(config)
+    source_splits, num_classes, info = module.load_splits(config)
     train, validation, test = (source_splits.get(role) for role in ("train", "validation", "test"))
   else:
     inputs, labels, num_classes = module.load(data_config)
@@ -119,4 +125,5 @@ def load_task(config) -> TaskData:
   fingerprint = fingerprints.fingerprint_arrays(*_leaves(train.inputs), train.label, train.index, validation.index,
                                                 test.index, *_leaves(extra))
   return TaskData(name=data_config.name, num_classes=num_classes, train=train, validation=validation, test=test,
-                  fingerprint=fingerprint, seq2seq=seq2seq)
+                  fingerprint=fingerprint, seq2seq=None if data_config.name in CAUSAL_LM_TASKS else info,
+                  causal_lm=info if data_config.name in CAUSAL_LM_TASKS else None)

@@ -16,7 +16,6 @@ import numpy as np
 
 from kd_jax.data import text
 from kd_jax.data.examples import Examples
-from kd_jax.errors import UserError
 
 LABEL_NAMES = ("entailment", "neutral", "contradiction")
 COLUMNS = ("premise", "hypothesis", "label", "explanation_1")
@@ -70,12 +69,8 @@ def load_splits(config):
   tokenizer = text.load_tokenizer(*text.student_checkpoint_field(config))
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
   student_model_config = text.checkpoint_config(text.student_checkpoint_field(config)[0])
-  teacher_model_config = text.checkpoint_config(config.teacher.checkpoint)
-  if (teacher_tokenizer.get_vocab() != tokenizer.get_vocab()
-      or teacher_model_config.get("vocab_size") != student_model_config.get("vocab_size")):
-    raise UserError(f"config.teacher.checkpoint={config.teacher.checkpoint!r} and config.student.checkpoint="
-                    f"{config.student.checkpoint!r} do not share one vocabulary (tokenizer and vocab_size); "
-                    "token-level distillation on e-SNLI needs them to (e.g. two FLAN-T5 sizes)")
+  text.check_shared_vocabulary(config, tokenizer, teacher_tokenizer,
+                               "token-level distillation on e-SNLI (e.g. two FLAN-T5 sizes)")
   start = student_model_config.get("decoder_start_token_id")
   start = tokenizer.pad_token_id if start is None else start
   splits, sources_by_index, explanations_by_index = {}, {}, {}

@@ -175,14 +175,12 @@ def check_texts(texts: list, where: str) -> None:
 
 
 def load_tokenizer(checkpoint: str, field: str):
-  """The tokenizer stored with an HF checkpoint (hub id or directory); a UserError if it has none."""
-  import transformers  # pylint: disable=g-import-not-at-top
-  from kd_jax.models.hf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  directory = checkpoint_lib.resolve(checkpoint)
+  """The tokenizer stored with an HF checkpoint (hub id, directory or GGUF file); a UserError if it has none."""
+  from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top
   try:
-    return transformers.AutoTokenizer.from_pretrained(directory)
+    return pretrained.load_tokenizer(checkpoint)  # a GGUF file's own, or the directory's / hub id's
   except (OSError, ValueError) as error:
-    raise UserError(f"config.{field}={checkpoint!r}: no usable tokenizer in {directory} ({error.__class__.__name__}: "
+    raise UserError(f"config.{field}={checkpoint!r}: no usable tokenizer ({error.__class__.__name__}: "
                     f"{str(error).strip().splitlines()[0]})") from error
 
 
@@ -192,6 +190,18 @@ def student_checkpoint_field(config) -> tuple[str, str]:
   if config.student.init_from_teacher_layers is not None:
     return config.teacher.checkpoint, "teacher.checkpoint"
   return config.student.checkpoint, "student.checkpoint"
+
+
+def check_shared_vocabulary(config, tokenizer, teacher_tokenizer, what: str) -> None:
+  """Teacher and student tokenize alike: equal vocabularies (token -> id) and, where both checkpoints have a
+  config.json, equal vocab_size; else a UserError naming both checkpoints."""
+  student_checkpoint, _ = student_checkpoint_field(config)
+  sizes = [None if checkpoint.endswith(".gguf") else checkpoint_config(checkpoint).get("vocab_size")
+           for checkpoint in (config.teacher.checkpoint, student_checkpoint)]
+  if teacher_tokenizer.get_vocab() != tokenizer.get_vocab() or (None not in sizes and sizes[0] != sizes[1]):
+    raise UserError(f"config.teacher.checkpoint={config.teacher.checkpoint!r} and config.student.checkpoint="
+                    f"{config.student.checkpoint!r} do not share one vocabulary (tokenizer and vocab_size); "
+                    f"{what} needs them to (cross-tokenizer distillation is not supported)")
 
 
 def checkpoint_config(checkpoint: str) -> dict:

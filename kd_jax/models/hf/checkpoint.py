@@ -50,15 +50,16 @@ class Architecture:
 def resolve(name_or_path: str) -> pathlib.Path:
   """The local directory of a checkpoint: `name_or_path` itself, or the hub id's snapshot in the hub cache.
 
-  Downloads config.json, the *.json index/tokenizer files and the safetensors weights (flax_model.msgpack only when
-  the repository has no safetensors) through huggingface_hub, which honors HF_HUB_OFFLINE and HF_HUB_CACHE.
+  Downloads config.json, the *.json index/tokenizer files, chat templates (*.jinja) and the safetensors weights
+  (flax_model.msgpack only when the repository has no safetensors) through huggingface_hub, which honors
+  HF_HUB_OFFLINE and HF_HUB_CACHE.
   """
   if os.path.isdir(name_or_path):
     return pathlib.Path(name_or_path)
   import huggingface_hub  # pylint: disable=g-import-not-at-top  (only hub ids need it)
   from huggingface_hub import errors  # pylint: disable=g-import-not-at-top
   try:
-    directory = pathlib.Path(huggingface_hub.snapshot_download(name_or_path, allow_patterns=["*.json",
+    directory = pathlib.Path(huggingface_hub.snapshot_download(name_or_path, allow_patterns=["*.json", "*.jinja",
                                                                                              "*.safetensors"]))
     if not (directory / SAFETENSORS_FILE).exists() and not (directory / SAFETENSORS_INDEX_FILE).exists():
       huggingface_hub.hf_hub_download(name_or_path, MSGPACK_FILE)

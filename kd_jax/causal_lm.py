@@ -1,0 +1,122 @@
+"""Causal-LM helpers: generated responses joined to their prompts as training sequences, and on-policy distillation.
+
+The training layout is kd_jax/data/causal_lm.py's: [prompt][response][pad], right-padded, labels the next token on
+response positions. `sequences_from_responses` writes a generated response (the teacher's, for sequence-level KD; the
+student's, on-policy) into that layout behind its prompt, so every kind of batch trains through the same step.
+
+On-policy distillation (GKD, Agarwal et al. 2024; `OnPolicy`): in each training step, with probability
+lambda = distill.on_policy_fraction, the batch's responses are replaced by responses sampled from the current
+student (the compiled KV-cache decoder, kd_jax.models.hf.generate, at generation.train_temperature, at most
+data.max_target_length tokens); the teacher, running in the step, scores them, and the loss is the distillation term
+on the student's tokens (their labels are -1: the student's cross-entropy on its own samples teaches nothing, so the
+hard term is 0 on such batches). Whether a step samples is drawn from (seed, step) and each example's tokens from
+(seed, step, example index): a resumed run samples exactly what the uninterrupted one did, whatever the device count.
+"""
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from kd_jax.data import Examples
+from kd_jax.models import hf, peft
+
+# The on-policy draws are fold_in(fold_in(rng, ON_POLICY_STREAM), step) of the run's key, apart from the dropout
+# keys fold_in(rng, step) (steps never reach this number).
+ON_POLICY_STREAM = 2**31 - 1
+
+
+def sequences_from_responses(prompt_ids: jax.Array, prompt_mask: jax.Array, responses: jax.Array, *, length: int,
+                             eos_token_id: int, pad_token_id: int) -> dict:
+  """Left-padded prompts [B, P] and generated responses [B, R] (every token up to and including the first EOS is
+  real) in the training layout [B, length] (truncated at `length`).
+
+  Returns:
+    input_ids, attention_mask (int32), label (the next token where it is a response token, else -1) and
+    response_mask (float32 [B, length]: 1 where label >= 0).
+  """
+  num_prompt = prompt_ids.shape[1]
+  is_eos = responses == eos_token_id
+  real_response = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
+  tokens = jnp.concatenate([prompt_ids, responses], axis=1)
+  real = jnp.concatenate([prompt_mask > 0, real_response], axis=1)
+  # Target slot t reads source slot t + (the prompt's left padding): the prompt moves to the front.
+  source = jnp.arange(length)[None, :] + (num_prompt - jnp.sum(prompt_mask > 0, axis=1))[:, None]
+  inside = source < tokens.shape[1]
+  source = jnp.minimum(source, tokens.shape[1] - 1)
+  real = jnp.take_along_axis(real, source, axis=1) & inside
+  input_ids = jnp.where(real, jnp.take_along_axis(tokens, source, axis=1), pad_token_id).astype(jnp.int32)
+  is_response = real & (source >= num_prompt)
+  label = jnp.concatenate([jnp.where(is_response[:, 1:], input_ids[:, 1:], -1),
+                           jnp.full_like(input_ids[:, :1], -1)], axis=1).astype(jnp.int32)
+  return {"input_ids": input_ids, "attention_mask": real.astype(jnp.int32), "label": label,
+          "response_mask": (label >= 0).astype(jnp.float32)}
+
+
+def sample_responses(module, params, prompt_ids: jax.Array, prompt_mask: jax.Array, keys: jax.Array, *,
+                     max_new_tokens: int, temperature: float, top_k: int | None = None, top_p: float | None = None,
+                     eos_token_id: int | None = None, pad_token_id: int | None = None) -> jax.Array:
+  """Responses [B, max_new_tokens] (pad after EOS) sampled from a causal LM for left-padded prompts [B, P], row b
+  with its own key keys[b] (so its tokens do not depend on the other rows of the batch)."""
+  return hf.generate(module, params, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature,
+                     top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id, rng=keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class OnPolicy:
+  """The on-policy settings bound into the train step (static: hashable, part of the compiled program's identity).
+
+  Attributes:
+    fraction: lambda, the probability that a step's batch is sampled from the student.
+    module: the student's flax module (what the decoder runs).
+    temperature, max_new_tokens, top_k, top_p: the sampling (generation.train_temperature, data.max_target_length,
+      generation.top_k / top_p).
+    eos_token_id, pad_token_id: the responses end at EOS and are padded after it.
+  """
+  fraction: float
+  module: Any
+  temperature: float
+  max_new_tokens: int
+  eos_token_id: int
+  pad_token_id: int
+  top_k: int | None = None
+  top_p: float | None = None
+
+  @classmethod
+  def from_config(cls, config, task, model) -> "OnPolicy | None":
+    """The on-policy settings of a causal-LM run's KD student `model`; None when distill.on_policy_fraction is 0."""
+    if config.distill.on_policy_fraction == 0:
+      return None
+    info = task.causal_lm
+    return cls(fraction=float(config.distill.on_policy_fraction), module=peft.plain_model(model).module,
+               temperature=float(config.generation.train_temperature), max_new_tokens=info.max_new_tokens,
+               eos_token_id=info.eos_token_id, pad_token_id=info.pad_token_id, top_k=config.generation.top_k,
+               top_p=config.generation.top_p)
+
+  def batch(self, params, rng: jax.Array, step: jax.Array, batch: Examples) -> Examples:
+    """`batch`, or with probability `fraction` (drawn from rng and step) the same prompts with responses sampled
+    from the student with `params`: labels -1 and token_weights on the sampled response tokens (see the module
+    docstring)."""
+    coin_key, sample_key = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, ON_POLICY_STREAM), step))
+    inputs = batch.inputs
+
+    def sampled(_):
+      keys = jax.vmap(functools.partial(jax.random.fold_in, sample_key))(batch.index)
+      responses = sample_responses(self.module, jax.lax.stop_gradient(params), inputs["prompt_ids"],
+                                   inputs["prompt_mask"], keys, max_new_tokens=self.max_new_tokens,
+                                   temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                   eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id)
+      sequences = sequences_from_responses(inputs["prompt_ids"], inputs["prompt_mask"], responses,
+                                           length=inputs["input_ids"].shape[1], eos_token_id=self.eos_token_id,
+                                           pad_token_id=self.pad_token_id)
+      return ({**inputs, "input_ids": sequences["input_ids"], "attention_mask": sequences["attention_mask"]},
+              jnp.full_like(batch.label, -1), sequences["response_mask"])
+
+    def supervised(_):
+      return inputs, batch.label, batch.token_weights
+
+    on_policy = jax.random.bernoulli(coin_key, self.fraction)
+    inputs, label, token_weights = jax.lax.cond(on_policy, sampled, supervised, None)
+    return batch.replace(inputs=inputs, label=label, token_weights=token_weights)

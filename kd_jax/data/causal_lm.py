@@ -1,0 +1,240 @@
+"""Causal-LM data: prompt/response pairs or plain text, tokenized for decoder-only models, loss on responses only.
+
+Columns (`data.prompt_column`, `data.response_column`) of any text source of kd_jax/data/text.py (hub, tfds, local
+jsonl/csv/parquet files, save_to_disk), or `data.source='pydoc_topics'`: English passages of Python's own
+documentation (`pydoc_data/topics.py`, in every Python installation), see `pydoc_passages`. With
+`data.prompt_column=None` every row is plain text and every token is a response token.
+
+Each example is one sequence, right-padded:
+
+  input_ids       [prompt tokens][response tokens][pad...]         at most data.max_length tokens in all
+  label[t]        input_ids[t + 1] where position t + 1 holds a response token, else -1 (next-token targets)
+  token_weights   1.0 where label >= 0: the loss (CE and distillation) counts response tokens only, normalized over
+                  the global batch's count of them (losses.global_mean)
+  prompt_ids, prompt_mask   the prompt alone, left-padded [N, P]: what generation (evaluation, sequence-level and
+                  on-policy distillation) continues
+
+With `data.chat_template` the prompt is the tokenizer's chat template of one user turn with the generation prompt
+(`apply_chat_template([{'role': 'user', 'content': prompt}], add_generation_prompt=True)`), and the response is
+the rest of the template's rendering of the (user, assistant) conversation (the assistant's text and its end of
+turn); otherwise the prompt is the prompt text (with the tokenizer's special tokens, e.g. BOS) and the response its
+text followed by EOS. A prompt longer than data.max_length is refused; the response is truncated to fit, and
+examples left without a response token are dropped (with a warning; fewer than one training batch of them left
+is refused). `data.packing` concatenates the training sequences (in index order) and cuts them into rows of
+data.max_length tokens, loss masks carried along (attention spans the row, as in HF's run_clm `group_texts`).
+
+Teacher and student must share one tokenizer (compared by vocabulary): token-level distillation compares their
+distributions token by token.
+"""
+
+import dataclasses
+import importlib.util
+import re
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from kd_jax.data import text
+from kd_jax.data.examples import Examples
+from kd_jax.errors import UserError
+
+PYDOC_SOURCE = "pydoc_topics"
+# pydoc_passages: a passage is a paragraph of at least this many words, cut after PASSAGE_WORDS; its first
+# PROMPT_WORDS words are the prompt, the rest the response. Passage i (in sorted-topic order) is validation when
+# i % 20 == 0, test when i % 20 == 10, training otherwise.
+MIN_PASSAGE_WORDS, PASSAGE_WORDS, PROMPT_WORDS = 40, 40, 12
+# Sequence and prompt lengths are rounded up to a multiple of this (within data.max_length), so that the splits
+# mostly share shapes and reuse each other's compiled evaluation and generation.
+LENGTH_MULTIPLE = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLMInfo:
+  """What causal-LM evaluation and generation need besides the token arrays of `TaskData`.
+
+  Attributes:
+    tokenizer: the (shared) tokenizer; decodes generated ids.
+    references: example index -> the reference response text (every split).
+    has_prompts: False for plain text (nothing to generate from).
+    max_new_tokens: generated responses have at most this many tokens (data.max_target_length).
+    eos_token_id, pad_token_id: generation stops at EOS and pads after it.
+  """
+  tokenizer: Any
+  references: dict
+  has_prompts: bool
+  max_new_tokens: int
+  eos_token_id: int
+  pad_token_id: int
+
+
+def pydoc_passages() -> dict[str, dict[str, list[str]]]:
+  """{split: {'prompt': [...], 'response': [...]}} of Python's pydoc topics (see MIN_PASSAGE_WORDS for the rule)."""
+  spec = importlib.util.find_spec("pydoc_data.topics")
+  namespace = {}
+  with open(spec.origin, encoding="utf-8") as f:
+    exec(compile(f.read(), spec.origin, "exec"), namespace)  # pylint: disable=exec-used  (a dict literal)
+  passages = []
+  for name in sorted(namespace["topics"]):
+    for paragraph in re.split(r"\n\s*\n", namespace["topics"][name]):
+      words = paragraph.split()
+      if len(words) >= MIN_PASSAGE_WORDS:
+        passages.append(words[:PASSAGE_WORDS])
+  splits = {split: {"prompt": [], "response": []} for split in ("train", "validation", "test")}
+  for i, words in enumerate(passages):
+    split = "validation" if i % 20 == 0 else "test" if i % 20 == 10 else "train"
+    splits[split]["prompt"].append(" ".join(words[:PROMPT_WORDS]))
+    splits[split]["response"].append(" " + " ".join(words[PROMPT_WORDS:]))
+  return splits
+
+
+def _columns(data_config, split: str) -> tuple[dict[str, list], str]:
+  names = tuple(name for name in (data_config.prompt_column, data_config.response_column) if name is not None)
+  if data_config.source == PYDOC_SOURCE:
+    if split not in ("train", "validation", "test"):
+      raise UserError(f"data set causal_lm: source {PYDOC_SOURCE!r} has splits train, validation, test, not {split!r}")
+    return {name: pydoc_passages()[split][name] for name in names}, f"data set causal_lm ({PYDOC_SOURCE} {split})"
+  return text.load_columns(data_config, split, names)
+
+
+def tokenize_pairs(tokenizer, prompts: list[str] | None, responses: list[str], *, max_length: int,
+                   chat_template: bool, where: str) -> tuple[list[list[int]], list[list[int]]]:
+  """(prompt ids, response ids) of each row, the response truncated so that both fit in max_length tokens.
+
+  Raises:
+    UserError: a prompt longer than max_length, or no chat template when one is asked for.
+  """
+  if prompts is None:  # plain text: the whole text is the response
+    ids = tokenizer(responses, add_special_tokens=True)["input_ids"]
+    return [[] for _ in ids], [(list(row) + [tokenizer.eos_token_id])[:max_length] for row in ids]
+  if chat_template:
+    if not getattr(tokenizer, "chat_template", None):
+      raise UserError(f"{where}: the tokenizer has no chat template; set config.data.chat_template=False (prompt "
+                      "text, then the response and EOS)")
+    prompt_texts, response_texts = [], []
+    for prompt, response in zip(prompts, responses):
+      user = [{"role": "user", "content": prompt}]
+      prompt_text = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+      full_text = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=False)
+      assert full_text.startswith(prompt_text), "the chat template renders the prompt as a prefix of the conversation"
+      prompt_texts.append(prompt_text)
+      response_texts.append(full_text[len(prompt_text):])
+    prompt_ids = tokenizer(prompt_texts, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response_texts, add_special_tokens=False)["input_ids"]
+  else:
+    prompt_ids = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    response_ids = [list(row) + [tokenizer.eos_token_id]
+                    for row in tokenizer(responses, add_special_tokens=False)["input_ids"]]
+  for row, ids in enumerate(prompt_ids):
+    if len(ids) > max_length:
+      raise UserError(f"{where}, row {row}: the prompt has {len(ids)} tokens, more than data.max_length="
+                      f"{max_length}; raise data.max_length or shorten the prompts")
+  return ([list(ids) for ids in prompt_ids],
+          [list(response)[:max_length - len(prompt)] for prompt, response in zip(prompt_ids, response_ids)])
+
+
+def sequence_arrays(prompt_ids: list[list[int]], response_ids: list[list[int]], *, pad_token_id: int,
+                    length: int) -> dict[str, np.ndarray]:
+  """The right-padded training layout of the module docstring [N, length] and the left-padded prompts [N, P].
+
+  Returns:
+    input_ids, attention_mask, label (-1 but before response tokens), token_weights, prompt_ids, prompt_mask.
+  """
+  num = len(prompt_ids)
+  input_ids = np.full((num, length), pad_token_id, np.int32)
+  attention_mask = np.zeros((num, length), np.int32)
+  is_response = np.zeros((num, length), bool)
+  prompt_length = _round_up(max([len(prompt) for prompt in prompt_ids] + [1]))
+  prompts = np.full((num, prompt_length), pad_token_id, np.int32)
+  prompt_mask = np.zeros((num, prompt_length), np.int32)
+  for row, (prompt, response) in enumerate(zip(prompt_ids, response_ids)):
+    sequence = (prompt + response)[:length]
+    input_ids[row, :len(sequence)] = sequence
+    attention_mask[row, :len(sequence)] = 1
+    is_response[row, len(prompt):len(sequence)] = True
+    if prompt:
+      prompts[row, prompt_length - len(prompt):] = prompt
+      prompt_mask[row, prompt_length - len(prompt):] = 1
+  label = np.full((num, length), -1, np.int32)
+  label[:, :-1] = np.where(is_response[:, 1:], input_ids[:, 1:], -1)
+  return {"input_ids": input_ids, "attention_mask": attention_mask, "label": label,
+          "token_weights": (label >= 0).astype(np.float32), "prompt_ids": prompts, "prompt_mask": prompt_mask}
+
+
+def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], *, pad_token_id: int,
+         length: int) -> dict[str, np.ndarray]:
+  """The sequences concatenated in order and cut into rows of `length` tokens (the last one padded); each token
+  keeps whether it is a response token, so the labels are those of `sequence_arrays` within the packed stream."""
+  stream = [token for prompt, response in zip(prompt_ids, response_ids) for token in prompt + response]
+  response_flags = [flag for prompt, response in zip(prompt_ids, response_ids)
+                    for flag in [False] * len(prompt) + [True] * len(response)]
+  rows = [(stream[start:start + length], response_flags[start:start + length])
+          for start in range(0, len(stream), length)]
+  num = len(rows)
+  input_ids = np.full((num, length), pad_token_id, np.int32)
+  attention_mask = np.zeros((num, length), np.int32)
+  is_response = np.zeros((num, length), bool)
+  for row, (tokens, flags) in enumerate(rows):
+    input_ids[row, :len(tokens)] = tokens
+    attention_mask[row, :len(tokens)] = 1
+    is_response[row, :len(tokens)] = flags
+  label = np.full((num, length), -1, np.int32)
+  label[:, :-1] = np.where(is_response[:, 1:], input_ids[:, 1:], -1)
+  return {"input_ids": input_ids, "attention_mask": attention_mask, "label": label,
+          "token_weights": (label >= 0).astype(np.float32)}
+
+
+def load_splits(config):
+  """({role: Examples} of train, test and, when data.validation_split is set, validation; the vocabulary size;
+  CausalLMInfo)."""
+  data_config = config.data
+  tokenizer = text.load_tokenizer(*text.student_checkpoint_field(config))
+  teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
+  text.check_shared_vocabulary(config, tokenizer, teacher_tokenizer, "causal-LM distillation")
+  pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  splits, references = {}, {}
+  first_index = 0
+  for role, split, max_examples in text.source_splits(data_config):
+    columns, where = _columns(data_config, split)
+    columns = {name: values[:max_examples] for name, values in columns.items()}
+    for values in columns.values():
+      text.check_texts(values, where)
+    prompts = columns[data_config.prompt_column] if data_config.prompt_column is not None else None
+    responses = columns[data_config.response_column]
+    prompt_ids, response_ids = tokenize_pairs(tokenizer, prompts, responses, max_length=data_config.max_length,
+                                              chat_template=data_config.chat_template, where=where)
+    kept = [row for row, response in enumerate(response_ids) if response]
+    if len(kept) < len(response_ids):
+      logging.warning("%s: %d of %d examples have no response token left after truncation at data.max_length=%d; "
+                      "they are left out.", where, len(response_ids) - len(kept), len(response_ids),
+                      data_config.max_length)
+    minimum, fewer_than = ((data_config.batch_size, f"one batch (data.batch_size={data_config.batch_size})")
+                           if role == "train" else (1, "one"))
+    if len(kept) < minimum:
+      raise UserError(f"{where}: only {len(kept)} of {len(response_ids)} examples keep a response token after "
+                      f"truncation at data.max_length={data_config.max_length}, fewer than {fewer_than}: a whole "
+                      "batch would have no response token to learn from; raise data.max_length or shorten the prompts")
+    prompt_ids, response_ids = [prompt_ids[row] for row in kept], [response_ids[row] for row in kept]
+    index = np.arange(first_index, first_index + len(kept), dtype=np.int32)
+    references.update(zip(index.tolist(), (responses[row].strip() for row in kept)))
+    first_index += len(response_ids)
+    if role == "train" and data_config.packing:
+      arrays = pack(prompt_ids, response_ids, pad_token_id=pad_token_id, length=data_config.max_length)
+      index = np.arange(first_index, first_index + len(arrays["label"]), dtype=np.int32)
+      first_index += len(index)
+    else:
+      # Room for a generated response after the longest prompt (on-policy distillation writes it there).
+      longest = max(len(p) + max(len(r), data_config.max_target_length) for p, r in zip(prompt_ids, response_ids))
+      arrays = sequence_arrays(prompt_ids, response_ids, pad_token_id=pad_token_id,
+                               length=min(data_config.max_length, _round_up(longest)))
+    label, token_weights = arrays.pop("label"), arrays.pop("token_weights")
+    splits[role] = Examples(inputs=arrays, label=label, token_weights=token_weights,
+                            class_label=np.zeros(len(index), np.int32), index=index)
+  info = CausalLMInfo(tokenizer=tokenizer, references=references, has_prompts=data_config.prompt_column is not None,
+                      max_new_tokens=data_config.max_target_length, eos_token_id=int(tokenizer.eos_token_id),
+                      pad_token_id=int(pad_token_id))
+  return splits, len(tokenizer), info
+
+
+def _round_up(length: int) -> int:
+  return -(-length // LENGTH_MULTIPLE) * LENGTH_MULTIPLE

@@ -1,0 +1,261 @@
+"""Causal-LM distillation: the response-only layout, packing, bad input, on-policy (GKD) against NumPy, exact resume,
+and the smoke run."""
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from kd_jax import causal_lm, data, loop, losses, models, sharding, steps, student_data, teacher
+from kd_jax.data import causal_lm as causal_lm_data
+from kd_jax.data import text
+from kd_jax.errors import ConfigError, UserError
+from kd_jax.models import hf
+from tests.conftest import REPO_ROOT, load_config, run_main
+
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def task():
+  return data.load_task(load_config("configs/causal_lm.py", "smoke"))
+
+
+def test_prompts_are_chat_templated_and_only_response_tokens_are_labeled(task):
+  tokenizer = task.causal_lm.tokenizer
+  assert (len(task.train), len(task.validation), len(task.test)) == (192, 32, 32) and task.num_classes == 320
+  rows = json.loads("[" + ",".join((FIXTURES / "text" / "causal_lm" / "train.jsonl").read_text().splitlines()) + "]")
+  for row in (0, 1, 100):
+    conversation = [{"role": "user", "content": rows[row]["prompt"]},
+                    {"role": "assistant", "content": rows[row]["response"]}]
+    full = tokenizer.apply_chat_template(conversation, tokenize=False)
+    prompt = tokenizer.apply_chat_template(conversation[:1], add_generation_prompt=True, tokenize=False)
+    inputs, label = {k: v[row] for k, v in task.train.inputs.items()}, task.train.label[row]
+    real = inputs["attention_mask"] > 0
+    np.testing.assert_array_equal(real, np.arange(len(real)) < real.sum())  # right-padded
+    assert tokenizer.decode(inputs["input_ids"][real]) == full
+    assert tokenizer.decode(inputs["prompt_ids"][inputs["prompt_mask"] > 0]) == prompt
+    prompt_mask = inputs["prompt_mask"] > 0
+    np.testing.assert_array_equal(prompt_mask, np.arange(len(prompt_mask)) >= len(prompt_mask) - prompt_mask.sum())
+    # label[t] is token t + 1 exactly where that token belongs to the response (after the prompt).
+    num_prompt = int(inputs["prompt_mask"].sum())
+    expected = np.full_like(label, -1)
+    expected[num_prompt - 1:real.sum() - 1] = inputs["input_ids"][num_prompt:real.sum()]
+    np.testing.assert_array_equal(label, expected)
+    assert tokenizer.decode(label[label >= 0]) == full[len(prompt):]
+    np.testing.assert_array_equal(task.train.token_weights[row], label >= 0)
+  assert task.causal_lm.references[int(task.test.index[0])] == json.loads(
+      (FIXTURES / "text" / "causal_lm" / "test.jsonl").read_text().splitlines()[0])["response"]
+
+
+def test_plain_text_and_packing():
+  tokenizer = text.load_tokenizer(str(FIXTURES / "hf" / "llama_chat"), "teacher.checkpoint")
+  texts = ["The apple is red.", "The dog sleeps in the kennel.", "seven eight."]
+  prompts, responses = causal_lm_data.tokenize_pairs(tokenizer, None, texts, max_length=64, chat_template=False,
+                                                     where="w")
+  assert prompts == [[], [], []]
+  assert [tokenizer.decode(ids) for ids in responses] == [t + "<|im_end|>" for t in texts]
+  arrays = causal_lm_data.sequence_arrays(prompts, responses, pad_token_id=0, length=12)
+  np.testing.assert_array_equal(arrays["label"][0][:len(responses[0]) - 1], responses[0][1:])  # every next token
+  packed = causal_lm_data.pack(prompts, responses, pad_token_id=0, length=5)
+  stream = sum(responses, [])
+  assert packed["input_ids"].shape == (-(-len(stream) // 5), 5)
+  np.testing.assert_array_equal(packed["input_ids"].reshape(-1)[:len(stream)], stream)
+  # Within a row every next token is a target; the last position of a row has none (its target opens the next).
+  np.testing.assert_array_equal(packed["label"][0], list(stream[1:5]) + [-1])
+  # Prompt tokens of a packed pair are not targets.
+  pairs = causal_lm_data.pack([[7, 8]], [[9, 10]], pad_token_id=0, length=4)
+  np.testing.assert_array_equal(pairs["label"], [[-1, 9, 10, -1]])
+
+
+def test_generated_responses_join_their_prompts_in_the_training_layout():
+  """Left-padded prompts and responses (EOS = 2, pad = 0 after it) -> [prompt][response up to EOS][pad]."""
+  sequences = jax.device_get(causal_lm.sequences_from_responses(
+      np.array([[0, 0, 5, 6], [3, 4, 5, 6]]), np.array([[0, 0, 1, 1], [1, 1, 1, 1]]),
+      np.array([[7, 2, 0], [8, 9, 9]]), length=6, eos_token_id=2, pad_token_id=0))
+  np.testing.assert_array_equal(sequences["input_ids"], [[5, 6, 7, 2, 0, 0], [3, 4, 5, 6, 8, 9]])
+  np.testing.assert_array_equal(sequences["attention_mask"], [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(sequences["label"], [[-1, 7, 2, -1, -1, -1], [-1, -1, -1, 8, 9, -1]])
+  np.testing.assert_array_equal(sequences["response_mask"], np.asarray(sequences["label"]) >= 0)
+
+
+def test_bad_input_is_one_line(tmp_path):
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.data.max_length = 8
+  with pytest.raises(UserError, match=r"train.jsonl\), row 0: the prompt has 1\d tokens, more than data.max_length=8"):
+    data.load_task(config)
+  # Prompts of at most max_length tokens that leave no response token in any example: nothing to learn from.
+  (tmp_path / "train.jsonl").write_text(json.dumps({"prompt": "What color is the apple?", "response": "red"}) + "\n")
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.data.path, config.data.max_length, config.data.chat_template = str(tmp_path), 9, False
+  with pytest.raises(UserError, match=r"only 0 of 1 examples keep a response token after truncation at "
+                                      r"data.max_length=9, fewer than one batch \(data.batch_size=16\)"):
+    data.load_task(config)
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.student.checkpoint = str(FIXTURES / "hf" / "t5")
+  with pytest.raises(UserError, match=r"^config.teacher.checkpoint='.*llama_chat' and config.student.checkpoint="
+                                      r"'.*t5' do not share one vocabulary"):
+    data.load_task(config)
+  result = run_main("--config=configs/causal_lm.py:smoke", f"--workdir={tmp_path / 'w'}",
+                    "--config.distill.on_policy_fraction=1.5")
+  assert result.returncode == 2 and not (tmp_path / "w").exists()
+  assert result.stderr.strip().splitlines()[-1].endswith(
+      "config.distill.on_policy_fraction=1.5: must be in [0.0, 1.0]")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"distill.teacher_mode": "cached"}, "config.distill.on_policy_fraction=0.5: needs distill.teacher_mode='online'"),
+    ({"data.prompt_column": None}, "config.distill.on_policy_fraction=0.5: needs prompts"),
+    ({"data.packing": True}, "config.data.packing=True: needs data.validation_split"),
+])
+def test_on_policy_and_packing_need_what_they_use(changes, message):
+  from kd_jax import config_paths, config_validation  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/causal_lm.py", "smoke")
+  if "data.packing" in changes:
+    config.data.validation_split = None
+  for field, value in changes.items():
+    config_paths.set_value(config, field, value)
+  with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
+    config_validation.validate(config)
+
+
+@pytest.mark.slow
+def test_the_cached_teacher_is_its_topk_per_position_and_sequence_level_targets_are_its_responses(task, tmp_path):
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.distill.teacher_mode, config.distill.on_policy_fraction, config.distill.topk = "cached", 0.0, 8
+  mesh = sharding.make_mesh()
+  model, params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=None,
+                                rng=jax.random.PRNGKey(0))
+  the_teacher = teacher.Teacher(model, sharding.replicate(params, mesh), str(tmp_path))
+  prepared = student_data.prepare(config, task, the_teacher, mesh)
+  cached = prepared.examples.teacher
+  assert isinstance(cached, losses.TopKLogits) and cached.values.shape == task.train.label.shape + (8,)
+  rows = np.array([5, 77])
+  logits = np.asarray(model.apply({"params": params}, task.train.select(rows).inputs, train=False), np.float32)
+  np.testing.assert_allclose(np.asarray(cached.values[rows], np.float32), -np.sort(-logits, axis=-1)[..., :8],
+                             rtol=1e-3, atol=1e-3)
+  config.distill.strategy = "sequence"
+  targets = student_data.prepare(config, task, the_teacher, mesh).examples
+  generated = hf.generate(model.module, params, task.train.inputs["prompt_ids"][rows],
+                          task.train.inputs["prompt_mask"][rows], max_new_tokens=config.data.max_target_length,
+                          eos_token_id=task.causal_lm.eos_token_id, pad_token_id=task.causal_lm.pad_token_id)
+  for row, tokens in zip(rows, np.asarray(generated)):
+    response = targets.label[row][targets.label[row] >= 0]
+    np.testing.assert_array_equal(response, tokens[:len(response)])
+    assert targets.token_weights[row].sum() == len(response) > 0
+    np.testing.assert_array_equal(targets.inputs["prompt_ids"][row], task.train.inputs["prompt_ids"][row])
+
+
+def numpy_generalized_jsd(student_logits, teacher_logits, mask, beta):
+  """TRL's GKDTrainer.generalized_jsd_loss (T = 1, reduction batchmean over the masked tokens), float64."""
+  log_s = student_logits - np.logaddexp.reduce(student_logits, axis=-1, keepdims=True)
+  log_t = teacher_logits - np.logaddexp.reduce(teacher_logits, axis=-1, keepdims=True)
+  log_m = np.logaddexp(np.log(beta) + log_t, np.log(1 - beta) + log_s)
+  kl = lambda log_p, log_q: np.sum(np.exp(log_p) * (log_p - log_q), axis=-1)
+  jsd = beta * kl(log_t, log_m) + (1 - beta) * kl(log_s, log_m)
+  return np.sum(jsd * mask) / np.sum(mask)
+
+
+def gkd_setup(task, fraction: float):
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.distill.divergence, config.distill.beta, config.distill.temperature = "generalized_js", 0.3, 1.0
+  config.distill.alpha, config.distill.ce_weight, config.distill.kd_weight = None, 0.0, 1.0
+  config.distill.on_policy_fraction = fraction
+  teacher_model, teacher_params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=None,
+                                                rng=jax.random.PRNGKey(0))
+  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=None,
+                                rng=jax.random.PRNGKey(0))
+  # Scaled (tied) embeddings sharpen the random models' next-token distributions, so that they differ clearly.
+  sharpen = lambda params, scale: {**params, "model": {**params["model"], "embed_tokens": {
+      "embedding": params["model"]["embed_tokens"]["embedding"] * scale}}}
+  return config, (teacher_model, sharpen(teacher_params, 40.0)), (model, sharpen(params, 20.0))
+
+
+@pytest.mark.slow
+def test_on_policy_loss_is_numpy_gkd_on_the_students_samples(task):
+  """lambda = 1: the step samples the batch's responses from the student and its loss is TRL's generalized JSD of
+  student and teacher on exactly those tokens; each example's tokens depend on (seed, step, index) only."""
+  config, (teacher_model, teacher_params), (model, params) = gkd_setup(task, 1.0)
+  mesh = sharding.make_mesh()
+  on_policy = causal_lm.OnPolicy.from_config(config, task, model)
+  rng, step_number = jax.random.PRNGKey(7), 0
+  batch = task.train.select(np.arange(16))
+  step = steps.compile_step(mesh, model=model, teacher_model=teacher_model, on_policy=on_policy)
+  state = sharding.replicate(steps.create_train_state(model, jax.device_get(params), config.optim, 10), mesh)
+  loss = losses.DistillationLoss.from_config(config.distill, num_steps=10)
+  _, metrics = step(state, sharding.replicate(teacher_params, mesh), sharding.replicate(loss, mesh),
+                    sharding.replicate(rng, mesh), sharding.shard_batch(batch, mesh))
+  sampled = jax.jit(lambda params, batch: on_policy.batch(params, rng, step_number, batch))(params, batch)
+  # The same rows in another order and company sample the same responses.
+  other = jax.jit(lambda params, batch: on_policy.batch(params, rng, step_number, batch))(
+      params, task.train.select(np.array([15, 3, 40, 41])))
+  np.testing.assert_array_equal(np.asarray(other.inputs["input_ids"])[[1, 0]],
+                                np.asarray(sampled.inputs["input_ids"])[[3, 15]])
+  mask = np.asarray(sampled.token_weights)
+  assert (np.asarray(sampled.label) == -1).all() and mask.sum() > 16
+  inputs = {key: sampled.inputs[key] for key in ("input_ids", "attention_mask")}
+  student_logits = np.asarray(model.apply({"params": params}, inputs, train=False), np.float64)
+  teacher_logits = np.asarray(teacher_model.apply({"params": teacher_params}, inputs, train=False), np.float64)
+  expected = numpy_generalized_jsd(student_logits, teacher_logits, mask, beta=0.3)
+  np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=2e-5)
+  np.testing.assert_allclose(float(metrics["soft_loss"]), expected, rtol=2e-5)
+  assert float(metrics["hard_loss"]) == 0.0
+  # The responses are the student's: each sampled token has non-negligible student probability at T = 1.
+  tokens = np.asarray(inputs["input_ids"])[:, 1:]
+  log_probs = student_logits[:, :-1] - np.logaddexp.reduce(student_logits[:, :-1], axis=-1, keepdims=True)
+  chosen = np.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+  assert np.all(chosen[mask[:, :-1] > 0] > -25)
+
+
+@pytest.mark.slow
+def test_a_resumed_on_policy_run_is_bitwise_the_uninterrupted_one(task, tmp_path):
+  """lambda = 0.5 over 6 steps (both kinds of batch occur): stopped after step 2 and resumed from its checkpoint, the
+  run ends with exactly the parameters of the uninterrupted run (CPU, 8 devices)."""
+  config, (teacher_model, teacher_params), (model, params) = gkd_setup(task, 0.5)
+  config.train.checkpoint_every_steps, config.train.steps_per_dispatch, config.train.log_every_steps = 2, 2, 2
+  config.train.max_checkpoints_to_keep = 3
+  mesh = sharding.make_mesh()
+  coin = lambda step: bool(jax.random.bernoulli(jax.random.split(jax.random.fold_in(
+      jax.random.fold_in(jax.random.PRNGKey(config.seed), causal_lm.ON_POLICY_STREAM), step))[0], 0.5))
+  assert len({coin(step) for step in range(6)}) == 2
+  on_policy = causal_lm.OnPolicy.from_config(config, task, model)
+  loss = losses.DistillationLoss.from_config(config.distill, num_steps=6)
+
+  def train(directory):
+    program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=6, loss=loss,
+                            examples=task.train, batch_size=16, seed=config.seed, mesh=mesh,
+                            train_config=config.train,
+                            teacher=(teacher_model, sharding.replicate(teacher_params, mesh)),
+                            on_policy=on_policy)
+    return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(6))], num_steps=6,
+                      checkpoint_dir=str(directory), train_config=config.train, evaluate=lambda params: {})
+
+  uninterrupted = train(tmp_path / "a")
+  shutil.copytree(tmp_path / "a" / "2", tmp_path / "b" / "2")  # the run as a stop after step 2 left it
+  resumed = train(tmp_path / "b")
+  assert resumed.stats["resumed_from_step"] == 2
+  for expected, got in zip(jax.tree.leaves(uninterrupted.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+class NullWriter:
+  def drop_after(self, step):
+    del step
+
+  def write_scalars(self, step, scalars):
+    del step, scalars
+
+
+@pytest.mark.slow
+def test_causal_lm_smoke_end_to_end(tmp_path):
+  result = run_main("--config=configs/causal_lm.py:smoke", f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = json.loads((tmp_path / "results.json").read_text())
+  for section in ("metrics", "validation_metrics"):  # the test and validation splits
+    teacher, student = results[section]["teacher"], results[section]["student"]
+    assert teacher["perplexity"] < 1.5 and teacher["rougeL"] > 0.9  # the teacher learned the fixture world
+    for name in ("perplexity", "nll", "token_accuracy", "agreement", "kl_to_teacher", "rougeL"):
+      assert np.isfinite(student[name]), name
+    np.testing.assert_allclose(student["perplexity"], np.exp(student["nll"]), rtol=1e-6)
