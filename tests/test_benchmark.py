@@ -23,7 +23,8 @@ def test_quick_benchmark_runs_and_writes_its_figures(tmp_path):
   figures = json.loads(out.read_text())
   for name in ("kd_over_ce_step_time", "vectorized_sweep_speedup", "vectorized_sweep_loop_speedup",
                "mfu_vs_matmul_peak", "distilbert_kd_examples_per_s", "input_stall_fraction",
-               "cache_build_examples_per_s_mlp", "cache_build_examples_per_s_distilbert"):
+               "cache_build_examples_per_s_mlp", "cache_build_examples_per_s_distilbert",
+               "smollm2_student_kd_tokens_per_s", "smollm2_generate_tokens_per_s_batch8"):
     assert figures[name] > 0, name
   # The vectorized sweep's points equal the sequential ones (the speedup compares equal work).
   assert figures["vectorized_sweep_end_to_end_max_metric_diff"] < 1e-5
