@@ -78,25 +78,25 @@ class CacheRows:
   """Rows of one cache array for a list of examples: row i is row `rows[i]` of the array's .npy file.
 
   Array-like where the pipelines need it (shape, dtype, nbytes, len, `[rows]` and np.asarray give NumPy arrays), but
-  the rows are read from the file (os.pread, runs of consecutive rows at once) only when asked for: gathering a
-  batch reads the batch. Nothing is memory-mapped, so the pages read are not counted in the process's memory.
+  the rows are read only when asked for, each time through a fresh memory map of the file that is closed once they
+  are copied out: gathering a batch reads the batch, and the pages read do not stay in the process's memory (a map
+  held open for a whole epoch would hold every page it ever touched: the whole cache).
   """
 
   def __init__(self, array: np.memmap, rows: np.ndarray):
     assert isinstance(array, np.memmap) and array.flags.c_contiguous, type(array)
-    self._path, self._offset = array.filename, array.offset
+    self._path, self._offset, self._file_shape = array.filename, array.offset, array.shape
     self._rows = np.asarray(rows, np.int64)
     self.dtype = array.dtype
     self.shape = (len(self._rows),) + array.shape[1:]
     self.ndim = len(self.shape)
-    self._row_bytes = self.dtype.itemsize * int(np.prod(self.shape[1:]))
 
   def __len__(self) -> int:
     return self.shape[0]
 
   @property
   def nbytes(self) -> int:
-    return len(self) * self._row_bytes
+    return len(self) * self.dtype.itemsize * int(np.prod(self.shape[1:]))
 
   def __array__(self, dtype=None, copy=None):
     del copy  # always a new array
@@ -104,31 +104,14 @@ class CacheRows:
     return array if dtype is None else array.astype(dtype)
 
   def __getitem__(self, key) -> np.ndarray:
-    """The rows `key` selects (row numbers, a boolean mask or a slice), read from the file, in that order."""
+    """The rows `key` selects (row numbers, a boolean mask, a slice or one row), read from the file, in that order."""
     wanted = self._rows[key]
-    if wanted.ndim == 0:
-      return self[np.asarray(key).reshape(1)][0]
-    order = np.argsort(wanted, kind="stable")
-    ordered = wanted[order]
-    data = np.empty((len(wanted),) + self.shape[1:], self.dtype)
-    buffer = data.reshape(len(wanted), -1).view(np.uint8)  # the rows as bytes, in ascending file order
-    # Runs of consecutive file rows (a repeated row starts a run of its own) are read with one call each.
-    starts = np.flatnonzero(np.diff(ordered, prepend=-2) != 1)
-    ends = np.append(starts[1:], len(ordered))
-    fd = os.open(self._path, os.O_RDONLY)
+    mapped = np.memmap(self._path, dtype=self.dtype, mode="r", offset=self._offset, shape=self._file_shape)
     try:
-      for start, end in zip(starts.tolist(), ends.tolist()):
-        view = memoryview(buffer[start:end].reshape(-1))
-        offset = self._offset + int(ordered[start]) * self._row_bytes
-        while len(view):
-          count = os.preadv(fd, [view], offset)
-          assert count > 0, f"{self._path} ends before row {int(ordered[start])}"
-          view, offset = view[count:], offset + count
+      rows = mapped[np.atleast_1d(wanted)].view(np.ndarray)  # a copy: fancy indexing
     finally:
-      os.close(fd)
-    result = np.empty_like(data)
-    result[order] = data
-    return result
+      del mapped  # unmapped: the pages read leave the process
+    return rows[0] if wanted.ndim == 0 else rows
 
 
 def join(examples: Examples, cache: ArrayCache) -> Examples:

@@ -183,11 +183,11 @@ class EmbeddingTeacher:
     import jax  # pylint: disable=g-import-not-at-top
     target_rng, source_rng = jax.random.split(rng)
     size = self.module.dims.vocab_size
-    return {"target": jax.random.normal(target_rng, (size, size)), "source": jax.random.normal(source_rng, (size, size))}
+    return {"target": jax.random.normal(target_rng, (size, size)),
+            "source": jax.random.normal(source_rng, (size, size))}
 
   def apply(self, variables, inputs, train: bool = False):
     del train
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     params = variables["params"]
     mask = inputs["attention_mask"][..., None]
     source = (params["source"][inputs["input_ids"]] * mask).sum(axis=1) / mask.sum(axis=1)
@@ -333,12 +333,11 @@ def t5_small_stall(stages, config, task, examples, mesh, num_steps: int) -> dict
   """input_stall_fraction of a T5-small-shaped student (random weights, the fixture's 120-piece vocabulary)."""
   import jax  # pylint: disable=g-import-not-at-top
   from kd_jax.models.hf import pretrained, t5  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   fixture = json.loads((FIXTURES / "t5" / "config.json").read_text())
   dims = {**fixture, "d_model": 512, "d_ff": 2048, "d_kv": 64, "num_heads": 8, "num_layers": 6,
           "num_decoder_layers": 6, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128}
   architecture = t5.build(types.SimpleNamespace(**dims), checkpoint="t5-small-shaped", task="seq2seq",
-                          num_labels=None, dtype=jnp.float32, param_dtype=jnp.float32)
+                          num_labels=None, dtype=np.float32, param_dtype=np.float32)
   params = jax.jit(architecture.module.init)(jax.random.PRNGKey(0), **architecture.example_inputs)["params"]
   small = config.copy_and_resolve_references()
   small.train.steps_per_dispatch = 2
@@ -507,8 +506,8 @@ def main() -> None:
     print(f"e-SNLI {run['train_examples']:>7} examples: peak RSS {run['peak_rss_mib']:.0f} MiB (anon "
           f"{run['peak_rss_anon_mib']:.0f}), cache {run['cache']['gib']:.2f} GiB built at "
           f"{run['cache']['build_mb_per_s']:.0f} MB/s, read {run['cache']['cache_read_mb_per_s']:.0f} MB/s; "
-          f"tokenization {run['tokenization']['texts_per_s']:.0f} texts/s; training {run['epoch']['examples_per_s']:.0f} "
-          f"examples/s, stall {run['epoch'].get('input_stall_fraction')}", flush=True)
+          f"tokenization {run['tokenization']['texts_per_s']:.0f} texts/s; training "
+          f"{run['epoch']['examples_per_s']:.0f} examples/s, stall {run['epoch'].get('input_stall_fraction')}", flush=True)
   if "slopes" in results:
     print("log-log slopes vs size:", ", ".join(f"{key} {value:.2f}" for key, value in results["slopes"].items()))
   if args.out:

@@ -164,5 +164,10 @@ def test_join_and_training_batches_hold_batches_not_the_cache(tmp_path):
   finally:
     tracemalloc.stop()
   assert peak < cache_bytes / 4, f"joining and feeding allocated {peak / 2**20:.1f} MiB of a 16 MiB cache"
-  # Read whole, the joined rows are the cache's rows of the examples, in the examples' order.
-  np.testing.assert_array_equal(np.asarray(joined.teacher), cache.lookup(examples.index)["logits"])
+  # Read whole, or by mask, slice or row, the joined rows are the cache's rows of the examples, in their order.
+  rows = cache.lookup(examples.index)["logits"]
+  np.testing.assert_array_equal(np.asarray(joined.teacher), rows)
+  mask = examples.index % 3 == 0
+  for key in (mask, slice(5, 50, 7), 17, np.array([3, 3, 0])):
+    np.testing.assert_array_equal(joined.teacher[key], rows[key])
+  assert joined.teacher.shape == rows.shape and joined.teacher.dtype == rows.dtype and len(joined.teacher) == size
