@@ -1,28 +1,34 @@
 """Scale check: kd_jax's data paths at full e-SNLI / SST-2 size, simulated offline, for host memory and I/O.
 
-    python scripts/scale_check.py --fractions=0.01,0.1,1.0 --out=S.json [--workdir=DIR] [--plot=docs/scale_check.png]
+    python scripts/scale_check.py --fractions=0.01,0.1,1.0 --out=S.json [--plot=docs/scale_check.png]
+        [--workdir=DIR] [--topk=32] [--teacher=embedding|fixture] [--epoch_steps=300] [--stall_steps=0]
 
 For each fraction f of e-SNLI's 549,367 training examples, a child process (its own peak RSS) runs the real code
 paths on a stand-in data set:
   source      f x 549,367 premise / hypothesis / explanation triples of e-SNLI's lengths (premise ~14 words,
               hypothesis ~8, explanation ~12) drawn from a word list, written as JSON lines (plus 64 validation and
-              64 test examples); not measured as kd_jax (the parent writes it).
-  load        data.load_task of configs/esnli.py with source='files': pandas, the fixture T5 tokenizer
+              64 test examples) by the parent, outside the measurement.
+  load        data.load_task of configs/esnli.py with source='files': the file reader, the fixture T5 tokenizer
               (tests/fixtures/hf/t5, a 120-piece vocabulary: sources hit max_length 128, targets 64), the splits.
-  cache_build student_data.prepare: the real top-k cache builder (k = --topk, the targets' 64 positions, float16),
-              with the fixture T5 as the stand-in teacher, so that the run is about I/O and memory.
+  cache_build student_data.prepare: the real top-k cache builder (k = --topk, the targets' 64 positions, float16).
+              The teacher is a stand-in (--teacher=embedding: logits from two embedding tables, microseconds per
+              example) so that the build is about the cache's I/O and memory; --teacher=fixture uses the fixture T5
+              (about 130 examples/s on 2 loaded cores: 70 minutes at full size).
   cache_load  student_data.prepare again: the cache validated, loaded and joined by index.
-  cache_read  every row of the cache gathered through the join in a shuffled order (what training reads), first from
-              disk (the cache's pages dropped from the page cache with posix_fadvise) and again warm.
-  epoch       steps.program + the tf.data ChunkFeeder (train.device_data_max_mib=0) over --epoch_fraction of an
-              epoch with the fixture T5 as the student (batch 32): examples/s and the share of time waiting for
-              batches (input_stall_fraction: 1 - time with one chunk staged / time fed).
+  cache_read  every row of the cache gathered through the join, in batches of 512 of a shuffled order (what
+              training reads), first from disk (the cache's pages dropped from the page cache with posix_fadvise),
+              then again warm.
+  epoch       steps.program + the tf.data ChunkFeeder (train.device_data_max_mib=0) with the fixture T5 as the
+              student (batch 32), --epoch_steps steps at most: seconds per step (an epoch's time is extrapolated),
+              the share of time waiting for batches, and input_stall_fraction (1 - time with one chunk staged /
+              time fed).
   stall       (--stall_steps > 0, largest fraction only) input_stall_fraction of a T5-small-shaped student (d_model
               512, 6 + 6 layers, 8 heads, d_ff 2048, random weights, the fixture's vocabulary) fed from the cache.
-Per stage: wall seconds and peak RSS (VmRSS, and RssAnon: the process's own memory without mapped file pages),
-sampled from /proc every 10 ms. The SST-2-sized set (67,349 sentences, two tokenizers: the fixture DistilBERT's and
-BERT's) runs load + a dense cache build + join once. The parent measures the disk with dd (1 GiB, fdatasync write,
-O_DIRECT read) in the same run and fits log-log slopes of time and peak RSS against size.
+Per stage: wall seconds and peak RSS (VmRSS, and RssAnon: the process's own memory without mapped files such as
+shared libraries), sampled from /proc every 10 ms. The SST-2-sized set (67,349 sentences, two tokenizers: the
+fixture DistilBERT's and BERT's) runs load + a dense cache build + its reload once. The parent measures the disk
+with dd (1 GiB, fdatasync write, O_DIRECT read) in the same run and fits log-log slopes of time and peak RSS
+against size.
 """
 
 import argparse
@@ -173,34 +179,41 @@ def drop_from_page_cache(paths) -> None:
 
 
 class EmbeddingTeacher:
-  """The stand-in teacher (--teacher=embedding): logits [B, T, V] = E[decoder_input_ids] + mean over the source of
-  F[input_ids], two [V, V] tables; microseconds per example, so that the cache build is about the cache."""
+  """The stand-in teacher (--teacher=embedding), table lookups of microseconds per example, so that a cache build is
+  about the cache: seq2seq logits [B, T, V] = E[decoder_input_ids] + mean over the source of F[input_ids] (two
+  [V, V] tables); classification logits [B, C] = the mean over the input of F[input_ids] ([V, C])."""
 
-  def __init__(self, vocab_size: int):
+  def __init__(self, vocab_size: int, num_classes: int | None = None):
     self.module = types.SimpleNamespace(dims=types.SimpleNamespace(vocab_size=vocab_size))
+    self.num_outputs = vocab_size if num_classes is None else num_classes
+    self.seq2seq = num_classes is None
 
   def init(self, rng):
     import jax  # pylint: disable=g-import-not-at-top
     target_rng, source_rng = jax.random.split(rng)
     size = self.module.dims.vocab_size
-    return {"target": jax.random.normal(target_rng, (size, size)),
-            "source": jax.random.normal(source_rng, (size, size))}
+    params = {"source": jax.random.normal(source_rng, (size, self.num_outputs))}
+    if self.seq2seq:
+      params["target"] = jax.random.normal(target_rng, (size, size))
+    return params
 
   def apply(self, variables, inputs, train: bool = False):
     del train
     params = variables["params"]
     mask = inputs["attention_mask"][..., None]
     source = (params["source"][inputs["input_ids"]] * mask).sum(axis=1) / mask.sum(axis=1)
-    return params["target"][inputs["decoder_input_ids"]] + source[:, None, :]
+    return params["target"][inputs["decoder_input_ids"]] + source[:, None, :] if self.seq2seq else source
 
 
 def stand_in_teacher(kind: str, config, task, mesh, workdir: pathlib.Path):
+  """The teacher of the cache build: the fixture checkpoint of config.teacher, or an EmbeddingTeacher of its
+  vocabulary."""
   import jax  # pylint: disable=g-import-not-at-top
   from kd_jax import sharding, teacher  # pylint: disable=g-import-not-at-top
-  if kind == "fixture_t5":
+  if kind == "fixture":
     return teacher.obtain(config, task, mesh, str(workdir), writer=None, evaluate_fn=None)
-  vocab_size = json.loads((FIXTURES / "t5" / "config.json").read_text())["vocab_size"]
-  model = EmbeddingTeacher(vocab_size)
+  vocab_size = json.loads((pathlib.Path(config.teacher.checkpoint) / "config.json").read_text())["vocab_size"]
+  model = EmbeddingTeacher(vocab_size, None if task.seq2seq is not None else task.num_classes)
   return teacher.Teacher(model, sharding.replicate(model.init(jax.random.PRNGKey(0)), mesh),
                          teacher.directory(config, str(workdir)))
 
@@ -237,6 +250,10 @@ def child_esnli(args) -> dict:
                              "tokens_per_s": tokenization["tokens"] / tokenization["seconds"]}
   figures["source_tokens"] = task.train.inputs["input_ids"].shape[1]
   figures["target_positions"] = task.train.label.shape[1]
+  if args.child == "esnli_load":
+    figures.update(stages=stages.figures, peak_rss_mib=stages.figures["load"]["peak_rss_mib"],
+                   peak_rss_anon_mib=stages.figures["load"]["peak_rss_anon_mib"])
+    return figures
   mesh = sharding.make_mesh(1)
   the_teacher = stand_in_teacher(args.teacher, config, task, mesh, workdir)
   figures["teacher"] = args.teacher
@@ -347,7 +364,7 @@ def t5_small_stall(stages, config, task, examples, mesh, num_steps: int) -> dict
 
 def child_sst2(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from kd_jax import data, sharding, student_data, teacher  # pylint: disable=g-import-not-at-top
+  from kd_jax import data, sharding, student_data  # pylint: disable=g-import-not-at-top
   sys.path.insert(0, str(REPO_ROOT))
   from configs import sst2  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(args.workdir)
@@ -365,7 +382,7 @@ def child_sst2(args) -> dict:
   with stages("load"):
     task = data.load_task(config)
   mesh = sharding.make_mesh(1)
-  the_teacher = teacher.obtain(config, task, mesh, str(workdir), writer=None, evaluate_fn=None)
+  the_teacher = stand_in_teacher(args.teacher, config, task, mesh, workdir)
   with stages("cache_build"):
     student = student_data.prepare(config, task, the_teacher, mesh)
   del student
@@ -452,8 +469,8 @@ def main() -> None:
   parser.add_argument("--topk", type=int, default=32, help="k of the top-k cache (e-SNLI's: 32)")
   parser.add_argument("--epoch_fraction", type=float, default=1.0, help="the part of an epoch trained per size")
   parser.add_argument("--epoch_steps", type=int, default=300, help="at most this many steps trained per size")
-  parser.add_argument("--teacher", default="embedding", choices=("embedding", "fixture_t5"),
-                      help="the stand-in teacher of the cache build: a [V, V] embedding lookup, or the fixture T5")
+  parser.add_argument("--teacher", default="embedding", choices=("embedding", "fixture"),
+                      help="the teacher of the cache builds: an embedding lookup, or the fixture checkpoints (T5, BERT)")
   parser.add_argument("--stall_steps", type=int, default=0,
                       help="steps of the T5-small-shaped student's stall measurement at the largest size (0: none)")
   parser.add_argument("--skip_sst2", action="store_true", help="do not run the SST-2-sized set")
@@ -464,7 +481,7 @@ def main() -> None:
   if args.child:
     sys.path.insert(0, str(REPO_ROOT))
     import kd_jax  # pylint: disable=g-import-not-at-top,unused-import
-    figures = child_esnli(args) if args.child == "esnli" else child_sst2(args)
+    figures = child_sst2(args) if args.child == "sst2" else child_esnli(args)
     pathlib.Path(args.child_out).write_text(json.dumps(figures, indent=2) + "\n")
     return
   args.fraction_list = [float(value) for value in args.fractions.split(",")]

@@ -157,7 +157,9 @@ def _read_jsonl(path: str) -> dict[str, list]:
       if not isinstance(row, dict):
         raise ValueError(f"line {rows + 1} is not a JSON object")
       for key, value in row.items():
-        columns.setdefault(key, [None] * rows).append(value)
+        if key not in columns:
+          columns[key] = [None] * rows  # a key first seen in this row: None in the rows before
+        columns[key].append(value)
       rows += 1
       for values in columns.values():
         if len(values) < rows:
