@@ -470,10 +470,11 @@ def main() -> None:
   parser.add_argument("--epoch_fraction", type=float, default=1.0, help="the part of an epoch trained per size")
   parser.add_argument("--epoch_steps", type=int, default=300, help="at most this many steps trained per size")
   parser.add_argument("--teacher", default="embedding", choices=("embedding", "fixture"),
-                      help="the teacher of the cache builds: an embedding lookup, or the fixture checkpoints (T5, BERT)")
+                      help="the teacher of the cache builds: embedding lookups, or the fixture checkpoints (T5, BERT)")
   parser.add_argument("--stall_steps", type=int, default=0,
                       help="steps of the T5-small-shaped student's stall measurement at the largest size (0: none)")
   parser.add_argument("--skip_sst2", action="store_true", help="do not run the SST-2-sized set")
+  parser.add_argument("--merge", nargs="+", help="instead of running: merge these --out files into one (slopes, plot)")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   parser.add_argument("--fraction", type=float, help=argparse.SUPPRESS)
   parser.add_argument("--child_out", help=argparse.SUPPRESS)
@@ -484,12 +485,16 @@ def main() -> None:
     figures = child_sst2(args) if args.child == "sst2" else child_esnli(args)
     pathlib.Path(args.child_out).write_text(json.dumps(figures, indent=2) + "\n")
     return
+  if args.merge:
+    summarize(merge(args.merge), args.plot, args.out)
+    return
   args.fraction_list = [float(value) for value in args.fractions.split(",")]
   root = pathlib.Path(args.workdir)
   root.mkdir(parents=True, exist_ok=True)
   start = time.perf_counter()
   results = {"load_average_start": os.getloadavg()[0], "cores": os.cpu_count(), "topk": args.topk,
-             "epoch_fraction": args.epoch_fraction, "epoch_steps": args.epoch_steps, "teacher": args.teacher, **dd_throughput(root), "esnli": []}
+             "epoch_fraction": args.epoch_fraction, "epoch_steps": args.epoch_steps, "teacher": args.teacher,
+             **dd_throughput(root), "esnli": []}
   print(f"disk: dd write {results['dd_write_mb_per_s']:.0f} MB/s, read {results['dd_read_mb_per_s']:.0f} MB/s",
         flush=True)
   for fraction in args.fraction_list:
@@ -508,7 +513,13 @@ def main() -> None:
     print(f"SST-2 ({SST2_TRAIN} sentences):", flush=True)
     results["sst2"] = run_child("sst2", 1.0, workdir, args)
     subprocess.run(["rm", "-rf", str(workdir)], check=True)
-  runs = results["esnli"]
+  results.update(load_average_end=os.getloadavg()[0], wall_s=time.perf_counter() - start)
+  summarize(results, args.plot, args.out)
+
+
+def summarize(results: dict, plot_path: str | None, out: str | None) -> None:
+  """Adds the log-log slopes against size, prints the figures, writes the plot and the JSON."""
+  runs = results["esnli"] = sorted(results["esnli"], key=lambda run: run["train_examples"])
   if len(runs) > 1:
     sizes = [run["train_examples"] for run in runs]
     results["slopes"] = {f"{stage}_time": slope(sizes, [run["stages"][stage]["wall_s"] for run in runs])
@@ -516,19 +527,32 @@ def main() -> None:
     results["slopes"]["step_time"] = slope(sizes, [run["epoch"]["step_s"] for run in runs])
     results["slopes"].update({key: slope(sizes, [run[key] for run in runs])
                               for key in ("peak_rss_mib", "peak_rss_anon_mib")})
-    if args.plot:
-      plot(results, args.plot)
-  results.update(load_average_end=os.getloadavg()[0], wall_s=time.perf_counter() - start)
+    if plot_path:
+      plot(results, plot_path)
   for run in runs:
     print(f"e-SNLI {run['train_examples']:>7} examples: peak RSS {run['peak_rss_mib']:.0f} MiB (anon "
           f"{run['peak_rss_anon_mib']:.0f}), cache {run['cache']['gib']:.2f} GiB built at "
           f"{run['cache']['build_mb_per_s']:.0f} MB/s, read {run['cache']['cache_read_mb_per_s']:.0f} MB/s; "
           f"tokenization {run['tokenization']['texts_per_s']:.0f} texts/s; training "
-          f"{run['epoch']['examples_per_s']:.0f} examples/s, stall {run['epoch'].get('input_stall_fraction')}", flush=True)
+          f"{run['epoch']['examples_per_s']:.0f} examples/s, waiting for batches "
+          f"{run['epoch']['feed_wait_fraction']:.3f}, stall {run['epoch'].get('input_stall_fraction')}", flush=True)
   if "slopes" in results:
     print("log-log slopes vs size:", ", ".join(f"{key} {value:.2f}" for key, value in results["slopes"].items()))
-  if args.out:
-    pathlib.Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+  if out:
+    pathlib.Path(out).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def merge(paths: list[str]) -> dict:
+  """The figures of several runs (e.g. of different fractions, run side by side) as one: their e-SNLI sizes
+  together, each run's machine figures (dd, load average) kept per size."""
+  merged = {"merged_from": paths, "esnli": []}
+  for path in paths:
+    results = json.loads(pathlib.Path(path).read_text())
+    machine = {key: value for key, value in results.items() if key not in ("esnli", "sst2", "slopes")}
+    merged["esnli"] += [{**run, "run": machine} for run in results["esnli"]]
+    if "sst2" in results:
+      merged["sst2"] = results["sst2"]
+  return merged
 
 
 if __name__ == "__main__":
