@@ -2,6 +2,7 @@
 
 import json
 import os
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -94,3 +95,79 @@ def test_partial_or_corrupt_cache_is_rebuilt(tmp_path):
   cache, built = teacher_cache.load_or_build(str(tmp_path), metadata(), examples, index_encoding_teacher())
   assert built
   np.testing.assert_array_equal(cache.lookup(examples.index)["logits"], index_encoding_logits(examples.index))
+
+
+class Killed(Exception):
+  """Stands for the process being killed in the middle of a cache build."""
+
+
+def test_a_killed_build_is_never_used_and_its_rerun_resumes_after_the_synced_rows(tmp_path, monkeypatch):
+  monkeypatch.setattr(teacher_cache, "PROGRESS_SECONDS", 0.0)  # progress recorded after every batch
+  examples = shuffled_examples()
+  full = index_encoding_teacher()
+
+  def killed_after_two_batches(ordered):
+    for number, batch in enumerate(full(ordered)):
+      if number == 2:
+        raise Killed()
+      yield batch
+
+  with pytest.raises(Killed):
+    teacher_cache.load_or_build(str(tmp_path), metadata(), examples, killed_after_two_batches)
+  assert teacher_cache.load(str(tmp_path), metadata()) is None  # no metadata: the half cache is never used
+  seen = []
+
+  def remaining(ordered):
+    seen.extend(ordered.index.tolist())
+    return full(ordered)
+
+  cache, built = teacher_cache.load_or_build(str(tmp_path), metadata(), examples, remaining)
+  assert built and seen == sorted(examples.index.tolist())[32:]  # two batches of 16 were on disk
+  np.testing.assert_array_equal(cache.lookup(examples.index)["logits"], index_encoding_logits(examples.index))
+  assert sorted(os.listdir(tmp_path)) == ["index.npy", "logits.npy", "metadata.json"]
+  # A killed build of another cache (another teacher) is not resumed: its rows are not this cache's.
+  with pytest.raises(Killed):
+    teacher_cache.load_or_build(str(tmp_path), metadata(teacher_fingerprint="t2"), examples, killed_after_two_batches)
+  seen.clear()
+  cache, built = teacher_cache.load_or_build(str(tmp_path), metadata(), examples, remaining)
+  assert built and seen == sorted(examples.index.tolist())
+  np.testing.assert_array_equal(cache.lookup(examples.index)["logits"], index_encoding_logits(examples.index))
+
+
+def test_join_and_training_batches_hold_batches_not_the_cache(tmp_path):
+  """The memory-bounded join: joining a 16 MiB cache to its examples and streaming batches through the tf.data
+  pipeline allocates (tracemalloc: NumPy's buffers and Python objects) under a quarter of the cache, where a join
+  that materializes the rows (as kd_jax's did: 18.5 MiB) allocates all of it; the batches carry each example's row."""
+  size, num_classes = 4096, 1024
+  examples = shuffled_examples(size=size)
+  columns = np.arange(num_classes, dtype=np.float32)
+
+  def wide_teacher(ordered):
+    for start in range(0, len(ordered), 512):
+      index = ordered.index[start:start + 512].astype(np.float32)
+      yield {"logits": index[:, None] * num_classes + columns}, len(index)
+
+  expected = metadata(size=size, num_classes=num_classes)
+  cache, _ = teacher_cache.load_or_build(str(tmp_path), expected, examples, wide_teacher)
+  cache_bytes = cache.arrays["logits"].nbytes
+  assert cache_bytes == 16 * 2**20
+  pipeline.tensorflow()  # imported before measuring
+  tracemalloc.start()
+  try:
+    joined = teacher_cache.join(examples, cache)
+    batches = pipeline.train_batches(joined, batch_size=64, seed=3)
+    for _ in range(20):
+      batch = next(batches)
+      np.testing.assert_array_equal(batch.teacher, batch.index[:, None].astype(np.float32) * num_classes + columns)
+    del batches
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert peak < cache_bytes / 4, f"joining and feeding allocated {peak / 2**20:.1f} MiB of a 16 MiB cache"
+  # Read whole, or by mask, slice or row, the joined rows are the cache's rows of the examples, in their order.
+  rows = cache.lookup(examples.index)["logits"]
+  np.testing.assert_array_equal(np.asarray(joined.teacher), rows)
+  mask = examples.index % 3 == 0
+  for key in (mask, slice(5, 50, 7), 17, np.array([3, 3, 0])):
+    np.testing.assert_array_equal(joined.teacher[key], rows[key])
+  assert joined.teacher.shape == rows.shape and joined.teacher.dtype == rows.dtype and len(joined.teacher) == size

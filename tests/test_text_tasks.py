@@ -151,6 +151,23 @@ def test_offline_hub_data_and_checkpoint_errors(tmp_path, monkeypatch):
   assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.parametrize("checkpoint", ["t5", "bert"])
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_tokenizing_in_blocks_gives_the_arrays_of_one_call(checkpoint, padding_side):
+  """Full-size sets are tokenized a block at a time (bounded memory); padded to the longest text of all blocks, on the
+  tokenizer's side, the arrays are those of one padding='longest' call."""
+  tokenizer = text.load_tokenizer(str(REPO_ROOT / "tests" / "fixtures" / "hf" / checkpoint), "student.checkpoint")
+  tokenizer.padding_side = padding_side
+  rng = np.random.default_rng(0)
+  words = "a man is playing the guitar on stage while extraordinary dogs run".split()
+  texts = [" ".join(rng.choice(words, rng.integers(1, 40))) for _ in range(300)]
+  whole = tokenizer(texts, truncation=True, max_length=64, padding="longest", return_tensors="np")
+  blocks = text.tokenize(tokenizer, texts, 64, block_size=37)
+  assert set(blocks) == set(whole) & {"input_ids", "attention_mask", "token_type_ids"}
+  for key, values in blocks.items():
+    np.testing.assert_array_equal(values, whole[key])
+
+
 def test_esnli_label_parsing():
   assert esnli.parse_output("entailment explanation: a park is outside .") == (0, "a park is outside .")
   assert esnli.parse_output("  Contradiction. explanation: no") == (2, "no")

@@ -8,6 +8,7 @@ its own train/test splits (`load_splits(config)`, e.g. GLUE's train and validati
 labeled_fraction then apply alike.
 """
 
+import ctypes
 import dataclasses
 import importlib
 
@@ -124,6 +125,16 @@ def load_task(config) -> TaskData:
            if field.name not in ("inputs", "label", "index") and getattr(train, field.name) is not None}
   fingerprint = fingerprints.fingerprint_arrays(*_leaves(train.inputs), train.label, train.index, validation.index,
                                                 test.index, *_leaves(extra))
+  _return_freed_memory()
   return TaskData(name=data_config.name, num_classes=num_classes, train=train, validation=validation, test=test,
                   fingerprint=fingerprint, seq2seq=None if data_config.name in CAUSAL_LM_TASKS else info,
                   causal_lm=info if data_config.name in CAUSAL_LM_TASKS else None)
+
+
+def _return_freed_memory() -> None:
+  """Hands the heap memory freed after loading (the tokenizer's per-text objects, the text columns) back to the OS:
+  glibc keeps it otherwise (malloc_trim; 77 of 343 MiB at a tenth of e-SNLI's size). A no-op elsewhere."""
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass

@@ -22,6 +22,11 @@ def data_bytes(examples) -> int:
   return sum(leaf.nbytes for leaf in jax.tree.leaves(examples))
 
 
+def in_memory(examples):
+  """`examples` with every array in memory (a joined cache's teacher_cache.CacheRows read whole), for the devices."""
+  return jax.tree.map(np.asarray, examples)
+
+
 class ChunkFeeder:
   """One run's training batches, `num_steps` consecutive global steps at a time from `start_step`.
 
@@ -36,7 +41,7 @@ class ChunkFeeder:
     self._max_steps = max_steps
     self._mesh = mesh
     if device_resident:
-      self._examples = sharding.replicate(examples, mesh)
+      self._examples = sharding.replicate(in_memory(examples), mesh)
       self._rows = pipeline.train_rows(len(examples.index), batch_size=batch_size, seed=seed, start_step=start_step)
       self._local_rows = sharding.process_rows(batch_size)
     else:
@@ -66,7 +71,7 @@ class StackedRowsFeeder:
     self._seeds = seeds
     self.shared = len(set(seeds)) == 1
     self._max_steps = max_steps
-    self._examples = jax.device_put(examples, NamedSharding(mesh, P()))
+    self._examples = jax.device_put(in_memory(examples), NamedSharding(mesh, P()))
     self._rows = {seed: pipeline.train_rows(len(examples.index), batch_size=batch_size, seed=seed,
                                             start_step=start_step) for seed in sorted(set(seeds))}
     self._rows_sharding = NamedSharding(mesh, rows_spec(self.shared))

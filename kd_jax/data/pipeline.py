@@ -15,6 +15,7 @@ import os
 from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -68,12 +69,13 @@ def train_batches(examples, *, batch_size: int, seed: int, start_step: int = 0, 
   Epoch e visits the examples in `epoch_order(N, seed, e)` and cuts it into N // B global batches (the rows of
   `train_rows`), so batch s is a function of (examples, batch_size, seed, s) alone: a run resumed at step s sees
   exactly the batches an uninterrupted run would. Each process takes rows [process_index * B / P,
-  (process_index + 1) * B / P) of every global batch of B rows. The rows are gathered (`tf.gather`) in parallel
-  background threads, in order, and prefetched, so the next batches are ready while the devices run a step.
+  (process_index + 1) * B / P) of every global batch of B rows. The rows are gathered (NumPy indexing of the arrays
+  where they are, `tf.numpy_function`) in parallel background threads, in order, and prefetched, so the next
+  batches are ready while the devices run a step; the host holds the batches in flight, not a copy of the data.
 
   Args:
     examples: a pytree of arrays with a common first dimension N (`data.Examples`: inputs, label, index, the
-      teacher's signal joined by index...).
+      teacher's signal joined by index...): NumPy arrays or array-likes indexed by row numbers (CacheRows).
     batch_size: global batch size B (over all processes).
     seed: shuffle seed.
     start_step: first global step to produce.
@@ -90,7 +92,14 @@ def train_batches(examples, *, batch_size: int, seed: int, start_step: int = 0, 
   assert batch_size % process_count == 0, (batch_size, process_count)
   local_batch_size = batch_size // process_count
   local_rows = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
-  tensors = tuple(tf.convert_to_tensor(leaf) for leaf in leaves)
+  # The rows are gathered from the arrays as they are (in memory, or teacher_cache.CacheRows reading the cache's
+  # files) by NumPy inside the pipeline: TensorFlow never holds a copy of the data set, only batches in flight.
+  # bfloat16 travels as its uint16 bit pattern.
+  carried = [np.dtype(np.uint16) if np.dtype(leaf.dtype) == jnp.bfloat16 else np.dtype(leaf.dtype) for leaf in leaves]
+
+  def gather(rows):
+    return tuple(np.asarray(leaf[rows]).view(dtype) for leaf, dtype in zip(leaves, carried))
+
   start_epoch, skip_batches = divmod(start_step, batches_per_epoch)
 
   def epoch_batches(epoch):
@@ -100,9 +109,10 @@ def train_batches(examples, *, batch_size: int, seed: int, start_step: int = 0, 
     return tf.data.Dataset.from_tensor_slices(order[:, local_rows])
 
   dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_batches).skip(skip_batches)
-  dataset = dataset.map(lambda rows: tuple(tf.gather(tensor, rows) for tensor in tensors),
+  dataset = dataset.map(lambda rows: tf.numpy_function(gather, [rows], [tf.as_dtype(dtype) for dtype in carried]),
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return (jax.tree.unflatten(treedef, batch) for batch in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
+  return (jax.tree.unflatten(treedef, [values.view(leaf.dtype) for values, leaf in zip(batch, leaves)])
+          for batch in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
 
 
 def inference_batches(examples, batch_size: int) -> Iterator[tuple[dict, int]]:

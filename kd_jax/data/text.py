@@ -12,6 +12,7 @@ static shape per split.
 """
 
 import dataclasses
+import json
 import os
 from typing import Any, Callable
 
@@ -135,13 +136,35 @@ def _load_file(directory: str, split: str, name: str) -> tuple[dict, str]:
     if path.endswith(".csv"):
       frame = pd.read_csv(path, keep_default_na=False)
     elif path.endswith(".jsonl"):
-      frame = pd.read_json(path, lines=True, dtype=False)
+      return _read_jsonl(path), path
     else:
       frame = pd.read_parquet(path)
-  except Exception as error:  # pylint: disable=broad-except  (pandas' parser errors)
+  except Exception as error:  # pylint: disable=broad-except  (pandas' and json's parser errors)
     raise UserError(f"data set {name}: cannot read {path} ({error.__class__.__name__}: "
                     f"{str(error).strip().splitlines()[0]})") from error
   return {column: frame[column].tolist() for column in frame.columns}, path
+
+
+def _read_jsonl(path: str) -> dict[str, list]:
+  """The columns of a JSON-lines file, read line by line (pandas' reader holds the file, its parse and a frame at
+  once: several times the memory of the columns at e-SNLI's size); a key missing from a row reads None."""
+  columns, rows = {}, 0
+  with open(path, encoding="utf-8") as stream:
+    for line in stream:
+      if not line.strip():
+        continue
+      row = json.loads(line)
+      if not isinstance(row, dict):
+        raise ValueError(f"line {rows + 1} is not a JSON object")
+      for key, value in row.items():
+        if key not in columns:
+          columns[key] = [None] * rows  # a key first seen in this row: None in the rows before
+        columns[key].append(value)
+      rows += 1
+      for values in columns.values():
+        if len(values) < rows:
+          values.append(None)
+  return columns
 
 
 def _load_disk(directory: str, split: str, name: str, where: str) -> dict:
@@ -210,12 +233,32 @@ def checkpoint_config(checkpoint: str) -> dict:
   return checkpoint_lib.read_config(checkpoint_lib.resolve(checkpoint), checkpoint)
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, np.ndarray]:
+def tokenize(tokenizer, texts: list[str], max_length: int, block_size: int = 1024) -> dict[str, np.ndarray]:
   """Token arrays [N, L], L = the longest tokenized text, at most max_length (longer ones are truncated).
+
+  The texts are tokenized `block_size` at a time (a fast tokenizer encodes each block in parallel threads), so that
+  the tokenizer's per-text objects live for one block, never for the whole data set; the blocks are padded on the
+  tokenizer's padding side to L: the arrays equal those of one call with padding='longest'.
 
   Returns:
     input_ids and attention_mask (and token_type_ids where the tokenizer makes them), int32.
   """
-  encoded = tokenizer(texts, truncation=True, max_length=max_length, padding="longest", return_tensors="np")
-  return {key: np.asarray(value, np.int32) for key, value in encoded.items()
-          if key in ("input_ids", "attention_mask", "token_type_ids")}
+  blocks = []
+  for start in range(0, len(texts), block_size):
+    encoded = tokenizer(texts[start:start + block_size], truncation=True, max_length=max_length, padding="longest",
+                        return_tensors="np")
+    blocks.append({key: np.asarray(value, np.int32) for key, value in encoded.items()
+                   if key in ("input_ids", "attention_mask", "token_type_ids")})
+  if len(blocks) == 1:
+    return blocks[0]
+  length = max(block["input_ids"].shape[1] for block in blocks)
+  pad_values = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0,
+                "token_type_ids": getattr(tokenizer, "pad_token_type_id", 0)}
+  arrays = {key: np.full((len(texts), length), pad_values[key], np.int32) for key in blocks[0]}
+  row = 0
+  for block in blocks:
+    for key, values in block.items():
+      columns = slice(length - values.shape[1], None) if tokenizer.padding_side == "left" else slice(0, values.shape[1])
+      arrays[key][row:row + len(values), columns] = values
+    row += len(values)
+  return arrays
