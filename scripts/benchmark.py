@@ -570,7 +570,7 @@ def step_temporaries(quick: bool) -> dict:
                         teacher=arrays["teacher_logits"])
   mesh = sharding.make_mesh(1)
   optim_config = schema.optim_config(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO)
-  state = steps.create_train_state(model, params, optim_config, 100)
+  state = sharding.replicate(steps.create_train_state(model, params, optim_config, 100), mesh)
   loss = losses.DistillationLoss.from_config(schema.default_config().distill)
   settings = {"none": ("none", 1), "microbatches_4": ("none", 4)}
   if not quick:
