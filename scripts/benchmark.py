@@ -590,7 +590,6 @@ def step_temporaries(quick: bool) -> dict:
 def fsdp_worker(quick: bool) -> None:
   """(In a process with 8 forced CPU devices.) The DistilBERT-shaped student's KD training, FSDP-8 vs replicated
   (data parallelism over the 8 devices), alternating; prints the figures as JSON."""
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from kd_jax import data, schema, sharding  # pylint: disable=g-import-not-at-top
   model, params = distilbert_student()
@@ -600,8 +599,7 @@ def fsdp_worker(quick: bool) -> None:
                            teacher=arrays["teacher_logits"])
   distill_config = schema.default_config().distill
   distill_config.update(dict(temperature=TEMPERATURE, alpha=ALPHA))
-  optim_config = ml_collections.ConfigDict(dict(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
-                                                warmup_ratio=WARMUP_RATIO, grad_clip_norm=None))
+  optim_config = schema.optim_config(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO)
   steps_per_round, rounds = (1, 3) if quick else (2, 5)
   meshes = {"replicated": {"data": 8, "fsdp": 1, "tensor": 1}, "fsdp": {"data": 1, "fsdp": 8, "tensor": 1}}
   trainers = {name: FusedTrainer(model=model, params=params, examples=examples, distills=True,
