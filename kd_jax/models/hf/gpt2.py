@@ -20,6 +20,7 @@ from kd_jax.errors import UserError
 from kd_jax.models.hf import layers
 from kd_jax.models.hf.checkpoint import Architecture
 from kd_jax.models.hf.llama import causal_bias
+from kd_jax.models.hf.llama import decode_slots
 
 SUPPORTED_TASKS = ("causal_lm",)
 
@@ -98,16 +99,7 @@ class GPT2Model(nn.Module):
   @nn.compact
   def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool):
     dims = self.dims
-    length = input_ids.shape[1]
-    query_slots = jnp.arange(length)
-    key_slots = query_slots
-    cache_index = None
-    if decode_length is not None:
-      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-      cache_index = index.value
-      query_slots = query_slots + cache_index
-      key_slots = jnp.arange(decode_length)
-      index.value += length
+    query_slots, key_slots, cache_index = decode_slots(self, input_ids.shape[1], decode_length)
     if position_ids is None:
       position_ids = jnp.broadcast_to(query_slots, input_ids.shape)
     embed = functools.partial(nn.Embed, dtype=self.dtype, param_dtype=self.param_dtype)

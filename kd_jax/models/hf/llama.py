@@ -204,6 +204,19 @@ def causal_bias(query_slots: jax.Array, key_slots: jax.Array, attention_mask: ja
   return jnp.maximum(bias, layers.MASKED_SCORE)
 
 
+def decode_slots(module: nn.Module, length: int, decode_length: int | None):
+  """(query slots [length], key slots, cache index or None) of a decoder-only LM's call: slots 0..length-1 without a
+  KV cache; when decoding (`decode_length` cache slots), the queries sit after the tokens already cached (the
+  module's 'cache'/'index' variable, advanced by `length` here) and the keys span the whole cache."""
+  query_slots = jnp.arange(length)
+  if decode_length is None:
+    return query_slots, query_slots, None
+  index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+  cache_index = index.value
+  index.value += length
+  return query_slots + cache_index, jnp.arange(decode_length), cache_index
+
+
 class LlamaModel(nn.Module):
   """Token embedding, decoder layers, final norm: the model.* tensors."""
   dims: LlamaDims
@@ -214,16 +227,7 @@ class LlamaModel(nn.Module):
   def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool):
     """(last hidden states [batch, length, hidden_size], the tied LM head's logits or None); see LlamaForCausalLM."""
     dims = self.dims
-    length = input_ids.shape[1]
-    query_slots = jnp.arange(length)
-    key_slots = query_slots
-    cache_index = None
-    if decode_length is not None:
-      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
-      cache_index = index.value
-      query_slots = query_slots + cache_index
-      key_slots = jnp.arange(decode_length)
-      index.value += length
+    query_slots, key_slots, cache_index = decode_slots(self, input_ids.shape[1], decode_length)
     if position_ids is None:
       position_ids = jnp.broadcast_to(query_slots, input_ids.shape)
     cos, sin = dims.rope.cos_sin(position_ids)
