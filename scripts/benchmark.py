@@ -73,6 +73,40 @@ def transformer_train_flops_per_example(dims: dict, length: int, num_labels: int
   return 3.0 * forward
 
 
+def t5_train_flops_per_example(dims: dict, source_length: int, target_length: int) -> float:
+  """3 x forward matmul FLOPs of one seq2seq example of a T5 (transformers T5Config fields; S source and T target
+  tokens, D = d_model, F = d_ff, A = num_heads * d_kv, V = vocab_size). Per encoder layer: Q, K, V, O projections
+  (4 * 2 S D A), attention scores and mixing (2 * 2 S^2 A), the FFN (m * 2 S D F, m = 3 matmuls when gated as in
+  T5 v1.1 / FLAN-T5, else 2). Per decoder layer: the same on T tokens plus cross-attention (Q, O: 2 * 2 T D A; K, V
+  of the S encoder states: 2 * 2 S D A; scores and mixing: 2 * 2 T S A). The LM head: 2 T D V. Embeddings, norms,
+  the position bias, softmax and activations are not counted."""
+  d_model, inner, ffn = dims["d_model"], dims["num_heads"] * dims["d_kv"], dims["d_ff"]
+  ffn_matmuls = 3 if dims.get("feed_forward_proj", "relu").startswith("gated") else 2
+
+  def attention_and_ffn(length):
+    return 4 * 2 * length * d_model * inner + 2 * 2 * length**2 * inner + ffn_matmuls * 2 * length * d_model * ffn
+
+  source, target = source_length, target_length
+  cross = 2 * 2 * target * d_model * inner + 2 * 2 * source * d_model * inner + 2 * 2 * target * source * inner
+  forward = (dims["num_layers"] * attention_and_ffn(source)
+             + dims.get("num_decoder_layers", dims["num_layers"]) * (attention_and_ffn(target) + cross)
+             + 2 * target * d_model * dims["vocab_size"])
+  return 3.0 * forward
+
+
+def llama_train_flops_per_example(dims: dict, length: int) -> float:
+  """3 x forward matmul FLOPs of one causal-LM sequence of L tokens of a Llama (transformers LlamaConfig fields;
+  H = hidden_size, I = intermediate_size, Q / K = query / key-value heads of head_dim E, V = vocab_size). Per layer:
+  the Q and O projections (2 * 2 L H Q E), K and V (2 * 2 L H K E), scores and mixing over every key, the causally
+  masked ones too, as the step computes them (2 * 2 L^2 Q E), the gated MLP (3 * 2 L H I). The LM head over every
+  position: 2 L H V. Embeddings, norms, rotary embeddings, softmax and activations are not counted."""
+  hidden, heads, kv_heads = dims["hidden_size"], dims["num_attention_heads"], dims["num_key_value_heads"]
+  head_dim = dims.get("head_dim") or hidden // heads
+  per_layer = (2 * 2 * length * hidden * heads * head_dim + 2 * 2 * length * hidden * kv_heads * head_dim
+               + 2 * 2 * length**2 * heads * head_dim + 3 * 2 * length * hidden * dims["intermediate_size"])
+  return 3.0 * (dims["num_hidden_layers"] * per_layer + 2 * length * hidden * dims["vocab_size"])
+
+
 def synthetic_text_batch(num_examples: int, seed: int = 0) -> dict:
   """Random token ids (full length), labels and teacher logits: the same arrays in both frameworks."""
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -88,7 +122,12 @@ def synthetic_text_batch(num_examples: int, seed: int = 0) -> dict:
 
 
 def torch_worker() -> None:
-  """Builds the notebook's PyTorch training loop, then runs `{"steps": n}` requests, answering their seconds."""
+  """Builds the notebook's PyTorch training loop, then runs `{"steps": n}` requests, answering their seconds.
+
+  The first request may also name `dims` (DistilBertConfig fields; default DISTILBERT), `batch_size` (BATCH_SIZE),
+  `device` ('cpu'; 'cuda' for the accelerator section) and `bf16` (False; True: the forward pass and the loss under
+  torch.autocast in bfloat16, as a notebook on a GPU runs them)."""
+  import contextlib  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -96,13 +135,17 @@ def torch_worker() -> None:
   request = json.loads(sys.stdin.readline())
   torch.set_num_threads(request["threads"])
   torch.manual_seed(0)
+  device = torch.device(request.get("device", "cpu"))
   model = transformers.DistilBertForSequenceClassification(
-      transformers.DistilBertConfig(**DISTILBERT, num_labels=NUM_LABELS))
+      transformers.DistilBertConfig(**request.get("dims", DISTILBERT), num_labels=NUM_LABELS)).to(device)
   model.train()
   optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
   total_steps = request["total_steps"]
   scheduler = transformers.get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * total_steps), total_steps)
-  batch = {key: torch.from_numpy(value) for key, value in synthetic_text_batch(BATCH_SIZE).items()}
+  batch = {key: torch.from_numpy(value).to(device)
+           for key, value in synthetic_text_batch(request.get("batch_size", BATCH_SIZE)).items()}
+  autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if request.get("bf16")
+              else contextlib.nullcontext)
   input_ids, attention_mask = batch["input_ids"].long(), batch["attention_mask"].long()
   labels, teacher_logits = batch["label"].long(), batch["teacher_logits"]
 
@@ -115,12 +158,15 @@ def torch_worker() -> None:
   def train_steps(num_steps):
     start = time.perf_counter()
     for _ in range(num_steps):
-      logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-      loss = kd_loss(logits)
+      with autocast():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        loss = kd_loss(logits)
       loss.backward()
       optimizer.step()
       scheduler.step()
       optimizer.zero_grad()
+    if device.type == "cuda":
+      torch.cuda.synchronize()  # CUDA kernels run asynchronously: the steps are done when the queue is
     return time.perf_counter() - start, float(loss)
 
   seconds, _ = train_steps(1)  # warm-up (PyTorch has nothing to compile; the first step allocates)
@@ -137,11 +183,12 @@ def torch_worker() -> None:
 class TorchWorker:
   """The PyTorch loop in a worker process (`python scripts/benchmark.py --torch_worker`)."""
 
-  def __init__(self, python: str, threads: int, total_steps: int):
+  def __init__(self, python: str, threads: int, total_steps: int, **options):
+    """options: the worker's optional first-request fields (torch_worker: dims, batch_size, device, bf16)."""
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")  # idle OpenMP threads must not spin while JAX is timed
     self._process = subprocess.Popen([python, __file__, "--torch_worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    self.info = self._ask({"threads": threads, "total_steps": total_steps})
+    self.info = self._ask({"threads": threads, "total_steps": total_steps, **options})
 
   def _ask(self, request: dict) -> dict:
     self._process.stdin.write(json.dumps(request) + "\n")
@@ -206,10 +253,11 @@ class FusedTrainer:
   the same examples without them."""
 
   def __init__(self, *, model, params, examples, distills: bool, distill_config, optim_config, batch_size: int,
-               num_steps: int, seed: int, max_steps: int = 100, mesh_sizes: dict | None = None):
+               num_steps: int, seed: int, max_steps: int = 100, mesh_sizes: dict | None = None,
+               num_devices: int | None = None):
     import ml_collections  # pylint: disable=g-import-not-at-top
     from kd_jax import losses, sharding  # pylint: disable=g-import-not-at-top
-    self.mesh = sharding.make_mesh(sizes=mesh_sizes)
+    self.mesh = sharding.make_mesh(num_devices, sizes=mesh_sizes)
     self._program_args = dict(
         model=model, init_params=params, optim_config=optim_config, num_steps=num_steps,
         loss=losses.DistillationLoss.from_config(distill_config, distills=distills),
@@ -417,14 +465,15 @@ def vectorized_sweep_end_to_end(quick: bool) -> dict:
           "vectorized_sweep_end_to_end_max_metric_diff": difference}
 
 
-def distilbert_student():
-  """kd_jax's Flax DistilBERT classifier with the DISTILBERT config and random weights."""
+def distilbert_student(dims: dict | None = None, dtype: str = "float32"):
+  """kd_jax's Flax DistilBERT classifier with `dims` (default DISTILBERT) and random float32 weights, computing in
+  `dtype`."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from kd_jax.models.hf import distilbert, pretrained  # pylint: disable=g-import-not-at-top
-  architecture = distilbert.build(transformers.DistilBertConfig(**DISTILBERT), checkpoint="random",
-                                  task="sequence_classification", num_labels=NUM_LABELS, dtype=jnp.float32,
+  architecture = distilbert.build(transformers.DistilBertConfig(**(dims or DISTILBERT)), checkpoint="random",
+                                  task="sequence_classification", num_labels=NUM_LABELS, dtype=jnp.dtype(dtype),
                                   param_dtype=jnp.float32)
   ids = jnp.zeros((1, SEQUENCE_LENGTH), jnp.int32)
   params = jax.jit(architecture.module.init)(jax.random.PRNGKey(0), input_ids=ids, attention_mask=ids)["params"]
@@ -493,17 +542,43 @@ SMOLLM2_STUDENT = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536
 LLM_BATCH, LLM_LENGTH, LLM_PROMPT, LLM_TOPK = 8, 128, 32, 32
 
 
-def smollm2_student():
-  """kd_jax's Flax Llama causal LM with the SMOLLM2_STUDENT config and random weights: (raw module, params)."""
+def smollm2_student(dims: dict | None = None, dtype: str = "float32"):
+  """kd_jax's Flax Llama causal LM with `dims` (default SMOLLM2_STUDENT) and random float32 weights, computing in
+  `dtype`: (raw module, params)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from kd_jax.models.hf import llama  # pylint: disable=g-import-not-at-top
-  architecture = llama.build(transformers.LlamaConfig(**SMOLLM2_STUDENT), checkpoint="random", task="causal_lm",
-                             num_labels=None, dtype=jnp.float32, param_dtype=jnp.float32)
+  architecture = llama.build(transformers.LlamaConfig(**(dims or SMOLLM2_STUDENT)), checkpoint="random",
+                             task="causal_lm", num_labels=None, dtype=jnp.dtype(dtype), param_dtype=jnp.float32)
   ids = jnp.zeros((1, LLM_LENGTH), jnp.int32)
   params = jax.jit(architecture.module.init)(jax.random.PRNGKey(0), input_ids=ids, attention_mask=ids)["params"]
   return architecture.module, params
+
+
+def random_topk_logits(rng, shape: tuple, k: int, vocab: int):
+  """A random top-k teacher cache of `shape` positions (losses.TopKLogits: values descending, float16; distinct ids:
+  a random start and a stride of 1531, prime to the vocabulary sizes used here; a tail log-sum-exp of 5)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from kd_jax import losses  # pylint: disable=g-import-not-at-top
+  start = rng.integers(0, vocab, shape + (1,))
+  return losses.TopKLogits(values=np.sort(rng.normal(size=shape + (k,)), axis=-1)[..., ::-1].astype(np.float16),
+                           indices=((start + 1531 * np.arange(k)) % vocab).astype(np.int32),
+                           tail_logsumexp=np.full(shape, 5.0, np.float32))
+
+
+def causal_lm_examples(batch_size: int, length: int, prompt: int, k: int, vocab: int, seed: int = 0):
+  """Random causal-LM training examples (data.Examples): `length` tokens, the first `prompt` a prompt, the rest a
+  response whose tokens are labels, with a random top-k teacher cache over every position."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  input_ids = rng.integers(3, vocab, (batch_size, length)).astype(np.int32)
+  label = np.full((batch_size, length), -1, np.int32)
+  label[:, prompt - 1:-1] = input_ids[:, prompt:]
+  return data.Examples(inputs={"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}, label=label,
+                       index=np.arange(batch_size, dtype=np.int32), token_weights=(label >= 0).astype(np.float32),
+                       teacher=random_topk_logits(rng, (batch_size, length), k, vocab))
 
 
 def llm_throughput(quick: bool) -> dict:
@@ -511,24 +586,12 @@ def llm_throughput(quick: bool) -> dict:
   top-32 teacher cache as configs/causal_lm.py builds it) and of its greedy KV-cache generation (batch 8, a
   32-token prompt, 32 new tokens), each the median over repeats after a compiling call."""
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from kd_jax import data, losses, schema  # pylint: disable=g-import-not-at-top
+  from kd_jax import schema  # pylint: disable=g-import-not-at-top
   from kd_jax.models.hf import generate, pretrained  # pylint: disable=g-import-not-at-top
   module, params = smollm2_student()
   vocab = SMOLLM2_STUDENT["vocab_size"]
-  rng = np.random.default_rng(0)
-  input_ids = rng.integers(3, vocab, (LLM_BATCH, LLM_LENGTH)).astype(np.int32)
-  label = np.full((LLM_BATCH, LLM_LENGTH), -1, np.int32)
-  label[:, LLM_PROMPT - 1:-1] = input_ids[:, LLM_PROMPT:]
-  # Distinct top-k ids per position: a random start and a stride that does not wrap around the vocabulary.
-  start = rng.integers(0, vocab, (LLM_BATCH, LLM_LENGTH, 1))
-  teacher = losses.TopKLogits(
-      values=np.sort(rng.normal(size=(LLM_BATCH, LLM_LENGTH, LLM_TOPK)), axis=-1)[..., ::-1].astype(np.float16),
-      indices=((start + 1531 * np.arange(LLM_TOPK)) % vocab).astype(np.int32),
-      tail_logsumexp=np.full((LLM_BATCH, LLM_LENGTH), 5.0, np.float32))
-  examples = data.Examples(inputs={"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}, label=label,
-                           index=np.arange(LLM_BATCH, dtype=np.int32), token_weights=(label >= 0).astype(np.float32),
-                           teacher=teacher)
+  examples = causal_lm_examples(LLM_BATCH, LLM_LENGTH, LLM_PROMPT, LLM_TOPK, vocab)
+  input_ids = examples.inputs["input_ids"]
   distill_config = schema.default_config().distill
   distill_config.update(dict(temperature=1.0, alpha=ALPHA))
   optim_config = schema.optim_config(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO)
@@ -685,6 +748,315 @@ def default_run_peak_memory() -> dict:
   return {"default_run_peak_host_memory_mib": usage.ru_maxrss / 1024, "default_run_wall_s": wall}
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# The accelerator section (--accelerator): bf16 training of three students and a large teacher's top-k cache build
+# on one GPU or TPU chip, against the chip's peak; the PyTorch loop on the same GPU.
+
+# Real DistilBERT-base (distilbert-base-uncased's config.json): the SST-2 notebook's student at full size.
+DISTILBERT_BASE = dict(vocab_size=30522, dim=768, n_layers=6, n_heads=12, hidden_dim=3072, max_position_embeddings=512,
+                       dropout=0.1, attention_dropout=0.1, seq_classif_dropout=0.2)
+# FLAN-T5-small (configs/esnli.py's student; google/flan-t5-small's config.json) and a FLAN-T5-large-shaped teacher.
+FLAN_T5_SMALL = dict(vocab_size=32128, d_model=512, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6,
+                     d_kv=64, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+FLAN_T5_LARGE = dict(FLAN_T5_SMALL, d_model=1024, d_ff=2816, num_layers=24, num_decoder_layers=24, num_heads=16)
+# e-SNLI's lengths (configs/esnli.py: data.max_length, data.max_target_length) and its top-k cache.
+T5_SOURCE_LENGTH, T5_TARGET_LENGTH, T5_TOPK = 128, 64, 32
+# What each figure is measured on: --accelerator (full) and the test's --accelerator_on_cpu (tiny). batch: the
+# default batch sizes (--accel_batch_sizes changes them), steps: steps per timed round, rounds: timed rounds after a
+# compiling one; teacher_examples: the examples of the timed cache build.
+ACCEL_SHAPES = {
+    "full": dict(distilbert=DISTILBERT_BASE, t5=FLAN_T5_SMALL, smollm2=SMOLLM2_STUDENT, teacher=FLAN_T5_LARGE,
+                 source_length=T5_SOURCE_LENGTH, target_length=T5_TARGET_LENGTH, llm_length=LLM_LENGTH,
+                 llm_prompt=LLM_PROMPT, batch=dict(distilbert=256, t5_small=256, smollm2=128, teacher=256),
+                 steps=10, rounds=5, teacher_examples=8192, matmul_size=8192, matmul_chain=10),
+    # Without dropout, which XLA:CPU takes longest to compile.
+    "tiny": dict(distilbert=dict(DISTILBERT, dim=32, n_layers=1, n_heads=2, hidden_dim=64, dropout=0.0,
+                                 attention_dropout=0.0, seq_classif_dropout=0.0),
+                 t5=dict(FLAN_T5_SMALL, vocab_size=512, d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1,
+                         num_heads=2, d_kv=16, dropout_rate=0.0),
+                 smollm2=dict(SMOLLM2_STUDENT, vocab_size=512, hidden_size=32, intermediate_size=64,
+                              num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2),
+                 teacher=dict(FLAN_T5_SMALL, vocab_size=512, d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1,
+                              num_heads=2, d_kv=16),
+                 source_length=16, target_length=8, llm_length=16, llm_prompt=4,
+                 batch=dict(distilbert=4, t5_small=4, smollm2=4, teacher=4),
+                 steps=2, rounds=2, teacher_examples=8, matmul_size=128, matmul_chain=2),
+}
+# Dense (no 2:4 sparsity) bf16 peak FLOP/s of one device, by the first pattern found in jax.devices()[0].device_kind,
+# from the vendors' specifications: H100 SXM 989.4 and H100 PCIe 756 TFLOP/s (NVIDIA's H100 table, 1,979 / 1,513
+# with sparsity: glennklockwood.com/garden/processors/h100, archive-lib.hpctech.co.jp/gpuproduct/nvidia-h100.html);
+# H200 (SXM): the H100 SXM's rates (NVIDIA's H200 datasheet; /work/.library/device/H200.md); A100 312 (NVIDIA A100
+# datasheet); L4 121 (242 with sparsity; NVIDIA L4 datasheet); TPU per chip (one JAX device; cloud.google.com/tpu/
+# docs/v4, v5e, v5p-training, v6e): v4 275, v5e ('TPU v5 lite') 197, v5p 459, v6e ('TPU v6 lite') 918.
+BF16_PEAK_TFLOPS = ((r"\bH100\b.*\bPCIe\b", 756.0), (r"\bH100\b", 989.4), (r"\bH200\b", 989.4),
+                    (r"\bA100\b", 312.0), (r"\bL4\b", 121.0), (r"TPU v4", 275.0), (r"TPU v5 ?lite|TPU v5e", 197.0),
+                    (r"TPU v5p?$", 459.0), (r"TPU v6 ?lite|TPU v6e", 918.0))
+
+
+def bf16_peak_flops(device_kind: str) -> float | None:
+  """The vendor's dense bf16 peak FLOP/s of one device of this kind (BF16_PEAK_TFLOPS), None if not listed."""
+  import re  # pylint: disable=g-import-not-at-top
+  return next((tflops * 1e12 for pattern, tflops in BF16_PEAK_TFLOPS if re.search(pattern, device_kind)), None)
+
+
+def bf16_matmul_flops(size: int, chain: int, repeats: int) -> float:
+  """FLOP/s of size x size x size bf16 matmuls on one device: `chain` products in one compiled call, each the next
+  one's left operand (none can be skipped), the median of `repeats` calls after a compiling one."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  left_key, right_key = jax.random.split(jax.random.PRNGKey(0))
+  left = jax.random.normal(left_key, (size, size), jnp.bfloat16)
+  right = (jax.random.normal(right_key, (size, size), jnp.float32) / size**0.5).astype(jnp.bfloat16)  # norm ~1
+  products = jax.jit(lambda x, y: jax.lax.fori_loop(0, chain, lambda _, z: z @ y, x))
+  products(left, right).block_until_ready()
+  seconds = median_seconds(lambda: products(left, right).block_until_ready(), repeats)
+  return 2.0 * size**3 * chain / seconds
+
+
+def accel_train(name: str, *, model, params, examples, distill_config, optim_config, flops_per_example: float,
+                shapes: dict, peaks: dict, between_rounds=None) -> dict:
+  """bf16 KD training of one student on one device through kd_jax's fused chunks (FusedTrainer's program): one
+  compiling chunk, then `rounds` timed chunks of `steps` steps from the state reached (the median); examples/s and
+  MFU (the FLOPs counted from the config per second over peaks' 'spec' and 'matmul'). between_rounds(): run after
+  each timed round (the PyTorch side, alternating)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  steps, rounds = shapes["steps"], shapes["rounds"]
+  batch_size = len(examples)
+  trainer = FusedTrainer(model=model, params=params, examples=examples, distills=True, distill_config=distill_config,
+                         optim_config=optim_config, batch_size=batch_size, num_steps=steps * (rounds + 1), seed=0,
+                         max_steps=steps, num_devices=1)
+  program = trainer.program()
+  state, feed = program.state, program.feed(0)
+
+  def chunk(state):
+    state, _ = program.chunk(state, np.int32(steps), *feed.next(steps))
+    return jax.block_until_ready(state)
+
+  start = time.perf_counter()
+  state = chunk(state)
+  compile_s = time.perf_counter() - start
+  times = []
+  for _ in range(rounds):
+    start = time.perf_counter()
+    state = chunk(state)
+    times.append((time.perf_counter() - start) / steps)
+    if between_rounds is not None:
+      between_rounds()
+  step_s = statistics.median(times)
+  achieved = flops_per_example * batch_size / step_s
+  return {f"accel_{name}_examples_per_s": batch_size / step_s, f"accel_{name}_step_s": step_s,
+          f"accel_{name}_batch_size": batch_size, f"accel_{name}_compile_s": compile_s,
+          f"accel_{name}_train_gflop_per_example": flops_per_example / 1e9,
+          f"accel_{name}_achieved_tflops": achieved / 1e12,
+          f"accel_{name}_mfu": None if peaks["spec"] is None else achieved / peaks["spec"],
+          f"accel_{name}_mfu_vs_matmul": achieved / peaks["matmul"]}
+
+
+def torch_cuda_unavailable(python: str) -> str | None:
+  """Why the PyTorch side cannot run on a CUDA GPU with `python`, or None."""
+  missing = torch_unavailable(python)
+  if missing is not None:
+    return missing
+  check = subprocess.run([python, "-c", "import torch; assert torch.cuda.is_available(), torch.__version__"],
+                         capture_output=True, text=True, check=False)
+  if check.returncode != 0:
+    return f"{python}'s torch has no CUDA device ({(check.stderr.strip().splitlines() or ['?'])[-1]})"
+  return None
+
+
+def accel_distilbert(shapes: dict, batch_size: int, peaks: dict, torch_python: str) -> dict:
+  """The DistilBERT-shaped student (shapes['distilbert']; DistilBERT-base in the full section) on SST-2-like batches
+  (SEQUENCE_LENGTH tokens, cached teacher logits, the notebook's loss and AdamW), bf16 compute and float32
+  parameters; alternating with the notebook's PyTorch loop on the GPU under bf16 autocast, same model and batch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from kd_jax import data, schema  # pylint: disable=g-import-not-at-top
+  dims = shapes["distilbert"]
+  model, params = distilbert_student(dims, "bfloat16")
+  arrays = synthetic_text_batch(batch_size)
+  examples = data.Examples(inputs={"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]},
+                           label=arrays["label"], index=np.arange(batch_size, dtype=np.int32),
+                           teacher=arrays["teacher_logits"])
+  distill_config = schema.default_config().distill
+  distill_config.update(dict(temperature=TEMPERATURE, alpha=ALPHA, label_smoothing=0.0, divergence="forward_kl",
+                             t2_scaling=True, input_noise_std=0.0))
+  optim_config = schema.optim_config(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO)
+  unavailable = ("no CUDA GPU: the backend is " + jax.default_backend() if jax.default_backend() != "gpu"
+                 else torch_cuda_unavailable(torch_python))
+  worker, torch_times = None, []
+  if unavailable is None:
+    worker = TorchWorker(torch_python, os.cpu_count(), shapes["steps"] * (shapes["rounds"] + 1) + 1, dims=dims,
+                         batch_size=batch_size, device="cuda", bf16=True)
+    worker.seconds_for(shapes["steps"])  # the same warm-up as the kd_jax side's compiling chunk
+  between = None if worker is None else (
+      lambda: torch_times.append(worker.seconds_for(shapes["steps"]) / shapes["steps"]))
+  result = accel_train("distilbert", model=model, params=params, examples=examples, distill_config=distill_config,
+                       optim_config=optim_config, shapes=shapes, peaks=peaks, between_rounds=between,
+                       flops_per_example=transformer_train_flops_per_example(dims, SEQUENCE_LENGTH, NUM_LABELS))
+  result["accel_distilbert_dims"] = dims
+  if worker is None:
+    result.update({"accel_jax_over_torch_throughput": None, "accel_torch_unavailable": unavailable})
+    return result
+  worker.close()
+  torch_step = statistics.median(torch_times)
+  result.update({"accel_jax_over_torch_throughput": torch_step / result["accel_distilbert_step_s"],
+                 "accel_torch_examples_per_s": batch_size / torch_step, "accel_torch_step_s": torch_step,
+                 "accel_torch_version": worker.info["torch"]})
+  return result
+
+
+def seq2seq_examples(batch_size: int, source_length: int, target_length: int, vocab: int, k: int | None,
+                     seed: int = 0):
+  """Random e-SNLI-shaped seq2seq examples (data.Examples as kd_jax/data/esnli.py builds them: sources, targets
+  shifted right behind the start token 0 as decoder inputs, every target token real), with a random top-k teacher
+  cache over the target positions when k is not None."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  input_ids = rng.integers(2, vocab, (batch_size, source_length)).astype(np.int32)
+  label = rng.integers(2, vocab, (batch_size, target_length)).astype(np.int32)
+  decoder_input_ids = np.concatenate([np.zeros_like(label[:, :1]), label[:, :-1]], axis=1)
+  return data.Examples(
+      inputs={"input_ids": input_ids, "attention_mask": np.ones_like(input_ids), "decoder_input_ids": decoder_input_ids},
+      label=label, index=np.arange(batch_size, dtype=np.int32), token_weights=np.ones(label.shape, np.float32),
+      teacher=None if k is None else random_topk_logits(rng, label.shape, k, vocab))
+
+
+def t5_model(dims: dict, dtype: str, param_dtype: str):
+  """kd_jax's Flax T5ForConditionalGeneration with `dims` (T5Config fields) and random weights, on the default
+  device: (RegistryModel, params)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from kd_jax.models.hf import pretrained, t5  # pylint: disable=g-import-not-at-top
+  architecture = t5.build(transformers.T5Config(**dims), checkpoint="random", task="seq2seq", num_labels=None,
+                          dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
+  params = jax.jit(architecture.module.init)(jax.random.PRNGKey(0), **architecture.example_inputs)["params"]
+  return pretrained.RegistryModel(architecture.module), params
+
+
+def accel_t5_small(shapes: dict, batch_size: int, peaks: dict) -> dict:
+  """The FLAN-T5-small-shaped student of configs/esnli.py (bf16 compute, float32 parameters) on e-SNLI-shaped
+  examples with a top-32 teacher cache: that config's loss (CE + 0.5 T^2 KL at T = 2 over the top-k) and optimizer."""
+  sys.path.insert(0, str(REPO_ROOT))
+  from configs import esnli  # pylint: disable=g-import-not-at-top
+  dims = shapes["t5"]
+  model, params = t5_model(dims, "bfloat16", "float32")
+  config = esnli.get_config()
+  examples = seq2seq_examples(batch_size, shapes["source_length"], shapes["target_length"], dims["vocab_size"],
+                              config.distill.topk)
+  return accel_train("t5_small", model=model, params=params, examples=examples, distill_config=config.distill,
+                     optim_config=config.optim, shapes=shapes, peaks=peaks,
+                     flops_per_example=t5_train_flops_per_example(dims, shapes["source_length"],
+                                                                  shapes["target_length"]))
+
+
+def accel_smollm2(shapes: dict, batch_size: int, peaks: dict) -> dict:
+  """The SmolLM2-shaped causal-LM student (bf16 compute, float32 parameters) as llm_throughput trains it (a prompt,
+  a response, a top-32 teacher cache), at a larger batch; its tokens/s too."""
+  from kd_jax import schema  # pylint: disable=g-import-not-at-top
+  from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top
+  dims, length = shapes["smollm2"], shapes["llm_length"]
+  module, params = smollm2_student(dims, "bfloat16")
+  examples = causal_lm_examples(batch_size, length, shapes["llm_prompt"], LLM_TOPK, dims["vocab_size"])
+  distill_config = schema.default_config().distill
+  distill_config.update(dict(temperature=1.0, alpha=ALPHA))
+  optim_config = schema.optim_config(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO)
+  result = accel_train("smollm2", model=pretrained.RegistryModel(module), params=params, examples=examples,
+                       distill_config=distill_config, optim_config=optim_config, shapes=shapes, peaks=peaks,
+                       flops_per_example=llama_train_flops_per_example(dims, length))
+  result["accel_smollm2_tokens_per_s"] = result["accel_smollm2_examples_per_s"] * length
+  return result
+
+
+def accel_cache_build(shapes: dict, batch_size: int, peaks: dict) -> dict:
+  """A FLAN-T5-large-shaped teacher (bf16 weights and compute, random) building e-SNLI's top-32 float16 cache of
+  shapes['teacher_examples'] random examples through kd_jax's builder (student_data.topk_program over
+  inference.map_batches into teacher_cache.load_or_build: the inference, the host transfers and the file writes),
+  into a temporary directory, after a one-batch build that compiles; examples/s, MB/s of cache written, and the
+  teacher's MFU (forward FLOPs counted from the config)."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from kd_jax import inference, sharding, student_data, teacher_cache  # pylint: disable=g-import-not-at-top
+  dims = shapes["teacher"]
+  source_length, target_length = shapes["source_length"], shapes["target_length"]
+  model, params = t5_model(dims, "bfloat16", "bfloat16")
+  mesh = sharding.make_mesh(1)
+  topk = functools.partial(student_data.topk_program(model, mesh, T5_TOPK, "float16"), params)
+  num_examples = shapes["teacher_examples"]
+  examples = seq2seq_examples(num_examples, source_length, target_length, dims["vocab_size"], None)
+
+  def build(directory, examples):
+    expected = teacher_cache.expected_metadata(
+        "topk", data_name="benchmark", split="train", data_fingerprint="random", size=len(examples),
+        num_classes=dims["vocab_size"], teacher_fingerprint="random", k=T5_TOPK, dtype="float16",
+        target_length=target_length)
+    compute = lambda rows: inference.map_batches(topk, rows.teacher_view().inputs, batch_size=batch_size,
+                                                 num_devices=mesh.size)
+    start = time.perf_counter()
+    cache, built = teacher_cache.load_or_build(directory, expected, examples, compute)
+    assert built and len(cache.index) == len(examples), (built, len(cache.index))
+    return time.perf_counter() - start, cache.bytes_per_example
+
+  with tempfile.TemporaryDirectory() as root:
+    compile_s, _ = build(os.path.join(root, "warm-up"), examples.select(slice(0, batch_size)))
+    wall_s, bytes_per_example = build(os.path.join(root, "cache"), examples)
+  forward_flops = t5_train_flops_per_example(dims, source_length, target_length) / 3
+  achieved = forward_flops * num_examples / wall_s
+  return {"accel_cache_teacher_examples_per_s": num_examples / wall_s,
+          "accel_cache_mb_per_s": bytes_per_example * num_examples / wall_s / 1e6,
+          "accel_cache_bytes_per_example": bytes_per_example, "accel_cache_examples": num_examples,
+          "accel_cache_batch_size": batch_size, "accel_cache_wall_s": wall_s, "accel_cache_compile_s": compile_s,
+          "accel_cache_teacher_forward_gflop_per_example": forward_flops / 1e9,
+          "accel_cache_teacher_mfu": None if peaks["spec"] is None else achieved / peaks["spec"],
+          "accel_cache_teacher_mfu_vs_matmul": achieved / peaks["matmul"]}
+
+
+def accelerator_figures(shapes: dict, batch_sizes: dict, torch_python: str) -> dict:
+  """Every figure of the accelerator section on jax.devices()[0] (see ACCEL_SHAPES and the functions above)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  device = jax.devices()[0]
+  print(f"accelerator: {device.device_kind} ({jax.default_backend()}, {jax.device_count()} devices; one is "
+        "measured)", flush=True)
+  spec = bf16_peak_flops(device.device_kind)
+  matmul = bf16_matmul_flops(shapes["matmul_size"], shapes["matmul_chain"], 5)
+  peaks = {"spec": spec, "matmul": matmul}
+  results = {"accel_device_kind": device.device_kind, "accel_backend": jax.default_backend(),
+             "accel_device_count": jax.device_count(), "accel_bf16_peak_tflops_spec": spec and spec / 1e12,
+             "accel_bf16_matmul_tflops": matmul / 1e12, "accel_bf16_matmul_size": shapes["matmul_size"],
+             "accel_matmul_over_spec": spec and matmul / spec}
+  results.update(accel_distilbert(shapes, batch_sizes["distilbert"], peaks, torch_python))
+  results.update(accel_t5_small(shapes, batch_sizes["t5_small"], peaks))
+  results.update(accel_smollm2(shapes, batch_sizes["smollm2"], peaks))
+  results.update(accel_cache_build(shapes, batch_sizes["teacher"], peaks))
+  return results
+
+
+def accelerator_main(args) -> dict:
+  """--accelerator: refuses (one line, exit 2) on a CPU backend unless --accelerator_on_cpu (tiny shapes), else the
+  accelerator section's figures."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() == "cpu" and not args.accelerator_on_cpu:
+    print("benchmark.py --accelerator: no GPU or TPU here (jax.default_backend() is 'cpu'); run it where one is, "
+          "e.g. scripts/accelerator_check.sh", file=sys.stderr)
+    sys.exit(2)
+  shapes = ACCEL_SHAPES["tiny" if args.accelerator_on_cpu else "full"]
+  batch_sizes = dict(shapes["batch"])
+  for item in filter(None, args.accel_batch_sizes.split(",")):
+    name, _, size = item.partition("=")
+    if name not in batch_sizes or not size.isdigit() or int(size) < 1:
+      print(f"benchmark.py --accel_batch_sizes: {item!r} is not NAME=SIZE with NAME one of "
+            f"{', '.join(batch_sizes)} and SIZE a positive integer", file=sys.stderr)
+      sys.exit(2)
+    batch_sizes[name] = int(size)
+  start = time.perf_counter()
+  results = {"accel_shapes": "tiny" if args.accelerator_on_cpu else "full", **machine(),
+             "jax_version": jax.__version__}
+  results.update(accelerator_figures(shapes, batch_sizes, args.torch_python))
+  results["accel_wall_s"] = time.perf_counter() - start
+  return results
+
+
 def machine() -> dict:
   model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
@@ -716,9 +1088,18 @@ def main() -> None:
   parser.add_argument("--torch_python", default=sys.executable,
                       help="interpreter with torch + transformers for the PyTorch side (default: this one)")
   parser.add_argument("--skip_default_run", action="store_true", help="do not measure the default run's memory")
+  parser.add_argument("--accelerator", action="store_true",
+                      help="only the accelerator section (needs a GPU or TPU): bf16 students, a FLAN-T5-large-shaped "
+                      "teacher's cache build, the PyTorch loop on the GPU; see scripts/accelerator_check.sh")
+  parser.add_argument("--accel_batch_sizes", default="",
+                      help="batch sizes of --accelerator, e.g. distilbert=256,t5_small=256,smollm2=128,teacher=256")
+  # The test's: the accelerator section at tiny shapes on the CPU.
+  parser.add_argument("--accelerator_on_cpu", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--fsdp_worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args.accelerator:  # before JAX starts: it takes 75% of a GPU's memory by default; PyTorch shares the GPU
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
   if args.torch_worker:
     torch_worker()
     return
@@ -728,6 +1109,9 @@ def main() -> None:
     fsdp_worker(args.quick)
     return
   import jax  # pylint: disable=g-import-not-at-top
+  if args.accelerator:
+    report(accelerator_main(args), args.out)
+    return
   start = time.perf_counter()
   results = {"quick": args.quick, **machine(), "jax_version": jax.__version__, "devices": jax.device_count()}
   if not args.skip_default_run:
@@ -747,9 +1131,14 @@ def main() -> None:
   results.update(llm_throughput(args.quick))
   results.update({"load_average_end": os.getloadavg()[0], "benchmark_wall_s": time.perf_counter() - start,
                   "own_peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+  report(results, args.out)
+
+
+def report(results: dict, out: str | None) -> None:
+  """The table, and the figures as a JSON object in `out` (if given)."""
   print_table(results)
-  if args.out:
-    with open(args.out, "w") as stream:
+  if out:
+    with open(out, "w") as stream:
       json.dump(results, stream, indent=2)
       stream.write("\n")
 
