@@ -1,6 +1,7 @@
 """Benchmark: kd_jax against PyTorch and against the machine's own matmul speed.
 
     python scripts/benchmark.py [--quick] [--out B.json] [--torch_python PYTHON]
+    python scripts/benchmark.py --accelerator [--out A.json] [--accel_batch_sizes distilbert=256,...]
 
 `--quick` (under 5 minutes on 2 CPU cores) takes fewer repeats and shorter trainings; `--out` writes the figures as
 a JSON object; a table is printed either way. Every time is a median over repeats measured after a warm-up call
@@ -37,6 +38,11 @@ default task, top-k for the e-SNLI config), the peak host memory (max RSS) of th
 savers (config.train.remat and microbatches): the compiled KD step's temporaries (XLA memory_analysis, per device)
 of the DistilBERT-shaped student, plain (step_temp_mib_plain) and as a ratio to it with remat per block
 (step_temp_ratio_block, step_temp_ratio_dots_saveable) and 4 micro-batches (step_temp_ratio_microbatches_4).
+
+`--accelerator` runs instead the accelerator section on one GPU or TPU chip (exit 2 on a CPU backend; the keys
+accel_*): bf16 KD training examples/s and MFU of DistilBERT-base, FLAN-T5-small- and SmolLM2-shaped students
+against the chip's specified bf16 peak and a measured bf16 matmul, a FLAN-T5-large-shaped teacher's top-k cache
+build, and the PyTorch loop on CUDA under bf16 autocast (accelerator_figures; scripts/accelerator_check.sh).
 """
 
 import argparse
@@ -918,7 +924,8 @@ def seq2seq_examples(batch_size: int, source_length: int, target_length: int, vo
   label = rng.integers(2, vocab, (batch_size, target_length)).astype(np.int32)
   decoder_input_ids = np.concatenate([np.zeros_like(label[:, :1]), label[:, :-1]], axis=1)
   return data.Examples(
-      inputs={"input_ids": input_ids, "attention_mask": np.ones_like(input_ids), "decoder_input_ids": decoder_input_ids},
+      inputs={"input_ids": input_ids, "attention_mask": np.ones_like(input_ids),
+              "decoder_input_ids": decoder_input_ids},
       label=label, index=np.arange(batch_size, dtype=np.int32), token_weights=np.ones(label.shape, np.float32),
       teacher=None if k is None else random_topk_logits(rng, label.shape, k, vocab))
 

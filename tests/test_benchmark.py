@@ -101,8 +101,10 @@ def test_flop_counters_count_every_matmul_of_the_models(benchmark):
   for name, (architecture, inputs, train_flops) in cases.items():
     module = architecture.module
     params = jax.eval_shape(module.init, jax.random.PRNGKey(0), **inputs)["params"]
-    forward = lambda params: module.apply({"params": params}, **inputs, train=False)  # pylint: disable=cell-var-from-loop
-    loss = lambda params: jnp.sum(forward(params) ** 2)  # pylint: disable=cell-var-from-loop
+    def forward(params, module=module, inputs=inputs):
+      return module.apply({"params": params}, **inputs, train=False)
+
+    loss = lambda params, forward=forward: jnp.sum(forward(params) ** 2)
     assert jaxpr_matmul_flops(jax.make_jaxpr(forward)(params).jaxpr) == batch * train_flops / 3, name
     assert jaxpr_matmul_flops(jax.make_jaxpr(jax.grad(loss))(params).jaxpr) == batch * train_flops, name
     if name != "distilbert":
