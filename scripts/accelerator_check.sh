@@ -8,11 +8,11 @@
 # benchmark's status (2: JAX found no GPU or TPU).
 #
 # The interpreter: $PYTHON if set; else python3 when it has JAX with a GPU or TPU backend and kd_jax's imports
-# (an image with jax[cuda] and CUDA torch, e.g. this workplace's H200 machines: jax 0.11 with its CUDA 13 plugin,
-# torch cu130); else the virtual environment .venv-accel, made on first use with pip (needs a registry):
-# jax[cuda12] within requirements.txt's range, torch (PyPI's Linux wheels carry CUDA) and requirements.txt.
-# A machine that reaches no registry and lacks a pure-Python package (such images lack ml-collections): put its
-# wheel in .whl/ first (`pip download --no-deps -d .whl ml-collections==1.1.0` where pip reaches PyPI); the script
+# (an image with jax[cuda] and CUDA torch preinstalled); else the virtual environment .venv-accel, made on first use
+# with pip (needs a registry): jax[cuda12] within requirements.txt's range, torch (PyPI's Linux wheels carry CUDA)
+# and requirements.txt. On a machine that reaches no registry and lacks a pure-Python package (images with JAX,
+# Flax and torch often lack ml-collections), put its wheel in .whl/ first (`pip download --no-deps -d .whl
+# ml-collections==1.1.0` where pip reaches PyPI; its needs, absl-py and PyYAML, come with such images): the script
 # installs .whl/*.whl into a temporary folder on PYTHONPATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
