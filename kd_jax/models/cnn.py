@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax import models
+from kd_jax.models.dropout import Dropout
 
 
 class CNN(nn.Module):
@@ -52,11 +53,11 @@ class CNN(nn.Module):
       if self.norm_groups:
         hidden = nn.GroupNorm(num_groups=self.norm_groups, **dtypes)(hidden)
       hidden = nn.max_pool(nn.relu(hidden), (2, 2), strides=(2, 2))
-      hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
+      hidden = Dropout(self.dropout_rate, deterministic=not train)(hidden)
     hidden = hidden.reshape(hidden.shape[0], -1)
     for width in self.hidden_sizes:
       hidden = nn.relu(nn.Dense(width, **dtypes)(hidden))
-      hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
+      hidden = Dropout(self.dropout_rate, deterministic=not train)(hidden)
     logits = nn.Dense(self.num_classes, **dtypes)(hidden)
     return logits.astype(jnp.float32)
 

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax import models
+from kd_jax.models.dropout import Dropout
 
 
 class MLP(nn.Module):
@@ -34,7 +35,7 @@ class MLP(nn.Module):
     for width in self.hidden_sizes:
       hidden = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(hidden)
       hidden = nn.relu(hidden)
-      hidden = nn.Dropout(self.dropout_rate, deterministic=not train)(hidden)
+      hidden = Dropout(self.dropout_rate, deterministic=not train)(hidden)
       self.sow("intermediates", "hidden_states", hidden)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(hidden)
     return logits.astype(jnp.float32)

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax.errors import ConfigError
+from kd_jax.models import dropout as dropout_masks
 
 # Trained with LoRA: the adapters, and by default the classification head. The head pattern matches the classifier
 # modules of every family (BERT's classifier, RoBERTa's classifier.dense and classifier.out_proj, DistilBERT's
@@ -202,7 +203,7 @@ def _adapted_dense(next_fun, args, kwargs, context, *, scale: float, dropout: fl
     return output
   (inputs,) = args
   if dropout > 0:
-    keep = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - dropout, inputs.shape)
+    keep = dropout_masks.bernoulli(module.make_rng("dropout"), 1.0 - dropout, inputs.shape)
     inputs = jnp.where(keep, inputs / (1.0 - dropout), 0.0).astype(inputs.dtype)
   lora_a = module.get_variable("params", "lora_a").astype(module.dtype or inputs.dtype)
   lora_b = module.get_variable("params", "lora_b").astype(lora_a.dtype)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from kd_jax.errors import UserError
 from kd_jax.models.hf import layers
 from kd_jax.models.hf.checkpoint import Architecture
+from kd_jax.models.dropout import Dropout
 
 SUPPORTED_TASKS = ("encoder", "sequence_classification")
 
@@ -69,7 +70,7 @@ class BertEncoder(nn.Module):
     hidden += embed(dims.max_position_embeddings, name="embeddings.position_embeddings")(position_ids)
     hidden = nn.LayerNorm(epsilon=dims.encoder.layer_norm_eps, use_fast_variance=False, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="embeddings.LayerNorm")(hidden)
-    hidden = nn.Dropout(dims.encoder.hidden_dropout)(hidden, deterministic=not train)
+    hidden = Dropout(dims.encoder.hidden_dropout)(hidden, deterministic=not train)
     # Hidden states 0 (embeddings) to num_layers, for feature distillation (kd_jax/feature_losses.py); sow is a no-op
     # unless the 'intermediates' collection is mutable.
     self.sow("intermediates", "hidden_states", hidden)
@@ -123,7 +124,7 @@ class BertForSequenceClassification(nn.Module):
                               kernel_init=nn.initializers.normal(self.dims.initializer_range))
     # The pooler's tensors live under bert.pooler in checkpoints although it is part of the head here.
     pooled = jnp.tanh(dense(self.dims.encoder.hidden_size, name="bert.pooler.dense")(hidden[:, 0]))
-    pooled = nn.Dropout(self.dims.classifier_dropout)(pooled, deterministic=not train)
+    pooled = Dropout(self.dims.classifier_dropout)(pooled, deterministic=not train)
     return dense(self.num_labels, name="classifier")(pooled)
 
 
@@ -142,7 +143,7 @@ class RobertaForSequenceClassification(nn.Module):
         input_ids, attention_mask, token_type_ids, train)
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=nn.initializers.normal(self.dims.initializer_range))
-    dropout = nn.Dropout(self.dims.classifier_dropout, deterministic=not train)
+    dropout = Dropout(self.dims.classifier_dropout, deterministic=not train)
     features = jnp.tanh(dense(self.dims.encoder.hidden_size, name="classifier.dense")(dropout(hidden[:, 0])))
     return dense(self.num_labels, name="classifier.out_proj")(dropout(features))
 

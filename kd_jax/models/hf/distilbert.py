@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from kd_jax.models.hf import layers
 from kd_jax.models.hf.checkpoint import Architecture
+from kd_jax.models.dropout import Dropout
 
 SUPPORTED_TASKS = ("encoder", "sequence_classification")
 
@@ -50,7 +51,7 @@ class DistilBertEncoder(nn.Module):
     hidden += embed(dims.max_position_embeddings, name="embeddings.position_embeddings")(position_ids)
     hidden = nn.LayerNorm(epsilon=_LAYER_NORM_EPS, use_fast_variance=False, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="embeddings.LayerNorm")(hidden)
-    hidden = nn.Dropout(dims.encoder.hidden_dropout)(hidden, deterministic=not train)
+    hidden = Dropout(dims.encoder.hidden_dropout)(hidden, deterministic=not train)
     # Hidden states 0 (embeddings) to num_layers, for feature distillation (kd_jax/feature_losses.py); sow is a no-op
     # unless the 'intermediates' collection is mutable.
     self.sow("intermediates", "hidden_states", hidden)
@@ -93,7 +94,7 @@ class DistilBertForSequenceClassification(nn.Module):
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype,
                               kernel_init=nn.initializers.normal(self.dims.initializer_range))
     pooled = jax.nn.relu(dense(self.dims.encoder.hidden_size, name="pre_classifier")(hidden[:, 0]))
-    pooled = nn.Dropout(self.dims.classifier_dropout)(pooled, deterministic=not train)
+    pooled = Dropout(self.dims.classifier_dropout)(pooled, deterministic=not train)
     return dense(self.num_labels, name="classifier")(pooled)
 
 

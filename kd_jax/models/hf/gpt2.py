@@ -21,6 +21,7 @@ from kd_jax.models.hf import layers
 from kd_jax.models.hf.checkpoint import Architecture
 from kd_jax.models.hf.llama import causal_bias
 from kd_jax.models.hf.llama import decode_slots
+from kd_jax.models.dropout import Dropout
 
 SUPPORTED_TASKS = ("causal_lm",)
 
@@ -68,7 +69,7 @@ class GPT2Block(nn.Module):
     conv = functools.partial(Conv1D, dtype=self.dtype, param_dtype=self.param_dtype)
     layer_norm = functools.partial(nn.LayerNorm, epsilon=dims.layer_norm_epsilon, use_fast_variance=False,
                                    dtype=self.dtype, param_dtype=self.param_dtype)
-    dropout = nn.Dropout(dims.residual_dropout, deterministic=not train)
+    dropout = Dropout(dims.residual_dropout, deterministic=not train)
     head_dim = dims.hidden_size // dims.num_heads
     query, key, value = jnp.split(conv(3 * dims.hidden_size, name="attn.c_attn")(layer_norm(name="ln_1")(hidden)), 3,
                                   axis=-1)
@@ -83,7 +84,7 @@ class GPT2Block(nn.Module):
       key, value = cached_key.value, cached_value.value
     logits = layers.attention_logits(query, key, bias, scale=head_dim**-0.5)
     self.sow("intermediates", "attention_logits", logits)
-    probabilities = nn.Dropout(dims.attention_dropout)(jax.nn.softmax(logits, axis=-1), deterministic=not train)
+    probabilities = Dropout(dims.attention_dropout)(jax.nn.softmax(logits, axis=-1), deterministic=not train)
     hidden += dropout(conv(dims.hidden_size, name="attn.c_proj")(layers.attention_output(probabilities, value)))
     transformed = layers.ACTIVATIONS[dims.activation](
         conv(dims.intermediate_size, name="mlp.c_fc")(layer_norm(name="ln_2")(hidden)))
@@ -105,7 +106,7 @@ class GPT2Model(nn.Module):
     embed = functools.partial(nn.Embed, dtype=self.dtype, param_dtype=self.param_dtype)
     wte = embed(dims.vocab_size, dims.hidden_size, name="wte")
     hidden = wte(input_ids) + embed(dims.max_position_embeddings, dims.hidden_size, name="wpe")(position_ids)
-    hidden = nn.Dropout(dims.embedding_dropout)(hidden, deterministic=not train)
+    hidden = Dropout(dims.embedding_dropout)(hidden, deterministic=not train)
     bias = causal_bias(query_slots, key_slots, attention_mask, None)
     for index in range(dims.num_layers):
       hidden = GPT2Block(dims, self.dtype, self.param_dtype, name=f"h.{index}")(

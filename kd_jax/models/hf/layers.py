@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax.errors import UserError
+from kd_jax.models.dropout import Dropout
 
 # transformers' ACT2FN names of the activations these families use. "gelu" is the exact erf form.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -132,13 +133,13 @@ class EncoderLayer(nn.Module):
     # Attention transfer (kd_jax/feature_losses.py) reads them when 'intermediates' is mutable; a no-op otherwise.
     self.sow("intermediates", "attention_logits", logits)
     probabilities = jax.nn.softmax(logits, axis=-1)
-    probabilities = nn.Dropout(dims.attention_dropout)(probabilities, deterministic=not train)
+    probabilities = Dropout(dims.attention_dropout)(probabilities, deterministic=not train)
     attended = dense(dims.hidden_size, name=names.attention_out)(attention_output(probabilities, value))
     if dims.attention_output_dropout:
-      attended = nn.Dropout(dims.hidden_dropout)(attended, deterministic=not train)
+      attended = Dropout(dims.hidden_dropout)(attended, deterministic=not train)
     hidden = layer_norm(name=names.attention_norm)(hidden + attended)
 
     intermediate = ACTIVATIONS[dims.activation](dense(dims.intermediate_size, name=names.ffn_in)(hidden))
     transformed = dense(dims.hidden_size, name=names.ffn_out)(intermediate)
-    transformed = nn.Dropout(dims.hidden_dropout)(transformed, deterministic=not train)
+    transformed = Dropout(dims.hidden_dropout)(transformed, deterministic=not train)
     return layer_norm(name=names.ffn_norm)(hidden + transformed)

@@ -27,6 +27,7 @@ from kd_jax.models.hf import layers
 from kd_jax.models.hf.checkpoint import Architecture
 # Llama's RMSNorm is T5's: weight * x / sqrt(mean(x²) + eps) with the statistic in float32.
 from kd_jax.models.hf.t5 import T5LayerNorm as RMSNorm
+from kd_jax.models.dropout import Dropout
 
 SUPPORTED_TASKS = ("causal_lm",)
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -167,7 +168,7 @@ class LlamaAttention(nn.Module):
       key, value = cached_key.value, cached_value.value
     logits = grouped_attention_logits(query, key, bias, dims.head_dim**-0.5)
     self.sow("intermediates", "attention_logits", logits)
-    probabilities = nn.Dropout(dims.attention_dropout)(jax.nn.softmax(logits, axis=-1), deterministic=not train)
+    probabilities = Dropout(dims.attention_dropout)(jax.nn.softmax(logits, axis=-1), deterministic=not train)
     return dense(dims.hidden_size, use_bias=dims.output_bias, name="o_proj")(
         grouped_attention_output(probabilities, value))
 

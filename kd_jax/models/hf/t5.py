@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from kd_jax.models.hf import layers
 from kd_jax.models.hf.checkpoint import Architecture
+from kd_jax.models.dropout import Dropout
 
 SUPPORTED_TASKS = ("encoder", "seq2seq")
 
@@ -118,7 +119,7 @@ class T5Attention(nn.Module):
     else:
       key, value = project_key_value(encoder_hidden)
     probabilities = layers.attention_probabilities(query, key, bias)
-    probabilities = nn.Dropout(dims.dropout_rate)(probabilities, deterministic=not train)
+    probabilities = Dropout(dims.dropout_rate)(probabilities, deterministic=not train)
     return nn.Dense(dims.d_model, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name="o")(
         layers.attention_output(probabilities, value))
 
@@ -138,7 +139,7 @@ class T5FeedForward(nn.Module):
       hidden = act(dense(dims.d_ff, name="wi_0")(x)) * dense(dims.d_ff, name="wi_1")(x)
     else:
       hidden = act(dense(dims.d_ff, name="wi")(x))
-    hidden = nn.Dropout(dims.dropout_rate)(hidden, deterministic=not train)
+    hidden = Dropout(dims.dropout_rate)(hidden, deterministic=not train)
     return dense(dims.d_model, name="wo")(hidden)
 
 
@@ -156,7 +157,7 @@ class T5Block(nn.Module):
     dims = self.dims
     norm = functools.partial(T5LayerNorm, dims.layer_norm_epsilon, self.dtype, self.param_dtype)
     attention = functools.partial(T5Attention, dims, self.dtype, self.param_dtype)
-    dropout = nn.Dropout(dims.dropout_rate, deterministic=not train)
+    dropout = Dropout(dims.dropout_rate, deterministic=not train)
     hidden += dropout(attention(name="layer.0.SelfAttention")(
         norm(name="layer.0.layer_norm")(hidden), self_bias, decode_position=decode_position, train=train))
     if self.is_decoder:
@@ -186,7 +187,7 @@ class T5Stack(nn.Module):
     encoder_mask [batch, source_length] for the decoder; decode_length: cache length when decoding one step.
     """
     dims = self.dims
-    dropout = nn.Dropout(dims.dropout_rate, deterministic=not train)
+    dropout = Dropout(dims.dropout_rate, deterministic=not train)
     hidden = dropout(self.embed(input_ids))
     query_positions = jnp.arange(input_ids.shape[1])
     key_positions = query_positions
