@@ -1,7 +1,7 @@
 """Scale check: kd_jax's data paths at full e-SNLI / SST-2 size, simulated offline, for host memory and I/O.
 
     python scripts/scale_check.py --fractions=0.01,0.1,1.0 --out=S.json [--plot=docs/scale_check.png]
-        [--workdir=DIR] [--topk=32] [--teacher=embedding|fixture] [--epoch_steps=300] [--stall_steps=2]
+        [--workdir=DIR] [--topk=32] [--teacher=embedding|fixture] [--epoch_steps=100] [--stall_steps=2]
 
 For each fraction f of e-SNLI's 549,367 training examples, a child process (its own peak RSS) runs the real code
 paths on a stand-in data set:
@@ -479,7 +479,7 @@ def main() -> None:
   parser.add_argument("--plot", default=None, help="write the log-log figure to this PNG")
   parser.add_argument("--topk", type=int, default=32, help="k of the top-k cache (e-SNLI's: 32)")
   parser.add_argument("--epoch_fraction", type=float, default=1.0, help="the part of an epoch trained per size")
-  parser.add_argument("--epoch_steps", type=int, default=300, help="at most this many steps trained per size")
+  parser.add_argument("--epoch_steps", type=int, default=100, help="at most this many steps trained per size")
   parser.add_argument("--teacher", default="embedding", choices=("embedding", "fixture"),
                       help="the teacher of the cache builds: embedding lookups, or the fixture checkpoints (T5, BERT)")
   parser.add_argument("--stall_steps", type=int, default=2,
