@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from kd_jax import config_paths, data, distributed, files, fingerprints, loop, losses, models, sharding, steps
+from kd_jax.data.examples import wide_dtype, widened
 from kd_jax.errors import UserError
 
 # Fields of the config that do not change which teacher it asks for: where it is stored, and how large the
@@ -81,7 +82,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
     phase: its training phase's name (history, messages): an ensemble's members are 'teacher_<m>'.
     evaluate_fn: (model, params) -> test scalars during its training (on its own inputs).
   """
-  example_inputs = jax.tree.map(lambda value: value[:1], task.train.teacher_view().inputs)
+  example_inputs = widened(jax.tree.map(lambda value: value[:1], task.train.teacher_view().inputs))
   model, params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=example_inputs,
                                 rng=jax.random.PRNGKey(config.teacher.seed), field="teacher")
   home = directory(config, workdir)
@@ -91,7 +92,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
     return Teacher(model, restore_params(config.teacher.init, params, mesh, config.mesh.rules), home)
   labeled = task.labeled_train.teacher_view()
   recorded = {**identity(config), "labeled_train_fingerprint": fingerprints.fingerprint_arrays(
-      *jax.tree.leaves(labeled.inputs), labeled.label, labeled.index)}
+      *jax.tree.leaves(labeled.inputs), labeled.label, labeled.index, as_dtype=wide_dtype)}  # as load_task's
   record_path = os.path.join(home, "teacher.json")
   if os.path.exists(record_path) and files.read_json(record_path) != recorded:
     raise UserError(f"teacher directory {home} holds a teacher trained with another config or data set; "

@@ -29,9 +29,10 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from kd_jax import checkpointing, data, losses, models, sharding, steps, teacher  # pylint: disable=g-import-not-at-top
+  from kd_jax.data.examples import widened  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   task = data.load_task(config)
-  batch = task.train.select(np.arange(FLAGS.batch_size))
+  batch = widened(task.train.select(np.arange(FLAGS.batch_size)))  # as the pipelines give batches
   teacher_model, teacher_params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
   teacher_params = teacher.restore_params(os.path.join(FLAGS.workdir, "teacher"), teacher_params,

@@ -13,6 +13,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from kd_jax import data, loop, losses, models, preemption, sharding, steps, student_data, teacher
+from kd_jax.data.examples import widened
 from tests.conftest import REPO_ROOT, load_config
 from tests.test_loop import SigtermAt
 
@@ -59,7 +60,7 @@ def train_steps(mesh_sizes: dict, model, params, examples, *, distill_config, op
   rng = sharding.replicate(jax.random.PRNGKey(1), mesh)
   metrics = []
   for i in range(num_steps):
-    batch = sharding.shard_batch(examples.select(np.arange(i * batch_size, (i + 1) * batch_size)), mesh)
+    batch = sharding.shard_batch(widened(examples.select(np.arange(i * batch_size, (i + 1) * batch_size))), mesh)
     state, step_metrics = step(state, teacher_params, loss, rng, batch)
     metrics.append(jax.device_get(step_metrics))
   return jax.device_get(state.params), metrics, state

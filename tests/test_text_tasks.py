@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import (data, evaluation, losses, metrics, models, seq2seq, sharding, steps, student_data, teacher,
-                    teacher_cache, train)
-from kd_jax.data import Examples, esnli, pipeline, text
+from kd_jax import (data, evaluation, fingerprints, losses, metrics, models, seq2seq, sharding, steps, student_data,
+                    teacher, teacher_cache, train)
+from kd_jax.data import Examples, esnli, feed, pipeline, text
+from kd_jax.data.examples import wide_dtype, widened
 from kd_jax.errors import UserError
 from tests import numpy_divergences
 from tests.conftest import REPO_ROOT, load_config, run_main
@@ -71,7 +72,7 @@ def test_sst2_task_from_the_saved_dataset(sst2_task):
   assert not set(sst2_task.train.index) & set(sst2_task.test.index)
   for split in (sst2_task.train, sst2_task.test):
     for inputs in (split.inputs, split.teacher_inputs):
-      assert inputs["input_ids"].dtype == np.int32 and inputs["input_ids"].shape == inputs["attention_mask"].shape
+      assert inputs["input_ids"].shape == inputs["attention_mask"].shape
       assert inputs["input_ids"].shape[1] <= 64
 
 
@@ -352,6 +353,46 @@ def test_esnli_task_format(esnli_task):
   assert info.sources[int(esnli_task.test.index[0])].startswith("premise: ")
 
 
+def test_token_arrays_are_stored_narrow_and_reach_the_models_as_the_int32_arrays(esnli_task, sst2_task):
+  """Token arrays are held in uint16 / uint8 / int16 (a third of int32's bytes at e-SNLI's shape) and every path to
+  the models (tf.data batches, inference batches, the device feed) gives the int32 arrays of before; the task's
+  fingerprint is that of the int32 arrays (caches keyed by it stay valid) and changes with any value."""
+  train_split = esnli_task.train
+  narrow = {"input_ids": np.uint16, "attention_mask": np.uint8, "decoder_input_ids": np.uint16}
+  assert {key: value.dtype for key, value in train_split.inputs.items()} == narrow
+  assert train_split.label.dtype == np.int16 and train_split.token_weights.dtype == np.float32
+  assert sst2_task.train.inputs["input_ids"].dtype == sst2_task.train.teacher_inputs["input_ids"].dtype == np.uint16
+  as_int32 = lambda tree: jax.tree.map(lambda value: value.astype(np.int32), tree)
+  reference = train_split.replace(inputs=as_int32(train_split.inputs), label=as_int32(train_split.label))
+  extra = (train_split.class_label, train_split.token_weights)  # load_task hashes them in key order
+  assert esnli_task.fingerprint == fingerprints.fingerprint_arrays(
+      *[reference.inputs[key] for key in sorted(reference.inputs)], reference.label, reference.index,
+      esnli_task.validation.index, esnli_task.test.index, *extra)
+  changed = train_split.inputs["input_ids"].copy()
+  changed[0, 0] += 1
+  assert fingerprints.fingerprint_arrays(changed, as_dtype=wide_dtype) != fingerprints.fingerprint_arrays(
+      train_split.inputs["input_ids"], as_dtype=wide_dtype)
+  big = np.arange(5_000_000, dtype=np.uint16)  # converted in more than one block
+  assert fingerprints.fingerprint_arrays(big, as_dtype=wide_dtype) == fingerprints.fingerprint_arrays(
+      big.astype(np.int32))
+  rows = pipeline.epoch_order(len(train_split), 3, 0)[:16]
+  batches = {"tf.data": next(pipeline.train_batches(train_split, batch_size=16, seed=3)),
+             "inference": next(pipeline.inference_batches(train_split.select(rows), 16))[0],
+             "device feed": feed.in_memory(train_split).select(rows)}
+  expected = reference.select(rows)
+  model, params = models.create(load_config("configs/esnli.py", "smoke").student, num_classes=3,
+                                example_inputs=None, rng=jax.random.PRNGKey(0))
+  logits = jax.jit(lambda inputs: model.apply({"params": params}, inputs, train=False))
+  expected_logits = np.asarray(logits(expected.inputs))
+  for name, batch in batches.items():
+    for key, value in {**batch.inputs, "label": batch.label}.items():
+      assert value.dtype == np.int32, (name, key)
+      np.testing.assert_array_equal(value, expected.inputs.get(key, expected.label), err_msg=f"{name} {key}")
+    np.testing.assert_array_equal(logits(batch.inputs), expected_logits)
+  texts = text.Texts(["premise: a", "é ü"]) + text.Texts(["", "z"])
+  assert dict(texts) == {0: "premise: a", 1: "é ü", 2: "", 3: "z"} and 4 not in texts
+
+
 def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnli_task, tmp_path):
   config = load_config("configs/esnli.py", "smoke")
   config.distill.topk, config.distill.topk_dtype = 10_000, "float32"
@@ -375,7 +416,7 @@ def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnl
                                                         10), mesh)
     _, step_metrics = step(state, the_teacher.params if step_teacher is not None else None, loss,
                            sharding.replicate(jax.random.PRNGKey(0), mesh),
-                           sharding.shard_batch(examples.select(np.arange(16)), mesh))
+                           sharding.shard_batch(widened(examples.select(np.arange(16))), mesh))
     losses_by_mode[mode] = jax.device_get(step_metrics)
   for name in ("loss", "soft_loss", "hard_loss"):
     np.testing.assert_allclose(losses_by_mode["cached"][name], losses_by_mode["online"][name], rtol=2e-5, err_msg=name)

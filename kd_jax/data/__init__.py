@@ -16,7 +16,7 @@ import numpy as np
 
 from kd_jax import fingerprints
 from kd_jax.data import splits
-from kd_jax.data.examples import Examples
+from kd_jax.data.examples import Examples, wide_dtype
 from kd_jax.errors import ConfigError
 
 _TASK_MODULES = {
@@ -120,11 +120,12 @@ def load_task(config) -> TaskData:
   labeled_mask = splits.stratified_mask(train.strata, data_config.labeled_fraction, rng)
   label = train.label
   train = train.replace(
-      label=np.where(labeled_mask.reshape((-1,) + (1,) * (label.ndim - 1)), label, -1).astype(np.int32))
+      label=np.where(labeled_mask.reshape((-1,) + (1,) * (label.ndim - 1)), label, -1).astype(label.dtype))
   extra = {field.name: getattr(train, field.name) for field in dataclasses.fields(train)
            if field.name not in ("inputs", "label", "index") and getattr(train, field.name) is not None}
+  # Token arrays stored narrow (uint16, uint8) hash as their int32 values: a cache keyed by the same data stays valid.
   fingerprint = fingerprints.fingerprint_arrays(*_leaves(train.inputs), train.label, train.index, validation.index,
-                                                test.index, *_leaves(extra))
+                                                test.index, *_leaves(extra), as_dtype=wide_dtype)
   _return_freed_memory()
   return TaskData(name=data_config.name, num_classes=num_classes, train=train, validation=validation, test=test,
                   fingerprint=fingerprint, seq2seq=None if data_config.name in CAUSAL_LM_TASKS else info,

@@ -52,14 +52,16 @@ def tokenize_targets(tokenizer, targets: list[str], max_length: int, decoder_sta
   """Targets as teacher-forcing arrays [N, T].
 
   Returns:
-    label: target ids, -1 on padding; token_weights: 1.0 on real tokens; decoder_input_ids: the targets shifted
-    right behind the decoder start token (T5's shift_right), padded with the pad id.
+    label: target ids, -1 on padding (int16 where the vocabulary fits, else int32); token_weights: 1.0 on real
+    tokens (float32); decoder_input_ids: the targets shifted right behind the decoder start token (T5's
+    shift_right), padded with the pad id (the dtype of text.tokenize's input_ids).
   """
   encoded = text.tokenize(tokenizer, targets, max_length)
   ids, mask = encoded["input_ids"], encoded["attention_mask"]
   decoder_input_ids = np.concatenate([np.full_like(ids[:, :1], decoder_start_token_id), ids[:, :-1]], axis=1)
-  return {"label": np.where(mask > 0, ids, -1).astype(np.int32), "token_weights": mask.astype(np.float32),
-          "decoder_input_ids": decoder_input_ids.astype(np.int32)}
+  label = ids.astype(text.id_dtype(tokenizer, signed=True))
+  label[mask == 0] = -1
+  return {"label": label, "token_weights": mask.astype(np.float32), "decoder_input_ids": decoder_input_ids}
 
 
 def load_splits(config):
@@ -73,7 +75,7 @@ def load_splits(config):
                                "token-level distillation on e-SNLI (e.g. two FLAN-T5 sizes)")
   start = student_model_config.get("decoder_start_token_id")
   start = tokenizer.pad_token_id if start is None else start
-  splits, sources_by_index, explanations_by_index = {}, {}, {}
+  splits, sources_by_index, explanations_by_index = {}, text.Texts(), text.Texts()
   first_index = 0
   for role, split, max_examples in text.source_splits(data_config):
     columns, where = text.load_columns(data_config, split, COLUMNS)
@@ -90,8 +92,8 @@ def load_splits(config):
     index = np.arange(first_index, first_index + len(labels), dtype=np.int32)
     splits[role] = Examples(inputs=inputs, label=target_arrays["label"], token_weights=target_arrays["token_weights"],
                             class_label=labels, index=index)
-    sources_by_index.update(zip(index.tolist(), sources))
-    explanations_by_index.update(zip(index.tolist(), explanations))
+    sources_by_index += text.Texts(sources)  # by position: the indices count up from 0 over the splits
+    explanations_by_index += text.Texts(explanations)
     first_index += len(labels)
   info = text.Seq2SeqInfo(tokenizer=tokenizer, label_names=LABEL_NAMES, sources=sources_by_index,
                           explanations=explanations_by_index, parse=parse_output,

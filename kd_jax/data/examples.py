@@ -58,3 +58,25 @@ class Examples:
   def strata(self) -> np.ndarray:
     """[N] the class of each example, for stratified subsets (class_label of seq2seq tasks, else label)."""
     return self.label if self.class_label is None else self.class_label
+
+
+def widened(tree):
+  """`tree` (Examples, or a dict of token arrays) with its integer arrays narrower than 32 bits as int32: what the
+  models take. Token arrays are stored narrow (text.tokenize: uint16 ids, uint8 masks; int16 targets) and widened
+  per batch, by the pipelines (kd_jax/data/pipeline.py) and the device feed (kd_jax/data/feed.py): exactly, so the
+  models compute the same numbers. The teacher's signal of Examples is left as it is (its dtypes are the cache's)."""
+  if isinstance(tree, Examples):
+    return tree.replace(inputs=widened(tree.inputs), teacher_inputs=widened(tree.teacher_inputs),
+                        label=widened(tree.label))
+  return jax.tree.map(_widened_array, tree)
+
+
+def wide_dtype(dtype) -> np.dtype:
+  """int32 for bool and integer dtypes narrower than 32 bits (the token arrays' storage), else `dtype`."""
+  dtype = np.dtype(dtype)
+  return np.dtype(np.int32) if dtype.kind in "biu" and dtype.itemsize < 4 else dtype
+
+
+def _widened_array(value):
+  dtype = wide_dtype(value.dtype)
+  return value if dtype == value.dtype else np.asarray(value).astype(dtype)

@@ -17,14 +17,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from kd_jax import sharding
 from kd_jax.data import pipeline
+from kd_jax.data.examples import widened
 
 def data_bytes(examples) -> int:
   return sum(leaf.nbytes for leaf in jax.tree.leaves(examples))
 
 
 def in_memory(examples):
-  """`examples` with every array in memory (a joined cache's teacher_cache.CacheRows read whole), for the devices."""
-  return jax.tree.map(np.asarray, examples)
+  """`examples` with every array in memory (a joined cache's teacher_cache.CacheRows read whole) and narrow token
+  arrays as int32 (`examples.widened`), for the devices."""
+  return widened(jax.tree.map(np.asarray, examples))
 
 
 class ChunkFeeder:

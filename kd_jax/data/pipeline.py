@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kd_jax.data.examples import widened
+
 
 @functools.cache
 def tensorflow():
@@ -82,7 +84,7 @@ def train_batches(examples, *, batch_size: int, seed: int, start_step: int = 0, 
     process_index, process_count: this process's place among P processes (B divisible by P).
 
   Yields:
-    pytrees like `examples` of NumPy arrays with first dimension B / P.
+    pytrees like `examples` of NumPy arrays with first dimension B / P (narrow token arrays as int32: `widened`).
   """
   tf = tensorflow()
   leaves, treedef = jax.tree.flatten(examples)
@@ -111,14 +113,14 @@ def train_batches(examples, *, batch_size: int, seed: int, start_step: int = 0, 
   dataset = tf.data.Dataset.range(start_epoch, np.iinfo(np.int64).max).flat_map(epoch_batches).skip(skip_batches)
   dataset = dataset.map(lambda rows: tf.numpy_function(gather, [rows], [tf.as_dtype(dtype) for dtype in carried]),
                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return (jax.tree.unflatten(treedef, [values.view(leaf.dtype) for values, leaf in zip(batch, leaves)])
+  return (widened(jax.tree.unflatten(treedef, [values.view(leaf.dtype) for values, leaf in zip(batch, leaves)]))
           for batch in dataset.prefetch(tf.data.AUTOTUNE).as_numpy_iterator())
 
 
 def inference_batches(examples, batch_size: int) -> Iterator[tuple[dict, int]]:
   """Examples (a pytree of arrays with first dimension N) in order, in batches of exactly `batch_size` rows.
 
-  The last batch is padded by repeating row 0.
+  The last batch is padded by repeating row 0; narrow token arrays come as int32 (`examples.widened`).
 
   Yields:
     (batch, num_real): the first `num_real` rows of `batch` are real examples.
@@ -128,4 +130,4 @@ def inference_batches(examples, batch_size: int) -> Iterator[tuple[dict, int]]:
     rows = np.arange(start, min(start + batch_size, num_examples))
     num_real = len(rows)
     rows = np.concatenate([rows, np.zeros(batch_size - num_real, dtype=rows.dtype)])
-    yield jax.tree.map(lambda value: value[rows], examples), num_real
+    yield widened(jax.tree.map(lambda value: value[rows], examples)), num_real
