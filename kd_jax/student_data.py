@@ -26,7 +26,7 @@ from absl import logging
 import numpy as np
 
 from kd_jax import causal_lm, data, ensemble, inference, sharding, teacher_cache
-from kd_jax.data.examples import widened
+from kd_jax.data.examples import first_inputs
 from kd_jax.models import hf
 from kd_jax.seq2seq import targets_from_generations
 from kd_jax.teacher import Teacher
@@ -82,7 +82,7 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
 
 def vocab_size(teacher: Teacher, task: data.TaskData) -> int:
   """The width of the teacher's token logits (a causal LM's embedding rows may outnumber its tokenizer's tokens)."""
-  one = widened(jax.tree.map(lambda value: value[:1], task.train.teacher_view().inputs))
+  one = first_inputs(task.train.teacher_view().inputs)
   return jax.eval_shape(lambda params: teacher.model.apply({"params": params}, one, train=False),
                         teacher.params).shape[-1]
 

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from kd_jax import config_paths, data, distributed, files, fingerprints, loop, losses, models, sharding, steps
-from kd_jax.data.examples import wide_dtype, widened
+from kd_jax.data.examples import first_inputs, wide_dtype
 from kd_jax.errors import UserError
 
 # Fields of the config that do not change which teacher it asks for: where it is stored, and how large the
@@ -82,7 +82,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
     phase: its training phase's name (history, messages): an ensemble's members are 'teacher_<m>'.
     evaluate_fn: (model, params) -> test scalars during its training (on its own inputs).
   """
-  example_inputs = widened(jax.tree.map(lambda value: value[:1], task.train.teacher_view().inputs))
+  example_inputs = first_inputs(task.train.teacher_view().inputs)
   model, params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=example_inputs,
                                 rng=jax.random.PRNGKey(config.teacher.seed), field="teacher")
   home = directory(config, workdir)

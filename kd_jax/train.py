@@ -21,7 +21,7 @@ from absl import logging
 from kd_jax import (causal_lm, config_paths, config_validation, data, distributed, efficiency, ensemble, evaluation,
                     feature_losses, files, loop, losses, metric_writer, models, preemption, results, schema, sharding,
                     steps, student_data, teacher, vectorized)
-from kd_jax.data.examples import widened
+from kd_jax.data.examples import first_inputs
 from kd_jax.errors import UserError
 from kd_jax.models import peft
 
@@ -123,7 +123,7 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
     parameters training updates: None when it updates every one).
   """
   config = runs[0].config
-  example_inputs = widened(jax.tree.map(lambda value: value[:1], task.train.inputs))
+  example_inputs = first_inputs(task.train.inputs)
   trainable = peft.of_student(config.student)
   init_params = {}
   for seed in sorted({run.config.seed for run in runs}):
@@ -192,7 +192,7 @@ def _feature_distillation(runs: list[RunSpec], student: student_data.StudentData
   """Each run's feature_losses.FeatureLoss, and what the KD phase trains per seed: the student's initial params
   joined with freshly initialized projections (for the mapped layers whose widths differ; seeded by the seed)."""
   online = student.online_teacher
-  teacher_inputs = widened(jax.tree.map(lambda value: value[:1], student.examples.teacher_view().inputs))
+  teacher_inputs = first_inputs(student.examples.teacher_view().inputs)
   teacher_layers = feature_losses.describe(online.model, online.params, teacher_inputs)
   student_layers = feature_losses.describe(model, next(iter(init_params.values())), example_inputs)
   pool_tokens = not feature_losses.tokens_aligned(student.examples)
@@ -213,7 +213,7 @@ def model_efficiency(config, task: data.TaskData, mesh, the_teacher: teacher.Tea
   first device of the mesh, with the students' compression relative to the teacher; `student_trainable_params`: the
   parameters the students' training updated (LoRA adapters and unfrozen parameters; None: all)."""
   device = next(device for device in mesh.devices.flat if device.process_index == jax.process_index())
-  one = lambda examples: widened(jax.tree.map(lambda value: value[:1], examples.inputs))
+  one = lambda examples: first_inputs(examples.inputs)
   costs = {"teacher": efficiency.measure(the_teacher.model, the_teacher.params, one(task.test.teacher_view()),
                                          device=device, batch_size=config.data.eval_batch_size)}
   student = efficiency.measure(student_model, student_params, one(task.test), device=device,

@@ -71,6 +71,12 @@ def widened(tree):
   return jax.tree.map(_widened_array, tree)
 
 
+def first_inputs(inputs):
+  """The first example of `inputs` ([1, ...], token arrays widened): what models are built, described and measured
+  with."""
+  return widened(jax.tree.map(lambda value: value[:1], inputs))
+
+
 def wide_dtype(dtype) -> np.dtype:
   """int32 for bool and integer dtypes narrower than 32 bits (the token arrays' storage), else `dtype`."""
   dtype = np.dtype(dtype)
