@@ -1,5 +1,6 @@
-"""scripts/benchmark.py runs end to end (its quick mode, without torch) and writes every kd_jax figure: the
-benchmark builds models and losses by hand, so a change to the library can stop it without any other test noticing."""
+"""scripts/benchmark.py runs end to end (its smoke mode: every section at toy sizes, without torch) and writes every
+kd_jax figure: the benchmark builds models and losses by hand, so a change to the library can stop it without any
+other test noticing."""
 
 import json
 import os
@@ -16,7 +17,7 @@ def test_quick_benchmark_runs_and_writes_its_figures(tmp_path):
   out = tmp_path / "B.json"
   env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
   # An interpreter without torch: the PyTorch side reports why it is missing instead of timing.
-  result = subprocess.run([sys.executable, "scripts/benchmark.py", "--quick", "--skip_default_run", "--out", str(out),
+  result = subprocess.run([sys.executable, "scripts/benchmark.py", "--smoke", "--skip_default_run", "--out", str(out),
                            "--torch_python", sys.executable], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                           timeout=900, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
