@@ -295,14 +295,14 @@ def stall_fraction(quick: bool) -> dict:
   """The fused loop of the default KD student with batches gathered + transferred vs one staged chunk reused."""
   config, task, examples = default_task()
   model, params = mlp_student(config, task)
-  num_steps = 1000 if quick else 3000
+  num_steps = 10 if SMOKE else 1000 if quick else 3000
   trainer = FusedTrainer(model=model, params=params, examples=examples, distills=True,
                          distill_config=config.distill, optim_config=config.optim,
                          batch_size=config.data.batch_size, num_steps=num_steps, seed=0)
   staged = trainer.staged_data()
   trainer.train(1)
   fed, prestaged = [], []
-  for _ in range(15 if quick else 31):
+  for _ in range(1 if SMOKE else 15 if quick else 31):
     start = time.perf_counter()
     trainer.train(num_steps)
     fed.append(time.perf_counter() - start)
