@@ -1,10 +1,11 @@
 """Benchmark: kd_jax against PyTorch and against the machine's own matmul speed.
 
-    python scripts/benchmark.py [--quick] [--out B.json] [--torch_python PYTHON]
+    python scripts/benchmark.py [--quick | --smoke] [--out B.json] [--torch_python PYTHON]
     python scripts/benchmark.py --accelerator [--out A.json] [--accel_batch_sizes distilbert=256,...]
 
-`--quick` (under 5 minutes on 2 CPU cores) takes fewer repeats and shorter trainings; `--out` writes the figures as
-a JSON object; a table is printed either way. Every time is a median over repeats measured after a warm-up call
+`--quick` (under 5 minutes on 2 CPU cores) takes fewer repeats and shorter trainings; `--smoke` (what
+tests/test_benchmark.py runs) runs every section once at toy sizes (use_smoke_sizes): its figures say that the code
+runs, not how fast; `--out` writes the figures as a JSON object; a table is printed either way. Every time is a median over repeats measured after a warm-up call
 that compiles (compile times are reported separately), and each ratio is measured within this run with its two
 sides alternating, so that a change in machine load hits both alike. The keys:
 
@@ -67,6 +68,7 @@ BATCH_SIZE = 32
 NUM_LABELS = 2
 TEMPERATURE, ALPHA = 2.0, 0.5
 LEARNING_RATE, WEIGHT_DECAY, WARMUP_RATIO = 5e-5, 0.01, 0.1
+SMOKE = False  # --smoke: use_smoke_sizes() ran
 
 
 def transformer_train_flops_per_example(dims: dict, length: int, num_labels: int) -> float:
@@ -322,7 +324,7 @@ def kd_over_ce(quick: bool) -> dict:
   """Fused steps of the default MLP student: KD with cached logits vs hard-label CE, alternating."""
   config, task, examples = default_task()
   model, params = mlp_student(config, task)
-  num_steps = 1000 if quick else 3000
+  num_steps = 10 if SMOKE else 1000 if quick else 3000
   trainers = {mode: FusedTrainer(model=model, params=params, examples=examples, distills=mode == "cached",
                                  distill_config=config.distill, optim_config=config.optim,
                                  batch_size=config.data.batch_size, num_steps=num_steps, seed=0)
@@ -333,7 +335,7 @@ def kd_over_ce(quick: bool) -> dict:
     trainer.train(1)
     compile_s[mode] = time.perf_counter() - start
   times = {mode: [] for mode in trainers}
-  for _ in range(21 if quick else 41):
+  for _ in range(1 if SMOKE else 21 if quick else 41):
     for mode, trainer in trainers.items():
       start = time.perf_counter()
       trainer.train(num_steps)
@@ -347,14 +349,14 @@ def stall_fraction(quick: bool) -> dict:
   """The fused loop of the default KD student with batches gathered + transferred vs one staged chunk reused."""
   config, task, examples = default_task()
   model, params = mlp_student(config, task)
-  num_steps = 1000 if quick else 3000
+  num_steps = 10 if SMOKE else 1000 if quick else 3000
   trainer = FusedTrainer(model=model, params=params, examples=examples, distills=True,
                          distill_config=config.distill, optim_config=config.optim,
                          batch_size=config.data.batch_size, num_steps=num_steps, seed=0)
   staged = trainer.staged_data()
   trainer.train(1)
   fed, prestaged = [], []
-  for _ in range(15 if quick else 31):
+  for _ in range(1 if SMOKE else 15 if quick else 31):
     start = time.perf_counter()
     trainer.train(num_steps)
     fed.append(time.perf_counter() - start)
@@ -371,7 +373,7 @@ def vectorized_speedup(quick: bool) -> dict:
   import numpy as np  # pylint: disable=g-import-not-at-top
   from kd_jax import losses, vectorized  # pylint: disable=g-import-not-at-top
   config, task, examples = default_task()
-  num_steps = 390 if quick else 1170  # 10 / 30 epochs of the default task
+  num_steps = 20 if SMOKE else 390 if quick else 1170  # 10 / 30 epochs of the default task
   temperatures, seeds = (1.0, 2.0, 3.0, 4.0), (0, 1)
   points = [(temperature, seed) for temperature in temperatures for seed in seeds]
   init = {seed: mlp_student(config, task, seed) for seed in seeds}
@@ -411,7 +413,7 @@ def vectorized_speedup(quick: bool) -> dict:
   compile_vectorized = time.perf_counter() - start
   train_one_after_another(1)
   times = {"sequential": [], "vectorized": []}
-  for _ in range(7 if quick else 15):
+  for _ in range(1 if SMOKE else 7 if quick else 15):
     start = time.perf_counter()
     one_by_one = train_one_after_another(num_steps)
     times["sequential"].append(time.perf_counter() - start)
@@ -441,6 +443,8 @@ def vectorized_sweep_end_to_end(quick: bool) -> dict:
   config = default.get_config("smoke")
   config.sweep.grid = (("distill.temperature", (1.0, 2.0, 3.0, 4.0)),)
   config.sweep.seeds = 2
+  if SMOKE:
+    config.teacher.num_epochs, config.train.num_epochs = 2, 1
   root = tempfile.mkdtemp()
   warm = sweep.expand(config, os.path.join(root, "warm-up"))
   config.teacher.workdir = warm[0].config.teacher.workdir
@@ -449,7 +453,7 @@ def vectorized_sweep_end_to_end(quick: bool) -> dict:
                              os.path.join(root, "warm-up-vectorized"))  # compiles for 8 points
   times = {"sequential": [], "vectorized": []}
   metrics = {}
-  for repeat in range(2 if quick else 5):
+  for repeat in range(1 if SMOKE else 2 if quick else 5):
     for mode in times:
       workdir = os.path.join(root, f"{mode}-{repeat}")
       points = sweep.expand(config, workdir)
@@ -499,7 +503,7 @@ def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: flo
   distill_config.update(dict(temperature=TEMPERATURE, alpha=ALPHA, label_smoothing=0.0, divergence="forward_kl",
                              t2_scaling=True, input_noise_std=0.0))
   optim_config = schema.optim_config(learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO)
-  steps_per_round, rounds = (2, 7) if quick else (4, 9)
+  steps_per_round, rounds = (1, 1) if SMOKE else (2, 7) if quick else (4, 9)
   total_steps = steps_per_round * (rounds + 1) + 1
   trainers = {mode: FusedTrainer(model=model, params=params, examples=examples, distills=mode == "cached",
                                  distill_config=distill_config, optim_config=optim_config, batch_size=BATCH_SIZE,
@@ -699,7 +703,8 @@ def fsdp_figures(quick: bool) -> dict:
   """fsdp_worker's figures, from a subprocess with 8 forced CPU devices (this process has its own device count)."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
   env.pop("PJRT_NPROC", None)
-  result = subprocess.run([sys.executable, __file__, "--fsdp_worker"] + (["--quick"] if quick else []), env=env,
+  result = subprocess.run([sys.executable, __file__, "--fsdp_worker"] + (["--quick"] if quick else [])
+                          + (["--smoke"] if SMOKE else []), env=env,
                           capture_output=True, text=True, check=True, timeout=1800)
   return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -1088,9 +1093,24 @@ def print_table(results: dict) -> None:
     print(f"{key:40s} {shown}  {goal}")
 
 
+def use_smoke_sizes() -> None:
+  """--smoke: toy DistilBERT- and SmolLM2-shaped models (2 layers, 64 wide, vocabulary 2048, sequences of 32), one
+  round of each timing and the shortest trainings, so that every section's code runs in a test's time. The figures
+  keep their keys; their values are not the machine's speed."""
+  global SMOKE, SEQUENCE_LENGTH, LLM_LENGTH, LLM_PROMPT, LLM_TOPK  # pylint: disable=global-statement
+  SMOKE = True
+  DISTILBERT.update(vocab_size=2048, dim=64, n_layers=2, n_heads=2, hidden_dim=128, max_position_embeddings=64)
+  SEQUENCE_LENGTH = 32
+  SMOLLM2_STUDENT.update(vocab_size=2048, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+  LLM_LENGTH, LLM_PROMPT, LLM_TOPK = 32, 8, 8
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="fewer repeats and shorter trainings (< 5 min, 2 cores)")
+  parser.add_argument("--smoke", action="store_true",
+                      help="every section once at toy sizes (tests/test_benchmark.py): the code runs; not timings")
   parser.add_argument("--out", help="write the figures to this JSON file")
   parser.add_argument("--torch_python", default=sys.executable,
                       help="interpreter with torch + transformers for the PyTorch side (default: this one)")
@@ -1110,6 +1130,9 @@ def main() -> None:
   if args.torch_worker:
     torch_worker()
     return
+  if args.smoke:
+    use_smoke_sizes()
+    args.quick = True
   sys.path.insert(0, str(REPO_ROOT))
   import kd_jax  # pylint: disable=g-import-not-at-top,unused-import  (before jax: XLA thread pools)
   if args.fsdp_worker:
@@ -1120,11 +1143,12 @@ def main() -> None:
     report(accelerator_main(args), args.out)
     return
   start = time.perf_counter()
-  results = {"quick": args.quick, **machine(), "jax_version": jax.__version__, "devices": jax.device_count()}
+  results = {"quick": args.quick, "smoke": args.smoke, **machine(), "jax_version": jax.__version__,
+             "devices": jax.device_count()}
   if not args.skip_default_run:
     # First: a child's max RSS includes what it shared with this process when forked.
     results.update(default_run_peak_memory())
-  peak = matmul_peak(2048 if args.quick else 4096, 5 if args.quick else 10)
+  peak = matmul_peak(*((256, 1) if args.smoke else (2048, 5) if args.quick else (4096, 10)))
   results.update({"matmul_peak_gflops": peak["peak_flops"] / 1e9, "matmul_xla_gflops": peak["xla_flops"] / 1e9,
                   "matmul_numpy_gflops": peak["numpy_flops"] / 1e9, "matmul_size": peak["size"]})
   results.update(kd_over_ce(args.quick))

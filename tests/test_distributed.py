@@ -105,9 +105,10 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   process; the 2-process SIGTERM test below runs data parallelism).
 
   The two processes read their shares of every batch through tf.data (train.device_data_max_mib=0); the single
-  process gathers its batches on its device.
+  process gathers its batches on its device. 6 epochs a phase: the students' 222 steps pass an eval and checkpoint
+  step (200) before their end.
   """
-  arguments = ["--config=configs/default.py:smoke"]
+  arguments = ["--config=configs/default.py:smoke", "--config.teacher.num_epochs=6", "--config.train.num_epochs=6"]
   two_workdir, one_workdir = tmp_path / "two_processes", tmp_path / "one_process"
   two_processes = subprocess.Popen(
       ["bash", "scripts/multiprocess_local.sh", "2", *arguments, "--config.train.device_data_max_mib=0",
@@ -164,7 +165,7 @@ def _process_pid(port: int, process_id: int) -> int | None:
 def test_sigterm_to_one_process_stops_the_whole_job_at_one_step_and_it_resumes(tmp_path):
   """SIGTERM reaches process 1 only: both processes stop after the same step with one checkpoint, exit 143, and the
   rerun of the same launch resumes there (without the agreement, process 0 would wait in a collective forever)."""
-  arguments = ["--config=configs/default.py:smoke", "--config.teacher.num_epochs=200", "--config.train.num_epochs=4",
+  arguments = ["--config=configs/default.py:smoke", "--config.teacher.num_epochs=40", "--config.train.num_epochs=4",
                "--config.train.checkpoint_every_steps=20", f"--workdir={tmp_path}"]
   with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
