@@ -94,17 +94,24 @@ class SigtermAt:
       os.kill(os.getpid(), signal.SIGTERM)
 
 
-def digits_programs(stacked: bool):
-  """A factory of fresh programs: the smoke config's student on digits with random cached teacher logits, one run
-  (steps.program) or two stacked runs of two temperatures (vectorized.program)."""
+def digits_student(log_every_steps: int, eval_every_steps: int, checkpoint_every_steps: int):
+  """(config, examples, model, params, loss): the smoke config (with these train.*_every_steps) and its student on
+  digits, the training examples carrying random cached teacher logits."""
   config = load_config()
-  config.train.log_every_steps, config.train.eval_every_steps, config.train.checkpoint_every_steps = 50, 150, 100
+  config.train.log_every_steps, config.train.eval_every_steps = log_every_steps, eval_every_steps
+  config.train.checkpoint_every_steps = checkpoint_every_steps
   task = data.load_task(config)
   logits = np.random.default_rng(0).normal(size=(len(task.train), task.num_classes)).astype(np.float32)
   examples = task.train.replace(teacher=logits)
   model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=task.train.inputs[:1],
                                 rng=jax.random.PRNGKey(0))
-  loss = losses.DistillationLoss.from_config(config.distill)
+  return config, examples, model, params, losses.DistillationLoss.from_config(config.distill)
+
+
+def digits_programs(stacked: bool):
+  """A factory of fresh programs: `digits_student`'s, one run (steps.program) or two stacked runs of two
+  temperatures (vectorized.program)."""
+  config, examples, model, params, loss = digits_student(50, 150, 100)
 
   def make():
     common = dict(model=model, optim_config=config.optim, num_steps=300, examples=examples,

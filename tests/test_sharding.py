@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 from kd_jax import data, loop, losses, models, preemption, sharding, steps, student_data, teacher
 from kd_jax.data.examples import widened
 from tests.conftest import REPO_ROOT, load_config
-from tests.test_loop import SigtermAt
+from tests.test_loop import SigtermAt, digits_student
 
 REPLICATED = {"data": 8, "fsdp": 1, "tensor": 1}
 FSDP = {"data": 1, "fsdp": 8, "tensor": 1}
@@ -165,14 +165,7 @@ def test_t5_topk_cache_and_steps_sharded_equal_replicated(tmp_path):
 def test_a_run_checkpointed_on_fsdp8_resumes_on_4_devices_with_the_same_result(tmp_path):
   """A phase stopped (SIGTERM) with a checkpoint on FSDP-8 resumes on 4 devices, FSDP-4 or replicated, and ends
   where the uninterrupted replicated run does."""
-  config = load_config()
-  config.train.log_every_steps, config.train.eval_every_steps, config.train.checkpoint_every_steps = 10, 30, 20
-  task = data.load_task(config)
-  logits = np.random.default_rng(0).normal(size=(len(task.train), task.num_classes)).astype(np.float32)
-  examples = task.train.replace(teacher=logits)
-  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=task.train.inputs[:1],
-                                rng=jax.random.PRNGKey(0))
-  loss = losses.DistillationLoss.from_config(config.distill)
+  config, examples, model, params, loss = digits_student(10, 30, 20)
   num_steps = 30
 
   def train(mesh, directory, writer=None):
