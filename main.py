@@ -88,9 +88,10 @@ def main(argv: list[str]) -> None:
     exit_with_usage_error(describe_config_error(error))
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # kd_jax before jax: importing kd_jax sizes XLA's CPU thread pools for forced host devices.
-  from kd_jax import distributed, launch  # pylint: disable=g-import-not-at-top
+  from kd_jax import launch  # pylint: disable=g-import-not-at-top
+  from kd_jax.parallel import distributed
   from kd_jax.errors import NonFiniteError, UserError  # pylint: disable=g-import-not-at-top
-  from kd_jax.preemption import Preempted  # pylint: disable=g-import-not-at-top
+  from kd_jax.parallel.preemption import Preempted  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(FLAGS.workdir)  # checkpoints need absolute paths; the log then says where it went
   try:

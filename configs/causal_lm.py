@@ -19,10 +19,10 @@ by the teacher in the step. The hard-label student (response cross-entropy) trai
 (results.json, per model and split): perplexity and nll of the reference responses, token_accuracy, kl_to_teacher
 and agreement (top-1 token agreement with the teacher) teacher-forced, and rouge1/2/L of greedy responses.
 
-Variants (all fields of kd_jax/schema.py apply):
+Variants (all fields of kd_jax/config/schema.py apply):
     --config.distill.on_policy_fraction=0       supervised KD on Dolly's responses (lambda = 0)
     --config.distill.teacher_mode=cached --config.distill.on_policy_fraction=0   the teacher's top-32 logits per
-                                                token, computed once and cached (kd_jax/teacher_cache.py)
+                                                token, computed once and cached (kd_jax/teachers/teacher_cache.py)
     --config.distill.strategy=sequence          sequence-level KD: CE on the teacher's greedy responses, cached
     --config.distill.beta=0.1 / --config.distill.divergence=forward_kl            the divergence
     --config.generation.temperatures='(0.0, 0.7)'   decode the students at several temperatures
@@ -51,7 +51,7 @@ import pathlib
 
 import ml_collections
 
-from kd_jax import schema
+from kd_jax.config import schema
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

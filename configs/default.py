@@ -16,13 +16,14 @@ configs/fashion_mnist.py) instead, so that every config built on this one (the s
 `--config=configs/sweep_temp.py:sst2,smoke`.
 Any field can be overridden from the command line, e.g. `--config.distill.temperature=2`.
 
-The fields, their defaults and a comment on each are the schema in kd_jax/schema.py; fields it lacks are rejected.
+The fields, their defaults and a comment on each are the schema in kd_jax/config/schema.py; fields it lacks are
+rejected.
 """
 
 import ml_collections
 
+from kd_jax.config import schema
 from configs import esnli, fashion_mnist, sst2
-from kd_jax import schema
 
 # Other tasks: the argument `sst2`, `esnli` or `fashion_mnist` makes get_config return that task's config.
 TASKS = {"sst2": sst2, "esnli": esnli, "fashion_mnist": fashion_mnist}

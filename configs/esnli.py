@@ -15,9 +15,9 @@ beside it. Evaluation during training and every selection use e-SNLI's validatio
 reported metrics its test split (9,824). results.json per model and split: label_accuracy (label parsed from the
 generated text; unparseable = wrong), rouge1/rouge2/rougeL of the generated explanation, agreement with the
 teacher's labels, kl_to_teacher (average token-level KL), nll and token_accuracy (teacher-forced), and the
-explanations' faithfulness to the model's own labels (faithfulness, las; kd_jax/faithfulness.py).
+explanations' faithfulness to the model's own labels (faithfulness, las; kd_jax/evaluation/faithfulness.py).
 
-Variants (all fields of kd_jax/schema.py apply):
+Variants (all fields of kd_jax/config/schema.py apply):
     --config.distill.teacher_mode=online        the teacher (bf16, no gradients) runs inside the train step instead
     --config.distill.strategy=sequence          sequence-level KD (Kim & Rush 2016): CE on the teacher's greedy
                                                 outputs, generated once and cached as tokens
@@ -32,17 +32,17 @@ explanation_1), or source=disk
 --config.teacher.checkpoint=DIR --config.student.checkpoint=DIR.
 
 Arguments: `smoke` (`--config=configs/esnli.py:smoke`) runs offline on the tiny fixture T5 v1.1
-(tests/fixtures/hf/t5_v1_1, FLAN-T5's architecture) as both models: the teacher is trained in the run for 25 epochs
-(its weights are random), the student starts from the fixture's weights and gets 10, on a 144-example e-SNLI
-look-alike in JSON lines (tests/fixtures/text/esnli; 36 validation and 36 test examples); the students are decoded at temperatures 0 and 1. 48 s
-measured on 2 CPU cores, most of it XLA compiling the T5 train steps' per-example dropout.
+(tests/fixtures/hf/t5_v1_1, FLAN-T5's architecture) as both models: the teacher is trained in the run for 25 epochs (its
+weights are random), the student starts from the fixture's weights and gets 10, on a 144-example e-SNLI look-alike in
+JSON lines (tests/fixtures/text/esnli; 36 validation and 36 test examples); the students are decoded at temperatures 0
+and 1. 48 s measured on 2 CPU cores, most of it XLA compiling the T5 train steps' per-example dropout.
 """
 
 import pathlib
 
 import ml_collections
 
-from kd_jax import schema
+from kd_jax.config import schema
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 

@@ -19,7 +19,7 @@ minute and a half). Any field can be overridden from the command line, e.g. `--c
 
 import ml_collections
 
-from kd_jax import schema
+from kd_jax.config import schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

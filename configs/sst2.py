@@ -4,15 +4,16 @@ Launch (downloads the checkpoints and GLUE SST-2 through the Hugging Face caches
 
     python main.py --config=configs/sst2.py --workdir=runs/sst2
 
-Teacher: philschmid/roberta-large-sst2, used as it is (teacher.init='pretrained'; any sequence-classification
-checkpoint with labels 0 = negative, 1 = positive works, or fine-tune one in the run with
---config.teacher.init=train). Student: distilbert-base-uncased with a fresh 2-label head. Data: nyu-mll/glue, sst2:
-67,349 training sentences, of which a stratified 10% is held out as the validation split (evaluation during
-training, model and sweep selection: data.validation_fraction); the reported test metrics are on GLUE's validation
-split (872 sentences: data.test_split='validation'; GLUE's own test labels are hidden). Each model reads the sentences through its own tokenizer (max 128 tokens); the teacher's logits are computed
-once on its tokens, cached, and joined to the student's batches by example index. Loss 0.5 CE + 0.5 T^2 KL at
-T = 2; AdamW (5e-5, 10% linear warmup, then linear decay), batch 32, 3 epochs; the hard-label DistilBERT is trained
-beside it. results.json: accuracy, nll, ece, brier, agreement, kl_to_teacher and the confusion matrix per model.
+Teacher: philschmid/roberta-large-sst2, used as it is (teacher.init='pretrained'; any sequence-classification checkpoint
+with labels 0 = negative, 1 = positive works, or fine-tune one in the run with --config.teacher.init=train). Student:
+distilbert-base-uncased with a fresh 2-label head. Data: nyu-mll/glue, sst2: 67,349 training sentences, of which a
+stratified 10% is held out as the validation split (evaluation during training, model and sweep selection:
+data.validation_fraction); the reported test metrics are on GLUE's validation split (872 sentences:
+data.test_split='validation'; GLUE's own test labels are hidden). Each model reads the sentences through its own
+tokenizer (max 128 tokens); the teacher's logits are computed once on its tokens, cached, and joined to the student's
+batches by example index. Loss 0.5 CE + 0.5 T^2 KL at T = 2; AdamW (5e-5, 10% linear warmup, then linear decay), batch
+32, 3 epochs; the hard-label DistilBERT is trained beside it. results.json: accuracy, nll, ece, brier, agreement,
+kl_to_teacher and the confusion matrix per model.
 
 Offline, point the config at local copies:
     --config.data.source=tfds --config.data.path=glue/sst2 --config.data.data_dir=DIR   (a TFDS data_dir)
@@ -34,7 +35,7 @@ import pathlib
 
 import ml_collections
 
-from kd_jax import schema
+from kd_jax.config import schema
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 OPTIONS = ("smoke", "from_teacher")

@@ -18,8 +18,8 @@ seeds: `--config.sweep.seeds=5`.
 
 import ml_collections
 
+from kd_jax.config import schema
 from configs import default
-from kd_jax import schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

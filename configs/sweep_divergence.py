@@ -1,4 +1,4 @@
-"""Divergence ablation: the distillation term's D over the family of kd_jax/losses.py, 3 seeds each.
+"""Divergence ablation: the distillation term's D over the family of kd_jax/training/losses.py, 3 seeds each.
 
 Launch (a few minutes on 2 CPU cores; the report lands in runs/sweep_divergence/summary.md, results.csv, plots/):
 
@@ -18,8 +18,8 @@ KL x 2 seeds with tiny training; the other arguments of configs/default.py apply
 
 import ml_collections
 
+from kd_jax.config import schema
 from configs import default
-from kd_jax import schema
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "js", "generalized_js", "skew_forward_kl", "skew_reverse_kl", "tvd", "akl")
 

@@ -22,8 +22,8 @@ other teacher layer (configs/sst2.py). More seeds: `--config.sweep.seeds=5`.
 
 import ml_collections
 
+from kd_jax.config import schema
 from configs import sst2
-from kd_jax import schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -14,8 +14,8 @@ training; the other arguments of configs/default.py apply as well. More seeds: `
 
 import ml_collections
 
+from kd_jax.config import schema
 from configs import default
-from kd_jax import schema
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

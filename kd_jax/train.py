@@ -1,29 +1,34 @@
 """Training and evaluation: `train_and_evaluate(config, workdir)`, and `run_group`, which every mode runs through.
 
-Fixed order: data -> mesh -> the runs' workdirs -> evaluator -> teacher (kd_jax/teacher.py: trained, restored or
-pretrained; or every member of an ensemble, kd_jax/ensemble.py) -> its test metrics -> the student's data
-(kd_jax/student_data.py: cache, online teacher or teacher targets) -> the students (KD, then the hard-label
-baseline) through the one training loop (kd_jax/loop.py) -> their test metrics -> results.json
-(kd_jax/results.py). A single run is a group of one; a vectorized sweep group (kd_jax/vectorized.py) is several
-runs whose configs differ only in vectorized.FIELDS, trained as one stacked program. Every training phase restores
-its latest checkpoint first, so rerunning the same command resumes where a previous run stopped; SIGTERM stops it
-at the next chunk with a checkpoint.
+Fixed order: data -> mesh -> the runs' workdirs -> evaluator -> teacher (kd_jax/teachers/teacher.py: trained, restored
+or pretrained; or every member of an ensemble, kd_jax/teachers/ensemble.py) -> its test metrics -> the student's data
+(kd_jax/teachers/student_data.py: cache, online teacher or teacher targets) -> the students (KD, then the hard-label
+baseline) through the one training loop (kd_jax/training/loop.py) -> their test metrics -> results.json
+(kd_jax/reporting/results.py). A single run is a group of one; a vectorized sweep group (kd_jax/training/vectorized.py)
+is several runs whose configs differ only in vectorized.FIELDS, trained as one stacked program. Every training phase
+restores its latest checkpoint first, so rerunning the same command resumes where a previous run stopped; SIGTERM stops
+it at the next chunk with a checkpoint.
 """
 
 import dataclasses
+import logging
 import os
 import time
 
 import jax
 import ml_collections
-from absl import logging
 
-from kd_jax import (causal_lm, config_paths, config_validation, data, distributed, efficiency, ensemble, evaluation,
-                    feature_losses, files, loop, losses, metric_writer, models, preemption, results, schema, sharding,
-                    steps, student_data, teacher, vectorized)
+from kd_jax import data, evaluation, files, models
+from kd_jax.config import paths, schema, validation
 from kd_jax.data.examples import first_inputs
 from kd_jax.errors import UserError
 from kd_jax.models import peft
+from kd_jax.parallel import distributed, preemption, sharding
+from kd_jax.reporting import efficiency, results
+from kd_jax.teachers import ensemble, student_data, teacher
+from kd_jax.training import feature_losses, loop, losses, metric_writer, on_policy, steps, vectorized
+
+logger = logging.getLogger(__name__)
 
 STUDENT_PHASES = ("student", "student_hard")  # after the teacher's ('teacher', or an ensemble's 'teacher_<m>')
 CONFIG_FILE = "config.json"
@@ -43,7 +48,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overw
   SIGTERM stops the run at the next step with a checkpoint (`preemption.Preempted`); a rerun resumes it. A workdir
   holding another config's run is refused unless `overwrite` (which moves that run aside).
   """
-  config_validation.validate(config)
+  validation.validate(config)
   with preemption.sigterm_requests_stop():
     return run_group([RunSpec(config, workdir)], overwrite=overwrite)[0]
 
@@ -59,9 +64,9 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
   for run in runs:
     feature_losses.check_positions(run.config.distill, task.train)
   mesh = sharding.make_mesh(config.train.num_devices, config.mesh)
-  logging.info("Data %s: %d training examples (%d labeled), %d test; %d classes. Mesh: %d devices (%s).", task.name,
-               len(task.train), len(task.labeled_train), len(task.test), task.num_classes, mesh.size,
-               ", ".join(f"{axis} {size}" for axis, size in mesh.shape.items()))
+  logger.info("Data %s: %d training examples (%d labeled), %d test; %d classes. Mesh: %d devices (%s).", task.name,
+              len(task.train), len(task.labeled_train), len(task.test), task.num_classes, mesh.size,
+              ", ".join(f"{axis} {size}" for axis, size in mesh.shape.items()))
   writers = [_start_workdir(run, overwrite) for run in runs]
   evaluator = evaluation.for_task(config, task, mesh)
   the_teacher = ensemble.obtain(
@@ -95,8 +100,8 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
     for writer in writers[i].values():
       writer.close()
     outputs.append(outcome.write(run.workdir) if distributed.is_main_process() else outcome.to_json())
-  logging.info("Wrote %s (%.1fs).", ", ".join(os.path.join(run.workdir, results.RESULTS_FILE) for run in runs),
-               time.time() - start_time)
+  logger.info("Wrote %s (%.1fs).", ", ".join(os.path.join(run.workdir, results.RESULTS_FILE) for run in runs),
+              time.time() - start_time)
   return outputs
 
 
@@ -166,9 +171,9 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
       checkpoint_dir = os.path.join(vectorized.group_directory([run.workdir for run in runs]), phase)
     else:
       (trainee,) = trainees
-      on_policy = causal_lm.OnPolicy.from_config(config, task, model) if phase == "student" else None
+      sampling = on_policy.OnPolicy.from_config(config, task, model) if phase == "student" else None
       program = steps.program(init_params=phase_init_params[config.seed], loss=trainee.loss, seed=config.seed,
-                              mesh=mesh, param_rules=config.mesh.rules, on_policy=on_policy, **common)
+                              mesh=mesh, param_rules=config.mesh.rules, on_policy=sampling, **common)
       checkpoint_dir = os.path.join(runs[0].workdir, "checkpoints", phase)
     logs = [loop.RunLog(", ".join(runs[i].name for i in trainee.run_indices),
                         metric_writer.FanOutWriter([writers[i][phase] for i in trainee.run_indices]),
@@ -198,9 +203,9 @@ def _feature_distillation(runs: list[RunSpec], student: student_data.StudentData
   pool_tokens = not feature_losses.tokens_aligned(student.examples)
   features = [feature_losses.FeatureLoss.from_config(run.config.distill, teacher=teacher_layers, student=student_layers,
                                                      pool_tokens=pool_tokens) for run in runs]
-  logging.info("Feature distillation: (teacher, student) hidden states %s, widths %s -> %s, %s.", features[0].pairs,
-               student_layers.widths, teacher_layers.widths,
-               "mean-pooled per example (the tokenizations differ)" if pool_tokens else "position by position")
+  logger.info("Feature distillation: (teacher, student) hidden states %s, widths %s -> %s, %s.", features[0].pairs,
+              student_layers.widths, teacher_layers.widths,
+              "mean-pooled per example (the tokenizations differ)" if pool_tokens else "position by position")
   kd_init_params = {seed: feature_losses.join_params(params, feature_losses.init_projections(
       features[0].pairs, teacher_layers, student_layers, jax.random.fold_in(jax.random.PRNGKey(seed), 1)))
                     for seed, params in init_params.items()}
@@ -239,8 +244,8 @@ def stored_config_differences(config: ml_collections.ConfigDict, workdir: str) -
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.exists(path):
     return []
-  return config_paths.differing(files.read_json(path), files.as_json_value(config.to_dict()),
-                                ignore=schema.OPERATIONAL_FIELDS)
+  return paths.differing(files.read_json(path), files.as_json_value(config.to_dict()),
+                         ignore=schema.OPERATIONAL_FIELDS)
 
 
 def claim_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bool) -> None:
@@ -252,8 +257,8 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bo
   if not differing:
     return
   if not overwrite:
-    stored = config_paths.flatten(files.read_json(os.path.join(workdir, CONFIG_FILE)))
-    current = config_paths.flatten(files.as_json_value(config.to_dict()))
+    stored = paths.flatten(files.read_json(os.path.join(workdir, CONFIG_FILE)))
+    current = paths.flatten(files.as_json_value(config.to_dict()))
     shown = ", ".join(f"{field}: {stored[field]!r} -> {current[field]!r}" for field in differing[:3])
     more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
     raise UserError(f"--workdir={workdir} holds a run of another config ({shown}{more}); use a new workdir, or "
@@ -261,7 +266,7 @@ def claim_workdir(config: ml_collections.ConfigDict, workdir: str, overwrite: bo
   replaced = f"{workdir.rstrip(os.sep)}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
   if distributed.is_main_process():
     os.rename(workdir, replaced)
-  logging.warning("Moved the earlier run of another config from %s to %s.", workdir, replaced)
+  logger.warning("Moved the earlier run of another config from %s to %s.", workdir, replaced)
 
 
 def _start_workdir(run: RunSpec, overwrite: bool) -> dict:

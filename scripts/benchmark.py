@@ -5,18 +5,18 @@
 
 `--quick` (under 5 minutes on 2 CPU cores) takes fewer repeats and shorter trainings; `--smoke` (what
 tests/test_benchmark.py runs) runs every section once at toy sizes (use_smoke_sizes): its figures say that the code
-runs, not how fast; `--out` writes the figures as a JSON object; a table is printed either way. Every time is a median over repeats measured after a warm-up call
-that compiles (compile times are reported separately), and each ratio is measured within this run with its two
-sides alternating, so that a change in machine load hits both alike. The keys:
+runs, not how fast; `--out` writes the figures as a JSON object; a table is printed either way. Every time is a median
+over repeats measured after a warm-up call that compiles (compile times are reported separately), and each ratio is
+measured within this run with its two sides alternating, so that a change in machine load hits both alike. The keys:
 
 - kd_over_ce_step_time: a distillation step with cached teacher logits over a plain cross-entropy step, same
-  student and batch: the default config's MLP student on digits (batch 32), fused steps (kd_jax/steps.py).
+  student and batch: the default config's MLP student on digits (batch 32), fused steps (kd_jax/training/steps.py).
 - vectorized_sweep_speedup: 8 sweep points (4 temperatures x 2 seeds) of the default task (smoke teacher, already
-  trained; 10 epochs per student) run as the sweep runs them, point after point (train.run_group: data,
-  teacher and cache loading, KD and hard-label students, evaluation, checkpoints, results.json), over the same
-  points run by sweep.mode='vectorized' (kd_jax/vectorized.py); the report is not timed, and the points' metrics
-  must agree (vectorized_sweep_end_to_end_max_metric_diff). vectorized_sweep_loop_speedup isolates the training
-  loops: the 8 KD students' fused steps one after another vs together (vectorized_sweep_max_param_diff).
+  trained; 10 epochs per student) run as the sweep runs them, point after point (train.run_group: data, teacher and
+  cache loading, KD and hard-label students, evaluation, checkpoints, results.json), over the same points run by
+  sweep.mode='vectorized' (kd_jax/training/vectorized.py); the report is not timed, and the points' metrics must agree
+  (vectorized_sweep_end_to_end_max_metric_diff). vectorized_sweep_loop_speedup isolates the training loops: the 8 KD
+  students' fused steps one after another vs together (vectorized_sweep_max_param_diff).
 - jax_over_torch_throughput: distillation training examples/s of kd_jax over a PyTorch eager loop written as the
   SST-2 notebook writes it (transformers' DistilBertForSequenceClassification, torch AdamW, linear schedule with
   warmup, the same KD loss: (1 - a) CE + a T^2 KL), for a DistilBERT-shaped student (4 layers, hidden 256, 4 heads,
@@ -264,7 +264,8 @@ class FusedTrainer:
                num_steps: int, seed: int, max_steps: int = 100, mesh_sizes: dict | None = None,
                num_devices: int | None = None):
     import ml_collections  # pylint: disable=g-import-not-at-top
-    from kd_jax import losses, sharding  # pylint: disable=g-import-not-at-top
+    from kd_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
+    from kd_jax.training import losses
     self.mesh = sharding.make_mesh(num_devices, sizes=mesh_sizes)
     self._program_args = dict(
         model=model, init_params=params, optim_config=optim_config, num_steps=num_steps,
@@ -276,7 +277,7 @@ class FusedTrainer:
 
   def program(self):
     """A fresh program (its initial state; the compiled chunk is shared by every program of the process)."""
-    from kd_jax import steps  # pylint: disable=g-import-not-at-top
+    from kd_jax.training import steps  # pylint: disable=g-import-not-at-top
     return steps.program(**self._program_args)
 
   def train(self, num_steps: int, staged_data=None):
@@ -371,7 +372,7 @@ def vectorized_speedup(quick: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kd_jax import losses, vectorized  # pylint: disable=g-import-not-at-top
+  from kd_jax.training import losses, vectorized  # pylint: disable=g-import-not-at-top
   config, task, examples = default_task()
   num_steps = 20 if SMOKE else 390 if quick else 1170  # 10 / 30 epochs of the default task
   temperatures, seeds = (1.0, 2.0, 3.0, 4.0), (0, 1)
@@ -438,7 +439,9 @@ def vectorized_sweep_end_to_end(quick: bool) -> dict:
   evaluation, checkpoints, results.json) vs sweep.mode='vectorized' (one group); the report is not timed."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   from configs import default  # pylint: disable=g-import-not-at-top
-  from kd_jax import files, sweep, vectorized  # pylint: disable=g-import-not-at-top
+  from kd_jax import files  # pylint: disable=g-import-not-at-top
+  from kd_jax.sweeps import expansion, runner
+  from kd_jax.training import vectorized
   logging.set_verbosity(logging.WARNING)
   config = default.get_config("smoke")
   config.sweep.grid = (("distill.temperature", (1.0, 2.0, 3.0, 4.0)),)
@@ -446,24 +449,24 @@ def vectorized_sweep_end_to_end(quick: bool) -> dict:
   if SMOKE:
     config.teacher.num_epochs, config.train.num_epochs = 2, 1
   root = tempfile.mkdtemp()
-  warm = sweep.expand(config, os.path.join(root, "warm-up"))
+  warm = expansion.expand(config, os.path.join(root, "warm-up"))
   config.teacher.workdir = warm[0].config.teacher.workdir
-  sweep.run_point(warm[0], os.path.join(root, "warm-up"), 1)  # trains the teacher, compiles
-  sweep.run_vectorized_group(sweep.expand(config, os.path.join(root, "warm-up-vectorized")),
-                             os.path.join(root, "warm-up-vectorized"))  # compiles for 8 points
+  runner.run_point(warm[0], os.path.join(root, "warm-up"), 1)  # trains the teacher, compiles
+  runner.run_vectorized_group(expansion.expand(config, os.path.join(root, "warm-up-vectorized")),
+                              os.path.join(root, "warm-up-vectorized"))  # compiles for 8 points
   times = {"sequential": [], "vectorized": []}
   metrics = {}
   for repeat in range(1 if SMOKE else 2 if quick else 5):
     for mode in times:
       workdir = os.path.join(root, f"{mode}-{repeat}")
-      points = sweep.expand(config, workdir)
+      points = expansion.expand(config, workdir)
       start = time.perf_counter()
       if mode == "sequential":
         for point in points:
-          sweep.run_point(point, workdir, len(points))
+          runner.run_point(point, workdir, len(points))
       else:
         for group in vectorized.groups(points):
-          sweep.run_vectorized_group(group, workdir)
+          runner.run_vectorized_group(group, workdir)
       times[mode].append(time.perf_counter() - start)
       metrics[mode] = [files.read_json(os.path.join(workdir, point.name, "results.json"))["metrics"]
                        for point in points]
@@ -493,7 +496,8 @@ def distilbert_student(dims: dict | None = None, dtype: str = "float32"):
 def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: float) -> dict:
   """kd_jax's DistilBERT-shaped KD training vs the PyTorch notebook loop, alternating; MFU of the kd_jax step."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kd_jax import data, schema  # pylint: disable=g-import-not-at-top
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
+  from kd_jax.config import schema
   model, params = distilbert_student()
   arrays = synthetic_text_batch(BATCH_SIZE)
   examples = data.Examples(inputs={"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]},
@@ -570,7 +574,7 @@ def random_topk_logits(rng, shape: tuple, k: int, vocab: int):
   """A random top-k teacher cache of `shape` positions (losses.TopKLogits: values descending, float16; distinct ids:
   a random start and a stride of 1531, prime to the vocabulary sizes used here; a tail log-sum-exp of 5)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kd_jax import losses  # pylint: disable=g-import-not-at-top
+  from kd_jax.training import losses  # pylint: disable=g-import-not-at-top
   start = rng.integers(0, vocab, shape + (1,))
   return losses.TopKLogits(values=np.sort(rng.normal(size=shape + (k,)), axis=-1)[..., ::-1].astype(np.float16),
                            indices=((start + 1531 * np.arange(k)) % vocab).astype(np.int32),
@@ -596,7 +600,7 @@ def llm_throughput(quick: bool) -> dict:
   top-32 teacher cache as configs/causal_lm.py builds it) and of its greedy KV-cache generation (batch 8, a
   32-token prompt, 32 new tokens), each the median over repeats after a compiling call."""
   import jax  # pylint: disable=g-import-not-at-top
-  from kd_jax import schema  # pylint: disable=g-import-not-at-top
+  from kd_jax.config import schema  # pylint: disable=g-import-not-at-top
   from kd_jax.models.hf import generate, pretrained  # pylint: disable=g-import-not-at-top
   module, params = smollm2_student()
   vocab = SMOLLM2_STUDENT["vocab_size"]
@@ -635,7 +639,10 @@ def step_temporaries(quick: bool) -> dict:
   without: measured), so the remat ratios say something on GPU and TPU only."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kd_jax import data, losses, models, schema, sharding, steps  # pylint: disable=g-import-not-at-top
+  from kd_jax import data, models  # pylint: disable=g-import-not-at-top
+  from kd_jax.config import schema
+  from kd_jax.parallel import sharding
+  from kd_jax.training import losses, steps
   model, params = distilbert_student()
   arrays = synthetic_text_batch(BATCH_SIZE)
   batch = data.Examples(inputs={"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]},
@@ -664,7 +671,9 @@ def fsdp_worker(quick: bool) -> None:
   """(In a process with 8 forced CPU devices.) The DistilBERT-shaped student's KD training, FSDP-8 vs replicated
   (data parallelism over the 8 devices), alternating; prints the figures as JSON."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kd_jax import data, schema, sharding  # pylint: disable=g-import-not-at-top
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
+  from kd_jax.config import schema
+  from kd_jax.parallel import sharding
   model, params = distilbert_student()
   arrays = synthetic_text_batch(BATCH_SIZE)
   examples = data.Examples(inputs={"input_ids": arrays["input_ids"], "attention_mask": arrays["attention_mask"]},
@@ -714,7 +723,8 @@ def cache_throughput(quick: bool) -> dict:
   split and the DistilBERT-shaped model as a teacher, examples/s; cache bytes per example."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kd_jax import inference, models, sharding  # pylint: disable=g-import-not-at-top
+  from kd_jax import models  # pylint: disable=g-import-not-at-top
+  from kd_jax.parallel import inference, sharding
   sys.path.insert(0, str(REPO_ROOT))
   from configs import esnli  # pylint: disable=g-import-not-at-top
   config, task, _ = default_task()
@@ -882,7 +892,8 @@ def accel_distilbert(shapes: dict, batch_size: int, peaks: dict, torch_python: s
   parameters; alternating with the notebook's PyTorch loop on the GPU under bf16 autocast, same model and batch."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kd_jax import data, schema  # pylint: disable=g-import-not-at-top
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
+  from kd_jax.config import schema
   dims = shapes["distilbert"]
   model, params = distilbert_student(dims, "bfloat16")
   arrays = synthetic_text_batch(batch_size)
@@ -967,7 +978,7 @@ def accel_t5_small(shapes: dict, batch_size: int, peaks: dict) -> dict:
 def accel_smollm2(shapes: dict, batch_size: int, peaks: dict) -> dict:
   """The SmolLM2-shaped causal-LM student (bf16 compute, float32 parameters) as llm_throughput trains it (a prompt,
   a response, a top-32 teacher cache), at a larger batch; its tokens/s too."""
-  from kd_jax import schema  # pylint: disable=g-import-not-at-top
+  from kd_jax.config import schema  # pylint: disable=g-import-not-at-top
   from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top
   dims, length = shapes["smollm2"], shapes["llm_length"]
   module, params = smollm2_student(dims, "bfloat16")
@@ -989,7 +1000,8 @@ def accel_cache_build(shapes: dict, batch_size: int, peaks: dict) -> dict:
   into a temporary directory, after a one-batch build that compiles; examples/s, MB/s of cache written, and the
   teacher's MFU (forward FLOPs counted from the config)."""
   import functools  # pylint: disable=g-import-not-at-top
-  from kd_jax import inference, sharding, student_data, teacher_cache  # pylint: disable=g-import-not-at-top
+  from kd_jax.parallel import inference, sharding  # pylint: disable=g-import-not-at-top
+  from kd_jax.teachers import student_data, teacher_cache
   dims = shapes["teacher"]
   source_length, target_length = shapes["source_length"], shapes["target_length"]
   model, params = t5_model(dims, "bfloat16", "bfloat16")

@@ -40,10 +40,12 @@ import numpy as np  # pylint: disable=wrong-import-position
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
-from kd_jax import inference, losses, sharding, steps, student_data  # pylint: disable=wrong-import-position
 from kd_jax.data import Examples  # pylint: disable=wrong-import-position
 from kd_jax.errors import UserError  # pylint: disable=wrong-import-position
 from kd_jax.models.hf import pretrained  # pylint: disable=wrong-import-position
+from kd_jax.parallel import inference, sharding  # pylint: disable=wrong-import-position
+from kd_jax.teachers import student_data
+from kd_jax.training import losses, steps
 
 config_flags.DEFINE_config_file("config", None, "Config file (its fields can be overridden: --config.FIELD=VALUE).")
 flags.DEFINE_multi_string("mesh", None, "A mesh, e.g. data:2,fsdp:4 (axes left out are 1; one may be -1); repeat "

@@ -13,4 +13,4 @@ if [[ $# -ne 1 ]]; then
   exit 2
 fi
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python}" -m kd_jax.report "$1"
+PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" exec "${PYTHON:-python}" -m kd_jax.reporting.report "$1"

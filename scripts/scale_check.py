@@ -217,7 +217,8 @@ def stand_in_teacher(kind: str, config, task, mesh, workdir: pathlib.Path):
   """The teacher of the cache build: the fixture checkpoint of config.teacher, or an EmbeddingTeacher of its
   vocabulary."""
   import jax  # pylint: disable=g-import-not-at-top
-  from kd_jax import sharding, teacher  # pylint: disable=g-import-not-at-top
+  from kd_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
+  from kd_jax.teachers import teacher
   if kind == "fixture":
     return teacher.obtain(config, task, mesh, str(workdir), writer=None, evaluate_fn=None)
   vocab_size = json.loads((pathlib.Path(config.teacher.checkpoint) / "config.json").read_text())["vocab_size"]
@@ -244,7 +245,9 @@ def esnli_config(data_dir: pathlib.Path, cache_workdir: pathlib.Path, topk: int)
 
 def child_esnli(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from kd_jax import data, models, sharding, student_data  # pylint: disable=g-import-not-at-top
+  from kd_jax import data, models  # pylint: disable=g-import-not-at-top
+  from kd_jax.parallel import sharding
+  from kd_jax.teachers import student_data
   from kd_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(args.workdir)
   stages, tokenization = Stages(), {}
@@ -313,7 +316,7 @@ def train_part_of_epoch(stages, name, config, model, params, examples, mesh, epo
   """Trains through steps.program's tf.data feed; the time blocked in feed.next vs the chunk, and the stall
   fraction from one staged chunk."""
   import jax  # pylint: disable=g-import-not-at-top
-  from kd_jax import losses, steps  # pylint: disable=g-import-not-at-top
+  from kd_jax.training import losses, steps  # pylint: disable=g-import-not-at-top
   batch_size = config.data.batch_size
   num_steps = max(1, int(epoch_fraction * (len(examples) // batch_size)))
   if max_steps is not None:
@@ -375,7 +378,9 @@ def t5_small_stall(stages, config, task, examples, mesh, num_steps: int) -> dict
 
 def child_sst2(args) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  from kd_jax import data, sharding, student_data  # pylint: disable=g-import-not-at-top
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
+  from kd_jax.parallel import sharding
+  from kd_jax.teachers import student_data
   sys.path.insert(0, str(REPO_ROOT))
   from configs import sst2  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(args.workdir)

@@ -28,7 +28,10 @@ def main(argv):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from kd_jax import checkpointing, data, losses, models, sharding, steps, teacher  # pylint: disable=g-import-not-at-top
+  from kd_jax import data, models  # pylint: disable=g-import-not-at-top
+  from kd_jax.parallel import sharding
+  from kd_jax.teachers import teacher
+  from kd_jax.training import checkpointing, losses, steps
   from kd_jax.data.examples import widened  # pylint: disable=g-import-not-at-top
   config = FLAGS.config
   task = data.load_task(config)

@@ -1,5 +1,5 @@
-"""The divergences of kd_jax.losses written again in float64 NumPy, from their papers' formulas: the independent
-reference of the loss tests (dense and top-k)."""
+"""The divergences of kd_jax.training.losses written again in float64 NumPy, from their papers' formulas: the
+independent reference of the loss tests (dense and top-k)."""
 
 import numpy as np
 

@@ -8,11 +8,14 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import causal_lm, data, loop, losses, models, sharding, steps, student_data, teacher
+from kd_jax import data, models
 from kd_jax.data import causal_lm as causal_lm_data
 from kd_jax.data import text
 from kd_jax.errors import ConfigError, UserError
 from kd_jax.models import hf
+from kd_jax.parallel import sharding
+from kd_jax.teachers import student_data, teacher
+from kd_jax.training import loop, losses, on_policy, steps
 from tests.conftest import REPO_ROOT, load_config, run_main
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -72,7 +75,7 @@ def test_plain_text_and_packing():
 
 def test_generated_responses_join_their_prompts_in_the_training_layout():
   """Left-padded prompts and responses (EOS = 2, pad = 0 after it) -> [prompt][response up to EOS][pad]."""
-  sequences = jax.device_get(causal_lm.sequences_from_responses(
+  sequences = jax.device_get(causal_lm_data.sequences_from_responses(
       np.array([[0, 0, 5, 6], [3, 4, 5, 6]]), np.array([[0, 0, 1, 1], [1, 1, 1, 1]]),
       np.array([[7, 2, 0], [8, 9, 9]]), length=6, eos_token_id=2, pad_token_id=0))
   np.testing.assert_array_equal(sequences["input_ids"], [[5, 6, 7, 2, 0, 0], [3, 4, 5, 6, 8, 9]])
@@ -111,14 +114,14 @@ def test_bad_input_is_one_line(tmp_path):
     ({"data.packing": True}, "config.data.packing=True: needs data.validation_split"),
 ])
 def test_on_policy_and_packing_need_what_they_use(changes, message):
-  from kd_jax import config_paths, config_validation  # pylint: disable=import-outside-toplevel
+  from kd_jax.config import paths, validation  # pylint: disable=import-outside-toplevel
   config = load_config("configs/causal_lm.py", "smoke")
   if "data.packing" in changes:
     config.data.validation_split = None
   for field, value in changes.items():
-    config_paths.set_value(config, field, value)
+    paths.set_value(config, field, value)
   with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
-    config_validation.validate(config)
+    validation.validate(config)
 
 
 @pytest.mark.slow
@@ -179,17 +182,17 @@ def test_on_policy_loss_is_numpy_gkd_on_the_students_samples(task):
   student and teacher on exactly those tokens; each example's tokens depend on (seed, step, index) only."""
   config, (teacher_model, teacher_params), (model, params) = gkd_setup(task, 1.0)
   mesh = sharding.make_mesh()
-  on_policy = causal_lm.OnPolicy.from_config(config, task, model)
+  sampling = on_policy.OnPolicy.from_config(config, task, model)
   rng, step_number = jax.random.PRNGKey(7), 0
   batch = task.train.select(np.arange(16))
-  step = steps.compile_step(mesh, model=model, teacher_model=teacher_model, on_policy=on_policy)
+  step = steps.compile_step(mesh, model=model, teacher_model=teacher_model, on_policy=sampling)
   state = sharding.replicate(steps.create_train_state(model, jax.device_get(params), config.optim, 10), mesh)
   loss = losses.DistillationLoss.from_config(config.distill, num_steps=10)
   _, metrics = step(state, sharding.replicate(teacher_params, mesh), sharding.replicate(loss, mesh),
                     sharding.replicate(rng, mesh), sharding.shard_batch(batch, mesh))
-  sampled = jax.jit(lambda params, batch: on_policy.batch(params, rng, step_number, batch))(params, batch)
+  sampled = jax.jit(lambda params, batch: sampling.batch(params, rng, step_number, batch))(params, batch)
   # The same rows in another order and company sample the same responses.
-  other = jax.jit(lambda params, batch: on_policy.batch(params, rng, step_number, batch))(
+  other = jax.jit(lambda params, batch: sampling.batch(params, rng, step_number, batch))(
       params, task.train.select(np.array([15, 3, 40, 41])))
   np.testing.assert_array_equal(np.asarray(other.inputs["input_ids"])[[1, 0]],
                                 np.asarray(sampled.inputs["input_ids"])[[3, 15]])
@@ -218,9 +221,9 @@ def test_a_resumed_on_policy_run_is_bitwise_the_uninterrupted_one(task, tmp_path
   config.train.max_checkpoints_to_keep = 3
   mesh = sharding.make_mesh()
   coin = lambda step: bool(jax.random.bernoulli(jax.random.split(jax.random.fold_in(
-      jax.random.fold_in(jax.random.PRNGKey(config.seed), causal_lm.ON_POLICY_STREAM), step))[0], 0.5))
+      jax.random.fold_in(jax.random.PRNGKey(config.seed), on_policy.ON_POLICY_STREAM), step))[0], 0.5))
   assert len({coin(step) for step in range(6)}) == 2
-  on_policy = causal_lm.OnPolicy.from_config(config, task, model)
+  sampling = on_policy.OnPolicy.from_config(config, task, model)
   loss = losses.DistillationLoss.from_config(config.distill, num_steps=6)
 
   def train(directory):
@@ -228,7 +231,7 @@ def test_a_resumed_on_policy_run_is_bitwise_the_uninterrupted_one(task, tmp_path
                             examples=task.train, batch_size=16, seed=config.seed, mesh=mesh,
                             train_config=config.train,
                             teacher=(teacher_model, sharding.replicate(teacher_params, mesh)),
-                            on_policy=on_policy)
+                            on_policy=sampling)
     return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(6))], num_steps=6,
                       checkpoint_dir=str(directory), train_config=config.train, evaluate=lambda params: {})
 

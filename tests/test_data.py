@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from kd_jax import data
-from kd_jax.errors import ConfigError
 from kd_jax.data import pipeline
+from kd_jax.errors import ConfigError
 
 
 def test_digits_split_is_deterministic_stratified_and_disjoint(smoke_config):

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import distributed
 from kd_jax.errors import UserError
+from kd_jax.parallel import distributed
 from tests.conftest import REPO_ROOT, run_main
 
 LAUNCH_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_STEP_NODELIST",

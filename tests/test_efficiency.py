@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import efficiency, models
+from kd_jax import models
+from kd_jax.reporting import efficiency
 from tests.conftest import load_config
 
 

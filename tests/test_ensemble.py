@@ -1,5 +1,5 @@
-"""Teacher ensembles (config.ensemble, kd_jax/ensemble.py): the target against NumPy, the members' directories and
-caches, and end-to-end runs in process (each member trained once, cached once, reused by a rerun and by a run that
+"""Teacher ensembles (config.ensemble, kd_jax/teachers/ensemble.py): the target against NumPy, the members' directories
+and caches, and end-to-end runs in process (each member trained once, cached once, reused by a rerun and by a run that
 shares its teacher directory)."""
 
 import json
@@ -10,9 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import config_validation, ensemble, losses, report, sweep, teacher, train
+from kd_jax import train
+from kd_jax.config import validation
 from kd_jax.errors import ConfigError
 from kd_jax.models import mlp
+from kd_jax.reporting import report
+from kd_jax.sweeps import expansion
+from kd_jax.teachers import ensemble, teacher
+from kd_jax.training import losses
 from tests.conftest import load_config, run_main
 
 
@@ -101,7 +106,7 @@ def test_a_sweep_over_the_ensemble_size_shares_one_teacher_directory(tmp_path):
   """Points of ensemble.size 1 and 3 get one teacher directory: member 0 of the ensemble is the single teacher."""
   config = load_config()
   config.sweep.grid = (("ensemble.size", (1, 3)),)
-  points = sweep.expand(config, str(tmp_path))
+  points = expansion.expand(config, str(tmp_path))
   assert len({point.config.teacher.workdir for point in points}) == 1
   single, triple = (ensemble.member_configs(point.config, str(tmp_path)) for point in points)
   assert single[0].teacher.workdir == triple[0].teacher.workdir == points[0].config.teacher.workdir
@@ -166,7 +171,7 @@ def test_invalid_ensembles_are_refused_with_one_line(changes, message):
     section, key = path.split(".")
     config[section][key] = value
   with pytest.raises(ConfigError) as error:
-    config_validation.validate(config)
+    validation.validate(config)
   assert str(error.value).startswith(message), str(error.value)
 
 
@@ -175,7 +180,7 @@ def test_seq2seq_ensembles_are_refused():
   config.ensemble.size = 2
   with pytest.raises(ConfigError, match=r"^config.ensemble.size=2: needs a classification data set; "
                                         r"data.name='esnli' is seq2seq"):
-    config_validation.validate(config)
+    validation.validate(config)
 
 
 def test_a_member_of_another_label_space_is_refused(tmp_path):
@@ -192,9 +197,9 @@ def test_a_member_of_another_label_space_is_refused(tmp_path):
   with pytest.raises(ConfigError, match=r"^config.ensemble.members\[1\].init='.*other_teacher': a teacher of "
                                         r"data.name='synthetic_clusters', whose classes are not this run's "
                                         r"\(data.name='digits'\); an ensemble averages probabilities over one label"):
-    config_validation.validate(config)
+    validation.validate(config)
   (other / "teacher.json").write_text(json.dumps(teacher.identity(load_config())))  # digits: the same label space
-  config_validation.validate(config)
+  validation.validate(config)
 
 
 def test_main_refuses_a_bad_ensemble_from_the_command_line(tmp_path):

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from kd_jax import faithfulness
 from kd_jax.data import esnli
+from kd_jax.evaluation import faithfulness
 from tests.conftest import REPO_ROOT
 
 ESNLI = REPO_ROOT / "tests" / "fixtures" / "text" / "esnli"

@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from kd_jax import config_validation, feature_losses, losses, schema, sharding, steps, sweep
+from kd_jax.config import schema, validation
 from kd_jax.data import Examples
 from kd_jax.errors import ConfigError
 from kd_jax.models import hf, mlp
 from kd_jax.models.hf import distilbert, layers
 from kd_jax.models.hf.pretrained import RegistryModel
+from kd_jax.parallel import sharding
+from kd_jax.sweeps import expansion
+from kd_jax.training import feature_losses, losses, steps
 from tests.conftest import load_config, run_main
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
@@ -332,11 +335,11 @@ def test_features_sweep_over_none_uniform_and_pairs(tmp_path):
   config = load_config()
   config.distill.teacher_mode, config.distill.features = "online", "uniform"
   config.sweep.grid = (("distill.features", (None, "uniform", ((0, 0), (2, 1)))),)
-  config_validation.validate(config)
-  points = sweep.expand(config, str(tmp_path))
+  validation.validate(config)
+  points = expansion.expand(config, str(tmp_path))
   assert [point.config.distill.features for point in points] == [None, "uniform", ((0, 0), (2, 1))]
   for point in points:
-    config_validation.validate(point.config)
+    validation.validate(point.config)
 
 
 def _history(workdir, phase):

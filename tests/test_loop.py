@@ -9,8 +9,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from kd_jax import data, losses, loop, models, preemption, sharding, steps, vectorized
+from kd_jax import data, models
 from kd_jax.data import feed, pipeline
+from kd_jax.parallel import preemption, sharding
+from kd_jax.training import loop, losses, steps, vectorized
 from tests.conftest import load_config
 
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from kd_jax import losses, schema, sharding
+from kd_jax.config import schema
+from kd_jax.parallel import sharding
+from kd_jax.training import losses
 from tests import numpy_divergences
 
 

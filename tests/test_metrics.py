@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from kd_jax import metrics
+from kd_jax.evaluation import metrics
 
 
 def softmax(z):

@@ -9,10 +9,13 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import feature_losses, losses, models, schema, sharding, steps
+from kd_jax import models
+from kd_jax.config import schema
 from kd_jax.data import Examples
 from kd_jax.models import hf
 from kd_jax.models.hf.pretrained import RegistryModel
+from kd_jax.parallel import sharding
+from kd_jax.training import feature_losses, losses, steps
 from tests.test_feature_losses import _distilbert
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"

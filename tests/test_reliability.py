@@ -13,8 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from kd_jax import inference, loop, preemption
 from kd_jax.errors import NonFiniteError
+from kd_jax.parallel import inference, preemption
+from kd_jax.training import loop
 from tests.conftest import REPO_ROOT, run_main
 from tests.test_config_validation import INVALID
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from kd_jax import files, report, results, stats
+from kd_jax import files
+from kd_jax.reporting import report, results, stats
 from tests.conftest import REPO_ROOT
 
 TEMPERATURES = (1.0, 2.0, 3.0)
@@ -293,7 +294,7 @@ def test_report_command_line(tmp_path):
                         check=False, env=dict(os.environ, PYTHON=sys.executable))
   assert done.returncode == 0, done.stderr
   assert "0 of 2 points finished" in open(os.path.join(workdir, "summary.md")).read()
-  command = [sys.executable, "-m", "kd_jax.report"]
+  command = [sys.executable, "-m", "kd_jax.reporting.report"]
   done = subprocess.run(command + [str(tmp_path / "nothing")], cwd=REPO_ROOT, capture_output=True, text=True,
                         check=False)
   assert done.returncode == 2

@@ -12,8 +12,11 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from kd_jax import data, loop, losses, models, preemption, sharding, steps, student_data, teacher
+from kd_jax import data, models
 from kd_jax.data.examples import widened
+from kd_jax.parallel import preemption, sharding
+from kd_jax.teachers import student_data, teacher
+from kd_jax.training import loop, losses, steps
 from tests.conftest import REPO_ROOT, load_config
 from tests.test_loop import SigtermAt, digits_student
 

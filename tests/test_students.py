@@ -10,10 +10,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kd_jax import checkpointing, config_validation, efficiency, losses, models, sharding, steps
+from kd_jax import models
+from kd_jax.config import validation
 from kd_jax.data import Examples
 from kd_jax.models import peft
 from kd_jax.models.hf import from_teacher
+from kd_jax.parallel import sharding
+from kd_jax.reporting import efficiency
+from kd_jax.training import checkpointing, losses, steps
 from tests.conftest import REPO_ROOT, load_config, run_main
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf"
@@ -183,7 +187,7 @@ def test_default_lora_targets_are_every_familys_query_and_value():
 def test_trainable_patterns_matching_no_parameter_are_refused():
   config = load_config().student
   config.trainable = ("classifier",)
-  with pytest.raises(config_validation.ConfigError, match=r"^config.student.trainable=\('classifier',\): matches no "
+  with pytest.raises(validation.ConfigError, match=r"^config.student.trainable=\('classifier',\): matches no "
                                                          r"parameter of the student \(names are '/'-joined paths "
                                                          r"such as 'Dense_0/bias'\)$"):
     models.create_student(config, num_classes=10, example_inputs=np.zeros((1, 64), np.float32),
@@ -270,14 +274,14 @@ def test_a_resumed_lora_run_equals_an_uninterrupted_one(tmp_path):
 
 
 def test_sst2_from_teacher_and_the_lora_sweep_configs():
-  from kd_jax import sweep  # pylint: disable=import-outside-toplevel
+  from kd_jax.sweeps import expansion  # pylint: disable=import-outside-toplevel
   config = load_config("configs/sst2.py", "smoke,from_teacher")
-  config_validation.validate(config)
+  validation.validate(config)
   assert config.student.checkpoint is None and config.student.init_from_teacher_layers == (0,)
   assert load_config("configs/sst2.py", "from_teacher").student.init_from_teacher_layers == tuple(range(0, 24, 2))
   config = load_config("configs/sweep_lora_rank.py", "smoke")
-  config_validation.validate(config)
-  points = sweep.expand(config, "/tmp/unused")
+  validation.validate(config)
+  points = expansion.expand(config, "/tmp/unused")
   assert [(p.config.student.lora.rank, p.config.student.trainable) for p in points] == [
       (0, ("classifier",)), (4, None), (16, None), (32, None), (0, None)]
 
@@ -319,14 +323,14 @@ def test_sst2_smoke_from_teacher_end_to_end(tmp_path):
 def test_a_vectorized_sweep_freezes_like_the_sequential_one(tmp_path):
   """Two temperatures with the default MLP student's hidden layer frozen (student.trainable: the output layer
   Dense_1 only, 32 x 10 + 10 parameters): trained together they give the metrics of the sequential sweep."""
-  from kd_jax import sweep  # pylint: disable=import-outside-toplevel
+  from kd_jax.sweeps import runner  # pylint: disable=import-outside-toplevel
   metrics = {}
   for mode in ("sequential", "vectorized"):
     config = load_config()
     config.sweep.grid, config.sweep.mode = (("distill.temperature", (1.0, 4.0)),), mode
     config.student.trainable = ("Dense_1/",)
     config.teacher.num_epochs, config.train.num_steps, config.baseline = 5, 20, False
-    sweep.run(config, str(tmp_path / mode))
+    runner.run(config, str(tmp_path / mode))
     for temperature in ("1", "4"):
       with open(tmp_path / mode / f"distill.temperature={temperature},seed=0" / "results.json") as stream:
         results = json.load(stream)

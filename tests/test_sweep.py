@@ -7,8 +7,11 @@ import time
 
 import pytest
 
-from kd_jax import config_validation, files, results, schema, sweep
+from kd_jax import files
+from kd_jax.config import schema, validation
 from kd_jax.errors import ConfigError, UserError
+from kd_jax.reporting import results
+from kd_jax.sweeps import expansion
 from tests.conftest import load_config, run_main
 
 
@@ -22,8 +25,8 @@ def sweep_config(grid=(), zipped=(), seeds=1):
 
 def test_grid_is_a_product_with_seeds_innermost(tmp_path):
   config = sweep_config(grid=(("distill.temperature", (1.0, 2.0)), ("distill.alpha", (0.5, 0.9))), seeds=2)
-  config_validation.validate(config)
-  points = sweep.expand(config, str(tmp_path))
+  validation.validate(config)
+  points = expansion.expand(config, str(tmp_path))
   expected = [(t, a, s) for t in (1.0, 2.0) for a in (0.5, 0.9) for s in (0, 1)]
   assert [(p.config.distill.temperature, p.config.distill.alpha, p.config.seed) for p in points] == expected
   assert [p.name for p in points[:3]] == ["distill.temperature=1,distill.alpha=0.5,seed=0",
@@ -34,8 +37,8 @@ def test_grid_is_a_product_with_seeds_innermost(tmp_path):
                                                                          "distill.alpha": 0.5}
   single_run = schema.default_config().sweep.to_dict()
   for point in points:
-    assert point.config.sweep.to_dict() == single_run and not sweep.is_sweep(point.config)
-    config_validation.validate(point.config)
+    assert point.config.sweep.to_dict() == single_run and not expansion.is_sweep(point.config)
+    validation.validate(point.config)
   # One teacher for all: only student-side fields are swept.
   assert len({p.config.teacher.workdir for p in points}) == 1
   assert points[0].config.teacher.workdir.startswith(os.path.join(str(tmp_path), "teachers", ""))
@@ -45,10 +48,10 @@ def test_grid_is_a_product_with_seeds_innermost(tmp_path):
 def test_zipped_values_advance_together_and_multiply_with_the_grid(tmp_path):
   config = sweep_config(grid=(("distill.temperature", (1.0, 2.0)),),
                         zipped=((("student.hidden_sizes", ((16,), (64, 64))), ("optim.learning_rate", (3e-3, 1e-3))),))
-  config_validation.validate(config)
-  assert [factor.label for factor in sweep.factors(config.sweep)] == [
+  validation.validate(config)
+  assert [factor.label for factor in expansion.factors(config.sweep)] == [
       "distill.temperature", "student.hidden_sizes+optim.learning_rate"]
-  points = sweep.expand(config, str(tmp_path))
+  points = expansion.expand(config, str(tmp_path))
   assert [(p.config.distill.temperature, tuple(p.config.student.hidden_sizes), p.config.optim.learning_rate)
           for p in points] == [(1.0, (16,), 3e-3), (1.0, (64, 64), 1e-3), (2.0, (16,), 3e-3), (2.0, (64, 64), 1e-3)]
   assert points[1].name == "distill.temperature=1,student.hidden_sizes=64x64,optim.learning_rate=0.001,seed=0"
@@ -56,8 +59,8 @@ def test_zipped_values_advance_together_and_multiply_with_the_grid(tmp_path):
 
 def test_seeds_only_sweep(tmp_path):
   config = sweep_config(seeds=3)
-  assert sweep.is_sweep(config) and not sweep.is_sweep(sweep_config())
-  assert [(p.name, p.config.seed) for p in sweep.expand(config, str(tmp_path))] == [
+  assert expansion.is_sweep(config) and not expansion.is_sweep(sweep_config())
+  assert [(p.name, p.config.seed) for p in expansion.expand(config, str(tmp_path))] == [
       ("seed=0", 0), ("seed=1", 1), ("seed=2", 2)]
 
 
@@ -71,7 +74,7 @@ def test_value_names(value, text):
 def test_teacher_directories_follow_what_the_teacher_depends_on(tmp_path):
   config = sweep_config(grid=(("data.train_fraction", (0.5, 1.0)), ("distill.temperature", (1.0, 2.0))))
   teachers = {}
-  for point in sweep.expand(config, str(tmp_path)):
+  for point in expansion.expand(config, str(tmp_path)):
     teachers.setdefault(point.config.data.train_fraction, set()).add(point.config.teacher.workdir)
   assert all(len(directories) == 1 for directories in teachers.values())
   assert teachers[0.5] != teachers[1.0]
@@ -104,7 +107,7 @@ INVALID_SWEEPS = [
 @pytest.mark.parametrize("definition, message", INVALID_SWEEPS, ids=[m.split(":")[0] for _, m in INVALID_SWEEPS])
 def test_invalid_sweep_names_the_field(definition, message):
   with pytest.raises(ConfigError) as error:
-    config_validation.validate(sweep_config(**definition))
+    validation.validate(sweep_config(**definition))
   assert str(error.value).startswith(message)
 
 
@@ -113,36 +116,36 @@ def test_point_values_and_data_sizes_are_checked_before_any_point_runs(tmp_path)
   config = sweep_config(grid=(("distill.temperature", (2.0, -1.0)),))
   with pytest.raises(ConfigError, match=r"^config.distill.temperature=-1.0: must be > 0 \(sweep point "
                                         r"distill.temperature=-1,seed=0\)$"):
-    sweep.check_points(config, sweep.expand(config, workdir), workdir)
+    expansion.check_points(config, expansion.expand(config, workdir), workdir)
   config = sweep_config(grid=(("distill.temperature", (2, 2.0)),))
   with pytest.raises(ConfigError, match=r"config.distill.temperature=\(2, 2.0\): lists the same value more than once"):
-    sweep.expand(config, workdir)
+    expansion.expand(config, workdir)
   config = sweep_config(grid=(("data.labeled_fraction", (0.1, 0.01)),))
   with pytest.raises(UserError, match=r"^config.data.batch_size=32: .* \(sweep point data.labeled_fraction=0.01,"
                                       r"seed=0\)$"):
-    sweep.check_points(config, sweep.expand(config, workdir), workdir)
+    expansion.check_points(config, expansion.expand(config, workdir), workdir)
   config = sweep_config(grid=(("teacher.num_epochs", (5, 10)),))
   config.teacher.workdir = str(tmp_path / "my_teacher")
   with pytest.raises(ConfigError, match=r"^config.teacher.workdir='.*my_teacher': must be None in a sweep whose"):
-    sweep.check_points(config, sweep.expand(config, workdir), workdir)
+    expansion.check_points(config, expansion.expand(config, workdir), workdir)
   assert not os.path.exists(workdir)
 
 
 def test_a_point_directory_of_another_config_is_refused(tmp_path):
   workdir = str(tmp_path)
   config = sweep_config(grid=(("distill.temperature", (1.0, 2.0)),))
-  points = sweep.expand(config, workdir)
+  points = expansion.expand(config, workdir)
   stored = points[1].config.to_dict()
   stored["distill"]["label_smoothing"] = 0.1
   del stored["train"]["num_devices"]  # a field the schema gained since: not a difference
   files.write_json(os.path.join(workdir, points[1].name, "config.json"), stored)
   with pytest.raises(UserError, match=r"distill.temperature=2,seed=0 holds a run of another config "
                                       r"\(config.distill.label_smoothing differ\)"):
-    sweep.check_points(config, points, workdir)
+    expansion.check_points(config, points, workdir)
   stored["distill"]["label_smoothing"] = 0.0
   files.write_json(os.path.join(workdir, points[1].name, "config.json"), stored)
-  sweep.check_points(config, points, workdir)
-  assert [sweep.point_status(point, workdir) for point in points] == ["new", "partial"]
+  expansion.check_points(config, points, workdir)
+  assert [expansion.point_status(point, workdir) for point in points] == ["new", "partial"]
 
 
 @pytest.mark.parametrize("args, message", [

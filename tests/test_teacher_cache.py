@@ -7,8 +7,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from kd_jax import teacher_cache
 from kd_jax.data import Examples, pipeline
+from kd_jax.teachers import teacher_cache
 
 NUM_CLASSES = 3
 

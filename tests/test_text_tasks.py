@@ -9,11 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import (data, evaluation, fingerprints, losses, metrics, models, seq2seq, sharding, steps, student_data,
-                    teacher, teacher_cache, train)
+from kd_jax import data, evaluation, fingerprints, models, train
 from kd_jax.data import Examples, esnli, feed, pipeline, text
 from kd_jax.data.examples import wide_dtype, widened
 from kd_jax.errors import UserError
+from kd_jax.evaluation import metrics, seq2seq
+from kd_jax.parallel import sharding
+from kd_jax.teachers import student_data, teacher, teacher_cache
+from kd_jax.training import losses, steps
 from tests import numpy_divergences
 from tests.conftest import REPO_ROOT, load_config, run_main
 
@@ -425,7 +428,7 @@ def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnl
 
 def test_sequence_level_targets_from_generations():
   tokens = np.array([[5, 6, 1, 0, 0], [7, 8, 9, 4, 3]])  # EOS = 1; the second never stops
-  targets = seq2seq.targets_from_generations(tokens, eos_token_id=1, pad_token_id=0, decoder_start_token_id=0)
+  targets = text.targets_from_generations(tokens, eos_token_id=1, pad_token_id=0, decoder_start_token_id=0)
   np.testing.assert_array_equal(targets["label"], [[5, 6, 1, -1, -1], [7, 8, 9, 4, 3]])
   np.testing.assert_array_equal(targets["token_weights"], [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
   np.testing.assert_array_equal(targets["decoder_input_ids"], [[0, 5, 6, 1, 0], [0, 7, 8, 9, 4]])
@@ -529,11 +532,12 @@ def test_esnli_sequence_level_strategy(esnli_run, esnli_task, untrained_esnli_st
 
 
 def test_sweep_configs_accept_the_text_tasks():
-  from kd_jax import config_validation, sweep  # pylint: disable=import-outside-toplevel
+  from kd_jax.config import validation  # pylint: disable=import-outside-toplevel
+  from kd_jax.sweeps import expansion
   config = load_config("configs/sweep_temp.py", "sst2,smoke")
-  config_validation.validate(config)
+  validation.validate(config)
   assert config.data.name == "sst2" and config.sweep.grid[0][0] == "distill.temperature"
-  points = sweep.expand(config, "/tmp/unused")
+  points = expansion.expand(config, "/tmp/unused")
   assert len(points) == 4 and len({point.config.teacher.workdir for point in points}) == 1
   assert load_config("configs/default.py", "esnli,smoke").data.name == "esnli"
   with pytest.raises(ValueError, match="choose one task"):
@@ -541,7 +545,7 @@ def test_sweep_configs_accept_the_text_tasks():
 
 
 def test_text_config_errors():
-  from kd_jax import config_validation  # pylint: disable=import-outside-toplevel
+  from kd_jax.config import validation  # pylint: disable=import-outside-toplevel
   from kd_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   cases = [
       (("sst2", "student.name", "mlp"), "student.name='mlp': data.name='sst2' is text"),
@@ -557,4 +561,4 @@ def test_text_config_errors():
     section, key = field.rsplit(".", 1)
     functools.reduce(getattr, section.split("."), config)[key] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-      config_validation.validate(config)
+      validation.validate(config)

@@ -11,8 +11,11 @@ import time
 
 import pytest
 
-from kd_jax import config_validation, files, sweep, vectorized
+from kd_jax import files
+from kd_jax.config import validation
 from kd_jax.errors import ConfigError
+from kd_jax.sweeps import expansion, runner
+from kd_jax.training import vectorized
 from tests.conftest import REPO_ROOT, load_config, run_main
 
 
@@ -26,8 +29,8 @@ def test_points_that_differ_in_shapes_form_separate_groups(tmp_path):
   config = sweep_config("vectorized", grid=(("distill.temperature", (1.0, 4.0)), ("optim.learning_rate", (3e-3, 1e-3))),
                         zipped=((("student.hidden_sizes", ((16,), (32,))), ("distill.divergence", ("js", "mse"))),),
                         seeds=2)
-  config_validation.validate(config)
-  groups = vectorized.groups(sweep.expand(config, str(tmp_path)))
+  validation.validate(config)
+  groups = vectorized.groups(expansion.expand(config, str(tmp_path)))
   assert [len(group) for group in groups] == [8, 8]
   for group in groups:
     assert len({tuple(point.config.student.hidden_sizes) for point in group}) == 1
@@ -37,7 +40,7 @@ def test_points_that_differ_in_shapes_form_separate_groups(tmp_path):
 
 def test_invalid_mode_and_seq2seq_are_refused():
   with pytest.raises(ConfigError, match=r"^config.sweep.mode='parallel': allowed: sequential, vectorized$"):
-    config_validation.validate(sweep_config("parallel", seeds=2))
+    validation.validate(sweep_config("parallel", seeds=2))
   config = sweep_config("vectorized", seeds=2)
   config.data.name = "esnli"
   with pytest.raises(ConfigError, match=r"^config.sweep.mode='vectorized': supports classification tasks; "):
@@ -58,7 +61,7 @@ def test_vectorized_sweep_matches_sequential_sweep(tmp_path):
     config.train.num_steps = 60
     config.train.log_every_steps, config.train.eval_every_steps, config.train.checkpoint_every_steps = 10, 30, 30
     workdir = str(tmp_path / mode)
-    sweep.run(config, workdir)
+    runner.run(config, workdir)
     with open(os.path.join(workdir, "results.csv")) as stream:
       rows[mode] = list(csv.DictReader(stream))
   assert [row["point"] for row in rows["vectorized"]] == [row["point"] for row in rows["sequential"]]
@@ -106,7 +109,7 @@ def test_vectorized_sweep_over_beta_and_a_schedule_matches_sequential(tmp_path):
     config.train.num_steps = 41
     config.train.log_every_steps, config.train.eval_every_steps, config.train.checkpoint_every_steps = 10, 40, 40
     workdir = str(tmp_path / mode)
-    sweep.run(config, workdir)
+    runner.run(config, workdir)
     with open(os.path.join(workdir, "results.csv")) as stream:
       rows[mode] = list(csv.DictReader(stream))
   assert len(rows["vectorized"]) == 4

@@ -29,15 +29,19 @@ distributions token by token.
 
 import dataclasses
 import importlib.util
+import logging
 import re
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from kd_jax.data import text
 from kd_jax.data.examples import Examples
 from kd_jax.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 PYDOC_SOURCE = "pydoc_topics"
 # pydoc_passages: a passage is a paragraph of at least this many words, cut after PASSAGE_WORDS; its first
@@ -205,9 +209,9 @@ def load_splits(config):
                                               chat_template=data_config.chat_template, where=where)
     kept = [row for row, response in enumerate(response_ids) if response]
     if len(kept) < len(response_ids):
-      logging.warning("%s: %d of %d examples have no response token left after truncation at data.max_length=%d; "
-                      "they are left out.", where, len(response_ids) - len(kept), len(response_ids),
-                      data_config.max_length)
+      logger.warning("%s: %d of %d examples have no response token left after truncation at data.max_length=%d; "
+                     "they are left out.", where, len(response_ids) - len(kept), len(response_ids),
+                     data_config.max_length)
     minimum, fewer_than = ((data_config.batch_size, f"one batch (data.batch_size={data_config.batch_size})")
                            if role == "train" else (1, "one"))
     if len(kept) < minimum:
@@ -238,3 +242,30 @@ def load_splits(config):
 
 def _round_up(length: int) -> int:
   return -(-length // LENGTH_MULTIPLE) * LENGTH_MULTIPLE
+
+
+def sequences_from_responses(prompt_ids: jax.Array, prompt_mask: jax.Array, responses: jax.Array, *, length: int,
+                             eos_token_id: int, pad_token_id: int) -> dict:
+  """Left-padded prompts [B, P] and generated responses [B, R] (every token up to and including the first EOS is
+  real) in the training layout [B, length] (truncated at `length`).
+
+  Returns:
+    input_ids, attention_mask (int32), label (the next token where it is a response token, else -1) and
+    response_mask (float32 [B, length]: 1 where label >= 0).
+  """
+  num_prompt = prompt_ids.shape[1]
+  is_eos = responses == eos_token_id
+  real_response = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
+  tokens = jnp.concatenate([prompt_ids, responses], axis=1)
+  real = jnp.concatenate([prompt_mask > 0, real_response], axis=1)
+  # Target slot t reads source slot t + (the prompt's left padding): the prompt moves to the front.
+  source = jnp.arange(length)[None, :] + (num_prompt - jnp.sum(prompt_mask > 0, axis=1))[:, None]
+  inside = source < tokens.shape[1]
+  source = jnp.minimum(source, tokens.shape[1] - 1)
+  real = jnp.take_along_axis(real, source, axis=1) & inside
+  input_ids = jnp.where(real, jnp.take_along_axis(tokens, source, axis=1), pad_token_id).astype(jnp.int32)
+  is_response = real & (source >= num_prompt)
+  label = jnp.concatenate([jnp.where(is_response[:, 1:], input_ids[:, 1:], -1),
+                           jnp.full_like(input_ids[:, :1], -1)], axis=1).astype(jnp.int32)
+  return {"input_ids": input_ids, "attention_mask": real.astype(jnp.int32), "label": label,
+          "response_mask": (label >= 0).astype(jnp.float32)}

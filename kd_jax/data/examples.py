@@ -24,8 +24,9 @@ class Examples:
     teacher_inputs: text classification: the same examples tokenized with the teacher's tokenizer; else None.
     token_weights: seq2seq: [N, T] float32, 1 on real target tokens, 0 on padding; else None (every example 1).
     class_label: seq2seq: [N] int32 class of each example (the e-SNLI label), for stratified subsets; else None.
-    teacher: the teacher's signal joined by `index` (kd_jax/student_data.py): dense logits [N, C] (or [N, T, V]),
-      or a losses.TopKLogits of [N, T, k] arrays (the top-k cache); None when the step gets no cached teacher.
+    teacher: the teacher's signal joined by `index` (kd_jax/teachers/student_data.py): dense logits [N, C] (or
+      [N, T, V]), or a losses.TopKLogits of [N, T, k] arrays (the top-k cache); None when the step gets no cached
+      teacher.
   """
   inputs: Any
   label: Any

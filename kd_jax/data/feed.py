@@ -15,9 +15,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from kd_jax import sharding
 from kd_jax.data import pipeline
 from kd_jax.data.examples import widened
+from kd_jax.parallel import sharding
 
 def data_bytes(examples) -> int:
   return sum(leaf.nbytes for leaf in jax.tree.leaves(examples))
@@ -62,7 +62,7 @@ class ChunkFeeder:
 
 
 class StackedRowsFeeder:
-  """The batches of several runs trained together (kd_jax/vectorized.py), each run with its own seed's order.
+  """The batches of several runs trained together (kd_jax/training/vectorized.py), each run with its own seed's order.
 
   The examples live on every device; `next(num_steps)` gives (examples, rows): [max_steps, batch] when every run has
   the same seed (one batch serves them all), else [max_steps, runs, batch]; rows are split over the mesh's data axis

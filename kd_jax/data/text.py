@@ -259,8 +259,8 @@ def check_shared_vocabulary(config, tokenizer, teacher_tokenizer, what: str) -> 
 
 def checkpoint_config(checkpoint: str) -> dict:
   """The config.json of an HF checkpoint (hub id or directory)."""
-  from kd_jax.models.hf import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  return checkpoint_lib.read_config(checkpoint_lib.resolve(checkpoint), checkpoint)
+  from kd_jax.models.hf import weights  # pylint: disable=g-import-not-at-top
+  return weights.read_config(weights.resolve(checkpoint), checkpoint)
 
 
 def id_dtype(tokenizer, signed: bool = False) -> np.dtype:
@@ -300,3 +300,19 @@ def tokenize(tokenizer, texts: list[str], max_length: int, block_size: int = 102
       arrays[key][row:row + len(values), columns] = values
     row += len(values)
   return arrays
+
+
+def targets_from_generations(tokens: np.ndarray, *, eos_token_id: int, pad_token_id: int,
+                             decoder_start_token_id: int) -> dict:
+  """Teacher-forcing arrays of generated ids [N, T]: every token up to and including the first EOS is real.
+
+  Returns:
+    label (-1 after the first EOS), token_weights, decoder_input_ids (label shifted right behind the start token).
+  """
+  is_eos = tokens == eos_token_id
+  real = (np.cumsum(is_eos, axis=1) - is_eos) == 0
+  label = np.where(real, tokens, -1).astype(np.int32)
+  shifted = np.where(real, tokens, pad_token_id)[:, :-1]
+  decoder_input_ids = np.concatenate([np.full_like(tokens[:, :1], decoder_start_token_id), shifted], axis=1)
+  return {"label": label, "token_weights": real.astype(np.float32),
+          "decoder_input_ids": decoder_input_ids.astype(np.int32)}

@@ -2,7 +2,7 @@
 the MLP's Dense-ReLU-Dropout blocks and a linear head.
 
 Normalization is GroupNorm (Wu & He 2018), not batch norm: the train step applies the model to one example at a time
-under vmap (kd_jax/steps.py: per-example dropout keys, results independent of the device count), where batch
+under vmap (kd_jax/training/steps.py: per-example dropout keys, results independent of the device count), where batch
 statistics do not exist, and GroupNorm has no running statistics to keep in the checkpointed state: a resumed run is
 the uninterrupted one, and training and evaluation compute the same function.
 """

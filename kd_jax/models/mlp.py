@@ -29,8 +29,8 @@ class MLP(nn.Module):
   def __call__(self, inputs: jax.Array, train: bool = False) -> jax.Array:
     """inputs [batch, ...] -> logits [batch, num_classes] (float32)."""
     hidden = inputs.reshape(inputs.shape[0], -1).astype(self.dtype)
-    # Hidden states h_0 (the inputs) to h_L, for feature distillation (kd_jax/feature_losses.py); sow is a no-op
-    # unless the 'intermediates' collection is mutable.
+    # Hidden states h_0 (the inputs) to h_L, for feature distillation (kd_jax/training/feature_losses.py); sow is a
+    # no-op unless the 'intermediates' collection is mutable.
     self.sow("intermediates", "hidden_states", hidden)
     for width in self.hidden_sizes:
       hidden = nn.Dense(width, dtype=self.dtype, param_dtype=self.param_dtype)(hidden)

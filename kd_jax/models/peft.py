@@ -4,7 +4,7 @@ Parameters are named by their '/'-joined path, e.g. 'distilbert/transformer.laye
 
 - `Trainable(patterns)`: a parameter is trained when its name matches one of the regular expressions (re.search); the
   others are frozen: the train step takes no gradient for them and the optimizer leaves them as they are
-  (kd_jax/steps.py). `of_student(config.student)` is the partition a config asks for (None: every parameter).
+  (kd_jax/training/steps.py). `of_student(config.student)` is the partition a config asks for (None: every parameter).
 - LoRA (Hu et al. 2021, arXiv:2106.09685) as peft implements it: a targeted Dense layer h = x W + b with W [in, out]
   gains A [in, r] and B [r, out], stored beside its kernel as `lora_a` and `lora_b`, and computes
       h = x W + b + (alpha / r) dropout(x) A B.
@@ -51,9 +51,9 @@ class Trainable:
   """The parameters that training updates: those whose path_name matches one of `patterns` (re.search).
 
   Hashable and static: the train state holds it beside its optimizer, and equal partitions share compiled steps.
-  `within`: when the trained tree holds the model's params under this key beside other trained parameters (the
-  feature projections of kd_jax/feature_losses.py, under 'model'), the patterns see the model's names without the
-  key, and the parameters outside it always train.
+  `within`: when the trained tree holds the model's params under this key beside other trained parameters (the feature
+  projections of kd_jax/training/feature_losses.py, under 'model'), the patterns see the model's names without the key,
+  and the parameters outside it always train.
   """
   patterns: tuple[str, ...]
   within: str | None = None

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax.errors import UserError
-from kd_jax.models.hf import layers
-from kd_jax.models.hf.checkpoint import Architecture
 from kd_jax.models.dropout import Dropout
+from kd_jax.models.hf import layers
+from kd_jax.models.hf.weights import Architecture
 
 SUPPORTED_TASKS = ("encoder", "sequence_classification")
 
@@ -71,8 +71,8 @@ class BertEncoder(nn.Module):
     hidden = nn.LayerNorm(epsilon=dims.encoder.layer_norm_eps, use_fast_variance=False, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="embeddings.LayerNorm")(hidden)
     hidden = Dropout(dims.encoder.hidden_dropout)(hidden, deterministic=not train)
-    # Hidden states 0 (embeddings) to num_layers, for feature distillation (kd_jax/feature_losses.py); sow is a no-op
-    # unless the 'intermediates' collection is mutable.
+    # Hidden states 0 (embeddings) to num_layers, for feature distillation (kd_jax/training/feature_losses.py); sow is a
+    # no-op unless the 'intermediates' collection is mutable.
     self.sow("intermediates", "hidden_states", hidden)
     bias = layers.padding_bias(attention_mask)
     for index in range(dims.num_layers):

@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import sharding
 from kd_jax.models.hf import pretrained
+from kd_jax.parallel import sharding
 
 # The module names of one layer in each family's parameters: BERT/RoBERTa 'encoder.layer.i' (under 'bert' or
 # 'roberta'), DistilBERT 'transformer.layer.i' (under 'distilbert'), T5 'block.i' (under 'encoder' and 'decoder'),

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kd_jax.errors import UserError
-from kd_jax.models.hf import checkpoint as checkpoint_lib
+from kd_jax.models.hf import weights
 from kd_jax.models.hf import llama
 
 SUFFIX = ".gguf"
@@ -184,7 +184,7 @@ def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
   return weight.reshape(num_heads, head_dim // 2, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-class GGUFSource(checkpoint_lib.TensorSource):
+class GGUFSource(weights.TensorSource):
   """A GGUF file's tensors by transformers' names, dequantized to float32 one at a time, q/k rows unpermuted."""
 
   def __init__(self, path: str, config):
@@ -214,7 +214,7 @@ class GGUFSource(checkpoint_lib.TensorSource):
     return unpermute_rows(weight, heads) if heads else weight
 
 
-def architecture(path: str, task: str, *, dtype, param_dtype) -> tuple[checkpoint_lib.Architecture, Any]:
+def architecture(path: str, task: str, *, dtype, param_dtype) -> tuple[weights.Architecture, Any]:
   """(the Flax model's Architecture, transformers config) of a GGUF file."""
   if task != "causal_lm":
     raise UserError(f"checkpoint {path}: task {task!r} is not supported for GGUF files; supported: causal_lm")
@@ -227,7 +227,7 @@ def from_pretrained(path: str, task: str, *, dtype, param_dtype):
   """(module, params) of a GGUF file; see kd_jax.models.hf.from_pretrained."""
   import jax  # pylint: disable=g-import-not-at-top
   built, config = architecture(path, task, dtype=dtype, param_dtype=param_dtype)
-  params = checkpoint_lib.load_params(built, GGUFSource(path, config), checkpoint=path, param_dtype=param_dtype,
+  params = weights.load_params(built, GGUFSource(path, config), checkpoint=path, param_dtype=param_dtype,
                                       rng=jax.random.key(0))
   return built.module, params
 

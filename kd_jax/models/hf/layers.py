@@ -130,7 +130,8 @@ class EncoderLayer(nn.Module):
     key = split_heads(dense(dims.hidden_size, name=names.key)(hidden))
     value = split_heads(dense(dims.hidden_size, name=names.value)(hidden))
     logits = attention_logits(query, key, bias, scale=head_dim**-0.5)
-    # Attention transfer (kd_jax/feature_losses.py) reads them when 'intermediates' is mutable; a no-op otherwise.
+    # Attention transfer (kd_jax/training/feature_losses.py) reads them when 'intermediates' is mutable; a no-op
+    # otherwise.
     self.sow("intermediates", "attention_logits", logits)
     probabilities = jax.nn.softmax(logits, axis=-1)
     probabilities = Dropout(dims.attention_dropout)(probabilities, deterministic=not train)

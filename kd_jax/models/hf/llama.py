@@ -24,10 +24,10 @@ import jax.numpy as jnp
 
 from kd_jax.errors import UserError
 from kd_jax.models.hf import layers
-from kd_jax.models.hf.checkpoint import Architecture
+from kd_jax.models.hf.weights import Architecture
 # Llama's RMSNorm is T5's: weight * x / sqrt(mean(x²) + eps) with the statistic in float32.
-from kd_jax.models.hf.t5 import T5LayerNorm as RMSNorm
 from kd_jax.models.dropout import Dropout
+from kd_jax.models.hf.t5 import T5LayerNorm as RMSNorm
 
 SUPPORTED_TASKS = ("causal_lm",)
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")

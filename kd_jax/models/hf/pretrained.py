@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from kd_jax.errors import UserError
 from kd_jax.models.hf import bert
-from kd_jax.models.hf import checkpoint as checkpoint_lib
+from kd_jax.models.hf import weights
 from kd_jax.models.hf import distilbert
 from kd_jax.models.hf import gguf
 from kd_jax.models.hf import gpt2
@@ -49,12 +49,12 @@ def from_pretrained(name_or_path: str, task: str = "sequence_classification", *,
   if gguf.is_gguf(name_or_path):
     return gguf.from_pretrained(name_or_path, task, dtype=dtype, param_dtype=param_dtype)
   directory, family, config = _family_and_config(name_or_path, task)
-  with checkpoint_lib.open_tensors(directory, name_or_path) as source:
+  with weights.open_tensors(directory, name_or_path) as source:
     if task == "sequence_classification":
       num_labels = _num_labels(source, family.classifier_tensor(config), num_labels, name_or_path)
     architecture = family.build(config, checkpoint=name_or_path, task=task, num_labels=num_labels, dtype=dtype,
                                 param_dtype=param_dtype)
-    params = checkpoint_lib.load_params(architecture, source, checkpoint=name_or_path, param_dtype=param_dtype,
+    params = weights.load_params(architecture, source, checkpoint=name_or_path, param_dtype=param_dtype,
                                         rng=jax.random.key(0) if rng is None else rng)
   return architecture.module, params
 
@@ -63,8 +63,8 @@ def _family_and_config(name_or_path: str, task: str):
   """(local directory, family module, transformers config) of a checkpoint, or a UserError naming what is wrong."""
   if task not in TASKS:
     raise UserError(f"checkpoint {name_or_path}: task {task!r} is not one of {', '.join(TASKS)}")
-  directory = checkpoint_lib.resolve(name_or_path)
-  raw_config = checkpoint_lib.read_config(directory, name_or_path)
+  directory = weights.resolve(name_or_path)
+  raw_config = weights.read_config(directory, name_or_path)
   model_type = raw_config.get("model_type")
   if model_type not in FAMILIES:
     architectures = ", ".join(raw_config.get("architectures") or ["none listed"])
@@ -83,7 +83,7 @@ def load_tokenizer(name_or_path: str):
   if gguf.is_gguf(name_or_path):
     return gguf.tokenizer(name_or_path)
   import transformers  # pylint: disable=g-import-not-at-top
-  return transformers.AutoTokenizer.from_pretrained(checkpoint_lib.resolve(name_or_path))
+  return transformers.AutoTokenizer.from_pretrained(weights.resolve(name_or_path))
 
 
 @functools.lru_cache(maxsize=16)
@@ -96,7 +96,7 @@ def abstract_params(name_or_path: str, task: str = "sequence_classification"):
     architecture = gguf.architecture(name_or_path, task, dtype=jnp.float32, param_dtype=jnp.float32)[0]
     return jax.eval_shape(lambda: architecture.module.init(jax.random.key(0), **architecture.example_inputs))["params"]
   directory, family, config = _family_and_config(name_or_path, task)
-  with checkpoint_lib.open_tensors(directory, name_or_path) as source:
+  with weights.open_tensors(directory, name_or_path) as source:
     tensor = family.classifier_tensor(config) if task == "sequence_classification" else None
     num_labels = source.shape(tensor)[0] if tensor in source.names() else 2
   architecture = family.build(config, checkpoint=name_or_path, task=task, num_labels=num_labels,
@@ -121,11 +121,11 @@ def abstract_model(model_config, *, num_classes: int):
 def num_attention_heads(name_or_path: str) -> int:
   """The attention heads per layer of a checkpoint, from its config.json (BERT / RoBERTa, DistilBERT and T5 name the
   field differently)."""
-  raw_config = checkpoint_lib.read_config(checkpoint_lib.resolve(name_or_path), name_or_path)
+  raw_config = weights.read_config(weights.resolve(name_or_path), name_or_path)
   return int(next(raw_config[key] for key in ("num_attention_heads", "n_heads", "num_heads") if key in raw_config))
 
 
-def _num_labels(source: checkpoint_lib.TensorSource, classifier_tensor: str, num_labels: int | None,
+def _num_labels(source: weights.TensorSource, classifier_tensor: str, num_labels: int | None,
                 checkpoint: str) -> int:
   """The classifier's output size: the checkpoint's head if it has one (num_labels must agree), else num_labels."""
   if classifier_tensor in source.names():

@@ -19,9 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from kd_jax.models.hf import layers
-from kd_jax.models.hf.checkpoint import Architecture
 from kd_jax.models.dropout import Dropout
+from kd_jax.models.hf import layers
+from kd_jax.models.hf.weights import Architecture
 
 SUPPORTED_TASKS = ("encoder", "seq2seq")
 

@@ -8,7 +8,8 @@ import os
 
 import tensorboardX
 
-from kd_jax import distributed, files
+from kd_jax import files
+from kd_jax.parallel import distributed
 
 
 class MetricWriter:

@@ -9,7 +9,7 @@
     final(model, params) -> {test, validation}                  a student's metrics for results.json
 
 The validation split selects (the final model, a sweep's best point); the test split only reports.
-Classification (`ClassificationEvaluator`, kd_jax/metrics.py): accuracy, nll, ece, brier, agreement and
+Classification (`ClassificationEvaluator`, kd_jax/evaluation/metrics.py): accuracy, nll, ece, brier, agreement and
 kl_to_teacher, the confusion matrix and the reliability diagram. Seq2seq (`Seq2SeqEvaluator`, e-SNLI):
   teacher-forced on the reference targets, means over real target tokens:
     nll = -log p(y_t | y_<t, x);  token_accuracy = 1[argmax p = y_t];
@@ -21,7 +21,7 @@ kl_to_teacher, the confusion matrix and the reliability diagram. Seq2seq (`Seq2S
     rouge1, rouge2, rougeL = F1 of the generated explanation vs the reference (metrics.rouge_scores);
     agreement = 1[parsed label = the teacher's parsed label at the first temperature] (unparseable never agrees);
     faithfulness, las, faithfulness_ceiling: the explanations' faithfulness to the model's own labels, measured
-      with a simulator trained on the training split's gold explanations (kd_jax/faithfulness.py).
+      with a simulator trained on the training split's gold explanations (kd_jax/evaluation/faithfulness.py).
 The metrics at the first temperature are the model's metrics; the students' are also given per temperature in
 `by_generation_temperature` (the generation-temperature ablation: one trained model, several decodings). During
 training only the teacher-forced ones are computed (no generation), unless the selection metric needs generation.
@@ -33,14 +33,18 @@ Causal LM (`CausalLMEvaluator`, kd_jax/data/causal_lm.py): the same two kinds on
 """
 
 import functools
+import logging
 from typing import Protocol
 
 import jax
 import numpy as np
-from absl import logging
 
-from kd_jax import data, faithfulness, inference, metrics, seq2seq, sharding
+from kd_jax import data
 from kd_jax.data import pipeline
+from kd_jax.evaluation import faithfulness, metrics, seq2seq
+from kd_jax.parallel import inference, sharding
+
+logger = logging.getLogger(__name__)
 
 
 SPLITS = ("test", "validation")
@@ -107,8 +111,8 @@ class ClassificationEvaluator:
     return {split: self._metrics(model, params, split) for split in SPLITS}
 
   def member_metrics(self, model, params) -> dict:
-    """{test, validation} metrics of one member of a teacher ensemble (kd_jax/ensemble.py), on the teacher's inputs;
-    agreement and kl_to_teacher against the ensemble (after teacher_metrics of the ensemble). Ensembles are
+    """{test, validation} metrics of one member of a teacher ensemble (kd_jax/teachers/ensemble.py), on the teacher's
+    inputs; agreement and kl_to_teacher against the ensemble (after teacher_metrics of the ensemble). Ensembles are
     classification only."""
     return {split: self._metrics(model, params, split, teacher=True) for split in SPLITS}
 
@@ -201,7 +205,7 @@ class Seq2SeqEvaluator:
       text_metrics, self._teacher_labels[split] = self._text_metrics(texts, split, with_agreement=False)
       result[split] = {**text_metrics, **self._token_metrics(model, params, split),
                        "num_examples": len(texts)}
-      logging.info("Teacher outputs (first 3 of the %s split): %s", split, texts[:3])
+      logger.info("Teacher outputs (first 3 of the %s split): %s", split, texts[:3])
     self._teacher = (model, params)
     return result
 

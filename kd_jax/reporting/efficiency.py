@@ -22,7 +22,7 @@ import time
 import jax
 import numpy as np
 
-from kd_jax import sharding
+from kd_jax.parallel import sharding
 
 TIMING_BUDGET_S = 0.2
 MIN_REPEATS = 5

@@ -1,8 +1,8 @@
-"""Causal-LM helpers: generated responses joined to their prompts as training sequences, and on-policy distillation.
+"""On-policy distillation of causal LMs: the student samples the responses it is distilled on.
 
 The training layout is kd_jax/data/causal_lm.py's: [prompt][response][pad], right-padded, labels the next token on
-response positions. `sequences_from_responses` writes a generated response (the teacher's, for sequence-level KD; the
-student's, on-policy) into that layout behind its prompt, so every kind of batch trains through the same step.
+response positions; `data.causal_lm.sequences_from_responses` writes the student's sampled responses into it behind
+their prompts, so every kind of batch trains through the same step.
 
 On-policy distillation (GKD, Agarwal et al. 2024; `OnPolicy`): in each training step, with probability
 lambda = distill.on_policy_fraction, the batch's responses are replaced by responses sampled from the current
@@ -21,38 +21,12 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax.data import Examples
+from kd_jax.data.causal_lm import sequences_from_responses
 from kd_jax.models import hf, peft
 
 # The on-policy draws are fold_in(fold_in(rng, ON_POLICY_STREAM), step) of the run's key, apart from the dropout
 # keys fold_in(rng, step) (steps never reach this number).
 ON_POLICY_STREAM = 2**31 - 1
-
-
-def sequences_from_responses(prompt_ids: jax.Array, prompt_mask: jax.Array, responses: jax.Array, *, length: int,
-                             eos_token_id: int, pad_token_id: int) -> dict:
-  """Left-padded prompts [B, P] and generated responses [B, R] (every token up to and including the first EOS is
-  real) in the training layout [B, length] (truncated at `length`).
-
-  Returns:
-    input_ids, attention_mask (int32), label (the next token where it is a response token, else -1) and
-    response_mask (float32 [B, length]: 1 where label >= 0).
-  """
-  num_prompt = prompt_ids.shape[1]
-  is_eos = responses == eos_token_id
-  real_response = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
-  tokens = jnp.concatenate([prompt_ids, responses], axis=1)
-  real = jnp.concatenate([prompt_mask > 0, real_response], axis=1)
-  # Target slot t reads source slot t + (the prompt's left padding): the prompt moves to the front.
-  source = jnp.arange(length)[None, :] + (num_prompt - jnp.sum(prompt_mask > 0, axis=1))[:, None]
-  inside = source < tokens.shape[1]
-  source = jnp.minimum(source, tokens.shape[1] - 1)
-  real = jnp.take_along_axis(real, source, axis=1) & inside
-  input_ids = jnp.where(real, jnp.take_along_axis(tokens, source, axis=1), pad_token_id).astype(jnp.int32)
-  is_response = real & (source >= num_prompt)
-  label = jnp.concatenate([jnp.where(is_response[:, 1:], input_ids[:, 1:], -1),
-                           jnp.full_like(input_ids[:, :1], -1)], axis=1).astype(jnp.int32)
-  return {"input_ids": input_ids, "attention_mask": real.astype(jnp.int32), "label": label,
-          "response_mask": (label >= 0).astype(jnp.float32)}
 
 
 def sample_responses(module, params, prompt_ids: jax.Array, prompt_mask: jax.Array, keys: jax.Array, *,

@@ -23,7 +23,7 @@ FSDP_AXIS = "fsdp"  # parameters and optimizer state split over it (and the batc
 TENSOR_AXIS = "tensor"  # attention heads and MLP hidden units split over it
 MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS)
 PARAM_AXES = (FSDP_AXIS, TENSOR_AXIS)  # the axes a sharding rule may name
-SWEEP_AXIS = "sweep"  # vectorized sweeps (kd_jax/vectorized.py): points spread over devices
+SWEEP_AXIS = "sweep"  # vectorized sweeps (kd_jax/training/vectorized.py): points spread over devices
 
 # Tensor parallelism of the HF families (kd_jax/models/hf), Megatron-style: the query / key / value projections and
 # the MLP's first layer split their output units (whole heads when `tensor` divides the heads) over TENSOR_AXIS,
@@ -43,7 +43,7 @@ TENSOR_RULES = (
 
 def mesh_shape(sizes: dict, num_devices: int) -> dict:
   """The axis sizes {data, fsdp, tensor} of `sizes` (config.mesh) on `num_devices` devices: one size may be -1, the
-  devices the others leave. Assumes validated sizes (config_validation.check_mesh)."""
+  devices the others leave. Assumes validated sizes (validation.check_mesh)."""
   shape = {axis: int(sizes[axis]) for axis in MESH_AXES}
   fixed = int(np.prod([size for size in shape.values() if size != -1]))
   return {axis: num_devices // fixed if size == -1 else size for axis, size in shape.items()}
@@ -155,8 +155,9 @@ def mean_over_devices(tree):
   if data_axis() is None:
     return tree
   if jax.process_count() == 1 or _params_sharded_here():
-    # Sharded leaves are not concatenated (that would gather them). Within one process XLA:CPU's all-reduces are cheap, and concatenating large trees is not (measured: ravel +
-    # unravel of the default teacher's 1.5M gradients ~100 ms, its whole step 8 ms).
+    # Sharded leaves are not concatenated (that would gather them). Within one process XLA:CPU's all-reduces are cheap,
+    # and concatenating large trees is not (measured: ravel + unravel of the default teacher's 1.5M gradients ~100 ms,
+    # its whole step 8 ms).
     return jax.lax.pmean(tree, DATA_AXIS)
   vector, unravel = flatten_util.ravel_pytree(tree)
   return unravel(jax.lax.pmean(vector, DATA_AXIS))

@@ -1,6 +1,6 @@
 """Teacher caches: what a teacher computed for the training split, stored once, with what it was computed from.
 
-One format serves every kind (kd_jax/student_data.py chooses which): arrays with one row per example,
+One format serves every kind (kd_jax/teachers/student_data.py chooses which): arrays with one row per example,
 
   <cache_dir>/<name>.npy     [N, ...] per array: 'logits' [N, C] float32 (dense); 'values' [N, T, k] (float16,
                              float32, or bfloat16 stored as its uint16 bit pattern), 'indices' [N, T, k] int32 and
@@ -24,16 +24,21 @@ row; process 0 alone writes the files, and the others wait for it, then read the
 """
 
 import dataclasses
+import logging
 import os
 import time
 from typing import Callable, Iterator
 
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
-from kd_jax import config_paths, distributed, files, losses
+from kd_jax import files
+from kd_jax.config import paths
 from kd_jax.data import Examples
+from kd_jax.parallel import distributed
+from kd_jax.training import losses
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 KINDS = {"dense": ("logits",), "topk": ("values", "indices", "tail_logsumexp"), "generation": ("tokens",)}
@@ -159,11 +164,11 @@ def _matching_metadata(cache_dir: str, expected: dict) -> dict | None:
   if not os.path.exists(metadata_path):
     return None
   metadata = files.read_json(metadata_path)
-  differing = config_paths.differing(metadata, expected, missing_differs=True)
+  differing = paths.differing(metadata, expected, missing_differs=True)
   if differing:
-    logging.warning("Teacher cache %s does not match this run (%s differ); rebuilding it.", cache_dir,
-                    ", ".join(f"{key}: {config_paths.flatten(metadata).get(key)!r} != "
-                              f"{config_paths.flatten(expected).get(key)!r}" for key in differing))
+    logger.warning("Teacher cache %s does not match this run (%s differ); rebuilding it.", cache_dir,
+                   ", ".join(f"{key}: {paths.flatten(metadata).get(key)!r} != "
+                              f"{paths.flatten(expected).get(key)!r}" for key in differing))
     return None
   return metadata
 
@@ -178,10 +183,10 @@ def load(cache_dir: str, expected: dict) -> ArrayCache | None:
     arrays = {name: _from_disk(name, np.load(os.path.join(cache_dir, f"{name}.npy"), mmap_mode="r"), metadata)
               for name in KINDS[metadata["format"]]}
   except (OSError, ValueError) as error:
-    logging.warning("Teacher cache %s is unreadable (%s); rebuilding it.", cache_dir, error)
+    logger.warning("Teacher cache %s is unreadable (%s); rebuilding it.", cache_dir, error)
     return None
   if index.shape != (metadata["size"],) or any(len(array) != metadata["size"] for array in arrays.values()):
-    logging.warning("Teacher cache %s holds arrays of other sizes than its metadata says; rebuilding it.", cache_dir)
+    logger.warning("Teacher cache %s holds arrays of other sizes than its metadata says; rebuilding it.", cache_dir)
     return None
   return ArrayCache(index=index, arrays=arrays, metadata=metadata)
 
@@ -221,7 +226,7 @@ def load_or_build(cache_dir: str, expected: dict, examples: Examples,
   done = _resumable_rows(progress_path, expected, temporary)
   distributed.check_same_on_all_processes(done, f"the rows of the teacher cache {cache_dir} already built")
   if done:
-    logging.info("Teacher cache %s: resuming a killed build after %d of %d rows.", cache_dir, done, len(index))
+    logger.info("Teacher cache %s: resuming a killed build after %d of %d rows.", cache_dir, done, len(index))
   ordered = examples if np.array_equal(order, np.arange(len(order))) else examples.select(order)
   streams, start, synced_time = {}, done, time.time()
   batches = compute_batches(ordered.select(slice(done, None))) if done < len(index) else ()

@@ -2,10 +2,10 @@
 distillation target, p_ens^T = mean_m softmax(z_m / T) (big_vision's and TextBrewer's multi-teacher setting).
 
 The members: member m is config.teacher with teacher.seed + m (ensemble.size teachers), or with the changes of
-ensemble.members[m]. Each member is an ordinary teacher (kd_jax/teacher.py), obtained through the same path and so
-trained once and cached once: member m lives in the teacher directory when it is config.teacher itself (member 0 of
-a seed ensemble is then the single-teacher run's teacher, shared with it in a sweep over ensemble.size), else in
-`<teacher directory>/members/<its teacher.identity_key>`. Its history phase is `teacher_<m>`.
+ensemble.members[m]. Each member is an ordinary teacher (kd_jax/teachers/teacher.py), obtained through the same path and
+so trained once and cached once: member m lives in the teacher directory when it is config.teacher itself (member 0 of a
+seed ensemble is then the single-teacher run's teacher, shared with it in a sweep over ensemble.size), else in `<teacher
+directory>/members/<its teacher.identity_key>`. Its history phase is `teacher_<m>`.
 
 The target: the members' logits stay separate, as losses.EnsembleLogits [..., M, C] (each member's own dense cache,
 stacked by student_data.py, or `MemberLogits` run in the step online), and losses.divergence averages their
@@ -25,7 +25,9 @@ import os
 import jax.numpy as jnp
 import ml_collections
 
-from kd_jax import config_paths, losses, teacher
+from kd_jax.config import paths
+from kd_jax.teachers import teacher
+from kd_jax.training import losses
 
 
 def phases(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -42,7 +44,7 @@ def member_configs(config: ml_collections.ConfigDict, workdir: str | None = None
     member = config.copy_and_resolve_references()
     if config.ensemble.members:
       for field, value in config.ensemble.members[m]:
-        config_paths.set_value(member.teacher, field, value)
+        paths.set_value(member.teacher, field, value)
     else:
       member.teacher.seed = config.teacher.seed + m
     member.ensemble.size, member.ensemble.members = 1, ()

@@ -1,7 +1,7 @@
 """Checks a config before anything runs or is written: one `ConfigError` naming the field, the value and what is
 allowed.
 
-The schema (every field a config may hold, and its type) is kd_jax/schema.py; a field it lacks is unknown.
+The schema (every field a config may hold, and its type) is kd_jax/config/schema.py; a field it lacks is unknown.
 """
 
 import os
@@ -10,11 +10,14 @@ import re
 import jax
 import ml_collections
 
-from kd_jax import config_paths, data, ensemble, evaluation, feature_losses, files, losses, models, schema, teacher
+from kd_jax import data, evaluation, files, models
+from kd_jax.config import paths, schema
 from kd_jax.data import causal_lm as causal_lm_data
 from kd_jax.data import mnist
 from kd_jax.data import text as text_data
 from kd_jax.errors import ConfigError
+from kd_jax.teachers import ensemble, teacher
+from kd_jax.training import feature_losses, losses
 
 DTYPES = ("float32", "bfloat16")
 TEACHER_MODES = ("cached", "online")
@@ -64,7 +67,7 @@ def check_fields(config: ml_collections.ConfigDict, reference: ml_collections.Co
     check_type(field, value, reference, key)
   for key in reference.keys():
     if key not in config:
-      raise ConfigError(prefix + key, None, "missing field (see kd_jax/schema.py)")
+      raise ConfigError(prefix + key, None, "missing field (see kd_jax/config/schema.py)")
 
 
 def check_type(field: str, value, reference: ml_collections.ConfigDict, key: str) -> None:
@@ -89,7 +92,7 @@ def _require(condition: bool, field: str, value, allowed: str) -> None:
 
 
 def _check_in_range(config, field: str, low: float, high: float, *, low_open: bool, high_open: bool) -> None:
-  value = config_paths.get(config, field)
+  value = paths.get(config, field)
   above = value > low if low_open else value >= low
   below = value < high if high_open else value <= high
   interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
@@ -97,7 +100,7 @@ def _check_in_range(config, field: str, low: float, high: float, *, low_open: bo
 
 
 def _check_positive(config, field: str) -> None:
-  _require(config_paths.get(config, field) > 0, field, config_paths.get(config, field), "must be > 0")
+  _require(paths.get(config, field) > 0, field, paths.get(config, field), "must be > 0")
 
 
 def _check_model(config, section: str) -> None:
@@ -218,12 +221,12 @@ def _check_student_parameters(config) -> None:
 
 def _check_optim(config, section: str) -> None:
   _check_positive(config, f"{section}.learning_rate")
-  _require(config_paths.get(config, f"{section}.weight_decay") >= 0, f"{section}.weight_decay",
-           config_paths.get(config, f"{section}.weight_decay"), "must be >= 0")
+  _require(paths.get(config, f"{section}.weight_decay") >= 0, f"{section}.weight_decay",
+           paths.get(config, f"{section}.weight_decay"), "must be >= 0")
   _check_in_range(config, f"{section}.warmup_ratio", 0.0, 1.0, low_open=False, high_open=True)
-  clip = config_paths.get(config, f"{section}.grad_clip_norm")
+  clip = paths.get(config, f"{section}.grad_clip_norm")
   _require(clip is None or clip > 0, f"{section}.grad_clip_norm", clip, "must be > 0 or None")
-  moment_dtype = config_paths.get(config, f"{section}.moment_dtype")
+  moment_dtype = paths.get(config, f"{section}.moment_dtype")
   _require(moment_dtype in DTYPES, f"{section}.moment_dtype", moment_dtype, f"allowed: {', '.join(DTYPES)}")
 
 
@@ -237,7 +240,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   num_devices = num_data_devices(config)
   _check_mesh(config, num_devices)
   for field in ("seed", "data.split_seed", "teacher.seed"):
-    _require(config_paths.get(config, field) >= 0, field, config_paths.get(config, field), "must be >= 0")
+    _require(paths.get(config, field) >= 0, field, paths.get(config, field), "must be >= 0")
 
   _require(config.data.name in data.names(), "data.name", config.data.name, f"allowed: {', '.join(data.names())}")
   _check_image_task(config)
@@ -246,7 +249,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
   for field in ("data.train_fraction", "data.labeled_fraction"):
     _check_in_range(config, field, 0.0, 1.0, low_open=True, high_open=False)
   for field in ("data.batch_size", "data.eval_batch_size"):
-    value = config_paths.get(config, field)
+    value = paths.get(config, field)
     _require(value > 0 and value % num_devices == 0, field, value,
              f"must be a positive multiple of the device count ({num_devices})")
   for field in ("data.synthetic.num_examples", "data.synthetic.num_features", "data.synthetic.num_classes",
@@ -268,7 +271,7 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     _check_in_range(config, "distill.alpha", 0.0, 1.0, low_open=False, high_open=False)
   else:
     for field in ("distill.ce_weight", "distill.kd_weight"):
-      value = config_paths.get(config, field)
+      value = paths.get(config, field)
       _require(value is not None and value >= 0, field, value,
                "must be a number >= 0 when distill.alpha is None (the explicit form needs both weights)")
   _check_in_range(config, "distill.label_smoothing", 0.0, 1.0, low_open=False, high_open=True)
@@ -315,7 +318,7 @@ def _check_memory_savers(config: ml_collections.ConfigDict, num_devices: int) ->
 def _check_mesh(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """config.mesh: axis sizes (one may be -1) whose product is the device count, a tensor size dividing the HF models'
   attention heads, rules naming known axes; vectorized sweeps keep their parameters replicated."""
-  from kd_jax import sharding  # pylint: disable=g-import-not-at-top
+  from kd_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
   sizes = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
   for axis, size in sizes.items():
     _require(isinstance(size, int) and (size >= 1 or size == -1), f"mesh.{axis}", size,
@@ -365,16 +368,16 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
   ends = ("distill.temperature_end", "distill.alpha_end", "distill.ce_weight_end", "distill.kd_weight_end")
   if distill.schedule == "constant":
     for field in ends:
-      value = config_paths.get(config, field)
+      value = paths.get(config, field)
       _require(value is None, field, value, "needs distill.schedule='linear' or 'cosine' (the schedule is constant)")
     return
-  _require(any(config_paths.get(config, field) is not None for field in ends), "distill.schedule", distill.schedule,
+  _require(any(paths.get(config, field) is not None for field in ends), "distill.schedule", distill.schedule,
            f"needs an end to move to: set one of {', '.join(ends)}")
   if distill.temperature_end is not None:
     _check_positive(config, "distill.temperature_end")
   if distill.alpha is not None:
     for field in ("distill.ce_weight_end", "distill.kd_weight_end"):
-      value = config_paths.get(config, field)
+      value = paths.get(config, field)
       _require(value is None, field, value, "must be None in the Hinton form (alpha set): schedule alpha_end instead")
     if distill.alpha_end is not None:
       _check_in_range(config, "distill.alpha_end", 0.0, 1.0, low_open=False, high_open=False)
@@ -382,13 +385,13 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
     _require(distill.alpha_end is None, "distill.alpha_end", distill.alpha_end,
              "must be None in the explicit form (alpha=None): schedule ce_weight_end / kd_weight_end instead")
     for field in ("distill.ce_weight_end", "distill.kd_weight_end"):
-      value = config_paths.get(config, field)
+      value = paths.get(config, field)
       _require(value is None or value >= 0, field, value, "must be >= 0 or None")
 
 
 def _check_ensemble(config: ml_collections.ConfigDict) -> None:
-  """config.ensemble (kd_jax/ensemble.py): its size, each member's changes to config.teacher and the member they
-  make (a valid teacher, distinct from the others, of this run's label space), and the tasks and divergences an
+  """config.ensemble (kd_jax/teachers/ensemble.py): its size, each member's changes to config.teacher and the member
+  they make (a valid teacher, distinct from the others, of this run's label space), and the tasks and divergences an
   ensemble supports."""
   size, members = config.ensemble.size, tuple(config.ensemble.members)
   _require(size >= 1, "ensemble.size", size, "must be >= 1 (1: a single teacher)")
@@ -444,7 +447,7 @@ def _check_label_space(config, member, m: int) -> None:
   recorded = files.read_json(record_path)
   space = lambda flat: (flat.get("data.name"), flat.get("data.synthetic.num_classes")
                         if str(flat.get("data.name")).startswith("synthetic") else None)
-  ours = space(config_paths.flatten(files.as_json_value({"data": config.data.to_dict()})))
+  ours = space(paths.flatten(files.as_json_value({"data": config.data.to_dict()})))
   _require(space(recorded) == ours, f"ensemble.members[{m}].init", member.teacher.init,
            f"a teacher of data.name={recorded.get('data.name')!r}, whose classes are not this run's "
            f"(data.name={config.data.name!r}); an ensemble averages probabilities over one label space")
@@ -472,7 +475,7 @@ def _check_features(config: ml_collections.ConfigDict) -> None:
   _require(distill.feature_loss in feature_losses.FEATURE_LOSSES, "distill.feature_loss", distill.feature_loss,
            f"allowed: {', '.join(feature_losses.FEATURE_LOSSES)}")
   for field in ("distill.feature_weight", "distill.attention_weight"):
-    _require(config_paths.get(config, field) >= 0, field, config_paths.get(config, field), "must be >= 0")
+    _require(paths.get(config, field) >= 0, field, paths.get(config, field), "must be >= 0")
   if distill.features is None:
     _require(distill.attention_weight == 0, "distill.attention_weight", distill.attention_weight,
              "needs distill.features (the mapped layers whose attention is matched)")
@@ -573,7 +576,7 @@ def _check_causal_lm(config: ml_collections.ConfigDict) -> None:
   _check_positive(config, "generation.train_temperature")
   if not causal_lm:
     for field, default in (("data.packing", False), ("distill.on_policy_fraction", 0.0)):
-      value = config_paths.get(config, field)
+      value = paths.get(config, field)
       _require(value == default, field, value, f"needs data.name='causal_lm' (data.name={data_config.name!r})")
     return
   _require(bool(data_config.response_column), "data.response_column", data_config.response_column,

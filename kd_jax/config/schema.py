@@ -1,7 +1,7 @@
 """The config schema: every field a kd_jax config may hold, its default and type, with a comment on each.
 
 `default_config()` is the embedded default run (the digits task of configs/default.py); config files build on it and
-change a few fields (configs/*.py). `config_validation.validate` rejects any field this schema lacks and any value of
+change a few fields (configs/*.py). `validation.validate` rejects any field this schema lacks and any value of
 another type. `OPERATIONAL_FIELDS` are those a resumed run may change.
 """
 
@@ -133,7 +133,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.teacher.num_epochs = 150
   config.teacher.optim = optim_config(learning_rate=1e-3, weight_decay=1e-4, warmup_ratio=0.05)
 
-  # Several teachers (kd_jax/ensemble.py): the distillation target is the average of their probabilities at the
+  # Several teachers (kd_jax/teachers/ensemble.py): the distillation target is the average of their probabilities at the
   # temperature T, mean_m softmax(z_m / T); the teacher's reported metrics are those of the average at T = 1. Each
   # member is a teacher of its own, trained and cached once (member 0, when it is config.teacher itself, is the
   # single-teacher run's teacher). Classification tasks; every divergence but 'mse'.
@@ -196,7 +196,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.distill.kd_weight = config_dict.placeholder(float)
   # Label smoothing of the hard-label cross-entropy; in [0, 1).
   config.distill.label_smoothing = 0.0
-  # D (formulas and references in kd_jax/losses.py: divergence): 'forward_kl' KL(p_t || p_s), 'reverse_kl'
+  # D (formulas and references in kd_jax/training/losses.py: divergence): 'forward_kl' KL(p_t || p_s), 'reverse_kl'
   # KL(p_s || p_t), 'js' (Jensen-Shannon), 'generalized_js' (GKD's JSD_beta), 'skew_forward_kl' / 'skew_reverse_kl'
   # (DistiLLM), 'tvd' (total variation), 'akl' (adaptive KL), 'mse' (on logits).
   config.distill.divergence = "forward_kl"
@@ -235,7 +235,7 @@ def default_config() -> ml_collections.ConfigDict:
   # data.max_target_length tokens) and scored by the teacher in the step (teacher_mode='online'); the loss is then
   # the distillation term on the student's tokens. 0: supervised KD on the data's responses.
   config.distill.on_policy_fraction = 0.0
-  # Feature distillation (kd_jax/feature_losses.py; needs teacher_mode='online'): the hidden states matched, as
+  # Feature distillation (kd_jax/training/feature_losses.py; needs teacher_mode='online'): the hidden states matched, as
   # (teacher, student) pairs of hidden-state indices (0 = embeddings or the MLP's inputs, l = the output of layer l),
   # e.g. ((0, 0), (2, 1), (4, 2)); 'uniform': student layer s = 1..L_s with teacher layer s * L_t // L_s; None: off.
   # A placeholder of type object, so that the command line takes both: --config.distill.features=uniform and
@@ -272,8 +272,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.train.max_checkpoints_to_keep = 2
   # Number of local devices the mesh (config.mesh) spans; None means every device of every process.
   config.train.num_devices = config_dict.placeholder(int)
-  # Most optimizer steps run per compiled call (kd_jax/steps.py: a loop on the device over stacked batches, no host
-  # round trip per step). A call ends at every log, eval and checkpoint step and after about a second (SIGTERM is
+  # Most optimizer steps run per compiled call (kd_jax/training/steps.py: a loop on the device over stacked batches, no
+  # host round trip per step). A call ends at every log, eval and checkpoint step and after about a second (SIGTERM is
   # honored between calls); 1 dispatches every step from Python.
   config.train.steps_per_dispatch = 100
   # Training sets (inputs, labels and joined teacher logits) up to this many MiB are copied to every device once and
@@ -293,7 +293,7 @@ def default_config() -> ml_collections.ConfigDict:
   # only (no gradient, nothing kept for a backward pass): remat does not apply to it.
   config.train.remat = "none"
 
-  # The device mesh (kd_jax/sharding.py): axis sizes whose product is the device count (train.num_devices local
+  # The device mesh (kd_jax/parallel/sharding.py): axis sizes whose product is the device count (train.num_devices local
   # devices, or every device of every process); one may be -1, the devices the others leave. The batch rows are
   # split over data x fsdp; the parameters and optimizer state of student and teacher are replicated over data,
   # split over fsdp (each array along its largest dimension divisible by it: FSDP / ZeRO-3, gathered where the
@@ -316,7 +316,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.baseline = True
 
   # Seq2seq evaluation: every model's outputs for the test split are generated (max data.max_target_length tokens)
-  # and scored (kd_jax/evaluation.py).
+  # and scored (kd_jax/evaluation/__init__.py).
   config.generation = ml_collections.ConfigDict()
   # Decoding temperatures, 0 = greedy; the metrics at the first are the models' metrics, the students' metrics at
   # every one are also reported (the generation-temperature ablation: one trained student, no retraining).
@@ -328,7 +328,7 @@ def default_config() -> ml_collections.ConfigDict:
   # GKD samples at 1).
   config.generation.train_temperature = 1.0
 
-  # Sweeps (kd_jax/sweep.py): the config runs once per point, each in `<workdir>/<point name>/`, then the report
+  # Sweeps (kd_jax/sweeps/): the config runs once per point, each in `<workdir>/<point name>/`, then the report
   # (results.csv, summary.md, plots/) is written. A config is a sweep when grid or zipped is non-empty or seeds > 1.
   config.sweep = ml_collections.ConfigDict()
   # Cartesian product: a tuple of (dotted field path, tuple of values) pairs. Any field can be swept, e.g.
@@ -343,11 +343,11 @@ def default_config() -> ml_collections.ConfigDict:
   # The student metric that picks the best value in the report: accuracy or agreement (higher is better), or nll,
   # ece, brier or kl_to_teacher (lower is better).
   config.sweep.selection_metric = "accuracy"
-  # 'sequential': the points run one after another, each a full run. 'vectorized' (kd_jax/vectorized.py): points
-  # whose configs differ only in seed, distill.temperature / alpha / ce_weight / kd_weight / label_smoothing and
+  # 'sequential': the points run one after another, each a full run. 'vectorized' (kd_jax/training/vectorized.py):
+  # points whose configs differ only in seed, distill.temperature / alpha / ce_weight / kd_weight / label_smoothing and
   # optim.learning_rate train together in one compiled program (vmap over points); other differences (widths, data,
-  # divergence...) split the points into groups trained in turn. Same results.json and report, up to float rounding.
-  # One process, classification tasks; --sweep_index runs its point sequentially.
+  # divergence...) split the points into groups trained in turn. Same results.json and report, up to float rounding. One
+  # process, classification tasks; --sweep_index runs its point sequentially.
   config.sweep.mode = "sequential"
 
   return config

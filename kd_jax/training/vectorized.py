@@ -25,9 +25,12 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from kd_jax import config_paths, data, feature_losses, files, fingerprints, loop, losses, sharding, steps
+from kd_jax import data, files, fingerprints
+from kd_jax.config import paths
 from kd_jax.data import feed
 from kd_jax.errors import ConfigError
+from kd_jax.parallel import sharding
+from kd_jax.training import feature_losses, loop, losses, steps
 
 # The fields the points of one group may differ in: they reach the compiled step as arrays.
 FIELDS = ("seed", "optim.learning_rate") + losses.DistillationLoss.ARRAY_FIELDS
@@ -39,7 +42,7 @@ def groups(points: list) -> list[list]:
   """The points (sweep.Point) in groups of configs equal but for FIELDS, in order of first appearance."""
   by_key = {}
   for point in points:
-    key = fingerprints.fingerprint_json(config_paths.without(files.as_json_value(point.config.to_dict()), FIELDS))
+    key = fingerprints.fingerprint_json(paths.without(files.as_json_value(point.config.to_dict()), FIELDS))
     by_key.setdefault(key, []).append(point)
   return list(by_key.values())
 
@@ -56,7 +59,7 @@ def baseline_shares(configs: list) -> list[list[int]]:
   """The indices of the configs that share one hard-label baseline (equal BASELINE_FIELDS), in order."""
   by_values = {}
   for i, config in enumerate(configs):
-    by_values.setdefault(tuple(config_paths.get(config, path) for path in BASELINE_FIELDS), []).append(i)
+    by_values.setdefault(tuple(paths.get(config, path) for path in BASELINE_FIELDS), []).append(i)
   return list(by_values.values())
 
 

@@ -1,8 +1,6 @@
-"""Seq2seq helpers (e-SNLI with FLAN-T5): generation over a split, label and token metrics, generated targets.
+"""Seq2seq evaluation helpers (e-SNLI with FLAN-T5): generation over a split, label and token metrics.
 
-Evaluation (kd_jax/evaluation.py, `Seq2SeqEvaluator`) scores generated texts with `label_metrics` and teacher-forced
-tokens with `token_sums`; sequence-level distillation (Kim & Rush 2016, kd_jax/student_data.py) trains on the
-teacher's greedy outputs through `targets_from_generations`.
+The seq2seq evaluator scores generated texts with `label_metrics` and teacher-forced tokens with `token_sums`.
 """
 
 import itertools
@@ -11,8 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import inference, metrics, sharding
+from kd_jax.evaluation import metrics
 from kd_jax.models import hf
+from kd_jax.parallel import inference, sharding
 
 
 def generate_tokens(model, params, inputs: dict, *, mesh, batch_size: int, max_new_tokens: int,
@@ -63,19 +62,3 @@ def token_sums(params, teacher_params, inputs, labels, weights, *, model, teache
     sums["kl"] = jnp.sum(jnp.sum(jnp.exp(log_q) * (log_q - log_p), axis=-1) * weights)
     sums["agree"] = jnp.sum((jnp.argmax(log_p, -1) == jnp.argmax(log_q, -1)) * weights)
   return sums
-
-
-def targets_from_generations(tokens: np.ndarray, *, eos_token_id: int, pad_token_id: int,
-                             decoder_start_token_id: int) -> dict:
-  """Teacher-forcing arrays of generated ids [N, T]: every token up to and including the first EOS is real.
-
-  Returns:
-    label (-1 after the first EOS), token_weights, decoder_input_ids (label shifted right behind the start token).
-  """
-  is_eos = tokens == eos_token_id
-  real = (np.cumsum(is_eos, axis=1) - is_eos) == 0
-  label = np.where(real, tokens, -1).astype(np.int32)
-  shifted = np.where(real, tokens, pad_token_id)[:, :-1]
-  decoder_input_ids = np.concatenate([np.full_like(tokens[:, :1], decoder_start_token_id), shifted], axis=1)
-  return {"label": label, "token_weights": real.astype(np.float32),
-          "decoder_input_ids": decoder_input_ids.astype(np.int32)}

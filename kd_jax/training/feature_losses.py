@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from kd_jax import losses
 from kd_jax.errors import ConfigError
+from kd_jax.training import losses
 
 FEATURE_LOSSES = ("mse", "cosine")
 UNIFORM = "uniform"

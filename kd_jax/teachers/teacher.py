@@ -7,7 +7,7 @@ Two identities, each with one home here:
   trained teacher's `teacher.json` (with the fingerprint of its labeled training data); a directory holding another
   teacher is refused.
 - `Teacher.fingerprint`: a hash of the weights in hand, whichever way they were obtained. The teacher caches
-  (kd_jax/teacher_cache.py) are keyed by it, so a cache is never reused for other weights.
+  (kd_jax/teachers/teacher_cache.py) are keyed by it, so a cache is never reused for other weights.
 
 A trained teacher lives in its directory (`<workdir>/teacher`, or config.teacher.workdir): checkpoints/ while it
 trains (through the one training loop: a rerun resumes it), params/ once finished (later runs reuse it), and its
@@ -16,16 +16,20 @@ caches. Teachers are never part of a student's checkpoints: they do not change.
 
 import dataclasses
 import functools
+import logging
 import os
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
-from absl import logging
 
-from kd_jax import config_paths, data, distributed, files, fingerprints, loop, losses, models, sharding, steps
+from kd_jax import data, files, fingerprints, models
+from kd_jax.config import paths
 from kd_jax.data.examples import first_inputs, wide_dtype
 from kd_jax.errors import UserError
+from kd_jax.parallel import distributed, sharding
+from kd_jax.training import checkpointing, loop, losses, steps
+
+logger = logging.getLogger(__name__)
 
 # Fields of the config that do not change which teacher it asks for: where it is stored, and how large the
 # inference batches are.
@@ -41,7 +45,7 @@ class Teacher:
       or split over fsdp / tensor).
     directory: where its trained weights (if trained) and its caches live.
     stats: the training phase's stats when it was trained (or resumed) in this call, else None.
-    members: an ensemble's member teachers (kd_jax/ensemble.py), whose combination this is; () for one teacher.
+    members: an ensemble's member teachers (kd_jax/teachers/ensemble.py), whose combination this is; () for one teacher.
   """
   model: object
   params: object
@@ -59,7 +63,7 @@ def identity(config: ml_collections.ConfigDict) -> dict:
   """The teacher `config` asks for, as flat {dotted field: value} of config.teacher and config.data (but
   NOT_IDENTITY)."""
   sections = files.as_json_value({"teacher": config.teacher.to_dict(), "data": config.data.to_dict()})
-  return config_paths.without(sections, NOT_IDENTITY)
+  return paths.without(sections, NOT_IDENTITY)
 
 
 def identity_key(config: ml_collections.ConfigDict) -> str:
@@ -101,7 +105,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
   trained = os.path.isdir(params_dir)
   distributed.check_same_on_all_processes(trained, f"whether {params_dir} holds a trained teacher")
   if trained:
-    logging.info("%s: reusing the trained teacher in %s.", phase, home)
+    logger.info("%s: reusing the trained teacher in %s.", phase, home)
     return Teacher(model, restore_params(home, params, mesh, config.mesh.rules), home)
   if distributed.is_main_process():
     files.write_json(record_path, recorded)
@@ -117,9 +121,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
       num_steps=num_steps, checkpoint_dir=os.path.join(home, "checkpoints"), train_config=config.train,
       evaluate=lambda params: evaluate_fn(model, params))
   (params,), stats = outcome.params, outcome.stats
-  # Every process saves (orbax's multi-process path: process 0 writes the metadata, the owner of each shard its data).
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(params_dir), params)
+  checkpointing.save_params(params_dir, params)
   return Teacher(model, params, home, stats)
 
 
@@ -130,11 +132,10 @@ def restore_params(teacher_dir: str, target_params, mesh, rules=()):
   if not os.path.isdir(params_dir):
     raise UserError(f"teacher directory {teacher_dir} has no params/ (its training did not finish); "
                     "rerun the run that trains it, or set teacher.init='train'")
-  checkpointer = ocp.StandardCheckpointer()
   abstract = jax.tree.map(lambda value, placement: jax.ShapeDtypeStruct(value.shape, value.dtype, sharding=placement),
                           target_params, sharding.param_shardings(target_params, mesh, rules))
   try:
-    return checkpointer.restore(params_dir, abstract)
+    return checkpointing.restore_params(params_dir, abstract)
   except (ValueError, KeyError) as error:
     raise UserError(f"teacher checkpoint {params_dir} does not match the teacher described by config.teacher "
                     f"({error.__class__.__name__}: {str(error).splitlines()[0]})") from error

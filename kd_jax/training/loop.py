@@ -9,6 +9,7 @@ stacked on a leading axis), the compiled chunk and the data feed.
 """
 
 import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -17,11 +18,13 @@ from typing import Any, Callable, Protocol, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
-from absl import logging
 
-from kd_jax import checkpointing, distributed, files, preemption, sharding
+from kd_jax import files
 from kd_jax.errors import NonFiniteError
+from kd_jax.parallel import distributed, preemption, sharding
+from kd_jax.training import checkpointing
+
+logger = logging.getLogger(__name__)
 
 # A chunk is cut short to take about this long (seconds, estimated from the steps measured so far), so that a
 # SIGTERM, which is honored at the end of a chunk, is answered within about a second.
@@ -113,7 +116,7 @@ def train(phase: str, program: Program, runs: Sequence[RunLog], *, num_steps: in
     start_step = int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
     resumed_from_step = None if restored is None else start_step
     if resumed_from_step is not None:
-      logging.info("%s: resuming from step %d of %d (%s).", phase, start_step, num_steps, store.directory)
+      logger.info("%s: resuming from step %d of %d (%s).", phase, start_step, num_steps, store.directory)
     for run in runs:
       run.writer.drop_after(start_step)
     if selection is not None:
@@ -128,8 +131,8 @@ def train(phase: str, program: Program, runs: Sequence[RunLog], *, num_steps: in
       state, chunk_metrics = program.chunk(state, np.int32(length), *data)
       if memory is None and program.memory is not None:
         memory = program.memory(state, np.int32(length), *data)
-        logging.info("%s: per device: parameters %s, optimizer state %s, temporaries %s, peak %s (compiled step).",
-                     phase, *(sharding.format_bytes(memory.get(key, float("nan"))) for key in
+        logger.info("%s: per device: parameters %s, optimizer state %s, temporaries %s, peak %s (compiled step).",
+                    phase, *(sharding.format_bytes(memory.get(key, float("nan"))) for key in
                               ("params_bytes", "optimizer_bytes", "temp_bytes", "peak_bytes")))
       history.add_chunk(first_step, length, chunk_metrics)
       end = clock.chunk_done(length, state)
@@ -175,9 +178,7 @@ class _Best:
     record_path = os.path.join(directory, "best.json")
     if os.path.exists(record_path):
       record = files.read_json(record_path)
-      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params)
-      with ocp.StandardCheckpointer() as checkpointer:
-        self.params = checkpointer.restore(os.path.join(directory, record["directory"]), abstract)
+      self.params = checkpointing.restore_params(os.path.join(directory, record["directory"]), params)
       self.steps, self._values = record["steps"], record["values"]
 
   def _better(self, value: float, best: float | None) -> bool:
@@ -200,8 +201,7 @@ class _Best:
     self._values = [float(value) if better else kept for better, value, kept in zip(improved, values, self._values)]
     name = f"best-{step}"
     os.makedirs(self._directory, exist_ok=True)
-    with ocp.StandardCheckpointer() as checkpointer:  # every process saves its shards; waits for the save
-      checkpointer.save(os.path.join(self._directory, f".{name}.tmp"), self.params, force=True)
+    checkpointing.save_params(os.path.join(self._directory, f".{name}.tmp"), self.params, force=True)
     if distributed.is_main_process():
       os.replace(os.path.join(self._directory, f".{name}.tmp"), os.path.join(self._directory, name))
       files.write_json(os.path.join(self._directory, "best.json"),
@@ -250,12 +250,12 @@ class _History:
       (scalars,) = all_scalars
       extra = "".join(f", {name} {scalars[f'train/{name}_loss']:.4f}" for name in ("feature", "attention")
                       if f"train/{name}_loss" in scalars)
-      logging.info("%s step %d/%d | loss %.4f (hard %.4f, soft %.4f%s) | lr %.2e | %s ex/s | ETA %s", self._phase,
-                   step, num_steps, scalars["train/loss"], scalars["train/hard_loss"], scalars["train/soft_loss"],
-                   extra, scalars["train/learning_rate"], speed, eta)
+      logger.info("%s step %d/%d | loss %.4f (hard %.4f, soft %.4f%s) | lr %.2e | %s ex/s | ETA %s", self._phase,
+                  step, num_steps, scalars["train/loss"], scalars["train/hard_loss"], scalars["train/soft_loss"],
+                  extra, scalars["train/learning_rate"], speed, eta)
     else:
-      logging.info("%s (%d runs vectorized) step %d/%d | loss %s | %s ex/s | ETA %s", self._phase, len(all_scalars),
-                   step, num_steps, " ".join(f"{scalars['train/loss']:.4f}" for scalars in all_scalars), speed, eta)
+      logger.info("%s (%d runs vectorized) step %d/%d | loss %s | %s ex/s | ETA %s", self._phase, len(all_scalars),
+                  step, num_steps, " ".join(f"{scalars['train/loss']:.4f}" for scalars in all_scalars), speed, eta)
 
 
 def _of_run(value, run: int, stacked: bool):

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from kd_jax import distributed, preemption, sharding
 from kd_jax.data import pipeline
+from kd_jax.parallel import distributed, preemption, sharding
 
 
 def batch_size_for(num_examples: int, batch_size: int, num_devices: int) -> int:

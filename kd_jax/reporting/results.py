@@ -3,20 +3,21 @@
 A run of any mode (single, a sweep point, a point of a vectorized group) writes the same results.json through
 `Results`:
   data     {name, num_classes, num_train, num_labeled, num_unlabeled, num_validation, num_test}
-  metrics  {teacher, student, student_hard (when trained)}: each model's test metrics (kd_jax/evaluation.py): what
-           is reported
+  metrics  {teacher, student, student_hard (when trained)}: each model's test metrics (kd_jax/evaluation/): what is
+           reported
   validation_metrics   the same models' metrics on the validation split: what selects (the final model with
            train.select, a sweep's best point)
-  efficiency  {teacher, student, student_hard}: size and speed of each model (kd_jax/efficiency.py)
+  efficiency  {teacher, student, student_hard}: size and speed of each model (kd_jax/reporting/efficiency.py)
   train    {num_devices, num_processes, phases: {phase: the loop's stats}, steps, examples_per_sec (of the KD
            student), resumed_from_step, resumed_phase (where a rerun took up an interrupted run), wall_s}
-  teacher_cache or teacher_generations   what the student's data was built from (kd_jax/student_data.py)
+  teacher_cache or teacher_generations   what the student's data was built from (kd_jax/teachers/student_data.py)
   memory   {phase: per-device bytes of its compiled step (sharding.memory_stats): params_bytes, optimizer_bytes (from
            the state's shards), argument_bytes, output_bytes, temp_bytes, alias_bytes, peak_bytes (XLA's
            memory_analysis)}, for the phases trained in this call
-The report (kd_jax/report.py, kd_jax/plots.py) reads these files back, never live objects: `load_sweep(workdir)`
-gives the sweep's factors (sweep.json, written by kd_jax/sweep.py) and every finished point's Results and history.
-The metric catalog (which metrics exist, which direction is better, how they are written) lives here too.
+The report (kd_jax/reporting/report.py, kd_jax/reporting/plots.py) reads these files back, never live objects:
+`load_sweep(workdir)` gives the sweep's factors (sweep.json, written by kd_jax/sweeps/) and every finished point's
+Results and history. The metric catalog (which metrics exist, which direction is better, how they are written) lives
+here too.
 """
 
 import dataclasses
@@ -25,8 +26,9 @@ import os
 
 import numpy as np
 
-from kd_jax import files, stats
+from kd_jax import files
 from kd_jax.errors import UserError
+from kd_jax.reporting import stats
 
 RESULTS_FILE = "results.json"
 MODEL_LABELS = {"teacher": "teacher", "student": "student (KD)", "student_hard": "student (hard labels)"}

@@ -1,4 +1,5 @@
-"""Hugging Face checkpoints: finding the directory, reading its tensors, converting them into Flax parameters.
+"""Pretrained weights of Hugging Face checkpoints: finding the directory, reading its tensors, converting them into Flax
+parameters (the checkpoints of our own training are kd_jax/training/checkpointing.py's).
 
 A checkpoint is a directory with config.json and one of model.safetensors, a sharded model.safetensors.index.json
 or flax_model.msgpack; a hub id is resolved to such a directory in huggingface_hub's cache. Tensors are read one at a

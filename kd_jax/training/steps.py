@@ -1,5 +1,5 @@
 """The optimizer step and its compiled forms: `train_step`, many steps per call (`run_steps`), and the program of one
-run that the training loop (kd_jax/loop.py) trains.
+run that the training loop (kd_jax/training/loop.py) trains.
 
 `train_step` is pure: its settings (model, teacher model, input noise) are bound with functools.partial before
 compiling, and everything numeric comes in as arguments: the state, the teacher's parameters, the loss
@@ -16,9 +16,10 @@ import optax
 from flax import struct
 from flax.training import train_state
 
-from kd_jax import feature_losses, loop, losses, sharding
 from kd_jax.data import Examples, feed, pipeline
 from kd_jax.models import peft
+from kd_jax.parallel import sharding
+from kd_jax.training import feature_losses, loop, losses
 
 
 class TrainState(train_state.TrainState):
@@ -132,7 +133,7 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
   if on_policy is not None:
     batch = on_policy.batch(peft.plain_params(model, state.params), rng, state.step, batch)
   step_rng = jax.random.fold_in(rng, state.step)
-  features = loss.features  # feature distillation (kd_jax/feature_losses.py) needs both models' intermediates
+  features = loss.features  # feature distillation (kd_jax/training/feature_losses.py) needs both models' intermediates
   # Gradients of the trained parameters only (state.trainable); the frozen ones get zeros, which the optimizer drops.
   trained, frozen = peft.split(state.params, state.trainable)
 

@@ -3,9 +3,10 @@
   online       distill.teacher_mode='online': the teacher runs inside the step on the student's (possibly noisy)
                batch; the examples are the training split as it is.
   dense cache  teacher_mode='cached', classification: the teacher's eval-mode logits for every training example,
-               computed once on its own inputs (kd_jax/teacher_cache.py, kind 'dense') and joined to the examples by
-               index (`Examples.teacher` [N, C]). An ensemble (kd_jax/ensemble.py): each member's own dense cache,
-               joined side by side as losses.EnsembleLogits [N, M, C]; online, its members run side by side.
+               computed once on its own inputs (kd_jax/teachers/teacher_cache.py, kind 'dense') and joined to the
+               examples by index (`Examples.teacher` [N, C]). An ensemble (kd_jax/teachers/ensemble.py): each member's
+               own dense cache, joined side by side as losses.EnsembleLogits [N, M, C]; online, its members run side by
+               side.
   top-k cache  teacher_mode='cached', seq2seq and causal LM: per target token the k largest logits, their ids and
                the log-sum-exp of the others (kind 'topk'; the loss: losses.topk_divergence), joined as a
                losses.TopKLogits. A causal LM's rows cover its whole sequence; the loss reads the response positions.
@@ -16,20 +17,25 @@
 
 import dataclasses
 import functools
+import logging
 import os
 import time
 
 import jax
 import jax.numpy as jnp
-from absl import logging
 
 import numpy as np
 
-from kd_jax import causal_lm, data, ensemble, inference, sharding, teacher_cache
+from kd_jax import data
+from kd_jax.data import causal_lm as causal_lm_data
+from kd_jax.data import text
 from kd_jax.data.examples import first_inputs
 from kd_jax.models import hf
-from kd_jax.seq2seq import targets_from_generations
-from kd_jax.teacher import Teacher
+from kd_jax.parallel import inference, sharding
+from kd_jax.teachers import ensemble, teacher_cache
+from kd_jax.teachers.teacher import Teacher
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +62,9 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
     cache, stats = _build(config, task, teacher, mesh, "generation", _generate_fn(teacher, task, mesh),
                           max_new_tokens=task.seq2seq.max_target_length)
     dims = teacher.model.module.dims
-    targets = targets_from_generations(cache.lookup(task.train.index)["tokens"], eos_token_id=dims.eos_token_id,
-                                       pad_token_id=dims.pad_token_id,
-                                       decoder_start_token_id=task.seq2seq.decoder_start_token_id)
+    targets = text.targets_from_generations(cache.lookup(task.train.index)["tokens"], eos_token_id=dims.eos_token_id,
+                                            pad_token_id=dims.pad_token_id,
+                                            decoder_start_token_id=task.seq2seq.decoder_start_token_id)
     examples = task.train.replace(label=targets["label"], token_weights=targets["token_weights"],
                                   inputs={**task.train.inputs, "decoder_input_ids": targets["decoder_input_ids"]})
     return StudentData(examples, None, distills=False, results={"teacher_generations": stats})
@@ -94,7 +100,7 @@ def _causal_lm_sequences(config, task: data.TaskData, teacher: Teacher, mesh) ->
   cache, stats = _build(config, task, teacher, mesh, "generation", _generate_fn(teacher, task, mesh),
                         max_new_tokens=info.max_new_tokens)
   inputs = task.train.inputs
-  sequences = jax.device_get(causal_lm.sequences_from_responses(
+  sequences = jax.device_get(causal_lm_data.sequences_from_responses(
       inputs["prompt_ids"], inputs["prompt_mask"], cache.lookup(task.train.index)["tokens"],
       length=inputs["input_ids"].shape[1], eos_token_id=info.eos_token_id, pad_token_id=info.pad_token_id))
   examples = task.train.replace(
@@ -134,8 +140,8 @@ def _build(config, task: data.TaskData, teacher: Teacher, mesh, kind: str, fn, *
   start_time = time.time()
   cache, built = teacher_cache.load_or_build(directory, expected, task.train, compute)
   wall_s = time.time() - start_time
-  logging.info("Teacher cache (%s) %s: %s %d examples in %.2fs (%d bytes per example).", kind, directory,
-               "built for" if built else "loaded", len(cache.index), wall_s, cache.bytes_per_example)
+  logger.info("Teacher cache (%s) %s: %s %d examples in %.2fs (%d bytes per example).", kind, directory,
+              "built for" if built else "loaded", len(cache.index), wall_s, cache.bytes_per_example)
   return cache, {"path": directory, "built": built, "wall_s": wall_s, "bytes_per_example": cache.bytes_per_example}
 
 

@@ -1,4 +1,4 @@
-"""Figures of a sweep report, as PNG and PDF in `<workdir>/plots/`, drawn from the files read by kd_jax/results.py.
+"""Figures of a sweep report, as PNG and PDF in `<workdir>/plots/`, drawn from the files read by results.py.
 
 - `<metric>_vs_<factor>`: every test metric against the swept values, mean over seeds with std error bars, the
   hard-label student as a band (mean ± std) and the teacher as a dotted line; with two factors, one line per value
@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from kd_jax import results, stats  # pylint: disable=g-import-not-at-top,wrong-import-position
+from kd_jax.reporting import results, stats  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 MODEL_COLORS = {"teacher": "#4d4d4d", "student": "#1f77b4", "student_hard": "#d95f02"}
 MODEL_SHADES = {"teacher": "Greys", "student": "Blues", "student_hard": "Oranges"}

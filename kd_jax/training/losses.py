@@ -162,8 +162,8 @@ def _divergence_of_log_probs(log_p_s: jax.Array, log_p_t: jax.Array, kind: str,
 
 
 class EnsembleLogits(NamedTuple):
-  """The logits of an ensemble's M teachers (kd_jax/ensemble.py) for the same examples, kept per member so that the
-  target can be formed at any temperature, traced ones included (a vectorized sweep over T).
+  """The logits of an ensemble's M teachers (kd_jax/teachers/ensemble.py) for the same examples, kept per member so that
+  the target can be formed at any temperature, traced ones included (a vectorized sweep over T).
 
   logits: [..., M, C] member m's logits z_m at [..., m, :].
   """
@@ -244,8 +244,8 @@ def global_mean(values: jax.Array, weights: jax.Array, axis_name: str | None = N
   real tokens therefore weighs what its tokens weigh, not what its batch slot weighs. Returns 0 when the global
   weight is 0 (e.g. a batch without labeled examples).
 
-  With gradient accumulation (kd_jax/steps.py) `values` and `weights` are one micro-batch m of this device's rows
-  and `weight_sum` is W_d, the weight of all of them: the result S_dm / mean_d W_d is the micro-batch's share, and
+  With gradient accumulation (kd_jax/training/steps.py) `values` and `weights` are one micro-batch m of this device's
+  rows and `weight_sum` is W_d, the weight of all of them: the result S_dm / mean_d W_d is the micro-batch's share, and
   the shares add up over micro-batches to the mean of the whole batch (not to a mean of per-micro-batch means, which
   would weigh a micro-batch of few real tokens like a full one: the bug class of TRL PR #6006).
 
@@ -386,7 +386,7 @@ class DistillationLoss:
   features: Any = None
 
   # The config.distill fields behind the array leaves: runs whose configs differ only in these (and in the seed and
-  # the learning rate) can train together in one vectorized program (kd_jax/vectorized.py).
+  # the learning rate) can train together in one vectorized program (kd_jax/training/vectorized.py).
   ARRAY_FIELDS: ClassVar[tuple[str, ...]] = ("distill.temperature", "distill.alpha", "distill.ce_weight",
                                              "distill.kd_weight", "distill.label_smoothing", "distill.beta",
                                              "distill.skew", "distill.akl_mu", "distill.temperature_end",

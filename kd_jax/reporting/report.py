@@ -1,13 +1,13 @@
 """Human-readable summaries of results: the metrics table of one run, and the report of a sweep.
 
-A sweep report is computed from files only: `<workdir>/sweep.json` (written by kd_jax/sweep.py) and each finished
-point's results.json and history.jsonl. So `python -m kd_jax.report WORKDIR` (scripts/report.sh) re-aggregates
+A sweep report is computed from files only: `<workdir>/sweep.json` (written by kd_jax/sweeps/) and each finished
+point's results.json and history.jsonl. So `python -m kd_jax.reporting.report WORKDIR` (scripts/report.sh) re-aggregates
 any sweep workdir, also while points are still running. It writes:
   results.csv  one row per finished point: swept fields, seed, metrics of the KD student, hard-label student and
                teacher, data sizes, steps and wall time;
   summary.md   per combination of swept values, mean ± std over seeds of every metric; the paired difference from
                the hard-label student of the same seed with a bootstrap interval; findings computed from the data;
-  plots/       PNG and PDF figures (kd_jax/plots.py).
+  plots/       PNG and PDF figures (kd_jax/reporting/plots.py).
 """
 
 import csv
@@ -18,11 +18,12 @@ import sys
 
 import numpy as np
 
-from kd_jax import files, stats
+from kd_jax import files
 from kd_jax.errors import UserError
-from kd_jax.results import (BASELINE, HIGHER_IS_BETTER, MODEL_LABELS, PERCENT_METRICS, Group, Sweep, best_group,
-                            format_mean_std, format_metric, format_value, load_sweep, model_varies,
-                            present_metrics)
+from kd_jax.reporting import stats
+from kd_jax.reporting.results import (BASELINE, HIGHER_IS_BETTER, MODEL_LABELS, PERCENT_METRICS, Group, Sweep,
+                                      best_group, format_mean_std, format_metric, format_value, load_sweep,
+                                      model_varies, present_metrics)
 
 
 def metrics_table(results: dict) -> str:
@@ -356,7 +357,7 @@ def summary_markdown(sweep: Sweep) -> str:
 
 def write_sweep_report(workdir: str) -> list[str]:
   """Writes results.csv, summary.md and plots/ into the sweep workdir; returns the paths written."""
-  from kd_jax import plots  # pylint: disable=g-import-not-at-top  (matplotlib only where figures are drawn)
+  from kd_jax.reporting import plots  # pylint: disable=g-import-not-at-top  (matplotlib only where figures are drawn)
   sweep = load_sweep(workdir)
   written = []
   for name, text in (("results.csv", results_csv(sweep)), ("summary.md", summary_markdown(sweep))):
@@ -370,9 +371,9 @@ def write_sweep_report(workdir: str) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-  """`python -m kd_jax.report SWEEP_WORKDIR`: (re)writes the sweep's report; bad input is one line, exit 2."""
+  """`python -m kd_jax.reporting.report SWEEP_WORKDIR`: (re)writes the sweep's report; bad input is one line, exit 2."""
   if len(argv) != 2:
-    print("usage: python -m kd_jax.report SWEEP_WORKDIR", file=sys.stderr)
+    print("usage: python -m kd_jax.reporting.report SWEEP_WORKDIR", file=sys.stderr)
     sys.exit(2)
   try:
     written = write_sweep_report(argv[1])

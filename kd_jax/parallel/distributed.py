@@ -14,15 +14,16 @@ at a `barrier` when they need what it wrote. The workdir must be a file system t
 """
 
 import itertools
-import logging as python_logging
+import logging
 import os
 
 import jax
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 
 from kd_jax.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
 # How long a process waits at a barrier for the others (process 0 may be writing a large teacher cache meanwhile).
@@ -79,18 +80,18 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None, nu
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**explicit)
   _label_log_lines()
-  logging.info("Joined a JAX job of %d processes as process %d (coordinator %s).", jax.process_count(),
-               jax.process_index(), coordinator_address or "found by JAX's cluster detection")
+  logger.info("Joined a JAX job of %d processes as process %d (coordinator %s).", jax.process_count(),
+              jax.process_index(), coordinator_address or "found by JAX's cluster detection")
 
 
-class _ProcessLabel(python_logging.Filter):
+class _ProcessLabel(logging.Filter):
   """Prefixes every log message with `[process i/N]`, so that interleaved output says who speaks."""
 
   def __init__(self, label: str):
     super().__init__()
     self._label = label
 
-  def filter(self, record: python_logging.LogRecord) -> bool:
+  def filter(self, record: logging.LogRecord) -> bool:
     if not getattr(record, "process_label", False):
       record.msg = f"{self._label} {record.msg}"
       record.process_label = True

@@ -1,13 +1,20 @@
-"""Orbax checkpoints of training states: save every N steps and at the end, resume from the latest."""
+"""Orbax checkpoints, all of them: training states (save every N steps and at the end, resume from the latest) and
+finished parameters (a trained teacher's params/, a phase's best-validation parameters).
 
+Pretrained weights from Hugging Face (safetensors, msgpack, GGUF) are not checkpoints of ours: kd_jax/models/hf/
+reads them (weights.py, pretrained.py, gguf.py).
+"""
+
+import logging
 import os
 import time
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 
-from kd_jax import distributed
+from kd_jax.parallel import distributed
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointStore:
@@ -34,9 +41,9 @@ class CheckpointStore:
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_target))
       except Exception as error:  # pylint: disable=broad-except  (orbax/tensorstore raise many kinds for bad files)
         set_aside = os.path.join(self.directory, f"corrupt-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
-        logging.warning("Checkpoint %s/%d cannot be restored (%s: %s); moved it to %s, trying the previous one.",
-                        self.directory, step, error.__class__.__name__, str(error).splitlines()[0][:200],
-                        set_aside)
+        logger.warning("Checkpoint %s/%d cannot be restored (%s: %s); moved it to %s, trying the previous one.",
+                       self.directory, step, error.__class__.__name__, str(error).splitlines()[0][:200],
+                       set_aside)
         if distributed.is_main_process():
           os.rename(os.path.join(self.directory, str(step)), set_aside)
         distributed.barrier(f"set aside checkpoint {self.directory}/{step}")  # before any process rereads the steps
@@ -51,3 +58,18 @@ class CheckpointStore:
     """Waits for pending saves and releases the manager."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def save_params(directory: str, params, *, force: bool = False) -> None:
+  """Saves a parameter tree in `directory` and waits for it; every process saves (orbax's multi-process path:
+  process 0 writes the metadata, the owner of each shard its data). `force` replaces an existing directory."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(directory), params, force=force)
+
+
+def restore_params(directory: str, abstract_params):
+  """The parameter tree saved in `directory` by `save_params`, with the structure, shapes, dtypes and shardings of
+  `abstract_params` (jax.ShapeDtypeStruct leaves, or arrays)."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params)
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(os.path.abspath(directory), abstract)

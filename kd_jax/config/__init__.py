@@ -1,0 +1,1 @@
+"""Config: the schema (every field, its default and constraints), dotted paths, validation."""

@@ -1,0 +1,1 @@
+"""Parallelism: the device mesh and shardings, multi-process jobs, preemption, batched inference."""

@@ -1,0 +1,1 @@
+"""Reporting: results.json, run tables, sweep reports, plots, statistics and efficiency."""

@@ -1,0 +1,1 @@
+"""Teachers: obtained (trained, restored, pretrained), identified, cached, ensembled; and what the student trains on."""
