@@ -125,12 +125,12 @@ def block_commands(first_line: int, lines: list[str]) -> list[tuple[int, str]]:
       if not line.strip() or line.lstrip().startswith("#"):
         continue
       start = first_line + offset
-    stripped = _without_comment(line) if not line.rstrip().endswith("\\") else line.rstrip()
+    stripped = (line if line.rstrip().endswith("\\") else _without_comment(line)).strip()
     if stripped.endswith("\\"):
       current += stripped[:-1].rstrip() + " "
       continue
-    current += stripped.strip()
-    commands += [(start, part.strip()) for part in _split_unquoted(" ".join(current.split()), "&&") if part.strip()]
+    current += stripped
+    commands += [(start, part.strip()) for part in _split_unquoted(current, "&&") if part.strip()]
     current, start = "", None
   if current.strip():
     commands.append((start, current.strip()))
