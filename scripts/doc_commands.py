@@ -10,7 +10,8 @@ dropped. `--check` verifies, for every `python main.py ...` invocation (also one
 (the file imported as tests/conftest.py's `load_config` does) and that each `--config.a.b=value` names a field of
 that config; the same for the config flags of scripts/memory_plan.py and scripts/topk_vs_dense.py. It also checks
 that every `scripts/...` and `configs/...` path, every `python -m MODULE` and every `pip install -r FILE` a command
-names exists. Exit status 1 when something does not.
+names exists, and that every relative link of the pages names an existing file and heading (docs/config.md, which
+its own script generates from the schema, may be absent). Exit status 1 when something does not.
 
 `--run` runs the `python main.py` commands in their `:smoke` form (`smoke` added to the config's arguments), one
 subprocess each with a timeout, from the repository root, with every `runs/...` or `/tmp/...` path moved into one
@@ -155,10 +156,10 @@ def _tokens(text: str) -> list[str]:
     return text.split()
 
 
-def python_invocations(text: str) -> list[tuple[str, list[str], list[str]]]:
-  """(program, arguments, environment assignments) of every `python PROGRAM ...` or `python -m MODULE ...` in a
-  command, also inside `$(...)` and inside quoted arguments (`--wrap "python main.py ..."`). PROGRAM is the script's
-  path as written, or `-m MODULE`."""
+def python_invocations(text: str) -> list[tuple[str, list[str]]]:
+  """(program, arguments) of every `python PROGRAM ...` or `python -m MODULE ...` in a command, also inside `$(...)`
+  and inside quoted arguments (`--wrap "python main.py ..."`). PROGRAM is the script's path as written, or
+  `-m MODULE`."""
   found, tokens = [], _tokens(text)
   for i, token in enumerate(tokens):
     if " " in token.strip():
@@ -167,11 +168,6 @@ def python_invocations(text: str) -> list[tuple[str, list[str], list[str]]]:
     word = token.rsplit("(", 1)[-1]  # N=$(python ...
     if not re.fullmatch(r"(\S*/)?python3?", word) or i + 1 >= len(tokens):
       continue
-    environment = []
-    j = i - 1
-    while j >= 0 and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", tokens[j]):
-      environment.insert(0, tokens[j])
-      j -= 1
     program, k = tokens[i + 1], i + 2
     if program == "-m" and i + 2 < len(tokens):
       program, k = f"-m {tokens[i + 2]}", i + 3
@@ -185,7 +181,7 @@ def python_invocations(text: str) -> list[tuple[str, list[str], list[str]]]:
       arguments.append(argument[:-1] if closes else argument)
       if closes:
         break
-    found.append((program, arguments, environment))
+    found.append((program, arguments))
   return found
 
 
@@ -248,7 +244,7 @@ def check_command(text: str, root: pathlib.Path = REPO_ROOT) -> list[str]:
   for i, token in enumerate(tokens[:-1]):
     if token in ("-r", "--requirement") and "pip" in " ".join(tokens[:i]) and not (root / tokens[i + 1]).exists():
       problems.append(f"-r {tokens[i + 1]}: no such requirements file")
-  for program, arguments, _ in python_invocations(text):
+  for program, arguments in python_invocations(text):
     if program.startswith("-m "):
       if not _module_exists(program[3:], root):
         problems.append(f"python {program}: no such module")
@@ -388,7 +384,7 @@ def main() -> int:
         print(f"    {problem}")
     for problem in link_problems:
       print(problem)
-    invocations = sum(program == "main.py" for command in commands for program, _, _ in python_invocations(command.text))
+    invocations = sum(program == "main.py" for command in commands for program, _ in python_invocations(command.text))
     print(f"{len(commands)} commands in {len(doc_files())} files ({invocations} python main.py invocations): "
           f"{len(problems)} with problems; {len(link_problems)} broken links")
     return 1 if problems or link_problems else 0
