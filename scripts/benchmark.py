@@ -157,7 +157,8 @@ def main() -> None:
     settings.use_smoke_sizes()
     args.quick = True
   sys.path.insert(0, str(REPO_ROOT))
-  import kd_jax  # pylint: disable=g-import-not-at-top,unused-import  (before jax: XLA thread pools)
+  from kd_jax.parallel import environment  # pylint: disable=g-import-not-at-top
+  environment.prepare()  # before JAX starts: XLA's CPU thread pools
   if args.fsdp_worker:
     fsdp_worker(args.quick)
     return

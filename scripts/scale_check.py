@@ -498,7 +498,8 @@ def main() -> None:
   args = parser.parse_args()
   if args.child:
     sys.path.insert(0, str(REPO_ROOT))
-    import kd_jax  # pylint: disable=g-import-not-at-top,unused-import
+    from kd_jax.parallel import environment  # pylint: disable=g-import-not-at-top
+    environment.prepare()  # before JAX starts
     figures = child_sst2(args) if args.child == "sst2" else child_esnli(args)
     pathlib.Path(args.child_out).write_text(json.dumps(figures, indent=2) + "\n")
     return

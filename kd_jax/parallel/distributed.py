@@ -99,7 +99,10 @@ class _ProcessLabel(logging.Filter):
 
 
 def _label_log_lines() -> None:
-  logging.get_absl_handler().addFilter(_ProcessLabel(f"[process {jax.process_index()}/{jax.process_count()}]"))
+  """Labels the lines of every handler logging is writing to now (the command line's, kd_jax/cli.py)."""
+  label = _ProcessLabel(f"[process {jax.process_index()}/{jax.process_count()}]")
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(label)
 
 
 def is_main_process() -> bool:

@@ -23,7 +23,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-
 import numpy as np
 
 from kd_jax import data

@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from kd_jax.errors import UserError
 from kd_jax.models.dropout import Dropout
 from kd_jax.models.hf import layers
-from kd_jax.models.hf.weights import Architecture
 from kd_jax.models.hf.llama import causal_bias
 from kd_jax.models.hf.llama import decode_slots
+from kd_jax.models.hf.weights import Architecture
 
 SUPPORTED_TASKS = ("causal_lm",)
 

@@ -1,0 +1,25 @@
+"""What must be set before JAX starts, set by the entry points (main.py, the tests' conftest, the scripts) and never
+on `import kd_jax`. Imports nothing of jax.
+"""
+
+import os
+import re
+
+
+def prepare() -> None:
+  """Fills in, where the user has not set them, the variables read when JAX and TensorFlow start.
+
+  - PJRT_NPROC, with forced host devices (XLA_FLAGS=--xla_force_host_platform_device_count=N): XLA:CPU sizes its
+    thread pools max(cores, N); with N fake devices on fewer cores, the collectives of a data-parallel step can take
+    every pool thread while one device's share still waits for one, and the all-reduce deadlocks (seen with 8
+    devices on 2 cores). Twice the forced devices avoids it. Read when JAX starts its CPU backend.
+  - TF_CPP_MIN_LOG_LEVEL=2: TensorFlow (imported for tf.data only) prints its C++ INFO lines on stderr otherwise.
+    Importing jax sets it to 1 when unset, so it is set here, before jax.
+  - TF_ENABLE_ONEDNN_OPTS=0: TensorFlow 2.21 announces its oneDNN kernels on stderr whatever the log level (twice a
+    run). kd_jax's TensorFlow computes no math (tf.data shuffles, gathers and batches), so the kernels do not matter.
+  """
+  match = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+  if match and "PJRT_NPROC" not in os.environ and "NPROC" not in os.environ:
+    os.environ["PJRT_NPROC"] = str(max(2 * int(match.group(1)), os.cpu_count() or 1))
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
