@@ -30,7 +30,7 @@ CONFIGS = ("default", "fashion_mnist", "sst2", "esnli", "causal_lm", "sweep_temp
            "sweep_lora_rank")
 # Keys whose values are timings, paths or dates: they differ from run to run by nature.
 VOLATILE = ("wall_s", "wall_s_after_compile", "examples_per_sec", "latency_ms", "examples_per_s", "throughput",
-            "path", "compile_s", "time", "date", "workdir", "directory")
+            "throughput_per_s", "latency_speedup", "path", "compile_s", "time", "date", "workdir", "directory")
 
 
 def numbers(tree, prefix: str = "") -> dict:
