@@ -1,41 +1,81 @@
-"""Test set-up: 8 forced CPU devices (before JAX starts), and helpers shared by the tests."""
+"""Test set-up: the device count (before JAX starts), a persistent XLA compilation cache, the in-process command line,
+and the markers.
 
-import importlib.util
+Devices: every test runs on 1 CPU device, except those marked `multidevice`, which compare results across device
+counts or shard over a mesh: they run in their own session on 8 forced CPU devices, `pytest --devices=8 tests`,
+where the others are deselected (and vice versa). The README's test command runs both sessions.
+
+What test modules share is in tests/helpers.py (this file holds pytest's hooks and fixtures only, and imports no jax:
+the device count must be set before JAX starts); the artifacts built once per test session, whichever xdist worker
+asks first, are tests/artifacts.py's fixtures.
+"""
+
 import os
-import pathlib
-import subprocess
-import sys
+import shutil
+import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import pytest
 
-import kd_jax  # pylint: disable=unused-import,wrong-import-position  (before jax: sizes XLA's CPU thread pools)
-import pytest  # pylint: disable=wrong-import-position
+from kd_jax.parallel import environment
+from tests import helpers
+from tests.artifacts import smoke_run, smoke_sweep  # noqa: F401  (session fixtures)
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def load_config(path: str = "configs/default.py", arg: str | None = "smoke"):
-  """get_config(arg) of a config file of this repository."""
-  spec = importlib.util.spec_from_file_location(f"config_{pathlib.Path(path).stem}", REPO_ROOT / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+MULTIDEVICE_COUNT = 8
+# The persistent XLA compilation cache of a test session: compiled programs are reused by later tests, by the other
+# xdist worker and by the subprocesses the tests start (through the environment). Entries of every size and compile
+# time are kept: the suite compiles the same small programs many times.
+COMPILATION_CACHE_VARIABLES = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
-def run_main(*args: str, cwd=REPO_ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
-  """Runs `python main.py ARGS` in a subprocess (1 CPU device unless XLA_FLAGS says otherwise)."""
-  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
-  return subprocess.run([sys.executable, str(REPO_ROOT / "main.py"), *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=timeout, check=False)
+def pytest_addoption(parser):
+  parser.addoption("--devices", type=int, default=1, choices=(1, MULTIDEVICE_COUNT),
+                   help=f"1 (default): the tests not marked multidevice, on 1 CPU device; {MULTIDEVICE_COUNT}: the "
+                        f"multidevice tests, on {MULTIDEVICE_COUNT} forced CPU devices")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: end-to-end runs (full smoke runs, subprocesses); the fast tier is "
+                                     "`pytest -m 'not slow'`")
+  config.addinivalue_line("markers", f"multidevice: needs {MULTIDEVICE_COUNT} devices; runs in the session "
+                                     f"`pytest --devices={MULTIDEVICE_COUNT}`")
+  devices = config.getoption("--devices")
+  # Before any test module imports jax (this runs first in the controller and in every xdist worker).
+  flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
+           if not flag.startswith("--xla_force_host_platform_device_count")]
+  if devices > 1:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  os.environ["XLA_FLAGS"] = " ".join(flags)
+  os.environ.pop("PJRT_NPROC", None)
+  environment.prepare()
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller; xdist workers inherit its environment
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="kd_jax-tests-xla-cache-")
+    os.environ.update(COMPILATION_CACHE_VARIABLES)
+
+
+def pytest_unconfigure(config):
+  """The controller removes the session's compilation cache (a worker's `workerinput` says it is a worker)."""
+  cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+  if not hasattr(config, "workerinput") and os.path.basename(cache).startswith("kd_jax-tests-xla-cache-"):
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+  """Keeps the tests of this session's device count: multidevice ones with --devices=8, the others with 1."""
+  multidevice = config.getoption("--devices") > 1
+  selected = [item for item in items if (item.get_closest_marker("multidevice") is not None) == multidevice]
+  deselected = [item for item in items if (item.get_closest_marker("multidevice") is not None) != multidevice]
+  if deselected:
+    config.hook.pytest_deselected(items=deselected)
+    items[:] = selected
+
+
+def pytest_report_header(config):
+  return (f"kd_jax: {config.getoption('--devices')} CPU device(s); "
+          f"XLA compilation cache {os.environ.get('JAX_COMPILATION_CACHE_DIR')}")
 
 
 @pytest.fixture
 def smoke_config():
   """The default config's smoke variant (a few seconds of training)."""
-  return load_config()
-
-
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: end-to-end runs (subprocesses, full smoke runs); the fast tier is "
-                                     "`pytest -m 'not slow'`")
+  return helpers.load_config()

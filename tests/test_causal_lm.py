@@ -16,7 +16,7 @@ from kd_jax.models import hf
 from kd_jax.parallel import sharding
 from kd_jax.teachers import student_data, teacher
 from kd_jax.training import loop, losses, on_policy, steps
-from tests.conftest import REPO_ROOT, load_config, run_main
+from tests.helpers import REPO_ROOT, load_config, run_main
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 

@@ -5,7 +5,7 @@ import pytest
 
 from kd_jax.config import paths, validation
 from kd_jax.errors import ConfigError
-from tests.conftest import load_config, run_main
+from tests.helpers import load_config, run_main
 
 INVALID = [
     ("distill.temperature", 0.0, "config.distill.temperature=0.0: must be > 0"),

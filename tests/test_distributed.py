@@ -16,7 +16,7 @@ import pytest
 
 from kd_jax.errors import UserError
 from kd_jax.parallel import distributed
-from tests.conftest import REPO_ROOT, run_main
+from tests.helpers import REPO_ROOT, Child, child_environment, run_child, run_main
 
 LAUNCH_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_STEP_NODELIST",
                     "SLURM_NTASKS")
@@ -79,9 +79,8 @@ def test_incomplete_or_inconsistent_launches_are_user_errors(initialize_calls, s
 
 
 def launcher_environment(**variables) -> dict:
-  """This environment without the tests' 8 forced devices (each process of a launch gets 1 CPU device)."""
-  environment = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
-  return environment | {"PYTHON": sys.executable} | variables
+  """The environment of scripts/multiprocess_local.sh: each process of a launch gets 1 CPU device."""
+  return child_environment(PYTHON=sys.executable, **variables)
 
 
 def test_launcher_stops_the_job_when_a_process_fails(tmp_path):
@@ -110,15 +109,15 @@ def test_two_processes_give_the_one_process_results(tmp_path):
   """
   arguments = ["--config=configs/default.py:smoke", "--config.teacher.num_epochs=6", "--config.train.num_epochs=6"]
   two_workdir, one_workdir = tmp_path / "two_processes", tmp_path / "one_process"
-  two_processes = subprocess.Popen(
+  two_processes = Child(
       ["bash", "scripts/multiprocess_local.sh", "2", *arguments, "--config.train.device_data_max_mib=0",
-       "--config.mesh.data=1", "--config.mesh.fsdp=2", f"--workdir={two_workdir}"], cwd=REPO_ROOT,
-      env=launcher_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+       "--config.mesh.data=1", "--config.mesh.fsdp=2", f"--workdir={two_workdir}"], env=launcher_environment())
   one_process = run_main(*arguments, f"--workdir={one_workdir}")
-  stdout, stderr = two_processes.communicate(timeout=600)
+  finished = two_processes.finish()
+  stdout, stderr = finished.stdout, finished.stderr
   assert one_process.returncode == 0, one_process.stderr[-3000:]
   first_errors = [line for line in stderr.splitlines() if any(mark in line for mark in ERROR_MARKS)][:20]
-  assert two_processes.returncode == 0, "\n".join(first_errors) + "\n...\n" + stderr[-3000:]
+  assert finished.returncode == 0, "\n".join(first_errors) + "\n...\n" + stderr[-3000:]
   with open(one_workdir / "results.json") as stream:
     one = json.load(stream)
   with open(two_workdir / "results.json") as stream:
@@ -170,26 +169,16 @@ def test_sigterm_to_one_process_stops_the_whole_job_at_one_step_and_it_resumes(t
   with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
-  launch = subprocess.Popen(["bash", "scripts/multiprocess_local.sh", "2", *arguments], cwd=REPO_ROOT,
-                            env=launcher_environment(COORDINATOR_PORT=str(port)), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-  checkpoints = tmp_path / "teacher" / "checkpoints"
-  deadline = time.time() + 300
-  try:
-    while launch.poll() is None and time.time() < deadline:
-      steps = [int(name) for name in os.listdir(checkpoints) if name.isdigit()] if checkpoints.is_dir() else []
-      if steps and max(steps) >= 20:
-        process_1 = _process_pid(port, 1)
-        assert process_1 is not None, "process 1 of the launch not found in /proc"
-        os.kill(process_1, signal.SIGTERM)
-        break
-      time.sleep(0.02)
-    _, stderr = launch.communicate(timeout=300)
-  finally:
-    if launch.poll() is None:  # the launcher stops its processes on SIGTERM
-      launch.terminate()
-      launch.communicate(timeout=60)
-  assert launch.returncode == 143, stderr[-3000:]
+  launch = Child(["bash", "scripts/multiprocess_local.sh", "2", *arguments],
+                 env=launcher_environment(COORDINATOR_PORT=str(port)))
+  # The teacher's first log step (50) comes after its first checkpoint (step 20).
+  launch.wait_for_step("teacher", 50)
+  process_1 = _process_pid(port, 1)
+  assert process_1 is not None, "process 1 of the launch not found in /proc"
+  os.kill(process_1, signal.SIGTERM)
+  stopped = launch.finish()
+  stderr = stopped.stderr
+  assert stopped.returncode == 143, stderr[-3000:]
   assert "a process failed" in stderr  # the launcher saw process 1 end with 143 ...
   assert "Killed" not in stderr  # ... and process 0 ended on its own, not by the launcher's SIGKILL
   # Both processes print their stop; on a loaded machine their stderr writes may land in one line, so search the
@@ -199,8 +188,7 @@ def test_sigterm_to_one_process_stops_the_whole_job_at_one_step_and_it_resumes(t
   phase, stopped_at = stops[0][0], int(stops[0][1])
   assert not (tmp_path / "results.json").exists()
 
-  rerun = subprocess.run(["bash", "scripts/multiprocess_local.sh", "2", *arguments], cwd=REPO_ROOT,
-                         env=launcher_environment(), capture_output=True, text=True, timeout=600, check=False)
+  rerun = run_child(["bash", "scripts/multiprocess_local.sh", "2", *arguments], env=launcher_environment())
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   with open(tmp_path / "results.json") as stream:
     results = json.load(stream)

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 _spec = importlib.util.spec_from_file_location("doc_commands", REPO_ROOT / "scripts" / "doc_commands.py")
 doc_commands = importlib.util.module_from_spec(_spec)

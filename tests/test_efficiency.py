@@ -6,7 +6,7 @@ import pytest
 
 from kd_jax import models
 from kd_jax.reporting import efficiency
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 
 def test_mlp_counts_flops_and_speed():

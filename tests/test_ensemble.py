@@ -18,7 +18,7 @@ from kd_jax.reporting import report
 from kd_jax.sweeps import expansion
 from kd_jax.teachers import ensemble, teacher
 from kd_jax.training import losses
-from tests.conftest import load_config, run_main
+from tests.helpers import load_config, run_main
 
 
 def np_softmax(z):

@@ -7,7 +7,7 @@ import pytest
 
 from kd_jax.data import esnli
 from kd_jax.evaluation import faithfulness
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 ESNLI = REPO_ROOT / "tests" / "fixtures" / "text" / "esnli"
 

@@ -14,12 +14,11 @@ from kd_jax.config import schema, validation
 from kd_jax.data import Examples
 from kd_jax.errors import ConfigError
 from kd_jax.models import hf, mlp
-from kd_jax.models.hf import distilbert, layers
-from kd_jax.models.hf.pretrained import RegistryModel
+from kd_jax.models.hf import layers
 from kd_jax.parallel import sharding
 from kd_jax.sweeps import expansion
 from kd_jax.training import feature_losses, losses, steps
-from tests.conftest import load_config, run_main
+from tests.helpers import load_config, random_distilbert, run_main
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
 
@@ -177,6 +176,7 @@ def test_feature_loss_gradients_match_numpy_finite_differences(kind):
   assert float(jnp.abs(grads[0][2]).max()) == 0.0 and float(jnp.abs(grads[0][:2, 3:]).max()) == 0.0
 
 
+@pytest.mark.multidevice
 def test_feature_loss_is_a_global_mean_over_devices():
   """8 devices with 2 examples each (some holding no real tokens) give the single-device value."""
   rng = np.random.default_rng(5)
@@ -275,24 +275,12 @@ def test_mlp_sows_its_hidden_layers():
   assert feature_losses.describe(model, params, x[:1]) == feature_losses.Layers((8, 6, 5), ())
 
 
-def _distilbert(hidden_size: int, num_heads: int, seed: int):
-  """A randomly initialized 2-layer DistilBERT classifier of the given width and heads (registry convention)."""
-  dims = distilbert.DistilBertDims(
-      encoder=layers.EncoderDims(hidden_size=hidden_size, num_heads=num_heads, intermediate_size=2 * hidden_size,
-                                 activation="gelu", layer_norm_eps=1e-12, hidden_dropout=0.1, attention_dropout=0.1,
-                                 attention_output_dropout=False),
-      num_layers=2, vocab_size=50, max_position_embeddings=16, classifier_dropout=0.1, initializer_range=0.02)
-  model = RegistryModel(distilbert.DistilBertForSequenceClassification(dims, num_labels=2))
-  params = model.module.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"]
-  return model, params
-
-
 def test_train_step_trains_a_projection_outside_the_student():
   """A 16-wide, 2-head student and a 32-wide, 4-head teacher: the uniform map projects both layers (16 -> 32),
   attention compares head-averaged distributions, the projections train, and the program's run params are the
   student's alone."""
-  teacher_model, teacher_params = _distilbert(32, 4, seed=0)
-  model, params = _distilbert(16, 2, seed=1)
+  teacher_model, teacher_params = random_distilbert(32, 4, seed=0)
+  model, params = random_distilbert(16, 2, seed=1)
   rng = np.random.default_rng(8)
   mask = np.ones((16, 8), np.int32)
   mask[::3, 5:] = 0

@@ -19,7 +19,7 @@ from kd_jax.config import validation
 from kd_jax.data import idx, mnist
 from kd_jax.errors import ConfigError, UserError
 from kd_jax.models import cnn
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 REAL_DIR = mnist.DEFAULT_DATA_DIRS["fashion_mnist"]
 HAVE_REAL_FILES = all(os.path.isfile(os.path.join(REAL_DIR, name + ".gz"))

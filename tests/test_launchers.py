@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 TPU_EXAMPLE = ["--tpu=kd-v4-32", "--zone=us-central2-b", "--project=my-project",
                "--repo=https://github.com/example/kd_jax.git", "--setup=sudo mount -t nfs 10.0.0.2:/runs /mnt/runs",

@@ -2,7 +2,6 @@
 must."""
 
 import os
-import signal
 
 import jax
 import numpy as np
@@ -13,7 +12,7 @@ from kd_jax import data, models
 from kd_jax.data import feed, pipeline
 from kd_jax.parallel import preemption, sharding
 from kd_jax.training import loop, losses, steps, vectorized
-from tests.conftest import load_config
+from tests.helpers import SigtermAt, digits_student, load_config
 
 
 @pytest.mark.parametrize("step, boundary_every, expected", [
@@ -78,36 +77,6 @@ def test_a_chunk_equals_single_steps(device_resident, max_steps):
     for name in expected:
       np.testing.assert_allclose(stacked[name][i], expected[name], rtol=1e-6, err_msg=name)
   assert np.all(stacked["loss"][7:] == 0)
-
-
-class SigtermAt:
-  """A metric writer that records what the loop writes, and sends this process SIGTERM once it writes `step`."""
-
-  def __init__(self, step=None):
-    self.step, self.records = step, []
-
-  def drop_after(self, step):
-    self.records = [record for record in self.records if record[0] <= step]
-
-  def write_scalars(self, step, scalars):
-    self.records.append((step, scalars))
-    if step == self.step:
-      self.step = None
-      os.kill(os.getpid(), signal.SIGTERM)
-
-
-def digits_student(log_every_steps: int, eval_every_steps: int, checkpoint_every_steps: int):
-  """(config, examples, model, params, loss): the smoke config (with these train.*_every_steps) and its student on
-  digits, the training examples carrying random cached teacher logits."""
-  config = load_config()
-  config.train.log_every_steps, config.train.eval_every_steps = log_every_steps, eval_every_steps
-  config.train.checkpoint_every_steps = checkpoint_every_steps
-  task = data.load_task(config)
-  logits = np.random.default_rng(0).normal(size=(len(task.train), task.num_classes)).astype(np.float32)
-  examples = task.train.replace(teacher=logits)
-  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=task.train.inputs[:1],
-                                rng=jax.random.PRNGKey(0))
-  return config, examples, model, params, losses.DistillationLoss.from_config(config.distill)
 
 
 def digits_programs(stacked: bool):

@@ -108,6 +108,7 @@ def test_high_temperature_approaches_logit_matching(random_logits):
   assert np.abs(kl_low_t - mse / 2).mean() > 10 * np.abs(kl_high_t - mse / 2).mean()
 
 
+@pytest.mark.multidevice
 def test_token_level_loss_does_not_depend_on_how_the_batch_is_split():
   """Masked token loss normalized by the real tokens of the global batch: 8 shards == 1 shard == NumPy."""
   rng = np.random.default_rng(1)

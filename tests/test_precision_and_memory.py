@@ -16,7 +16,7 @@ from kd_jax.models import hf
 from kd_jax.models.hf.pretrained import RegistryModel
 from kd_jax.parallel import sharding
 from kd_jax.training import feature_losses, losses, steps
-from tests.test_feature_losses import _distilbert
+from tests.helpers import random_distilbert
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
 
@@ -74,14 +74,15 @@ def _step_outputs(model, teacher_model, params, teacher_params, loss, batch, mic
 
 
 @pytest.mark.slow
+@pytest.mark.multidevice
 def test_remat_and_microbatches_keep_the_train_step():
   """A DistilBERT student (16 wide, 2 heads, dropout 0.1) distilled online from a 32-wide teacher with feature and
   attention terms, on 32 rows (4 per device) of uneven lengths, 30% unlabeled: remat per block with 4 micro-batches
   per device (one row each) gives the gradients and every logged term of the plain step. Each term has its own
   weights (labeled rows, every row, real tokens), each normalized over the global batch; dropout keys follow the
   example, so the masks are those of the plain step."""
-  teacher_model, teacher_params = _distilbert(32, 4, seed=0)
-  model, params = _distilbert(16, 2, seed=1)
+  teacher_model, teacher_params = random_distilbert(32, 4, seed=0)
+  model, params = random_distilbert(16, 2, seed=1)
   rng = np.random.default_rng(8)
   lengths = rng.integers(2, 9, size=32)
   mask = (np.arange(8)[None, :] < lengths[:, None]).astype(np.int32)
@@ -104,7 +105,9 @@ def test_remat_and_microbatches_keep_the_train_step():
   assert set(plain_metrics) >= {"loss", "hard_loss", "soft_loss", "feature_loss", "attention_loss", "grad_norm"}
   grads, metrics = run(models.with_remat(model, "block"), 4)
   for name, value in plain_metrics.items():
-    np.testing.assert_allclose(metrics[name], value, rtol=1e-5, err_msg=name)
+    # soft_loss is ~1e-5 (a 16-wide random student distilled at T=2 from a 32-wide random one): float32 rounding of
+    # the loss's O(1) sums shows up there as ~1e-8 absolute (7.4e-9 seen on an Intel Xeon), so an absolute floor.
+    np.testing.assert_allclose(metrics[name], value, rtol=1e-5, atol=1e-7, err_msg=name)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads, plain_grads)
 
 

@@ -1,14 +1,11 @@
 """Fault injection: kills, preemption, damaged checkpoints and caches, NaN, bad configs, a reused workdir."""
 
-import concurrent.futures
 import glob
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +13,7 @@ import pytest
 from kd_jax.errors import NonFiniteError
 from kd_jax.parallel import inference, preemption
 from kd_jax.training import loop
-from tests.conftest import REPO_ROOT, run_main
+from tests.helpers import Child, run_main
 from tests.test_config_validation import INVALID
 
 # The smoke run, stretched so that each phase lasts long enough to be interrupted, with frequent checkpoints.
@@ -45,29 +42,22 @@ def reference_run(tmp_path_factory):
   return workdir, read_results(workdir)
 
 
-def interrupt_when(workdir, checkpoint_dir, min_step, sig):
-  """Starts the run, sends `sig` once `checkpoint_dir` holds a checkpoint at or after `min_step`."""
-  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
-  process = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *RUN_ARGS, f"--workdir={workdir}"],
-                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  watched = os.path.join(workdir, checkpoint_dir)
-  deadline = time.time() + 300
-  while process.poll() is None and time.time() < deadline:
-    steps = [int(name) for name in os.listdir(watched) if name.isdigit()] if os.path.isdir(watched) else []
-    if steps and max(steps) >= min_step:
-      process.send_signal(sig)
-      break
-    time.sleep(0.02)
-  _, stderr = process.communicate(timeout=300)
+def interrupt_when(workdir, phase: str, step: int, sig) -> subprocess.CompletedProcess:
+  """Starts the run in a child process and sends it `sig` once it logs `phase`'s training at `step` or later."""
+  child = Child.main(*RUN_ARGS, f"--workdir={workdir}")
+  child.wait_for_step(phase, step)
+  child.send_signal(sig)
+  finished = child.finish()
   assert not os.path.exists(os.path.join(workdir, "results.json")), "the run finished before it was interrupted"
-  return process.returncode, stderr
+  return finished
 
 
 @pytest.mark.slow
 def test_sigkill_during_student_then_rerun_gives_the_same_result(reference_run, tmp_path):
   _, reference = reference_run
-  returncode, _ = interrupt_when(str(tmp_path), "checkpoints/student", 300, signal.SIGKILL)
-  assert returncode == -signal.SIGKILL
+  # At the log line of step 400 the save of step 350 has started, so that of step 300 has ended (one save at a time).
+  killed = interrupt_when(str(tmp_path), "student", 400, signal.SIGKILL)
+  assert killed.returncode == -signal.SIGKILL
   result = run_main(*RUN_ARGS, f"--workdir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
   results = read_results(tmp_path)
@@ -77,19 +67,19 @@ def test_sigkill_during_student_then_rerun_gives_the_same_result(reference_run, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase_dir", ["teacher/checkpoints", "checkpoints/student_hard"])
-def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(reference_run, tmp_path, phase_dir):
+@pytest.mark.parametrize("phase, phase_dir", [("teacher", "teacher/checkpoints"),
+                                              ("student_hard", "checkpoints/student_hard")])
+def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(reference_run, tmp_path, phase, phase_dir):
   _, reference = reference_run
-  returncode, stderr = interrupt_when(str(tmp_path), phase_dir, 100, signal.SIGTERM)
-  assert returncode == 143, stderr[-2000:]
-  message = stderr.strip().splitlines()[-1]
+  stopped = interrupt_when(str(tmp_path), phase, 100, signal.SIGTERM)
+  assert stopped.returncode == 143, stopped.stderr[-2000:]
+  message = stopped.stderr.strip().splitlines()[-1]
   assert message.startswith("preempted: ") and "stopped by SIGTERM at step" in message, message
   stopped_at = int(message.split("at step ")[1].split()[0])
   assert os.path.isdir(os.path.join(tmp_path, phase_dir, str(stopped_at)))  # saved at the step it stopped
   result = run_main(*RUN_ARGS, f"--workdir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
   results = read_results(tmp_path)
-  phase = "teacher" if phase_dir.startswith("teacher") else "student_hard"
   assert results["train"]["phases"][phase]["resumed_from_step"] == stopped_at
   assert (results["train"]["resumed_phase"], results["train"]["resumed_from_step"]) == (phase, stopped_at)
   assert_same_metrics(results, reference)
@@ -176,26 +166,21 @@ def test_preemption_during_inference_stops_cleanly():
       inference.predict_logits(lambda params, inputs: inputs, None, np.zeros((10, 2)), batch_size=4, num_devices=1)
 
 
-@pytest.mark.slow
 def test_main_rejects_invalid_configs_with_exit_2_one_line_and_empty_workdir(tmp_path):
-  """Every case of the validation table, through main.py (on 1 device), 3 processes at a time."""
-  # main.py runs on 1 device: rules about the 8 test devices don't apply there.
+  """Every case of the validation table, through the command line (in-process, on this session's 1 device)."""
+  # Rules about the 8 devices of the multidevice session don't apply on 1 device.
   cases = [(field, value, message) for field, value, message in INVALID
            if field != "train.num_devices" and ("(8)" not in message or value == 0) and "8 devices" not in message]
   cases = [(field, value, message.replace("(8)", "(1)")) for field, value, message in cases]
   assert len(cases) >= 15
-
-  def check(case_number):
-    field, value, message = cases[case_number]
+  failures = []
+  for case_number, (field, value, message) in enumerate(cases):
     workdir = tmp_path / f"run{case_number}"
     result = run_main("--config=configs/default.py:smoke", f"--workdir={workdir}", f"--config.{field}={value}")
     lines = result.stderr.strip().splitlines()
     if result.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: " + message) or workdir.exists():
-      return f"{field}={value}: exit {result.returncode}, workdir exists: {workdir.exists()}, stderr: {lines[-3:]}"
-    return None
-
-  with concurrent.futures.ThreadPoolExecutor(max_workers=3) as executor:
-    failures = [failure for failure in executor.map(check, range(len(cases))) if failure]
+      failures.append(f"{field}={value}: exit {result.returncode}, workdir exists: {workdir.exists()}, stderr: "
+                      f"{lines[-3:]}")
   assert not failures, "\n".join(failures)
 
 
@@ -203,13 +188,10 @@ def test_main_rejects_invalid_configs_with_exit_2_one_line_and_empty_workdir(tmp
 def test_two_sweep_index_processes_share_one_workdir_and_teacher(tmp_path):
   """Points 0 and 2 of the smoke temperature sweep (same teacher) run as two processes at once."""
   workdir = tmp_path / "W"
-  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
-  processes = [subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), "--config=configs/sweep_temp.py:smoke",
-                                 f"--workdir={workdir}", f"--sweep_index={index}"], cwd=REPO_ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for index in (0, 2)]
-  outputs = [process.communicate(timeout=600) for process in processes]
-  for process, (_, stderr) in zip(processes, outputs):
-    assert process.returncode == 0, stderr[-3000:]
+  children = [Child.main("--config=configs/sweep_temp.py:smoke", f"--workdir={workdir}", f"--sweep_index={index}")
+              for index in (0, 2)]
+  for finished in [child.finish() for child in children]:
+    assert finished.returncode == 0, finished.stderr[-3000:]
   sweep = json.load(open(workdir / "sweep.json"))
   finished = [point["name"] for point in sweep["points"] if (workdir / point["name"] / "results.json").exists()]
   assert finished == [sweep["points"][0]["name"], sweep["points"][2]["name"]]

@@ -14,7 +14,7 @@ import scipy.stats
 
 from kd_jax import files
 from kd_jax.reporting import report, results, stats
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 TEMPERATURES = (1.0, 2.0, 3.0)
 # KD and hard-label accuracy per (temperature, seed): KD peaks at T=2; T=3 is worse than hard labels on every seed.

@@ -17,10 +17,11 @@ from kd_jax.data.examples import widened
 from kd_jax.parallel import preemption, sharding
 from kd_jax.teachers import student_data, teacher
 from kd_jax.training import loop, losses, steps
-from tests.conftest import REPO_ROOT, load_config
-from tests.test_loop import SigtermAt, digits_student
+from tests.helpers import REPO_ROOT, SigtermAt, digits_student, load_config
 
 REPLICATED = {"data": 8, "fsdp": 1, "tensor": 1}
+pytestmark = pytest.mark.multidevice  # every test here compares meshes of the 8 devices
+
 FSDP = {"data": 1, "fsdp": 8, "tensor": 1}
 MIXED = {"data": 1, "fsdp": 4, "tensor": 2}  # FSDP over 4 and the heads over 2 (all three axes > 1 is refused)
 

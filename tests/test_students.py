@@ -18,7 +18,7 @@ from kd_jax.models.hf import from_teacher
 from kd_jax.parallel import sharding
 from kd_jax.reporting import efficiency
 from kd_jax.training import checkpointing, losses, steps
-from tests.conftest import REPO_ROOT, load_config, run_main
+from tests.helpers import REPO_ROOT, load_config, run_main
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf"
 

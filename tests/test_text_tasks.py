@@ -18,7 +18,7 @@ from kd_jax.parallel import sharding
 from kd_jax.teachers import student_data, teacher, teacher_cache
 from kd_jax.training import losses, steps
 from tests import numpy_divergences
-from tests.conftest import REPO_ROOT, load_config, run_main
+from tests.helpers import REPO_ROOT, load_config, run_main
 
 SST2_FIXTURE = REPO_ROOT / "tests" / "fixtures" / "text" / "sst2"
 

@@ -1,21 +1,18 @@
-"""End to end: the real train_and_evaluate on the smoke config (8 forced CPU devices), and main.py's default run."""
+"""End to end: the real train_and_evaluate on the smoke config (the session's shared run, tests/artifacts.py), and
+main.py's default run."""
 
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from kd_jax import train
-from tests.conftest import REPO_ROOT, load_config, run_main
+from tests.artifacts import copy_of
+from tests.helpers import REPO_ROOT, load_config, run_main
 
 SUMMARY_METRICS = ("accuracy", "nll", "ece", "brier", "agreement", "kl_to_teacher")
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("smoke"))
-  return workdir, train.train_and_evaluate(load_config(), workdir)
 
 
 def test_results_contract_and_learning(smoke_run):
@@ -25,7 +22,7 @@ def test_results_contract_and_learning(smoke_run):
   for model in ("teacher", "student", "student_hard"):
     for name in ("accuracy", "ece", "nll", "agreement"):
       assert isinstance(results["metrics"][model][name], float), (model, name)
-  assert results["train"]["num_devices"] == 8
+  assert results["train"]["num_devices"] == jax.device_count()
   assert results["train"]["resumed_from_step"] is None
   assert results["train"]["steps"] == results["train"]["phases"]["student"]["steps"] > 0
   assert results["train"]["examples_per_sec"] > 0 and results["train"]["wall_s"] > 0
@@ -69,9 +66,9 @@ def test_outputs_in_workdir(smoke_run):
   assert os.listdir(os.path.join(workdir, "tensorboard", "student"))
 
 
-def test_rerun_resumes_from_the_final_checkpoint(smoke_run):
+def test_rerun_resumes_from_the_final_checkpoint(smoke_run, tmp_path):
   workdir, results = smoke_run
-  again = train.train_and_evaluate(load_config(), workdir)
+  again = train.train_and_evaluate(load_config(), str(copy_of(workdir, tmp_path / "run")))
   assert again["train"]["resumed_from_step"] == results["train"]["steps"]
   assert "teacher" not in again["train"]["phases"]  # the finished teacher is reused, not retrained
   for model in ("teacher", "student", "student_hard"):
@@ -79,6 +76,7 @@ def test_rerun_resumes_from_the_final_checkpoint(smoke_run):
       assert again["metrics"][model][name] == results["metrics"][model][name]
 
 
+@pytest.mark.multidevice
 def test_one_device_through_tf_data_equals_eight_devices(smoke_run, tmp_path):
   """1 device fed by the tf.data pipeline vs 8 devices gathering the batches from the training set on the devices."""
   _, results = smoke_run

@@ -5,9 +5,6 @@ import glob
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -16,7 +13,7 @@ from kd_jax.config import validation
 from kd_jax.errors import ConfigError
 from kd_jax.sweeps import expansion, runner
 from kd_jax.training import vectorized
-from tests.conftest import REPO_ROOT, load_config, run_main
+from tests.helpers import Child, load_config, run_main
 
 
 def sweep_config(mode, grid=(), zipped=(), seeds=1):
@@ -47,6 +44,7 @@ def test_invalid_mode_and_seq2seq_are_refused():
     vectorized.check(config)
 
 
+@pytest.mark.multidevice  # the 8 points spread over the sweep axis of the 8 devices
 def test_vectorized_sweep_matches_sequential_sweep(tmp_path):
   """8 points (2 temperatures x 2 learning rates x 2 seeds) trained together give the per-point results.json and
   results.csv of the same sweep run point by point, up to float rounding; 4 hard-label baselines serve 8 points.
@@ -162,20 +160,12 @@ def test_sigterm_during_a_vectorized_student_phase_checkpoints_exits_143_and_res
   reference = point_results(reference_dir)
 
   workdir = tmp_path / "interrupted"
-  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
-  process = subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *VECTORIZED_ARGS, f"--workdir={workdir}"],
-                             cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 300
-  while process.poll() is None and time.time() < deadline:
-    steps = [int(os.path.basename(path)) for path in glob.glob(str(workdir / "vectorized" / "*" / "student" / "*"))
-             if os.path.basename(path).isdigit()]
-    if steps and max(steps) >= 300:
-      process.send_signal(signal.SIGTERM)
-      break
-    time.sleep(0.02)
-  _, stderr = process.communicate(timeout=300)
-  assert process.returncode == 143, stderr[-3000:]
-  message = stderr.strip().splitlines()[-1]
+  child = Child.main(*VECTORIZED_ARGS, f"--workdir={workdir}")
+  child.wait_for_step("student", 300)
+  child.send_signal(signal.SIGTERM)
+  stopped = child.finish()
+  assert stopped.returncode == 143, stopped.stderr[-3000:]
+  message = stopped.stderr.strip().splitlines()[-1]
   assert message.startswith("preempted: student: stopped by SIGTERM at step "), message
   stopped_at = int(message.split("at step ")[1].split()[0])
   assert 300 <= stopped_at < 2000

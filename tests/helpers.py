@@ -1,0 +1,171 @@
+"""What several test modules use: configs, the command line in-process and in a child process, small models.
+
+Test modules import from here (never from each other, nor from conftest.py, which only holds pytest's hooks). JAX is
+imported inside the functions: conftest.py loads this module (through tests/artifacts.py) before it sets the device
+count.
+"""
+
+import contextlib
+import importlib.util
+import io
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# A child process that runs longer than this is killed (a hung child fails its test instead of hanging the suite).
+CHILD_TIMEOUT_SECONDS = 900
+
+
+def load_config(path: str = "configs/default.py", arg: str | None = "smoke"):
+  """get_config(arg) of a config file of this repository."""
+  spec = importlib.util.spec_from_file_location(f"config_{pathlib.Path(path).stem}", REPO_ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def run_main(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
+  """`python main.py ARGS`, run in this process (kd_jax.cli.main): its exit status, stdout and stderr as a
+  CompletedProcess. On this session's devices; relative paths resolve from `cwd` (the repository)."""
+  from kd_jax import cli  # pylint: disable=import-outside-toplevel
+  stdout, stderr = io.StringIO(), io.StringIO()
+  previous = os.getcwd()
+  os.chdir(cwd)
+  try:
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+      returncode = cli.main(["main.py", *args])
+  finally:
+    os.chdir(previous)
+  return subprocess.CompletedProcess(["main.py", *args], returncode, stdout.getvalue(), stderr.getvalue())
+
+
+def child_environment(devices: int = 1, **variables: str) -> dict:
+  """The environment of a child process on `devices` CPU devices (with the session's XLA compilation cache)."""
+  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  if devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env | variables
+
+
+class Child:
+  """A command in a new interpreter, its stderr read line by line as it comes (`wait_for`), its stdout drained in the
+  background, so that it never blocks on a full pipe; killed after CHILD_TIMEOUT_SECONDS.
+
+  Only where the process boundary is what a test is about: signals, the real entry point's exit statuses and
+  output, what is read from the environment at start, several processes at once.
+  """
+
+  def __init__(self, command: list[str], *, cwd=REPO_ROOT, env: dict | None = None):
+    self.command = command
+    self.process = subprocess.Popen(command, cwd=cwd, env=env if env is not None else child_environment(),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
+    self.stderr_lines: list[str] = []
+    self._stdout: list[str] = []
+    self._reader = threading.Thread(target=lambda: self._stdout.extend(self.process.stdout), daemon=True)
+    self._reader.start()
+    self._watchdog = threading.Timer(CHILD_TIMEOUT_SECONDS, self.process.kill)
+    self._watchdog.start()
+
+  @classmethod
+  def main(cls, *args: str, devices: int = 1, cwd=REPO_ROOT, main_py=REPO_ROOT / "main.py",
+           python=sys.executable) -> "Child":
+    """`python main.py ARGS` on `devices` CPU devices."""
+    return cls([str(python), str(main_py), *args], cwd=cwd, env=child_environment(devices))
+
+  def wait_for(self, pattern: str, until=lambda match: True) -> re.Match:
+    """Reads stderr up to the first line matching `pattern` for which `until(match)` holds; fails if the child
+    ends first."""
+    for line in self.process.stderr:
+      self.stderr_lines.append(line)
+      match = re.search(pattern, line)
+      if match and until(match):
+        return match
+    self.finish()
+    raise AssertionError(f"{' '.join(self.command)} ended (exit {self.process.returncode}) without logging "
+                         f"{pattern!r}; its stderr ends with:\n{''.join(self.stderr_lines[-30:])}")
+
+  def wait_for_step(self, phase: str, step: int) -> int:
+    """Reads stderr up to the loop's log line of `phase` (e.g. 'student', 'teacher', 'student_hard') at step
+    >= `step`; returns that step. A vectorized group's lines count too."""
+    match = self.wait_for(rf"(?<![\w]){re.escape(phase)}( \(\d+ runs vectorized\))? step (\d+)/",
+                          until=lambda match: int(match.group(2)) >= step)
+    return int(match.group(2))
+
+  def send_signal(self, sig: signal.Signals) -> None:
+    self.process.send_signal(sig)
+
+  def finish(self) -> subprocess.CompletedProcess:
+    """Waits for the child to end; its exit status, stdout and all of its stderr."""
+    self.stderr_lines.extend(self.process.stderr)
+    self.process.wait()
+    self._reader.join()
+    self._watchdog.cancel()
+    return subprocess.CompletedProcess(self.command, self.process.returncode, "".join(self._stdout),
+                                       "".join(self.stderr_lines))
+
+
+def run_child(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+  """Runs a command in a new interpreter to its end (see Child)."""
+  return Child(command, **kwargs).finish()
+
+
+def run_main_subprocess(*args: str, devices: int = 1, cwd=REPO_ROOT, main_py=REPO_ROOT / "main.py",
+                        python=sys.executable) -> subprocess.CompletedProcess:
+  """`python main.py ARGS` in a new interpreter, to its end (see Child)."""
+  return Child.main(*args, devices=devices, cwd=cwd, main_py=main_py, python=python).finish()
+
+
+class SigtermAt:
+  """A metric writer that records what the loop writes, and sends this process SIGTERM once it writes `step`."""
+
+  def __init__(self, step=None):
+    self.step, self.records = step, []
+
+  def drop_after(self, step):
+    self.records = [record for record in self.records if record[0] <= step]
+
+  def write_scalars(self, step, scalars):
+    self.records.append((step, scalars))
+    if step == self.step:
+      self.step = None
+      os.kill(os.getpid(), signal.SIGTERM)
+
+
+def digits_student(log_every_steps: int, eval_every_steps: int, checkpoint_every_steps: int):
+  """(config, examples, model, params, loss): the smoke config (with these train.*_every_steps) and its student on
+  digits, the training examples carrying random cached teacher logits."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from kd_jax import data, models  # pylint: disable=import-outside-toplevel
+  from kd_jax.training import losses  # pylint: disable=import-outside-toplevel
+  config = load_config()
+  config.train.log_every_steps, config.train.eval_every_steps = log_every_steps, eval_every_steps
+  config.train.checkpoint_every_steps = checkpoint_every_steps
+  task = data.load_task(config)
+  logits = np.random.default_rng(0).normal(size=(len(task.train), task.num_classes)).astype(np.float32)
+  examples = task.train.replace(teacher=logits)
+  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=task.train.inputs[:1],
+                                rng=jax.random.PRNGKey(0))
+  return config, examples, model, params, losses.DistillationLoss.from_config(config.distill)
+
+
+def random_distilbert(hidden_size: int, num_heads: int, seed: int):
+  """A randomly initialized 2-layer DistilBERT classifier of the given width and heads (registry convention)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from kd_jax.models.hf import distilbert, layers  # pylint: disable=import-outside-toplevel
+  from kd_jax.models.hf.pretrained import RegistryModel  # pylint: disable=import-outside-toplevel
+  dims = distilbert.DistilBertDims(
+      encoder=layers.EncoderDims(hidden_size=hidden_size, num_heads=num_heads, intermediate_size=2 * hidden_size,
+                                 activation="gelu", layer_norm_eps=1e-12, hidden_dropout=0.1, attention_dropout=0.1,
+                                 attention_output_dropout=False),
+      num_layers=2, vocab_size=50, max_position_embeddings=16, classifier_dropout=0.1, initializer_range=0.02)
+  model = RegistryModel(distilbert.DistilBertForSequenceClassification(dims, num_labels=2))
+  params = model.module.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"]
+  return model, params
