@@ -4,8 +4,7 @@ import jax
 import logging
 import ml_collections
 
-from kd_jax import train
-from kd_jax.config import validation
+from kd_jax import preflight, train
 from kd_jax.parallel import preemption
 from kd_jax.reporting import report
 from kd_jax.sweeps import expansion, runner
@@ -21,7 +20,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = Fa
   Raises:
     errors.UserError (bad input), preemption.Preempted (SIGTERM; checkpoint saved), errors.NonFiniteError.
   """
-  validation.validate(config)
+  preflight.check(config)
   logger.info("JAX process %d of %d; local devices: %s", jax.process_index(), jax.process_count(),
               jax.local_devices())
   if sweep_index is not None or list_points or expansion.is_sweep(config):

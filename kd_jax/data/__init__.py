@@ -17,7 +17,7 @@ import numpy as np
 from kd_jax import fingerprints
 from kd_jax.data import splits
 from kd_jax.data.examples import Examples, wide_dtype
-from kd_jax.errors import ConfigError
+from kd_jax.errors import ConfigError, require
 
 _TASK_MODULES = {
     "digits": "kd_jax.data.digits",
@@ -41,6 +41,19 @@ IMAGE_TASKS = ("fashion_mnist", "mnist")
 def names() -> tuple[str, ...]:
   """The data set names a config may use."""
   return tuple(_TASK_MODULES)
+
+
+def check_config(config) -> None:
+  """Raises ConfigError where config.data asks for what this job lacks: a seq2seq or causal-LM task needs a single
+  process, and a task module may check its own inputs (`check_config(config)`, e.g. mnist's IDX files)."""
+  import jax  # pylint: disable=g-import-not-at-top  (kept out of `import kd_jax.data`)
+  # The top-k and generation caches and the generation evaluation are computed on one process's devices.
+  require(config.data.name not in SEQ2SEQ_TASKS + CAUSAL_LM_TASKS or jax.process_count() == 1, "data.name",
+          config.data.name, f"seq2seq and causal-LM tasks run in a single process (this job has "
+          f"{jax.process_count()}); use one host's devices")
+  module = importlib.import_module(_TASK_MODULES[config.data.name])
+  if hasattr(module, "check_config"):
+    module.check_config(config)
 
 
 @dataclasses.dataclass(frozen=True)

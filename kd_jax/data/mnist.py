@@ -58,6 +58,12 @@ def idx_paths(data_config) -> dict[str, tuple[str, str]]:
   return paths
 
 
+def check_config(config) -> None:
+  """Raises ConfigError where source 'files' lacks an IDX file (`idx_paths`)."""
+  if config.data.source == "files":
+    idx_paths(config.data)
+
+
 def load_splits(config):
   """({'train', 'test'}: Examples of the source's images and labels; 10 classes; None)."""
   data_config = config.data
