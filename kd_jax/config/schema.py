@@ -7,7 +7,8 @@ fields, and the modules a config meets check it against the environment (kd_jax/
 `default_config()` builds the ConfigDict users see from the declarations (configs/*.py build on it and change a few
 fields).
 
-The literal choices live here, so that the schema needs no module that imports jax.
+The literal choices other modules use live here, so that the schema needs no module that imports jax; where a module
+is the registry of a choice (data sets, models, remat policies), tests/test_config_schema.py checks the two agree.
 """
 
 from __future__ import annotations  # Field.type is also the name of its annotation

@@ -15,6 +15,7 @@ import importlib
 import numpy as np
 
 from kd_jax import fingerprints
+from kd_jax.config import schema
 from kd_jax.data import splits
 from kd_jax.data.examples import Examples, wide_dtype
 from kd_jax.errors import ConfigError, require
@@ -29,13 +30,9 @@ _TASK_MODULES = {
     "fashion_mnist": "kd_jax.data.mnist",
     "mnist": "kd_jax.data.mnist",
 }
-# Text tasks: tokenized with the models' own tokenizers (HF models only); the seq2seq ones have token targets.
-TEXT_TASKS = ("sst2", "esnli", "causal_lm")
-SEQ2SEQ_TASKS = ("esnli",)
-# Decoder-only language modeling (kd_jax/data/causal_lm.py): token targets on the response positions.
-CAUSAL_LM_TASKS = ("causal_lm",)
-# Image tasks: inputs [N, height, width, channels] (kd_jax/data/mnist.py), what the CNN reads.
-IMAGE_TASKS = ("fashion_mnist", "mnist")
+# The kinds of tasks, declared beside data.name in the schema (text, seq2seq, causal LM, images).
+TEXT_TASKS, SEQ2SEQ_TASKS = schema.TEXT_TASKS, schema.SEQ2SEQ_TASKS
+CAUSAL_LM_TASKS, IMAGE_TASKS = schema.CAUSAL_LM_TASKS, schema.IMAGE_TASKS
 
 
 def names() -> tuple[str, ...]:

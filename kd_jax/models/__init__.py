@@ -20,6 +20,7 @@ import importlib
 import os
 
 from kd_jax import files
+from kd_jax.config import schema
 from kd_jax.errors import ConfigError, require
 
 _MODEL_MODULES = {
@@ -77,14 +78,12 @@ def create_student(student_config, *, num_classes: int, example_inputs, rng, tea
   return _canonical(model), params
 
 
-# jax.checkpoint_policies that config.train.remat may name: those that are policies, not policy factories.
-_REMAT_POLICIES = ("dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable", "everything_saveable")
-
-
 def remat_options() -> tuple[str, ...]:
-  """The values of config.train.remat: 'none', 'block', and the checkpoint policies this jax offers."""
+  """The values of config.train.remat this jax offers: 'none', 'block', and those of the schema's
+  jax.checkpoint_policies names that it has."""
   import jax  # pylint: disable=g-import-not-at-top  (kept out of `import kd_jax`)
-  return ("none", "block") + tuple(name for name in _REMAT_POLICIES if hasattr(jax.checkpoint_policies, name))
+  return tuple(name for name in schema.REMAT_OPTIONS
+               if name in ("none", "block") or hasattr(jax.checkpoint_policies, name))
 
 
 def check_config(config, section: str) -> None:

@@ -20,13 +20,14 @@ from jax import flatten_util
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from kd_jax.config import schema
 from kd_jax.errors import require
 
-DATA_AXIS = "data"
-FSDP_AXIS = "fsdp"  # parameters and optimizer state split over it (and the batch rows, with DATA_AXIS)
-TENSOR_AXIS = "tensor"  # attention heads and MLP hidden units split over it
-MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS)
-PARAM_AXES = (FSDP_AXIS, TENSOR_AXIS)  # the axes a sharding rule may name
+# DATA_AXIS: the batch rows are split over it. FSDP_AXIS: parameters and optimizer state split over it (and the batch
+# rows, with DATA_AXIS). TENSOR_AXIS: attention heads and MLP hidden units split over it.
+MESH_AXES = schema.MESH_AXES
+DATA_AXIS, FSDP_AXIS, TENSOR_AXIS = MESH_AXES
+PARAM_AXES = schema.PARAM_AXES  # the axes a sharding rule may name
 SWEEP_AXIS = "sweep"  # vectorized sweeps (kd_jax/training/vectorized.py): points spread over devices
 
 # Tensor parallelism of the HF families (kd_jax/models/hf), Megatron-style: the query / key / value projections and

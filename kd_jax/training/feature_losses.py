@@ -46,8 +46,8 @@ from kd_jax.config import schema
 from kd_jax.errors import ConfigError
 from kd_jax.training import losses
 
-FEATURE_LOSSES = ("mse", "cosine")
-UNIFORM = "uniform"
+FEATURE_LOSSES = schema.FEATURE_LOSSES
+UNIFORM = schema.UNIFORM_FEATURES
 MODEL = "model"  # the key of the model's own params in what such a phase trains
 PROJECTIONS = "feature_projections"  # the key of the projections beside the model's params ("model") when training
 # torch's cosine_embedding_loss adds it to the squared norms, so that a zero vector gives cos 0, not NaN.
