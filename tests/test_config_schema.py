@@ -1,9 +1,9 @@
-"""The schema: the bottom of the import graph, and its choices the registries'."""
+"""The schema: the bottom of the import graph, its choices the registries', and the source of docs/config.md."""
 
 import ast
 
 from kd_jax import data, models
-from kd_jax.config import schema
+from kd_jax.config import reference, schema
 from tests.conftest import REPO_ROOT
 
 
@@ -33,3 +33,7 @@ def test_the_schema_choices_are_the_registries():
   assert schema.FIELDS["teacher.name"].choices == schema.FIELDS["student.name"].choices == models.names()
   assert schema.FIELDS["train.remat"].choices == models.remat_options()  # every policy the schema names, this jax has
 
+
+def test_docs_config_md_is_generated_from_the_schema():
+  assert (REPO_ROOT / "docs" / "config.md").read_text() == reference.markdown(), (
+      f"docs/config.md is stale: regenerate it with `{reference.COMMAND}`")

@@ -5,7 +5,7 @@ A `Field` carries what is checked of its value alone (type, choices, interval, s
 beside the section); kd_jax/config/validation.py applies them, kd_jax/config/rules.py holds the rules between
 fields, and the modules a config meets check it against the environment (kd_jax/preflight.py runs all three).
 `default_config()` builds the ConfigDict users see from the declarations (configs/*.py build on it and change a few
-fields).
+fields); docs/config.md is generated from them (`python -m kd_jax.config.reference > docs/config.md`).
 
 The literal choices other modules use live here, so that the schema needs no module that imports jax; where a module
 is the registry of a choice (data sets, models, remat policies), tests/test_config_schema.py checks the two agree.
@@ -370,9 +370,7 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "members": Field((), "Members that differ in more than their seed: () or one entry per member "
                              "(ensemble.size entries), each a tuple of (config.teacher field, value) pairs applied to "
                              "config.teacher for that member, e.g. ((), (('seed', 1),), (('seed', 2), "
-                             "('hidden_sizes', (512,)))). Fields: those of ENSEMBLE_MEMBER_FIELDS (seed, init, "
-                             "hidden_sizes, dropout_rate, num_epochs, dtype, param_dtype, optim.learning_rate, "
-                             "optim.weight_decay, optim.warmup_ratio, optim.grad_clip_norm)."),
+                             f"('hidden_sizes', (512,)))). Fields: {', '.join(ENSEMBLE_MEMBER_FIELDS)}."),
         }),
     "student": _student_section(),
     "distill": Section("The distillation loss, its schedules, and feature distillation.", {
