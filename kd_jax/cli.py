@@ -229,20 +229,19 @@ def _run(config: ml_collections.ConfigDict, flag_values: flags.FlagValues) -> in
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False, sweep_index: int | None = None,
         list_points: bool = False) -> str:
-  """Validates `config`, then runs it: a single run (`train.run_group`; returns its metrics table) or a sweep
-  (`sweeps.runner.run`; its summary, one point, or the listing of its points). Bad input raises before anything is
-  written.
+  """Checks `config` (kd_jax/preflight.py), then runs it: a single run (`train.run_group`; returns its metrics table) or
+  a sweep (`sweeps.runner.run`; its summary, one point, or the listing of its points). Bad input raises before anything
+  is written.
 
   Raises:
     errors.UserError (bad input), preemption.Preempted (SIGTERM; checkpoint saved), errors.NonFiniteError.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  from kd_jax import train  # pylint: disable=g-import-not-at-top
-  from kd_jax.config import validation  # pylint: disable=g-import-not-at-top
+  from kd_jax import preflight, train  # pylint: disable=g-import-not-at-top
   from kd_jax.parallel import preemption  # pylint: disable=g-import-not-at-top
   from kd_jax.reporting import report  # pylint: disable=g-import-not-at-top
   from kd_jax.sweeps import expansion, runner  # pylint: disable=g-import-not-at-top
-  validation.validate(config)
+  preflight.check(config)
   logging.getLogger(__name__).info("JAX process %d of %d; local devices: %s", jax.process_index(),
                                    jax.process_count(), jax.local_devices())
   if sweep_index is not None or list_points or expansion.is_sweep(config):

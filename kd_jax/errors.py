@@ -19,6 +19,12 @@ class ConfigError(UserError):
     super().__init__(f"config.{field}={value!r}: {allowed}")
 
 
+def require(condition: bool, field: str, value, allowed: str) -> None:
+  """Raises `ConfigError(field, value, allowed)` unless `condition`: the one-line check of a config value."""
+  if not condition:
+    raise ConfigError(field, value, allowed)
+
+
 class NonFiniteError(Exception):
   """Training produced NaN or Inf: the message names the phase, the first bad step and the loss terms.
 

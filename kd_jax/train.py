@@ -18,8 +18,8 @@ import time
 import jax
 import ml_collections
 
-from kd_jax import data, evaluation, files, models
-from kd_jax.config import paths, schema, validation
+from kd_jax import data, evaluation, files, models, preflight
+from kd_jax.config import paths, schema
 from kd_jax.data.examples import first_inputs
 from kd_jax.errors import UserError
 from kd_jax.models import peft
@@ -48,7 +48,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, overw
   SIGTERM stops the run at the next step with a checkpoint (`preemption.Preempted`); a rerun resumes it. A workdir
   holding another config's run is refused unless `overwrite` (which moves that run aside).
   """
-  validation.validate(config)
+  preflight.check(config)
   with preemption.sigterm_requests_stop():
     return run_group([RunSpec(config, workdir)], overwrite=overwrite)[0]
 

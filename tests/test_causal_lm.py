@@ -114,14 +114,15 @@ def test_bad_input_is_one_line(tmp_path):
     ({"data.packing": True}, "config.data.packing=True: needs data.validation_split"),
 ])
 def test_on_policy_and_packing_need_what_they_use(changes, message):
-  from kd_jax.config import paths, validation  # pylint: disable=import-outside-toplevel
+  from kd_jax import preflight  # pylint: disable=import-outside-toplevel
+  from kd_jax.config import paths  # pylint: disable=import-outside-toplevel
   config = load_config("configs/causal_lm.py", "smoke")
   if "data.packing" in changes:
     config.data.validation_split = None
   for field, value in changes.items():
     paths.set_value(config, field, value)
   with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
-    validation.validate(config)
+    preflight.check(config)
 
 
 @pytest.mark.slow

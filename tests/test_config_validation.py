@@ -3,7 +3,8 @@
 import ml_collections
 import pytest
 
-from kd_jax.config import paths, validation
+from kd_jax import preflight
+from kd_jax.config import paths
 from kd_jax.errors import ConfigError
 from tests.helpers import load_config, run_main
 
@@ -116,7 +117,7 @@ def test_invalid_feature_distillation(task, overrides, message):
   for field, value in {**ONLINE, **overrides}.items():
     paths.set_value(config, field, value)
   with pytest.raises(ConfigError) as error:
-    validation.validate(config)
+    preflight.check(config)
   assert str(error.value).startswith(message)
   assert "\n" not in str(error.value)
 
@@ -124,14 +125,14 @@ def test_invalid_feature_distillation(task, overrides, message):
 def test_valid_memory_savers_on_a_transformer_student():
   config = load_config("configs/sst2.py")
   config.train.remat, config.train.microbatches, config.optim.moment_dtype = "dots_saveable", 2, "bfloat16"
-  validation.validate(config)
+  preflight.check(config)
 
 
 @pytest.mark.parametrize("features", ["uniform", ((0, 0), (2, 1)), ((1, 1),)])
 def test_valid_feature_maps(features):
   config = load_config()
   config.distill.teacher_mode, config.distill.features = "online", features
-  validation.validate(config)
+  preflight.check(config)
 
 
 # Schedules whose end is out of range or of the other form of the loss weights (several fields at once).
@@ -152,7 +153,7 @@ def test_invalid_schedule_ends(fields, message):
   config.distill.schedule = "linear"
   config.distill.update(fields)
   with pytest.raises(ConfigError) as error:
-    validation.validate(config)
+    preflight.check(config)
   assert str(error.value).startswith(message)
 
 
@@ -165,7 +166,7 @@ def test_invalid_value_names_field_value_and_rule(field, value, message):
     target = target[part]
   target[key] = value
   with pytest.raises(ConfigError) as error:
-    validation.validate(config)
+    preflight.check(config)
   assert str(error.value).startswith(message)
 
 
@@ -194,11 +195,11 @@ INVALID_IMAGES = [
 def test_invalid_image_task_value_names_field_value_and_rule(field, value, message):
   config = load_config("configs/fashion_mnist.py")
   config.data.source = "tfds"
-  validation.validate(config)
+  preflight.check(config)
   section, key = field.rsplit(".", 1)
   config[section][key] = value
   with pytest.raises(ConfigError) as error:
-    validation.validate(config)
+    preflight.check(config)
   assert str(error.value).startswith(message)
 
 
@@ -207,9 +208,9 @@ def test_explicit_form_needs_both_weights():
   config.distill.alpha = None
   config.distill.ce_weight = 1.0
   with pytest.raises(ConfigError, match=r"config.distill.kd_weight=None: must be a number >= 0"):
-    validation.validate(config)
+    preflight.check(config)
   config.distill.kd_weight = 0.5
-  validation.validate(config)
+  preflight.check(config)
 
 
 def test_best_validation_needs_evaluation_during_training():
@@ -219,9 +220,9 @@ def test_best_validation_needs_evaluation_during_training():
   with pytest.raises(ConfigError, match=r"^config.train.select='best_validation': needs evaluation during training: "
                                         r"train.eval_every_steps=100 evaluates only at the end of "
                                         r"train.num_steps=100; lower eval_every_steps or use 'last'$"):
-    validation.validate(config)
+    preflight.check(config)
   config.train.eval_every_steps = 50
-  validation.validate(config)
+  preflight.check(config)
 
 
 def test_unknown_and_mistyped_fields():
@@ -229,12 +230,12 @@ def test_unknown_and_mistyped_fields():
   config.distill.temprature = 2.0
   with pytest.raises(ConfigError, match=r"config.distill.temprature=2.0: unknown field; known fields of "
                                         r"config.distill: akl_mu, alpha, alpha_end, attention_weight, beta, ce_weight"):
-    validation.validate(config)
+    preflight.check(config)
   config = load_config()
   # A config written from scratch (not from configs/default.py) has no type-safe fields to stop this.
   config.train = ml_collections.ConfigDict(config.train.to_dict() | {"num_epochs": "ten"})
   with pytest.raises(ConfigError, match=r"config.train.num_epochs='ten': must be of type int"):
-    validation.validate(config)
+    preflight.check(config)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -306,6 +307,6 @@ def test_invalid_student_settings_on_sst2_are_one_line(overrides, message, rest)
       target = target[part]
     target[key] = value
   with pytest.raises(ConfigError) as error:
-    validation.validate(config)
+    preflight.check(config)
   assert str(error.value).startswith(message) and rest in str(error.value)
   assert "\n" not in str(error.value)

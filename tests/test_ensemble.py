@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import train
-from kd_jax.config import validation
+from kd_jax import preflight, train
 from kd_jax.errors import ConfigError
 from kd_jax.models import mlp
 from kd_jax.reporting import report
@@ -171,7 +170,7 @@ def test_invalid_ensembles_are_refused_with_one_line(changes, message):
     section, key = path.split(".")
     config[section][key] = value
   with pytest.raises(ConfigError) as error:
-    validation.validate(config)
+    preflight.check(config)
   assert str(error.value).startswith(message), str(error.value)
 
 
@@ -180,7 +179,7 @@ def test_seq2seq_ensembles_are_refused():
   config.ensemble.size = 2
   with pytest.raises(ConfigError, match=r"^config.ensemble.size=2: needs a classification data set; "
                                         r"data.name='esnli' is seq2seq"):
-    validation.validate(config)
+    preflight.check(config)
 
 
 def test_a_member_of_another_label_space_is_refused(tmp_path):
@@ -197,9 +196,9 @@ def test_a_member_of_another_label_space_is_refused(tmp_path):
   with pytest.raises(ConfigError, match=r"^config.ensemble.members\[1\].init='.*other_teacher': a teacher of "
                                         r"data.name='synthetic_clusters', whose classes are not this run's "
                                         r"\(data.name='digits'\); an ensemble averages probabilities over one label"):
-    validation.validate(config)
+    preflight.check(config)
   (other / "teacher.json").write_text(json.dumps(teacher.identity(load_config())))  # digits: the same label space
-  validation.validate(config)
+  preflight.check(config)
 
 
 def test_main_refuses_a_bad_ensemble_from_the_command_line(tmp_path):

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from kd_jax.config import schema, validation
+from kd_jax import preflight
+from kd_jax.config import schema
 from kd_jax.data import Examples
 from kd_jax.errors import ConfigError
 from kd_jax.models import hf, mlp
@@ -234,7 +235,7 @@ def test_layer_maps():
     feature_losses.resolve_layer_map(((0, 0), (1, 1), (2, 2), (3, 2)), 4, 2)
   for bad in ("all", (), ((1, -1),), ((1, 1), (1, 1)), ((1, 1, 1),), ((1.0, 1),)):
     with pytest.raises(ConfigError, match=r"allowed: None \(off\), 'uniform', or a tuple of distinct"):
-      feature_losses.check_layer_map(bad)
+      schema.layer_map("distill.features", bad)
   with pytest.raises(ConfigError, match=r"both need at least one"):
     feature_losses.resolve_layer_map("uniform", 2, 0)
 
@@ -323,11 +324,11 @@ def test_features_sweep_over_none_uniform_and_pairs(tmp_path):
   config = load_config()
   config.distill.teacher_mode, config.distill.features = "online", "uniform"
   config.sweep.grid = (("distill.features", (None, "uniform", ((0, 0), (2, 1)))),)
-  validation.validate(config)
+  preflight.check(config)
   points = expansion.expand(config, str(tmp_path))
   assert [point.config.distill.features for point in points] == [None, "uniform", ((0, 0), (2, 1))]
   for point in points:
-    validation.validate(point.config)
+    preflight.check(point.config)
 
 
 def _history(workdir, phase):

@@ -14,8 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from kd_jax import data, models, train
-from kd_jax.config import validation
+from kd_jax import data, models, preflight, train
 from kd_jax.data import idx, mnist
 from kd_jax.errors import ConfigError, UserError
 from kd_jax.models import cnn
@@ -101,7 +100,7 @@ def test_idx_reader_rejects_other_files_in_one_line(tmp_path):
 def test_fixture_files_give_the_official_test_split_and_a_validation_slice_of_train(tmp_path):
   arrays = write_fixture(tmp_path)
   config = fashion_config(data_dir=str(tmp_path), train_fraction=1.0, labeled_fraction=0.5)
-  validation.validate(config)
+  preflight.check(config)
   task = data.load_task(config)
   assert task.num_classes == 10
   # Test: the t10k files as they are, scaled to [0, 1], indices after the training images'.
@@ -125,7 +124,7 @@ def test_a_missing_idx_file_is_one_config_error_naming_the_file(tmp_path):
   write_fixture(tmp_path)
   os.remove(tmp_path / "t10k-labels-idx1-ubyte")
   with pytest.raises(ConfigError) as error:
-    validation.validate(fashion_config(data_dir=str(tmp_path)))
+    preflight.check(fashion_config(data_dir=str(tmp_path)))
   assert str(error.value) == (
       f"config.data.data_dir={str(tmp_path)!r}: has no t10k-labels-idx1-ubyte or t10k-labels-idx1-ubyte.gz (the "
       "fashion_mnist IDX file of the test labels); or set data.source='tfds'")
@@ -133,7 +132,7 @@ def test_a_missing_idx_file_is_one_config_error_naming_the_file(tmp_path):
   config.data.name = "mnist"
   with pytest.raises(ConfigError, match=r"^config.data.data_dir=None: required for data.name='mnist' with "
                                         r"data.source='files'"):
-    validation.validate(config)
+    preflight.check(config)
 
 
 @pytest.fixture(scope="module")

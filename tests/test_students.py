@@ -10,9 +10,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from kd_jax import models
-from kd_jax.config import validation
+from kd_jax import models, preflight
 from kd_jax.data import Examples
+from kd_jax.errors import ConfigError
 from kd_jax.models import peft
 from kd_jax.models.hf import from_teacher
 from kd_jax.parallel import sharding
@@ -187,9 +187,9 @@ def test_default_lora_targets_are_every_familys_query_and_value():
 def test_trainable_patterns_matching_no_parameter_are_refused():
   config = load_config().student
   config.trainable = ("classifier",)
-  with pytest.raises(validation.ConfigError, match=r"^config.student.trainable=\('classifier',\): matches no "
-                                                         r"parameter of the student \(names are '/'-joined paths "
-                                                         r"such as 'Dense_0/bias'\)$"):
+  with pytest.raises(ConfigError, match=r"^config.student.trainable=\('classifier',\): matches no "
+                                       r"parameter of the student \(names are '/'-joined paths "
+                                       r"such as 'Dense_0/bias'\)$"):
     models.create_student(config, num_classes=10, example_inputs=np.zeros((1, 64), np.float32),
                           rng=jax.random.PRNGKey(0))
 
@@ -276,11 +276,11 @@ def test_a_resumed_lora_run_equals_an_uninterrupted_one(tmp_path):
 def test_sst2_from_teacher_and_the_lora_sweep_configs():
   from kd_jax.sweeps import expansion  # pylint: disable=import-outside-toplevel
   config = load_config("configs/sst2.py", "smoke,from_teacher")
-  validation.validate(config)
+  preflight.check(config)
   assert config.student.checkpoint is None and config.student.init_from_teacher_layers == (0,)
   assert load_config("configs/sst2.py", "from_teacher").student.init_from_teacher_layers == tuple(range(0, 24, 2))
   config = load_config("configs/sweep_lora_rank.py", "smoke")
-  validation.validate(config)
+  preflight.check(config)
   points = expansion.expand(config, "/tmp/unused")
   assert [(p.config.student.lora.rank, p.config.student.trainable) for p in points] == [
       (0, ("classifier",)), (4, None), (16, None), (32, None), (0, None)]

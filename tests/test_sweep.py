@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from kd_jax import files
-from kd_jax.config import schema, validation
+from kd_jax import files, preflight
+from kd_jax.config import schema
 from kd_jax.errors import ConfigError, UserError
 from kd_jax.reporting import results
 from kd_jax.sweeps import expansion
@@ -25,7 +25,7 @@ def sweep_config(grid=(), zipped=(), seeds=1):
 
 def test_grid_is_a_product_with_seeds_innermost(tmp_path):
   config = sweep_config(grid=(("distill.temperature", (1.0, 2.0)), ("distill.alpha", (0.5, 0.9))), seeds=2)
-  validation.validate(config)
+  preflight.check(config)
   points = expansion.expand(config, str(tmp_path))
   expected = [(t, a, s) for t in (1.0, 2.0) for a in (0.5, 0.9) for s in (0, 1)]
   assert [(p.config.distill.temperature, p.config.distill.alpha, p.config.seed) for p in points] == expected
@@ -38,7 +38,7 @@ def test_grid_is_a_product_with_seeds_innermost(tmp_path):
   single_run = schema.default_config().sweep.to_dict()
   for point in points:
     assert point.config.sweep.to_dict() == single_run and not expansion.is_sweep(point.config)
-    validation.validate(point.config)
+    preflight.check(point.config)
   # One teacher for all: only student-side fields are swept.
   assert len({p.config.teacher.workdir for p in points}) == 1
   assert points[0].config.teacher.workdir.startswith(os.path.join(str(tmp_path), "teachers", ""))
@@ -48,7 +48,7 @@ def test_grid_is_a_product_with_seeds_innermost(tmp_path):
 def test_zipped_values_advance_together_and_multiply_with_the_grid(tmp_path):
   config = sweep_config(grid=(("distill.temperature", (1.0, 2.0)),),
                         zipped=((("student.hidden_sizes", ((16,), (64, 64))), ("optim.learning_rate", (3e-3, 1e-3))),))
-  validation.validate(config)
+  preflight.check(config)
   assert [factor.label for factor in expansion.factors(config.sweep)] == [
       "distill.temperature", "student.hidden_sizes+optim.learning_rate"]
   points = expansion.expand(config, str(tmp_path))
@@ -107,7 +107,7 @@ INVALID_SWEEPS = [
 @pytest.mark.parametrize("definition, message", INVALID_SWEEPS, ids=[m.split(":")[0] for _, m in INVALID_SWEEPS])
 def test_invalid_sweep_names_the_field(definition, message):
   with pytest.raises(ConfigError) as error:
-    validation.validate(sweep_config(**definition))
+    preflight.check(sweep_config(**definition))
   assert str(error.value).startswith(message)
 
 

@@ -532,10 +532,10 @@ def test_esnli_sequence_level_strategy(esnli_run, esnli_task, untrained_esnli_st
 
 
 def test_sweep_configs_accept_the_text_tasks():
-  from kd_jax.config import validation  # pylint: disable=import-outside-toplevel
+  from kd_jax import preflight  # pylint: disable=import-outside-toplevel
   from kd_jax.sweeps import expansion
   config = load_config("configs/sweep_temp.py", "sst2,smoke")
-  validation.validate(config)
+  preflight.check(config)
   assert config.data.name == "sst2" and config.sweep.grid[0][0] == "distill.temperature"
   points = expansion.expand(config, "/tmp/unused")
   assert len(points) == 4 and len({point.config.teacher.workdir for point in points}) == 1
@@ -545,7 +545,7 @@ def test_sweep_configs_accept_the_text_tasks():
 
 
 def test_text_config_errors():
-  from kd_jax.config import validation  # pylint: disable=import-outside-toplevel
+  from kd_jax import preflight  # pylint: disable=import-outside-toplevel
   from kd_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
   cases = [
       (("sst2", "student.name", "mlp"), "student.name='mlp': data.name='sst2' is text"),
@@ -561,4 +561,4 @@ def test_text_config_errors():
     section, key = field.rsplit(".", 1)
     functools.reduce(getattr, section.split("."), config)[key] = value
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-      validation.validate(config)
+      preflight.check(config)

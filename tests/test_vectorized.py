@@ -8,8 +8,7 @@ import signal
 
 import pytest
 
-from kd_jax import files
-from kd_jax.config import validation
+from kd_jax import files, preflight
 from kd_jax.errors import ConfigError
 from kd_jax.sweeps import expansion, runner
 from kd_jax.training import vectorized
@@ -26,7 +25,7 @@ def test_points_that_differ_in_shapes_form_separate_groups(tmp_path):
   config = sweep_config("vectorized", grid=(("distill.temperature", (1.0, 4.0)), ("optim.learning_rate", (3e-3, 1e-3))),
                         zipped=((("student.hidden_sizes", ((16,), (32,))), ("distill.divergence", ("js", "mse"))),),
                         seeds=2)
-  validation.validate(config)
+  preflight.check(config)
   groups = vectorized.groups(expansion.expand(config, str(tmp_path)))
   assert [len(group) for group in groups] == [8, 8]
   for group in groups:
@@ -37,7 +36,7 @@ def test_points_that_differ_in_shapes_form_separate_groups(tmp_path):
 
 def test_invalid_mode_and_seq2seq_are_refused():
   with pytest.raises(ConfigError, match=r"^config.sweep.mode='parallel': allowed: sequential, vectorized$"):
-    validation.validate(sweep_config("parallel", seeds=2))
+    preflight.check(sweep_config("parallel", seeds=2))
   config = sweep_config("vectorized", seeds=2)
   config.data.name = "esnli"
   with pytest.raises(ConfigError, match=r"^config.sweep.mode='vectorized': supports classification tasks; "):

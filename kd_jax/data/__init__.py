@@ -15,9 +15,10 @@ import importlib
 import numpy as np
 
 from kd_jax import fingerprints
+from kd_jax.config import schema
 from kd_jax.data import splits
 from kd_jax.data.examples import Examples, wide_dtype
-from kd_jax.errors import ConfigError
+from kd_jax.errors import ConfigError, require
 
 _TASK_MODULES = {
     "digits": "kd_jax.data.digits",
@@ -29,18 +30,27 @@ _TASK_MODULES = {
     "fashion_mnist": "kd_jax.data.mnist",
     "mnist": "kd_jax.data.mnist",
 }
-# Text tasks: tokenized with the models' own tokenizers (HF models only); the seq2seq ones have token targets.
-TEXT_TASKS = ("sst2", "esnli", "causal_lm")
-SEQ2SEQ_TASKS = ("esnli",)
-# Decoder-only language modeling (kd_jax/data/causal_lm.py): token targets on the response positions.
-CAUSAL_LM_TASKS = ("causal_lm",)
-# Image tasks: inputs [N, height, width, channels] (kd_jax/data/mnist.py), what the CNN reads.
-IMAGE_TASKS = ("fashion_mnist", "mnist")
+# The kinds of tasks, declared beside data.name in the schema (text, seq2seq, causal LM, images).
+TEXT_TASKS, SEQ2SEQ_TASKS = schema.TEXT_TASKS, schema.SEQ2SEQ_TASKS
+CAUSAL_LM_TASKS, IMAGE_TASKS = schema.CAUSAL_LM_TASKS, schema.IMAGE_TASKS
 
 
 def names() -> tuple[str, ...]:
   """The data set names a config may use."""
   return tuple(_TASK_MODULES)
+
+
+def check_config(config) -> None:
+  """Raises ConfigError where config.data asks for what this job lacks: a seq2seq or causal-LM task needs a single
+  process, and a task module may check its own inputs (`check_config(config)`, e.g. mnist's IDX files)."""
+  import jax  # pylint: disable=g-import-not-at-top  (kept out of `import kd_jax.data`)
+  # The top-k and generation caches and the generation evaluation are computed on one process's devices.
+  require(config.data.name not in SEQ2SEQ_TASKS + CAUSAL_LM_TASKS or jax.process_count() == 1, "data.name",
+          config.data.name, f"seq2seq and causal-LM tasks run in a single process (this job has "
+          f"{jax.process_count()}); use one host's devices")
+  module = importlib.import_module(_TASK_MODULES[config.data.name])
+  if hasattr(module, "check_config"):
+    module.check_config(config)
 
 
 @dataclasses.dataclass(frozen=True)

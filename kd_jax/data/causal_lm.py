@@ -37,13 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kd_jax.config import schema
 from kd_jax.data import text
 from kd_jax.data.examples import Examples
 from kd_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-PYDOC_SOURCE = "pydoc_topics"
+PYDOC_SOURCE = schema.PYDOC_SOURCE
 # pydoc_passages: a passage is a paragraph of at least this many words, cut after PASSAGE_WORDS; its first
 # PROMPT_WORDS words are the prompt, the rest the response. Passage i (in sorted-topic order) is validation when
 # i % 20 == 0, test when i % 20 == 10, training otherwise.

@@ -19,8 +19,6 @@ from kd_jax.data import idx
 from kd_jax.data.examples import Examples
 from kd_jax.errors import ConfigError, UserError
 
-NAMES = ("fashion_mnist", "mnist")
-SOURCES = ("files", "tfds")
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 # Where the Debian package dataset-fashion-mnist installs its files (MNIST has no such package).
@@ -56,6 +54,12 @@ def idx_paths(data_config) -> dict[str, tuple[str, str]]:
       found.append(path)
     paths[split] = tuple(found)
   return paths
+
+
+def check_config(config) -> None:
+  """Raises ConfigError where source 'files' lacks an IDX file (`idx_paths`)."""
+  if config.data.source == "files":
+    idx_paths(config.data)
 
 
 def load_splits(config):

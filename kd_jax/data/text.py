@@ -21,7 +21,6 @@ import numpy as np
 
 from kd_jax.errors import UserError
 
-SOURCES = ("hub", "tfds", "files", "disk")
 FILE_FORMATS = ("csv", "jsonl", "parquet")
 
 

@@ -17,8 +17,11 @@ Modules are imported on first use so that `import kd_jax` stays cheap.
 import dataclasses
 import functools
 import importlib
+import os
 
-from kd_jax.errors import ConfigError
+from kd_jax import files
+from kd_jax.config import schema
+from kd_jax.errors import ConfigError, require
 
 _MODEL_MODULES = {
     "mlp": "kd_jax.models.mlp",
@@ -75,14 +78,55 @@ def create_student(student_config, *, num_classes: int, example_inputs, rng, tea
   return _canonical(model), params
 
 
-# jax.checkpoint_policies that config.train.remat may name: those that are policies, not policy factories.
-_REMAT_POLICIES = ("dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable", "everything_saveable")
-
-
 def remat_options() -> tuple[str, ...]:
-  """The values of config.train.remat: 'none', 'block', and the checkpoint policies this jax offers."""
+  """The values of config.train.remat this jax offers: 'none', 'block', and those of the schema's
+  jax.checkpoint_policies names that it has."""
   import jax  # pylint: disable=g-import-not-at-top  (kept out of `import kd_jax`)
-  return ("none", "block") + tuple(name for name in _REMAT_POLICIES if hasattr(jax.checkpoint_policies, name))
+  return tuple(name for name in schema.REMAT_OPTIONS
+               if name in ("none", "block") or hasattr(jax.checkpoint_policies, name))
+
+
+def check_config(config, section: str) -> None:
+  """config[section]'s model ('teacher' or 'student') against the data, checkpoints and jax it meets: a CNN's blocks
+  fit the images; the student's train.remat is a policy this jax has; a student built from the teacher's layers, or
+  with LoRA adapters, fits the shapes of the checkpoint it starts from (read from its config.json, without loading
+  weights)."""
+  model_config = config[section]
+  if model_config.name == "cnn":
+    importlib.import_module(_MODEL_MODULES["cnn"]).check_blocks(model_config, section)
+  if section != "student":
+    return
+  options = remat_options()
+  require(config.train.remat in options, "train.remat", config.train.remat, f"allowed: {', '.join(options)}")
+  if model_config.init_from_teacher_layers is None and not model_config.lora.rank:
+    return
+  from kd_jax.models.hf import from_teacher, pretrained  # pylint: disable=g-import-not-at-top  (jax, transformers)
+  teacher = config.teacher
+  layers = model_config.init_from_teacher_layers
+  if layers is not None:
+    abstract = pretrained.abstract_params(teacher.checkpoint, teacher.task or "sequence_classification")
+    depth = min(from_teacher.stack_depths(abstract).values())
+    require(max(layers) < depth, "student.init_from_teacher_layers", tuple(layers),
+            f"teacher layer indices must be < {depth}, the depth of teacher.checkpoint={teacher.checkpoint!r}")
+  else:
+    abstract = pretrained.abstract_params(model_config.checkpoint, model_config.task or "sequence_classification")
+  if model_config.lora.rank:
+    from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
+    peft.check_rank(model_config.lora, abstract)
+
+
+def num_layers(model_config) -> int | None:
+  """The number of (hidden) layers of a teacher or student, where known from the config or a local checkpoint's
+  config.json; None for hub ids (known once the model is loaded)."""
+  if model_config.name == "mlp":
+    return len(model_config.hidden_sizes)
+  if model_config.get("init_from_teacher_layers") is not None:  # a student built from the teacher's layers
+    return len(model_config.init_from_teacher_layers)
+  path = os.path.join(model_config.checkpoint or "", "config.json")
+  if not os.path.isfile(path):
+    return None
+  hf_config = files.read_json(path)
+  return next((hf_config[key] for key in ("num_hidden_layers", "n_layers", "num_layers") if key in hf_config), None)
 
 
 def with_remat(model, remat: str):

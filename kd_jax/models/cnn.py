@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax import models
+from kd_jax.data import mnist
+from kd_jax.errors import require
 from kd_jax.models.dropout import Dropout
 
 
@@ -70,3 +72,15 @@ def create(model_config, *, num_classes: int, example_inputs, rng):
                param_dtype=jnp.dtype(model_config.param_dtype))
   params = models.compiled_init(module)(rng, example_inputs)["params"]
   return module, params
+
+
+def check_blocks(model_config, section: str) -> None:
+  """Raises ConfigError unless the conv blocks fit the images: each 2x2 max-pool halves the side (rounded down) and
+  needs it >= 2."""
+  side, max_blocks = mnist.IMAGE_SHAPE[0], 0
+  while side >= 2:
+    side, max_blocks = side // 2, max_blocks + 1
+  features = tuple(model_config.conv_features)
+  require(len(features) <= max_blocks, f"{section}.conv_features", features,
+          f"at most {max_blocks} conv blocks on {mnist.IMAGE_SHAPE[0]}x{mnist.IMAGE_SHAPE[1]} images (each block's "
+          "2x2 max-pool halves the side)")

@@ -9,20 +9,25 @@ the batch rows are split over 'fsdp' as well, and parameters and optimizer state
 MLP hidden units of the HF families split over 'tensor'), GSPMD gathering them where the computation needs them.
 """
 
+import math
 import re
 from typing import Callable
 
 import jax
+import ml_collections
 import numpy as np
 from jax import flatten_util
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-DATA_AXIS = "data"
-FSDP_AXIS = "fsdp"  # parameters and optimizer state split over it (and the batch rows, with DATA_AXIS)
-TENSOR_AXIS = "tensor"  # attention heads and MLP hidden units split over it
-MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS)
-PARAM_AXES = (FSDP_AXIS, TENSOR_AXIS)  # the axes a sharding rule may name
+from kd_jax.config import schema
+from kd_jax.errors import require
+
+# DATA_AXIS: the batch rows are split over it. FSDP_AXIS: parameters and optimizer state split over it (and the batch
+# rows, with DATA_AXIS). TENSOR_AXIS: attention heads and MLP hidden units split over it.
+MESH_AXES = schema.MESH_AXES
+DATA_AXIS, FSDP_AXIS, TENSOR_AXIS = MESH_AXES
+PARAM_AXES = schema.PARAM_AXES  # the axes a sharding rule may name
 SWEEP_AXIS = "sweep"  # vectorized sweeps (kd_jax/training/vectorized.py): points spread over devices
 
 # Tensor parallelism of the HF families (kd_jax/models/hf), Megatron-style: the query / key / value projections and
@@ -43,7 +48,7 @@ TENSOR_RULES = (
 
 def mesh_shape(sizes: dict, num_devices: int) -> dict:
   """The axis sizes {data, fsdp, tensor} of `sizes` (config.mesh) on `num_devices` devices: one size may be -1, the
-  devices the others leave. Assumes validated sizes (validation.check_mesh)."""
+  devices the others leave. Assumes checked sizes (`check_config`)."""
   shape = {axis: int(sizes[axis]) for axis in MESH_AXES}
   fixed = int(np.prod([size for size in shape.values() if size != -1]))
   return {axis: num_devices // fixed if size == -1 else size for axis, size in shape.items()}
@@ -55,6 +60,46 @@ def make_mesh(num_devices: int | None = None, sizes: dict | None = None) -> Mesh
   devices = jax.devices() if num_devices is None else jax.local_devices()[:num_devices]
   shape = mesh_shape(sizes or {DATA_AXIS: -1, FSDP_AXIS: 1, TENSOR_AXIS: 1}, len(devices))
   return Mesh(np.asarray(devices).reshape(tuple(shape.values())), MESH_AXES)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError unless train.num_devices and config.mesh fit this job's devices (and the HF models' attention
+  heads), the global batch sizes split evenly over the devices, and train.microbatches divides each device's rows."""
+  num_local = config.train.num_devices
+  require(num_local is None or 0 < num_local <= jax.local_device_count(), "train.num_devices", num_local,
+          f"must be None (all devices) or between 1 and the {jax.local_device_count()} local devices")
+  require(num_local is None or jax.process_count() == 1, "train.num_devices", num_local,
+          f"must be None in a run of {jax.process_count()} processes (the mesh spans every process's devices)")
+  num_devices = num_local or jax.device_count()
+  sizes = {axis: config.mesh[axis] for axis in MESH_AXES}
+  filled = [axis for axis, size in sizes.items() if size == -1]
+  shape = " x ".join(f"{axis} {size}" for axis, size in sizes.items())
+  resolved = mesh_shape(sizes, num_devices)
+  require(math.prod(resolved.values()) == num_devices, f"mesh.{filled[0] if filled else 'data'}",
+          sizes[filled[0]] if filled else sizes["data"],
+          f"the mesh ({shape}) must multiply to the {num_devices} devices of the run")
+  require(min(resolved.values()) == 1, "mesh.tensor", config.mesh.tensor,
+          f"must be 1 when data and fsdp both exceed 1 (the mesh is {shape}): XLA (jax 0.10) aborts compiling the "
+          "step of a model with embeddings on a mesh whose three axes all exceed 1; use two of them")
+  tensor = resolved[TENSOR_AXIS]
+  if tensor > 1:
+    from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top  (transformers)
+    for section in ("teacher", "student"):
+      checkpoint = config[section].checkpoint or (config.teacher.checkpoint if section == "student" else None)
+      if config[section].name == "hf" and checkpoint:
+        heads = pretrained.num_attention_heads(checkpoint)
+        require(heads % tensor == 0, "mesh.tensor", config.mesh.tensor,
+                f"must divide the {heads} attention heads of {section}.checkpoint={checkpoint!r}")
+  require(config.sweep.mode != "vectorized" or resolved[FSDP_AXIS] * tensor == 1, "sweep.mode", config.sweep.mode,
+          f"'vectorized' keeps parameters replicated: it needs mesh.fsdp = mesh.tensor = 1 (the mesh is {shape})")
+  for field, value in (("data.batch_size", config.data.batch_size),
+                       ("data.eval_batch_size", config.data.eval_batch_size)):
+    require(value > 0 and value % num_devices == 0, field, value,
+            f"must be a positive multiple of the device count ({num_devices})")
+  microbatches, rows = config.train.microbatches, config.data.batch_size // num_devices
+  require(microbatches >= 1 and rows % microbatches == 0, "train.microbatches", microbatches,
+          f"must be >= 1 and divide each device's rows of a batch (data.batch_size {config.data.batch_size} / "
+          f"{num_devices} devices = {rows})")
 
 
 def batch_axes(mesh: Mesh) -> tuple[str, ...]:

@@ -13,8 +13,8 @@ import os
 
 import ml_collections
 
-from kd_jax import data, files, fingerprints, train
-from kd_jax.config import paths, schema, validation
+from kd_jax import data, files, fingerprints, preflight, train
+from kd_jax.config import paths, schema
 from kd_jax.errors import ConfigError, UserError
 from kd_jax.reporting import results
 from kd_jax.teachers import teacher
@@ -94,7 +94,7 @@ def check_points(config: ml_collections.ConfigDict, points: list[Point], workdir
   data_checked = set()
   for point in points:
     try:
-      validation.validate(point.config)
+      preflight.check(point.config)
       data_key = fingerprints.fingerprint_json(files.as_json_value(
           {"data": point.config.data.to_dict(), "teacher_init": point.config.teacher.init}))
       if data_key not in data_checked:

@@ -91,7 +91,7 @@ def _run_spec(point: expansion.Point, workdir: str) -> train.RunSpec:
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, point_index: int | None = None,
         list_points: bool = False) -> str:
-  """Checks the whole sweep of a validated `config` (validation.validate; each point is validated here), then
+  """Checks the whole sweep of a validated `config` (preflight.check; each point is checked here), then
   lists its points, runs one of them, or runs all of them and writes the report.
 
   SIGTERM stops the point (or group) being trained at the next chunk with a checkpoint (`preemption.Preempted`);

@@ -25,7 +25,9 @@ import os
 import jax.numpy as jnp
 import ml_collections
 
-from kd_jax.config import paths
+from kd_jax import files
+from kd_jax.config import paths, rules, validation
+from kd_jax.errors import ConfigError, require
 from kd_jax.teachers import teacher
 from kd_jax.training import losses
 
@@ -53,6 +55,48 @@ def member_configs(config: ml_collections.ConfigDict, workdir: str | None = None
       member.teacher.workdir = home if same else os.path.join(home, "members", teacher.identity_key(member))
     members.append(member)
   return members
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError unless every member of an ensemble is a valid teacher (its fields, their rules, its
+  directory), distinct from the others and of this run's label space, and at most one is the checkpoint's own
+  weights. A member's errors name it: config.ensemble.members[m].<field>."""
+  size, members = config.ensemble.size, tuple(config.ensemble.members)
+  if size == 1:
+    return
+  identities = {}
+  for m, member in enumerate(member_configs(config)):
+    try:
+      validation.check_values(member, "teacher")
+      rules.check_teacher(member)
+      teacher.check_config(member)
+    except ConfigError as error:
+      raise ConfigError(f"ensemble.members[{m}].{error.field.removeprefix('teacher.')}", error.value,
+                        error.allowed) from None
+    key = teacher.identity_key(member)
+    require(key not in identities, "ensemble.members" if members else "ensemble.size", members or size,
+            f"members {identities.get(key)} and {m} are the same teacher; vary their seed, init or widths")
+    identities[key] = m
+    _check_label_space(config, member, m)
+  pretrained = [member for member in member_configs(config) if member.teacher.init == "pretrained"]
+  require(len(pretrained) <= 1, "ensemble.members" if members else "ensemble.size", members or size,
+          f"{len(pretrained)} members are teacher.checkpoint as it is (init='pretrained'), the same weights; give "
+          "the others teacher directories (('init', <dir>),) in ensemble.members")
+
+
+def _check_label_space(config: ml_collections.ConfigDict, member: ml_collections.ConfigDict, m: int) -> None:
+  """A member restored from a teacher directory (init=<dir>) was trained on this run's label space: its recorded
+  teacher.json names the same data set (and number of synthetic classes)."""
+  record_path = os.path.join(member.teacher.init, "teacher.json")
+  if member.teacher.init in ("train", "pretrained") or not os.path.exists(record_path):
+    return
+  recorded = files.read_json(record_path)
+  space = lambda flat: (flat.get("data.name"), flat.get("data.synthetic.num_classes")
+                        if str(flat.get("data.name")).startswith("synthetic") else None)
+  ours = space(paths.flatten(files.as_json_value({"data": config.data.to_dict()})))
+  require(space(recorded) == ours, f"ensemble.members[{m}].init", member.teacher.init,
+          f"a teacher of data.name={recorded.get('data.name')!r}, whose classes are not this run's "
+          f"(data.name={config.data.name!r}); an ensemble averages probabilities over one label space")
 
 
 def obtain(config: ml_collections.ConfigDict, task, mesh, workdir: str, *, writers: dict,

@@ -25,7 +25,7 @@ import ml_collections
 from kd_jax import data, files, fingerprints, models
 from kd_jax.config import paths
 from kd_jax.data.examples import first_inputs, wide_dtype
-from kd_jax.errors import UserError
+from kd_jax.errors import UserError, require
 from kd_jax.parallel import distributed, sharding
 from kd_jax.training import checkpointing, loop, losses, steps
 
@@ -69,6 +69,16 @@ def identity(config: ml_collections.ConfigDict) -> dict:
 def identity_key(config: ml_collections.ConfigDict) -> str:
   """A short hash of `identity(config)`: configs with equal keys share one teacher."""
   return fingerprints.fingerprint_json(identity(config))
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError unless config.teacher's model fits the data (models.check_config) and teacher.init is
+  'train', 'pretrained' or a teacher directory that exists."""
+  models.check_config(config, "teacher")
+  init = config.teacher.init
+  require(init in ("train", "pretrained") or os.path.isdir(os.path.join(init, "checkpoints")), "teacher.init", init,
+          "must be 'train' or an existing teacher directory with checkpoints/ (an earlier run's <workdir>/teacher), "
+          "or 'pretrained' (an HF checkpoint's own weights)")
 
 
 def directory(config: ml_collections.ConfigDict, workdir: str) -> str:

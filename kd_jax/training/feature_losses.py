@@ -41,11 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from kd_jax import models
+from kd_jax.config import schema
 from kd_jax.errors import ConfigError
 from kd_jax.training import losses
 
-FEATURE_LOSSES = ("mse", "cosine")
-UNIFORM = "uniform"
+FEATURE_LOSSES = schema.FEATURE_LOSSES
+UNIFORM = schema.UNIFORM_FEATURES
 MODEL = "model"  # the key of the model's own params in what such a phase trains
 PROJECTIONS = "feature_projections"  # the key of the projections beside the model's params ("model") when training
 # torch's cosine_embedding_loss adds it to the squared norms, so that a zero vector gives cos 0, not NaN.
@@ -86,28 +88,13 @@ def describe(model, params, example_inputs) -> Layers:
   return Layers(tuple(h.shape[-1] for h in found.hidden_states), tuple(a.shape[1] for a in found.attention_logits))
 
 
-def check_layer_map(value) -> None:
-  """Raises ConfigError unless `value` (config.distill.features) is None, 'uniform' or a non-empty tuple of
-  distinct (teacher index, student index) pairs of non-negative integers."""
-  if value is None or value == UNIFORM:
-    return
-  pairs_ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(
-      isinstance(pair, (tuple, list)) and len(pair) == 2
-      and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in pair) for pair in value)
-  if not pairs_ok or len({tuple(pair) for pair in value}) != len(value):
-    raise ConfigError("distill.features", value,
-                      "allowed: None (off), 'uniform', or a tuple of distinct (teacher layer, student layer) pairs of "
-                      "hidden-state indices >= 0 (0 = embeddings), e.g. ((0, 0), (2, 1), (4, 2)); on the command "
-                      "line --config.distill.features='((0, 0), (2, 1))'")
-
-
 def resolve_layer_map(value, num_teacher_layers: int, num_student_layers: int) -> tuple[tuple[int, int], ...]:
   """The (teacher, student) hidden-state pairs of config.distill.features for models of these depths.
 
   Raises ConfigError for an index beyond a model's layers or a map with more pairs than the student has hidden
   states (L_s + 1).
   """
-  check_layer_map(value)
+  schema.layer_map("distill.features", value)
   if value == UNIFORM:
     if num_student_layers < 1 or num_teacher_layers < 1:
       raise ConfigError("distill.features", value, f"'uniform' maps the student's {num_student_layers} layers onto "
@@ -124,6 +111,16 @@ def resolve_layer_map(value, num_teacher_layers: int, num_student_layers: int) -
         raise ConfigError("distill.features", value, f"{who} layer {index} does not exist: the {who} has hidden "
                           f"states 0..{depth} (0 = embeddings)")
   return pairs
+
+
+def check_config(config) -> None:
+  """Raises ConfigError where config.distill.features names layers the models lack, for models whose depths are known
+  without loading them (MLPs, local HF checkpoints: models.num_layers); otherwise when the student phase starts."""
+  if config.distill.features is None:
+    return
+  depths = (models.num_layers(config.teacher), models.num_layers(config.student))
+  if None not in depths:
+    resolve_layer_map(config.distill.features, *depths)
 
 
 def hidden_state_loss(student_hidden: jax.Array, teacher_hidden: jax.Array, kind: str) -> jax.Array:

@@ -15,9 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "js", "generalized_js", "skew_forward_kl", "skew_reverse_kl", "tvd", "akl",
-               "mse")
-SCHEDULES = ("constant", "linear", "cosine")
+from kd_jax.config import schema
+
+DIVERGENCES = schema.DIVERGENCES
+SCHEDULES = schema.SCHEDULES
 
 
 class DivergenceParams(NamedTuple):

@@ -1,0 +1,228 @@
+"""The rules between config fields: what the value of one field asks of others (the loss's two forms and their
+schedules, what feature distillation, packing, on-policy distillation and ensembles need, which models and sources a
+task takes). Each field's own values are the schema's (validation.validate runs first); what the environment must
+hold is checked by the modules it concerns (kd_jax/preflight.py runs all three).
+"""
+
+import ml_collections
+
+from kd_jax.config import paths, schema, validation
+from kd_jax.errors import require
+
+SCHEDULE_ENDS = ("distill.temperature_end", "distill.alpha_end", "distill.ce_weight_end", "distill.kd_weight_end")
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for the first rule a schema-valid `config` breaks."""
+  filled = [axis for axis in schema.MESH_AXES if config.mesh[axis] == -1]
+  require(len(filled) <= 1, f"mesh.{filled[-1] if filled else 'data'}", -1,
+          f"only one mesh axis may be -1 (here {', '.join(filled)})")
+  _check_image_task(config)
+  check_teacher(config)
+  _check_model(config, "student")
+  _check_student_parameters(config)
+  _check_loss_weights(config)
+  _check_schedule(config)
+  distill = config.distill
+  require(distill.input_noise_std == 0 or distill.teacher_mode == "online", "distill.input_noise_std",
+          distill.input_noise_std, "needs distill.teacher_mode='online' (cached teacher logits were computed on clean "
+          "inputs)")
+  _check_features(config)
+  _check_generative_tasks(config)
+  _check_text_task(config)
+  _check_ensemble(config)
+  train = config.train
+  require(train.remat == "none" or config.student.name == "hf", "train.remat", train.remat,
+          f"needs transformer blocks (student.name='hf'); the {config.student.name} student has none: use 'none'")
+  require(train.select != "best_validation" or train.num_steps is None or train.eval_every_steps < train.num_steps,
+          "train.select", train.select,
+          f"needs evaluation during training: train.eval_every_steps={train.eval_every_steps} evaluates only at the "
+          f"end of train.num_steps={train.num_steps}; lower eval_every_steps or use 'last'")
+
+
+def check_teacher(config: ml_collections.ConfigDict) -> None:
+  """config.teacher's model and init (also each member of an ensemble: kd_jax/teachers/ensemble.py)."""
+  _check_model(config, "teacher")
+  require(config.teacher.init != "pretrained" or config.teacher.name == "hf", "teacher.init", config.teacher.init,
+          "'pretrained' needs teacher.name='hf' (the weights of teacher.checkpoint)")
+
+
+def _check_image_task(config: ml_collections.ConfigDict) -> None:
+  """The image tasks' sources and models."""
+  data_config = config.data
+  if data_config.name not in schema.IMAGE_TASKS:
+    return
+  require(data_config.source in schema.IMAGE_SOURCES, "data.source", data_config.source,
+          f"allowed for data.name={data_config.name!r}: files (its IDX files in data.data_dir), tfds")
+  for section in ("teacher", "student"):
+    require(config[section].name in ("mlp", "cnn"), f"{section}.name", config[section].name,
+            f"data.name={data_config.name!r} is images: it needs 'mlp' or 'cnn' models")
+
+
+def _check_model(config: ml_collections.ConfigDict, section: str) -> None:
+  """A CNN reads images and normalizes groups that divide its widths; an HF model names its checkpoint."""
+  model_config = config[section]
+  if model_config.name == "cnn":
+    require(config.data.name in schema.IMAGE_TASKS, f"{section}.name", model_config.name,
+            f"needs an image data set ({', '.join(schema.IMAGE_TASKS)}), not data.name={config.data.name!r}")
+    features, groups = tuple(model_config.conv_features), model_config.norm_groups
+    require(groups >= 0 and all(f % groups == 0 for f in features if groups), f"{section}.norm_groups", groups,
+            f"must be 0 (no normalization) or a number of groups dividing every conv width {features}")
+  elif model_config.name == "hf" and (section == "teacher" or model_config.init_from_teacher_layers is None):
+    require(bool(model_config.checkpoint), f"{section}.checkpoint", model_config.checkpoint,
+            f"required for {section}.name={model_config.name!r}: a hub id or a local checkpoint directory")
+
+
+def _check_student_parameters(config: ml_collections.ConfigDict) -> None:
+  """A student built from the teacher's layers (HF models, the teacher's task), the freezing it leaves trainable, and
+  LoRA (HF students)."""
+  student, teacher = config.student, config.teacher
+  field = "student.init_from_teacher_layers"
+  if student.init_from_teacher_layers is not None:
+    require(student.checkpoint is None, "student.checkpoint", student.checkpoint,
+            f"must be None when {field} is set (the student is built from the teacher's layers)")
+    require(teacher.name == "hf" and student.name == "hf", field, tuple(student.init_from_teacher_layers),
+            f"needs HF models (teacher.name='hf', student.name='hf'), not {teacher.name!r} and {student.name!r}")
+    require(student.task == teacher.task, "student.task", student.task,
+            f"must be the teacher's ({teacher.task!r}) when {field} is set (the student has its architecture)")
+  if student.trainable is not None:
+    require(len(student.trainable) > 0 or student.lora.rank > 0, "student.trainable", tuple(student.trainable),
+            "freezes every parameter: give at least one pattern (or None to train all)")
+  require(not student.lora.rank or student.name == "hf", "student.lora.rank", student.lora.rank,
+          f"LoRA needs an HF student (student.name='hf'), not {student.name!r}")
+
+
+def _check_loss_weights(config: ml_collections.ConfigDict) -> None:
+  """Either the Hinton form (alpha) or the explicit one (ce_weight and kd_weight, both >= 0)."""
+  distill = config.distill
+  if distill.alpha is not None:
+    require((distill.ce_weight, distill.kd_weight) == (None, None), "distill.ce_weight", distill.ce_weight,
+            "must be None when distill.alpha is set (use either alpha, or ce_weight and kd_weight with alpha=None)")
+    return
+  for field in ("distill.ce_weight", "distill.kd_weight"):
+    value = paths.get(config, field)
+    require(value is not None and value >= 0, field, value,
+            "must be a number >= 0 when distill.alpha is None (the explicit form needs both weights)")
+
+
+def _check_schedule(config: ml_collections.ConfigDict) -> None:
+  """A schedule moves to at least one end; each end is in its start's range and of the loss's form."""
+  distill = config.distill
+  if distill.schedule == "constant":
+    for field in SCHEDULE_ENDS:
+      value = paths.get(config, field)
+      require(value is None, field, value, "needs distill.schedule='linear' or 'cosine' (the schedule is constant)")
+    return
+  require(any(paths.get(config, field) is not None for field in SCHEDULE_ENDS), "distill.schedule", distill.schedule,
+          f"needs an end to move to: set one of {', '.join(SCHEDULE_ENDS)}")
+  validation.check_value("distill.temperature_end", distill.temperature_end, schema.FIELDS["distill.temperature"])
+  if distill.alpha is not None:
+    for field in ("distill.ce_weight_end", "distill.kd_weight_end"):
+      value = paths.get(config, field)
+      require(value is None, field, value, "must be None in the Hinton form (alpha set): schedule alpha_end instead")
+    validation.check_value("distill.alpha_end", distill.alpha_end, schema.FIELDS["distill.alpha"])
+    return
+  require(distill.alpha_end is None, "distill.alpha_end", distill.alpha_end,
+          "must be None in the explicit form (alpha=None): schedule ce_weight_end / kd_weight_end instead")
+  for field in ("distill.ce_weight_end", "distill.kd_weight_end"):
+    value = paths.get(config, field)
+    require(value is None or value >= 0, field, value, "must be >= 0 or None")
+
+
+def _check_features(config: ml_collections.ConfigDict) -> None:
+  """Feature distillation needs the teacher in the step, one teacher, and classification models that return their
+  hidden states (transformers for attention transfer). The layer map against the models' depths is
+  kd_jax/training/feature_losses.py's."""
+  distill = config.distill
+  if distill.features is None:
+    require(distill.attention_weight == 0, "distill.attention_weight", distill.attention_weight,
+            "needs distill.features (the mapped layers whose attention is matched)")
+    return
+  require(distill.teacher_mode == "online", "distill.features", distill.features,
+          "needs distill.teacher_mode='online' (the teacher's hidden states are computed in the step; a logit cache "
+          "holds none)")
+  require(config.data.name not in schema.SEQ2SEQ_TASKS, "distill.features", distill.features,
+          f"is not supported for seq2seq data sets ({', '.join(schema.SEQ2SEQ_TASKS)}) yet: the T5 models do not "
+          "return their hidden states")
+  require(config.data.name not in schema.CAUSAL_LM_TASKS, "distill.features", distill.features,
+          "is not supported for causal-LM data sets yet: the decoder-only models do not return their hidden states")
+  require(config.ensemble.size == 1, "distill.features", distill.features,
+          f"needs a single teacher (ensemble.size={config.ensemble.size}): whose hidden states would it match?")
+  for section in ("teacher", "student"):
+    require(config[section].name in ("mlp", "hf"), "distill.features", distill.features,
+            f"needs MLP or HF models (they return their hidden states); {section}.name={config[section].name!r}")
+    require(distill.attention_weight == 0 or config[section].name == "hf", "distill.attention_weight",
+            distill.attention_weight, f"needs transformer models: {section}.name={config[section].name!r} has no "
+            "attention")
+
+
+def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
+  """Sequence-level distillation needs a seq2seq or causal-LM task; packing and on-policy distillation need causal_lm
+  and what they use."""
+  data_config, distill = config.data, config.distill
+  generative = schema.SEQ2SEQ_TASKS + schema.CAUSAL_LM_TASKS
+  require(distill.strategy == "token" or data_config.name in generative, "distill.strategy", distill.strategy,
+          f"'sequence' needs a seq2seq or causal-LM data set ({', '.join(generative)})")
+  if data_config.name not in schema.CAUSAL_LM_TASKS:
+    for field, default in (("data.packing", False), ("distill.on_policy_fraction", 0.0)):
+      value = paths.get(config, field)
+      require(value == default, field, value, f"needs data.name='causal_lm' (data.name={data_config.name!r})")
+    return
+  require(bool(data_config.response_column), "data.response_column", data_config.response_column,
+          "must name the column of the responses (or of the plain text, with data.prompt_column=None)")
+  if data_config.packing:
+    require(data_config.validation_split is not None, "data.packing", data_config.packing,
+            "needs data.validation_split (the validation examples are not packed rows)")
+    require(distill.strategy == "token" and distill.on_policy_fraction == 0, "data.packing", data_config.packing,
+            "is not supported with distill.strategy='sequence' or on-policy distillation (they generate from each "
+            "example's prompt; a packed row has none)")
+  if distill.on_policy_fraction > 0:
+    require(distill.teacher_mode == "online", "distill.on_policy_fraction", distill.on_policy_fraction,
+            "needs distill.teacher_mode='online' (the teacher scores the student's sampled responses in the step)")
+    require(distill.strategy == "token", "distill.on_policy_fraction", distill.on_policy_fraction,
+            "needs distill.strategy='token'")
+    require(data_config.prompt_column is not None, "distill.on_policy_fraction", distill.on_policy_fraction,
+            "needs prompts to sample responses to (data.prompt_column; plain text has none)")
+
+
+def _check_text_task(config: ml_collections.ConfigDict) -> None:
+  """The text tasks' sources, token inputs and HF models of the task's kind."""
+  data_config = config.data
+  if data_config.name not in schema.TEXT_TASKS:
+    return
+  seq2seq, causal_lm = data_config.name in schema.SEQ2SEQ_TASKS, data_config.name in schema.CAUSAL_LM_TASKS
+  sources = schema.TEXT_SOURCES + ((schema.PYDOC_SOURCE,) if causal_lm else ())
+  require(data_config.source in sources, "data.source", data_config.source, f"allowed: {', '.join(sources)}")
+  require(bool(data_config.path) or data_config.source == schema.PYDOC_SOURCE, "data.path", data_config.path,
+          f"required for data.name={data_config.name!r}: a hub dataset id, TFDS name or local directory "
+          "(see data.source)")
+  require(config.distill.input_noise_std == 0, "distill.input_noise_std", config.distill.input_noise_std,
+          f"must be 0 for data.name={data_config.name!r}: its inputs are token ids")
+  model_task = "seq2seq" if seq2seq else "causal_lm" if causal_lm else "sequence_classification"
+  allowed_tasks = (model_task,) if seq2seq or causal_lm else (model_task, None)  # None means sequence_classification
+  for section in ("teacher", "student"):
+    model_config = config[section]
+    require(model_config.name == "hf", f"{section}.name", model_config.name,
+            f"data.name={data_config.name!r} is text: it needs 'hf' models (their tokenizers tokenize it)")
+    require(model_config.task in allowed_tasks, f"{section}.task", model_config.task,
+            f"must be {model_task!r} for data.name={data_config.name!r}")
+  require(not (seq2seq or causal_lm) or data_config.labeled_fraction == 1.0, "data.labeled_fraction",
+          data_config.labeled_fraction, "must be 1.0 for seq2seq and causal-LM data sets (an example without its "
+          "target has nothing to teacher-force)")
+
+
+def _check_ensemble(config: ml_collections.ConfigDict) -> None:
+  """An ensemble averages probabilities over classes: classification tasks, not the 'mse' of logits. The members
+  themselves are kd_jax/teachers/ensemble.py's."""
+  size = config.ensemble.size
+  if size == 1:
+    return
+  require(config.data.name not in schema.SEQ2SEQ_TASKS, "ensemble.size", size,
+          f"needs a classification data set; data.name={config.data.name!r} is seq2seq (its teachers generate and "
+          "are cached as top-k, one model at a time)")
+  require(config.data.name not in schema.CAUSAL_LM_TASKS, "ensemble.size", size,
+          f"needs a classification data set; data.name={config.data.name!r} is a causal LM (its teachers are cached "
+          "as top-k, one model at a time)")
+  require(config.distill.divergence != "mse", "distill.divergence", config.distill.divergence,
+          f"ensemble.size={size} distills the members' averaged probabilities; 'mse' compares logits: use "
+          f"{', '.join(kind for kind in schema.DIVERGENCES if kind != 'mse')}")
