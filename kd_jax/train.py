@@ -1,7 +1,8 @@
 """Training and evaluation: `train_and_evaluate(config, workdir)`, and `run_group`, which every mode runs through.
 
-Fixed order: data -> mesh -> the runs' workdirs -> evaluator -> teacher (kd_jax/teachers/teacher.py: trained, restored
-or pretrained; or every member of an ensemble, kd_jax/teachers/ensemble.py) -> its test metrics -> the student's data
+Fixed order: data -> mesh -> the runs' workdirs -> evaluator (kd_jax/evaluation: the one the task names) -> teacher
+(kd_jax/teachers/teacher.py: trained, restored or pretrained; or every member of an ensemble, kd_jax/teachers/ensemble.py)
+-> its test metrics and the reference the students are compared with -> the student's data
 (kd_jax/teachers/student_data.py: cache, online teacher or teacher targets) -> the students (KD, then the hard-label
 baseline) through the one training loop (kd_jax/training/loop.py) -> their test metrics -> results.json
 (kd_jax/reporting/results.py). A single run is a group of one; a vectorized sweep group (kd_jax/training/vectorized.py)
@@ -11,6 +12,7 @@ it at the next chunk with a checkpoint.
 """
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -69,14 +71,14 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
               ", ".join(f"{axis} {size}" for axis, size in mesh.shape.items()))
   writers = [_start_workdir(run, overwrite) for run in runs]
   evaluator = evaluation.for_task(config, task, mesh)
-  the_teacher = ensemble.obtain(
-      config, task, mesh, runs[0].workdir, writers=writers[0],
-      evaluate_fn=lambda model, params: evaluator.during_training(model, params, teacher=True))
-  teacher_metrics = evaluator.teacher_metrics(the_teacher.model, the_teacher.params)
-  teacher_results = ensemble.results(config, runs[0].workdir, the_teacher, evaluator)
+  the_teacher = ensemble.obtain(config, task, mesh, runs[0].workdir, writers=writers[0],
+                                evaluate_fn=functools.partial(evaluator.during_training, teacher_inputs=True))
+  teacher_metrics, reference = evaluator.teacher(the_teacher.model, the_teacher.params)
+  teacher_results = ensemble.results(config, runs[0].workdir, the_teacher, evaluator, reference)
   student = student_data.prepare(config, task, the_teacher, mesh)
-  student_model, trained, trainable_params = train_students(runs, writers, task, mesh, the_teacher, student,
-                                                            evaluator, vectorize=vectorize)
+  student_model, trained, trainable_params = train_students(
+      runs, writers, task, mesh, the_teacher, student,
+      evaluate_fn=functools.partial(evaluator.during_training, reference=reference), vectorize=vectorize)
   costs = model_efficiency(config, task, mesh, the_teacher, student_model, trained[0]["student"][0],
                            student_trainable_params=trainable_params)
   final_metrics = {}  # id(params) -> metrics: a baseline shared by several runs is evaluated once
@@ -87,7 +89,7 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
       phases.update(ensemble.training_stats(config, the_teacher))
     for phase, (params, phase_stats) in trained[i].items():
       if id(params) not in final_metrics:
-        final_metrics[id(params)] = evaluator.final(student_model, params)
+        final_metrics[id(params)] = evaluator.final(student_model, params, reference)
       metrics[phase], phases[phase] = final_metrics[id(params)], phase_stats
     # The compiled steps' per-device memory (loop stats) as its own section, by phase.
     memory = {phase: phase_stats["memory"] for phase, phase_stats in phases.items() if "memory" in phase_stats}
@@ -114,7 +116,7 @@ class _Trainee:
 
 
 def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData, mesh, the_teacher: teacher.Teacher,
-                   student: student_data.StudentData, evaluator: evaluation.Evaluator, *,
+                   student: student_data.StudentData, *, evaluate_fn,
                    vectorize: bool) -> tuple[object, list[dict], int | None]:
   """The KD student and, with config.baseline, the hard-label student of every run, through the training loop.
 
@@ -122,6 +124,9 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
   one KD student per run, one hard-label student per distinct vectorized.BASELINE_FIELDS. The students are created
   by models.create_student (from the teacher's layers when config.student.init_from_teacher_layers is set) and train
   the parameters peft.of_student selects; LoRA adapters are merged into their layers at the end (peft.plain_params).
+
+  Args:
+    evaluate_fn: (model, params) -> validation scalars at the loop's eval steps (the evaluator against the teacher).
 
   Returns:
     (the student model as evaluation sees it, per run {phase: (its final params, the phase's stats)}, the number of
@@ -180,8 +185,8 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
                         steps.learning_rates(trainee.config.optim, num_steps), trainee.loss.schedule_table())
             for trainee in trainees]
     outcome = loop.train(phase, program, logs, num_steps=num_steps, checkpoint_dir=checkpoint_dir,
-                         train_config=config.train, evaluate=lambda params: evaluator.during_training(
-                             peft.plain_model(model), peft.plain_params(model, params)),
+                         train_config=config.train,
+                         evaluate=lambda params: evaluate_fn(peft.plain_model(model), peft.plain_params(model, params)),
                          selection=selection)
     for trainee, trainee_params, selected_step in zip(trainees, outcome.params, outcome.selected_steps):
       trainee_stats = outcome.stats | {"selected_step": selected_step}

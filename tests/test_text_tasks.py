@@ -472,10 +472,11 @@ def untrained_esnli_student(esnli_run, esnli_task):
   evaluator = evaluation.for_task(config, esnli_task, mesh)
   teacher_model, teacher_params = models.create(config.teacher, num_classes=3, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
-  evaluator.teacher_metrics(teacher_model, teacher.restore_params(str(workdir / "teacher"), teacher_params, mesh))
+  _, reference = evaluator.teacher(teacher_model,
+                                   teacher.restore_params(str(workdir / "teacher"), teacher_params, mesh))
   student_model, student_params = models.create(config.student, num_classes=3, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
-  return evaluator.final(student_model, student_params)["test"]
+  return evaluator.final(student_model, student_params, reference)["test"]
 
 
 @pytest.mark.slow

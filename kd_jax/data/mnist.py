@@ -19,6 +19,7 @@ from kd_jax.data import idx
 from kd_jax.data.examples import Examples
 from kd_jax.errors import ConfigError, UserError
 
+EVALUATOR = "classification"  # how it is evaluated: the name of its evaluator (kd_jax.evaluation.EVALUATORS)
 NAMES = ("fashion_mnist", "mnist")
 SOURCES = ("files", "tfds")
 IMAGE_SHAPE = (28, 28, 1)
