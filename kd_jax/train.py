@@ -1,9 +1,11 @@
 """Training and evaluation: `train_and_evaluate(config, workdir)`, and `run_group`, which every mode runs through.
 
-Fixed order: data -> mesh -> the runs' workdirs -> evaluator -> teacher (kd_jax/teachers/teacher.py: trained, restored
-or pretrained; or every member of an ensemble, kd_jax/teachers/ensemble.py) -> its test metrics -> the student's data
+Fixed order: data -> mesh -> the runs' workdirs -> evaluator (kd_jax/evaluation: the one the task names) -> teacher
+(kd_jax/teachers/teacher.py: trained, restored or pretrained; or every member of an ensemble, kd_jax/teachers/ensemble.py)
+-> its test metrics and the reference the students are compared with -> the student's data
 (kd_jax/teachers/student_data.py: cache, online teacher or teacher targets) -> the students (KD, then the hard-label
-baseline) through the one training loop (kd_jax/training/loop.py) -> their test metrics -> results.json
+baseline; each under its objective, kd_jax/training/objective.py) through the one training loop
+(kd_jax/training/loop.py) -> their test metrics -> results.json
 (kd_jax/reporting/results.py). A single run is a group of one; a vectorized sweep group (kd_jax/training/vectorized.py)
 is several runs whose configs differ only in vectorized.FIELDS, trained as one stacked program. Every training phase
 restores its latest checkpoint first, so rerunning the same command resumes where a previous run stopped; SIGTERM stops
@@ -11,6 +13,7 @@ it at the next chunk with a checkpoint.
 """
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -26,7 +29,8 @@ from kd_jax.models import peft
 from kd_jax.parallel import distributed, preemption, sharding
 from kd_jax.reporting import efficiency, results
 from kd_jax.teachers import ensemble, student_data, teacher
-from kd_jax.training import feature_losses, loop, losses, metric_writer, on_policy, steps, vectorized
+from kd_jax.training import feature_losses, loop, metric_writer, steps, vectorized
+from kd_jax.training.objective import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +73,14 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
               ", ".join(f"{axis} {size}" for axis, size in mesh.shape.items()))
   writers = [_start_workdir(run, overwrite) for run in runs]
   evaluator = evaluation.for_task(config, task, mesh)
-  the_teacher = ensemble.obtain(
-      config, task, mesh, runs[0].workdir, writers=writers[0],
-      evaluate_fn=lambda model, params: evaluator.during_training(model, params, teacher=True))
-  teacher_metrics = evaluator.teacher_metrics(the_teacher.model, the_teacher.params)
-  teacher_results = ensemble.results(config, runs[0].workdir, the_teacher, evaluator)
+  the_teacher = ensemble.obtain(config, task, mesh, runs[0].workdir, writers=writers[0],
+                                evaluate_fn=functools.partial(evaluator.during_training, teacher_inputs=True))
+  teacher_metrics, reference = evaluator.teacher(the_teacher.model, the_teacher.params)
+  teacher_results = ensemble.results(config, runs[0].workdir, the_teacher, evaluator, reference)
   student = student_data.prepare(config, task, the_teacher, mesh)
-  student_model, trained, trainable_params = train_students(runs, writers, task, mesh, the_teacher, student,
-                                                            evaluator, vectorize=vectorize)
+  student_model, trained, trainable_params = train_students(
+      runs, writers, task, mesh, the_teacher, student,
+      evaluate_fn=functools.partial(evaluator.during_training, reference=reference), vectorize=vectorize)
   costs = model_efficiency(config, task, mesh, the_teacher, student_model, trained[0]["student"][0],
                            student_trainable_params=trainable_params)
   final_metrics = {}  # id(params) -> metrics: a baseline shared by several runs is evaluated once
@@ -87,7 +91,7 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
       phases.update(ensemble.training_stats(config, the_teacher))
     for phase, (params, phase_stats) in trained[i].items():
       if id(params) not in final_metrics:
-        final_metrics[id(params)] = evaluator.final(student_model, params)
+        final_metrics[id(params)] = evaluator.final(student_model, params, reference)
       metrics[phase], phases[phase] = final_metrics[id(params)], phase_stats
     # The compiled steps' per-device memory (loop stats) as its own section, by phase.
     memory = {phase: phase_stats["memory"] for phase, phase_stats in phases.items() if "memory" in phase_stats}
@@ -107,14 +111,15 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
 
 @dataclasses.dataclass(frozen=True)
 class _Trainee:
-  """One model a student phase trains: the config it follows (seed, loss, learning rate) and the runs sharing it."""
+  """One model a student phase trains: the config it follows (seed, objective, learning rate) and the runs sharing
+  it."""
   config: ml_collections.ConfigDict
-  loss: losses.DistillationLoss
+  objective: Objective
   run_indices: tuple[int, ...]
 
 
 def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData, mesh, the_teacher: teacher.Teacher,
-                   student: student_data.StudentData, evaluator: evaluation.Evaluator, *,
+                   student: student_data.StudentData, *, evaluate_fn,
                    vectorize: bool) -> tuple[object, list[dict], int | None]:
   """The KD student and, with config.baseline, the hard-label student of every run, through the training loop.
 
@@ -122,6 +127,11 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
   one KD student per run, one hard-label student per distinct vectorized.BASELINE_FIELDS. The students are created
   by models.create_student (from the teacher's layers when config.student.init_from_teacher_layers is set) and train
   the parameters peft.of_student selects; LoRA adapters are merged into their layers at the end (peft.plain_params).
+  Each trains under its Objective.from_config (the KD student's distills as `student` says; the hard-label student's
+  never does).
+
+  Args:
+    evaluate_fn: (model, params) -> validation scalars at the loop's eval steps (the evaluator against the teacher).
 
   Returns:
     (the student model as evaluation sees it, per run {phase: (its final params, the phase's stats)}, the number of
@@ -139,16 +149,19 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
   trainable_params = None if trainable is None else trainable.count(next(iter(init_params.values())))
   num_steps = steps.num_train_steps(len(task.train), config.data.batch_size, config.train.num_epochs,
                                     config.train.num_steps)
-  feature_losses_of_runs, kd_init_params = [None] * len(runs), init_params
-  if config.distill.features is not None:
-    feature_losses_of_runs, kd_init_params = _feature_distillation(runs, student, model, init_params, example_inputs)
-  phases = {"student": (student.examples, [_Trainee(run.config, losses.DistillationLoss.from_config(
-      run.config.distill, distills=student.distills, num_steps=num_steps, features=features), (i,))
-                                           for i, (run, features) in enumerate(zip(runs, feature_losses_of_runs))])}
+  layers = None if config.distill.features is None else _feature_layers(student, model, init_params, example_inputs)
+  objective_of = lambda run_config, distills: Objective.from_config(run_config, num_steps=num_steps, distills=distills,
+                                                                    task=task, model=model, layers=layers)
+  kd_objectives = [objective_of(run.config, student.distills) for run in runs]
+  kd_init_params = init_params if layers is None else _with_projections(kd_objectives[0].feature_loss, layers,
+                                                                        init_params)
+  phases = {"student": (student.examples, [_Trainee(run.config, objective, (i,))
+                                           for i, (run, objective) in enumerate(zip(runs, kd_objectives))])}
   if config.baseline:
     shares = vectorized.baseline_shares([run.config for run in runs]) if vectorize else [[0]]
-    phases["student_hard"] = (task.train, [_Trainee(runs[indices[0]].config, losses.DistillationLoss.from_config(
-        runs[indices[0]].config.distill, distills=False), tuple(indices)) for indices in shares])
+    phases["student_hard"] = (task.train, [_Trainee(runs[indices[0]].config,
+                                                    objective_of(runs[indices[0]].config, False), tuple(indices))
+                                           for indices in shares])
   selection = None
   if config.train.select == "best_validation":
     metric = config.sweep.selection_metric
@@ -165,23 +178,22 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
                   teacher=None if online is None else (online.model, online.params),
                   input_noise_std=config.distill.input_noise_std, trainable=phase_trainable)
     if vectorize:
-      program = vectorized.program(init_params=phase_init_params, losses_of_runs=[trainee.loss for trainee in trainees],
+      program = vectorized.program(init_params=phase_init_params, objectives=[trainee.objective for trainee in trainees],
                                    learning_rates=[trainee.config.optim.learning_rate for trainee in trainees],
                                    seeds=[trainee.config.seed for trainee in trainees], **common)
       checkpoint_dir = os.path.join(vectorized.group_directory([run.workdir for run in runs]), phase)
     else:
       (trainee,) = trainees
-      sampling = on_policy.OnPolicy.from_config(config, task, model) if phase == "student" else None
-      program = steps.program(init_params=phase_init_params[config.seed], loss=trainee.loss, seed=config.seed,
-                              mesh=mesh, param_rules=config.mesh.rules, on_policy=sampling, **common)
+      program = steps.program(init_params=phase_init_params[config.seed], objective=trainee.objective,
+                              seed=config.seed, mesh=mesh, param_rules=config.mesh.rules, **common)
       checkpoint_dir = os.path.join(runs[0].workdir, "checkpoints", phase)
     logs = [loop.RunLog(", ".join(runs[i].name for i in trainee.run_indices),
                         metric_writer.FanOutWriter([writers[i][phase] for i in trainee.run_indices]),
-                        steps.learning_rates(trainee.config.optim, num_steps), trainee.loss.schedule_table())
+                        steps.learning_rates(trainee.config.optim, num_steps), trainee.objective.schedule_table())
             for trainee in trainees]
     outcome = loop.train(phase, program, logs, num_steps=num_steps, checkpoint_dir=checkpoint_dir,
-                         train_config=config.train, evaluate=lambda params: evaluator.during_training(
-                             peft.plain_model(model), peft.plain_params(model, params)),
+                         train_config=config.train,
+                         evaluate=lambda params: evaluate_fn(peft.plain_model(model), peft.plain_params(model, params)),
                          selection=selection)
     for trainee, trainee_params, selected_step in zip(trainees, outcome.params, outcome.selected_steps):
       trainee_stats = outcome.stats | {"selected_step": selected_step}
@@ -192,24 +204,28 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
   return peft.plain_model(model), trained, trainable_params
 
 
-def _feature_distillation(runs: list[RunSpec], student: student_data.StudentData, model, init_params: dict,
-                          example_inputs) -> tuple[list, dict]:
-  """Each run's feature_losses.FeatureLoss, and what the KD phase trains per seed: the student's initial params
-  joined with freshly initialized projections (for the mapped layers whose widths differ; seeded by the seed)."""
+def _feature_layers(student: student_data.StudentData, model, init_params: dict,
+                    example_inputs) -> feature_losses.ModelLayers:
+  """What feature distillation maps: the layers of the teacher run in the step and of the student, and whether text
+  positions are pooled."""
   online = student.online_teacher
   teacher_inputs = first_inputs(student.examples.teacher_view().inputs)
-  teacher_layers = feature_losses.describe(online.model, online.params, teacher_inputs)
-  student_layers = feature_losses.describe(model, next(iter(init_params.values())), example_inputs)
-  pool_tokens = not feature_losses.tokens_aligned(student.examples)
-  features = [feature_losses.FeatureLoss.from_config(run.config.distill, teacher=teacher_layers, student=student_layers,
-                                                     pool_tokens=pool_tokens) for run in runs]
-  logger.info("Feature distillation: (teacher, student) hidden states %s, widths %s -> %s, %s.", features[0].pairs,
-              student_layers.widths, teacher_layers.widths,
-              "mean-pooled per example (the tokenizations differ)" if pool_tokens else "position by position")
-  kd_init_params = {seed: feature_losses.join_params(params, feature_losses.init_projections(
-      features[0].pairs, teacher_layers, student_layers, jax.random.fold_in(jax.random.PRNGKey(seed), 1)))
-                    for seed, params in init_params.items()}
-  return features, kd_init_params
+  return feature_losses.ModelLayers(
+      teacher=feature_losses.describe(online.model, online.params, teacher_inputs),
+      student=feature_losses.describe(model, next(iter(init_params.values())), example_inputs),
+      pool_tokens=not feature_losses.tokens_aligned(student.examples))
+
+
+def _with_projections(features: feature_losses.FeatureLoss, layers: feature_losses.ModelLayers,
+                      init_params: dict) -> dict:
+  """What the KD phase trains per seed: the student's initial params joined with freshly initialized projections
+  (for the mapped layers whose widths differ; seeded by the seed)."""
+  logger.info("Feature distillation: (teacher, student) hidden states %s, widths %s -> %s, %s.", features.pairs,
+              layers.student.widths, layers.teacher.widths,
+              "mean-pooled per example (the tokenizations differ)" if layers.pool_tokens else "position by position")
+  return {seed: feature_losses.join_params(params, feature_losses.init_projections(
+      features.pairs, layers.teacher, layers.student, jax.random.fold_in(jax.random.PRNGKey(seed), 1)))
+          for seed, params in init_params.items()}
 
 
 def model_efficiency(config, task: data.TaskData, mesh, the_teacher: teacher.Teacher, student_model,

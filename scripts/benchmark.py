@@ -77,13 +77,7 @@ from benchmarks.machine import machine, matmul_peak
 from benchmarks.step_memory import step_temporaries
 from benchmarks.torch_loop import torch_worker
 from benchmarks.vectorized_sweep import vectorized_speedup, vectorized_sweep_end_to_end
-# What tests/test_benchmark.py reads from the script besides the above.
-# pylint: disable=unused-import
-from benchmarks.accelerator import accel_cache_build
-from benchmarks.flops import llama_train_flops_per_example, t5_train_flops_per_example
-from benchmarks.flops import transformer_train_flops_per_example
-from benchmarks.machine import bf16_peak_flops
-# pylint: enable=g-import-not-at-top,wrong-import-position,unused-import
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def accelerator_main(args) -> dict:

@@ -46,6 +46,7 @@ from kd_jax.models.hf import pretrained  # pylint: disable=wrong-import-position
 from kd_jax.parallel import inference, sharding  # pylint: disable=wrong-import-position
 from kd_jax.teachers import student_data
 from kd_jax.training import losses, steps
+from kd_jax.training.objective import Objective
 
 config_flags.DEFINE_config_file("config", None, "Config file (its fields can be overridden: --config.FIELD=VALUE).")
 flags.DEFINE_multi_string("mesh", None, "A mesh, e.g. data:2,fsdp:4 (axes left out are 1; one may be -1); repeat "
@@ -119,11 +120,15 @@ def plan(config, mesh_sizes: dict, num_classes: int = 3) -> list[dict]:
   step = steps.compile_step(mesh, model=student, teacher_model=teacher if online else None)
   state = jax.eval_shape(lambda params: steps.create_train_state(student, params, config.optim, 1000), student_params)
   state = abstract(state, sharding.param_shardings(state, mesh, rules))
-  loss = sharding.replicate(losses.DistillationLoss.from_config(config.distill, num_steps=1000), mesh)
+  # The step's logit terms: on-policy sampling and feature terms (which need the task and both models' layers) are
+  # not planned.
+  plain = config.copy_and_resolve_references()
+  plain.distill.on_policy_fraction, plain.distill.features = 0.0, None
+  objective = sharding.replicate(Objective.from_config(plain, num_steps=1000), mesh)
   rng = sharding.replicate(jax.random.PRNGKey(0), mesh)
   examples = abstract(shapes(config, config.data.batch_size, cached_teacher=not online, num_classes=num_classes),
                       batch)
-  memory = sharding.memory_stats(step, state, teacher_params if online else None, loss, rng, examples)
+  memory = sharding.memory_stats(step, state, teacher_params if online else None, objective, rng, examples)
   memory["teacher_params_bytes"] = sharding.per_device_bytes(teacher_params) if online else 0
   rows.append({"program": "student train step" + (" (teacher online)" if online else ""), **memory})
 

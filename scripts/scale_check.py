@@ -316,16 +316,16 @@ def train_part_of_epoch(stages, name, config, model, params, examples, mesh, epo
   """Trains through steps.program's tf.data feed; the time blocked in feed.next vs the chunk, and the stall
   fraction from one staged chunk."""
   import jax  # pylint: disable=g-import-not-at-top
-  from kd_jax.training import losses, steps  # pylint: disable=g-import-not-at-top
+  from kd_jax.training import steps  # pylint: disable=g-import-not-at-top
+  from kd_jax.training.objective import Objective
   batch_size = config.data.batch_size
   num_steps = max(1, int(epoch_fraction * (len(examples) // batch_size)))
   if max_steps is not None:
     num_steps = min(num_steps, max_steps)
   chunk_steps = config.train.steps_per_dispatch
-  loss = losses.DistillationLoss.from_config(config.distill, distills=True, num_steps=num_steps)
   program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=num_steps,
-                          loss=loss, examples=examples, batch_size=batch_size, seed=0, mesh=mesh,
-                          train_config=config.train)
+                          objective=Objective.from_config(config, num_steps=num_steps), examples=examples,
+                          batch_size=batch_size, seed=0, mesh=mesh, train_config=config.train)
   assert program.stats["data_feed"] == "tf.data", program.stats
   feed = program.feed(0)
   state = program.state

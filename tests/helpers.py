@@ -139,11 +139,11 @@ class SigtermAt:
 
 
 def digits_student(log_every_steps: int, eval_every_steps: int, checkpoint_every_steps: int):
-  """(config, examples, model, params, loss): the smoke config (with these train.*_every_steps) and its student on
-  digits, the training examples carrying random cached teacher logits."""
+  """(config, examples, model, params, objective): the smoke config (with these train.*_every_steps) and its student
+  on digits, the training examples carrying random cached teacher logits."""
   import jax  # pylint: disable=import-outside-toplevel
   from kd_jax import data, models  # pylint: disable=import-outside-toplevel
-  from kd_jax.training import losses  # pylint: disable=import-outside-toplevel
+  from kd_jax.training.objective import Objective  # pylint: disable=import-outside-toplevel
   config = load_config()
   config.train.log_every_steps, config.train.eval_every_steps = log_every_steps, eval_every_steps
   config.train.checkpoint_every_steps = checkpoint_every_steps
@@ -152,7 +152,7 @@ def digits_student(log_every_steps: int, eval_every_steps: int, checkpoint_every
   examples = task.train.replace(teacher=logits)
   model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=task.train.inputs[:1],
                                 rng=jax.random.PRNGKey(0))
-  return config, examples, model, params, losses.DistillationLoss.from_config(config.distill)
+  return config, examples, model, params, Objective.from_config(config)
 
 
 def random_distilbert(hidden_size: int, num_heads: int, seed: int):

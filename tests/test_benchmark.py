@@ -45,10 +45,20 @@ def test_quick_benchmark_runs_and_writes_its_figures(tmp_path):
 
 @pytest.fixture(scope="module")
 def benchmark():
+  """scripts/benchmark.py as a module; loading it puts scripts/ on sys.path, so its sections import as `benchmarks`."""
   spec = importlib.util.spec_from_file_location("benchmark_script", REPO_ROOT / "scripts" / "benchmark.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+@pytest.fixture(scope="module")
+def sections(benchmark):  # pylint: disable=redefined-outer-name,unused-argument
+  """The benchmarks package's modules the tests read (scripts/benchmarks/)."""
+  import benchmarks.accelerator  # pylint: disable=g-import-not-at-top
+  import benchmarks.flops  # pylint: disable=g-import-not-at-top
+  import benchmarks.machine  # pylint: disable=g-import-not-at-top
+  return benchmarks
 
 
 def jaxpr_matmul_flops(jaxpr) -> int:
@@ -71,7 +81,7 @@ def jaxpr_matmul_flops(jaxpr) -> int:
   return total
 
 
-def test_flop_counters_count_every_matmul_of_the_models(benchmark):
+def test_flop_counters_count_every_matmul_of_the_models(sections):
   """The T5, Llama and DistilBERT counters against the matmuls kd_jax's models trace (a gated T5 with 2 encoder and
   3 decoder layers and source != target length; a Llama with grouped key-value heads and tied embeddings): the
   forward pass's exactly, the gradient's exactly 3x (every matmul has two trained operands); XLA's cost analysis of
@@ -91,16 +101,16 @@ def test_flop_counters_count_every_matmul_of_the_models(benchmark):
       "t5": (t5.build(transformers.T5Config(**t5_dims), checkpoint="t", task="seq2seq", num_labels=None,
                       dtype=jnp.float32, param_dtype=jnp.float32),
              dict(input_ids=ids(source), attention_mask=ids(source), decoder_input_ids=ids(target)),
-             benchmark.t5_train_flops_per_example(t5_dims, source, target)),
+             sections.flops.t5_train_flops_per_example(t5_dims, source, target)),
       "llama": (llama.build(transformers.LlamaConfig(**llama_dims), checkpoint="l", task="causal_lm", num_labels=None,
                             dtype=jnp.float32, param_dtype=jnp.float32),
                 dict(input_ids=ids(length), attention_mask=ids(length)),
-                benchmark.llama_train_flops_per_example(llama_dims, length)),
+                sections.flops.llama_train_flops_per_example(llama_dims, length)),
       "distilbert": (distilbert.build(transformers.DistilBertConfig(**distilbert_dims), checkpoint="d",
                                       task="sequence_classification", num_labels=2, dtype=jnp.float32,
                                       param_dtype=jnp.float32),
                      dict(input_ids=ids(length), attention_mask=ids(length)),
-                     benchmark.transformer_train_flops_per_example(distilbert_dims, length, 2))}
+                     sections.flops.transformer_train_flops_per_example(distilbert_dims, length, 2))}
   for name, (architecture, inputs, train_flops) in cases.items():
     module = architecture.module
     params = jax.eval_shape(module.init, jax.random.PRNGKey(0), **inputs)["params"]
@@ -116,12 +126,12 @@ def test_flop_counters_count_every_matmul_of_the_models(benchmark):
       assert 1.0 <= cost["flops"] / (batch * train_flops / 3) < 1.1, (name, cost["flops"], batch * train_flops / 3)
 
 
-def test_bf16_peaks_by_device_kind(benchmark):
+def test_bf16_peaks_by_device_kind(sections):
   kinds = {"NVIDIA H100 80GB HBM3": 989.4, "NVIDIA H100 PCIe": 756.0, "NVIDIA H200": 989.4,
            "NVIDIA A100-SXM4-80GB": 312.0, "NVIDIA L4": 121.0, "NVIDIA L40S": None, "TPU v4": 275.0,
            "TPU v5 lite": 197.0, "TPU v5": 459.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0, "cpu": None}
   for kind, tflops in kinds.items():
-    assert benchmark.bf16_peak_flops(kind) == (None if tflops is None else tflops * 1e12), kind
+    assert sections.machine.bf16_peak_flops(kind) == (None if tflops is None else tflops * 1e12), kind
 
 
 @pytest.mark.parametrize("arguments, message", [
@@ -140,12 +150,12 @@ def test_accelerator_refuses_with_one_line(benchmark, monkeypatch, capsys, tmp_p
   assert not out.exists()
 
 
-def test_accelerator_cache_build_figures(benchmark):
+def test_accelerator_cache_build_figures(sections):
   """The tiny teacher's top-k cache build through kd_jax's builder: the cache's bytes per example, MB/s from
   examples/s, MFU = the teacher's FLOP/s over each peak given."""
-  shapes = benchmark.ACCEL_SHAPES["tiny"]
+  shapes = sections.accelerator.ACCEL_SHAPES["tiny"]
   peaks = {"spec": 1e12, "matmul": 2e12}
-  cache = benchmark.accel_cache_build(shapes, 4, peaks)
+  cache = sections.accelerator.accel_cache_build(shapes, 4, peaks)
   # top-32 float16 values, int32 ids and a float32 tail per target position (8), an int32 index.
   assert cache["accel_cache_bytes_per_example"] == 8 * (32 * (2 + 4) + 4) + 4
   assert cache["accel_cache_examples"] == shapes["teacher_examples"]

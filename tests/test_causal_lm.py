@@ -16,6 +16,7 @@ from kd_jax.models import hf
 from kd_jax.parallel import sharding
 from kd_jax.teachers import student_data, teacher
 from kd_jax.training import loop, losses, on_policy, steps
+from kd_jax.training.objective import Objective
 from tests.helpers import REPO_ROOT, load_config, run_main
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
@@ -183,13 +184,13 @@ def test_on_policy_loss_is_numpy_gkd_on_the_students_samples(task):
   student and teacher on exactly those tokens; each example's tokens depend on (seed, step, index) only."""
   config, (teacher_model, teacher_params), (model, params) = gkd_setup(task, 1.0)
   mesh = sharding.make_mesh()
-  sampling = on_policy.OnPolicy.from_config(config, task, model)
+  objective = Objective.from_config(config, num_steps=10, task=task, model=model)
+  sampling = objective.on_policy
   rng, step_number = jax.random.PRNGKey(7), 0
   batch = task.train.select(np.arange(16))
-  step = steps.compile_step(mesh, model=model, teacher_model=teacher_model, on_policy=sampling)
+  step = steps.compile_step(mesh, model=model, teacher_model=teacher_model)
   state = sharding.replicate(steps.create_train_state(model, jax.device_get(params), config.optim, 10), mesh)
-  loss = losses.DistillationLoss.from_config(config.distill, num_steps=10)
-  _, metrics = step(state, sharding.replicate(teacher_params, mesh), sharding.replicate(loss, mesh),
+  _, metrics = step(state, sharding.replicate(teacher_params, mesh), sharding.replicate(objective, mesh),
                     sharding.replicate(rng, mesh), sharding.shard_batch(batch, mesh))
   sampled = jax.jit(lambda params, batch: sampling.batch(params, rng, step_number, batch))(params, batch)
   # The same rows in another order and company sample the same responses.
@@ -224,15 +225,13 @@ def test_a_resumed_on_policy_run_is_bitwise_the_uninterrupted_one(task, tmp_path
   coin = lambda step: bool(jax.random.bernoulli(jax.random.split(jax.random.fold_in(
       jax.random.fold_in(jax.random.PRNGKey(config.seed), on_policy.ON_POLICY_STREAM), step))[0], 0.5))
   assert len({coin(step) for step in range(6)}) == 2
-  sampling = on_policy.OnPolicy.from_config(config, task, model)
-  loss = losses.DistillationLoss.from_config(config.distill, num_steps=6)
+  objective = Objective.from_config(config, num_steps=6, task=task, model=model)
 
   def train(directory):
-    program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=6, loss=loss,
-                            examples=task.train, batch_size=16, seed=config.seed, mesh=mesh,
+    program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=6,
+                            objective=objective, examples=task.train, batch_size=16, seed=config.seed, mesh=mesh,
                             train_config=config.train,
-                            teacher=(teacher_model, sharding.replicate(teacher_params, mesh)),
-                            on_policy=sampling)
+                            teacher=(teacher_model, sharding.replicate(teacher_params, mesh)))
     return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(6))], num_steps=6,
                       checkpoint_dir=str(directory), train_config=config.train, evaluate=lambda params: {})
 

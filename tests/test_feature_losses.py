@@ -18,7 +18,8 @@ from kd_jax.models import hf, mlp
 from kd_jax.models.hf import layers
 from kd_jax.parallel import sharding
 from kd_jax.sweeps import expansion
-from kd_jax.training import feature_losses, losses, steps
+from kd_jax.training import feature_losses, steps
+from kd_jax.training.objective import Objective
 from tests.helpers import load_config, random_distilbert, run_main
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
@@ -292,12 +293,12 @@ def test_train_step_trains_a_projection_outside_the_student():
   teacher_layers = feature_losses.describe(teacher_model, teacher_params, example)
   student_layers = feature_losses.describe(model, params, example)
   assert teacher_layers == feature_losses.Layers((32, 32, 32), (4, 4))
-  distill = schema.default_config().distill
-  distill.update({"features": "uniform", "feature_loss": "mse", "feature_weight": 1.0, "attention_weight": 0.5,
-                  "alpha": 0.5, "temperature": 2.0})
-  features = feature_losses.FeatureLoss.from_config(distill, teacher=teacher_layers, student=student_layers,
-                                                    pool_tokens=False)
-  loss = losses.DistillationLoss.from_config(distill, features=features)
+  config = schema.default_config()
+  config.distill.update({"features": "uniform", "feature_loss": "mse", "feature_weight": 1.0, "attention_weight": 0.5,
+                         "alpha": 0.5, "temperature": 2.0})
+  objective = Objective.from_config(config, layers=feature_losses.ModelLayers(teacher_layers, student_layers,
+                                                                              pool_tokens=False))
+  features = objective.feature_loss
   projections = feature_losses.init_projections(features.pairs, teacher_layers, student_layers, jax.random.PRNGKey(2))
   assert {name: p["kernel"].shape for name, p in projections.items()} == {
       "teacher1_student1": (16, 32), "teacher2_student2": (16, 32)}
@@ -307,7 +308,7 @@ def test_train_step_trains_a_projection_outside_the_student():
   state = sharding.replicate(steps.create_train_state(model, feature_losses.join_params(params, projections), optim,
                                                       10), mesh)
   step = steps.compile_step(mesh, model=model, teacher_model=teacher_model)
-  new_state, metrics = step(state, sharding.replicate(teacher_params, mesh), sharding.replicate(loss, mesh),
+  new_state, metrics = step(state, sharding.replicate(teacher_params, mesh), sharding.replicate(objective, mesh),
                             sharding.replicate(jax.random.PRNGKey(3), mesh), sharding.shard_batch(batch, mesh))
   new_params, metrics = jax.device_get((new_state.params, metrics))
   assert metrics["feature_loss"] > 0 and metrics["attention_loss"] > 0

@@ -11,7 +11,8 @@ import pytest
 from kd_jax import data, models
 from kd_jax.data import feed, pipeline
 from kd_jax.parallel import preemption, sharding
-from kd_jax.training import loop, losses, steps, vectorized
+from kd_jax.training import loop, steps, vectorized
+from kd_jax.training.objective import Objective
 from tests.helpers import SigtermAt, digits_student, load_config
 
 
@@ -42,7 +43,7 @@ def test_a_chunk_equals_single_steps(device_resident, max_steps):
   model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=task.train.inputs[:1],
                                 rng=jax.random.PRNGKey(0))
   params = jax.device_get(params)
-  loss = sharding.replicate(losses.DistillationLoss.from_config(config.distill), mesh)
+  objective = sharding.replicate(Objective.from_config(config), mesh)
   rng = sharding.replicate(jax.random.PRNGKey(3), mesh)
 
   single = steps.compile_step(mesh, model=model, teacher_model=None)
@@ -50,7 +51,7 @@ def test_a_chunk_equals_single_steps(device_resident, max_steps):
   batches = pipeline.train_batches(examples, batch_size=32, seed=5, start_step=2)
   single_metrics = []
   for _ in range(7):
-    state, step_metrics = single(state, None, loss, rng, sharding.shard_batch(next(batches), mesh))
+    state, step_metrics = single(state, None, objective, rng, sharding.shard_batch(next(batches), mesh))
     single_metrics.append(jax.device_get(step_metrics))
 
   # Single steps take tf.data's batches; the chunk takes the same batches' rows on the device or tf.data's again.
@@ -62,11 +63,11 @@ def test_a_chunk_equals_single_steps(device_resident, max_steps):
   if max_steps == 1:
     stacked_chunks = []
     for _ in range(7):
-      chunk_state, one = chunk(chunk_state, None, loss, rng, np.int32(1), *feeder.next(1))
+      chunk_state, one = chunk(chunk_state, None, objective, rng, np.int32(1), *feeder.next(1))
       stacked_chunks.append(jax.device_get(one))
     stacked = jax.tree.map(lambda *values: np.concatenate(values), *stacked_chunks)
   else:
-    chunk_state, stacked = chunk(chunk_state, None, loss, rng, np.int32(7), *feeder.next(7))
+    chunk_state, stacked = chunk(chunk_state, None, objective, rng, np.int32(7), *feeder.next(7))
 
   assert int(chunk_state.step) == int(state.step) == 7
   for single_leaf, chunk_leaf in zip(jax.tree.leaves(jax.device_get(state)),
@@ -82,15 +83,16 @@ def test_a_chunk_equals_single_steps(device_resident, max_steps):
 def digits_programs(stacked: bool):
   """A factory of fresh programs: `digits_student`'s, one run (steps.program) or two stacked runs of two
   temperatures (vectorized.program)."""
-  config, examples, model, params, loss = digits_student(50, 150, 100)
+  config, examples, model, params, objective = digits_student(50, 150, 100)
 
   def make():
     common = dict(model=model, optim_config=config.optim, num_steps=300, examples=examples,
                   batch_size=config.data.batch_size, train_config=config.train)
     if stacked:
-      return vectorized.program(init_params={0: params}, losses_of_runs=[loss, loss.replace(temperature=1.0)],
+      cooler = objective.replace(logit_loss=objective.logit_loss.replace(temperature=1.0))
+      return vectorized.program(init_params={0: params}, objectives=[objective, cooler],
                                 learning_rates=[3e-3, 3e-3], seeds=[0, 0], **common)
-    return steps.program(init_params=params, loss=loss, seed=0, mesh=sharding.make_mesh(), **common)
+    return steps.program(init_params=params, objective=objective, seed=0, mesh=sharding.make_mesh(), **common)
 
   return make, config
 

@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 from kd_jax.config import schema
 from kd_jax.parallel import sharding
 from kd_jax.training import losses
+from kd_jax.training.objective import Objective
 from tests import numpy_divergences
 
 
@@ -249,10 +250,10 @@ def test_schedule_fraction(kind, expected):
 def test_scheduled_loss_moves_temperature_and_weights_step_by_step():
   """A linear schedule from T = 4, alpha = 0.9 to T = 1, alpha = 0.1 over 5 steps: at_step(s) (inside the compiled
   step) is the loss with the values of step s, and schedule_table (the history) holds the same values."""
-  distill = schema.default_config().distill
-  distill.update(temperature=4.0, alpha=0.9, schedule="linear", temperature_end=1.0, alpha_end=0.1)
-  loss = losses.DistillationLoss.from_config(distill, num_steps=5)
-  table = loss.schedule_table()
+  config = schema.default_config()
+  config.distill.update(temperature=4.0, alpha=0.9, schedule="linear", temperature_end=1.0, alpha_end=0.1)
+  objective = Objective.from_config(config, num_steps=5)
+  table = objective.schedule_table()
   np.testing.assert_allclose(table["temperature"], [4.0, 3.25, 2.5, 1.75, 1.0])
   np.testing.assert_allclose(table["soft_weight"], [0.9, 0.7, 0.5, 0.3, 0.1], rtol=1e-6)
   np.testing.assert_allclose(table["hard_weight"], [0.1, 0.3, 0.5, 0.7, 0.9], rtol=1e-6)
@@ -263,9 +264,9 @@ def test_scheduled_loss_moves_temperature_and_weights_step_by_step():
     expected = losses.distillation_loss(student, teacher, labels, weights, temperature=table["temperature"][step],
                                         weights=losses.LossWeights(table["hard_weight"][step],
                                                                    table["soft_weight"][step])).loss
-    np.testing.assert_allclose(at_step(loss, jnp.int32(step)), expected, rtol=1e-5)
+    np.testing.assert_allclose(at_step(objective.logit_loss, jnp.int32(step)), expected, rtol=1e-5)
   # The hard-label baseline's loss does not move, and a constant schedule logs nothing.
-  assert losses.DistillationLoss.from_config(distill, distills=False, num_steps=5).schedule_table() == {}
+  assert Objective.from_config(config, distills=False, num_steps=5).schedule_table() == {}
 
 
 def test_a_bfloat16_students_loss_is_computed_in_float32():

@@ -16,6 +16,7 @@ from kd_jax.models import hf
 from kd_jax.models.hf.pretrained import RegistryModel
 from kd_jax.parallel import sharding
 from kd_jax.training import feature_losses, losses, steps
+from kd_jax.training.objective import Objective
 from tests.helpers import random_distilbert
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
@@ -61,14 +62,14 @@ def test_bfloat16_first_moments():
   assert adam.mu["kernel"].dtype == jnp.bfloat16 and adam.nu["kernel"].dtype == jnp.float32
 
 
-def _step_outputs(model, teacher_model, params, teacher_params, loss, batch, microbatches):
+def _step_outputs(model, teacher_model, params, teacher_params, objective, batch, microbatches):
   """(gradients, metrics) of one compiled step over the 8 devices: the step of SGD at learning rate 1 moves the
   parameters by minus the gradients (AdamW's first step, g / (|g| + eps), would blow up the rounding noise of
   gradients that are 0 in exact arithmetic, such as those of the attention key biases)."""
   mesh = sharding.make_mesh()
   state = sharding.replicate(steps.TrainState.create(apply_fn=model.apply, params=params, tx=optax.sgd(1.0)), mesh)
   step = steps.compile_step(mesh, model=model, teacher_model=teacher_model, microbatches=microbatches)
-  new_state, metrics = step(state, sharding.replicate(teacher_params, mesh), sharding.replicate(loss, mesh),
+  new_state, metrics = step(state, sharding.replicate(teacher_params, mesh), sharding.replicate(objective, mesh),
                             sharding.replicate(jax.random.PRNGKey(3), mesh), sharding.shard_batch(batch, mesh))
   return jax.tree.map(lambda old, new: old - new, params, jax.device_get(new_state.params)), jax.device_get(metrics)
 
@@ -92,14 +93,14 @@ def test_remat_and_microbatches_keep_the_train_step():
   example = jax.tree.map(lambda a: a[:1], inputs)
   teacher_layers = feature_losses.describe(teacher_model, teacher_params, example)
   student_layers = feature_losses.describe(model, params, example)
-  distill = schema.default_config().distill
-  distill.update({"features": "uniform", "feature_weight": 1.0, "attention_weight": 0.5, "temperature": 2.0})
-  features = feature_losses.FeatureLoss.from_config(distill, teacher=teacher_layers, student=student_layers,
-                                                    pool_tokens=False)
-  loss = losses.DistillationLoss.from_config(distill, features=features)
-  projections = feature_losses.init_projections(features.pairs, teacher_layers, student_layers, jax.random.PRNGKey(2))
+  config = schema.default_config()
+  config.distill.update({"features": "uniform", "feature_weight": 1.0, "attention_weight": 0.5, "temperature": 2.0})
+  objective = Objective.from_config(config, layers=feature_losses.ModelLayers(teacher_layers, student_layers,
+                                                                              pool_tokens=False))
+  projections = feature_losses.init_projections(objective.feature_loss.pairs, teacher_layers, student_layers,
+                                                jax.random.PRNGKey(2))
   trained = jax.device_get(feature_losses.join_params(params, projections))
-  run = lambda student, microbatches: _step_outputs(student, teacher_model, trained, teacher_params, loss, batch,
+  run = lambda student, microbatches: _step_outputs(student, teacher_model, trained, teacher_params, objective, batch,
                                                     microbatches)
   plain_grads, plain_metrics = run(model, 1)
   assert set(plain_metrics) >= {"loss", "hard_loss", "soft_loss", "feature_loss", "attention_loss", "grad_norm"}

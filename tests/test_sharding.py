@@ -16,7 +16,8 @@ from kd_jax import data, models
 from kd_jax.data.examples import widened
 from kd_jax.parallel import preemption, sharding
 from kd_jax.teachers import student_data, teacher
-from kd_jax.training import loop, losses, steps
+from kd_jax.training import loop, steps
+from kd_jax.training.objective import Objective
 from tests.helpers import REPO_ROOT, SigtermAt, digits_student, load_config
 
 REPLICATED = {"data": 8, "fsdp": 1, "tensor": 1}
@@ -50,7 +51,7 @@ def per_device_bytes(tree) -> int:
              if shard.device == device)
 
 
-def train_steps(mesh_sizes: dict, model, params, examples, *, distill_config, optim_config, batch_size: int,
+def train_steps(mesh_sizes: dict, model, params, examples, *, objective, optim_config, batch_size: int,
                 online_teacher=None, num_steps: int = 3):
   """`num_steps` steps of `model` from `params` on consecutive batches of `examples` on a mesh of `mesh_sizes`:
   (final params as NumPy, each step's metrics, the final state on the devices)."""
@@ -60,12 +61,12 @@ def train_steps(mesh_sizes: dict, model, params, examples, *, distill_config, op
   state = sharding.place_params(steps.create_train_state(model, jax.device_get(params), optim_config, 10), mesh)
   if teacher_params is not None:
     teacher_params = sharding.place_params(jax.device_get(teacher_params), mesh)
-  loss = sharding.replicate(losses.DistillationLoss.from_config(distill_config), mesh)
+  objective = sharding.replicate(objective, mesh)
   rng = sharding.replicate(jax.random.PRNGKey(1), mesh)
   metrics = []
   for i in range(num_steps):
     batch = sharding.shard_batch(widened(examples.select(np.arange(i * batch_size, (i + 1) * batch_size))), mesh)
-    state, step_metrics = step(state, teacher_params, loss, rng, batch)
+    state, step_metrics = step(state, teacher_params, objective, rng, batch)
     metrics.append(jax.device_get(step_metrics))
   return jax.device_get(state.params), metrics, state
 
@@ -92,7 +93,7 @@ def test_mlp_fsdp_holds_an_eighth_per_device_and_trains_like_replicated():
   examples = task.train.replace(teacher=logits)
   model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=task.train.inputs[:1],
                                 rng=jax.random.PRNGKey(0))
-  run = lambda sizes: train_steps(sizes, model, params, examples, distill_config=config.distill,
+  run = lambda sizes: train_steps(sizes, model, params, examples, objective=Objective.from_config(config),
                                   optim_config=config.optim, batch_size=config.data.batch_size)
   replicated, fsdp = run(REPLICATED), run(FSDP)
   assert_same_training(replicated, fsdp)
@@ -130,7 +131,7 @@ def test_bert_family_classifiers_sharded_equal_replicated_online_and_cached(sst2
   np.testing.assert_allclose(caches["fsdp"].teacher, caches["replicated"].teacher, atol=1e-5)
   student_model, student_params = models.create(config.student, num_classes=2, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
-  common = dict(distill_config=config.distill, optim_config=config.optim, batch_size=config.data.batch_size)
+  common = dict(objective=Objective.from_config(config), optim_config=config.optim, batch_size=config.data.batch_size)
   cached = lambda sizes: train_steps(sizes, student_model, student_params, caches["replicated"], **common)
   replicated = cached(REPLICATED)
   assert_same_training(replicated, cached(FSDP), params_atol=1e-4)
@@ -161,7 +162,7 @@ def test_t5_topk_cache_and_steps_sharded_equal_replicated(tmp_path):
   student_model, student_params = models.create(config.student, num_classes=3, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
   run = lambda sizes: train_steps(sizes, student_model, student_params, caches["replicated"],
-                                  distill_config=config.distill, optim_config=config.optim,
+                                  objective=Objective.from_config(config), optim_config=config.optim,
                                   batch_size=config.data.batch_size, num_steps=1)
   assert_same_training(run(REPLICATED), run(FSDP), params_atol=1e-4)
 
@@ -169,12 +170,13 @@ def test_t5_topk_cache_and_steps_sharded_equal_replicated(tmp_path):
 def test_a_run_checkpointed_on_fsdp8_resumes_on_4_devices_with_the_same_result(tmp_path):
   """A phase stopped (SIGTERM) with a checkpoint on FSDP-8 resumes on 4 devices, FSDP-4 or replicated, and ends
   where the uninterrupted replicated run does."""
-  config, examples, model, params, loss = digits_student(10, 30, 20)
+  config, examples, model, params, objective = digits_student(10, 30, 20)
   num_steps = 30
 
   def train(mesh, directory, writer=None):
     program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=num_steps,
-                            loss=loss, examples=examples, batch_size=config.data.batch_size, seed=0, mesh=mesh,
+                            objective=objective, examples=examples, batch_size=config.data.batch_size, seed=0,
+                            mesh=mesh,
                             train_config=config.train)
     return loop.train("student", program, [loop.RunLog("", writer or SigtermAt(), np.zeros(num_steps))],
                       num_steps=num_steps, checkpoint_dir=str(directory), train_config=config.train,

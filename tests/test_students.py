@@ -17,7 +17,8 @@ from kd_jax.models import peft
 from kd_jax.models.hf import from_teacher
 from kd_jax.parallel import sharding
 from kd_jax.reporting import efficiency
-from kd_jax.training import checkpointing, losses, steps
+from kd_jax.training import checkpointing, steps
+from kd_jax.training.objective import Objective
 from tests.helpers import REPO_ROOT, load_config, run_main
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "hf"
@@ -211,11 +212,11 @@ def train_steps(model, params, trainable, examples, num_steps, *, state=None):
   if state is None:
     state = sharding.replicate(steps.create_train_state(model, jax.device_get(params), optim, 10, trainable), mesh)
   step = compiled_step(model)
-  loss = sharding.replicate(losses.DistillationLoss.cross_entropy(), mesh)
+  objective = sharding.replicate(Objective.cross_entropy(), mesh)
   rng = sharding.replicate(jax.random.PRNGKey(0), mesh)
   for i in range(int(state.step), int(state.step) + num_steps):
     batch = examples.select(np.arange(16) + 16 * (i % 2))
-    state, _ = step(state, None, loss, rng, sharding.shard_batch(batch, mesh))
+    state, _ = step(state, None, objective, rng, sharding.shard_batch(batch, mesh))
   return state
 
 

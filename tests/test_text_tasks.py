@@ -17,6 +17,7 @@ from kd_jax.evaluation import metrics, seq2seq
 from kd_jax.parallel import sharding
 from kd_jax.teachers import student_data, teacher, teacher_cache
 from kd_jax.training import losses, steps
+from kd_jax.training.objective import Objective
 from tests import numpy_divergences
 from tests.helpers import REPO_ROOT, load_config, run_main
 
@@ -409,7 +410,7 @@ def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnl
   cached = student_data.prepare(config, esnli_task, the_teacher, mesh)
   assert cached.results["teacher_cache"]["k"] == teacher_model.module.dims.vocab_size == 120
   assert cached.online_teacher is None and isinstance(cached.examples.teacher, losses.TopKLogits)
-  loss = sharding.replicate(losses.DistillationLoss.from_config(config.distill), mesh)
+  objective = sharding.replicate(Objective.from_config(config), mesh)
   losses_by_mode = {}
   for mode, examples, step_teacher in (("online", esnli_task.train, teacher_model),
                                        ("cached", cached.examples, None)):
@@ -417,7 +418,7 @@ def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnl
     # From a host copy: the step donates the state's buffers.
     state = sharding.replicate(steps.create_train_state(student_model, jax.device_get(student_params), config.optim,
                                                         10), mesh)
-    _, step_metrics = step(state, the_teacher.params if step_teacher is not None else None, loss,
+    _, step_metrics = step(state, the_teacher.params if step_teacher is not None else None, objective,
                            sharding.replicate(jax.random.PRNGKey(0), mesh),
                            sharding.shard_batch(widened(examples.select(np.arange(16))), mesh))
     losses_by_mode[mode] = jax.device_get(step_metrics)
@@ -472,10 +473,11 @@ def untrained_esnli_student(esnli_run, esnli_task):
   evaluator = evaluation.for_task(config, esnli_task, mesh)
   teacher_model, teacher_params = models.create(config.teacher, num_classes=3, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
-  evaluator.teacher_metrics(teacher_model, teacher.restore_params(str(workdir / "teacher"), teacher_params, mesh))
+  _, reference = evaluator.teacher(teacher_model,
+                                   teacher.restore_params(str(workdir / "teacher"), teacher_params, mesh))
   student_model, student_params = models.create(config.student, num_classes=3, example_inputs=None,
                                                 rng=jax.random.PRNGKey(0))
-  return evaluator.final(student_model, student_params)["test"]
+  return evaluator.final(student_model, student_params, reference)["test"]
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ index, and per task teacher_inputs, token_weights, class_label).
 
 A task module either returns one pool of examples (`load(data_config)`, split here with `data.test_fraction`) or
 its own train/test splits (`load_splits(config)`, e.g. GLUE's train and validation); train_fraction and
-labeled_fraction then apply alike.
+labeled_fraction then apply alike. It names its evaluator: `EVALUATOR`, a name in kd_jax.evaluation.EVALUATORS.
 """
 
 import ctypes
@@ -40,6 +40,17 @@ def names() -> tuple[str, ...]:
   return tuple(_TASK_MODULES)
 
 
+def _task_module(name: str):
+  if name not in _TASK_MODULES:
+    raise ConfigError("data.name", name, f"allowed: {', '.join(names())}")
+  return importlib.import_module(_TASK_MODULES[name])
+
+
+def evaluator_of(name: str) -> str:
+  """The name of the evaluator (kd_jax.evaluation.EVALUATORS) of data set `name`: what its task module declares."""
+  return _task_module(name).EVALUATOR
+
+
 def check_config(config) -> None:
   """Raises ConfigError where config.data asks for what this job lacks: a seq2seq or causal-LM task needs a single
   process, and a task module may check its own inputs (`check_config(config)`, e.g. mnist's IDX files)."""
@@ -48,7 +59,7 @@ def check_config(config) -> None:
   require(config.data.name not in SEQ2SEQ_TASKS + CAUSAL_LM_TASKS or jax.process_count() == 1, "data.name",
           config.data.name, f"seq2seq and causal-LM tasks run in a single process (this job has "
           f"{jax.process_count()}); use one host's devices")
-  module = importlib.import_module(_TASK_MODULES[config.data.name])
+  module = _task_module(config.data.name)
   if hasattr(module, "check_config"):
     module.check_config(config)
 
@@ -70,6 +81,7 @@ class TaskData:
       classification tasks.
     causal_lm: what causal-LM evaluation needs (data.causal_lm.CausalLMInfo: tokenizer, references); None for the
       other tasks.
+    evaluator: the name of its evaluator (kd_jax.evaluation.EVALUATORS), as its task module declares.
   """
   name: str
   num_classes: int
@@ -77,6 +89,7 @@ class TaskData:
   validation: Examples
   test: Examples
   fingerprint: str
+  evaluator: str
   seq2seq: object = None
   causal_lm: object = None
 
@@ -103,9 +116,7 @@ def load_task(config) -> TaskData:
   the validation split (held out of the training split by validation_fraction, or the source's), then the
   `train_fraction` / `labeled_fraction` subsets of what remains for training."""
   data_config = config.data
-  if data_config.name not in _TASK_MODULES:
-    raise ConfigError("data.name", data_config.name, f"allowed: {', '.join(names())}")
-  module = importlib.import_module(_TASK_MODULES[data_config.name])
+  module = _task_module(data_config.name)
   rng = np.random.default_rng(data_config.split_seed)
   info = None  # the task module's text.Seq2SeqInfo or causal_lm.CausalLMInfo
   if hasattr(module, "load_splits"):
@@ -138,7 +149,8 @@ def load_task(config) -> TaskData:
                                                 test.index, *_leaves(extra), as_dtype=wide_dtype)
   _return_freed_memory()
   return TaskData(name=data_config.name, num_classes=num_classes, train=train, validation=validation, test=test,
-                  fingerprint=fingerprint, seq2seq=None if data_config.name in CAUSAL_LM_TASKS else info,
+                  fingerprint=fingerprint, evaluator=module.EVALUATOR,
+                  seq2seq=None if data_config.name in CAUSAL_LM_TASKS else info,
                   causal_lm=info if data_config.name in CAUSAL_LM_TASKS else None)
 
 

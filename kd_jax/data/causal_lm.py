@@ -44,6 +44,7 @@ from kd_jax.errors import UserError
 
 logger = logging.getLogger(__name__)
 
+EVALUATOR = "causal_lm"  # how it is evaluated: the name of its evaluator (kd_jax.evaluation.EVALUATORS)
 PYDOC_SOURCE = schema.PYDOC_SOURCE
 # pydoc_passages: a passage is a paragraph of at least this many words, cut after PASSAGE_WORDS; its first
 # PROMPT_WORDS words are the prompt, the rest the response. Passage i (in sorted-topic order) is validation when

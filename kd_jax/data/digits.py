@@ -2,6 +2,8 @@
 
 import numpy as np
 
+EVALUATOR = "classification"  # how it is evaluated: the name of its evaluator (kd_jax.evaluation.EVALUATORS)
+
 
 def load(data_config):
   """Returns inputs [1797, 64] float32 in [0, 1], labels [1797], 10 classes."""

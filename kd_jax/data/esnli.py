@@ -17,6 +17,8 @@ import numpy as np
 from kd_jax.data import text
 from kd_jax.data.examples import Examples
 
+EVALUATOR = "seq2seq"  # how it is evaluated: the name of its evaluator (kd_jax.evaluation.EVALUATORS)
+
 LABEL_NAMES = ("entailment", "neutral", "contradiction")
 COLUMNS = ("premise", "hypothesis", "label", "explanation_1")
 EXPLANATION_MARKER = "explanation:"

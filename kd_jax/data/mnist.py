@@ -19,6 +19,7 @@ from kd_jax.data import idx
 from kd_jax.data.examples import Examples
 from kd_jax.errors import ConfigError, UserError
 
+EVALUATOR = "classification"  # how it is evaluated: the name of its evaluator (kd_jax.evaluation.EVALUATORS)
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 # Where the Debian package dataset-fashion-mnist installs its files (MNIST has no such package).

@@ -13,6 +13,8 @@ import numpy as np
 from kd_jax.data import text
 from kd_jax.data.examples import Examples
 
+EVALUATOR = "classification"  # how it is evaluated: the name of its evaluator (kd_jax.evaluation.EVALUATORS)
+
 LABEL_NAMES = ("negative", "positive")
 
 

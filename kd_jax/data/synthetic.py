@@ -2,6 +2,8 @@
 
 import numpy as np
 
+EVALUATOR = "classification"  # how it is evaluated: the name of its evaluator (kd_jax.evaluation.EVALUATORS)
+
 
 def load(data_config):
   """Returns inputs [N, D] float32, labels [N], num_classes; drawn from `data.split_seed`."""

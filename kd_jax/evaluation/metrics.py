@@ -3,6 +3,9 @@
 import numpy as np
 
 ECE_NUM_BINS = 15
+# The splits of a model's final metrics: the validation split selects (the final model, a sweep's best point), the test
+# split only reports.
+SPLITS = ("test", "validation")
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -15,8 +15,8 @@ and no vectorized sweep over T on one cache. Per-member logits cost M floats per
 cache per teacher, whatever T.
 
 As one model (evaluation, size and speed), the ensemble is `Averaged`: log p_ens^1, the log of its averaged
-probabilities at T = 1, as logits; its agreement and KL are what the students' agreement and kl_to_teacher compare
-against. results.json names it (`teacher_ensemble`: size and each member's directory, seed and metrics).
+probabilities at T = 1, as logits; it is the evaluator's reference, what the students' (and the members') agreement
+and kl_to_teacher compare against. results.json names it (`teacher_ensemble`: size and each member's directory, seed and metrics).
 """
 
 import dataclasses
@@ -161,16 +161,17 @@ def label(num_members: int) -> str:
   return "teacher" if num_members == 1 else f"teacher (ensemble of {num_members})"
 
 
-def results(config: ml_collections.ConfigDict, workdir: str, the_teacher: teacher.Teacher, evaluator) -> dict:
+def results(config: ml_collections.ConfigDict, workdir: str, the_teacher: teacher.Teacher, evaluator,
+            reference) -> dict:
   """What results.json records about an ensemble ({} for a single teacher): `teacher_ensemble` with its size, label
   and, per member, its phase, directory, teacher seed and init, its changes to config.teacher, and its test and
-  validation metrics (evaluator.member_metrics: agreement and kl_to_teacher against the ensemble). Call after
-  evaluator.teacher_metrics of the ensemble."""
+  validation metrics on the teacher's inputs (evaluator.final; agreement and kl_to_teacher against `reference`, the
+  ensemble's: evaluator.teacher of the ensemble)."""
   if not the_teacher.members:
     return {}
   members = []
   for m, (member, member_config) in enumerate(zip(the_teacher.members, member_configs(config, workdir))):
-    metrics = evaluator.member_metrics(member.model, member.params)
+    metrics = evaluator.final(member.model, member.params, reference, teacher_inputs=True)
     members.append({"phase": phases(config)[m], "directory": member.directory, "seed": member_config.teacher.seed,
                     "init": member_config.teacher.init,
                     "changes": dict(config.ensemble.members[m]) if config.ensemble.members else {},

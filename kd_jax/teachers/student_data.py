@@ -44,7 +44,7 @@ class StudentData:
   Attributes:
     examples: the training split, with the cached teacher signal joined by index (or the teacher's targets).
     online_teacher: the teacher to run inside the step, or None.
-    distills: whether the student's loss has a distillation term (losses.DistillationLoss.from_config).
+    distills: whether the student's objective has a distillation term (objective.Objective.from_config).
     results: what results.json records about it: {'teacher_cache': stats} or {'teacher_generations': stats}.
   """
   examples: data.Examples

@@ -27,7 +27,8 @@ from kd_jax.config import paths
 from kd_jax.data.examples import first_inputs, wide_dtype
 from kd_jax.errors import UserError, require
 from kd_jax.parallel import distributed, sharding
-from kd_jax.training import checkpointing, loop, losses, steps
+from kd_jax.training import checkpointing, loop, steps
+from kd_jax.training.objective import Objective
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
   num_steps = steps.num_train_steps(len(labeled), config.data.batch_size, config.teacher.num_epochs)
   program = steps.program(model=models.with_remat(model, config.train.remat), init_params=params,
                           optim_config=optim_config, num_steps=num_steps,
-                          loss=losses.DistillationLoss.cross_entropy(), examples=labeled,
+                          objective=Objective.cross_entropy(), examples=labeled,
                           batch_size=config.data.batch_size, seed=config.teacher.seed, mesh=mesh,
                           train_config=config.train, param_rules=config.mesh.rules)
   outcome = loop.train(

@@ -80,6 +80,14 @@ class Layers(NamedTuple):
     return len(self.widths) - 1
 
 
+class ModelLayers(NamedTuple):
+  """What a run's feature terms are resolved against: the teacher's and the student's Layers, and whether text
+  positions are mean-pooled per example (the two tokenizations differ: not `tokens_aligned`)."""
+  teacher: Layers
+  student: Layers
+  pool_tokens: bool
+
+
 def describe(model, params, example_inputs) -> Layers:
   """The Layers of `model` (registry convention: apply(variables, inputs, train, ...)), from shapes only."""
   _, state = jax.eval_shape(lambda: model.apply({"params": params}, example_inputs, train=False,
@@ -211,7 +219,8 @@ def check_positions(distill_config, examples) -> None:
 
 @flax.struct.dataclass
 class FeatureLoss:
-  """The feature and attention terms of a run (see the module docstring), built by `from_config`.
+  """The feature and attention terms of a run (see the module docstring), part of its objective
+  (kd_jax/training/objective.py builds it from config.distill and the ModelLayers).
 
   The weights are arrays (vectorized sweeps stack them); the resolved layer pairs, the distance and whether text
   positions are pooled choose code and are static.
@@ -221,13 +230,6 @@ class FeatureLoss:
   pairs: tuple = flax.struct.field(pytree_node=False, default=())
   kind: str = flax.struct.field(pytree_node=False, default="mse")
   pool_tokens: bool = flax.struct.field(pytree_node=False, default=False)
-
-  @classmethod
-  def from_config(cls, distill_config, *, teacher: Layers, student: Layers, pool_tokens: bool) -> "FeatureLoss":
-    pairs = resolve_layer_map(distill_config.features, teacher.num_layers, student.num_layers)
-    return cls(feature_weight=jnp.float32(distill_config.feature_weight),
-               attention_weight=jnp.float32(distill_config.attention_weight), pairs=pairs,
-               kind=distill_config.feature_loss, pool_tokens=pool_tokens)
 
   def position_weights(self, example_weights: jax.Array, student_mask) -> jax.Array:
     """The weights of the terms' means: per real token [batch, length] when text positions are compared, else per

@@ -8,7 +8,7 @@ Notation: z_s, z_t student and teacher logits; p^T = softmax(z / T); y integer l
 unlabeled transfer set, or GLUE's test split).
 """
 
-from typing import Any, ClassVar, NamedTuple
+from typing import NamedTuple
 
 import flax
 import jax
@@ -356,7 +356,8 @@ def schedule_fraction(kind: str, step: jax.Array, num_steps: jax.Array) -> jax.A
 
 @flax.struct.dataclass
 class DistillationLoss:
-  """The training loss of a run, built from `config.distill` in one place (`from_config`) and called by the step.
+  """The logit terms of a run's objective (kd_jax/training/objective.py builds it from `config.distill`), called by
+  the step.
 
   loss = hard_weight * mean_{labeled} CE_eps + soft_weight * mean_{all} s * D(z_s / T, z_t / T)   (see
   `distillation_loss`). The numbers (weights, T, eps, the divergence's beta / skew / akl_mu, the schedules' ends
@@ -382,40 +383,6 @@ class DistillationLoss:
   divergence: str = flax.struct.field(pytree_node=False, default="forward_kl")
   t2_scaling: bool = flax.struct.field(pytree_node=False, default=True)
   schedule: str = flax.struct.field(pytree_node=False, default="constant")
-  # Feature distillation (kd_jax/feature_losses.FeatureLoss: its weights are arrays too), or None; the train step
-  # adds its terms.
-  features: Any = None
-
-  # The config.distill fields behind the array leaves: runs whose configs differ only in these (and in the seed and
-  # the learning rate) can train together in one vectorized program (kd_jax/training/vectorized.py).
-  ARRAY_FIELDS: ClassVar[tuple[str, ...]] = ("distill.temperature", "distill.alpha", "distill.ce_weight",
-                                             "distill.kd_weight", "distill.label_smoothing", "distill.beta",
-                                             "distill.skew", "distill.akl_mu", "distill.temperature_end",
-                                             "distill.alpha_end", "distill.ce_weight_end", "distill.kd_weight_end",
-                                             "distill.feature_weight", "distill.attention_weight")
-
-  @classmethod
-  def from_config(cls, distill_config, *, distills: bool = True, num_steps: int = 1,
-                  features=None) -> "DistillationLoss":
-    """The loss of `config.distill` over a phase of `num_steps` steps; with `distills=False`, its cross-entropy
-    alone (hard weight 1, soft weight 0, the same label smoothing, no schedule, no features): the hard-label
-    baseline, and sequence-level KD's CE on the teacher's outputs. An end left None keeps its start value.
-    `features`: the run's feature_losses.FeatureLoss (built once the models' layers are known), or None."""
-    d = distill_config
-    schedule = d.schedule if distills else "constant"
-    if distills:
-      weights = loss_weights(d.alpha, d.ce_weight, d.kd_weight)
-      ends = loss_weights(_or(d.alpha_end, d.alpha), _or(d.ce_weight_end, d.ce_weight), _or(d.kd_weight_end,
-                                                                                              d.kd_weight))
-    else:
-      weights = ends = LossWeights(hard=1.0, soft=0.0)
-    return cls(hard_weight=jnp.float32(weights.hard), soft_weight=jnp.float32(weights.soft),
-               temperature=jnp.float32(d.temperature), label_smoothing=jnp.float32(d.label_smoothing),
-               beta=jnp.float32(d.beta), skew=jnp.float32(d.skew), akl_mu=jnp.float32(d.akl_mu),
-               hard_weight_end=jnp.float32(ends.hard), soft_weight_end=jnp.float32(ends.soft),
-               temperature_end=jnp.float32(_or(d.temperature_end, d.temperature)), num_steps=jnp.float32(num_steps),
-               divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=schedule,
-               features=features if distills else None)
 
   @classmethod
   def cross_entropy(cls) -> "DistillationLoss":
@@ -456,7 +423,3 @@ class DistillationLoss:
                              divergence_params=DivergenceParams(self.beta, self.skew, self.akl_mu),
                              axis_name=axis_name, weight_sums=weight_sums)
 
-
-def _or(value, default):
-  """`value` unless it is None."""
-  return default if value is None else value

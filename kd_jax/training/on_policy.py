@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from kd_jax.data import Examples
 from kd_jax.data.causal_lm import sequences_from_responses
-from kd_jax.models import hf, peft
+from kd_jax.models import hf
 
 # The on-policy draws are fold_in(fold_in(rng, ON_POLICY_STREAM), step) of the run's key, apart from the dropout
 # keys fold_in(rng, step) (steps never reach this number).
@@ -40,7 +40,8 @@ def sample_responses(module, params, prompt_ids: jax.Array, prompt_mask: jax.Arr
 
 @dataclasses.dataclass(frozen=True)
 class OnPolicy:
-  """The on-policy settings bound into the train step (static: hashable, part of the compiled program's identity).
+  """The on-policy sampling of a run's objective (kd_jax/training/objective.py builds it from config.distill and
+  config.generation), static: hashable, part of the compiled program's identity.
 
   Attributes:
     fraction: lambda, the probability that a step's batch is sampled from the student.
@@ -57,17 +58,6 @@ class OnPolicy:
   pad_token_id: int
   top_k: int | None = None
   top_p: float | None = None
-
-  @classmethod
-  def from_config(cls, config, task, model) -> "OnPolicy | None":
-    """The on-policy settings of a causal-LM run's KD student `model`; None when distill.on_policy_fraction is 0."""
-    if config.distill.on_policy_fraction == 0:
-      return None
-    info = task.causal_lm
-    return cls(fraction=float(config.distill.on_policy_fraction), module=peft.plain_model(model).module,
-               temperature=float(config.generation.train_temperature), max_new_tokens=info.max_new_tokens,
-               eos_token_id=info.eos_token_id, pad_token_id=info.pad_token_id, top_k=config.generation.top_k,
-               top_p=config.generation.top_p)
 
   def batch(self, params, rng: jax.Array, step: jax.Array, batch: Examples) -> Examples:
     """`batch`, or with probability `fraction` (drawn from rng and step) the same prompts with responses sampled

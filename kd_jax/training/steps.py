@@ -2,8 +2,9 @@
 run that the training loop (kd_jax/training/loop.py) trains.
 
 `train_step` is pure: its settings (model, teacher model, input noise) are bound with functools.partial before
-compiling, and everything numeric comes in as arguments: the state, the teacher's parameters, the loss
-(`losses.DistillationLoss`: weights, temperature, smoothing), the run's PRNG key and the batch.
+compiling, and everything numeric comes in as arguments: the state, the teacher's parameters, the objective
+(kd_jax/training/objective.py: the loss's weights, temperature, smoothing...; its static parts in its tree structure),
+the run's PRNG key and the batch.
 """
 
 import functools
@@ -20,6 +21,7 @@ from kd_jax.data import Examples, feed, pipeline
 from kd_jax.models import peft
 from kd_jax.parallel import sharding
 from kd_jax.training import feature_losses, loop, losses
+from kd_jax.training.objective import Objective
 
 
 class TrainState(train_state.TrainState):
@@ -89,19 +91,20 @@ def _attention_mask(inputs):
   return inputs["attention_mask"] if isinstance(inputs, dict) else None
 
 
-def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss, rng: jax.Array, batch: Examples, *,
-               model, teacher_model, input_noise_std: float, microbatches: int = 1,
-               on_policy=None) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, teacher_params, objective: Objective, rng: jax.Array, batch: Examples, *,
+               model, teacher_model, input_noise_std: float, microbatches: int = 1) -> tuple[TrainState, dict]:
   """One data-parallel optimizer step on this device's shard of the global batch.
 
   The teacher's signal is the teacher run here on the student's batch (`teacher_model` given: online), else what
-  the batch carries (`batch.teacher`: cached logits or top-k, joined by example index), else none (the loss's soft
-  weight is then 0: the hard-label baseline, the teacher's own training, sequence-level targets).
+  the batch carries (`batch.teacher`: cached logits or top-k, joined by example index), else none (the objective's soft
+  weight is then 0: the hard-label baseline, the teacher's own training, sequence-level targets). With on-policy
+  sampling (`objective.on_policy`) the batch's responses are first replaced by the student's own samples in a share of
+  the steps, before anything else sees the batch.
 
   Randomness (dropout, input noise) is drawn per example from fold_in(fold_in(rng, step), example index), so it
   depends neither on the device count nor on where a batch lands, and a resumed run redraws the same masks.
   The loss is normalized over the global batch (`losses.global_mean`) and gradients are averaged with pmean.
-  With feature distillation (`loss.features`) both models also return their intermediates, the feature and
+  With feature distillation (`objective.feature_loss`) both models also return their intermediates, the feature and
   attention terms are added (logged as feature_loss, attention_loss), and `state.params` holds the student's params
   and the projections (feature_losses.join_params).
 
@@ -116,24 +119,23 @@ def train_step(state: TrainState, teacher_params, loss: losses.DistillationLoss,
     state: training state of the model being trained (replicated over the data axis; split over fsdp / tensor as
       sharding.param_shardings places it).
     teacher_params: teacher parameters (placed alike) when `teacher_model` is given, else None.
-    loss: replicated loss (its arrays: weights, temperature, label smoothing, ...); `loss.at_step(state.step)` is
-      this step's (a schedule moves T and the weights step by step).
+    objective: replicated Objective (its arrays: weights, temperature, label smoothing, ...);
+      `objective.at_step(state.step)` is this step's (a schedule moves T and the weights step by step).
     rng: replicated base PRNG key of this training run.
     batch: this device's rows of the global batch.
     model, teacher_model: flax modules (static); teacher_model None unless the teacher runs in the step.
     input_noise_std: Gaussian noise on the inputs, seen by teacher and student alike.
     microbatches: k, dividing this device's rows.
-    on_policy: causal_lm.OnPolicy (static) or None: on-policy distillation, which replaces the batch's responses by
-      the student's own samples in a share of the steps, before anything else sees the batch.
 
   Returns:
     (new state, metrics averaged over devices).
   """
-  loss = loss.at_step(state.step)
-  if on_policy is not None:
-    batch = on_policy.batch(peft.plain_params(model, state.params), rng, state.step, batch)
+  objective = objective.at_step(state.step)
+  if objective.on_policy is not None:
+    batch = objective.on_policy.batch(peft.plain_params(model, state.params), rng, state.step, batch)
   step_rng = jax.random.fold_in(rng, state.step)
-  features = loss.features  # feature distillation (kd_jax/training/feature_losses.py) needs both models' intermediates
+  loss = objective.logit_loss
+  features = objective.feature_loss  # feature distillation needs both models' intermediates
   # Gradients of the trained parameters only (state.trainable); the frozen ones get zeros, which the optimizer drops.
   trained, frozen = peft.split(state.params, state.trainable)
 
@@ -219,12 +221,12 @@ def _accumulate(gradients, batch: Examples, microbatches: int, features):
   return jax.tree.map(lambda total, shape: total.astype(shape.dtype), sums, shapes)
 
 
-def run_steps(step_fn, state, teacher_params, loss, rng, num_steps: jax.Array, *data):
+def run_steps(step_fn, state, teacher_params, objective, rng, num_steps: jax.Array, *data):
   """`num_steps` applications of `step_fn` in one `lax.fori_loop` (none when max_steps is 1), step i on batch i of
   `data` (up to max_steps).
 
   Args:
-    step_fn: step_fn(state, teacher_params, loss, rng, batch) -> (state, metrics).
+    step_fn: step_fn(state, teacher_params, objective, rng, batch) -> (state, metrics).
     data: (stacked batches [max_steps, rows, ...],) or (examples [N, ...], rows [max_steps, rows] of them, gathered
       on the device step by step).
 
@@ -243,14 +245,14 @@ def run_steps(step_fn, state, teacher_params, loss, rng, num_steps: jax.Array, *
   if max_steps == 1:
     # No loop for one step per call: XLA:CPU runs convolutions inside a while loop several times slower
     # (jax-ml/jax#12868; 5x for the Fashion-MNIST CNN's step), so CNN configs dispatch every step.
-    state, step_metrics = step_fn(state, teacher_params, loss, rng, batch_at(0))
+    state, step_metrics = step_fn(state, teacher_params, objective, rng, batch_at(0))
     return state, jax.tree.map(lambda value: value[None], step_metrics)
-  metric_shapes = jax.eval_shape(step_fn, state, teacher_params, loss, rng, batch_at(0))[1]
+  metric_shapes = jax.eval_shape(step_fn, state, teacher_params, objective, rng, batch_at(0))[1]
   stacked_metrics = jax.tree.map(lambda shape: jnp.zeros((max_steps,) + shape.shape, shape.dtype), metric_shapes)
 
   def body(i, carry):
     state, stacked_metrics = carry
-    state, step_metrics = step_fn(state, teacher_params, loss, rng, batch_at(i))
+    state, step_metrics = step_fn(state, teacher_params, objective, rng, batch_at(i))
     stacked_metrics = jax.tree.map(lambda stacked, value: jax.lax.dynamic_update_index_in_dim(stacked, value, i, 0),
                                    stacked_metrics, step_metrics)
     return state, stacked_metrics
@@ -260,33 +262,34 @@ def run_steps(step_fn, state, teacher_params, loss, rng, num_steps: jax.Array, *
 
 @functools.lru_cache(maxsize=16)
 def compile_chunk(mesh, *, model, teacher_model, input_noise_std: float, device_resident: bool,
-                  microbatches: int = 1, on_policy=None):
-  """chunk(state, teacher_params, loss, rng, num_steps, *feed.ChunkFeeder.next(num_steps)) -> (state, metrics
+                  microbatches: int = 1):
+  """chunk(state, teacher_params, objective, rng, num_steps, *feed.ChunkFeeder.next(num_steps)) -> (state, metrics
   stacked [max_steps, ...]): `train_step` run num_steps times per call, data-parallel over `mesh`; the state is
   donated.
 
   With `device_resident` data the examples are replicated and their rows [max_steps, global batch] split over
   devices along axis 1; otherwise the stacked batches [max_steps, global batch, ...] are. One compiled program per
-  model and setting for the whole process: the runs of a sweep, which differ in the loss's numbers, seeds and data
-  of the same shapes, reuse it.
+  model and setting for the whole process: the runs of a sweep, which differ in the objective's numbers, seeds and
+  data of the same shapes, reuse it (objectives with other static parts trace it anew).
   """
   step = functools.partial(train_step, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
-                           microbatches=microbatches, on_policy=on_policy)
+                           microbatches=microbatches)
   return sharding.data_parallel(functools.partial(run_steps, step), mesh,
                                 num_replicated_args=6 if device_resident else 5, batch_axis=1)
 
 
 def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_steps: int,
-            loss: losses.DistillationLoss, examples: Examples, batch_size: int, seed: int, mesh, train_config,
+            objective: Objective, examples: Examples, batch_size: int, seed: int, mesh, train_config,
             teacher=None, input_noise_std: float = 0.0, trainable: peft.Trainable | None = None,
-            param_rules=(), on_policy=None) -> loop.Program:
-  """The loop.Program of one run: `model` from `init_params` under AdamW, on `examples` in the batches of `seed`.
+            param_rules=()) -> loop.Program:
+  """The loop.Program of one run: `model` from `init_params` under AdamW and `objective`, on `examples` in the
+  batches of `seed`.
 
   Args:
-    teacher: (teacher model, its params placed on `mesh`) to run in the step (online distillation), or None.
+    teacher: (teacher model, its params placed on `mesh`) to run in the step (online distillation; needed by the
+      objective's feature terms and on-policy sampling), or None.
     trainable: the parameters trained (None: all).
     param_rules: config.mesh.rules, placing the state's arrays before sharding.TENSOR_RULES and FSDP.
-    on_policy: causal_lm.OnPolicy (needs `teacher`) or None.
   """
   # From a host copy: the step donates the state's buffers, and `init_params` may serve another run (the baseline).
   state = sharding.place_params(create_train_state(model, jax.device_get(init_params), optim_config, num_steps,
@@ -294,28 +297,27 @@ def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_
   device_resident = feed.data_bytes(examples) <= int(train_config.device_data_max_mib * 2**20)
   teacher_model, teacher_params = teacher if teacher is not None else (None, None)
   compiled = compile_chunk(mesh, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
-                           device_resident=device_resident, microbatches=train_config.microbatches,
-                           on_policy=on_policy)
-  loss = sharding.replicate(loss, mesh)
+                           device_resident=device_resident, microbatches=train_config.microbatches)
+  replicated_objective = sharding.replicate(objective, mesh)
   rng = sharding.replicate(jax.random.PRNGKey(seed), mesh)
   return loop.Program(
       state=state,
-      chunk=lambda state, num_steps, *data: compiled(state, teacher_params, loss, rng, num_steps, *data),
-      memory=lambda state, num_steps, *data: sharding.memory_stats(compiled, state, teacher_params, loss, rng,
-                                                                   num_steps, *data),
+      chunk=lambda state, num_steps, *data: compiled(state, teacher_params, replicated_objective, rng, num_steps,
+                                                     *data),
+      memory=lambda state, num_steps, *data: sharding.memory_stats(compiled, state, teacher_params,
+                                                                   replicated_objective, rng, num_steps, *data),
       feed=lambda start_step: feed.ChunkFeeder(examples, batch_size=batch_size, seed=seed, start_step=start_step,
                                                max_steps=train_config.steps_per_dispatch, mesh=mesh,
                                                device_resident=device_resident),
-      run_params=lambda params: [feature_losses.split_params(params, loss.features)[0]], stacked=False,
+      run_params=lambda params: [feature_losses.split_params(params, objective.feature_loss)[0]], stacked=False,
       examples_per_step=batch_size,
       stats={"data_feed": "device" if device_resident else "tf.data", "mesh": {"sweep": 1, **dict(mesh.shape)},
              "vectorized_runs": 1})
 
 
-def compile_step(mesh, *, model, teacher_model, input_noise_std: float = 0.0, microbatches: int = 1,
-                 on_policy=None):
-  """step(state, teacher_params, loss, rng, batch) -> (state, metrics): one `train_step` per call, data-parallel over
-  `mesh` (the chunk of `compile_chunk` runs exactly these steps; tests compare the two)."""
+def compile_step(mesh, *, model, teacher_model, input_noise_std: float = 0.0, microbatches: int = 1):
+  """step(state, teacher_params, objective, rng, batch) -> (state, metrics): one `train_step` per call, data-parallel
+  over `mesh` (the chunk of `compile_chunk` runs exactly these steps; tests compare the two)."""
   step = functools.partial(train_step, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,
-                           microbatches=microbatches, on_policy=on_policy)
+                           microbatches=microbatches)
   return sharding.data_parallel(step, mesh, num_replicated_args=4)

@@ -1,8 +1,8 @@
 """Vectorized sweeps (`config.sweep.mode = "vectorized"`): points that differ only in FIELDS train together.
 
-The points of a sweep whose configs are equal but for FIELDS (the loss's numbers, the learning rate, the seed) have
-the same array shapes: one compiled program trains them all, `jax.vmap` of `steps.train_step` over stacked student
-states [P, ...], stacked losses [P], PRNG keys [P] and, when the seeds differ, per-point batches [P, B, ...] (with
+The points of a sweep whose configs are equal but for FIELDS (the objective's numbers, the learning rate, the seed)
+have the same array shapes: one compiled program trains them all, `jax.vmap` of `steps.train_step` over stacked
+student states [P, ...], stacked objectives [P], PRNG keys [P] and, when the seeds differ, per-point batches [P, B, ...] (with
 one seed, one batch and its cached teacher logits serve every point). `program` builds it as a `loop.Program`, so
 the training loop, its checkpoints, history, evaluation and SIGTERM handling are those of every run; with several
 devices the points spread over a ('sweep', 'data') mesh (`sharding.make_sweep_mesh`). Points that differ in anything
@@ -30,10 +30,11 @@ from kd_jax.config import paths
 from kd_jax.data import feed
 from kd_jax.errors import ConfigError
 from kd_jax.parallel import sharding
-from kd_jax.training import feature_losses, loop, losses, steps
+from kd_jax.training import feature_losses, loop, steps
+from kd_jax.training.objective import Objective
 
 # The fields the points of one group may differ in: they reach the compiled step as arrays.
-FIELDS = ("seed", "optim.learning_rate") + losses.DistillationLoss.ARRAY_FIELDS
+FIELDS = ("seed", "optim.learning_rate") + Objective.ARRAY_FIELDS
 # Those the hard-label baseline depends on (its loss is the cross-entropy with the point's label smoothing).
 BASELINE_FIELDS = ("seed", "distill.label_smoothing", "optim.learning_rate")
 
@@ -99,9 +100,9 @@ def point_state(model, params, tx: optax.GradientTransformation, learning_rate: 
 @functools.lru_cache(maxsize=8)
 def compile_points_chunk(mesh, model, teacher_model, shared_batches: bool, input_noise_std: float = 0.0,
                          microbatches: int = 1):
-  """chunk(states, teacher_params, losses, rngs, num_steps, examples, rows) -> (states, metrics [max_steps, P]).
+  """chunk(states, teacher_params, objectives, rngs, num_steps, examples, rows) -> (states, metrics [max_steps, P]).
 
-  states, losses, rngs: stacked over points [P, ...], split over the mesh's sweep axis. examples: the training
+  states, objectives, rngs: stacked over points [P, ...], split over the mesh's sweep axis. examples: the training
   examples, on every device. rows: the example rows of each step's batch (feed.StackedRowsFeeder), split over the data
   axis. The states are donated.
   """
@@ -115,10 +116,11 @@ def compile_points_chunk(mesh, model, teacher_model, shared_batches: bool, input
 
 
 def program(*, model, init_params: dict, optim_config: ml_collections.ConfigDict, num_steps: int,
-            losses_of_runs: list, learning_rates: list[float], seeds: list[int], examples, batch_size: int,
+            objectives: list[Objective], learning_rates: list[float], seeds: list[int], examples, batch_size: int,
             train_config, teacher=None, input_noise_std: float = 0.0, trainable=None) -> loop.Program:
-  """The loop.Program of R runs trained together: run r from init_params[seeds[r]] with losses_of_runs[r] at peak
-  learning rate learning_rates[r], on `examples` in the batches of seeds[r].
+  """The loop.Program of R runs trained together: run r from init_params[seeds[r]] with objectives[r] at peak
+  learning rate learning_rates[r], on `examples` in the batches of seeds[r] (the objectives differ in their numbers
+  only).
 
   Args:
     teacher: (teacher model, its params) to run in the step (online distillation), or None.
@@ -131,7 +133,7 @@ def program(*, model, init_params: dict, optim_config: ml_collections.ConfigDict
   tx = points_optimizer(ml_collections.FrozenConfigDict(optim_config), num_steps, trainable)
   state = stack([point_state(model, jax.device_get(init_params[seed]), tx, rate, trainable)
                  for seed, rate in zip(seeds, learning_rates)])
-  stacked_losses = stack([jax.device_get(loss) for loss in losses_of_runs])
+  stacked_objectives = stack([jax.device_get(objective) for objective in objectives])
   rngs = stack([jax.device_get(jax.random.PRNGKey(seed)) for seed in seeds])
   teacher_model, teacher_params = teacher if teacher is not None else (None, None)
   if teacher_params is not None:
@@ -141,13 +143,13 @@ def program(*, model, init_params: dict, optim_config: ml_collections.ConfigDict
                                   train_config.microbatches)
 
   def run_params(params):
-    host = feature_losses.split_params(jax.device_get(params), losses_of_runs[0].features)[0]
+    host = feature_losses.split_params(jax.device_get(params), objectives[0].feature_loss)[0]
     return [jax.tree.map(lambda values, r=r: values[r], host) for r in range(num_runs)]
 
   return loop.Program(
       state=state,
-      chunk=lambda state, length, *data: compiled(state, teacher_params, stacked_losses, rngs, length, *data),
-      memory=lambda state, length, *data: sharding.memory_stats(compiled, state, teacher_params, stacked_losses,
+      chunk=lambda state, length, *data: compiled(state, teacher_params, stacked_objectives, rngs, length, *data),
+      memory=lambda state, length, *data: sharding.memory_stats(compiled, state, teacher_params, stacked_objectives,
                                                                 rngs, length, *data),
       feed=lambda start_step: feed.StackedRowsFeeder(examples, batch_size=batch_size, seeds=seeds,
                                                      start_step=start_step, max_steps=train_config.steps_per_dispatch,

@@ -48,6 +48,13 @@ def distill_config(**fields):
   return config
 
 
+def objective(distill_config, *, distills: bool = True):
+  """The training objective (kd_jax.training.objective.Objective) of a distill section."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from kd_jax.training.objective import Objective  # pylint: disable=g-import-not-at-top
+  return Objective.from_config(ml_collections.ConfigDict({"distill": distill_config}), distills=distills)
+
+
 def notebook_optim_config():
   """The notebook's AdamW: its learning rate, weight decay and linear schedule's warmup."""
   from kd_jax.config import schema  # pylint: disable=g-import-not-at-top

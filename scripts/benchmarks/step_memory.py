@@ -15,12 +15,12 @@ def step_temporaries(quick: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from kd_jax import models  # pylint: disable=g-import-not-at-top
   from kd_jax.parallel import sharding
-  from kd_jax.training import losses, steps
+  from kd_jax.training import steps
   model, params = distilbert_student()
   batch = text_examples(settings.BATCH_SIZE)
   mesh = sharding.make_mesh(1)
   state = sharding.replicate(steps.create_train_state(model, params, settings.notebook_optim_config(), 100), mesh)
-  loss = losses.DistillationLoss.from_config(settings.distill_config())
+  objective = settings.objective(settings.distill_config())
   savers = {"none": ("none", 1), "microbatches_4": ("none", 4)}
   if not quick:
     savers.update({"block": ("block", 1), "dots_saveable": ("dots_saveable", 1)})
@@ -28,7 +28,7 @@ def step_temporaries(quick: bool) -> dict:
   for name, (remat, microbatches) in savers.items():
     step = steps.compile_step(mesh, model=models.with_remat(model, remat), teacher_model=None,
                               microbatches=microbatches)
-    compiled = step.lower(state, None, loss, jax.random.PRNGKey(0), batch).compile()
+    compiled = step.lower(state, None, objective, jax.random.PRNGKey(0), batch).compile()
     temporaries[name] = compiled.memory_analysis().temp_size_in_bytes
   results = {"step_temp_mib_plain": temporaries["none"] / 2**20}
   results.update({f"step_temp_ratio_{name}": value / temporaries["none"] for name, value in temporaries.items()

@@ -1,6 +1,8 @@
 """Training as kd_jax's loop runs it: compiled chunks of fused steps (kd_jax/training/steps.py), fed by the
 program's own feed."""
 
+from . import settings
+
 
 def train_chunks(program, num_steps: int, max_steps: int, staged_data=None):
   """Trains `num_steps` steps of a program (steps.program or vectorized.program) from its initial state in chunks of
@@ -30,11 +32,10 @@ class FusedTrainer:
                num_devices: int | None = None):
     import ml_collections  # pylint: disable=g-import-not-at-top
     from kd_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
-    from kd_jax.training import losses
     self.mesh = sharding.make_mesh(num_devices, sizes=mesh_sizes)
     self._program_args = dict(
         model=model, init_params=params, optim_config=optim_config, num_steps=num_steps,
-        loss=losses.DistillationLoss.from_config(distill_config, distills=distills),
+        objective=settings.objective(distill_config, distills=distills),
         examples=examples if distills else examples.replace(teacher=None), batch_size=batch_size, seed=seed,
         mesh=self.mesh, train_config=ml_collections.ConfigDict(dict(steps_per_dispatch=max_steps,
                                                                     device_data_max_mib=256, microbatches=1)))

@@ -17,7 +17,7 @@ def vectorized_speedup(quick: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from kd_jax.training import losses, vectorized  # pylint: disable=g-import-not-at-top
+  from kd_jax.training import vectorized  # pylint: disable=g-import-not-at-top
   config, task, examples = default_task()
   num_steps = 20 if settings.SMOKE else 390 if quick else 1170  # 10 / 30 epochs of the default task
   temperatures, seeds = (1.0, 2.0, 3.0, 4.0), (0, 1)
@@ -40,7 +40,8 @@ def vectorized_speedup(quick: bool) -> dict:
   def train_together(steps):
     program = vectorized.program(
         model=model, init_params={seed: params for seed, (_, params) in init.items()}, optim_config=config.optim,
-        num_steps=num_steps, losses_of_runs=[losses.DistillationLoss.from_config(distill(t)) for t, _ in points],
+        num_steps=num_steps,
+        objectives=[settings.objective(distill(t)) for t, _ in points],
         learning_rates=[config.optim.learning_rate] * len(points), seeds=[seed for _, seed in points],
         examples=examples, batch_size=config.data.batch_size, train_config=train_config)
     return train_chunks(program, steps, max_steps)
