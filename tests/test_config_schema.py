@@ -4,7 +4,7 @@ import ast
 
 from kd_jax import data, models
 from kd_jax.config import reference, schema
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 def _imported_names(path) -> list[str]:

@@ -157,7 +157,20 @@ def test_invalid_schedule_ends(fields, message):
   assert str(error.value).startswith(message)
 
 
-@pytest.mark.parametrize("field, value, message", INVALID, ids=[f"{f}={v}" for f, v, _ in INVALID])
+def needs_eight_devices(message: str) -> bool:
+  """Whether a case's message is about the multidevice session's 8 devices (the mesh, batch and micro-batch rules)."""
+  return "(8)" in message or "8 devices" in message or "8 local" in message or "tensor=" in message or (
+      "mesh.fsdp = mesh.tensor = 1" in message)
+
+
+def with_device_marks(cases, message_of, ids):
+  """pytest.params of `cases`, those about the 8 devices marked multidevice (they run in that session)."""
+  return [pytest.param(*case, id=case_id, marks=[pytest.mark.multidevice] if needs_eight_devices(message_of(case))
+                       else []) for case, case_id in zip(cases, ids)]
+
+
+@pytest.mark.parametrize("field, value, message", with_device_marks(INVALID, lambda case: case[2],
+                                                                    [f"{f}={v}" for f, v, _ in INVALID]))
 def test_invalid_value_names_field_value_and_rule(field, value, message):
   config = load_config()
   section, key = (["", field] if "." not in field else field.rsplit(".", 1))
@@ -296,7 +309,8 @@ INVALID_SST2 = [
 ]
 
 
-@pytest.mark.parametrize("overrides, message, rest", INVALID_SST2, ids=[str(case[0]) for case in INVALID_SST2])
+@pytest.mark.parametrize("overrides, message, rest", with_device_marks(INVALID_SST2, lambda case: case[1],
+                                                                      [str(case[0]) for case in INVALID_SST2]))
 def test_invalid_student_settings_on_sst2_are_one_line(overrides, message, rest):
   """On configs/sst2.py:smoke (fixture RoBERTa teacher: 2 layers, DistilBERT student: 32 wide)."""
   config = load_config("configs/sst2.py", "smoke")
@@ -310,3 +324,21 @@ def test_invalid_student_settings_on_sst2_are_one_line(overrides, message, rest)
     preflight.check(config)
   assert str(error.value).startswith(message) and rest in str(error.value)
   assert "\n" not in str(error.value)
+
+
+def test_main_rejects_invalid_configs_with_exit_2_one_line_and_empty_workdir(tmp_path):
+  """Every case of the validation table, through the command line (in-process, on the session's 1 device)."""
+  # The rules about the multidevice session's 8 devices don't apply on 1 device; where they do, as "(1)".
+  cases = [(field, value, message) for field, value, message in INVALID
+           if field != "train.num_devices" and ("(8)" not in message or value == 0) and "8 devices" not in message]
+  cases = [(field, value, message.replace("(8)", "(1)")) for field, value, message in cases]
+  assert len(cases) >= 15
+  failures = []
+  for case_number, (field, value, message) in enumerate(cases):
+    workdir = tmp_path / f"run{case_number}"
+    result = run_main("--config=configs/default.py:smoke", f"--workdir={workdir}", f"--config.{field}={value}")
+    lines = result.stderr.strip().splitlines()
+    if result.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: " + message) or workdir.exists():
+      failures.append(f"{field}={value}: exit {result.returncode}, workdir exists: {workdir.exists()}, stderr: "
+                      f"{lines[-3:]}")
+  assert not failures, "\n".join(failures)

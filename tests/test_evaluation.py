@@ -5,7 +5,7 @@ import jax
 from kd_jax import data, evaluation, models
 from kd_jax.evaluation import classification
 from kd_jax.parallel import sharding
-from tests.conftest import load_config
+from tests.helpers import load_config
 
 
 def test_every_data_set_names_a_registered_evaluator():

@@ -1,4 +1,5 @@
-"""Fault injection: kills, preemption, damaged checkpoints and caches, NaN, bad configs, a reused workdir."""
+"""Fault injection: kills, preemption, damaged checkpoints and caches, NaN, a reused workdir. (Bad configs through the
+command line: tests/test_config_validation.py.)"""
 
 import glob
 import json
@@ -14,7 +15,6 @@ from kd_jax.errors import NonFiniteError
 from kd_jax.parallel import inference, preemption
 from kd_jax.training import loop
 from tests.helpers import Child, run_main
-from tests.test_config_validation import INVALID
 
 # The smoke run, stretched so that each phase lasts long enough to be interrupted, with frequent checkpoints.
 RUN_ARGS = ("--config=configs/default.py:smoke", "--config.teacher.num_epochs=200", "--config.train.num_steps=1000",
@@ -164,24 +164,6 @@ def test_preemption_during_inference_stops_cleanly():
     os.kill(os.getpid(), signal.SIGTERM)
     with pytest.raises(preemption.Preempted, match="during inference"):
       inference.predict_logits(lambda params, inputs: inputs, None, np.zeros((10, 2)), batch_size=4, num_devices=1)
-
-
-def test_main_rejects_invalid_configs_with_exit_2_one_line_and_empty_workdir(tmp_path):
-  """Every case of the validation table, through the command line (in-process, on this session's 1 device)."""
-  # Rules about the 8 devices of the multidevice session don't apply on 1 device.
-  cases = [(field, value, message) for field, value, message in INVALID
-           if field != "train.num_devices" and ("(8)" not in message or value == 0) and "8 devices" not in message]
-  cases = [(field, value, message.replace("(8)", "(1)")) for field, value, message in cases]
-  assert len(cases) >= 15
-  failures = []
-  for case_number, (field, value, message) in enumerate(cases):
-    workdir = tmp_path / f"run{case_number}"
-    result = run_main("--config=configs/default.py:smoke", f"--workdir={workdir}", f"--config.{field}={value}")
-    lines = result.stderr.strip().splitlines()
-    if result.returncode != 2 or len(lines) != 1 or not lines[0].startswith("error: " + message) or workdir.exists():
-      failures.append(f"{field}={value}: exit {result.returncode}, workdir exists: {workdir.exists()}, stderr: "
-                      f"{lines[-3:]}")
-  assert not failures, "\n".join(failures)
 
 
 @pytest.mark.slow
