@@ -1,4 +1,4 @@
-"""The one check of a config before anything runs or is written (kd_jax/launch.py, train.py, each sweep point).
+"""The one check of a config before anything runs or is written (kd_jax/cli.py, train.py, each sweep point).
 
 In order: the schema (kd_jax/config/validation.py: every field known, of its type and within its declaration), the
 rules between fields (kd_jax/config/rules.py), then what the environment must hold, each checked by the module it

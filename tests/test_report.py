@@ -328,3 +328,22 @@ def test_metrics_table_shows_test_validation_and_efficiency():
   assert blocks[2][1].split()[:4] == ["model", "params", "MiB", "MFLOP/example"]
   assert blocks[2][3].split()[:3] == ["teacher", "1,000,000", "3.815"]
   assert blocks[2][4].split()[-2:] == ["500.0x", "10.00x"]
+
+
+@pytest.mark.parametrize("seeds, says, does_not_say", [
+    (2, "listed per seed: 2 seeds give no interval (a Student-t interval needs 3)",
+     ("Student-t interval of", "bootstrap")),
+    (3, "with a 95% Student-t interval of the mean difference", ("bootstrap", "give no interval")),
+    (10, "and a percentile-bootstrap interval beside it (10000 resamples", ("give no interval",)),
+])
+def test_summary_describes_only_the_intervals_its_seeds_give(tmp_path, seeds, says, does_not_say):
+  """A 2-seed sweep's summary promises no interval, a 3-seed one the t interval, a 10-seed one the bootstrap too."""
+  workdir = str(tmp_path / "sweep")
+  factor = results.Factor(("distill.temperature",), ((1.0,), (2.0,)))
+  for point in write_sweep_json(workdir, [factor], seeds=seeds):
+    write_point(workdir, point["name"], 0.9 + 0.01 * point["seed"], 0.85, TEACHER_ACCURACY)
+  protocol = next(line for line in report.summary_markdown(results.load_sweep(workdir)).splitlines()
+                  if line.startswith("Selection metric"))
+  assert says in protocol, protocol
+  for text in does_not_say:
+    assert text not in protocol, (text, protocol)

@@ -268,6 +268,19 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
           ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def _intervals_text(seeds: int) -> str:
+  """What the summary's differences come with at `seeds` seeds (only the intervals a sweep of that size shows)."""
+  if seeds < stats.MIN_SEEDS_FOR_INTERVAL:
+    return (f"listed per seed: {seeds} seed{'s' if seeds > 1 else ''} give no interval (a Student-t interval needs "
+            f"{stats.MIN_SEEDS_FOR_INTERVAL})")
+  text = (f"with a {stats.CONFIDENCE_LEVEL:.0%} Student-t interval of the mean difference (n - 1 degrees of "
+          "freedom)")
+  if seeds >= stats.MIN_SEEDS_FOR_BOOTSTRAP:
+    text += (f" and a percentile-bootstrap interval beside it ({stats.BOOTSTRAP_RESAMPLES} resamples, seed "
+             f"{stats.BOOTSTRAP_SEED})")
+  return text
+
+
 def summary_markdown(sweep: Sweep) -> str:
   """summary.md: header, findings, metrics per swept value, paired differences from hard labels, data sizes."""
   groups = sweep.groups()
@@ -289,12 +302,8 @@ def summary_markdown(sweep: Sweep) -> str:
   lines += [protocol, "",
             f"Selection metric: {metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better), of the KD "
             f"student. Cells are mean ± sample std (ddof=1) over seeds; accuracy and agreement in %. Differences are "
-            f"paired: each model minus the hard-label student of the same seed, with a {stats.CONFIDENCE_LEVEL:.0%} "
-            f"Student-t interval of the mean difference (n - 1 degrees of freedom) from "
-            f"{stats.MIN_SEEDS_FOR_INTERVAL} seeds (fewer: no interval, the differences are listed), and a "
-            f"percentile-bootstrap interval beside it from {stats.MIN_SEEDS_FOR_BOOTSTRAP} seeds "
-            f"({stats.BOOTSTRAP_RESAMPLES} resamples, seed {stats.BOOTSTRAP_SEED}). Training time of the finished "
-            f"points: {sum(wall_s):.0f} s.", "", "## Findings", ""]
+            f"paired: each model minus the hard-label student of the same seed, {_intervals_text(sweep.seeds)}. "
+            f"Training time of the finished points: {sum(wall_s):.0f} s.", "", "## Findings", ""]
   lines += [f"- {line}" for line in findings(sweep, groups)]
   value_header = [factor.label for factor in sweep.factors]
 
