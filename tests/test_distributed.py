@@ -80,7 +80,7 @@ def test_incomplete_or_inconsistent_launches_are_user_errors(initialize_calls, s
 
 def launcher_environment(**variables) -> dict:
   """The environment of scripts/multiprocess_local.sh: each process of a launch gets 1 CPU device."""
-  return child_environment(PYTHON=sys.executable, **variables)
+  return child_environment(**({"PYTHON": sys.executable} | variables))
 
 
 def test_launcher_stops_the_job_when_a_process_fails(tmp_path):
