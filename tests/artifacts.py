@@ -2,8 +2,9 @@
 file lock, then read it): tests point at them (read-only) or copy them.
 
 `shared_artifact(tmp_path_factory, name, build)` is the mechanism; the fixtures below (registered by conftest.py) are
-the artifacts: a finished run of configs/default.py:smoke (its trained teacher and caches included), a finished
-configs/sweep_temp.py:smoke sweep, and the causal-LM smoke teacher.
+the artifacts: finished runs of configs/default.py:smoke and configs/sst2.py:smoke (their trained teachers and caches
+included), and a finished configs/sweep_temp.py:smoke sweep. (The causal-LM smoke teacher is trained by one test only,
+test_causal_lm_smoke_end_to_end: the others distill from the fixture's own weights.)
 """
 
 import fcntl
@@ -79,3 +80,21 @@ def smoke_sweep(tmp_path_factory) -> tuple[pathlib.Path, str]:
   in-process command line): its points, shared teacher, sweep.json and report. Read-only: copy it to write."""
   root = shared_artifact(tmp_path_factory, "sweep-temp-smoke", _smoke_sweep)
   return root / "sweep", (root / "stdout.txt").read_text()
+
+
+def _sst2_smoke_run(directory: pathlib.Path) -> None:
+  from kd_jax import files, train  # pylint: disable=import-outside-toplevel
+  config = helpers.load_config("configs/sst2.py", "smoke")
+  config.baseline = False  # the hard-label run is the KD run's code with the soft weight at 0 (test_train.py)
+  returned = train.train_and_evaluate(config, str(directory / "run"))
+  files.write_json(str(directory / "returned.json"), returned)
+
+
+@pytest.fixture(scope="session")
+def sst2_smoke_run(tmp_path_factory) -> tuple[pathlib.Path, dict]:
+  """(workdir, what train_and_evaluate returned) of `configs/sst2.py:smoke` without the hard-label student: the
+  fixture RoBERTa teacher fine-tuned in the run, `<workdir>/teacher` with its dense logit cache, which the other SST-2
+  smoke runs of the tests reuse (--config.teacher.workdir: the same teacher and data). Read-only."""
+  root = shared_artifact(tmp_path_factory, "sst2-smoke", _sst2_smoke_run)
+  from kd_jax import files  # pylint: disable=import-outside-toplevel
+  return root / "run", files.read_json(str(root / "returned.json"))

@@ -1,5 +1,8 @@
-"""Test set-up: the device count (before JAX starts), a persistent XLA compilation cache, the in-process command line,
-and the markers.
+"""Test set-up: the device count (before JAX starts), a persistent XLA compilation cache, offline Hugging Face
+libraries, and the markers.
+
+Tiers: unit (`-m "not slow and not trains"`: no training), fast (`-m "not slow"`), full (everything; the README's test
+command and .ci/run).
 
 Devices: every test runs on 1 CPU device, except those marked `multidevice`, which compare results across device
 counts or shard over a mesh: they run in their own session on 8 forced CPU devices, `pytest --devices=8 tests`,
@@ -18,7 +21,7 @@ import pytest
 
 from kd_jax.parallel import environment
 from tests import helpers
-from tests.artifacts import smoke_run, smoke_sweep  # noqa: F401  (session fixtures)
+from tests.artifacts import smoke_run, smoke_sweep, sst2_smoke_run  # noqa: F401  (session fixtures)
 
 MULTIDEVICE_COUNT = 8
 # The persistent XLA compilation cache of a test session: compiled programs are reused by later tests, by the other
@@ -35,8 +38,11 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: end-to-end runs (full smoke runs, subprocesses); the fast tier is "
+  config.addinivalue_line("markers", "slow: end-to-end runs (full smoke runs, child processes) and tests that take "
+                                     "more than ~5 s on 2 cores (compiling a transformer's steps); the fast tier is "
                                      "`pytest -m 'not slow'`")
+  config.addinivalue_line("markers", "trains: a fast test that runs optimizer steps; the unit tier, which trains "
+                                     "nothing, is `pytest -m 'not slow and not trains'`")
   config.addinivalue_line("markers", f"multidevice: needs {MULTIDEVICE_COUNT} devices; runs in the session "
                                      f"`pytest --devices={MULTIDEVICE_COUNT}`")
   devices = config.getoption("--devices")
@@ -48,6 +54,10 @@ def pytest_configure(config):
   os.environ["XLA_FLAGS"] = " ".join(flags)
   os.environ.pop("PJRT_NPROC", None)
   environment.prepare()
+  # The tests never reach a network: Hugging Face's libraries read these when first imported, and without them every
+  # hub lookup of a test (an error path, a missing local copy) waits for its connection to time out.
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
+  os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller; xdist workers inherit its environment
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="kd_jax-tests-xla-cache-")
     os.environ.update(COMPILATION_CACHE_VARIABLES)

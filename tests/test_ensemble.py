@@ -236,6 +236,7 @@ def single_then_ensemble(tmp_path_factory):
   return root, teacher_dir, single, pair
 
 
+@pytest.mark.slow
 def test_each_member_is_trained_and_cached_once(single_then_ensemble):
   root, teacher_dir, single, pair = single_then_ensemble
   # Member 0 is the single run's teacher: reused with its cache; member 1 is trained and cached in its own directory.
@@ -266,6 +267,7 @@ def test_joined_target_is_the_members_caches_side_by_side(single_then_ensemble):
   assert first.shape == second.shape and np.abs(first - second).max() > 0  # two different teachers
 
 
+@pytest.mark.slow
 def test_rerun_reuses_every_member_and_cache(single_then_ensemble):
   root, teacher_dir, _, pair = single_then_ensemble
   again = train.train_and_evaluate(tiny_config(teacher_dir, 2), str(root / "pair"))
@@ -276,6 +278,7 @@ def test_rerun_reuses_every_member_and_cache(single_then_ensemble):
     assert again["metrics"][model] == pair["metrics"][model]
 
 
+@pytest.mark.slow
 def test_online_ensemble_matches_cached_ensemble(single_then_ensemble, tmp_path):
   """The members run side by side in the step give the student their stacked caches give."""
   _, teacher_dir, _, pair = single_then_ensemble

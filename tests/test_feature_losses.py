@@ -277,6 +277,7 @@ def test_mlp_sows_its_hidden_layers():
   assert feature_losses.describe(model, params, x[:1]) == feature_losses.Layers((8, 6, 5), ())
 
 
+@pytest.mark.slow
 def test_train_step_trains_a_projection_outside_the_student():
   """A 16-wide, 2-head student and a 32-wide, 4-head teacher: the uniform map projects both layers (16 -> 32),
   attention compares head-averaged distributions, the projections train, and the program's run params are the
@@ -357,11 +358,12 @@ def test_digits_features_from_the_command_line_train_resume_and_export_the_stude
 
 
 @pytest.mark.slow
-def test_sst2_smoke_with_uniform_features(tmp_path):
-  """The acceptance run: RoBERTa fixture teacher, DistilBERT fixture student (both 32 wide, 2 layers, different
-  tokenizers: hidden states compared mean-pooled), the feature loss logged."""
+def test_sst2_smoke_with_uniform_features(tmp_path, sst2_smoke_run):
+  """The acceptance run: RoBERTa fixture teacher (the shared SST-2 smoke run's), DistilBERT fixture student (both 32
+  wide, 2 layers, different tokenizers: hidden states compared mean-pooled), the feature loss logged."""
   result = run_main("--config=configs/sst2.py:smoke", f"--workdir={tmp_path}", "--config.distill.teacher_mode=online",
-                    "--config.distill.features=uniform", "--config.baseline=False")
+                    "--config.distill.features=uniform", "--config.baseline=False",
+                    f"--config.teacher.workdir={sst2_smoke_run[0] / 'teacher'}")
   assert result.returncode == 0, result.stderr[-3000:]
   losses_logged = [line["train/feature_loss"] for line in _history(tmp_path, "student") if "train/loss" in line]
   assert losses_logged and all(np.isfinite(losses_logged)) and losses_logged[-1] < losses_logged[0]

@@ -120,6 +120,7 @@ def test_minilm_encoder_matches_transformers_offline():
   assert relative_error(hidden, ref["last_hidden_state"], tokens["attention_mask"]) <= TOLERANCE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["t5", "t5_v1_1"])
 def test_greedy_generation_equals_transformers(name):
   ref = reference(name)
@@ -135,6 +136,7 @@ def test_greedy_generation_equals_transformers(name):
   assert 0 < (ref["generated_eos"] == eos_token_id).any(axis=1).sum() < len(ref["generated_eos"])
 
 
+@pytest.mark.slow
 def test_sampling_with_top_k_one_is_greedy_and_is_reproducible():
   ref = reference("t5_v1_1")
   model, params = hf.from_pretrained(str(FIXTURES / "t5_v1_1"), task="seq2seq")
@@ -146,6 +148,7 @@ def test_sampling_with_top_k_one_is_greedy_and_is_reproducible():
   assert not np.array_equal(sample(3), sample(4))
 
 
+@pytest.mark.slow
 def test_sampling_draws_from_the_model_distribution_at_the_temperature():
   """The first generated token of 4,000 copies of one prompt at T = 2: each token expected at least 10 times is drawn
   with the probability softmax(z / 2) of the model's first decoder step (in float64), within 4 standard errors."""
@@ -239,6 +242,7 @@ def hf_model_config(checkpoint: str, task=None) -> ml_collections.ConfigDict:
                                         param_dtype="float32", dropout_rate=0.0, hidden_sizes=(32,)))
 
 
+@pytest.mark.slow
 def test_registry_creates_a_classifier_with_dropout_in_training(tmp_path):
   ref = reference("distilbert")
   inputs = {key: jnp.asarray(value) for key, value in encoder_inputs(ref).items()}

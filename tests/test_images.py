@@ -182,6 +182,7 @@ def test_cnn_shapes_and_parameter_count_by_hand(conv_features, hidden_sizes, nor
   assert jax.eval_shape(model.apply, {"params": params}, images).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_cnn_logits_of_an_example_do_not_depend_on_its_batch():
   """GroupNorm normalizes each example on its own: an example's logits are the same alone or in any batch (what the
   per-example vmap of the train step and evaluation in batches both rely on). The model comes from the registry."""
@@ -196,6 +197,7 @@ def test_cnn_logits_of_an_example_do_not_depend_on_its_batch():
   assert np.std(np.asarray(batched), axis=0).max() > 1e-3  # the examples differ: the check can fail
 
 
+@pytest.mark.slow
 @needs_real_files
 def test_cnn_learns_fashion_mnist_above_chance(real_task):
   """A small CNN trained for 100 steps on 2,000 real training images classifies 2,000 test images far above chance

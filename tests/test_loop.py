@@ -31,6 +31,7 @@ def test_chunks_are_cut_to_about_a_second():
   assert loop.chunk_length(0, 1000, (500,), 100, seconds_per_step=1e-6) == 100
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("device_resident, max_steps", [(True, 10), (False, 10), (True, 1)])
 def test_a_chunk_equals_single_steps(device_resident, max_steps):
   """Seven steps as one padded chunk (max 10) give the state and metrics of seven one-step calls (8 devices); so do
@@ -97,6 +98,7 @@ def digits_programs(stacked: bool):
   return make, config
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("stacked", [False, True])
 def test_sigterm_stops_the_loop_with_a_checkpoint_and_the_rerun_ends_where_an_uninterrupted_run_does(tmp_path,
                                                                                                      stacked):
@@ -125,6 +127,7 @@ def test_sigterm_stops_the_loop_with_a_checkpoint_and_the_rerun_ends_where_an_un
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("stacked", [False, True])
 def test_best_validation_keeps_each_runs_best_evaluated_step_across_a_rerun(tmp_path, stacked):
   """Evaluations at steps 150 and 300 score run 0 best at 150 and run 1 best at 300: each run ends with the

@@ -112,6 +112,7 @@ def test_remat_and_microbatches_keep_the_train_step():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), grads, plain_grads)
 
 
+@pytest.mark.slow
 def test_remat_of_t5_blocks_keeps_the_gradients():
   """with_remat clones an HF module with a jax.checkpoint policy (T5 here: its blocks take keyword arguments and a
   static train flag; the encoder layers are covered by the train step above): the same parameters give the same loss and

@@ -248,6 +248,7 @@ def test_partial_sweep_and_missing_baseline(tmp_path):
   assert rows[0]["student_hard_accuracy"] == ""
 
 
+@pytest.mark.slow
 def test_written_report_csv_and_plots(temperature_sweep):
   written = report.write_sweep_report(temperature_sweep)
   rows = list(csv.DictReader(open(os.path.join(temperature_sweep, "results.csv"))))
@@ -264,6 +265,7 @@ def test_written_report_csv_and_plots(temperature_sweep):
       assert path in written and os.path.getsize(path) > 1000, path
 
 
+@pytest.mark.slow
 def test_two_factor_report_has_heatmap(tmp_path):
   workdir = str(tmp_path / "grid")
   factors = [results.Factor(("distill.temperature",), ((1.0,), (4.0,))),

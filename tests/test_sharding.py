@@ -84,6 +84,7 @@ def assert_same_training(expected, actual, params_atol=1e-5):
       np.testing.assert_allclose(step[name], expected_step[name], atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.trains
 def test_mlp_fsdp_holds_an_eighth_per_device_and_trains_like_replicated():
   """The default student (MLP) with cached teacher logits: FSDP-8 and data 2 x fsdp 4 equal data parallelism over
   8 devices; FSDP-8 keeps ~1/8 of the parameters and optimizer state per device, and the state stays split."""
@@ -167,6 +168,7 @@ def test_t5_topk_cache_and_steps_sharded_equal_replicated(tmp_path):
   assert_same_training(run(REPLICATED), run(FSDP), params_atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_run_checkpointed_on_fsdp8_resumes_on_4_devices_with_the_same_result(tmp_path):
   """A phase stopped (SIGTERM) with a checkpoint on FSDP-8 resumes on 4 devices, FSDP-4 or replicated, and ends
   where the uninterrupted replicated run does."""

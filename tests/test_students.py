@@ -79,6 +79,7 @@ def test_a_student_of_every_teacher_layer_is_the_teacher():
                                 teacher_model.apply({"params": teacher_params}, inputs))
 
 
+@pytest.mark.slow
 def test_t5_student_from_teacher_layers_selects_encoder_and_decoder_blocks():
   teacher_config = hf_config("t5", task="seq2seq")
   teacher_model, teacher_params = models.create(teacher_config, num_classes=0, example_inputs=None,
@@ -232,6 +233,7 @@ def test_freezing_beside_feature_projections_applies_to_the_model_only():
   assert peft.Trainable(("^classifier/",)).count(params) == 0  # without `within` the prefix hides the head
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lora_rank, patterns", [(2, None), (0, ("classifier", "encoder.layer.1/"))])
 def test_frozen_parameters_stay_and_the_others_train(lora_rank, patterns):
   """Three optimizer steps: every frozen parameter is bitwise its initial value and holds no optimizer moments;
@@ -253,6 +255,7 @@ def test_frozen_parameters_stay_and_the_others_train(lora_rank, patterns):
   assert moments == 2 * trainable.count(params)  # Adam's mu and nu, trained parameters only
 
 
+@pytest.mark.slow
 def test_a_resumed_lora_run_equals_an_uninterrupted_one(tmp_path):
   """Four steps in one go, and two steps, a checkpoint, a restore into a fresh state and two more: the same state."""
   config = hf_config("bert", rank=2)
@@ -288,10 +291,12 @@ def test_sst2_from_teacher_and_the_lora_sweep_configs():
 
 
 @pytest.mark.slow
-def test_lora_rank_sweep_smoke_runs_and_counts_trainable_parameters(tmp_path):
-  """`main.py --config=configs/sweep_lora_rank.py:smoke`: five points, each results.json's trainable_params the hand
-  count on the fixture DistilBERT (2 layers, 32 wide; head: pre_classifier 32 x 32 + 32, classifier 32 x 2 + 2)."""
-  result = run_main("--config=configs/sweep_lora_rank.py:smoke", f"--workdir={tmp_path}")
+def test_lora_rank_sweep_smoke_runs_and_counts_trainable_parameters(tmp_path, sst2_smoke_run):
+  """`main.py --config=configs/sweep_lora_rank.py:smoke` (its teacher: the shared SST-2 smoke run's): five points,
+  each results.json's trainable_params the hand count on the fixture DistilBERT (2 layers, 32 wide; head:
+  pre_classifier 32 x 32 + 32, classifier 32 x 2 + 2)."""
+  result = run_main("--config=configs/sweep_lora_rank.py:smoke", f"--workdir={tmp_path}",
+                    f"--config.teacher.workdir={sst2_smoke_run[0] / 'teacher'}")
   assert result.returncode == 0, result.stderr[-3000:]
   head = 32 * 32 + 32 + 32 * 2 + 2
   expected = {"student.lora.rank=0,student.trainable=classifier": head,
@@ -307,9 +312,11 @@ def test_lora_rank_sweep_smoke_runs_and_counts_trainable_parameters(tmp_path):
 
 
 @pytest.mark.slow
-def test_sst2_smoke_from_teacher_end_to_end(tmp_path):
-  """configs/sst2.py:smoke,from_teacher: the student is the trained teacher's layer 0 with its embeddings and head."""
-  result = run_main("--config=configs/sst2.py:smoke,from_teacher", f"--workdir={tmp_path}", "--config.baseline=False")
+def test_sst2_smoke_from_teacher_end_to_end(tmp_path, sst2_smoke_run):
+  """configs/sst2.py:smoke,from_teacher: the student is the trained teacher's (the shared SST-2 smoke run's) layer 0
+  with its embeddings and head."""
+  result = run_main("--config=configs/sst2.py:smoke,from_teacher", f"--workdir={tmp_path}", "--config.baseline=False",
+                    f"--config.teacher.workdir={sst2_smoke_run[0] / 'teacher'}")
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "results.json") as stream:
     results = json.load(stream)

@@ -80,6 +80,7 @@ def test_sst2_task_from_the_saved_dataset(sst2_task):
       assert inputs["input_ids"].shape[1] <= 64
 
 
+@pytest.mark.slow
 def test_a_bfloat16_teachers_dense_cache_holds_its_logits_in_float32(sst2_task, tmp_path):
   """The cache of a classifier computing in bfloat16 (whose logits are bfloat16) stores float32 that read back as
   the teacher's logits on its own tokens, joined to the right examples."""
@@ -237,6 +238,7 @@ def numpy_topk_divergence(student: np.ndarray, teacher: np.ndarray, k: int, temp
   return temperature**2 * numpy_divergences.divergence_of_probs(p_s, p_t, kind, akl_head_weight_of=weight_of)
 
 
+@pytest.mark.slow
 def test_topk_loss_vs_dense_and_numpy():
   rng = np.random.default_rng(0)
   vocab = 40
@@ -397,6 +399,7 @@ def test_token_arrays_are_stored_narrow_and_reach_the_models_as_the_int32_arrays
   assert dict(texts) == {0: "premise: a", 1: "é ü", 2: "", 3: "z"} and 4 not in texts
 
 
+@pytest.mark.slow
 def test_online_and_cached_topk_give_the_same_loss_when_k_is_the_vocabulary(esnli_task, tmp_path):
   config = load_config("configs/esnli.py", "smoke")
   config.distill.topk, config.distill.topk_dtype = 10_000, "float32"
@@ -436,17 +439,16 @@ def test_sequence_level_targets_from_generations():
 
 
 @pytest.mark.slow
-def test_sst2_smoke_end_to_end(tmp_path):
-  config = load_config("configs/sst2.py", "smoke")
-  config.baseline = False  # the hard-label run is the KD run's code with the soft weight at 0 (test_train.py)
-  results = train.train_and_evaluate(config, str(tmp_path))
+def test_sst2_smoke_end_to_end(sst2_smoke_run):
+  """configs/sst2.py:smoke without the hard-label student (the session's shared run, tests/artifacts.py)."""
+  workdir, results = sst2_smoke_run
   for model in ("teacher", "student"):
     for name in ("accuracy", "ece", "nll", "agreement"):
       assert isinstance(results["metrics"][model][name], float), (model, name)
   assert results["metrics"]["teacher"]["accuracy"] > 0.7  # fine-tuned on 160 sentences; chance is 0.5
   assert results["metrics"]["student"]["agreement"] > 0.7
   assert results["teacher_cache"]["bytes_per_example"] == 2 * 4 + 4
-  with open(tmp_path / "history.jsonl") as stream:  # the teacher is evaluated on its own tokens while it trains
+  with open(workdir / "history.jsonl") as stream:  # the teacher is evaluated on its own tokens while it trains
     teacher_evaluations = [r for r in map(json.loads, stream)
                            if r["phase"] == "teacher" and "validation/accuracy" in r]
   assert teacher_evaluations[-1]["validation/accuracy"] == pytest.approx(

@@ -15,6 +15,7 @@ from tests.helpers import REPO_ROOT, load_config, run_main
 SUMMARY_METRICS = ("accuracy", "nll", "ece", "brier", "agreement", "kl_to_teacher")
 
 
+@pytest.mark.trains
 def test_results_contract_and_learning(smoke_run):
   workdir, results = smoke_run
   with open(os.path.join(workdir, "results.json")) as stream:
@@ -50,6 +51,7 @@ def test_results_contract_and_learning(smoke_run):
   assert "memory" not in results["train"]["phases"]["student"]
 
 
+@pytest.mark.trains
 def test_outputs_in_workdir(smoke_run):
   workdir, results = smoke_run
   steps = results["train"]["steps"]
@@ -66,6 +68,7 @@ def test_outputs_in_workdir(smoke_run):
   assert os.listdir(os.path.join(workdir, "tensorboard", "student"))
 
 
+@pytest.mark.trains
 def test_rerun_resumes_from_the_final_checkpoint(smoke_run, tmp_path):
   workdir, results = smoke_run
   again = train.train_and_evaluate(load_config(), str(copy_of(workdir, tmp_path / "run")))
@@ -76,6 +79,7 @@ def test_rerun_resumes_from_the_final_checkpoint(smoke_run, tmp_path):
       assert again["metrics"][model][name] == results["metrics"][model][name]
 
 
+@pytest.mark.slow
 @pytest.mark.multidevice
 def test_one_device_through_tf_data_equals_eight_devices(smoke_run, tmp_path):
   """1 device fed by the tf.data pipeline vs 8 devices gathering the batches from the training set on the devices."""
@@ -94,6 +98,7 @@ def test_one_device_through_tf_data_equals_eight_devices(smoke_run, tmp_path):
                                  err_msg=f"{model} {name}")
 
 
+@pytest.mark.trains
 def test_online_teacher_matches_cached_teacher(smoke_run, tmp_path):
   """The same teacher run inside the step gives the same student as its cached logits."""
   workdir, results = smoke_run
@@ -107,6 +112,7 @@ def test_online_teacher_matches_cached_teacher(smoke_run, tmp_path):
     np.testing.assert_allclose(online["metrics"]["student"][name], results["metrics"]["student"][name], atol=1e-4)
 
 
+@pytest.mark.trains
 def test_best_validation_selects_a_checkpoint_the_validation_metrics_confirm(smoke_run, tmp_path):
   """train.select='best_validation': each student ends with its evaluated step of best validation accuracy, whose
   validation accuracy is the best the history records, and results.json says which step it was."""
@@ -127,6 +133,7 @@ def test_best_validation_selects_a_checkpoint_the_validation_metrics_confirm(smo
     assert os.path.isdir(os.path.join(tmp_path, "checkpoints", f"{phase}_best"))
 
 
+@pytest.mark.trains
 def test_online_input_noise_trains(smoke_run, tmp_path):
   workdir, _ = smoke_run
   config = load_config()

@@ -43,6 +43,7 @@ def test_invalid_mode_and_seq2seq_are_refused():
     vectorized.check(config)
 
 
+@pytest.mark.slow
 @pytest.mark.multidevice  # the 8 points spread over the sweep axis of the 8 devices
 def test_vectorized_sweep_matches_sequential_sweep(tmp_path):
   """8 points (2 temperatures x 2 learning rates x 2 seeds) trained together give the per-point results.json and

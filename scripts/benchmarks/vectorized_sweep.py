@@ -66,8 +66,8 @@ def vectorized_speedup(quick: bool) -> dict:
 
 
 def vectorized_sweep_end_to_end(quick: bool) -> dict:
-  """The same 8 points (4 temperatures x 2 seeds, 10 epochs each, the teacher already trained) as the sweep runs
-  them: point after point (train.run_group each: data, teacher, cache, KD and hard-label students,
+  """The same 8 points (4 temperatures x 2 seeds, 10 epochs each, the teacher already trained; --smoke: 2 points) as
+  the sweep runs them: point after point (train.run_group each: data, teacher, cache, KD and hard-label students,
   evaluation, checkpoints, results.json) vs sweep.mode='vectorized' (one group); the report is not timed."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   from kd_jax import files  # pylint: disable=g-import-not-at-top
@@ -77,14 +77,15 @@ def vectorized_sweep_end_to_end(quick: bool) -> dict:
   config = repo_config("default").get_config("smoke")
   config.sweep.grid = (("distill.temperature", (1.0, 2.0, 3.0, 4.0)),)
   config.sweep.seeds = 2
-  if settings.SMOKE:
+  if settings.SMOKE:  # two points: the code path of eight, a fraction of the compiles and runs
+    config.sweep.grid, config.sweep.seeds = (("distill.temperature", (1.0, 2.0)),), 1
     config.teacher.num_epochs, config.train.num_epochs = 2, 1
   root = tempfile.mkdtemp()
   warm = expansion.expand(config, os.path.join(root, "warm-up"))
   config.teacher.workdir = warm[0].config.teacher.workdir
   runner.run_point(warm[0], os.path.join(root, "warm-up"), 1)  # trains the teacher, compiles
   runner.run_vectorized_group(expansion.expand(config, os.path.join(root, "warm-up-vectorized")),
-                              os.path.join(root, "warm-up-vectorized"))  # compiles for 8 points
+                              os.path.join(root, "warm-up-vectorized"))  # compiles for the points
   # Alternating by hand: each repeat's points are expanded into a fresh workdir outside the timing.
   times = {"sequential": [], "vectorized": []}
   metrics = {}
