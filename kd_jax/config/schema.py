@@ -488,8 +488,8 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "train (the student; the teacher in its own training): 'none'; 'block': each block keeps only its input "
             "for the backward pass and recomputes the rest (flax nn.remat per block); or a jax.checkpoint_policies "
             "name applied per block (e.g. 'dots_saveable': keep the matmul outputs, recompute the elementwise ops). "
-            "Same results, more compute, less memory on accelerators (XLA:CPU merges the recomputation back: see the "
-            "README). An online teacher runs forward only (no gradient, nothing kept for a backward pass): remat "
+            "Same results, more compute, less memory on accelerators (XLA:CPU merges the recomputation back: see "
+            "docs/parallelism.md). An online teacher runs forward only (no gradient, nothing kept for a backward pass): remat "
             "does not apply to it.", choices=REMAT_OPTIONS, operational=True),
     }),
     "mesh": Section(
@@ -519,7 +519,7 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
                       "baseline."),
     "generation": Section(
         "Seq2seq evaluation: every model's outputs for the test split are generated (max data.max_target_length "
-        "tokens) and scored (kd_jax/evaluation/__init__.py).", {
+        "tokens) and scored (kd_jax/evaluation/seq2seq.py, causal_lm.py).", {
             "temperatures": Field((0.0,), "Decoding temperatures, 0 = greedy; the metrics at the first are the "
                                   "models' metrics, the students' metrics at every one are also reported (the "
                                   "generation-temperature ablation: one trained student, no retraining).",
