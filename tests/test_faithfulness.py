@@ -1,6 +1,7 @@
 """Faithfulness of explanations: the formulas against hand counts, and a simulator on the e-SNLI look-alike."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -22,9 +23,48 @@ def test_scores_against_a_hand_count():
   gold_from_explanation = np.array([0, 1, 2, 0, 2, 0])
   result = faithfulness.scores(simulated, model_labels, gold_from_explanation, gold_labels)
   assert result["faithfulness"] == pytest.approx(3 / 6)
-  # Leaking (0, 1, 3): both - input = 0, 1, 1 -> 2/3. Not leaking (2, 4 unparseable, 5): 1 - 0, 0 - 0, 1 - 1 -> 1/3.
-  assert result["las"] == pytest.approx((2 / 3 + 1 / 3) / 2)
+  # Leaking (0, 1, 3): both - input = 0, 1, 1 -> 2/3. Not leaking (2, 5; 4 is unparseable and left out): 1 - 0,
+  # 1 - 1 -> 1/2.
+  assert result["las_leaking"] == pytest.approx(2 / 3) and result["las_nonleaking"] == pytest.approx(1 / 2)
+  assert result["las"] == pytest.approx((2 / 3 + 1 / 2) / 2) and result["las_unparseable"] == 1
   assert result["faithfulness_ceiling"] == pytest.approx(5 / 6)
+
+
+def hase_compute_sim(labels, xe, e, x) -> tuple[float, float, float]:
+  """(unweighted mean, leaking diff, nonleaking diff) of Hase et al.'s reference (LAS-NL-Explanations,
+  sim_experiments/compute_sim.py: `compute_sim`), restated in NumPy: the simulator's X, E and XE predictions
+  against the model's labels."""
+  xe_correct, x_correct, e_correct = (np.asarray(labels) == np.asarray(p) for p in (xe, x, e))
+  leaked, nonleaked = np.flatnonzero(e_correct), np.flatnonzero(~e_correct)
+  with np.errstate(invalid="ignore"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)  # the mean of an empty group
+    diffs = [np.mean(xe_correct[group]) - np.mean(x_correct[group]) for group in (leaked, nonleaked)]
+  return float(np.mean(diffs)), float(diffs[0]), float(diffs[1])
+
+
+def test_las_of_an_empty_group_and_of_unparseable_outputs():
+  """The outside review's case: every explanation leaks (S_e recovers the model's label), so the non-leaking group
+  is empty: its effect is NaN and the las is the leaking group's 0.75 (it counted the empty group as 0: 0.375).
+  Hase et al.'s code gives NaN for the average then; where both groups hold examples kd_jax's las equals it."""
+  y = np.array([0, 1, 2, 0])
+  result = faithfulness.scores({"explanation": y, "input": np.array([1, 1, 1, 1]), "both": y}, list(y), y, y)
+  reference_mean, reference_leaking, reference_nonleaking = hase_compute_sim(y, xe=y, e=y, x=[1, 1, 1, 1])
+  assert result["las_leaking"] == reference_leaking == 0.75
+  assert np.isnan(result["las_nonleaking"]) and np.isnan(reference_nonleaking) and np.isnan(reference_mean)
+  assert result["las"] == 0.75 and result["las_unparseable"] == 0
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    labels, xe, e, x = rng.integers(0, 3, size=(4, 12))
+    if 0 < (labels == e).sum() < 12:  # both groups hold examples
+      result = faithfulness.scores({"explanation": e, "input": x, "both": xe}, list(labels), labels, labels)
+      assert (result["las"], result["las_leaking"], result["las_nonleaking"]) == pytest.approx(
+          hase_compute_sim(labels, xe, e, x))
+  # Unparseable outputs are no one's label: left out of both groups, counted; none parseable: no las.
+  result = faithfulness.scores({"explanation": y, "input": np.array([1, 1, 1, 1]), "both": y}, [0, None, None, 0], y,
+                               y)
+  assert result["las_unparseable"] == 2 and result["las_leaking"] == 1.0 and np.isnan(result["las_nonleaking"])
+  assert result["las"] == 1.0 and result["faithfulness"] == 0.5
+  assert np.isnan(faithfulness.scores({"explanation": y, "input": y, "both": y}, [None] * 4, y, y)["las"])
 
 
 def read(split):
@@ -58,3 +98,4 @@ def test_explanations_that_contradict_the_labels_score_low(simulator):
   # The look-alike's hypotheses give the label away (the simulator reads it from the input alone), so a consistent
   # explanation adds nothing beyond the input (LAS 0), and a contradicting one misleads the simulator (LAS < 0).
   assert faithful["las"] == 0.0 and contradicting["las"] < -0.25
+  assert unparseable["las_unparseable"] == len(labels) and np.isnan(unparseable["las"])

@@ -425,6 +425,13 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
         "topk_dtype": Field("float16", "The dtype the top-k values are stored in: 'float16' (default: 3 more mantissa "
                             "bits than bfloat16, and logits stay far below its 65504 limit), 'bfloat16' or "
                             "'float32'.", choices=("float16", "bfloat16", "float32")),
+        "topk_tail": Field(
+            "exact", "Seq2seq and causal-LM cached mode: the teacher's tail (its V - k logits outside the top k; "
+            "see losses.topk_divergence). 'exact': the cache stores the tail's log-sum-exp at every distill.temperature "
+            "the run (or a vectorized sweep group) uses, so every bin of the loss is exact at each; a schedule that "
+            "moves the temperature is refused. 'flat': one log-sum-exp at T = 1 and a flat tail elsewhere, an "
+            "approximation that underestimates the divergence at T > 1 (docs/text_tasks.md).",
+            choices=("exact", "flat")),
         "on_policy_fraction": Field(
             0.0, "causal_lm, on-policy distillation (GKD, Agarwal et al. 2024): lambda, the probability that a "
             "training batch's responses are sampled from the current student (at generation.train_temperature, at "

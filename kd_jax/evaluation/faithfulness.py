@@ -12,13 +12,18 @@ text; an unparseable output is never simulated correctly):
       how often the model's own explanation, read without the input, leads the simulator to the model's own label:
       explanation-label association (Wiegreffe, Marasovic and Smith 2021, "Measuring Association Between Labels and
       Free-Text Rationales"). An explanation that argues for another label than the one the model gave scores 0.
-  las = 1/2 [ mean_{i: L_i=0} (1[S_xe(x_i, e^_i) = y^_i] - 1[S_x(x_i) = y^_i])
-            + mean_{i: L_i=1} (1[S_xe(x_i, e^_i) = y^_i] - 1[S_x(x_i) = y^_i]) ],   L_i = 1[S_e(e^_i) = y^_i]
+  las_leaking    = mean_{i parseable: L_i=1} (1[S_xe(x_i, e^_i) = y^_i] - 1[S_x(x_i) = y^_i]),  L_i = 1[S_e(e^_i) = y^_i]
+  las_nonleaking = mean_{i parseable: L_i=0} (the same gain)
+  las = the mean of las_leaking and las_nonleaking over the groups that hold examples
       leakage-adjusted simulatability (Hase, Zhang, Xie and Bansal 2020, "Leakage-Adjusted Simulatability: Can
       Models Generate Non-Trivial Explanations of Their Behavior in Natural Language?"): how much the explanation
       helps predict the model's label beyond the input, averaged over explanations that leak the label and those
-      that do not, so that an explanation restating a label is not rewarded for the restatement. In [-1, 1]; a
-      group with no examples counts 0.
+      that do not, so that an explanation restating a label is not rewarded for the restatement. In [-1, 1]. A
+      group without examples has no effect (NaN), and the las is the other group's (Hase et al.'s reference code,
+      compute_sim in their sim_experiments, averages the two group means with np.mean, so an empty group makes it
+      NaN too; equal whenever both groups hold examples); NaN when no output is parseable. An output without a
+      parseable label has no y^_i to simulate: it is left out of both groups and counted in las_unparseable (it
+      still counts as unfaithful in `faithfulness`).
   faithfulness_ceiling = mean_i 1[S_e(e_i) = y_i] on the evaluated split's gold explanations: what faithfulness a
       model explaining like the references would score with this simulator.
 
@@ -34,7 +39,7 @@ import numpy as np
 
 # The simulator is trained on at most this many training examples (a random subset, seed 0, beyond it).
 SIMULATOR_MAX_EXAMPLES = 100_000
-METRICS = ("faithfulness", "las", "faithfulness_ceiling")
+METRICS = ("faithfulness", "las", "las_leaking", "las_nonleaking", "las_unparseable", "faithfulness_ceiling")
 
 
 @dataclasses.dataclass
@@ -74,19 +79,26 @@ class Simulator:
 
 def scores(simulated: dict, model_labels: list, gold_simulated_from_explanation: np.ndarray,
            gold_labels: np.ndarray) -> dict:
-  """faithfulness, las and faithfulness_ceiling (see the module docstring).
+  """faithfulness, las (with its two group effects and the outputs it leaves out) and faithfulness_ceiling (see the
+  module docstring).
 
   Args:
     simulated: Simulator.predict of (the inputs, the model's explanations): labels [N] per classifier.
     model_labels: [N] the model's parsed labels (None where its output is unparseable).
     gold_simulated_from_explanation: [N] S_e of the gold explanations.
     gold_labels: [N] the gold labels.
+
+  Returns:
+    {faithfulness, las, las_leaking, las_nonleaking (NaN for a group without examples), las_unparseable (the number
+    of outputs without a parseable label, left out of the las), faithfulness_ceiling}.
   """
   predicted = np.array([-1 if label is None else label for label in model_labels])
   parseable = predicted >= 0
   leaked = (simulated["explanation"] == predicted) & parseable
-  gain = ((simulated["both"] == predicted) & parseable).astype(np.float64) - (
-      (simulated["input"] == predicted) & parseable).astype(np.float64)
-  group_means = [float(gain[group].mean()) if group.any() else 0.0 for group in (~leaked, leaked)]
-  return {"faithfulness": float(leaked.mean()), "las": float(np.mean(group_means)),
+  gain = (simulated["both"] == predicted).astype(np.float64) - (simulated["input"] == predicted).astype(np.float64)
+  effects = {name: float(gain[group].mean()) if group.any() else float("nan")
+             for name, group in (("las_leaking", leaked), ("las_nonleaking", parseable & ~leaked))}
+  measured = [effect for effect in effects.values() if not np.isnan(effect)]
+  return {"faithfulness": float(leaked.mean()), "las": float(np.mean(measured)) if measured else float("nan"),
+          **effects, "las_unparseable": int((~parseable).sum()),
           "faithfulness_ceiling": float(np.mean(gold_simulated_from_explanation == gold_labels))}

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from kd_jax.models import peft
+from kd_jax.teachers import teacher_cache
 from kd_jax.training import feature_losses, losses
 from kd_jax.training.on_policy import OnPolicy
 
@@ -46,7 +47,8 @@ class Objective:
 
   @classmethod
   def from_config(cls, config, *, num_steps: int = 1, distills: bool = True, task=None, model=None,
-                  layers: feature_losses.ModelLayers | None = None) -> "Objective":
+                  layers: feature_losses.ModelLayers | None = None,
+                  tail_temperatures: tuple[float, ...] | None = None) -> "Objective":
     """The objective of `config` (config.distill; config.generation for on-policy sampling) over a phase of
     `num_steps` steps.
 
@@ -60,6 +62,8 @@ class Objective:
         needed only with distill.on_policy_fraction > 0.
       layers: both models' layers (feature_losses.ModelLayers), which resolve the layer map; needed only with
         distill.features.
+      tail_temperatures: the temperatures of the top-k cache's exact tail (losses.topk_divergence); None:
+        teacher_cache.topk_tail_temperatures([config]) (a vectorized group passes its runs').
     """
     d = config.distill
     if distills:
@@ -74,7 +78,9 @@ class Objective:
         beta=jnp.float32(d.beta), skew=jnp.float32(d.skew), akl_mu=jnp.float32(d.akl_mu),
         hard_weight_end=jnp.float32(ends.hard), soft_weight_end=jnp.float32(ends.soft),
         temperature_end=jnp.float32(_or(d.temperature_end, d.temperature)), num_steps=jnp.float32(num_steps),
-        divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=d.schedule if distills else "constant")
+        divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=d.schedule if distills else "constant",
+        tail_temperatures=(teacher_cache.topk_tail_temperatures([config]) if tail_temperatures is None
+                           else tuple(tail_temperatures)) if distills else ())
     feature_loss = None
     if distills and d.features is not None:
       assert layers is not None, "feature distillation resolves its layer map against both models' layers"
