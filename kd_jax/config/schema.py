@@ -263,7 +263,8 @@ def _student_section() -> Section:
           "the others keep their initial values. None: every parameter trains (with LoRA: the classification head, "
           "'classifier').", type=tuple, check=_regular_expressions),
       "lora": Section(
-          "LoRA (Hu et al. 2021; kd_jax/models/peft.py) on HF students: each targeted Dense kernel W [in, out] gains "
+          "LoRA (Hu et al. 2021; kd_jax/models/peft.py) on HF students: each targeted linear layer's W [in, out] (a "
+          "Dense kernel, GPT-2's Conv1D weight) gains "
           "A [in, r] and B [r, out]: h = x W + (alpha / r) dropout(x) A B. Only the adapters and the parameters "
           "matching student.trainable (None: the classification head, as peft's modules_to_save) train; the adapters "
           "are merged into W for evaluation and export.", {
@@ -273,9 +274,10 @@ def _student_section() -> Section:
               "dropout": Field(0.0, "Dropout on the adapters' input x (per example, like the model's dropout).",
                                interval="[0.0, 1.0)"),
               "target_modules": Field(
-                  None, "Dense layers given adapters: a layer named N is targeted when N is one of these or ends with "
-                  "'.' + one of them (peft's rule). None: every family's attention query and value projections "
-                  "(query, value; q_lin, v_lin; q, v).", type=tuple, check=_layer_names),
+                  None, "Linear layers given adapters: a layer named N is targeted when N is one of these or ends "
+                  "with '.' + one of them (peft's rule). None: every family's attention query and value projections, "
+                  "peft's defaults (BERT, RoBERTa: query, value; DistilBERT: q_lin, v_lin; T5: q, v; Llama, Mistral, "
+                  "Qwen2, Qwen3: q_proj, v_proj; GPT-2: its fused c_attn).", type=tuple, check=_layer_names),
           }),
   })
 
