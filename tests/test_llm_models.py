@@ -74,6 +74,34 @@ def test_greedy_generation_equals_transformers(name):
   assert 0 < (ref["generated_eos"] == eos_token_id).any(axis=1).sum() < len(ref["generated_eos"])
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_generation_stops_at_every_stop_token_of_the_generation_config(name, tmp_path):
+  """transformers' generate stops at every id of generation_config.json's eos_token_id (Llama 3.1 Instruct's
+  [128001, 128008, 128009], Qwen2.5 Instruct's [151645, 151643]); so does kd_jax's, by default: a copy of the fixture
+  whose generation config lists [its EOS, X] decodes what transformers decoded with EOS X, and the causal-LM task
+  stops at the tokenizer's EOS and both."""
+  from kd_jax.data import causal_lm as causal_lm_data  # pylint: disable=import-outside-toplevel
+  ref = reference(name)
+  checkpoint = tmp_path / name
+  checkpoint.mkdir()
+  for path in (FIXTURES / name).iterdir():
+    if path.name != "generation_config.json":
+      (checkpoint / path.name).symlink_to(path)
+  generation_config = json.loads((FIXTURES / name / "generation_config.json").read_text())
+  eos, other = generation_config["eos_token_id"], int(ref["eos_token_id"])
+  generation_config["eos_token_id"] = [eos, other]
+  (checkpoint / "generation_config.json").write_text(json.dumps(generation_config))
+  assert pretrained.stop_token_ids(str(checkpoint)) == (eos, other)
+  model, params = hf.from_pretrained(str(checkpoint), task="causal_lm")
+  assert model.dims.eos_token_ids == (eos, other)
+  assert not (ref["generated_eos"] == eos).any()  # the list's EOS never comes first here: X alone decides
+  np.testing.assert_array_equal(hf.generate(model, params, ref["prompt_ids"], ref["prompt_mask"],
+                                            max_new_tokens=int(ref["max_new_tokens"])), ref["generated_eos"])
+  tokenizer = pretrained.load_tokenizer(str(checkpoint))
+  assert causal_lm_data.stop_token_ids(tokenizer, [str(checkpoint), str(FIXTURES / name)]) == tuple(
+      dict.fromkeys((tokenizer.eos_token_id, eos, other)))
+
+
 def _without_sliding_window(dims):
   return dataclasses.replace(dims, sliding_windows=(None,) * dims.num_layers)
 

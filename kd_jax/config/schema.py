@@ -539,6 +539,12 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
                            interval="(0, 1]"),
             "train_temperature": Field(1.0, "causal_lm on-policy distillation: the temperature the student's "
                                        "responses are sampled at during training (GKD samples at 1).", positive=True),
+            "train_top_k": Field(None, "causal_lm on-policy distillation: the top_k filter of the student's training "
+                                 "samples (their own; top_k filters evaluation only); None: off, as in TRL.",
+                                 type=int, positive=True),
+            "train_top_p": Field(None, "causal_lm on-policy distillation: the top_p filter of the student's training "
+                                 "samples (their own; top_p filters evaluation only); None: off, as in TRL.",
+                                 type=float, interval="(0, 1]"),
         }),
     "sweep": Section(
         "Sweeps (kd_jax/sweeps/): the config runs once per point, each in `<workdir>/<point name>/`, then the report "

@@ -64,13 +64,13 @@ class CausalLMInfo:
     references: example index -> the reference response text (every split).
     has_prompts: False for plain text (nothing to generate from).
     max_new_tokens: generated responses have at most this many tokens (data.max_target_length).
-    eos_token_id, pad_token_id: generation stops at EOS and pads after it.
+    eos_token_ids: generation stops at any of them (`stop_token_ids`) and pads after it with pad_token_id.
   """
   tokenizer: Any
   references: dict
   has_prompts: bool
   max_new_tokens: int
-  eos_token_id: int
+  eos_token_ids: tuple[int, ...]
   pad_token_id: int
 
 
@@ -237,9 +237,22 @@ def load_splits(config):
     splits[role] = Examples(inputs=arrays, label=label, token_weights=token_weights,
                             class_label=np.zeros(len(index), np.int32), index=index)
   info = CausalLMInfo(tokenizer=tokenizer, references=references, has_prompts=data_config.prompt_column is not None,
-                      max_new_tokens=data_config.max_target_length, eos_token_id=int(tokenizer.eos_token_id),
+                      max_new_tokens=data_config.max_target_length,
+                      eos_token_ids=stop_token_ids(tokenizer, (text.student_checkpoint_field(config)[0],
+                                                               config.teacher.checkpoint)),
                       pad_token_id=int(pad_token_id))
   return splits, len(tokenizer), info
+
+
+def stop_token_ids(tokenizer, checkpoints) -> tuple[int, ...]:
+  """The tokens generation stops at: the tokenizer's EOS (what ends every training response), then every stop token
+  of the models' generation configs (pretrained.stop_token_ids: Llama 3's <|eot_id|> and <|eom_id|>, Qwen2.5's
+  <|im_end|> and <|endoftext|>), so that neither model's sampling runs past its own end of turn."""
+  from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top
+  ids = [int(tokenizer.eos_token_id)]
+  for checkpoint in dict.fromkeys(checkpoints):
+    ids += pretrained.stop_token_ids(checkpoint)
+  return tuple(dict.fromkeys(ids))
 
 
 def _round_up(length: int) -> int:
@@ -247,16 +260,16 @@ def _round_up(length: int) -> int:
 
 
 def sequences_from_responses(prompt_ids: jax.Array, prompt_mask: jax.Array, responses: jax.Array, *, length: int,
-                             eos_token_id: int, pad_token_id: int) -> dict:
-  """Left-padded prompts [B, P] and generated responses [B, R] (every token up to and including the first EOS is
-  real) in the training layout [B, length] (truncated at `length`).
+                             eos_token_ids, pad_token_id: int) -> dict:
+  """Left-padded prompts [B, P] and generated responses [B, R] (every token up to and including the first of
+  `eos_token_ids`, an id or a sequence of ids, is real) in the training layout [B, length] (truncated at `length`).
 
   Returns:
     input_ids, attention_mask (int32), label (the next token where it is a response token, else -1) and
     response_mask (float32 [B, length]: 1 where label >= 0).
   """
   num_prompt = prompt_ids.shape[1]
-  is_eos = responses == eos_token_id
+  is_eos = jnp.isin(responses, jnp.asarray(eos_token_ids, jnp.int32).reshape(-1))
   real_response = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
   tokens = jnp.concatenate([prompt_ids, responses], axis=1)
   real = jnp.concatenate([prompt_mask > 0, real_response], axis=1)

@@ -35,7 +35,7 @@ class CausalLMEvaluator(seq2seq.Seq2SeqEvaluator):
                                                      "attention_mask": inputs["prompt_mask"]},
                                      mesh=self._mesh, batch_size=self._batch_size, max_new_tokens=info.max_new_tokens,
                                      temperature=temperature, top_k=self._generation.top_k,
-                                     top_p=self._generation.top_p, seed=self._seed)
+                                     top_p=self._generation.top_p, seed=self._seed, eos_token_ids=info.eos_token_ids)
     return info.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
   def _text_metrics(self, texts: list[str], split: str, teacher_labels) -> tuple[dict, None]:

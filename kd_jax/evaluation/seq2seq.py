@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 
 def generate_tokens(model, params, inputs: dict, *, mesh, batch_size: int, max_new_tokens: int,
                     temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                    seed: int = 0) -> np.ndarray:
-  """Generated ids [N, max_new_tokens] (pad after EOS) for the sources `inputs` (input_ids, attention_mask [N, S]).
+                    seed: int = 0, eos_token_ids: tuple[int, ...] | None = None) -> np.ndarray:
+  """Generated ids [N, max_new_tokens] (pad after EOS) for the sources `inputs` (input_ids, attention_mask [N, S]),
+  ending at any of `eos_token_ids` (None: the model's).
 
   Batches are split over the mesh's data axis; batch b samples with fold_in(key(seed), b).
   """
@@ -50,7 +51,7 @@ def generate_tokens(model, params, inputs: dict, *, mesh, batch_size: int, max_n
     batch = sharding.shard_batch(local_sources, mesh)
     return hf.generate(model.module, params, batch["input_ids"], batch["attention_mask"],
                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       rng=jax.random.fold_in(jax.random.key(seed), next(numbers)))
+                       eos_token_id=eos_token_ids, rng=jax.random.fold_in(jax.random.key(seed), next(numbers)))
 
   return np.concatenate([tokens[:num_real] for tokens, num_real in inference.map_batches(
       generate, sources, batch_size=batch_size, num_devices=mesh.size)])

@@ -113,7 +113,7 @@ def _causal_lm_sequences(config, task: data.TaskData, teacher: Teacher, mesh) ->
   inputs = task.train.inputs
   sequences = jax.device_get(causal_lm_data.sequences_from_responses(
       inputs["prompt_ids"], inputs["prompt_mask"], cache.lookup(task.train.index)["tokens"],
-      length=inputs["input_ids"].shape[1], eos_token_id=info.eos_token_id, pad_token_id=info.pad_token_id))
+      length=inputs["input_ids"].shape[1], eos_token_ids=info.eos_token_ids, pad_token_id=info.pad_token_id))
   examples = task.train.replace(
       label=np.asarray(sequences["label"]), token_weights=np.asarray(sequences["response_mask"]),
       inputs={**inputs, "input_ids": np.asarray(sequences["input_ids"]),
@@ -189,7 +189,7 @@ def _generate_fn(teacher: Teacher, task: data.TaskData, mesh):
   """rows of inputs -> {tokens [B, T]}: the teacher's greedy outputs (a causal LM's responses to the prompts)."""
   info = task.causal_lm
   prompts = ("input_ids", "attention_mask") if info is None else ("prompt_ids", "prompt_mask")
-  extra = {} if info is None else {"eos_token_id": info.eos_token_id, "pad_token_id": info.pad_token_id}
+  extra = {} if info is None else {"eos_token_id": info.eos_token_ids, "pad_token_id": info.pad_token_id}
 
   def generate(local_inputs):
     batch = sharding.shard_batch(local_inputs, mesh)

@@ -93,8 +93,8 @@ class Objective:
       info = task.causal_lm
       on_policy = OnPolicy(fraction=float(d.on_policy_fraction), module=peft.plain_model(model).module,
                            temperature=float(config.generation.train_temperature), max_new_tokens=info.max_new_tokens,
-                           eos_token_id=info.eos_token_id, pad_token_id=info.pad_token_id,
-                           top_k=config.generation.top_k, top_p=config.generation.top_p)
+                           eos_token_ids=info.eos_token_ids, pad_token_id=info.pad_token_id,
+                           top_k=config.generation.train_top_k, top_p=config.generation.train_top_p)
     return cls(logit_loss, feature_loss, on_policy)
 
   @classmethod

@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import inspect
+import json
 import types
 from typing import Any
 
@@ -23,6 +24,7 @@ FAMILIES: dict[str, types.ModuleType] = {"bert": bert, "roberta": bert, "distilb
                                          "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama,
                                          "gpt2": gpt2}
 TASKS = ("encoder", "sequence_classification", "seq2seq", "causal_lm")
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 def from_pretrained(name_or_path: str, task: str = "sequence_classification", *, num_labels: int | None = None,
@@ -75,7 +77,32 @@ def _family_and_config(name_or_path: str, task: str):
     raise UserError(f"checkpoint {name_or_path}: task {task!r} is not supported for model_type {model_type!r}; "
                     f"supported: {', '.join(family.SUPPORTED_TASKS)}")
   import transformers  # pylint: disable=g-import-not-at-top  (heavy; only loading needs it)
-  return directory, family, transformers.AutoConfig.from_pretrained(directory)
+  config = transformers.AutoConfig.from_pretrained(directory)
+  if task == "causal_lm":  # the decoder-only families' dims take every stop token (their eos_token_ids)
+    config.eos_token_id = list(stop_token_ids(name_or_path))
+  return directory, family, config
+
+
+def stop_token_ids(name_or_path: str) -> tuple[int, ...]:
+  """The token ids a checkpoint's generation stops at: config.json's eos_token_id, then generation_config.json's (an
+  id or a list, which is what transformers' generate stops at: Llama 3.1 Instruct's [128001, 128008, 128009],
+  Qwen2.5 Instruct's [151645, 151643]); in order, without repeats. A GGUF file: () (its EOS is its tokenizer's)."""
+  if gguf.is_gguf(name_or_path):
+    return ()
+  directory = weights.resolve(name_or_path)
+  ids = list(_token_ids(weights.read_config(directory, name_or_path).get("eos_token_id")))
+  generation_config = directory / GENERATION_CONFIG_FILE
+  if generation_config.exists():
+    with generation_config.open() as stream:
+      ids += _token_ids(json.load(stream).get("eos_token_id"))
+  return tuple(dict.fromkeys(ids))
+
+
+def _token_ids(value) -> tuple[int, ...]:
+  """A config's token id field (None, an id or a list of ids) as a tuple of ints."""
+  if value is None:
+    return ()
+  return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
 
 
 def load_tokenizer(name_or_path: str):
