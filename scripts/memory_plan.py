@@ -44,7 +44,7 @@ from kd_jax.data import Examples  # pylint: disable=wrong-import-position
 from kd_jax.errors import UserError  # pylint: disable=wrong-import-position
 from kd_jax.models.hf import pretrained  # pylint: disable=wrong-import-position
 from kd_jax.parallel import inference, sharding  # pylint: disable=wrong-import-position
-from kd_jax.teachers import student_data
+from kd_jax.teachers import student_data, teacher_cache
 from kd_jax.training import losses, steps
 from kd_jax.training.objective import Objective
 
@@ -96,9 +96,10 @@ def shapes(config, rows: int, *, cached_teacher: bool, num_classes: int) -> Exam
     inputs["decoder_input_ids"] = ints(rows, target_length)
     teacher = None
     if cached_teacher:
-      k = config.distill.topk
+      k, tail = config.distill.topk, len(teacher_cache.topk_tail_temperatures([config]))
       teacher = losses.TopKLogits(np.empty((rows, target_length, k), jnp.dtype(config.distill.topk_dtype)),
-                                  ints(rows, target_length, k), np.empty((rows, target_length), np.float32))
+                                  ints(rows, target_length, k),
+                                  np.empty((rows, target_length) + ((tail,) if tail else ()), np.float32))
     return Examples(inputs=inputs, label=ints(rows, target_length), index=ints(rows),
                     token_weights=np.empty((rows, target_length), np.float32), class_label=ints(rows),
                     teacher=teacher)
@@ -136,7 +137,8 @@ def plan(config, mesh_sizes: dict, num_classes: int = 3) -> list[dict]:
     inputs = abstract(shapes(config, config.data.eval_batch_size, cached_teacher=False, num_classes=num_classes),
                       batch).inputs
     if config.teacher.task == "seq2seq":
-      program, name = student_data.topk_program(teacher, mesh, config.distill.topk, config.distill.topk_dtype), "top-k"
+      program, name = student_data.topk_program(teacher, mesh, config.distill.topk, config.distill.topk_dtype,
+                                                teacher_cache.topk_tail_temperatures([config])), "top-k"
     else:
       program, name = inference.make_predict_fn(teacher, mesh), "dense"
     analysis = program.lower(teacher_params, inputs).compile().memory_analysis()

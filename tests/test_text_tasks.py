@@ -585,6 +585,7 @@ def test_esnli_smoke_end_to_end(esnli_run, esnli_task, untrained_esnli_student):
     assert by_model["teacher"]["faithfulness_ceiling"] == by_model["student"]["faithfulness_ceiling"] > 0.9
     for model in ("teacher", "student"):
       assert 0 <= by_model[model]["faithfulness"] <= 1 and -1 <= by_model[model]["las"] <= 1, (split, model)
+      assert -1 <= by_model[model]["las_gold"] <= 1 and by_model[model]["las_unparseable"] >= 0, (split, model)
   assert student["by_generation_temperature"]["1"]["faithfulness"] >= 0
   # It moves: the untrained student's unparseable outputs are never faithful (measured 0.0), the distilled one's
   # explanations lead the simulator to its own labels on about 60% of the test split, the teacher's on all.

@@ -539,6 +539,11 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
                            interval="(0, 1]"),
             "train_temperature": Field(1.0, "causal_lm on-policy distillation: the temperature the student's "
                                        "responses are sampled at during training (GKD samples at 1).", positive=True),
+            "simulator_examples": Field(
+                1000, "e-SNLI: the training examples (a fixed random subset) each model explains at the first "
+                "temperature to train its own simulator, which the reported las (Hase et al.'s per-model LAS) reads "
+                "its explanations with (kd_jax/evaluation/faithfulness.py); 0: off (las NaN; las_gold, with the "
+                "simulator of gold explanations, stays).", non_negative=True),
             "train_top_k": Field(None, "causal_lm on-policy distillation: the top_k filter of the student's training "
                                  "samples (their own; top_k filters evaluation only); None: off, as in TRL.",
                                  type=int, positive=True),

@@ -38,9 +38,13 @@ class CausalLMEvaluator(seq2seq.Seq2SeqEvaluator):
                                      top_p=self._generation.top_p, seed=self._seed, eos_token_ids=info.eos_token_ids)
     return info.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
-  def _text_metrics(self, texts: list[str], split: str, teacher_labels) -> tuple[dict, None]:
+  def _model_simulator(self, model, params) -> None:
+    """No labels to simulate: no faithfulness metrics."""
+    del model, params
+
+  def _text_metrics(self, texts: list[str], split: str, teacher_labels, model_simulator=None) -> tuple[dict, None]:
     """ROUGE of the generated responses against the references (nothing for plain text)."""
-    del teacher_labels  # top-1 agreement is teacher-forced (_token_metrics)
+    del teacher_labels, model_simulator  # top-1 agreement is teacher-forced (_token_metrics)
     if not texts:
       return {}, None
     references = [self._task.causal_lm.references[i] for i in self._splits[split].index.tolist()]

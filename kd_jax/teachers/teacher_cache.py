@@ -123,8 +123,9 @@ class CacheRows:
 def topk_tail_temperatures(configs) -> tuple[float, ...]:
   """The temperatures at which the top-k cache of these runs (one run, or a vectorized group sharing one cache) stores
   its tail's log-sum-exp (losses.topk_divergence's exact tail): every distinct distill.temperature, ascending; ()
-  with distill.topk_tail='flat' (one log-sum-exp at T = 1) and for runs without a top-k cache."""
-  if not rules.uses_topk_cache(configs[0]) or configs[0].distill.topk_tail == "flat":
+  with distill.topk_tail='flat' (one log-sum-exp at T = 1) and for runs without a top-k cache (a distill section
+  without its task, as the benchmarks build objectives, has none)."""
+  if "data" not in configs[0] or not rules.uses_topk_cache(configs[0]) or configs[0].distill.topk_tail == "flat":
     return ()
   return tuple(sorted({float(config.distill.temperature) for config in configs}))
 
