@@ -216,8 +216,10 @@ def llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(weight.shape))
 
 
-def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "llama", tensor_type=None) -> None:
-  """The fixture `name`'s weights (transformers' names and layout) as a GGUF file of the llama architecture."""
+def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "llama", tensor_type=None,
+               eot_token_id: int | None = None) -> None:
+  """The fixture `name`'s weights (transformers' names and layout) as a GGUF file of the llama architecture (with an
+  end-of-turn token when `eot_token_id` is given)."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   config = transformers.AutoConfig.from_pretrained(FIXTURES / name)
   tensors = load_file(FIXTURES / name / "model.safetensors")
@@ -232,6 +234,8 @@ def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "lla
   writer.add_layer_norm_rms_eps(config.rms_norm_eps)
   writer.add_vocab_size(config.vocab_size)
   writer.add_eos_token_id(2)
+  if eot_token_id is not None:
+    writer.add_eot_token_id(eot_token_id)
   renames = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.LAYER_TENSOR_NAMES.items()}
   globals_ = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.GLOBAL_TENSOR_NAMES.items()}
   for hf_name, tensor in tensors.items():
@@ -254,6 +258,14 @@ def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "lla
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
   writer.close()
+
+
+def test_gguf_end_of_turn_tokens_stop_generation(tmp_path):
+  """llama.cpp's EOT (and EOM) tokens of a GGUF (Llama 3's <|eot_id|>) are stop tokens beside its EOS."""
+  path = tmp_path / "llama.gguf"
+  write_gguf(path, eot_token_id=7)
+  assert pretrained.stop_token_ids(str(path)) == (2, 7)
+  assert hf.from_pretrained(str(path), task="causal_lm")[0].dims.eos_token_ids == (2, 7)
 
 
 def test_gguf_weights_are_the_checkpoints_with_q_and_k_rows_unpermuted(tmp_path):

@@ -86,9 +86,9 @@ def _family_and_config(name_or_path: str, task: str):
 def stop_token_ids(name_or_path: str) -> tuple[int, ...]:
   """The token ids a checkpoint's generation stops at: config.json's eos_token_id, then generation_config.json's (an
   id or a list, which is what transformers' generate stops at: Llama 3.1 Instruct's [128001, 128008, 128009],
-  Qwen2.5 Instruct's [151645, 151643]); in order, without repeats. A GGUF file: () (its EOS is its tokenizer's)."""
+  Qwen2.5 Instruct's [151645, 151643]); in order, without repeats. A GGUF file: its EOS, EOT and EOM tokens."""
   if gguf.is_gguf(name_or_path):
-    return ()
+    return tuple(gguf.stop_token_ids(gguf.read(name_or_path).metadata))
   directory = weights.resolve(name_or_path)
   ids = list(_token_ids(weights.read_config(directory, name_or_path).get("eos_token_id")))
   generation_config = directory / GENERATION_CONFIG_FILE
