@@ -108,7 +108,7 @@ def divergence(student_logits: jax.Array, teacher_logits, temperature: float, ki
   else:
     teacher_log_probs = (teacher_logits.log_probs(temperature) if ensemble
                          else jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature))
-    value = _divergence_of_log_probs(jax.nn.log_softmax(student_scaled), teacher_log_probs, kind, params)
+    value = divergence_of_log_probs(jax.nn.log_softmax(student_scaled), teacher_log_probs, kind, params)
   if t2_scaling:
     value = value * jnp.square(temperature)
   return value
@@ -135,7 +135,7 @@ def _akl(log_p_s: jax.Array, log_p_t: jax.Array, mu) -> jax.Array:
   return head_weight * _kl_from_log_probs(log_p_t, log_p_s) + (1 - head_weight) * _kl_from_log_probs(log_p_s, log_p_t)
 
 
-def _divergence_of_log_probs(log_p_s: jax.Array, log_p_t: jax.Array, kind: str,
+def divergence_of_log_probs(log_p_s: jax.Array, log_p_t: jax.Array, kind: str,
                              params: DivergenceParams = DivergenceParams()) -> jax.Array:
   """A divergence of `divergence` (all kinds but mse) of two distributions given as log-probabilities [..., C]."""
   if kind == "forward_kl":
@@ -229,7 +229,7 @@ def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature:
       teacher_tail = log_num_tail + (teacher.tail_logsumexp.astype(jnp.float32) - log_num_tail) / temperature
       student_top = jnp.concatenate([student_top, student_tail[..., None]], axis=-1)
       teacher_top = jnp.concatenate([teacher_top, teacher_tail[..., None]], axis=-1)
-    value = _divergence_of_log_probs(jax.nn.log_softmax(student_top), jax.nn.log_softmax(teacher_top), kind, params)
+    value = divergence_of_log_probs(jax.nn.log_softmax(student_top), jax.nn.log_softmax(teacher_top), kind, params)
   if t2_scaling:
     value = value * jnp.square(temperature)
   return value
