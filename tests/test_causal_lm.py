@@ -27,6 +27,15 @@ def task():
   return data.load_task(load_config("configs/causal_lm.py", "smoke"))
 
 
+def test_a_cross_tokenizer_loss_with_one_shared_tokenizer_is_allowed_and_logged(caplog):
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.distill.cross_tokenizer = "uld"
+  with caplog.at_level("INFO", logger="kd_jax.data.causal_lm"):
+    causal_lm_data.load_splits(config)
+  assert "config.distill.cross_tokenizer='uld': teacher and student share one tokenizer, so the token-level " \
+         "distill.divergence='forward_kl' trains, exactly as with 'none'" in caplog.text
+
+
 def test_prompts_are_chat_templated_and_only_response_tokens_are_labeled(task):
   tokenizer = task.causal_lm.tokenizer
   assert (len(task.train), len(task.validation), len(task.test)) == (192, 32, 32) and task.num_classes == 320
@@ -100,7 +109,13 @@ def test_bad_input_is_one_line(tmp_path):
   config = load_config("configs/causal_lm.py", "smoke")
   config.student.checkpoint = str(FIXTURES / "hf" / "t5")
   with pytest.raises(UserError, match=r"^config.teacher.checkpoint='.*llama_chat' and config.student.checkpoint="
-                                      r"'.*t5' do not share one vocabulary"):
+                                      r"'.*t5' do not share one vocabulary .*with config.distill.cross_tokenizer="
+                                      r"'none' needs them to \(the cross-tokenizer losses 'uld', 'gold' and 'alm' are "
+                                      r"not wired into training yet\)$"):
+    data.load_task(config)
+  config.distill.cross_tokenizer = "gold"
+  with pytest.raises(UserError, match=r"^config.distill.cross_tokenizer='gold': teacher and student tokenizers "
+                                      r"differ .* the training path across tokenizers is not built yet"):
     data.load_task(config)
   result = run_main("--config=configs/causal_lm.py:smoke", f"--workdir={tmp_path / 'w'}",
                     "--config.distill.on_policy_fraction=1.5")

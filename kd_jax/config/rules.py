@@ -164,7 +164,8 @@ def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
   require(distill.strategy == "token" or data_config.name in generative, "distill.strategy", distill.strategy,
           f"'sequence' needs a seq2seq or causal-LM data set ({', '.join(generative)})")
   if data_config.name not in schema.CAUSAL_LM_TASKS:
-    for field, default in (("data.packing", False), ("distill.on_policy_fraction", 0.0)):
+    for field, default in (("data.packing", False), ("distill.on_policy_fraction", 0.0),
+                           ("distill.cross_tokenizer", "none")):
       value = paths.get(config, field)
       require(value == default, field, value, f"needs data.name='causal_lm' (data.name={data_config.name!r})")
     return

@@ -24,7 +24,9 @@ is refused). `data.packing` concatenates the training sequences (in index order)
 data.max_length tokens, loss masks carried along (attention spans the row, as in HF's run_clm `group_texts`).
 
 Teacher and student must share one tokenizer (compared by vocabulary): token-level distillation compares their
-distributions token by token.
+distributions token by token. `distill.cross_tokenizer` names the losses across tokenizers
+(kd_jax/training/cross_tokenizer.py), not wired into training yet: with one shared tokenizer it is logged and changes
+nothing, with different ones it is refused.
 """
 
 import dataclasses
@@ -196,7 +198,7 @@ def load_splits(config):
   data_config = config.data
   tokenizer = text.load_tokenizer(*text.student_checkpoint_field(config))
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
-  text.check_shared_vocabulary(config, tokenizer, teacher_tokenizer, "causal-LM distillation")
+  _check_tokenizers(config, tokenizer, teacher_tokenizer)
   pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
   splits, references = {}, {}
   first_index = 0
@@ -240,6 +242,24 @@ def load_splits(config):
                       max_new_tokens=data_config.max_target_length, eos_token_id=int(tokenizer.eos_token_id),
                       pad_token_id=int(pad_token_id))
   return splits, len(tokenizer), info
+
+
+def _check_tokenizers(config, tokenizer, teacher_tokenizer) -> None:
+  """One shared tokenizer, as token-level distillation needs, whatever distill.cross_tokenizer says (the training
+  path across tokenizers is not built yet); a cross-tokenizer loss asked for with one shared tokenizer is logged."""
+  cross_tokenizer = config.distill.cross_tokenizer
+  if cross_tokenizer == "none":
+    text.check_shared_vocabulary(config, tokenizer, teacher_tokenizer, "causal-LM distillation with "
+                                 "config.distill.cross_tokenizer='none'", "the cross-tokenizer losses 'uld', 'gold' "
+                                 "and 'alm' are not wired into training yet")
+  elif text.shares_vocabulary(config, tokenizer, teacher_tokenizer):
+    logger.info("config.distill.cross_tokenizer=%r: teacher and student share one tokenizer, so the token-level "
+                "distill.divergence=%r trains, exactly as with 'none'", cross_tokenizer, config.distill.divergence)
+  else:
+    raise UserError(f"config.distill.cross_tokenizer={cross_tokenizer!r}: teacher and student tokenizers differ "
+                    f"(config.teacher.checkpoint={config.teacher.checkpoint!r}, config.student.checkpoint="
+                    f"{config.student.checkpoint!r}) and the training path across tokenizers is not built yet (its "
+                    "losses are kd_jax/training/cross_tokenizer.py's)")
 
 
 def _round_up(length: int) -> int:

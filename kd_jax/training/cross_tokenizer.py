@@ -35,9 +35,10 @@ global batch's chunks (tokenkit's chunk_count normalization).
 import jax
 import jax.numpy as jnp
 
+from kd_jax.config import schema
 from kd_jax.training import losses
 
-KINDS = ("uld", "gold", "alm")
+KINDS = tuple(kind for kind in schema.CROSS_TOKENIZER_LOSSES if kind != "none")
 ALM_EPSILON = 1e-6  # tokenkit's epsilon: keeps the binarized log-probabilities below 0
 
 
