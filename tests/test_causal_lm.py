@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from kd_jax import data, models
+from kd_jax import data, evaluation, models
 from kd_jax.data import causal_lm as causal_lm_data
 from kd_jax.data import text
 from kd_jax.errors import ConfigError, UserError
@@ -25,6 +25,28 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures"
 @pytest.fixture(scope="module")
 def task():
   return data.load_task(load_config("configs/causal_lm.py", "smoke"))
+
+
+def test_bits_per_byte_is_the_responses_nll_in_bits_per_byte_of_their_text(task):
+  """The evaluator's bits_per_byte on the validation split against NumPy: the summed NLL of every response token in
+  bits over the UTF-8 bytes of the reference responses (read from the data file)."""
+  config = load_config("configs/causal_lm.py", "smoke")
+  responses = [json.loads(line)["response"] for line in
+               (FIXTURES / "text" / "causal_lm" / "validation.jsonl").read_text().splitlines()]
+  examples = task.validation
+  assert len(examples) == len(responses)  # none truncated: every response counts whole
+  assert [task.causal_lm.response_bytes[i] for i in examples.index.tolist()] == [
+      len(response.encode("utf-8")) for response in responses]
+  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=None,
+                                rng=jax.random.PRNGKey(0))
+  metrics = evaluation.for_task(config, task, sharding.make_mesh()).during_training(model, params)
+  inputs = {key: examples.inputs[key] for key in ("input_ids", "attention_mask")}
+  logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(params, inputs), np.float64)
+  log_probs = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+  labels = np.asarray(examples.label)
+  nll = -np.take_along_axis(log_probs, np.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+  expected = np.sum(nll * (labels >= 0)) / np.log(2) / sum(len(response.encode("utf-8")) for response in responses)
+  np.testing.assert_allclose(metrics["bits_per_byte"], expected, rtol=1e-5)
 
 
 def test_a_cross_tokenizer_loss_with_one_shared_tokenizer_is_allowed_and_logged(caplog):

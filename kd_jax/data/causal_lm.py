@@ -64,12 +64,16 @@ class CausalLMInfo:
   Attributes:
     tokenizer: the (shared) tokenizer; decodes generated ids.
     references: example index -> the reference response text (every split).
+    response_bytes: example index -> the UTF-8 bytes of the response text its response tokens stand for: the whole
+      response, or, where the sequence fills data.max_length (its response may be truncated), the decoded text of
+      the tokens kept (special tokens left out). What bits per byte divide by.
     has_prompts: False for plain text (nothing to generate from).
     max_new_tokens: generated responses have at most this many tokens (data.max_target_length).
     eos_token_id, pad_token_id: generation stops at EOS and pads after it.
   """
   tokenizer: Any
   references: dict
+  response_bytes: dict
   has_prompts: bool
   max_new_tokens: int
   eos_token_id: int
@@ -200,7 +204,7 @@ def load_splits(config):
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
   _check_tokenizers(config, tokenizer, teacher_tokenizer)
   pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-  splits, references = {}, {}
+  splits, references, response_bytes = {}, {}, {}
   first_index = 0
   for role, split, max_examples in text.source_splits(data_config):
     columns, where = _columns(data_config, split)
@@ -225,6 +229,11 @@ def load_splits(config):
     prompt_ids, response_ids = [prompt_ids[row] for row in kept], [response_ids[row] for row in kept]
     index = np.arange(first_index, first_index + len(kept), dtype=np.int32)
     references.update(zip(index.tolist(), (responses[row].strip() for row in kept)))
+    # A sequence that fills data.max_length may have lost the end of its response: its kept tokens' text counts.
+    response_bytes.update(zip(index.tolist(), (
+        len((responses[row] if len(prompt_ids[k]) + len(response_ids[k]) < data_config.max_length
+             else tokenizer.decode(response_ids[k], skip_special_tokens=True)).encode("utf-8"))
+        for k, row in enumerate(kept))))
     first_index += len(response_ids)
     if role == "train" and data_config.packing:
       arrays = pack(prompt_ids, response_ids, pad_token_id=pad_token_id, length=data_config.max_length)
@@ -238,7 +247,7 @@ def load_splits(config):
     label, token_weights = arrays.pop("label"), arrays.pop("token_weights")
     splits[role] = Examples(inputs=arrays, label=label, token_weights=token_weights,
                             class_label=np.zeros(len(index), np.int32), index=index)
-  info = CausalLMInfo(tokenizer=tokenizer, references=references, has_prompts=data_config.prompt_column is not None,
+  info = CausalLMInfo(tokenizer=tokenizer, references=references, response_bytes=response_bytes, has_prompts=data_config.prompt_column is not None,
                       max_new_tokens=data_config.max_target_length, eos_token_id=int(tokenizer.eos_token_id),
                       pad_token_id=int(pad_token_id))
   return splits, len(tokenizer), info
