@@ -2,11 +2,17 @@
 and the peers' definitions (TRL's ULDLoss and GOLD hybrid, tokenkit's compute_alm_loss), on fixed inputs, and their
 reductions when both sides share one tokenizer."""
 
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from kd_jax import models
+from kd_jax.data import alignment, causal_lm
+from kd_jax.models.hf import pretrained
 from kd_jax.training import cross_tokenizer
 from kd_jax.training import losses
 from tests import numpy_divergences
@@ -162,12 +168,84 @@ def test_losses_have_finite_gradients_and_vanish_for_a_perfect_student():
   logits = jnp.asarray(student_logits, jnp.float32)
   ids = jnp.arange(6)
   for kind in cross_tokenizer.KINDS:
-    @jax.jit
     def loss(student, kind=kind):
       values, weights = cross_tokenizer.chunk_losses(kind, student, labels, chunk, logits, labels, chunk,
                                                      num_chunks=4, shared_ids=(ids, ids))
       return losses.global_mean(values, weights)
-    value, grad = jax.jit(jax.value_and_grad(loss))(logits)
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+    value, grad = value_and_grad(logits)
     assert float(value) == pytest.approx(0.0, abs=1e-6), kind
     assert bool(jnp.all(jnp.isfinite(grad))), kind
-    assert float(loss(logits + jnp.asarray(np.random.default_rng(2).normal(size=logits.shape), jnp.float32))) > 0
+    assert float(value_and_grad(logits + np.random.default_rng(2).normal(size=logits.shape).astype(np.float32))[0]) > 0
+
+
+# The data path: fixture models with different tokenizers (a 320-token ChatML BPE and GPT-2's 300-token one, each with
+# its own chat template) on the causal-LM fixture data.
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+MAX_LENGTH = 48
+
+
+def layout(student, teacher, chat_template: bool, num_examples: int = 8):
+  """(prompts, responses, the student's arrays, causal_lm.cross_tokenizer_arrays) of the first validation examples."""
+  rows = [json.loads(line) for line in
+          (FIXTURES / "text" / "causal_lm" / "validation.jsonl").read_text().splitlines()[:num_examples]]
+  prompts, responses = [row["prompt"] for row in rows], [row["response"] for row in rows]
+  prompt_ids, response_ids = causal_lm.tokenize_pairs(student, prompts, responses, max_length=MAX_LENGTH,
+                                                      chat_template=chat_template, where="test")
+  arrays = causal_lm.sequence_arrays(prompt_ids, response_ids, pad_token_id=student.eos_token_id, length=MAX_LENGTH)
+  cross = causal_lm.cross_tokenizer_arrays(student, teacher, prompts, responses, arrays, prompt_ids, response_ids,
+                                           max_length=MAX_LENGTH, chat_template=chat_template, where="test")
+  return prompts, responses, arrays, cross
+
+
+def test_identical_tokenizers_give_each_content_token_its_own_chunk():
+  tokenizer = pretrained.load_tokenizer(str(FIXTURES / "hf" / "llama_chat"))
+  _, responses, arrays, cross = layout(tokenizer, tokenizer, chat_template=True)
+  np.testing.assert_array_equal(cross["teacher_label"], arrays["label"])
+  np.testing.assert_array_equal(cross["teacher_chunk"], cross["student_chunk"])
+  for row, response in enumerate(responses):
+    positions = np.nonzero(cross["student_chunk"][row] >= 0)[0]
+    np.testing.assert_array_equal(cross["student_chunk"][row, positions], np.arange(len(positions)))
+    labels = arrays["label"][row, positions]
+    assert (labels >= 0).all() and tokenizer.decode(labels) == response  # the content; not the end of turn
+
+
+@pytest.mark.parametrize("chat_template", [False, True])
+def test_chunks_of_different_tokenizers_hold_the_same_text(chat_template):
+  student = pretrained.load_tokenizer(str(FIXTURES / "hf" / "gpt2"))
+  teacher = pretrained.load_tokenizer(str(FIXTURES / "hf" / "llama_chat"))
+  assert student.get_vocab() != teacher.get_vocab()
+  _, responses, arrays, cross = layout(student, teacher, chat_template)
+  whole = 0
+  for row, response in enumerate(responses):
+    texts = []
+    for c in range(cross["student_chunk"].shape[1]):
+      student_tokens = arrays["label"][row, cross["student_chunk"][row] == c]
+      teacher_tokens = cross["teacher_label"][row, cross["teacher_chunk"][row] == c]
+      assert (len(student_tokens) > 0) == (len(teacher_tokens) > 0)
+      if len(student_tokens):
+        texts.append(student.decode(student_tokens))
+        assert teacher.decode(teacher_tokens) == texts[-1], (row, c)
+    assert texts and response.startswith("".join(texts))  # all of it, or what fits both sides' max_length
+    whole += "".join(texts) == response
+  assert whole >= len(responses) // 2
+
+
+@pytest.mark.slow
+def test_cross_tokenizer_losses_of_fixture_models_are_finite():
+  student = pretrained.load_tokenizer(str(FIXTURES / "hf" / "gpt2"))
+  teacher = pretrained.load_tokenizer(str(FIXTURES / "hf" / "llama_chat"))
+  student_model, student_params = models.from_pretrained(str(FIXTURES / "hf" / "gpt2"), task="causal_lm")
+  teacher_model, teacher_params = models.from_pretrained(str(FIXTURES / "hf" / "llama_chat"), task="causal_lm")
+  forward = jax.jit(lambda model, params, ids, mask: model.apply({"params": params}, input_ids=ids,
+                                                                  attention_mask=mask), static_argnums=0)
+  _, _, arrays, cross = layout(student, teacher, chat_template=True, num_examples=4)
+  student_logits = forward(student_model, student_params, arrays["input_ids"], arrays["attention_mask"])
+  teacher_logits = forward(teacher_model, teacher_params, cross["teacher_input_ids"],
+                           cross["teacher_attention_mask"])
+  shared = tuple(map(jnp.asarray, alignment.shared_vocabulary(student, teacher)))
+  for kind in cross_tokenizer.KINDS:
+    values, weights = chunk_losses(kind, student_logits, arrays["label"], cross["student_chunk"], teacher_logits,
+                                   cross["teacher_label"], cross["teacher_chunk"], num_chunks=MAX_LENGTH,
+                                   divergence="forward_kl", shared_ids=shared)
+    assert float(jnp.sum(weights)) > 4 and bool(jnp.all(jnp.isfinite(values))), kind

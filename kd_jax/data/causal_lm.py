@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.config import schema
-from kd_jax.data import text
+from kd_jax.data import alignment, text
 from kd_jax.data.examples import Examples
 from kd_jax.errors import UserError
 
@@ -173,6 +173,52 @@ def sequence_arrays(prompt_ids: list[list[int]], response_ids: list[list[int]], 
           "token_weights": (label >= 0).astype(np.float32), "prompt_ids": prompts, "prompt_mask": prompt_mask}
 
 
+def cross_tokenizer_arrays(student_tokenizer, teacher_tokenizer, prompts: list[str], responses: list[str],
+                           student_arrays: dict[str, np.ndarray], student_prompt_ids: list[list[int]],
+                           student_response_ids: list[list[int]], *, max_length: int, chat_template: bool,
+                           where: str) -> dict[str, np.ndarray]:
+  """The same examples in the teacher's own layout, and the aligned chunks of both (kd_jax/data/alignment.py): what
+  the cross-tokenizer losses (kd_jax/training/cross_tokenizer.py) read.
+
+  Only the responses' content is aligned (alignment.response_tokens; with a chat template each tokenizer renders the
+  conversation with its own); a chunk is kept when all of its tokens survive truncation on both sides. Response
+  token k of a side is predicted at position len(prompt) - 1 + k.
+
+  Args:
+    student_arrays: `sequence_arrays` of the student's tokens (their length L_s).
+    student_prompt_ids, student_response_ids: the student's `tokenize_pairs` (responses truncated as in the arrays).
+
+  Returns:
+    teacher_input_ids, teacher_attention_mask, teacher_label [N, L_t] (the teacher's `sequence_arrays`),
+    student_chunk [N, L_s] and teacher_chunk [N, L_t] int32 (the chunk of each position's label, -1: none).
+  """
+  teacher_prompt_ids, teacher_response_ids = tokenize_pairs(teacher_tokenizer, prompts, responses,
+                                                            max_length=max_length, chat_template=chat_template,
+                                                            where=f"{where} (the teacher's tokenizer)")
+  longest = max(len(p) + len(r) for p, r in zip(teacher_prompt_ids, teacher_response_ids))
+  teacher = sequence_arrays(teacher_prompt_ids, teacher_response_ids, pad_token_id=_pad_token_id(teacher_tokenizer),
+                            length=min(max_length, _round_up(longest)))
+  student_length, teacher_length = student_arrays["input_ids"].shape[1], teacher["input_ids"].shape[1]
+  student_chunk = np.full((len(prompts), student_length), -1, np.int32)
+  teacher_chunk = np.full((len(prompts), teacher_length), -1, np.int32)
+  for row, (prompt, response) in enumerate(zip(prompts, responses)):
+    student_side = alignment.response_tokens(student_tokenizer, prompt, response, chat_template=chat_template,
+                                             name="config.student.checkpoint's tokenizer")
+    teacher_side = alignment.response_tokens(teacher_tokenizer, prompt, response, chat_template=chat_template,
+                                             name="config.teacher.checkpoint's tokenizer")
+    kept = [chunk for chunk in alignment.align_responses(student_side, teacher_side)
+            if chunk.a.stop <= len(student_response_ids[row]) and chunk.b.stop <= len(teacher_response_ids[row])]
+    student_chunk[row], teacher_chunk[row] = alignment.chunk_indices(
+        kept, a_first=len(student_prompt_ids[row]) - 1, b_first=len(teacher_prompt_ids[row]) - 1,
+        a_length=student_length, b_length=teacher_length, max_chunks=student_length)
+  return {"teacher_input_ids": teacher["input_ids"], "teacher_attention_mask": teacher["attention_mask"],
+          "teacher_label": teacher["label"], "student_chunk": student_chunk, "teacher_chunk": teacher_chunk}
+
+
+def _pad_token_id(tokenizer) -> int:
+  return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], *, pad_token_id: int,
          length: int) -> dict[str, np.ndarray]:
   """The sequences concatenated in order and cut into rows of `length` tokens (the last one padded); each token
@@ -203,7 +249,7 @@ def load_splits(config):
   tokenizer = text.load_tokenizer(*text.student_checkpoint_field(config))
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
   _check_tokenizers(config, tokenizer, teacher_tokenizer)
-  pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+  pad_token_id = _pad_token_id(tokenizer)
   splits, references, response_bytes = {}, {}, {}
   first_index = 0
   for role, split, max_examples in text.source_splits(data_config):
