@@ -5,6 +5,7 @@ import json
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -54,8 +55,8 @@ def test_a_cross_tokenizer_loss_with_one_shared_tokenizer_is_allowed_and_logged(
   config.distill.cross_tokenizer = "uld"
   with caplog.at_level("INFO", logger="kd_jax.data.causal_lm"):
     causal_lm_data.load_splits(config)
-  assert "config.distill.cross_tokenizer='uld': teacher and student share one tokenizer, so the token-level " \
-         "distill.divergence='forward_kl' trains, exactly as with 'none'" in caplog.text
+  assert "config.distill.cross_tokenizer='uld': teacher and student share one tokenizer; the loss compares aligned " \
+         "chunks all the same, each of them one token" in caplog.text
 
 
 def test_prompts_are_chat_templated_and_only_response_tokens_are_labeled(task):
@@ -132,12 +133,8 @@ def test_bad_input_is_one_line(tmp_path):
   config.student.checkpoint = str(FIXTURES / "hf" / "t5")
   with pytest.raises(UserError, match=r"^config.teacher.checkpoint='.*llama_chat' and config.student.checkpoint="
                                       r"'.*t5' do not share one vocabulary .*with config.distill.cross_tokenizer="
-                                      r"'none' needs them to \(the cross-tokenizer losses 'uld', 'gold' and 'alm' are "
-                                      r"not wired into training yet\)$"):
-    data.load_task(config)
-  config.distill.cross_tokenizer = "gold"
-  with pytest.raises(UserError, match=r"^config.distill.cross_tokenizer='gold': teacher and student tokenizers "
-                                      r"differ .* the training path across tokenizers is not built yet"):
+                                      r"'none' needs them to \(set it to 'uld', 'gold' or 'alm' to distill across "
+                                      r"tokenizers\)$"):
     data.load_task(config)
   result = run_main("--config=configs/causal_lm.py:smoke", f"--workdir={tmp_path / 'w'}",
                     "--config.distill.on_policy_fraction=1.5")
@@ -161,6 +158,74 @@ def test_on_policy_and_packing_need_what_they_use(changes, message):
     paths.set_value(config, field, value)
   with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
     preflight.check(config)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"distill.teacher_mode": "cached"}, "needs distill.teacher_mode='online'"),
+    ({"distill.on_policy_fraction": 0.5}, "needs distill.on_policy_fraction=0.0"),
+    ({"data.packing": True}, "needs data.packing=False"),
+    ({"train.microbatches": 2}, "needs train.microbatches=1"),
+    ({"data.prompt_column": None}, "needs prompts (data.prompt_column)"),
+])
+def test_cross_tokenizer_distillation_needs_what_it_uses(changes, message):
+  from kd_jax import preflight  # pylint: disable=import-outside-toplevel
+  from kd_jax.config import paths  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer")
+  for field, value in changes.items():
+    paths.set_value(config, field, value)
+  with pytest.raises(ConfigError, match="^" + ("config.distill.cross_tokenizer='gold': " + message).replace(
+      "(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    preflight.check(config)
+
+
+@pytest.fixture(scope="module")
+def cross_task():
+  return data.load_task(load_config("configs/causal_lm.py", "smoke,cross_tokenizer"))
+
+
+@pytest.mark.slow
+def test_the_train_step_distills_across_tokenizers_on_the_aligned_chunks(cross_task):
+  """One compiled step of the gold student under the fixture teacher of another tokenizer: its soft loss is the mean
+  over the batch's aligned chunks of cross_tokenizer.chunk_losses (on both models' own tokens), its hard loss the
+  student's CE on its own labels; the teacher's view of the examples is its own tokenization."""
+  from kd_jax.training import cross_tokenizer  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer")
+  task = cross_task
+  teacher_view = task.train.teacher_view()
+  assert not np.array_equal(teacher_view.inputs["input_ids"], task.train.inputs["input_ids"])
+  np.testing.assert_array_equal(teacher_view.label, task.train.teacher_inputs["label"])
+  teacher_model, teacher_params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=None,
+                                                rng=jax.random.PRNGKey(0))
+  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=None,
+                                rng=jax.random.PRNGKey(0))
+  mesh = sharding.make_mesh()
+  objective = Objective.from_config(config, num_steps=10, task=task, model=model)
+  assert objective.logit_loss.cross_tokenizer == "gold" and objective.logit_loss.shared_ids[0].shape[0] > 250
+  batch = task.train.select(np.arange(16))
+  step = steps.compile_step(mesh, model=model, teacher_model=teacher_model)
+  state = sharding.replicate(steps.create_train_state(model, jax.device_get(params), config.optim, 10), mesh)
+  _, metrics = step(state, sharding.replicate(teacher_params, mesh), sharding.replicate(objective, mesh),
+                    sharding.replicate(jax.random.PRNGKey(0), mesh), sharding.shard_batch(batch, mesh))
+
+  @jax.jit
+  def expected(params, teacher_params, batch, shared_ids):
+    # Dropout is on in the step (GPT-2's 0.1): the step's keys, per example.
+    step_rng = jax.random.fold_in(jax.random.PRNGKey(0), 0)
+    dropout = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(step_rng, i), 2)[0])(batch.index)
+    logits = jax.vmap(lambda inputs, key: model.apply(
+        {"params": params}, jax.tree.map(lambda value: value[None], inputs), train=True,
+        rngs={"dropout": key})[0])(batch.inputs, dropout)
+    teacher_logits = teacher_model.apply({"params": teacher_params}, batch.teacher_inputs, train=False)
+    values, weights = cross_tokenizer.chunk_losses(
+        "gold", logits, batch.label, batch.inputs["chunk"], teacher_logits, batch.teacher_inputs["label"],
+        batch.teacher_inputs["chunk"], num_chunks=batch.label.shape[1], temperature=1.0, divergence="forward_kl",
+        shared_ids=shared_ids)
+    hard = losses.global_mean(losses.cross_entropy(logits, batch.label), batch.token_weights)
+    return losses.global_mean(values, weights), hard, jnp.sum(weights)
+  soft, hard, num_chunks = expected(params, teacher_params, batch, objective.logit_loss.shared_ids)
+  assert float(num_chunks) > 16
+  np.testing.assert_allclose(float(metrics["soft_loss"]), float(soft), rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["hard_loss"]), float(hard), rtol=1e-4)
 
 
 @pytest.mark.slow

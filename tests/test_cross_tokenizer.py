@@ -201,7 +201,7 @@ def layout(student, teacher, chat_template: bool, num_examples: int = 8):
 def test_identical_tokenizers_give_each_content_token_its_own_chunk():
   tokenizer = pretrained.load_tokenizer(str(FIXTURES / "hf" / "llama_chat"))
   _, responses, arrays, cross = layout(tokenizer, tokenizer, chat_template=True)
-  np.testing.assert_array_equal(cross["teacher_label"], arrays["label"])
+  np.testing.assert_array_equal(cross["teacher"]["label"], arrays["label"])
   np.testing.assert_array_equal(cross["teacher_chunk"], cross["student_chunk"])
   for row, response in enumerate(responses):
     positions = np.nonzero(cross["student_chunk"][row] >= 0)[0]
@@ -221,7 +221,7 @@ def test_chunks_of_different_tokenizers_hold_the_same_text(chat_template):
     texts = []
     for c in range(cross["student_chunk"].shape[1]):
       student_tokens = arrays["label"][row, cross["student_chunk"][row] == c]
-      teacher_tokens = cross["teacher_label"][row, cross["teacher_chunk"][row] == c]
+      teacher_tokens = cross["teacher"]["label"][row, cross["teacher_chunk"][row] == c]
       assert (len(student_tokens) > 0) == (len(teacher_tokens) > 0)
       if len(student_tokens):
         texts.append(student.decode(student_tokens))
@@ -241,11 +241,11 @@ def test_cross_tokenizer_losses_of_fixture_models_are_finite():
                                                                   attention_mask=mask), static_argnums=0)
   _, _, arrays, cross = layout(student, teacher, chat_template=True, num_examples=4)
   student_logits = forward(student_model, student_params, arrays["input_ids"], arrays["attention_mask"])
-  teacher_logits = forward(teacher_model, teacher_params, cross["teacher_input_ids"],
-                           cross["teacher_attention_mask"])
+  teacher_logits = forward(teacher_model, teacher_params, cross["teacher"]["input_ids"],
+                           cross["teacher"]["attention_mask"])
   shared = tuple(map(jnp.asarray, alignment.shared_vocabulary(student, teacher)))
   for kind in cross_tokenizer.KINDS:
     values, weights = chunk_losses(kind, student_logits, arrays["label"], cross["student_chunk"], teacher_logits,
-                                   cross["teacher_label"], cross["teacher_chunk"], num_chunks=MAX_LENGTH,
+                                   cross["teacher"]["label"], cross["teacher_chunk"], num_chunks=MAX_LENGTH,
                                    divergence="forward_kl", shared_ids=shared)
     assert float(jnp.sum(weights)) > 4 and bool(jnp.all(jnp.isfinite(values))), kind

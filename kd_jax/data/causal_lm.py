@@ -23,10 +23,9 @@ examples left without a response token are dropped (with a warning; fewer than o
 is refused). `data.packing` concatenates the training sequences (in index order) and cuts them into rows of
 data.max_length tokens, loss masks carried along (attention spans the row, as in HF's run_clm `group_texts`).
 
-Teacher and student must share one tokenizer (compared by vocabulary): token-level distillation compares their
-distributions token by token. `distill.cross_tokenizer` names the losses across tokenizers
-(kd_jax/training/cross_tokenizer.py), not wired into training yet: with one shared tokenizer it is logged and changes
-nothing, with different ones it is refused.
+Teacher and student share one tokenizer (compared by vocabulary) unless `distill.cross_tokenizer` names a loss across
+tokenizers (kd_jax/training/cross_tokenizer.py): then every example also carries the teacher's own tokenization and
+both sides' aligned chunks (`cross_tokenizer_arrays`, in `Examples.teacher_inputs` and `inputs['chunk']`).
 """
 
 import dataclasses
@@ -70,6 +69,8 @@ class CausalLMInfo:
     has_prompts: False for plain text (nothing to generate from).
     max_new_tokens: generated responses have at most this many tokens (data.max_target_length).
     eos_token_id, pad_token_id: generation stops at EOS and pads after it.
+    teacher_tokenizer, teacher_response_bytes: a teacher with another tokenizer (distill.cross_tokenizer): its
+      tokenizer and its response_bytes (the examples' teacher_inputs are its own tokenization); else None.
   """
   tokenizer: Any
   references: dict
@@ -78,6 +79,8 @@ class CausalLMInfo:
   max_new_tokens: int
   eos_token_id: int
   pad_token_id: int
+  teacher_tokenizer: Any = None
+  teacher_response_bytes: dict | None = None
 
 
 def pydoc_passages() -> dict[str, dict[str, list[str]]]:
@@ -189,13 +192,15 @@ def cross_tokenizer_arrays(student_tokenizer, teacher_tokenizer, prompts: list[s
     student_prompt_ids, student_response_ids: the student's `tokenize_pairs` (responses truncated as in the arrays).
 
   Returns:
-    teacher_input_ids, teacher_attention_mask, teacher_label [N, L_t] (the teacher's `sequence_arrays`),
-    student_chunk [N, L_s] and teacher_chunk [N, L_t] int32 (the chunk of each position's label, -1: none).
+    teacher: the teacher's `sequence_arrays` (input_ids, attention_mask, label, token_weights [N, L_t], prompt_ids,
+      prompt_mask [N, P_t]); student_chunk [N, L_s] and teacher_chunk [N, L_t] int32 (the chunk of each position's
+      label, -1: none); teacher_response_bytes: `response_text_bytes` of the teacher's tokens.
   """
   teacher_prompt_ids, teacher_response_ids = tokenize_pairs(teacher_tokenizer, prompts, responses,
                                                             max_length=max_length, chat_template=chat_template,
                                                             where=f"{where} (the teacher's tokenizer)")
   longest = max(len(p) + len(r) for p, r in zip(teacher_prompt_ids, teacher_response_ids))
+  longest = max(longest, student_arrays["input_ids"].shape[1])  # at least the student's: room to generate alike
   teacher = sequence_arrays(teacher_prompt_ids, teacher_response_ids, pad_token_id=_pad_token_id(teacher_tokenizer),
                             length=min(max_length, _round_up(longest)))
   student_length, teacher_length = student_arrays["input_ids"].shape[1], teacher["input_ids"].shape[1]
@@ -211,8 +216,19 @@ def cross_tokenizer_arrays(student_tokenizer, teacher_tokenizer, prompts: list[s
     student_chunk[row], teacher_chunk[row] = alignment.chunk_indices(
         kept, a_first=len(student_prompt_ids[row]) - 1, b_first=len(teacher_prompt_ids[row]) - 1,
         a_length=student_length, b_length=teacher_length, max_chunks=student_length)
-  return {"teacher_input_ids": teacher["input_ids"], "teacher_attention_mask": teacher["attention_mask"],
-          "teacher_label": teacher["label"], "student_chunk": student_chunk, "teacher_chunk": teacher_chunk}
+  return {"teacher": teacher, "student_chunk": student_chunk, "teacher_chunk": teacher_chunk,
+          "teacher_response_bytes": response_text_bytes(teacher_tokenizer, responses, teacher_prompt_ids,
+                                                        teacher_response_ids, max_length=max_length)}
+
+
+def response_text_bytes(tokenizer, responses: list[str], prompt_ids: list[list[int]], response_ids: list[list[int]],
+                        *, max_length: int) -> list[int]:
+  """The UTF-8 bytes of the text each row's response tokens stand for (CausalLMInfo.response_bytes): the response's,
+  or, where the sequence fills max_length and may have lost the end of its response, its kept tokens' decoded text
+  (special tokens left out)."""
+  return [len((response if len(prompt) + len(tokens) < max_length
+               else tokenizer.decode(tokens, skip_special_tokens=True)).encode("utf-8"))
+          for response, prompt, tokens in zip(responses, prompt_ids, response_ids)]
 
 
 def _pad_token_id(tokenizer) -> int:
@@ -250,7 +266,7 @@ def load_splits(config):
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
   _check_tokenizers(config, tokenizer, teacher_tokenizer)
   pad_token_id = _pad_token_id(tokenizer)
-  splits, references, response_bytes = {}, {}, {}
+  splits, references, response_bytes, teacher_response_bytes = {}, {}, {}, {}
   first_index = 0
   for role, split, max_examples in text.source_splits(data_config):
     columns, where = _columns(data_config, split)
@@ -275,11 +291,8 @@ def load_splits(config):
     prompt_ids, response_ids = [prompt_ids[row] for row in kept], [response_ids[row] for row in kept]
     index = np.arange(first_index, first_index + len(kept), dtype=np.int32)
     references.update(zip(index.tolist(), (responses[row].strip() for row in kept)))
-    # A sequence that fills data.max_length may have lost the end of its response: its kept tokens' text counts.
-    response_bytes.update(zip(index.tolist(), (
-        len((responses[row] if len(prompt_ids[k]) + len(response_ids[k]) < data_config.max_length
-             else tokenizer.decode(response_ids[k], skip_special_tokens=True)).encode("utf-8"))
-        for k, row in enumerate(kept))))
+    response_bytes.update(zip(index.tolist(), response_text_bytes(
+        tokenizer, [responses[row] for row in kept], prompt_ids, response_ids, max_length=data_config.max_length)))
     first_index += len(response_ids)
     if role == "train" and data_config.packing:
       arrays = pack(prompt_ids, response_ids, pad_token_id=pad_token_id, length=data_config.max_length)
@@ -290,31 +303,41 @@ def load_splits(config):
       longest = max(len(p) + max(len(r), data_config.max_target_length) for p, r in zip(prompt_ids, response_ids))
       arrays = sequence_arrays(prompt_ids, response_ids, pad_token_id=pad_token_id,
                                length=min(data_config.max_length, _round_up(longest)))
+    teacher_inputs = None
+    if config.distill.cross_tokenizer != "none":
+      cross = cross_tokenizer_arrays(tokenizer, teacher_tokenizer, [prompts[row] for row in kept],
+                                     [responses[row] for row in kept], arrays, prompt_ids, response_ids,
+                                     max_length=data_config.max_length, chat_template=data_config.chat_template,
+                                     where=where)
+      arrays["chunk"] = cross["student_chunk"]
+      teacher_inputs = {**cross["teacher"], "chunk": cross["teacher_chunk"]}
+      teacher_response_bytes.update(zip(index.tolist(), cross["teacher_response_bytes"]))
     label, token_weights = arrays.pop("label"), arrays.pop("token_weights")
     splits[role] = Examples(inputs=arrays, label=label, token_weights=token_weights,
-                            class_label=np.zeros(len(index), np.int32), index=index)
-  info = CausalLMInfo(tokenizer=tokenizer, references=references, response_bytes=response_bytes, has_prompts=data_config.prompt_column is not None,
+                            class_label=np.zeros(len(index), np.int32), index=index, teacher_inputs=teacher_inputs)
+  # The teacher's own tokenizer where it differs (what evaluating the teacher decodes with); one shared tokenizer
+  # keeps the token-level comparisons of the evaluation.
+  cross_tokenizer = config.distill.cross_tokenizer != "none" and not text.shares_vocabulary(config, tokenizer,
+                                                                                              teacher_tokenizer)
+  info = CausalLMInfo(tokenizer=tokenizer, references=references, response_bytes=response_bytes,
+                      teacher_tokenizer=teacher_tokenizer if cross_tokenizer else None,
+                      teacher_response_bytes=teacher_response_bytes if cross_tokenizer else None, has_prompts=data_config.prompt_column is not None,
                       max_new_tokens=data_config.max_target_length, eos_token_id=int(tokenizer.eos_token_id),
                       pad_token_id=int(pad_token_id))
   return splits, len(tokenizer), info
 
 
 def _check_tokenizers(config, tokenizer, teacher_tokenizer) -> None:
-  """One shared tokenizer, as token-level distillation needs, whatever distill.cross_tokenizer says (the training
-  path across tokenizers is not built yet); a cross-tokenizer loss asked for with one shared tokenizer is logged."""
+  """One shared tokenizer unless distill.cross_tokenizer names a loss across tokenizers; that loss asked for with one
+  shared tokenizer is allowed and logged (its chunks are then the tokens)."""
   cross_tokenizer = config.distill.cross_tokenizer
   if cross_tokenizer == "none":
     text.check_shared_vocabulary(config, tokenizer, teacher_tokenizer, "causal-LM distillation with "
-                                 "config.distill.cross_tokenizer='none'", "the cross-tokenizer losses 'uld', 'gold' "
-                                 "and 'alm' are not wired into training yet")
+                                 "config.distill.cross_tokenizer='none'", "set it to 'uld', 'gold' or 'alm' to "
+                                 "distill across tokenizers")
   elif text.shares_vocabulary(config, tokenizer, teacher_tokenizer):
-    logger.info("config.distill.cross_tokenizer=%r: teacher and student share one tokenizer, so the token-level "
-                "distill.divergence=%r trains, exactly as with 'none'", cross_tokenizer, config.distill.divergence)
-  else:
-    raise UserError(f"config.distill.cross_tokenizer={cross_tokenizer!r}: teacher and student tokenizers differ "
-                    f"(config.teacher.checkpoint={config.teacher.checkpoint!r}, config.student.checkpoint="
-                    f"{config.student.checkpoint!r}) and the training path across tokenizers is not built yet (its "
-                    "losses are kd_jax/training/cross_tokenizer.py's)")
+    logger.info("config.distill.cross_tokenizer=%r: teacher and student share one tokenizer; the loss compares "
+                "aligned chunks all the same, each of them one token", cross_tokenizer)
 
 
 def _round_up(length: int) -> int:

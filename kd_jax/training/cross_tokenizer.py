@@ -32,6 +32,8 @@ Each loss is per chunk [B, C]; `chunk_mask` weighs the chunks present, and losse
 global batch's chunks (tokenkit's chunk_count normalization).
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
@@ -174,3 +176,26 @@ def chunk_losses(kind: str, student_logits: jax.Array, student_labels: jax.Array
     scale = jnp.square(temperature) if t2_scaling else 1.0
     return gold(student_log_q, teacher_log_q, *shared_ids, divergence, params, scale), weights
   raise ValueError(f"unknown cross-tokenizer loss {kind!r}; allowed: {', '.join(KINDS)}")
+
+
+class ChunkedTeacher(NamedTuple):
+  """A teacher with its own tokenization, as the train step hands it to losses.distillation_loss: its logits and
+  labels and both sides' aligned chunks; it computes the per-chunk loss of `kind` against the student's logits.
+
+  logits: [B, L_t, V_t]; labels, chunk: [B, L_t] int; student_chunk: [B, L_s] int (the student's positions' chunks);
+  kind: one of KINDS; shared_ids: gold's shared vocabulary (student ids, teacher ids) [M], else None.
+  """
+  logits: jax.Array
+  labels: jax.Array
+  chunk: jax.Array
+  student_chunk: jax.Array
+  kind: str
+  shared_ids: tuple[jax.Array, jax.Array] | None = None
+
+  def chunk_divergences(self, student_logits: jax.Array, student_labels: jax.Array, temperature,
+                        divergence: str, t2_scaling: bool, params: losses.DivergenceParams
+                        ) -> tuple[jax.Array, jax.Array]:
+    """`chunk_losses` of this teacher and the student: (values, weights) [B, C], C = L_s."""
+    return chunk_losses(self.kind, student_logits, student_labels, self.student_chunk, self.logits, self.labels,
+                        self.chunk, num_chunks=self.student_chunk.shape[-1], temperature=temperature,
+                        divergence=divergence, params=params, t2_scaling=t2_scaling, shared_ids=self.shared_ids)
