@@ -16,8 +16,9 @@ split. The loss is GKD's (Agarwal et al. 2024; TRL's GKDTrainer defaults): gener
 every response token, no cross-entropy (ce_weight 0, kd_weight 1), and half of the steps (distill.on_policy_fraction
 lambda = 0.5) train on responses sampled from the student itself at temperature 0.9 (at most 128 new tokens), scored
 by the teacher in the step. The hard-label student (response cross-entropy) trains beside it. Metrics
-(results.json, per model and split): perplexity and nll of the reference responses, token_accuracy, kl_to_teacher
-and agreement (top-1 token agreement with the teacher) teacher-forced, and rouge1/2/L of greedy responses.
+(results.json, per model and split): perplexity, bits_per_byte and nll of the reference responses, token_accuracy,
+kl_to_teacher and agreement (top-1 token agreement with the teacher) teacher-forced, and rouge1/2/L of greedy
+responses.
 
 Variants (all fields of kd_jax/config/schema.py apply):
     --config.distill.on_policy_fraction=0       supervised KD on Dolly's responses (lambda = 0)

@@ -364,3 +364,4 @@ def test_causal_lm_smoke_end_to_end(tmp_path):
     for name in ("perplexity", "nll", "token_accuracy", "agreement", "kl_to_teacher", "rougeL"):
       assert np.isfinite(student[name]), name
     np.testing.assert_allclose(student["perplexity"], np.exp(student["nll"]), rtol=1e-6)
+

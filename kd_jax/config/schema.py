@@ -439,9 +439,11 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "kd_jax/training/cross_tokenizer.py): 'none' (a tokenizer mismatch is refused), 'uld' (Universal Logit "
             "Distillation: W1 between sorted probabilities), 'gold' (TRL GOLD's hybrid: distill.divergence over the "
             "tokens both vocabularies share, ULD over the rest), 'alm' (approximate likelihood matching of the chunks' "
-            "likelihoods). The training path across tokenizers is not built yet: with different tokenizers 'uld', "
-            "'gold' and 'alm' are refused; with one shared tokenizer they are allowed, logged, and the token-level "
-            "distill.divergence trains as with 'none'.", choices=CROSS_TOKENIZER_LOSSES),
+            "likelihoods). Every example then also carries the teacher's own tokenization: the teacher trains and "
+            "is evaluated on it, and the students have no token-level kl_to_teacher or agreement. Needs "
+            "teacher_mode='online', prompts, one teacher, no packing, on-policy sampling, feature terms or "
+            "micro-batches. With one shared tokenizer it is allowed (logged): each chunk is then one token.",
+            choices=CROSS_TOKENIZER_LOSSES),
         "features": Field(
             None, "Feature distillation (kd_jax/training/feature_losses.py; needs teacher_mode='online'): the hidden "
             "states matched, as (teacher, student) pairs of hidden-state indices (0 = embeddings or the MLP's inputs, "
