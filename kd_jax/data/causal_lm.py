@@ -211,6 +211,9 @@ def cross_tokenizer_arrays(student_tokenizer, teacher_tokenizer, prompts: list[s
                                              name="config.student.checkpoint's tokenizer")
     teacher_side = alignment.response_tokens(teacher_tokenizer, prompt, response, chat_template=chat_template,
                                              name="config.teacher.checkpoint's tokenizer")
+    for side, ids in ((student_side, student_response_ids[row]), (teacher_side, teacher_response_ids[row])):
+      shared = min(len(side.tokens.ids), len(ids))
+      assert side.tokens.ids[:shared] == list(ids[:shared]), "alignment tokenizes the response as the data does"
     kept = [chunk for chunk in alignment.align_responses(student_side, teacher_side)
             if chunk.a.stop <= len(student_response_ids[row]) and chunk.b.stop <= len(teacher_response_ids[row])]
     student_chunk[row], teacher_chunk[row] = alignment.chunk_indices(

@@ -19,6 +19,7 @@ with the student's module) is static, part of the tree structure: runs whose obj
 compiled steps.
 """
 
+import functools
 from typing import ClassVar
 
 import flax
@@ -111,10 +112,16 @@ class Objective:
 
 
 def _shared_ids(task) -> tuple[jax.Array, jax.Array]:
-  """GOLD's shared vocabulary of the task's two tokenizers (alignment.shared_vocabulary), built once here."""
+  """GOLD's shared vocabulary of the task's two tokenizers (alignment.shared_vocabulary)."""
   info = task.causal_lm
   teacher_tokenizer = info.tokenizer if info.teacher_tokenizer is None else info.teacher_tokenizer  # one shared
-  return tuple(jnp.asarray(ids) for ids in alignment.shared_vocabulary(info.tokenizer, teacher_tokenizer))
+  return tuple(jnp.asarray(ids) for ids in _shared_vocabulary(info.tokenizer, teacher_tokenizer))
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_vocabulary(tokenizer, teacher_tokenizer) -> tuple:
+  """Built once per pair of tokenizer objects (every point of a sweep asks; about a second for 49,152 tokens)."""
+  return alignment.shared_vocabulary(tokenizer, teacher_tokenizer)
 
 
 def _or(value, default):
