@@ -4,8 +4,10 @@ Each tokenizer tokenizes the same text with offsets; every token gets a span of 
 several tokens share one character (byte-level BPE's `Ã` `©` for "é", byte-fallback's `<0xC3>` `<0xA9>`, an emoji
 cut into byte pieces) the character's bytes are shared out among them in order when the tokens' own byte lengths
 cover it (byte-level BPE through its byte <-> unicode table, `<0xXX>` one byte each, SentencePiece pieces with `▁`
-as a space, at most one `<unk>` taking the rest); otherwise the tokens stay together. Tokenizers that drop text (WordPiece drops whitespace and accents, SentencePiece's `▁` may stand for a
-space not in the text) leave gaps between spans, which any boundary may cross.
+as a space, at most one `<unk>` taking the rest; a `▁` left without bytes gets none: the space SentencePiece
+prepends to a text); otherwise the tokens stay together (and no cut falls inside them: a tokenizer that drops a
+byte it has no token for leaves such a run). Tokenizers that drop text (WordPiece drops whitespace and accents)
+leave gaps between spans, which any boundary may cross.
 
 A cut at byte c between token i and token i + 1 is valid for a tokenization when every token up to i ends at or
 before c and every later one starts at or after c: c in [max(end_0..end_i), min(start_{i+1}..)]. The aligned
@@ -13,7 +15,7 @@ chunks are the finest common segmentation: the cuts valid for both tokenizations
 (both interval sequences are non-decreasing, so the greedy matching finds the most cuts), each at the leftmost
 common byte. The chunks cover [0, len(text bytes)) exactly and in order; each holds at least one token of each side
 (a text that one side leaves without tokens, e.g. whitespace for WordPiece, is one chunk with that side empty).
-Identical tokenizers give one chunk per token.
+Identical tokenizers give one chunk per token (where every byte has its token).
 
 Chat templates (`response_tokens`): each model renders the same (user, assistant) conversation with its own
 template, exactly as kd_jax/data/causal_lm.py tokenizes it; the scored text is the assistant's content, found in

@@ -267,7 +267,9 @@ def load_splits(config):
   data_config = config.data
   tokenizer = text.load_tokenizer(*text.student_checkpoint_field(config))
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
-  _check_tokenizers(config, tokenizer, teacher_tokenizer)
+  # The teacher's own tokenizer where it differs: what evaluating the teacher decodes with (one shared tokenizer keeps
+  # the evaluation's token-level comparisons).
+  own_teacher_tokenizer = teacher_tokenizer if _tokenizers_differ(config, tokenizer, teacher_tokenizer) else None
   pad_token_id = _pad_token_id(tokenizer)
   splits, references, response_bytes, teacher_response_bytes = {}, {}, {}, {}
   first_index = 0
@@ -318,29 +320,32 @@ def load_splits(config):
     label, token_weights = arrays.pop("label"), arrays.pop("token_weights")
     splits[role] = Examples(inputs=arrays, label=label, token_weights=token_weights,
                             class_label=np.zeros(len(index), np.int32), index=index, teacher_inputs=teacher_inputs)
-  # The teacher's own tokenizer where it differs (what evaluating the teacher decodes with); one shared tokenizer
-  # keeps the token-level comparisons of the evaluation.
-  cross_tokenizer = config.distill.cross_tokenizer != "none" and not text.shares_vocabulary(config, tokenizer,
-                                                                                              teacher_tokenizer)
   info = CausalLMInfo(tokenizer=tokenizer, references=references, response_bytes=response_bytes,
-                      teacher_tokenizer=teacher_tokenizer if cross_tokenizer else None,
-                      teacher_response_bytes=teacher_response_bytes if cross_tokenizer else None, has_prompts=data_config.prompt_column is not None,
+                      has_prompts=data_config.prompt_column is not None, teacher_tokenizer=own_teacher_tokenizer,
+                      teacher_response_bytes=None if own_teacher_tokenizer is None else teacher_response_bytes,
                       max_new_tokens=data_config.max_target_length, eos_token_id=int(tokenizer.eos_token_id),
                       pad_token_id=int(pad_token_id))
   return splits, len(tokenizer), info
 
 
-def _check_tokenizers(config, tokenizer, teacher_tokenizer) -> None:
-  """One shared tokenizer unless distill.cross_tokenizer names a loss across tokenizers; that loss asked for with one
-  shared tokenizer is allowed and logged (its chunks are then the tokens)."""
+def _tokenizers_differ(config, tokenizer, teacher_tokenizer) -> bool:
+  """Whether the teacher's tokenizer differs from the student's, which distill.cross_tokenizer must then allow; a
+  cross-tokenizer loss asked for with one shared tokenizer is allowed and logged (its chunks are then the tokens).
+
+  Raises:
+    UserError: different tokenizers with distill.cross_tokenizer='none'.
+  """
   cross_tokenizer = config.distill.cross_tokenizer
   if cross_tokenizer == "none":
     text.check_shared_vocabulary(config, tokenizer, teacher_tokenizer, "causal-LM distillation with "
                                  "config.distill.cross_tokenizer='none'", "set it to 'uld', 'gold' or 'alm' to "
                                  "distill across tokenizers")
-  elif text.shares_vocabulary(config, tokenizer, teacher_tokenizer):
+    return False
+  if text.shares_vocabulary(config, tokenizer, teacher_tokenizer):
     logger.info("config.distill.cross_tokenizer=%r: teacher and student share one tokenizer; the loss compares "
                 "aligned chunks all the same, each of them one token", cross_tokenizer)
+    return False
+  return True
 
 
 def _round_up(length: int) -> int:

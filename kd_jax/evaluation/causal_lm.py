@@ -23,7 +23,8 @@ class CausalLMEvaluator(seq2seq.Seq2SeqEvaluator):
   """Seq2SeqEvaluator's teacher-forced token metrics (plus perplexity and top-1 agreement) on the reference responses,
   and ROUGE of the responses generated from the prompts (see the module docstring). Its Reference is
   seq2seq.Reference with no parsed labels."""
-  METRICS = ("perplexity", "bits_per_byte", "nll", "token_accuracy", "agreement", "kl_to_teacher", "rouge1", "rouge2", "rougeL")
+  METRICS = ("perplexity", "bits_per_byte", "nll", "token_accuracy", "agreement", "kl_to_teacher", "rouge1", "rouge2",
+             "rougeL")
   GENERATED = ("rouge1", "rouge2", "rougeL")
 
   def _token_metrics(self, model, params, split: str, reference: seq2seq.Reference | None = None,
