@@ -345,6 +345,36 @@ def test_a_resumed_on_policy_run_is_bitwise_the_uninterrupted_one(task, tmp_path
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
+@pytest.mark.slow
+def test_a_resumed_cross_tokenizer_run_is_bitwise_the_uninterrupted_one(cross_task, tmp_path):
+  """The gold student under the teacher of another tokenizer, 4 steps: stopped after step 2 and resumed from its
+  checkpoint, the run ends with exactly the parameters of the uninterrupted run (CPU)."""
+  config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer")
+  config.train.checkpoint_every_steps, config.train.steps_per_dispatch, config.train.log_every_steps = 2, 2, 2
+  config.train.max_checkpoints_to_keep = 3
+  task, mesh = cross_task, sharding.make_mesh()
+  teacher_model, teacher_params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=None,
+                                                rng=jax.random.PRNGKey(0))
+  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=None,
+                                rng=jax.random.PRNGKey(0))
+  objective = Objective.from_config(config, num_steps=4, task=task, model=model)
+
+  def train(directory):
+    program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=4,
+                            objective=objective, examples=task.train, batch_size=16, seed=config.seed, mesh=mesh,
+                            train_config=config.train,
+                            teacher=(teacher_model, sharding.replicate(teacher_params, mesh)))
+    return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(4))], num_steps=4,
+                      checkpoint_dir=str(directory), train_config=config.train, evaluate=lambda params: {})
+
+  uninterrupted = train(tmp_path / "a")
+  shutil.copytree(tmp_path / "a" / "2", tmp_path / "b" / "2")  # the run as a stop after step 2 left it
+  resumed = train(tmp_path / "b")
+  assert resumed.stats["resumed_from_step"] == 2
+  for expected, got in zip(jax.tree.leaves(uninterrupted.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
 class NullWriter:
   def drop_after(self, step):
     del step
