@@ -16,8 +16,9 @@ and the relative difference ||kd_jax - transformers|| / ||transformers|| (the pa
 tests/test_hf_models.py) over the compared positions; exit status 1 when a relative difference exceeds --tolerance. The cases: every fixture family of tests/fixtures/hf (bert, roberta,
 distilbert: sequence classification; t5, t5_v1_1: seq2seq; llama, llama_tied, mistral, qwen2, qwen3, gpt2: causal LM)
 with its parameters moved off the fixture's (seeded noise, so that nothing is read back from the source), a student
-built from one teacher layer per family, and LoRA adapters (peft) on the classifiers; with --workdir, that finished
-run's student as well, whose export transformers' text-classification pipeline then labels.
+built from one teacher layer per family, and LoRA adapters (peft) on the classifiers; with --workdir (repeatable),
+those finished runs' students as well (`run_<workdir name>`, on SENTENCES through the export's tokenizer; a LoRA
+student also as a peft adapter), a classifier's export then labeled by transformers' text-classification pipeline.
 """
 
 import argparse
@@ -43,7 +44,7 @@ SENTENCES = ("a gripping, beautifully acted film", "dull and far too long", "the
 NOISE = 0.02
 
 
-def export_cases(out: pathlib.Path, workdir: str | None) -> None:
+def export_cases(out: pathlib.Path, workdirs: list[str]) -> None:
   """kd_jax's side: the exports and kd_jax's outputs (`<case>.npz`: the inputs, `outputs`, `mask`, the task)."""
   sys.path.insert(0, str(ROOT))
   import jax  # pylint: disable=import-outside-toplevel
@@ -79,8 +80,12 @@ def export_cases(out: pathlib.Path, workdir: str | None) -> None:
                                                             len(jax.tree.leaves(adapted))))))
       cases.append((f"{name}_lora_adapter", export.Trained(str(FIXTURES / name), task, adapted, lora=lora),
                     "adapter", name))
-  if workdir:
-    cases.append(("workdir_student", export.trained_model(workdir, "student"), "merge", None))
+  for workdir in workdirs:
+    trained = export.trained_model(workdir, "student")
+    name = f"run_{os.path.basename(os.path.normpath(workdir))}"
+    cases.append((name, trained, "merge", None))
+    if trained.lora is not None and trained.layers is None and trained.trainable is None:
+      cases.append((f"{name}_lora_adapter", trained, "adapter", None))
 
   for case, trained, lora, fixture in cases:
     directory = out / case
@@ -145,7 +150,7 @@ def compare(directory: pathlib.Path, tolerance: float) -> int:
     worst = max(worst, relative)
     print(f"{case:34s} {class_name:48s} {str(list(outputs.shape)):>14s} {difference:10.2e} {relative:9.2e}"
           f"{'' if relative <= tolerance else '  FAIL'}")
-    if case == "workdir_student":
+    if case.startswith("run_") and task == "sequence_classification" and not bool(saved["adapter"]):
       classify = transformers.pipeline("text-classification", model=str(directory / case), device="cpu")
       for sentence, label in zip(SENTENCES, classify(list(SENTENCES))):
         print(f"  pipeline: {sentence!r} -> {label['label']} ({label['score']:.3f})")
@@ -157,7 +162,9 @@ def compare(directory: pathlib.Path, tolerance: float) -> int:
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--torch_python", help="the Python of an environment with torch, transformers and peft")
-  parser.add_argument("--workdir", help="also export this finished run's student (and run the pipeline on it)")
+  parser.add_argument("--workdir", action="append", default=[],
+                      help="also export this finished run's student (repeatable; a classifier is also labeled by "
+                           "transformers' text-classification pipeline)")
   parser.add_argument("--out", help="where the exports go (default: a temporary directory, removed)")
   parser.add_argument("--compare", help="(the torch side) compare the exports in this directory")
   parser.add_argument("--tolerance", type=float, default=1e-5)

@@ -99,6 +99,21 @@ def test_gguf_float32_export_loads_back_bitwise_with_its_tokenizer(tmp_path):
   assert metadata["general.file_type"] == 0 and metadata["tokenizer.ggml.model"] == "gpt2"
 
 
+def test_a_student_of_a_gguf_teachers_layers_exports_to_hf(tmp_path):
+  # As configs/causal_lm.py:smollm builds its student: layers of a GGUF teacher (here one exported from a fixture).
+  export.write(fixture_model("llama_chat_small", "causal_lm"), "gguf", str(tmp_path / "teacher"))
+  teacher_path = str(tmp_path / "teacher" / "model.gguf")
+  _, teacher_params = pretrained.from_pretrained(teacher_path, "causal_lm")
+  trained = export.Trained(teacher_path, "causal_lm", moved(from_teacher.select_layers(teacher_params, (1,),
+                                                                                        jnp.float32), 5), layers=(1,))
+  export.write(trained, "hf", str(tmp_path / "student"))
+  module, params = pretrained.from_pretrained(str(tmp_path / "student"), "causal_lm")
+  assert module.dims.num_layers == 1
+  assert_bitwise_equal(trained.params, params)
+  assert pretrained.load_tokenizer(str(tmp_path / "student")).get_vocab() == pretrained.load_tokenizer(
+      teacher_path).get_vocab()
+
+
 @pytest.mark.parametrize("gguf_type, tolerance", [("f16", 1e-3), ("q8_0", 1e-2)])
 def test_gguf_half_and_q8_0_exports_are_close(tmp_path, gguf_type, tolerance):
   trained = fixture_model("llama_chat_small", "causal_lm")
