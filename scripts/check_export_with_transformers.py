@@ -53,10 +53,8 @@ def export_cases(out: pathlib.Path, workdirs: list[str]) -> None:
   from kd_jax.models.hf import from_teacher, pretrained  # pylint: disable=import-outside-toplevel
 
   def moved(params, seed):
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return jax.tree.unflatten(tree, [np.asarray(leaf + NOISE * jax.random.normal(key, leaf.shape, leaf.dtype))
-                                     for leaf, key in zip(leaves, keys)])
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda leaf: np.asarray(leaf) + NOISE * rng.standard_normal(np.shape(leaf), np.float32), params)
 
   cases = []
   for seed, (name, task) in enumerate(TASKS.items()):
@@ -72,12 +70,9 @@ def export_cases(out: pathlib.Path, workdirs: list[str]) -> None:
       lora = ml_collections.ConfigDict({"rank": 2, "alpha": 8.0, "dropout": 0.0, "target_modules": None})
       adapted = peft.add_adapters(params, lora, jax.random.key(seed))
       # Adapters and head as if trained (lora_b starts at zero); the base stays the checkpoint's, as LoRA keeps it.
-      adapted = jax.tree_util.tree_map_with_path(
-          lambda path, leaf, key: np.asarray(leaf + NOISE * 10 * jax.random.normal(key, leaf.shape)) if (
-              peft.Trainable((peft.ADAPTER_PATTERN, peft.HEAD_PATTERN)).is_trained(peft.path_name(path))) else leaf,
-          adapted, jax.tree.unflatten(jax.tree.structure(adapted),
-                                      list(jax.random.split(jax.random.key(seed + 200),
-                                                            len(jax.tree.leaves(adapted))))))
+      labels = peft.Trainable((peft.ADAPTER_PATTERN, peft.HEAD_PATTERN)).labels(adapted)
+      adapted = jax.tree.map(lambda leaf, moved_leaf, label: moved_leaf if label == "train" else np.asarray(leaf),
+                             adapted, moved(adapted, seed + 200), labels)
       cases.append((f"{name}_lora_adapter", export.Trained(str(FIXTURES / name), task, adapted, lora=lora),
                     "adapter", name))
   for workdir in workdirs:

@@ -132,9 +132,17 @@ def test_gguf_q_and_k_row_permutation_is_the_inverse_of_the_readers():
     assert gguf.hf_tensor_name(gguf.gguf_tensor_name(name)) == name
 
 
+def lora_trained(params, seed: int):
+  """`params` with LoRA adapters and head as if trained (moved); the base as the checkpoint's, as LoRA keeps it."""
+  adapted = peft.add_adapters(params, LORA, jax.random.key(seed))
+  trained = peft.Trainable((peft.ADAPTER_PATTERN, peft.HEAD_PATTERN)).labels(adapted)
+  return jax.tree.map(lambda leaf, moved_leaf, label: moved_leaf if label == "train" else np.asarray(leaf), adapted,
+                      moved(adapted, seed), trained)
+
+
 def test_lora_adapter_export_holds_peft_names_and_layouts(tmp_path):
   _, params = pretrained.from_pretrained(str(FIXTURES / "distilbert"))
-  adapted = moved(peft.add_adapters(params, LORA, jax.random.key(0)), 1)
+  adapted = lora_trained(params, 1)
   trained = export.Trained(str(FIXTURES / "distilbert"), "sequence_classification", adapted, lora=LORA)
   assert export.write(trained, "hf", str(tmp_path / "adapter"), lora="adapter")[:2] == [
       "adapter_config.json", "adapter_model.safetensors"]
@@ -153,6 +161,12 @@ def test_lora_adapter_export_holds_peft_names_and_layouts(tmp_path):
   export.write(trained, "hf", str(tmp_path / "merged"))
   _, merged = pretrained.from_pretrained(str(tmp_path / "merged"))
   assert_bitwise_equal(jax.device_get(peft.merge(adapted, LORA.alpha / LORA.rank)), merged)
+
+  # A base parameter that trained (or that the checkpoint lacks) is not in what transformers loads under the adapter.
+  adapted["distilbert"]["embeddings.LayerNorm"]["scale"] = adapted["distilbert"]["embeddings.LayerNorm"]["scale"] + 1
+  with pytest.raises(UserError, match="parameter distilbert/embeddings.LayerNorm/scale differs from .*--lora=merge"):
+    export.write(trained, "hf", str(tmp_path / "refused"), lora="adapter")
+  assert not (tmp_path / "refused").exists()
 
 
 # Finished workdirs, fabricated: config.json, results.json and a checkpoint of the student's state, as a run leaves them.
@@ -203,7 +217,7 @@ def test_script_exports_a_finished_runs_student(tmp_path, export_script, student
 
 
 def test_best_validation_parameters_and_merged_lora_adapters_are_exported(tmp_path, student_params):
-  adapted = moved(peft.add_adapters(student_params, LORA, jax.random.key(0)), 4)
+  adapted = lora_trained(student_params, 4)
   workdir = finished_run(tmp_path / "run", adapted, select="best_validation", lora_rank=LORA.rank)
   export.export(str(workdir), model="student", export_format="hf", out=str(tmp_path / "out"))
   assert_bitwise_equal(jax.device_get(peft.merge(adapted, LORA.alpha / LORA.rank)),
@@ -237,7 +251,8 @@ def test_out_is_replaced_only_with_overwrite_and_a_failed_export_leaves_nothing(
     (None, ["--model=student", "--format=onnx"], "--format=onnx: not one of hf, gguf"),
     (None, ["--model=pupil", "--format=hf"], "--model=pupil: not one of student, student_hard, teacher"),
     (None, ["--model=student", "--format=gguf"],
-     "--format=gguf: not supported for .*distilbert .*model_type 'distilbert'.*supported pairs: hf for bert, "),
+     "--format=gguf: not supported for .*distilbert: model_type 'distilbert' is neither llama nor mistral; "
+     "supported pairs: hf for bert, "),
     (None, ["--model=student", "--format=hf", "--lora=adapter"], "--lora=adapter: the model trained no LoRA"),
     ("unfinished", ["--model=student", "--format=hf"], "the run has not finished \\(no results.json\\)"),
     ("mlp", ["--model=student", "--format=hf"], "config.student.name='mlp' has no export mapping"),

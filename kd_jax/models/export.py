@@ -171,9 +171,9 @@ def check_format(trained: Trained, export_format: str, lora: str = "merge"):
   if export_format == "gguf":
     reason = gguf.writable(config)
     if reason is not None:
-      raise UserError(f"--format=gguf: not supported for {trained.source} ({reason}); supported pairs: hf for "
-                      f"{', '.join(sorted(pretrained.FAMILIES))}; gguf for llama and mistral without biases, sliding "
-                      "window or rope scaling other than linear")
+      raise UserError(f"--format=gguf: not supported for {trained.source}: {reason}; supported pairs: hf for "
+                      f"{', '.join(sorted(pretrained.FAMILIES))}; gguf for llama and mistral without biases or "
+                      "sliding window, with default or linear rope")
   if lora == "adapter":
     if trained.lora is None:
       raise UserError("--lora=adapter: the model trained no LoRA adapters (config.student.lora.rank is 0); export "
@@ -215,7 +215,7 @@ def write(trained: Trained, export_format: str, out: str, *, lora: str = "merge"
   staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.export-")
   try:
     if lora == "adapter":
-      write_adapter(trained, staging)
+      write_adapter(trained, family, config, staging)
     elif export_format == "hf":
       write_hf(trained, family, config, staging)
     else:
@@ -317,7 +317,7 @@ def write_gguf(trained: Trained, family, config, directory: str, gguf_type: str)
              gguf_type)
 
 
-def write_adapter(trained: Trained, directory: str) -> None:
+def write_adapter(trained: Trained, family, config, directory: str) -> None:
   """A peft LoRA adapter in `directory`: adapter_config.json and adapter_model.safetensors, whose lora_A [r, in]
   and lora_B [out, r] are the transposed lora_a, lora_b of each targeted layer, and whose modules_to_save are the
   classification head's modules (trained whole), over base_model_name_or_path = the student's checkpoint."""
@@ -336,6 +336,7 @@ def write_adapter(trained: Trained, directory: str) -> None:
       head_params[keys[0]] = trained.params[keys[0]]  # the head's top-level module, saved whole
       head_modules.add(keys[0].split(".")[0])  # peft's module name: RoBERTa's 'classifier' over classifier.dense
   tensors |= {f"base_model.model.{name}": value for name, value in weights.to_tensors(head_params).items()}
+  _check_base(trained, family, config, head)
   lora = trained.lora
   files.write_json(os.path.join(directory, ADAPTER_CONFIG_FILE), {
       "peft_type": "LORA", "task_type": _PEFT_TASK_TYPES[trained.task],
@@ -346,3 +347,23 @@ def write_adapter(trained: Trained, directory: str) -> None:
   safetensors.numpy.save_file(tensors, os.path.join(directory, ADAPTER_FILE), metadata={"format": "pt"})
   _tokenizer(trained.source).save_pretrained(directory)
 
+
+
+def _check_base(trained: Trained, family, config, head: peft.Trainable) -> None:
+  """A UserError unless every parameter outside the adapters and the head equals the base checkpoint's (as kd_jax
+  loads it): what transformers loads under a peft adapter. A base tensor the checkpoint lacks (initialized afresh in
+  the run, such as a missing BERT pooler) is not in the adapter either."""
+  from kd_jax.models.hf import pretrained, weights  # pylint: disable=g-import-not-at-top
+  plain = {path: leaf for path, leaf in jax.tree_util.tree_flatten_with_path(trained.params)[0]
+           if path[-1].key not in ("lora_a", "lora_b")}
+  num_labels = None
+  if trained.task == "sequence_classification":
+    num_labels = weights.to_tensors(trained.plain_params())[family.classifier_tensor(config)].shape[0]
+  _, base = pretrained.from_pretrained(trained.source, trained.task, num_labels=num_labels,
+                                       param_dtype=_dtype(trained.params))
+  base = {path: leaf for path, leaf in jax.tree_util.tree_flatten_with_path(base)[0]}
+  for path, leaf in plain.items():
+    if not head.is_trained(peft.path_name(path)) and not np.array_equal(np.asarray(base[path]), np.asarray(leaf)):
+      raise UserError(f"--lora=adapter: parameter {peft.path_name(path)} differs from {trained.source}'s, on which "
+                      "transformers would load the adapter (it trained, or the checkpoint lacks it); export the "
+                      "merged model (--lora=merge)")

@@ -96,7 +96,7 @@ def restore_latest_state(directory: str):
   if not os.path.isdir(directory):
     return None
   manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=ocp.StandardCheckpointHandler(),
-                                  options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+                                  options=ocp.CheckpointManagerOptions(create=False))
   try:
     step = manager.latest_step()
     if step is None:

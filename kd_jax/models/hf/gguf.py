@@ -289,15 +289,15 @@ def writable(config) -> str | None:
   None when it can."""
   model_type = config.model_type
   if model_type not in ("llama", "mistral"):
-    return f"model_type {model_type!r} (GGUF writes llama and mistral)"
+    return f"model_type {model_type!r} is neither llama nor mistral"
   for option in ("attention_bias", "mlp_bias"):
     if getattr(config, option, False):
-      return f"{option}=True (GGUF's llama architecture as kd_jax reads it has no biases)"
+      return f"{option}=True, and GGUF's llama architecture as kd_jax reads it has no biases"
   if model_type == "mistral" and config.sliding_window is not None:
-    return f"sliding_window={config.sliding_window} (GGUF's llama architecture has no sliding window)"
+    return f"sliding_window={config.sliding_window}, and GGUF's llama architecture has no sliding window"
   rope = llama.rope_from_config(config, 1, "")
   if rope.rope_type not in ("default", "linear"):
-    return f"rope type {rope.rope_type!r} (GGUF writes default and linear)"
+    return f"rope type {rope.rope_type!r} is neither default nor linear"
   return None
 
 
