@@ -4,10 +4,10 @@ kd_jax's on the same inputs.
 
 Needs a separate virtual environment with PyTorch (never a dependency of kd_jax or its tests):
 
-    python3 -m venv /work/torchenv
-    /work/torchenv/bin/pip install -q -r requirements-torch.txt transformers safetensors numpy peft
-    python scripts/check_export_with_transformers.py --torch_python=/work/torchenv/bin/python
-    python scripts/check_export_with_transformers.py --torch_python=/work/torchenv/bin/python --workdir=runs/sst2
+    python3 -m venv .venv-torch && .venv-torch/bin/pip install -q -r requirements-torch.txt transformers safetensors \
+        numpy peft
+    python scripts/check_export_with_transformers.py --torch_python=.venv-torch/bin/python
+    python scripts/check_export_with_transformers.py --torch_python=.venv-torch/bin/python --workdir=runs/sst2
 
 Run with kd_jax's environment, it exports the cases below into --out (a temporary directory unless given) with
 kd_jax's outputs beside each (`<case>.npz`), then runs itself under --torch_python with --compare=<that directory>,
