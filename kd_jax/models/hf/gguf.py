@@ -1,14 +1,15 @@
 """llama.cpp GGUF files read and written without torch: the model (config from the GGUF metadata, tensors dequantized in NumPy by
 the `gguf` package, the same code transformers uses) and its tokenizer.
 
-`from_pretrained("dir/model.Q4_1.gguf", task="causal_lm")` works for the GGUF architecture "llama" (Llama 2/3,
-Mistral and SmolLM2 are written as "llama"). llama.cpp's converter permutes the rows of q and k within each head so
-that its rotary embedding rotates interleaved pairs (x0, x1), (x2, x3), ...; transformers (and kd_jax) rotate the halves
-(x_i, x_{i + head_dim/2}), so the permutation is undone here as in transformers' LlamaTensorProcessor.
+`from_pretrained("dir/model.Q4_1.gguf", task="causal_lm")` works for the GGUF architectures "llama" (Llama 2/3,
+Mistral and SmolLM2 are written as "llama"), "qwen2" (q/k/v biases) and "qwen3" (q/k RMS norms). For "llama",
+llama.cpp's converter permutes the rows of q and k within each head so that its rotary embedding rotates interleaved
+pairs (x0, x1), (x2, x3), ...; transformers (and kd_jax) rotate the halves (x_i, x_{i + head_dim/2}), so the
+permutation is undone here as in transformers' LlamaTensorProcessor (llama.cpp rotates Qwen's halves as they are).
 
-`write` is the inverse (kd_jax/models/export.py's GGUF format): a Llama model's transformers config, tensors and
-byte-level BPE tokenizer as a GGUF file of architecture "llama" in float32, float16 or Q8_0, q and k rows permuted as
-llama.cpp's converter permutes them, with the tokenizer's vocabulary, merges, special tokens and chat template.
+`write` is the inverse (kd_jax/models/export.py's GGUF format): a Llama-family model's transformers config, tensors and
+byte-level BPE tokenizer as a GGUF file in float32, float16 or Q8_0, q and k rows permuted where llama.cpp's converter
+permutes them, with the tokenizer's vocabulary, merges, special tokens and chat template.
 """
 
 import dataclasses
@@ -27,7 +28,9 @@ from kd_jax.models.hf import weights
 from kd_jax.models.hf import llama
 
 SUFFIX = ".gguf"
-ARCHITECTURES = ("llama",)
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# The GGUF architecture of each transformers model_type `write` takes (Mistral is written as "llama").
+WRITE_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 # The tensor types read (by name of gguf.GGMLQuantizationType); the package dequantizes these in NumPy.
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
                    "Q6_K")
@@ -38,6 +41,7 @@ LAYER_TENSOR_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
 }
 _TENSOR_NAME = re.compile(r"^(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)$")
 
@@ -137,7 +141,8 @@ def read(path: str) -> GGUFFile:
 
 
 def hf_config(path: str):
-  """transformers' LlamaConfig built from the GGUF metadata (llama.* and tokenizer.ggml.* keys)."""
+  """transformers' LlamaConfig, Qwen2Config or Qwen3Config built from the GGUF metadata (<architecture>.* and
+  tokenizer.ggml.* keys); Qwen's layers all attend fully (GGUF records no sliding window)."""
   import transformers  # pylint: disable=g-import-not-at-top
   values = read(path).metadata
   architecture = values.get("general.architecture")
@@ -158,7 +163,9 @@ def hf_config(path: str):
   elif scaling != "none":
     raise UserError(f"checkpoint {path}: GGUF rope scaling {scaling!r} is not supported; supported: none, linear")
   vocab_size = get("vocab_size") or len(values["tokenizer.ggml.tokens"])
-  return transformers.LlamaConfig(
+  config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+                  "qwen3": transformers.Qwen3Config}[architecture]
+  return config_class(
       vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=get("feed_forward_length"),
       num_hidden_layers=get("block_count"), num_attention_heads=num_heads,
       num_key_value_heads=get("attention.head_count_kv", num_heads),
@@ -190,7 +197,8 @@ def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 class GGUFSource(weights.TensorSource):
-  """A GGUF file's tensors by transformers' names, dequantized to float32 one at a time, q/k rows unpermuted."""
+  """A GGUF file's tensors by transformers' names, dequantized to float32 one at a time, q/k rows unpermuted (GGUF
+  architecture "llama")."""
 
   def __init__(self, path: str, config):
     self._path = path
@@ -199,7 +207,9 @@ class GGUFSource(weights.TensorSource):
       name = hf_tensor_name(tensor.name)
       if name is not None:
         self._tensors[name] = tensor
-    self._heads = {"self_attn.q_proj": config.num_attention_heads, "self_attn.k_proj": config.num_key_value_heads}
+    permuted = read(path).metadata.get("general.architecture") == "llama"
+    self._heads = {"self_attn.q_proj": config.num_attention_heads,
+                   "self_attn.k_proj": config.num_key_value_heads} if permuted else {}
 
   def names(self) -> set[str]:
     return set(self._tensors)
@@ -285,16 +295,17 @@ def permute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def writable(config) -> str | None:
-  """Why a transformers config cannot be written as GGUF architecture "llama" (read back by `from_pretrained`), or
-  None when it can."""
+  """Why a transformers config cannot be written as GGUF (and read back by `from_pretrained`), or None when it can:
+  a Llama, Mistral, Qwen2 or Qwen3 model without sliding windows, Llama's optional biases, or RoPE scaling other
+  than linear."""
   model_type = config.model_type
-  if model_type not in ("llama", "mistral"):
-    return f"model_type {model_type!r} is neither llama nor mistral"
+  if model_type not in WRITE_ARCHITECTURES:
+    return f"model_type {model_type!r} is not one of {', '.join(WRITE_ARCHITECTURES)}"
+  if any(window is not None for window in llama.dims_from_config(config, "").sliding_windows):
+    return "a layer attends through a sliding window, which GGUF does not record"
   for option in ("attention_bias", "mlp_bias"):
     if getattr(config, option, False):
-      return f"{option}=True, and GGUF's llama architecture as kd_jax reads it has no biases"
-  if model_type == "mistral" and config.sliding_window is not None:
-    return f"sliding_window={config.sliding_window}, and GGUF's llama architecture has no sliding window"
+      return f"{option}=True, which GGUF as kd_jax reads it does not record"
   rope = llama.rope_from_config(config, 1, "")
   if rope.rope_type not in ("default", "linear"):
     return f"rope type {rope.rope_type!r} is neither default nor linear"
@@ -302,7 +313,7 @@ def writable(config) -> str | None:
 
 
 def write(path: str, config, tensors: dict[str, np.ndarray], tokenizer, file_type: str) -> None:
-  """Writes a Llama model as GGUF.
+  """Writes a Llama-family model as GGUF.
 
   Args:
     path: the .gguf file to write.
@@ -318,7 +329,8 @@ def write(path: str, config, tensors: dict[str, np.ndarray], tokenizer, file_typ
   rope = llama.rope_from_config(config, 1, path)
   head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
   num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-  writer = gguf.GGUFWriter(path, "llama")
+  architecture = WRITE_ARCHITECTURES[config.model_type]
+  writer = gguf.GGUFWriter(path, architecture)
   writer.add_type(gguf.GGUFType.MODEL)
   writer.add_name(os.path.splitext(os.path.basename(path))[0])
   writer.add_context_length(config.max_position_embeddings)
@@ -338,7 +350,7 @@ def write(path: str, config, tensors: dict[str, np.ndarray], tokenizer, file_typ
   writer.add_vocab_size(config.vocab_size)
   writer.add_file_type(gguf.LlamaFileType[llama_file_type])
   _add_tokenizer(writer, tokenizer, config.vocab_size)
-  heads = {"attn_q": config.num_attention_heads, "attn_k": num_kv_heads}
+  heads = {"attn_q": config.num_attention_heads, "attn_k": num_kv_heads} if architecture == "llama" else {}
   for hf_name, array in tensors.items():
     name = gguf_tensor_name(hf_name)
     assert name is not None, f"tensor {hf_name} has no GGUF name"
