@@ -5,7 +5,7 @@ kd_jax's on the same inputs.
 Needs a separate virtual environment with PyTorch (never a dependency of kd_jax or its tests):
 
     python3 -m venv .venv-torch && .venv-torch/bin/pip install -q -r requirements-torch.txt transformers safetensors \
-        numpy peft
+        numpy peft gguf
     python scripts/check_export_with_transformers.py --torch_python=.venv-torch/bin/python
     python scripts/check_export_with_transformers.py --torch_python=.venv-torch/bin/python --workdir=runs/sst2
 
@@ -13,12 +13,16 @@ Run with kd_jax's environment, it exports the cases below into --out (a temporar
 kd_jax's outputs beside each (`<case>.npz`), then runs itself under --torch_python with --compare=<that directory>,
 which loads each export in transformers (and peft) and prints one line per case with the largest absolute difference
 and the relative difference ||kd_jax - transformers|| / ||transformers|| (the parity measure of
-tests/test_hf_models.py) over the compared positions; exit status 1 when a relative difference exceeds --tolerance. The cases: every fixture family of tests/fixtures/hf (bert, roberta,
-distilbert: sequence classification; t5, t5_v1_1: seq2seq; llama, llama_tied, mistral, qwen2, qwen3, gpt2: causal LM)
-with its parameters moved off the fixture's (seeded noise, so that nothing is read back from the source), a student
-built from one teacher layer per family, and LoRA adapters (peft) on the classifiers; with --workdir (repeatable),
-those finished runs' students as well (`run_<workdir name>`, on SENTENCES through the export's tokenizer; a LoRA
-student also as a peft adapter), a classifier's export then labeled by transformers' text-classification pipeline.
+tests/test_hf_models.py) over the compared positions; exit status 1 when a relative difference exceeds --tolerance.
+
+The cases: every fixture family of tests/fixtures/hf (bert, roberta, distilbert: sequence classification; t5,
+t5_v1_1: seq2seq; llama, llama_tied, mistral, qwen2, qwen3, gpt2: causal LM) with its parameters moved off the
+fixture's (seeded noise, so that nothing is read back from the source); a student built from one teacher layer per
+family; LoRA adapters (peft) on the classifiers; float32 GGUF files of a Llama and a one-layer Qwen2 student
+(`<case>_gguf`, read by transformers' own GGUF loader: the torch environment needs the `gguf` package too); with
+--workdir (repeatable), those finished runs' students (`run_<workdir name>`, on SENTENCES through the export's
+tokenizer; a LoRA student also as a peft adapter), a classifier's export then labeled by transformers'
+text-classification pipeline.
 """
 
 import argparse
@@ -39,6 +43,9 @@ TASKS = {"bert": "sequence_classification", "roberta": "sequence_classification"
 FROM_TEACHER_LAYERS = {"bert": (1,), "roberta": (1,), "distilbert": (0,), "t5": (1,), "llama": (1,), "mistral": (1,),
                        "qwen2": (1,), "qwen3": (0,), "gpt2": (1,)}
 LORA_FIXTURES = ("bert", "roberta", "distilbert")
+# Causal LMs also exported as float32 GGUF (read by transformers' own GGUF loader): (fixture, teacher layers or None).
+# Not qwen3: transformers' GGUF loader ignores qwen3.attention.key_length (its head_dim stays 128, the fixture's is 16).
+GGUF_CASES = (("llama_chat_small", None), ("qwen2", (0,)))
 SENTENCES = ("a gripping, beautifully acted film", "dull and far too long", "the plot never comes together",
              "one of the warmest comedies of the year")
 NOISE = 0.02
@@ -82,8 +89,24 @@ def export_cases(out: pathlib.Path, workdirs: list[str]) -> None:
     if trained.lora is not None and trained.layers is None and trained.trainable is None:
       cases.append((f"{name}_lora_adapter", trained, "adapter", None))
 
+  for fixture, layers in GGUF_CASES:
+    _, params = pretrained.from_pretrained(str(FIXTURES / fixture), "causal_lm")
+    if layers is not None:
+      params = from_teacher.select_layers(params, layers, np.float32)
+    cases.append((f"{fixture}_gguf", export.Trained(str(FIXTURES / fixture), "causal_lm", moved(params, 300),
+                                                    layers=layers), "gguf", "qwen2" if fixture == "qwen2" else "llama"))
+
   for case, trained, lora, fixture in cases:
     directory = out / case
+    if lora == "gguf":
+      export.write(trained, "gguf", str(directory))
+      module, _ = pretrained.from_pretrained(str(directory / export.GGUF_FILE), "causal_lm")
+      inputs = _inputs(fixture, None, "causal_lm")
+      outputs = module.apply({"params": trained.params}, inputs["input_ids"], inputs["attention_mask"])
+      np.savez(out / f"{case}.npz", outputs=np.asarray(outputs, np.float32), task="causal_lm", adapter=False,
+               gguf=True, base=str(trained.source), **inputs)
+      print(f"exported {case}", flush=True)
+      continue
     export.write(trained, "hf", str(directory), lora=lora)
     module, _ = pretrained.from_pretrained(str(directory if lora == "merge" else trained.source), trained.task)
     inputs = _inputs(fixture, directory if lora == "merge" else trained.source, trained.task)
@@ -124,7 +147,10 @@ def compare(directory: pathlib.Path, tolerance: float) -> int:
     saved = dict(np.load(path))
     task, case = str(saved["task"]), path.stem
     model_class = classes[task]
-    if bool(saved["adapter"]):
+    if "gguf" in saved:  # transformers' own GGUF reader (dequantizing in NumPy, as kd_jax's)
+      model = model_class.from_pretrained(directory / case, gguf_file="model.gguf", dtype=torch.float32)
+      class_name = f"{type(model).__name__} (GGUF)"
+    elif bool(saved["adapter"]):
       import peft  # pylint: disable=import-outside-toplevel
       model = peft.PeftModel.from_pretrained(model_class.from_pretrained(str(saved["base"]), dtype=torch.float32),
                                              str(directory / case))

@@ -127,8 +127,8 @@ def _student_params(config, workdir: str, phase: str):
     if latest is None:
       vectorized = os.path.isdir(os.path.join(os.path.dirname(os.path.normpath(workdir)), "vectorized"))
       raise UserError(f"--model={phase}: no checkpoint in {directory}" + (
-          " (this sweep point trained in a vectorized group, whose stacked checkpoints export does not read; "
-          "rerun the point with sweep.vectorize=False)" if vectorized else ""))
+          " (this sweep point trained in a vectorized group, sweep.mode='vectorized', whose stacked checkpoints "
+          "export does not read)" if vectorized else ""))
     params = latest[1]["params"]
   if isinstance(params, dict) and set(params) == {feature_losses.MODEL, feature_losses.PROJECTIONS}:
     params = params[feature_losses.MODEL]
