@@ -180,7 +180,7 @@ def test_lora_adapter_export_holds_peft_names_and_layouts(tmp_path):
 
 
 def finished_run(workdir: pathlib.Path, params, *, student_checkpoint="distilbert", select="last", lora_rank=0,
-                 name="hf") -> pathlib.Path:
+                 name="hf", phase="student") -> pathlib.Path:
   config = schema.default_config()
   config.student.name = name
   config.student.checkpoint = str(FIXTURES / student_checkpoint)
@@ -191,7 +191,7 @@ def finished_run(workdir: pathlib.Path, params, *, student_checkpoint="distilber
   files.write_json(str(workdir / "config.json"), config.to_dict())
   files.write_json(str(workdir / "results.json"), {})
   if select == "last":
-    store = checkpointing.CheckpointStore(str(workdir / "checkpoints" / "student"), max_to_keep=2)
+    store = checkpointing.CheckpointStore(str(workdir / "checkpoints" / phase), max_to_keep=2)
     store.save(7, {"params": params, "opt_state": jax.tree.map(jnp.zeros_like, params), "step": jnp.int32(7)})
     store.close()
   else:
@@ -221,6 +221,20 @@ def test_script_exports_a_finished_runs_student(tmp_path, export_script, student
   assert export_script.main([f"--workdir={workdir}", "--model=student", "--format=hf", f"--out={tmp_path / 'out'}"]) == 0
   assert "wrote" in capsys.readouterr().out
   assert_bitwise_equal(student_params, pretrained.from_pretrained(str(tmp_path / "out"))[1])
+
+
+def test_the_hard_label_student_and_a_teacher_trained_in_the_run_are_exported(tmp_path, student_params):
+  workdir = finished_run(tmp_path / "run", student_params, phase="student_hard")
+  export.export(str(workdir), model="student_hard", export_format="hf", out=str(tmp_path / "hard"))
+  assert_bitwise_equal(student_params, pretrained.from_pretrained(str(tmp_path / "hard"))[1])
+
+  teacher_params = moved(pretrained.from_pretrained(str(FIXTURES / "roberta"))[1], 6)
+  config = files.read_json(str(workdir / "config.json"))
+  config["teacher"].update(name="hf", checkpoint=str(FIXTURES / "roberta"), init="train")
+  files.write_json(str(workdir / "config.json"), config)
+  checkpointing.save_params(str(workdir / "teacher" / "params"), teacher_params)
+  export.export(str(workdir), model="teacher", export_format="hf", out=str(tmp_path / "teacher"))
+  assert_bitwise_equal(teacher_params, pretrained.from_pretrained(str(tmp_path / "teacher"))[1])
 
 
 def test_best_validation_parameters_and_merged_lora_adapters_are_exported(tmp_path, student_params):
