@@ -269,22 +269,20 @@ def tokenizer(path: str):
   return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
 
 
-
 # The tensor types `write` offers: GGUF file type name -> (gguf.GGMLQuantizationType name, gguf.LlamaFileType name).
 WRITE_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
-_GGUF_NAMES = {**{hf: stem for stem, hf in GLOBAL_TENSOR_NAMES.items()},
-               **{f"model.layers.{{}}.{hf}": f"blk.{{}}.{stem}" for stem, hf in LAYER_TENSOR_NAMES.items()}}
+_GLOBAL_GGUF_NAMES = {hf_name: stem for stem, hf_name in GLOBAL_TENSOR_NAMES.items()}
+_LAYER_GGUF_NAMES = {hf_name: stem for stem, hf_name in LAYER_TENSOR_NAMES.items()}
 _HF_TENSOR_NAME = re.compile(r"^(?:model\.layers\.(\d+)\.)?(.+)\.(weight|bias)$")
 
 
 def gguf_tensor_name(hf_name: str) -> str | None:
   """The inverse of `hf_tensor_name`: "model.layers.3.self_attn.q_proj.weight" -> "blk.3.attn_q.weight"; None for a
-  tensor GGUF's llama architecture has no name for."""
+  tensor GGUF has no name for."""
   layer, stem, leaf = _HF_TENSOR_NAME.match(hf_name).groups()
   if layer is None:
-    return f"{_GGUF_NAMES[stem]}.{leaf}" if stem in _GGUF_NAMES else None
-  key = f"model.layers.{{}}.{stem}"
-  return f"{_GGUF_NAMES[key].format(layer)}.{leaf}" if key in _GGUF_NAMES else None
+    return f"{_GLOBAL_GGUF_NAMES[stem]}.{leaf}" if stem in _GLOBAL_GGUF_NAMES else None
+  return f"blk.{layer}.{_LAYER_GGUF_NAMES[stem]}.{leaf}" if stem in _LAYER_GGUF_NAMES else None
 
 
 def permute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
