@@ -1,5 +1,6 @@
 """Export of a finished model (kd_jax/models/export.py, scripts/export.py): Hugging Face directories and GGUF files that
-kd_jax's own from_pretrained reads back bitwise, from fixture checkpoints and fabricated finished workdirs (no training).
+kd_jax's own from_pretrained reads back bitwise, from fixture checkpoints and fabricated finished workdirs (no
+training).
 
 transformers' and peft's PyTorch models load the same exports with outputs within 1e-5 of kd_jax's: that check needs
 torch and runs outside the tests (scripts/check_export_with_transformers.py; docs/export.md quotes it).
@@ -176,7 +177,7 @@ def test_lora_adapter_export_holds_peft_names_and_layouts(tmp_path):
   assert not (tmp_path / "refused").exists()
 
 
-# Finished workdirs, fabricated: config.json, results.json and a checkpoint of the student's state, as a run leaves them.
+# Finished workdirs, fabricated: config.json, results.json and a checkpoint of the student's state, as runs leave them.
 
 
 def finished_run(workdir: pathlib.Path, params, *, student_checkpoint="distilbert", select="last", lora_rank=0,
@@ -218,7 +219,8 @@ def test_script_exports_a_finished_runs_student(tmp_path, export_script, student
   # The feature projections that trained beside the model are left out.
   workdir = finished_run(tmp_path / "run", {"model": student_params, "feature_projections": {"0": {"kernel": np.ones(
       (2, 2), np.float32)}}})
-  assert export_script.main([f"--workdir={workdir}", "--model=student", "--format=hf", f"--out={tmp_path / 'out'}"]) == 0
+  argv = [f"--workdir={workdir}", "--model=student", "--format=hf", f"--out={tmp_path / 'out'}"]
+  assert export_script.main(argv) == 0
   assert "wrote" in capsys.readouterr().out
   assert_bitwise_equal(student_params, pretrained.from_pretrained(str(tmp_path / "out"))[1])
 

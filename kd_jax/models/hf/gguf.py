@@ -1,5 +1,5 @@
-"""llama.cpp GGUF files read and written without torch: the model (config from the GGUF metadata, tensors dequantized in NumPy by
-the `gguf` package, the same code transformers uses) and its tokenizer.
+"""llama.cpp GGUF files read and written without torch: the model (config from the GGUF metadata, tensors dequantized in
+NumPy by the `gguf` package, the same code transformers uses) and its tokenizer.
 
 `from_pretrained("dir/model.Q4_1.gguf", task="causal_lm")` works for the GGUF architectures "llama" (Llama 2/3,
 Mistral and SmolLM2 are written as "llama"), "qwen2" (q/k/v biases) and "qwen3" (q/k RMS norms). For "llama",
@@ -355,9 +355,10 @@ def write(path: str, config, tensors: dict[str, np.ndarray], tokenizer, file_typ
     array = np.asarray(array, np.float32)
     if name.split(".")[-2] in heads:
       array = permute_rows(array, heads[name.split(".")[-2]])
+    quantized = tensor_type == gguf.GGMLQuantizationType.Q8_0
     if array.ndim == 1 or tensor_type == gguf.GGMLQuantizationType.F32:
       writer.add_tensor(name, array)
-    elif tensor_type == gguf.GGMLQuantizationType.Q8_0 and array.shape[-1] % gguf.GGML_QUANT_SIZES[tensor_type][0] == 0:
+    elif quantized and array.shape[-1] % gguf.GGML_QUANT_SIZES[tensor_type][0] == 0:  # rows of whole blocks
       writer.add_tensor(name, gguf.quants.quantize(array, tensor_type), raw_dtype=tensor_type)
     else:
       writer.add_tensor(name, array.astype(np.float16))
