@@ -181,7 +181,7 @@ def test_lora_adapter_export_holds_peft_names_and_layouts(tmp_path):
 
 
 def finished_run(workdir: pathlib.Path, params, *, student_checkpoint="distilbert", select="last", lora_rank=0,
-                 name="hf", phase="student") -> pathlib.Path:
+                 name="hf", phase: str | None = "student") -> pathlib.Path:
   config = schema.default_config()
   config.student.name = name
   config.student.checkpoint = str(FIXTURES / student_checkpoint)
@@ -191,6 +191,8 @@ def finished_run(workdir: pathlib.Path, params, *, student_checkpoint="distilber
   workdir.mkdir(parents=True)
   files.write_json(str(workdir / "config.json"), config.to_dict())
   files.write_json(str(workdir / "results.json"), {})
+  if phase is None:  # a point of a vectorized sweep: its checkpoints are its group's
+    return workdir
   if select == "last":
     store = checkpointing.CheckpointStore(str(workdir / "checkpoints" / phase), max_to_keep=2)
     store.save(7, {"params": params, "opt_state": jax.tree.map(jnp.zeros_like, params), "step": jnp.int32(7)})
@@ -237,6 +239,29 @@ def test_the_hard_label_student_and_a_teacher_trained_in_the_run_are_exported(tm
   checkpointing.save_params(str(workdir / "teacher" / "params"), teacher_params)
   export.export(str(workdir), model="teacher", export_format="hf", out=str(tmp_path / "teacher"))
   assert_bitwise_equal(teacher_params, pretrained.from_pretrained(str(tmp_path / "teacher"))[1])
+
+
+def test_a_point_of_a_vectorized_sweep_exports_its_slice_of_the_stacked_checkpoints(tmp_path, student_params):
+  from kd_jax.training import vectorized  # pylint: disable=import-outside-toplevel
+  sweep = tmp_path / "sweep"
+  # Points differing in their seed (a vectorized field): one group, one hard-label student per seed.
+  names = ["seed=0", "seed=1"]
+  for seed, name in enumerate(names):
+    finished_run(sweep / name, student_params, phase=None)
+    config = files.read_json(str(sweep / name / "config.json"))
+    config["seed"] = seed
+    files.write_json(str(sweep / name / "config.json"), config)
+  files.write_json(str(sweep / "sweep.json"), {"points": [{"name": name} for name in names]})
+  group = pathlib.Path(vectorized.group_directory([str(sweep / name) for name in names]))
+  per_point = {phase: [moved(student_params, 10 * i + j) for j in range(2)]
+               for i, phase in enumerate(("student", "student_hard"))}
+  for phase, params in per_point.items():
+    store = checkpointing.CheckpointStore(str(group / phase), max_to_keep=1)
+    store.save(7, {"params": jax.tree.map(lambda *leaves: np.stack(leaves), *params), "step": jnp.int32(7)})
+    store.close()
+  for phase, params in per_point.items():
+    export.export(str(sweep / "seed=1"), model=phase, export_format="hf", out=str(tmp_path / phase))
+    assert_bitwise_equal(params[1], pretrained.from_pretrained(str(tmp_path / phase))[1])
 
 
 def test_best_validation_parameters_and_merged_lora_adapters_are_exported(tmp_path, student_params):

@@ -112,11 +112,14 @@ def trained_model(workdir: str, model: str) -> Trained:
 
 def _student_params(config, workdir: str, phase: str):
   """A finished student phase's parameters: the best-validation ones kept by the loop (train.select), else its last
-  checkpoint's; the model's own only (feature projections left out)."""
+  checkpoint's; the model's own only (feature projections left out). A point of a vectorized sweep group takes its
+  slice of the group's stacked checkpoint."""
   from kd_jax.training import checkpointing, feature_losses  # pylint: disable=g-import-not-at-top
-  directory = os.path.join(workdir, "checkpoints", phase)
+  directory, index = os.path.join(workdir, "checkpoints", phase), None
+  if not os.path.isdir(directory):
+    directory, index = _vectorized_group(workdir, phase) or (directory, None)
   if config.train.select == "best_validation":
-    record_path = os.path.join(f"{directory}_best", "best.json")
+    record_path = os.path.join(f"{directory}_best", "best.json")  # (a vectorized group's too: <group>/<phase>_best)
     if not os.path.isfile(record_path):
       raise UserError(f"--model={phase}: {record_path} is missing (train.select='best_validation' keeps the best "
                       "parameters there)")
@@ -125,14 +128,47 @@ def _student_params(config, workdir: str, phase: str):
   else:
     latest = checkpointing.restore_latest_state(directory)
     if latest is None:
-      vectorized = os.path.isdir(os.path.join(os.path.dirname(os.path.normpath(workdir)), "vectorized"))
-      raise UserError(f"--model={phase}: no checkpoint in {directory}" + (
-          " (this sweep point trained in a vectorized group, sweep.mode='vectorized', whose stacked checkpoints "
-          "export does not read)" if vectorized else ""))
+      raise UserError(f"--model={phase}: no checkpoint in {directory}")
     params = latest[1]["params"]
   if isinstance(params, dict) and set(params) == {feature_losses.MODEL, feature_losses.PROJECTIONS}:
     params = params[feature_losses.MODEL]
-  return jax.device_get(params)
+  params = jax.device_get(params)
+  return params if index is None else jax.tree.map(lambda stacked: stacked[index], params)
+
+
+def _vectorized_group(workdir: str, phase: str) -> tuple[str, int] | None:
+  """(the phase's stacked checkpoint directory, this point's index in it) when `workdir` is a point of a sweep whose
+  group trained vectorized (sweep.mode='vectorized'; kd_jax/training/vectorized.py), else None.
+
+  The group is the sweep's points (sweep.json's order) whose configs are equal but for vectorized.FIELDS, as
+  vectorized.groups forms it when the group trains from the start; the hard-label students are stacked one per
+  vectorized.baseline_shares share.
+  """
+  from kd_jax import fingerprints  # pylint: disable=g-import-not-at-top
+  from kd_jax.config import paths  # pylint: disable=g-import-not-at-top
+  from kd_jax.training import vectorized  # pylint: disable=g-import-not-at-top
+  sweep_workdir, name = os.path.split(os.path.normpath(workdir))
+  sweep_file = os.path.join(sweep_workdir, "sweep.json")
+  if not os.path.isdir(os.path.join(sweep_workdir, "vectorized")) or not os.path.isfile(sweep_file):
+    return None
+  configs = {}
+  for point in files.read_json(sweep_file)["points"]:
+    path = os.path.join(sweep_workdir, point["name"], CONFIG_FILE)
+    if os.path.isfile(path):
+      configs[point["name"]] = files.read_json(path)
+  if name not in configs:
+    return None
+  group_key = lambda config: fingerprints.fingerprint_json(paths.without(config, vectorized.FIELDS))
+  group = [other for other in configs if group_key(configs[other]) == group_key(configs[name])]
+  directory = os.path.join(vectorized.group_directory([os.path.join(sweep_workdir, other) for other in group]), phase)
+  if not os.path.isdir(directory):
+    raise UserError(f"--model={phase}: sweep point {name} trained vectorized, but its group's checkpoints are not in "
+                    f"{directory} (the group was resumed with fewer points); export reads groups trained whole")
+  index = group.index(name)
+  if phase == "student_hard":
+    shares = vectorized.baseline_shares([ml_collections.ConfigDict(configs[other]) for other in group])
+    index = next(i for i, share in enumerate(shares) if index in share)
+  return directory, index
 
 
 def _trained_teacher(config, workdir: str) -> Trained:
