@@ -8,11 +8,12 @@ run's or a sweep point's) in the formats other tools read:
   peft adapter directory (lora="adapter": adapter_config.json, adapter_model.safetensors) over the student's base
   checkpoint.
 - "gguf": a llama.cpp file (model.gguf) in float32, float16 or Q8_0 with the tokenizer and chat template, for the
-  Llama models GGUF's "llama" architecture expresses (gguf.writable).
+  Llama, Mistral, Qwen2 and Qwen3 models GGUF expresses (gguf.writable).
 
 Where a run keeps its finished parameters: the students', the last checkpoint of `checkpoints/<phase>/`
 (train.select='last') or the best-validation parameters kept in `checkpoints/<phase>_best/`
-(train.select='best_validation'), once results.json says the run finished; the teacher's, `<teacher dir>/params/`,
+(train.select='best_validation'), once results.json says the run finished (a vectorized sweep point's: its slice of
+its group's stacked checkpoints); the teacher's, `<teacher dir>/params/`,
 or its checkpoint as it is (teacher.init='pretrained'). What trained beside the model (feature projections) is left
 out. Tensor names and layouts are the inverse of loading's (weights.to_tensors, gguf.gguf_tensor_name), so
 from_pretrained reads an export back bitwise. The output is written to a temporary directory beside `out` and renamed
@@ -34,13 +35,13 @@ import numpy as np
 from kd_jax import files
 from kd_jax.errors import UserError
 from kd_jax.models import peft
+from kd_jax.reporting import results
 
 MODELS = ("student", "student_hard", "teacher")
 FORMATS = ("hf", "gguf")
 LORA_MODES = ("merge", "adapter")
 GGUF_TYPES = ("f32", "f16", "q8_0")
-CONFIG_FILE = "config.json"  # the run's resolved config in its workdir (train.CONFIG_FILE)
-RESULTS_FILE = "results.json"  # written when the run finished (reporting/results.RESULTS_FILE)
+CONFIG_FILE = "config.json"  # the run's resolved config in its workdir (train.CONFIG_FILE, which imports every stage)
 SAFETENSORS_FILE = "model.safetensors"
 GGUF_FILE = "model.gguf"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
@@ -99,8 +100,8 @@ def trained_model(workdir: str, model: str) -> Trained:
   if model == "student_hard" and not config.baseline:
     raise UserError(f"--model=student_hard: the run in {workdir} trained no hard-label student (config.baseline "
                     "is False)")
-  if not os.path.isfile(os.path.join(workdir, RESULTS_FILE)):
-    raise UserError(f"--workdir={workdir}: the run has not finished (no {RESULTS_FILE}); rerun its command to "
+  if not os.path.isfile(os.path.join(workdir, results.RESULTS_FILE)):
+    raise UserError(f"--workdir={workdir}: the run has not finished (no {results.RESULTS_FILE}); rerun its command to "
                     "finish it, then export")
   student = config.student
   layers = student.init_from_teacher_layers
@@ -148,7 +149,7 @@ def _vectorized_group(workdir: str, phase: str) -> tuple[str, int] | None:
   from kd_jax.config import paths  # pylint: disable=g-import-not-at-top
   from kd_jax.training import vectorized  # pylint: disable=g-import-not-at-top
   sweep_workdir, name = os.path.split(os.path.normpath(workdir))
-  sweep_file = os.path.join(sweep_workdir, "sweep.json")
+  sweep_file = os.path.join(sweep_workdir, results.SWEEP_FILE)
   if not os.path.isdir(os.path.join(sweep_workdir, "vectorized")) or not os.path.isfile(sweep_file):
     return None
   configs = {}
