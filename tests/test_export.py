@@ -292,6 +292,8 @@ def test_out_is_replaced_only_with_overwrite_and_a_failed_export_leaves_nothing(
   monkeypatch.setattr(export, "write_hf", fails_halfway)
   with pytest.raises(UserError, match="tokenizer"):
     export.export(str(workdir), model="student", export_format="hf", out=str(tmp_path / "exports" / "new"))
+  with pytest.raises(UserError, match="tokenizer"):  # the directories it would have created above --out go too
+    export.export(str(workdir), model="student", export_format="hf", out=str(tmp_path / "exports" / "a" / "b" / "c"))
   assert sorted(os.listdir(out.parent)) == ["out"]
 
 

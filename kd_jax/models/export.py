@@ -248,6 +248,10 @@ def write(trained: Trained, export_format: str, out: str, *, lora: str = "merge"
   family, config = check_format(trained, export_format, lora)
   out = os.path.normpath(out)
   parent = os.path.dirname(os.path.abspath(out))
+  created = parent  # the outermost directory this export creates above `out` (removed again if it fails)
+  while not os.path.exists(os.path.dirname(created)):
+    created = os.path.dirname(created)
+  created = None if os.path.exists(parent) else created
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.export-")
   try:
@@ -258,8 +262,9 @@ def write(trained: Trained, export_format: str, out: str, *, lora: str = "merge"
     else:
       write_gguf(trained, family, config, staging, gguf_type)
     _move_into_place(staging, out)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  except BaseException:
+    shutil.rmtree(created or staging, ignore_errors=True)
+    raise
   return sorted(os.listdir(out))
 
 
