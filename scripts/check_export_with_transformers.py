@@ -18,7 +18,7 @@ tests/test_hf_models.py) over the compared positions; exit status 1 when a relat
 The cases: every fixture family of tests/fixtures/hf (bert, roberta, distilbert: sequence classification; t5,
 t5_v1_1: seq2seq; llama, llama_tied, mistral, qwen2, qwen3, gpt2: causal LM) with its parameters moved off the
 fixture's (seeded noise, so that nothing is read back from the source); a student built from one teacher layer per
-family; LoRA adapters (peft) on the classifiers; float32 GGUF files of a Llama and a one-layer Qwen2 student
+family; LoRA adapters (peft) on the classifiers and a Llama; float32 GGUF files of a Llama and a one-layer Qwen2 student
 (`<case>_gguf`, read by transformers' own GGUF loader: the torch environment needs the `gguf` package too); with
 --workdir (repeatable), those finished runs' students (`run_<workdir name>`, on SENTENCES through the export's
 tokenizer; a LoRA student also as a peft adapter), a classifier's export then labeled by transformers'
@@ -42,7 +42,8 @@ TASKS = {"bert": "sequence_classification", "roberta": "sequence_classification"
          "gpt2": "causal_lm"}
 FROM_TEACHER_LAYERS = {"bert": (1,), "roberta": (1,), "distilbert": (0,), "t5": (1,), "llama": (1,), "mistral": (1,),
                        "qwen2": (1,), "qwen3": (0,), "gpt2": (1,)}
-LORA_FIXTURES = ("bert", "roberta", "distilbert")
+# LoRA adapters (peft) on these fixtures: their target modules (None: peft's defaults, kd_jax's peft.DEFAULT_TARGETS).
+LORA_FIXTURES = {"bert": None, "roberta": None, "distilbert": None, "llama": ("q_proj", "v_proj")}
 # Causal LMs also exported as float32 GGUF (read by transformers' own GGUF loader): (fixture, teacher layers or None).
 # Not qwen3: transformers' GGUF loader ignores qwen3.attention.key_length (its head_dim stays 128, the fixture's is 16).
 GGUF_CASES = (("llama_chat_small", None), ("qwen2", (0,)))
@@ -74,7 +75,8 @@ def export_cases(out: pathlib.Path, workdirs: list[str]) -> None:
                     export.Trained(str(FIXTURES / name), task, moved(selected, seed + 100), layers=layers), "merge",
                     name))
     if name in LORA_FIXTURES:
-      lora = ml_collections.ConfigDict({"rank": 2, "alpha": 8.0, "dropout": 0.0, "target_modules": None})
+      lora = ml_collections.ConfigDict({"rank": 2, "alpha": 8.0, "dropout": 0.0,
+                                        "target_modules": LORA_FIXTURES[name]})
       adapted = peft.add_adapters(params, lora, jax.random.key(seed))
       # Adapters and head as if trained (lora_b starts at zero); the base stays the checkpoint's, as LoRA keeps it.
       labels = peft.Trainable((peft.ADAPTER_PATTERN, peft.HEAD_PATTERN)).labels(adapted)

@@ -177,6 +177,18 @@ def test_lora_adapter_export_holds_peft_names_and_layouts(tmp_path):
   assert not (tmp_path / "refused").exists()
 
 
+def test_lora_adapter_of_a_causal_lm_has_no_modules_to_save(tmp_path):
+  lora = ml_collections.ConfigDict({**LORA.to_dict(), "target_modules": ("q_proj", "v_proj")})
+  _, params = pretrained.from_pretrained(str(FIXTURES / "llama"), "causal_lm")
+  adapted = peft.add_adapters(params, lora, jax.random.key(0))
+  trained = export.Trained(str(FIXTURES / "llama"), "causal_lm", adapted, lora=lora)
+  export.write(trained, "hf", str(tmp_path / "adapter"), lora="adapter")
+  config = files.read_json(str(tmp_path / "adapter" / "adapter_config.json"))
+  assert (config["task_type"], config["modules_to_save"]) == ("CAUSAL_LM", None)
+  targets = [f"model.layers.{i}.self_attn.{name}" for i in (0, 1) for name in ("q_proj", "v_proj")]
+  assert config["target_modules"] == targets
+
+
 # Finished workdirs, fabricated: config.json, results.json and a checkpoint of the student's state, as runs leave them.
 
 
