@@ -269,6 +269,7 @@ def write(trained: Trained, export_format: str, out: str, *, lora: str = "merge"
 
 
 def _check_out(out: str, overwrite: bool) -> None:
+  """A UserError when `out` exists and is not an empty directory, unless `overwrite`."""
   if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)) and not overwrite:
     raise UserError(f"--out={out} exists and is not an empty directory; choose another, or pass --overwrite to "
                     "replace it")
@@ -288,8 +289,10 @@ def _move_into_place(staging: str, out: str) -> None:
   elif os.path.isdir(out):
     os.rmdir(out)
   os.rename(staging, out)
-  if replaced is not None:
-    shutil.rmtree(replaced) if os.path.isdir(replaced) else os.remove(replaced)
+  if replaced is not None and os.path.isdir(replaced):
+    shutil.rmtree(replaced)
+  elif replaced is not None:
+    os.remove(replaced)
 
 
 def _built(trained: Trained, family, config, params):
