@@ -1,5 +1,6 @@
 """from_pretrained: a Hugging Face checkpoint (hub id or directory) -> (Flax module, params); the registry's create."""
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -51,6 +52,9 @@ def from_pretrained(name_or_path: str, task: str = "sequence_classification", *,
   if gguf.is_gguf(name_or_path):
     return gguf.from_pretrained(name_or_path, task, dtype=dtype, param_dtype=param_dtype)
   directory, family, config = _family_and_config(name_or_path, task)
+  if task == "causal_lm":  # the decoder-only families' dims take every stop token (their eos_token_ids)
+    config = copy.deepcopy(config)  # config.json as it is stays what an export writes (family_and_config)
+    config.eos_token_id = list(stop_token_ids(name_or_path))
   with weights.open_tensors(directory, name_or_path) as source:
     if task == "sequence_classification":
       num_labels = _num_labels(source, family.classifier_tensor(config), num_labels, name_or_path)
@@ -77,10 +81,7 @@ def _family_and_config(name_or_path: str, task: str):
     raise UserError(f"checkpoint {name_or_path}: task {task!r} is not supported for model_type {model_type!r}; "
                     f"supported: {', '.join(family.SUPPORTED_TASKS)}")
   import transformers  # pylint: disable=g-import-not-at-top  (heavy; only loading needs it)
-  config = transformers.AutoConfig.from_pretrained(directory)
-  if task == "causal_lm":  # the decoder-only families' dims take every stop token (their eos_token_ids)
-    config.eos_token_id = list(stop_token_ids(name_or_path))
-  return directory, family, config
+  return directory, family, transformers.AutoConfig.from_pretrained(directory)
 
 
 def stop_token_ids(name_or_path: str) -> tuple[int, ...]:
@@ -103,6 +104,16 @@ def _token_ids(value) -> tuple[int, ...]:
   if value is None:
     return ()
   return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+
+
+def family_and_config(name_or_path: str, task: str):
+  """(family module, transformers config) of a checkpoint (directory, hub id or GGUF file) for `task`: what builds its
+  Flax model (`family.build`), and what an export writes as config.json."""
+  if gguf.is_gguf(name_or_path):
+    gguf.architecture(name_or_path, task, dtype=jnp.float32, param_dtype=jnp.float32)  # checks the task
+    return llama, gguf.hf_config(name_or_path)
+  _, family, config = _family_and_config(name_or_path, task)
+  return family, config
 
 
 def load_tokenizer(name_or_path: str):
