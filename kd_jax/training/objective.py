@@ -15,7 +15,8 @@ phase's length, the feature and attention weights) are array leaves, arguments o
 serves every value, and a vectorized sweep (kd_jax/training/vectorized.py) stacks them [P]. What chooses code (the
 divergence, T^2 scaling, the schedule's shape, the layer pairs, their distance and pooling, the on-policy sampling
 with the student's module) is static, part of the tree structure: runs whose objectives have equal static parts share
-compiled steps.
+compiled steps. So is distill.loss_chunk (losses.DistillationLoss.chunk): the step then hands the loss the models'
+final hidden states, projected a chunk of positions at a time (kd_jax/training/chunked.py).
 """
 
 from typing import ClassVar
@@ -74,7 +75,8 @@ class Objective:
         beta=jnp.float32(d.beta), skew=jnp.float32(d.skew), akl_mu=jnp.float32(d.akl_mu),
         hard_weight_end=jnp.float32(ends.hard), soft_weight_end=jnp.float32(ends.soft),
         temperature_end=jnp.float32(_or(d.temperature_end, d.temperature)), num_steps=jnp.float32(num_steps),
-        divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=d.schedule if distills else "constant")
+        divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=d.schedule if distills else "constant",
+        chunk=d.loss_chunk)
     feature_loss = None
     if distills and d.features is not None:
       assert layers is not None, "feature distillation resolves its layer map against both models' layers"
