@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import transformers
 
-from kd_jax.models.hf import gpt2, llama, pretrained, t5
+from kd_jax.data import Examples
+from kd_jax.models.hf import gpt2, layers, llama, pretrained, t5
 from kd_jax.parallel import sharding
 from kd_jax.training import chunked, losses, steps
 from kd_jax.training.objective import Objective
@@ -34,17 +35,12 @@ def loss_inputs(seed: int = 0):
   labels = jnp.asarray(rng.integers(-1, VOCAB, (BATCH, LENGTH)), jnp.int32)
   weights = jnp.ones((BATCH, LENGTH), jnp.float32).at[1, 5:].set(0.0)
   teachers = {
-      "online": chunked.Projected(teacher_hidden, pretrained_head(teacher_kernel)),
+      "online": chunked.Projected(teacher_hidden, layers.OutputHead(teacher_kernel)),
       "dense": teacher_logits,
       "topk": losses.TopKLogits(top_values, top_indices, tail),
       "ensemble": losses.EnsembleLogits(jnp.stack([teacher_logits, f32(BATCH, LENGTH, VOCAB)], axis=-2)),
   }
   return student_hidden, student_kernel, teachers, labels, weights
-
-
-def pretrained_head(kernel):
-  from kd_jax.models.hf import layers  # pylint: disable=g-import-not-at-top
-  return layers.OutputHead(kernel)
 
 
 def unchunked(teacher):
@@ -60,7 +56,7 @@ def losses_and_gradients(student_hidden, student_kernel, teachers, labels, weigh
   teachers[teacher kind], one compiled program for all `cases`; chunk None: unchunked logits."""
 
   def loss(hidden, kernel, teacher, kind):
-    head = pretrained_head(kernel)
+    head = layers.OutputHead(kernel)
     student = head(hidden) if chunk is None else chunked.Projected(hidden, head)
     target = unchunked(teacher) if chunk is None else teacher
     return losses.distillation_loss(
@@ -103,7 +99,7 @@ def test_any_chunk_size_gives_the_same_loss(chunk):
 
 def test_without_a_teacher_only_the_cross_entropy_is_chunked():
   student_hidden, student_kernel, _, labels, weights = loss_inputs()
-  head = pretrained_head(student_kernel)
+  head = layers.OutputHead(student_kernel)
   kwargs = dict(weights=losses.LossWeights(1.0, 0.0), temperature=1.0)
   got = losses.distillation_loss(chunked.Projected(student_hidden, head), None, labels, weights, loss_chunk=2,
                                  **kwargs)
@@ -112,9 +108,9 @@ def test_without_a_teacher_only_the_cross_entropy_is_chunked():
   assert float(got.soft) == 0.0
 
 
-def tiny_llama(tied: bool, layers: int = 1, hidden: int = 16):
+def tiny_llama(tied: bool, num_layers: int = 1, hidden: int = 16):
   config = transformers.LlamaConfig(vocab_size=VOCAB * 3, hidden_size=hidden, intermediate_size=24,
-                                    num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
+                                    num_hidden_layers=num_layers, num_attention_heads=2, num_key_value_heads=1,
                                     max_position_embeddings=32, tie_word_embeddings=tied)
   return llama.build(config, checkpoint="tiny", task="causal_lm", num_labels=None, dtype=jnp.float32,
                      param_dtype=jnp.float32)
@@ -149,7 +145,7 @@ def test_each_models_head_projects_its_hidden_states_to_its_logits():
 def causal_lm_step_inputs():
   """A tiny Llama student (tied) and teacher (untied, wider), their state and params, and a batch of 2 rows x 7
   tokens, the second padded."""
-  student, teacher = tiny_llama(True), tiny_llama(False, layers=2, hidden=24)
+  student, teacher = tiny_llama(True), tiny_llama(False, num_layers=2, hidden=24)
   rng = np.random.default_rng(2)
   ids = rng.integers(0, VOCAB * 3, (BATCH, LENGTH)).astype(np.int32)
   mask = np.ones_like(ids)
@@ -157,9 +153,8 @@ def causal_lm_step_inputs():
   label = np.where(mask[:, 1:] > 0, ids[:, 1:], -1)
   label = np.concatenate([label, np.full((BATCH, 1), -1, np.int32)], axis=1)
   label[:, :2] = -1  # a prompt
-  from kd_jax.data import Examples  # pylint: disable=g-import-not-at-top
-  batch = Examples(inputs={"input_ids": ids, "attention_mask": mask}, label=label, index=np.arange(BATCH, dtype=np.int32),
-                   token_weights=(label >= 0).astype(np.float32))
+  batch = Examples(inputs={"input_ids": ids, "attention_mask": mask}, label=label,
+                   index=np.arange(BATCH, dtype=np.int32), token_weights=(label >= 0).astype(np.float32))
   example = {"input_ids": jnp.asarray(ids[:1])}
   student_params = student.module.init(jax.random.PRNGKey(0), **example)["params"]
   teacher_params = teacher.module.init(jax.random.PRNGKey(1), **example)["params"]
