@@ -29,6 +29,8 @@ INVALID = [
     ("distill.on_policy_fraction", -0.5, "config.distill.on_policy_fraction=-0.5: must be in [0.0, 1.0]"),
     ("distill.on_policy_fraction", 0.5, "config.distill.on_policy_fraction=0.5: needs data.name='causal_lm'"),
     ("data.packing", True, "config.data.packing=True: needs data.name='causal_lm'"),
+    ("distill.loss_chunk", -1, "config.distill.loss_chunk=-1: must be >= 0"),
+    ("distill.loss_chunk", 16, "config.distill.loss_chunk=16: needs a seq2seq or causal-LM data set"),
     ("generation.train_temperature", 0.0, "config.generation.train_temperature=0.0: must be > 0"),
     ("distill.ce_weight", 1.0, "config.distill.ce_weight=1.0: must be None when distill.alpha is set"),
     ("data.batch_size", 0, "config.data.batch_size=0: must be a positive multiple of the device count (8)"),
