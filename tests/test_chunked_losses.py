@@ -1,8 +1,9 @@
 """Chunked losses (config.distill.loss_chunk, kd_jax/training/chunked.py) equal the unchunked ones: the loss and its
 gradients (w.r.t. the student's hidden states and LM head) for every divergence, against dense, top-k, ensemble and
 online (hidden-state) teachers, with a chunk that does not divide the length, padding and unlabeled positions; the
-models' LM heads project their hidden states to their own logits; the train step with chunks equals the step
-without, and is a pure function of its inputs (what exact resume rests on)."""
+models' LM heads project their hidden states to their own logits; the chunked loss does not depend on how the
+batch is split over devices; the train step with chunks equals the step without, and is a pure function of its
+inputs (what exact resume rests on)."""
 
 import functools
 
@@ -11,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import transformers
+from jax.sharding import PartitionSpec as P
 
 from kd_jax.data import Examples
 from kd_jax.models.hf import gpt2, layers, llama, pretrained, t5
@@ -194,3 +196,32 @@ def test_the_train_step_with_chunks_equals_the_step_without_and_is_a_pure_functi
   again, _ = step(restored, teacher_params, objective, rng, batch)
   for got, expected in zip(jax.tree.leaves(again.params), jax.tree.leaves(on.params)):
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.multidevice
+def test_the_chunked_loss_does_not_depend_on_how_the_batch_is_split():
+  """16 rows over 8 devices (unevenly padded: per-device means would differ), chunks of 3 over 7 positions, against
+  an online teacher: the pmean of the devices' shares equals the unchunked loss of the whole batch on one."""
+  rng = np.random.default_rng(4)
+  batch = 16
+  f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  hidden, kernel, teacher_hidden, teacher_kernel = (f32(batch, LENGTH, HIDDEN), f32(HIDDEN, VOCAB),
+                                                    f32(batch, LENGTH, HIDDEN), f32(HIDDEN, VOCAB))
+  labels = jnp.asarray(rng.integers(-1, VOCAB, (batch, LENGTH)), jnp.int32)
+  weights = (jnp.arange(LENGTH)[None, :] < jnp.where(jnp.arange(batch) < 8, 1, LENGTH)[:, None]).astype(jnp.float32)
+  settings = dict(weights=losses.LossWeights(0.4, 0.6), temperature=2.0, divergence_kind="js")
+
+  def chunked_loss(hidden, kernel, teacher_hidden, teacher_kernel, labels, weights):
+    student = chunked.Projected(hidden, layers.OutputHead(kernel))
+    teacher = chunked.Projected(teacher_hidden, layers.OutputHead(teacher_kernel))
+    loss = losses.distillation_loss(student, teacher, labels, weights, axis_name=sharding.DATA_AXIS, loss_chunk=CHUNK,
+                                    **settings).loss
+    return jax.lax.pmean(loss, sharding.DATA_AXIS)
+
+  mesh = sharding.make_mesh()
+  data, replicated = P(sharding.DATA_AXIS), P()
+  sharded = jax.jit(jax.shard_map(chunked_loss, mesh=mesh, in_specs=(data, replicated, data, replicated, data, data),
+                                  out_specs=replicated))(hidden, kernel, teacher_hidden, teacher_kernel, labels,
+                                                         weights)
+  whole = losses.distillation_loss(hidden @ kernel, teacher_hidden @ teacher_kernel, labels, weights, **settings).loss
+  np.testing.assert_allclose(sharded, whole, rtol=1e-5)
