@@ -427,6 +427,12 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
         "topk_dtype": Field("float16", "The dtype the top-k values are stored in: 'float16' (default: 3 more mantissa "
                             "bits than bfloat16, and logits stay far below its 65504 limit), 'bfloat16' or "
                             "'float32'.", choices=("float16", "bfloat16", "float32")),
+        "loss_chunk": Field(
+            0, "Seq2seq and causal_lm tasks: the logit terms computed this many positions at a time "
+            "(kd_jax/training/chunked.py): the step takes the models' final hidden states and projects them to the "
+            "vocabulary one chunk of positions after another (rematerialized in the backward pass), so neither the "
+            "student's nor an online teacher's [batch, length, vocab] logits exist whole; the same loss and gradients "
+            "up to float rounding. 0: the whole sequence at once.", non_negative=True, operational=True),
         "on_policy_fraction": Field(
             0.0, "causal_lm, on-policy distillation (GKD, Agarwal et al. 2024): lambda, the probability that a "
             "training batch's responses are sampled from the current student (at generation.train_temperature, at "

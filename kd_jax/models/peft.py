@@ -192,6 +192,10 @@ class LoraModel:
     with nn.intercept_methods(interceptor):
       return self.base.apply(variables, inputs, train=train, rngs=rngs, **options)
 
+  def output_head(self, params):
+    """The base model's LM head, without adapters (chunked losses; config rules refuse LoRA on the LM head there)."""
+    return self.base.output_head(params)
+
 
 def _adapted_dense(next_fun, args, kwargs, context, *, scale: float, dropout: float):
   """Method interceptor: Dense(x) + scale * dropout(x) A B where the Dense holds adapters; other calls unchanged.
