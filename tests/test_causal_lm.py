@@ -167,6 +167,7 @@ def test_on_policy_and_packing_need_what_they_use(changes, message):
     ({"distill.on_policy_fraction": 0.5}, "needs distill.on_policy_fraction=0.0"),
     ({"data.packing": True}, "needs data.packing=False"),
     ({"train.microbatches": 2}, "needs train.microbatches=1"),
+    ({"distill.loss_chunk": 4}, "needs distill.loss_chunk=0"),
     ({"data.prompt_column": None}, "needs prompts (data.prompt_column)"),
 ])
 def test_cross_tokenizer_distillation_needs_what_it_uses(changes, message):
