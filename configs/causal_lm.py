@@ -26,6 +26,8 @@ Variants (all fields of kd_jax/config/schema.py apply):
                                                 token, computed once and cached (kd_jax/teachers/teacher_cache.py)
     --config.distill.strategy=sequence          sequence-level KD: CE on the teacher's greedy responses, cached
     --config.distill.beta=0.1 / --config.distill.divergence=forward_kl            the divergence
+    --config.distill.loss_chunk=256             the logits 256 positions at a time (docs/losses.md): neither
+                                                model's [batch, 512, 151,936] logits exist whole
     --config.generation.temperatures='(0.0, 0.7)'   decode the students at several temperatures
 
 Arguments:

@@ -32,6 +32,12 @@ The keys:
   parallelism over the 8). fsdp_step_over_replicated: its KD step time, FSDP-8 over replicated, alternating (a memory
   feature: on CPU, where the all-gathers are copies, above 1). Both in a subprocess with 8 forced CPU devices.
 
+- chunked_over_unchunked_peak_bytes: the compiled KD step's peak bytes (XLA memory_analysis, one device, compiled
+  from shapes and never run) with the loss computed 256 positions at a time (config.distill.loss_chunk) over the same
+  step with whole-sequence logits: a Qwen3-0.6B-shaped student (configs/shapes/qwen3-0.6b, float32) at batch 8 x
+  2,048 with a Qwen3-0.6B-shaped bfloat16 teacher online. kd_over_ce_peak_bytes: that chunked KD step's peak over
+  the chunked cross-entropy step's (no teacher). --smoke compiles a toy student instead.
+
 Extras: compile times, the input-pipeline stall fraction (the share of a fused training loop's time spent waiting
 for batches: 1 - time with one chunk's data staged on the device / time with each chunk's data prepared and sent),
 the teacher-cache build throughput (examples/s of the teacher's inference), cache bytes per example (dense for the
@@ -47,7 +53,8 @@ against the chip's specified bf16 peak and a measured bf16 matmul, a FLAN-T5-lar
 build, and the PyTorch loop on CUDA under bf16 autocast (accelerator_figures; scripts/accelerator_check.sh).
 
 Each section's code is a module of scripts/benchmarks/, in the order they run: default_run, machine (the matmul
-peak), kd_over_ce, vectorized_sweep, jax_over_torch, input_stall, cache_build, step_memory, fsdp, causal_lm; and
+peak), kd_over_ce, vectorized_sweep, jax_over_torch, input_stall, cache_build, step_memory, fsdp, causal_lm,
+loss_memory; and
 accelerator. Beside them what they share: settings, timing, flops, examples, students, trainer, torch_loop. This
 script holds the command line, the order of the sections, the table and the JSON file.
 """
@@ -73,6 +80,7 @@ from benchmarks.fsdp import fsdp_figures, fsdp_worker
 from benchmarks.input_stall import stall_fraction
 from benchmarks.jax_over_torch import jax_over_torch
 from benchmarks.kd_over_ce import kd_over_ce
+from benchmarks.loss_memory import loss_memory
 from benchmarks.machine import machine, matmul_peak
 from benchmarks.step_memory import step_temporaries
 from benchmarks.torch_loop import torch_worker
@@ -108,7 +116,8 @@ def accelerator_main(args) -> dict:
 def print_table(results: dict) -> None:
   goals = {"kd_over_ce_step_time": ("<=", 1.05), "vectorized_sweep_speedup": (">=", 8.0),
            "jax_over_torch_throughput": (">=", 1.5), "mfu_vs_matmul_peak": (">=", 0.45),
-           "sharded_param_bytes_ratio": ("<=", 0.15)}
+           "sharded_param_bytes_ratio": ("<=", 0.15), "chunked_over_unchunked_peak_bytes": ("<=", 0.25),
+           "kd_over_ce_peak_bytes": ("<=", 1.2)}
   print(f"{'figure':40s} {'value':>14s}  goal")
   print("-" * 70)
   for key, value in results.items():
@@ -178,6 +187,7 @@ def main() -> None:
   results.update(step_temporaries(args.quick))
   results.update(fsdp_figures(args.quick))
   results.update(llm_throughput(args.quick))
+  results.update(loss_memory(args.quick))
   results.update({"load_average_end": os.getloadavg()[0], "benchmark_wall_s": time.perf_counter() - start,
                   "own_peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
   report(results, args.out)

@@ -36,6 +36,8 @@ def test_quick_benchmark_runs_and_writes_its_figures(tmp_path):
   assert 0 < figures["step_temp_ratio_microbatches_4"] < 0.5
   # FSDP-8 holds an eighth of the DistilBERT-shaped student's parameters and optimizer state per device.
   assert 0.12 < figures["sharded_param_bytes_ratio"] <= 0.15 and figures["fsdp_step_over_replicated"] > 0
+  # Chunked losses hold a chunk's logits instead of the sequence's; the KD step's peak is near the CE step's.
+  assert 0 < figures["chunked_over_unchunked_peak_bytes"] < 1 and figures["kd_over_ce_peak_bytes"] > 1
   assert figures["cache_bytes_per_example_dense"] == 44 and figures["cache_bytes_per_example_topk_esnli"] == 12548
 
 

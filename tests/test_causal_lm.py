@@ -173,6 +173,8 @@ def test_bad_input_is_one_line(tmp_path):
     ({"distill.teacher_mode": "cached"}, "config.distill.on_policy_fraction=0.5: needs distill.teacher_mode='online'"),
     ({"data.prompt_column": None}, "config.distill.on_policy_fraction=0.5: needs prompts"),
     ({"data.packing": True}, "config.data.packing=True: needs data.validation_split"),
+    ({"distill.loss_chunk": 8, "student.lora.rank": 2, "student.lora.target_modules": ("q_proj", "lm_head")},
+     "config.distill.loss_chunk=8: projects with the student's plain LM head: LoRA on lm_head"),
 ])
 def test_on_policy_and_packing_need_what_they_use(changes, message):
   from kd_jax import preflight  # pylint: disable=import-outside-toplevel
@@ -191,6 +193,7 @@ def test_on_policy_and_packing_need_what_they_use(changes, message):
     ({"distill.on_policy_fraction": 0.5}, "needs distill.on_policy_fraction=0.0"),
     ({"data.packing": True}, "needs data.packing=False"),
     ({"train.microbatches": 2}, "needs train.microbatches=1"),
+    ({"distill.loss_chunk": 4}, "needs distill.loss_chunk=0"),
     ({"data.prompt_column": None}, "needs prompts (data.prompt_column)"),
 ])
 def test_cross_tokenizer_distillation_needs_what_it_uses(changes, message):

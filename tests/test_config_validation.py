@@ -31,6 +31,8 @@ INVALID = [
     ("distill.cross_tokenizer", "uld", "config.distill.cross_tokenizer='uld': needs data.name='causal_lm'"),
     ("distill.cross_tokenizer", "dskd", "config.distill.cross_tokenizer='dskd': allowed: none, uld, gold, alm"),
     ("data.packing", True, "config.data.packing=True: needs data.name='causal_lm'"),
+    ("distill.loss_chunk", -1, "config.distill.loss_chunk=-1: must be >= 0"),
+    ("distill.loss_chunk", 16, "config.distill.loss_chunk=16: needs a seq2seq or causal-LM data set"),
     ("generation.train_temperature", 0.0, "config.generation.train_temperature=0.0: must be > 0"),
     ("distill.ce_weight", 1.0, "config.distill.ce_weight=1.0: must be None when distill.alpha is set"),
     ("data.batch_size", 0, "config.data.batch_size=0: must be a positive multiple of the device count (8)"),

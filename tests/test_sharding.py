@@ -199,16 +199,17 @@ def test_a_run_checkpointed_on_fsdp8_resumes_on_4_devices_with_the_same_result(t
 
 @pytest.mark.slow
 def test_memory_plan_prints_each_programs_per_device_bytes_and_whether_they_fit():
-  """scripts/memory_plan.py on the esnli smoke config's fixture T5 models: the student's step and the teacher's
-  top-k inference on data 2 x fsdp 4, from config.json shapes; 1 KiB per device fits neither (exit 1); a mesh that
-  does not multiply to the devices is one line, exit 2."""
+  """scripts/memory_plan.py on the esnli smoke config's fixture T5 models: the student's step (with whole-sequence
+  logits and with a chunked loss) and the teacher's top-k inference on data 2 x fsdp 4, from config.json shapes;
+  1 KiB per device fits none (exit 1); a mesh that does not multiply to the devices is one line, exit 2."""
   env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
   command = [sys.executable, "scripts/memory_plan.py", "--config=configs/esnli.py:smoke", "--device_memory=1KiB"]
-  result = subprocess.run(command + ["--mesh=data:2,fsdp:4"], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+  result = subprocess.run(command + ["--mesh=data:2,fsdp:4", "--loss_chunk=4"], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 1, result.stderr[-3000:]
   rows = [line for line in result.stdout.splitlines() if line.startswith("data 2 x fsdp 4")]
-  assert [row[25:63].strip() for row in rows] == ["student train step", "teacher top-k cache inference"]
+  assert [row[25:89].strip() for row in rows] == ["student train step", "student train step, loss chunk 4",
+                                                  "teacher top-k cache inference"]
   assert all(row.endswith("NO") for row in rows) and "does not fit 1KiB per device" in result.stdout
   bad = subprocess.run(command + ["--mesh=data:3"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                        timeout=600, check=False)

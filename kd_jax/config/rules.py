@@ -158,12 +158,19 @@ def _check_features(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
-  """Sequence-level distillation needs a seq2seq or causal-LM task; packing and on-policy distillation need causal_lm
-  and what they use."""
+  """Sequence-level distillation and chunked losses need a seq2seq or causal-LM task; packing and on-policy
+  distillation need causal_lm and what they use."""
   data_config, distill = config.data, config.distill
   generative = schema.SEQ2SEQ_TASKS + schema.CAUSAL_LM_TASKS
   require(distill.strategy == "token" or data_config.name in generative, "distill.strategy", distill.strategy,
           f"'sequence' needs a seq2seq or causal-LM data set ({', '.join(generative)})")
+  require(distill.loss_chunk == 0 or data_config.name in generative, "distill.loss_chunk", distill.loss_chunk,
+          f"needs a seq2seq or causal-LM data set ({', '.join(generative)}): the models' positions and LM heads; "
+          f"data.name={data_config.name!r} has one prediction per example (use 0)")
+  lora = config.student.lora
+  require(distill.loss_chunk == 0 or not lora.rank or "lm_head" not in tuple(lora.target_modules or ()),
+          "distill.loss_chunk", distill.loss_chunk,
+          "projects with the student's plain LM head: LoRA on lm_head (student.lora.target_modules) needs 0")
   if data_config.name not in schema.CAUSAL_LM_TASKS:
     for field, default in (("data.packing", False), ("distill.on_policy_fraction", 0.0),
                            ("distill.cross_tokenizer", "none")):
@@ -219,7 +226,8 @@ def _check_cross_tokenizer(config: ml_collections.ConfigDict) -> None:
       ("distill.features", None, "hidden states of different tokenizations have no common positions"),
       ("distill.attention_weight", 0.0, "attention of different tokenizations has no common positions"),
       ("ensemble.size", 1, "one teacher"),
-      ("train.microbatches", 1, "its normalization is over the batch's aligned chunks")):
+      ("train.microbatches", 1, "its normalization is over the batch's aligned chunks"),
+      ("distill.loss_chunk", 0, "chunks of positions are not aligned chunks yet")):
     require(paths.get(config, field) == allowed, "distill.cross_tokenizer", value,
             f"needs {field}={allowed!r} ({why})")
   require(config.data.prompt_column is not None, "distill.cross_tokenizer", value,

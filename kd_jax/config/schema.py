@@ -436,6 +436,12 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "moves the temperature is refused. 'flat': one log-sum-exp at T = 1 and a flat tail elsewhere, an "
             "approximation that underestimates the divergence at T > 1 (docs/text_tasks.md).",
             choices=("exact", "flat")),
+        "loss_chunk": Field(
+            0, "Seq2seq and causal_lm tasks: the logit terms computed this many positions at a time "
+            "(kd_jax/training/chunked.py): the step takes the models' final hidden states and projects them to the "
+            "vocabulary one chunk of positions after another (rematerialized in the backward pass), so neither the "
+            "student's nor an online teacher's [batch, length, vocab] logits exist whole; the same loss and gradients "
+            "up to float rounding. 0: the whole sequence at once.", non_negative=True, operational=True),
         "on_policy_fraction": Field(
             0.0, "causal_lm, on-policy distillation (GKD, Agarwal et al. 2024): lambda, the probability that a "
             "training batch's responses are sampled from the current student (at generation.train_temperature, at "

@@ -203,6 +203,10 @@ class LoraModel:
     with nn.intercept_methods(interceptor):
       return self.base.apply(variables, inputs, train=train, rngs=rngs, **options)
 
+  def output_head(self, params):
+    """The base model's LM head, without adapters (chunked losses; config rules refuse LoRA on the LM head there)."""
+    return self.base.output_head(params)
+
 
 def _adapted_dense(next_fun, args, kwargs, context, *, scale: float, dropout: float):
   """Method interceptor: layer(x) + scale * dropout(x) A B where a linear layer (a Dense, GPT-2's Conv1D: only they

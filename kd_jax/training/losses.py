@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.config import schema
+from kd_jax.training import chunked
 
 DIVERGENCES = schema.DIVERGENCES
 SCHEDULES = schema.SCHEDULES
@@ -330,12 +331,45 @@ class DistillationTerms(NamedTuple):
   soft: jax.Array
 
 
-def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | EnsembleLogits | TopKLogits | None,
+def position_terms(student_logits: jax.Array, teacher_logits: jax.Array | EnsembleLogits | TopKLogits | None,
+                   labels: jax.Array, *, temperature: float, label_smoothing: float = 0.0,
+                   divergence_kind: str = "forward_kl", t2_scaling: bool = True,
+                   divergence_params: DivergenceParams = DivergenceParams(),
+                   tail_temperatures: tuple[float, ...] = ()) -> tuple[jax.Array, jax.Array]:
+  """(CE(y, p_s), s * D(z_s / T, z_t / T)) per example or position [...]: the two terms of `distillation_loss`
+  before their means; the divergence is 0 without a teacher (teacher_logits None). Arguments as there."""
+  hard = cross_entropy(student_logits, labels, label_smoothing)
+  if teacher_logits is None:
+    return hard, jnp.zeros_like(hard)
+  if isinstance(teacher_logits, TopKLogits):
+    return hard, topk_divergence(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling,
+                                 divergence_params, tail_temperatures)
+  return hard, divergence(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling, divergence_params)
+
+
+def chunked_position_terms(student: chunked.Projected, teacher, labels: jax.Array, chunk: int,
+                           **settings) -> tuple[jax.Array, jax.Array]:
+  """`position_terms` [batch, length] of a student given by its final hidden states and LM head, computed `chunk`
+  positions at a time (kd_jax/training/chunked.py): neither the student's logits nor a teacher's given the same way
+  (chunked.Projected) exist whole. The teacher may also be dense logits [batch, length, C], EnsembleLogits, TopKLogits
+  or None, sliced chunk by chunk. chunk 0: the whole sequence at once. settings: position_terms's keywords."""
+  student_hidden, student_head = chunked.split_head(student)
+  teacher_positions, teacher_head = chunked.split_head(teacher)
+
+  def chunk_terms(positions):
+    hidden, teacher_chunk, labels_chunk = positions
+    return position_terms(student_head(hidden), teacher_head(teacher_chunk), labels_chunk, **settings)
+
+  return chunked.map_positions(chunk_terms, chunk or labels.shape[1], (student_hidden, teacher_positions, labels))
+
+
+def distillation_loss(student_logits: jax.Array | chunked.Projected,
+                      teacher_logits: jax.Array | EnsembleLogits | TopKLogits | chunked.Projected | None,
                       labels: jax.Array, example_weights: jax.Array, *, weights: LossWeights, temperature: float,
                       label_smoothing: float = 0.0, divergence_kind: str = "forward_kl", t2_scaling: bool = True,
                       divergence_params: DivergenceParams = DivergenceParams(),
                       axis_name: str | None = None,
-                      weight_sums: TermWeightSums | None = None,
+                      weight_sums: TermWeightSums | None = None, loss_chunk: int = 0,
                       tail_temperatures: tuple[float, ...] = ()) -> DistillationTerms:
   """loss = w_hard * mean_{labeled} CE(y, p_s) + w_soft * mean_{all} s * D(z_s / T, z_t / T).
 
@@ -345,11 +379,12 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Ens
   `example_weights` 0 on padding); both means are over the global batch (see `global_mean`).
 
   Args:
-    student_logits: [..., C].
+    student_logits: [..., C]; or, per token, chunked.Projected (final hidden states and LM head): the terms are then
+      computed `loss_chunk` positions at a time (`chunked_position_terms`).
     teacher_logits: [..., C]; or EnsembleLogits [..., M, C] (several teachers, see `divergence`); or TopKLogits (the
-      seq2seq top-k cache, see `topk_divergence`); or a teacher with another tokenizer that compares its own aligned
-      chunks (kd_jax/training/cross_tokenizer.py: ChunkedTeacher; the soft term is then the mean over the global
-      batch's chunks); or None when w_soft is 0 (the hard-label baseline).
+      seq2seq top-k cache, see `topk_divergence`); or chunked.Projected (with a Projected student); or a teacher with
+      another tokenizer that compares its own aligned chunks (kd_jax/training/cross_tokenizer.py: ChunkedTeacher; the
+      soft term is then the mean over the global batch's chunks); or None when w_soft is 0 (the hard-label baseline).
     labels: [...] int, -1 where there is no label.
     example_weights: [...] float, 0 for padding (and for examples not to be counted at all).
     weights: LossWeights.
@@ -358,10 +393,19 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Ens
     axis_name: data-parallel axis for the global normalization, or None.
     weight_sums: this device's term weights over all its rows when these rows are one micro-batch of them
       (`term_weight_sums`; see `global_mean`), else None.
+    loss_chunk: positions per chunk of a Projected student (0: the whole sequence).
     tail_temperatures: a TopKLogits teacher's exact-tail temperatures (see `topk_divergence`); () otherwise.
   """
-  hard = global_mean(cross_entropy(student_logits, labels, label_smoothing), labeled_weights(labels, example_weights),
-                     axis_name, None if weight_sums is None else weight_sums.hard)
+  settings = dict(temperature=temperature, label_smoothing=label_smoothing, divergence_kind=divergence_kind,
+                  t2_scaling=t2_scaling, divergence_params=divergence_params, tail_temperatures=tail_temperatures)
+  if isinstance(student_logits, chunked.Projected):
+    per_position_hard, per_position_soft = chunked_position_terms(student_logits, teacher_logits, labels, loss_chunk,
+                                                                  **settings)
+  else:
+    assert not isinstance(teacher_logits, chunked.Projected), "a teacher's hidden states need a Projected student"
+    per_position_hard, per_position_soft = position_terms(student_logits, teacher_logits, labels, **settings)
+  hard = global_mean(per_position_hard, labeled_weights(labels, example_weights), axis_name,
+                     None if weight_sums is None else weight_sums.hard)
   if teacher_logits is None:
     soft = jnp.zeros_like(hard)
   elif hasattr(teacher_logits, "chunk_divergences"):  # cross_tokenizer.ChunkedTeacher
@@ -369,13 +413,7 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Ens
                                                              t2_scaling, divergence_params)
     soft = global_mean(values, chunk_weights, axis_name, None if weight_sums is None else weight_sums.soft)
   else:
-    if isinstance(teacher_logits, TopKLogits):
-      per_example = topk_divergence(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling,
-                                    divergence_params, tail_temperatures)
-    else:
-      per_example = divergence(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling,
-                               divergence_params)
-    soft = global_mean(per_example, example_weights, axis_name, None if weight_sums is None else weight_sums.soft)
+    soft = global_mean(per_position_soft, example_weights, axis_name, None if weight_sums is None else weight_sums.soft)
   return DistillationTerms(loss=weights.hard * hard + weights.soft * soft, hard=hard, soft=soft)
 
 
@@ -431,6 +469,9 @@ class DistillationLoss:
   schedule: str = flax.struct.field(pytree_node=False, default="constant")
   tail_temperatures: tuple[float, ...] = flax.struct.field(pytree_node=False, default=())
   cross_tokenizer: str = flax.struct.field(pytree_node=False, default="none")
+  # config.distill.loss_chunk: > 0, the step passes the models' final hidden states (chunked.Projected) and the terms
+  # are computed this many positions at a time.
+  chunk: int = flax.struct.field(pytree_node=False, default=0)
 
   @classmethod
   def cross_entropy(cls) -> "DistillationLoss":
@@ -461,14 +502,15 @@ class DistillationLoss:
             "hard_weight": between(self.hard_weight, self.hard_weight_end),
             "soft_weight": between(self.soft_weight, self.soft_weight_end)}
 
-  def __call__(self, student_logits: jax.Array, teacher_logits, labels: jax.Array, example_weights: jax.Array,
+  def __call__(self, student_logits, teacher_logits, labels: jax.Array, example_weights: jax.Array,
                axis_name: str | None = None, weight_sums: TermWeightSums | None = None) -> DistillationTerms:
-    """`distillation_loss` with this loss's settings; teacher_logits None (no teacher signal) gives soft = 0."""
+    """`distillation_loss` with this loss's settings (logits, or chunked.Projected hidden states when `chunk`);
+    teacher_logits None (no teacher signal) gives soft = 0."""
     return distillation_loss(student_logits, teacher_logits, labels, example_weights,
                              weights=LossWeights(self.hard_weight, self.soft_weight), temperature=self.temperature,
                              label_smoothing=self.label_smoothing, divergence_kind=self.divergence,
                              t2_scaling=self.t2_scaling,
                              divergence_params=DivergenceParams(self.beta, self.skew, self.akl_mu),
-                             axis_name=axis_name, weight_sums=weight_sums,
+                             axis_name=axis_name, weight_sums=weight_sums, loss_chunk=self.chunk,
                              tail_temperatures=self.tail_temperatures)
 

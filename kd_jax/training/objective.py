@@ -16,7 +16,8 @@ phase's length, the feature and attention weights) are array leaves, arguments o
 serves every value, and a vectorized sweep (kd_jax/training/vectorized.py) stacks them [P]. What chooses code (the
 divergence, T^2 scaling, the schedule's shape, the layer pairs, their distance and pooling, the on-policy sampling
 with the student's module) is static, part of the tree structure: runs whose objectives have equal static parts share
-compiled steps.
+compiled steps. So is distill.loss_chunk (losses.DistillationLoss.chunk): the step then hands the loss the models'
+final hidden states, projected a chunk of positions at a time (kd_jax/training/chunked.py).
 """
 
 import functools
@@ -86,7 +87,8 @@ class Objective:
         tail_temperatures=(teacher_cache.topk_tail_temperatures([config]) if tail_temperatures is None
                            else tuple(tail_temperatures)) if distills else (),
         cross_tokenizer=d.cross_tokenizer if distills else "none",
-        shared_ids=_shared_ids(task) if distills and d.cross_tokenizer == "gold" else None)
+        shared_ids=_shared_ids(task) if distills and d.cross_tokenizer == "gold" else None,
+        chunk=d.loss_chunk)
     feature_loss = None
     if distills and d.features is not None:
       assert layers is not None, "feature distillation resolves its layer map against both models' layers"

@@ -20,7 +20,7 @@ from flax.training import train_state
 from kd_jax.data import Examples, feed, pipeline
 from kd_jax.models import peft
 from kd_jax.parallel import sharding
-from kd_jax.training import cross_tokenizer, feature_losses, loop, losses
+from kd_jax.training import chunked, cross_tokenizer, feature_losses, loop, losses
 from kd_jax.training.objective import Objective
 
 
@@ -104,6 +104,8 @@ def train_step(state: TrainState, teacher_params, objective: Objective, rng: jax
   Randomness (dropout, input noise) is drawn per example from fold_in(fold_in(rng, step), example index), so it
   depends neither on the device count nor on where a batch lands, and a resumed run redraws the same masks.
   The loss is normalized over the global batch (`losses.global_mean`) and gradients are averaged with pmean.
+  With chunked losses (config.distill.loss_chunk > 0) the models return their final hidden states instead of their
+  logits, and the loss projects them with their LM heads a chunk of positions at a time (kd_jax/training/chunked.py).
   With feature distillation (`objective.feature_loss`) both models also return their intermediates, the feature and
   attention terms are added (logged as feature_loss, attention_loss), and `state.params` holds the student's params
   and the projections (feature_losses.join_params).
@@ -138,6 +140,10 @@ def train_step(state: TrainState, teacher_params, objective: Objective, rng: jax
   features = objective.feature_loss  # feature distillation needs both models' intermediates
   # Gradients of the trained parameters only (state.trainable); the frozen ones get zeros, which the optimizer drops.
   trained, frozen = peft.split(state.params, state.trainable)
+  # Chunked losses (objective.logit_loss.chunk > 0): the models return their final hidden states, which the loss
+  # projects to logits a chunk of positions at a time (kd_jax/training/chunked.py).
+  chunks = loss.chunk > 0
+  outputs = {"project": False} if chunks else {}
 
   def gradients(rows: Examples, weight_sums):
     """(gradients of the trained params, loss terms) of `rows`: this device's rows, or one micro-batch of them with
@@ -151,12 +157,15 @@ def train_step(state: TrainState, teacher_params, objective: Objective, rng: jax
     teacher_logits, teacher_features = rows.teacher, None
     teacher_inputs = inputs if rows.teacher_inputs is None else rows.teacher_inputs
     if teacher_model is not None:
+      teacher_apply = functools.partial(teacher_model.apply, {"params": teacher_params}, teacher_inputs, train=False,
+                                        **outputs)
       if features is None:
-        teacher_logits = teacher_model.apply({"params": teacher_params}, teacher_inputs, train=False)
+        teacher_logits = teacher_apply()
       else:
-        teacher_logits, teacher_state = teacher_model.apply({"params": teacher_params}, teacher_inputs, train=False,
-                                                            mutable=["intermediates"])
+        teacher_logits, teacher_state = teacher_apply(mutable=["intermediates"])
         teacher_features = feature_losses.collect(teacher_state["intermediates"])
+      if chunks:
+        teacher_logits = chunked.Projected(teacher_logits, teacher_model.output_head(teacher_params))
       teacher_logits, teacher_features = jax.lax.stop_gradient((teacher_logits, teacher_features))
       if loss.cross_tokenizer != "none":  # its own tokens: compared on the aligned chunks
         teacher_logits = cross_tokenizer.ChunkedTeacher(
@@ -171,13 +180,15 @@ def train_step(state: TrainState, teacher_params, objective: Objective, rng: jax
 
       def example_outputs(example_inputs, dropout_rng):
         apply = functools.partial(model.apply, {"params": model_params}, _add_batch_axis(example_inputs), train=True,
-                                  rngs={"dropout": dropout_rng})
+                                  rngs={"dropout": dropout_rng}, **outputs)
         if features is None:
           return apply()[0], None
         logits, model_state = apply(mutable=["intermediates"])
         return logits[0], jax.tree.map(lambda value: value[0], feature_losses.collect(model_state["intermediates"]))
 
       logits, student_features = jax.vmap(example_outputs)(inputs, dropout_rngs)
+      if chunks:
+        logits = chunked.Projected(logits, model.output_head(model_params))
       terms = loss(logits, teacher_logits, rows.label, example_weights, axis_name=sharding.data_axis(),
                    weight_sums=term_sums)
       if features is None:

@@ -92,13 +92,14 @@ class GPT2Block(nn.Module):
 
 
 class GPT2Model(nn.Module):
-  """wte + wpe, the blocks h.N, ln_f: the transformer.* tensors. Returns (hidden states, tied LM logits)."""
+  """wte + wpe, the blocks h.N, ln_f: the transformer.* tensors. Returns (hidden states, tied LM logits; None when
+  not `project`)."""
   dims: GPT2Dims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool):
+  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, project: bool = True):
     dims = self.dims
     query_slots, key_slots, cache_index = decode_slots(self, input_ids.shape[1], decode_length)
     if position_ids is None:
@@ -113,7 +114,7 @@ class GPT2Model(nn.Module):
           hidden, bias, cache_index=cache_index, train=train)
     hidden = nn.LayerNorm(epsilon=dims.layer_norm_epsilon, use_fast_variance=False, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="ln_f")(hidden)
-    return hidden, wte.attend(hidden)
+    return hidden, wte.attend(hidden) if project else None
 
 
 class GPT2LMHeadModel(nn.Module):
@@ -124,9 +125,16 @@ class GPT2LMHeadModel(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
-               train: bool = False) -> jax.Array:
-    return GPT2Model(self.dims, self.dtype, self.param_dtype, name="transformer")(
-        input_ids, attention_mask, position_ids, decode_length, train)[1]
+               train: bool = False, project: bool = True) -> jax.Array:
+    """project: False: the final hidden states [batch, length, hidden_size] (after ln_f), which
+    `output_head(params)` projects (chunked losses)."""
+    hidden, logits = GPT2Model(self.dims, self.dtype, self.param_dtype, name="transformer")(
+        input_ids, attention_mask, position_ids, decode_length, train, project)
+    return logits if project else hidden
+
+  def output_head(self, params) -> layers.OutputHead:
+    """The projection of `__call__(project=False)`'s hidden states to the logits: the token embedding wte (tied)."""
+    return layers.OutputHead(params["transformer"]["wte"]["embedding"].T, dtype=self.dtype)
 
 
 def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, param_dtype) -> Architecture:

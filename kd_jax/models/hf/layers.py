@@ -9,6 +9,7 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,29 @@ def rematerialized(block: type[nn.Module], remat: str, train_argnum: int) -> typ
     return block
   policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
   return nn.remat(block, policy=policy, static_argnums=(train_argnum,))
+
+
+@flax.struct.dataclass
+class OutputHead:
+  """A language model's output projection as arrays: logits = (hidden * input_scale) @ kernel, computed in `dtype`
+  (the LM head's Dense, or a tied embedding's attend, as the module computes it).
+
+  What chunked losses (kd_jax/training/chunked.py) project the final hidden states with, a chunk of positions at a
+  time, so that the full [batch, length, vocab] logits never exist. A pytree: `kernel` is the parameter itself (or
+  the tied embedding transposed), so gradients reach it.
+
+  kernel: [hidden, vocab] (a Dense kernel, or embeddingᵀ).
+  input_scale: multiplies the hidden states first (T5's tied head: d_model ** -0.5).
+  """
+  kernel: jax.Array
+  input_scale: float = flax.struct.field(pytree_node=False, default=1.0)
+  dtype: Any = flax.struct.field(pytree_node=False, default=jnp.float32)
+
+  def __call__(self, hidden: jax.Array) -> jax.Array:
+    """Logits [..., vocab] of hidden states [..., hidden]."""
+    if self.input_scale != 1.0:
+      hidden = hidden * self.input_scale
+    return jnp.dot(hidden.astype(self.dtype), self.kernel.astype(self.dtype))
 
 
 def check_activation(name: str, checkpoint: str) -> str:

@@ -225,8 +225,9 @@ class LlamaModel(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool):
-    """(last hidden states [batch, length, hidden_size], the tied LM head's logits or None); see LlamaForCausalLM."""
+  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, project: bool = True):
+    """(last hidden states [batch, length, hidden_size], the tied LM head's logits or None: None also when not
+    `project`); see LlamaForCausalLM."""
     dims = self.dims
     query_slots, key_slots, cache_index = decode_slots(self, input_ids.shape[1], decode_length)
     if position_ids is None:
@@ -241,7 +242,7 @@ class LlamaModel(nn.Module):
       hidden = LlamaDecoderLayer(dims, self.dtype, self.param_dtype, name=f"layers.{index}")(
           hidden, biases[window], cos, sin, cache_index=cache_index, train=train)
     hidden = RMSNorm(dims.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(hidden)
-    return hidden, embed.attend(hidden) if dims.tie_word_embeddings else None
+    return hidden, embed.attend(hidden) if dims.tie_word_embeddings and project else None
 
 
 class LlamaForCausalLM(nn.Module):
@@ -252,7 +253,7 @@ class LlamaForCausalLM(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
-               train: bool = False) -> jax.Array:
+               train: bool = False, project: bool = True) -> jax.Array:
     """Logits [batch, length, vocab_size] of input_ids [batch, length].
 
     attention_mask: [batch, length] (1 for tokens, 0 for padding; None: all tokens); when decoding, [batch,
@@ -260,13 +261,24 @@ class LlamaForCausalLM(nn.Module):
     position_ids: [batch, length] rotary positions; default: the slot index (0, 1, ... as in transformers' forward,
       which also counts left padding; generation passes cumsum(attention_mask) - 1 as transformers' generate does).
     decode_length: the KV cache's length when decoding (the "cache" collection mutable).
+    project: False: the final hidden states [batch, length, hidden_size] instead of the logits, which
+      `output_head(params)` projects (chunked losses, kd_jax/training/chunked.py).
     """
     hidden, logits = LlamaModel(self.dims, self.dtype, self.param_dtype, name="model")(
-        input_ids, attention_mask, position_ids, decode_length, train)
+        input_ids, attention_mask, position_ids, decode_length, train, project)
+    if not project:
+      return hidden
     if logits is None:
       logits = nn.Dense(self.dims.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                         name="lm_head")(hidden)
     return logits
+
+  def output_head(self, params) -> layers.OutputHead:
+    """The projection of `__call__(project=False)`'s hidden states to the logits: lm_head, or the token embedding
+    when tie_word_embeddings."""
+    if self.dims.tie_word_embeddings:
+      return layers.OutputHead(params["model"]["embed_tokens"]["embedding"].T, dtype=self.dtype)
+    return layers.OutputHead(params["lm_head"]["kernel"], dtype=self.dtype)
 
 
 def rope_from_config(config, head_dim: int, checkpoint: str) -> Rope:

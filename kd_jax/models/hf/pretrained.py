@@ -193,6 +193,11 @@ class RegistryModel:
     model_inputs = {name: array for name, array in inputs.items() if name in input_names and name != "train"}
     return self.module.apply(variables, **model_inputs, train=train, rngs=rngs, **apply_kwargs)
 
+  def output_head(self, params):
+    """The LM head of a causal LM or seq2seq model (layers.OutputHead) that projects what
+    `apply(..., project=False)` returns: its final hidden states."""
+    return self.module.output_head(params)
+
 
 def create(model_config, *, num_classes: int, example_inputs, rng):
   """Registry hook (kd_jax.models.create): `model_config.checkpoint` loaded for `model_config.task`.

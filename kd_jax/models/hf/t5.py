@@ -237,26 +237,40 @@ class T5ForConditionalGeneration(nn.Module):
       self.lm_head = nn.Dense(dims.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
 
   def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
-               train: bool = False) -> jax.Array:
+               train: bool = False, project: bool = True) -> jax.Array:
+    """project: False: the decoder's final hidden states [batch, target_length, d_model] instead of the logits,
+    which `output_head(params)` projects (chunked losses, kd_jax/training/chunked.py)."""
     if decoder_input_ids is None:
       raise ValueError("T5ForConditionalGeneration needs decoder_input_ids (e.g. shift_right(labels, ...))")
     encoder_hidden = self.encode(input_ids, attention_mask, train=train)
-    return self.decode(decoder_input_ids, encoder_hidden, attention_mask, decoder_attention_mask, train=train)
+    return self.decode(decoder_input_ids, encoder_hidden, attention_mask, decoder_attention_mask, train=train,
+                       project=project)
 
   def encode(self, input_ids, attention_mask=None, train: bool = False) -> jax.Array:
     """input_ids [batch, source_length] -> encoder hidden states [batch, source_length, d_model]."""
     return self.encoder(input_ids, attention_mask, train=train)
 
   def decode(self, decoder_input_ids, encoder_hidden, attention_mask=None, decoder_attention_mask=None,
-             decode_length: int | None = None, train: bool = False) -> jax.Array:
-    """Logits [batch, target_length, vocab_size]; `attention_mask` is the encoder's [batch, source_length]."""
+             decode_length: int | None = None, train: bool = False, project: bool = True) -> jax.Array:
+    """Logits [batch, target_length, vocab_size] (the final hidden states when not `project`); `attention_mask` is
+    the encoder's [batch, source_length]."""
     if attention_mask is None:
       attention_mask = jnp.ones(encoder_hidden.shape[:2], jnp.int32)
     hidden = self.decoder(decoder_input_ids, decoder_attention_mask, encoder_hidden=encoder_hidden,
                           encoder_mask=attention_mask, decode_length=decode_length, train=train)
+    if not project:
+      return hidden
     if self.dims.tied_lm_head:
       return self.shared.attend(hidden * self.dims.d_model**-0.5)
     return self.lm_head(hidden)
+
+  def output_head(self, params) -> layers.OutputHead:
+    """The projection of `decode(project=False)`'s hidden states to the logits: the shared embedding scaled by
+    d_model ** -0.5 when tied, else lm_head."""
+    if self.dims.tied_lm_head:
+      return layers.OutputHead(params["shared"]["embedding"].T, input_scale=self.dims.d_model**-0.5,
+                               dtype=self.dtype)
+    return layers.OutputHead(params["lm_head"]["kernel"], dtype=self.dtype)
 
 
 class T5EncoderModel(nn.Module):
