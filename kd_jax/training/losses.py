@@ -403,7 +403,9 @@ def distillation_loss(student_logits: jax.Array | chunked.Projected,
                                                                   **settings)
   else:
     assert not isinstance(teacher_logits, chunked.Projected), "a teacher's hidden states need a Projected student"
-    per_position_hard, per_position_soft = position_terms(student_logits, teacher_logits, labels, **settings)
+    # A teacher across tokenizers compares its own chunks (below), not positions.
+    per_position_teacher = None if hasattr(teacher_logits, "chunk_divergences") else teacher_logits
+    per_position_hard, per_position_soft = position_terms(student_logits, per_position_teacher, labels, **settings)
   hard = global_mean(per_position_hard, labeled_weights(labels, example_weights), axis_name,
                      None if weight_sums is None else weight_sums.hard)
   if teacher_logits is None:
