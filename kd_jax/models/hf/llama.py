@@ -15,6 +15,7 @@ call are written into a [batch, decode_length, kv_heads, head_dim] cache at the 
 
 import dataclasses
 import functools
+import logging
 import math
 from typing import Any
 
@@ -28,6 +29,9 @@ from kd_jax.models.hf.weights import Architecture
 # Llama's RMSNorm is T5's: weight * x / sqrt(mean(x²) + eps) with the statistic in float32.
 from kd_jax.models.dropout import Dropout
 from kd_jax.models.hf.t5 import T5LayerNorm as RMSNorm
+from kd_jax.parallel import sharding
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_TASKS = ("causal_lm",)
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -267,6 +271,33 @@ class LlamaForCausalLM(nn.Module):
       logits = nn.Dense(self.dims.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                         name="lm_head")(hidden)
     return logits
+
+
+@functools.lru_cache(maxsize=16)
+def partition_rules(dims: LlamaDims, tensor: int) -> tuple:
+  """The Llama family's tensor-parallel placement (sharding.megatron_rules) on a tensor axis of size `tensor`: q_proj,
+  k_proj and v_proj split their output units (whole heads; config validation requires `tensor` to divide the query
+  heads), gate_proj and up_proj their hidden units, o_proj and down_proj their input units, and the vocabulary
+  splits over the axis in the LM head (its outputs: each device computes its share of the logits) and the token
+  embedding (its rows). Grouped-query attention's key / value heads split only when `tensor` divides them; otherwise
+  k_proj and v_proj stay whole on every device (each device then computes every key / value head, and its query heads
+  read the groups they belong to), which the log says once, as it says a vocabulary that does not split. Norms stay
+  whole."""
+  split_outputs = [r"self_attn/q_proj", r"mlp\.(gate_proj|up_proj)"]
+  split_inputs = [r"self_attn/o_proj", r"mlp\.down_proj"]
+  if dims.num_kv_heads % tensor == 0:
+    split_outputs.append(r"self_attn/(k_proj|v_proj)")
+  else:
+    logger.info("tensor parallelism over %d devices: the %d key/value heads do not split in %d; k_proj and v_proj "
+                "stay whole on every device (the %d query heads split)", tensor, dims.num_kv_heads, tensor,
+                dims.num_heads)
+  if dims.vocab_size % tensor == 0:
+    split_outputs.append(r"\blm_head")
+    split_inputs.append(r"\bembed_tokens")
+  else:
+    logger.info("tensor parallelism over %d devices: the vocabulary of %d tokens does not split in %d; the token "
+                "embedding and LM head stay whole on every device", tensor, dims.vocab_size, tensor)
+  return sharding.megatron_rules(split_outputs="|".join(split_outputs), split_inputs="|".join(split_inputs))
 
 
 def rope_from_config(config, head_dim: int, checkpoint: str) -> Rope:
