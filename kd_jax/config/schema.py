@@ -347,9 +347,10 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
         "chat_template": Field(True, "causal_lm with prompts: render them with the tokenizer's chat template (a user "
                                "turn, then the assistant's response); False: the prompt text (with the tokenizer's "
                                "special tokens) followed by the response and EOS."),
-        "packing": Field(False, "causal_lm: concatenate the training sequences and cut them into rows of max_length "
-                         "tokens (no padding; the loss mask is carried along). Needs data.validation_split; not with "
-                         "on-policy or sequence-level distillation."),
+        "packing": Field(False, "causal_lm: place whole training examples one after another in rows of max_length "
+                         "tokens (fewer padding tokens); each attends only within itself (segment ids, positions "
+                         "restarting per example), so its logits, labels and loss are those it has alone. Needs "
+                         "data.validation_split; not with on-policy or sequence-level distillation."),
         "synthetic": Section("Shape of the synthetic tasks (ignored by 'digits').", {
             "num_examples": Field(2000, "Examples in the data set.", positive=True),
             "num_features": Field(32, "Input features of an example.", positive=True),

@@ -105,7 +105,7 @@ class GPT2Model(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool):
+  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, segment_ids=None):
     dims = self.dims
     query_slots, key_slots, cache_index = decode_slots(self, input_ids.shape[1], decode_length)
     if position_ids is None:
@@ -114,7 +114,7 @@ class GPT2Model(nn.Module):
     wte = embed(dims.vocab_size, dims.hidden_size, name="wte")
     hidden = wte(input_ids) + embed(dims.max_position_embeddings, dims.hidden_size, name="wpe")(position_ids)
     hidden = Dropout(dims.embedding_dropout)(hidden, deterministic=not train)
-    bias = causal_bias(query_slots, key_slots, attention_mask, None)
+    bias = causal_bias(query_slots, key_slots, attention_mask, None, segment_ids)
     for index in range(dims.num_layers):
       hidden = GPT2Block(dims, self.dtype, self.param_dtype, name=f"h.{index}")(
           hidden, bias, cache_index=cache_index, train=train)
@@ -131,9 +131,9 @@ class GPT2LMHeadModel(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
-               train: bool = False) -> jax.Array:
+               train: bool = False, segment_ids=None) -> jax.Array:
     return GPT2Model(self.dims, self.dtype, self.param_dtype, name="transformer")(
-        input_ids, attention_mask, position_ids, decode_length, train)[1]
+        input_ids, attention_mask, position_ids, decode_length, train, segment_ids)[1]
 
 
 def heads_first(name: str, tensor: np.ndarray, num_heads: int) -> np.ndarray:

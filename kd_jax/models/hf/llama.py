@@ -197,15 +197,19 @@ class LlamaDecoderLayer(nn.Module):
 
 
 def causal_bias(query_slots: jax.Array, key_slots: jax.Array, attention_mask: jax.Array | None,
-                window: int | None) -> jax.Array:
+                window: int | None, segment_ids: jax.Array | None = None) -> jax.Array:
   """Additive bias [batch or 1, 1, queries, keys] (float32): 0 where key slot <= query slot (and > query slot -
-  window) and attention_mask [batch, keys] is 1, else masked."""
+  window), attention_mask [batch, keys] is 1 and (packed rows) segment_ids [batch, length] of query and key are
+  equal, else masked: causal and block-diagonal, a packed example attends to itself only."""
   allowed = key_slots[None, :] <= query_slots[:, None]
   if window is not None:
     allowed &= key_slots[None, :] > query_slots[:, None] - window
   bias = jnp.where(allowed, 0.0, layers.MASKED_SCORE)[None, None]
   if attention_mask is not None:
     bias = bias + layers.padding_bias(attention_mask)
+  if segment_ids is not None:
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    bias = bias + jnp.where(same_segment, 0.0, layers.MASKED_SCORE)[:, None]
   return jnp.maximum(bias, layers.MASKED_SCORE)
 
 
@@ -229,14 +233,14 @@ class LlamaModel(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool):
+  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, segment_ids=None):
     """(last hidden states [batch, length, hidden_size], the tied LM head's logits or None); see LlamaForCausalLM."""
     dims = self.dims
     query_slots, key_slots, cache_index = decode_slots(self, input_ids.shape[1], decode_length)
     if position_ids is None:
       position_ids = jnp.broadcast_to(query_slots, input_ids.shape)
     cos, sin = dims.rope.cos_sin(position_ids)
-    biases = {window: causal_bias(query_slots, key_slots, attention_mask, window)
+    biases = {window: causal_bias(query_slots, key_slots, attention_mask, window, segment_ids)
               for window in set(dims.sliding_windows)}
     embed = nn.Embed(dims.vocab_size, dims.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="embed_tokens")
@@ -256,17 +260,20 @@ class LlamaForCausalLM(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
-               train: bool = False) -> jax.Array:
+               train: bool = False, segment_ids=None) -> jax.Array:
     """Logits [batch, length, vocab_size] of input_ids [batch, length].
 
     attention_mask: [batch, length] (1 for tokens, 0 for padding; None: all tokens); when decoding, [batch,
       decode_length] over the cache's slots.
     position_ids: [batch, length] rotary positions; default: the slot index (0, 1, ... as in transformers' forward,
-      which also counts left padding; generation passes cumsum(attention_mask) - 1 as transformers' generate does).
+      which also counts left padding; generation passes cumsum(attention_mask) - 1 as transformers' generate does;
+      packed rows restart them at each example).
     decode_length: the KV cache's length when decoding (the "cache" collection mutable).
+    segment_ids: packed rows [batch, length] (kd_jax/data/causal_lm.py `pack`): a token attends only to the earlier
+      tokens of its own segment; None: one sequence per row.
     """
     hidden, logits = LlamaModel(self.dims, self.dtype, self.param_dtype, name="model")(
-        input_ids, attention_mask, position_ids, decode_length, train)
+        input_ids, attention_mask, position_ids, decode_length, train, segment_ids)
     if logits is None:
       logits = nn.Dense(self.dims.vocab_size, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
                         name="lm_head")(hidden)
