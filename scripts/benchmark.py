@@ -31,6 +31,9 @@ The keys:
   (from the arrays' shards) with FSDP over 8 forced CPU devices (config.mesh.fsdp=8) over replicated (data
   parallelism over the 8). fsdp_step_over_replicated: its KD step time, FSDP-8 over replicated, alternating (a memory
   feature: on CPU, where the all-gathers are copies, above 1). Both in a subprocess with 8 forced CPU devices.
+- packed_over_padded_tokens_per_s: response tokens/s of the SmolLM2-shaped student's KD training on the same
+  passages of random lengths packed (data.packing: whole passages per row, segment ids) over padded one per row
+  (benchmarks/causal_lm.py packed_over_padded).
 
 Extras: compile times, the input-pipeline stall fraction (the share of a fused training loop's time spent waiting
 for batches: 1 - time with one chunk's data staged on the device / time with each chunk's data prepared and sent),
@@ -67,7 +70,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # its package,
 from benchmarks import REPO_ROOT, settings
 from benchmarks.accelerator import ACCEL_SHAPES, accelerator_figures
 from benchmarks.cache_build import cache_throughput
-from benchmarks.causal_lm import llm_throughput
+from benchmarks.causal_lm import llm_throughput, packed_over_padded
 from benchmarks.default_run import default_run_peak_memory
 from benchmarks.fsdp import fsdp_figures, fsdp_worker
 from benchmarks.input_stall import stall_fraction
@@ -178,6 +181,7 @@ def main() -> None:
   results.update(step_temporaries(args.quick))
   results.update(fsdp_figures(args.quick))
   results.update(llm_throughput(args.quick))
+  results.update(packed_over_padded(args.quick))
   results.update({"load_average_end": os.getloadavg()[0], "benchmark_wall_s": time.perf_counter() - start,
                   "own_peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
   report(results, args.out)

@@ -78,6 +78,10 @@ def test_plain_text_and_packing():
   np.testing.assert_array_equal(pairs["label"], [[-1, 9, 10, -1], [6, -1, 3, -1]])
   np.testing.assert_array_equal(pairs["segment_ids"], [[1, 1, 1, 1], [1, 1, 2, 2]])
   np.testing.assert_array_equal(pairs["position_ids"], [[0, 1, 2, 3], [0, 1, 0, 1]])
+  # Best fit: a later example fills the room an earlier row left.
+  best_fit = causal_lm_data.pack([[1], [1], [1], [1]], [[5, 6], [7, 8], [9], []], pad_token_id=0, length=4)
+  np.testing.assert_array_equal(best_fit["input_ids"], [[1, 5, 6, 1], [1, 7, 8, 0], [1, 9, 0, 0]])
+  np.testing.assert_array_equal(best_fit["segment_ids"], [[1, 1, 1, 2], [1, 1, 1, 0], [1, 1, 0, 0]])
 
 
 def test_generated_responses_join_their_prompts_in_the_training_layout():

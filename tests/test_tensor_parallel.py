@@ -19,7 +19,7 @@ from kd_jax.models.hf import pretrained
 from kd_jax.parallel import sharding
 from kd_jax.training import steps
 from kd_jax.training.objective import Objective
-from tests.helpers import REPO_ROOT, load_config
+from tests.helpers import REPO_ROOT, load_config, run_main
 
 pytestmark = pytest.mark.multidevice
 
@@ -197,15 +197,17 @@ def test_an_fsdp_x_tensor_distillation_step_equals_the_replicated_step(distillat
                                                 "k_proj/kernel": P("fsdp", "tensor")}, fsdp=4)
 
 
-def test_a_model_without_placement_rules_is_refused_on_a_tensor_axis():
-  """mesh.tensor > 1 with the MLP teacher and student (no partition_rules) is one line naming the field, before
-  anything runs; placing an MLP on such a mesh directly raises the same kind of error (never silently replicated)."""
+def test_a_model_without_placement_rules_is_refused_on_a_tensor_axis(tmp_path):
+  """mesh.tensor > 1 with the MLP teacher and student (no partition_rules) is one line naming the field, exit 2,
+  before anything is written; placing an MLP on such a mesh directly raises the same kind of error (never silently
+  replicated); a tensor axis that does not divide the heads is refused likewise."""
+  result = run_main("--config=configs/default.py:smoke", f"--workdir={tmp_path / 'w'}", "--config.mesh.data=4",
+                    "--config.mesh.tensor=2")
+  assert result.returncode == 2 and not (tmp_path / "w").exists()
+  assert result.stderr.strip().splitlines()[-1].endswith(
+      "config.mesh.tensor=2: must be 1: teacher.name='mlp' declares no tensor-parallel placement (the HF families do; "
+      "mesh.fsdp splits any model's parameters)")
   config = load_config()
-  config.mesh.data, config.mesh.tensor = 4, 2
-  with pytest.raises(ConfigError) as error:
-    preflight.check(config)
-  assert str(error.value) == ("config.mesh.tensor=2: must be 1: teacher.name='mlp' declares no tensor-parallel "
-                              "placement (the HF families do; mesh.fsdp splits any model's parameters)")
   model, _ = models.create(config.student, num_classes=10, example_inputs=np.zeros((1, 64), np.float32),
                            rng=jax.random.PRNGKey(0))
   with pytest.raises(ConfigError, match="MLP declares no tensor-parallel placement"):
@@ -215,3 +217,7 @@ def test_a_model_without_placement_rules_is_refused_on_a_tensor_axis():
   with pytest.raises(ConfigError) as error:
     preflight.check(causal)
   assert str(error.value).startswith("config.mesh.tensor=8: must divide the 4 attention heads of teacher.checkpoint=")
+  gpt2 = str(FIXTURES / "gpt2")  # GPT-2's config.json names its heads n_head
+  assert pretrained.tensor_parallel_problem(gpt2, 2, "student.checkpoint") is None
+  assert pretrained.tensor_parallel_problem(gpt2, 4, "student.checkpoint") == (
+      f"must divide the 2 attention heads of student.checkpoint={gpt2!r}")

@@ -20,8 +20,8 @@ the rest of the template's rendering of the (user, assistant) conversation (the 
 turn); otherwise the prompt is the prompt text (with the tokenizer's special tokens, e.g. BOS) and the response its
 text followed by EOS. A prompt longer than data.max_length is refused; the response is truncated to fit, and
 examples left without a response token are dropped (with a warning; fewer than one training batch of them left
-is refused). `data.packing` places whole training examples (in index order) one after another in rows of
-data.max_length tokens (`pack`), each token carrying its example's segment id and its position within the example:
+is refused). `data.packing` places whole training examples one after another in rows of data.max_length tokens
+(`pack`: best fit), each token carrying its example's segment id and its position within the example:
 attention stays within an example (causal and block-diagonal), positions restart, labels and loss weights are the
 example's own, so a packed example trains exactly as it would alone (unlike HF run_clm's `group_texts`, whose rows
 attend across examples).
@@ -30,6 +30,7 @@ Teacher and student must share one tokenizer (compared by vocabulary): token-lev
 distributions token by token.
 """
 
+import bisect
 import dataclasses
 import importlib.util
 import logging
@@ -172,8 +173,8 @@ def sequence_arrays(prompt_ids: list[list[int]], response_ids: list[list[int]], 
 
 def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], *, pad_token_id: int,
          length: int) -> dict[str, np.ndarray]:
-  """Whole examples, in order, one after another in rows of `length` tokens (a new row when the next example does
-  not fit in the current one; the rest of a row padded).
+  """Whole examples in rows of `length` tokens, one after another: each goes into the row with the least room left
+  that still holds it (best fit, in the examples' order), or opens a new row; the rest of a row is padding.
 
   Returns the arrays of `sequence_arrays` but the prompts, and the inputs the models take for packed rows:
     segment_ids   [N, length] int32: the example's number within its row (1, 2, ...), 0 on padding; a token attends
@@ -184,15 +185,19 @@ def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], *, pad_toke
   token where it is a response token of the same example; the last token of an example has none).
   """
   rows: list[list[tuple[list[int], list[int]]]] = []
-  used = length
+  room: list[tuple[int, int]] = []  # (tokens left, row) of the rows not full, ascending
   for prompt, response in zip(prompt_ids, response_ids):
     size = len(prompt) + len(response)
     assert size <= length, f"an example of {size} tokens does not fit a row of {length} (tokenize_pairs truncates)"
-    if used + size > length:
+    fitting = bisect.bisect_left(room, (size, -1))
+    if fitting == len(room):
       rows.append([])
-      used = 0
-    rows[-1].append((prompt, response))
-    used += size
+      left, row = length, len(rows) - 1
+    else:
+      left, row = room.pop(fitting)
+    rows[row].append((prompt, response))
+    if left > size:
+      bisect.insort(room, (left - size, row))
   shape = (len(rows), length)
   input_ids = np.full(shape, pad_token_id, np.int32)
   attention_mask, segment_ids, position_ids = (np.zeros(shape, np.int32) for _ in range(3))
