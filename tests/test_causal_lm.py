@@ -5,10 +5,11 @@ import json
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kd_jax import data, models
+from kd_jax import data, evaluation, models
 from kd_jax.data import causal_lm as causal_lm_data
 from kd_jax.data import text
 from kd_jax.errors import ConfigError, UserError
@@ -25,6 +26,37 @@ FIXTURES = REPO_ROOT / "tests" / "fixtures"
 @pytest.fixture(scope="module")
 def task():
   return data.load_task(load_config("configs/causal_lm.py", "smoke"))
+
+
+def test_bits_per_byte_is_the_responses_nll_in_bits_per_byte_of_their_text(task):
+  """The evaluator's bits_per_byte on the validation split against NumPy: the summed NLL of every response token in
+  bits over the UTF-8 bytes of the reference responses (read from the data file)."""
+  config = load_config("configs/causal_lm.py", "smoke")
+  responses = [json.loads(line)["response"] for line in
+               (FIXTURES / "text" / "causal_lm" / "validation.jsonl").read_text().splitlines()]
+  examples = task.validation
+  assert len(examples) == len(responses)  # none truncated: every response counts whole
+  assert [task.causal_lm.response_bytes[i] for i in examples.index.tolist()] == [
+      len(response.encode("utf-8")) for response in responses]
+  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=None,
+                                rng=jax.random.PRNGKey(0))
+  metrics = evaluation.for_task(config, task, sharding.make_mesh()).during_training(model, params)
+  inputs = {key: examples.inputs[key] for key in ("input_ids", "attention_mask")}
+  logits = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(params, inputs), np.float64)
+  log_probs = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+  labels = np.asarray(examples.label)
+  nll = -np.take_along_axis(log_probs, np.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+  expected = np.sum(nll * (labels >= 0)) / np.log(2) / sum(len(response.encode("utf-8")) for response in responses)
+  np.testing.assert_allclose(metrics["bits_per_byte"], expected, rtol=1e-5)
+
+
+def test_a_cross_tokenizer_loss_with_one_shared_tokenizer_is_allowed_and_logged(caplog):
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.distill.cross_tokenizer = "uld"
+  with caplog.at_level("INFO", logger="kd_jax.data.causal_lm"):
+    causal_lm_data.load_splits(config)
+  assert "config.distill.cross_tokenizer='uld': teacher and student share one tokenizer; the loss compares aligned " \
+         "chunks all the same, each of them one token" in caplog.text
 
 
 def test_prompts_are_chat_templated_and_only_response_tokens_are_labeled(task):
@@ -110,7 +142,9 @@ def test_bad_input_is_one_line(tmp_path):
   config = load_config("configs/causal_lm.py", "smoke")
   config.student.checkpoint = str(FIXTURES / "hf" / "t5")
   with pytest.raises(UserError, match=r"^config.teacher.checkpoint='.*llama_chat' and config.student.checkpoint="
-                                      r"'.*t5' do not share one vocabulary"):
+                                      r"'.*t5' do not share one vocabulary .*with config.distill.cross_tokenizer="
+                                      r"'none' needs them to \(set it to 'uld', 'gold' or 'alm' to distill across "
+                                      r"tokenizers\)$"):
     data.load_task(config)
   result = run_main("--config=configs/causal_lm.py:smoke", f"--workdir={tmp_path / 'w'}",
                     "--config.distill.on_policy_fraction=1.5")
@@ -134,6 +168,74 @@ def test_on_policy_and_packing_need_what_they_use(changes, message):
     paths.set_value(config, field, value)
   with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(".", r"\.")):
     preflight.check(config)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"distill.teacher_mode": "cached"}, "needs distill.teacher_mode='online'"),
+    ({"distill.on_policy_fraction": 0.5}, "needs distill.on_policy_fraction=0.0"),
+    ({"data.packing": True}, "needs data.packing=False"),
+    ({"train.microbatches": 2}, "needs train.microbatches=1"),
+    ({"data.prompt_column": None}, "needs prompts (data.prompt_column)"),
+])
+def test_cross_tokenizer_distillation_needs_what_it_uses(changes, message):
+  from kd_jax import preflight  # pylint: disable=import-outside-toplevel
+  from kd_jax.config import paths  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer")
+  for field, value in changes.items():
+    paths.set_value(config, field, value)
+  with pytest.raises(ConfigError, match="^" + ("config.distill.cross_tokenizer='gold': " + message).replace(
+      "(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+    preflight.check(config)
+
+
+@pytest.fixture(scope="module")
+def cross_task():
+  return data.load_task(load_config("configs/causal_lm.py", "smoke,cross_tokenizer"))
+
+
+@pytest.mark.slow
+def test_the_train_step_distills_across_tokenizers_on_the_aligned_chunks(cross_task):
+  """One compiled step of the gold student under the fixture teacher of another tokenizer: its soft loss is the mean
+  over the batch's aligned chunks of cross_tokenizer.chunk_losses (on both models' own tokens), its hard loss the
+  student's CE on its own labels; the teacher's view of the examples is its own tokenization."""
+  from kd_jax.training import cross_tokenizer  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer")
+  task = cross_task
+  teacher_view = task.train.teacher_view()
+  assert not np.array_equal(teacher_view.inputs["input_ids"], task.train.inputs["input_ids"])
+  np.testing.assert_array_equal(teacher_view.label, task.train.teacher_inputs["label"])
+  teacher_model, teacher_params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=None,
+                                                rng=jax.random.PRNGKey(0))
+  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=None,
+                                rng=jax.random.PRNGKey(0))
+  mesh = sharding.make_mesh()
+  objective = Objective.from_config(config, num_steps=10, task=task, model=model)
+  assert objective.logit_loss.cross_tokenizer == "gold" and objective.logit_loss.shared_ids[0].shape[0] > 250
+  batch = task.train.select(np.arange(16))
+  step = steps.compile_step(mesh, model=model, teacher_model=teacher_model)
+  state = sharding.replicate(steps.create_train_state(model, jax.device_get(params), config.optim, 10), mesh)
+  _, metrics = step(state, sharding.replicate(teacher_params, mesh), sharding.replicate(objective, mesh),
+                    sharding.replicate(jax.random.PRNGKey(0), mesh), sharding.shard_batch(batch, mesh))
+
+  @jax.jit
+  def expected(params, teacher_params, batch, shared_ids):
+    # Dropout is on in the step (GPT-2's 0.1): the step's keys, per example.
+    step_rng = jax.random.fold_in(jax.random.PRNGKey(0), 0)
+    dropout = jax.vmap(lambda i: jax.random.split(jax.random.fold_in(step_rng, i), 2)[0])(batch.index)
+    logits = jax.vmap(lambda inputs, key: model.apply(
+        {"params": params}, jax.tree.map(lambda value: value[None], inputs), train=True,
+        rngs={"dropout": key})[0])(batch.inputs, dropout)
+    teacher_logits = teacher_model.apply({"params": teacher_params}, batch.teacher_inputs, train=False)
+    values, weights = cross_tokenizer.chunk_losses(
+        "gold", logits, batch.label, batch.inputs["chunk"], teacher_logits, batch.teacher_inputs["label"],
+        batch.teacher_inputs["chunk"], num_chunks=batch.label.shape[1], temperature=1.0, divergence="forward_kl",
+        shared_ids=shared_ids)
+    hard = losses.global_mean(losses.cross_entropy(logits, batch.label), batch.token_weights)
+    return losses.global_mean(values, weights), hard, jnp.sum(weights)
+  soft, hard, num_chunks = expected(params, teacher_params, batch, objective.logit_loss.shared_ids)
+  assert float(num_chunks) > 16
+  np.testing.assert_allclose(float(metrics["soft_loss"]), float(soft), rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["hard_loss"]), float(hard), rtol=1e-4)
 
 
 @pytest.mark.slow
@@ -253,6 +355,36 @@ def test_a_resumed_on_policy_run_is_bitwise_the_uninterrupted_one(task, tmp_path
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
+@pytest.mark.slow
+def test_a_resumed_cross_tokenizer_run_is_bitwise_the_uninterrupted_one(cross_task, tmp_path):
+  """The gold student under the teacher of another tokenizer, 4 steps: stopped after step 2 and resumed from its
+  checkpoint, the run ends with exactly the parameters of the uninterrupted run (CPU)."""
+  config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer")
+  config.train.checkpoint_every_steps, config.train.steps_per_dispatch, config.train.log_every_steps = 2, 2, 2
+  config.train.max_checkpoints_to_keep = 3
+  task, mesh = cross_task, sharding.make_mesh()
+  teacher_model, teacher_params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=None,
+                                                rng=jax.random.PRNGKey(0))
+  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=None,
+                                rng=jax.random.PRNGKey(0))
+  objective = Objective.from_config(config, num_steps=4, task=task, model=model)
+
+  def train(directory):
+    program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=4,
+                            objective=objective, examples=task.train, batch_size=16, seed=config.seed, mesh=mesh,
+                            train_config=config.train,
+                            teacher=(teacher_model, sharding.replicate(teacher_params, mesh)))
+    return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(4))], num_steps=4,
+                      checkpoint_dir=str(directory), train_config=config.train, evaluate=lambda params: {})
+
+  uninterrupted = train(tmp_path / "a")
+  shutil.copytree(tmp_path / "a" / "2", tmp_path / "b" / "2")  # the run as a stop after step 2 left it
+  resumed = train(tmp_path / "b")
+  assert resumed.stats["resumed_from_step"] == 2
+  for expected, got in zip(jax.tree.leaves(uninterrupted.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
 class NullWriter:
   def drop_after(self, step):
     del step
@@ -272,3 +404,4 @@ def test_causal_lm_smoke_end_to_end(tmp_path):
     for name in ("perplexity", "nll", "token_accuracy", "agreement", "kl_to_teacher", "rougeL"):
       assert np.isfinite(student[name]), name
     np.testing.assert_allclose(student["perplexity"], np.exp(student["nll"]), rtol=1e-6)
+

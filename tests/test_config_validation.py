@@ -28,6 +28,8 @@ INVALID = [
     ("distill.teacher_mode", "live", "config.distill.teacher_mode='live': allowed: cached, online"),
     ("distill.on_policy_fraction", -0.5, "config.distill.on_policy_fraction=-0.5: must be in [0.0, 1.0]"),
     ("distill.on_policy_fraction", 0.5, "config.distill.on_policy_fraction=0.5: needs data.name='causal_lm'"),
+    ("distill.cross_tokenizer", "uld", "config.distill.cross_tokenizer='uld': needs data.name='causal_lm'"),
+    ("distill.cross_tokenizer", "dskd", "config.distill.cross_tokenizer='dskd': allowed: none, uld, gold, alm"),
     ("data.packing", True, "config.data.packing=True: needs data.name='causal_lm'"),
     ("generation.train_temperature", 0.0, "config.generation.train_temperature=0.0: must be > 0"),
     ("distill.ce_weight", 1.0, "config.distill.ce_weight=1.0: must be None when distill.alpha is set"),

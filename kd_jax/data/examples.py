@@ -21,7 +21,9 @@ class Examples:
       attention_mask, token_type_ids, and decoder_input_ids [N, T] for seq2seq models).
     label: [N] int32 class (-1: unlabeled), or [N, T] target token ids (-1 on padding) for seq2seq tasks.
     index: [N] int32, the example's identity: unique across the splits of a task; caches are joined by it.
-    teacher_inputs: text classification: the same examples tokenized with the teacher's tokenizer; else None.
+    teacher_inputs: text classification: the same examples tokenized with the teacher's tokenizer; causal LM across
+      tokenizers (distill.cross_tokenizer): the teacher's own layout of them, its `label` and `token_weights`
+      included, and its aligned `chunk`s (kd_jax/data/causal_lm.py: cross_tokenizer_arrays); else None.
     token_weights: seq2seq: [N, T] float32, 1 on real target tokens, 0 on padding; else None (every example 1).
     class_label: seq2seq: [N] int32 class of each example (the e-SNLI label), for stratified subsets; else None.
     teacher: the teacher's signal joined by `index` (kd_jax/teachers/student_data.py): dense logits [N, C] (or
@@ -44,10 +46,13 @@ class Examples:
     return jax.tree.map(lambda value: value[rows], self)
 
   def teacher_view(self) -> "Examples":
-    """The examples as the teacher sees them: `inputs` replaced by `teacher_inputs` where the task has them."""
+    """The examples as the teacher sees them: `inputs` replaced by `teacher_inputs` where the task has them (and
+    `label`, `token_weights` by the teacher's own where those are among them)."""
     if self.teacher_inputs is None:
       return self
-    return self.replace(inputs=self.teacher_inputs, teacher_inputs=None)
+    inputs = dict(self.teacher_inputs) if isinstance(self.teacher_inputs, dict) else self.teacher_inputs
+    own = {name: inputs.pop(name) for name in ("label", "token_weights") if isinstance(inputs, dict) and name in inputs}
+    return self.replace(inputs=inputs, teacher_inputs=None, **own)
 
   def example_weights(self):
     """[N] (or [N, T]) weights of the loss: token_weights where the task has them, else 1 per example."""

@@ -244,16 +244,22 @@ def student_checkpoint_field(config) -> tuple[str, str]:
   return config.student.checkpoint, "student.checkpoint"
 
 
-def check_shared_vocabulary(config, tokenizer, teacher_tokenizer, what: str) -> None:
+def shares_vocabulary(config, tokenizer, teacher_tokenizer) -> bool:
   """Teacher and student tokenize alike: equal vocabularies (token -> id) and, where both checkpoints have a
-  config.json, equal vocab_size; else a UserError naming both checkpoints."""
+  config.json, equal vocab_size."""
   student_checkpoint, _ = student_checkpoint_field(config)
   sizes = [None if checkpoint.endswith(".gguf") else checkpoint_config(checkpoint).get("vocab_size")
            for checkpoint in (config.teacher.checkpoint, student_checkpoint)]
-  if teacher_tokenizer.get_vocab() != tokenizer.get_vocab() or (None not in sizes and sizes[0] != sizes[1]):
+  return teacher_tokenizer.get_vocab() == tokenizer.get_vocab() and (None in sizes or sizes[0] == sizes[1])
+
+
+def check_shared_vocabulary(config, tokenizer, teacher_tokenizer, what: str,
+                            why: str = "cross-tokenizer distillation is not supported") -> None:
+  """`shares_vocabulary`, else a UserError naming both checkpoints, `what` needs them to share one (`why`)."""
+  if not shares_vocabulary(config, tokenizer, teacher_tokenizer):
     raise UserError(f"config.teacher.checkpoint={config.teacher.checkpoint!r} and config.student.checkpoint="
                     f"{config.student.checkpoint!r} do not share one vocabulary (tokenizer and vocab_size); "
-                    f"{what} needs them to (cross-tokenizer distillation is not supported)")
+                    f"{what} needs them to ({why})")
 
 
 def checkpoint_config(checkpoint: str) -> dict:

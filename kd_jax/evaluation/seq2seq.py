@@ -119,8 +119,8 @@ class Seq2SeqEvaluator:
   def __init__(self, config, task: data.TaskData, mesh):
     self._task, self._mesh = task, mesh
     self._splits = {"test": task.test, "validation": task.validation}
-    assert all(examples.teacher_inputs is None for examples in self._splits.values()), (
-        "teacher and student of a generative task share one tokenizer: the teacher's inputs are the student's")
+    assert task.causal_lm is not None or all(examples.teacher_inputs is None for examples in self._splits.values()), (
+        "teacher and student of a seq2seq task share one tokenizer: the teacher's inputs are the student's")
     self._batch_size = config.data.eval_batch_size
     self._generation = config.generation
     self._seed = config.seed
@@ -136,10 +136,16 @@ class Seq2SeqEvaluator:
     return faithfulness.Simulator.train([info.sources[i] for i in indices], [info.explanations[i] for i in indices],
                                         labeled.class_label)
 
-  def _token_metrics(self, model, params, split: str, reference: Reference | None = None) -> dict:
+  def _examples(self, split: str, teacher_inputs: bool = False) -> data.Examples:
+    """A split as the model sees it: the teacher's own tokenization with `teacher_inputs` where the task has one
+    (a causal LM across tokenizers), else the split."""
+    return self._splits[split].teacher_view() if teacher_inputs else self._splits[split]
+
+  def _token_metrics(self, model, params, split: str, reference: Reference | None = None,
+                     teacher_inputs: bool = False) -> dict:
     teacher_model, teacher_params = (None, None) if reference is None else (reference.model, reference.params)
     compiled = _compiled_token_sums(self._mesh, model, teacher_model)
-    examples = self._splits[split]
+    examples = self._examples(split, teacher_inputs)
     totals = {}
     size = inference.batch_size_for(len(examples), self._batch_size, self._mesh.size)
     for batch, num_real in pipeline.inference_batches(examples, size):
@@ -154,7 +160,8 @@ class Seq2SeqEvaluator:
       result["token_agreement"] = totals["agree"] / totals["tokens"]
     return result
 
-  def _generated(self, model, params, split: str, temperature: float) -> list[str]:
+  def _generated(self, model, params, split: str, temperature: float, teacher_inputs: bool = False) -> list[str]:
+    del teacher_inputs  # one shared tokenizer
     info = self._task.seq2seq
     tokens = generate_tokens(model, params, self._splits[split].inputs, mesh=self._mesh, batch_size=self._batch_size,
                              max_new_tokens=info.max_target_length, temperature=temperature,
@@ -177,33 +184,34 @@ class Seq2SeqEvaluator:
     """The teacher's {test, validation} metrics (no agreement or KL: it is the reference), and the Reference."""
     result, labels = {}, {}
     for split in SPLITS:
-      texts = self._generated(model, params, split, self._generation.temperatures[0])
+      texts = self._generated(model, params, split, self._generation.temperatures[0], teacher_inputs=True)
       text_metrics, labels[split] = self._text_metrics(texts, split, teacher_labels=None)
-      result[split] = {**text_metrics, **self._token_metrics(model, params, split), "num_examples": len(texts)}
+      result[split] = {**text_metrics, **self._token_metrics(model, params, split, teacher_inputs=True),
+                       "num_examples": len(texts)}
       logger.info("Teacher outputs (first 3 of the %s split): %s", split, texts[:3])
     return result, Reference(model, params, labels)
 
   def during_training(self, model, params, reference: Reference | None = None, *, teacher_inputs: bool = False) -> dict:
     """Teacher-forced nll and token_accuracy on the validation split, with the KL and token agreement to the
     reference when given; for a student (given the reference) whose selection metric is a generated one, also the
-    generated metrics at the first temperature. `teacher_inputs` changes nothing (one shared tokenizer)."""
-    del teacher_inputs
-    result = self._token_metrics(model, params, "validation", reference)
+    generated metrics at the first temperature. `teacher_inputs`: on the teacher's own tokenization (where the task
+    has one)."""
+    result = self._token_metrics(model, params, "validation", reference, teacher_inputs)
     if self._generate_during_training and reference is not None:
       texts = self._generated(model, params, "validation", self._generation.temperatures[0])
       result.update(self._text_metrics(texts, "validation", reference.labels["validation"])[0])
     return result
 
   def final(self, model, params, reference: Reference, *, teacher_inputs: bool = False) -> dict:
-    """A model's metrics at every generation temperature."""
-    del teacher_inputs
+    """A model's metrics at every generation temperature (on the teacher's own tokenization with
+    `teacher_inputs`)."""
     result = {}
     for split in SPLITS:
       by_temperature = {}
       for temperature in self._generation.temperatures:
-        texts = self._generated(model, params, split, temperature)
+        texts = self._generated(model, params, split, temperature, teacher_inputs)
         by_temperature[f"{float(temperature):g}"], _ = self._text_metrics(texts, split, reference.labels[split])
       result[split] = {**by_temperature[f"{float(self._generation.temperatures[0]):g}"],
-                       **self._token_metrics(model, params, split, reference),
+                       **self._token_metrics(model, params, split, reference, teacher_inputs),
                        "num_examples": len(self._splits[split]), "by_generation_temperature": by_temperature}
     return result

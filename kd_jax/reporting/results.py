@@ -33,10 +33,10 @@ from kd_jax.reporting import stats
 RESULTS_FILE = "results.json"
 MODEL_LABELS = {"teacher": "teacher", "student": "student (KD)", "student_hard": "student (hard labels)"}
 # Every metric a table may show, in column order: classification tasks have accuracy, ece, brier; generation tasks
-# (e-SNLI) label_accuracy and ROUGE, causal LMs perplexity and ROUGE. Tables show the ones the results hold
-# (`present_metrics`).
-TABLE_METRICS = ("accuracy", "label_accuracy", "perplexity", "rouge1", "rouge2", "rougeL", "faithfulness", "las", "ece",
-                 "nll", "brier", "agreement", "kl_to_teacher")
+# (e-SNLI) label_accuracy and ROUGE, causal LMs perplexity, bits per byte and ROUGE. Tables show the ones the results
+# hold (`present_metrics`).
+TABLE_METRICS = ("accuracy", "label_accuracy", "perplexity", "bits_per_byte", "rouge1", "rouge2", "rougeL", "faithfulness",
+                 "las", "ece", "nll", "brier", "agreement", "kl_to_teacher")
 HIGHER_IS_BETTER = ("accuracy", "label_accuracy", "token_accuracy", "rouge1", "rouge2", "rougeL", "faithfulness", "las",
                     "agreement")
 PERCENT_METRICS = ("accuracy", "label_accuracy", "agreement")  # shown in %, their differences in percentage points

@@ -73,3 +73,35 @@ def restore_params(directory: str, abstract_params):
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_params)
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(os.path.abspath(directory), abstract)
+
+
+def _as_saved(metadata_tree):
+  """The jax.ShapeDtypeStruct tree of checkpoint metadata, placed on this process's first device (whatever mesh saved
+  it)."""
+  placement = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=placement), metadata_tree)
+
+
+def restore_saved_params(directory: str):
+  """The parameter tree saved in `directory` by `save_params`, in the structure its own metadata records, on this
+  process's first device: for readers that have no model at hand (export)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    metadata = checkpointer.metadata(os.path.abspath(directory)).item_metadata.tree
+  return restore_params(directory, _as_saved(metadata))
+
+
+def restore_latest_state(directory: str):
+  """(step, state as a dict: params, opt_state, step) of the newest checkpoint of a CheckpointStore's `directory`, in
+  the structure its own metadata records, on this process's first device; None when it holds none."""
+  if not os.path.isdir(directory):
+    return None
+  manager = ocp.CheckpointManager(os.path.abspath(directory), item_handlers=ocp.StandardCheckpointHandler(),
+                                  options=ocp.CheckpointManagerOptions(create=False))
+  try:
+    step = manager.latest_step()
+    if step is None:
+      return None
+    abstract = _as_saved(manager.item_metadata(step).tree)
+    return step, manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  finally:
+    manager.close()

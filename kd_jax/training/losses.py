@@ -108,7 +108,7 @@ def divergence(student_logits: jax.Array, teacher_logits, temperature: float, ki
   else:
     teacher_log_probs = (teacher_logits.log_probs(temperature) if ensemble
                          else jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature))
-    value = _divergence_of_log_probs(jax.nn.log_softmax(student_scaled), teacher_log_probs, kind, params)
+    value = divergence_of_log_probs(jax.nn.log_softmax(student_scaled), teacher_log_probs, kind, params)
   if t2_scaling:
     value = value * jnp.square(temperature)
   return value
@@ -135,7 +135,7 @@ def _akl(log_p_s: jax.Array, log_p_t: jax.Array, mu) -> jax.Array:
   return head_weight * _kl_from_log_probs(log_p_t, log_p_s) + (1 - head_weight) * _kl_from_log_probs(log_p_s, log_p_t)
 
 
-def _divergence_of_log_probs(log_p_s: jax.Array, log_p_t: jax.Array, kind: str,
+def divergence_of_log_probs(log_p_s: jax.Array, log_p_t: jax.Array, kind: str,
                              params: DivergenceParams = DivergenceParams()) -> jax.Array:
   """A divergence of `divergence` (all kinds but mse) of two distributions given as log-probabilities [..., C]."""
   if kind == "forward_kl":
@@ -229,7 +229,7 @@ def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature:
       teacher_tail = log_num_tail + (teacher.tail_logsumexp.astype(jnp.float32) - log_num_tail) / temperature
       student_top = jnp.concatenate([student_top, student_tail[..., None]], axis=-1)
       teacher_top = jnp.concatenate([teacher_top, teacher_tail[..., None]], axis=-1)
-    value = _divergence_of_log_probs(jax.nn.log_softmax(student_top), jax.nn.log_softmax(teacher_top), kind, params)
+    value = divergence_of_log_probs(jax.nn.log_softmax(student_top), jax.nn.log_softmax(teacher_top), kind, params)
   if t2_scaling:
     value = value * jnp.square(temperature)
   return value
@@ -319,7 +319,9 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Ens
   Args:
     student_logits: [..., C].
     teacher_logits: [..., C]; or EnsembleLogits [..., M, C] (several teachers, see `divergence`); or TopKLogits (the
-      seq2seq top-k cache, see `topk_divergence`); or None when w_soft is 0 (the hard-label baseline).
+      seq2seq top-k cache, see `topk_divergence`); or a teacher with another tokenizer that compares its own aligned
+      chunks (kd_jax/training/cross_tokenizer.py: ChunkedTeacher; the soft term is then the mean over the global
+      batch's chunks); or None when w_soft is 0 (the hard-label baseline).
     labels: [...] int, -1 where there is no label.
     example_weights: [...] float, 0 for padding (and for examples not to be counted at all).
     weights: LossWeights.
@@ -333,6 +335,10 @@ def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array | Ens
                      axis_name, None if weight_sums is None else weight_sums.hard)
   if teacher_logits is None:
     soft = jnp.zeros_like(hard)
+  elif hasattr(teacher_logits, "chunk_divergences"):  # cross_tokenizer.ChunkedTeacher
+    values, chunk_weights = teacher_logits.chunk_divergences(student_logits, labels, temperature, divergence_kind,
+                                                             t2_scaling, divergence_params)
+    soft = global_mean(values, chunk_weights, axis_name, None if weight_sums is None else weight_sums.soft)
   else:
     divergence_fn = topk_divergence if isinstance(teacher_logits, TopKLogits) else divergence
     per_example = divergence_fn(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling,
@@ -368,6 +374,10 @@ class DistillationLoss:
   Schedules: with `schedule` linear or cosine, T and the two weights move from their start (hard_weight,
   soft_weight, temperature) to their end (*_end) over the phase's steps (`schedule_fraction`); `at_step` gives the
   loss of one step, inside the compiled step, so no value recompiles anything.
+
+  Across tokenizers (`cross_tokenizer` 'uld', 'gold' or 'alm', static): the step hands the loss a
+  cross_tokenizer.ChunkedTeacher of this kind; 'gold' reads the shared vocabulary (`shared_ids`: student and
+  teacher ids [M], arrays of the step).
   """
   hard_weight: jax.Array
   soft_weight: jax.Array
@@ -380,9 +390,11 @@ class DistillationLoss:
   soft_weight_end: jax.Array
   temperature_end: jax.Array
   num_steps: jax.Array
+  shared_ids: tuple[jax.Array, jax.Array] | None = None
   divergence: str = flax.struct.field(pytree_node=False, default="forward_kl")
   t2_scaling: bool = flax.struct.field(pytree_node=False, default=True)
   schedule: str = flax.struct.field(pytree_node=False, default="constant")
+  cross_tokenizer: str = flax.struct.field(pytree_node=False, default="none")
 
   @classmethod
   def cross_entropy(cls) -> "DistillationLoss":

@@ -3,7 +3,8 @@
 One object, built from the config in one place (`Objective.from_config`) and passed to the step as one argument:
 
   loss = w_hard * mean_{labeled} CE_eps(y, p_s) + w_soft * mean_{all} s * D(z_s / T, z_t / T)
-             the logit terms (`logit_loss`, losses.DistillationLoss; s = T^2 with t2_scaling)
+             the logit terms (`logit_loss`, losses.DistillationLoss; s = T^2 with t2_scaling; across tokenizers,
+             distill.cross_tokenizer, the soft term is a mean over aligned chunks: kd_jax/training/cross_tokenizer.py)
        + feature_weight * sum_{pairs (t, s)} d(W h_s + b, h_t) + attention_weight * sum_{pairs} KL(A_t || A_s)
              the feature and attention terms (`feature_loss`, feature_losses.FeatureLoss; None without
              distill.features)
@@ -18,12 +19,14 @@ with the student's module) is static, part of the tree structure: runs whose obj
 compiled steps.
 """
 
+import functools
 from typing import ClassVar
 
 import flax
 import jax
 import jax.numpy as jnp
 
+from kd_jax.data import alignment
 from kd_jax.models import peft
 from kd_jax.training import feature_losses, losses
 from kd_jax.training.on_policy import OnPolicy
@@ -57,7 +60,8 @@ class Objective:
     Args:
       num_steps: the phase's length (what a schedule moves over).
       task, model: the task (its causal_lm info) and the student model whose samples on-policy distillation trains on;
-        needed only with distill.on_policy_fraction > 0.
+        needed only with distill.on_policy_fraction > 0 (the task also with distill.cross_tokenizer='gold': its two
+        tokenizers' shared vocabulary).
       layers: both models' layers (feature_losses.ModelLayers), which resolve the layer map; needed only with
         distill.features.
     """
@@ -74,7 +78,9 @@ class Objective:
         beta=jnp.float32(d.beta), skew=jnp.float32(d.skew), akl_mu=jnp.float32(d.akl_mu),
         hard_weight_end=jnp.float32(ends.hard), soft_weight_end=jnp.float32(ends.soft),
         temperature_end=jnp.float32(_or(d.temperature_end, d.temperature)), num_steps=jnp.float32(num_steps),
-        divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=d.schedule if distills else "constant")
+        divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=d.schedule if distills else "constant",
+        cross_tokenizer=d.cross_tokenizer if distills else "none",
+        shared_ids=_shared_ids(task) if distills and d.cross_tokenizer == "gold" else None)
     feature_loss = None
     if distills and d.features is not None:
       assert layers is not None, "feature distillation resolves its layer map against both models' layers"
@@ -103,6 +109,19 @@ class Objective:
   def schedule_table(self) -> dict:
     """{name: [num_steps] values} of what the schedule moves at every step of the phase (losses.DistillationLoss)."""
     return self.logit_loss.schedule_table()
+
+
+def _shared_ids(task) -> tuple[jax.Array, jax.Array]:
+  """GOLD's shared vocabulary of the task's two tokenizers (alignment.shared_vocabulary)."""
+  info = task.causal_lm
+  teacher_tokenizer = info.tokenizer if info.teacher_tokenizer is None else info.teacher_tokenizer  # one shared
+  return tuple(jnp.asarray(ids) for ids in _shared_vocabulary(info.tokenizer, teacher_tokenizer))
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_vocabulary(tokenizer, teacher_tokenizer) -> tuple:
+  """Built once per pair of tokenizer objects (every point of a sweep asks; about a second for 49,152 tokens)."""
+  return alignment.shared_vocabulary(tokenizer, teacher_tokenizer)
 
 
 def _or(value, default):

@@ -21,7 +21,7 @@ from kd_jax.data import Examples, feed, pipeline
 from kd_jax import models
 from kd_jax.models import peft
 from kd_jax.parallel import sharding
-from kd_jax.training import feature_losses, loop, losses
+from kd_jax.training import cross_tokenizer, feature_losses, loop, losses
 from kd_jax.training.objective import Objective
 
 
@@ -159,6 +159,10 @@ def train_step(state: TrainState, teacher_params, objective: Objective, rng: jax
                                                             mutable=["intermediates"])
         teacher_features = feature_losses.collect(teacher_state["intermediates"])
       teacher_logits, teacher_features = jax.lax.stop_gradient((teacher_logits, teacher_features))
+      if loss.cross_tokenizer != "none":  # its own tokens: compared on the aligned chunks
+        teacher_logits = cross_tokenizer.ChunkedTeacher(
+            teacher_logits, labels=teacher_inputs["label"], chunk=teacher_inputs["chunk"],
+            student_chunk=inputs["chunk"], kind=loss.cross_tokenizer, shared_ids=loss.shared_ids)
     assert features is None or teacher_features is not None, "feature distillation needs the teacher in the step"
     example_weights = rows.example_weights()
     term_sums, feature_sum = weight_sums if weight_sums is not None else (None, None)

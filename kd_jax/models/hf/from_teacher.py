@@ -7,6 +7,7 @@ pre_classifier and classifier), T5's shared embedding, LM head, relative positio
 teacher gives both its encoder and its decoder blocks by the same indices.
 """
 
+import copy
 import dataclasses
 import re
 
@@ -76,3 +77,16 @@ def create(teacher_model: pretrained.RegistryModel, teacher_params, layers: tupl
                          param_dtype=jnp.dtype(param_dtype))
   params = select_layers(teacher_params, tuple(layers), jnp.dtype(param_dtype))
   return pretrained.RegistryModel(student), jax.device_put(params)
+
+
+def student_hf_config(teacher_config, layers: tuple[int, ...]):
+  """The transformers config of a student built from the teacher's layers `layers` (what its export writes as
+  config.json): the teacher's with len(layers) layers (T5: in the encoder and the decoder), and each layer's attention
+  type (Qwen's layer_types) that of its teacher layer, as `create` builds the module."""
+  config = copy.deepcopy(teacher_config)
+  config.num_hidden_layers = len(layers)  # n_layers (DistilBERT), n_layer (GPT-2), num_layers (T5) through aliases
+  if hasattr(config, "num_decoder_layers"):  # T5
+    config.num_decoder_layers = len(layers)
+  if getattr(config, "layer_types", None):
+    config.layer_types = [teacher_config.layer_types[index] for index in layers]
+  return config

@@ -1,14 +1,20 @@
-"""llama.cpp GGUF files read without torch: the model (config from the GGUF metadata, tensors dequantized in NumPy by
-the `gguf` package, the same code transformers uses) and its tokenizer.
+"""llama.cpp GGUF files read and written without torch: the model (config from the GGUF metadata, tensors dequantized in
+NumPy by the `gguf` package, the same code transformers uses) and its tokenizer.
 
-`from_pretrained("dir/model.Q4_1.gguf", task="causal_lm")` works for the GGUF architecture "llama" (Llama 2/3,
-Mistral and SmolLM2 are written as "llama"). llama.cpp's converter permutes the rows of q and k within each head so
-that its rotary embedding rotates interleaved pairs (x0, x1), (x2, x3), ...; transformers (and kd_jax) rotate the halves
-(x_i, x_{i + head_dim/2}), so the permutation is undone here as in transformers' LlamaTensorProcessor.
+`from_pretrained("dir/model.Q4_1.gguf", task="causal_lm")` works for the GGUF architectures "llama" (Llama 2/3,
+Mistral and SmolLM2 are written as "llama"), "qwen2" (q/k/v biases) and "qwen3" (q/k RMS norms). For "llama",
+llama.cpp's converter permutes the rows of q and k within each head so that its rotary embedding rotates interleaved
+pairs (x0, x1), (x2, x3), ...; transformers (and kd_jax) rotate the halves (x_i, x_{i + head_dim/2}), so the
+permutation is undone here as in transformers' LlamaTensorProcessor (llama.cpp rotates Qwen's halves as they are).
+
+`write` is the inverse (kd_jax/models/export.py's GGUF format): a Llama-family model's transformers config, tensors and
+byte-level BPE tokenizer as a GGUF file in float32, float16 or Q8_0, q and k rows permuted where llama.cpp's converter
+permutes them, with the tokenizer's vocabulary, merges, special tokens and chat template.
 """
 
 import dataclasses
 import functools
+import json
 import mmap
 import os
 import re
@@ -22,7 +28,9 @@ from kd_jax.models.hf import weights
 from kd_jax.models.hf import llama
 
 SUFFIX = ".gguf"
-ARCHITECTURES = ("llama",)
+ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# The GGUF architecture of each transformers model_type `write` takes (Mistral is written as "llama").
+WRITE_ARCHITECTURES = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}
 # The tensor types read (by name of gguf.GGMLQuantizationType); the package dequantizes these in NumPy.
 SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K",
                    "Q6_K")
@@ -33,6 +41,7 @@ LAYER_TENSOR_NAMES = {
     "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm", "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
 }
 _TENSOR_NAME = re.compile(r"^(?:blk\.(\d+)\.)?(\w+)\.(weight|bias)$")
 
@@ -132,7 +141,8 @@ def read(path: str) -> GGUFFile:
 
 
 def hf_config(path: str):
-  """transformers' LlamaConfig built from the GGUF metadata (llama.* and tokenizer.ggml.* keys)."""
+  """transformers' LlamaConfig, Qwen2Config or Qwen3Config built from the GGUF metadata (<architecture>.* and
+  tokenizer.ggml.* keys); Qwen's layers all attend fully (GGUF records no sliding window)."""
   import transformers  # pylint: disable=g-import-not-at-top
   values = read(path).metadata
   architecture = values.get("general.architecture")
@@ -153,7 +163,9 @@ def hf_config(path: str):
   elif scaling != "none":
     raise UserError(f"checkpoint {path}: GGUF rope scaling {scaling!r} is not supported; supported: none, linear")
   vocab_size = get("vocab_size") or len(values["tokenizer.ggml.tokens"])
-  return transformers.LlamaConfig(
+  config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+                  "qwen3": transformers.Qwen3Config}[architecture]
+  return config_class(
       vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=get("feed_forward_length"),
       num_hidden_layers=get("block_count"), num_attention_heads=num_heads,
       num_key_value_heads=get("attention.head_count_kv", num_heads),
@@ -185,7 +197,8 @@ def unpermute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 class GGUFSource(weights.TensorSource):
-  """A GGUF file's tensors by transformers' names, dequantized to float32 one at a time, q/k rows unpermuted."""
+  """A GGUF file's tensors by transformers' names, dequantized to float32 one at a time, q/k rows unpermuted (GGUF
+  architecture "llama")."""
 
   def __init__(self, path: str, config):
     self._path = path
@@ -194,7 +207,9 @@ class GGUFSource(weights.TensorSource):
       name = hf_tensor_name(tensor.name)
       if name is not None:
         self._tensors[name] = tensor
-    self._heads = {"self_attn.q_proj": config.num_attention_heads, "self_attn.k_proj": config.num_key_value_heads}
+    permuted = read(path).metadata.get("general.architecture") == "llama"
+    self._heads = {"self_attn.q_proj": config.num_attention_heads,
+                   "self_attn.k_proj": config.num_key_value_heads} if permuted else {}
 
   def names(self) -> set[str]:
     return set(self._tensors)
@@ -253,3 +268,137 @@ def tokenizer(path: str):
   backend, extra = gguf_tokenizer_mapping.convert_gguf_tokenizer(value("general.architecture"), tokenizer_dict)
   return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, **tokenizer_config, **extra)
 
+
+# The tensor types `write` offers: GGUF file type name -> (gguf.GGMLQuantizationType name, gguf.LlamaFileType name).
+WRITE_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0")}
+_GLOBAL_GGUF_NAMES = {hf_name: stem for stem, hf_name in GLOBAL_TENSOR_NAMES.items()}
+_LAYER_GGUF_NAMES = {hf_name: stem for stem, hf_name in LAYER_TENSOR_NAMES.items()}
+_HF_TENSOR_NAME = re.compile(r"^(?:model\.layers\.(\d+)\.)?(.+)\.(weight|bias)$")
+
+
+def gguf_tensor_name(hf_name: str) -> str | None:
+  """The inverse of `hf_tensor_name`: "model.layers.3.self_attn.q_proj.weight" -> "blk.3.attn_q.weight"; None for a
+  tensor GGUF has no name for."""
+  layer, stem, leaf = _HF_TENSOR_NAME.match(hf_name).groups()
+  if layer is None:
+    return f"{_GLOBAL_GGUF_NAMES[stem]}.{leaf}" if stem in _GLOBAL_GGUF_NAMES else None
+  return f"blk.{layer}.{_LAYER_GGUF_NAMES[stem]}.{leaf}" if stem in _LAYER_GGUF_NAMES else None
+
+
+def permute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
+  """The inverse of `unpermute_rows` (llama.cpp's converter's permutation of q_proj / k_proj rows): within each head,
+  rows (0 .. head_dim/2, head_dim/2 ..) become (0, 2, 4, ..., 1, 3, 5, ...)."""
+  head_dim = weight.shape[0] // num_heads
+  return weight.reshape(num_heads, 2, head_dim // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def writable(config) -> str | None:
+  """Why a transformers config cannot be written as GGUF (and read back by `from_pretrained`), or None when it can:
+  a Llama, Mistral, Qwen2 or Qwen3 model without sliding windows, Llama's optional biases, or RoPE scaling other
+  than linear."""
+  model_type = config.model_type
+  if model_type not in WRITE_ARCHITECTURES:
+    return f"model_type {model_type!r} is not one of {', '.join(WRITE_ARCHITECTURES)}"
+  if any(window is not None for window in llama.dims_from_config(config, "").sliding_windows):
+    return "a layer attends through a sliding window, which GGUF does not record"
+  for option in ("attention_bias", "mlp_bias"):
+    if getattr(config, option, False):
+      return f"{option}=True, which GGUF as kd_jax reads it does not record"
+  rope = llama.rope_from_config(config, 1, "")
+  if rope.rope_type not in ("default", "linear"):
+    return f"rope type {rope.rope_type!r} is neither default nor linear"
+  return None
+
+
+def write(path: str, config, tensors: dict[str, np.ndarray], tokenizer, file_type: str) -> None:
+  """Writes a Llama-family model as GGUF.
+
+  Args:
+    path: the .gguf file to write.
+    config: its transformers config (`writable(config)` is None).
+    tensors: {transformers tensor name: array in PyTorch layout} (weights.to_tensors).
+    tokenizer: its transformers tokenizer, byte-level BPE (tokenizer.ggml.model "gpt2").
+    file_type: a key of WRITE_TYPES; 1-D tensors (norms) stay float32, and Q8_0 keeps rows whose length is not a
+      multiple of its 32-value blocks in float16, as llama.cpp's converter does.
+  """
+  import gguf  # pylint: disable=g-import-not-at-top
+  tensor_type, llama_file_type = WRITE_TYPES[file_type]
+  tensor_type = gguf.GGMLQuantizationType[tensor_type]
+  rope = llama.rope_from_config(config, 1, path)
+  head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+  num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+  architecture = WRITE_ARCHITECTURES[config.model_type]
+  writer = gguf.GGUFWriter(path, architecture)
+  writer.add_type(gguf.GGUFType.MODEL)
+  writer.add_name(os.path.splitext(os.path.basename(path))[0])
+  writer.add_context_length(config.max_position_embeddings)
+  writer.add_embedding_length(config.hidden_size)
+  writer.add_block_count(config.num_hidden_layers)
+  writer.add_feed_forward_length(config.intermediate_size)
+  writer.add_head_count(config.num_attention_heads)
+  writer.add_head_count_kv(num_kv_heads)
+  writer.add_key_length(head_dim)
+  writer.add_value_length(head_dim)
+  writer.add_rope_dimension_count(head_dim)
+  writer.add_rope_freq_base(rope.theta)
+  if rope.rope_type == "linear":
+    writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    writer.add_rope_scaling_factor(rope.factor)
+  writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+  writer.add_vocab_size(config.vocab_size)
+  writer.add_file_type(gguf.LlamaFileType[llama_file_type])
+  _add_tokenizer(writer, tokenizer, config.vocab_size)
+  heads = {"attn_q": config.num_attention_heads, "attn_k": num_kv_heads} if architecture == "llama" else {}
+  for hf_name, array in tensors.items():
+    name = gguf_tensor_name(hf_name)
+    assert name is not None, f"tensor {hf_name} has no GGUF name"
+    array = np.asarray(array, np.float32)
+    if name.split(".")[-2] in heads:
+      array = permute_rows(array, heads[name.split(".")[-2]])
+    quantized = tensor_type == gguf.GGMLQuantizationType.Q8_0
+    if array.ndim == 1 or tensor_type == gguf.GGMLQuantizationType.F32:
+      writer.add_tensor(name, array)
+    elif quantized and array.shape[-1] % gguf.GGML_QUANT_SIZES[tensor_type][0] == 0:  # rows of whole blocks
+      writer.add_tensor(name, gguf.quants.quantize(array, tensor_type), raw_dtype=tensor_type)
+    else:
+      writer.add_tensor(name, array.astype(np.float16))
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
+def _add_tokenizer(writer, tokenizer, vocab_size: int) -> None:
+  """tokenizer.ggml.* and tokenizer.chat_template of a byte-level BPE tokenizer, as llama.cpp's converter writes them:
+  every id below vocab_size (unused ones as [PAD<id>]), added special tokens as control tokens, the merges."""
+  import gguf  # pylint: disable=g-import-not-at-top
+  state = json.loads(tokenizer.backend_tokenizer.to_str())
+  if state["model"]["type"] != "BPE":
+    raise UserError(f"GGUF export writes byte-level BPE tokenizers (tokenizer.ggml.model 'gpt2'); this tokenizer's "
+                    f"model is {state['model']['type']}")
+  by_id = {token_id: token for token, token_id in tokenizer.get_vocab().items()}
+  added = {token.content: token for token in tokenizer.added_tokens_decoder.values()}
+  tokens, types = [], []
+  for token_id in range(vocab_size):
+    token = by_id.get(token_id)
+    if token is None:
+      tokens.append(f"[PAD{token_id}]")
+      types.append(gguf.TokenType.UNUSED)
+    else:
+      tokens.append(token)
+      types.append(gguf.TokenType.NORMAL if token not in added else
+                   gguf.TokenType.CONTROL if added[token].special else gguf.TokenType.USER_DEFINED)
+  merges = [merge if isinstance(merge, str) else " ".join(merge) for merge in state["model"]["merges"]]
+  writer.add_tokenizer_model("gpt2")
+  writer.add_tokenizer_pre("gpt-2")
+  writer.add_token_list(tokens)
+  writer.add_token_types(types)
+  writer.add_token_merges(merges)
+  for key, token in (("bos", tokenizer.bos_token), ("eos", tokenizer.eos_token), ("unk", tokenizer.unk_token),
+                     ("pad", tokenizer.pad_token)):
+    if token is not None:
+      getattr(writer, f"add_{key}_token_id")(tokenizer.convert_tokens_to_ids(token))
+  starts_with_bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
+  writer.add_add_bos_token(bool(starts_with_bos))
+  if tokenizer.chat_template:
+    writer.add_chat_template(tokenizer.chat_template)

@@ -78,6 +78,16 @@ def _family_and_config(name_or_path: str, task: str):
   return directory, family, transformers.AutoConfig.from_pretrained(directory)
 
 
+def family_and_config(name_or_path: str, task: str):
+  """(family module, transformers config) of a checkpoint (directory, hub id or GGUF file) for `task`: what builds its
+  Flax model (`family.build`), and what an export writes as config.json."""
+  if gguf.is_gguf(name_or_path):
+    gguf.architecture(name_or_path, task, dtype=jnp.float32, param_dtype=jnp.float32)  # checks the task
+    return llama, gguf.hf_config(name_or_path)
+  _, family, config = _family_and_config(name_or_path, task)
+  return family, config
+
+
 def load_tokenizer(name_or_path: str):
   """The tokenizer of a checkpoint: a directory's or hub id's (transformers' AutoTokenizer), or a GGUF file's."""
   if gguf.is_gguf(name_or_path):

@@ -180,6 +180,17 @@ def tensor_name(path: tuple[str, ...]) -> str:
   return ".".join(path[:-1] + ("bias" if leaf == "bias" else "weight",))
 
 
+def to_tensors(params) -> dict[str, np.ndarray]:
+  """The inverse of `load_params`: {checkpoint tensor name: host array in PyTorch layout} of a parameter tree (kernels
+  transposed to [out, in], every other leaf as it is, in its own dtype), what model.safetensors holds."""
+  tensors = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    keys = tuple(str(key.key) for key in path)
+    array = np.asarray(jax.device_get(leaf))
+    tensors[tensor_name(keys)] = np.ascontiguousarray(array.T if keys[-1] == "kernel" else array)
+  return tensors
+
+
 def _legacy_names(name: str) -> tuple[str, ...]:
   """Old BERT checkpoints (converted from TensorFlow) call LayerNorm's weight and bias gamma and beta."""
   if ".LayerNorm." not in name:
