@@ -4,9 +4,9 @@ Learned position embeddings, pre-LN blocks with LayerNorm: h += c_proj(attention
 c_proj(gelu_new(c_fc x)); a final LayerNorm ln_f and the LM head tied to the token embedding wte. GPT-2's linear
 layers are Conv1D: weights stored [in, out] (Flax's kernel layout, not PyTorch Linear's), and q, k, v fused in one
 c_attn of width 3 * n_embd. The checkpoint orders c_attn's output units (q, k, v) x heads x head_dim; the module holds
-them heads x (q, k, v) x head_dim (Megatron-LM's fused layout, permuted once while loading: `heads_first`), so that a
-contiguous split of the units over the tensor axis gives each device whole heads with their q, k and v
-(`partition_rules`).
+them heads x (q, k, v) x head_dim (Megatron-LM's fused layout: permuted once while loading, `heads_first`, and back
+when exporting, `heads_last`), so that a contiguous split of the units over the tensor axis gives each device whole
+heads with their q, k and v (`partition_rules`).
 
 Decoding with a KV cache works as in llama.py (same call signature; generation.py drives both).
 """
@@ -139,9 +139,19 @@ class GPT2LMHeadModel(nn.Module):
 def heads_first(name: str, tensor: np.ndarray, num_heads: int) -> np.ndarray:
   """A checkpoint tensor in the module's layout: c_attn's weight [in, 3 * hidden] and bias [3 * hidden] with their
   output units reordered from (q, k, v) x heads x head_dim to heads x (q, k, v) x head_dim; other tensors as saved."""
+  return _swap_fused_axes(name, tensor, (3, num_heads))
+
+
+def heads_last(name: str, tensor: np.ndarray, num_heads: int) -> np.ndarray:
+  """The inverse of `heads_first`: a tensor of the module in the checkpoint's layout (what an export writes)."""
+  return _swap_fused_axes(name, tensor, (num_heads, 3))
+
+
+def _swap_fused_axes(name: str, tensor: np.ndarray, axes: tuple[int, int]) -> np.ndarray:
+  """c_attn's output units [..., a x b x head_dim] reordered to [..., b x a x head_dim] (a, b = `axes`)."""
   if not name.endswith(("attn.c_attn.weight", "attn.c_attn.bias")):
     return tensor
-  return tensor.reshape(tensor.shape[:-1] + (3, num_heads, -1)).swapaxes(-3, -2).reshape(tensor.shape)
+  return tensor.reshape(tensor.shape[:-1] + axes + (-1,)).swapaxes(-3, -2).reshape(tensor.shape)
 
 
 @functools.lru_cache(maxsize=16)
@@ -176,4 +186,5 @@ def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, 
       eos_token_ids=() if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,))
   return Architecture(module=GPT2LMHeadModel(dims, dtype, param_dtype), class_name="GPT2LMHeadModel",
                       example_inputs={"input_ids": jnp.zeros((1, 1), jnp.int32)}, base_prefix="transformer",
-                      to_module_layout=functools.partial(heads_first, num_heads=dims.num_heads))
+                      to_module_layout=functools.partial(heads_first, num_heads=dims.num_heads),
+                      to_checkpoint_layout=functools.partial(heads_last, num_heads=dims.num_heads))

@@ -47,8 +47,10 @@ class Architecture:
   # Other names under which a tensor may be saved, tried in order when the tensor's own name is absent.
   tensor_aliases: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
   # (checkpoint tensor name, tensor) -> the tensor in the layout `module` holds it (same shape), for a family whose
-  # module orders a tensor's entries otherwise than its checkpoint (GPT-2's fused c_attn); None: as saved.
+  # module orders a tensor's entries otherwise than its checkpoint (GPT-2's fused c_attn); None: as saved. And its
+  # inverse, for writing checkpoints (`in_checkpoint_layout`).
   to_module_layout: Callable[[str, np.ndarray], np.ndarray] | None = None
+  to_checkpoint_layout: Callable[[str, np.ndarray], np.ndarray] | None = None
 
 
 def resolve(name_or_path: str) -> pathlib.Path:
@@ -189,6 +191,14 @@ def to_tensors(params) -> dict[str, np.ndarray]:
     array = np.asarray(jax.device_get(leaf))
     tensors[tensor_name(keys)] = np.ascontiguousarray(array.T if keys[-1] == "kernel" else array)
   return tensors
+
+
+def in_checkpoint_layout(architecture: Architecture, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`to_tensors`' tensors with those that `architecture`'s module holds in another layout than its checkpoints
+  (Architecture.to_checkpoint_layout: GPT-2's fused c_attn) put back in the checkpoint's; the others as they are."""
+  if architecture.to_checkpoint_layout is None:
+    return tensors
+  return {name: architecture.to_checkpoint_layout(name, tensor) for name, tensor in tensors.items()}
 
 
 def _legacy_names(name: str) -> tuple[str, ...]:
