@@ -37,9 +37,9 @@ EXPECTED_SPECS = {
     "mistral": {**LLAMA_SPLIT, "lm_head/kernel": P(None, "tensor")},
     "qwen2": {**LLAMA_SPLIT, "self_attn/q_proj/bias": P("tensor"), "self_attn/k_proj/bias": P()},  # tied LM head
     "qwen3": {**LLAMA_SPLIT, "lm_head/kernel": P(None, "tensor"), "self_attn/q_norm/weight": P()},
-    "gpt2": {"attn.c_attn/weight": P(None, "tensor"), "attn.c_attn/bias": P("tensor"), "attn.c_proj/weight": P("tensor"),
-             "attn.c_proj/bias": P(), "mlp.c_fc/weight": P(None, "tensor"), "mlp.c_proj/weight": P("tensor"),
-             "wte/embedding": P("tensor"), "wpe/embedding": P()},
+    "gpt2": {"attn.c_attn/weight": P(None, "tensor"), "attn.c_attn/bias": P("tensor"),
+             "attn.c_proj/weight": P("tensor"), "attn.c_proj/bias": P(), "mlp.c_fc/weight": P(None, "tensor"),
+             "mlp.c_proj/weight": P("tensor"), "wte/embedding": P("tensor"), "wpe/embedding": P()},
 }
 
 
@@ -95,8 +95,8 @@ def assert_same_step(expected, actual):
   (expected_state, expected_metrics), (state, metrics) = expected, actual
   for name, value in expected_metrics.items():
     np.testing.assert_allclose(metrics[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
-  for (path, expected_leaf), leaf in zip(jax.tree_util.tree_flatten_with_path(jax.device_get(expected_state.opt_state))[0],
-                                         jax.tree.leaves(jax.device_get(state.opt_state))):
+  expected_leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(expected_state.opt_state))[0]
+  for (path, expected_leaf), leaf in zip(expected_leaves, jax.tree.leaves(jax.device_get(state.opt_state))):
     np.testing.assert_allclose(leaf, expected_leaf, atol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 

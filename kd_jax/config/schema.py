@@ -524,11 +524,11 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
                             "jax 0.10 aborts compiling a transformer's step on it).",
                             check=_mesh_axis_size, operational=True),
             "rules": Field((), "Placement rules tried before the model's own (its family's partition_rules), then "
-                           "FSDP: a tuple of (regular expression searched in the '/'-joined parameter path, the mesh axis of "
-                           "each dimension: 'fsdp', 'tensor' or None) pairs, e.g. (('classifier/kernel', (None, "
-                           "'tensor')),); a rule applies to arrays of its rank whose named dimensions the axes divide "
-                           "(the optimizer state's paths end in the parameter's, so it follows).", check=_mesh_rules,
-                           operational=True),
+                           "FSDP: a tuple of (regular expression searched in the '/'-joined parameter path, the mesh "
+                           "axis of each dimension: 'fsdp', 'tensor' or None) pairs, e.g. (('classifier/kernel', "
+                           "(None, 'tensor')),); a rule applies to arrays of its rank whose named dimensions the axes "
+                           "divide (the optimizer state's paths end in the parameter's, so it follows).",
+                           check=_mesh_rules, operational=True),
         }),
     "baseline": Field(True, "Also train the hard-label student (the same run without the distillation term) as the "
                       "baseline."),

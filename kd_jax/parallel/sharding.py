@@ -71,7 +71,8 @@ def make_mesh(num_devices: int | None = None, sizes: dict | None = None) -> Mesh
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError unless train.num_devices and config.mesh fit this job's devices (and a tensor axis > 1 the
-  models: models.check_tensor_parallel), the global batch sizes split evenly over the devices, and train.microbatches divides each device's rows."""
+  models: models.check_tensor_parallel), the global batch sizes split evenly over the devices, and
+  train.microbatches divides each device's rows."""
   num_local = config.train.num_devices
   require(num_local is None or 0 < num_local <= jax.local_device_count(), "train.num_devices", num_local,
           f"must be None (all devices) or between 1 and the {jax.local_device_count()} local devices")
@@ -121,9 +122,10 @@ def _path_name(path) -> str:
 
 def param_spec(name: str, shape: tuple, mesh_sizes: dict, rules=()) -> P:
   """Where an array of `shape` at path `name` lives: the first of `rules` (config.mesh.rules, then the model's
-  `partition_rules`: kd_jax/models.partition_rules) whose expression is found in `name` and whose axes fit the array (rank; each named dimension divisible by its axis size) places its
-  dimensions; then the largest remaining dimension divisible by the fsdp size is split over FSDP_AXIS (the first of
-  equal ones). Axes of size 1 are left out: on a mesh of data parallelism only, everything is replicated."""
+  `partition_rules`: kd_jax/models.partition_rules) whose expression is found in `name` and whose axes fit the
+  array (rank; each named dimension divisible by its axis size) places its dimensions; then the largest remaining
+  dimension divisible by the fsdp size is split over FSDP_AXIS (the first of equal ones). Axes of size 1 are left
+  out: on a mesh of data parallelism only, everything is replicated."""
   axes = [None] * len(shape)
   for expression, rule_axes in rules:
     if re.search(expression, name) and len(rule_axes) == len(shape) and all(

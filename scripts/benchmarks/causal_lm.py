@@ -79,5 +79,6 @@ def packed_over_padded(quick: bool) -> dict:
   response_tokens = sum(len(response) for response in responses)
   tokens_per_s = {name: response_tokens / (epoch_steps[name] * step_s[name]) for name in layouts}
   return {"packed_over_padded_tokens_per_s": tokens_per_s["packed"] / tokens_per_s["padded"],
-          "packed_response_tokens_per_s": tokens_per_s["packed"], "padded_response_tokens_per_s": tokens_per_s["padded"],
+          "packed_response_tokens_per_s": tokens_per_s["packed"],
+          "padded_response_tokens_per_s": tokens_per_s["padded"],
           "packed_rows_over_padded_rows": epoch_steps["packed"] / epoch_steps["padded"]}
