@@ -31,7 +31,9 @@ The keys:
   (from the arrays' shards) with FSDP over 8 forced CPU devices (config.mesh.fsdp=8) over replicated (data
   parallelism over the 8). fsdp_step_over_replicated: its KD step time, FSDP-8 over replicated, alternating (a memory
   feature: on CPU, where the all-gathers are copies, above 1). Both in a subprocess with 8 forced CPU devices.
-
+- packed_over_padded_tokens_per_s: response tokens/s of the SmolLM2-shaped student's KD training on the same
+  passages of random lengths packed (data.packing: whole passages per row, segment ids) over padded one per row
+  (benchmarks/causal_lm.py packed_over_padded).
 - chunked_over_unchunked_peak_bytes: the compiled KD step's peak bytes (XLA memory_analysis, one device, compiled
   from shapes and never run) with the loss computed 256 positions at a time (config.distill.loss_chunk) over the same
   step with whole-sequence logits: a Qwen3-0.6B-shaped student (configs/shapes/qwen3-0.6b, float32) at batch 8 x
@@ -53,10 +55,9 @@ against the chip's specified bf16 peak and a measured bf16 matmul, a FLAN-T5-lar
 build, and the PyTorch loop on CUDA under bf16 autocast (accelerator_figures; scripts/accelerator_check.sh).
 
 Each section's code is a module of scripts/benchmarks/, in the order they run: default_run, machine (the matmul
-peak), kd_over_ce, vectorized_sweep, jax_over_torch, input_stall, cache_build, step_memory, fsdp, causal_lm,
-loss_memory; and
-accelerator. Beside them what they share: settings, timing, flops, examples, students, trainer, torch_loop. This
-script holds the command line, the order of the sections, the table and the JSON file.
+peak), kd_over_ce, vectorized_sweep, jax_over_torch, input_stall, cache_build, step_memory, fsdp, causal_lm (and
+packing), loss_memory; and accelerator. Beside them what they share: settings, timing, flops, examples, students,
+trainer, torch_loop. This script holds the command line, the order of the sections, the table and the JSON file.
 """
 
 import argparse
@@ -74,7 +75,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # its package,
 from benchmarks import REPO_ROOT, settings
 from benchmarks.accelerator import ACCEL_SHAPES, accelerator_figures
 from benchmarks.cache_build import cache_throughput
-from benchmarks.causal_lm import llm_throughput
+from benchmarks.causal_lm import llm_throughput, packed_over_padded
 from benchmarks.default_run import default_run_peak_memory
 from benchmarks.fsdp import fsdp_figures, fsdp_worker
 from benchmarks.input_stall import stall_fraction
@@ -187,6 +188,7 @@ def main() -> None:
   results.update(step_temporaries(args.quick))
   results.update(fsdp_figures(args.quick))
   results.update(llm_throughput(args.quick))
+  results.update(packed_over_padded(args.quick))
   results.update(loss_memory(args.quick))
   results.update({"load_average_end": os.getloadavg()[0], "benchmark_wall_s": time.perf_counter() - start,
                   "own_peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})

@@ -44,6 +44,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from absl import app, flags  # pylint: disable=wrong-import-position
 from ml_collections import config_flags  # pylint: disable=wrong-import-position
 
+from kd_jax import models  # pylint: disable=wrong-import-position
 from kd_jax.data import Examples  # pylint: disable=wrong-import-position
 from kd_jax.errors import UserError  # pylint: disable=wrong-import-position
 from kd_jax.models.hf import pretrained  # pylint: disable=wrong-import-position
@@ -123,10 +124,11 @@ def plan(config, mesh_sizes: dict, num_classes: int = 3, loss_chunks: tuple[int,
   """The rows of one mesh: {program, student params / optimizer / teacher params bytes, temp, peak} per program; the
   student's step once per distill.loss_chunk of `loss_chunks` (0: whole-sequence logits)."""
   mesh = sharding.make_mesh(sizes=mesh_sizes)
-  rules = config.mesh.rules
+  rules = tuple(config.mesh.rules)
   student, student_params = pretrained.abstract_model(config.student, num_classes=num_classes)
   teacher, teacher_params = pretrained.abstract_model(config.teacher, num_classes=num_classes)
-  teacher_params = abstract(teacher_params, sharding.param_shardings(teacher_params, mesh, rules))
+  teacher_params = abstract(teacher_params, sharding.param_shardings(
+      teacher_params, mesh, rules + models.partition_rules(teacher, mesh)))
   online = config.distill.teacher_mode == "online"
   batch = sharding.batch_sharded(mesh)
   rows = []
@@ -134,7 +136,7 @@ def plan(config, mesh_sizes: dict, num_classes: int = 3, loss_chunks: tuple[int,
   microbatches = config.train.microbatches
   step = steps.compile_step(mesh, model=student, teacher_model=teacher if online else None, microbatches=microbatches)
   state = jax.eval_shape(lambda params: steps.create_train_state(student, params, config.optim, 1000), student_params)
-  state = abstract(state, sharding.param_shardings(state, mesh, rules))
+  state = abstract(state, sharding.param_shardings(state, mesh, rules + models.partition_rules(student, mesh)))
   rng = sharding.replicate(jax.random.PRNGKey(0), mesh)
   examples = abstract(shapes(config, config.data.batch_size, cached_teacher=not online, num_classes=num_classes),
                       batch)

@@ -26,7 +26,8 @@ def test_quick_benchmark_runs_and_writes_its_figures(tmp_path):
   for name in ("kd_over_ce_step_time", "vectorized_sweep_speedup", "vectorized_sweep_loop_speedup",
                "mfu_vs_matmul_peak", "distilbert_kd_examples_per_s",
                "cache_build_examples_per_s_mlp", "cache_build_examples_per_s_distilbert",
-               "smollm2_student_kd_tokens_per_s", "smollm2_generate_tokens_per_s_batch8"):
+               "smollm2_student_kd_tokens_per_s", "smollm2_generate_tokens_per_s_batch8",
+               "packed_over_padded_tokens_per_s"):
     assert figures[name] > 0, name
   # A share of a time, clipped at 0 (a timing: 0 when the staged run happens to be the slower; seen failing > 0).
   assert 0 <= figures["input_stall_fraction"] < 1

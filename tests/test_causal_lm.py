@@ -96,15 +96,25 @@ def test_plain_text_and_packing():
   assert [tokenizer.decode(ids) for ids in responses] == [t + "<|im_end|>" for t in texts]
   arrays = causal_lm_data.sequence_arrays(prompts, responses, pad_token_id=0, length=12)
   np.testing.assert_array_equal(arrays["label"][0][:len(responses[0]) - 1], responses[0][1:])  # every next token
-  packed = causal_lm_data.pack(prompts, responses, pad_token_id=0, length=5)
-  stream = sum(responses, [])
-  assert packed["input_ids"].shape == (-(-len(stream) // 5), 5)
-  np.testing.assert_array_equal(packed["input_ids"].reshape(-1)[:len(stream)], stream)
-  # Within a row every next token is a target; the last position of a row has none (its target opens the next).
-  np.testing.assert_array_equal(packed["label"][0], list(stream[1:5]) + [-1])
-  # Prompt tokens of a packed pair are not targets.
-  pairs = causal_lm_data.pack([[7, 8]], [[9, 10]], pad_token_id=0, length=4)
-  np.testing.assert_array_equal(pairs["label"], [[-1, 9, 10, -1]])
+  packed = causal_lm_data.pack(prompts, responses, pad_token_id=0, length=24)
+  first, second, third = (len(response) for response in responses)
+  assert first + second <= 24 < first + second + third  # two examples fill the first row, the third opens another
+  np.testing.assert_array_equal(packed["input_ids"][0], responses[0] + responses[1] + [0] * (24 - first - second))
+  np.testing.assert_array_equal(packed["segment_ids"], [[1] * first + [2] * second + [0] * (24 - first - second),
+                                                        [1] * third + [0] * (24 - third)])
+  np.testing.assert_array_equal(packed["position_ids"][0][:first + second], list(range(first)) + list(range(second)))
+  # Within an example every next token is a target; its last token has none (the next token opens another example).
+  np.testing.assert_array_equal(packed["label"][0][:first + second], responses[0][1:] + [-1] + responses[1][1:] + [-1])
+  # Prompt tokens of a packed pair are not targets; an example that does not fit opens a row.
+  pairs = causal_lm_data.pack([[7, 8], [5], [4]], [[9, 10], [6], [3]], pad_token_id=0, length=4)
+  np.testing.assert_array_equal(pairs["input_ids"], [[7, 8, 9, 10], [5, 6, 4, 3]])
+  np.testing.assert_array_equal(pairs["label"], [[-1, 9, 10, -1], [6, -1, 3, -1]])
+  np.testing.assert_array_equal(pairs["segment_ids"], [[1, 1, 1, 1], [1, 1, 2, 2]])
+  np.testing.assert_array_equal(pairs["position_ids"], [[0, 1, 2, 3], [0, 1, 0, 1]])
+  # Best fit: a later example fills the room an earlier row left.
+  best_fit = causal_lm_data.pack([[1], [1], [1], [1]], [[5, 6], [7, 8], [9], []], pad_token_id=0, length=4)
+  np.testing.assert_array_equal(best_fit["input_ids"], [[1, 5, 6, 1], [1, 7, 8, 0], [1, 9, 0, 0]])
+  np.testing.assert_array_equal(best_fit["segment_ids"], [[1, 1, 1, 2], [1, 1, 1, 0], [1, 1, 0, 0]])
 
 
 def test_generated_responses_join_their_prompts_in_the_training_layout():

@@ -78,6 +78,18 @@ def test_hf_export_loads_back_bitwise(tmp_path, name, task, layers, class_name):
     assert module.dims == dataclasses.replace(dims, **depth)
 
 
+def test_gpt2_export_writes_the_fused_c_attn_in_the_checkpoints_order(tmp_path):
+  """kd_jax holds GPT-2's c_attn heads first (tensor parallelism: gpt2.heads_first); the export writes the
+  checkpoint's (q, k, v) order back: unchanged parameters give the source's tensors exactly."""
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  _, params = pretrained.from_pretrained(str(FIXTURES / "gpt2"), "causal_lm")
+  export.write(export.Trained(str(FIXTURES / "gpt2"), "causal_lm", params), "hf", str(tmp_path / "out"))
+  exported = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
+  source = safetensors.numpy.load_file(str(FIXTURES / "gpt2" / "model.safetensors"))
+  for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.bias"):
+    np.testing.assert_array_equal(exported[name], source[name], err_msg=name)
+
+
 def test_bfloat16_parameters_export_in_bfloat16(tmp_path):
   trained = fixture_model("distilbert", "sequence_classification", param_dtype="bfloat16")
   export.write(trained, "hf", str(tmp_path / "out"))

@@ -20,6 +20,7 @@ import pytest
 import transformers
 
 import kd_jax.models
+from kd_jax.data import causal_lm as causal_lm_data
 from kd_jax.errors import UserError
 from kd_jax.models import hf
 from kd_jax.models.hf import from_teacher
@@ -56,6 +57,33 @@ def test_causal_lm_logits_match_transformers(name):
   ref = reference(name.removesuffix("_sharded"))
   model, params = kd_jax.models.from_pretrained(str(FIXTURES / name), task="causal_lm")
   assert logits_error(model, params, ref) <= TOLERANCE
+
+
+@pytest.mark.parametrize("name", CAUSAL_LMS)
+def test_each_example_of_a_packed_row_has_its_logits_alone(name):
+  """data.packing's rows (causal_lm.pack: segment ids, positions restarting per example) through every decoder-only
+  family: the logits of each example of a packed row equal those it has alone (one per row, right-padded to the
+  longest: dynamic RoPE's frequencies depend on the longest sequence of a call, which packing leaves unchanged as
+  positions restart) within 1e-5, and so do its labels and loss weights. Mistral's and Qwen2's window (4 slots) is
+  shorter than the examples."""
+  module, params = kd_jax.models.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(3, 200, size).tolist() for size in (3, 2, 5)]
+  responses = [rng.integers(3, 200, size).tolist() for size in (4, 6, 2)]
+  packed = causal_lm_data.pack(prompts, responses, pad_token_id=0, length=24)
+  alone = causal_lm_data.sequence_arrays(prompts, responses, pad_token_id=0, length=8)
+  assert packed["input_ids"].shape == (1, 24) and packed["segment_ids"].max() == 3
+  packed_logits = module.apply({"params": params}, **{key: packed[key] for key in (
+      "input_ids", "attention_mask", "position_ids", "segment_ids")})
+  alone_logits = module.apply({"params": params}, input_ids=alone["input_ids"], attention_mask=alone["attention_mask"])
+  start = 0
+  for example, (prompt, response) in enumerate(zip(prompts, responses)):
+    end = start + len(prompt) + len(response)
+    np.testing.assert_allclose(packed_logits[0, start:end], alone_logits[example, :end - start], atol=1e-5,
+                               rtol=1e-5, err_msg=f"example {example}")
+    for key in ("label", "token_weights"):
+      np.testing.assert_array_equal(packed[key][0, start:end], alone[key][example, :end - start], err_msg=key)
+    start = end
 
 
 @pytest.mark.parametrize("name", ["llama", "mistral", "gpt2"] + [

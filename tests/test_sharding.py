@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 
 from kd_jax import data, models
 from kd_jax.data.examples import widened
+from kd_jax.models.hf import bert, distilbert, t5
 from kd_jax.parallel import preemption, sharding
 from kd_jax.teachers import student_data, teacher
 from kd_jax.training import loop, steps
@@ -28,8 +29,10 @@ MIXED = {"data": 1, "fsdp": 4, "tensor": 2}  # FSDP over 4 and the heads over 2 
 
 
 def test_fsdp_splits_the_largest_divisible_dimension_and_tensor_rules_split_heads():
+  """config.mesh.rules first, then the rules the BERT, DistilBERT and T5 families declare, then FSDP."""
   sizes = {"data": 1, "fsdp": 4, "tensor": 2}
-  spec = lambda name, shape, rules=(): sharding.param_spec(name, shape, sizes, rules)
+  families = bert.partition_rules(None, 2) + distilbert.partition_rules(None, 2) + t5.partition_rules(None, 2)
+  spec = lambda name, shape, rules=(): sharding.param_spec(name, shape, sizes, tuple(rules) + families)
   assert spec("Dense_0/kernel", (64, 32)) == P("fsdp")
   assert spec("Dense_0/kernel", (30, 32)) == P(None, "fsdp")  # 30 does not split in 4
   assert spec("Dense_1/bias", (10,)) == P() and spec("step", ()) == P()
@@ -40,8 +43,10 @@ def test_fsdp_splits_the_largest_divisible_dimension_and_tensor_rules_split_head
   assert spec("encoder/block.0/layer.1.DenseReluDense/wo/kernel", (64, 32)) == P("tensor", "fsdp")
   assert spec("bert/encoder.layer.0/output.dense/kernel", (37, 32)) == P(None, "fsdp")  # 37 hidden units: no TP
   assert spec("classifier/kernel", (32, 2), rules=(("classifier/kernel", ("tensor", None)),)) == P("tensor")
+  assert spec(query.replace("kernel", "lora_b"), (2, 32)) == P(None, "tensor")  # LoRA's B splits with its outputs
+  assert spec(query.replace("kernel", "bias"), (32,)) == P("tensor")
   # Data parallelism only: everything replicated (today's placement).
-  assert sharding.param_spec(query, (32, 32), {"data": 8, "fsdp": 1, "tensor": 1}) == P()
+  assert sharding.param_spec(query, (32, 32), {"data": 8, "fsdp": 1, "tensor": 1}, families) == P()
 
 
 def per_device_bytes(tree) -> int:
@@ -58,9 +63,11 @@ def train_steps(mesh_sizes: dict, model, params, examples, *, objective, optim_c
   mesh = sharding.make_mesh(sizes=mesh_sizes)
   teacher_model, teacher_params = online_teacher or (None, None)
   step = steps.compile_step(mesh, model=model, teacher_model=teacher_model)
-  state = sharding.place_params(steps.create_train_state(model, jax.device_get(params), optim_config, 10), mesh)
+  state = sharding.place_params(steps.create_train_state(model, jax.device_get(params), optim_config, 10), mesh,
+                                models.partition_rules(model, mesh))
   if teacher_params is not None:
-    teacher_params = sharding.place_params(jax.device_get(teacher_params), mesh)
+    teacher_params = sharding.place_params(jax.device_get(teacher_params), mesh,
+                                           models.partition_rules(teacher_model, mesh))
   objective = sharding.replicate(objective, mesh)
   rng = sharding.replicate(jax.random.PRNGKey(1), mesh)
   metrics = []

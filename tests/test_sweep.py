@@ -45,6 +45,19 @@ def test_grid_is_a_product_with_seeds_innermost(tmp_path):
   assert (config.distill.temperature, config.seed, config.teacher.workdir) == (4.0, 0, None)  # base untouched
 
 
+def test_points_keep_the_sweeps_selection_metric(tmp_path):
+  """A causal-LM sweep's points select on its metric (here bits per byte): reset to the default 'accuracy', which the task
+  does not compute, every point was refused (and a seq2seq point would neither generate for ROUGE nor select on it)."""
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.sweep.grid = (("distill.temperature", (1.0, 2.0)),)
+  config.sweep.selection_metric = "bits_per_byte"
+  points = expansion.expand(config, str(tmp_path))
+  assert [point.config.sweep.selection_metric for point in points] == ["bits_per_byte"] * 2
+  for point in points:
+    assert not expansion.is_sweep(point.config)
+    preflight.check(point.config)
+
+
 def test_zipped_values_advance_together_and_multiply_with_the_grid(tmp_path):
   config = sweep_config(grid=(("distill.temperature", (1.0, 2.0)),),
                         zipped=((("student.hidden_sizes", ((16,), (64, 64))), ("optim.learning_rate", (3e-3, 1e-3))),))

@@ -351,9 +351,10 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
         "chat_template": Field(True, "causal_lm with prompts: render them with the tokenizer's chat template (a user "
                                "turn, then the assistant's response); False: the prompt text (with the tokenizer's "
                                "special tokens) followed by the response and EOS."),
-        "packing": Field(False, "causal_lm: concatenate the training sequences and cut them into rows of max_length "
-                         "tokens (no padding; the loss mask is carried along). Needs data.validation_split; not with "
-                         "on-policy or sequence-level distillation."),
+        "packing": Field(False, "causal_lm: place whole training examples one after another in rows of max_length "
+                         "tokens (fewer padding tokens); each attends only within itself (segment ids, positions "
+                         "restarting per example), so its logits, labels and loss are those it has alone. Needs "
+                         "data.validation_split; not with on-policy or sequence-level distillation."),
         "synthetic": Section("Shape of the synthetic tasks (ignored by 'digits').", {
             "num_examples": Field(2000, "Examples in the data set.", positive=True),
             "num_features": Field(32, "Input features of an example.", positive=True),
@@ -532,16 +533,17 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
                           check=_mesh_axis_size, operational=True),
             "fsdp": Field(1, "FSDP: the batch rows and the parameters and optimizer state are split over it.",
                           check=_mesh_axis_size, operational=True),
-            "tensor": Field(1, "Tensor parallelism; must divide the attention heads of the HF models (the MLP and CNN "
-                            "have none: they stay replicated over it). A mesh whose three axes all exceed 1 is "
-                            "refused (XLA in jax 0.10 aborts compiling a transformer's step on it).",
+            "tensor": Field(1, "Tensor parallelism: the layers split as each HF family declares (its partition_rules: "
+                            "heads, MLP units, vocabulary); must divide the attention heads. > 1 is refused for a "
+                            "model that declares none (MLP, CNN), and for a mesh whose three axes all exceed 1 (XLA in "
+                            "jax 0.10 aborts compiling a transformer's step on it).",
                             check=_mesh_axis_size, operational=True),
-            "rules": Field((), "Placement rules tried before the built-in ones (sharding.TENSOR_RULES, then FSDP): a "
-                           "tuple of (regular expression searched in the '/'-joined parameter path, the mesh axis of "
-                           "each dimension: 'fsdp', 'tensor' or None) pairs, e.g. (('classifier/kernel', (None, "
-                           "'tensor')),); a rule applies to arrays of its rank whose named dimensions the axes divide "
-                           "(the optimizer state's paths end in the parameter's, so it follows).", check=_mesh_rules,
-                           operational=True),
+            "rules": Field((), "Placement rules tried before the model's own (its family's partition_rules), then "
+                           "FSDP: a tuple of (regular expression searched in the '/'-joined parameter path, the mesh "
+                           "axis of each dimension: 'fsdp', 'tensor' or None) pairs, e.g. (('classifier/kernel', "
+                           "(None, 'tensor')),); a rule applies to arrays of its rank whose named dimensions the axes "
+                           "divide (the optimizer state's paths end in the parameter's, so it follows).",
+                           check=_mesh_rules, operational=True),
         }),
     "baseline": Field(True, "Also train the hard-label student (the same run without the distillation term) as the "
                       "baseline."),

@@ -20,14 +20,18 @@ the rest of the template's rendering of the (user, assistant) conversation (the 
 turn); otherwise the prompt is the prompt text (with the tokenizer's special tokens, e.g. BOS) and the response its
 text followed by EOS. A prompt longer than data.max_length is refused; the response is truncated to fit, and
 examples left without a response token are dropped (with a warning; fewer than one training batch of them left
-is refused). `data.packing` concatenates the training sequences (in index order) and cuts them into rows of
-data.max_length tokens, loss masks carried along (attention spans the row, as in HF's run_clm `group_texts`).
+is refused). `data.packing` places whole training examples one after another in rows of data.max_length tokens
+(`pack`: best fit), each token carrying its example's segment id and its position within the example:
+attention stays within an example (causal and block-diagonal), positions restart, labels and loss weights are the
+example's own, so a packed example trains exactly as it would alone (unlike HF run_clm's `group_texts`, whose rows
+attend across examples).
 
 Teacher and student share one tokenizer (compared by vocabulary) unless `distill.cross_tokenizer` names a loss across
 tokenizers (kd_jax/training/cross_tokenizer.py): then every example also carries the teacher's own tokenization and
 both sides' aligned chunks (`cross_tokenizer_arrays`, in `Examples.teacher_inputs` and `inputs['chunk']`).
 """
 
+import bisect
 import dataclasses
 import importlib.util
 import logging
@@ -243,25 +247,50 @@ def _pad_token_id(tokenizer) -> int:
 
 def pack(prompt_ids: list[list[int]], response_ids: list[list[int]], *, pad_token_id: int,
          length: int) -> dict[str, np.ndarray]:
-  """The sequences concatenated in order and cut into rows of `length` tokens (the last one padded); each token
-  keeps whether it is a response token, so the labels are those of `sequence_arrays` within the packed stream."""
-  stream = [token for prompt, response in zip(prompt_ids, response_ids) for token in prompt + response]
-  response_flags = [flag for prompt, response in zip(prompt_ids, response_ids)
-                    for flag in [False] * len(prompt) + [True] * len(response)]
-  rows = [(stream[start:start + length], response_flags[start:start + length])
-          for start in range(0, len(stream), length)]
-  num = len(rows)
-  input_ids = np.full((num, length), pad_token_id, np.int32)
-  attention_mask = np.zeros((num, length), np.int32)
-  is_response = np.zeros((num, length), bool)
-  for row, (tokens, flags) in enumerate(rows):
-    input_ids[row, :len(tokens)] = tokens
-    attention_mask[row, :len(tokens)] = 1
-    is_response[row, :len(tokens)] = flags
-  label = np.full((num, length), -1, np.int32)
-  label[:, :-1] = np.where(is_response[:, 1:], input_ids[:, 1:], -1)
-  return {"input_ids": input_ids, "attention_mask": attention_mask, "label": label,
-          "token_weights": (label >= 0).astype(np.float32)}
+  """Whole examples in rows of `length` tokens, one after another: each goes into the row with the least room left
+  that still holds it (best fit, in the examples' order), or opens a new row; the rest of a row is padding.
+
+  Returns the arrays of `sequence_arrays` but the prompts, and the inputs the models take for packed rows:
+    segment_ids   [N, length] int32: the example's number within its row (1, 2, ...), 0 on padding; a token attends
+                  to the earlier tokens of its own example only (causal and block-diagonal: llama.causal_bias)
+    position_ids  [N, length] int32: the token's position within its example (restarting at 0), what RoPE and
+                  GPT-2's position embedding read
+  so each example computes the logits it computes alone, and its labels are its own (`sequence_arrays`'s: the next
+  token where it is a response token of the same example; the last token of an example has none).
+  """
+  rows: list[list[tuple[list[int], list[int]]]] = []
+  room: list[tuple[int, int]] = []  # (tokens left, row) of the rows not full, ascending
+  for prompt, response in zip(prompt_ids, response_ids):
+    size = len(prompt) + len(response)
+    assert size <= length, f"an example of {size} tokens does not fit a row of {length} (tokenize_pairs truncates)"
+    fitting = bisect.bisect_left(room, (size, -1))
+    if fitting == len(room):
+      rows.append([])
+      left, row = length, len(rows) - 1
+    else:
+      left, row = room.pop(fitting)
+    rows[row].append((prompt, response))
+    if left > size:
+      bisect.insort(room, (left - size, row))
+  shape = (len(rows), length)
+  input_ids = np.full(shape, pad_token_id, np.int32)
+  attention_mask, segment_ids, position_ids = (np.zeros(shape, np.int32) for _ in range(3))
+  is_response = np.zeros(shape, bool)
+  for row, examples in enumerate(rows):
+    start = 0
+    for segment, (prompt, response) in enumerate(examples, start=1):
+      end = start + len(prompt) + len(response)
+      input_ids[row, start:end] = prompt + response
+      attention_mask[row, start:end] = 1
+      segment_ids[row, start:end] = segment
+      position_ids[row, start:end] = np.arange(end - start)
+      is_response[row, start + len(prompt):end] = True
+      start = end
+  label = np.full(shape, -1, np.int32)
+  same_example = segment_ids[:, 1:] == segment_ids[:, :-1]
+  label[:, :-1] = np.where(is_response[:, 1:] & same_example, input_ids[:, 1:], -1)
+  return {"input_ids": input_ids, "attention_mask": attention_mask, "segment_ids": segment_ids,
+          "position_ids": position_ids, "label": label, "token_weights": (label >= 0).astype(np.float32)}
 
 
 def load_splits(config):

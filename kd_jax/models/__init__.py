@@ -115,6 +115,39 @@ def check_config(config, section: str) -> None:
     peft.check_rank(model_config.lora, abstract)
 
 
+def check_tensor_parallel(config, section: str, tensor: int) -> None:
+  """ConfigError unless config[section]'s model ('teacher' or 'student') declares its tensor-parallel placement and
+  fits a tensor axis of `tensor` (> 1) devices: an HF checkpoint's family (pretrained.tensor_parallel_problem: its
+  rules, its heads); a registry model without rules (MLP, CNN) is refused rather than silently replicated."""
+  model_config = config[section]
+  if model_config.name != "hf":
+    raise ConfigError("mesh.tensor", config.mesh.tensor,
+                      f"must be 1: {section}.name={model_config.name!r} declares no tensor-parallel placement (the HF "
+                      "families do; mesh.fsdp splits any model's parameters)")
+  checkpoint = model_config.checkpoint or (config.teacher.checkpoint if section == "student" else None)
+  if checkpoint:
+    from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top  (transformers)
+    problem = pretrained.tensor_parallel_problem(checkpoint, tensor, f"{section}.checkpoint")
+    require(problem is None, "mesh.tensor", config.mesh.tensor, problem)
+
+
+def partition_rules(model, mesh) -> tuple:
+  """The tensor-parallel placement `model` declares for `mesh` ((regular expression, axes) pairs for
+  sharding.param_spec, after config.mesh.rules): an HF model's family's (`partition_rules` beside its modules, e.g.
+  kd_jax/models/hf/llama.py), a LoRA model's base's (its adapters follow their kernels: sharding.megatron_rules);
+  () on a mesh whose tensor axis is 1. A model without rules on a larger tensor axis is a ConfigError (config
+  validation refuses it first: `check_tensor_parallel`), never silently replicated."""
+  from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
+  from kd_jax.parallel import sharding  # pylint: disable=g-import-not-at-top  (jax)
+  tensor = dict(mesh.shape).get(sharding.TENSOR_AXIS, 1)
+  if tensor == 1:
+    return ()
+  base = peft.plain_model(model)
+  if not hasattr(base, "partition_rules"):
+    raise ConfigError("mesh.tensor", tensor, f"must be 1: {type(base).__name__} declares no tensor-parallel placement")
+  return tuple(base.partition_rules(tensor))
+
+
 def num_layers(model_config) -> int | None:
   """The number of (hidden) layers of a teacher or student, where known from the config or a local checkpoint's
   config.json; None for hub ids (known once the model is loaded)."""

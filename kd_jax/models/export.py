@@ -325,6 +325,7 @@ def write_hf(trained: Trained, family, config, directory: str) -> None:
   if trained.task == "sequence_classification":
     config.num_labels = tensors[family.classifier_tensor(config)].shape[0]
   architecture = _built(trained, family, config, params)
+  tensors = weights.in_checkpoint_layout(architecture, tensors)
   config.architectures = [architecture.class_name]
   if "lm_head.weight" in tensors:  # an LM head of its own (T5 v1.1, untied Llama): transformers must not tie it
     config.tie_word_embeddings = False
@@ -357,8 +358,9 @@ def write_gguf(trained: Trained, family, config, directory: str, gguf_type: str)
   """model.gguf (gguf.write) of the plain model in `directory`."""
   from kd_jax.models.hf import gguf, weights  # pylint: disable=g-import-not-at-top
   params = trained.plain_params()
-  _built(trained, family, config, params)
-  gguf.write(os.path.join(directory, GGUF_FILE), config, weights.to_tensors(params), _tokenizer(trained.source),
+  architecture = _built(trained, family, config, params)
+  gguf.write(os.path.join(directory, GGUF_FILE), config,
+             weights.in_checkpoint_layout(architecture, weights.to_tensors(params)), _tokenizer(trained.source),
              gguf_type)
 
 

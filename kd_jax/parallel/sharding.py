@@ -4,9 +4,10 @@ All mesh and sharding code lives here. The training mesh has three axes, ('data'
 (config.mesh; the default, data = every device, is pure data parallelism). A step function is written for one
 'data' shard of the global batch and reduces across it with `lax.pmean(..., DATA_AXIS)` (`data_parallel`: jax.jit
 of a shard_map that is manual over 'data' only); within a shard, the 'fsdp' and 'tensor' axes are left to GSPMD:
-the batch rows are split over 'fsdp' as well, and parameters and optimizer state are placed by `param_specs`
-(FSDP: each array split along its largest axis divisible by the fsdp size; tensor parallelism: attention heads and
-MLP hidden units of the HF families split over 'tensor'), GSPMD gathering them where the computation needs them.
+the batch rows are split over 'fsdp' as well, and parameters and optimizer state are placed by `param_spec`
+(tensor parallelism: the rules each model family declares beside its code, `megatron_rules` of its layers, e.g.
+kd_jax/models/hf/llama.py `partition_rules`; FSDP: each array split along its largest axis divisible by the fsdp
+size), GSPMD gathering them where the computation needs them.
 """
 
 import math
@@ -30,20 +31,26 @@ DATA_AXIS, FSDP_AXIS, TENSOR_AXIS = MESH_AXES
 PARAM_AXES = schema.PARAM_AXES  # the axes a sharding rule may name
 SWEEP_AXIS = "sweep"  # vectorized sweeps (kd_jax/training/vectorized.py): points spread over devices
 
-# Tensor parallelism of the HF families (kd_jax/models/hf), Megatron-style: the query / key / value projections and
-# the MLP's first layer split their output units (whole heads when `tensor` divides the heads) over TENSOR_AXIS,
-# the attention output and the MLP's second layer their input units; each rule is (regular expression searched in
-# the '/'-joined parameter path, the mesh axis of each dimension). They name parameters by path (the HF weight names
-# kd_jax's modules keep) rather than as flax logical axes on the modules: one table covers BERT, RoBERTa, DistilBERT
-# and T5, their LoRA adapters and the optimizer state (whose paths end in the parameter's).
-TENSOR_RULES = (
-    (r"(attention\.self\.(query|key|value)|attention\.(q_lin|k_lin|v_lin)|Attention/(q|k|v)|intermediate\.dense|"
-     r"ffn\.lin1|DenseReluDense/wi(_0|_1)?)/kernel$", (None, TENSOR_AXIS)),
-    (r"(attention\.self\.(query|key|value)|attention\.(q_lin|k_lin|v_lin)|intermediate\.dense|ffn\.lin1)/bias$",
-     (TENSOR_AXIS,)),
-    (r"(attention\.output\.dense|\boutput\.dense|attention\.out_lin|Attention/o|ffn\.lin2|DenseReluDense/wo)/kernel$",
-     (TENSOR_AXIS, None)),
-)
+
+def megatron_rules(*, split_outputs: str, split_inputs: str) -> tuple:
+  """Tensor-parallel placement rules in the Megatron-LM layout (Shoeybi et al. 2019, arXiv:1909.08053) for the
+  layers whose '/'-joined module paths match the regular expressions (searched; the module's own name must end the
+  match): (regular expression, axis of each dimension) pairs for `param_spec`.
+
+  split_outputs: layers y = x W + b (W [in, out]: a Dense `kernel` or Conv1D `weight`) whose output units (whole
+    heads of q / k / v, hidden units of an MLP's first layer, the vocabulary of an LM head) split over TENSOR_AXIS:
+    W (None, tensor), b (tensor,), a LoRA adapter's B [r, out] (None, tensor); its A [in, r] stays whole, each
+    device computing its share of y from the whole x.
+  split_inputs: layers whose input units split (the attention output, an MLP's second layer): W and LoRA's A [in, r]
+    (tensor, None), b and B replicated; each device multiplies its share of x and the partial products are summed
+    across the axis (an all-reduce). An embedding table [vocab, features] (`embedding`: a layer over one-hot tokens)
+    splits its rows, the vocabulary.
+  A dimension a rule names must be divisible by the axis size, else the rule does not apply (`param_spec`); the
+  model's rules say so where it can happen (a model's `partition_rules`).
+  """
+  return ((rf"(?:{split_outputs})/(?:kernel|weight|lora_b)$", (None, TENSOR_AXIS)),
+          (rf"(?:{split_outputs})/bias$", (TENSOR_AXIS,)),
+          (rf"(?:{split_inputs})/(?:kernel|weight|embedding|lora_a)$", (TENSOR_AXIS, None)))
 
 
 def mesh_shape(sizes: dict, num_devices: int) -> dict:
@@ -63,8 +70,9 @@ def make_mesh(num_devices: int | None = None, sizes: dict | None = None) -> Mesh
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError unless train.num_devices and config.mesh fit this job's devices (and the HF models' attention
-  heads), the global batch sizes split evenly over the devices, and train.microbatches divides each device's rows."""
+  """Raises ConfigError unless train.num_devices and config.mesh fit this job's devices (and a tensor axis > 1 the
+  models: models.check_tensor_parallel), the global batch sizes split evenly over the devices, and
+  train.microbatches divides each device's rows."""
   num_local = config.train.num_devices
   require(num_local is None or 0 < num_local <= jax.local_device_count(), "train.num_devices", num_local,
           f"must be None (all devices) or between 1 and the {jax.local_device_count()} local devices")
@@ -83,13 +91,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
           "step of a model with embeddings on a mesh whose three axes all exceed 1; use two of them")
   tensor = resolved[TENSOR_AXIS]
   if tensor > 1:
-    from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top  (transformers)
+    from kd_jax import models  # pylint: disable=g-import-not-at-top  (the models' checkpoints: transformers)
     for section in ("teacher", "student"):
-      checkpoint = config[section].checkpoint or (config.teacher.checkpoint if section == "student" else None)
-      if config[section].name == "hf" and checkpoint:
-        heads = pretrained.num_attention_heads(checkpoint)
-        require(heads % tensor == 0, "mesh.tensor", config.mesh.tensor,
-                f"must divide the {heads} attention heads of {section}.checkpoint={checkpoint!r}")
+      models.check_tensor_parallel(config, section, tensor)
   require(config.sweep.mode != "vectorized" or resolved[FSDP_AXIS] * tensor == 1, "sweep.mode", config.sweep.mode,
           f"'vectorized' keeps parameters replicated: it needs mesh.fsdp = mesh.tensor = 1 (the mesh is {shape})")
   for field, value in (("data.batch_size", config.data.batch_size),
@@ -117,12 +121,13 @@ def _path_name(path) -> str:
 
 
 def param_spec(name: str, shape: tuple, mesh_sizes: dict, rules=()) -> P:
-  """Where an array of `shape` at path `name` lives: the first of `rules` (then TENSOR_RULES) whose expression is
-  found in `name` and whose axes fit the array (rank; each named dimension divisible by its axis size) places its
-  dimensions; then the largest remaining dimension divisible by the fsdp size is split over FSDP_AXIS (the first of
-  equal ones). Axes of size 1 are left out: on a mesh of data parallelism only, everything is replicated."""
+  """Where an array of `shape` at path `name` lives: the first of `rules` (config.mesh.rules, then the model's
+  `partition_rules`: kd_jax/models.partition_rules) whose expression is found in `name` and whose axes fit the
+  array (rank; each named dimension divisible by its axis size) places its dimensions; then the largest remaining
+  dimension divisible by the fsdp size is split over FSDP_AXIS (the first of equal ones). Axes of size 1 are left
+  out: on a mesh of data parallelism only, everything is replicated."""
   axes = [None] * len(shape)
-  for expression, rule_axes in tuple(rules) + TENSOR_RULES:
+  for expression, rule_axes in rules:
     if re.search(expression, name) and len(rule_axes) == len(shape) and all(
         axis is None or size % mesh_sizes.get(axis, 1) == 0 for axis, size in zip(rule_axes, shape)):
       axes = [axis if mesh_sizes.get(axis, 1) > 1 else None for axis in rule_axes]

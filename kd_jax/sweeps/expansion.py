@@ -56,7 +56,8 @@ def expand(config: ml_collections.ConfigDict, workdir: str) -> list[Point]:
 
   A point's config is the base config with its values and seed set, teacher.workdir set to its shared teacher
   directory `<workdir>/teachers/<teacher.identity_key>` (unless the base config sets one), and the sweep section
-  reset: a point is a single run.
+  reset (a point is a single run) but for sweep.selection_metric: what its validation computes (a seq2seq task's
+  generated metrics) and train.select='best_validation' keeps.
   """
   sweep_factors = factors(config.sweep)
   for factor in sweep_factors:
@@ -76,7 +77,7 @@ def expand(config: ml_collections.ConfigDict, workdir: str) -> list[Point]:
       for path, value in assignments.items():
         paths.set_value(point_config, path, value)
       point_config.seed = seed
-      for key in single_run.keys():
+      for key in set(single_run.keys()) - {"selection_metric"}:  # the metric a point's validation selects and computes
         point_config.sweep[key] = single_run[key]
       if config.teacher.workdir is None:
         point_config.teacher.workdir = os.path.join(workdir, TEACHERS_DIR, teacher.identity_key(point_config))

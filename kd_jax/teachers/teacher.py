@@ -101,10 +101,11 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
   model, params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=example_inputs,
                                 rng=jax.random.PRNGKey(config.teacher.seed), field="teacher")
   home = directory(config, workdir)
+  rules = tuple(config.mesh.rules) + models.partition_rules(model, mesh)
   if config.teacher.init == "pretrained":
-    return Teacher(model, sharding.place_params(params, mesh, config.mesh.rules), home)
+    return Teacher(model, sharding.place_params(params, mesh, rules), home)
   if config.teacher.init != "train":
-    return Teacher(model, restore_params(config.teacher.init, params, mesh, config.mesh.rules), home)
+    return Teacher(model, restore_params(config.teacher.init, params, mesh, rules), home)
   labeled = task.labeled_train.teacher_view()
   recorded = {**identity(config), "labeled_train_fingerprint": fingerprints.fingerprint_arrays(
       *jax.tree.leaves(labeled.inputs), labeled.label, labeled.index, as_dtype=wide_dtype)}  # as load_task's
@@ -117,7 +118,7 @@ def obtain(config: ml_collections.ConfigDict, task: data.TaskData, mesh, workdir
   distributed.check_same_on_all_processes(trained, f"whether {params_dir} holds a trained teacher")
   if trained:
     logger.info("%s: reusing the trained teacher in %s.", phase, home)
-    return Teacher(model, restore_params(home, params, mesh, config.mesh.rules), home)
+    return Teacher(model, restore_params(home, params, mesh, rules), home)
   if distributed.is_main_process():
     files.write_json(record_path, recorded)
   optim_config = config.teacher.optim

@@ -18,6 +18,7 @@ from flax import struct
 from flax.training import train_state
 
 from kd_jax.data import Examples, feed, pipeline
+from kd_jax import models
 from kd_jax.models import peft
 from kd_jax.parallel import sharding
 from kd_jax.training import chunked, cross_tokenizer, feature_losses, loop, losses
@@ -304,11 +305,13 @@ def program(*, model, init_params, optim_config: ml_collections.ConfigDict, num_
     teacher: (teacher model, its params placed on `mesh`) to run in the step (online distillation; needed by the
       objective's feature terms and on-policy sampling), or None.
     trainable: the parameters trained (None: all).
-    param_rules: config.mesh.rules, placing the state's arrays before sharding.TENSOR_RULES and FSDP.
+    param_rules: config.mesh.rules, placing the state's arrays before the model's own rules
+      (models.partition_rules) and FSDP.
   """
   # From a host copy: the step donates the state's buffers, and `init_params` may serve another run (the baseline).
   state = sharding.place_params(create_train_state(model, jax.device_get(init_params), optim_config, num_steps,
-                                                   trainable), mesh, param_rules)
+                                                   trainable), mesh,
+                                tuple(param_rules) + models.partition_rules(model, mesh))
   device_resident = feed.data_bytes(examples) <= int(train_config.device_data_max_mib * 2**20)
   teacher_model, teacher_params = teacher if teacher is not None else (None, None)
   compiled = compile_chunk(mesh, model=model, teacher_model=teacher_model, input_noise_std=input_noise_std,

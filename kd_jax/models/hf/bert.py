@@ -16,6 +16,7 @@ from kd_jax.errors import UserError
 from kd_jax.models.dropout import Dropout
 from kd_jax.models.hf import layers
 from kd_jax.models.hf.weights import Architecture
+from kd_jax.parallel import sharding
 
 SUPPORTED_TASKS = ("encoder", "sequence_classification")
 
@@ -152,6 +153,15 @@ def classifier_tensor(config) -> str:
   """The tensor of a fine-tuned classifier checkpoint whose first dimension is the number of labels."""
   return {"bert": "classifier.weight", "roberta": "classifier.out_proj.weight"}[config.model_type]
 
+
+def partition_rules(dims: BertDims, tensor: int) -> tuple:
+  """BERT's and RoBERTa's tensor-parallel placement (sharding.megatron_rules): the query / key / value projections
+  and the intermediate layer split their output units (whole heads: config validation requires `tensor` to divide
+  the heads), the attention output and the output layer their input units; embeddings, norms, pooler and classifier
+  stay whole."""
+  del dims, tensor
+  return sharding.megatron_rules(split_outputs=r"attention\.self\.(query|key|value)|intermediate\.dense",
+                                 split_inputs=r"attention\.output\.dense|\boutput\.dense")
 
 def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, param_dtype) -> Architecture:
   """The Flax model of a BERT or RoBERTa config (transformers' BertConfig / RobertaConfig) for `task`."""

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from kd_jax.models.dropout import Dropout
 from kd_jax.models.hf import layers
 from kd_jax.models.hf.weights import Architecture
+from kd_jax.parallel import sharding
 
 SUPPORTED_TASKS = ("encoder", "sequence_classification")
 
@@ -103,6 +104,13 @@ def classifier_tensor(config) -> str:
   del config  # The same for every DistilBERT.
   return "classifier.weight"
 
+
+def partition_rules(dims: DistilBertDims, tensor: int) -> tuple:
+  """DistilBERT's tensor-parallel placement (sharding.megatron_rules): q_lin / k_lin / v_lin and ffn.lin1 split
+  their output units (whole heads), out_lin and ffn.lin2 their input units; the rest stays whole."""
+  del dims, tensor
+  return sharding.megatron_rules(split_outputs=r"attention\.(q_lin|k_lin|v_lin)|ffn\.lin1",
+                                 split_inputs=r"attention\.out_lin|ffn\.lin2")
 
 def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, param_dtype) -> Architecture:
   """The Flax model of a DistilBERT config (transformers' DistilBertConfig) for `task`."""

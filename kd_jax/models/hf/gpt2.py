@@ -3,18 +3,23 @@
 Learned position embeddings, pre-LN blocks with LayerNorm: h += c_proj(attention(ln_1 h)); h += mlp(ln_2 h), mlp =
 c_proj(gelu_new(c_fc x)); a final LayerNorm ln_f and the LM head tied to the token embedding wte. GPT-2's linear
 layers are Conv1D: weights stored [in, out] (Flax's kernel layout, not PyTorch Linear's), and q, k, v fused in one
-c_attn of width 3 * n_embd.
+c_attn of width 3 * n_embd. The checkpoint orders c_attn's output units (q, k, v) x heads x head_dim; the module holds
+them heads x (q, k, v) x head_dim (Megatron-LM's fused layout: permuted once while loading, `heads_first`, and back
+when exporting, `heads_last`), so that a contiguous split of the units over the tensor axis gives each device whole
+heads with their q, k and v (`partition_rules`).
 
 Decoding with a KV cache works as in llama.py (same call signature; generation.py drives both).
 """
 
 import dataclasses
 import functools
+import logging
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from kd_jax.errors import UserError
 from kd_jax.models.dropout import Dropout
@@ -22,6 +27,9 @@ from kd_jax.models.hf import layers
 from kd_jax.models.hf.llama import causal_bias
 from kd_jax.models.hf.llama import decode_slots
 from kd_jax.models.hf.weights import Architecture
+from kd_jax.parallel import sharding
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_TASKS = ("causal_lm",)
 
@@ -71,10 +79,9 @@ class GPT2Block(nn.Module):
                                    dtype=self.dtype, param_dtype=self.param_dtype)
     dropout = Dropout(dims.residual_dropout, deterministic=not train)
     head_dim = dims.hidden_size // dims.num_heads
-    query, key, value = jnp.split(conv(3 * dims.hidden_size, name="attn.c_attn")(layer_norm(name="ln_1")(hidden)), 3,
-                                  axis=-1)
-    split_heads = lambda x: x.reshape(x.shape[:2] + (dims.num_heads, head_dim))
-    query, key, value = split_heads(query), split_heads(key), split_heads(value)
+    fused = conv(3 * dims.hidden_size, name="attn.c_attn")(layer_norm(name="ln_1")(hidden))
+    fused = fused.reshape(fused.shape[:2] + (dims.num_heads, 3, head_dim))  # heads_first's layout
+    query, key, value = fused[..., 0, :], fused[..., 1, :], fused[..., 2, :]
     if cache_index is not None:
       cache_shape = (hidden.shape[0], bias.shape[-1], dims.num_heads, head_dim)
       cached_key = self.variable("cache", "key", jnp.zeros, cache_shape, key.dtype)
@@ -99,7 +106,8 @@ class GPT2Model(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, project: bool = True):
+  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, project: bool = True,
+               segment_ids=None):
     dims = self.dims
     query_slots, key_slots, cache_index = decode_slots(self, input_ids.shape[1], decode_length)
     if position_ids is None:
@@ -108,7 +116,7 @@ class GPT2Model(nn.Module):
     wte = embed(dims.vocab_size, dims.hidden_size, name="wte")
     hidden = wte(input_ids) + embed(dims.max_position_embeddings, dims.hidden_size, name="wpe")(position_ids)
     hidden = Dropout(dims.embedding_dropout)(hidden, deterministic=not train)
-    bias = causal_bias(query_slots, key_slots, attention_mask, None)
+    bias = causal_bias(query_slots, key_slots, attention_mask, None, segment_ids)
     for index in range(dims.num_layers):
       hidden = GPT2Block(dims, self.dtype, self.param_dtype, name=f"h.{index}")(
           hidden, bias, cache_index=cache_index, train=train)
@@ -125,16 +133,49 @@ class GPT2LMHeadModel(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
-               train: bool = False, project: bool = True) -> jax.Array:
+               train: bool = False, project: bool = True, segment_ids=None) -> jax.Array:
     """project: False: the final hidden states [batch, length, hidden_size] (after ln_f), which
     `output_head(params)` projects (chunked losses)."""
     hidden, logits = GPT2Model(self.dims, self.dtype, self.param_dtype, name="transformer")(
-        input_ids, attention_mask, position_ids, decode_length, train, project)
+        input_ids, attention_mask, position_ids, decode_length, train, project, segment_ids)
     return logits if project else hidden
 
   def output_head(self, params) -> layers.OutputHead:
     """The projection of `__call__(project=False)`'s hidden states to the logits: the token embedding wte (tied)."""
     return layers.OutputHead(params["transformer"]["wte"]["embedding"].T, dtype=self.dtype)
+
+
+def heads_first(name: str, tensor: np.ndarray, num_heads: int) -> np.ndarray:
+  """A checkpoint tensor in the module's layout: c_attn's weight [in, 3 * hidden] and bias [3 * hidden] with their
+  output units reordered from (q, k, v) x heads x head_dim to heads x (q, k, v) x head_dim; other tensors as saved."""
+  return _swap_fused_axes(name, tensor, (3, num_heads))
+
+
+def heads_last(name: str, tensor: np.ndarray, num_heads: int) -> np.ndarray:
+  """The inverse of `heads_first`: a tensor of the module in the checkpoint's layout (what an export writes)."""
+  return _swap_fused_axes(name, tensor, (num_heads, 3))
+
+
+def _swap_fused_axes(name: str, tensor: np.ndarray, axes: tuple[int, int]) -> np.ndarray:
+  """c_attn's output units [..., a x b x head_dim] reordered to [..., b x a x head_dim] (a, b = `axes`)."""
+  if not name.endswith(("attn.c_attn.weight", "attn.c_attn.bias")):
+    return tensor
+  return tensor.reshape(tensor.shape[:-1] + axes + (-1,)).swapaxes(-3, -2).reshape(tensor.shape)
+
+
+@functools.lru_cache(maxsize=16)
+def partition_rules(dims: GPT2Dims, tensor: int) -> tuple:
+  """GPT-2's tensor-parallel placement (sharding.megatron_rules): the fused attn.c_attn (heads first: whole heads
+  with their q, k and v; config validation requires `tensor` to divide the heads) and mlp.c_fc split their output
+  units, attn.c_proj and mlp.c_proj their input units, and the token embedding wte (also the tied LM head) its
+  vocabulary when `tensor` divides it (the log says so once when not); position embeddings and norms stay whole."""
+  split_inputs = r"attn\.c_proj|mlp\.c_proj"
+  if dims.vocab_size % tensor == 0:
+    split_inputs += r"|\bwte"
+  else:
+    logger.info("tensor parallelism over %d devices: the vocabulary of %d tokens does not split in %d; the token "
+                "embedding (and tied LM head) stays whole on every device", tensor, dims.vocab_size, tensor)
+  return sharding.megatron_rules(split_outputs=r"attn\.c_attn|mlp\.c_fc", split_inputs=split_inputs)
 
 
 def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, param_dtype) -> Architecture:
@@ -153,4 +194,6 @@ def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, 
       pad_token_id=config.pad_token_id,
       eos_token_ids=() if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (eos,))
   return Architecture(module=GPT2LMHeadModel(dims, dtype, param_dtype), class_name="GPT2LMHeadModel",
-                      example_inputs={"input_ids": jnp.zeros((1, 1), jnp.int32)}, base_prefix="transformer")
+                      example_inputs={"input_ids": jnp.zeros((1, 1), jnp.int32)}, base_prefix="transformer",
+                      to_module_layout=functools.partial(heads_first, num_heads=dims.num_heads),
+                      to_checkpoint_layout=functools.partial(heads_last, num_heads=dims.num_heads))

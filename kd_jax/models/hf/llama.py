@@ -15,6 +15,7 @@ call are written into a [batch, decode_length, kv_heads, head_dim] cache at the 
 
 import dataclasses
 import functools
+import logging
 import math
 from typing import Any
 
@@ -28,6 +29,9 @@ from kd_jax.models.hf.weights import Architecture
 # Llama's RMSNorm is T5's: weight * x / sqrt(mean(x²) + eps) with the statistic in float32.
 from kd_jax.models.dropout import Dropout
 from kd_jax.models.hf.t5 import T5LayerNorm as RMSNorm
+from kd_jax.parallel import sharding
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_TASKS = ("causal_lm",)
 ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -193,15 +197,19 @@ class LlamaDecoderLayer(nn.Module):
 
 
 def causal_bias(query_slots: jax.Array, key_slots: jax.Array, attention_mask: jax.Array | None,
-                window: int | None) -> jax.Array:
+                window: int | None, segment_ids: jax.Array | None = None) -> jax.Array:
   """Additive bias [batch or 1, 1, queries, keys] (float32): 0 where key slot <= query slot (and > query slot -
-  window) and attention_mask [batch, keys] is 1, else masked."""
+  window), attention_mask [batch, keys] is 1 and (packed rows) segment_ids [batch, length] of query and key are
+  equal, else masked: causal and block-diagonal, a packed example attends to itself only."""
   allowed = key_slots[None, :] <= query_slots[:, None]
   if window is not None:
     allowed &= key_slots[None, :] > query_slots[:, None] - window
   bias = jnp.where(allowed, 0.0, layers.MASKED_SCORE)[None, None]
   if attention_mask is not None:
     bias = bias + layers.padding_bias(attention_mask)
+  if segment_ids is not None:
+    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+    bias = bias + jnp.where(same_segment, 0.0, layers.MASKED_SCORE)[:, None]
   return jnp.maximum(bias, layers.MASKED_SCORE)
 
 
@@ -225,7 +233,8 @@ class LlamaModel(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, project: bool = True):
+  def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, project: bool = True,
+               segment_ids=None):
     """(last hidden states [batch, length, hidden_size], the tied LM head's logits or None: None also when not
     `project`); see LlamaForCausalLM."""
     dims = self.dims
@@ -233,7 +242,7 @@ class LlamaModel(nn.Module):
     if position_ids is None:
       position_ids = jnp.broadcast_to(query_slots, input_ids.shape)
     cos, sin = dims.rope.cos_sin(position_ids)
-    biases = {window: causal_bias(query_slots, key_slots, attention_mask, window)
+    biases = {window: causal_bias(query_slots, key_slots, attention_mask, window, segment_ids)
               for window in set(dims.sliding_windows)}
     embed = nn.Embed(dims.vocab_size, dims.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="embed_tokens")
@@ -253,19 +262,22 @@ class LlamaForCausalLM(nn.Module):
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
-               train: bool = False, project: bool = True) -> jax.Array:
+               train: bool = False, project: bool = True, segment_ids=None) -> jax.Array:
     """Logits [batch, length, vocab_size] of input_ids [batch, length].
 
     attention_mask: [batch, length] (1 for tokens, 0 for padding; None: all tokens); when decoding, [batch,
       decode_length] over the cache's slots.
     position_ids: [batch, length] rotary positions; default: the slot index (0, 1, ... as in transformers' forward,
-      which also counts left padding; generation passes cumsum(attention_mask) - 1 as transformers' generate does).
+      which also counts left padding; generation passes cumsum(attention_mask) - 1 as transformers' generate does;
+      packed rows restart them at each example).
     decode_length: the KV cache's length when decoding (the "cache" collection mutable).
     project: False: the final hidden states [batch, length, hidden_size] instead of the logits, which
       `output_head(params)` projects (chunked losses, kd_jax/training/chunked.py).
+    segment_ids: packed rows [batch, length] (kd_jax/data/causal_lm.py `pack`): a token attends only to the earlier
+      tokens of its own segment; None: one sequence per row.
     """
     hidden, logits = LlamaModel(self.dims, self.dtype, self.param_dtype, name="model")(
-        input_ids, attention_mask, position_ids, decode_length, train, project)
+        input_ids, attention_mask, position_ids, decode_length, train, project, segment_ids)
     if not project:
       return hidden
     if logits is None:
@@ -279,6 +291,33 @@ class LlamaForCausalLM(nn.Module):
     if self.dims.tie_word_embeddings:
       return layers.OutputHead(params["model"]["embed_tokens"]["embedding"].T, dtype=self.dtype)
     return layers.OutputHead(params["lm_head"]["kernel"], dtype=self.dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def partition_rules(dims: LlamaDims, tensor: int) -> tuple:
+  """The Llama family's tensor-parallel placement (sharding.megatron_rules) on a tensor axis of size `tensor`: q_proj,
+  k_proj and v_proj split their output units (whole heads; config validation requires `tensor` to divide the query
+  heads), gate_proj and up_proj their hidden units, o_proj and down_proj their input units, and the vocabulary
+  splits over the axis in the LM head (its outputs: each device computes its share of the logits) and the token
+  embedding (its rows). Grouped-query attention's key / value heads split only when `tensor` divides them; otherwise
+  k_proj and v_proj stay whole on every device (each device then computes every key / value head, and its query heads
+  read the groups they belong to), which the log says once, as it says a vocabulary that does not split. Norms stay
+  whole."""
+  split_outputs = [r"self_attn/q_proj", r"mlp\.(gate_proj|up_proj)"]
+  split_inputs = [r"self_attn/o_proj", r"mlp\.down_proj"]
+  if dims.num_kv_heads % tensor == 0:
+    split_outputs.append(r"self_attn/(k_proj|v_proj)")
+  else:
+    logger.info("tensor parallelism over %d devices: the %d key/value heads do not split in %d; k_proj and v_proj "
+                "stay whole on every device (the %d query heads split)", tensor, dims.num_kv_heads, tensor,
+                dims.num_heads)
+  if dims.vocab_size % tensor == 0:
+    split_outputs.append(r"\blm_head")
+    split_inputs.append(r"\bembed_tokens")
+  else:
+    logger.info("tensor parallelism over %d devices: the vocabulary of %d tokens does not split in %d; the token "
+                "embedding and LM head stay whole on every device", tensor, dims.vocab_size, tensor)
+  return sharding.megatron_rules(split_outputs="|".join(split_outputs), split_inputs="|".join(split_inputs))
 
 
 def rope_from_config(config, head_dim: int, checkpoint: str) -> Rope:

@@ -156,11 +156,25 @@ def abstract_model(model_config, *, num_classes: int):
   return RegistryModel(architecture.module), params
 
 
-def num_attention_heads(name_or_path: str) -> int:
-  """The attention heads per layer of a checkpoint, from its config.json (BERT / RoBERTa, DistilBERT and T5 name the
-  field differently)."""
-  raw_config = weights.read_config(weights.resolve(name_or_path), name_or_path)
-  return int(next(raw_config[key] for key in ("num_attention_heads", "n_heads", "num_heads") if key in raw_config))
+def tensor_parallel_problem(name_or_path: str, tensor: int, field: str) -> str | None:
+  """Why a checkpoint cannot split over a tensor axis of `tensor` (> 1) devices, from its config.json or GGUF
+  metadata (no weights): its family declares no tensor-parallel placement (a `partition_rules` beside its modules),
+  or `tensor` does not divide its attention heads; None when it can. `field`: the config field naming the checkpoint
+  ('teacher.checkpoint')."""
+  if gguf.is_gguf(name_or_path):
+    family, raw_config = llama, gguf.hf_config(name_or_path).to_dict()
+  else:
+    raw_config = weights.read_config(weights.resolve(name_or_path), name_or_path)
+    family = FAMILIES.get(raw_config.get("model_type"))
+  if family is None:
+    return None  # from_pretrained names the unsupported model type
+  if not hasattr(family, "partition_rules"):
+    return (f"must be 1: model_type {raw_config['model_type']!r} of {field}={name_or_path!r} declares no "
+            "tensor-parallel placement (mesh.fsdp splits any model's parameters)")
+  # BERT / RoBERTa / Llama, DistilBERT, T5 and GPT-2 name the field differently.
+  heads = int(next(raw_config[key] for key in ("num_attention_heads", "n_heads", "num_heads", "n_head")
+                   if key in raw_config))
+  return None if heads % tensor == 0 else f"must divide the {heads} attention heads of {field}={name_or_path!r}"
 
 
 def _num_labels(source: weights.TensorSource, classifier_tensor: str, num_labels: int | None,
@@ -186,6 +200,11 @@ class RegistryModel:
   (token_type_ids for DistilBERT or T5) are left out.
   """
   module: Any
+
+  def partition_rules(self, tensor: int) -> tuple:
+    """The tensor-parallel placement its family declares for a tensor axis of `tensor` devices (the family module's
+    `partition_rules`, e.g. llama.partition_rules)."""
+    return inspect.getmodule(type(self.module)).partition_rules(self.module.dims, tensor)
 
   def apply(self, variables, inputs, train: bool = False, rngs=None, **apply_kwargs):
     """apply_kwargs: flax's (e.g. mutable=['intermediates'] for the hidden states and attention logits)."""

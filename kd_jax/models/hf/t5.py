@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from kd_jax.models.dropout import Dropout
 from kd_jax.models.hf import layers
 from kd_jax.models.hf.weights import Architecture
+from kd_jax.parallel import sharding
 
 SUPPORTED_TASKS = ("encoder", "seq2seq")
 
@@ -293,6 +294,14 @@ def shift_right(labels: jax.Array, decoder_start_token_id: int, pad_token_id: in
   shifted = jnp.concatenate([jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1)
   return jnp.where(shifted == -100, pad_token_id, shifted)
 
+
+def partition_rules(dims: T5Dims, tensor: int) -> tuple:
+  """T5's tensor-parallel placement (sharding.megatron_rules): q / k / v of self- and cross-attention and the feed-
+  forward's wi (wi_0 and wi_1 when gated) split their output units (whole heads), o and wo their input units; the
+  shared embedding, LM head and relative position biases stay whole."""
+  del dims, tensor
+  return sharding.megatron_rules(split_outputs=r"Attention/(q|k|v)|DenseReluDense/wi(_0|_1)?",
+                                 split_inputs=r"Attention/o|DenseReluDense/wo")
 
 def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, param_dtype) -> Architecture:
   """The Flax model of a T5 config (transformers' T5Config) for `task`; num_labels is unused (no classifier)."""

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import flax.linen as nn
 import flax.serialization
@@ -46,6 +46,11 @@ class Architecture:
   head_prefixes: tuple[str, ...] = ()
   # Other names under which a tensor may be saved, tried in order when the tensor's own name is absent.
   tensor_aliases: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  # (checkpoint tensor name, tensor) -> the tensor in the layout `module` holds it (same shape), for a family whose
+  # module orders a tensor's entries otherwise than its checkpoint (GPT-2's fused c_attn); None: as saved. And its
+  # inverse, for writing checkpoints (`in_checkpoint_layout`).
+  to_module_layout: Callable[[str, np.ndarray], np.ndarray] | None = None
+  to_checkpoint_layout: Callable[[str, np.ndarray], np.ndarray] | None = None
 
 
 def resolve(name_or_path: str) -> pathlib.Path:
@@ -188,6 +193,14 @@ def to_tensors(params) -> dict[str, np.ndarray]:
   return tensors
 
 
+def in_checkpoint_layout(architecture: Architecture, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """`to_tensors`' tensors with those that `architecture`'s module holds in another layout than its checkpoints
+  (Architecture.to_checkpoint_layout: GPT-2's fused c_attn) put back in the checkpoint's; the others as they are."""
+  if architecture.to_checkpoint_layout is None:
+    return tensors
+  return {name: architecture.to_checkpoint_layout(name, tensor) for name, tensor in tensors.items()}
+
+
 def _legacy_names(name: str) -> tuple[str, ...]:
   """Old BERT checkpoints (converted from TensorFlow) call LayerNorm's weight and bias gamma and beta."""
   if ".LayerNorm." not in name:
@@ -230,6 +243,8 @@ def load_params(architecture: Architecture, source: TensorSource, *, checkpoint:
     if not names:
       raise UserError(f"checkpoint {checkpoint} has no tensor {own_name(path)} expected by {architecture.class_name}")
     tensor = source.get(names[0])
+    if architecture.to_module_layout is not None:
+      tensor = architecture.to_module_layout(names[0], tensor)
     is_kernel = path[-1] == "kernel"
     expected_shape = abstract.shape[::-1] if is_kernel else abstract.shape
     if tensor.shape != expected_shape:
