@@ -8,14 +8,15 @@ Each premise/hypothesis pair becomes the source "premise: <premise> hypothesis: 
 the target "<label> explanation: <explanation_1>" (max 64 tokens), e.g. "contradiction explanation: the man cannot be
 inside and outside at once." (kd_jax/data/esnli.py). The teacher google/flan-t5-xl is used as it is
 (teacher.init='pretrained', bf16); its top-32 logits per target token of the 549,367 training examples are computed
-once and cached (float16 values, int32 ids, and the log-sum-exp of all logits: see losses.topk_divergence for the
-tail approximation); google/flan-t5-small learns from CE + 0.5 T^2 KL at T = 2 over real target tokens (explicit
+once and cached (float16 values, int32 ids, and the log-sum-exp of the other logits at T = 2, which makes the tail
+bin exact: see losses.topk_divergence and distill.topk_tail); google/flan-t5-small learns from CE + 0.5 T^2 KL at T = 2 over real target tokens (explicit
 form: ce_weight 1, kd_weight = beta 0.5), AdamW 3e-4, batch 32, 1 epoch. The hard-label FLAN-T5-small is trained
 beside it. Evaluation during training and every selection use e-SNLI's validation split (9,842 examples); the
 reported metrics its test split (9,824). results.json per model and split: label_accuracy (label parsed from the
 generated text; unparseable = wrong), rouge1/rouge2/rougeL of the generated explanation, agreement with the
 teacher's labels, kl_to_teacher (average token-level KL), nll and token_accuracy (teacher-forced), and the
-explanations' faithfulness to the model's own labels (faithfulness, las; kd_jax/evaluation/faithfulness.py).
+explanations' faithfulness to the model's own labels (faithfulness; las, Hase et al.'s per-model LAS, and las_gold;
+kd_jax/evaluation/faithfulness.py).
 
 Variants (all fields of kd_jax/config/schema.py apply):
     --config.distill.teacher_mode=online        the teacher (bf16, no gradients) runs inside the train step instead

@@ -28,7 +28,7 @@ from kd_jax.errors import UserError
 from kd_jax.models import peft
 from kd_jax.parallel import distributed, preemption, sharding
 from kd_jax.reporting import efficiency, results
-from kd_jax.teachers import ensemble, student_data, teacher
+from kd_jax.teachers import ensemble, student_data, teacher, teacher_cache
 from kd_jax.training import feature_losses, loop, metric_writer, steps, vectorized
 from kd_jax.training.objective import Objective
 
@@ -77,7 +77,8 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
                                 evaluate_fn=functools.partial(evaluator.during_training, teacher_inputs=True))
   teacher_metrics, reference = evaluator.teacher(the_teacher.model, the_teacher.params)
   teacher_results = ensemble.results(config, runs[0].workdir, the_teacher, evaluator, reference)
-  student = student_data.prepare(config, task, the_teacher, mesh)
+  student = student_data.prepare(config, task, the_teacher, mesh, tail_temperatures=teacher_cache.topk_tail_temperatures(
+      [run.config for run in runs]))
   student_model, trained, trainable_params = train_students(
       runs, writers, task, mesh, the_teacher, student,
       evaluate_fn=functools.partial(evaluator.during_training, reference=reference), vectorize=vectorize)
@@ -151,7 +152,8 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
                                     config.train.num_steps)
   layers = None if config.distill.features is None else _feature_layers(student, model, init_params, example_inputs)
   objective_of = lambda run_config, distills: Objective.from_config(run_config, num_steps=num_steps, distills=distills,
-                                                                    task=task, model=model, layers=layers)
+                                                                    task=task, model=model, layers=layers,
+                                                                    tail_temperatures=student.tail_temperatures)
   kd_objectives = [objective_of(run.config, student.distills) for run in runs]
   kd_init_params = init_params if layers is None else _with_projections(kd_objectives[0].feature_loss, layers,
                                                                         init_params)

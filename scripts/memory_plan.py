@@ -49,7 +49,7 @@ from kd_jax.data import Examples  # pylint: disable=wrong-import-position
 from kd_jax.errors import UserError  # pylint: disable=wrong-import-position
 from kd_jax.models.hf import pretrained  # pylint: disable=wrong-import-position
 from kd_jax.parallel import inference, sharding  # pylint: disable=wrong-import-position
-from kd_jax.teachers import student_data
+from kd_jax.teachers import student_data, teacher_cache
 from kd_jax.training import losses, steps
 from kd_jax.training.objective import Objective
 
@@ -101,20 +101,18 @@ def shapes(config, rows: int, *, cached_teacher: bool, num_classes: int) -> Exam
   ints = lambda *shape: np.empty(shape, np.int32)
   length, target_length = config.data.max_length, config.data.max_target_length
   inputs = {"input_ids": ints(rows, length), "attention_mask": ints(rows, length)}
+  k, tail = config.distill.topk, len(teacher_cache.topk_tail_temperatures([config]))
+  # The top-k cache of `positions` target positions: its tail [rows, positions] (flat) or [.., n] (exact at n T).
+  topk = lambda positions: losses.TopKLogits(np.empty((rows, positions, k), jnp.dtype(config.distill.topk_dtype)),
+                                             ints(rows, positions, k),
+                                             np.empty((rows, positions) + ((tail,) if tail else ()), np.float32))
   if config.student.task == "causal_lm":
-    teacher = None
-    if cached_teacher:
-      teacher = losses.TopKLogits(np.empty((rows, length, config.distill.topk), jnp.dtype(config.distill.topk_dtype)),
-                                  ints(rows, length, config.distill.topk), np.empty((rows, length), np.float32))
+    teacher = topk(length) if cached_teacher else None
     return Examples(inputs=inputs, label=ints(rows, length), index=ints(rows),
                     token_weights=np.empty((rows, length), np.float32), class_label=ints(rows), teacher=teacher)
   if config.student.task == "seq2seq":
     inputs["decoder_input_ids"] = ints(rows, target_length)
-    teacher = None
-    if cached_teacher:
-      k = config.distill.topk
-      teacher = losses.TopKLogits(np.empty((rows, target_length, k), jnp.dtype(config.distill.topk_dtype)),
-                                  ints(rows, target_length, k), np.empty((rows, target_length), np.float32))
+    teacher = topk(target_length) if cached_teacher else None
     return Examples(inputs=inputs, label=ints(rows, target_length), index=ints(rows),
                     token_weights=np.empty((rows, target_length), np.float32), class_label=ints(rows),
                     teacher=teacher)
@@ -159,7 +157,8 @@ def plan(config, mesh_sizes: dict, num_classes: int = 3, loss_chunks: tuple[int,
     inputs = abstract(shapes(config, config.data.eval_batch_size, cached_teacher=False, num_classes=num_classes),
                       batch).inputs
     if config.teacher.task in ("seq2seq", "causal_lm"):
-      program, name = student_data.topk_program(teacher, mesh, config.distill.topk, config.distill.topk_dtype), "top-k"
+      program, name = student_data.topk_program(teacher, mesh, config.distill.topk, config.distill.topk_dtype,
+                                                teacher_cache.topk_tail_temperatures([config])), "top-k"
     else:
       program, name = inference.make_predict_fn(teacher, mesh), "dense"
     analysis = program.lower(teacher_params, inputs).compile().memory_analysis()

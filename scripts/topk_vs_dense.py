@@ -5,7 +5,7 @@
 W2 is the workdir of a finished run of the config (its teacher in W2/teacher). On the first `batch_size` training
 examples it computes, per temperature, the distillation term T^2 KL(p_teacher || p_student) averaged over real target
 tokens with the teacher's full logits (dense) and with its top-k logits as the cache stores them (values rounded to
-config.distill.topk_dtype; losses.topk_divergence), for the untrained student (its checkpoint's weights, where
+config.distill.topk_dtype; losses.topk_divergence with the flat tail and with the exact tail at T), for the untrained student (its checkpoint's weights, where
 distillation starts) and the distilled student (W2's final checkpoint). Prints one line per (student, k, T) and the
 cache bytes per example.
 """
@@ -55,15 +55,21 @@ def main(argv):
     student_logits = student_model.apply({"params": params}, batch.inputs, train=False)
     for k in sorted({8, config.distill.topk, 64, vocab} & set(range(1, vocab + 1))):
       values, indices = jax.lax.top_k(teacher_logits, k)
+      values = values.astype(config.distill.topk_dtype)
       tail = jnp.put_along_axis(teacher_logits, indices, -jnp.inf, axis=-1, inplace=False)
-      topk = losses.TopKLogits(values.astype(config.distill.topk_dtype), indices, jax.nn.logsumexp(tail, axis=-1))
       for temperature in (1.0, 2.0, 4.0):
         dense = losses.global_mean(losses.divergence(student_logits, teacher_logits, temperature), weights)
-        approx = losses.global_mean(losses.topk_divergence(student_logits, topk, temperature), weights)
-        bytes_per_example = length * (k * (jnp.dtype(config.distill.topk_dtype).itemsize + 4) + 4) + 4
-        print(f"{student:<22} k={k:<4} T={temperature:g}  dense {float(dense):.5f}  top-k {float(approx):.5f}  "
-              f"diff {float(approx - dense):+.5f} ({float((approx - dense) / dense):+.2%})  "
-              f"cache {bytes_per_example} B/example")
+        flat = losses.TopKLogits(values, indices, jax.nn.logsumexp(tail, axis=-1))
+        exact = losses.TopKLogits(values, indices, jax.nn.logsumexp(tail / temperature, axis=-1)[..., None])
+        line = f"{student:<22} k={k:<4} T={temperature:g}  dense {float(dense):.5f}"
+        for name, topk, grid in (("flat", flat, ()), ("exact", exact, (temperature,))):
+          approx = losses.global_mean(losses.topk_divergence(student_logits, topk, temperature,
+                                                             tail_temperatures=grid), weights)
+          line += f"  {name} {float(approx):.5f} ({float((approx - dense) / dense):+.2%})"
+        print(line)
+  k = config.distill.topk
+  bytes_per_example = length * (k * (jnp.dtype(config.distill.topk_dtype).itemsize + 4) + 4) + 4
+  print(f"cache at k={k}: {bytes_per_example} B/example + 4 B per position per extra temperature")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and the smoke run."""
 
 import json
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
@@ -120,11 +121,36 @@ def test_generated_responses_join_their_prompts_in_the_training_layout():
   """Left-padded prompts and responses (EOS = 2, pad = 0 after it) -> [prompt][response up to EOS][pad]."""
   sequences = jax.device_get(causal_lm_data.sequences_from_responses(
       np.array([[0, 0, 5, 6], [3, 4, 5, 6]]), np.array([[0, 0, 1, 1], [1, 1, 1, 1]]),
-      np.array([[7, 2, 0], [8, 9, 9]]), length=6, eos_token_id=2, pad_token_id=0))
+      np.array([[7, 2, 0], [8, 9, 9]]), length=6, eos_token_ids=2, pad_token_id=0))
   np.testing.assert_array_equal(sequences["input_ids"], [[5, 6, 7, 2, 0, 0], [3, 4, 5, 6, 8, 9]])
   np.testing.assert_array_equal(sequences["attention_mask"], [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
   np.testing.assert_array_equal(sequences["label"], [[-1, 7, 2, -1, -1, -1], [-1, -1, -1, 8, 9, -1]])
   np.testing.assert_array_equal(sequences["response_mask"], np.asarray(sequences["label"]) >= 0)
+
+
+def test_generated_responses_end_at_any_stop_token():
+  """Stop tokens 2 and 3 (a generation config's list): each row's response ends at the first of either."""
+  sequences = jax.device_get(causal_lm_data.sequences_from_responses(
+      np.array([[5, 6], [5, 6]]), np.ones((2, 2), np.int32), np.array([[7, 3, 9], [2, 9, 9]]), length=5,
+      eos_token_ids=(2, 3), pad_token_id=0))
+  np.testing.assert_array_equal(sequences["input_ids"], [[5, 6, 7, 3, 0], [5, 6, 2, 0, 0]])
+  np.testing.assert_array_equal(sequences["label"], [[-1, 7, 3, -1, -1], [-1, 2, -1, -1, -1]])
+
+
+def test_on_policy_samples_use_their_own_filters():
+  """The student's training samples take generation.train_top_k / train_top_p (default off, as TRL), not the
+  evaluation's generation.top_k / top_p."""
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.distill.teacher_mode, config.distill.on_policy_fraction = "online", 0.5
+  config.generation.top_k, config.generation.top_p = 5, 0.9
+  task = types.SimpleNamespace(causal_lm=types.SimpleNamespace(max_new_tokens=4, eos_token_ids=(2, 3),
+                                                                 pad_token_id=0))
+  model = types.SimpleNamespace(module="the student's module")
+  sampling = Objective.from_config(config, task=task, model=model).on_policy
+  assert (sampling.top_k, sampling.top_p, sampling.eos_token_ids) == (None, None, (2, 3))
+  config.generation.train_top_k, config.generation.train_top_p = 8, 0.95
+  sampling = Objective.from_config(config, task=task, model=model).on_policy
+  assert (sampling.top_k, sampling.top_p) == (8, 0.95)
 
 
 def test_bad_input_is_one_line(tmp_path):
@@ -260,7 +286,7 @@ def test_the_cached_teacher_is_its_topk_per_position_and_sequence_level_targets_
   targets = student_data.prepare(config, task, the_teacher, mesh).examples
   generated = hf.generate(model.module, params, task.train.inputs["prompt_ids"][rows],
                           task.train.inputs["prompt_mask"][rows], max_new_tokens=config.data.max_target_length,
-                          eos_token_id=task.causal_lm.eos_token_id, pad_token_id=task.causal_lm.pad_token_id)
+                          eos_token_id=task.causal_lm.eos_token_ids, pad_token_id=task.causal_lm.pad_token_id)
   for row, tokens in zip(rows, np.asarray(generated)):
     response = targets.label[row][targets.label[row] >= 0]
     np.testing.assert_array_equal(response, tokens[:len(response)])

@@ -33,13 +33,16 @@ def loss_inputs(seed: int = 0):
   teacher_hidden, teacher_kernel = f32(BATCH, LENGTH, HIDDEN + 2), f32(HIDDEN + 2, VOCAB) * 2
   teacher_logits = teacher_hidden @ teacher_kernel
   top_values, top_indices = jax.lax.top_k(teacher_logits, 4)
-  tail = jax.nn.logsumexp(jnp.put_along_axis(teacher_logits, top_indices, -jnp.inf, axis=-1, inplace=False), axis=-1)
+  outside = jnp.put_along_axis(teacher_logits, top_indices, -jnp.inf, axis=-1, inplace=False)
+  tail = jax.nn.logsumexp(outside, axis=-1)
   labels = jnp.asarray(rng.integers(-1, VOCAB, (BATCH, LENGTH)), jnp.int32)
   weights = jnp.ones((BATCH, LENGTH), jnp.float32).at[1, 5:].set(0.0)
   teachers = {
       "online": chunked.Projected(teacher_hidden, layers.OutputHead(teacher_kernel)),
       "dense": teacher_logits,
       "topk": losses.TopKLogits(top_values, top_indices, tail),
+      # The exact tail at T = 2 (losses_and_gradients' T): [batch, length, 1].
+      "topk_exact": losses.TopKLogits(top_values, top_indices, jax.nn.logsumexp(outside / 2.0, axis=-1)[..., None]),
       "ensemble": losses.EnsembleLogits(jnp.stack([teacher_logits, f32(BATCH, LENGTH, VOCAB)], axis=-2)),
   }
   return student_hidden, student_kernel, teachers, labels, weights
@@ -57,16 +60,17 @@ def losses_and_gradients(student_hidden, student_kernel, teachers, labels, weigh
   """{(teacher kind, divergence): (loss, d loss / d (hidden, kernel))} of 0.3 CE_0.1 + 0.7 T^2 D at T = 2 against
   teachers[teacher kind], one compiled program for all `cases`; chunk None: unchunked logits."""
 
-  def loss(hidden, kernel, teacher, kind):
+  def loss(hidden, kernel, teacher, kind, tail_temperatures):
     head = layers.OutputHead(kernel)
     student = head(hidden) if chunk is None else chunked.Projected(hidden, head)
     target = unchunked(teacher) if chunk is None else teacher
     return losses.distillation_loss(
         student, target, labels, weights, weights=losses.LossWeights(0.3, 0.7), temperature=2.0,
         label_smoothing=0.1, divergence_kind=kind, divergence_params=losses.DivergenceParams(0.3, 0.2, 0.6),
-        loss_chunk=chunk or 0).loss
+        loss_chunk=chunk or 0, tail_temperatures=tail_temperatures).loss
 
-  return {case: jax.value_and_grad(loss, argnums=(0, 1))(student_hidden, student_kernel, teachers[case[0]], case[1])
+  return {case: jax.value_and_grad(loss, argnums=(0, 1))(student_hidden, student_kernel, teachers[case[0]], case[1],
+                                                         (2.0,) if case[0] == "topk_exact" else ())
           for case in cases}
 
 
@@ -90,6 +94,7 @@ def test_chunked_equals_unchunked_for_every_divergence_with_an_online_teacher():
 def test_chunked_equals_unchunked_with_cached_dense_topk_and_ensemble_targets():
   assert_chunked_equals_unchunked((("dense", "forward_kl"), ("dense", "akl"), ("dense", "mse"),
                                    ("topk", "forward_kl"), ("topk", "generalized_js"), ("topk", "mse"),
+                                   ("topk_exact", "forward_kl"), ("topk_exact", "js"),
                                    ("ensemble", "forward_kl"), ("ensemble", "skew_reverse_kl")))
 
 

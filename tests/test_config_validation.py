@@ -300,7 +300,7 @@ INVALID_SST2 = [
      "config.student.lora.rank=33: must be <= 32, the smallest width (min of inputs and outputs) of the targeted "
      "layers", ""),
     ({"student.lora.rank": 4, "student.lora.target_modules": ("query",)},
-     "config.student.lora.target_modules=('query',): matches no Dense layer of the student", ""),
+     "config.student.lora.target_modules=('query',): matches no linear layer of the student", ""),
     ({"student.lora.rank": 4, "student.lora.dropout": 1.0},
      "config.student.lora.dropout=1.0: must be in [0.0, 1.0)", ""),
     ({"student.lora.rank": 4, "student.lora.alpha": 0.0}, "config.student.lora.alpha=0.0: must be > 0", ""),

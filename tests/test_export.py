@@ -201,6 +201,28 @@ def test_lora_adapter_of_a_causal_lm_has_no_modules_to_save(tmp_path):
   assert config["target_modules"] == targets
 
 
+def test_lora_adapter_of_gpt2_holds_c_attn_in_the_checkpoints_order(tmp_path):
+  """GPT-2's default target is its fused c_attn (a Conv1D, which peft adapts with fan_in_fan_out); kd_jax holds its
+  output units heads-first, so the adapter's lora_B is written back in the checkpoint's (q, k, v) order, as the
+  weight is: B A added to the checkpoint's weight is the merged export's weight."""
+  _, params = pretrained.from_pretrained(str(FIXTURES / "gpt2"), "causal_lm")
+  adapted = lora_trained(params, 2)
+  trained = export.Trained(str(FIXTURES / "gpt2"), "causal_lm", adapted, lora=LORA)
+  export.write(trained, "hf", str(tmp_path / "adapter"), lora="adapter")
+  export.write(trained, "hf", str(tmp_path / "merged"))
+  config = files.read_json(str(tmp_path / "adapter" / "adapter_config.json"))
+  assert config["target_modules"] == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
+  assert config["fan_in_fan_out"]
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  adapter = safetensors.numpy.load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+  base = safetensors.numpy.load_file(str(FIXTURES / "gpt2" / "model.safetensors"))
+  merged = safetensors.numpy.load_file(str(tmp_path / "merged" / "model.safetensors"))
+  name = "transformer.h.0.attn.c_attn"
+  update = adapter[f"base_model.model.{name}.lora_A.weight"].T @ adapter[f"base_model.model.{name}.lora_B.weight"].T
+  np.testing.assert_allclose(base[f"{name}.weight"] + LORA.alpha / LORA.rank * update, merged[f"{name}.weight"],
+                             rtol=1e-5, atol=1e-6)
+
+
 # Finished workdirs, fabricated: config.json, results.json and a checkpoint of the student's state, as runs leave them.
 
 

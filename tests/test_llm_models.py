@@ -102,6 +102,34 @@ def test_greedy_generation_equals_transformers(name):
   assert 0 < (ref["generated_eos"] == eos_token_id).any(axis=1).sum() < len(ref["generated_eos"])
 
 
+@pytest.mark.parametrize("name", ["llama", "gpt2"])
+def test_generation_stops_at_every_stop_token_of_the_generation_config(name, tmp_path):
+  """transformers' generate stops at every id of generation_config.json's eos_token_id (Llama 3.1 Instruct's
+  [128001, 128008, 128009], Qwen2.5 Instruct's [151645, 151643]); so does kd_jax's, by default: a copy of the fixture
+  whose generation config lists [its EOS, X] decodes what transformers decoded with EOS X, and the causal-LM task
+  stops at the tokenizer's EOS and both."""
+  from kd_jax.data import causal_lm as causal_lm_data  # pylint: disable=import-outside-toplevel
+  ref = reference(name)
+  checkpoint = tmp_path / name
+  checkpoint.mkdir()
+  for path in (FIXTURES / name).iterdir():
+    if path.name != "generation_config.json":
+      (checkpoint / path.name).symlink_to(path)
+  generation_config = json.loads((FIXTURES / name / "generation_config.json").read_text())
+  eos, other = generation_config["eos_token_id"], int(ref["eos_token_id"])
+  generation_config["eos_token_id"] = [eos, other]
+  (checkpoint / "generation_config.json").write_text(json.dumps(generation_config))
+  assert pretrained.stop_token_ids(str(checkpoint)) == (eos, other)
+  model, params = hf.from_pretrained(str(checkpoint), task="causal_lm")
+  assert model.dims.eos_token_ids == (eos, other)
+  assert not (ref["generated_eos"] == eos).any()  # the list's EOS never comes first here: X alone decides
+  np.testing.assert_array_equal(hf.generate(model, params, ref["prompt_ids"], ref["prompt_mask"],
+                                            max_new_tokens=int(ref["max_new_tokens"])), ref["generated_eos"])
+  tokenizer = pretrained.load_tokenizer(str(checkpoint))
+  assert causal_lm_data.stop_token_ids(tokenizer, [str(checkpoint), str(FIXTURES / name)]) == tuple(
+      dict.fromkeys((tokenizer.eos_token_id, eos, other)))
+
+
 def _without_sliding_window(dims):
   return dataclasses.replace(dims, sliding_windows=(None,) * dims.num_layers)
 
@@ -216,8 +244,10 @@ def llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(weight.shape))
 
 
-def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "llama", tensor_type=None) -> None:
-  """The fixture `name`'s weights (transformers' names and layout) as a GGUF file of the llama architecture."""
+def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "llama", tensor_type=None,
+               eot_token_id: int | None = None) -> None:
+  """The fixture `name`'s weights (transformers' names and layout) as a GGUF file of the llama architecture (with an
+  end-of-turn token when `eot_token_id` is given)."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   config = transformers.AutoConfig.from_pretrained(FIXTURES / name)
   tensors = load_file(FIXTURES / name / "model.safetensors")
@@ -232,6 +262,8 @@ def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "lla
   writer.add_layer_norm_rms_eps(config.rms_norm_eps)
   writer.add_vocab_size(config.vocab_size)
   writer.add_eos_token_id(2)
+  if eot_token_id is not None:
+    writer.add_eot_token_id(eot_token_id)
   renames = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.LAYER_TENSOR_NAMES.items()}
   globals_ = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.GLOBAL_TENSOR_NAMES.items()}
   for hf_name, tensor in tensors.items():
@@ -254,6 +286,14 @@ def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "lla
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
   writer.close()
+
+
+def test_gguf_end_of_turn_tokens_stop_generation(tmp_path):
+  """llama.cpp's EOT (and EOM) tokens of a GGUF (Llama 3's <|eot_id|>) are stop tokens beside its EOS."""
+  path = tmp_path / "llama.gguf"
+  write_gguf(path, eot_token_id=7)
+  assert pretrained.stop_token_ids(str(path)) == (2, 7)
+  assert hf.from_pretrained(str(path), task="causal_lm")[0].dims.eos_token_ids == (2, 7)
 
 
 def test_gguf_weights_are_the_checkpoints_with_q_and_k_rows_unpermuted(tmp_path):

@@ -141,6 +141,62 @@ class _DenseModel:
     return nn.Dense(32, name="query").apply({"params": variables["params"]["query"]}, inputs, rngs=rngs)
 
 
+@pytest.mark.parametrize("name, targeted", [("llama", ("self_attn/q_proj", "self_attn/v_proj")),
+                                            ("gpt2", ("attn.c_attn",))])
+def test_lora_on_decoder_only_students_with_the_default_targets(name, targeted):
+  """peft's default targets of the family (Llama: q_proj, v_proj; GPT-2: its fused Conv1D c_attn, adapted like a
+  Linear with fan_in_fan_out) take adapters with the default settings: every layer's adapted model equals the base
+  model with W + (alpha / r) A B merged in float64 NumPy, and one Conv1D computes x W + b + (alpha / r) x A B."""
+  config = hf_config(name, task="causal_lm", rank=2, alpha=8.0)
+  model, params = models.create_student(config, num_classes=0, example_inputs=None, rng=jax.random.PRNGKey(0))
+  adapted = sorted(path.rsplit("/", 1)[0] for path in flat(params) if path.endswith("/lora_a"))
+  layers = "model/layers" if name == "llama" else "transformer/h"
+  assert adapted == sorted(f"{layers}.{i}/{target}" for i in range(2) for target in targeted)
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: rng.normal(size=leaf.shape).astype(np.float32) * 0.2
+      if peft.path_name(path).endswith("lora_b") else leaf, params)
+  named, merged_params = flat(params), {}
+  for path, value in named.items():
+    *parents, leaf = path.split("/")
+    if leaf in ("lora_a", "lora_b"):
+      continue
+    layer = "/".join(parents)
+    if f"{layer}/lora_a" in named and leaf in ("kernel", "weight"):
+      a, b = np.float64(named[f"{layer}/lora_a"]), np.float64(named[f"{layer}/lora_b"])
+      value = (np.float64(value) + 8.0 / 2 * a @ b).astype(np.float32)
+    node = merged_params
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  inputs = token_inputs(vocab=int(model.base.module.dims.vocab_size))
+  adapted_logits = jax.jit(lambda params: model.apply({"params": params}, inputs))(params)
+  plain = jax.jit(lambda params: peft.plain_model(model).apply({"params": params}, inputs))
+  np.testing.assert_allclose(adapted_logits, plain(merged_params), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(plain(peft.plain_params(model, params)), adapted_logits, rtol=1e-4, atol=1e-5)
+  if name == "gpt2":
+    c_attn = params["transformer"]["h.0"]["attn.c_attn"]
+    x = rng.normal(size=(5, c_attn["weight"].shape[0]))
+    ours = peft.LoraModel(_Conv1DModel(c_attn["weight"].shape[1]), scale=4.0, dropout=0.0).apply(
+        {"params": {"c_attn": c_attn}}, x.astype(np.float32))
+    expected = (x @ np.float64(c_attn["weight"]) + np.float64(c_attn["bias"])
+                + 4.0 * x @ np.float64(c_attn["lora_a"]) @ np.float64(c_attn["lora_b"]))
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+class _Conv1DModel:
+  """The registry's calling convention over one GPT-2 Conv1D named 'c_attn'."""
+
+  def __init__(self, features: int):
+    self.features = features
+
+  def apply(self, variables, inputs, train=False, rngs=None):
+    del train
+    from kd_jax.models.hf import gpt2  # pylint: disable=import-outside-toplevel
+    return gpt2.Conv1D(self.features, name="c_attn").apply({"params": variables["params"]["c_attn"]}, inputs,
+                                                           rngs=rngs)
+
+
 def test_lora_dropout_drops_the_adapters_input_per_key():
   """Dropout applies to the adapters' input in training only: deterministic in eval, redrawn with the key."""
   config = hf_config("bert", rank=2, dropout=0.5)
@@ -176,7 +232,7 @@ def test_trainable_parameters_of_lora_on_a_tiny_bert_match_a_hand_count(rank):
 
 def test_default_lora_targets_are_every_familys_query_and_value():
   """BERT and RoBERTa query/value, DistilBERT q_lin/v_lin, T5 q/v in self- and cross-attention (the T5 fixture: 2
-  encoder blocks, 3 decoder blocks)."""
+  encoder blocks, 3 decoder blocks); the decoder-only families: test_lora_on_decoder_only_students_with_the_default_targets."""
   from kd_jax.models.hf import pretrained  # pylint: disable=import-outside-toplevel
   for name, task, expected in (("bert", "sequence_classification", 4), ("roberta", "sequence_classification", 4),
                                ("distilbert", "sequence_classification", 4), ("t5", "seq2seq", 2 * 2 + 3 * 4)):

@@ -29,6 +29,7 @@ def check(config: ml_collections.ConfigDict) -> None:
           "inputs)")
   _check_features(config)
   _check_generative_tasks(config)
+  _check_topk_tail(config)
   _check_text_task(config)
   _check_ensemble(config)
   train = config.train
@@ -193,6 +194,25 @@ def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
             "needs distill.strategy='token'")
     require(data_config.prompt_column is not None, "distill.on_policy_fraction", distill.on_policy_fraction,
             "needs prompts to sample responses to (data.prompt_column; plain text has none)")
+
+
+def _check_topk_tail(config: ml_collections.ConfigDict) -> None:
+  """A top-k cache's exact tail is stored at fixed temperatures: a schedule that moves T needs the flat tail, chosen
+  explicitly."""
+  distill = config.distill
+  if not uses_topk_cache(config) or distill.topk_tail == "flat" or distill.schedule == "constant":
+    return
+  require(distill.temperature_end in (None, distill.temperature), "distill.temperature_end", distill.temperature_end,
+          f"moves the temperature ({distill.temperature} -> {distill.temperature_end}) over a top-k teacher cache, "
+          "whose tail is exact only at the temperatures it stores: keep the temperature constant, use "
+          "distill.teacher_mode='online', or choose the flat-tail approximation with distill.topk_tail='flat'")
+
+
+def uses_topk_cache(config: ml_collections.ConfigDict) -> bool:
+  """Whether the student distills from the teacher's top-k cache (seq2seq and causal-LM tasks, cached, token level;
+  kd_jax/teachers/student_data.py)."""
+  return (config.data.name in schema.SEQ2SEQ_TASKS + schema.CAUSAL_LM_TASKS and config.distill.teacher_mode == "cached"
+          and config.distill.strategy == "token")
 
 
 def _check_cross_tokenizer(config: ml_collections.ConfigDict) -> None:

@@ -265,7 +265,8 @@ def _student_section() -> Section:
           "the others keep their initial values. None: every parameter trains (with LoRA: the classification head, "
           "'classifier').", type=tuple, check=_regular_expressions),
       "lora": Section(
-          "LoRA (Hu et al. 2021; kd_jax/models/peft.py) on HF students: each targeted Dense kernel W [in, out] gains "
+          "LoRA (Hu et al. 2021; kd_jax/models/peft.py) on HF students: each targeted linear layer's W [in, out] (a "
+          "Dense kernel, GPT-2's Conv1D weight) gains "
           "A [in, r] and B [r, out]: h = x W + (alpha / r) dropout(x) A B. Only the adapters and the parameters "
           "matching student.trainable (None: the classification head, as peft's modules_to_save) train; the adapters "
           "are merged into W for evaluation and export.", {
@@ -275,9 +276,10 @@ def _student_section() -> Section:
               "dropout": Field(0.0, "Dropout on the adapters' input x (per example, like the model's dropout).",
                                interval="[0.0, 1.0)"),
               "target_modules": Field(
-                  None, "Dense layers given adapters: a layer named N is targeted when N is one of these or ends with "
-                  "'.' + one of them (peft's rule). None: every family's attention query and value projections "
-                  "(query, value; q_lin, v_lin; q, v).", type=tuple, check=_layer_names),
+                  None, "Linear layers given adapters: a layer named N is targeted when N is one of these or ends "
+                  "with '.' + one of them (peft's rule). None: every family's attention query and value projections, "
+                  "peft's defaults (BERT, RoBERTa: query, value; DistilBERT: q_lin, v_lin; T5: q, v; Llama, Mistral, "
+                  "Qwen2, Qwen3: q_proj, v_proj; GPT-2: its fused c_attn).", type=tuple, check=_layer_names),
           }),
   })
 
@@ -428,6 +430,13 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
         "topk_dtype": Field("float16", "The dtype the top-k values are stored in: 'float16' (default: 3 more mantissa "
                             "bits than bfloat16, and logits stay far below its 65504 limit), 'bfloat16' or "
                             "'float32'.", choices=("float16", "bfloat16", "float32")),
+        "topk_tail": Field(
+            "exact", "Seq2seq and causal-LM cached mode: the teacher's tail (its V - k logits outside the top k; "
+            "see losses.topk_divergence). 'exact': the cache stores the tail's log-sum-exp at every distill.temperature "
+            "the run (or a vectorized sweep group) uses, so every bin of the loss is exact at each; a schedule that "
+            "moves the temperature is refused. 'flat': one log-sum-exp at T = 1 and a flat tail elsewhere, an "
+            "approximation that underestimates the divergence at T > 1 (docs/text_tasks.md).",
+            choices=("exact", "flat")),
         "loss_chunk": Field(
             0, "Seq2seq and causal_lm tasks: the logit terms computed this many positions at a time "
             "(kd_jax/training/chunked.py): the step takes the models' final hidden states and projects them to the "
@@ -551,6 +560,17 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
                            interval="(0, 1]"),
             "train_temperature": Field(1.0, "causal_lm on-policy distillation: the temperature the student's "
                                        "responses are sampled at during training (GKD samples at 1).", positive=True),
+            "simulator_examples": Field(
+                1000, "e-SNLI: the training examples (a fixed random subset) each model explains at the first "
+                "temperature to train its own simulator, which the reported las (Hase et al.'s per-model LAS) reads "
+                "its explanations with (kd_jax/evaluation/faithfulness.py); 0: off (las NaN; las_gold, with the "
+                "simulator of gold explanations, stays).", non_negative=True),
+            "train_top_k": Field(None, "causal_lm on-policy distillation: the top_k filter of the student's training "
+                                 "samples (their own; top_k filters evaluation only); None: off, as in TRL.",
+                                 type=int, positive=True),
+            "train_top_p": Field(None, "causal_lm on-policy distillation: the top_p filter of the student's training "
+                                 "samples (their own; top_p filters evaluation only); None: off, as in TRL.",
+                                 type=float, interval="(0, 1]"),
         }),
     "sweep": Section(
         "Sweeps (kd_jax/sweeps/): the config runs once per point, each in `<workdir>/<point name>/`, then the report "

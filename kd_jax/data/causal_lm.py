@@ -72,19 +72,22 @@ class CausalLMInfo:
       the tokens kept (special tokens left out). What bits per byte divide by.
     has_prompts: False for plain text (nothing to generate from).
     max_new_tokens: generated responses have at most this many tokens (data.max_target_length).
-    eos_token_id, pad_token_id: generation stops at EOS and pads after it.
-    teacher_tokenizer, teacher_response_bytes: a teacher with another tokenizer (distill.cross_tokenizer): its
-      tokenizer and its response_bytes (the examples' teacher_inputs are its own tokenization); else None.
+    eos_token_ids: generation stops at any of them (`stop_token_ids`: the student's tokenizer's EOS and the
+      checkpoints' stop tokens) and pads after it with pad_token_id.
+    teacher_tokenizer, teacher_response_bytes, teacher_eos_token_ids: a teacher with another tokenizer
+      (distill.cross_tokenizer): its tokenizer, its response_bytes (the examples' teacher_inputs are its own
+      tokenization) and the stop tokens of its own generation; else None.
   """
   tokenizer: Any
   references: dict
   response_bytes: dict
   has_prompts: bool
   max_new_tokens: int
-  eos_token_id: int
+  eos_token_ids: tuple[int, ...]
   pad_token_id: int
   teacher_tokenizer: Any = None
   teacher_response_bytes: dict | None = None
+  teacher_eos_token_ids: tuple[int, ...] | None = None
 
 
 def pydoc_passages() -> dict[str, dict[str, list[str]]]:
@@ -349,12 +352,28 @@ def load_splits(config):
     label, token_weights = arrays.pop("label"), arrays.pop("token_weights")
     splits[role] = Examples(inputs=arrays, label=label, token_weights=token_weights,
                             class_label=np.zeros(len(index), np.int32), index=index, teacher_inputs=teacher_inputs)
+  student_checkpoint = text.student_checkpoint_field(config)[0]
+  # The teacher's stop tokens are the student's where they share one vocabulary, else its own.
+  shared = (student_checkpoint,) + (() if own_teacher_tokenizer is not None else (config.teacher.checkpoint,))
   info = CausalLMInfo(tokenizer=tokenizer, references=references, response_bytes=response_bytes,
                       has_prompts=data_config.prompt_column is not None, teacher_tokenizer=own_teacher_tokenizer,
                       teacher_response_bytes=None if own_teacher_tokenizer is None else teacher_response_bytes,
-                      max_new_tokens=data_config.max_target_length, eos_token_id=int(tokenizer.eos_token_id),
+                      teacher_eos_token_ids=None if own_teacher_tokenizer is None else stop_token_ids(
+                          own_teacher_tokenizer, (config.teacher.checkpoint,)),
+                      max_new_tokens=data_config.max_target_length, eos_token_ids=stop_token_ids(tokenizer, shared),
                       pad_token_id=int(pad_token_id))
   return splits, len(tokenizer), info
+
+
+def stop_token_ids(tokenizer, checkpoints) -> tuple[int, ...]:
+  """The tokens generation stops at: the tokenizer's EOS (what ends every training response), then every stop token
+  of the models' generation configs (pretrained.stop_token_ids: Llama 3's <|eot_id|> and <|eom_id|>, Qwen2.5's
+  <|im_end|> and <|endoftext|>), so that neither model's sampling runs past its own end of turn."""
+  from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top
+  ids = [int(tokenizer.eos_token_id)]
+  for checkpoint in dict.fromkeys(checkpoints):
+    ids += pretrained.stop_token_ids(checkpoint)
+  return tuple(dict.fromkeys(ids))
 
 
 def _tokenizers_differ(config, tokenizer, teacher_tokenizer) -> bool:
@@ -382,16 +401,16 @@ def _round_up(length: int) -> int:
 
 
 def sequences_from_responses(prompt_ids: jax.Array, prompt_mask: jax.Array, responses: jax.Array, *, length: int,
-                             eos_token_id: int, pad_token_id: int) -> dict:
-  """Left-padded prompts [B, P] and generated responses [B, R] (every token up to and including the first EOS is
-  real) in the training layout [B, length] (truncated at `length`).
+                             eos_token_ids, pad_token_id: int) -> dict:
+  """Left-padded prompts [B, P] and generated responses [B, R] (every token up to and including the first of
+  `eos_token_ids`, an id or a sequence of ids, is real) in the training layout [B, length] (truncated at `length`).
 
   Returns:
     input_ids, attention_mask (int32), label (the next token where it is a response token, else -1) and
     response_mask (float32 [B, length]: 1 where label >= 0).
   """
   num_prompt = prompt_ids.shape[1]
-  is_eos = responses == eos_token_id
+  is_eos = jnp.isin(responses, jnp.asarray(eos_token_ids, jnp.int32).reshape(-1))
   real_response = (jnp.cumsum(is_eos, axis=1) - is_eos) == 0
   tokens = jnp.concatenate([prompt_ids, responses], axis=1)
   real = jnp.concatenate([prompt_mask > 0, real_response], axis=1)

@@ -53,12 +53,18 @@ class CausalLMEvaluator(seq2seq.Seq2SeqEvaluator):
                                                      "attention_mask": inputs["prompt_mask"]},
                                      mesh=self._mesh, batch_size=self._batch_size, max_new_tokens=info.max_new_tokens,
                                      temperature=temperature, top_k=self._generation.top_k,
-                                     top_p=self._generation.top_p, seed=self._seed)
+                                     top_p=self._generation.top_p, seed=self._seed,
+                                     eos_token_ids=(info.teacher_eos_token_ids if teacher_inputs
+                                                    and info.teacher_tokenizer is not None else info.eos_token_ids))
     return tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
-  def _text_metrics(self, texts: list[str], split: str, teacher_labels) -> tuple[dict, None]:
+  def _model_simulator(self, model, params) -> None:
+    """No labels to simulate: no faithfulness metrics."""
+    del model, params
+
+  def _text_metrics(self, texts: list[str], split: str, teacher_labels, model_simulator=None) -> tuple[dict, None]:
     """ROUGE of the generated responses against the references (nothing for plain text)."""
-    del teacher_labels  # top-1 agreement is teacher-forced (_token_metrics)
+    del teacher_labels, model_simulator  # top-1 agreement is teacher-forced (_token_metrics)
     if not texts:
       return {}, None
     references = [self._task.causal_lm.references[i] for i in self._splits[split].index.tolist()]

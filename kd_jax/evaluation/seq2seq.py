@@ -10,8 +10,10 @@ config.generation.temperatures, means over examples:
   label_accuracy = 1[parsed label = true label] (an unparseable output counts as wrong); unparseable = its share;
   rouge1, rouge2, rougeL = F1 of the generated explanation vs the reference (metrics.rouge_scores);
   agreement = 1[parsed label = the teacher's parsed label at the first temperature] (unparseable never agrees);
-  faithfulness, las, faithfulness_ceiling: the explanations' faithfulness to the model's own labels, measured with a
-    simulator trained on the training split's gold explanations (kd_jax/evaluation/faithfulness.py).
+  faithfulness, las (las_leaking, las_nonleaking, las_unparseable), las_gold, faithfulness_ceiling: the
+    explanations' faithfulness to the model's own labels, measured with a simulator trained on the training split's
+    gold explanations, and (las: Hase et al.'s per-model definition) with one trained on the model's own outputs for
+    generation.simulator_examples training examples at the first temperature (kd_jax/evaluation/faithfulness.py).
 The metrics at the first temperature are the model's metrics; the students' are also given per temperature in
 `by_generation_temperature` (the generation-temperature ablation: one trained model, several decodings). During
 training only the teacher-forced ones are computed (no generation), unless the selection metric needs generation.
@@ -34,12 +36,15 @@ from kd_jax.models import hf
 from kd_jax.parallel import inference, sharding
 
 logger = logging.getLogger(__name__)
+# The metrics of the model's own simulator (faithfulness.Simulator.of_model).
+PER_MODEL_METRICS = ("las", "las_leaking", "las_nonleaking")
 
 
 def generate_tokens(model, params, inputs: dict, *, mesh, batch_size: int, max_new_tokens: int,
                     temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                    seed: int = 0) -> np.ndarray:
-  """Generated ids [N, max_new_tokens] (pad after EOS) for the sources `inputs` (input_ids, attention_mask [N, S]).
+                    seed: int = 0, eos_token_ids: tuple[int, ...] | None = None) -> np.ndarray:
+  """Generated ids [N, max_new_tokens] (pad after EOS) for the sources `inputs` (input_ids, attention_mask [N, S]),
+  ending at any of `eos_token_ids` (None: the model's).
 
   Batches are split over the mesh's data axis; batch b samples with fold_in(key(seed), b).
   """
@@ -50,7 +55,7 @@ def generate_tokens(model, params, inputs: dict, *, mesh, batch_size: int, max_n
     batch = sharding.shard_batch(local_sources, mesh)
     return hf.generate(model.module, params, batch["input_ids"], batch["attention_mask"],
                        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       rng=jax.random.fold_in(jax.random.key(seed), next(numbers)))
+                       eos_token_id=eos_token_ids, rng=jax.random.fold_in(jax.random.key(seed), next(numbers)))
 
   return np.concatenate([tokens[:num_real] for tokens, num_real in inference.map_batches(
       generate, sources, batch_size=batch_size, num_devices=mesh.size)])
@@ -124,9 +129,12 @@ class Seq2SeqEvaluator:
     self._batch_size = config.data.eval_batch_size
     self._generation = config.generation
     self._seed = config.seed
-    # The students' checkpoints are compared by a generated metric: generate during training too.
+    # The students' checkpoints are compared by a generated metric: generate during training too (and explain
+    # training examples for the model's own simulator when that metric is its las).
     self._generate_during_training = (config.train.select == "best_validation"
                                       and config.sweep.selection_metric in self.GENERATED)
+    self._simulate_during_training = (self._generate_during_training
+                                      and config.sweep.selection_metric in PER_MODEL_METRICS)
 
   @functools.cached_property
   def _simulator(self) -> faithfulness.Simulator:
@@ -135,6 +143,23 @@ class Seq2SeqEvaluator:
     indices = labeled.index.tolist()
     return faithfulness.Simulator.train([info.sources[i] for i in indices], [info.explanations[i] for i in indices],
                                         labeled.class_label)
+
+  def _model_simulator(self, model, params) -> faithfulness.Simulator | None:
+    """The model's own simulator (faithfulness.Simulator.of_model): trained on its outputs, at the first generation
+    temperature, for generation.simulator_examples training examples (a fixed random subset, seed 0); None when
+    that is 0 or its outputs hold fewer than two labels."""
+    info, train = self._task.seq2seq, self._task.train
+    count = min(self._generation.simulator_examples, len(train))
+    if count == 0:
+      return None
+    examples = train.select(np.sort(np.random.default_rng(0).permutation(len(train))[:count]))
+    tokens = generate_tokens(model, params, examples.inputs, mesh=self._mesh, batch_size=self._batch_size,
+                             max_new_tokens=info.max_target_length, temperature=self._generation.temperatures[0],
+                             top_k=self._generation.top_k, top_p=self._generation.top_p, seed=self._seed)
+    labels, explanations = zip(*(info.parse(text) for text in info.tokenizer.batch_decode(
+        tokens, skip_special_tokens=True)))
+    return faithfulness.Simulator.of_model([info.sources[i] for i in examples.index.tolist()], list(explanations),
+                                           list(labels))
 
   def _examples(self, split: str, teacher_inputs: bool = False) -> data.Examples:
     """A split as the model sees it: the teacher's own tokenization with `teacher_inputs` where the task has one
@@ -168,24 +193,28 @@ class Seq2SeqEvaluator:
                              top_k=self._generation.top_k, top_p=self._generation.top_p, seed=self._seed)
     return info.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
-  def _text_metrics(self, texts: list[str], split: str, teacher_labels) -> tuple[dict, tuple]:
-    """Label, ROUGE, faithfulness and, given the teacher's parsed labels, agreement metrics of generated texts; and
-    their parsed labels."""
+  def _text_metrics(self, texts: list[str], split: str, teacher_labels,
+                    model_simulator: faithfulness.Simulator | None = None) -> tuple[dict, tuple]:
+    """Label, ROUGE, faithfulness (the per-model las with `model_simulator`) and, given the teacher's parsed labels,
+    agreement metrics of generated texts; and their parsed labels."""
     info, examples = self._task.seq2seq, self._splits[split]
     references = [info.explanations[i] for i in examples.index.tolist()]
     result, labels = label_metrics(texts, examples.class_label, references, info.parse, teacher_labels)
     sources = [info.sources[i] for i in examples.index.tolist()]
+    explanations = [info.parse(text)[1] for text in texts]
     result.update(faithfulness.scores(
-        self._simulator.predict(sources, [info.parse(text)[1] for text in texts]), labels,
-        self._simulator.predict(sources, references)["explanation"], examples.class_label))
+        self._simulator.predict(sources, explanations), labels,
+        self._simulator.predict(sources, references)["explanation"], examples.class_label,
+        model_simulated=None if model_simulator is None else model_simulator.predict(sources, explanations)))
     return result, tuple(labels)
 
   def teacher(self, model, params) -> tuple[dict, Reference]:
     """The teacher's {test, validation} metrics (no agreement or KL: it is the reference), and the Reference."""
     result, labels = {}, {}
+    simulator = self._model_simulator(model, params)
     for split in SPLITS:
       texts = self._generated(model, params, split, self._generation.temperatures[0], teacher_inputs=True)
-      text_metrics, labels[split] = self._text_metrics(texts, split, teacher_labels=None)
+      text_metrics, labels[split] = self._text_metrics(texts, split, teacher_labels=None, model_simulator=simulator)
       result[split] = {**text_metrics, **self._token_metrics(model, params, split, teacher_inputs=True),
                        "num_examples": len(texts)}
       logger.info("Teacher outputs (first 3 of the %s split): %s", split, texts[:3])
@@ -199,18 +228,21 @@ class Seq2SeqEvaluator:
     result = self._token_metrics(model, params, "validation", reference, teacher_inputs)
     if self._generate_during_training and reference is not None:
       texts = self._generated(model, params, "validation", self._generation.temperatures[0])
-      result.update(self._text_metrics(texts, "validation", reference.labels["validation"])[0])
+      simulator = self._model_simulator(model, params) if self._simulate_during_training else None
+      result.update(self._text_metrics(texts, "validation", reference.labels["validation"], simulator)[0])
     return result
 
   def final(self, model, params, reference: Reference, *, teacher_inputs: bool = False) -> dict:
     """A model's metrics at every generation temperature (on the teacher's own tokenization with
     `teacher_inputs`)."""
     result = {}
+    simulator = self._model_simulator(model, params)
     for split in SPLITS:
       by_temperature = {}
       for temperature in self._generation.temperatures:
         texts = self._generated(model, params, split, temperature, teacher_inputs)
-        by_temperature[f"{float(temperature):g}"], _ = self._text_metrics(texts, split, reference.labels[split])
+        by_temperature[f"{float(temperature):g}"], _ = self._text_metrics(texts, split, reference.labels[split],
+                                                                          simulator)
       result[split] = {**by_temperature[f"{float(self._generation.temperatures[0]):g}"],
                        **self._token_metrics(model, params, split, reference, teacher_inputs),
                        "num_examples": len(self._splits[split]), "by_generation_temperature": by_temperature}

@@ -366,19 +366,24 @@ def write_gguf(trained: Trained, family, config, directory: str, gguf_type: str)
 
 def write_adapter(trained: Trained, family, config, directory: str) -> None:
   """A peft LoRA adapter in `directory`: adapter_config.json and adapter_model.safetensors, whose lora_A [r, in]
-  and lora_B [out, r] are the transposed lora_a, lora_b of each targeted layer, and whose modules_to_save are the
-  classification head's modules (trained whole), over base_model_name_or_path = the student's checkpoint."""
+  and lora_B [out, r] are the transposed lora_a, lora_b of each targeted layer (B's output units in the checkpoint's
+  order: GPT-2's c_attn, held heads-first, is written back in (q, k, v) order like its weight), and whose
+  modules_to_save are the classification head's modules (trained whole), over base_model_name_or_path = the
+  student's checkpoint."""
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
   from kd_jax.models.hf import weights  # pylint: disable=g-import-not-at-top
   tensors, targets, head_params, head_modules = {}, set(), {}, set()
   head = peft.Trainable((peft.HEAD_PATTERN,))
+  architecture = _built(trained, family, config, trained.plain_params())
   for path, leaf in jax.tree_util.tree_flatten_with_path(trained.params)[0]:
     keys = tuple(str(key.key) for key in path)
     if keys[-1] in ("lora_a", "lora_b"):
       module = ".".join(keys[:-1])
       targets.add(module)
-      tensors[f"base_model.model.{module}.lora_{keys[-1][-1].upper()}.weight"] = np.ascontiguousarray(
-          np.asarray(leaf).T)
+      leaf = np.asarray(leaf)
+      if keys[-1] == "lora_b":  # B's output units in the checkpoint's order, as its weight's (GPT-2's c_attn)
+        leaf = weights.in_checkpoint_layout(architecture, {f"{module}.weight": leaf})[f"{module}.weight"]
+      tensors[f"base_model.model.{module}.lora_{keys[-1][-1].upper()}.weight"] = np.ascontiguousarray(leaf.T)
     elif head.is_trained(peft.path_name(path)):
       head_params[keys[0]] = trained.params[keys[0]]  # the head's top-level module, saved whole
       head_modules.add(keys[0].split(".")[0])  # peft's module name: RoBERTa's 'classifier' over classifier.dense
@@ -389,7 +394,8 @@ def write_adapter(trained: Trained, family, config, directory: str) -> None:
       "peft_type": "LORA", "task_type": _PEFT_TASK_TYPES[trained.task],
       "base_model_name_or_path": trained.source, "r": lora.rank, "lora_alpha": lora.alpha,
       "lora_dropout": lora.dropout, "target_modules": sorted(targets), "modules_to_save": sorted(head_modules) or None,
-      "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "inference_mode": True,
+      "bias": "none", "fan_in_fan_out": config.model_type == "gpt2",  # peft adapts GPT-2's Conv1D so
+      "use_rslora": False, "inference_mode": True,
       "init_lora_weights": True})
   safetensors.numpy.save_file(tensors, os.path.join(directory, ADAPTER_FILE), metadata={"format": "pt"})
   _tokenizer(trained.source).save_pretrained(directory)

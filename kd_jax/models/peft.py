@@ -5,14 +5,15 @@ Parameters are named by their '/'-joined path, e.g. 'distilbert/transformer.laye
 - `Trainable(patterns)`: a parameter is trained when its name matches one of the regular expressions (re.search); the
   others are frozen: the train step takes no gradient for them and the optimizer leaves them as they are
   (kd_jax/training/steps.py). `of_student(config.student)` is the partition a config asks for (None: every parameter).
-- LoRA (Hu et al. 2021, arXiv:2106.09685) as peft implements it: a targeted Dense layer h = x W + b with W [in, out]
-  gains A [in, r] and B [r, out], stored beside its kernel as `lora_a` and `lora_b`, and computes
+- LoRA (Hu et al. 2021, arXiv:2106.09685) as peft implements it: a targeted linear layer h = x W + b with W [in, out]
+  (a Flax Dense's `kernel`, or GPT-2's Conv1D `weight`, which peft adapts as a Linear with fan_in_fan_out=True) gains
+  A [in, r] and B [r, out], stored beside W as `lora_a` and `lora_b`, and computes
       h = x W + b + (alpha / r) dropout(x) A B.
   A starts kaiming-uniform (bound 1 / sqrt(in), peft's kaiming_uniform_(a=sqrt(5))), B at zero, so training starts
   from the base model. Only the adapters (`ADAPTER_PATTERN`) and the base parameters matching config.student.trainable
   (None: the classification head, `HEAD_PATTERN`, peft's modules_to_save for sequence classification) are trained.
-  `LoraModel` wraps a registry model and adds the adapters' term to the Dense layers that hold them (a flax method
-  interceptor, so the model code knows nothing of LoRA); `merge` folds them into the kernels, W + (alpha / r) A B, for
+  `LoraModel` wraps a registry model and adds the adapters' term to the linear layers that hold them (a flax method
+  interceptor, so the model code knows nothing of LoRA); `merge` folds them into the weights, W + (alpha / r) A B, for
   evaluation and export: the evaluator, the efficiency measurement and results.json see a plain model.
 """
 
@@ -34,9 +35,13 @@ from kd_jax.models import dropout as dropout_masks
 # in peft.
 ADAPTER_PATTERN = r"/lora_[ab]$"
 HEAD_PATTERN = "classifier"
-# The Dense layers LoRA targets by default: every family's attention query and value projections (peft's defaults:
-# BERT/RoBERTa query and value, DistilBERT q_lin and v_lin, T5 q and v, in self- and cross-attention).
-DEFAULT_TARGETS = ("query", "value", "q_lin", "v_lin", "q", "v")
+# The linear layers LoRA targets by default: every family's attention query and value projections, peft's defaults
+# (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING): BERT/RoBERTa query and value, DistilBERT q_lin and v_lin, T5
+# q and v (in self- and cross-attention), the Llama family's (Llama, Mistral, Qwen2, Qwen3) q_proj and v_proj, and
+# GPT-2's fused c_attn (query, key and value in one Conv1D).
+DEFAULT_TARGETS = ("query", "value", "q_lin", "v_lin", "q", "v", "q_proj", "v_proj", "c_attn")
+# The name of a linear layer's weight W [in, out]: Flax Dense's kernel; GPT-2's Conv1D weight (kd_jax/models/hf/gpt2.py).
+LINEAR_WEIGHTS = ("kernel", "weight")
 # Folded into the student's initialization key for the adapters' A matrices.
 _ADAPTER_RNG_STREAM = 1
 
@@ -117,18 +122,23 @@ def _matches(name: str, targets: tuple[str, ...]) -> bool:
   return any(name == target or name.endswith("." + target) for target in targets)
 
 
+def linear_weight(node: dict) -> str | None:
+  """The name of the 2-D weight W [in, out] of a linear layer's parameters (LINEAR_WEIGHTS), None for other nodes."""
+  return next((name for name in LINEAR_WEIGHTS if name in node and len(getattr(node[name], "shape", ())) == 2), None)
+
+
 def target_widths(params, targets: tuple[str, ...] | None) -> dict[str, int]:
-  """{'/'-joined Dense path: min(in, out)} of the Dense layers (a 2-D `kernel`) that `targets` (None: DEFAULT_TARGETS)
-  selects; params may be abstract (shapes only)."""
+  """{'/'-joined layer path: min(in, out)} of the linear layers (a 2-D `kernel` or `weight`) that `targets` (None:
+  DEFAULT_TARGETS) selects; params may be abstract (shapes only)."""
   targets = DEFAULT_TARGETS if targets is None else tuple(targets)
   widths = {}
 
   def visit(node, path):
     if not isinstance(node, dict):
       return
-    kernel = node.get("kernel")
-    if kernel is not None and len(kernel.shape) == 2 and path and _matches(path[-1], targets):
-      widths["/".join(path)] = min(kernel.shape)
+    weight = linear_weight(node)
+    if weight is not None and path and _matches(path[-1], targets):
+      widths["/".join(path)] = min(node[weight].shape)
     for key, child in node.items():
       visit(child, path + (key,))
 
@@ -142,7 +152,7 @@ def check_rank(lora_config, params) -> None:
   targets = DEFAULT_TARGETS if lora_config.target_modules is None else tuple(lora_config.target_modules)
   if not widths:
     raise ConfigError("student.lora.target_modules", targets,
-                      "matches no Dense layer of the student (a layer named N is targeted when N is a target or "
+                      "matches no linear layer of the student (a layer named N is targeted when N is a target or "
                       "ends with '.' + a target)")
   narrowest = min(widths.values())
   if lora_config.rank > narrowest:
@@ -151,7 +161,7 @@ def check_rank(lora_config, params) -> None:
 
 
 def add_adapters(params, lora_config, rng):
-  """`params` with `lora_a` [in, r] (kaiming-uniform) and `lora_b` [r, out] (zeros) beside every targeted kernel."""
+  """`params` with `lora_a` [in, r] (kaiming-uniform) and `lora_b` [r, out] (zeros) beside every targeted weight."""
   check_rank(lora_config, params)
   rank = lora_config.rank
   paths = sorted(target_widths(params, lora_config.target_modules))
@@ -161,27 +171,28 @@ def add_adapters(params, lora_config, rng):
     node = params
     for key in path.split("/"):
       node = node[key]
-    kernel = node["kernel"]
-    node["lora_a"] = init_a(jax.random.fold_in(rng, i), (kernel.shape[0], rank), kernel.dtype)
-    node["lora_b"] = jnp.zeros((rank, kernel.shape[1]), kernel.dtype)
+    weight = node[linear_weight(node)]
+    node["lora_a"] = init_a(jax.random.fold_in(rng, i), (weight.shape[0], rank), weight.dtype)
+    node["lora_b"] = jnp.zeros((rank, weight.shape[1]), weight.dtype)
   return params
 
 
 def merge(params, scale: float):
-  """Plain parameters: every kernel with adapters becomes W + scale A B (computed in float32), adapters dropped."""
+  """Plain parameters: every weight with adapters becomes W + scale A B (computed in float32), adapters dropped."""
   if not isinstance(params, dict):
     return params
   merged = {key: merge(child, scale) for key, child in params.items() if key not in ("lora_a", "lora_b")}
   if "lora_a" in params:
-    kernel = params["kernel"]
+    name = linear_weight(params)
+    weight = params[name]
     update = jnp.asarray(params["lora_a"], jnp.float32) @ jnp.asarray(params["lora_b"], jnp.float32)
-    merged["kernel"] = (jnp.asarray(kernel, jnp.float32) + scale * update).astype(kernel.dtype)
+    merged[name] = (jnp.asarray(weight, jnp.float32) + scale * update).astype(weight.dtype)
   return merged
 
 
 @dataclasses.dataclass(frozen=True)
 class LoraModel:
-  """A registry model whose Dense layers holding `lora_a`, `lora_b` add scale * dropout(x) A B (the registry's
+  """A registry model whose linear layers holding `lora_a`, `lora_b` add scale * dropout(x) A B (the registry's
   calling convention: apply(variables, inputs, train, rngs, **options), options such as mutable passed through)."""
   base: Any
   scale: float  # alpha / r
@@ -198,18 +209,18 @@ class LoraModel:
 
 
 def _adapted_dense(next_fun, args, kwargs, context, *, scale: float, dropout: float):
-  """Method interceptor: Dense(x) + scale * dropout(x) A B where the Dense holds adapters; other calls unchanged.
-  Dropout draws from the model's 'dropout' stream, so the train step's per-example keys cover it too."""
+  """Method interceptor: layer(x) + scale * dropout(x) A B where a linear layer (a Dense, GPT-2's Conv1D: only they
+  are given adapters) holds adapters; other calls unchanged. Dropout draws from the model's 'dropout' stream, so the
+  train step's per-example keys cover it too."""
   output = next_fun(*args, **kwargs)
   module = context.module
-  if context.method_name != "__call__" or not isinstance(module, nn.Dense) or not module.has_variable(
-      "params", "lora_a"):
+  if context.method_name != "__call__" or not module.has_variable("params", "lora_a"):
     return output
   (inputs,) = args
   if dropout > 0:
     keep = dropout_masks.bernoulli(module.make_rng("dropout"), 1.0 - dropout, inputs.shape)
     inputs = jnp.where(keep, inputs / (1.0 - dropout), 0.0).astype(inputs.dtype)
-  lora_a = module.get_variable("params", "lora_a").astype(module.dtype or inputs.dtype)
+  lora_a = module.get_variable("params", "lora_a").astype(getattr(module, "dtype", None) or inputs.dtype)
   lora_b = module.get_variable("params", "lora_b").astype(lora_a.dtype)
   return output + scale * ((inputs.astype(lora_a.dtype) @ lora_a) @ lora_b).astype(output.dtype)
 

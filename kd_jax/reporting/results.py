@@ -38,7 +38,7 @@ MODEL_LABELS = {"teacher": "teacher", "student": "student (KD)", "student_hard":
 TABLE_METRICS = ("accuracy", "label_accuracy", "perplexity", "bits_per_byte", "rouge1", "rouge2", "rougeL", "faithfulness",
                  "las", "ece", "nll", "brier", "agreement", "kl_to_teacher")
 HIGHER_IS_BETTER = ("accuracy", "label_accuracy", "token_accuracy", "rouge1", "rouge2", "rougeL", "faithfulness", "las",
-                    "agreement")
+                    "las_leaking", "las_nonleaking", "las_gold", "agreement")
 PERCENT_METRICS = ("accuracy", "label_accuracy", "agreement")  # shown in %, their differences in percentage points
 SWEEP_FILE = "sweep.json"
 BASELINE = "student_hard"

@@ -8,7 +8,8 @@
                own dense cache, joined side by side as losses.EnsembleLogits [N, M, C]; online, its members run side by
                side.
   top-k cache  teacher_mode='cached', seq2seq and causal LM: per target token the k largest logits, their ids and
-               the log-sum-exp of the others (kind 'topk'; the loss: losses.topk_divergence), joined as a
+               the log-sum-exp of the others at each temperature the runs use (kind 'topk';
+               teacher_cache.topk_tail_temperatures; the loss: losses.topk_divergence), joined as a
                losses.TopKLogits. A causal LM's rows cover its whole sequence; the loss reads the response positions.
   sequence     distill.strategy='sequence', seq2seq and causal LM (Kim & Rush 2016): the teacher's greedy outputs
                (kind 'generation', cached as tokens; a causal LM's responses to the prompts) replace the reference
@@ -45,16 +46,21 @@ class StudentData:
     examples: the training split, with the cached teacher signal joined by index (or the teacher's targets).
     online_teacher: the teacher to run inside the step, or None.
     distills: whether the student's objective has a distillation term (objective.Objective.from_config).
+    tail_temperatures: the temperatures of the top-k cache's exact tail (losses.topk_divergence); () otherwise.
     results: what results.json records about it: {'teacher_cache': stats} or {'teacher_generations': stats}.
   """
   examples: data.Examples
   online_teacher: Teacher | None
   distills: bool
   results: dict
+  tail_temperatures: tuple[float, ...] = ()
 
 
-def prepare(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
-  """The student's training data for `config` (see the module docstring), building or loading the teacher's cache."""
+def prepare(config, task: data.TaskData, teacher: Teacher, mesh, *,
+            tail_temperatures: tuple[float, ...] | None = None) -> StudentData:
+  """The student's training data for `config` (see the module docstring), building or loading the teacher's cache;
+  a top-k cache stores its tail at `tail_temperatures` (None: teacher_cache.topk_tail_temperatures([config]); a
+  vectorized group passes its runs')."""
   if config.distill.strategy == "sequence" and task.causal_lm is not None:
     return _causal_lm_sequences(config, task, teacher, mesh)
   if config.distill.strategy == "sequence":
@@ -71,10 +77,16 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
     return StudentData(task.train, ensemble.online(teacher), distills=True, results={})
   if task.seq2seq is not None or task.causal_lm is not None:
     k = min(config.distill.topk, vocab_size(teacher, task))
-    cache, stats = _build(config, task, teacher, mesh, "topk", _topk_fn(teacher, mesh, k, config.distill.topk_dtype),
-                          k=k, dtype=config.distill.topk_dtype, target_length=task.train.label.shape[1])
+    if tail_temperatures is None:
+      tail_temperatures = teacher_cache.topk_tail_temperatures([config])
+    exact = {"tail_temperatures": list(tail_temperatures)} if tail_temperatures else {}  # flat: the fields of old caches
+    cache, stats = _build(config, task, teacher, mesh, "topk",
+                          _topk_fn(teacher, mesh, k, config.distill.topk_dtype, tail_temperatures),
+                          k=k, dtype=config.distill.topk_dtype, target_length=task.train.label.shape[1], **exact)
     return StudentData(teacher_cache.join(task.train, cache), None, distills=True,
-                       results={"teacher_cache": {**stats, "k": k, "dtype": config.distill.topk_dtype}})
+                       results={"teacher_cache": {**stats, "k": k, "dtype": config.distill.topk_dtype,
+                                                  "tail": "exact" if tail_temperatures else "flat", **exact}},
+                       tail_temperatures=tuple(tail_temperatures))
   if not teacher.members:
     cache, stats = _dense(config, task, teacher, mesh)
     return StudentData(teacher_cache.join(task.train, cache), None, distills=True, results={"teacher_cache": stats})
@@ -101,7 +113,7 @@ def _causal_lm_sequences(config, task: data.TaskData, teacher: Teacher, mesh) ->
   inputs = task.train.inputs
   sequences = jax.device_get(causal_lm_data.sequences_from_responses(
       inputs["prompt_ids"], inputs["prompt_mask"], cache.lookup(task.train.index)["tokens"],
-      length=inputs["input_ids"].shape[1], eos_token_id=info.eos_token_id, pad_token_id=info.pad_token_id))
+      length=inputs["input_ids"].shape[1], eos_token_ids=info.eos_token_ids, pad_token_id=info.pad_token_id))
   examples = task.train.replace(
       label=np.asarray(sequences["label"]), token_weights=np.asarray(sequences["response_mask"]),
       inputs={**inputs, "input_ids": np.asarray(sequences["input_ids"]),
@@ -122,7 +134,8 @@ def cache_dir(teacher: Teacher, task: data.TaskData, kind: str, **fields) -> str
   if kind == "dense":
     return os.path.join(teacher.directory, "logit_cache", task.fingerprint)
   if kind == "topk":
-    return os.path.join(teacher.directory, "topk_cache", f"{task.fingerprint}-k{fields['k']}-{fields['dtype']}")
+    tail = "".join(f"-T{temperature:g}" for temperature in fields.get("tail_temperatures", ()))
+    return os.path.join(teacher.directory, "topk_cache", f"{task.fingerprint}-k{fields['k']}-{fields['dtype']}{tail}")
   return os.path.join(teacher.directory, "generation_cache", task.fingerprint)
 
 
@@ -144,26 +157,30 @@ def _build(config, task: data.TaskData, teacher: Teacher, mesh, kind: str, fn, *
   return cache, {"path": directory, "built": built, "wall_s": wall_s, "bytes_per_example": cache.bytes_per_example}
 
 
-def _topk_fn(teacher: Teacher, mesh, k: int, values_dtype: str):
-  """rows of inputs -> {values [B, T, k] in values_dtype, indices [B, T, k], tail_logsumexp [B, T]}: the teacher's
-  `topk_program`."""
-  return functools.partial(topk_program(teacher.model, mesh, k, values_dtype), teacher.params)
+def _topk_fn(teacher: Teacher, mesh, k: int, values_dtype: str, tail_temperatures: tuple[float, ...] = ()):
+  """rows of inputs -> {values [B, T, k] in values_dtype, indices [B, T, k], tail_logsumexp [B, T] or [B, T, n]}: the
+  teacher's `topk_program`."""
+  return functools.partial(topk_program(teacher.model, mesh, k, values_dtype, tail_temperatures), teacher.params)
 
 
-def topk_program(teacher_model, mesh, k: int, values_dtype: str):
-  """(teacher params, rows of inputs) -> {values [B, T, k] in values_dtype, indices [B, T, k], tail_logsumexp [B, T]}
+def topk_program(teacher_model, mesh, k: int, values_dtype: str, tail_temperatures: tuple[float, ...] = ()):
+  """(teacher params, rows of inputs) -> {values [B, T, k] in values_dtype, indices [B, T, k], tail_logsumexp}
   (inference.sharded).
 
-  The teacher runs in eval mode; tail_logsumexp = log sum of exp(logits) outside the top k, summed directly
-  (not as logsumexp(all) minus the top k, which cancels catastrophically in float32 when the tail is small).
+  The teacher runs in eval mode; tail_logsumexp = log sum of exp(logits / T_j) outside the top k at each T_j of
+  `tail_temperatures` ([B, T, n], the exact tail), or of exp(logits) ([B, T], the flat tail: `tail_temperatures`
+  ()), summed directly (not as logsumexp(all) minus the top k, which cancels catastrophically in float32 when the
+  tail is small).
   """
 
   def topk(params, inputs):
     logits = teacher_model.apply({"params": params}, inputs, train=False).astype(jnp.float32)
     values, indices = jax.lax.top_k(logits, k)
     tail = jnp.put_along_axis(logits, indices, -jnp.inf, axis=-1, inplace=False)
+    tail_logsumexp = (jnp.stack([jax.nn.logsumexp(tail / temperature, axis=-1) for temperature in tail_temperatures],
+                                axis=-1) if tail_temperatures else jax.nn.logsumexp(tail, axis=-1))
     return {"values": values.astype(values_dtype), "indices": indices.astype(jnp.int32),
-            "tail_logsumexp": jax.nn.logsumexp(tail, axis=-1)}
+            "tail_logsumexp": tail_logsumexp}
 
   return inference.sharded(topk, mesh)
 
@@ -172,7 +189,7 @@ def _generate_fn(teacher: Teacher, task: data.TaskData, mesh):
   """rows of inputs -> {tokens [B, T]}: the teacher's greedy outputs (a causal LM's responses to the prompts)."""
   info = task.causal_lm
   prompts = ("input_ids", "attention_mask") if info is None else ("prompt_ids", "prompt_mask")
-  extra = {} if info is None else {"eos_token_id": info.eos_token_id, "pad_token_id": info.pad_token_id}
+  extra = {} if info is None else {"eos_token_id": info.eos_token_ids, "pad_token_id": info.pad_token_id}
 
   def generate(local_inputs):
     batch = sharding.shard_batch(local_inputs, mesh)

@@ -4,8 +4,9 @@ One format serves every kind (kd_jax/teachers/student_data.py chooses which): ar
 
   <cache_dir>/<name>.npy     [N, ...] per array: 'logits' [N, C] float32 (dense); 'values' [N, T, k] (float16,
                              float32, or bfloat16 stored as its uint16 bit pattern), 'indices' [N, T, k] int32 and
-                             'tail_logsumexp' [N, T] float32 (top-k per target token); 'tokens' [N, T] int32 (the
-                             teacher's generations, sequence-level KD)
+                             'tail_logsumexp' [N, T] float32, or [N, T, n] at the n temperatures of its metadata's
+                             'tail_temperatures' (top-k per target token: `topk_tail_temperatures`); 'tokens' [N, T]
+                             int32 (the teacher's generations, sequence-level KD)
   <cache_dir>/index.npy      [N] int32, the example `index` of each row, ascending
   <cache_dir>/metadata.json  written last: the cache's kind, the data set, split, size and data fingerprint, the
                              teacher's fingerprint (a hash of its parameters) and the kind's own fields
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kd_jax import files
-from kd_jax.config import paths
+from kd_jax.config import paths, rules
 from kd_jax.data import Examples
 from kd_jax.parallel import distributed
 from kd_jax.training import losses
@@ -117,6 +118,16 @@ class CacheRows:
     finally:
       del mapped  # unmapped: the pages read leave the process
     return rows[0] if wanted.ndim == 0 else rows
+
+
+def topk_tail_temperatures(configs) -> tuple[float, ...]:
+  """The temperatures at which the top-k cache of these runs (one run, or a vectorized group sharing one cache) stores
+  its tail's log-sum-exp (losses.topk_divergence's exact tail): every distinct distill.temperature, ascending; ()
+  with distill.topk_tail='flat' (one log-sum-exp at T = 1) and for runs without a top-k cache (a distill section
+  without its task, as the benchmarks build objectives, has none)."""
+  if "data" not in configs[0] or not rules.uses_topk_cache(configs[0]) or configs[0].distill.topk_tail == "flat":
+    return ()
+  return tuple(sorted({float(config.distill.temperature) for config in configs}))
 
 
 def join(examples: Examples, cache: ArrayCache) -> Examples:

@@ -183,11 +183,13 @@ class EnsembleLogits(NamedTuple):
 
 
 class TopKLogits(NamedTuple):
-  """A teacher's logits reduced to the k largest per position (the seq2seq top-k cache, kd_jax/topk_cache.py).
+  """A teacher's logits reduced to the k largest per position (the top-k cache, kd_jax/teachers/teacher_cache.py).
 
   values: [..., k] the k largest logits z_t (any float dtype; the cache stores float16 or bfloat16).
   indices: [..., k] int32 their vocabulary ids.
-  tail_logsumexp: [...] float32 log sum_{v not in top-k} exp(z_t,v), the exact tail mass at T = 1 (-inf if k = V).
+  tail_logsumexp: the log-sum-exp of the other V - k logits (-inf if k = V), float32: [...] log sum_tail exp(z_t,v)
+    (at T = 1: the flat tail), or [..., n] log sum_tail exp(z_t,v / T_j) at each of n temperatures T_j (the exact
+    tail; the T_j are the loss's `tail_temperatures`).
   """
   values: jax.Array
   indices: jax.Array
@@ -195,28 +197,40 @@ class TopKLogits(NamedTuple):
 
 
 def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature: float, kind: str = "forward_kl",
-                    t2_scaling: bool = True, params: DivergenceParams = DivergenceParams()) -> jax.Array:
+                    t2_scaling: bool = True, params: DivergenceParams = DivergenceParams(),
+                    tail_temperatures: tuple[float, ...] = ()) -> jax.Array:
   """`divergence` against a teacher known only by its top-k logits: D over the k + 1 bins {top-k tokens, tail}.
 
   Both distributions are coarse-grained onto the same support: the teacher's k tokens, each with its own
   probability, and one bin holding the rest of the vocabulary (the tail). The student's bins are exact:
-  softmax(z_s / T) summed over the tail. The teacher's tail is approximated by a flat tail: its V - k logits
-  are taken equal to u with (V - k) e^u = sum_tail e^z_t (the exact tail mass at T = 1, stored as
-  tail_logsumexp), so at temperature T the tail bin has logit log(V - k) + u / T. The teacher's bins are thus exact
-  at T = 1 for any k, and exact at any T when k = V (no tail), where this equals `divergence`. At T = 1 the
-  forward KL over the bins is a lower bound of the dense KL (data-processing inequality); the gap is the
-  divergence within the tail, which the flat tail cannot see. Every kind but mse is computed on the k + 1 bins (the
-  same formulas; akl's head and tail are chosen among the bins); mse compares the k logits only.
+  softmax(z_s / T) summed over the tail. The teacher's tail bin has logit
+    exact tail (tail_temperatures = (T_1, ..., T_n), tail_logsumexp [..., n]): log sum_tail exp(z_t,v / T), stored
+      at T = T_j; every bin is exact at those temperatures, and T must be one of them (a Python T elsewhere fails
+      an assert; a traced one gives NaN, which stops training).
+    flat tail (tail_temperatures = (), tail_logsumexp [...] at T = 1): the V - k tail logits taken equal to u with
+      (V - k) e^u = sum_tail e^z_t, so log(V - k) + u / T: exact at T = 1 only. At T > 1 it puts too little mass in
+      the tail for a heavy-tailed teacher (V = 320, k = 32, Student-t logits: top-k / dense forward KL 0.99, 0.85,
+      0.59 at T = 1, 2, 4; exact tail: 0.99, 0.94, 0.79; tests/test_text_tasks.py).
+  With exact bins the forward KL over them is a lower bound of the dense KL (data-processing inequality); the gap
+  is the divergence within the tail, which no k + 1 bins can see. At k = V (no tail) this equals `divergence`.
+  Every kind but mse is computed on the k + 1 bins (the same formulas; akl's head and tail are chosen among the
+  bins); mse compares the k logits only.
 
   Args:
     student_logits: [..., V] the student's full logits.
-    teacher: TopKLogits with values, indices [..., k] (k <= V) and tail_logsumexp [...].
+    teacher: TopKLogits with values, indices [..., k] (k <= V) and tail_logsumexp ([...] or [..., n], see above).
     temperature, kind, t2_scaling, params: see `divergence`.
+    tail_temperatures: the n temperatures of an exact tail_logsumexp [..., n]; () for the flat tail.
 
   Returns:
     [...] per-position divergence.
   """
   vocab_size, k = student_logits.shape[-1], teacher.indices.shape[-1]
+  tail_shape = teacher.values.shape[:-1] + ((len(tail_temperatures),) if tail_temperatures else ())
+  assert teacher.tail_logsumexp.shape == tail_shape, (
+      f"tail_logsumexp {teacher.tail_logsumexp.shape} != {tail_shape} (tail_temperatures {tail_temperatures})")
+  if tail_temperatures and isinstance(temperature, (int, float)):
+    assert float(temperature) in tail_temperatures, f"T={temperature} is not among the stored {tail_temperatures}"
   student_scaled = student_logits.astype(jnp.float32) / temperature
   student_top = jnp.take_along_axis(student_scaled, teacher.indices, axis=-1)
   teacher_top = teacher.values.astype(jnp.float32) / temperature
@@ -226,14 +240,27 @@ def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature:
     if k < vocab_size:
       student_tail = jax.nn.logsumexp(
           jnp.put_along_axis(student_scaled, teacher.indices, -jnp.inf, axis=-1, inplace=False), axis=-1)
-      log_num_tail = jnp.log(float(vocab_size - k))
-      teacher_tail = log_num_tail + (teacher.tail_logsumexp.astype(jnp.float32) - log_num_tail) / temperature
+      teacher_tail = _teacher_tail_logit(teacher.tail_logsumexp.astype(jnp.float32), temperature, tail_temperatures,
+                                         vocab_size - k)
       student_top = jnp.concatenate([student_top, student_tail[..., None]], axis=-1)
       teacher_top = jnp.concatenate([teacher_top, teacher_tail[..., None]], axis=-1)
     value = divergence_of_log_probs(jax.nn.log_softmax(student_top), jax.nn.log_softmax(teacher_top), kind, params)
   if t2_scaling:
     value = value * jnp.square(temperature)
   return value
+
+
+def _teacher_tail_logit(tail_logsumexp: jax.Array, temperature, tail_temperatures: tuple[float, ...],
+                        num_tail: int) -> jax.Array:
+  """The teacher's tail bin logit at T (see `topk_divergence`): the stored log-sum-exp at T (exact tail) or the flat
+  tail's log(V - k) + u / T."""
+  if not tail_temperatures:
+    log_num_tail = jnp.log(float(num_tail))
+    return log_num_tail + (tail_logsumexp - log_num_tail) / temperature
+  grid = jnp.asarray(tail_temperatures, jnp.float32)
+  column = jnp.argmin(jnp.abs(grid - temperature))
+  stored = jnp.take(tail_logsumexp, column, axis=-1)
+  return jnp.where(jnp.abs(grid[column] - temperature) <= 1e-6 * temperature, stored, jnp.nan)
 
 
 def global_mean(values: jax.Array, weights: jax.Array, axis_name: str | None = None,
@@ -307,15 +334,17 @@ class DistillationTerms(NamedTuple):
 def position_terms(student_logits: jax.Array, teacher_logits: jax.Array | EnsembleLogits | TopKLogits | None,
                    labels: jax.Array, *, temperature: float, label_smoothing: float = 0.0,
                    divergence_kind: str = "forward_kl", t2_scaling: bool = True,
-                   divergence_params: DivergenceParams = DivergenceParams()) -> tuple[jax.Array, jax.Array]:
+                   divergence_params: DivergenceParams = DivergenceParams(),
+                   tail_temperatures: tuple[float, ...] = ()) -> tuple[jax.Array, jax.Array]:
   """(CE(y, p_s), s * D(z_s / T, z_t / T)) per example or position [...]: the two terms of `distillation_loss`
   before their means; the divergence is 0 without a teacher (teacher_logits None). Arguments as there."""
   hard = cross_entropy(student_logits, labels, label_smoothing)
   if teacher_logits is None:
     return hard, jnp.zeros_like(hard)
-  divergence_fn = topk_divergence if isinstance(teacher_logits, TopKLogits) else divergence
-  return hard, divergence_fn(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling,
-                             divergence_params)
+  if isinstance(teacher_logits, TopKLogits):
+    return hard, topk_divergence(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling,
+                                 divergence_params, tail_temperatures)
+  return hard, divergence(student_logits, teacher_logits, temperature, divergence_kind, t2_scaling, divergence_params)
 
 
 def chunked_position_terms(student: chunked.Projected, teacher, labels: jax.Array, chunk: int,
@@ -340,7 +369,8 @@ def distillation_loss(student_logits: jax.Array | chunked.Projected,
                       label_smoothing: float = 0.0, divergence_kind: str = "forward_kl", t2_scaling: bool = True,
                       divergence_params: DivergenceParams = DivergenceParams(),
                       axis_name: str | None = None,
-                      weight_sums: TermWeightSums | None = None, loss_chunk: int = 0) -> DistillationTerms:
+                      weight_sums: TermWeightSums | None = None, loss_chunk: int = 0,
+                      tail_temperatures: tuple[float, ...] = ()) -> DistillationTerms:
   """loss = w_hard * mean_{labeled} CE(y, p_s) + w_soft * mean_{all} s * D(z_s / T, z_t / T).
 
   The hard term averages over labeled positions only (labels >= 0); the soft term over every real position, so
@@ -364,15 +394,18 @@ def distillation_loss(student_logits: jax.Array | chunked.Projected,
     weight_sums: this device's term weights over all its rows when these rows are one micro-batch of them
       (`term_weight_sums`; see `global_mean`), else None.
     loss_chunk: positions per chunk of a Projected student (0: the whole sequence).
+    tail_temperatures: a TopKLogits teacher's exact-tail temperatures (see `topk_divergence`); () otherwise.
   """
   settings = dict(temperature=temperature, label_smoothing=label_smoothing, divergence_kind=divergence_kind,
-                  t2_scaling=t2_scaling, divergence_params=divergence_params)
+                  t2_scaling=t2_scaling, divergence_params=divergence_params, tail_temperatures=tail_temperatures)
   if isinstance(student_logits, chunked.Projected):
     per_position_hard, per_position_soft = chunked_position_terms(student_logits, teacher_logits, labels, loss_chunk,
                                                                   **settings)
   else:
     assert not isinstance(teacher_logits, chunked.Projected), "a teacher's hidden states need a Projected student"
-    per_position_hard, per_position_soft = position_terms(student_logits, teacher_logits, labels, **settings)
+    # A teacher across tokenizers compares its own chunks (below), not positions.
+    per_position_teacher = None if hasattr(teacher_logits, "chunk_divergences") else teacher_logits
+    per_position_hard, per_position_soft = position_terms(student_logits, per_position_teacher, labels, **settings)
   hard = global_mean(per_position_hard, labeled_weights(labels, example_weights), axis_name,
                      None if weight_sums is None else weight_sums.hard)
   if teacher_logits is None:
@@ -410,6 +443,9 @@ class DistillationLoss:
   a vectorized sweep stacks them [P]; the divergence, the T^2 scaling and the schedule's shape choose code and are
   static (part of the tree structure: equal losses share a compiled step).
 
+  tail_temperatures: the temperatures at which a top-k teacher cache stores its exact tail (`topk_divergence`); ()
+  for the flat tail, and for every other teacher signal.
+
   Schedules: with `schedule` linear or cosine, T and the two weights move from their start (hard_weight,
   soft_weight, temperature) to their end (*_end) over the phase's steps (`schedule_fraction`); `at_step` gives the
   loss of one step, inside the compiled step, so no value recompiles anything.
@@ -433,6 +469,7 @@ class DistillationLoss:
   divergence: str = flax.struct.field(pytree_node=False, default="forward_kl")
   t2_scaling: bool = flax.struct.field(pytree_node=False, default=True)
   schedule: str = flax.struct.field(pytree_node=False, default="constant")
+  tail_temperatures: tuple[float, ...] = flax.struct.field(pytree_node=False, default=())
   cross_tokenizer: str = flax.struct.field(pytree_node=False, default="none")
   # config.distill.loss_chunk: > 0, the step passes the models' final hidden states (chunked.Projected) and the terms
   # are computed this many positions at a time.
@@ -476,5 +513,6 @@ class DistillationLoss:
                              label_smoothing=self.label_smoothing, divergence_kind=self.divergence,
                              t2_scaling=self.t2_scaling,
                              divergence_params=DivergenceParams(self.beta, self.skew, self.akl_mu),
-                             axis_name=axis_name, weight_sums=weight_sums, loss_chunk=self.chunk)
+                             axis_name=axis_name, weight_sums=weight_sums, loss_chunk=self.chunk,
+                             tail_temperatures=self.tail_temperatures)
 

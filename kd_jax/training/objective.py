@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from kd_jax.data import alignment
 from kd_jax.models import peft
+from kd_jax.teachers import teacher_cache
 from kd_jax.training import feature_losses, losses
 from kd_jax.training.on_policy import OnPolicy
 
@@ -50,7 +51,8 @@ class Objective:
 
   @classmethod
   def from_config(cls, config, *, num_steps: int = 1, distills: bool = True, task=None, model=None,
-                  layers: feature_losses.ModelLayers | None = None) -> "Objective":
+                  layers: feature_losses.ModelLayers | None = None,
+                  tail_temperatures: tuple[float, ...] | None = None) -> "Objective":
     """The objective of `config` (config.distill; config.generation for on-policy sampling) over a phase of
     `num_steps` steps.
 
@@ -65,6 +67,8 @@ class Objective:
         tokenizers' shared vocabulary).
       layers: both models' layers (feature_losses.ModelLayers), which resolve the layer map; needed only with
         distill.features.
+      tail_temperatures: the temperatures of the top-k cache's exact tail (losses.topk_divergence); None:
+        teacher_cache.topk_tail_temperatures([config]) (a vectorized group passes its runs').
     """
     d = config.distill
     if distills:
@@ -80,6 +84,8 @@ class Objective:
         hard_weight_end=jnp.float32(ends.hard), soft_weight_end=jnp.float32(ends.soft),
         temperature_end=jnp.float32(_or(d.temperature_end, d.temperature)), num_steps=jnp.float32(num_steps),
         divergence=d.divergence, t2_scaling=d.t2_scaling, schedule=d.schedule if distills else "constant",
+        tail_temperatures=(teacher_cache.topk_tail_temperatures([config]) if tail_temperatures is None
+                           else tuple(tail_temperatures)) if distills else (),
         cross_tokenizer=d.cross_tokenizer if distills else "none",
         shared_ids=_shared_ids(task) if distills and d.cross_tokenizer == "gold" else None,
         chunk=d.loss_chunk)
@@ -95,8 +101,8 @@ class Objective:
       info = task.causal_lm
       on_policy = OnPolicy(fraction=float(d.on_policy_fraction), module=peft.plain_model(model).module,
                            temperature=float(config.generation.train_temperature), max_new_tokens=info.max_new_tokens,
-                           eos_token_id=info.eos_token_id, pad_token_id=info.pad_token_id,
-                           top_k=config.generation.top_k, top_p=config.generation.top_p)
+                           eos_token_ids=info.eos_token_ids, pad_token_id=info.pad_token_id,
+                           top_k=config.generation.train_top_k, top_p=config.generation.train_top_p)
     return cls(logit_loss, feature_loss, on_policy)
 
   @classmethod

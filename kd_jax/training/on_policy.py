@@ -6,8 +6,9 @@ their prompts, so every kind of batch trains through the same step.
 
 On-policy distillation (GKD, Agarwal et al. 2024; `OnPolicy`): in each training step, with probability
 lambda = distill.on_policy_fraction, the batch's responses are replaced by responses sampled from the current
-student (the compiled KV-cache decoder, kd_jax.models.hf.generate, at generation.train_temperature, at most
-data.max_target_length tokens); the teacher, running in the step, scores them, and the loss is the distillation term
+student (the compiled KV-cache decoder, kd_jax.models.hf.generate, at generation.train_temperature with the training
+filters generation.train_top_k / train_top_p, off by default as in TRL, at most data.max_target_length tokens, ending
+at any stop token); the teacher, running in the step, scores them, and the loss is the distillation term
 on the student's tokens (their labels are -1: the student's cross-entropy on its own samples teaches nothing, so the
 hard term is 0 on such batches). Whether a step samples is drawn from (seed, step) and each example's tokens from
 (seed, step, example index): a resumed run samples exactly what the uninterrupted one did, whatever the device count.
@@ -31,11 +32,12 @@ ON_POLICY_STREAM = 2**31 - 1
 
 def sample_responses(module, params, prompt_ids: jax.Array, prompt_mask: jax.Array, keys: jax.Array, *,
                      max_new_tokens: int, temperature: float, top_k: int | None = None, top_p: float | None = None,
-                     eos_token_id: int | None = None, pad_token_id: int | None = None) -> jax.Array:
-  """Responses [B, max_new_tokens] (pad after EOS) sampled from a causal LM for left-padded prompts [B, P], row b
-  with its own key keys[b] (so its tokens do not depend on the other rows of the batch)."""
+                     eos_token_ids: tuple[int, ...] | None = None, pad_token_id: int | None = None) -> jax.Array:
+  """Responses [B, max_new_tokens] (pad after the first stop token of eos_token_ids; None: the module's) sampled from
+  a causal LM for left-padded prompts [B, P], row b with its own key keys[b] (so its tokens do not depend on the
+  other rows of the batch)."""
   return hf.generate(module, params, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_k=top_k, top_p=top_p, eos_token_id=eos_token_id, pad_token_id=pad_token_id, rng=keys)
+                     top_k=top_k, top_p=top_p, eos_token_id=eos_token_ids, pad_token_id=pad_token_id, rng=keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,14 +49,14 @@ class OnPolicy:
     fraction: lambda, the probability that a step's batch is sampled from the student.
     module: the student's flax module (what the decoder runs).
     temperature, max_new_tokens, top_k, top_p: the sampling (generation.train_temperature, data.max_target_length,
-      generation.top_k / top_p).
-    eos_token_id, pad_token_id: the responses end at EOS and are padded after it.
+      generation.train_top_k / train_top_p: the training samples' own filters, not the evaluation's).
+    eos_token_ids, pad_token_id: the responses end at any of the stop tokens and are padded after it.
   """
   fraction: float
   module: Any
   temperature: float
   max_new_tokens: int
-  eos_token_id: int
+  eos_token_ids: tuple[int, ...]
   pad_token_id: int
   top_k: int | None = None
   top_p: float | None = None
@@ -71,9 +73,9 @@ class OnPolicy:
       responses = sample_responses(self.module, jax.lax.stop_gradient(params), inputs["prompt_ids"],
                                    inputs["prompt_mask"], keys, max_new_tokens=self.max_new_tokens,
                                    temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-                                   eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id)
+                                   eos_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id)
       sequences = sequences_from_responses(inputs["prompt_ids"], inputs["prompt_mask"], responses,
-                                           length=inputs["input_ids"].shape[1], eos_token_id=self.eos_token_id,
+                                           length=inputs["input_ids"].shape[1], eos_token_ids=self.eos_token_ids,
                                            pad_token_id=self.pad_token_id)
       return ({**inputs, "input_ids": sequences["input_ids"], "attention_mask": sequences["attention_mask"]},
               jnp.full_like(batch.label, -1), sequences["response_mask"])

@@ -173,8 +173,20 @@ def hf_config(path: str):
       rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
       max_position_embeddings=get("context_length", 2048), rope_parameters=rope,
       tie_word_embeddings="output.weight" not in tensor_names,
-      bos_token_id=values.get("tokenizer.ggml.bos_token_id"), eos_token_id=values.get("tokenizer.ggml.eos_token_id"),
+      bos_token_id=values.get("tokenizer.ggml.bos_token_id"), eos_token_id=_one_or_list(stop_token_ids(values)),
       pad_token_id=values.get("tokenizer.ggml.padding_token_id"))
+
+
+def _one_or_list(ids: list[int]):
+  """A config's eos_token_id: None, one id, or the list of several."""
+  return None if not ids else ids[0] if len(ids) == 1 else ids
+
+
+def stop_token_ids(metadata: dict) -> list[int]:
+  """The ids generation stops at, from GGUF metadata: llama.cpp's EOS, end-of-turn (EOT: Llama 3's <|eot_id|>) and
+  end-of-message (EOM: <|eom_id|>) tokens, those present, in that order without repeats."""
+  keys = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+  return list(dict.fromkeys(int(metadata[key]) for key in keys if metadata.get(key) is not None))
 
 
 def hf_tensor_name(gguf_name: str) -> str | None:

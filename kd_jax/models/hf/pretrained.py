@@ -1,8 +1,10 @@
 """from_pretrained: a Hugging Face checkpoint (hub id or directory) -> (Flax module, params); the registry's create."""
 
+import copy
 import dataclasses
 import functools
 import inspect
+import json
 import types
 from typing import Any
 
@@ -23,6 +25,7 @@ FAMILIES: dict[str, types.ModuleType] = {"bert": bert, "roberta": bert, "distilb
                                          "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama,
                                          "gpt2": gpt2}
 TASKS = ("encoder", "sequence_classification", "seq2seq", "causal_lm")
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 def from_pretrained(name_or_path: str, task: str = "sequence_classification", *, num_labels: int | None = None,
@@ -49,6 +52,9 @@ def from_pretrained(name_or_path: str, task: str = "sequence_classification", *,
   if gguf.is_gguf(name_or_path):
     return gguf.from_pretrained(name_or_path, task, dtype=dtype, param_dtype=param_dtype)
   directory, family, config = _family_and_config(name_or_path, task)
+  if task == "causal_lm":  # the decoder-only families' dims take every stop token (their eos_token_ids)
+    config = copy.deepcopy(config)  # config.json as it is stays what an export writes (family_and_config)
+    config.eos_token_id = list(stop_token_ids(name_or_path))
   with weights.open_tensors(directory, name_or_path) as source:
     if task == "sequence_classification":
       num_labels = _num_labels(source, family.classifier_tensor(config), num_labels, name_or_path)
@@ -76,6 +82,28 @@ def _family_and_config(name_or_path: str, task: str):
                     f"supported: {', '.join(family.SUPPORTED_TASKS)}")
   import transformers  # pylint: disable=g-import-not-at-top  (heavy; only loading needs it)
   return directory, family, transformers.AutoConfig.from_pretrained(directory)
+
+
+def stop_token_ids(name_or_path: str) -> tuple[int, ...]:
+  """The token ids a checkpoint's generation stops at: config.json's eos_token_id, then generation_config.json's (an
+  id or a list, which is what transformers' generate stops at: Llama 3.1 Instruct's [128001, 128008, 128009],
+  Qwen2.5 Instruct's [151645, 151643]); in order, without repeats. A GGUF file: its EOS, EOT and EOM tokens."""
+  if gguf.is_gguf(name_or_path):
+    return tuple(gguf.stop_token_ids(gguf.read(name_or_path).metadata))
+  directory = weights.resolve(name_or_path)
+  ids = list(_token_ids(weights.read_config(directory, name_or_path).get("eos_token_id")))
+  generation_config = directory / GENERATION_CONFIG_FILE
+  if generation_config.exists():
+    with generation_config.open() as stream:
+      ids += _token_ids(json.load(stream).get("eos_token_id"))
+  return tuple(dict.fromkeys(ids))
+
+
+def _token_ids(value) -> tuple[int, ...]:
+  """A config's token id field (None, an id or a list of ids) as a tuple of ints."""
+  if value is None:
+    return ()
+  return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
 
 
 def family_and_config(name_or_path: str, task: str):
