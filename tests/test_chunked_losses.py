@@ -87,10 +87,12 @@ def assert_chunked_equals_unchunked(cases, chunk=CHUNK):
     np.testing.assert_array_equal(got[case][1][0][1, 5:], 0.0)
 
 
+@pytest.mark.slow
 def test_chunked_equals_unchunked_for_every_divergence_with_an_online_teacher():
   assert_chunked_equals_unchunked(tuple(("online", kind) for kind in losses.DIVERGENCES))
 
 
+@pytest.mark.slow
 def test_chunked_equals_unchunked_with_cached_dense_topk_and_ensemble_targets():
   assert_chunked_equals_unchunked((("dense", "forward_kl"), ("dense", "akl"), ("dense", "mse"),
                                    ("topk", "forward_kl"), ("topk", "generalized_js"), ("topk", "mse"),
@@ -135,6 +137,7 @@ def tiny_models():
           "t5_tied": build(t5, t5_config(True), "seq2seq"), "t5": build(t5, t5_config(False), "seq2seq")}
 
 
+@pytest.mark.slow
 def test_each_models_head_projects_its_hidden_states_to_its_logits():
   rng = np.random.default_rng(1)
   ids = jnp.asarray(rng.integers(0, VOCAB * 3, (BATCH, LENGTH)), jnp.int32)
