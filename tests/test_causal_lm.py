@@ -358,23 +358,31 @@ def test_on_policy_loss_is_numpy_gkd_on_the_students_samples(task):
 @pytest.mark.slow
 def test_a_resumed_on_policy_run_is_bitwise_the_uninterrupted_one(task, tmp_path):
   """lambda = 0.5 over 6 steps (both kinds of batch occur): stopped after step 2 and resumed from its checkpoint, the
-  run ends with exactly the parameters of the uninterrupted run (CPU, 8 devices)."""
-  config, (teacher_model, teacher_params), (model, params) = gkd_setup(task, 0.5)
-  config.train.checkpoint_every_steps, config.train.steps_per_dispatch, config.train.log_every_steps = 2, 2, 2
-  config.train.max_checkpoints_to_keep = 3
-  mesh = sharding.make_mesh()
+  run ends with exactly the parameters of the uninterrupted run (CPU)."""
+  config, teacher, student = gkd_setup(task, 0.5)
   coin = lambda step: bool(jax.random.bernoulli(jax.random.split(jax.random.fold_in(
       jax.random.fold_in(jax.random.PRNGKey(config.seed), on_policy.ON_POLICY_STREAM), step))[0], 0.5))
   assert len({coin(step) for step in range(6)}) == 2
-  objective = Objective.from_config(config, num_steps=6, task=task, model=model)
+  assert_resumed_after_step_2_is_bitwise(config, task, teacher, student, 6, tmp_path)
+
+
+def assert_resumed_after_step_2_is_bitwise(config, task, teacher, student, num_steps: int, tmp_path) -> None:
+  """The student phase of `num_steps` steps, checkpointed every 2, run once whole and once resumed from the
+  checkpoint a stop after step 2 left: both end with exactly the same parameters."""
+  (teacher_model, teacher_params), (model, params) = teacher, student
+  config.train.checkpoint_every_steps, config.train.steps_per_dispatch, config.train.log_every_steps = 2, 2, 2
+  config.train.max_checkpoints_to_keep = 3
+  mesh = sharding.make_mesh()
+  objective = Objective.from_config(config, num_steps=num_steps, task=task, model=model)
 
   def train(directory):
-    program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=6,
+    program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=num_steps,
                             objective=objective, examples=task.train, batch_size=16, seed=config.seed, mesh=mesh,
                             train_config=config.train,
                             teacher=(teacher_model, sharding.replicate(teacher_params, mesh)))
-    return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(6))], num_steps=6,
-                      checkpoint_dir=str(directory), train_config=config.train, evaluate=lambda params: {})
+    return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(num_steps))],
+                      num_steps=num_steps, checkpoint_dir=str(directory), train_config=config.train,
+                      evaluate=lambda params: {})
 
   uninterrupted = train(tmp_path / "a")
   shutil.copytree(tmp_path / "a" / "2", tmp_path / "b" / "2")  # the run as a stop after step 2 left it
@@ -389,29 +397,10 @@ def test_a_resumed_cross_tokenizer_run_is_bitwise_the_uninterrupted_one(cross_ta
   """The gold student under the teacher of another tokenizer, 4 steps: stopped after step 2 and resumed from its
   checkpoint, the run ends with exactly the parameters of the uninterrupted run (CPU)."""
   config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer")
-  config.train.checkpoint_every_steps, config.train.steps_per_dispatch, config.train.log_every_steps = 2, 2, 2
-  config.train.max_checkpoints_to_keep = 3
-  task, mesh = cross_task, sharding.make_mesh()
-  teacher_model, teacher_params = models.create(config.teacher, num_classes=task.num_classes, example_inputs=None,
-                                                rng=jax.random.PRNGKey(0))
-  model, params = models.create(config.student, num_classes=task.num_classes, example_inputs=None,
-                                rng=jax.random.PRNGKey(0))
-  objective = Objective.from_config(config, num_steps=4, task=task, model=model)
-
-  def train(directory):
-    program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=4,
-                            objective=objective, examples=task.train, batch_size=16, seed=config.seed, mesh=mesh,
-                            train_config=config.train,
-                            teacher=(teacher_model, sharding.replicate(teacher_params, mesh)))
-    return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(4))], num_steps=4,
-                      checkpoint_dir=str(directory), train_config=config.train, evaluate=lambda params: {})
-
-  uninterrupted = train(tmp_path / "a")
-  shutil.copytree(tmp_path / "a" / "2", tmp_path / "b" / "2")  # the run as a stop after step 2 left it
-  resumed = train(tmp_path / "b")
-  assert resumed.stats["resumed_from_step"] == 2
-  for expected, got in zip(jax.tree.leaves(uninterrupted.params), jax.tree.leaves(resumed.params)):
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+  create = lambda section: models.create(section, num_classes=cross_task.num_classes, example_inputs=None,
+                                         rng=jax.random.PRNGKey(0))
+  assert_resumed_after_step_2_is_bitwise(config, cross_task, create(config.teacher), create(config.student), 4,
+                                         tmp_path)
 
 
 class NullWriter:
