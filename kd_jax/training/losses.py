@@ -398,19 +398,20 @@ def distillation_loss(student_logits: jax.Array | chunked.Projected,
   """
   settings = dict(temperature=temperature, label_smoothing=label_smoothing, divergence_kind=divergence_kind,
                   t2_scaling=t2_scaling, divergence_params=divergence_params, tail_temperatures=tail_temperatures)
+  # cross_tokenizer.ChunkedTeacher: a teacher with another tokenizer compares its own aligned chunks, not positions.
+  across_tokenizers = hasattr(teacher_logits, "chunk_divergences")
   if isinstance(student_logits, chunked.Projected):
     per_position_hard, per_position_soft = chunked_position_terms(student_logits, teacher_logits, labels, loss_chunk,
                                                                   **settings)
   else:
     assert not isinstance(teacher_logits, chunked.Projected), "a teacher's hidden states need a Projected student"
-    # A teacher across tokenizers compares its own chunks (below), not positions.
-    per_position_teacher = None if hasattr(teacher_logits, "chunk_divergences") else teacher_logits
-    per_position_hard, per_position_soft = position_terms(student_logits, per_position_teacher, labels, **settings)
+    per_position_hard, per_position_soft = position_terms(
+        student_logits, None if across_tokenizers else teacher_logits, labels, **settings)
   hard = global_mean(per_position_hard, labeled_weights(labels, example_weights), axis_name,
                      None if weight_sums is None else weight_sums.hard)
   if teacher_logits is None:
     soft = jnp.zeros_like(hard)
-  elif hasattr(teacher_logits, "chunk_divergences"):  # cross_tokenizer.ChunkedTeacher
+  elif across_tokenizers:
     values, chunk_weights = teacher_logits.chunk_divergences(student_logits, labels, temperature, divergence_kind,
                                                              t2_scaling, divergence_params)
     soft = global_mean(values, chunk_weights, axis_name, None if weight_sums is None else weight_sums.soft)
