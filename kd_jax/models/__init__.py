@@ -52,9 +52,8 @@ def create(model_config, *, num_classes: int, example_inputs, rng, field: str = 
   """
   if schema.is_user_model(model_config.name):
     from kd_jax.models import protocol  # pylint: disable=g-import-not-at-top  (flax.nnx: only when used)
-    built = protocol.build(model_config, num_classes=num_classes, rng=rng, field=f"{field}.name")
-    model, params = protocol.adapt(built, example_inputs=example_inputs, rng=rng, field=f"{field}.name",
-                                   name=model_config.name)
+    model, params = protocol.create(model_config, num_classes=num_classes, example_inputs=example_inputs, rng=rng,
+                                    field=f"{field}.name")
     return _canonical(model), params
   if model_config.name not in _MODEL_MODULES:
     raise ConfigError(f"{field}.name", model_config.name, f"allowed: {', '.join(names())}")
@@ -93,11 +92,9 @@ def check_user_model(config, section: str):
   model_config = config[section]
   if not schema.is_user_model(model_config.name):
     return None
-  import jax  # pylint: disable=g-import-not-at-top  (kept out of `import kd_jax`)
   from kd_jax import data  # pylint: disable=g-import-not-at-top
   from kd_jax.models import protocol  # pylint: disable=g-import-not-at-top
-  return protocol.build(model_config, num_classes=data.num_classes(config), rng=jax.random.PRNGKey(0),
-                        field=f"{section}.name")
+  return protocol.build(model_config, num_classes=data.num_classes(config), field=f"{section}.name")
 
 
 def remat_options() -> tuple[str, ...]:

@@ -34,6 +34,7 @@ by the run) and returns
 """
 
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -42,6 +43,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import ml_collections
 from flax import nnx
 
 from kd_jax.errors import ConfigError
@@ -63,6 +65,21 @@ def _string_keys(tree):
   return {str(key): _string_keys(value) for key, value in tree.items()} if isinstance(tree, dict) else tree
 
 
+@functools.lru_cache(maxsize=32)
+def _initializer(call: Callable) -> Callable:
+  """rng -> (parameters, RNG streams) of the NNX module `call(rng)` builds, compiled once per `call`."""
+  return jax.jit(lambda rng: nnx.split(call(rng), nnx.Param, nnx.RngState, ...)[1:3])
+
+
+def _check_no_other_state(state, field: str, name: str) -> None:
+  """ConfigError unless an NNX module's state outside its parameters, RNG streams and intermediates is empty."""
+  if jax.tree.leaves(state):
+    kinds = sorted({type(variable).__name__ for _, variable in nnx.to_flat_state(state)})
+    raise ConfigError(field, name, f"the NNX module holds non-parameter state ({', '.join(kinds)}): kd_jax trains "
+                      "parameters only, one example at a time, where batch statistics do not exist (use LayerNorm "
+                      "or GroupNorm)")
+
+
 @dataclasses.dataclass(frozen=True)
 class NnxModel:
   """A Flax NNX module as a kd_jax model: apply merges the graph with the params (and its RNG streams, reseeded from
@@ -76,18 +93,16 @@ class NnxModel:
   partition_rules: Callable | None = dataclasses.field(default=None, compare=False)
 
   @classmethod
-  def adapt(cls, module: nnx.Module, field: str, name: str):
-    """(NnxModel, params) of `module`; ConfigError for non-parameter state."""
-    graphdef, params, rng_state, _, rest = nnx.split(module, nnx.Param, nnx.RngState, nnx.Intermediate, ...)
-    if jax.tree.leaves(rest):
-      kinds = sorted({type(variable).__name__ for _, variable in nnx.to_flat_state(rest)})
-      raise ConfigError(field, name, f"the NNX module holds non-parameter state ({', '.join(kinds)}): kd_jax trains "
-                        "parameters only, one example at a time, so batch statistics are refused (use LayerNorm or "
-                        "GroupNorm)")
+  def create(cls, abstract: nnx.Module, call: Callable, rng, field: str, name: str):
+    """(NnxModel, params): the graph of `abstract` (the module built by `call(rng)`, shapes only), its parameters and
+    RNG streams built by `call(rng)` compiled. ConfigError for non-parameter state."""
+    graphdef, params, rng_state, _, rest = nnx.split(abstract, nnx.Param, nnx.RngState, nnx.Intermediate, ...)
+    _check_no_other_state(rest, field, name)
+    params, rng_state = _initializer(call)(rng)
     streams = tuple(sorted({variable.tag for _, variable in nnx.to_flat_state(rng_state)}))
     template = jax.tree.map(lambda value: jax.ShapeDtypeStruct(value.shape, value.dtype), params)
-    model = cls(graphdef, template, rng_state, streams, _takes(type(module).__call__, "train"),
-                getattr(module, "partition_rules", None))
+    model = cls(graphdef, template, rng_state, streams, _takes(type(abstract).__call__, "train"),
+                getattr(abstract, "partition_rules", None))
     return model, _string_keys(nnx.to_pure_dict(params))
 
   def module(self, params, train: bool, dropout_key=None) -> nnx.Module:
@@ -200,31 +215,70 @@ def _one_line(error: BaseException) -> str:
   return f"{type(error).__name__}: " + " ".join(str(error).split())
 
 
-def build(model_config, *, num_classes: int, rng, field: str):
-  """What the factory config.<section>.name names returns for `model_config` (ConfigError on `field` where it
-  cannot be loaded, raises, or returns no model): an nnx.Module, a linen.Module, or an (init_fn, apply_fn) pair."""
+def _factory_call(model_config, *, num_classes: int, field: str) -> Callable:
+  """call(rng) -> what the factory config.<section>.name names returns for `model_config` (given `num_classes` and
+  `rngs=nnx.Rngs(rng)` where its signature names them): an nnx.Module, a linen.Module or an (init_fn, apply_fn)
+  pair. ConfigError on `field` where it cannot be loaded, raises, or returns no model. Equal configs give the same
+  `call` (the runs of a sweep compile an NNX module's initialization once: `_initializer`)."""
+  return _cached_factory_call(ml_collections.FrozenConfigDict(model_config), num_classes, field)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_factory_call(model_config, num_classes: int, field: str) -> Callable:
   name = model_config.name
   factory = load_factory(name, field)
-  keywords = {}
-  if _takes(factory, "num_classes"):
-    keywords["num_classes"] = num_classes
-  if _takes(factory, "rngs"):
-    keywords["rngs"] = nnx.Rngs(rng)
-  try:
-    built = factory(model_config, **keywords)
-  except Exception as error:  # pylint: disable=broad-except  (the user's factory: its error, in one line)
-    raise ConfigError(field, name, f"the factory raised {_one_line(error)}") from None
-  is_pair = isinstance(built, tuple) and len(built) == 2 and all(callable(f) for f in built)
-  if not isinstance(built, (nnx.Module, nn.Module)) and not is_pair:
-    raise ConfigError(field, name, f"the factory returned {type(built).__name__}, not a model: it must return "
-                      f"{RETURNS}")
+
+  def call(rng):
+    keywords = {}
+    if _takes(factory, "num_classes"):
+      keywords["num_classes"] = num_classes
+    if _takes(factory, "rngs"):
+      keywords["rngs"] = nnx.Rngs(rng)
+    try:
+      built = factory(model_config, **keywords)
+    except Exception as error:  # pylint: disable=broad-except  (the user's factory: its error, in one line)
+      raise ConfigError(field, name, f"the factory raised {_one_line(error)}") from None
+    is_pair = isinstance(built, tuple) and len(built) == 2 and all(callable(f) for f in built)
+    if not isinstance(built, (nnx.Module, nn.Module)) and not is_pair:
+      raise ConfigError(field, name, f"the factory returned {type(built).__name__}, not a model: it must return "
+                        f"{RETURNS}")
+    return built
+
+  return call
+
+
+def _abstractly(call):
+  """What `call(rng)` returns, an NNX module built abstractly (nnx.eval_shape: shapes, no arrays computed)."""
+  others = []
+
+  def build():
+    built = call(jax.random.PRNGKey(0))
+    if isinstance(built, nnx.Module):
+      return built
+    others.append(built)
+    return None
+
+  abstract = nnx.eval_shape(build)
+  return others[0] if others else abstract
+
+
+def build(model_config, *, num_classes: int, field: str):
+  """What a user's factory returns (an NNX module abstractly: `_abstractly`), checked as `create` would check it,
+  without computing its parameters: the preflight check (kd_jax/models check_user_model)."""
+  built = _abstractly(_factory_call(model_config, num_classes=num_classes, field=field))
+  if isinstance(built, nnx.Module):
+    _check_no_other_state(nnx.state(built, nnx.Not(nnx.Any(nnx.Param, nnx.RngState, nnx.Intermediate))), field,
+                          model_config.name)
   return built
 
 
-def adapt(built, *, example_inputs, rng, field: str, name: str):
-  """(kd_jax model, initial params) of what a factory returned (`build`)."""
+def create(model_config, *, num_classes: int, example_inputs, rng, field: str):
+  """(kd_jax model, initial params) of the user's model config.<section>.name names: an NNX module's parameters as
+  its factory initializes them from `rng` (compiled), a Linen module's or a pair's from its init."""
+  call = _factory_call(model_config, num_classes=num_classes, field=field)
+  built = _abstractly(call)
   if isinstance(built, nnx.Module):
-    return NnxModel.adapt(built, field, name)
+    return NnxModel.create(built, call, rng, field, model_config.name)
   if isinstance(built, nn.Module):
     model = LinenModel(built, _takes(type(built).__call__, "train"))
   else:
