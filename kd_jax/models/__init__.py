@@ -234,3 +234,10 @@ def from_pretrained(name_or_path: str, task: str = "sequence_classification", **
   """
   from kd_jax.models import hf  # pylint: disable=g-import-not-at-top  (jax, transformers: only when used)
   return hf.from_pretrained(name_or_path, task, **kwargs)
+
+
+def load_exported(directory: str):
+  """(model, params) of a model exported with `scripts/export.py --format=params` (a user's model, the MLP or the
+  CNN): see kd_jax.models.export.load_exported."""
+  from kd_jax.models import export  # pylint: disable=g-import-not-at-top
+  return export.load_exported(directory)

@@ -158,16 +158,14 @@ class FunctionModel:
   def init_params(self, rng, example_inputs):
     return _string_keys(jax.jit(self.init_fn)(rng, example_inputs))
 
-  def apply(self, variables, inputs, train: bool = False, rngs=None, **options):
-    if options.get("mutable"):
-      raise ConfigError("distill.features", "...", "needs models that sow their hidden states (an NNX or Linen "
-                        "module); an (init_fn, apply_fn) pair returns logits only")
+  def apply(self, variables, inputs, train: bool = False, rngs=None, mutable=()):
     keywords = {}
     if _takes(self.apply_fn, "train"):
       keywords["train"] = train
     if _takes(self.apply_fn, "rng"):
       keywords["rng"] = (rngs or {}).get("dropout")
-    return self.apply_fn(variables["params"], inputs, **keywords)
+    logits = self.apply_fn(variables["params"], inputs, **keywords)
+    return (logits, {"intermediates": {}}) if "intermediates" in mutable else logits  # it sows nothing
 
 
 def load_factory(name: str, field: str) -> Callable:
