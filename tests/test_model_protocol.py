@@ -87,7 +87,7 @@ def test_the_nnx_cnn_student_learns_from_cached_logits(smoke_run, tmp_path):
   for expected, got in zip(jax.tree.leaves(trained), jax.tree.leaves(params)):
     np.testing.assert_array_equal(got, expected)
   test = data.load_task(config).test
-  logits = jax.jit(model.apply)({"params": params}, test.inputs)
+  logits = np.asarray(jax.jit(model.apply)({"params": params}, test.inputs))
   assert np.mean(np.argmax(logits, axis=-1) == test.label) == pytest.approx(accuracy, abs=1e-12)
 
 
