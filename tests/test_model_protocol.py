@@ -237,11 +237,24 @@ def test_bad_user_models_are_one_line_exit_2_and_write_nothing(tmp_path, field, 
   assert not workdir.exists()
 
 
-def test_lora_dropout_on_an_nnx_student_is_refused(tmp_path):
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.student.lora.rank=2", "--config.student.lora.target_modules=('head',)",
+      "--config.student.lora.dropout=0.1"],
+     "config.student.lora.dropout=0.1: must be 0 for an NNX or (init_fn, apply_fn) student: its adapters are merged "
+     "into the weights before each call (dropout on x A B needs a Linen module)"),
+    (["--config.student.lora.rank=2", "--config.student.lora.target_modules=('classifier',)"],
+     "config.student.lora.target_modules=('classifier',): matches no linear layer of the student (a layer named N is "
+     "targeted when N is a target or ends with '.' + a target)"),
+    (["--config.student.lora.rank=64", "--config.student.lora.target_modules=('head',)"],
+     "config.student.lora.rank=64: must be <= 10, the smallest width (min of inputs and outputs) of the targeted "
+     "layers"),
+    (["--config.student.trainable=('classifier',)"],
+     "config.student.trainable=('classifier',): matches no parameter of the student (names are '/'-joined paths such "
+     "as 'convs/0/bias')"),
+])
+def test_lora_and_freezing_that_do_not_fit_the_nnx_student_are_refused_before_anything_is_written(
+    tmp_path, overrides, message):
   workdir = tmp_path / "run"
-  result = run_main(f"--workdir={workdir}", "--config=configs/custom_model.py:smoke", "--config.student.lora.rank=2",
-                    "--config.student.lora.target_modules=('head',)", "--config.student.lora.dropout=0.1")
-  assert (result.returncode, result.stderr) == (
-      2, "error: config.student.lora.dropout=0.1: must be 0 for an NNX or (init_fn, apply_fn) student: its adapters "
-         "are merged into the weights before each call (dropout on x A B needs a Linen module)\n")
+  result = run_main(f"--workdir={workdir}", "--config=configs/custom_model.py:smoke", *overrides)
+  assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
   assert not workdir.exists()

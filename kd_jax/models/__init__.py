@@ -118,13 +118,10 @@ def check_config(config, section: str) -> None:
     return
   options = remat_options()
   require(config.train.remat in options, "train.remat", config.train.remat, f"allowed: {', '.join(options)}")
-  if model_config.lora.rank and built is not None:
-    from kd_jax.models import protocol  # pylint: disable=g-import-not-at-top
-    require(not (model_config.lora.dropout and protocol.merges_adapters(built)),
-            "student.lora.dropout", model_config.lora.dropout,
-            "must be 0 for an NNX or (init_fn, apply_fn) student: its adapters are merged into the weights before "
-            "each call (dropout on x A B needs a Linen module)")
-  if model_config.init_from_teacher_layers is None and not model_config.lora.rank or built is not None:
+  if built is not None:
+    _check_user_student(model_config, built)
+    return
+  if model_config.init_from_teacher_layers is None and not model_config.lora.rank:
     return
   from kd_jax.models.hf import from_teacher, pretrained  # pylint: disable=g-import-not-at-top  (jax, transformers)
   teacher = config.teacher
@@ -139,6 +136,24 @@ def check_config(config, section: str) -> None:
   if model_config.lora.rank:
     from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
     peft.check_rank(model_config.lora, abstract)
+
+
+def _check_user_student(student_config, built) -> None:
+  """LoRA and freezing on a user's student (what its factory returned): no LoRA dropout where the adapters are merged
+  (protocol.merges_adapters); for an NNX module, whose parameter shapes are known before it is initialized, the
+  targets and rank fit its linear layers and student.trainable selects some of its parameters."""
+  from kd_jax.models import peft, protocol  # pylint: disable=g-import-not-at-top
+  lora = student_config.lora
+  require(not (lora.rank and lora.dropout and protocol.merges_adapters(built)), "student.lora.dropout", lora.dropout,
+          "must be 0 for an NNX or (init_fn, apply_fn) student: its adapters are merged into the weights before each "
+          "call (dropout on x A B needs a Linen module)")
+  params = protocol.abstract_params(built)
+  if params is None:
+    return
+  if lora.rank:
+    peft.check_rank(lora, params)
+  else:
+    peft.check_trainable(student_config, params)
 
 
 def check_tensor_parallel(config, section: str, tensor: int) -> None:

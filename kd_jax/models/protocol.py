@@ -96,7 +96,7 @@ class NnxModel:
   def create(cls, abstract: nnx.Module, call: Callable, rng, field: str, name: str):
     """(NnxModel, params): the graph of `abstract` (the module built by `call(rng)`, shapes only), its parameters and
     RNG streams built by `call(rng)` compiled. ConfigError for non-parameter state."""
-    graphdef, params, rng_state, _, rest = nnx.split(abstract, nnx.Param, nnx.RngState, nnx.Intermediate, ...)
+    graphdef, _, _, _, rest = nnx.split(abstract, nnx.Param, nnx.RngState, nnx.Intermediate, ...)
     _check_no_other_state(rest, field, name)
     params, rng_state = _initializer(call)(rng)
     streams = tuple(sorted({variable.tag for _, variable in nnx.to_flat_state(rng_state)}))
@@ -282,6 +282,14 @@ def create(model_config, *, num_classes: int, example_inputs, rng, field: str):
   else:
     model = FunctionModel(*built)
   return model, model.init_params(rng, example_inputs)
+
+
+def abstract_params(built):
+  """The params (shapes only) of what `build` returned, where known before initialization (an NNX module's); else
+  None."""
+  if not isinstance(built, nnx.Module):
+    return None
+  return _string_keys(nnx.to_pure_dict(nnx.state(built, nnx.Param)))
 
 
 def merges_adapters(model) -> bool:
