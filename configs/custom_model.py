@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.learning_rate = 1e-2
   else:
     config = fashion_mnist.get_config()
-    config.student.conv_features = (8, 16)
+    config.student.conv_features = (16, 32)
   config.student.name = NNX_CNN
   config.student.dropout_rate = 0.1
   return config

@@ -148,9 +148,11 @@ def test_a_vectorized_seed_sweep_of_an_nnx_student_equals_the_sequential_one(smo
     config.train.log_every_steps, config.train.eval_every_steps, config.train.checkpoint_every_steps = 20, 60, 60
     workdir = tmp_path / mode
     runner.run(config, str(workdir))
-    metrics[mode] = [files.read_json(str(workdir / point / "results.json"))["metrics"]["student"]
-                     for point in sorted(os.listdir(workdir)) if (workdir / point / "results.json").exists()]
-  assert len(metrics["sequential"]) == len(metrics["vectorized"]) == 2
+    results = [files.read_json(str(workdir / point / "results.json"))
+               for point in sorted(os.listdir(workdir)) if (workdir / point / "results.json").exists()]
+    assert [r["train"]["phases"]["student"]["vectorized_runs"] for r in results] == [
+        2, 2] if mode == "vectorized" else [1, 1]
+    metrics[mode] = [r["metrics"]["student"] for r in results]
   assert metrics["sequential"][0]["accuracy"] != metrics["sequential"][1]["accuracy"]  # two seeds, two students
   for sequential, vectorized_point in zip(metrics["sequential"], metrics["vectorized"]):
     for name in ("accuracy", "nll", "ece", "kl_to_teacher"):
