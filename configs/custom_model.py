@@ -7,10 +7,13 @@ Launch (the Fashion-MNIST files of configs/fashion_mnist.py; docs/models.md, Bri
 
 Everything else is configs/fashion_mnist.py's run: the teacher trained in the run, its cached logits, the distilled
 and the hard-label student. The factory gets config.student (its conv_features and dropout_rate here) and the number
-of classes, and returns an nnx.Module; kd_jax splits it into graph and parameters and trains the parameters.
+of classes, and returns an nnx.Module; kd_jax splits it into graph and parameters and trains the parameters. Expect
+test accuracies near 0.867 (teacher), 0.72 (the 5,130-parameter NNX student, distilled or not: it pools globally);
+847 s on 2 CPU cores shared with other jobs (docs/models.md).
 
 Arguments: `smoke` (`--config=configs/custom_model.py:smoke`) runs on scikit-learn's digits instead (offline, the
-default run's smoke MLP teacher, 8x8 images flattened to 64 features, which the CNN reshapes), in seconds.
+default run's smoke MLP teacher, 8x8 images flattened to 64 features, which the CNN reshapes), in about a minute:
+test accuracy 0.866 (teacher), 0.800 (the NNX student distilled), 0.635 (on hard labels).
 """
 
 import ml_collections
