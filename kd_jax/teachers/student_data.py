@@ -1,5 +1,9 @@
 """The student's training data: which signal of the teacher reaches the train step, chosen in one place (`prepare`).
 
+  logprobs     config.teacher.source 'logprobs_file' or 'server' (causal LM, cached): the teacher's top-k logprobs
+               from its file, imported once into the teacher directory (kd_jax/teachers/logprobs_file.py), as the
+               top-k signal in the student's layout (losses.TopKLogits with the positions the teacher scored;
+               one shared tokenizer) or on the aligned chunks (cross_tokenizer.CachedChunks; distill.cross_tokenizer).
   online       distill.teacher_mode='online': the teacher runs inside the step on the student's (possibly noisy)
                batch; the examples are the training split as it is.
   dense cache  teacher_mode='cached', classification: the teacher's eval-mode logits for every training example,
@@ -32,7 +36,7 @@ from kd_jax.data import text
 from kd_jax.data.examples import first_inputs
 from kd_jax.models import hf
 from kd_jax.parallel import inference, sharding
-from kd_jax.teachers import ensemble, teacher_cache
+from kd_jax.teachers import ensemble, logprobs_file, teacher_cache
 from kd_jax.teachers.teacher import Teacher
 
 logger = logging.getLogger(__name__)
@@ -61,6 +65,8 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh, *,
   """The student's training data for `config` (see the module docstring), building or loading the teacher's cache;
   a top-k cache stores its tail at `tail_temperatures` (None: teacher_cache.topk_tail_temperatures([config]); a
   vectorized group passes its runs')."""
+  if teacher.logprobs is not None:
+    return _from_logprobs(config, task, teacher, tail_temperatures)
   if config.distill.strategy == "sequence" and task.causal_lm is not None:
     return _causal_lm_sequences(config, task, teacher, mesh)
   if config.distill.strategy == "sequence":
@@ -102,6 +108,31 @@ def vocab_size(teacher: Teacher, task: data.TaskData) -> int:
   one = first_inputs(task.train.teacher_view().inputs)
   return jax.eval_shape(lambda params: teacher.model.apply({"params": params}, one, train=False),
                         teacher.params).shape[-1]
+
+
+def _from_logprobs(config, task: data.TaskData, teacher: Teacher,
+                   tail_temperatures: tuple[float, ...] | None) -> StudentData:
+  """The student's data from a teacher's logprobs (module docstring): its import stored in the teacher directory,
+  then its signal in the student's layout (the exact tail at T = 1, or the flat tail)."""
+  start_time = time.time()
+  directory = logprobs_file.store_for_run(teacher.logprobs, task, teacher.directory)
+  chat_template = config.data.chat_template
+  if config.distill.cross_tokenizer == "none":
+    if tail_temperatures is None:
+      tail_temperatures = teacher_cache.topk_tail_temperatures([config])
+    signal, k = logprobs_file.topk_signal(teacher.logprobs, task, k=config.distill.topk, chat_template=chat_template,
+                                          tail_temperatures=tuple(tail_temperatures))
+  else:
+    tail_temperatures = ()
+    signal, k = logprobs_file.chunk_signal(teacher.logprobs, task, k=config.distill.topk, chat_template=chat_template)
+  stats = {"path": directory, "source": config.teacher.source, "file": teacher.logprobs.path,
+           "file_sha256": teacher.logprobs.sha256, "k": k, "wall_s": time.time() - start_time,
+           "signal": "topk" if config.distill.cross_tokenizer == "none" else "chunks",
+           **({"tail": "exact" if tail_temperatures else "flat"} if config.distill.cross_tokenizer == "none" else {})}
+  logger.info("Teacher logprobs (%s, k = %d) joined to %d training examples in %.2fs.", stats["signal"], k,
+              len(task.train), stats["wall_s"])
+  return StudentData(task.train.replace(teacher=signal), None, distills=True, results={"teacher_cache": stats},
+                     tail_temperatures=tuple(tail_temperatures))
 
 
 def _causal_lm_sequences(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
