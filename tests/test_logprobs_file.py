@@ -108,6 +108,10 @@ def set_in(line, **changes):
      "top_logprobs (k = 0); each response token needs its top-k entries"),
     (bad_line(lambda lines: set_in(lines[1], top_logprobs=[{" No": -0.1, "x": -0.2}, {".": -0.5}])),
      "line 2: token 0 (' No')'s top_logprobs sum to probability 1.7236 > 1"),
+    (bad_line(lambda lines: set_in(lines[0], tokens=[" Yes", " hello", "."], token_logprobs=[-0.5] * 3,
+                                   top_logprobs=[{"x": -1.0}] * 3, text_offset=[3, 8, 14])),
+     "line 1: the tokens do not spell the response one after another (at byte 4 of the response the next token "
+     "starts at byte 5)"),
     (bad_line(lambda lines: lines[1].update(prompt="Why?")), "line 2: (prompt 'Why?', response ' No.') is not an "
      "example of the training split"),
     (bad_line(lambda lines: lines[1].update(prompt="Held out?", response=" Yes.")), "line 2: (prompt 'Held out?', "
@@ -369,3 +373,43 @@ def test_a_bad_file_stops_the_run_in_one_line_before_anything_is_written(tmp_pat
   assert result.returncode == 2 and not (tmp_path / "w").exists()
   assert result.stderr.strip().splitlines()[-1] == (
       f"error: teacher.logprobs_path={bad!r}, line 1: logprobs.content must be a list of tokens")
+
+
+def test_the_import_is_stored_once_keyed_by_the_files_hash_and_a_half_written_one_is_not_used(tmp_path):
+  path = write(tmp_path / "good.jsonl", good_lines())
+  imported = read(path)
+  directory = logprobs_file.cache_dir(str(tmp_path / "teacher"), imported.sha256, "data0")
+  logprobs_file.store(imported, directory, "data0")
+  loaded = logprobs_file.load(directory, path, "data0", 2)
+  for name in logprobs_file.ARRAYS:
+    np.testing.assert_array_equal(loaded.arrays[name], imported.arrays[name])
+  assert loaded.strings == imported.strings
+  assert logprobs_file.load(directory, path, "data1", 2) is None  # other data
+  (tmp_path / "teacher" / "logprobs_cache" / f"{imported.sha256}-data0" / "metadata.json").unlink()
+  assert logprobs_file.load(directory, path, "data0", 2) is None  # killed before its metadata
+  write(tmp_path / "good.jsonl", good_lines()[::-1])
+  assert logprobs_file.file_sha256(path) != imported.sha256  # another file: another directory
+
+
+def test_a_server_teacher_is_refused_until_its_client_is_wired():
+  config = load_config("configs/causal_lm.py", "smoke,logprobs_file")
+  config.teacher.source, config.teacher.logprobs_path = "server", None
+  config.teacher.server_url, config.teacher.server_model = "http://127.0.0.1:8000/v1", "teacher"
+  preflight.check(config)
+  with pytest.raises(UserError, match=r"^config.teacher.source='server': the server's client"):
+    logprobs_file.read_for_run(config, None, "unused")
+
+
+@pytest.mark.slow
+def test_the_smoke_run_from_a_logprobs_file(teacher_file, tmp_path):
+  """configs/causal_lm.py:smoke,logprobs_file end to end (the fixture teacher's file, one epoch): no teacher row, the
+  import stored in the teacher directory and recorded in results.json, the student's metrics finite."""
+  result = run_main("--config=configs/causal_lm.py:smoke,logprobs_file", f"--workdir={tmp_path / 'w'}",
+                    f"--config.teacher.logprobs_path={teacher_file}", "--config.train.num_epochs=1")
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = json.loads((tmp_path / "w" / "results.json").read_text())
+  assert set(results["metrics"]) == {"student", "student_hard"}
+  stats = results["teacher_cache"]
+  assert (stats["source"], stats["signal"], stats["k"], stats["tail"]) == ("logprobs_file", "topk", 8, "exact")
+  assert np.isfinite(results["metrics"]["student"]["bits_per_byte"])
+  assert (tmp_path / "w" / "teacher" / "logprobs_cache").is_dir()

@@ -84,6 +84,14 @@ def _check_teacher_source(config: ml_collections.ConfigDict) -> None:
     require(paths.get(config, field) == allowed, "teacher.source", source, f"needs {field}={allowed!r} ({why})")
   require(config.data.prompt_column is not None, "teacher.source", source,
           "needs prompts (data.prompt_column): each line of its logprobs names the prompt and response it scores")
+  # No model here: no teacher to compare the students with, and no teacher-side metrics during training.
+  metric = config.sweep.selection_metric
+  require(metric not in ("agreement", "kl_to_teacher"), "sweep.selection_metric", metric,
+          f"compares with the teacher's model, which teacher.source={source!r} has not: use perplexity, "
+          "bits_per_byte, nll, token_accuracy or a ROUGE")
+  require(config.train.select == "last" or metric in ("perplexity", "bits_per_byte", "nll", "token_accuracy"),
+          "train.select", config.train.select, f"with teacher.source={source!r} selects by a teacher-forced metric "
+          f"(sweep.selection_metric={metric!r} is not one): perplexity, bits_per_byte, nll or token_accuracy")
   any_temperature = distill.cross_tokenizer == "none" and distill.topk_tail == "flat"
   require(any_temperature or (distill.temperature == 1 and distill.temperature_end in (None, 1)),
           "distill.temperature", distill.temperature,

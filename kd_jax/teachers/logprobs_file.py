@@ -110,7 +110,7 @@ def read(path: str, pairs: dict, training_index) -> Imported:
     if index in training:
       examples_of.setdefault(pair, []).append(index)
   rows, seen = {}, {}
-  with open(path, encoding="utf-8") as stream:
+  with open(path, encoding="utf-8", errors="replace") as stream:  # a line that is not UTF-8 fails as JSON or text
     for number, line in enumerate(stream, start=1):
       if not line.strip():
         continue
@@ -164,7 +164,10 @@ def _token_bytes(token: str, listed) -> bytes:
   if listed is not None:
     return bytes(listed)
   if token.startswith("bytes:"):
-    return ast.literal_eval("b'" + token[len("bytes:"):].replace("'", "\\'") + "'")
+    try:
+      return ast.literal_eval("b'" + token[len("bytes:"):].replace("'", "\\'") + "'")
+    except (SyntaxError, ValueError):
+      pass  # not OpenAI's escapes: the string itself
   return token.encode("utf-8")
 
 
@@ -197,6 +200,12 @@ def _response_tokens(logprobs, text: str, response: str, where: str) -> list:
     found.append((token, max(start - response_start, 0), end - response_start, logprob, top))
   if not found:
     raise UserError(f"{where}: no token of logprobs overlaps the response")
+  ends = [0] + [end for _, _, end, _, _ in found]
+  gaps = [(end, start) for end, (_, start, *_) in zip(ends, found) if start != end] + (
+      [(ends[-1], len(text_bytes) - response_start)] if ends[-1] != len(text_bytes) - response_start else [])
+  if gaps:
+    raise UserError(f"{where}: the tokens do not spell the response one after another (at byte {gaps[0][0]} of the "
+                    f"response the next token starts at byte {gaps[0][1]})")
   return found
 
 
@@ -236,12 +245,16 @@ def _chat_form(content, text_bytes: bytes, where: str) -> list:
     raise UserError(f"{where}: logprobs.content must be a list of tokens")
   spelled, entries = [], []
   for i, item in enumerate(content):
-    if not isinstance(item, dict) or not all(key in item for key in ("token", "logprob", "top_logprobs")):
-      raise UserError(f"{where}: logprobs.content[{i}] needs token, logprob and top_logprobs")
-    token_bytes = _token_bytes(item["token"], item.get("bytes"))
+    if not isinstance(item, dict) or not all(key in item for key in ("token", "logprob", "top_logprobs")) or (
+        not isinstance(item["token"], str)):
+      raise UserError(f"{where}: logprobs.content[{i}] needs token (a string), logprob and top_logprobs")
+    try:
+      token_bytes = _token_bytes(item["token"], item.get("bytes"))
+    except (TypeError, ValueError):
+      raise UserError(f"{where}: logprobs.content[{i}].bytes must be a list of byte values (0 to 255)") from None
     top = item["top_logprobs"] or []
-    if not isinstance(top, list) or not all(isinstance(entry, dict) and "token" in entry and "logprob" in entry
-                                            for entry in top):
+    if not isinstance(top, list) or not all(isinstance(entry, dict) and isinstance(entry.get("token"), str)
+                                            and "logprob" in entry for entry in top):
       raise UserError(f"{where}: logprobs.content[{i}].top_logprobs must be a list of {{token, logprob, bytes}}")
     spelled.append(token_bytes)
     entries.append((item["token"], item["logprob"], [(entry["token"], entry["logprob"]) for entry in top]))
@@ -382,11 +395,13 @@ def read_for_run(config, task, teacher_dir: str) -> Imported | None:
   """The run's logprobs (None for a teacher with a model): the stored import of teacher.logprobs_path when there is
   one, else the file read and checked (`read`; nothing is written: `store_for_run` writes it once the run's workdir
   is claimed)."""
+  if config.teacher.source == "model":
+    return None
   if config.teacher.source == "server":
+    # Where the server's client plugs in: it writes the file (this format) into the teacher directory, and the
+    # path it returns is read here like a logprobs_path.
     raise UserError("config.teacher.source='server': the server's client (kd_jax/teachers/server.py) is not part of "
                     "this build; write its logprobs to a file and use teacher.source='logprobs_file'")
-  if config.teacher.source != "logprobs_file":
-    return None
   path = config.teacher.logprobs_path
   stored = load(cache_dir(teacher_dir, file_sha256(path), task.fingerprint), path, task.fingerprint, len(task.train))
   if stored is not None:
