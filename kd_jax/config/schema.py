@@ -478,7 +478,7 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "tokens both vocabularies share, ULD over the rest), 'alm' (approximate likelihood matching of the chunks' "
             "likelihoods). Every example then also carries the teacher's own tokenization: the teacher trains and "
             "is evaluated on it, and the students have no token-level kl_to_teacher or agreement. Needs "
-            "teacher_mode='online', prompts, one teacher, no packing, on-policy sampling, feature terms or "
+            "teacher_mode='online' (or a cached teacher from a logprobs file: teacher.source), prompts, one teacher, no packing, on-policy sampling, feature terms or "
             "micro-batches. With one shared tokenizer it is allowed (logged): each chunk is then one token.",
             choices=CROSS_TOKENIZER_LOSSES),
         "features": Field(
