@@ -492,6 +492,16 @@ def _examples(imported: Imported, task, chat_template: bool):
     yield file_row, _Example(row, int(prompt_lengths[row]) - 1, int(kept[row]), student, teacher_tokens)
 
 
+def _common_k(imported: Imported, examples: list, k: int) -> int:
+  """min(k, the fewest top entries of a teacher token inside a response's content)."""
+  fewest = min((int(np.sum(np.asarray(imported.arrays["top_token"][file_row, t]) >= 0))
+                for file_row, example in examples for t, _, _ in example.teacher_tokens), default=0)
+  if not fewest:
+    raise UserError(f"teacher.logprobs_path={imported.path!r}: no token of its lines lies inside the responses' "
+                    "content (as the student's chat template renders it): nothing to distill")
+  return min(k, fewest)
+
+
 def _top_entries(imported: Imported, file_row: int, t: int, student_ids: dict, k: int | None = None):
   """(student ids [k'] int32 (-1: not a student token), logprobs [k'] float32) of token t's top entries."""
   strings = imported.strings
@@ -520,9 +530,7 @@ def topk_signal(imported: Imported, task, *, k: int, chat_template: bool,
   student_ids = _student_ids(task.causal_lm.tokenizer)
   strings, arrays = imported.strings, imported.arrays
   examples = list(_examples(imported, task, chat_template))
-  fewest = min(int(np.sum(np.asarray(arrays["top_token"][file_row, t]) >= 0))
-               for file_row, example in examples for t, _, _ in example.teacher_tokens)
-  k = min(k, fewest)
+  k = _common_k(imported, examples, k)
   num, length = task.train.label.shape
   values = np.zeros((num, length, k), np.float32)
   indices = np.broadcast_to(np.arange(k, dtype=np.int32), (num, length, k)).copy()
@@ -567,9 +575,7 @@ def chunk_signal(imported: Imported, task, *, k: int, chat_template: bool) -> tu
   student_ids = _student_ids(task.causal_lm.tokenizer)
   arrays = imported.arrays
   examples = list(_examples(imported, task, chat_template))
-  fewest = min(int(np.sum(np.asarray(arrays["top_token"][file_row, t]) >= 0))
-               for file_row, example in examples for t, _, _ in example.teacher_tokens)
-  k = min(k, fewest)
+  k = _common_k(imported, examples, k)
   num, length = task.train.label.shape
   student_chunk = np.full((num, length), -1, np.int32)
   log_likelihood = np.zeros((num, length), np.float32)
