@@ -12,6 +12,7 @@ import pytest
 
 from kd_jax import data, models, preflight
 from kd_jax.config import paths
+from kd_jax.data import alignment
 from kd_jax.errors import ConfigError, UserError
 from kd_jax.parallel import sharding
 from kd_jax.teachers import logprobs_file, student_data, teacher
@@ -326,7 +327,9 @@ def test_a_file_of_the_teachers_own_logprobs_teaches_what_its_online_topk_cache_
 def test_a_teacher_of_another_tokenizer_is_aligned_on_the_chunks_of_its_own_tokens(smoke, teacher_file):
   """The same file read for the GPT-2 student of smoke,cross_tokenizer: every chunk holds the same text on both
   sides (the student's tokens decoded, the teacher's token strings joined), its log-likelihood is the sum of the
-  teacher's logprobs in it, and the same-tokenizer path refuses this student, naming distill.cross_tokenizer."""
+  teacher's logprobs in it, its known distribution the first token's top 8 plus the later tokens' logprobs, a top
+  token's student id GPT-2's token of its bytes (else -1); the same-tokenizer path refuses this student,
+  naming distill.cross_tokenizer."""
   config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer,logprobs_file")
   config.teacher.logprobs_path = teacher_file
   task = data.load_task(config)
@@ -335,17 +338,29 @@ def test_a_teacher_of_another_tokenizer_is_aligned_on_the_chunks_of_its_own_toke
   assert k == 8
   tokenizer, rows = task.causal_lm.tokenizer, imported.row_of()
   strings, arrays = imported.strings, imported.arrays
-  num_chunks = 0
+  vocab, byte_to_unicode = tokenizer.get_vocab(), {byte: char for char, byte in alignment.unicode_to_byte().items()}
+  num_chunks = matched = 0
   for row in range(24):
     file_row = rows[int(task.train.index[row])]
     teacher_texts = [strings[t] for t in arrays["token"][file_row, :arrays["num_tokens"][file_row]]]
-    student_texts = []
+    student_texts, t = [], 0
     for c in range(int(chunks.student_chunk[row].max()) + 1):
       student_texts.append(tokenizer.decode(task.train.label[row][chunks.student_chunk[row] == c]))
-      assert chunks.log_likelihood[row, c] < 0 and np.isfinite(chunks.top_log_q[row, c]).all()
+      first = t  # the teacher's tokens of the chunk: the next ones whose text is the chunk's
+      while "".join(teacher_texts[first:t]) != student_texts[-1]:
+        t += 1
+      logprobs = arrays["token_logprob"][file_row, first:t].astype(np.float64)
+      np.testing.assert_allclose(chunks.log_likelihood[row, c], logprobs.sum(), rtol=1e-5)
+      np.testing.assert_allclose(chunks.top_log_q[row, c], arrays["top_logprob"][file_row, first, :8] +
+                                 logprobs[1:].sum(), rtol=1e-5)
+      for top, student_id in zip(arrays["top_token"][file_row, first, :8], chunks.top_ids[row, c]):
+        string = strings[top]  # its bytes as GPT-2's byte-level BPE writes them: the token, if GPT-2 has it
+        raw = bytes.fromhex(string[6:].replace("\\x", "")) if string.startswith("bytes:") else string.encode()
+        assert student_id == vocab.get("".join(byte_to_unicode[byte] for byte in raw), -1), string
+        matched += student_id >= 0
     assert "".join(student_texts) == "".join(teacher_texts) == task.causal_lm.pairs[int(task.train.index[row])][1]
     num_chunks += len(student_texts)
-  assert num_chunks > 24 * 4
+  assert num_chunks > 24 * 4 and 0 < matched < num_chunks * 8
   with pytest.raises(UserError, match=r"line \d+: the teacher's tokens .* are not the student's tokenization of the "
                                       r"response .*; the teacher has another tokenizer: set distill.cross_tokenizer "
                                       r"\(uld, gold or alm\)$"):
