@@ -286,6 +286,7 @@ def teacher_file(smoke, tmp_path_factory):
   return path
 
 
+@pytest.mark.slow
 def test_a_file_of_the_teachers_own_logprobs_teaches_what_its_online_topk_cache_does(smoke, teacher_file, tmp_path):
   """The smoke teacher's top-k cache (teacher_mode='cached', k = 8, exact tail at T = 1) and the file of its own
   top-20 logprobs imported with k = 8 hold the same bins at every response position the file scores (the content;
@@ -301,7 +302,10 @@ def test_a_file_of_the_teachers_own_logprobs_teaches_what_its_online_topk_cache_
   from_file = student_data.prepare(config, task, teacher.Teacher(None, None, str(tmp_path / "file_teacher"),
                                                                  logprobs=imported), mesh)
   assert from_file.tail_temperatures == online.tail_temperatures == (1.0,)
-  assert from_file.results["teacher_cache"]["k"] == 8
+  assert from_file.results["teacher_cache"]["k"] == 8 and from_file.results["teacher_cache"]["built"]
+  again = student_data.prepare(config, task, teacher.Teacher(None, None, str(tmp_path / "file_teacher"),
+                                                             logprobs=imported), mesh)
+  assert not again.results["teacher_cache"]["built"]  # its signal's cache, keyed by the file and the data
   rows = np.arange(48)
   cached, signal = (jax.tree.map(lambda array: np.asarray(array[rows]), prepared.examples.teacher)
                     for prepared in (online, from_file))
@@ -425,6 +429,6 @@ def test_the_smoke_run_from_a_logprobs_file(teacher_file, tmp_path):
   results = json.loads((tmp_path / "w" / "results.json").read_text())
   assert set(results["metrics"]) == {"student", "student_hard"}
   stats = results["teacher_cache"]
-  assert (stats["source"], stats["signal"], stats["k"], stats["tail"]) == ("logprobs_file", "topk", 8, "exact")
+  assert (stats["source"], stats["signal"], stats["k"], stats["tail"]) == ("logprobs_file", "logprobs_topk", 8, "exact")
   assert np.isfinite(results["metrics"]["student"]["bits_per_byte"])
   assert (tmp_path / "w" / "teacher" / "logprobs_cache").is_dir()

@@ -468,14 +468,13 @@ class _Example:
   teacher_tokens: list  # [(file row token position t, start, end)] of the tokens inside the content
 
 
-def _examples(imported: Imported, task, chat_template: bool):
-  """(row in imported, _Example) of each training example, in the split's order."""
-  info, train = task.causal_lm, task.train
+def _examples(imported: Imported, info, examples, chat_template: bool):
+  """(row in imported, _Example) of each of `examples` (rows of the training split), in their order."""
   rows = imported.row_of()
-  prompt_lengths = np.asarray(train.inputs["prompt_mask"]).sum(axis=1)
-  kept = np.asarray(train.token_weights).sum(axis=1).astype(int)
+  prompt_lengths = np.asarray(examples.inputs["prompt_mask"]).sum(axis=1)
+  kept = np.asarray(examples.token_weights).sum(axis=1).astype(int)
   arrays = imported.arrays
-  for row, index in enumerate(np.asarray(train.index).tolist()):
+  for row, index in enumerate(np.asarray(examples.index).tolist()):
     prompt, response = info.pairs[index]
     student = alignment.response_tokens(info.tokenizer, prompt, response, chat_template=chat_template,
                                         name="the student's tokenizer")
@@ -492,64 +491,57 @@ def _examples(imported: Imported, task, chat_template: bool):
     yield file_row, _Example(row, int(prompt_lengths[row]) - 1, int(kept[row]), student, teacher_tokens)
 
 
-def _common_k(imported: Imported, examples: list, k: int) -> int:
-  """min(k, the fewest top entries of a teacher token inside a response's content)."""
-  fewest = min((int(np.sum(np.asarray(imported.arrays["top_token"][file_row, t]) >= 0))
-                for file_row, example in examples for t, _, _ in example.teacher_tokens), default=0)
-  if not fewest:
-    raise UserError(f"teacher.logprobs_path={imported.path!r}: no token of its lines lies inside the responses' "
-                    "content (as the student's chat template renders it): nothing to distill")
-  return min(k, fewest)
+def common_k(imported: Imported, k: int) -> int:
+  """min(k, the fewest top entries of a response token of the file): the k of the student's signal."""
+  arrays = imported.arrays
+  num_tokens, top_token = np.asarray(arrays["num_tokens"]), np.asarray(arrays["top_token"])
+  real = np.arange(top_token.shape[1])[None, :] < num_tokens[:, None]
+  return min(k, int(np.sum(top_token >= 0, axis=-1)[real].min()))
 
 
-def _top_entries(imported: Imported, file_row: int, t: int, student_ids: dict, k: int | None = None):
-  """(student ids [k'] int32 (-1: not a student token), logprobs [k'] float32) of token t's top entries."""
+def _top_entries(imported: Imported, file_row: int, t: int, student_ids: dict, k: int):
+  """(student ids [k] int32 (-1: not a student token), logprobs [k] float32) of token t's k largest top entries."""
   strings = imported.strings
-  tokens = np.asarray(imported.arrays["top_token"][file_row, t])
-  values = np.asarray(imported.arrays["top_logprob"][file_row, t])
-  real = tokens >= 0
-  ids = np.array([_student_id(student_ids, strings[token]) for token in tokens[real]], np.int32)
-  return (ids, values[real]) if k is None else (ids[:k], values[real][:k])
+  tokens = np.asarray(imported.arrays["top_token"][file_row, t])[:k]
+  values = np.asarray(imported.arrays["top_logprob"][file_row, t])[:k]
+  return np.array([_student_id(student_ids, strings[token]) for token in tokens], np.int32), values
 
 
-def topk_signal(imported: Imported, task, *, k: int, chat_template: bool,
-                tail_temperatures: tuple[float, ...] = ()) -> tuple[losses.TopKLogits, int]:
-  """The teacher's top-k signal in the student's layout (the teacher and the student share one tokenizer), and k.
+def topk_rows(imported: Imported, info, examples, *, k: int, chat_template: bool, exact_tail: bool) -> dict:
+  """The teacher's top-k signal in the student's layout, for `examples` (the teacher and the student share one
+  tokenizer; `info` the task's causal_lm.CausalLMInfo): {values, indices [n, L, k], tail_logsumexp [n, L] (or
+  [n, L, 1] with `exact_tail`: the exact tail at T = 1), weights [n, L]}, the fields of losses.TopKLogits.
 
-  Per scored student position: the k largest top entries (k = min(`k`, the fewest entries a response token has)),
-  as student ids with their logprobs, and tail_logsumexp = log(1 - the sum of their probabilities) (at least
-  TAIL_FLOOR): the exact tail bin at T = 1 ([N, L] for the flat tail, [N, L, 1] when `tail_temperatures` is (1.0,)).
-  `weights` [N, L] is 1 where the teacher scored the position's token (the response's content; not the chat
-  template's end of turn or EOS, which no line's text holds). Other positions hold k uniform bins.
+  Per scored student position: the k largest top entries (k from `common_k`) as student ids with their logprobs,
+  and tail_logsumexp = log(1 - the sum of their probabilities) (at least TAIL_FLOOR): the tail bin at T = 1.
+  `weights` is 1 where the teacher scored the position's token (the response's content; not the chat template's
+  end of turn or EOS, which no line's text holds); other positions hold k uniform bins.
 
   Raises:
     UserError: the teacher's tokens are not the student's tokenization of a response (then distill.cross_tokenizer
       is needed), or a top entry is not a student token.
   """
-  assert tail_temperatures in ((), (1.0,)), tail_temperatures
-  student_ids = _student_ids(task.causal_lm.tokenizer)
+  student_ids = _student_ids(info.tokenizer)
   strings, arrays = imported.strings, imported.arrays
-  examples = list(_examples(imported, task, chat_template))
-  k = _common_k(imported, examples, k)
-  num, length = task.train.label.shape
+  num, length = examples.label.shape
   values = np.zeros((num, length, k), np.float32)
   indices = np.broadcast_to(np.arange(k, dtype=np.int32), (num, length, k)).copy()
   tail = np.zeros((num, length), np.float32)
   weights = np.zeros((num, length), np.float32)
-  for file_row, example in examples:
+  for file_row, example in _examples(imported, info, examples, chat_template):
     where = f"teacher.logprobs_path={imported.path!r}, line {int(arrays['line'][file_row])}"
+    teacher_strings = [strings[int(arrays["token"][file_row, t])] for t, _, _ in example.teacher_tokens]
     student_tokens = [example.student.tokens.ids[s] for s in example.student.scored]
-    teacher_ids = [_student_id(student_ids, strings[int(arrays["token"][file_row, t])])
-                   for t, _, _ in example.teacher_tokens]
     student_spans = [example.student.tokens.spans[s] for s in example.student.scored]
-    if teacher_ids != student_tokens or [(s, e) for _, s, e in example.teacher_tokens] != student_spans:
-      raise UserError(f"{where}: the teacher's tokens {[strings[int(arrays['token'][file_row, t])] for t, _, _ in example.teacher_tokens][:8]} "
-                      f"are not the student's tokenization of the response ({student_tokens[:8]}); the teacher has "
-                      "another tokenizer: set distill.cross_tokenizer (uld, gold or alm)")
+    if ([_student_id(student_ids, string) for string in teacher_strings] != student_tokens
+        or [(start, end) for _, start, end in example.teacher_tokens] != student_spans):
+      raise UserError(f"{where}: the teacher's tokens {teacher_strings[:8]} are not the student's tokenization of "
+                      f"the response ({student_tokens[:8]}); the teacher has another tokenizer: set "
+                      "distill.cross_tokenizer (uld, gold or alm)")
     for j, (t, _, _) in enumerate(example.teacher_tokens):
-      position = example.first + example.student.scored.start + j
       if example.student.scored.start + j >= example.kept:
         break  # truncated
+      position = example.first + example.student.scored.start + j
       ids, logprobs = _top_entries(imported, file_row, t, student_ids, k)
       if (ids < 0).any():
         raise UserError(f"{where}: token {t}'s top entry {strings[int(arrays['top_token'][file_row, t, 0])]!r} "
@@ -558,30 +550,28 @@ def topk_signal(imported: Imported, task, *, k: int, chat_template: bool,
       indices[example.row, position] = ids
       tail[example.row, position] = np.log(max(1.0 - float(np.exp(logprobs.astype(np.float64)).sum()), TAIL_FLOOR))
       weights[example.row, position] = 1.0
-  tail_logsumexp = tail[..., None] if tail_temperatures else tail
-  return losses.TopKLogits(values, indices, tail_logsumexp, weights), k
+  return {"values": values, "indices": indices, "tail_logsumexp": tail[..., None] if exact_tail else tail,
+          "weights": weights}
 
 
-def chunk_signal(imported: Imported, task, *, k: int, chat_template: bool) -> tuple[cross_tokenizer.CachedChunks, int]:
+def chunk_rows(imported: Imported, info, examples, *, k: int, chat_template: bool) -> dict:
   """The teacher's logprobs on the chunks where its tokens and the student's cover the same bytes of each response
-  (alignment.align of both sides' byte spans in the content), as cross_tokenizer.CachedChunks [N, L_s(, k)], chunk c
-  of an example in slot c (at most L_s chunks), and k (min(`k`, the fewest top entries of a chunk's first token)).
+  (alignment.align of both sides' byte spans in the content), for `examples`: the fields of
+  cross_tokenizer.CachedChunks [n, L(, k)], chunk c of an example in slot c (at most L chunks).
 
-  Per chunk: the sum of the teacher's actual-token logprobs (ALM), the top-k logprobs of its first token plus the
-  later tokens' logprobs (the chunk distribution's known entries, log q_c), their student ids where a top token is
-  one student token (-1 else; GOLD's exact matches). A chunk is kept when all of the student's tokens in it survive
+  Per chunk: the sum of the teacher's actual-token logprobs (ALM), the k largest top logprobs of its first token plus
+  the later tokens' logprobs (the chunk distribution's known entries, log q_c), their student ids where a top token
+  is one student token (-1 else; GOLD's exact matches). A chunk is kept when all of the student's tokens in it survive
   truncation.
   """
-  student_ids = _student_ids(task.causal_lm.tokenizer)
+  student_ids = _student_ids(info.tokenizer)
   arrays = imported.arrays
-  examples = list(_examples(imported, task, chat_template))
-  k = _common_k(imported, examples, k)
-  num, length = task.train.label.shape
+  num, length = examples.label.shape
   student_chunk = np.full((num, length), -1, np.int32)
   log_likelihood = np.zeros((num, length), np.float32)
   top_log_q = np.full((num, length, k), -np.inf, np.float32)
   top_ids = np.full((num, length, k), -1, np.int32)
-  for file_row, example in examples:
+  for file_row, example in _examples(imported, info, examples, chat_template):
     scored = example.student.scored
     chunks = alignment.align([example.student.tokens.spans[s] for s in scored],
                              [(start, end) for _, start, end in example.teacher_tokens], example.student.content_bytes)
@@ -597,4 +587,22 @@ def chunk_signal(imported: Imported, task, *, k: int, chat_template: bool) -> tu
       ids, logprobs = _top_entries(imported, file_row, positions[0], student_ids, k)
       top_log_q[example.row, c] = logprobs + token_logprobs[1:].sum()
       top_ids[example.row, c] = ids
-  return cross_tokenizer.CachedChunks(student_chunk, log_likelihood, top_log_q, top_ids), k
+  return {"student_chunk": student_chunk, "log_likelihood": log_likelihood, "top_log_q": top_log_q,
+          "top_ids": top_ids}
+
+
+def topk_signal(imported: Imported, task, *, k: int, chat_template: bool,
+                tail_temperatures: tuple[float, ...] = ()) -> tuple[losses.TopKLogits, int]:
+  """`topk_rows` of the whole training split as losses.TopKLogits, in memory, and its k (tests, scripts)."""
+  assert tail_temperatures in ((), (1.0,)), tail_temperatures
+  k = common_k(imported, k)
+  rows = topk_rows(imported, task.causal_lm, task.train, k=k, chat_template=chat_template,
+                   exact_tail=bool(tail_temperatures))
+  return losses.TopKLogits(**rows), k
+
+
+def chunk_signal(imported: Imported, task, *, k: int, chat_template: bool) -> tuple[cross_tokenizer.CachedChunks, int]:
+  """`chunk_rows` of the whole training split as cross_tokenizer.CachedChunks, in memory, and its k."""
+  k = common_k(imported, k)
+  return cross_tokenizer.CachedChunks(**chunk_rows(imported, task.causal_lm, task.train, k=k,
+                                                   chat_template=chat_template)), k

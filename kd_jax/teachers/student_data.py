@@ -40,6 +40,8 @@ from kd_jax.teachers import ensemble, logprobs_file, teacher_cache
 from kd_jax.teachers.teacher import Teacher
 
 logger = logging.getLogger(__name__)
+# A logprobs file's signal is built (and synced to its cache's files) this many examples at a time.
+LOGPROBS_BATCH = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,26 +114,40 @@ def vocab_size(teacher: Teacher, task: data.TaskData) -> int:
 
 def _from_logprobs(config, task: data.TaskData, teacher: Teacher,
                    tail_temperatures: tuple[float, ...] | None) -> StudentData:
-  """The student's data from a teacher's logprobs (module docstring): its import stored in the teacher directory,
-  then its signal in the student's layout (the exact tail at T = 1, or the flat tail)."""
+  """The student's data from a teacher's logprobs (module docstring): its import stored in the teacher directory, and
+  beside it its signal in the student's layout, a teacher cache keyed by the file's hash and the data (built
+  `LOGPROBS_BATCH` examples at a time, resumable, joined by index as the top-k cache is)."""
   start_time = time.time()
-  directory = logprobs_file.store_for_run(teacher.logprobs, task, teacher.directory)
-  chat_template = config.data.chat_template
+  imported = teacher.logprobs
+  import_dir = logprobs_file.store_for_run(imported, task, teacher.directory)
+  k = logprobs_file.common_k(imported, config.distill.topk)
+  rows = functools.partial(logprobs_file.topk_rows if config.distill.cross_tokenizer == "none"
+                           else logprobs_file.chunk_rows, imported, task.causal_lm, k=k,
+                           chat_template=config.data.chat_template)
   if config.distill.cross_tokenizer == "none":
+    kind = "logprobs_topk"
     if tail_temperatures is None:
       tail_temperatures = teacher_cache.topk_tail_temperatures([config])
-    signal, k = logprobs_file.topk_signal(teacher.logprobs, task, k=config.distill.topk, chat_template=chat_template,
-                                          tail_temperatures=tuple(tail_temperatures))
+    assert tuple(tail_temperatures) in ((), (1.0,)), tail_temperatures  # the rules keep T = 1 for the exact tail
+    rows = functools.partial(rows, exact_tail=bool(tail_temperatures))
+    fields = {"tail": "exact" if tail_temperatures else "flat"}
   else:
-    tail_temperatures = ()
-    signal, k = logprobs_file.chunk_signal(teacher.logprobs, task, k=config.distill.topk, chat_template=chat_template)
-  stats = {"path": directory, "source": config.teacher.source, "file": teacher.logprobs.path,
-           "file_sha256": teacher.logprobs.sha256, "k": k, "wall_s": time.time() - start_time,
-           "signal": "topk" if config.distill.cross_tokenizer == "none" else "chunks",
-           **({"tail": "exact" if tail_temperatures else "flat"} if config.distill.cross_tokenizer == "none" else {})}
-  logger.info("Teacher logprobs (%s, k = %d) joined to %d training examples in %.2fs.", stats["signal"], k,
-              len(task.train), stats["wall_s"])
-  return StudentData(task.train.replace(teacher=signal), None, distills=True, results={"teacher_cache": stats},
+    kind, tail_temperatures, fields = "logprobs_chunks", (), {}
+  fields.update(k=k, chat_template=bool(config.data.chat_template))
+  expected = teacher_cache.expected_metadata(
+      kind, data_name=task.name, split="train", data_fingerprint=task.fingerprint, size=len(task.train),
+      num_classes=task.num_classes, teacher_fingerprint=imported.sha256, **fields)
+  directory = os.path.join(import_dir, f"{kind}-k{k}-{fields.get('tail', 'chunks')}")
+  compute = lambda examples: ((rows(examples.select(slice(start, start + LOGPROBS_BATCH))),
+                               min(LOGPROBS_BATCH, len(examples) - start))
+                              for start in range(0, len(examples), LOGPROBS_BATCH))
+  cache, built = teacher_cache.load_or_build(directory, expected, task.train, compute)
+  stats = {"path": directory, "built": built, "wall_s": time.time() - start_time,
+           "bytes_per_example": cache.bytes_per_example, "source": config.teacher.source, "file": imported.path,
+           "file_sha256": imported.sha256, "signal": kind, **fields}
+  logger.info("Teacher logprobs (%s, k = %d) %s %s for %d training examples in %.2fs.", kind, k,
+              "built" if built else "loaded", directory, len(task.train), stats["wall_s"])
+  return StudentData(teacher_cache.join(task.train, cache), None, distills=True, results={"teacher_cache": stats},
                      tail_temperatures=tuple(tail_temperatures))
 
 
