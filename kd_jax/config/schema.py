@@ -253,7 +253,8 @@ def _teacher_section() -> Section:
           "has no model here, so the run reports no teacher metrics, and the model fields of this section are not "
           "used.", choices=TEACHER_SOURCES),
       "logprobs_path": Field(None, "source='logprobs_file': the JSON-lines file of the teacher's logprobs (one line "
-                             "per training example: prompt, response, optional text, logprobs).", type=str),
+                             "per distinct (prompt, response) of the training split: prompt, response, optional text, "
+                             "logprobs; docs/teachers.md).", type=str),
       "server_url": Field(None, "source='server': the OpenAI-compatible endpoint's base URL, e.g. "
                           "'http://127.0.0.1:8000/v1'.", type=str),
       "server_model": Field(None, "source='server': the model name the endpoint serves (its `model` field).",
