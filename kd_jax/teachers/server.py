@@ -167,7 +167,8 @@ def _check_scored(logprobs: dict, text: str, where: str) -> None:
   for i, (token, offset) in enumerate(zip(tokens, offsets)):
     if token and text[offset:offset + len(token)] != token:
       raise ServerError(f"{where}: token {i} {token!r} at offset {offset} is not the text there "
-                        f"({text[offset:offset + len(token)]!r}); the server's tokens do not cover the text")
+                        f"({text[offset:offset + len(token)]!r}); the server's tokens do not cover the text (special "
+                        "tokens in it, such as a chat template's, which llama-cpp-python leaves out of echo?)")
   values = [v for v in logprobs["token_logprobs"] if v is not None]
   values += [v for top in logprobs["top_logprobs"] if top for v in top.values()]
   if any(v is not None and v > MAX_LOGPROB for v in values):
@@ -210,16 +211,20 @@ def _probe_position(logprobs: dict) -> int | None:
   return min(pool, key=lambda j: abs(j - len(tokens) // 2)) if pool else None
 
 
-def check_alignment(endpoint: Endpoint, model: str, texts: Sequence[str], top_logprobs: int) -> int:
+def check_alignment(endpoint: Endpoint, model: str, texts: Sequence[str], top_logprobs: int,
+                    echoed: dict | None = None) -> int:
   """0 when the server's echoed distribution at each token is that token's own, 1 when it is the next token's (the
   llama-cpp-python shift); a ServerError naming the server's version when the texts tell neither or disagree.
 
   For each text (of at least 3 tokens): echo its logprobs, pick a token j, ask the distribution of the token after
-  text[:offset of j], and compare it with the echoed entries j (aligned) and j - 1 (shifted)."""
+  text[:offset of j], and compare it with the echoed entries j (aligned) and j - 1 (shifted). `echoed`, when given,
+  receives each text's echo_logprobs answer (what a build would ask again)."""
   k = min(top_logprobs, 5)
   verdicts = []
   for text in texts:
     logprobs = echo_logprobs(endpoint, model, text, top_logprobs)
+    if echoed is not None:
+      echoed[text] = logprobs
     j = _probe_position(logprobs)
     if j is None:
       continue
@@ -307,7 +312,9 @@ def write_logprobs_file(path: str, examples: Iterable[Example], *, url: str, mod
                       "remove it to rebuild it")
     return path
   model = served_model(endpoint, model)
-  shift = check_alignment(endpoint, model, [example.text for example in examples[:check_examples]], top_logprobs)
+  echoed: dict[str, dict] = {}
+  shift = check_alignment(endpoint, model, [example.text for example in examples[:check_examples]], top_logprobs,
+                          echoed)
   if shift:
     version = server_version(endpoint)
     if shifted == "refuse":
@@ -330,7 +337,7 @@ def write_logprobs_file(path: str, examples: Iterable[Example], *, url: str, mod
   todo = [example for example in examples if example.key not in done]
 
   def score(example: Example) -> bytes:
-    logprobs = echo_logprobs(endpoint, model, example.text, top_logprobs)
+    logprobs = echoed.get(example.text) or echo_logprobs(endpoint, model, example.text, top_logprobs)
     if shift:
       logprobs = shifted_back(logprobs, top_logprobs)
     line = dict(prompt=example.prompt, response=example.response, text=example.text, logprobs=logprobs)
@@ -370,12 +377,14 @@ def write_logprobs_file(path: str, examples: Iterable[Example], *, url: str, mod
 def generate(prompts: Sequence[str], *, url: str, model: str | None = None, max_tokens: int, concurrency: int = 4,
              stop: Sequence[str] = (), timeout_s: float = 300.0, retries: int = 4) -> list[str]:
   """The server's greedy completions (temperature 0) of `prompts`, at most `max_tokens` tokens each, in order: the
-  teacher's responses for sequence-level distillation."""
+  teacher's responses for sequence-level distillation. repeat_penalty=1.0: llama-cpp-python's server penalizes
+  repeats by 1.1 unless told (vLLM ignores the field; its repetition_penalty defaults to 1)."""
   endpoint = Endpoint(url, timeout_s=timeout_s, retries=retries)
   model = served_model(endpoint, model)
 
   def complete(prompt: str) -> str:
-    text = _completion(endpoint, model, prompt, max_tokens=max_tokens, **({"stop": list(stop)} if stop else {}))
+    text = _completion(endpoint, model, prompt, max_tokens=max_tokens, repeat_penalty=1.0,
+                       **({"stop": list(stop)} if stop else {}))
     return str(text.get("text", ""))
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
