@@ -159,16 +159,18 @@ def echo_logprobs(endpoint: Endpoint, model: str, text: str, top_logprobs: int) 
 
 
 def _check_scored(logprobs: dict, text: str, where: str) -> None:
-  """The tokens cover the text in order at their offsets (empty strings allowed: a piece of a multi-byte character
-  shows as ''), and every logprob is one."""
+  """The tokens tile the text: each is the text at its offset and the next starts where it ends (a piece of a
+  multi-byte character, which servers show as '' or with U+FFFD, is not compared, and the token after such pieces
+  starts after the character); every logprob is one."""
   offsets, tokens = logprobs["text_offset"], logprobs["tokens"]
   if not tokens or offsets[0] != 0 or any(b < a for a, b in zip(offsets, offsets[1:])):
     raise ServerError(f"{where}: token offsets {offsets[:8]} do not cover the text from its start in order")
-  for i, (token, offset) in enumerate(zip(tokens, offsets)):
-    if token and text[offset:offset + len(token)] != token:
+  for i, (token, offset, end) in enumerate(zip(tokens, offsets, offsets[1:] + [len(text)])):
+    piece = not token or ("\ufffd" in token and "\ufffd" not in text)
+    if not piece and (text[offset:offset + len(token)] != token or end != offset + len(token)):
       raise ServerError(f"{where}: token {i} {token!r} at offset {offset} is not the text there "
-                        f"({text[offset:offset + len(token)]!r}); the server's tokens do not cover the text (special "
-                        "tokens in it, such as a chat template's, which llama-cpp-python leaves out of echo?)")
+                        f"({text[offset:end]!r}); the server's tokens do not cover the text (special tokens in it, "
+                        "such as a chat template's, which llama-cpp-python leaves out of its echo?)")
   values = [v for v in logprobs["token_logprobs"] if v is not None]
   values += [v for top in logprobs["top_logprobs"] if top for v in top.values()]
   if any(v is not None and v > MAX_LOGPROB for v in values):
@@ -211,17 +213,20 @@ def _probe_position(logprobs: dict) -> int | None:
   return min(pool, key=lambda j: abs(j - len(tokens) // 2)) if pool else None
 
 
-def check_alignment(endpoint: Endpoint, model: str, texts: Sequence[str], top_logprobs: int,
+def check_alignment(endpoint: Endpoint, model: str, texts: Sequence[str], top_logprobs: int, *, wanted: int = 3,
                     echoed: dict | None = None) -> int:
   """0 when the server's echoed distribution at each token is that token's own, 1 when it is the next token's (the
   llama-cpp-python shift); a ServerError naming the server's version when the texts tell neither or disagree.
 
-  For each text (of at least 3 tokens): echo its logprobs, pick a token j, ask the distribution of the token after
-  text[:offset of j], and compare it with the echoed entries j (aligned) and j - 1 (shifted). `echoed`, when given,
-  receives each text's echo_logprobs answer (what a build would ask again)."""
+  For each text, until `wanted` texts have told: echo its logprobs, pick a token j, ask the distribution of the token
+  after text[:offset of j], and compare it with the echoed entries j (aligned) and j - 1 (shifted); a text of fewer
+  than 3 tokens, or whose two entries both match, tells nothing. `echoed`, when given, receives each text's
+  echo_logprobs answer (what a build would ask again)."""
   k = min(top_logprobs, 5)
   verdicts = []
   for text in texts:
+    if len(verdicts) == wanted:
+      break
     logprobs = echo_logprobs(endpoint, model, text, top_logprobs)
     if echoed is not None:
       echoed[text] = logprobs
@@ -238,7 +243,8 @@ def check_alignment(endpoint: Endpoint, model: str, texts: Sequence[str], top_lo
     told = "disagree on" if verdicts else "match neither"
     raise ServerError(
         f"teacher server {endpoint.root} ({version}, model {model!r}): its echoed logprobs {told} the next-token "
-        f"distributions at the same tokens or one token earlier on {len(texts)} texts; refusing to distill from them")
+        f"distributions at the same tokens or one token earlier on {len(verdicts) or len(texts)} texts; refusing to "
+        "distill from them")
   return verdicts[0][0]
 
 
@@ -296,7 +302,8 @@ def write_logprobs_file(path: str, examples: Iterable[Example], *, url: str, mod
     top_logprobs: k, the distribution's entries per token.
     concurrency: requests in flight at once.
     shifted: 'correct' (a server echoing the next token's distribution is shifted back) or 'refuse'.
-    check_examples: how many of the examples `check_alignment` compares (before anything is written).
+    check_examples: how many of the examples `check_alignment` compares (before anything is written; the first
+      ones that can tell, among 3 times as many).
     timeout_s, retries, backoff_s: per request (Endpoint).
     log: progress lines.
 
@@ -304,6 +311,8 @@ def write_logprobs_file(path: str, examples: Iterable[Example], *, url: str, mod
     path.
   """
   examples = list({example.key: example for example in examples}.values())
+  if not examples:
+    raise UserError(f"logprobs file {path}: no examples to score")
   endpoint = Endpoint(url, timeout_s=timeout_s, retries=retries, backoff_s=backoff_s)
   if os.path.exists(path):
     missing = {example.key for example in examples} - _resumed_keys(path)
@@ -313,8 +322,8 @@ def write_logprobs_file(path: str, examples: Iterable[Example], *, url: str, mod
     return path
   model = served_model(endpoint, model)
   echoed: dict[str, dict] = {}
-  shift = check_alignment(endpoint, model, [example.text for example in examples[:check_examples]], top_logprobs,
-                          echoed)
+  shift = check_alignment(endpoint, model, [example.text for example in examples[:3 * check_examples]], top_logprobs,
+                          wanted=check_examples, echoed=echoed)
   if shift:
     version = server_version(endpoint)
     if shifted == "refuse":
