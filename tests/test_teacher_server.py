@@ -42,8 +42,9 @@ class FakeServer(http.server.ThreadingHTTPServer):
   """An OpenAI completions endpoint over `distribution`, one token per character, in one of these modes:
   'aligned' (OpenAI's echo: entry i is character i's distribution, with the generated token at the end),
   'shifted' (llama-cpp-python 0.3.36 on a model without BOS: entry i is character i + 1's, no generated entry),
-  'neither' (each entry 1 nat below its character's distribution), 'no_logprobs', 'gap' (token 3 left out). `fail_first` answers 503 to that many completion requests; `fail_after`
-  answers 400 to every completion request after that many."""
+  'neither' (each entry 1 nat below its character's distribution), 'no_logprobs', 'gap' (token 3 left out), 'bos'
+  (a BOS token echoed before the text, as vLLM does). `fail_first` answers 503 to that many completion requests;
+  `fail_after` answers 400 to every completion request after that many."""
 
   def __init__(self, mode: str = "aligned", fail_first: int = 0, fail_after: int | None = None):
     super().__init__(("127.0.0.1", 0), Handler)
@@ -84,6 +85,10 @@ class FakeServer(http.server.ThreadingHTTPServer):
                     top_logprobs=entries, text_offset=list(range(len(chars))))
     if self.mode == "gap":  # token 3 left out, as llama-cpp-python leaves out a BOS token inside the text
       logprobs = {key: values[:3] + values[4:] for key, values in logprobs.items()}
+    if self.mode == "bos":  # vLLM's echo of a model that adds BOS: its string first, counted into the offsets
+      first = top(distribution(""), k) | {chars[0]: distribution("")[chars[0]]}
+      logprobs = dict(tokens=["<s>"] + chars, token_logprobs=[None, first[chars[0]]] + logprobs["token_logprobs"][1:],
+                      top_logprobs=[None, first] + entries[1:], text_offset=[0] + [3 + i for i in range(len(chars))])
     return 200, {"choices": [{"text": text + generated,
                               "logprobs": None if self.mode == "no_logprobs" else logprobs}]}
 
@@ -176,6 +181,14 @@ def test_aligned_server_written_as_served(tmp_path):
   assert_true_distributions(lines, first_scored=1)
   # the server's own scored-token entries are kept as served (the OpenAI form: top k plus the token)
   assert all(all(v is not None for v in line["logprobs"]["token_logprobs"][1:]) for line in lines.values())
+
+
+def test_bos_token_echoed_before_the_text_dropped(tmp_path):
+  """vLLM echoes a BOS token the tokenizer adds ('<s>', its length counted into the offsets after it): dropped, the
+  first character keeps its distribution after BOS."""
+  with fake_server(mode="bos") as httpd:
+    path = write(tmp_path, httpd.url)
+  assert_true_distributions(read_lines(path), first_scored=0)
 
 
 def test_shifted_server_corrected(tmp_path):

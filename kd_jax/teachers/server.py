@@ -1,17 +1,19 @@
-"""A teacher behind an OpenAI-compatible server (llama.cpp's, llama-cpp-python's, vLLM's): its top-k logprobs of each
-training text, written as a logprobs file (JSON lines) that the teacher cache imports; and its generations.
+"""A teacher behind an OpenAI-compatible server (llama-cpp-python's, vLLM's): its top-k logprobs of each training
+text, written as a logprobs file (JSON lines) that the teacher cache imports; and its generations.
 
 Each line of the file is one example: {"prompt", "response", "text": the exact string scored (it ends with the
 response), "logprobs": the completions form {"tokens", "token_logprobs", "top_logprobs", "text_offset"}}, where
 `top_logprobs[i]` is the teacher's distribution (token string -> logprob, its k most likely tokens and possibly the
 scored one) for token i itself, given the tokens before it; `None` where the server gives no distribution (the first
 token). One request per example: POST /v1/completions with echo=true, logprobs=k, temperature=0 and max_tokens=1
-(llama-cpp-python reads 0 as "until the context is full" and vLLM refuses 0), the generated token dropped.
+(llama-cpp-python reads 0 as "until the context is full", older vLLM versions refuse it), the generated token
+dropped, and a BOS token echoed before the text (vLLM) too.
 
 Trust nothing a server says. `check_alignment` runs before anything is written: on a few of the texts it compares the
 echoed distribution at a token with the distribution the server returns for the next token after the text before
 that token (a second request, echo off, max_tokens=1). llama-cpp-python 0.3.36 (and its server), for a model that
-adds no BOS token (SmolLM2), echoes at each token the distribution of the token after it; such a server is detected
+adds no BOS token (SmolLM2), echoes at each token the distribution of the token after it (it lists the scores from
+the first row on, which predict the second token unless a BOS token stands first); such a server is detected
 and its answers are shifted back (`shifted_back`: token i gets entry i - 1's distribution, so the first two tokens have
 none, and the scored token's own logprob only where it is among the k), or, with `shifted='refuse'`, refused in one
 line naming the server's version. A server whose echo matches neither is refused.
@@ -138,7 +140,7 @@ def _completion(endpoint: Endpoint, model: str, prompt: str, **fields) -> dict:
 def echo_logprobs(endpoint: Endpoint, model: str, text: str, top_logprobs: int) -> dict:
   """The server's completions-form logprobs of `text` as it answers them (not yet checked for a shift): its tokens
   of the text, their offsets, and per token its logprob and top-k dict (None for the first token); the generated
-  token beyond the text dropped."""
+  token beyond the text and a BOS token before it dropped."""
   choice = _completion(endpoint, model, text, echo=True, logprobs=top_logprobs, max_tokens=1)
   where = f"teacher server {endpoint.root}/v1/completions (model {model!r})"
   logprobs = choice.get("logprobs")
@@ -152,10 +154,21 @@ def echo_logprobs(endpoint: Endpoint, model: str, text: str, top_logprobs: int) 
                       f"({', '.join(f'{key} {len(logprobs[key])}' for key in keys)})")
   if not str(choice.get("text", "")).startswith(text):
     raise ServerError(f"{where}: echo=true did not echo the text (answer starts {str(choice.get('text'))[:60]!r})")
-  kept = [i for i, offset in enumerate(logprobs["text_offset"]) if offset < len(text)]
-  scored = {key: [logprobs[key][i] for i in kept] for key in keys}
+  scored = _without_leading_bos(logprobs, text)
+  kept = [i for i, offset in enumerate(scored["text_offset"]) if offset < len(text)]
+  scored = {key: [scored[key][i] for i in kept] for key in keys}
   _check_scored(scored, text, where)
   return scored
+
+
+def _without_leading_bos(logprobs: dict, text: str) -> dict:
+  """The logprobs without a first token that the server added before the text (vLLM echoes a model's BOS token,
+  '<s>' or '<|begin_of_text|>', and counts its length into the offsets that follow); as they are otherwise."""
+  tokens, offsets = logprobs["tokens"], logprobs["text_offset"]
+  if len(tokens) < 2 or not tokens[0] or text.startswith(tokens[0]) or offsets[1] != offsets[0] + len(tokens[0]):
+    return logprobs
+  return {key: ([offset - offsets[1] for offset in values[1:]] if key == "text_offset" else values[1:])
+          for key, values in logprobs.items()}
 
 
 def _check_scored(logprobs: dict, text: str, where: str) -> None:
@@ -163,7 +176,10 @@ def _check_scored(logprobs: dict, text: str, where: str) -> None:
   multi-byte character, which servers show as '' or with U+FFFD, is not compared, and the token after such pieces
   starts after the character); every logprob is one."""
   offsets, tokens = logprobs["text_offset"], logprobs["tokens"]
-  if not tokens or offsets[0] != 0 or any(b < a for a, b in zip(offsets, offsets[1:])):
+  if not tokens:
+    raise ServerError(f"{where}: answered echo=true with the logprobs of no token of the text (llama.cpp's own "
+                      "llama-server gives those of generated tokens only)")
+  if offsets[0] != 0 or any(b < a for a, b in zip(offsets, offsets[1:])):
     raise ServerError(f"{where}: token offsets {offsets[:8]} do not cover the text from its start in order")
   for i, (token, offset, end) in enumerate(zip(tokens, offsets, offsets[1:] + [len(text)])):
     piece = not token or ("\ufffd" in token and "\ufffd" not in text)
