@@ -233,13 +233,15 @@ def test_retries_5xx_with_backoff_then_gives_up_in_one_line(tmp_path):
     assert len(httpd.completions) == 3
 
 
-def test_unreachable_server_refused_in_one_line_nothing_written(tmp_path):
+def test_unreachable_server_and_bad_url_refused_in_one_line_nothing_written(tmp_path):
   with socket.socket() as probe:  # a port nothing listens on
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
   with pytest.raises(server.ServerError, match=rf"^teacher server http://127\.0\.0\.1:{port}/v1/models: no usable "
                                                r"answer after 3 tries \(.*[Cc]onnection refused.*\)$"):
     write(tmp_path, f"http://127.0.0.1:{port}")
+  with pytest.raises(server.ServerError, match=r"^teacher server '127\.0\.0\.1:8000': not an http:// or https:// URL$"):
+    write(tmp_path, "127.0.0.1:8000")
   assert not list(tmp_path.iterdir())
 
 
@@ -277,6 +279,18 @@ def test_killed_build_resumes_after_its_whole_lines(tmp_path):
   assert read_lines(path) == read_lines(uninterrupted)
   with fake_server() as httpd:  # a finished file is returned as it is
     assert write(tmp_path, httpd.url) == path and not httpd.completions
+
+
+def test_partial_file_of_other_examples_not_continued(tmp_path):
+  with fake_server(fail_after=3 * 2 + 2) as httpd:
+    with pytest.raises(server.ServerError, match="answered HTTP 400"):
+      write(tmp_path, httpd.url, concurrency=1)
+  logs = []
+  with fake_server() as httpd:
+    path = server.write_logprobs_file(str(tmp_path / "teacher.jsonl"), EXAMPLES[3:], url=httpd.url, top_logprobs=K,
+                                      log=logs.append)
+  assert any("made for other examples" in line and "starting afresh" in line for line in logs)
+  assert set(read_lines(path)) == {example.prompt for example in EXAMPLES[3:]}
 
 
 def test_generate_returns_greedy_completions_in_order():

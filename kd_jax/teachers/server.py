@@ -21,11 +21,13 @@ line naming the server's version. A server whose echo matches neither is refused
 Requests run `concurrency` at a time, each retried with exponential backoff on connection errors, timeouts, 429 and
 5xx answers. Lines are appended to `<path>.partial` as the answers come (one write each), renamed to `<path>` when
 every example is in; a killed build leaves only the partial file, and the next call with the same server model and k
-continues it, skipping the examples it holds and dropping a torn last line.
+continues it (with the same examples), skipping the examples it holds and dropping a torn last line.
 """
 
 import concurrent.futures
 import dataclasses
+import hashlib
+import http.client
 import json
 import logging
 import os
@@ -63,6 +65,11 @@ class Endpoint:
   retries: int = 4  # more tries after the first, on connection errors, timeouts, 429 and 5xx
   backoff_s: float = 1.0  # wait before retry r (0-based): backoff_s * 2**r
 
+  def __post_init__(self):
+    parts = urllib.parse.urlparse(self.url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+      raise ServerError(f"teacher server {self.url!r}: not an http:// or https:// URL")
+
   @property
   def root(self) -> str:
     """The server's address without /v1 (where /version, /props and /openapi.json are)."""
@@ -87,12 +94,12 @@ class Endpoint:
         if error.code in RETRIED_STATUS:
           continue
         raise ServerError(f"teacher server {url}: answered {problem}") from None
-      except (urllib.error.URLError, OSError) as error:  # refused, reset, timed out
-        problem = str(getattr(error, "reason", error))
+      except (urllib.error.URLError, OSError, http.client.HTTPException) as error:  # refused, reset, timed out, cut
+        problem = str(getattr(error, "reason", error)) or type(error).__name__
         continue
       try:
         return json.loads(payload)
-      except json.JSONDecodeError:
+      except ValueError:  # not JSON, or not UTF-8
         raise ServerError(f"teacher server {url}: answered something that is not JSON: {payload[:100]!r}") from None
     tries = self.retries + 1
     raise ServerError(f"teacher server {url}: no usable answer after {tries} tr{'y' if tries == 1 else 'ies'} "
@@ -103,7 +110,8 @@ def served_model(endpoint: Endpoint, model: str | None) -> str:
   """The model id to ask for: `model` when the server lists it (llama.cpp and vLLM list what they serve), the
   first listed when `model` is None."""
   listing = endpoint.call("/v1/models")
-  ids = [entry.get("id") for entry in listing.get("data", []) if isinstance(entry, dict)]
+  entries = listing.get("data") if isinstance(listing, dict) else None
+  ids = [entry.get("id") for entry in entries or [] if isinstance(entry, dict) and entry.get("id")]
   if not ids:
     raise ServerError(f"teacher server {endpoint.root}/v1/models: lists no model ({json.dumps(listing)[:200]})")
   if model is None:
@@ -152,6 +160,9 @@ def echo_logprobs(endpoint: Endpoint, model: str, text: str, top_logprobs: int) 
   if len({len(logprobs[key]) for key in keys}) != 1:
     raise ServerError(f"{where}: logprobs lists of different lengths "
                       f"({', '.join(f'{key} {len(logprobs[key])}' for key in keys)})")
+  if not _well_typed(logprobs):
+    raise ServerError(f"{where}: logprobs not in the completions form (tokens strings, text_offset integers, "
+                      "token_logprobs numbers or null, top_logprobs objects of numbers or null)")
   if not str(choice.get("text", "")).startswith(text):
     raise ServerError(f"{where}: echo=true did not echo the text (answer starts {str(choice.get('text'))[:60]!r})")
   scored = _without_leading_bos(logprobs, text)
@@ -159,6 +170,15 @@ def echo_logprobs(endpoint: Endpoint, model: str, text: str, top_logprobs: int) 
   scored = {key: [scored[key][i] for i in kept] for key in keys}
   _check_scored(scored, text, where)
   return scored
+
+
+def _well_typed(logprobs: dict) -> bool:
+  number = lambda value: isinstance(value, (int, float)) and not isinstance(value, bool)
+  return (all(isinstance(token, str) for token in logprobs["tokens"])
+          and all(isinstance(offset, int) for offset in logprobs["text_offset"])
+          and all(value is None or number(value) for value in logprobs["token_logprobs"])
+          and all(top is None or (isinstance(top, dict) and all(map(number, top.values())))
+                  for top in logprobs["top_logprobs"]))
 
 
 def _without_leading_bos(logprobs: dict, text: str) -> dict:
@@ -310,8 +330,8 @@ def write_logprobs_file(path: str, examples: Iterable[Example], *, url: str, mod
 
   Args:
     path: the file to write; an existing one is returned as it is when it holds every example (else refused).
-      `<path>.partial` and `<path>.partial.json` (the server model, k and shift it was made with) hold a build in
-      progress; a rerun with the same model and k continues it.
+      `<path>.partial` and `<path>.partial.json` (the server model, k, shift and a hash of the examples it was made
+      with) hold a build in progress; a rerun with the same examples, model and k continues it.
     examples: the training examples; their `text` is what the server scores (prompt and response as the teacher
       reads them, e.g. rendered by its chat template).
     url: the OpenAI-compatible server (with or without /v1); model: the served model's id (None: the first listed).
@@ -326,6 +346,8 @@ def write_logprobs_file(path: str, examples: Iterable[Example], *, url: str, mod
   Returns:
     path.
   """
+  assert shifted in ("correct", "refuse") and top_logprobs >= 1 and concurrency >= 1, (shifted, top_logprobs,
+                                                                                      concurrency)
   examples = list({example.key: example for example in examples}.values())
   if not examples:
     raise UserError(f"logprobs file {path}: no examples to score")
@@ -347,15 +369,17 @@ def write_logprobs_file(path: str, examples: Iterable[Example], *, url: str, mod
                         "next token's distribution (shifted by one position); refused")
     log(f"teacher server {endpoint.root} ({version}): echoes each token's logprobs one position late; shifting "
         "them back (the first two tokens get no distribution)")
-  partial, identity = path + ".partial", dict(model=model, top_logprobs=top_logprobs, shift=shift)
+  examples_hash = hashlib.sha256("\n".join(sorted(example.key for example in examples)).encode()).hexdigest()
+  partial = path + ".partial"
+  identity = dict(model=model, top_logprobs=top_logprobs, shift=shift, examples_sha256=examples_hash)
   done: set[str] = set()
   if os.path.exists(partial) and os.path.exists(partial + ".json") and files.read_json(partial + ".json") == identity:
     done = _resumed_keys(partial)
     log(f"logprobs file {path}: continuing after {len(done)} of {len(examples)} examples")
   else:
     if os.path.exists(partial):
-      log(f"logprobs file {path}: the partial file beside it was made with another server model, k or shift; "
-          "starting afresh")
+      log(f"logprobs file {path}: the partial file beside it was made for other examples or with another server "
+          "model, k or shift; starting afresh")
     files.write_json(partial + ".json", identity)
     with open(partial, "wb"):
       pass
