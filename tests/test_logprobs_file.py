@@ -410,13 +410,20 @@ def test_the_import_is_stored_once_keyed_by_the_files_hash_and_a_half_written_on
   assert logprobs_file.file_sha256(path) != imported.sha256  # another file: another directory
 
 
-def test_a_server_teacher_is_refused_until_its_client_is_wired():
-  config = load_config("configs/causal_lm.py", "smoke,logprobs_file")
-  config.teacher.source, config.teacher.logprobs_path = "server", None
-  config.teacher.server_url, config.teacher.server_model = "http://127.0.0.1:8000/v1", "teacher"
-  preflight.check(config)
-  with pytest.raises(UserError, match=r"^config.teacher.source='server': the server's client"):
-    logprobs_file.read_for_run(config, None, "unused")
+def test_an_unreachable_server_teacher_is_one_line_and_nothing_is_written(tmp_path):
+  """teacher.source='server' asks the server for its models before the workdir is claimed: a closed port is one line
+  naming the URL, exit 2, and no workdir."""
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]  # closed again when the probe is
+  result = run_main("--config=configs/causal_lm.py:smoke,server", f"--workdir={tmp_path / 'w'}",
+                    f"--config.teacher.server_url=http://127.0.0.1:{port}/v1")
+  assert result.returncode == 2, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and f"teacher server http://127.0.0.1:{port}/v1/models: no usable answer after 2 tries" in (
+      errors[0]), result.stderr[-3000:]
+  assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.slow

@@ -343,7 +343,8 @@ def exported_served(tmp_path_factory):
   export.write(export.Trained(checkpoint, "causal_lm", params), "gguf", str(directory / "out"), gguf_type="f32")
   path = str(directory / "out" / "model.gguf")
   module, loaded = pretrained.from_pretrained(path, "causal_lm")
-  with helpers.llama_server(path, str(directory / "server.log"), "--type_k", "0", "--type_v", "0") as url:
+  with helpers.llama_server(path, str(directory / "server.log"), "--type_k", "0", "--type_v", "0",
+                            "--model_alias", "teacher") as url:
     yield module, loaded, pretrained.load_tokenizer(path), url
 
 
@@ -439,3 +440,30 @@ def test_served_smollm2_q4_1_logprobs_close_to_kd_jax_forward(smollm2_served, tm
   module, params = pretrained.from_pretrained(gguf_path, "causal_lm")
   differences = served_minus_kd_jax(path, module, params, pretrained.load_tokenizer(gguf_path))
   assert len(differences) > 700 and max(differences) < 1.0 and sum(differences) / len(differences) < 0.2
+
+
+@pytest.mark.slow
+def test_a_student_of_another_tokenizer_distilled_from_the_served_teacher_equals_one_from_its_file(exported_served,
+                                                                                                   tmp_path):
+  """configs/causal_lm.py:smoke,cross_tokenizer,server end to end against llama.cpp serving the exported fixture
+  (named `teacher`): the GPT-2 student (another tokenizer, ALM on the aligned chunks) learns from the served
+  logprobs, written into the teacher directory; the same run from that file (teacher.source='logprobs_file') gives
+  the same student bit for bit, and a rerun reads the file instead of asking the server again."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  *_, url = exported_served
+  common = ["--config.distill.cross_tokenizer=alm", "--config.train.num_epochs=1", "--config.baseline=False"]
+  served = helpers.run_main("--config=configs/causal_lm.py:smoke,cross_tokenizer,server", f"--workdir={tmp_path / 's'}",
+                            f"--config.teacher.server_url={url}/v1", *common)
+  assert served.returncode == 0, served.stderr[-3000:]
+  assert "shifting them back" in served.stderr  # the exported GGUF adds no BOS: llama-cpp-python's shift
+  written = list((tmp_path / "s" / "teacher").glob("server-logprobs-*.jsonl"))
+  assert len(written) == 1
+  from_file = helpers.run_main("--config=configs/causal_lm.py:smoke,cross_tokenizer,logprobs_file",
+                               f"--workdir={tmp_path / 'f'}", f"--config.teacher.logprobs_path={written[0]}",
+                               "--config.data.chat_template=False", *common)
+  assert from_file.returncode == 0, from_file.stderr[-3000:]
+  results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("s", "f")]
+  assert results[0]["teacher_cache"]["source"] == "server" and results[1]["teacher_cache"]["source"] == "logprobs_file"
+  for name, value in results[1]["metrics"]["student"].items():
+    assert results[0]["metrics"]["student"][name] == value, name
+  assert np.isfinite(results[0]["metrics"]["student"]["bits_per_byte"])

@@ -189,7 +189,9 @@ def _response_tokens(logprobs, text: str, response: str, where: str) -> list:
     if end <= response_start:
       continue  # the prompt's
     what = f"token {i} ({token!r})"
-    logprob = _logprob(logprob, where, what)
+    # A token's own logprob may be unknown (null: a server's shifted echo put back, where the token is not among the
+    # k): NaN, and the chunks that need it are left out of the loss (chunk_rows).
+    logprob = math.nan if logprob is None else _logprob(logprob, where, what)
     if not top:
       raise UserError(f"{where}: {what} has no top_logprobs (k = 0); each response token needs its top-k entries")
     top = sorted(((entry, _logprob(value, where, f"{what}'s top entry {entry!r}")) for entry, value in top),
@@ -365,8 +367,7 @@ def write_from_teacher(model, params, task, out: str, *, top_logprobs: int, chat
           continue
         written.add((prompt, response))
         side = alignment.response_tokens(tokenizer, prompt, response, chat_template=chat_template)
-        prompt_text = (tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                     tokenize=False) if chat_template else prompt)
+        prompt_text = _rendered_prompt(tokenizer, prompt, chat_template)
         shift = 0 if side.content_bytes == len(response.encode("utf-8")) else len(
             response[:len(response) - len(response.lstrip())].encode("utf-8"))
         # Each byte of the response -> the character it belongs to (and its end -> the response's length).
@@ -397,17 +398,62 @@ def read_for_run(config, task, teacher_dir: str) -> Imported | None:
   is claimed)."""
   if config.teacher.source == "model":
     return None
-  if config.teacher.source == "server":
-    # Where the server's client plugs in: it writes the file (this format) into the teacher directory, and the
-    # path it returns is read here like a logprobs_path.
-    raise UserError("config.teacher.source='server': the server's client (kd_jax/teachers/server.py) is not part of "
-                    "this build; write its logprobs to a file and use teacher.source='logprobs_file'")
   path = config.teacher.logprobs_path
+  if config.teacher.source == "server":
+    path = server_file(config, task, teacher_dir)
+    if not os.path.exists(path):  # asked after the workdir is claimed (`from_server`); reachable now, or one line
+      from kd_jax.teachers import server  # pylint: disable=import-outside-toplevel
+      server.served_model(server.Endpoint(config.teacher.server_url, retries=1), config.teacher.server_model)
+      return SERVER_PENDING
   stored = load(cache_dir(teacher_dir, file_sha256(path), task.fingerprint), path, task.fingerprint, len(task.train))
   if stored is not None:
     logger.info("Teacher logprobs %s: the import in %s.", path, teacher_dir)
     return stored
   return read(path, task.causal_lm.pairs, task.train.index)
+
+
+# read_for_run's answer for a server teacher whose file is not written yet: `from_server` writes it once the run's
+# workdir is claimed.
+SERVER_PENDING = "server-pending"
+
+
+def server_file(config, task, teacher_dir: str) -> str:
+  """Where teacher.source='server' writes the server's logprobs file: in the teacher directory, named by the server,
+  its model, k and the data (a rerun of the same run reads it, or continues its partial build)."""
+  teacher_config = config.teacher
+  key = hashlib.sha256(json.dumps([teacher_config.server_url, teacher_config.server_model,
+                                   teacher_config.top_logprobs, config.data.chat_template,
+                                   task.fingerprint]).encode()).hexdigest()[:16]
+  return os.path.join(teacher_dir, f"server-logprobs-{key}.jsonl")
+
+
+def from_server(config, task, teacher_dir: str) -> Imported:
+  """teacher.source='server': the server's logprobs of each distinct (prompt, response) of the training split
+  (kd_jax/teachers/server.py: checked for a shifted echo first, resumable), written into the teacher directory
+  (`server_file`) and read like a logprobs_path. The text scored is the prompt as the teacher's layout renders it
+  (data.chat_template: the teacher's tokenizer's template) followed by the response, as `write_from_teacher` writes."""
+  from kd_jax.teachers import server  # pylint: disable=import-outside-toplevel
+  info = task.causal_lm
+  tokenizer = info.teacher_tokenizer or info.tokenizer
+  examples = []
+  for index in np.asarray(task.train.index):
+    prompt, response = info.pairs[int(index)]
+    examples.append(server.Example(prompt, response,
+                                   _rendered_prompt(tokenizer, prompt, config.data.chat_template) + response))
+  os.makedirs(teacher_dir, exist_ok=True)
+  teacher_config = config.teacher
+  path = server.write_logprobs_file(server_file(config, task, teacher_dir), examples, url=teacher_config.server_url,
+                                    model=teacher_config.server_model, top_logprobs=teacher_config.top_logprobs,
+                                    concurrency=teacher_config.server_concurrency)
+  return read(path, info.pairs, task.train.index)
+
+
+def _rendered_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
+  """The prompt as a teacher reads it before the response: its chat template's user turn and generation prompt."""
+  if not chat_template:
+    return prompt
+  return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                       tokenize=False)
 
 
 def store_for_run(imported: Imported, task, teacher_dir: str) -> str:
@@ -579,14 +625,17 @@ def chunk_rows(imported: Imported, info, examples, *, k: int, chat_template: boo
     student_row, teacher_row = alignment.chunk_indices(
         kept, a_first=example.first + scored.start, b_first=0, a_length=length,
         b_length=len(example.teacher_tokens), max_chunks=length)
-    student_chunk[example.row] = student_row
     for c in range(int(teacher_row.max(initial=-1)) + 1):
       positions = [example.teacher_tokens[j][0] for j in np.nonzero(teacher_row == c)[0]]
       token_logprobs = np.asarray(arrays["token_logprob"][file_row, positions], np.float64)
+      if np.isnan(token_logprobs).any():  # a token's own logprob unknown: the chunk is not scored
+        student_row[student_row == c] = -1
+        continue
       log_likelihood[example.row, c] = token_logprobs.sum()
       ids, logprobs = _top_entries(imported, file_row, positions[0], student_ids, k)
       top_log_q[example.row, c] = logprobs + token_logprobs[1:].sum()
       top_ids[example.row, c] = ids
+    student_chunk[example.row] = student_row
   return {"student_chunk": student_chunk, "log_likelihood": log_likelihood, "top_log_q": top_log_q,
           "top_ids": top_ids}
 
