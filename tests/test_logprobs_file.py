@@ -371,6 +371,35 @@ def test_a_teacher_of_another_tokenizer_is_aligned_on_the_chunks_of_its_own_toke
     logprobs_file.topk_signal(imported, task, k=8, chat_template=True)
 
 
+def test_a_token_without_its_own_logprob_leaves_its_chunk_out_of_the_cross_tokenizer_signal(smoke, teacher_file,
+                                                                                           tmp_path):
+  """A null token_logprob (what a server's shifted echo, put back, gives a token outside its k): the file reads, and
+  the aligned chunk holding that token is left out (no student position points at it); every other chunk is as
+  before."""
+  config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer,logprobs_file")
+  task = data.load_task(config)
+  lines = [json.loads(line) for line in open(teacher_file)]
+  lines[0]["logprobs"]["token_logprobs"][3] = None
+  changed = write(tmp_path / "null.jsonl", lines)
+  before, _ = logprobs_file.chunk_signal(logprobs_file.read(teacher_file, task.causal_lm.pairs, task.train.index),
+                                         task, k=8, chat_template=True)
+  after, _ = logprobs_file.chunk_signal(logprobs_file.read(changed, task.causal_lm.pairs, task.train.index),
+                                        task, k=8, chat_template=True)
+  pair = (lines[0]["prompt"], lines[0]["response"])
+  affected = [row for row in range(len(task.train)) if task.causal_lm.pairs[int(task.train.index[row])] == pair]
+  assert affected
+  for row in range(len(task.train)):
+    expected = np.asarray(before.student_chunk[row]).copy()
+    if row in affected:
+      dropped = set(expected.tolist()) - set(np.asarray(after.student_chunk[row]).tolist())
+      assert len(dropped) == 1  # the one chunk holding token 3
+      expected[expected == dropped.pop()] = -1
+    np.testing.assert_array_equal(after.student_chunk[row], expected)
+    kept = np.unique(expected[expected >= 0])
+    np.testing.assert_array_equal(np.asarray(after.log_likelihood[row])[kept],
+                                  np.asarray(before.log_likelihood[row])[kept])
+
+
 @pytest.mark.slow
 def test_a_resumed_run_from_a_logprobs_file_is_bitwise_the_uninterrupted_one(smoke, teacher_file, tmp_path):
   config, task, _ = smoke
