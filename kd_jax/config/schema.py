@@ -44,6 +44,8 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "js", "generalized_js", "skew_forward
 SCHEDULES = ("constant", "linear", "cosine")
 # kd_jax/training/cross_tokenizer.py: the losses between a teacher and a student with different tokenizers.
 CROSS_TOKENIZER_LOSSES = ("none", "uld", "gold", "alm")
+# Where the teacher's signal comes from (kd_jax/teachers/logprobs_file.py for the file and the server's file).
+TEACHER_SOURCES = ("model", "logprobs_file", "server")
 FEATURE_LOSSES = ("mse", "cosine")
 UNIFORM_FEATURES = "uniform"
 # 'none', 'block', then the jax.checkpoint_policies that are policies (kd_jax/models/__init__.py: remat_options).
@@ -259,6 +261,26 @@ def _teacher_section() -> Section:
                        operational=True),
       "seed": Field(0, "Seed of the teacher's initialization, dropout and batch order when init='train'.",
                     non_negative=True),
+      "source": Field(
+          "model", "Where the teacher's signal comes from: 'model' (the model these fields describe, run here); "
+          "'logprobs_file' (teacher.logprobs_path: JSON lines of OpenAI-style top-k logprobs of the training "
+          "responses, as vLLM, llama.cpp's server or a hosted API return them; docs/teachers.md), imported once "
+          "into a teacher cache; 'server' (an OpenAI-compatible endpoint, teacher.server_url, asked for the same "
+          "logprobs, written as such a file into the teacher directory and imported alike). A file or server "
+          "teacher is a causal_lm teacher of the cached kind (distill.teacher_mode='cached', strategy='token'): it "
+          "has no model here, so the run reports no teacher metrics, and the model fields of this section are not "
+          "used.", choices=TEACHER_SOURCES),
+      "logprobs_path": Field(None, "source='logprobs_file': the JSON-lines file of the teacher's logprobs (one line "
+                             "per distinct (prompt, response) of the training split: prompt, response, optional text, "
+                             "logprobs; docs/teachers.md).", type=str),
+      "server_url": Field(None, "source='server': the OpenAI-compatible endpoint's base URL, e.g. "
+                          "'http://127.0.0.1:8000/v1'.", type=str),
+      "server_model": Field(None, "source='server': the model name the endpoint serves (its `model` field).",
+                            type=str),
+      "top_logprobs": Field(20, "source='server': the top logprobs asked for per token (k of the teacher cache).",
+                            check=_integer_at_least(1)),
+      "server_concurrency": Field(4, "source='server': at most this many requests in flight at once.",
+                                  check=_integer_at_least(1), operational=True),
       **model,
       "num_epochs": Field(150, "Training of the teacher (init='train'): epochs over the labeled examples.",
                           positive=True),
@@ -475,7 +497,7 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "tokens both vocabularies share, ULD over the rest), 'alm' (approximate likelihood matching of the chunks' "
             "likelihoods). Every example then also carries the teacher's own tokenization: the teacher trains and "
             "is evaluated on it, and the students have no token-level kl_to_teacher or agreement. Needs "
-            "teacher_mode='online', prompts, one teacher, no packing, on-policy sampling, feature terms or "
+            "teacher_mode='online' (or a cached teacher from a logprobs file: teacher.source), prompts, one teacher, no packing, on-policy sampling, feature terms or "
             "micro-batches. With one shared tokenizer it is allowed (logged): each chunk is then one token.",
             choices=CROSS_TOKENIZER_LOSSES),
         "features": Field(

@@ -52,7 +52,7 @@ class Chunk:
 
 
 @functools.lru_cache(maxsize=1)
-def _unicode_to_byte() -> dict[str, int]:
+def unicode_to_byte() -> dict[str, int]:
   """The inverse of GPT-2's bytes_to_unicode table (byte-level BPE writes byte b as this printable character)."""
   printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
       range(ord("®"), ord("ÿ") + 1))
@@ -78,7 +78,7 @@ def _token_byte_lengths(tokenizer, ids: list[int]) -> list[int | None]:
   space. None where unknown (special tokens, WordPiece)."""
   description = _backend_description(tokenizer)
   byte_level, metaspace = "ByteLevel" in description, "▁" in description or "Metaspace" in description
-  table = _unicode_to_byte()
+  table = unicode_to_byte()
   special = set(getattr(tokenizer, "all_special_tokens", ()))
   lengths = []
   for token in tokenizer.convert_ids_to_tokens(ids):
@@ -274,14 +274,18 @@ def shared_vocabulary(tokenizer_a, tokenizer_b) -> tuple[np.ndarray, np.ndarray]
   if vocab_a == vocab_b:
     ids = np.array(sorted(vocab_a.values()), np.int32)
     return ids, ids
-
-  def keys(tokenizer, vocab) -> dict[tuple[str, str], int]:
-    found = {}
-    for token, token_id in sorted(vocab.items(), key=lambda item: item[1]):
-      string = tokenizer.convert_tokens_to_string([ANCHOR, token])
-      decodes = string.startswith(ANCHOR) and len(string) > len(ANCHOR) and "\ufffd" not in string
-      found.setdefault(("decoded", string[len(ANCHOR):]) if decodes else ("token", token), token_id)
-    return found
-  keys_a, keys_b = keys(tokenizer_a, vocab_a), keys(tokenizer_b, vocab_b)
+  keys_a, keys_b = vocabulary_keys(tokenizer_a), vocabulary_keys(tokenizer_b)
   pairs = sorted((token_id, keys_b[key]) for key, token_id in keys_a.items() if key in keys_b)
   return np.array([a for a, _ in pairs], np.int32), np.array([b for _, b in pairs], np.int32)
+
+
+def vocabulary_keys(tokenizer) -> dict[tuple[str, str], int]:
+  """Each token's key -> its id (the lowest id where several share a key): ('decoded', the text it decodes to after
+  another token, as `shared_vocabulary` describes), or ('token', its string) where it decodes to nothing or to a
+  partial character. What a token string of a served teacher (its decoded text) is looked up by."""
+  found = {}
+  for token, token_id in sorted(tokenizer.get_vocab().items(), key=lambda item: item[1]):
+    string = tokenizer.convert_tokens_to_string([ANCHOR, token])
+    decodes = string.startswith(ANCHOR) and len(string) > len(ANCHOR) and "\ufffd" not in string
+    found.setdefault(("decoded", string[len(ANCHOR):]) if decodes else ("token", token), token_id)
+  return found

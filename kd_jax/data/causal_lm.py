@@ -74,6 +74,8 @@ class CausalLMInfo:
     max_new_tokens: generated responses have at most this many tokens (data.max_target_length).
     eos_token_ids: generation stops at any of them (`stop_token_ids`: the student's tokenizer's EOS and the
       checkpoints' stop tokens) and pads after it with pad_token_id.
+    pairs: example index -> (prompt, response) as the data set has them (prompt None for plain text): what a
+      teacher's logprobs file names its examples by (kd_jax/teachers/logprobs_file.py).
     teacher_tokenizer, teacher_response_bytes, teacher_eos_token_ids: a teacher with another tokenizer
       (distill.cross_tokenizer): its tokenizer, its response_bytes (the examples' teacher_inputs are its own
       tokenization) and the stop tokens of its own generation; else None.
@@ -85,6 +87,7 @@ class CausalLMInfo:
   max_new_tokens: int
   eos_token_ids: tuple[int, ...]
   pad_token_id: int
+  pairs: dict = dataclasses.field(default_factory=dict)
   teacher_tokenizer: Any = None
   teacher_response_bytes: dict | None = None
   teacher_eos_token_ids: tuple[int, ...] | None = None
@@ -298,12 +301,15 @@ def load_splits(config):
   CausalLMInfo)."""
   data_config = config.data
   tokenizer = text.load_tokenizer(*text.student_checkpoint_field(config))
-  teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint")
+  # A teacher from a logprobs file or a server has no tokenizer here: its tokens come with its logprobs.
+  teacher_model = config.teacher.source == "model"
+  teacher_tokenizer = text.load_tokenizer(config.teacher.checkpoint, "teacher.checkpoint") if teacher_model else None
   # The teacher's own tokenizer where it differs: what evaluating the teacher decodes with (one shared tokenizer keeps
   # the evaluation's token-level comparisons).
-  own_teacher_tokenizer = teacher_tokenizer if _tokenizers_differ(config, tokenizer, teacher_tokenizer) else None
+  own_teacher_tokenizer = (teacher_tokenizer if teacher_model and _tokenizers_differ(config, tokenizer, teacher_tokenizer)
+                           else None)
   pad_token_id = _pad_token_id(tokenizer)
-  splits, references, response_bytes, teacher_response_bytes = {}, {}, {}, {}
+  splits, references, response_bytes, teacher_response_bytes, pairs = {}, {}, {}, {}, {}
   first_index = 0
   for role, split, max_examples in text.source_splits(data_config):
     columns, where = _columns(data_config, split)
@@ -328,6 +334,7 @@ def load_splits(config):
     prompt_ids, response_ids = [prompt_ids[row] for row in kept], [response_ids[row] for row in kept]
     index = np.arange(first_index, first_index + len(kept), dtype=np.int32)
     references.update(zip(index.tolist(), (responses[row].strip() for row in kept)))
+    pairs.update(zip(index.tolist(), ((None if prompts is None else prompts[row], responses[row]) for row in kept)))
     response_bytes.update(zip(index.tolist(), response_text_bytes(
         tokenizer, [responses[row] for row in kept], prompt_ids, response_ids, max_length=data_config.max_length)))
     first_index += len(response_ids)
@@ -341,7 +348,7 @@ def load_splits(config):
       arrays = sequence_arrays(prompt_ids, response_ids, pad_token_id=pad_token_id,
                                length=min(data_config.max_length, _round_up(longest)))
     teacher_inputs = None
-    if config.distill.cross_tokenizer != "none":
+    if config.distill.cross_tokenizer != "none" and teacher_model:
       cross = cross_tokenizer_arrays(tokenizer, teacher_tokenizer, [prompts[row] for row in kept],
                                      [responses[row] for row in kept], arrays, prompt_ids, response_ids,
                                      max_length=data_config.max_length, chat_template=data_config.chat_template,
@@ -354,8 +361,9 @@ def load_splits(config):
                             class_label=np.zeros(len(index), np.int32), index=index, teacher_inputs=teacher_inputs)
   student_checkpoint = text.student_checkpoint_field(config)[0]
   # The teacher's stop tokens are the student's where they share one vocabulary, else its own.
-  shared = (student_checkpoint,) + (() if own_teacher_tokenizer is not None else (config.teacher.checkpoint,))
-  info = CausalLMInfo(tokenizer=tokenizer, references=references, response_bytes=response_bytes,
+  shared = (student_checkpoint,) + (() if own_teacher_tokenizer is not None or not teacher_model
+                                    else (config.teacher.checkpoint,))
+  info = CausalLMInfo(tokenizer=tokenizer, references=references, response_bytes=response_bytes, pairs=pairs,
                       has_prompts=data_config.prompt_column is not None, teacher_tokenizer=own_teacher_tokenizer,
                       teacher_response_bytes=None if own_teacher_tokenizer is None else teacher_response_bytes,
                       teacher_eos_token_ids=None if own_teacher_tokenizer is None else stop_token_ids(

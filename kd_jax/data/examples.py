@@ -27,8 +27,9 @@ class Examples:
     token_weights: seq2seq: [N, T] float32, 1 on real target tokens, 0 on padding; else None (every example 1).
     class_label: seq2seq: [N] int32 class of each example (the e-SNLI label), for stratified subsets; else None.
     teacher: the teacher's signal joined by `index` (kd_jax/teachers/student_data.py): dense logits [N, C] (or
-      [N, T, V]), or a losses.TopKLogits of [N, T, k] arrays (the top-k cache); None when the step gets no cached
-      teacher.
+      [N, T, V]), or a losses.TopKLogits of [N, T, k] arrays (the top-k cache, or a logprobs file's), or a
+      cross_tokenizer.CachedChunks (a logprobs file's teacher of another tokenizer); None when the step gets no
+      cached teacher.
   """
   inputs: Any
   label: Any

@@ -232,17 +232,17 @@ class Seq2SeqEvaluator:
       result.update(self._text_metrics(texts, "validation", reference.labels["validation"], simulator)[0])
     return result
 
-  def final(self, model, params, reference: Reference, *, teacher_inputs: bool = False) -> dict:
+  def final(self, model, params, reference: Reference | None, *, teacher_inputs: bool = False) -> dict:
     """A model's metrics at every generation temperature (on the teacher's own tokenization with
-    `teacher_inputs`)."""
+    `teacher_inputs`); without a reference (a teacher from a logprobs file has no model), none against it."""
     result = {}
     simulator = self._model_simulator(model, params)
     for split in SPLITS:
       by_temperature = {}
       for temperature in self._generation.temperatures:
         texts = self._generated(model, params, split, temperature, teacher_inputs)
-        by_temperature[f"{float(temperature):g}"], _ = self._text_metrics(texts, split, reference.labels[split],
-                                                                          simulator)
+        by_temperature[f"{float(temperature):g}"], _ = self._text_metrics(
+            texts, split, None if reference is None else reference.labels[split], simulator)
       result[split] = {**by_temperature[f"{float(self._generation.temperatures[0]):g}"],
                        **self._token_metrics(model, params, split, reference, teacher_inputs),
                        "num_examples": len(self._splits[split]), "by_generation_temperature": by_temperature}

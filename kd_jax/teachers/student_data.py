@@ -1,5 +1,9 @@
 """The student's training data: which signal of the teacher reaches the train step, chosen in one place (`prepare`).
 
+  logprobs     config.teacher.source 'logprobs_file' or 'server' (causal LM, cached): the teacher's top-k logprobs
+               from its file, imported once into the teacher directory (kd_jax/teachers/logprobs_file.py), as the
+               top-k signal in the student's layout (losses.TopKLogits with the positions the teacher scored;
+               one shared tokenizer) or on the aligned chunks (cross_tokenizer.CachedChunks; distill.cross_tokenizer).
   online       distill.teacher_mode='online': the teacher runs inside the step on the student's (possibly noisy)
                batch; the examples are the training split as it is.
   dense cache  teacher_mode='cached', classification: the teacher's eval-mode logits for every training example,
@@ -32,10 +36,12 @@ from kd_jax.data import text
 from kd_jax.data.examples import first_inputs
 from kd_jax.models import hf
 from kd_jax.parallel import inference, sharding
-from kd_jax.teachers import ensemble, teacher_cache
+from kd_jax.teachers import ensemble, logprobs_file, teacher_cache
 from kd_jax.teachers.teacher import Teacher
 
 logger = logging.getLogger(__name__)
+# A logprobs file's signal is built (and synced to its cache's files) this many examples at a time.
+LOGPROBS_BATCH = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +67,8 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh, *,
   """The student's training data for `config` (see the module docstring), building or loading the teacher's cache;
   a top-k cache stores its tail at `tail_temperatures` (None: teacher_cache.topk_tail_temperatures([config]); a
   vectorized group passes its runs')."""
+  if teacher.logprobs is not None:
+    return _from_logprobs(config, task, teacher, tail_temperatures)
   if config.distill.strategy == "sequence" and task.causal_lm is not None:
     return _causal_lm_sequences(config, task, teacher, mesh)
   if config.distill.strategy == "sequence":
@@ -102,6 +110,45 @@ def vocab_size(teacher: Teacher, task: data.TaskData) -> int:
   one = first_inputs(task.train.teacher_view().inputs)
   return jax.eval_shape(lambda params: teacher.model.apply({"params": params}, one, train=False),
                         teacher.params).shape[-1]
+
+
+def _from_logprobs(config, task: data.TaskData, teacher: Teacher,
+                   tail_temperatures: tuple[float, ...] | None) -> StudentData:
+  """The student's data from a teacher's logprobs (module docstring): its import stored in the teacher directory, and
+  beside it its signal in the student's layout, a teacher cache keyed by the file's hash and the data (built
+  `LOGPROBS_BATCH` examples at a time, resumable, joined by index as the top-k cache is)."""
+  start_time = time.time()
+  imported = teacher.logprobs
+  import_dir = logprobs_file.store_for_run(imported, task, teacher.directory)
+  k = logprobs_file.common_k(imported, config.distill.topk)
+  rows = functools.partial(logprobs_file.topk_rows if config.distill.cross_tokenizer == "none"
+                           else logprobs_file.chunk_rows, imported, task.causal_lm, k=k,
+                           chat_template=config.data.chat_template)
+  if config.distill.cross_tokenizer == "none":
+    kind = "logprobs_topk"
+    if tail_temperatures is None:
+      tail_temperatures = teacher_cache.topk_tail_temperatures([config])
+    assert tuple(tail_temperatures) in ((), (1.0,)), tail_temperatures  # the rules keep T = 1 for the exact tail
+    rows = functools.partial(rows, exact_tail=bool(tail_temperatures))
+    fields = {"tail": "exact" if tail_temperatures else "flat"}
+  else:
+    kind, tail_temperatures, fields = "logprobs_chunks", (), {}
+  fields.update(k=k, chat_template=bool(config.data.chat_template))
+  expected = teacher_cache.expected_metadata(
+      kind, data_name=task.name, split="train", data_fingerprint=task.fingerprint, size=len(task.train),
+      num_classes=task.num_classes, teacher_fingerprint=imported.sha256, **fields)
+  directory = os.path.join(import_dir, f"{kind}-k{k}-{fields.get('tail', 'chunks')}")
+  compute = lambda examples: ((rows(examples.select(slice(start, start + LOGPROBS_BATCH))),
+                               min(LOGPROBS_BATCH, len(examples) - start))
+                              for start in range(0, len(examples), LOGPROBS_BATCH))
+  cache, built = teacher_cache.load_or_build(directory, expected, task.train, compute)
+  stats = {"path": directory, "built": built, "wall_s": time.time() - start_time,
+           "bytes_per_example": cache.bytes_per_example, "source": config.teacher.source, "file": imported.path,
+           "file_sha256": imported.sha256, "signal": kind, **fields}
+  logger.info("Teacher logprobs (%s, k = %d) %s %s for %d training examples in %.2fs.", kind, k,
+              "built" if built else "loaded", directory, len(task.train), stats["wall_s"])
+  return StudentData(teacher_cache.join(task.train, cache), None, distills=True, results={"teacher_cache": stats},
+                     tail_temperatures=tuple(tail_temperatures))
 
 
 def _causal_lm_sequences(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:

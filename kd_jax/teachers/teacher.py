@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 # Fields of the config that do not change which teacher it asks for: where it is stored, and how large the
 # inference batches are.
-NOT_IDENTITY = ("teacher.workdir", "data.eval_batch_size")
+NOT_IDENTITY = ("teacher.workdir", "data.eval_batch_size", "teacher.server_concurrency")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +47,15 @@ class Teacher:
     directory: where its trained weights (if trained) and its caches live.
     stats: the training phase's stats when it was trained (or resumed) in this call, else None.
     members: an ensemble's member teachers (kd_jax/teachers/ensemble.py), whose combination this is; () for one teacher.
+    logprobs: a teacher from a logprobs file or a server (config.teacher.source): its logprobs as read
+      (logprobs_file.Imported), and no model or params; else None.
   """
   model: object
   params: object
   directory: str
   stats: dict | None = None
   members: tuple = ()
+  logprobs: object = None
 
   @functools.cached_property
   def fingerprint(self) -> str:

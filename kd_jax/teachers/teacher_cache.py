@@ -6,7 +6,9 @@ One format serves every kind (kd_jax/teachers/student_data.py chooses which): ar
                              float32, or bfloat16 stored as its uint16 bit pattern), 'indices' [N, T, k] int32 and
                              'tail_logsumexp' [N, T] float32, or [N, T, n] at the n temperatures of its metadata's
                              'tail_temperatures' (top-k per target token: `topk_tail_temperatures`); 'tokens' [N, T]
-                             int32 (the teacher's generations, sequence-level KD)
+                             int32 (the teacher's generations, sequence-level KD); a logprobs file's signal in the
+                             student's layout: 'logprobs_topk' (the top-k arrays and 'weights' [N, T], the positions
+                             the file scored) or 'logprobs_chunks' (the fields of cross_tokenizer.CachedChunks)
   <cache_dir>/index.npy      [N] int32, the example `index` of each row, ascending
   <cache_dir>/metadata.json  written last: the cache's kind, the data set, split, size and data fingerprint, the
                              teacher's fingerprint (a hash of its parameters) and the kind's own fields
@@ -37,12 +39,16 @@ from kd_jax import files
 from kd_jax.config import paths, rules
 from kd_jax.data import Examples
 from kd_jax.parallel import distributed
-from kd_jax.training import losses
+from kd_jax.training import cross_tokenizer, losses
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-KINDS = {"dense": ("logits",), "topk": ("values", "indices", "tail_logsumexp"), "generation": ("tokens",)}
+KINDS = {"dense": ("logits",), "topk": ("values", "indices", "tail_logsumexp"), "generation": ("tokens",),
+         # A teacher's logprobs file in the student's layout (kd_jax/teachers/logprobs_file.py): the top-k signal
+         # with the positions it scored, or its aligned chunks (one tokenizer, or another).
+         "logprobs_topk": ("values", "indices", "tail_logsumexp", "weights"),
+         "logprobs_chunks": ("student_chunk", "log_likelihood", "top_log_q", "top_ids")}
 # A build records how far it got (after syncing its rows to disk) at most this often.
 PROGRESS_SECONDS = 30.0
 
@@ -132,13 +138,17 @@ def topk_tail_temperatures(configs) -> tuple[float, ...]:
 
 def join(examples: Examples, cache: ArrayCache) -> Examples:
   """`examples` with the cached teacher signal of each example, looked up by its `index` (never by position), as
-  `Examples.teacher`: the dense logits [N, C], or the top-k cache's losses.TopKLogits, of `CacheRows` (nothing is
-  read until rows are gathered)."""
+  `Examples.teacher`: the dense logits [N, C], or the top-k cache's losses.TopKLogits (a logprobs file's with its
+  weights), or a logprobs file's cross_tokenizer.CachedChunks, of `CacheRows` (nothing is read until rows are
+  gathered)."""
   rows = cache.joined_rows(examples.index)
-  if cache.metadata["format"] == "dense":
+  kind = cache.metadata["format"]
+  if kind == "dense":
     return examples.replace(teacher=rows["logits"])
-  assert cache.metadata["format"] == "topk", cache.metadata["format"]
-  return examples.replace(teacher=losses.TopKLogits(rows["values"], rows["indices"], rows["tail_logsumexp"]))
+  if kind == "logprobs_chunks":
+    return examples.replace(teacher=cross_tokenizer.CachedChunks(**rows))
+  assert kind in ("topk", "logprobs_topk"), kind
+  return examples.replace(teacher=losses.TopKLogits(**rows))
 
 
 def join_members(examples: Examples, caches) -> Examples:

@@ -199,3 +199,82 @@ class ChunkedTeacher(NamedTuple):
     return chunk_losses(self.kind, student_logits, student_labels, self.student_chunk, self.logits, self.labels,
                         self.chunk, num_chunks=self.student_chunk.shape[-1], temperature=temperature,
                         divergence=divergence, params=params, t2_scaling=t2_scaling, shared_ids=self.shared_ids)
+
+
+# A log-probability that stands for "no entry" in gold's matched sub-vectors: its probability is 0, and unlike -inf
+# it keeps every divergence's gradients finite.
+ABSENT = -1e9
+
+
+class CachedChunks(NamedTuple):
+  """A cached teacher with another tokenizer, known by its logprobs on the aligned chunks (a logprobs file or a
+  server: kd_jax/teachers/logprobs_file.py `chunk_signal`), joined to the student's examples. Chunk c of an example
+  sits in slot c (C = L_s slots).
+
+  student_chunk: [B, L_s] int32 the chunk of each student position's label (-1: none).
+  log_likelihood: [B, C] float32 the chunk's teacher log-likelihood: the sum of its tokens' logprobs.
+  top_log_q: [B, C, k] float32 the teacher's chunk distribution where known: the top-k logprobs of the chunk's first
+    token plus the logprobs of its later tokens (log q_c of the module docstring at T = 1), largest first.
+  top_ids: [B, C, k] int32 the student id of each of those top tokens where it is one student token, else -1.
+  """
+  student_chunk: jax.Array
+  log_likelihood: jax.Array
+  top_log_q: jax.Array
+  top_ids: jax.Array
+
+
+def cached_chunk_losses(kind: str, student_logits: jax.Array, student_labels: jax.Array, teacher: CachedChunks, *,
+                        temperature=1.0, divergence: str = "forward_kl",
+                        params: losses.DivergenceParams = losses.DivergenceParams(), t2_scaling: bool = True,
+                        alm_temperature=100.0) -> tuple[jax.Array, jax.Array]:
+  """The per-chunk loss of `kind` against a cached teacher (CachedChunks) and the chunks' weights, both [B, C].
+
+  The teacher's chunk distribution is known on its top k tokens only (at T = 1: the rules keep T = 1):
+  - uld: sorted_l1 of the student's chunk distribution and the teacher's k known probabilities; the teacher's tail
+    (its other tokens, 1 - sum of the k) enters as ULD's zero padding: its sorted vector is the k probabilities
+    followed by zeros. Sorting is 1-Lipschitz in L1, so this differs from ULD against the teacher's whole
+    distribution by at most the tail's probability.
+  - gold: w D(q_s[matched], q_t[matched]) + (1 - w) ULD(q_s[rest], q_t[rest]): the matched entries are the top tokens
+    that are one student token (top_ids >= 0; GOLD's exact matches), D over the unnormalized sub-vectors as in
+    `gold`; the rest are the other top tokens (zero-padded as in uld) against the student's distribution without the
+    matched ids; w = (matched entries) / k per chunk, the analogue of TRL's M / V_t on the teacher's known tokens.
+  - alm: `alm` of the student's chunk log-likelihood and the teacher's (the sum of its actual tokens' logprobs).
+  """
+  num_chunks = teacher.student_chunk.shape[-1]
+  weights = chunk_mask(teacher.student_chunk, num_chunks)
+  if kind == "alm":
+    student_ll = chunk_sums(label_log_probs(jax.nn.log_softmax(student_logits.astype(jnp.float32)), student_labels),
+                            teacher.student_chunk, num_chunks)
+    return alm(student_ll, teacher.log_likelihood, alm_temperature), weights
+  student_log_q = chunk_log_distributions(jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature),
+                                          student_labels, teacher.student_chunk, num_chunks)
+  teacher_log_q = teacher.top_log_q.astype(jnp.float32)
+  if kind == "uld":
+    return uld(student_log_q, teacher_log_q), weights
+  if kind == "gold":
+    matched = teacher.top_ids >= 0
+    ids = jnp.maximum(teacher.top_ids, 0)
+    student_matched = jnp.where(matched, jnp.take_along_axis(student_log_q, ids, axis=-1), ABSENT)
+    divergence_value = losses.divergence_of_log_probs(student_matched, jnp.where(matched, teacher_log_q, ABSENT),
+                                                      divergence, params)
+    student_probs = jnp.exp(student_log_q)
+    b, c = jnp.arange(ids.shape[0])[:, None, None], jnp.arange(ids.shape[1])[None, :, None]
+    matched_ids = jnp.zeros_like(student_probs).at[b, c, ids].max(matched.astype(student_probs.dtype))
+    rest = sorted_l1(student_probs * (1.0 - matched_ids), jnp.exp(jnp.where(matched, -jnp.inf, teacher_log_q)))
+    weight = jnp.mean(matched.astype(jnp.float32), axis=-1)
+    scale = jnp.square(temperature) if t2_scaling else 1.0
+    return weight * scale * divergence_value + (1.0 - weight) * rest, weights
+  raise ValueError(f"unknown cross-tokenizer loss {kind!r}; allowed: {', '.join(KINDS)}")
+
+
+class CachedChunkedTeacher(NamedTuple):
+  """A CachedChunks teacher as the train step hands it to losses.distillation_loss (the loss's `kind` with it)."""
+  chunks: CachedChunks
+  kind: str
+
+  def chunk_divergences(self, student_logits: jax.Array, student_labels: jax.Array, temperature,
+                        divergence: str, t2_scaling: bool, params: losses.DivergenceParams
+                        ) -> tuple[jax.Array, jax.Array]:
+    """`cached_chunk_losses` of this teacher and the student: (values, weights) [B, C], C = L_s."""
+    return cached_chunk_losses(self.kind, student_logits, student_labels, self.chunks, temperature=temperature,
+                               divergence=divergence, params=params, t2_scaling=t2_scaling)

@@ -190,10 +190,14 @@ class TopKLogits(NamedTuple):
   tail_logsumexp: the log-sum-exp of the other V - k logits (-inf if k = V), float32: [...] log sum_tail exp(z_t,v)
     (at T = 1: the flat tail), or [..., n] log sum_tail exp(z_t,v / T_j) at each of n temperatures T_j (the exact
     tail; the T_j are the loss's `tail_temperatures`).
+  weights: [...] float32, 1 where the teacher has a distribution and 0 where it has none (a logprobs file scores
+    a response's text, not the template's end of turn: kd_jax/teachers/logprobs_file.py); the soft term averages
+    over the positions it weighs. None: every position.
   """
   values: jax.Array
   indices: jax.Array
   tail_logsumexp: jax.Array
+  weights: jax.Array | None = None
 
 
 def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature: float, kind: str = "forward_kl",
@@ -416,7 +420,10 @@ def distillation_loss(student_logits: jax.Array | chunked.Projected,
                                                              t2_scaling, divergence_params)
     soft = global_mean(values, chunk_weights, axis_name, None if weight_sums is None else weight_sums.soft)
   else:
-    soft = global_mean(per_position_soft, example_weights, axis_name, None if weight_sums is None else weight_sums.soft)
+    soft_weights = example_weights
+    if isinstance(teacher_logits, TopKLogits) and teacher_logits.weights is not None:
+      soft_weights = example_weights * teacher_logits.weights  # the positions the teacher scored
+    soft = global_mean(per_position_soft, soft_weights, axis_name, None if weight_sums is None else weight_sums.soft)
   return DistillationTerms(loss=weights.hard * hard + weights.soft * soft, hard=hard, soft=soft)
 
 

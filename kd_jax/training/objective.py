@@ -87,7 +87,9 @@ class Objective:
         tail_temperatures=(teacher_cache.topk_tail_temperatures([config]) if tail_temperatures is None
                            else tuple(tail_temperatures)) if distills else (),
         cross_tokenizer=d.cross_tokenizer if distills else "none",
-        shared_ids=_shared_ids(task) if distills and d.cross_tokenizer == "gold" else None,
+        # A cached teacher of another tokenizer (teacher.source) maps its own top tokens to the student's ids.
+        shared_ids=(_shared_ids(task) if distills and d.cross_tokenizer == "gold" and config.teacher.source == "model"
+                    else None),
         chunk=d.loss_chunk)
     feature_loss = None
     if distills and d.features is not None:

@@ -172,6 +172,8 @@ def train_step(state: TrainState, teacher_params, objective: Objective, rng: jax
         teacher_logits = cross_tokenizer.ChunkedTeacher(
             teacher_logits, labels=teacher_inputs["label"], chunk=teacher_inputs["chunk"],
             student_chunk=inputs["chunk"], kind=loss.cross_tokenizer, shared_ids=loss.shared_ids)
+    if isinstance(teacher_logits, cross_tokenizer.CachedChunks):  # a cached teacher of another tokenizer
+      teacher_logits = cross_tokenizer.CachedChunkedTeacher(teacher_logits, loss.cross_tokenizer)
     assert features is None or teacher_features is not None, "feature distillation needs the teacher in the step"
     example_weights = rows.example_weights()
     term_sums, feature_sum = weight_sums if weight_sums is not None else (None, None)
