@@ -1,7 +1,10 @@
-"""Exports a finished run's student (or hard-label student, or teacher) as a Hugging Face directory or a GGUF file.
+"""Exports a finished run's student, hard-label student or teacher: a Hugging Face directory, GGUF file or arrays.
+
+--format=params writes named arrays and the model's config (a user's own model, the MLP, the CNN: load_exported).
 
     python scripts/export.py --workdir=runs/sst2 --model=student --format=hf --out=exports/sst2-student
     python scripts/export.py --workdir=runs/lm --model=student --format=gguf --gguf_type=q8_0 --out=exports/lm-gguf
+    python scripts/export.py --workdir=runs/custom --model=student --format=params --out=exports/custom  # load_exported
 
 --workdir is a run's workdir (or a sweep point's, `<sweep workdir>/<point>`); --lora=adapter writes a LoRA student as
 a peft adapter instead of merging its adapters; --overwrite replaces a non-empty --out. What is written, and which

@@ -138,15 +138,17 @@ class SigtermAt:
       os.kill(os.getpid(), signal.SIGTERM)
 
 
-def digits_student(log_every_steps: int, eval_every_steps: int, checkpoint_every_steps: int):
-  """(config, examples, model, params, objective): the smoke config (with these train.*_every_steps) and its student
-  on digits, the training examples carrying random cached teacher logits."""
+def digits_student(log_every_steps: int, eval_every_steps: int, checkpoint_every_steps: int, **student):
+  """(config, examples, model, params, objective): the smoke config (with these train.*_every_steps, and the
+  config.student fields `student`, e.g. name='tests/user_models.py:nnx_mlp') and its student on digits, the training
+  examples carrying random cached teacher logits."""
   import jax  # pylint: disable=import-outside-toplevel
   from kd_jax import data, models  # pylint: disable=import-outside-toplevel
   from kd_jax.training.objective import Objective  # pylint: disable=import-outside-toplevel
   config = load_config()
   config.train.log_every_steps, config.train.eval_every_steps = log_every_steps, eval_every_steps
   config.train.checkpoint_every_steps = checkpoint_every_steps
+  config.student.update(student)
   task = data.load_task(config)
   logits = np.random.default_rng(0).normal(size=(len(task.train), task.num_classes)).astype(np.float32)
   examples = task.train.replace(teacher=logits)

@@ -47,7 +47,8 @@ INVALID = [
     ("teacher.optim.learning_rate", -1e-3, "config.teacher.optim.learning_rate=-0.001: must be > 0"),
     ("train.num_epochs", 0, "config.train.num_epochs=0: must be > 0"),
     ("seed", -1, "config.seed=-1: must be >= 0"),
-    ("student.name", "resnet", "config.student.name='resnet': allowed: mlp, cnn, hf"),
+    ("student.name", "resnet", "config.student.name='resnet': allowed: mlp, cnn, hf, or a user's model "
+     "'package.module:factory' or 'path/to/file.py:factory'"),
     ("student.name", "cnn", "config.student.name='cnn': needs an image data set (fashion_mnist, mnist), not "
      "data.name='digits'"),
     ("teacher.init", "/no/such/teacher", "config.teacher.init='/no/such/teacher': must be 'train'"),
@@ -62,7 +63,8 @@ INVALID = [
      "data.name='digits'; allowed: accuracy, nll, ece, brier, agreement, kl_to_teacher"),
     ("distill.features", "uniform", "config.distill.features='uniform': needs distill.teacher_mode='online'"),
     ("distill.attention_weight", 1.0, "config.distill.attention_weight=1.0: needs distill.features"),
-    ("student.lora.rank", 4, "config.student.lora.rank=4: LoRA needs an HF student (student.name='hf'), not 'mlp'"),
+    ("student.lora.rank", 4, "config.student.lora.rank=4: LoRA needs an HF student (student.name='hf') or a user's "
+     "model, not 'mlp'"),
     ("student.trainable", (), "config.student.trainable=(): freezes every parameter"),
     ("student.trainable", ("(",), "config.student.trainable=('(',): '(' is not a regular expression"),
     ("student.init_from_teacher_layers", (0,), "config.student.init_from_teacher_layers=(0,): needs HF models"),
@@ -110,7 +112,7 @@ INVALID_FEATURES = [
     ("default", {"distill.features": "uniform", "ensemble.size": 2},
      "config.distill.features='uniform': needs a single teacher (ensemble.size=2)"),
     ("default", {"distill.features": "uniform", "student.name": "cnn", "data.name": "fashion_mnist",
-                 "data.source": "tfds"}, "config.distill.features='uniform': needs MLP or HF models"),
+                 "data.source": "tfds"}, "config.distill.features='uniform': needs MLP, HF or user's models"),
 ]
 
 
@@ -201,8 +203,8 @@ INVALID_IMAGES = [
     ("student.norm_groups", -1, "config.student.norm_groups=-1: must be 0 (no normalization) or a number of groups"),
     ("student.dropout_rate", 1.0, "config.student.dropout_rate=1.0: must be in [0.0, 1.0)"),
     ("teacher.hidden_sizes", (0,), "config.teacher.hidden_sizes=(0,): must be positive integers"),
-    ("teacher.name", "hf", "config.teacher.name='hf': data.name='fashion_mnist' is images: it needs 'mlp' or 'cnn' "
-     "models"),
+    ("teacher.name", "hf", "config.teacher.name='hf': data.name='fashion_mnist' is images: it needs 'mlp', 'cnn' or "
+     "a user's model"),
     ("data.source", "disk", "config.data.source='disk': allowed for data.name='fashion_mnist': files (its IDX files "
      "in data.data_dir), tfds"),
 ]

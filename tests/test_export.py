@@ -351,7 +351,9 @@ def test_out_is_replaced_only_with_overwrite_and_a_failed_export_leaves_nothing(
      "qwen3; supported pairs: hf for bert, "),
     (None, ["--model=student", "--format=hf", "--lora=adapter"], "--lora=adapter: the model trained no LoRA"),
     ("unfinished", ["--model=student", "--format=hf"], "the run has not finished \\(no results.json\\)"),
-    ("mlp", ["--model=student", "--format=hf"], "config.student.name='mlp' has no export mapping"),
+    ("mlp", ["--model=student", "--format=hf"],
+     "--format=hf: not supported for config.student.name='mlp'; supported pairs: params for the models that are not "
+     "Hugging Face ones"),
     ("no_config", ["--model=student", "--format=hf"], "no config.json, so no run of kd_jax is there"),
     (None, ["--model=teacher", "--format=hf"], "--model=teacher: .*teacher/params is missing"),
 ])

@@ -107,8 +107,9 @@ def _check_image_task(config: ml_collections.ConfigDict) -> None:
   require(data_config.source in schema.IMAGE_SOURCES, "data.source", data_config.source,
           f"allowed for data.name={data_config.name!r}: files (its IDX files in data.data_dir), tfds")
   for section in ("teacher", "student"):
-    require(config[section].name in ("mlp", "cnn"), f"{section}.name", config[section].name,
-            f"data.name={data_config.name!r} is images: it needs 'mlp' or 'cnn' models")
+    require(config[section].name in ("mlp", "cnn") or schema.is_user_model(config[section].name), f"{section}.name",
+            config[section].name, f"data.name={data_config.name!r} is images: it needs 'mlp', 'cnn' or a user's "
+            "model")
 
 
 def _check_model(config: ml_collections.ConfigDict, section: str) -> None:
@@ -140,8 +141,8 @@ def _check_student_parameters(config: ml_collections.ConfigDict) -> None:
   if student.trainable is not None:
     require(len(student.trainable) > 0 or student.lora.rank > 0, "student.trainable", tuple(student.trainable),
             "freezes every parameter: give at least one pattern (or None to train all)")
-  require(not student.lora.rank or student.name == "hf", "student.lora.rank", student.lora.rank,
-          f"LoRA needs an HF student (student.name='hf'), not {student.name!r}")
+  require(not student.lora.rank or student.name == "hf" or schema.is_user_model(student.name), "student.lora.rank",
+          student.lora.rank, f"LoRA needs an HF student (student.name='hf') or a user's model, not {student.name!r}")
 
 
 def _check_loss_weights(config: ml_collections.ConfigDict) -> None:
@@ -201,8 +202,9 @@ def _check_features(config: ml_collections.ConfigDict) -> None:
   require(config.ensemble.size == 1, "distill.features", distill.features,
           f"needs a single teacher (ensemble.size={config.ensemble.size}): whose hidden states would it match?")
   for section in ("teacher", "student"):
-    require(config[section].name in ("mlp", "hf"), "distill.features", distill.features,
-            f"needs MLP or HF models (they return their hidden states); {section}.name={config[section].name!r}")
+    require(config[section].name in ("mlp", "hf") or schema.is_user_model(config[section].name), "distill.features",
+            distill.features, "needs MLP, HF or user's models (they return their hidden states); "
+            f"{section}.name={config[section].name!r}")
     require(distill.attention_weight == 0 or config[section].name == "hf", "distill.attention_weight",
             distill.attention_weight, f"needs transformer models: {section}.name={config[section].name!r} has no "
             "attention")

@@ -99,6 +99,20 @@ def _positive_integers(path: str, value) -> None:
   require(all(isinstance(w, int) and w > 0 for w in value), path, tuple(value), "must be positive integers")
 
 
+def is_user_model(name: str) -> bool:
+  """Whether a model name names a user's factory, 'package.module:factory' or 'path/to/file.py:factory'
+  (kd_jax/models/protocol.py), rather than a registered model."""
+  return ":" in name
+
+
+def _model_name(path: str, value) -> None:
+  """A registered model name, or a user's factory 'package.module:factory' / 'path/to/file.py:factory'."""
+  target, _, factory = value.rpartition(":")
+  require(value in MODEL_NAMES or (bool(target) and factory.isidentifier()), path, value,
+          f"allowed: {', '.join(MODEL_NAMES)}, or a user's model 'package.module:factory' or "
+          "'path/to/file.py:factory'")
+
+
 def _conv_widths(path: str, value) -> None:
   """One or more positive integers."""
   require(len(value) > 0 and all(isinstance(f, int) and f > 0 for f in value), path, tuple(value),
@@ -210,7 +224,11 @@ def _model_fields(*, hidden_sizes: tuple, dropout_rate: float, conv_features: tu
   """The fields config.teacher and config.student share: the model, its shape and dtypes."""
   return {
       "name": Field("mlp", "Registered model name: 'mlp', 'cnn' (image tasks) or 'hf' (a Hugging Face checkpoint, see "
-                    "`checkpoint`).", choices=MODEL_NAMES),
+                    "`checkpoint`); or a user's model (classification on digits, synthetic and image tasks), "
+                    "'package.module:factory' or 'path/to/file.py:factory' (relative to the working directory or "
+                    "absolute), whose factory takes this config block (and num_classes, rngs where it names them) "
+                    "and returns a Flax NNX module, a Linen module or an (init_fn, apply_fn) pair (docs/models.md, "
+                    "kd_jax/models/protocol.py).", check=_model_name),
       "hidden_sizes": Field(hidden_sizes, "MLP: hidden layer widths (depth = number of entries). CNN: the Dense layers "
                             "after the conv blocks.", check=_positive_integers),
       "dropout_rate": Field(dropout_rate, "MLP: dropout after every hidden layer. CNN: dropout after every block.",

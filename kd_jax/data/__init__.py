@@ -51,6 +51,14 @@ def evaluator_of(name: str) -> str:
   return _task_module(name).EVALUATOR
 
 
+def num_classes(config) -> int | None:
+  """The number of classes of config.data's task where known before it loads (checking a user's model: kd_jax/models
+  check_user_model): the synthetic tasks' data.synthetic.num_classes, or its module's NUM_CLASSES; else None."""
+  if config.data.name.startswith("synthetic"):
+    return config.data.synthetic.num_classes
+  return getattr(_task_module(config.data.name), "NUM_CLASSES", None)
+
+
 def check_config(config) -> None:
   """Raises ConfigError where config.data asks for what this job lacks: a seq2seq or causal-LM task needs a single
   process, and a task module may check its own inputs (`check_config(config)`, e.g. mnist's IDX files)."""

@@ -3,6 +3,7 @@
 import numpy as np
 
 EVALUATOR = "classification"  # how it is evaluated: the name of its evaluator (kd_jax.evaluation.EVALUATORS)
+NUM_CLASSES = 10
 
 
 def load(data_config):
@@ -10,4 +11,4 @@ def load(data_config):
   del data_config
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   digits = datasets.load_digits()
-  return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int32), 10
+  return (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int32), NUM_CLASSES

@@ -10,7 +10,9 @@ and the returned module is called as
 
 where `inputs` is a batch's `Examples.inputs` (a float array [batch, features] for the MLP tasks, [batch, height,
 width, channels] for the image tasks (the MLP flattens them), a dict of token arrays for text) and the result is
-logits ([batch, num_classes] for classification).
+logits ([batch, num_classes] for classification): the model protocol, which kd_jax/models/protocol.py states.
+A config may also name a user's model, `package.module:factory` or `path/to/file.py:factory`, whose factory returns
+a Flax NNX module, a Linen module or an (init_fn, apply_fn) pair; protocol.py adapts it.
 Modules are imported on first use so that `import kd_jax` stays cheap.
 """
 
@@ -48,6 +50,11 @@ def create(model_config, *, num_classes: int, example_inputs, rng, field: str = 
   Returns:
     (module, params).
   """
+  if schema.is_user_model(model_config.name):
+    from kd_jax.models import protocol  # pylint: disable=g-import-not-at-top  (flax.nnx: only when used)
+    model, params = protocol.create(model_config, num_classes=num_classes, example_inputs=example_inputs, rng=rng,
+                                    field=f"{field}.name")
+    return _canonical(model), params
   if model_config.name not in _MODEL_MODULES:
     raise ConfigError(f"{field}.name", model_config.name, f"allowed: {', '.join(names())}")
   module = importlib.import_module(_MODEL_MODULES[model_config.name])
@@ -78,6 +85,18 @@ def create_student(student_config, *, num_classes: int, example_inputs, rng, tea
   return _canonical(model), params
 
 
+def check_user_model(config, section: str):
+  """What the factory of a user's model config[section].name (protocol.py) returns, built once before anything is
+  written: ConfigError for a missing module, file or factory, a factory that raises, or a return that is not a
+  model. None for the built-in models."""
+  model_config = config[section]
+  if not schema.is_user_model(model_config.name):
+    return None
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
+  from kd_jax.models import protocol  # pylint: disable=g-import-not-at-top
+  return protocol.build(model_config, num_classes=data.num_classes(config), field=f"{section}.name")
+
+
 def remat_options() -> tuple[str, ...]:
   """The values of config.train.remat this jax offers: 'none', 'block', and those of the schema's
   jax.checkpoint_policies names that it has."""
@@ -92,12 +111,16 @@ def check_config(config, section: str) -> None:
   with LoRA adapters, fits the shapes of the checkpoint it starts from (read from its config.json, without loading
   weights)."""
   model_config = config[section]
+  built = check_user_model(config, section)
   if model_config.name == "cnn":
     importlib.import_module(_MODEL_MODULES["cnn"]).check_blocks(model_config, section)
   if section != "student":
     return
   options = remat_options()
   require(config.train.remat in options, "train.remat", config.train.remat, f"allowed: {', '.join(options)}")
+  if built is not None:
+    _check_user_student(model_config, built)
+    return
   if model_config.init_from_teacher_layers is None and not model_config.lora.rank:
     return
   from kd_jax.models.hf import from_teacher, pretrained  # pylint: disable=g-import-not-at-top  (jax, transformers)
@@ -115,11 +138,32 @@ def check_config(config, section: str) -> None:
     peft.check_rank(model_config.lora, abstract)
 
 
+def _check_user_student(student_config, built) -> None:
+  """LoRA and freezing on a user's student (what its factory returned): no LoRA dropout where the adapters are merged
+  (protocol.merges_adapters); for an NNX module, whose parameter shapes are known before it is initialized, the
+  targets and rank fit its linear layers and student.trainable selects some of its parameters."""
+  from kd_jax.models import peft, protocol  # pylint: disable=g-import-not-at-top
+  lora = student_config.lora
+  require(not (lora.rank and lora.dropout and protocol.merges_adapters(built)), "student.lora.dropout", lora.dropout,
+          "must be 0 for an NNX or (init_fn, apply_fn) student: its adapters are merged into the weights before each "
+          "call (dropout on x A B needs a Linen module)")
+  params = protocol.abstract_params(built)
+  if params is None:
+    return
+  if lora.rank:
+    peft.check_rank(lora, params)
+  else:
+    peft.check_trainable(student_config, params)
+
+
 def check_tensor_parallel(config, section: str, tensor: int) -> None:
   """ConfigError unless config[section]'s model ('teacher' or 'student') declares its tensor-parallel placement and
   fits a tensor axis of `tensor` (> 1) devices: an HF checkpoint's family (pretrained.tensor_parallel_problem: its
   rules, its heads); a registry model without rules (MLP, CNN) is refused rather than silently replicated."""
   model_config = config[section]
+  built = check_user_model(config, section)
+  if built is not None and getattr(built, "partition_rules", None) is not None:
+    return  # the user's module declares its placement
   if model_config.name != "hf":
     raise ConfigError("mesh.tensor", config.mesh.tensor,
                       f"must be 1: {section}.name={model_config.name!r} declares no tensor-parallel placement (the HF "
@@ -143,7 +187,7 @@ def partition_rules(model, mesh) -> tuple:
   if tensor == 1:
     return ()
   base = peft.plain_model(model)
-  if not hasattr(base, "partition_rules"):
+  if getattr(base, "partition_rules", None) is None:
     raise ConfigError("mesh.tensor", tensor, f"must be 1: {type(base).__name__} declares no tensor-parallel placement")
   return tuple(base.partition_rules(tensor))
 
@@ -182,11 +226,18 @@ def compiled_init(module):
   return jax.jit(module.init)
 
 
-@functools.lru_cache(maxsize=64)
 def _canonical(model):
   """The first created model equal to `model`. Equal models are then one object, and so are their bound `apply`
   methods (compared by identity), which train states hold in their tree structure: the runs of a sweep reuse each
-  other's compiled steps."""
+  other's compiled steps. A user's Linen module with unhashable fields (a list) stays its own object."""
+  try:
+    return _first_equal(model)
+  except TypeError:
+    return model
+
+
+@functools.lru_cache(maxsize=64)
+def _first_equal(model):
   return model
 
 
@@ -198,3 +249,10 @@ def from_pretrained(name_or_path: str, task: str = "sequence_classification", **
   """
   from kd_jax.models import hf  # pylint: disable=g-import-not-at-top  (jax, transformers: only when used)
   return hf.from_pretrained(name_or_path, task, **kwargs)
+
+
+def load_exported(directory: str):
+  """(model, params) of a model exported with `scripts/export.py --format=params` (a user's model, the MLP or the
+  CNN): see kd_jax.models.export.load_exported."""
+  from kd_jax.models import export  # pylint: disable=g-import-not-at-top
+  return export.load_exported(directory)

@@ -9,6 +9,10 @@ run's or a sweep point's) in the formats other tools read:
   checkpoint.
 - "gguf": a llama.cpp file (model.gguf) in float32, float16 or Q8_0 with the tokenizer and chat template, for the
   Llama, Mistral, Qwen2 and Qwen3 models GGUF expresses (gguf.writable).
+- "params": for the models that are not Hugging Face ones (a user's NNX, Linen or function model named in the
+  config, kd_jax/models/protocol.py; the MLP and CNN): model.safetensors, the plain parameters as named arrays
+  ('/'-joined paths, LoRA adapters merged), and kd_model.json, the model's name, config block, class count and input
+  shape, from which `load_exported(directory)` rebuilds the model and reads the parameters back bitwise.
 
 Where a run keeps its finished parameters: the students', the last checkpoint of `checkpoints/<phase>/`
 (train.select='last') or the best-validation parameters kept in `checkpoints/<phase>_best/`
@@ -38,7 +42,7 @@ from kd_jax.models import peft
 from kd_jax.reporting import results
 
 MODELS = ("student", "student_hard", "teacher")
-FORMATS = ("hf", "gguf")
+FORMATS = ("hf", "gguf", "params")
 LORA_MODES = ("merge", "adapter")
 GGUF_TYPES = ("f32", "f16", "q8_0")
 CONFIG_FILE = "config.json"  # the run's resolved config in its workdir (train.CONFIG_FILE, which imports every stage)
@@ -46,6 +50,7 @@ SAFETENSORS_FILE = "model.safetensors"
 GGUF_FILE = "model.gguf"
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_FILE = "adapter_model.safetensors"
+MODEL_FILE = "kd_model.json"  # format "params": what rebuilds the model (load_exported)
 # peft's task types by kd_jax task.
 _PEFT_TASK_TYPES = {"sequence_classification": "SEQ_CLS", "causal_lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM",
                     "encoder": "FEATURE_EXTRACTION"}
@@ -63,13 +68,17 @@ class Trained:
     layers: the teacher layers a student was built from (student.init_from_teacher_layers); None otherwise.
     lora: config.student.lora when the student trained LoRA adapters; None otherwise.
     trainable: config.student.trainable (which base parameters trained beside the adapters; None: the head).
+    run_config, section: the run's config and the model's section of it ('teacher' or 'student'): what format
+      "params" records of a model that is not a Hugging Face one (source None).
   """
-  source: str
+  source: str | None
   task: str
   params: Any
   layers: tuple[int, ...] | None = None
   lora: ml_collections.ConfigDict | None = None
   trainable: tuple[str, ...] | None = None
+  run_config: ml_collections.ConfigDict | None = None
+  section: str = "student"
 
   def plain_params(self):
     """The parameters with LoRA adapters merged into their kernels (peft.merge): the plain model's."""
@@ -91,10 +100,6 @@ def trained_model(workdir: str, model: str) -> Trained:
     raise UserError(f"--model={model}: not one of {', '.join(MODELS)}")
   config = run_config(workdir)
   section = "teacher" if model == "teacher" else "student"
-  name = config[section].name
-  if name != "hf":
-    raise UserError(f"--model={model}: config.{section}.name={name!r} has no export mapping; export writes Hugging "
-                    "Face models (name 'hf': BERT, RoBERTa, DistilBERT, T5, Llama, Mistral, Qwen2, Qwen3, GPT-2)")
   if model == "teacher":
     return _trained_teacher(config, workdir)
   if model == "student_hard" and not config.baseline:
@@ -105,10 +110,12 @@ def trained_model(workdir: str, model: str) -> Trained:
                     "finish it, then export")
   student = config.student
   layers = student.init_from_teacher_layers
-  return Trained(source=config.teacher.checkpoint if layers is not None else student.checkpoint,
+  source = config.teacher.checkpoint if layers is not None else student.checkpoint
+  return Trained(source=source if student.name == "hf" else None,
                  task=student.task or "sequence_classification", params=_student_params(config, workdir, model),
                  layers=None if layers is None else tuple(layers), lora=student.lora if student.lora.rank else None,
-                 trainable=None if student.trainable is None else tuple(student.trainable))
+                 trainable=None if student.trainable is None else tuple(student.trainable), run_config=config,
+                 section=section)
 
 
 def _student_params(config, workdir: str, phase: str):
@@ -191,7 +198,8 @@ def _trained_teacher(config, workdir: str) -> Trained:
       raise UserError(f"--model=teacher: {params_dir} is missing (the teacher's training did not finish); rerun "
                       "the run's command to finish it")
     params = checkpointing.restore_saved_params(params_dir)
-  return Trained(source=config.teacher.checkpoint, task=task, params=jax.device_get(params))
+  return Trained(source=config.teacher.checkpoint if config.teacher.name == "hf" else None, task=task,
+                 params=jax.device_get(params), run_config=config, section="teacher")
 
 
 def check_format(trained: Trained, export_format: str, lora: str = "merge"):
@@ -202,6 +210,15 @@ def check_format(trained: Trained, export_format: str, lora: str = "merge"):
     raise UserError(f"--format={export_format}: not one of {', '.join(FORMATS)}")
   if lora not in LORA_MODES:
     raise UserError(f"--lora={lora}: not one of {', '.join(LORA_MODES)}")
+  if trained.source is None or export_format == "params":
+    name = trained.run_config[trained.section].name
+    if trained.source is not None or export_format != "params":
+      raise UserError(f"--format={export_format}: not supported for config.{trained.section}.name={name!r}; "
+                      "supported pairs: params for the models that are not Hugging Face ones (a user's model, mlp, "
+                      f"cnn); hf for {', '.join(sorted(pretrained.FAMILIES))}; gguf for the Llama family")
+    if lora == "adapter":
+      raise UserError("--lora=adapter: needs --format=hf; --format=params writes the adapters merged")
+    return None, None
   family, config = pretrained.family_and_config(trained.source, trained.task)
   if trained.layers is not None:
     config = from_teacher.student_hf_config(config, trained.layers)
@@ -255,7 +272,9 @@ def write(trained: Trained, export_format: str, out: str, *, lora: str = "merge"
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(out)}.export-")
   try:
-    if lora == "adapter":
+    if export_format == "params":
+      write_params(trained, staging)
+    elif lora == "adapter":
       write_adapter(trained, family, config, staging)
     elif export_format == "hf":
       write_hf(trained, family, config, staging)
@@ -266,6 +285,49 @@ def write(trained: Trained, export_format: str, out: str, *, lora: str = "merge"
     shutil.rmtree(created or staging, ignore_errors=True)
     raise
   return sorted(os.listdir(out))
+
+
+def write_params(trained: Trained, directory: str) -> None:
+  """model.safetensors (the plain parameters, each array named by its '/'-joined path) and kd_model.json (the model's
+  name, with a factory file's path made absolute, its config block, the class count and the shape of one example's
+  inputs) in `directory`: what `load_exported` rebuilds."""
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  from kd_jax import data  # pylint: disable=g-import-not-at-top
+  config = trained.run_config
+  model_config = config[trained.section].to_dict()
+  target, separator, factory = model_config["name"].rpartition(":")
+  if separator and target.endswith(".py") and os.path.isfile(target):
+    model_config["name"] = f"{os.path.abspath(target)}:{factory}"
+  tensors = {peft.path_name(path): np.ascontiguousarray(leaf)
+             for path, leaf in jax.tree_util.tree_flatten_with_path(trained.plain_params())[0]}
+  example = data.load_task(config).train.inputs[:1]
+  files.write_json(os.path.join(directory, MODEL_FILE), {
+      "name": model_config["name"], "config": model_config, "num_classes": data.num_classes(config),
+      "example_inputs": {"shape": list(example.shape), "dtype": str(example.dtype)}})
+  safetensors.numpy.save_file(tensors, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "kd_jax"})
+
+
+def load_exported(directory: str):
+  """(model, params) of a directory `write_params` wrote (format "params"): the model rebuilt from its name and
+  config block (a user's factory is called again), the parameters read back as they were exported."""
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  from kd_jax import models  # pylint: disable=g-import-not-at-top
+  path = os.path.join(directory, MODEL_FILE)
+  if not os.path.isfile(path):
+    raise UserError(f"{directory}: no {MODEL_FILE}, so no model exported with --format=params is there")
+  record = files.read_json(path)
+  example = record["example_inputs"]
+  model, initial = models.create(ml_collections.ConfigDict(record["config"]), num_classes=record["num_classes"],
+                                 example_inputs=np.zeros(example["shape"], example["dtype"]),
+                                 rng=jax.random.PRNGKey(0), field="model")
+  params = traverse_util.unflatten_dict(safetensors.numpy.load_file(os.path.join(directory, SAFETENSORS_FILE)),
+                                        sep="/")
+  expected, loaded = jax.tree.map(np.shape, initial), jax.tree.map(np.shape, params)
+  if expected != loaded:
+    raise UserError(f"{directory}: its {SAFETENSORS_FILE} does not hold the parameters of {record['name']!r} "
+                    "as its factory builds it now (was the model changed since the export?)")
+  return model, params
 
 
 def _check_out(out: str, overwrite: bool) -> None:

@@ -13,7 +13,8 @@ Parameters are named by their '/'-joined path, e.g. 'distilbert/transformer.laye
   from the base model. Only the adapters (`ADAPTER_PATTERN`) and the base parameters matching config.student.trainable
   (None: the classification head, `HEAD_PATTERN`, peft's modules_to_save for sequence classification) are trained.
   `LoraModel` wraps a registry model and adds the adapters' term to the linear layers that hold them (a flax method
-  interceptor, so the model code knows nothing of LoRA); `merge` folds them into the weights, W + (alpha / r) A B, for
+  interceptor, so the model code knows nothing of LoRA; a user's NNX module or function pair, which no interceptor
+  reaches, is called with the adapters merged, W + (alpha / r) A B: the same function without LoRA dropout); `merge` folds them into the weights, W + (alpha / r) A B, for
   evaluation and export: the evaluator, the efficiency measurement and results.json see a plain model.
 """
 
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 
 from kd_jax.errors import ConfigError
 from kd_jax.models import dropout as dropout_masks
+from kd_jax.models import protocol
 
 # Trained with LoRA: the adapters, and by default the classification head. The head pattern matches the classifier
 # modules of every family (BERT's classifier, RoBERTa's classifier.dense and classifier.out_proj, DistilBERT's
@@ -199,6 +201,10 @@ class LoraModel:
   dropout: float
 
   def apply(self, variables, inputs, train: bool = False, rngs=None, **options):
+    if protocol.merges_adapters(self.base):  # a user's NNX module or function pair: no Linen layers to intercept
+      assert self.dropout == 0 or not train, "LoRA dropout needs a Linen model (config rules refuse it otherwise)"
+      return self.base.apply({"params": merge(variables["params"], self.scale)}, inputs, train=train, rngs=rngs,
+                             **options)
     interceptor = functools.partial(_adapted_dense, scale=self.scale, dropout=self.dropout if train else 0.0)
     with nn.intercept_methods(interceptor):
       return self.base.apply(variables, inputs, train=train, rngs=rngs, **options)

@@ -43,7 +43,8 @@ from flax import traverse_util
 
 from kd_jax import models
 from kd_jax.config import schema
-from kd_jax.errors import ConfigError
+from kd_jax.errors import ConfigError, UserError
+from kd_jax.models import peft
 from kd_jax.training import losses
 
 FEATURE_LOSSES = schema.FEATURE_LOSSES
@@ -92,6 +93,11 @@ def describe(model, params, example_inputs) -> Layers:
   """The Layers of `model` (registry convention: apply(variables, inputs, train, ...)), from shapes only."""
   _, state = jax.eval_shape(lambda: model.apply({"params": params}, example_inputs, train=False,
                                                 mutable=["intermediates"]))
+  if not any(path[-1] == "hidden_states" for path in traverse_util.flatten_dict(flax.core.unfreeze(
+      state["intermediates"]))):
+    raise UserError(f"distill.features: the {type(peft.plain_model(model)).__name__} model sows no 'hidden_states' "
+                    "(a user's model sows h_0..h_L: self.sow(nnx.Intermediate, 'hidden_states', h) in NNX, "
+                    "self.sow('intermediates', 'hidden_states', h) in Linen; docs/models.md)")
   found = collect(state["intermediates"])
   return Layers(tuple(h.shape[-1] for h in found.hidden_states), tuple(a.shape[1] for a in found.attention_logits))
 
