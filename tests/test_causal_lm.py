@@ -198,7 +198,6 @@ def test_on_policy_and_packing_need_what_they_use(changes, message):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"distill.teacher_mode": "cached"}, "needs distill.teacher_mode='online'"),
     ({"distill.on_policy_fraction": 0.5}, "needs distill.on_policy_fraction=0.0"),
     ({"data.packing": True}, "needs data.packing=False"),
     ({"train.microbatches": 2}, "needs train.microbatches=1"),
@@ -219,6 +218,54 @@ def test_cross_tokenizer_distillation_needs_what_it_uses(changes, message):
 @pytest.fixture(scope="module")
 def cross_task():
   return data.load_task(load_config("configs/causal_lm.py", "smoke,cross_tokenizer"))
+
+
+@pytest.mark.slow
+def test_a_cached_teacher_of_another_tokenizer_gives_alm_the_online_teachers_chunk_likelihoods(cross_task, tmp_path):
+  """distill.teacher_mode='cached' with a model teacher of another tokenizer: its own logprobs file (written once into
+  the teacher directory, keyed by its weights and the data) is the cache; ALM needs only the chunks' log-likelihoods,
+  which the file holds exactly, so the cached ALM loss equals the online teacher's on the same batch and student
+  (the train step's use of cached chunks: tests/test_logprobs_file.py)."""
+  import copy  # pylint: disable=import-outside-toplevel
+  from kd_jax import preflight  # pylint: disable=import-outside-toplevel
+  from kd_jax.teachers import student_data, teacher  # pylint: disable=import-outside-toplevel
+  online_config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer")
+  online_config.distill.cross_tokenizer = "alm"
+  cached_config = copy.deepcopy(online_config)
+  cached_config.distill.teacher_mode = "cached"
+  preflight.check(cached_config)
+  cached_config.distill.temperature = 2.0
+  with pytest.raises(ConfigError, match=r"^config\.distill\.temperature=2\.0: must be 1 for a cached teacher of "
+                                        r"another tokenizer \(its cache holds its top-k log-probabilities at T = 1"):
+    preflight.check(cached_config)
+  cached_config.distill.temperature = 1.0
+  task = cross_task
+  teacher_model, teacher_params = models.create(online_config.teacher, num_classes=task.num_classes,
+                                                example_inputs=None, rng=jax.random.PRNGKey(0))
+  model, params = models.create(online_config.student, num_classes=task.num_classes, example_inputs=None,
+                                rng=jax.random.PRNGKey(0))
+  mesh = sharding.make_mesh()
+  placed_teacher = sharding.replicate(teacher_params, mesh)
+  prepared = student_data.prepare(cached_config, task, teacher.Teacher(teacher_model, placed_teacher,
+                                                                       str(tmp_path / "teacher")), mesh)
+  assert prepared.results["teacher_cache"]["signal"] == "logprobs_chunks"
+  assert len(list((tmp_path / "teacher").glob(f"own-logprobs-k{online_config.distill.topk}-chat1-*.jsonl"))) == 1
+  from kd_jax.training import cross_tokenizer  # pylint: disable=import-outside-toplevel
+  batch = prepared.examples.select(np.arange(32))  # the training examples with the cached signal joined
+
+  @jax.jit
+  def soft_losses(params, teacher_params, batch):
+    logits = model.apply({"params": params}, batch.inputs, train=False)
+    teacher_logits = teacher_model.apply({"params": teacher_params}, batch.teacher_inputs, train=False)
+    online = cross_tokenizer.chunk_losses("alm", logits, batch.label, batch.inputs["chunk"], teacher_logits,
+                                          batch.teacher_inputs["label"], batch.teacher_inputs["chunk"],
+                                          num_chunks=batch.label.shape[1])
+    cached = cross_tokenizer.cached_chunk_losses("alm", logits, batch.label, batch.teacher)
+    return [losses.global_mean(values, weights) for values, weights in (online, cached)] + [
+        jnp.sum(weights) for _, weights in (online, cached)]
+  online, cached, online_chunks, cached_chunks = soft_losses(params, teacher_params, batch)
+  assert float(online_chunks) == float(cached_chunks) > 32 * 4 and float(online) > 0
+  np.testing.assert_allclose(float(cached), float(online), rtol=1e-5)
 
 
 @pytest.mark.slow

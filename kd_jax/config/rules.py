@@ -269,13 +269,17 @@ def uses_topk_cache(config: ml_collections.ConfigDict) -> bool:
 
 
 def _check_cross_tokenizer(config: ml_collections.ConfigDict) -> None:
-  """The losses across tokenizers run in the train step on prompt/response pairs, against one online teacher, or the
-  cached logprobs of a teacher from a file or a server (teacher.source)."""
+  """The losses across tokenizers run in the train step on prompt/response pairs, against one online teacher, or
+  cached logprobs: of a teacher from a file or a server (teacher.source), or a model teacher's own (written once)."""
   value = config.distill.cross_tokenizer
-  online = (("distill.teacher_mode", "online", "the teacher runs in the step on its own tokens; a cached teacher of "
-             "another tokenizer is a logprobs file's or a server's: teacher.source"),)
-  online = online if config.teacher.source == "model" else ()
-  for field, allowed, why in online + (
+  if config.teacher.source == "model" and config.distill.teacher_mode == "cached" and value != "none":
+    # The cache of a model teacher of another tokenizer is its own logprobs file (kd_jax/teachers/student_data.py):
+    # log-probabilities at T = 1, as a served teacher's.
+    require(config.distill.temperature == 1 and config.distill.temperature_end in (None, 1), "distill.temperature",
+            config.distill.temperature, "must be 1 for a cached teacher of another tokenizer (its cache holds its "
+            "top-k log-probabilities at T = 1, as a logprobs file does): use distill.temperature=1 or "
+            "distill.teacher_mode='online'")
+  for field, allowed, why in (
       ("distill.strategy", "token", "it compares distributions"),
       ("distill.on_policy_fraction", 0.0, "on-policy samples are not re-tokenized for the teacher yet"),
       ("data.packing", False, "a packed row has no single response to align"),

@@ -4,6 +4,7 @@
                from its file, imported once into the teacher directory (kd_jax/teachers/logprobs_file.py), as the
                top-k signal in the student's layout (losses.TopKLogits with the positions the teacher scored;
                one shared tokenizer) or on the aligned chunks (cross_tokenizer.CachedChunks; distill.cross_tokenizer).
+               A cached model teacher of another tokenizer writes such a file of its own first (`_with_own_logprobs`).
   online       distill.teacher_mode='online': the teacher runs inside the step on the student's (possibly noisy)
                batch; the examples are the training split as it is.
   dense cache  teacher_mode='cached', classification: the teacher's eval-mode logits for every training example,
@@ -83,6 +84,8 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh, *,
     return StudentData(examples, None, distills=False, results={"teacher_generations": stats})
   if config.distill.teacher_mode == "online":
     return StudentData(task.train, ensemble.online(teacher), distills=True, results={})
+  if config.distill.cross_tokenizer != "none":
+    return _from_logprobs(config, task, _with_own_logprobs(config, task, teacher, mesh), tail_temperatures)
   if task.seq2seq is not None or task.causal_lm is not None:
     k = min(config.distill.topk, vocab_size(teacher, task))
     if tail_temperatures is None:
@@ -149,6 +152,25 @@ def _from_logprobs(config, task: data.TaskData, teacher: Teacher,
               "built" if built else "loaded", directory, len(task.train), stats["wall_s"])
   return StudentData(teacher_cache.join(task.train, cache), None, distills=True, results={"teacher_cache": stats},
                      tail_temperatures=tuple(tail_temperatures))
+
+
+def _with_own_logprobs(config, task: data.TaskData, teacher: Teacher, mesh) -> Teacher:
+  """A cached teacher of another tokenizer (distill.cross_tokenizer, teacher_mode='cached'): `teacher` with its own
+  logprobs file, written once into the teacher directory by its forward pass (logprobs_file.write_from_teacher: its
+  top distill.topk tokens and each response token's logprob, with the byte offsets the alignment needs) and keyed by
+  its weights and the data; the student then learns from it as from a served teacher's file."""
+  info = task.causal_lm
+  k = min(config.distill.topk, vocab_size(teacher, task))
+  path = os.path.join(teacher.directory, f"own-logprobs-k{k}-chat{int(bool(config.data.chat_template))}-"
+                                         f"{teacher.fingerprint[:16]}-{task.fingerprint}.jsonl")
+  if not os.path.exists(path):
+    start_time = time.time()
+    os.makedirs(teacher.directory, exist_ok=True)
+    lines = logprobs_file.write_from_teacher(teacher.model, teacher.params, task, path, top_logprobs=k,
+                                             chat_template=config.data.chat_template, mesh=mesh,
+                                             batch_size=config.data.eval_batch_size)
+    logger.info("Teacher logprobs: wrote %d lines (k = %d) to %s in %.2fs.", lines, k, path, time.time() - start_time)
+  return dataclasses.replace(teacher, logprobs=logprobs_file.read(path, info.pairs, task.train.index))
 
 
 def _causal_lm_sequences(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
