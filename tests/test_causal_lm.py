@@ -425,7 +425,9 @@ def test_a_resumed_cross_tokenizer_run_is_bitwise_the_uninterrupted_one(cross_ta
 
 @pytest.mark.slow
 def test_causal_lm_smoke_end_to_end(tmp_path):
-  result = run_main("--config=configs/causal_lm.py:smoke", f"--workdir={tmp_path}")
+  """configs/causal_lm.py:smoke without its hard-label student (nothing here reads it; a causal LM's hard-label
+  student runs end to end in tests/test_logprobs_file.py's smoke run)."""
+  result = run_main("--config=configs/causal_lm.py:smoke", f"--workdir={tmp_path}", "--config.baseline=False")
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads((tmp_path / "results.json").read_text())
   for section in ("metrics", "validation_metrics"):  # the test and validation splits

@@ -16,7 +16,7 @@ import pytest
 
 from kd_jax.errors import UserError
 from kd_jax.parallel import distributed
-from tests.helpers import REPO_ROOT, Child, child_environment, run_child, run_main
+from tests.helpers import REPO_ROOT, Child, child_environment, run_main
 
 LAUNCH_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_STEP_NODELIST",
                     "SLURM_NTASKS")
@@ -97,51 +97,6 @@ def test_launcher_stops_the_job_when_a_process_fails(tmp_path):
   assert time.time() - start < 30
 
 
-@pytest.mark.slow
-def test_two_processes_give_the_one_process_results(tmp_path):
-  """`multiprocess_local.sh 2 --config=configs/default.py:smoke` with FSDP over both processes (mesh.data=1,
-  mesh.fsdp=2: every parameter and optimizer array split between them) against `main.py` (both 1 CPU device a
-  process; the 2-process SIGTERM test below runs data parallelism).
-
-  The two processes read their shares of every batch through tf.data (train.device_data_max_mib=0); the single
-  process gathers its batches on its device. 6 epochs a phase: the students' 222 steps pass an eval and checkpoint
-  step (200) before their end.
-  """
-  arguments = ["--config=configs/default.py:smoke", "--config.teacher.num_epochs=6", "--config.train.num_epochs=6"]
-  two_workdir, one_workdir = tmp_path / "two_processes", tmp_path / "one_process"
-  two_processes = Child(
-      ["bash", "scripts/multiprocess_local.sh", "2", *arguments, "--config.train.device_data_max_mib=0",
-       "--config.mesh.data=1", "--config.mesh.fsdp=2", f"--workdir={two_workdir}"], env=launcher_environment())
-  one_process = run_main(*arguments, f"--workdir={one_workdir}")
-  finished = two_processes.finish()
-  stdout, stderr = finished.stdout, finished.stderr
-  assert one_process.returncode == 0, one_process.stderr[-3000:]
-  first_errors = [line for line in stderr.splitlines() if any(mark in line for mark in ERROR_MARKS)][:20]
-  assert finished.returncode == 0, "\n".join(first_errors) + "\n...\n" + stderr[-3000:]
-  with open(one_workdir / "results.json") as stream:
-    one = json.load(stream)
-  with open(two_workdir / "results.json") as stream:
-    two = json.load(stream)
-  assert (one["train"]["num_processes"], one["train"]["num_devices"]) == (1, 1)
-  assert (two["train"]["num_processes"], two["train"]["num_devices"]) == (2, 2)
-  assert two["train"]["phases"]["student"]["data_feed"] == "tf.data"
-  assert two["train"]["phases"]["student"]["mesh"] == {"sweep": 1, "data": 1, "fsdp": 2, "tensor": 1}
-  # Each process holds half of the teacher's parameters and optimizer state (the biases of 10 classes split too).
-  assert two["memory"]["teacher"]["params_bytes"] * 2 == one["memory"]["teacher"]["params_bytes"]
-  for model in ("teacher", "student", "student_hard"):
-    for name in SUMMARY_METRICS:
-      np.testing.assert_allclose(two["metrics"][model][name], one["metrics"][model][name], atol=1e-4,
-                                 err_msg=f"{model} {name}")
-  # One job: process 0 alone prints the table and writes the files; both processes log, each saying who speaks.
-  assert stdout.count("test split") == 1 and stdout.count("student (KD)") == 3  # test, validation, efficiency
-  assert "[process 0/2]" in stderr and "[process 1/2]" in stderr
-  with open(two_workdir / "history.jsonl") as stream:
-    history = [json.loads(line) for line in stream]
-  with open(one_workdir / "history.jsonl") as stream:
-    assert len(history) == len(stream.readlines())
-  assert two["teacher_cache"]["built"] and os.path.exists(os.path.join(two["teacher_cache"]["path"], "metadata.json"))
-
-
 def _process_pid(port: int, process_id: int) -> int | None:
   """The pid of the launched process with this coordinator port and JAX_PROCESS_ID, from /proc."""
   wanted = {f"JAX_COORDINATOR_ADDRESS=127.0.0.1:{port}".encode(), f"JAX_PROCESS_ID={process_id}".encode()}
@@ -161,18 +116,32 @@ def _process_pid(port: int, process_id: int) -> int | None:
 
 
 @pytest.mark.slow
-def test_sigterm_to_one_process_stops_the_whole_job_at_one_step_and_it_resumes(tmp_path):
-  """SIGTERM reaches process 1 only: both processes stop after the same step with one checkpoint, exit 143, and the
-  rerun of the same launch resumes there (without the agreement, process 0 would wait in a collective forever)."""
-  arguments = ["--config=configs/default.py:smoke", "--config.teacher.num_epochs=40", "--config.train.num_epochs=4",
-               "--config.train.checkpoint_every_steps=20", f"--workdir={tmp_path}"]
+def test_two_processes_stopped_by_sigterm_to_one_resume_to_the_one_process_results(tmp_path):
+  """`multiprocess_local.sh 2 --config=configs/default.py:smoke` with FSDP over both processes (mesh.data=1,
+  mesh.fsdp=2: every parameter and optimizer array split between them; both 1 CPU device a process), SIGTERM to
+  process 1 only while the KD student trains: both processes stop after the same step with one checkpoint, exit 143
+  (without the agreement, process 0 would wait in a collective forever); the rerun of the same launch resumes there
+  and ends with the results of `main.py` in one process, uninterrupted.
+
+  The two processes read their shares of every batch through tf.data (train.device_data_max_mib=0); the single
+  process gathers its batches on its device. 6 epochs a phase: the students' 222 steps pass an eval and checkpoint
+  step (200) before their end. (One job for what were two: an uninterrupted 2-process FSDP run against 1 process,
+  and a SIGTERM-stopped 2-process data-parallel run with a 40-epoch teacher and its rerun. The data-parallel
+  2-process path is what FSDP's runs too, with the parameters replicated instead of split: batches split between
+  the processes, their gradients reduced, the stop agreed; the restored sharded checkpoint is the harder case.)
+  """
+  arguments = ["--config=configs/default.py:smoke", "--config.teacher.num_epochs=6", "--config.train.num_epochs=6",
+               "--config.train.checkpoint_every_steps=20"]
+  two_workdir, one_workdir = tmp_path / "two_processes", tmp_path / "one_process"
+  launch_arguments = ["bash", "scripts/multiprocess_local.sh", "2", *arguments, "--config.train.device_data_max_mib=0",
+                      "--config.mesh.data=1", "--config.mesh.fsdp=2", f"--workdir={two_workdir}"]
   with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
-  launch = Child(["bash", "scripts/multiprocess_local.sh", "2", *arguments],
-                 env=launcher_environment(COORDINATOR_PORT=str(port)))
-  # The teacher's first log step (50) comes after its first checkpoint (step 20).
-  launch.wait_for_step("teacher", 50)
+  launch = Child(launch_arguments, env=launcher_environment(COORDINATOR_PORT=str(port)))
+  # The KD student's first log step (50) comes after its first checkpoint (step 20); 172 of its 222 steps and the
+  # hard-label student's remain (the teacher, trained on the labeled tenth, has 18).
+  launch.wait_for_step("student", 50)
   process_1 = _process_pid(port, 1)
   assert process_1 is not None, "process 1 of the launch not found in /proc"
   os.kill(process_1, signal.SIGTERM)
@@ -186,11 +155,39 @@ def test_sigterm_to_one_process_stops_the_whole_job_at_one_step_and_it_resumes(t
   stops = re.findall(r"preempted: (\w+): stopped by SIGTERM at step (\d+) of", stderr)
   assert len(stops) == 2 and stops[0] == stops[1], (stops, stderr[-3000:])  # the same phase and step in both
   phase, stopped_at = stops[0][0], int(stops[0][1])
-  assert not (tmp_path / "results.json").exists()
+  assert not (two_workdir / "results.json").exists()
+  assert re.search(r"Teacher cache \(dense\) .*: built for", stderr)  # by the 2 processes, reused by the rerun
 
-  rerun = run_child(["bash", "scripts/multiprocess_local.sh", "2", *arguments], env=launcher_environment())
-  assert rerun.returncode == 0, rerun.stderr[-3000:]
-  with open(tmp_path / "results.json") as stream:
-    results = json.load(stream)
-  assert (results["train"]["resumed_phase"], results["train"]["resumed_from_step"]) == (phase, stopped_at)
-  assert results["metrics"]["student"]["accuracy"] > 0.5
+  rerun = Child(launch_arguments, env=launcher_environment())
+  one_process = run_main(*arguments, f"--workdir={one_workdir}")
+  finished = rerun.finish()
+  stdout, stderr = finished.stdout, finished.stderr
+  assert one_process.returncode == 0, one_process.stderr[-3000:]
+  first_errors = [line for line in stderr.splitlines() if any(mark in line for mark in ERROR_MARKS)][:20]
+  assert finished.returncode == 0, "\n".join(first_errors) + "\n...\n" + stderr[-3000:]
+  with open(one_workdir / "results.json") as stream:
+    one = json.load(stream)
+  with open(two_workdir / "results.json") as stream:
+    two = json.load(stream)
+  assert (two["train"]["resumed_phase"], two["train"]["resumed_from_step"]) == (phase, stopped_at)
+  assert (one["train"]["num_processes"], one["train"]["num_devices"]) == (1, 1)
+  assert (two["train"]["num_processes"], two["train"]["num_devices"]) == (2, 2)
+  assert two["train"]["phases"]["student"]["data_feed"] == "tf.data"
+  assert two["train"]["phases"]["student"]["mesh"] == {"sweep": 1, "data": 1, "fsdp": 2, "tensor": 1}
+  # Each process holds half of each student's parameters and optimizer state (the biases of 10 classes split too; the
+  # rerun trained no teacher, so its results hold the students' memory only).
+  for phase in ("student", "student_hard"):
+    assert two["memory"][phase]["params_bytes"] * 2 == one["memory"][phase]["params_bytes"], phase
+  for model in ("teacher", "student", "student_hard"):
+    for name in SUMMARY_METRICS:
+      np.testing.assert_allclose(two["metrics"][model][name], one["metrics"][model][name], atol=1e-4,
+                                 err_msg=f"{model} {name}")
+  # One job: process 0 alone prints the table and writes the files; both processes log, each saying who speaks.
+  assert stdout.count("test split") == 1 and stdout.count("student (KD)") == 3  # test, validation, efficiency
+  assert "[process 0/2]" in stderr and "[process 1/2]" in stderr
+  with open(two_workdir / "history.jsonl") as stream:
+    history = [json.loads(line) for line in stream]
+  with open(one_workdir / "history.jsonl") as stream:
+    assert len(history) == len(stream.readlines())
+  assert not two["teacher_cache"]["built"]
+  assert os.path.exists(os.path.join(two["teacher_cache"]["path"], "metadata.json"))

@@ -1,7 +1,7 @@
 """The teacher cache: the teacher inference that building a logit cache runs (examples/s), and a cache's bytes per
 example."""
 
-from . import repo_config, timing
+from . import repo_config, settings, timing
 from .examples import default_task, text_examples
 from .students import distilbert_student
 
@@ -24,14 +24,14 @@ def cache_throughput(quick: bool) -> dict:
   run = lambda: inference.predict_logits(predict, teacher_params, inputs, batch_size=config.data.eval_batch_size,
                                          num_devices=1)
   run()
-  mlp_seconds = timing.median_seconds(run, 5 if quick else 15)
+  mlp_seconds = timing.median_seconds(run, 1 if settings.SMOKE else 5 if quick else 15)
   text_model, text_params = distilbert_student()
   text_params = sharding.replicate(text_params, mesh)
   text_inputs = text_examples(256).inputs
   text_predict = inference.make_predict_fn(text_model, mesh)
   text_run = lambda: inference.predict_logits(text_predict, text_params, text_inputs, batch_size=128, num_devices=1)
   text_run()
-  text_seconds = timing.median_seconds(text_run, 2 if quick else 5)
+  text_seconds = timing.median_seconds(text_run, 1 if settings.SMOKE else 2 if quick else 5)
   esnli_config = esnli.get_config()
   topk_bytes = esnli_config.data.max_target_length * (
       esnli_config.distill.topk * (np.dtype(esnli_config.distill.topk_dtype).itemsize + 4) + 4) + 4

@@ -17,7 +17,7 @@ def llm_throughput(quick: bool) -> dict:
   vocab = settings.SMOLLM2_STUDENT["vocab_size"]
   examples = causal_lm_examples(batch, length, prompt_length, settings.LLM_TOPK, vocab)
   input_ids = examples.inputs["input_ids"]
-  steps_per_round, rounds = (1, 3) if quick else (2, 5)
+  steps_per_round, rounds = (1, 1) if settings.SMOKE else (1, 3) if quick else (2, 5)
   trainer = FusedTrainer(model=pretrained.RegistryModel(module), params=params, examples=examples, distills=True,
                          distill_config=settings.distill_config(temperature=1.0, alpha=settings.ALPHA),
                          optim_config=settings.notebook_optim_config(), batch_size=batch,
@@ -30,7 +30,7 @@ def llm_throughput(quick: bool) -> dict:
   run = lambda: jax.block_until_ready(generate(module, params, prompt, mask, max_new_tokens=prompt_length,
                                                eos_token_id=vocab, pad_token_id=0))
   run()
-  generate_s = timing.median_seconds(run, 2 if quick else 5)
+  generate_s = timing.median_seconds(run, 1 if settings.SMOKE else 2 if quick else 5)
   return {"smollm2_student_kd_tokens_per_s": batch * length / step_s,
           "smollm2_student_kd_response_tokens_per_s": float(examples.token_weights.sum()) / step_s,
           "smollm2_student_kd_step_s": step_s, "smollm2_student_compile_s": compile_s,

@@ -21,7 +21,7 @@ def fsdp_worker(quick: bool) -> None:
   examples = text_examples(settings.BATCH_SIZE)
   distill_config = settings.distill_config(**settings.NOTEBOOK_LOSS)
   optim_config = settings.notebook_optim_config()
-  steps_per_round, rounds = (1, 3) if quick else (2, 5)
+  steps_per_round, rounds = (1, 1) if settings.SMOKE else (1, 3) if quick else (2, 5)
   meshes = {"replicated": {"data": 8, "fsdp": 1, "tensor": 1}, "fsdp": {"data": 1, "fsdp": 8, "tensor": 1}}
   trainers = {name: FusedTrainer(model=model, params=params, examples=examples, distills=True,
                                  distill_config=distill_config, optim_config=optim_config,

@@ -66,7 +66,7 @@ def vectorized_speedup(quick: bool) -> dict:
 
 
 def vectorized_sweep_end_to_end(quick: bool) -> dict:
-  """The same 8 points (4 temperatures x 2 seeds, 10 epochs each, the teacher already trained; --smoke: 2 points) as
+  """The same 8 points (4 temperatures x 2 seeds, 10 epochs each, the teacher already trained; --smoke: 2 points, no warm-up) as
   the sweep runs them: point after point (train.run_group each: data, teacher, cache, KD and hard-label students,
   evaluation, checkpoints, results.json) vs sweep.mode='vectorized' (one group); the report is not timed."""
   from absl import logging  # pylint: disable=g-import-not-at-top
@@ -83,9 +83,10 @@ def vectorized_sweep_end_to_end(quick: bool) -> dict:
   root = tempfile.mkdtemp()
   warm = expansion.expand(config, os.path.join(root, "warm-up"))
   config.teacher.workdir = warm[0].config.teacher.workdir
-  runner.run_point(warm[0], os.path.join(root, "warm-up"), 1)  # trains the teacher, compiles
-  runner.run_vectorized_group(expansion.expand(config, os.path.join(root, "warm-up-vectorized")),
-                              os.path.join(root, "warm-up-vectorized"))  # compiles for the points
+  if not settings.SMOKE:  # --smoke times nothing worth warming up for: its first point trains the teacher
+    runner.run_point(warm[0], os.path.join(root, "warm-up"), 1)  # trains the teacher, compiles
+    runner.run_vectorized_group(expansion.expand(config, os.path.join(root, "warm-up-vectorized")),
+                                os.path.join(root, "warm-up-vectorized"))  # compiles for the points
   # Alternating by hand: each repeat's points are expanded into a fresh workdir outside the timing.
   times = {"sequential": [], "vectorized": []}
   metrics = {}
