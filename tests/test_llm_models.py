@@ -224,16 +224,71 @@ def test_right_padded_prompts_and_positions_past_the_table_are_refused():
     hf.generate(gpt2, gpt2_params, ref["prompt_ids"], ref["prompt_mask"], max_new_tokens=128)
 
 
-def test_rope_scaling_of_an_unsupported_type_is_named(tmp_path):
+ROPE_LMS = ["qwen2_yarn", "llama_longrope"]
+
+
+@pytest.mark.parametrize("name", ROPE_LMS)
+def test_context_extending_rope_logits_match_transformers(name):
+  """yarn (Qwen2.5's long-context RoPE) and longrope (Phi-3's, past its 8 original positions: long factors)."""
+  ref = reference(name)
+  model, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  assert model.dims.rope.rope_type == name.split("_")[1]
+  assert logits_error(model, params, ref) <= TOLERANCE
+
+
+def test_longrope_uses_short_factors_within_its_original_positions():
+  """6 tokens: short factors, as transformers."""
+  ref = reference("llama_longrope")
+  model, params = hf.from_pretrained(str(FIXTURES / "llama_longrope"), task="causal_lm")
+  logits = model.apply({"params": params}, input_ids=ref["input_ids"][:, :6])
+  assert relative_error(logits, ref["short_logits"]) <= TOLERANCE
+  long_only = model.clone(dims=dataclasses.replace(model.dims, rope=dataclasses.replace(
+      model.dims.rope, short_factor=model.dims.rope.long_factor)))
+  assert relative_error(long_only.apply({"params": params}, input_ids=ref["input_ids"][:, :6]),
+                        ref["short_logits"]) > 1e-3
+
+
+@pytest.mark.slow
+def test_longrope_greedy_decoding_switches_to_long_factors_as_transformers():
+  """Greedy decoding from 4-token prompts crosses position 8, where transformers switches to the long factors for
+  the new tokens (the cached keys keep their rotation)."""
+  ref = reference("llama_longrope")
+  model, params = hf.from_pretrained(str(FIXTURES / "llama_longrope"), task="causal_lm")
+  generated = hf.generate(model, params, ref["short_prompt_ids"], ref["short_prompt_mask"],
+                          max_new_tokens=int(ref["max_new_tokens"]))
+  np.testing.assert_array_equal(generated, ref["short_generated"])
+
+
+@pytest.mark.parametrize("name, change", [
+    ("qwen2_yarn", dict(rope_type="default")),
+    ("qwen2_yarn", dict(attention_factor=1.0)),
+    ("llama_longrope", dict(long_factor=(1.0,) * 4)),
+    ("llama_longrope", dict(attention_factor=1.0)),
+])
+def test_context_extending_rope_fixtures_exercise_frequencies_and_scale(name, change):
+  model, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  changed = model.clone(dims=dataclasses.replace(model.dims, rope=dataclasses.replace(model.dims.rope, **change)))
+  assert logits_error(changed, params, reference(name)) > 1e-3
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5 is not supported; supported: 1.0 (transformers' "
+     "llama, mistral, qwen2 and qwen3 classes rotate the whole head)"),
+    ({"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [1.0] * 3,
+      "original_max_position_embeddings": 8}, "longrope long_factor [1.0, 1.0, 1.0] is not supported; supported: "
+     "a list of head_dim / 2 = 4 numbers"),
+    ({"rope_type": "su"}, "rope type 'su' is not supported; supported: default, linear, dynamic, llama3, yarn, "
+     "longrope"),
+])
+def test_unsupported_rope_parameters_are_named(tmp_path, parameters, message):
   path = tmp_path / "llama"
   shutil.copytree(FIXTURES / "llama", path)
   config = json.loads((path / "config.json").read_text())
-  config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+  config["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, **parameters}
   (path / "config.json").write_text(json.dumps(config))
   with pytest.raises(UserError) as error:
     hf.from_pretrained(str(path), task="causal_lm")
-  assert str(error.value) == (f"checkpoint {path}: rope type 'yarn' is not supported; supported: default, linear, "
-                              "dynamic, llama3")
+  assert str(error.value) == f"checkpoint {path}: {message}"
 
 
 # GGUF files written here with the gguf package, as llama.cpp's converter writes them.

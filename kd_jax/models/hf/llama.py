@@ -4,8 +4,8 @@ modeling_qwen3.py) as Flax modules named like their tensors: Llama 2/3, Mistral,
 Pre-norm blocks with RMS norm: h += o(attention(rope(q), rope(k), v)); h += down(silu(gate(x)) * up(x)); a final
 RMS norm and the LM head (its own lm_head.weight, or the token embedding when tie_word_embeddings). Grouped-query
 attention (num_key_value_heads <= num_attention_heads), rotary position embeddings with the default, linear, dynamic
-(NTK) or llama3 frequencies of config.json's rope parameters. The variants differ by config only: Qwen2 has q/k/v
-biases (Llama's attention_bias adds one to o_proj too), Qwen3 an RMS norm over each head of q and k before the
+(NTK), llama3, yarn or longrope frequencies of config.json's rope parameters. The variants differ by config only:
+Qwen2 has q/k/v biases (Llama's attention_bias adds one to o_proj too), Qwen3 an RMS norm over each head of q and k before the
 rotation, Mistral (and Qwen layers listed as "sliding_attention") a sliding attention window.
 
 Decoding with a KV cache (generation.py) calls the module with `decode_length` set: the keys and values of every
@@ -34,7 +34,7 @@ from kd_jax.parallel import sharding
 logger = logging.getLogger(__name__)
 
 SUPPORTED_TASKS = ("causal_lm",)
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,17 @@ class Rope:
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
   original_max_position_embeddings: int = 8192
+  # yarn: frequencies interpolated (divided by factor) below the correction range of beta_fast .. beta_slow
+  # rotations over original_max_position_embeddings, kept above it, ramped between (its ends rounded out when
+  # truncate).
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  truncate: bool = True
+  # longrope: per-frequency divisors, the long ones once the call's positions pass original_max_position_embeddings.
+  short_factor: tuple[float, ...] = ()
+  long_factor: tuple[float, ...] = ()
+  # yarn, longrope: the scale of cos and sin.
+  attention_factor: float = 1.0
 
   def inverse_frequencies(self, sequence_length: jax.Array) -> jax.Array:
     """[head_dim / 2] float32; `sequence_length` (max position + 1 of the call, traced) matters for dynamic only."""
@@ -74,13 +85,29 @@ class Rope:
       smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
       is_medium = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
       return jnp.where(is_medium, smoothed, scaled)
+    if self.rope_type == "yarn":
+      low, high = (self.head_dim * math.log(self.original_max_position_embeddings / (rotations * 2 * math.pi))
+                   / (2 * math.log(self.theta)) for rotations in (self.beta_fast, self.beta_slow))
+      if self.truncate:
+        low, high = math.floor(low), math.ceil(high)
+      low, high = max(low, 0), min(high, self.head_dim - 1)
+      ramp = jnp.clip((jnp.arange(self.head_dim // 2, dtype=jnp.float32) - low) / (
+          (high + 0.001 if low == high else high) - low), 0, 1)
+      interpolated = 1.0 / (self.factor * self.theta**exponents)
+      return interpolated * ramp + inverse * (1 - ramp)
+    if self.rope_type == "longrope":
+      factors = jnp.where(sequence_length > self.original_max_position_embeddings,
+                          jnp.array(self.long_factor, jnp.float32), jnp.array(self.short_factor, jnp.float32))
+      return 1.0 / (factors * self.theta**exponents)
     return inverse
 
   def cos_sin(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
     """cos and sin [batch, length, 1, head_dim] (float32) of positions [batch, length]."""
     frequencies = positions[..., None].astype(jnp.float32) * self.inverse_frequencies(jnp.max(positions) + 1)
     angles = jnp.concatenate([frequencies, frequencies], axis=-1)[:, :, None, :]
-    return jnp.cos(angles), jnp.sin(angles)
+    if self.attention_factor == 1.0:
+      return jnp.cos(angles), jnp.sin(angles)
+    return jnp.cos(angles) * self.attention_factor, jnp.sin(angles) * self.attention_factor
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -332,11 +359,41 @@ def rope_from_config(config, head_dim: int, checkpoint: str) -> Rope:
                     f"{', '.join(ROPE_TYPES)}")
   if parameters.get("partial_rotary_factor", 1.0) != 1.0:
     raise UserError(f"checkpoint {checkpoint}: partial_rotary_factor {parameters['partial_rotary_factor']} is not "
-                    "supported; supported: 1.0")
+                    "supported; supported: 1.0 (transformers' llama, mistral, qwen2 and qwen3 classes rotate the "
+                    "whole head)")
   extra = {key: parameters[key] for key in ("factor", "low_freq_factor", "high_freq_factor",
-                                            "original_max_position_embeddings") if key in parameters}
+                                            "original_max_position_embeddings", "beta_fast", "beta_slow", "truncate")
+           if parameters.get(key) is not None}
+  if rope_type in ("yarn", "longrope"):
+    extra.update(_extension_parameters(config, parameters, rope_type, head_dim, checkpoint))
   return Rope(theta=float(parameters["rope_theta"]), head_dim=head_dim, rope_type=rope_type,
               max_position_embeddings=config.max_position_embeddings, **extra)
+
+
+def _extension_parameters(config, parameters: dict, rope_type: str, head_dim: int, checkpoint: str) -> dict:
+  """yarn's and longrope's factor, attention_factor and longrope's factor lists, with transformers' defaults
+  (modeling_rope_utils.py _compute_yarn_parameters, _compute_longrope_parameters)."""
+  original = (getattr(config, "original_max_position_embeddings", None)
+              or parameters.get("original_max_position_embeddings") or config.max_position_embeddings)
+  factor = parameters.get("factor") or config.max_position_embeddings / original
+  attention_factor = parameters.get("attention_factor")
+  extra = {"original_max_position_embeddings": original, "factor": factor}
+  if rope_type == "yarn" and attention_factor is None:
+    mscale = lambda scale, m=1.0: 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+    mscale_all_dim = parameters.get("mscale_all_dim")
+    attention_factor = (mscale(factor, parameters["mscale"]) / mscale(factor, mscale_all_dim)
+                        if parameters.get("mscale") and mscale_all_dim else mscale(factor))
+  if rope_type == "longrope":
+    for key in ("short_factor", "long_factor"):
+      values = parameters.get(key)
+      if not isinstance(values, (list, tuple)) or len(values) != head_dim // 2:
+        raise UserError(f"checkpoint {checkpoint}: longrope {key} {values!r} is not supported; supported: a list of "
+                        f"head_dim / 2 = {head_dim // 2} numbers")
+      extra[key] = tuple(float(value) for value in values)
+    if attention_factor is None:
+      attention_factor = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+  extra["attention_factor"] = float(attention_factor)
+  return extra
 
 
 def _sliding_windows(config) -> tuple[int | None, ...]:
