@@ -31,6 +31,8 @@ tokenizer_config.json) and loads with `transformers.AutoModel*.from_pretrained` 
   llama_longrope/ LlamaForCausalLM with Phi-3's longrope: short and long factor lists over 8 original positions of
                   128 (factor 16 implied, attention factor sqrt(1 + ln 16 / ln 8)); the logits' batch is longer than
                   8 (long factors), the generation prompts shorter (short factors, then long ones while generating)
+  phi3/           Phi3ForCausalLM as Phi-4-mini: fused qkv_proj and gate_up_proj, partial_rotary_factor 0.5 (the first
+                  8 of head_dim 16 rotate) with longrope over 8 original positions
   gpt2/           GPT2LMHeadModel: learned positions, fused c_attn (Conv1D), gelu_new, tied embeddings
                   The causal LMs share one byte-level BPE tokenizer (vocab 300, <s> <pad> </s>, a ChatML chat template)
 
@@ -463,7 +465,8 @@ def write_minilm_reference() -> None:
 
 
 def write_rope_lms() -> None:
-  """The causal LMs of the RoPE types that extend the context: yarn (Qwen2.5) and longrope (Phi-3)."""
+  """The causal LMs of the RoPE types that extend the context, yarn (Qwen2.5) and longrope (Phi-3), and of a partial
+  rotation (Phi-3 as Phi-4-mini)."""
   tokenizer = causal_tokenizer()
   common = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
                 num_attention_heads=2, num_key_value_heads=1, bos_token_id=0, pad_token_id=1, eos_token_id=2)
@@ -475,6 +478,11 @@ def write_rope_lms() -> None:
           tie_word_embeddings=False, max_position_embeddings=128, rope_parameters=dict(
               rope_type="longrope", rope_theta=10000.0, original_max_position_embeddings=8,
               short_factor=[1.0, 1.1, 1.3, 1.6], long_factor=[1.0, 2.0, 4.0, 8.0]), **common),
+      "phi3": transformers.Phi3Config(
+          tie_word_embeddings=False, max_position_embeddings=128, original_max_position_embeddings=8,
+          sliding_window=None, rope_parameters=dict(
+              rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5,
+              short_factor=[1.0, 1.2, 1.5, 2.0], long_factor=[1.0, 3.0, 6.0, 12.0]), **{**common, "hidden_size": 32}),
   }
   for seed, (name, config) in enumerate(variants.items(), start=21):
     torch.manual_seed(seed)

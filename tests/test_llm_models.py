@@ -224,15 +224,16 @@ def test_right_padded_prompts_and_positions_past_the_table_are_refused():
     hf.generate(gpt2, gpt2_params, ref["prompt_ids"], ref["prompt_mask"], max_new_tokens=128)
 
 
-ROPE_LMS = ["qwen2_yarn", "llama_longrope"]
+ROPE_LMS = {"qwen2_yarn": "yarn", "llama_longrope": "longrope", "phi3": "longrope"}
 
 
 @pytest.mark.parametrize("name", ROPE_LMS)
 def test_context_extending_rope_logits_match_transformers(name):
-  """yarn (Qwen2.5's long-context RoPE) and longrope (Phi-3's, past its 8 original positions: long factors)."""
+  """yarn (Qwen2.5's long-context RoPE) and longrope (Phi-3's, past its 8 original positions: long factors); Phi-3
+  (fused projections) rotating half of each head, as Phi-4-mini rotates three quarters."""
   ref = reference(name)
   model, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
-  assert model.dims.rope.rope_type == name.split("_")[1]
+  assert model.dims.rope.rope_type == ROPE_LMS[name]
   assert logits_error(model, params, ref) <= TOLERANCE
 
 
@@ -264,16 +265,18 @@ def test_longrope_greedy_decoding_switches_to_long_factors_as_transformers():
     ("qwen2_yarn", dict(attention_factor=1.0)),
     ("llama_longrope", dict(long_factor=(1.0,) * 4)),
     ("llama_longrope", dict(attention_factor=1.0)),
+    ("phi3", dict(head_dim=16, short_factor=(1.0, 1.2, 1.5, 2.0) * 2, long_factor=(1.0, 3.0, 6.0, 12.0) * 2)),
 ])
 def test_context_extending_rope_fixtures_exercise_frequencies_and_scale(name, change):
+  """Without its frequencies, its cos/sin scale or (phi3) its partial rotation, a fixture leaves the reference."""
   model, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
   changed = model.clone(dims=dataclasses.replace(model.dims, rope=dataclasses.replace(model.dims.rope, **change)))
   assert logits_error(changed, params, reference(name)) > 1e-3
 
 
 @pytest.mark.parametrize("parameters, message", [
-    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5 is not supported; supported: 1.0 (transformers' "
-     "llama, mistral, qwen2 and qwen3 classes rotate the whole head)"),
+    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5 is not supported for model_type 'llama'; "
+     "supported: 1.0 (transformers' llama class rotates the whole head; phi3 rotates a part)"),
     ({"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [1.0] * 3,
       "original_max_position_embeddings": 8}, "longrope long_factor [1.0, 1.0, 1.0] is not supported; supported: "
      "a list of head_dim / 2 = 4 numbers"),

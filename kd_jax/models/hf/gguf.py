@@ -311,14 +311,14 @@ def writable(config) -> str | None:
   model_type = config.model_type
   if model_type not in WRITE_ARCHITECTURES:
     return f"model_type {model_type!r} is not one of {', '.join(WRITE_ARCHITECTURES)}"
-  if any(window is not None for window in llama.dims_from_config(config, "").sliding_windows):
+  dims = llama.dims_from_config(config, "")
+  if any(window is not None for window in dims.sliding_windows):
     return "a layer attends through a sliding window, which GGUF does not record"
   for option in ("attention_bias", "mlp_bias"):
     if getattr(config, option, False):
       return f"{option}=True, which GGUF as kd_jax reads it does not record"
-  rope = llama.rope_from_config(config, 1, "")
-  if rope.rope_type not in ("default", "linear"):
-    return f"rope type {rope.rope_type!r} is neither default nor linear"
+  if dims.rope.rope_type not in ("default", "linear"):
+    return f"rope type {dims.rope.rope_type!r} is neither default nor linear"
   return None
 
 

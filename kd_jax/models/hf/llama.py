@@ -1,12 +1,14 @@
 """Llama-family decoder-only LMs (transformers' modeling_llama.py, modeling_mistral.py, modeling_qwen2.py,
-modeling_qwen3.py) as Flax modules named like their tensors: Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2.
+modeling_qwen3.py, modeling_phi3.py) as Flax modules named like their tensors: Llama 2/3, Mistral, Qwen2/2.5, Qwen3,
+SmolLM2, Phi-3/Phi-4-mini.
 
 Pre-norm blocks with RMS norm: h += o(attention(rope(q), rope(k), v)); h += down(silu(gate(x)) * up(x)); a final
 RMS norm and the LM head (its own lm_head.weight, or the token embedding when tie_word_embeddings). Grouped-query
 attention (num_key_value_heads <= num_attention_heads), rotary position embeddings with the default, linear, dynamic
 (NTK), llama3, yarn or longrope frequencies of config.json's rope parameters. The variants differ by config only:
 Qwen2 has q/k/v biases (Llama's attention_bias adds one to o_proj too), Qwen3 an RMS norm over each head of q and k before the
-rotation, Mistral (and Qwen layers listed as "sliding_attention") a sliding attention window.
+rotation, Mistral (and Qwen layers listed as "sliding_attention") a sliding attention window, Phi-3 fused projections
+(qkv_proj = [q; k; v], gate_up_proj = [gate; up]) and a rotation of the first partial_rotary_factor of each head.
 
 Decoding with a KV cache (generation.py) calls the module with `decode_length` set: the keys and values of every
 call are written into a [batch, decode_length, kv_heads, head_dim] cache at the "cache" collection's index, and
@@ -41,6 +43,7 @@ ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 class Rope:
   """Rotary position embedding frequencies (transformers' modeling_rope_utils.py for ROPE_TYPES)."""
   theta: float
+  # The rotated dimensions of each head: head_dim * partial_rotary_factor.
   head_dim: int
   rope_type: str = "default"
   # linear, dynamic, llama3: the context extension factor.
@@ -111,7 +114,11 @@ class Rope:
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """x [batch, length, heads, head_dim] rotated: x cos + rotate_half(x) sin, rotate_half(a, b) = (-b, a)."""
+  """x [batch, length, heads, head_dim] rotated: x cos + rotate_half(x) sin, rotate_half(a, b) = (-b, a); over the
+  first cos.shape[-1] dimensions of each head when that is fewer (partial rotary, as modeling_phi3.py)."""
+  rotary = cos.shape[-1]
+  if rotary < x.shape[-1]:
+    return jnp.concatenate([apply_rope(x[..., :rotary], cos, sin), x[..., rotary:]], axis=-1)
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
   return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
@@ -136,6 +143,8 @@ class LlamaDims:
   mlp_bias: bool = False
   # Qwen3: RMS norm over head_dim of each query and key head, before the rotation.
   qk_norm: bool = False
+  # Phi-3: one qkv_proj for q, k and v (rows in that order), one gate_up_proj for gate and up.
+  fused_projections: bool = False
   # Attention window of each layer (key slot > query slot - window), None for full causal attention.
   sliding_windows: tuple[int | None, ...] = ()
   attention_dropout: float = 0.0
@@ -179,12 +188,15 @@ class LlamaAttention(nn.Module):
     dims = self.dims
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     split = lambda x, heads: x.reshape(x.shape[:2] + (heads, dims.head_dim))
-    query = split(dense(dims.num_heads * dims.head_dim, use_bias=dims.qkv_bias, name="q_proj")(hidden),
-                  dims.num_heads)
-    key = split(dense(dims.num_kv_heads * dims.head_dim, use_bias=dims.qkv_bias, name="k_proj")(hidden),
-                dims.num_kv_heads)
-    value = split(dense(dims.num_kv_heads * dims.head_dim, use_bias=dims.qkv_bias, name="v_proj")(hidden),
-                  dims.num_kv_heads)
+    sizes = (dims.num_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim)
+    if dims.fused_projections:
+      fused = dense(sum(sizes), use_bias=dims.qkv_bias, name="qkv_proj")(hidden)
+      projected = jnp.split(fused, [sizes[0], sizes[0] + sizes[1]], axis=-1)
+    else:
+      projected = [dense(size, use_bias=dims.qkv_bias, name=f"{name}_proj")(hidden)
+                   for size, name in zip(sizes, "qkv")]
+    query, key, value = (split(x, heads) for x, heads in zip(
+        projected, (dims.num_heads, dims.num_kv_heads, dims.num_kv_heads)))
     if dims.qk_norm:
       norm = functools.partial(RMSNorm, dims.rms_norm_eps, self.dtype, self.param_dtype)
       query, key = norm(name="q_norm")(query), norm(name="k_norm")(key)
@@ -218,8 +230,12 @@ class LlamaDecoderLayer(nn.Module):
     hidden += LlamaAttention(dims, self.dtype, self.param_dtype, name="self_attn")(
         norm(name="input_layernorm")(hidden), bias, cos, sin, cache_index=cache_index, train=train)
     x = norm(name="post_attention_layernorm")(hidden)
-    gated = layers.ACTIVATIONS[dims.hidden_act](dense(dims.intermediate_size, name="mlp.gate_proj")(x)) * dense(
-        dims.intermediate_size, name="mlp.up_proj")(x)
+    if dims.fused_projections:
+      gate, up = jnp.split(dense(2 * dims.intermediate_size, name="mlp.gate_up_proj")(x), 2, axis=-1)
+    else:
+      gate, up = dense(dims.intermediate_size, name="mlp.gate_proj")(x), dense(dims.intermediate_size,
+                                                                             name="mlp.up_proj")(x)
+    gated = layers.ACTIVATIONS[dims.hidden_act](gate) * up
     return hidden + dense(dims.hidden_size, name="mlp.down_proj")(gated)
 
 
@@ -357,10 +373,12 @@ def rope_from_config(config, head_dim: int, checkpoint: str) -> Rope:
   if rope_type not in ROPE_TYPES:
     raise UserError(f"checkpoint {checkpoint}: rope type {rope_type!r} is not supported; supported: "
                     f"{', '.join(ROPE_TYPES)}")
-  if parameters.get("partial_rotary_factor", 1.0) != 1.0:
-    raise UserError(f"checkpoint {checkpoint}: partial_rotary_factor {parameters['partial_rotary_factor']} is not "
-                    "supported; supported: 1.0 (transformers' llama, mistral, qwen2 and qwen3 classes rotate the "
-                    "whole head)")
+  partial = parameters.get("partial_rotary_factor", 1.0)
+  if partial != 1.0 and config.model_type != "phi3":
+    raise UserError(f"checkpoint {checkpoint}: partial_rotary_factor {partial} is not supported for model_type "
+                    f"{config.model_type!r}; supported: 1.0 (transformers' {config.model_type} class rotates the whole "
+                    "head; phi3 rotates a part)")
+  head_dim = int(head_dim * partial)
   extra = {key: parameters[key] for key in ("factor", "low_freq_factor", "high_freq_factor",
                                             "original_max_position_embeddings", "beta_fast", "beta_slow", "truncate")
            if parameters.get(key) is not None}
@@ -400,8 +418,8 @@ def _sliding_windows(config) -> tuple[int | None, ...]:
   """Each layer's attention window: Mistral's sliding_window for all; Qwen's per layer_types."""
   window = getattr(config, "sliding_window", None)
   layer_types = getattr(config, "layer_types", None)
-  if config.model_type == "mistral" or not layer_types:
-    return (window if config.model_type == "mistral" else None,) * config.num_hidden_layers
+  if config.model_type in ("mistral", "phi3") or not layer_types:
+    return (window if config.model_type in ("mistral", "phi3") else None,) * config.num_hidden_layers
   return tuple(window if layer_type == "sliding_attention" else None for layer_type in layer_types)
 
 
@@ -424,13 +442,14 @@ def dims_from_config(config, checkpoint: str) -> LlamaDims:
       rope=rope_from_config(config, head_dim, checkpoint),
       qkv_bias=model_type == "qwen2" or attention_bias, output_bias=model_type != "qwen2" and attention_bias,
       mlp_bias=bool(getattr(config, "mlp_bias", False)), qk_norm=model_type == "qwen3",
+      fused_projections=model_type == "phi3",
       sliding_windows=_sliding_windows(config), attention_dropout=float(getattr(config, "attention_dropout", 0.0)),
       tie_word_embeddings=bool(config.tie_word_embeddings), pad_token_id=config.pad_token_id,
       eos_token_ids=_token_ids(config.eos_token_id))
 
 
 _CLASS_NAMES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                "qwen3": "Qwen3ForCausalLM"}
+                "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM"}
 
 
 def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, param_dtype) -> Architecture:
