@@ -27,6 +27,7 @@ from kd_jax.models.hf import from_teacher
 from kd_jax.models.hf import gguf as gguf_lib
 from kd_jax.models.hf import llama
 from kd_jax.models.hf import pretrained
+from tests import helpers
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
 TOLERANCE = 1e-5
@@ -303,9 +304,10 @@ def llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "llama", tensor_type=None,
-               eot_token_id: int | None = None) -> None:
-  """The fixture `name`'s weights (transformers' names and layout) as a GGUF file of the llama architecture (with an
-  end-of-turn token when `eot_token_id` is given)."""
+               eot_token_id: int | None = None, rope_freqs: np.ndarray | None = None) -> None:
+  """The fixture `name`'s weights (transformers' names and layout; `name` may be a checkpoint's path) as a GGUF file
+  of the llama architecture (with an end-of-turn token when `eot_token_id` is given, the tensor rope_freqs.weight
+  when `rope_freqs` is)."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   config = transformers.AutoConfig.from_pretrained(FIXTURES / name)
   tensors = load_file(FIXTURES / name / "model.safetensors")
@@ -322,6 +324,8 @@ def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "lla
   writer.add_eos_token_id(2)
   if eot_token_id is not None:
     writer.add_eot_token_id(eot_token_id)
+  if rope_freqs is not None:
+    writer.add_tensor("rope_freqs.weight", rope_freqs)
   renames = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.LAYER_TENSOR_NAMES.items()}
   globals_ = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.GLOBAL_TENSOR_NAMES.items()}
   for hf_name, tensor in tensors.items():
@@ -344,6 +348,26 @@ def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "lla
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
   writer.close()
+
+
+def test_gguf_rope_freqs_divide_the_frequencies_as_llama_cpp(tmp_path):
+  """A Llama 3.1 GGUF (rope_freqs.weight as llama.cpp's converter writes it) has the logits of its HF checkpoint
+  (llama3 RoPE, itself equal to transformers': test_causal_lm_logits_match_transformers[llama])."""
+  checkpoint = helpers.llama31_checkpoint(tmp_path)
+  rope_freqs = helpers.llama_cpp_rope_freqs(helpers.LLAMA31_ROPE, head_dim=8)
+  assert rope_freqs[0] == 1 and 1 < rope_freqs[1] < 8 and rope_freqs[2] == rope_freqs[3] == 8
+  write_gguf(tmp_path / "model.gguf", str(checkpoint), rope_freqs=rope_freqs)
+  inputs = {key: reference("llama")[key] for key in ("input_ids", "attention_mask")}
+  model, params = hf.from_pretrained(str(checkpoint), task="causal_lm")
+  gguf_model, gguf_params = hf.from_pretrained(str(tmp_path / "model.gguf"), task="causal_lm")
+  expected = model.apply({"params": params}, **inputs)
+  assert relative_error(gguf_model.apply({"params": gguf_params}, **inputs), expected,
+                        inputs["attention_mask"]) <= TOLERANCE
+  # Without rope_freqs the logits move by 8e-4 (the random fixture attends weakly), 1e4 times the files' difference.
+  assert relative_error(model.clone(dims=dataclasses.replace(model.dims, rope=llama.Rope(10000.0, 8))).apply(
+      {"params": params}, **inputs), expected, inputs["attention_mask"]) > 1e-4
+  rope = gguf_lib.hf_config(str(tmp_path / "model.gguf")).rope_parameters
+  assert rope["rope_type"] == "longrope" and rope["short_factor"] == rope["long_factor"] == rope_freqs.tolist()
 
 
 def test_gguf_end_of_turn_tokens_stop_generation(tmp_path):
