@@ -242,11 +242,11 @@ def test_longrope_uses_short_factors_within_its_original_positions():
   """6 tokens: short factors, as transformers."""
   ref = reference("llama_longrope")
   model, params = hf.from_pretrained(str(FIXTURES / "llama_longrope"), task="causal_lm")
-  logits = model.apply({"params": params}, input_ids=ref["input_ids"][:, :6])
+  logits = jax.jit(model.apply)({"params": params}, input_ids=ref["input_ids"][:, :6])
   assert relative_error(logits, ref["short_logits"]) <= TOLERANCE
   long_only = model.clone(dims=dataclasses.replace(model.dims, rope=dataclasses.replace(
       model.dims.rope, short_factor=model.dims.rope.long_factor)))
-  assert relative_error(long_only.apply({"params": params}, input_ids=ref["input_ids"][:, :6]),
+  assert relative_error(jax.jit(long_only.apply)({"params": params}, input_ids=ref["input_ids"][:, :6]),
                         ref["short_logits"]) > 1e-3
 
 
@@ -351,23 +351,38 @@ def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "lla
 
 
 def test_gguf_rope_freqs_divide_the_frequencies_as_llama_cpp(tmp_path):
-  """A Llama 3.1 GGUF (rope_freqs.weight as llama.cpp's converter writes it) has the logits of its HF checkpoint
-  (llama3 RoPE, itself equal to transformers': test_causal_lm_logits_match_transformers[llama])."""
+  """A Llama 3.1 GGUF (rope_freqs.weight as llama.cpp's converter writes it) has the RoPE frequencies of its HF
+  checkpoint (llama3, equal to transformers': test_causal_lm_logits_match_transformers[llama])."""
   checkpoint = helpers.llama31_checkpoint(tmp_path)
   rope_freqs = helpers.llama_cpp_rope_freqs(helpers.LLAMA31_ROPE, head_dim=8)
   assert rope_freqs[0] == 1 and 1 < rope_freqs[1] < 8 and rope_freqs[2] == rope_freqs[3] == 8
   write_gguf(tmp_path / "model.gguf", str(checkpoint), rope_freqs=rope_freqs)
+  config = gguf_lib.hf_config(str(tmp_path / "model.gguf"))
+  rope = config.rope_parameters
+  assert rope["rope_type"] == "longrope" and rope["short_factor"] == rope["long_factor"] == rope_freqs.tolist()
+  ours = llama.dims_from_config(config, "").rope
+  theirs = llama.dims_from_config(transformers.AutoConfig.from_pretrained(checkpoint), "").rope
+  assert theirs.rope_type == "llama3" and ours.attention_factor == 1.0  # cos/sin unscaled
+  for length in (4, 100):  # longrope's short and long factors, both the divisors
+    np.testing.assert_allclose(ours.inverse_frequencies(length), theirs.inverse_frequencies(length), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_gguf_with_rope_freqs_has_its_hf_checkpoints_logits(tmp_path):
+  """The same GGUF's logits are its HF checkpoint's; without rope_freqs they move by 8e-4 (the random fixture
+  attends weakly), 1e4 times the difference between the two."""
+  checkpoint = helpers.llama31_checkpoint(tmp_path)
+  write_gguf(tmp_path / "model.gguf", str(checkpoint),
+             rope_freqs=helpers.llama_cpp_rope_freqs(helpers.LLAMA31_ROPE, head_dim=8))
   inputs = {key: reference("llama")[key] for key in ("input_ids", "attention_mask")}
   model, params = hf.from_pretrained(str(checkpoint), task="causal_lm")
   gguf_model, gguf_params = hf.from_pretrained(str(tmp_path / "model.gguf"), task="causal_lm")
-  expected = model.apply({"params": params}, **inputs)
-  assert relative_error(gguf_model.apply({"params": gguf_params}, **inputs), expected,
+  expected = jax.jit(model.apply)({"params": params}, **inputs)
+  assert relative_error(jax.jit(gguf_model.apply)({"params": gguf_params}, **inputs), expected,
                         inputs["attention_mask"]) <= TOLERANCE
-  # Without rope_freqs the logits move by 8e-4 (the random fixture attends weakly), 1e4 times the files' difference.
-  assert relative_error(model.clone(dims=dataclasses.replace(model.dims, rope=llama.Rope(10000.0, 8))).apply(
-      {"params": params}, **inputs), expected, inputs["attention_mask"]) > 1e-4
-  rope = gguf_lib.hf_config(str(tmp_path / "model.gguf")).rope_parameters
-  assert rope["rope_type"] == "longrope" and rope["short_factor"] == rope["long_factor"] == rope_freqs.tolist()
+  unscaled = model.clone(dims=dataclasses.replace(model.dims, rope=llama.Rope(10000.0, 8)))
+  assert relative_error(jax.jit(unscaled.apply)({"params": params}, **inputs), expected,
+                        inputs["attention_mask"]) > 1e-4
 
 
 def test_gguf_end_of_turn_tokens_stop_generation(tmp_path):

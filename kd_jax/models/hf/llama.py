@@ -6,9 +6,10 @@ Pre-norm blocks with RMS norm: h += o(attention(rope(q), rope(k), v)); h += down
 RMS norm and the LM head (its own lm_head.weight, or the token embedding when tie_word_embeddings). Grouped-query
 attention (num_key_value_heads <= num_attention_heads), rotary position embeddings with the default, linear, dynamic
 (NTK), llama3, yarn or longrope frequencies of config.json's rope parameters. The variants differ by config only:
-Qwen2 has q/k/v biases (Llama's attention_bias adds one to o_proj too), Qwen3 an RMS norm over each head of q and k before the
-rotation, Mistral (and Qwen layers listed as "sliding_attention") a sliding attention window, Phi-3 fused projections
-(qkv_proj = [q; k; v], gate_up_proj = [gate; up]) and a rotation of the first partial_rotary_factor of each head.
+Qwen2 has q/k/v biases (Llama's attention_bias adds one to o_proj too), Qwen3 an RMS norm over each head of q and k
+before the rotation, Mistral (and Qwen layers listed as "sliding_attention") a sliding attention window, Phi-3 fused
+projections (qkv_proj = [q; k; v], gate_up_proj = [gate; up]) and a rotation of the first partial_rotary_factor of
+each head.
 
 Decoding with a KV cache (generation.py) calls the module with `decode_length` set: the keys and values of every
 call are written into a [batch, decode_length, kv_heads, head_dim] cache at the "cache" collection's index, and
