@@ -26,6 +26,13 @@ tokenizer_config.json) and loads with `transformers.AutoModel*.from_pretrained` 
   mistral/        MistralForCausalLM: 1 KV head, sliding window 4, linear RoPE scaling
   qwen2/          Qwen2ForCausalLM: q/k/v biases, tied embeddings, layer 1 with a sliding window of 4
   qwen3/          Qwen3ForCausalLM: q/k RMS norm, head_dim 16 (wider than hidden_size / heads = 8)
+  qwen2_yarn/     Qwen2ForCausalLM with Qwen2.5's long-context RoPE: yarn, factor 4 over 1024 original positions
+                  (its ramp spans the middle frequencies of head_dim 8), cos and sin scaled by 0.1 ln 4 + 1
+  llama_longrope/ LlamaForCausalLM with Phi-3's longrope: short and long factor lists over 8 original positions of
+                  128 (factor 16 implied, attention factor sqrt(1 + ln 16 / ln 8)); the logits' batch is longer than
+                  8 (long factors), the generation prompts shorter (short factors, then long ones while generating)
+  phi3/           Phi3ForCausalLM as Phi-4-mini: fused qkv_proj and gate_up_proj, partial_rotary_factor 0.5 (the first
+                  8 of head_dim 16 rotate) with longrope over 8 original positions
   gpt2/           GPT2LMHeadModel: learned positions, fused c_attn (Conv1D), gelu_new, tied embeddings
                   The causal LMs share one byte-level BPE tokenizer (vocab 300, <s> <pad> </s>, a ChatML chat template)
 
@@ -457,8 +464,58 @@ def write_minilm_reference() -> None:
            last_hidden_state=hidden.numpy())
 
 
+def write_rope_lms() -> None:
+  """The causal LMs of the RoPE types that extend the context, yarn (Qwen2.5) and longrope (Phi-3), and of a partial
+  rotation (Phi-3 as Phi-4-mini)."""
+  tokenizer = causal_tokenizer()
+  common = dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                num_attention_heads=2, num_key_value_heads=1, bos_token_id=0, pad_token_id=1, eos_token_id=2)
+  variants = {
+      "qwen2_yarn": transformers.Qwen2Config(
+          tie_word_embeddings=True, max_position_embeddings=4096, rope_parameters=dict(
+              rope_type="yarn", rope_theta=10000.0, factor=4.0, original_max_position_embeddings=1024), **common),
+      "llama_longrope": transformers.LlamaConfig(
+          tie_word_embeddings=False, max_position_embeddings=128, rope_parameters=dict(
+              rope_type="longrope", rope_theta=10000.0, original_max_position_embeddings=8,
+              short_factor=[1.0, 1.1, 1.3, 1.6], long_factor=[1.0, 2.0, 4.0, 8.0]), **common),
+      "phi3": transformers.Phi3Config(
+          tie_word_embeddings=False, max_position_embeddings=128, original_max_position_embeddings=8,
+          sliding_window=None, rope_parameters=dict(
+              rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5,
+              short_factor=[1.0, 1.2, 1.5, 2.0], long_factor=[1.0, 3.0, 6.0, 12.0]), **{**common, "hidden_size": 32}),
+  }
+  for seed, (name, config) in enumerate(variants.items(), start=21):
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    randomize(model, seed=seed, scale=CAUSAL_NOISE)
+    directory = save(model, tokenizer, name)
+    causal_reference(directory)
+    if name == "llama_longrope":
+      longrope_short_reference(directory)
+
+
+def longrope_short_reference(directory: pathlib.Path) -> None:
+  """Adds to reference.npz what stays within original_max_position_embeddings (8) at first: `short_logits` of the
+  first 6 tokens of `input_ids` (short factors) and `short_generated`, MAX_NEW_TOKENS greedy tokens after the
+  left-padded first 4 tokens of each text (short factors, then long ones from position 8 on)."""
+  load = lambda: transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+  reference = dict(np.load(directory / "reference.npz"))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
+  short_ids = torch.tensor(reference["input_ids"][:, :6])
+  prompt_ids = torch.tensor(reference["input_ids"][:, :4])
+  prompt_mask = torch.ones_like(prompt_ids)
+  prompt_mask[0, :1] = 0  # left padding in the first row
+  prompt_ids[0, :1] = tokenizer.pad_token_id
+  with torch.no_grad():
+    short_logits = load()(input_ids=short_ids).logits.numpy()
+    prompts = transformers.BatchEncoding({"input_ids": prompt_ids, "attention_mask": prompt_mask})
+    short_generated = causal_greedy(load(), prompts, tokenizer.eos_token_id, tokenizer.pad_token_id)
+  np.savez(directory / "reference.npz", **reference, short_logits=short_logits, short_prompt_ids=prompt_ids.numpy(),
+           short_prompt_mask=prompt_mask.numpy(), short_generated=short_generated)
+
+
 GROUPS = {"classifiers": write_classifiers, "t5s": write_t5s, "minilm": write_minilm_reference,
-          "causal": write_causal_lms, "smollm2": write_smollm2_reference}
+          "causal": write_causal_lms, "smollm2": write_smollm2_reference, "rope": write_rope_lms}
 
 
 def main():

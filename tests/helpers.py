@@ -8,9 +8,11 @@ count.
 import contextlib
 import importlib.util
 import io
+import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -266,3 +268,36 @@ def llama_server(model_path: str, log_path: str, *args: str, context: int = 2048
     except subprocess.TimeoutExpired:
       process.kill()
       process.wait()
+
+
+LLAMA31_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+def llama31_checkpoint(tmp_path: pathlib.Path) -> pathlib.Path:
+  """llama_chat (head_dim 8: wavelengths 6.3, 63, 628 and 6283) with Llama 3.1's RoPE scaling over 64 original
+  positions: one frequency kept, one smoothed, two divided by the factor."""
+  path = tmp_path / "llama31"
+  shutil.copytree(REPO_ROOT / "tests" / "fixtures" / "hf" / "llama_chat", path)
+  config = json.loads((path / "config.json").read_text())
+  config["rope_parameters"] = LLAMA31_ROPE
+  (path / "config.json").write_text(json.dumps(config))
+  return path
+
+
+def llama_cpp_rope_freqs(rope: dict, head_dim: int) -> np.ndarray:
+  """llama.cpp's convert_hf_to_gguf.py LlamaModel.generate_extra_tensors: rope_freqs of a llama3 rope_scaling."""
+  factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+  old_context_len = rope["original_max_position_embeddings"]
+  freqs = 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+  factors = []
+  for freq in freqs:
+    wavelen = 2 * np.pi / freq
+    if wavelen < old_context_len / high:
+      factors.append(1)
+    elif wavelen > old_context_len / low:
+      factors.append(factor)
+    else:
+      smooth = (old_context_len / wavelen - low) / (high - low)
+      factors.append(1 / ((1 - smooth) / factor + smooth))
+  return np.asarray(factors, np.float32)

@@ -375,6 +375,25 @@ def test_bad_input_is_one_line_with_exit_status_2_and_writes_nothing(tmp_path, e
   assert sorted(os.listdir(tmp_path)) == ["run"]
 
 
+def test_gguf_export_of_llama3_rope_writes_llama_cpps_rope_freqs_and_loads_back(tmp_path):
+  """Llama 3.1's RoPE scaling is written as llama.cpp's converter writes it (rope_freqs.weight); the file reads back
+  with the checkpoint's weights and RoPE frequencies (its logits: test_gguf_rope_freqs_divide_the_frequencies_as_
+  llama_cpp), and exports again with the same rope_freqs."""
+  checkpoint = helpers.llama31_checkpoint(tmp_path)
+  model, params = pretrained.from_pretrained(str(checkpoint), "causal_lm")
+  export.write(export.Trained(str(checkpoint), "causal_lm", params), "gguf", str(tmp_path / "out"))
+  path = str(tmp_path / "out" / "model.gguf")
+  read_rope_freqs = lambda path: np.asarray(gguf.read(path).tensors["rope_freqs.weight"].data).view(np.float32)
+  rope_freqs = read_rope_freqs(path).reshape(-1)
+  np.testing.assert_array_equal(rope_freqs, helpers.llama_cpp_rope_freqs(helpers.LLAMA31_ROPE, 8))
+  loaded, loaded_params = pretrained.from_pretrained(path, "causal_lm")
+  assert_bitwise_equal(params, loaded_params)
+  np.testing.assert_allclose(loaded.dims.rope.inverse_frequencies(0), model.dims.rope.inverse_frequencies(0),
+                             rtol=1e-6)
+  export.write(export.Trained(path, "causal_lm", loaded_params), "gguf", str(tmp_path / "again"))
+  np.testing.assert_array_equal(read_rope_freqs(str(tmp_path / "again" / "model.gguf")).reshape(-1), rope_freqs)
+
+
 def test_gguf_refuses_llama_models_its_architecture_cannot_express(tmp_path):
   for name, reason in (("llama", "attention_bias=True"), ("mistral", "sliding window"), ("qwen2", "sliding window")):
     trained = export.Trained(str(FIXTURES / name), "causal_lm", {})

@@ -325,7 +325,7 @@ def test_unknown_model_type_is_reported(tmp_path):
     hf.from_pretrained(path, task="encoder")
   assert str(error.value) == (f"checkpoint {path}: model_type 'electra' (architectures: "
                               "ElectraForSequenceClassification) is not supported; supported model types: bert, "
-                              "distilbert, gpt2, llama, mistral, qwen2, qwen3, roberta, t5")
+                              "distilbert, gpt2, llama, mistral, phi3, qwen2, qwen3, roberta, t5")
 
 
 @pytest.mark.parametrize("name, task, supported", [

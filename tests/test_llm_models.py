@@ -27,6 +27,7 @@ from kd_jax.models.hf import from_teacher
 from kd_jax.models.hf import gguf as gguf_lib
 from kd_jax.models.hf import llama
 from kd_jax.models.hf import pretrained
+from tests import helpers
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
 TOLERANCE = 1e-5
@@ -224,16 +225,74 @@ def test_right_padded_prompts_and_positions_past_the_table_are_refused():
     hf.generate(gpt2, gpt2_params, ref["prompt_ids"], ref["prompt_mask"], max_new_tokens=128)
 
 
-def test_rope_scaling_of_an_unsupported_type_is_named(tmp_path):
+ROPE_LMS = {"qwen2_yarn": "yarn", "llama_longrope": "longrope", "phi3": "longrope"}
+
+
+@pytest.mark.parametrize("name", ROPE_LMS)
+def test_context_extending_rope_logits_match_transformers(name):
+  """yarn (Qwen2.5's long-context RoPE) and longrope (Phi-3's, past its 8 original positions: long factors); Phi-3
+  (fused projections) rotating half of each head, as Phi-4-mini rotates three quarters."""
+  ref = reference(name)
+  model, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  assert model.dims.rope.rope_type == ROPE_LMS[name]
+  assert logits_error(model, params, ref) <= TOLERANCE
+
+
+def test_longrope_uses_short_factors_within_its_original_positions():
+  """6 tokens: short factors, as transformers."""
+  ref = reference("llama_longrope")
+  model, params = hf.from_pretrained(str(FIXTURES / "llama_longrope"), task="causal_lm")
+  logits = jax.jit(model.apply)({"params": params}, input_ids=ref["input_ids"][:, :6])
+  assert relative_error(logits, ref["short_logits"]) <= TOLERANCE
+  long_only = model.clone(dims=dataclasses.replace(model.dims, rope=dataclasses.replace(
+      model.dims.rope, short_factor=model.dims.rope.long_factor)))
+  assert relative_error(jax.jit(long_only.apply)({"params": params}, input_ids=ref["input_ids"][:, :6]),
+                        ref["short_logits"]) > 1e-3
+
+
+@pytest.mark.slow
+def test_longrope_greedy_decoding_switches_to_long_factors_as_transformers():
+  """Greedy decoding from 4-token prompts crosses position 8, where transformers switches to the long factors for
+  the new tokens (the cached keys keep their rotation)."""
+  ref = reference("llama_longrope")
+  model, params = hf.from_pretrained(str(FIXTURES / "llama_longrope"), task="causal_lm")
+  generated = hf.generate(model, params, ref["short_prompt_ids"], ref["short_prompt_mask"],
+                          max_new_tokens=int(ref["max_new_tokens"]))
+  np.testing.assert_array_equal(generated, ref["short_generated"])
+
+
+@pytest.mark.parametrize("name, change", [
+    ("qwen2_yarn", dict(rope_type="default")),
+    ("qwen2_yarn", dict(attention_factor=1.0)),
+    ("llama_longrope", dict(long_factor=(1.0,) * 4)),
+    ("llama_longrope", dict(attention_factor=1.0)),
+    ("phi3", dict(head_dim=16, short_factor=(1.0, 1.2, 1.5, 2.0) * 2, long_factor=(1.0, 3.0, 6.0, 12.0) * 2)),
+])
+def test_context_extending_rope_fixtures_exercise_frequencies_and_scale(name, change):
+  """Without its frequencies, its cos/sin scale or (phi3) its partial rotation, a fixture leaves the reference."""
+  model, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  changed = model.clone(dims=dataclasses.replace(model.dims, rope=dataclasses.replace(model.dims.rope, **change)))
+  assert logits_error(changed, params, reference(name)) > 1e-3
+
+
+@pytest.mark.parametrize("parameters, message", [
+    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5 is not supported for model_type 'llama'; "
+     "supported: 1.0 (transformers' llama class rotates the whole head; phi3 rotates a part)"),
+    ({"rope_type": "longrope", "short_factor": [1.0] * 4, "long_factor": [1.0] * 3,
+      "original_max_position_embeddings": 8}, "longrope long_factor [1.0, 1.0, 1.0] is not supported; supported: "
+     "a list of head_dim / 2 = 4 numbers"),
+    ({"rope_type": "su"}, "rope type 'su' is not supported; supported: default, linear, dynamic, llama3, yarn, "
+     "longrope"),
+])
+def test_unsupported_rope_parameters_are_named(tmp_path, parameters, message):
   path = tmp_path / "llama"
   shutil.copytree(FIXTURES / "llama", path)
   config = json.loads((path / "config.json").read_text())
-  config["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}
+  config["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0, **parameters}
   (path / "config.json").write_text(json.dumps(config))
   with pytest.raises(UserError) as error:
     hf.from_pretrained(str(path), task="causal_lm")
-  assert str(error.value) == (f"checkpoint {path}: rope type 'yarn' is not supported; supported: default, linear, "
-                              "dynamic, llama3")
+  assert str(error.value) == f"checkpoint {path}: {message}"
 
 
 # GGUF files written here with the gguf package, as llama.cpp's converter writes them.
@@ -245,9 +304,10 @@ def llama_cpp_permute(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 
 def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "llama", tensor_type=None,
-               eot_token_id: int | None = None) -> None:
-  """The fixture `name`'s weights (transformers' names and layout) as a GGUF file of the llama architecture (with an
-  end-of-turn token when `eot_token_id` is given)."""
+               eot_token_id: int | None = None, rope_freqs: np.ndarray | None = None) -> None:
+  """The fixture `name`'s weights (transformers' names and layout; `name` may be a checkpoint's path) as a GGUF file
+  of the llama architecture (with an end-of-turn token when `eot_token_id` is given, the tensor rope_freqs.weight
+  when `rope_freqs` is)."""
   from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
   config = transformers.AutoConfig.from_pretrained(FIXTURES / name)
   tensors = load_file(FIXTURES / name / "model.safetensors")
@@ -264,6 +324,8 @@ def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "lla
   writer.add_eos_token_id(2)
   if eot_token_id is not None:
     writer.add_eot_token_id(eot_token_id)
+  if rope_freqs is not None:
+    writer.add_tensor("rope_freqs.weight", rope_freqs)
   renames = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.LAYER_TENSOR_NAMES.items()}
   globals_ = {hf_name: gguf_name for gguf_name, hf_name in gguf_lib.GLOBAL_TENSOR_NAMES.items()}
   for hf_name, tensor in tensors.items():
@@ -286,6 +348,41 @@ def write_gguf(path: pathlib.Path, name: str = "llama", architecture: str = "lla
   writer.write_kv_data_to_file()
   writer.write_tensors_to_file()
   writer.close()
+
+
+def test_gguf_rope_freqs_divide_the_frequencies_as_llama_cpp(tmp_path):
+  """A Llama 3.1 GGUF (rope_freqs.weight as llama.cpp's converter writes it) has the RoPE frequencies of its HF
+  checkpoint (llama3, equal to transformers': test_causal_lm_logits_match_transformers[llama])."""
+  checkpoint = helpers.llama31_checkpoint(tmp_path)
+  rope_freqs = helpers.llama_cpp_rope_freqs(helpers.LLAMA31_ROPE, head_dim=8)
+  assert rope_freqs[0] == 1 and 1 < rope_freqs[1] < 8 and rope_freqs[2] == rope_freqs[3] == 8
+  write_gguf(tmp_path / "model.gguf", str(checkpoint), rope_freqs=rope_freqs)
+  config = gguf_lib.hf_config(str(tmp_path / "model.gguf"))
+  rope = config.rope_parameters
+  assert rope["rope_type"] == "longrope" and rope["short_factor"] == rope["long_factor"] == rope_freqs.tolist()
+  ours = llama.dims_from_config(config, "").rope
+  theirs = llama.dims_from_config(transformers.AutoConfig.from_pretrained(checkpoint), "").rope
+  assert theirs.rope_type == "llama3" and ours.attention_factor == 1.0  # cos/sin unscaled
+  for length in (4, 100):  # longrope's short and long factors, both the divisors
+    np.testing.assert_allclose(ours.inverse_frequencies(length), theirs.inverse_frequencies(length), rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_gguf_with_rope_freqs_has_its_hf_checkpoints_logits(tmp_path):
+  """The same GGUF's logits are its HF checkpoint's; without rope_freqs they move by 8e-4 (the random fixture
+  attends weakly), 1e4 times the difference between the two."""
+  checkpoint = helpers.llama31_checkpoint(tmp_path)
+  write_gguf(tmp_path / "model.gguf", str(checkpoint),
+             rope_freqs=helpers.llama_cpp_rope_freqs(helpers.LLAMA31_ROPE, head_dim=8))
+  inputs = {key: reference("llama")[key] for key in ("input_ids", "attention_mask")}
+  model, params = hf.from_pretrained(str(checkpoint), task="causal_lm")
+  gguf_model, gguf_params = hf.from_pretrained(str(tmp_path / "model.gguf"), task="causal_lm")
+  expected = jax.jit(model.apply)({"params": params}, **inputs)
+  assert relative_error(jax.jit(gguf_model.apply)({"params": gguf_params}, **inputs), expected,
+                        inputs["attention_mask"]) <= TOLERANCE
+  unscaled = model.clone(dims=dataclasses.replace(model.dims, rope=llama.Rope(10000.0, 8)))
+  assert relative_error(jax.jit(unscaled.apply)({"params": params}, **inputs), expected,
+                        inputs["attention_mask"]) > 1e-4
 
 
 def test_gguf_end_of_turn_tokens_stop_generation(tmp_path):

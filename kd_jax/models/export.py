@@ -227,7 +227,7 @@ def check_format(trained: Trained, export_format: str, lora: str = "merge"):
     if reason is not None:
       raise UserError(f"--format=gguf: not supported for {trained.source}: {reason}; supported pairs: hf for "
                       f"{', '.join(sorted(pretrained.FAMILIES))}; gguf for {', '.join(gguf.WRITE_ARCHITECTURES)} "
-                      "without sliding windows, attention_bias or mlp_bias, with default or linear rope")
+                      "without sliding windows, attention_bias or mlp_bias, with default, linear or (llama) llama3 rope")
   if lora == "adapter":
     if trained.lora is None:
       raise UserError("--lora=adapter: the model trained no LoRA adapters (config.student.lora.rank is 0); export "

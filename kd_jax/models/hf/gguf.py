@@ -6,6 +6,10 @@ Mistral and SmolLM2 are written as "llama"), "qwen2" (q/k/v biases) and "qwen3" 
 llama.cpp's converter permutes the rows of q and k within each head so that its rotary embedding rotates interleaved
 pairs (x0, x1), (x2, x3), ...; transformers (and kd_jax) rotate the halves (x_i, x_{i + head_dim/2}), so the
 permutation is undone here as in transformers' LlamaTensorProcessor (llama.cpp rotates Qwen's halves as they are).
+Llama 3.1's RoPE scaling is the tensor rope_freqs.weight: one divisor per frequency (llama.cpp's ggml_rope_ext
+`freq_factors`: frequency i is base^(-2i/head_dim) / rope_freqs[i]), which llama.cpp's converter computes from the
+llama3 rope_scaling (`rope_divisors`). transformers' GGUF loader drops it; it is read here as the RoPE transformers
+computes the same frequencies with: longrope with short_factor = long_factor = rope_freqs and attention_factor 1.
 
 `write` is the inverse (kd_jax/models/export.py's GGUF format): a Llama-family model's transformers config, tensors and
 byte-level BPE tokenizer as a GGUF file in float32, float16 or Q8_0, q and k rows permuted where llama.cpp's converter
@@ -150,18 +154,23 @@ def hf_config(path: str):
     raise UserError(f"checkpoint {path}: GGUF architecture {architecture!r} is not supported; supported: "
                     f"{', '.join(ARCHITECTURES)}")
   tensor_names = set(read(path).tensors)
-  if "rope_freqs.weight" in tensor_names:
-    raise UserError(f"checkpoint {path}: the RoPE frequency factors of the GGUF (tensor rope_freqs.weight, Llama 3.1 "
-                    "scaling) are not supported; supported: GGUFs without rope_freqs")
   get = lambda key, default=None: values.get(f"{architecture}.{key}", default)
   num_heads = get("attention.head_count")
   hidden_size = get("embedding_length")
+  head_dim = get("attention.key_length", hidden_size // num_heads)
   rope = {"rope_type": "default", "rope_theta": float(get("rope.freq_base", 10000.0))}
   scaling = get("rope.scaling.type", "none")
   if scaling == "linear":
     rope.update(rope_type="linear", factor=float(get("rope.scaling.factor")))
   elif scaling != "none":
     raise UserError(f"checkpoint {path}: GGUF rope scaling {scaling!r} is not supported; supported: none, linear")
+  if "rope_freqs.weight" in tensor_names:
+    if scaling != "none":
+      raise UserError(f"checkpoint {path}: GGUF rope scaling {scaling!r} with rope_freqs.weight is not supported; "
+                      "supported: rope_freqs.weight alone (rope.scaling.type none)")
+    divisors = _rope_freqs(path, head_dim)
+    rope.update(rope_type="longrope", short_factor=divisors, long_factor=divisors, attention_factor=1.0, factor=1.0,
+                original_max_position_embeddings=get("context_length", 2048))
   vocab_size = get("vocab_size") or len(values["tokenizer.ggml.tokens"])
   config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
                   "qwen3": transformers.Qwen3Config}[architecture]
@@ -169,12 +178,47 @@ def hf_config(path: str):
       vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=get("feed_forward_length"),
       num_hidden_layers=get("block_count"), num_attention_heads=num_heads,
       num_key_value_heads=get("attention.head_count_kv", num_heads),
-      head_dim=get("attention.key_length", hidden_size // num_heads),
+      head_dim=head_dim,
       rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
       max_position_embeddings=get("context_length", 2048), rope_parameters=rope,
       tie_word_embeddings="output.weight" not in tensor_names,
       bos_token_id=values.get("tokenizer.ggml.bos_token_id"), eos_token_id=_one_or_list(stop_token_ids(values)),
       pad_token_id=values.get("tokenizer.ggml.padding_token_id"))
+
+
+def _rope_freqs(path: str, head_dim: int) -> list[float]:
+  """The divisors of the RoPE frequencies in rope_freqs.weight (float32 [head_dim / 2])."""
+  import gguf  # pylint: disable=g-import-not-at-top
+  tensor = read(path).tensors["rope_freqs.weight"]
+  if tensor.type_name not in ("F32", "F16") or tensor.shape != (head_dim // 2,):
+    raise UserError(f"checkpoint {path}: tensor rope_freqs.weight of type {tensor.type_name} and shape "
+                    f"{tensor.shape} is not supported; supported: F32 or F16 of shape ({head_dim // 2},)")
+  values = gguf.quants.dequantize(tensor.data, gguf.GGMLQuantizationType[tensor.type_name])
+  return [float(value) for value in np.asarray(values, np.float32).reshape(-1)]
+
+
+def rope_divisors(rope: llama.Rope) -> np.ndarray | None:
+  """rope_freqs.weight of a Rope (float32 [head_dim / 2]) as llama.cpp's converter writes it for a llama3
+  rope_scaling (1 for short wavelengths, factor for long ones, 1 / ((1 - smooth) / factor + smooth) between), and
+  for a longrope with equal factor lists and attention factor 1 (what `hf_config` reads rope_freqs as); None for the
+  other RoPE types."""
+  if rope.rope_type == "longrope" and rope.short_factor == rope.long_factor and rope.attention_factor == 1.0:
+    return np.asarray(rope.short_factor, np.float32)
+  if rope.rope_type != "llama3":
+    return None
+  frequencies = 1.0 / rope.theta ** (np.arange(0, rope.head_dim, 2, dtype=np.float32) / rope.head_dim)
+  original = rope.original_max_position_embeddings
+  divisors = []
+  for frequency in frequencies:
+    wavelength = 2 * np.pi / frequency
+    if wavelength < original / rope.high_freq_factor:
+      divisors.append(1.0)
+    elif wavelength > original / rope.low_freq_factor:
+      divisors.append(rope.factor)
+    else:
+      smooth = (original / wavelength - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor)
+      divisors.append(1 / ((1 - smooth) / rope.factor + smooth))
+  return np.asarray(divisors, np.float32)
 
 
 def _one_or_list(ids: list[int]):
@@ -307,18 +351,20 @@ def permute_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
 def writable(config) -> str | None:
   """Why a transformers config cannot be written as GGUF (and read back by `from_pretrained`), or None when it can:
   a Llama, Mistral, Qwen2 or Qwen3 model without sliding windows, Llama's optional biases, or RoPE scaling other
-  than linear."""
+  than linear, llama3 (written as rope_freqs, architecture llama) or what rope_freqs reads back as."""
   model_type = config.model_type
   if model_type not in WRITE_ARCHITECTURES:
     return f"model_type {model_type!r} is not one of {', '.join(WRITE_ARCHITECTURES)}"
-  if any(window is not None for window in llama.dims_from_config(config, "").sliding_windows):
+  dims = llama.dims_from_config(config, "")
+  if any(window is not None for window in dims.sliding_windows):
     return "a layer attends through a sliding window, which GGUF does not record"
   for option in ("attention_bias", "mlp_bias"):
     if getattr(config, option, False):
       return f"{option}=True, which GGUF as kd_jax reads it does not record"
-  rope = llama.rope_from_config(config, 1, "")
-  if rope.rope_type not in ("default", "linear"):
-    return f"rope type {rope.rope_type!r} is neither default nor linear"
+  if dims.rope.rope_type not in ("default", "linear") and (
+      rope_divisors(dims.rope) is None or WRITE_ARCHITECTURES[model_type] != "llama"):
+    return (f"rope type {dims.rope.rope_type!r} is not one GGUF records: default, linear, or (architecture llama) "
+            "llama3 and longrope with equal factor lists and attention factor 1 as rope_freqs")
   return None
 
 
@@ -336,8 +382,8 @@ def write(path: str, config, tensors: dict[str, np.ndarray], tokenizer, file_typ
   import gguf  # pylint: disable=g-import-not-at-top
   tensor_type, llama_file_type = WRITE_TYPES[file_type]
   tensor_type = gguf.GGMLQuantizationType[tensor_type]
-  rope = llama.rope_from_config(config, 1, path)
   head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+  rope = llama.rope_from_config(config, head_dim, path)
   num_kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
   architecture = WRITE_ARCHITECTURES[config.model_type]
   writer = gguf.GGUFWriter(path, architecture)
@@ -360,6 +406,9 @@ def write(path: str, config, tensors: dict[str, np.ndarray], tokenizer, file_typ
   writer.add_vocab_size(config.vocab_size)
   writer.add_file_type(gguf.LlamaFileType[llama_file_type])
   _add_tokenizer(writer, tokenizer, config.vocab_size)
+  divisors = rope_divisors(rope)
+  if divisors is not None:
+    writer.add_tensor("rope_freqs.weight", divisors)
   heads = {"attn_q": config.num_attention_heads, "attn_k": num_kv_heads} if architecture == "llama" else {}
   for hf_name, array in tensors.items():
     name = gguf_tensor_name(hf_name)

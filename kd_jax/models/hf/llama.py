@@ -1,12 +1,15 @@
 """Llama-family decoder-only LMs (transformers' modeling_llama.py, modeling_mistral.py, modeling_qwen2.py,
-modeling_qwen3.py) as Flax modules named like their tensors: Llama 2/3, Mistral, Qwen2/2.5, Qwen3, SmolLM2.
+modeling_qwen3.py, modeling_phi3.py) as Flax modules named like their tensors: Llama 2/3, Mistral, Qwen2/2.5, Qwen3,
+SmolLM2, Phi-3/Phi-4-mini.
 
 Pre-norm blocks with RMS norm: h += o(attention(rope(q), rope(k), v)); h += down(silu(gate(x)) * up(x)); a final
 RMS norm and the LM head (its own lm_head.weight, or the token embedding when tie_word_embeddings). Grouped-query
 attention (num_key_value_heads <= num_attention_heads), rotary position embeddings with the default, linear, dynamic
-(NTK) or llama3 frequencies of config.json's rope parameters. The variants differ by config only: Qwen2 has q/k/v
-biases (Llama's attention_bias adds one to o_proj too), Qwen3 an RMS norm over each head of q and k before the
-rotation, Mistral (and Qwen layers listed as "sliding_attention") a sliding attention window.
+(NTK), llama3, yarn or longrope frequencies of config.json's rope parameters. The variants differ by config only:
+Qwen2 has q/k/v biases (Llama's attention_bias adds one to o_proj too), Qwen3 an RMS norm over each head of q and k
+before the rotation, Mistral (and Qwen layers listed as "sliding_attention") a sliding attention window, Phi-3 fused
+projections (qkv_proj = [q; k; v], gate_up_proj = [gate; up]) and a rotation of the first partial_rotary_factor of
+each head.
 
 Decoding with a KV cache (generation.py) calls the module with `decode_length` set: the keys and values of every
 call are written into a [batch, decode_length, kv_heads, head_dim] cache at the "cache" collection's index, and
@@ -34,13 +37,14 @@ from kd_jax.parallel import sharding
 logger = logging.getLogger(__name__)
 
 SUPPORTED_TASKS = ("causal_lm",)
-ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
 
 
 @dataclasses.dataclass(frozen=True)
 class Rope:
   """Rotary position embedding frequencies (transformers' modeling_rope_utils.py for ROPE_TYPES)."""
   theta: float
+  # The rotated dimensions of each head: head_dim * partial_rotary_factor.
   head_dim: int
   rope_type: str = "default"
   # linear, dynamic, llama3: the context extension factor.
@@ -52,6 +56,17 @@ class Rope:
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
   original_max_position_embeddings: int = 8192
+  # yarn: frequencies interpolated (divided by factor) below the correction range of beta_fast .. beta_slow
+  # rotations over original_max_position_embeddings, kept above it, ramped between (its ends rounded out when
+  # truncate).
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  truncate: bool = True
+  # longrope: per-frequency divisors, the long ones once the call's positions pass original_max_position_embeddings.
+  short_factor: tuple[float, ...] = ()
+  long_factor: tuple[float, ...] = ()
+  # yarn, longrope: the scale of cos and sin.
+  attention_factor: float = 1.0
 
   def inverse_frequencies(self, sequence_length: jax.Array) -> jax.Array:
     """[head_dim / 2] float32; `sequence_length` (max position + 1 of the call, traced) matters for dynamic only."""
@@ -74,17 +89,37 @@ class Rope:
       smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
       is_medium = (wavelength >= high_freq_wavelength) & (wavelength <= low_freq_wavelength)
       return jnp.where(is_medium, smoothed, scaled)
+    if self.rope_type == "yarn":
+      low, high = (self.head_dim * math.log(self.original_max_position_embeddings / (rotations * 2 * math.pi))
+                   / (2 * math.log(self.theta)) for rotations in (self.beta_fast, self.beta_slow))
+      if self.truncate:
+        low, high = math.floor(low), math.ceil(high)
+      low, high = max(low, 0), min(high, self.head_dim - 1)
+      ramp = jnp.clip((jnp.arange(self.head_dim // 2, dtype=jnp.float32) - low) / (
+          (high + 0.001 if low == high else high) - low), 0, 1)
+      interpolated = 1.0 / (self.factor * self.theta**exponents)
+      return interpolated * ramp + inverse * (1 - ramp)
+    if self.rope_type == "longrope":
+      factors = jnp.where(sequence_length > self.original_max_position_embeddings,
+                          jnp.array(self.long_factor, jnp.float32), jnp.array(self.short_factor, jnp.float32))
+      return 1.0 / (factors * self.theta**exponents)
     return inverse
 
   def cos_sin(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
     """cos and sin [batch, length, 1, head_dim] (float32) of positions [batch, length]."""
     frequencies = positions[..., None].astype(jnp.float32) * self.inverse_frequencies(jnp.max(positions) + 1)
     angles = jnp.concatenate([frequencies, frequencies], axis=-1)[:, :, None, :]
-    return jnp.cos(angles), jnp.sin(angles)
+    if self.attention_factor == 1.0:
+      return jnp.cos(angles), jnp.sin(angles)
+    return jnp.cos(angles) * self.attention_factor, jnp.sin(angles) * self.attention_factor
 
 
 def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """x [batch, length, heads, head_dim] rotated: x cos + rotate_half(x) sin, rotate_half(a, b) = (-b, a)."""
+  """x [batch, length, heads, head_dim] rotated: x cos + rotate_half(x) sin, rotate_half(a, b) = (-b, a); over the
+  first cos.shape[-1] dimensions of each head when that is fewer (partial rotary, as modeling_phi3.py)."""
+  rotary = cos.shape[-1]
+  if rotary < x.shape[-1]:
+    return jnp.concatenate([apply_rope(x[..., :rotary], cos, sin), x[..., rotary:]], axis=-1)
   half = x.shape[-1] // 2
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
   return x * cos.astype(x.dtype) + rotated * sin.astype(x.dtype)
@@ -109,6 +144,8 @@ class LlamaDims:
   mlp_bias: bool = False
   # Qwen3: RMS norm over head_dim of each query and key head, before the rotation.
   qk_norm: bool = False
+  # Phi-3: one qkv_proj for q, k and v (rows in that order), one gate_up_proj for gate and up.
+  fused_projections: bool = False
   # Attention window of each layer (key slot > query slot - window), None for full causal attention.
   sliding_windows: tuple[int | None, ...] = ()
   attention_dropout: float = 0.0
@@ -152,12 +189,15 @@ class LlamaAttention(nn.Module):
     dims = self.dims
     dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
     split = lambda x, heads: x.reshape(x.shape[:2] + (heads, dims.head_dim))
-    query = split(dense(dims.num_heads * dims.head_dim, use_bias=dims.qkv_bias, name="q_proj")(hidden),
-                  dims.num_heads)
-    key = split(dense(dims.num_kv_heads * dims.head_dim, use_bias=dims.qkv_bias, name="k_proj")(hidden),
-                dims.num_kv_heads)
-    value = split(dense(dims.num_kv_heads * dims.head_dim, use_bias=dims.qkv_bias, name="v_proj")(hidden),
-                  dims.num_kv_heads)
+    sizes = (dims.num_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim, dims.num_kv_heads * dims.head_dim)
+    if dims.fused_projections:
+      fused = dense(sum(sizes), use_bias=dims.qkv_bias, name="qkv_proj")(hidden)
+      projected = jnp.split(fused, [sizes[0], sizes[0] + sizes[1]], axis=-1)
+    else:
+      projected = [dense(size, use_bias=dims.qkv_bias, name=f"{name}_proj")(hidden)
+                   for size, name in zip(sizes, "qkv")]
+    query, key, value = (split(x, heads) for x, heads in zip(
+        projected, (dims.num_heads, dims.num_kv_heads, dims.num_kv_heads)))
     if dims.qk_norm:
       norm = functools.partial(RMSNorm, dims.rms_norm_eps, self.dtype, self.param_dtype)
       query, key = norm(name="q_norm")(query), norm(name="k_norm")(key)
@@ -191,8 +231,12 @@ class LlamaDecoderLayer(nn.Module):
     hidden += LlamaAttention(dims, self.dtype, self.param_dtype, name="self_attn")(
         norm(name="input_layernorm")(hidden), bias, cos, sin, cache_index=cache_index, train=train)
     x = norm(name="post_attention_layernorm")(hidden)
-    gated = layers.ACTIVATIONS[dims.hidden_act](dense(dims.intermediate_size, name="mlp.gate_proj")(x)) * dense(
-        dims.intermediate_size, name="mlp.up_proj")(x)
+    if dims.fused_projections:
+      gate, up = jnp.split(dense(2 * dims.intermediate_size, name="mlp.gate_up_proj")(x), 2, axis=-1)
+    else:
+      gate, up = dense(dims.intermediate_size, name="mlp.gate_proj")(x), dense(dims.intermediate_size,
+                                                                             name="mlp.up_proj")(x)
+    gated = layers.ACTIVATIONS[dims.hidden_act](gate) * up
     return hidden + dense(dims.hidden_size, name="mlp.down_proj")(gated)
 
 
@@ -330,21 +374,53 @@ def rope_from_config(config, head_dim: int, checkpoint: str) -> Rope:
   if rope_type not in ROPE_TYPES:
     raise UserError(f"checkpoint {checkpoint}: rope type {rope_type!r} is not supported; supported: "
                     f"{', '.join(ROPE_TYPES)}")
-  if parameters.get("partial_rotary_factor", 1.0) != 1.0:
-    raise UserError(f"checkpoint {checkpoint}: partial_rotary_factor {parameters['partial_rotary_factor']} is not "
-                    "supported; supported: 1.0")
+  partial = parameters.get("partial_rotary_factor", 1.0)
+  if partial != 1.0 and config.model_type != "phi3":
+    raise UserError(f"checkpoint {checkpoint}: partial_rotary_factor {partial} is not supported for model_type "
+                    f"{config.model_type!r}; supported: 1.0 (transformers' {config.model_type} class rotates the whole "
+                    "head; phi3 rotates a part)")
+  head_dim = int(head_dim * partial)
   extra = {key: parameters[key] for key in ("factor", "low_freq_factor", "high_freq_factor",
-                                            "original_max_position_embeddings") if key in parameters}
+                                            "original_max_position_embeddings", "beta_fast", "beta_slow", "truncate")
+           if parameters.get(key) is not None}
+  if rope_type in ("yarn", "longrope"):
+    extra.update(_extension_parameters(config, parameters, rope_type, head_dim, checkpoint))
   return Rope(theta=float(parameters["rope_theta"]), head_dim=head_dim, rope_type=rope_type,
               max_position_embeddings=config.max_position_embeddings, **extra)
+
+
+def _extension_parameters(config, parameters: dict, rope_type: str, head_dim: int, checkpoint: str) -> dict:
+  """yarn's and longrope's factor, attention_factor and longrope's factor lists, with transformers' defaults
+  (modeling_rope_utils.py _compute_yarn_parameters, _compute_longrope_parameters)."""
+  original = (getattr(config, "original_max_position_embeddings", None)
+              or parameters.get("original_max_position_embeddings") or config.max_position_embeddings)
+  factor = parameters.get("factor") or config.max_position_embeddings / original
+  attention_factor = parameters.get("attention_factor")
+  extra = {"original_max_position_embeddings": original, "factor": factor}
+  if rope_type == "yarn" and attention_factor is None:
+    mscale = lambda scale, m=1.0: 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+    mscale_all_dim = parameters.get("mscale_all_dim")
+    attention_factor = (mscale(factor, parameters["mscale"]) / mscale(factor, mscale_all_dim)
+                        if parameters.get("mscale") and mscale_all_dim else mscale(factor))
+  if rope_type == "longrope":
+    for key in ("short_factor", "long_factor"):
+      values = parameters.get(key)
+      if not isinstance(values, (list, tuple)) or len(values) != head_dim // 2:
+        raise UserError(f"checkpoint {checkpoint}: longrope {key} {values!r} is not supported; supported: a list of "
+                        f"head_dim / 2 = {head_dim // 2} numbers")
+      extra[key] = tuple(float(value) for value in values)
+    if attention_factor is None:
+      attention_factor = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+  extra["attention_factor"] = float(attention_factor)
+  return extra
 
 
 def _sliding_windows(config) -> tuple[int | None, ...]:
   """Each layer's attention window: Mistral's sliding_window for all; Qwen's per layer_types."""
   window = getattr(config, "sliding_window", None)
   layer_types = getattr(config, "layer_types", None)
-  if config.model_type == "mistral" or not layer_types:
-    return (window if config.model_type == "mistral" else None,) * config.num_hidden_layers
+  if config.model_type in ("mistral", "phi3") or not layer_types:
+    return (window if config.model_type in ("mistral", "phi3") else None,) * config.num_hidden_layers
   return tuple(window if layer_type == "sliding_attention" else None for layer_type in layer_types)
 
 
@@ -367,13 +443,14 @@ def dims_from_config(config, checkpoint: str) -> LlamaDims:
       rope=rope_from_config(config, head_dim, checkpoint),
       qkv_bias=model_type == "qwen2" or attention_bias, output_bias=model_type != "qwen2" and attention_bias,
       mlp_bias=bool(getattr(config, "mlp_bias", False)), qk_norm=model_type == "qwen3",
+      fused_projections=model_type == "phi3",
       sliding_windows=_sliding_windows(config), attention_dropout=float(getattr(config, "attention_dropout", 0.0)),
       tie_word_embeddings=bool(config.tie_word_embeddings), pad_token_id=config.pad_token_id,
       eos_token_ids=_token_ids(config.eos_token_id))
 
 
 _CLASS_NAMES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                "qwen3": "Qwen3ForCausalLM"}
+                "qwen3": "Qwen3ForCausalLM", "phi3": "Phi3ForCausalLM"}
 
 
 def build(config, *, checkpoint: str, task: str, num_labels: int | None, dtype, param_dtype) -> Architecture:

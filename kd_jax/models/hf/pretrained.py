@@ -23,7 +23,7 @@ from kd_jax.models.hf import t5
 # config.json model_type -> the module building that family's Flax models.
 FAMILIES: dict[str, types.ModuleType] = {"bert": bert, "roberta": bert, "distilbert": distilbert, "t5": t5,
                                          "llama": llama, "mistral": llama, "qwen2": llama, "qwen3": llama,
-                                         "gpt2": gpt2}
+                                         "phi3": llama, "gpt2": gpt2}
 TASKS = ("encoder", "sequence_classification", "seq2seq", "causal_lm")
 GENERATION_CONFIG_FILE = "generation_config.json"
 
