@@ -75,3 +75,20 @@ def assert_no_real_difference_claimed_inside_an_interval_containing_zero(summary
   verdict = next(line for line in summary.splitlines() if line.startswith("- KD vs hard labels"))
   claims = "better at" in verdict or "worse at" in verdict
   assert claims == any(not low <= 0.0 <= high for low, high in intervals), (verdict, intervals)
+
+
+@pytest.mark.slow
+def test_labeled_fraction_sweep_smoke(strong_run):
+  """configs/findings/sweep_fashion_labeled.py:smoke (its teacher restored, as the full sweep does): the small student
+  at each labeled fraction, the KD and hard-label students on the same number of steps."""
+  data_dir, strong_workdir = strong_run
+  workdir = data_dir / "labeled"
+  done = run_main("--config=configs/findings/sweep_fashion_labeled.py:smoke", f"--workdir={workdir}",
+                  f"--config.data.data_dir={data_dir}", "--config.data.train_fraction=1.0",
+                  f"--config.teacher.init={strong_workdir / 'teacher'}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "results.csv")) as stream:
+    rows = list(csv.DictReader(stream))
+  assert [(float(row["data.labeled_fraction"]), int(row["seed"])) for row in rows] == [
+      (0.3, 0), (0.3, 1), (1.0, 0), (1.0, 1)]
+  assert {int(row["student_params"]) for row in rows} == {(9 * 4 + 4) + (9 * 4 * 8 + 8) + (7 * 7 * 8 * 10 + 10)}
