@@ -1,0 +1,94 @@
+"""The findings configs (configs/findings/, docs/findings.md) in their `:smoke` forms, on tiny IDX files written here
+(the real Fashion-MNIST files may be absent: the configs' full runs are the findings page's, not the tests').
+
+The images are random, so nothing here learns: the tests check the protocol the findings rest on (a teacher on every
+label, restored by a sweep at other labeled fractions, paired intervals in the report) rather than accuracies.
+"""
+
+import csv
+import os
+import re
+
+import pytest
+
+from kd_jax import files
+from tests.helpers import run_main
+from tests.test_images import write_fixture
+
+
+@pytest.fixture(scope="module")
+def strong_run(tmp_path_factory):
+  """A finished configs/findings/fashion_strong.py:smoke run on 200 + 40 fixture images: (data dir, workdir)."""
+  root = tmp_path_factory.mktemp("findings")
+  write_fixture(root)
+  workdir = root / "strong"
+  done = run_main("--config=configs/findings/fashion_strong.py:smoke", f"--workdir={workdir}",
+                  f"--config.data.data_dir={root}", "--config.data.train_fraction=1.0")
+  assert done.returncode == 0, done.stderr[-3000:]
+  return root, workdir
+
+
+@pytest.mark.slow
+def test_strong_teacher_trains_on_every_training_label(strong_run):
+  _, workdir = strong_run
+  results = files.read_json(os.path.join(workdir, "results.json"))
+  assert results["data"]["num_validation"] == 10 and results["data"]["num_test"] == 40
+  assert results["data"]["num_labeled"] == results["data"]["num_train"] == 190
+  # The smoke teacher, counted by hand: conv 4 and 8 channels (3x3), Dense 16, head 10.
+  assert results["efficiency"]["teacher"]["params"] == (9 * 4 + 4) + (9 * 4 * 8 + 8) + (7 * 7 * 8 * 16 + 16) + (16 * 10 + 10)
+  assert os.path.isdir(os.path.join(workdir, "teacher", "params"))
+
+
+@pytest.mark.slow
+def test_showcase_sweep_restores_one_teacher_at_both_labeled_fractions(strong_run):
+  """configs/findings/sweep_fashion_showcase.py:smoke with teacher.init at the strong run's teacher (as the full
+  sweep does): every point reports that teacher's test metrics, whatever its labeled fraction; the report's paired
+  intervals never call a difference real when they contain 0."""
+  data_dir, strong_workdir = strong_run
+  workdir = data_dir / "showcase"
+  done = run_main("--config=configs/findings/sweep_fashion_showcase.py:smoke", f"--workdir={workdir}",
+                  f"--config.data.data_dir={data_dir}", "--config.data.train_fraction=1.0",
+                  f"--config.teacher.init={strong_workdir / 'teacher'}", "--config.sweep.seeds=3")  # 3: intervals
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "results.csv")) as stream:
+    rows = list(csv.DictReader(stream))
+  assert len(rows) == 2 * 2 * 3
+  assert sorted({float(row["data.labeled_fraction"]) for row in rows}) == [0.3, 1.0]
+  teacher_accuracy = files.read_json(os.path.join(strong_workdir, "results.json"))["metrics"]["teacher"]["accuracy"]
+  assert {float(row["teacher_accuracy"]) for row in rows} == {teacher_accuracy}
+  for row in rows:
+    point = files.read_json(os.path.join(workdir, row["point"], "results.json"))
+    labeled = point["data"]["num_labeled"]
+    assert labeled == 190 if float(row["data.labeled_fraction"]) == 1.0 else 0.25 * 190 < labeled < 0.35 * 190
+    assert "teacher" not in point["train"]["phases"]  # restored, not trained
+  summary = open(os.path.join(workdir, "summary.md")).read()
+  assert "12 of 12 points finished" in summary and "95% t interval" in summary
+  assert_no_real_difference_claimed_inside_an_interval_containing_zero(summary)
+
+
+def assert_no_real_difference_claimed_inside_an_interval_containing_zero(summary: str) -> None:
+  """The findings' KD-vs-hard line calls KD better or worse somewhere exactly when some row of the difference table
+  has a KD - hard interval that excludes 0 (issue 25: an interval containing 0 is never stated as a difference)."""
+  intervals = [(float(low), float(high)) for low, high in re.findall(
+      r"\| student \(KD\) − hard labels \| [^|]+ \| 95% t interval \[([-+0-9.]+), ([-+0-9.]+)\]", summary)]
+  assert intervals, summary
+  verdict = next(line for line in summary.splitlines() if line.startswith("- KD vs hard labels"))
+  claims = "better at" in verdict or "worse at" in verdict
+  assert claims == any(not low <= 0.0 <= high for low, high in intervals), (verdict, intervals)
+
+
+@pytest.mark.slow
+def test_labeled_fraction_sweep_smoke(strong_run):
+  """configs/findings/sweep_fashion_labeled.py:smoke (its teacher restored, as the full sweep does): the small student
+  at each labeled fraction, the KD and hard-label students on the same number of steps."""
+  data_dir, strong_workdir = strong_run
+  workdir = data_dir / "labeled"
+  done = run_main("--config=configs/findings/sweep_fashion_labeled.py:smoke", f"--workdir={workdir}",
+                  f"--config.data.data_dir={data_dir}", "--config.data.train_fraction=1.0",
+                  f"--config.teacher.init={strong_workdir / 'teacher'}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "results.csv")) as stream:
+    rows = list(csv.DictReader(stream))
+  assert [(float(row["data.labeled_fraction"]), int(row["seed"])) for row in rows] == [
+      (0.3, 0), (0.3, 1), (1.0, 0), (1.0, 1)]
+  assert {int(row["student_params"]) for row in rows} == {(9 * 4 + 4) + (9 * 4 * 8 + 8) + (7 * 7 * 8 * 10 + 10)}
