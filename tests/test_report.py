@@ -185,7 +185,7 @@ def test_summary_findings_and_tables(temperature_sweep):
   assert ("- KD-student validation accuracy rises with distill.temperature up to 2, then falls (1: 91.00%, "
           "2: 95.00%, 3: 81.00%); best distill.temperature=2 (by validation accuracy); on test: KD student "
           "95.00 ± 1.00%, +8.67 ± 1.15 points (95% t interval [+5.80, +11.54], n = 3) vs hard labels") in text
-  assert "more than the seed spread" in text
+  assert "+8.67 ± 1.15 points (95% t interval [+5.80, +11.54], n = 3) vs hard labels, its interval excludes 0" in text
   assert ("better at distill.temperature=1 (+4.67), distill.temperature=2 (+8.67); worse at "
           "distill.temperature=3 (-5.33)") in text
   assert "KD student 95.00%, teacher 97.00% (-2.00 points), hard-label student 86.33%" in text

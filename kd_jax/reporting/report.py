@@ -168,8 +168,9 @@ def findings(sweep: Sweep, groups: list[Group]) -> list[str]:
   best_difference = best.versus_baseline("student", metric)
   against_baseline = "" if best_difference is None else f", {format_difference(metric, best_difference)} vs hard labels"
   if best_difference is not None and best_difference.n >= stats.MIN_SEEDS_FOR_INTERVAL:
-    against_baseline += (", more than the seed spread" if best_difference.exceeds_spread else
-                         ", within the seed spread")
+    # A difference is called only where its interval excludes 0 (|mean| > std alone is no evidence at few seeds).
+    against_baseline += (", its interval excludes 0" if best_difference.sign else
+                         ", its interval contains 0: no difference shown")
   best_text = (f"{sweep.group_label(best)} (by {split} {metric}); on test: KD student "
                f"{format_mean_std(metric, *best.mean_std('student', metric))}"
                f"{'%' if metric in PERCENT_METRICS else ''}{against_baseline}")
@@ -339,10 +340,10 @@ def summary_markdown(sweep: Sweep) -> str:
           if name == metric:
             cells.append(format_interval(name, difference))
             too_few = difference.n < stats.MIN_SEEDS_FOR_INTERVAL
-            cells.append("-" if too_few else ("yes" if difference.exceeds_spread else "no"))
+            cells.append("-" if too_few else ("yes" if difference.sign else "no"))
         rows.append(value_cells(group) + [f"{MODEL_LABELS[model]} − hard labels"] + cells)
     header = value_header + ["model", metric_header(metric, difference=True), "interval of the mean",
-                             "exceeds seed spread"] + [metric_header(name, difference=True)
+                             "interval excludes 0"] + [metric_header(name, difference=True)
                                                        for name in difference_metrics[1:]]
     lines += ["", "## Difference from the hard-label student (test split, paired over seeds)", ""]
     lines += _markdown_table(header, rows)
