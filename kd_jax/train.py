@@ -65,8 +65,9 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
   config = runs[0].config
   task = data.load_task(config)
   check_data_sizes(config, task)
+  teacher_dir = teacher.directory(config, runs[0].workdir)
   # A teacher from a logprobs file: the file read and checked before anything is written (a server: reachable).
-  logprobs = logprobs_file.read_for_run(config, task, teacher.directory(config, runs[0].workdir))
+  logprobs = logprobs_file.read_for_run(config, task, teacher_dir)
   for run in runs:
     feature_losses.check_positions(run.config.distill, task.train)
   mesh = sharding.make_mesh(config.train.num_devices, config.mesh)
@@ -75,10 +76,10 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
               ", ".join(f"{axis} {size}" for axis, size in mesh.shape.items()))
   writers = [_start_workdir(run, overwrite) for run in runs]
   if logprobs is logprobs_file.SERVER_PENDING:  # a served teacher, asked now that the workdir is this run's
-    logprobs = logprobs_file.from_server(config, task, teacher.directory(config, runs[0].workdir))
+    logprobs = logprobs_file.from_server(config, task, teacher_dir)
   evaluator = evaluation.for_task(config, task, mesh)
   if logprobs is not None:  # no model: no teacher metrics, and the students are not compared with one
-    the_teacher = teacher.Teacher(None, None, teacher.directory(config, runs[0].workdir), logprobs=logprobs)
+    the_teacher = teacher.Teacher(None, None, teacher_dir, logprobs=logprobs)
     teacher_metrics, reference = None, None
   else:
     the_teacher = ensemble.obtain(config, task, mesh, runs[0].workdir, writers=writers[0],

@@ -405,6 +405,12 @@ def read_for_run(config, task, teacher_dir: str) -> Imported | None:
       from kd_jax.teachers import server  # pylint: disable=import-outside-toplevel
       server.served_model(server.Endpoint(config.teacher.server_url, retries=1), config.teacher.server_model)
       return SERVER_PENDING
+  return stored_or_read(path, task, teacher_dir)
+
+
+def stored_or_read(path: str, task, teacher_dir: str) -> Imported:
+  """The logprobs file `path` for the training split of `task`: its import stored in `teacher_dir` when there is one
+  of this file and data, else the file read and checked (`read`)."""
   stored = load(cache_dir(teacher_dir, file_sha256(path), task.fingerprint), path, task.fingerprint, len(task.train))
   if stored is not None:
     logger.info("Teacher logprobs %s: the import in %s.", path, teacher_dir)
@@ -445,7 +451,7 @@ def from_server(config, task, teacher_dir: str) -> Imported:
   path = server.write_logprobs_file(server_file(config, task, teacher_dir), examples, url=teacher_config.server_url,
                                     model=teacher_config.server_model, top_logprobs=teacher_config.top_logprobs,
                                     concurrency=teacher_config.server_concurrency)
-  return read(path, info.pairs, task.train.index)
+  return stored_or_read(path, task, teacher_dir)
 
 
 def _rendered_prompt(tokenizer, prompt: str, chat_template: bool) -> str:

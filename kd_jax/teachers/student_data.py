@@ -159,7 +159,6 @@ def _with_own_logprobs(config, task: data.TaskData, teacher: Teacher, mesh) -> T
   logprobs file, written once into the teacher directory by its forward pass (logprobs_file.write_from_teacher: its
   top distill.topk tokens and each response token's logprob, with the byte offsets the alignment needs) and keyed by
   its weights and the data; the student then learns from it as from a served teacher's file."""
-  info = task.causal_lm
   k = min(config.distill.topk, vocab_size(teacher, task))
   path = os.path.join(teacher.directory, f"own-logprobs-k{k}-chat{int(bool(config.data.chat_template))}-"
                                          f"{teacher.fingerprint[:16]}-{task.fingerprint}.jsonl")
@@ -170,7 +169,7 @@ def _with_own_logprobs(config, task: data.TaskData, teacher: Teacher, mesh) -> T
                                              chat_template=config.data.chat_template, mesh=mesh,
                                              batch_size=config.data.eval_batch_size)
     logger.info("Teacher logprobs: wrote %d lines (k = %d) to %s in %.2fs.", lines, k, path, time.time() - start_time)
-  return dataclasses.replace(teacher, logprobs=logprobs_file.read(path, info.pairs, task.train.index))
+  return dataclasses.replace(teacher, logprobs=logprobs_file.stored_or_read(path, task, teacher.directory))
 
 
 def _causal_lm_sequences(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
