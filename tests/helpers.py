@@ -218,6 +218,15 @@ def assert_resumed_after_step_2_is_bitwise(config, task, teacher, student, num_s
     np.testing.assert_array_equal(np.asarray(got), np.asarray(expected))
 
 
+def free_port() -> int:
+  """A TCP port on 127.0.0.1 that nothing listened on a moment ago (bound to port 0, then closed): for a server or
+  a coordinator the test starts, or a closed port a client must be refused at."""
+  import socket  # pylint: disable=import-outside-toplevel
+  with socket.socket() as probe:
+    probe.bind(("127.0.0.1", 0))
+    return probe.getsockname()[1]
+
+
 # Where tests look for an interpreter with llama-cpp-python's server (`pip install 'llama-cpp-python[server]'`, which
 # builds llama.cpp from source): $KD_JAX_LLAMA_PYTHON, else the repository's .llamaenv, else this interpreter.
 LLAMA_ENV_PYTHON = REPO_ROOT / ".llamaenv" / "bin" / "python"
@@ -237,12 +246,9 @@ def llama_server(model_path: str, log_path: str, *args: str, context: int = 2048
   """llama-cpp-python's OpenAI-compatible server on 127.0.0.1 serving the GGUF `model_path` (its output in
   `log_path`; `args`: more of its flags), stopped on exit; yields its URL. The caller skips where
   `llama_cpp_python()` is None."""
-  import socket  # pylint: disable=import-outside-toplevel
   import time  # pylint: disable=import-outside-toplevel
   import urllib.request  # pylint: disable=import-outside-toplevel
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
+  port = free_port()
   command = [llama_cpp_python(), "-m", "llama_cpp.server", "--model", model_path, "--host", "127.0.0.1",
              "--port", str(port), "--n_ctx", str(context), "--verbose", "False", *args]
   url = f"http://127.0.0.1:{port}"

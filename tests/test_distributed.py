@@ -5,7 +5,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from kd_jax.errors import UserError
 from kd_jax.parallel import distributed
-from tests.helpers import REPO_ROOT, Child, child_environment, run_main
+from tests.helpers import REPO_ROOT, Child, child_environment, free_port, run_main
 
 LAUNCH_VARIABLES = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_STEP_NODELIST",
                     "SLURM_NTASKS")
@@ -135,9 +134,7 @@ def test_two_processes_stopped_by_sigterm_to_one_resume_to_the_one_process_resul
   two_workdir, one_workdir = tmp_path / "two_processes", tmp_path / "one_process"
   launch_arguments = ["bash", "scripts/multiprocess_local.sh", "2", *arguments, "--config.train.device_data_max_mib=0",
                       "--config.mesh.data=1", "--config.mesh.fsdp=2", f"--workdir={two_workdir}"]
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
+  port = free_port()
   launch = Child(launch_arguments, env=launcher_environment(COORDINATOR_PORT=str(port)))
   # The KD student's first log step (50) comes after its first checkpoint (step 20); 172 of its 222 steps and the
   # hard-label student's remain (the teacher, trained on the labeled tenth, has 18).

@@ -18,6 +18,7 @@ from kd_jax.parallel import sharding
 from kd_jax.teachers import logprobs_file, student_data, teacher
 from kd_jax.training import cross_tokenizer, losses
 from tests import numpy_divergences
+from tests import helpers
 from tests.helpers import assert_resumed_after_step_2_is_bitwise, load_config, run_main
 
 PAIRS = {0: ("Hi?", " Yes, hello."), 1: ("Bye?", " No."), 7: ("Held out?", " Yes.")}  # 7: not a training example
@@ -442,10 +443,7 @@ def test_the_import_is_stored_once_keyed_by_the_files_hash_and_a_half_written_on
 def test_an_unreachable_server_teacher_is_one_line_and_nothing_is_written(tmp_path):
   """teacher.source='server' asks the server for its models before the workdir is claimed: a closed port is one line
   naming the URL, exit 2, and no workdir."""
-  import socket  # pylint: disable=import-outside-toplevel
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]  # closed again when the probe is
+  port = helpers.free_port()
   result = run_main("--config=configs/causal_lm.py:smoke,server", f"--workdir={tmp_path / 'w'}",
                     f"--config.teacher.server_url=http://127.0.0.1:{port}/v1")
   assert result.returncode == 2, result.stderr[-3000:]

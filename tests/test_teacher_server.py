@@ -14,7 +14,6 @@ import http.server
 import json
 import math
 import pathlib
-import socket
 import threading
 
 import pytest
@@ -234,9 +233,7 @@ def test_retries_5xx_with_backoff_then_gives_up_in_one_line(tmp_path):
 
 
 def test_unreachable_server_and_bad_url_refused_in_one_line_nothing_written(tmp_path):
-  with socket.socket() as probe:  # a port nothing listens on
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
+  port = helpers.free_port()  # a port nothing listens on
   with pytest.raises(server.ServerError, match=rf"^teacher server http://127\.0\.0\.1:{port}/v1/models: no usable "
                                                r"answer after 3 tries \(.*[Cc]onnection refused.*\)$"):
     write(tmp_path, f"http://127.0.0.1:{port}")
