@@ -118,11 +118,11 @@ def test_paired_difference_against_hand_computation():
                                     scale=scipy.stats.sem(differences))
   assert result.method == "t" and abs(result.low - expected[0]) < 1e-9 and abs(result.high - expected[1]) < 1e-9
   assert result.values == pytest.approx(differences, abs=1e-12)
-  assert result.sign == 1 and result.exceeds_spread
+  assert result.sign == 1
   assert np.isnan(result.bootstrap_low)  # 3 seeds: no bootstrap interval
-  # Differences that straddle 0 by more than their mean: no sign, within the spread.
+  # Differences that straddle 0 by more than their mean: no sign.
   straddling = stats.paired_difference([0.9, 0.8, 0.85], [0.85, 0.85, 0.85])
-  assert straddling.sign == 0 and not straddling.exceeds_spread
+  assert straddling.sign == 0
   assert stats.paired_difference([0.5, 0.6], [0.5, 0.6]).sign == 0
 
 
@@ -132,8 +132,8 @@ def test_intervals_follow_the_number_of_seeds():
   two = stats.paired_difference([0.9, 0.7], [0.8, 0.8])
   assert two.method is None and two.n == 2 and np.isnan(two.low) and np.isnan(two.high) and two.sign == 0
   assert two.values == pytest.approx((0.1, -0.1))
-  # Two differences of one sign and little spread: still no claim about the seed spread from two values.
-  assert not stats.paired_difference([0.91, 0.92], [0.80, 0.80]).exceeds_spread
+  # Two differences of one sign and little spread: still no claim (no interval) from two values.
+  assert stats.paired_difference([0.91, 0.92], [0.80, 0.80]).sign == 0
   for n in (3, 5, 9, 10, 25):
     a, b = rng.normal(0.85, 0.02, n), rng.normal(0.83, 0.02, n)
     result = stats.paired_difference(a, b)

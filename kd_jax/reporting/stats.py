@@ -73,12 +73,6 @@ class PairedDifference:
   bootstrap_high: float = float("nan")
 
   @property
-  def exceeds_spread(self) -> bool:
-    """|mean difference| > the standard deviation of the differences over seeds; False below
-    MIN_SEEDS_FOR_INTERVAL seeds, where the std of two values says as little as an interval would."""
-    return bool(self.n >= MIN_SEEDS_FOR_INTERVAL and abs(self.mean) > self.std)
-
-  @property
   def sign(self) -> int:
     """+1 if the whole interval is above 0, -1 if below, 0 if it contains 0 (or there is no interval)."""
     if self.low > 0:
