@@ -224,6 +224,9 @@ def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
   require(distill.loss_chunk == 0 or not lora.rank or "lm_head" not in tuple(lora.target_modules or ()),
           "distill.loss_chunk", distill.loss_chunk,
           "projects with the student's plain LM head: LoRA on lm_head (student.lora.target_modules) needs 0")
+  require(distill.loss_chunk == 0 or not schema.is_user_model(config.student.name), "distill.loss_chunk",
+          distill.loss_chunk, f"needs an HF student: student.name={config.student.name!r} (a user's model) returns "
+          "logits, not the final hidden states and LM head the chunks project (use 0)")
   if data_config.name not in schema.CAUSAL_LM_TASKS:
     for field, default in (("data.packing", False), ("distill.on_policy_fraction", 0.0),
                            ("distill.cross_tokenizer", "none")):
@@ -295,7 +298,8 @@ def _check_cross_tokenizer(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_text_task(config: ml_collections.ConfigDict) -> None:
-  """The text tasks' sources, token inputs and HF models of the task's kind."""
+  """The text tasks' sources, token inputs and HF models of the task's kind (a causal LM's student may be a user's
+  model, which uses the teacher's tokenizer or student.checkpoint's)."""
   data_config = config.data
   if data_config.name not in schema.TEXT_TASKS:
     return
@@ -311,10 +315,17 @@ def _check_text_task(config: ml_collections.ConfigDict) -> None:
   allowed_tasks = (model_task,) if seq2seq or causal_lm else (model_task, None)  # None means sequence_classification
   for section in ("teacher", "student") if config.teacher.source == "model" else ("student",):
     model_config = config[section]
-    require(model_config.name == "hf", f"{section}.name", model_config.name,
-            f"data.name={data_config.name!r} is text: it needs 'hf' models (their tokenizers tokenize it)")
+    user_student = causal_lm and section == "student" and schema.is_user_model(model_config.name)
+    require(model_config.name == "hf" or user_student, f"{section}.name", model_config.name,
+            f"data.name={data_config.name!r} is text: it needs 'hf' models (their tokenizers tokenize it)"
+            + ("; a user's model may be the student" if causal_lm else ""))
     require(model_config.task in allowed_tasks, f"{section}.task", model_config.task,
             f"must be {model_task!r} for data.name={data_config.name!r}")
+  student = config.student
+  if causal_lm and schema.is_user_model(student.name) and config.teacher.source != "model":
+    require(bool(student.checkpoint), "student.checkpoint", student.checkpoint,
+            f"required for a user's student with teacher.source={config.teacher.source!r}: the checkpoint whose "
+            "tokenizer it uses (a teacher model's is used otherwise)")
   require(not (seq2seq or causal_lm) or data_config.labeled_fraction == 1.0, "data.labeled_fraction",
           data_config.labeled_fraction, "must be 1.0 for seq2seq and causal-LM data sets (an example without its "
           "target has nothing to teacher-force)")

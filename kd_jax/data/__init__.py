@@ -53,10 +53,12 @@ def evaluator_of(name: str) -> str:
 
 def num_classes(config) -> int | None:
   """The number of classes of config.data's task where known before it loads (checking a user's model: kd_jax/models
-  check_user_model): the synthetic tasks' data.synthetic.num_classes, or its module's NUM_CLASSES; else None."""
+  check_user_model): the synthetic tasks' data.synthetic.num_classes, or its module's `num_classes(config)` (causal
+  LM: a user's student's vocabulary size) or NUM_CLASSES; else None."""
   if config.data.name.startswith("synthetic"):
     return config.data.synthetic.num_classes
-  return getattr(_task_module(config.data.name), "NUM_CLASSES", None)
+  module = _task_module(config.data.name)
+  return module.num_classes(config) if hasattr(module, "num_classes") else getattr(module, "NUM_CLASSES", None)
 
 
 def check_config(config) -> None:

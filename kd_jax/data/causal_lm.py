@@ -370,7 +370,17 @@ def load_splits(config):
                           own_teacher_tokenizer, (config.teacher.checkpoint,)),
                       max_new_tokens=data_config.max_target_length, eos_token_ids=stop_token_ids(tokenizer, shared),
                       pad_token_id=int(pad_token_id))
-  return splits, len(tokenizer), info
+  return splits, num_classes(config) or len(tokenizer), info
+
+
+def num_classes(config) -> int | None:
+  """The vocabulary size a user's student model is built with (kd_jax/models/protocol.py: its config.vocab_size):
+  that of the checkpoint whose tokenizer it uses (text.student_checkpoint_field: the teacher's, the width of its
+  logits, unless student.checkpoint names another). None for an HF student (its checkpoint has its own)."""
+  if not schema.is_user_model(config.student.name):
+    return None
+  from kd_jax.models.hf import pretrained  # pylint: disable=g-import-not-at-top
+  return pretrained.vocab_size(text.student_checkpoint_field(config)[0])
 
 
 def stop_token_ids(tokenizer, checkpoints) -> tuple[int, ...]:

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kd_jax.config import schema
 from kd_jax.errors import UserError
 
 FILE_FORMATS = ("csv", "jsonl", "parquet")
@@ -238,10 +239,12 @@ def load_tokenizer(checkpoint: str, field: str):
 
 def student_checkpoint_field(config) -> tuple[str, str]:
   """(checkpoint, its config field) of the student's tokenizer and vocabulary: the teacher's when the student is built
-  from the teacher's layers (student.init_from_teacher_layers), else student.checkpoint."""
-  if config.student.init_from_teacher_layers is not None:
+  from the teacher's layers (student.init_from_teacher_layers), or is a user's model without a student.checkpoint
+  (kd_jax/models/protocol.py); else student.checkpoint."""
+  student = config.student
+  if student.init_from_teacher_layers is not None or (schema.is_user_model(student.name) and not student.checkpoint):
     return config.teacher.checkpoint, "teacher.checkpoint"
-  return config.student.checkpoint, "student.checkpoint"
+  return student.checkpoint, "student.checkpoint"
 
 
 def shares_vocabulary(config, tokenizer, teacher_tokenizer) -> bool:

@@ -5,7 +5,7 @@ Teacher-forced on the reference targets, means over real target tokens:
   nll = -log p(y_t | y_<t, x);  token_accuracy = 1[argmax p = y_t];
   against the reference (the teacher run beside the model): kl_to_teacher = KL(p_teacher || p_model) at temperature 1
   (the average token-level KL to the teacher), token_agreement = 1[argmax p_model = argmax p_teacher].
-Generated (kd_jax.models.hf.generate, max data.max_target_length new tokens), at every temperature of
+Generated (kd_jax.models.generation.generate, max data.max_target_length new tokens), at every temperature of
 config.generation.temperatures, means over examples:
   label_accuracy = 1[parsed label = true label] (an unparseable output counts as wrong); unparseable = its share;
   rouge1, rouge2, rougeL = F1 of the generated explanation vs the reference (metrics.rouge_scores);
@@ -32,7 +32,7 @@ from kd_jax import data
 from kd_jax.data import pipeline
 from kd_jax.evaluation import faithfulness, metrics
 from kd_jax.evaluation.metrics import SPLITS
-from kd_jax.models import hf
+from kd_jax.models import generation
 from kd_jax.parallel import inference, sharding
 
 logger = logging.getLogger(__name__)
@@ -53,9 +53,9 @@ def generate_tokens(model, params, inputs: dict, *, mesh, batch_size: int, max_n
 
   def generate(local_sources):
     batch = sharding.shard_batch(local_sources, mesh)
-    return hf.generate(model.module, params, batch["input_ids"], batch["attention_mask"],
-                       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       eos_token_id=eos_token_ids, rng=jax.random.fold_in(jax.random.key(seed), next(numbers)))
+    return generation.generate(model, params, batch["input_ids"], batch["attention_mask"],
+                               max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                               eos_token_id=eos_token_ids, rng=jax.random.fold_in(jax.random.key(seed), next(numbers)))
 
   return np.concatenate([tokens[:num_real] for tokens, num_real in inference.map_batches(
       generate, sources, batch_size=batch_size, num_devices=mesh.size)])

@@ -119,7 +119,7 @@ def check_config(config, section: str) -> None:
   options = remat_options()
   require(config.train.remat in options, "train.remat", config.train.remat, f"allowed: {', '.join(options)}")
   if built is not None:
-    _check_user_student(model_config, built)
+    _check_user_student(model_config, built, packing=config.data.packing)
     return
   if model_config.init_from_teacher_layers is None and not model_config.lora.rank:
     return
@@ -138,11 +138,17 @@ def check_config(config, section: str) -> None:
     peft.check_rank(model_config.lora, abstract)
 
 
-def _check_user_student(student_config, built) -> None:
+def _check_user_student(student_config, built, *, packing: bool) -> None:
   """LoRA and freezing on a user's student (what its factory returned): no LoRA dropout where the adapters are merged
   (protocol.merges_adapters); for an NNX module, whose parameter shapes are known before it is initialized, the
-  targets and rank fit its linear layers and student.trainable selects some of its parameters."""
+  targets and rank fit its linear layers and student.trainable selects some of its parameters. A causal LM trained
+  on packed rows (data.packing) takes their segment_ids and position_ids."""
   from kd_jax.models import peft, protocol  # pylint: disable=g-import-not-at-top
+  if packing and protocol.is_causal_lm(student_config):
+    missing = [name for name in ("segment_ids", "position_ids") if name not in protocol.call_input_names(built)]
+    require(not missing, "data.packing", packing, f"needs a student whose call takes segment_ids and position_ids "
+            f"(packed rows: attention within each example, positions restarting); {student_config.name!r} does not "
+            f"take {' or '.join(missing)}")
   lora = student_config.lora
   require(not (lora.rank and lora.dropout and protocol.merges_adapters(built)), "student.lora.dropout", lora.dropout,
           "must be 0 for an NNX or (init_fn, apply_fn) student: its adapters are merged into the weights before each "

@@ -9,7 +9,7 @@ A kd_jax model is a hashable object (it is static in the compiled steps: equal m
   updates, orbax checkpoints store, sharding places (mesh.fsdp splits any of it), vectorized sweeps stack and vmap,
   and what LoRA, freezing (student.trainable) and sharding rules name by '/'-joined path ('conv1/kernel').
 - `inputs` is a batch's `Examples.inputs`: [batch, features] (digits, synthetic), [batch, height, width, channels]
-  (the image tasks), a dict of token arrays (text, HF models only).
+  (the image tasks), a dict of token arrays (text: HF models; causal LMs: user's models too, see below).
 - `train` switches dropout on; `rngs` is then {"dropout": key}, the step's key of the example: the same key gives the
   same masks, so a resumed run redraws them bit for bit.
 - The task kind fixes the logits: [batch, num_classes] for classification, [batch, length, vocab] for seq2seq
@@ -24,6 +24,14 @@ user's model is named in a config as `package.module:factory` or `path/to/file.p
 gets the model's config block (and, where its signature names them, `num_classes` and `rngs`: an nnx.Rngs seeded
 by the run) and returns
 
+A user's causal LM (config.<section>.task = 'causal_lm', data.name = 'causal_lm') is called with the token ids:
+`__call__(input_ids [batch, length])` -> logits [batch, length, vocab_size], and also given `attention_mask` (1 on
+the real tokens), `position_ids` and `segment_ids` (packed rows, data.packing) where its signature names them. It
+must be causal (position t sees tokens 0..t): kd_jax right-pads every sequence, in training and in generation
+(kd_jax/models/generation.py recomputes the whole prefix for each new token: it has no KV cache), so the padding
+never reaches a real token. The factory finds the vocabulary size (the width of the teacher's logits) in the config
+block it gets, `config.vocab_size` (kd_jax adds it to a copy of the block), and as `num_classes`.
+
 - a flax.nnx.Module (`NnxModel`): split into its graph (static) and its nnx.Param state (the params dict); dropout
   draws from its RNG streams, reseeded from the step's key on every call; non-parameter state (BatchNorm's batch
   statistics, caches) is refused: a step applies the model one example at a time, where batch statistics do not
@@ -31,6 +39,7 @@ by the run) and returns
 - a flax.linen.Module (`LinenModel`) whose `__call__(inputs)` or `__call__(inputs, train=...)` takes the inputs.
 - an (init_fn, apply_fn) pair (`FunctionModel`): init_fn(rng, example_inputs) -> params; apply_fn(params, inputs)
   -> logits, given `train=` and `rng=` (the dropout key, None when not training) where its signature names them.
+(A causal LM's `inputs` above are its input_ids, and the optional inputs it names are keywords of the call.)
 """
 
 import dataclasses
@@ -49,6 +58,8 @@ from flax import nnx
 from kd_jax.errors import ConfigError
 
 RETURNS = "a flax.nnx.Module, a flax.linen.Module or an (init_fn, apply_fn) pair"
+# What a user's causal LM is given besides input_ids, where its call names them (the module docstring).
+CAUSAL_LM_OPTIONAL_INPUTS = ("attention_mask", "position_ids", "segment_ids")
 
 
 def _takes(function: Callable, name: str) -> bool:
@@ -58,6 +69,19 @@ def _takes(function: Callable, name: str) -> bool:
   except (TypeError, ValueError):
     return False
   return name in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
+def causal_lm_input_names(call: Callable) -> tuple[str, ...]:
+  """The inputs a user's causal LM `call` is given: input_ids, then each of CAUSAL_LM_OPTIONAL_INPUTS it names."""
+  return ("input_ids",) + tuple(name for name in CAUSAL_LM_OPTIONAL_INPUTS if _takes(call, name))
+
+
+def _call_inputs(inputs, input_names: tuple[str, ...]) -> tuple[tuple, dict]:
+  """(positional, keyword) arguments of a user's model for a batch's `inputs`: the inputs themselves, or for a causal
+  LM (`input_names` from causal_lm_input_names) the token ids and those of the optional inputs the batch holds."""
+  if not input_names:
+    return (inputs,), {}
+  return (inputs[input_names[0]],), {name: inputs[name] for name in input_names[1:] if name in inputs}
 
 
 def _string_keys(tree):
@@ -91,9 +115,10 @@ class NnxModel:
   streams: tuple[str, ...] = ()
   takes_train: bool = False
   partition_rules: Callable | None = dataclasses.field(default=None, compare=False)
+  input_names: tuple[str, ...] = ()  # a causal LM's (causal_lm_input_names); () passes the inputs whole
 
   @classmethod
-  def create(cls, abstract: nnx.Module, call: Callable, rng, field: str, name: str):
+  def create(cls, abstract: nnx.Module, call: Callable, rng, field: str, name: str, causal_lm: bool = False):
     """(NnxModel, params): the graph of `abstract` (the module built by `call(rng)`, shapes only), its parameters and
     RNG streams built by `call(rng)` compiled. ConfigError for non-parameter state."""
     graphdef, _, _, _, rest = nnx.split(abstract, nnx.Param, nnx.RngState, nnx.Intermediate, ...)
@@ -101,8 +126,10 @@ class NnxModel:
     params, rng_state = _initializer(call)(rng)
     streams = tuple(sorted({variable.tag for _, variable in nnx.to_flat_state(rng_state)}))
     template = jax.tree.map(lambda value: jax.ShapeDtypeStruct(value.shape, value.dtype), params)
-    model = cls(graphdef, template, rng_state, streams, _takes(type(abstract).__call__, "train"),
-                getattr(abstract, "partition_rules", None))
+    call_method = type(abstract).__call__
+    model = cls(graphdef, template, rng_state, streams, _takes(call_method, "train"),
+                getattr(abstract, "partition_rules", None),
+                causal_lm_input_names(call_method) if causal_lm else ())
     return model, _string_keys(nnx.to_pure_dict(params))
 
   def module(self, params, train: bool, dropout_key=None) -> nnx.Module:
@@ -121,7 +148,9 @@ class NnxModel:
     module = self.module(variables["params"], train, (rngs or {}).get("dropout"))
     if self.takes_train:
       options["train"] = train
-    logits, intermediates = nnx.capture(lambda m, x: m(x, **options), nnx.Intermediate)(module, inputs)
+    args, keywords = _call_inputs(inputs, self.input_names)
+    logits, intermediates = nnx.capture(lambda m, args, keywords: m(*args, **keywords, **options),
+                                        nnx.Intermediate)(module, args, keywords)
     if "intermediates" not in mutable:
       return logits
     return logits, {"intermediates": nnx.to_pure_dict(intermediates)}
@@ -132,6 +161,7 @@ class LinenModel:
   """A Linen module whose `__call__` takes the inputs (and `train=` where it names it) as a kd_jax model."""
   module: nn.Module
   takes_train: bool = False
+  input_names: tuple[str, ...] = ()  # a causal LM's (causal_lm_input_names); () passes the inputs whole
 
   @property
   def partition_rules(self):
@@ -139,13 +169,16 @@ class LinenModel:
 
   def init_params(self, rng, example_inputs):
     rngs = {"params": rng, "dropout": jax.random.fold_in(rng, 1)}
-    init = lambda rngs, inputs: self.module.init(rngs, inputs, **({"train": False} if self.takes_train else {}))
+    train = {"train": False} if self.takes_train else {}
+    init = lambda rngs, inputs: self.module.init(rngs, *_call_inputs(inputs, self.input_names)[0],
+                                                 **_call_inputs(inputs, self.input_names)[1], **train)
     return jax.jit(init)(rngs, example_inputs)["params"]
 
   def apply(self, variables, inputs, train: bool = False, rngs=None, **options):
     if self.takes_train:
       options["train"] = train
-    return self.module.apply(variables, inputs, rngs=rngs, **options)
+    args, keywords = _call_inputs(inputs, self.input_names)
+    return self.module.apply(variables, *args, rngs=rngs, **keywords, **options)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,10 +186,12 @@ class FunctionModel:
   """An (init_fn, apply_fn) pair as a kd_jax model (see the module docstring)."""
   init_fn: Callable
   apply_fn: Callable
+  input_names: tuple[str, ...] = ()  # a causal LM's (causal_lm_input_names of apply_fn); () passes the inputs whole
   partition_rules = None
 
   def init_params(self, rng, example_inputs):
-    return _string_keys(jax.jit(self.init_fn)(rng, example_inputs))
+    (inputs,), _ = _call_inputs(example_inputs, self.input_names)  # a causal LM's init_fn gets its input_ids
+    return _string_keys(jax.jit(self.init_fn)(rng, inputs))
 
   def apply(self, variables, inputs, train: bool = False, rngs=None, mutable=()):
     keywords = {}
@@ -164,7 +199,8 @@ class FunctionModel:
       keywords["train"] = train
     if _takes(self.apply_fn, "rng"):
       keywords["rng"] = (rngs or {}).get("dropout")
-    logits = self.apply_fn(variables["params"], inputs, **keywords)
+    args, inputs_by_name = _call_inputs(inputs, self.input_names)
+    logits = self.apply_fn(variables["params"], *args, **inputs_by_name, **keywords)
     return (logits, {"intermediates": {}}) if "intermediates" in mutable else logits  # it sows nothing
 
 
@@ -213,11 +249,20 @@ def _one_line(error: BaseException) -> str:
   return f"{type(error).__name__}: " + " ".join(str(error).split())
 
 
+def is_causal_lm(model_config) -> bool:
+  """Whether a model config block describes a causal LM (its task 'causal_lm'): called with token ids (the module
+  docstring)."""
+  return model_config.get("task") == "causal_lm"
+
+
 def _factory_call(model_config, *, num_classes: int, field: str) -> Callable:
   """call(rng) -> what the factory config.<section>.name names returns for `model_config` (given `num_classes` and
-  `rngs=nnx.Rngs(rng)` where its signature names them): an nnx.Module, a linen.Module or an (init_fn, apply_fn)
-  pair. ConfigError on `field` where it cannot be loaded, raises, or returns no model. Equal configs give the same
-  `call` (the runs of a sweep compile an NNX module's initialization once: `_initializer`)."""
+  `rngs=nnx.Rngs(rng)` where its signature names them; a causal LM's block with `vocab_size` = num_classes added):
+  an nnx.Module, a linen.Module or an (init_fn, apply_fn) pair. ConfigError on `field` where it cannot be loaded,
+  raises, or returns no model. Equal configs give the same `call` (the runs of a sweep compile an NNX module's
+  initialization once: `_initializer`)."""
+  if is_causal_lm(model_config):
+    model_config = ml_collections.ConfigDict({**model_config.to_dict(), "vocab_size": num_classes})
   return _cached_factory_call(ml_collections.FrozenConfigDict(model_config), num_classes, field)
 
 
@@ -275,13 +320,20 @@ def create(model_config, *, num_classes: int, example_inputs, rng, field: str):
   its factory initializes them from `rng` (compiled), a Linen module's or a pair's from its init."""
   call = _factory_call(model_config, num_classes=num_classes, field=field)
   built = _abstractly(call)
+  causal_lm = is_causal_lm(model_config)
   if isinstance(built, nnx.Module):
-    return NnxModel.create(built, call, rng, field, model_config.name)
+    return NnxModel.create(built, call, rng, field, model_config.name, causal_lm)
   if isinstance(built, nn.Module):
-    model = LinenModel(built, _takes(type(built).__call__, "train"))
+    call_method = type(built).__call__
+    model = LinenModel(built, _takes(call_method, "train"), causal_lm_input_names(call_method) if causal_lm else ())
   else:
-    model = FunctionModel(*built)
+    model = FunctionModel(*built, causal_lm_input_names(built[1]) if causal_lm else ())
   return model, model.init_params(rng, example_inputs)
+
+
+def call_input_names(built) -> tuple[str, ...]:
+  """The inputs what a factory returned (`build`) takes when it is a causal LM: causal_lm_input_names of its call."""
+  return causal_lm_input_names(built[1] if isinstance(built, tuple) else type(built).__call__)
 
 
 def abstract_params(built):

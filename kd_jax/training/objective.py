@@ -101,7 +101,7 @@ class Objective:
     on_policy = None
     if distills and d.on_policy_fraction > 0:
       info = task.causal_lm
-      on_policy = OnPolicy(fraction=float(d.on_policy_fraction), module=peft.plain_model(model).module,
+      on_policy = OnPolicy(fraction=float(d.on_policy_fraction), model=peft.plain_model(model),
                            temperature=float(config.generation.train_temperature), max_new_tokens=info.max_new_tokens,
                            eos_token_ids=info.eos_token_ids, pad_token_id=info.pad_token_id,
                            top_k=config.generation.train_top_k, top_p=config.generation.train_top_p)

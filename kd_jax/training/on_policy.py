@@ -6,7 +6,8 @@ their prompts, so every kind of batch trains through the same step.
 
 On-policy distillation (GKD, Agarwal et al. 2024; `OnPolicy`): in each training step, with probability
 lambda = distill.on_policy_fraction, the batch's responses are replaced by responses sampled from the current
-student (the compiled KV-cache decoder, kd_jax.models.hf.generate, at generation.train_temperature with the training
+student (kd_jax.models.generation.generate: the HF families' compiled KV-cache decoder, a user's model's loop
+recomputing the prefix, at generation.train_temperature with the training
 filters generation.train_top_k / train_top_p, off by default as in TRL, at most data.max_target_length tokens, ending
 at any stop token); the teacher, running in the step, scores them, and the loss is the distillation term
 on the student's tokens (their labels are -1: the student's cross-entropy on its own samples teaches nothing, so the
@@ -23,21 +24,22 @@ import jax.numpy as jnp
 
 from kd_jax.data import Examples
 from kd_jax.data.causal_lm import sequences_from_responses
-from kd_jax.models import hf
+from kd_jax.models import generation
 
 # The on-policy draws are fold_in(fold_in(rng, ON_POLICY_STREAM), step) of the run's key, apart from the dropout
 # keys fold_in(rng, step) (steps never reach this number).
 ON_POLICY_STREAM = 2**31 - 1
 
 
-def sample_responses(module, params, prompt_ids: jax.Array, prompt_mask: jax.Array, keys: jax.Array, *,
+def sample_responses(model, params, prompt_ids: jax.Array, prompt_mask: jax.Array, keys: jax.Array, *,
                      max_new_tokens: int, temperature: float, top_k: int | None = None, top_p: float | None = None,
                      eos_token_ids: tuple[int, ...] | None = None, pad_token_id: int | None = None) -> jax.Array:
-  """Responses [B, max_new_tokens] (pad after the first stop token of eos_token_ids; None: the module's) sampled from
-  a causal LM for left-padded prompts [B, P], row b with its own key keys[b] (so its tokens do not depend on the
-  other rows of the batch)."""
-  return hf.generate(module, params, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_k=top_k, top_p=top_p, eos_token_id=eos_token_ids, pad_token_id=pad_token_id, rng=keys)
+  """Responses [B, max_new_tokens] (pad after the first stop token of eos_token_ids; None: the model's) sampled from
+  a causal LM (a kd_jax model) for left-padded prompts [B, P], row b with its own key keys[b] (so its tokens do not
+  depend on the other rows of the batch)."""
+  return generation.generate(model, params, prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                             temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_ids,
+                             pad_token_id=pad_token_id, rng=keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +49,13 @@ class OnPolicy:
 
   Attributes:
     fraction: lambda, the probability that a step's batch is sampled from the student.
-    module: the student's flax module (what the decoder runs).
+    model: the student as evaluation sees it (peft.plain_model: what the decoder runs).
     temperature, max_new_tokens, top_k, top_p: the sampling (generation.train_temperature, data.max_target_length,
       generation.train_top_k / train_top_p: the training samples' own filters, not the evaluation's).
     eos_token_ids, pad_token_id: the responses end at any of the stop tokens and are padded after it.
   """
   fraction: float
-  module: Any
+  model: Any
   temperature: float
   max_new_tokens: int
   eos_token_ids: tuple[int, ...]
@@ -70,7 +72,7 @@ class OnPolicy:
 
     def sampled(_):
       keys = jax.vmap(functools.partial(jax.random.fold_in, sample_key))(batch.index)
-      responses = sample_responses(self.module, jax.lax.stop_gradient(params), inputs["prompt_ids"],
+      responses = sample_responses(self.model, jax.lax.stop_gradient(params), inputs["prompt_ids"],
                                    inputs["prompt_mask"], keys, max_new_tokens=self.max_new_tokens,
                                    temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                                    eos_token_ids=self.eos_token_ids, pad_token_id=self.pad_token_id)

@@ -99,6 +99,14 @@ def stop_token_ids(name_or_path: str) -> tuple[int, ...]:
   return tuple(dict.fromkeys(ids))
 
 
+def vocab_size(name_or_path: str) -> int:
+  """The vocabulary size of a checkpoint's model (the width of its logits; its tokenizer may have fewer tokens), from
+  config.json or the GGUF metadata."""
+  if gguf.is_gguf(name_or_path):
+    return int(gguf.hf_config(name_or_path).vocab_size)
+  return int(weights.read_config(weights.resolve(name_or_path), name_or_path)["vocab_size"])
+
+
 def _token_ids(value) -> tuple[int, ...]:
   """A config's token id field (None, an id or a list of ids) as a tuple of ints."""
   if value is None:
