@@ -1,6 +1,6 @@
 """Users' model factories for tests/test_model_protocol.py, named by path in configs ('tests/user_models.py:NAME'),
 as a user's file would be: an NNX MLP, a Linen MLP, an (init_fn, apply_fn) pair, an NNX module with BatchNorm
-statistics, and factories that fail."""
+statistics, factories that fail, and a Linen causal LM (tests/test_user_lm.py)."""
 
 import flax.linen as nn
 import jax
@@ -95,3 +95,23 @@ def raises(config):
 def not_a_model(config):
   del config
   return {"kernel": 0}
+
+
+class LinenLM(nn.Module):
+  """A one-block Linen causal LM with learned positions and an untied head that takes the attention mask."""
+  vocab_size: int
+  width: int = 16
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask=None):
+    length = input_ids.shape[1]
+    hidden = nn.Embed(self.vocab_size, self.width)(input_ids) + nn.Embed(64, self.width)(jnp.arange(length))
+    mask = nn.make_causal_mask(input_ids)
+    if attention_mask is not None:
+      mask = nn.combine_masks(mask, nn.make_attention_mask(attention_mask, attention_mask))
+    hidden = hidden + nn.SelfAttention(num_heads=2)(nn.LayerNorm()(hidden), mask=mask)
+    return nn.Dense(self.vocab_size)(nn.LayerNorm()(hidden))
+
+
+def linen_lm(config):
+  return LinenLM(config.vocab_size)
