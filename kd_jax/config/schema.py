@@ -224,11 +224,12 @@ def _model_fields(*, hidden_sizes: tuple, dropout_rate: float, conv_features: tu
   """The fields config.teacher and config.student share: the model, its shape and dtypes."""
   return {
       "name": Field("mlp", "Registered model name: 'mlp', 'cnn' (image tasks) or 'hf' (a Hugging Face checkpoint, see "
-                    "`checkpoint`); or a user's model (classification on digits, synthetic and image tasks), "
+                    "`checkpoint`); or a user's model (classification on digits, synthetic and image tasks; the "
+                    "student of a causal LM, task='causal_lm', which maps token ids to logits), "
                     "'package.module:factory' or 'path/to/file.py:factory' (relative to the working directory or "
-                    "absolute), whose factory takes this config block (and num_classes, rngs where it names them) "
-                    "and returns a Flax NNX module, a Linen module or an (init_fn, apply_fn) pair (docs/models.md, "
-                    "kd_jax/models/protocol.py).", check=_model_name),
+                    "absolute), whose factory takes this config block (a causal LM's with vocab_size added; and "
+                    "num_classes, rngs where it names them) and returns a Flax NNX module, a Linen module or an "
+                    "(init_fn, apply_fn) pair (docs/models.md, kd_jax/models/protocol.py).", check=_model_name),
       "hidden_sizes": Field(hidden_sizes, "MLP: hidden layer widths (depth = number of entries). CNN: the Dense layers "
                             "after the conv blocks.", check=_positive_integers),
       "dropout_rate": Field(dropout_rate, "MLP: dropout after every hidden layer. CNN: dropout after every block.",
@@ -240,7 +241,8 @@ def _model_fields(*, hidden_sizes: tuple, dropout_rate: float, conv_features: tu
       "norm_groups": Field(0, "CNN: the GroupNorm groups after every conv (0: no normalization; each width a multiple "
                            "of it)."),
       "checkpoint": Field(None, "Hugging Face models (name='hf'): hub id or local directory with config.json and "
-                          "weights.", type=str),
+                          "weights. A user's causal-LM student: the checkpoint whose tokenizer and vocab_size it "
+                          "uses (None: the teacher's).", type=str),
       "task": Field(None, "Hugging Face models: 'sequence_classification' (None means it), 'seq2seq' or 'causal_lm' "
                     "(decoder-only LMs).", type=str),
       "dtype": Field("float32", "dtype of the forward computation.", choices=DTYPES),
