@@ -56,6 +56,22 @@ def test_the_nnx_lm_student_learns_from_the_smoke_teacher(smoke_run):
   assert student["rougeL"] > 0.1 and results["validation_metrics"]["student"]["nll"] < untrained / 3
 
 
+@pytest.mark.slow
+def test_the_exported_nnx_lm_student_loads_back_with_its_parameters(smoke_run, tmp_path):
+  """scripts/export.py --format=params of the smoke student (token arrays as its example inputs): load_exported
+  rebuilds the NNX LM from its factory with the trained parameters bit for bit, and its test NLL is the run's."""
+  config, workdir, results = smoke_run
+  assert export.export(str(workdir), model="student", export_format="params", out=str(tmp_path / "exported")) == [
+      export.MODEL_FILE, export.SAFETENSORS_FILE]
+  model, params = models.load_exported(str(tmp_path / "exported"))
+  trained = export.trained_model(str(workdir), "student").params
+  assert jax.tree.structure(params) == jax.tree.structure(trained)
+  for expected, got in zip(jax.tree.leaves(trained), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(got, expected)
+  nll = response_nll(model, params, data.load_task(config).test)
+  np.testing.assert_allclose(nll, results["metrics"]["student"]["nll"], rtol=1e-5)
+
+
 def on_policy_setup(task):
   """configs/custom_lm.py:smoke under GKD with lambda = 0.5, the fixture teacher's own weights (sharpened) in the
   step, the NNX student as its factory builds it."""

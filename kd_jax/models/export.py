@@ -289,10 +289,11 @@ def write(trained: Trained, export_format: str, out: str, *, lora: str = "merge"
 
 def write_params(trained: Trained, directory: str) -> None:
   """model.safetensors (the plain parameters, each array named by its '/'-joined path) and kd_model.json (the model's
-  name, with a factory file's path made absolute, its config block, the class count and the shape of one example's
-  inputs) in `directory`: what `load_exported` rebuilds."""
+  name, with a factory file's path made absolute, its config block, the class count (a causal LM's vocabulary) and
+  the shape of one example's inputs, or of each of its token arrays) in `directory`: what `load_exported` rebuilds."""
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
   from kd_jax import data  # pylint: disable=g-import-not-at-top
+  from kd_jax.data.examples import first_inputs  # pylint: disable=g-import-not-at-top
   config = trained.run_config
   model_config = config[trained.section].to_dict()
   target, separator, factory = model_config["name"].rpartition(":")
@@ -300,10 +301,12 @@ def write_params(trained: Trained, directory: str) -> None:
     model_config["name"] = f"{os.path.abspath(target)}:{factory}"
   tensors = {peft.path_name(path): np.ascontiguousarray(leaf)
              for path, leaf in jax.tree_util.tree_flatten_with_path(trained.plain_params())[0]}
-  example = data.load_task(config).train.inputs[:1]
+  describe = lambda value: {"shape": list(value.shape), "dtype": str(value.dtype)}
+  example = first_inputs(data.load_task(config).train.inputs)
   files.write_json(os.path.join(directory, MODEL_FILE), {
       "name": model_config["name"], "config": model_config, "num_classes": data.num_classes(config),
-      "example_inputs": {"shape": list(example.shape), "dtype": str(example.dtype)}})
+      "example_inputs": ({name: describe(value) for name, value in example.items()} if isinstance(example, dict)
+                         else describe(example))})
   safetensors.numpy.save_file(tensors, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "kd_jax"})
 
 
@@ -318,8 +321,10 @@ def load_exported(directory: str):
     raise UserError(f"{directory}: no {MODEL_FILE}, so no model exported with --format=params is there")
   record = files.read_json(path)
   example = record["example_inputs"]
+  zeros = lambda described: np.zeros(described["shape"], described["dtype"])
   model, initial = models.create(ml_collections.ConfigDict(record["config"]), num_classes=record["num_classes"],
-                                 example_inputs=np.zeros(example["shape"], example["dtype"]),
+                                 example_inputs=(zeros(example) if "shape" in example
+                                                 else {name: zeros(value) for name, value in example.items()}),
                                  rng=jax.random.PRNGKey(0), field="model")
   params = traverse_util.unflatten_dict(safetensors.numpy.load_file(os.path.join(directory, SAFETENSORS_FILE)),
                                         sep="/")
