@@ -5,8 +5,8 @@ model, a user's causal LM (kd_jax/models/protocol.py), has no cache: `generate` 
 sequence for every new token, the prompt moved to the front and the new tokens written behind it (right padding,
 which a causal model's logits at a real token never see). That costs max_new_tokens full forward passes over
 prompt + max_new_tokens positions instead of one position each: slow, but exact for any causal model of the tokens.
-Both decoders follow one contract (generation.py's): a finished sequence continues with pad tokens, and row b
-samples step s with fold_in(key of row b, s), so its tokens do not depend on the other rows of the batch.
+Both decoders follow one contract (kd_jax/models/hf/generation.py's): a finished sequence continues with pad tokens,
+and row b samples step s with fold_in(key of row b, s), so its tokens do not depend on the other rows of the batch.
 """
 
 import functools

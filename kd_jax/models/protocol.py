@@ -24,14 +24,6 @@ user's model is named in a config as `package.module:factory` or `path/to/file.p
 gets the model's config block (and, where its signature names them, `num_classes` and `rngs`: an nnx.Rngs seeded
 by the run) and returns
 
-A user's causal LM (config.<section>.task = 'causal_lm', data.name = 'causal_lm') is called with the token ids:
-`__call__(input_ids [batch, length])` -> logits [batch, length, vocab_size], and also given `attention_mask` (1 on
-the real tokens), `position_ids` and `segment_ids` (packed rows, data.packing) where its signature names them. It
-must be causal (position t sees tokens 0..t): kd_jax right-pads every sequence, in training and in generation
-(kd_jax/models/generation.py recomputes the whole prefix for each new token: it has no KV cache), so the padding
-never reaches a real token. The factory finds the vocabulary size (the width of the teacher's logits) in the config
-block it gets, `config.vocab_size` (kd_jax adds it to a copy of the block), and as `num_classes`.
-
 - a flax.nnx.Module (`NnxModel`): split into its graph (static) and its nnx.Param state (the params dict); dropout
   draws from its RNG streams, reseeded from the step's key on every call; non-parameter state (BatchNorm's batch
   statistics, caches) is refused: a step applies the model one example at a time, where batch statistics do not
@@ -39,7 +31,15 @@ block it gets, `config.vocab_size` (kd_jax adds it to a copy of the block), and 
 - a flax.linen.Module (`LinenModel`) whose `__call__(inputs)` or `__call__(inputs, train=...)` takes the inputs.
 - an (init_fn, apply_fn) pair (`FunctionModel`): init_fn(rng, example_inputs) -> params; apply_fn(params, inputs)
   -> logits, given `train=` and `rng=` (the dropout key, None when not training) where its signature names them.
-(A causal LM's `inputs` above are its input_ids, and the optional inputs it names are keywords of the call.)
+
+A user's causal LM (config.<section>.task = 'causal_lm', data.name = 'causal_lm') is called with the token ids (its
+`inputs` above are the input_ids; the optional inputs it names are keywords): `__call__(input_ids [batch, length])`
+-> logits [batch, length, vocab_size], also given `attention_mask` (1 on the real tokens), `position_ids` and
+`segment_ids` (packed rows, data.packing) where its signature names them. It must be causal (position t sees tokens
+0..t): kd_jax right-pads every sequence, in training and in generation (kd_jax/models/generation.py recomputes the
+whole prefix for each new token: it has no KV cache), so the padding never reaches a real token. The factory finds
+the vocabulary size (the width of the teacher's logits) in the config block it gets, `config.vocab_size` (kd_jax adds
+it to a copy of the block), and as `num_classes`.
 """
 
 import dataclasses
