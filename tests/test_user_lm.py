@@ -197,3 +197,16 @@ def test_what_a_user_lm_cannot_take_is_refused_before_anything_is_written(tmp_pa
   assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
   assert not os.path.exists(workdir)
 
+
+
+def test_lora_finds_the_nnx_lms_projections_by_the_default_target_names():
+  """LoRA with the default targets (the Llama family's q_proj and v_proj) fits the NNX student's attention (named
+  alike): the preflight check passes, and a rank above the 32-wide projections is refused naming that width."""
+  from kd_jax import preflight  # pylint: disable=import-outside-toplevel
+  from kd_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/custom_lm.py")
+  config.student.lora.rank = 4
+  preflight.check(config)
+  config.student.lora.rank = 64
+  with pytest.raises(ConfigError, match=r"^config\.student\.lora\.rank=64: must be <= 32, the smallest width"):
+    preflight.check(config)
