@@ -92,3 +92,34 @@ def test_labeled_fraction_sweep_smoke(strong_run):
   assert [(float(row["data.labeled_fraction"]), int(row["seed"])) for row in rows] == [
       (0.3, 0), (0.3, 1), (1.0, 0), (1.0, 1)]
   assert {int(row["student_params"]) for row in rows} == {(9 * 4 + 4) + (9 * 4 * 8 + 8) + (7 * 7 * 8 * 10 + 10)}
+
+
+@pytest.mark.slow
+def test_temperature_sweep_smoke(strong_run):
+  """configs/findings/sweep_fashion_temperature.py:smoke with 3 seeds (its teacher restored, as the full sweep does):
+  every temperature in the difference table with its t interval, one hard-label student per seed shared by every
+  temperature, and neither the KD-vs-hard line nor the best-vs-neighbours line calls a difference whose interval
+  contains 0."""
+  data_dir, strong_workdir = strong_run
+  workdir = data_dir / "temperature"
+  done = run_main("--config=configs/findings/sweep_fashion_temperature.py:smoke", f"--workdir={workdir}",
+                  f"--config.data.data_dir={data_dir}", "--config.data.train_fraction=1.0",
+                  f"--config.teacher.init={strong_workdir / 'teacher'}", "--config.sweep.seeds=3")
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "results.csv")) as stream:
+    rows = list(csv.DictReader(stream))
+  temperatures = (1.0, 4.0, 16.0)
+  assert [(float(row["distill.temperature"]), int(row["seed"])) for row in rows] == [
+      (t, seed) for t in temperatures for seed in range(3)]
+  for seed in range(3):  # the hard-label student does not depend on T: one per seed, the same in every row
+    assert len({row["student_hard_accuracy"] for row in rows if int(row["seed"]) == seed}) == 1
+  summary = open(os.path.join(workdir, "summary.md")).read()
+  for t in ("1", "4", "16"):
+    assert re.search(rf"\| (\*\*)?{t}(\*\*)?( \(best\))? \| student \(KD\) − hard labels \| [^|]+ \| 95% t interval \[",
+                     summary), (t, summary)
+  assert_no_real_difference_claimed_inside_an_interval_containing_zero(summary)
+  neighbours = next(line for line in summary.splitlines() if "against its neighbours" in line)
+  compared = re.findall(r"interval \[([-+0-9.]+), ([-+0-9.]+)\], n = 3\), ([a-z ]+)", neighbours)
+  assert len(compared) == (1 if "**1** (best)" in summary or "**16** (best)" in summary else 2), neighbours
+  for low, high, outcome in compared:
+    assert (outcome in ("better", "worse")) == (not float(low) <= 0.0 <= float(high)), neighbours

@@ -189,12 +189,36 @@ def test_summary_findings_and_tables(temperature_sweep):
   assert ("better at distill.temperature=1 (+4.67), distill.temperature=2 (+8.67); worse at "
           "distill.temperature=3 (-5.33)") in text
   assert "KD student 95.00%, teacher 97.00% (-2.00 points), hard-label student 86.33%" in text
+  # T=2 against T=1 and T=3, paired by seed: (+5, +4, +3) and (+15, +14, +13) points, t intervals ± 4.303 / sqrt(3).
+  assert ("- Best distill.temperature=2 against its neighbours (test accuracy of the KD student, paired by seed): "
+          "2 − 1: +4.00 ± 1.00 points (95% t interval [+1.52, +6.48], n = 3), better; "
+          "2 − 3: +14.00 ± 1.00 points (95% t interval [+11.52, +16.48], n = 3), better.") in text
   metrics_section = text.split("## Metrics by swept value")[1].split("## Difference")[0]
   assert metrics_section.count("| teacher |") == 3  # a teacher row per value
   assert "| **2** (best) | student (KD) | 95.00 ± 1.00 |" in metrics_section
   difference_section = text.split("## Difference from the hard-label student")[1]
   assert difference_section.count("teacher − hard labels") == 3
   assert "## Data per swept value" not in text  # the same data everywhere
+
+
+def test_best_value_against_neighbours_pairs_seeds_and_calls_only_intervals_that_exclude_zero(tmp_path):
+  """T=2 is best, but its paired differences from T=1 (+1, -1, +2 points) have an interval containing 0; T=3 lost
+  seed 2, so T=2 - T=3 pairs seeds 0 and 1 only (+16, +15): too few for an interval, so nothing is called."""
+  workdir = str(tmp_path / "sweep")
+  factor = results.Factor(("distill.temperature",), tuple((t,) for t in TEMPERATURES))
+  kd = {1.0: (0.90, 0.92, 0.91), 2.0: (0.91, 0.91, 0.93), 3.0: (0.75, 0.76, None)}
+  for point in write_sweep_json(workdir, [factor], seeds=3):
+    accuracy = kd[TEMPERATURES[point["value_indices"][0]]][point["seed"]]
+    if accuracy is not None:
+      write_point(workdir, point["name"], accuracy, HARD_ACCURACY[point["seed"]], TEACHER_ACCURACY)
+  text = report.summary_markdown(results.load_sweep(workdir))
+  line = next(line for line in text.splitlines() if "against its neighbours" in line)
+  one = stats.paired_difference([0.91, 0.91, 0.93], [0.90, 0.92, 0.91])
+  assert one.low < 0 < one.high
+  assert (f"2 − 1: +0.67 ± 1.53 points (95% t interval [{100 * one.low:+.2f}, {100 * one.high:+.2f}], n = 3), "
+          "no difference shown (interval contains 0); 2 − 3: +15.50 ± 0.71 points (n = 2: too few seeds for an "
+          "interval; differences +16.00, +15.00), no interval.") in line, line
+  assert "better" not in line and "worse" not in line
 
 
 def test_the_best_point_is_chosen_on_validation_and_reported_on_test(tmp_path):

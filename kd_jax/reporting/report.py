@@ -158,9 +158,10 @@ def pooled_std(stds: list[float]) -> float:
 
 
 def findings(sweep: Sweep, groups: list[Group]) -> list[str]:
-  """One line per swept factor (trend of the selection metric), the best value against hard labels, where KD beats
-  hard labels and where it does not, and the student against the teacher. Trends and the best point are chosen on
-  the selection split (validation); what is reported for the best point, and KD against hard labels, is on test."""
+  """One line per swept factor (trend of the selection metric), the best value against hard labels and, in a
+  one-factor sweep, against the values beside it, where KD beats hard labels and where it does not, and the student
+  against the teacher. Trends and the best point are chosen on the selection split (validation); what is reported
+  for the best point, against its neighbours and against hard labels, is on test."""
   metric, split = sweep.selection_metric, sweep.selection_split
   best = best_group(groups, metric, split)
   noise = pooled_std([group.mean_std("student", metric, split)[1] for group in groups])
@@ -195,6 +196,8 @@ def findings(sweep: Sweep, groups: list[Group]) -> list[str]:
       series = ", ".join(f"{label}: {format_metric(metric, gain, signed=True)}" for label, gain in zip(labels, gains))
       lines.append(f"KD minus hard-label {split} {metric} {trend_phrase(factor.label, labels, gains, gain_noise)}"
                    f"{averaged} ({series}{metric_unit(metric)}).")
+  if len(sweep.factors) == 1 and len(sweep.factors[0].values) > 1:
+    lines.append(_neighbours_line(sweep, groups, best, metric))
   if len(sweep.factors) != 1:
     lines.append(f"Best point: {best_text}.")
   if sweep.has_baseline:
@@ -208,6 +211,24 @@ def findings(sweep: Sweep, groups: list[Group]) -> list[str]:
     line += f", hard-label student {format_metric(metric, best.mean_std(BASELINE, metric)[0], unit=True)}"
   lines.append(line + ".")
   return lines
+
+
+def _neighbours_line(sweep: Sweep, groups: list[Group], best: Group, metric: str) -> str:
+  """The best value of a one-factor sweep against the values beside it in the config's order: the KD student's test
+  `metric` paired by seed, a difference called only where its interval excludes 0."""
+  factor, index = sweep.factors[0], best.value_indices[0]
+  direction = 1 if metric in HIGHER_IS_BETTER else -1
+  parts = []
+  for neighbour in sorted((group for group in groups if abs(group.value_indices[0] - index) == 1),
+                          key=lambda group: group.value_indices[0]):
+    difference = best.versus_group(neighbour, "student", metric)
+    outcome = ("no interval" if difference.method is None else
+               {direction: "better", -direction: "worse", 0: "no difference shown (interval contains 0)"}[
+                   difference.sign])
+    parts.append(f"{factor.value_label(index)} − {factor.value_label(neighbour.value_indices[0])}: "
+                 f"{format_difference(metric, difference)}, {outcome}")
+  return (f"Best {sweep.group_label(best)} against its neighbours (test {metric} of the KD student, paired by seed): "
+          + ("; ".join(parts) if parts else "no neighbouring value has finished") + ".")
 
 
 def _baseline_line(sweep: Sweep, groups: list[Group], metric: str) -> str:

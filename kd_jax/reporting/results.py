@@ -193,6 +193,14 @@ class Group:
       return None
     return stats.paired_difference(self.values(model, metric, split), baseline)
 
+  def versus_group(self, other: "Group", model: str, metric: str, split: str = "test") -> stats.PairedDifference:
+    """`model` here minus `model` in `other`, paired over the seeds both have finished (a seed fixes the
+    initialization and the batches, so the difference of one seed is that of the swept values alone)."""
+    theirs = {run.seed: run.metric(model, metric, split) for run in other.runs}
+    shared = [run for run in self.runs if run.seed in theirs]
+    return stats.paired_difference([run.metric(model, metric, split) for run in shared],
+                                   [theirs[run.seed] for run in shared])
+
   def efficiency(self, model: str, key: str) -> float:
     """The mean over seeds of `model`'s efficiency `key` (NaN where the results hold none)."""
     return stats.mean_std([run.results.efficiency.get(model, {}).get(key, np.nan) for run in self.runs])[0]
