@@ -13,6 +13,8 @@ the device count must be set before JAX starts); the artifacts built once per te
 asks first, are tests/artifacts.py's fixtures.
 """
 
+import ctypes.util
+import gc
 import os
 import shutil
 import tempfile
@@ -29,6 +31,25 @@ MULTIDEVICE_COUNT = 8
 # time are kept: the suite compiles the same small programs many times.
 COMPILATION_CACHE_VARIABLES = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+# TCMalloc for the xdist workers and the child processes, where the machine has it (Debian: libtcmalloc-minimal4;
+# .ci/run installs it): XLA's compiler and JAX's tracing allocate and free millions of small blocks, and glibc's
+# malloc was ~12% of a compile-bound test's CPU time (perf); with TCMalloc preloaded the suite's CPU time fell ~15%.
+# Numbers do not change (the allocator is not in the math). Its report of large allocations is switched off: it would
+# write to the stderr that tests read.
+TCMALLOC = "tcmalloc_minimal"
+TCMALLOC_VARIABLES = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(2**62)}
+
+
+def _preload_tcmalloc() -> None:
+  """Adds TCMalloc to LD_PRELOAD for the processes this one starts (read when a process starts: the controller sets
+  it before xdist starts its workers)."""
+  library = ctypes.util.find_library(TCMALLOC)
+  preloaded = os.environ.get("LD_PRELOAD", "")
+  if library and TCMALLOC not in preloaded:
+    os.environ["LD_PRELOAD"] = f"{preloaded} {library}".strip()
+    os.environ.update(TCMALLOC_VARIABLES)
 
 
 def pytest_addoption(parser):
@@ -61,6 +82,14 @@ def pytest_configure(config):
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller; xdist workers inherit its environment
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="kd_jax-tests-xla-cache-")
     os.environ.update(COMPILATION_CACHE_VARIABLES)
+    _preload_tcmalloc()
+
+
+def pytest_collection_finish(session):  # pylint: disable=unused-argument
+  """After the test modules (jax, flax, TensorFlow, transformers) are imported: their objects leave the collector's
+  generations, so its passes no longer walk them (gc.freeze)."""
+  gc.collect()
+  gc.freeze()
 
 
 def pytest_unconfigure(config):
