@@ -3,7 +3,8 @@ kd_jax's own from_pretrained reads back bitwise, from fixture checkpoints and fa
 training).
 
 transformers' and peft's PyTorch models load the same exports with outputs within 1e-5 of kd_jax's: that check needs
-torch and runs outside the tests (scripts/check_export_with_transformers.py; docs/export.md quotes it).
+torch and runs outside the tests (scripts/check_export_with_transformers.py; docs/export.md quotes it). llama.cpp's
+greedy tokens on a GGUF export are compared with kd_jax's here, where llama-cpp-python is found (else skipped).
 """
 
 import dataclasses
