@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
+from kd_jax.errors import UserError  # pylint: disable=wrong-import-position
 from kd_jax.models import export, generation, hf  # pylint: disable=wrong-import-position
 
 
@@ -31,8 +32,9 @@ def load(checkpoint: str, dtype: str):
   """(model, params, tokenizer, stop token ids, generate) of a checkpoint: an HF one (directory, hub id or GGUF file:
   decoded with its KV cache) or a user's causal LM exported with --format=params (recomputing the prefix)."""
   if os.path.isfile(os.path.join(checkpoint, export.MODEL_FILE)):
+    eos_token_ids = export.exported_stop_token_ids(checkpoint)  # (a UserError for a classifier's export)
     model, params = export.load_exported(checkpoint)
-    return model, params, hf.load_tokenizer(checkpoint), export.exported_stop_token_ids(checkpoint), generation.generate
+    return model, params, hf.load_tokenizer(checkpoint), eos_token_ids, generation.generate
   model, params = hf.from_pretrained(checkpoint, task="causal_lm", dtype=dtype, param_dtype=dtype)
   return model, params, hf.load_tokenizer(checkpoint), model.dims.eos_token_ids, hf.generate
 
@@ -76,4 +78,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except UserError as error:
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
