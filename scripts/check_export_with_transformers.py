@@ -8,6 +8,8 @@ Needs a separate virtual environment with PyTorch (never a dependency of kd_jax 
         numpy peft gguf
     python scripts/check_export_with_transformers.py --torch_python=.venv-torch/bin/python
     python scripts/check_export_with_transformers.py --torch_python=.venv-torch/bin/python --workdir=runs/sst2
+    python scripts/check_export_with_transformers.py --torch_python=.venv-torch/bin/python --workdir=runs/sst2 \
+        --runs_only    # only the runs' students, not the fixture families
 
 Run with kd_jax's environment, it exports the cases below into --out (a temporary directory unless given) with
 kd_jax's outputs beside each (`<case>.npz`), then runs itself under --torch_python with --compare=<that directory>,
@@ -22,7 +24,9 @@ family; LoRA adapters (peft) on the classifiers and a Llama; float32 GGUF files 
 (`<case>_gguf`, read by transformers' own GGUF loader: the torch environment needs the `gguf` package too); with
 --workdir (repeatable), those finished runs' students (`run_<workdir name>`, on SENTENCES through the export's
 tokenizer; a LoRA student also as a peft adapter), a classifier's export then labeled by transformers'
-text-classification pipeline.
+text-classification pipeline, whose scores (every label's, top_k=None) must equal the softmax of kd_jax's logits for
+the same sentences within --tolerance (absolute; a `pipeline` line per sentence, FAIL beside one that does not).
+--runs_only leaves the fixture cases out.
 """
 
 import argparse
@@ -52,7 +56,7 @@ SENTENCES = ("a gripping, beautifully acted film", "dull and far too long", "the
 NOISE = 0.02
 
 
-def export_cases(out: pathlib.Path, workdirs: list[str]) -> None:
+def export_cases(out: pathlib.Path, workdirs: list[str], runs_only: bool = False) -> None:
   """kd_jax's side: the exports and kd_jax's outputs (`<case>.npz`: the inputs, `outputs`, `mask`, the task)."""
   sys.path.insert(0, str(ROOT))
   import jax  # pylint: disable=import-outside-toplevel
@@ -65,7 +69,7 @@ def export_cases(out: pathlib.Path, workdirs: list[str]) -> None:
     return jax.tree.map(lambda leaf: np.asarray(leaf) + NOISE * rng.standard_normal(np.shape(leaf), np.float32), params)
 
   cases = []
-  for seed, (name, task) in enumerate(TASKS.items()):
+  for seed, (name, task) in enumerate({} if runs_only else TASKS.items()):
     _, params = pretrained.from_pretrained(str(FIXTURES / name), task)
     cases.append((name, export.Trained(str(FIXTURES / name), task, moved(params, seed)), "merge", name))
     if name in FROM_TEACHER_LAYERS:
@@ -91,7 +95,7 @@ def export_cases(out: pathlib.Path, workdirs: list[str]) -> None:
     if trained.lora is not None and trained.layers is None and trained.trainable is None:
       cases.append((f"{name}_lora_adapter", trained, "adapter", None))
 
-  for fixture, layers in GGUF_CASES:
+  for fixture, layers in () if runs_only else GGUF_CASES:
     _, params = pretrained.from_pretrained(str(FIXTURES / fixture), "causal_lm")
     if layers is not None:
       params = from_teacher.select_layers(params, layers, np.float32)
@@ -142,7 +146,7 @@ def compare(directory: pathlib.Path, tolerance: float) -> int:
   import transformers  # pylint: disable=import-outside-toplevel
   classes = {"sequence_classification": transformers.AutoModelForSequenceClassification,
              "causal_lm": transformers.AutoModelForCausalLM, "seq2seq": transformers.AutoModelForSeq2SeqLM}
-  worst = 0.0
+  worst, score_differences = 0.0, []
   print(f"transformers {transformers.__version__}, torch {torch.__version__}")
   print(f"{'case':34s} {'class':48s} {'outputs':>14s} {'max |diff|':>10s} {'relative':>9s}")
   for path in sorted(directory.glob("*.npz")):
@@ -174,12 +178,31 @@ def compare(directory: pathlib.Path, tolerance: float) -> int:
     print(f"{case:34s} {class_name:48s} {str(list(outputs.shape)):>14s} {difference:10.2e} {relative:9.2e}"
           f"{'' if relative <= tolerance else '  FAIL'}")
     if case.startswith("run_") and task == "sequence_classification" and not bool(saved["adapter"]):
-      classify = transformers.pipeline("text-classification", model=str(directory / case), device="cpu")
-      for sentence, label in zip(SENTENCES, classify(list(SENTENCES))):
-        print(f"  pipeline: {sentence!r} -> {label['label']} ({label['score']:.3f})")
-  print(f"largest relative difference {worst:.2e} (tolerance {tolerance:g}): "
-        f"{'ok' if worst <= tolerance else 'FAILED'}")
-  return 0 if worst <= tolerance else 1
+      score_differences.append(check_pipeline(
+          transformers.pipeline("text-classification", model=str(directory / case), device="cpu"), saved["outputs"],
+          tolerance))
+  worst_score = max(score_differences, default=None)
+  ok = max(worst, worst_score or 0.0) <= tolerance
+  print(f"largest relative difference {worst:.2e}"
+        + (f", largest pipeline score difference {worst_score:.2e}" if worst_score is not None else "")
+        + f" (tolerance {tolerance:g}): {'ok' if ok else 'FAILED'}")
+  return 0 if ok else 1
+
+
+def check_pipeline(classify, logits: np.ndarray, tolerance: float) -> float:
+  """Prints the pipeline's label and score for each of SENTENCES beside kd_jax's (the softmax of its logits
+  [sentence, label]); returns the largest absolute difference over every label's score."""
+  expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+  expected /= expected.sum(axis=1, keepdims=True)
+  worst = 0.0
+  for sentence, scores, probabilities in zip(SENTENCES, classify(list(SENTENCES), top_k=None), expected):
+    ours = {classify.model.config.id2label[index]: float(p) for index, p in enumerate(probabilities)}
+    difference = max(abs(score["score"] - ours[score["label"]]) for score in scores)
+    worst = max(worst, difference)
+    top, verdict = scores[0], "" if difference <= tolerance else "  FAIL"
+    print(f"  pipeline: {sentence!r} -> {top['label']} ({top['score']:.6f}; kd_jax's softmax "
+          f"{ours[top['label']]:.6f}, max |diff| over labels {difference:.1e}){verdict}")
+  return worst
 
 
 def main() -> int:
@@ -191,6 +214,7 @@ def main() -> int:
   parser.add_argument("--out", help="where the exports go (default: a temporary directory, removed)")
   parser.add_argument("--compare", help="(the torch side) compare the exports in this directory")
   parser.add_argument("--tolerance", type=float, default=1e-5)
+  parser.add_argument("--runs_only", action="store_true", help="export and compare only the --workdir runs' students")
   args = parser.parse_args()
   if args.compare:
     return compare(pathlib.Path(args.compare), args.tolerance)
@@ -199,7 +223,7 @@ def main() -> int:
   with tempfile.TemporaryDirectory() as temporary:
     out = pathlib.Path(args.out or temporary)
     out.mkdir(parents=True, exist_ok=True)
-    export_cases(out, args.workdir)
+    export_cases(out, args.workdir, args.runs_only)
     environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run([args.torch_python, __file__, f"--compare={out}", f"--tolerance={args.tolerance}"],
                           env=environment, check=False).returncode

@@ -3,7 +3,8 @@ kd_jax's own from_pretrained reads back bitwise, from fixture checkpoints and fa
 training).
 
 transformers' and peft's PyTorch models load the same exports with outputs within 1e-5 of kd_jax's: that check needs
-torch and runs outside the tests (scripts/check_export_with_transformers.py; docs/export.md quotes it).
+torch and runs outside the tests (scripts/check_export_with_transformers.py; docs/export.md quotes it). llama.cpp's
+greedy tokens on a GGUF export are compared with kd_jax's here, where llama-cpp-python is found (else skipped).
 """
 
 import dataclasses
@@ -250,12 +251,16 @@ def finished_run(workdir: pathlib.Path, params, *, student_checkpoint="distilber
   return workdir
 
 
-@pytest.fixture(scope="module")
-def export_script():
-  spec = importlib.util.spec_from_file_location("export_script", helpers.REPO_ROOT / "scripts" / "export.py")
+def load_script(name: str):
+  spec = importlib.util.spec_from_file_location(f"{name}_script", helpers.REPO_ROOT / "scripts" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+@pytest.fixture(scope="module")
+def export_script():
+  return load_script("export")
 
 
 @pytest.fixture(scope="module")
@@ -400,3 +405,63 @@ def test_gguf_refuses_llama_models_its_architecture_cannot_express(tmp_path):
     with pytest.raises(UserError, match=reason):
       export.write(trained, "gguf", str(tmp_path / "out"))
   assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_users_causal_lm_exports_with_its_tokenizer_and_answers_in_chat_py(tmp_path, capsys):
+  """--format=params of configs/custom_lm.py:smoke's NNX student carries the tokenizer it trained with (the teacher's)
+  and its stop tokens; scripts/chat.py loads the export and answers greedily, token for token what the model gives
+  called on each growing prefix of the chat-templated prompt, up to the first stop token."""
+  from kd_jax import data, models  # pylint: disable=import-outside-toplevel
+  from kd_jax.data import causal_lm  # pylint: disable=import-outside-toplevel
+  from kd_jax.data.examples import first_inputs  # pylint: disable=import-outside-toplevel
+  config = helpers.load_config("configs/custom_lm.py")
+  task = data.load_task(config)
+  model, params = models.create_student(config.student, num_classes=task.num_classes,
+                                        example_inputs=first_inputs(task.train.inputs), rng=jax.random.PRNGKey(0))
+  params = moved(params, 5)
+  out = str(tmp_path / "exported")
+  written = export.write(export.Trained(None, "causal_lm", params, run_config=config), "params", out)
+  assert {"tokenizer.json", "tokenizer_config.json", export.MODEL_FILE, export.SAFETENSORS_FILE} <= set(written)
+  teacher_tokenizer = pretrained.load_tokenizer(config.teacher.checkpoint)
+  tokenizer = pretrained.load_tokenizer(out)
+  assert tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
+  assert tokenizer.chat_template == teacher_tokenizer.chat_template
+  eos = export.exported_stop_token_ids(out)
+  assert eos == causal_lm.stop_token_ids(teacher_tokenizer, (config.teacher.checkpoint,))
+
+  message, max_new_tokens = "What color is the snow?", 6
+  tokens = load_script("chat").main([f"--checkpoint={out}", f"--message={message}",
+                                     f"--max_new_tokens={max_new_tokens}"])
+  sequence = list(tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                                return_dict=True)["input_ids"])
+  expected, apply = [], jax.jit(lambda p, ids: model.apply({"params": p}, {"input_ids": ids,
+                                                                         "attention_mask": jnp.ones_like(ids)}))
+  while len(expected) < max_new_tokens and not (expected and expected[-1] in eos):
+    expected.append(int(np.argmax(np.asarray(apply(params, np.array([sequence], np.int32)))[0, -1])))
+    sequence.append(expected[-1])
+  assert list(tokens[:len(expected)]) == expected
+  assert f"answer: {tokenizer.decode(tokens, skip_special_tokens=True)!r}" in capsys.readouterr().out
+  with pytest.raises(UserError, match="not a causal LM exported with --format=params"):
+    export.exported_stop_token_ids(str(FIXTURES / "llama"))
+
+
+@pytest.mark.slow
+def test_llama_cpp_runs_a_float32_gguf_export_with_kd_jaxs_greedy_tokens(tmp_path, capsys):
+  """The chat fixture Llama, parameters moved far off the fixture's (so that greedy decoding does not repeat one
+  token), exported to float32 GGUF: llama.cpp (llama-cpp-python in its own environment) decodes the chat-templated
+  prompt to the same 12 greedy tokens as kd_jax (scripts/check_gguf_with_llama_cpp.py)."""
+  llama_python = helpers.llama_cpp_python()
+  if llama_python is None:
+    pytest.skip("llama-cpp-python is not installed (set KD_JAX_LLAMA_PYTHON to an environment that has it, or make "
+                ".llamaenv: docs/tests.md)")
+  _, params = pretrained.from_pretrained(str(FIXTURES / "llama_chat_small"), "causal_lm")
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda leaf: np.asarray(leaf) + (0.3 * rng.standard_normal(np.shape(leaf))).astype(leaf.dtype),
+                        params)
+  export.write(export.Trained(str(FIXTURES / "llama_chat_small"), "causal_lm", params), "gguf", str(tmp_path / "out"))
+  script = load_script("check_gguf_with_llama_cpp")
+  assert script.check(str(tmp_path / "out" / export.GGUF_FILE), "What color is the snow?", 12, llama_python)
+  printed = capsys.readouterr().out
+  tokens = re.search(r"kd_jax +greedy tokens \[(.*)\]", printed).group(1).split(", ")
+  assert len(tokens) == 12 and len(set(tokens)) > 4, printed  # not one token repeated

@@ -12,7 +12,8 @@ run's or a sweep point's) in the formats other tools read:
 - "params": for the models that are not Hugging Face ones (a user's NNX, Linen or function model named in the
   config, kd_jax/models/protocol.py; the MLP and CNN): model.safetensors, the plain parameters as named arrays
   ('/'-joined paths, LoRA adapters merged), and kd_model.json, the model's name, config block, class count and input
-  shape, from which `load_exported(directory)` rebuilds the model and reads the parameters back bitwise.
+  shape, from which `load_exported(directory)` rebuilds the model and reads the parameters back bitwise; a causal
+  LM's also its tokenizer's files and stop tokens (scripts/chat.py answers with it).
 
 Where a run keeps its finished parameters: the students', the last checkpoint of `checkpoints/<phase>/`
 (train.select='last') or the best-validation parameters kept in `checkpoints/<phase>_best/`
@@ -290,7 +291,9 @@ def write(trained: Trained, export_format: str, out: str, *, lora: str = "merge"
 def write_params(trained: Trained, directory: str) -> None:
   """model.safetensors (the plain parameters, each array named by its '/'-joined path) and kd_model.json (the model's
   name, with a factory file's path made absolute, its config block, the class count (a causal LM's vocabulary) and
-  the shape of one example's inputs, or of each of its token arrays) in `directory`: what `load_exported` rebuilds."""
+  the shape of one example's inputs, or of each of its token arrays) in `directory`: what `load_exported` rebuilds.
+  A causal LM's also get its tokenizer's files (the teacher's tokenizer, or student.checkpoint's: the one it trained
+  with) and, in kd_model.json, the tokens its generation stops at (`exported_stop_token_ids`), for scripts/chat.py."""
   import safetensors.numpy  # pylint: disable=g-import-not-at-top
   from kd_jax import data  # pylint: disable=g-import-not-at-top
   from kd_jax.data.examples import first_inputs  # pylint: disable=g-import-not-at-top
@@ -303,11 +306,28 @@ def write_params(trained: Trained, directory: str) -> None:
              for path, leaf in jax.tree_util.tree_flatten_with_path(trained.plain_params())[0]}
   describe = lambda value: {"shape": list(value.shape), "dtype": str(value.dtype)}
   example = first_inputs(data.load_task(config).train.inputs)
-  files.write_json(os.path.join(directory, MODEL_FILE), {
-      "name": model_config["name"], "config": model_config, "num_classes": data.num_classes(config),
-      "example_inputs": ({name: describe(value) for name, value in example.items()} if isinstance(example, dict)
-                         else describe(example))})
+  record = {"name": model_config["name"], "config": model_config, "num_classes": data.num_classes(config),
+            "example_inputs": ({name: describe(value) for name, value in example.items()} if isinstance(example, dict)
+                               else describe(example))}
+  if trained.task == "causal_lm":  # what chat.py needs beside the model: the student's tokenizer and stop tokens
+    from kd_jax.data import causal_lm, text  # pylint: disable=g-import-not-at-top
+    checkpoint, field = text.student_checkpoint_field(config)
+    tokenizer = text.load_tokenizer(checkpoint, field)
+    tokenizer.save_pretrained(directory)
+    record["eos_token_ids"] = list(causal_lm.stop_token_ids(tokenizer, (checkpoint,)))
+  files.write_json(os.path.join(directory, MODEL_FILE), record)
   safetensors.numpy.save_file(tensors, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "kd_jax"})
+
+
+def exported_stop_token_ids(directory: str) -> tuple[int, ...]:
+  """The tokens generation stops at, of a causal LM `write_params` wrote (its tokenizer's EOS and its source
+  checkpoint's stop tokens: what the run's evaluation stopped at); a UserError for another model."""
+  path = os.path.join(directory, MODEL_FILE)
+  record = files.read_json(path) if os.path.isfile(path) else {}
+  if "eos_token_ids" not in record:
+    raise UserError(f"{directory}: not a causal LM exported with --format=params (its {MODEL_FILE} names no "
+                    "eos_token_ids)")
+  return tuple(record["eos_token_ids"])
 
 
 def load_exported(directory: str):
