@@ -578,8 +578,8 @@ def test_query_chunked_attention_matches_transformers_and_keeps_packing(name):
   assert "scan" in _primitives(apply(chunked), params) and "scan" not in _primitives(apply(module), params)
 
 
-@pytest.mark.parametrize("name", ["qwen3", pytest.param("mistral", marks=pytest.mark.slow),
-                                  pytest.param("gpt2", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["qwen3", "mistral", "gpt2"])
 def test_decoder_layer_remat_and_chunked_attention_keep_the_gradients(name):
   """train.remat per decoder layer (kd_jax.models.with_remat: nn.remat around each Llama-family layer / GPT-2 block)
   with chunked attention: the same loss and parameter gradients as the plain model within float32 tolerance, and the

@@ -555,8 +555,9 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "(up to float rounding) with the activations of one micro-batch in memory. Must divide the per-device "
             "rows.", operational=True),
         "remat": Field(
-            "none", "Rematerialization (activation checkpointing) of the transformer blocks of HF models while they "
-            "train (the student; the teacher in its own training): 'none'; 'block': each block keeps only its input "
+            "none", "Rematerialization (activation checkpointing) of the transformer blocks of HF models (BERT, "
+            "RoBERTa, DistilBERT and T5 blocks, the decoder layers of Llama, Mistral, Qwen2, Qwen3, Phi-3 and GPT-2) "
+            "while they train (the student; the teacher in its own training): 'none'; 'block': each block keeps only its input "
             "for the backward pass and recomputes the rest (flax nn.remat per block); or a jax.checkpoint_policies "
             "name applied per block (e.g. 'dots_saveable': keep the matmul outputs, recompute the elementwise ops). "
             "Same results, more compute, less memory on accelerators (XLA:CPU merges the recomputation back: see "
