@@ -9,8 +9,11 @@ memory_analysis: arguments + outputs + temporaries - donated), compiled from sha
   (the hard-label baseline: no teacher).
 - logit_terms_chunked_over_unchunked_bytes: what the KD step holds beyond the chunked CE step, chunked over
   unchunked: the logit terms' own share of the peak (the teacher's parameters included), without the model's
-  activations, which both steps hold alike (at 2,048 tokens XLA:CPU keeps every layer's [batch, heads, length,
-  length] attention scores for the backward pass: remat does not change its plan).
+  activations, which both steps hold alike.
+
+The student trains as a user trains it at this size (REMAT, ATTENTION_CHUNK) in all three steps. XLA:CPU's plan
+keeps chunked attention (a loop) but not remat: it drops jax.checkpoint's optimization barriers and merges the
+recomputation back (docs/parallelism.md), so every layer's activations count as if remat were off.
 
 --smoke compiles a 2-layer, 64-wide, 2,048-token-vocabulary student at batch 2 x 64 with chunks of 16.
 """
