@@ -184,7 +184,8 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
     phase_trainable = trainable
     if trainable is not None and phase_init_params is not init_params:  # the feature projections beside the model
       phase_trainable = dataclasses.replace(trainable, within=feature_losses.MODEL)
-    common = dict(model=models.with_remat(model, config.train.remat), optim_config=config.optim,
+    trained_model = models.with_remat(model, config.train.remat, config.train.attention_chunk)
+    common = dict(model=trained_model, optim_config=config.optim,
                   num_steps=num_steps, examples=examples, batch_size=config.data.batch_size, train_config=config.train,
                   teacher=None if online is None else (online.model, online.params),
                   input_noise_std=config.distill.input_noise_std, trainable=phase_trainable)

@@ -37,8 +37,10 @@ The keys:
 - chunked_over_unchunked_peak_bytes: the compiled KD step's peak bytes (XLA memory_analysis, one device, compiled
   from shapes and never run) with the loss computed 256 positions at a time (config.distill.loss_chunk) over the same
   step with whole-sequence logits: a Qwen3-0.6B-shaped student (configs/shapes/qwen3-0.6b, float32) at batch 8 x
-  2,048 with a Qwen3-0.6B-shaped bfloat16 teacher online. kd_over_ce_peak_bytes: that chunked KD step's peak over
-  the chunked cross-entropy step's (no teacher). --smoke compiles a toy student instead.
+  2,048 with a Qwen3-0.6B-shaped bfloat16 teacher online, the student with per-layer remat and attention 512
+  queries at a time in both (config.train.remat='block', config.train.attention_chunk=512: as a user trains it at
+  that size). kd_over_ce_peak_bytes: that chunked KD step's peak over the chunked cross-entropy step's (no teacher).
+  --smoke compiles a toy student instead.
 
 Extras: compile times, the input-pipeline stall fraction (the share of a fused training loop's time spent waiting
 for batches: 1 - time with one chunk's data staged on the device / time with each chunk's data prepared and sent),

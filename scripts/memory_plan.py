@@ -126,6 +126,7 @@ def plan(config, mesh_sizes: dict, num_classes: int = 3, loss_chunks: tuple[int,
   mesh = sharding.make_mesh(sizes=mesh_sizes)
   rules = tuple(config.mesh.rules)
   student, student_params = pretrained.abstract_model(config.student, num_classes=num_classes)
+  student = models.with_remat(student, config.train.remat, config.train.attention_chunk)  # as train.py trains it
   teacher, teacher_params = pretrained.abstract_model(config.teacher, num_classes=num_classes)
   teacher_params = abstract(teacher_params, sharding.param_shardings(
       teacher_params, mesh, rules + models.partition_rules(teacher, mesh)))

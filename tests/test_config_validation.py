@@ -75,6 +75,9 @@ INVALID = [
      "dots_with_no_batch_dims_saveable, nothing_saveable, everything_saveable"),
     ("train.remat", "block", "config.train.remat='block': needs transformer blocks (student.name='hf'); the mlp "
      "student has none: use 'none'"),
+    ("train.attention_chunk", 512, "config.train.attention_chunk=512: needs a decoder-only HF student "
+     "(student.name='hf', student.task='causal_lm'); the student is 'mlp' with task None: use 0"),
+    ("train.attention_chunk", -1, "config.train.attention_chunk=-1: must be >= 0"),
     ("optim.moment_dtype", "float16", "config.optim.moment_dtype='float16': allowed: float32, bfloat16"),
     ("teacher.optim.moment_dtype", "int8", "config.teacher.optim.moment_dtype='int8': allowed: float32, bfloat16"),
     # The mesh on 8 devices (config.mesh).

@@ -13,6 +13,7 @@ import shutil
 
 import gguf
 import jax
+import jax.extend
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -545,3 +546,57 @@ def test_llama_rope_frequencies_match_the_formulas():
   np.testing.assert_allclose(frequencies[1], (1 - smooth) * base[1] / 8 + smooth * base[1], rtol=1e-6)
   linear = dataclasses.replace(rope, rope_type="linear", factor=2.0)
   np.testing.assert_allclose(linear.inverse_frequencies(jnp.int32(1)), base / 2, rtol=1e-6)
+
+
+def _primitives(function, *args) -> set[str]:
+  """The names of the primitives in `function`'s jaxpr, nested ones included."""
+  names = set()
+  def visit(jaxpr):
+    for equation in jaxpr.eqns:
+      names.add(equation.primitive.name)
+      for sub in jax.extend.core.jaxprs_in_params(equation.params):
+        visit(sub)
+  visit(jax.make_jaxpr(function)(*args).jaxpr)
+  return names
+
+
+@pytest.mark.parametrize("name", CAUSAL_LMS)
+def test_query_chunked_attention_matches_transformers_and_keeps_packing(name):
+  """train.attention_chunk (layers.query_chunked, 4 queries at a time; 19 positions: the last chunk padded) gives
+  transformers' logits within the parity tolerance, and a packed row's logits (segments; Mistral's and Qwen2's
+  4-slot window) equal those of whole attention; the chunked program maps over chunks (a `scan`), the whole one
+  does not."""
+  module, params = kd_jax.models.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  chunked = module.clone(attention_chunk=4)
+  assert logits_error(chunked, params, reference(name)) <= TOLERANCE
+  rng = np.random.default_rng(0)
+  packed = causal_lm_data.pack([rng.integers(3, 200, size).tolist() for size in (3, 2, 5)],
+                               [rng.integers(3, 200, size).tolist() for size in (4, 6, 2)], pad_token_id=0, length=24)
+  inputs = {key: packed[key] for key in ("input_ids", "attention_mask", "position_ids", "segment_ids")}
+  apply = lambda model: lambda params: model.apply({"params": params}, **inputs)
+  np.testing.assert_allclose(apply(chunked)(params), apply(module)(params), atol=1e-5, rtol=1e-5)
+  assert "scan" in _primitives(apply(chunked), params) and "scan" not in _primitives(apply(module), params)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["qwen3", "mistral", "gpt2"])
+def test_decoder_layer_remat_and_chunked_attention_keep_the_gradients(name):
+  """train.remat per decoder layer (kd_jax.models.with_remat: nn.remat around each Llama-family layer / GPT-2 block)
+  with chunked attention: the same loss and parameter gradients as the plain model within float32 tolerance, and the
+  program does rematerialize (jax.checkpoint in its jaxpr, without chunked attention's)."""
+  ref = reference(name)
+  inputs = {key: jnp.asarray(ref[key]) for key in ("input_ids", "attention_mask")}
+  module, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  model = pretrained.RegistryModel(module)
+  saver = kd_jax.models.with_remat(model, "block", attention_chunk=4)
+  assert (saver.module.remat, saver.module.attention_chunk, model.module.remat) == ("block", 4, "none")
+  loss = lambda model: lambda params: jnp.sum(jnp.square(jnp.tanh(model.apply(
+      {"params": params}, inputs, train=True, rngs={"dropout": jax.random.key(0)}))))  # GPT-2's dropout: same masks
+  assert "remat2" in _primitives(loss(kd_jax.models.with_remat(model, "block")), params)  # jax.checkpoint's
+  assert "remat2" not in _primitives(loss(model), params)
+  value, grads = jax.jit(jax.value_and_grad(loss(model)))(params)
+  saver_value, saver_grads = jax.jit(jax.value_and_grad(loss(saver)))(params)
+  np.testing.assert_allclose(saver_value, value, rtol=1e-6)
+  # Rounding differs where the recomputation or the chunks sum in another order: 1e-6 of each gradient's largest entry.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max()), saver_grads,
+               grads)

@@ -36,6 +36,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   train = config.train
   require(train.remat == "none" or config.student.name == "hf", "train.remat", train.remat,
           f"needs transformer blocks (student.name='hf'); the {config.student.name} student has none: use 'none'")
+  require(train.attention_chunk == 0 or (config.student.name == "hf" and config.student.task == "causal_lm"),
+          "train.attention_chunk", train.attention_chunk, "needs a decoder-only HF student (student.name='hf', "
+          f"student.task='causal_lm'); the student is {config.student.name!r} with task {config.student.task!r}: use 0")
   require(train.select != "best_validation" or train.num_steps is None or train.eval_every_steps < train.num_steps,
           "train.select", train.select,
           f"needs evaluation during training: train.eval_every_steps={train.eval_every_steps} evaluates only at the "

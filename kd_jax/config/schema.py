@@ -555,13 +555,23 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "(up to float rounding) with the activations of one micro-batch in memory. Must divide the per-device "
             "rows.", operational=True),
         "remat": Field(
-            "none", "Rematerialization (activation checkpointing) of the transformer blocks of HF models while they "
-            "train (the student; the teacher in its own training): 'none'; 'block': each block keeps only its input "
+            "none", "Rematerialization (activation checkpointing) of the transformer blocks of HF models (BERT, "
+            "RoBERTa, DistilBERT and T5 blocks, the decoder layers of Llama, Mistral, Qwen2, Qwen3, Phi-3 and GPT-2) "
+            "while they train (the student; the teacher in its own training): 'none'; 'block': each block keeps only its input "
             "for the backward pass and recomputes the rest (flax nn.remat per block); or a jax.checkpoint_policies "
             "name applied per block (e.g. 'dots_saveable': keep the matmul outputs, recompute the elementwise ops). "
             "Same results, more compute, less memory on accelerators (XLA:CPU merges the recomputation back: see "
             "docs/parallelism.md). An online teacher runs forward only (no gradient, nothing kept for a backward pass): remat "
             "does not apply to it.", choices=REMAT_OPTIONS, operational=True),
+        "attention_chunk": Field(
+            0, "Memory-efficient attention for decoder-only students (Llama, Mistral, Qwen2, Qwen3, Phi-3, GPT-2; "
+            "student.task='causal_lm'): the student's self-attention runs this many queries at a time, each chunk "
+            "rematerialized (kd_jax/models/hf/layers.query_chunked), so neither its forward nor its backward pass "
+            "holds more than one chunk's [batch, heads, chunk, length] scores instead of [batch, heads, length, "
+            "length] per layer; the same attention up to float rounding (masks, packing's segments and sliding "
+            "windows as without). 0 (default): all queries at once. Sequences no longer than it, decoding with a KV "
+            "cache, attention dropout in training and attention-map feature distillation attend whole.",
+            non_negative=True, operational=True),
     }),
     "mesh": Section(
         "The device mesh (kd_jax/parallel/sharding.py): axis sizes whose product is the device count "

@@ -212,16 +212,21 @@ def num_layers(model_config) -> int | None:
   return next((hf_config[key] for key in ("num_hidden_layers", "n_layers", "num_layers") if key in hf_config), None)
 
 
-def with_remat(model, remat: str):
-  """`model` as it trains with config.train.remat = `remat` (kd_jax/models/hf/layers.rematerialized): an HF model's
-  module cloned with it (a LoRA model's base likewise); the same function of the same parameters. 'none': `model`."""
-  if remat == "none":
+def with_remat(model, remat: str, attention_chunk: int = 0):
+  """`model` as it trains with config.train.remat = `remat` (kd_jax/models/hf/layers.rematerialized) and
+  config.train.attention_chunk (decoder-only LMs: layers.query_chunked): an HF model's module cloned with them (a LoRA
+  model's base likewise); the same function of the same parameters. 'none' and 0: `model`."""
+  if remat == "none" and not attention_chunk:
     return model
   from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
   if isinstance(model, peft.LoraModel):
-    return _canonical(dataclasses.replace(model, base=with_remat(model.base, remat)))
+    return _canonical(dataclasses.replace(model, base=with_remat(model.base, remat, attention_chunk)))
   assert hasattr(model.module, "remat"), f"{type(model.module).__name__} has no transformer blocks to rematerialize"
-  return _canonical(dataclasses.replace(model, module=model.module.clone(remat=remat)))
+  fields = {"remat": remat}
+  if attention_chunk:
+    assert hasattr(model.module, "attention_chunk"), f"{type(model.module).__name__} has no attention_chunk"
+    fields["attention_chunk"] = attention_chunk
+  return _canonical(dataclasses.replace(model, module=model.module.clone(**fields)))
 
 
 @functools.lru_cache(maxsize=32)

@@ -9,8 +9,11 @@ memory_analysis: arguments + outputs + temporaries - donated), compiled from sha
   (the hard-label baseline: no teacher).
 - logit_terms_chunked_over_unchunked_bytes: what the KD step holds beyond the chunked CE step, chunked over
   unchunked: the logit terms' own share of the peak (the teacher's parameters included), without the model's
-  activations, which both steps hold alike (at 2,048 tokens XLA:CPU keeps every layer's [batch, heads, length,
-  length] attention scores for the backward pass: remat does not change its plan).
+  activations, which both steps hold alike.
+
+The student trains as a user trains it at this size (REMAT, ATTENTION_CHUNK) in all three steps. XLA:CPU's plan
+keeps chunked attention (a loop) but not remat: it drops jax.checkpoint's optimization barriers and merges the
+recomputation back (docs/parallelism.md), so every layer's activations count as if remat were off.
 
 --smoke compiles a 2-layer, 64-wide, 2,048-token-vocabulary student at batch 2 x 64 with chunks of 16.
 """
@@ -20,27 +23,34 @@ import json
 from . import REPO_ROOT, settings
 
 LOSS_CHUNK = 256
+# The student as a user trains it at this size, in the chunked and the unchunked steps alike (so the ratio compares
+# the loss alone): per-layer rematerialization (config.train.remat) and attention ATTENTION_CHUNK queries at a time
+# (config.train.attention_chunk).
+REMAT, ATTENTION_CHUNK = "block", 512
 BATCH, LENGTH = 8, 2048
 SHAPES = REPO_ROOT / "configs" / "shapes" / "qwen3-0.6b" / "config.json"
 
 
-def _shapes(smoke: bool) -> tuple[dict, int, int, int]:
-  """(Qwen3 config.json fields, batch, length, chunk) of the measured student."""
+def _shapes(smoke: bool) -> tuple[dict, int, int, int, int]:
+  """(Qwen3 config.json fields, batch, length, loss chunk, attention chunk) of the measured student."""
   fields = json.loads(SHAPES.read_text())
   if not smoke:
-    return fields, BATCH, LENGTH, LOSS_CHUNK
+    return fields, BATCH, LENGTH, LOSS_CHUNK, ATTENTION_CHUNK
   fields.update(bos_token_id=1, eos_token_id=2, vocab_size=2048, hidden_size=64, intermediate_size=128,
                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-  return fields, 2, 64, 16
+  return fields, 2, 64, 16, 16
 
 
-def peak_bytes(fields: dict, batch: int, length: int, *, loss_chunk: int, distills: bool) -> int:
+def peak_bytes(fields: dict, batch: int, length: int, *, loss_chunk: int, distills: bool, remat: str = "none",
+               attention_chunk: int = 0) -> int:
   """The peak bytes of the compiled train step of a Qwen3 student of `fields` (float32) on one device: KD against a
-  teacher of the same shape in bfloat16, online (`distills`), or cross-entropy alone."""
+  teacher of the same shape in bfloat16, online (`distills`), or cross-entropy alone; the student with
+  config.train.remat `remat` and config.train.attention_chunk `attention_chunk`."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
+  from kd_jax import models  # pylint: disable=g-import-not-at-top
   from kd_jax.data import Examples  # pylint: disable=g-import-not-at-top
   from kd_jax.models.hf import llama, pretrained  # pylint: disable=g-import-not-at-top
   from kd_jax.parallel import sharding  # pylint: disable=g-import-not-at-top
@@ -55,6 +65,7 @@ def peak_bytes(fields: dict, batch: int, length: int, *, loss_chunk: int, distil
 
   mesh = sharding.make_mesh(1)
   student, student_params = abstract_model("float32")
+  student = models.with_remat(student, remat, attention_chunk)
   teacher, teacher_params = abstract_model("bfloat16") if distills else (None, None)
   state = jax.eval_shape(lambda params: steps.create_train_state(student, params, settings.notebook_optim_config(),
                                                                  1000), student_params)
@@ -75,12 +86,14 @@ def peak_bytes(fields: dict, batch: int, length: int, *, loss_chunk: int, distil
 def loss_memory(quick: bool) -> dict:
   """The two ratios and the three peaks (GiB) they come from; compiled only, on one CPU device."""
   del quick  # three compilations either way
-  fields, batch, length, chunk = _shapes(settings.SMOKE)
-  plain = peak_bytes(fields, batch, length, loss_chunk=0, distills=True)
-  chunked = peak_bytes(fields, batch, length, loss_chunk=chunk, distills=True)
-  cross_entropy = peak_bytes(fields, batch, length, loss_chunk=chunk, distills=False)
+  fields, batch, length, chunk, attention_chunk = _shapes(settings.SMOKE)
+  savers = {"remat": REMAT, "attention_chunk": attention_chunk}
+  plain = peak_bytes(fields, batch, length, loss_chunk=0, distills=True, **savers)
+  chunked = peak_bytes(fields, batch, length, loss_chunk=chunk, distills=True, **savers)
+  cross_entropy = peak_bytes(fields, batch, length, loss_chunk=chunk, distills=False, **savers)
   return {"chunked_over_unchunked_peak_bytes": chunked / plain, "kd_over_ce_peak_bytes": chunked / cross_entropy,
           "logit_terms_chunked_over_unchunked_bytes": (chunked - cross_entropy) / (plain - cross_entropy),
           "qwen3_0_6b_kd_step_peak_gib_unchunked": plain / 2**30,
           "qwen3_0_6b_kd_step_peak_gib_chunked": chunked / 2**30,
-          "qwen3_0_6b_ce_step_peak_gib_chunked": cross_entropy / 2**30, "loss_chunk": chunk}
+          "qwen3_0_6b_ce_step_peak_gib_chunked": cross_entropy / 2**30, "loss_chunk": chunk,
+          "attention_chunk": attention_chunk}

@@ -70,9 +70,11 @@ class GPT2Block(nn.Module):
   dims: GPT2Dims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention_chunk: int = 0  # layers.query_chunked; 0: all queries at once
 
   @nn.compact
-  def __call__(self, hidden, bias, *, cache_index=None, train: bool) -> jax.Array:
+  def __call__(self, hidden, bias, cache_index=None, train: bool = False) -> jax.Array:
+    """`train` is positional (layers.rematerialized's static argument 4)."""
     dims = self.dims
     conv = functools.partial(Conv1D, dtype=self.dtype, param_dtype=self.param_dtype)
     layer_norm = functools.partial(nn.LayerNorm, epsilon=dims.layer_norm_epsilon, use_fast_variance=False,
@@ -89,10 +91,17 @@ class GPT2Block(nn.Module):
       cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, (0, cache_index, 0, 0))
       cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, cache_index, 0, 0))
       key, value = cached_key.value, cached_value.value
-    logits = layers.attention_logits(query, key, bias, scale=head_dim**-0.5)
-    self.sow("intermediates", "attention_logits", logits)
-    probabilities = Dropout(dims.attention_dropout)(jax.nn.softmax(logits, axis=-1), deterministic=not train)
-    hidden += dropout(conv(dims.hidden_size, name="attn.c_proj")(layers.attention_output(probabilities, value)))
+    if layers.chunks_attention(self, query.shape[1], decoding=cache_index is not None,
+                               dropout=train and dims.attention_dropout > 0):
+      attend = lambda part, part_bias: layers.attention_output(
+          layers.attention_probabilities(part, key, part_bias, scale=head_dim**-0.5), value)
+      mixed = layers.query_chunked(attend, query, bias, self.attention_chunk)
+    else:
+      logits = layers.attention_logits(query, key, bias, scale=head_dim**-0.5)
+      self.sow("intermediates", "attention_logits", logits)
+      probabilities = Dropout(dims.attention_dropout)(jax.nn.softmax(logits, axis=-1), deterministic=not train)
+      mixed = layers.attention_output(probabilities, value)
+    hidden += dropout(conv(dims.hidden_size, name="attn.c_proj")(mixed))
     transformed = layers.ACTIVATIONS[dims.activation](
         conv(dims.intermediate_size, name="mlp.c_fc")(layer_norm(name="ln_2")(hidden)))
     return hidden + dropout(conv(dims.hidden_size, name="mlp.c_proj")(transformed))
@@ -104,6 +113,8 @@ class GPT2Model(nn.Module):
   dims: GPT2Dims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # layers.rematerialized, per block (not while decoding with a KV cache)
+  attention_chunk: int = 0  # layers.query_chunked; 0: all queries at once
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, project: bool = True,
@@ -117,9 +128,10 @@ class GPT2Model(nn.Module):
     hidden = wte(input_ids) + embed(dims.max_position_embeddings, dims.hidden_size, name="wpe")(position_ids)
     hidden = Dropout(dims.embedding_dropout)(hidden, deterministic=not train)
     bias = causal_bias(query_slots, key_slots, attention_mask, None, segment_ids)
+    block = layers.rematerialized(GPT2Block, "none" if decode_length is not None else self.remat, train_argnum=4)
     for index in range(dims.num_layers):
-      hidden = GPT2Block(dims, self.dtype, self.param_dtype, name=f"h.{index}")(
-          hidden, bias, cache_index=cache_index, train=train)
+      hidden = block(dims, self.dtype, self.param_dtype, self.attention_chunk, name=f"h.{index}")(
+          hidden, bias, cache_index, train)
     hidden = nn.LayerNorm(epsilon=dims.layer_norm_epsilon, use_fast_variance=False, dtype=self.dtype,
                           param_dtype=self.param_dtype, name="ln_f")(hidden)
     return hidden, wte.attend(hidden) if project else None
@@ -130,13 +142,16 @@ class GPT2LMHeadModel(nn.Module):
   dims: GPT2Dims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # config.train.remat (kd_jax.models.with_remat)
+  attention_chunk: int = 0  # config.train.attention_chunk (kd_jax.models.with_remat)
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
                train: bool = False, project: bool = True, segment_ids=None) -> jax.Array:
     """project: False: the final hidden states [batch, length, hidden_size] (after ln_f), which
     `output_head(params)` projects (chunked losses)."""
-    hidden, logits = GPT2Model(self.dims, self.dtype, self.param_dtype, name="transformer")(
+    hidden, logits = GPT2Model(self.dims, self.dtype, self.param_dtype, self.remat, self.attention_chunk,
+                               name="transformer")(
         input_ids, attention_mask, position_ids, decode_length, train, project, segment_ids)
     return logits if project else hidden
 

@@ -107,6 +107,46 @@ def attention_output(probabilities: jax.Array, value: jax.Array) -> jax.Array:
   return mixed.reshape(mixed.shape[:2] + (-1,))
 
 
+def chunks_attention(module: nn.Module, length: int, *, decoding: bool, dropout: bool) -> bool:
+  """Whether an attention module with an `attention_chunk` field attends `query_chunked`: when the field is set and
+  the call has more queries than a chunk, except when decoding with a KV cache, with attention dropout in training,
+  or when the attention logits are asked for ('intermediates': feature distillation), which need them whole."""
+  return (0 < module.attention_chunk < length and not decoding and not dropout
+          and not module.is_mutable_collection("intermediates"))
+
+
+def query_chunked(attend: Callable[[jax.Array, jax.Array], jax.Array], query: jax.Array, bias: jax.Array,
+                  chunk: int) -> jax.Array:
+  """attend(query, bias) computed `chunk` queries at a time (memory-efficient attention, as MaxText's and EasyDeL's
+  chunked attention): a lax.map over the query chunks whose body is rematerialized (jax.checkpoint), so neither the
+  forward pass nor what it keeps for the backward pass holds more than one chunk's [batch, heads, chunk, keys] scores
+  and probabilities; the backward pass recomputes them a chunk at a time. Each query's softmax runs over all its keys
+  as before, so the result is attend's over the whole query axis up to float rounding. A length the chunk does not
+  divide is padded with queries whose rows are dropped.
+
+  Args:
+    attend: (query [batch, queries, heads, head_dim], bias [.., queries, keys]) -> [batch, queries, features]; the keys
+      and values are its closure.
+    query: [batch, length, heads, head_dim].
+    bias: [batch or 1, heads or 1, length or 1, keys].
+    chunk: queries per chunk.
+  """
+  batch, length = query.shape[:2]
+  count = -(-length // chunk)
+  padding = count * chunk - length
+  if padding:
+    query = jnp.pad(query, [(0, 0), (0, padding)] + [(0, 0)] * (query.ndim - 2))
+    if bias.shape[-2] != 1:
+      bias = jnp.pad(bias, [(0, 0), (0, 0), (0, padding), (0, 0)])
+  queries = jnp.moveaxis(query.reshape((batch, count, chunk) + query.shape[2:]), 1, 0)
+  if bias.shape[-2] == 1:
+    mixed = jax.lax.map(jax.checkpoint(lambda part: attend(part, bias), prevent_cse=False), queries)
+  else:
+    biases = jnp.moveaxis(bias.reshape(bias.shape[:2] + (count, chunk, bias.shape[-1])), 2, 0)
+    mixed = jax.lax.map(jax.checkpoint(lambda parts: attend(*parts), prevent_cse=False), (queries, biases))
+  return jnp.moveaxis(mixed, 0, 1).reshape((batch, count * chunk) + mixed.shape[3:])[:, :length]
+
+
 @dataclasses.dataclass(frozen=True)
 class EncoderDims:
   """Sizes and rates of a BERT-style post-LN encoder, read from the family's config.json."""

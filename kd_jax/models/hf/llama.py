@@ -179,6 +179,7 @@ class LlamaAttention(nn.Module):
   dims: LlamaDims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention_chunk: int = 0  # layers.query_chunked; 0: all queries at once
 
   @nn.compact
   def __call__(self, hidden, bias, cos, sin, *, cache_index=None, train: bool) -> jax.Array:
@@ -210,11 +211,16 @@ class LlamaAttention(nn.Module):
       cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
       cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(key.dtype), start)
       key, value = cached_key.value, cached_value.value
+    output_proj = dense(dims.hidden_size, use_bias=dims.output_bias, name="o_proj")
+    if layers.chunks_attention(self, query.shape[1], decoding=cache_index is not None,
+                               dropout=train and dims.attention_dropout > 0):
+      attend = lambda part, part_bias: grouped_attention_output(
+          jax.nn.softmax(grouped_attention_logits(part, key, part_bias, dims.head_dim**-0.5), axis=-1), value)
+      return output_proj(layers.query_chunked(attend, query, bias, self.attention_chunk))
     logits = grouped_attention_logits(query, key, bias, dims.head_dim**-0.5)
     self.sow("intermediates", "attention_logits", logits)
     probabilities = Dropout(dims.attention_dropout)(jax.nn.softmax(logits, axis=-1), deterministic=not train)
-    return dense(dims.hidden_size, use_bias=dims.output_bias, name="o_proj")(
-        grouped_attention_output(probabilities, value))
+    return output_proj(grouped_attention_output(probabilities, value))
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -222,13 +228,15 @@ class LlamaDecoderLayer(nn.Module):
   dims: LlamaDims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  attention_chunk: int = 0  # layers.query_chunked; 0: all queries at once
 
   @nn.compact
-  def __call__(self, hidden, bias, cos, sin, *, cache_index=None, train: bool) -> jax.Array:
+  def __call__(self, hidden, bias, cos, sin, cache_index=None, train: bool = False) -> jax.Array:
+    """`train` is positional (layers.rematerialized's static argument 6)."""
     dims = self.dims
     norm = functools.partial(RMSNorm, dims.rms_norm_eps, self.dtype, self.param_dtype)
     dense = functools.partial(nn.Dense, use_bias=dims.mlp_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-    hidden += LlamaAttention(dims, self.dtype, self.param_dtype, name="self_attn")(
+    hidden += LlamaAttention(dims, self.dtype, self.param_dtype, self.attention_chunk, name="self_attn")(
         norm(name="input_layernorm")(hidden), bias, cos, sin, cache_index=cache_index, train=train)
     x = norm(name="post_attention_layernorm")(hidden)
     if dims.fused_projections:
@@ -275,6 +283,8 @@ class LlamaModel(nn.Module):
   dims: LlamaDims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # layers.rematerialized, per decoder layer (not while decoding with a KV cache)
+  attention_chunk: int = 0  # layers.query_chunked; 0: all queries at once
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, project: bool = True,
@@ -291,9 +301,11 @@ class LlamaModel(nn.Module):
     embed = nn.Embed(dims.vocab_size, dims.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="embed_tokens")
     hidden = embed(input_ids)
+    remat = "none" if decode_length is not None else self.remat
+    layer = layers.rematerialized(LlamaDecoderLayer, remat, train_argnum=6)
     for index, window in enumerate(dims.sliding_windows):
-      hidden = LlamaDecoderLayer(dims, self.dtype, self.param_dtype, name=f"layers.{index}")(
-          hidden, biases[window], cos, sin, cache_index=cache_index, train=train)
+      hidden = layer(dims, self.dtype, self.param_dtype, self.attention_chunk, name=f"layers.{index}")(
+          hidden, biases[window], cos, sin, cache_index, train)
     hidden = RMSNorm(dims.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(hidden)
     return hidden, embed.attend(hidden) if dims.tie_word_embeddings and project else None
 
@@ -303,6 +315,8 @@ class LlamaForCausalLM(nn.Module):
   dims: LlamaDims
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  remat: str = "none"  # config.train.remat (kd_jax.models.with_remat)
+  attention_chunk: int = 0  # config.train.attention_chunk (kd_jax.models.with_remat)
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
@@ -320,7 +334,8 @@ class LlamaForCausalLM(nn.Module):
     segment_ids: packed rows [batch, length] (kd_jax/data/causal_lm.py `pack`): a token attends only to the earlier
       tokens of its own segment; None: one sequence per row.
     """
-    hidden, logits = LlamaModel(self.dims, self.dtype, self.param_dtype, name="model")(
+    hidden, logits = LlamaModel(self.dims, self.dtype, self.param_dtype, self.remat, self.attention_chunk,
+                                name="model")(
         input_ids, attention_mask, position_ids, decode_length, train, project, segment_ids)
     if not project:
       return hidden
