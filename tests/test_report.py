@@ -1,6 +1,7 @@
 """Sweep reports from a hand-made sweep workdir: statistics against independent computations, CSV, summary, plots."""
 
 import csv
+import glob
 import itertools
 import json
 import os
@@ -199,6 +200,20 @@ def test_summary_findings_and_tables(temperature_sweep):
   difference_section = text.split("## Difference from the hard-label student")[1]
   assert difference_section.count("teacher − hard labels") == 3
   assert "## Data per swept value" not in text  # the same data everywhere
+
+
+def test_a_vectorized_groups_training_time_is_counted_once(temperature_sweep):
+  """Every fake point took 2.5 s alone (9 points: 22 s); written by a vectorized group of 9 KD students, each point's
+  results.json holds the group's 20 s, which the summary counts once, not 9 times."""
+  assert "Training time of the finished points: 22 s (a vectorized group's once)." in report.summary_markdown(
+      results.load_sweep(temperature_sweep))
+  for path in glob.glob(os.path.join(temperature_sweep, "*", "results.json")):
+    written = files.read_json(path)
+    written["train"].update(wall_s=20.0, phases={"student": {"vectorized_runs": 9}, "student_hard": {
+        "vectorized_runs": 3}})
+    files.write_json(path, written)
+  assert "Training time of the finished points: 20 s (a vectorized group's once)." in report.summary_markdown(
+      results.load_sweep(temperature_sweep))
 
 
 def test_best_value_against_neighbours_pairs_seeds_and_calls_only_intervals_that_exclude_zero(tmp_path):

@@ -231,6 +231,13 @@ def _neighbours_line(sweep: Sweep, groups: list[Group], best: Group, metric: str
           + ("; ".join(parts) if parts else "no neighbouring value has finished") + ".")
 
 
+def training_time_share(train: dict) -> float:
+  """A point's share of the wall time its results.json gives: a vectorized group writes the group's wall time into
+  each of its points, so each gets it divided by the group's KD students (phases.student.vectorized_runs)."""
+  runs = train.get("phases", {}).get("student", {}).get("vectorized_runs") or 1
+  return (train.get("wall_s") or 0.0) / runs
+
+
 def _baseline_line(sweep: Sweep, groups: list[Group], metric: str) -> str:
   """Where the KD student beats the hard-label one (whole interval on the better side), loses, or neither."""
   outcomes = {"better": [], "worse": [], "unclear": []}
@@ -316,7 +323,7 @@ def summary_markdown(sweep: Sweep) -> str:
     return "\n".join(lines + ["No point has finished yet."]) + "\n"
   split = sweep.selection_split
   best = best_group(groups, metric, split)
-  wall_s = [run.results.train.get("wall_s") or 0.0 for run in sweep.runs]
+  wall_s = [training_time_share(run.results.train) for run in sweep.runs]
   protocol = ("Selection (the best point, the trends) is on the **validation** split; every number reported for a "
               "point is on the **test** split." if split == "validation" else
               "These results have no validation split (written by an older kd_jax): the best point and the trends "
@@ -325,7 +332,8 @@ def summary_markdown(sweep: Sweep) -> str:
             f"Selection metric: {metric} ({'higher' if metric in HIGHER_IS_BETTER else 'lower'} is better), of the KD "
             f"student. Cells are mean ± sample std (ddof=1) over seeds; accuracy and agreement in %. Differences are "
             f"paired: each model minus the hard-label student of the same seed, {_intervals_text(sweep.seeds)}. "
-            f"Training time of the finished points: {sum(wall_s):.0f} s.", "", "## Findings", ""]
+            f"Training time of the finished points: {sum(wall_s):.0f} s (a vectorized group's once).", "", "## Findings",
+            ""]
   lines += [f"- {line}" for line in findings(sweep, groups)]
   value_header = [factor.label for factor in sweep.factors]
 
