@@ -37,12 +37,8 @@ def generate(model, params, input_ids: jax.Array, attention_mask: jax.Array, *, 
   assert eos_token_id is not None, "a model without a KV cache names no EOS of its own: pass eos_token_id"
   eos_token_ids = tuple(np.atleast_1d(eos_token_id).tolist())
   pad_token_id = eos_token_ids[0] if pad_token_id is None else pad_token_id
-  if not isinstance(attention_mask, jax.core.Tracer) and not np.all(np.asarray(attention_mask)[:, -1]):
-    raise ValueError("decoder-only prompts must be left-padded: attention_mask[:, -1] must be 1 in every row")
-  rng = jax.random.key(0) if rng is None else rng
-  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    rng = jax.random.wrap_key_data(rng)  # a raw uint32 key (jax.random.PRNGKey)
-  row_rngs = rng if rng.shape == (input_ids.shape[0],) else jax.random.split(rng, input_ids.shape[0])
+  hf_generation.check_left_padded(attention_mask)
+  row_rngs = hf_generation.row_keys(jax.random.key(0) if rng is None else rng, input_ids.shape[0])
   return _recompute(model, max_new_tokens, float(temperature), top_k, top_p, params,
                     jnp.asarray(input_ids, jnp.int32), jnp.asarray(attention_mask, jnp.int32),
                     jnp.asarray(eos_token_ids, jnp.int32), jnp.int32(pad_token_id), row_rngs)

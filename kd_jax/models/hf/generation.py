@@ -113,20 +113,30 @@ def _generate_causal_lm(module, params, input_ids, attention_mask, *, max_new_to
   eos_token_ids = dims.eos_token_ids if eos_token_id is None else tuple(np.atleast_1d(eos_token_id).tolist())
   if pad_token_id is None:
     pad_token_id = dims.pad_token_id if dims.pad_token_id is not None else (eos_token_ids or (0,))[0]
-  if not isinstance(attention_mask, jax.core.Tracer) and not np.all(np.asarray(attention_mask)[:, -1]):
-    raise ValueError("decoder-only prompts must be left-padded: attention_mask[:, -1] must be 1 in every row")
+  check_left_padded(attention_mask)
   input_ids = jnp.asarray(input_ids, jnp.int32)
   # Learned position tables (GPT-2) end; JAX would clip the positions past them silently.
   max_positions = getattr(dims, "max_position_embeddings", None)
   if max_positions is not None and input_ids.shape[1] + max_new_tokens > max_positions:
     raise ValueError(f"prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds the model's "
                      f"{max_positions} positions")
-  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    rng = jax.random.wrap_key_data(rng)  # a raw uint32 key (jax.random.PRNGKey)
-  row_rngs = rng if rng.shape == (input_ids.shape[0],) else jax.random.split(rng, input_ids.shape[0])
   return _decode_causal_lm(module, max_new_tokens, float(temperature), top_k, top_p, params, input_ids,
                            jnp.asarray(attention_mask, jnp.int32), jnp.asarray(eos_token_ids, jnp.int32).reshape(-1),
-                           jnp.int32(pad_token_id), row_rngs)
+                           jnp.int32(pad_token_id), row_keys(rng, input_ids.shape[0]))
+
+
+def check_left_padded(attention_mask) -> None:
+  """Decoder-only prompts are left-padded: every row's last column is a real token (checked on concrete masks)."""
+  if not isinstance(attention_mask, jax.core.Tracer) and not np.all(np.asarray(attention_mask)[:, -1]):
+    raise ValueError("decoder-only prompts must be left-padded: attention_mask[:, -1] must be 1 in every row")
+
+
+def row_keys(rng: jax.Array, batch_size: int) -> jax.Array:
+  """One typed PRNG key per row [batch_size]: `rng` itself if it holds one per row, else split from it (a typed or a
+  raw uint32 key, jax.random.PRNGKey)."""
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)
+  return rng if rng.shape == (batch_size,) else jax.random.split(rng, batch_size)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
