@@ -118,18 +118,18 @@ class NnxModel:
   input_names: tuple[str, ...] = ()  # a causal LM's (causal_lm_input_names); () passes the inputs whole
 
   @classmethod
-  def create(cls, abstract: nnx.Module, call: Callable, rng, field: str, name: str, causal_lm: bool = False):
+  def create(cls, abstract: nnx.Module, call: Callable, rng, field: str, name: str,
+             input_names: tuple[str, ...] = ()):
     """(NnxModel, params): the graph of `abstract` (the module built by `call(rng)`, shapes only), its parameters and
-    RNG streams built by `call(rng)` compiled. ConfigError for non-parameter state."""
+    RNG streams built by `call(rng)` compiled, called with `input_names` (a causal LM's). ConfigError for
+    non-parameter state."""
     graphdef, _, _, _, rest = nnx.split(abstract, nnx.Param, nnx.RngState, nnx.Intermediate, ...)
     _check_no_other_state(rest, field, name)
     params, rng_state = _initializer(call)(rng)
     streams = tuple(sorted({variable.tag for _, variable in nnx.to_flat_state(rng_state)}))
     template = jax.tree.map(lambda value: jax.ShapeDtypeStruct(value.shape, value.dtype), params)
-    call_method = type(abstract).__call__
-    model = cls(graphdef, template, rng_state, streams, _takes(call_method, "train"),
-                getattr(abstract, "partition_rules", None),
-                causal_lm_input_names(call_method) if causal_lm else ())
+    model = cls(graphdef, template, rng_state, streams, _takes(type(abstract).__call__, "train"),
+                getattr(abstract, "partition_rules", None), input_names)
     return model, _string_keys(nnx.to_pure_dict(params))
 
   def module(self, params, train: bool, dropout_key=None) -> nnx.Module:
@@ -170,8 +170,11 @@ class LinenModel:
   def init_params(self, rng, example_inputs):
     rngs = {"params": rng, "dropout": jax.random.fold_in(rng, 1)}
     train = {"train": False} if self.takes_train else {}
-    init = lambda rngs, inputs: self.module.init(rngs, *_call_inputs(inputs, self.input_names)[0],
-                                                 **_call_inputs(inputs, self.input_names)[1], **train)
+
+    def init(rngs, inputs):
+      args, keywords = _call_inputs(inputs, self.input_names)
+      return self.module.init(rngs, *args, **keywords, **train)
+
     return jax.jit(init)(rngs, example_inputs)["params"]
 
   def apply(self, variables, inputs, train: bool = False, rngs=None, **options):
@@ -320,14 +323,13 @@ def create(model_config, *, num_classes: int, example_inputs, rng, field: str):
   its factory initializes them from `rng` (compiled), a Linen module's or a pair's from its init."""
   call = _factory_call(model_config, num_classes=num_classes, field=field)
   built = _abstractly(call)
-  causal_lm = is_causal_lm(model_config)
+  input_names = call_input_names(built) if is_causal_lm(model_config) else ()
   if isinstance(built, nnx.Module):
-    return NnxModel.create(built, call, rng, field, model_config.name, causal_lm)
+    return NnxModel.create(built, call, rng, field, model_config.name, input_names)
   if isinstance(built, nn.Module):
-    call_method = type(built).__call__
-    model = LinenModel(built, _takes(call_method, "train"), causal_lm_input_names(call_method) if causal_lm else ())
+    model = LinenModel(built, _takes(type(built).__call__, "train"), input_names)
   else:
-    model = FunctionModel(*built, causal_lm_input_names(built[1]) if causal_lm else ())
+    model = FunctionModel(*built, input_names)
   return model, model.init_params(rng, example_inputs)
 
 
