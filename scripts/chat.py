@@ -39,6 +39,15 @@ def load(checkpoint: str, dtype: str):
   return model, params, hf.load_tokenizer(checkpoint), model.dims.eos_token_ids, hf.generate
 
 
+def prompt_inputs(tokenizer, message: str, chat_template: bool = True) -> dict:
+  """input_ids and attention_mask [1, length] of `message`: a user turn in the tokenizer's chat template with its
+  generation prompt, or (chat_template False) the plain text to continue."""
+  if not chat_template:
+    return tokenizer([message], return_tensors="np")
+  return tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                       return_dict=True, return_tensors="np")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--checkpoint", required=True)
@@ -56,11 +65,7 @@ def main(argv=None):
   model, params, tokenizer, eos_token_ids, generate = load(args.checkpoint, args.dtype)
   jax.block_until_ready(params)
   load_seconds = time.perf_counter() - start
-  if args.no_chat_template:
-    prompt = tokenizer([args.message], return_tensors="np")
-  else:
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": args.message}], add_generation_prompt=True,
-                                           return_dict=True, return_tensors="np")
+  prompt = prompt_inputs(tokenizer, args.message, not args.no_chat_template)
   seconds = []
   for _ in range(2):
     start = time.perf_counter()

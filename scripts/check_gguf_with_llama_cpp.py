@@ -20,7 +20,8 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [SCRIPTS, os.path.dirname(SCRIPTS)]  # scripts/chat.py and kd_jax
 
 
 def llama_cpp_greedy(gguf: str, prompt: list[int], max_new_tokens: int, eos_token_ids: list[int]) -> list[int]:
@@ -40,14 +41,11 @@ def llama_cpp_greedy(gguf: str, prompt: list[int], max_new_tokens: int, eos_toke
 def kd_jax_greedy(gguf: str, message: str, max_new_tokens: int, chat_template: bool = True):
   """(kd_jax's side) (prompt ids, greedy tokens up to and including the first stop token, stop tokens, tokenizer)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
+  from chat import prompt_inputs  # pylint: disable=import-outside-toplevel  (scripts/chat.py: its rendering)
   from kd_jax.models import hf  # pylint: disable=import-outside-toplevel
   model, params = hf.from_pretrained(gguf, task="causal_lm")
   tokenizer = hf.load_tokenizer(gguf)
-  if chat_template:
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
-                                           return_dict=True, return_tensors="np")
-  else:
-    prompt = tokenizer([message], return_tensors="np")
+  prompt = prompt_inputs(tokenizer, message, chat_template)
   tokens = np.asarray(hf.generate(model, params, prompt["input_ids"], prompt["attention_mask"],
                                   max_new_tokens=max_new_tokens))
   length = int(hf.generated_mask(tokens, model.dims.eos_token_ids).sum())
