@@ -260,3 +260,24 @@ def test_lora_and_freezing_that_do_not_fit_the_nnx_student_are_refused_before_an
   result = run_main(f"--workdir={workdir}", "--config=configs/custom_model.py:smoke", *overrides)
   assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("student_name, first_bias", [(LINEN_MLP, "Dense_0/bias"), (MLP_PAIR, "layer0/bias")])
+@pytest.mark.parametrize("overrides, message", [
+    (["--config.student.lora.rank=64", "--config.student.lora.target_modules=('layer1', 'Dense_1')"],
+     "config.student.lora.rank=64: must be <= 10, the smallest width (min of inputs and outputs) of the targeted "
+     "layers"),
+    (["--config.student.trainable=('classifier',)"],
+     "config.student.trainable=('classifier',): matches no parameter of the student (names are '/'-joined paths such "
+     "as '{first_bias}')"),
+])
+def test_lora_and_freezing_that_do_not_fit_a_linen_or_function_student_are_refused_before_anything_is_written(
+    tmp_path, student_name, first_bias, overrides, message):
+  """A Linen module's or a function pair's parameter shapes come from tracing its init on one example of the task
+  (data.example_inputs, nothing computed), so the preflight check refuses what it refuses for an NNX student (the
+  head of 10 classes is the narrowest targeted layer), before the workdir is claimed."""
+  workdir = tmp_path / "run"
+  result = run_main(f"--workdir={workdir}", "--config=configs/custom_model.py:smoke",
+                    f"--config.student.name={student_name}", "--config.student.hidden_sizes=(16,)", *overrides)
+  assert (result.returncode, result.stderr) == (2, f"error: {message.format(first_bias=first_bias)}\n")
+  assert not workdir.exists()

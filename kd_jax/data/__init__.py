@@ -61,6 +61,16 @@ def num_classes(config) -> int | None:
   return module.num_classes(config) if hasattr(module, "num_classes") else getattr(module, "NUM_CLASSES", None)
 
 
+def example_inputs(config):
+  """One example's inputs ([1, ...] zeros) of config.data's task where their shapes are known before it loads (what a
+  user's Linen or (init_fn, apply_fn) model is traced with in the preflight check: kd_jax/models check_config): the
+  synthetic tasks' data.synthetic.num_features, or its module's `example_inputs(config)`; else None."""
+  if config.data.name.startswith("synthetic"):
+    return np.zeros((1, config.data.synthetic.num_features), np.float32)
+  module = _task_module(config.data.name)
+  return module.example_inputs(config) if hasattr(module, "example_inputs") else None
+
+
 def check_config(config) -> None:
   """Raises ConfigError where config.data asks for what this job lacks: a seq2seq or causal-LM task needs a single
   process, and a task module may check its own inputs (`check_config(config)`, e.g. mnist's IDX files)."""

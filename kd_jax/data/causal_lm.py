@@ -373,6 +373,15 @@ def load_splits(config):
   return splits, num_classes(config) or len(tokenizer), info
 
 
+def example_inputs(config) -> dict:
+  """One example's inputs (one token, zeros; with packing its segment and position ids), known before the data
+  loads."""
+  inputs = {"input_ids": np.zeros((1, 1), np.int32), "attention_mask": np.ones((1, 1), np.int32)}
+  if config.data.packing:
+    inputs.update(segment_ids=np.ones((1, 1), np.int32), position_ids=np.zeros((1, 1), np.int32))
+  return inputs
+
+
 def num_classes(config) -> int | None:
   """The vocabulary size a user's student model is built with (kd_jax/models/protocol.py: its config.vocab_size):
   that of the checkpoint whose tokenizer it uses (text.student_checkpoint_field: the teacher's, the width of its

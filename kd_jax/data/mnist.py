@@ -63,6 +63,12 @@ def check_config(config) -> None:
     idx_paths(config.data)
 
 
+def example_inputs(config) -> np.ndarray:
+  """One example's inputs [1, 28, 28, 1] (zeros), known before the data loads."""
+  del config
+  return np.zeros((1,) + IMAGE_SHAPE, np.float32)
+
+
 def load_splits(config):
   """({'train', 'test'}: Examples of the source's images and labels; 10 classes; None)."""
   data_config = config.data

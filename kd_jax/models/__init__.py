@@ -119,7 +119,8 @@ def check_config(config, section: str) -> None:
   options = remat_options()
   require(config.train.remat in options, "train.remat", config.train.remat, f"allowed: {', '.join(options)}")
   if built is not None:
-    _check_user_student(model_config, built, packing=config.data.packing)
+    from kd_jax import data  # pylint: disable=g-import-not-at-top
+    _check_user_student(model_config, built, packing=config.data.packing, example_inputs=data.example_inputs(config))
     return
   if model_config.init_from_teacher_layers is None and not model_config.lora.rank:
     return
@@ -138,11 +139,12 @@ def check_config(config, section: str) -> None:
     peft.check_rank(model_config.lora, abstract)
 
 
-def _check_user_student(student_config, built, *, packing: bool) -> None:
+def _check_user_student(student_config, built, *, packing: bool, example_inputs) -> None:
   """LoRA and freezing on a user's student (what its factory returned): no LoRA dropout where the adapters are merged
-  (protocol.merges_adapters); for an NNX module, whose parameter shapes are known before it is initialized, the
-  targets and rank fit its linear layers and student.trainable selects some of its parameters. A causal LM trained
-  on packed rows (data.packing) takes their segment_ids and position_ids."""
+  (protocol.merges_adapters); where its parameter shapes are known before it is initialized (an NNX module; a Linen
+  module or a function pair traced on the task's `example_inputs`, data.example_inputs), the targets and rank fit
+  its linear layers and student.trainable selects some of its parameters. A causal LM trained on packed rows
+  (data.packing) takes their segment_ids and position_ids."""
   from kd_jax.models import peft, protocol  # pylint: disable=g-import-not-at-top
   if packing and protocol.is_causal_lm(student_config):
     missing = [name for name in ("segment_ids", "position_ids") if name not in protocol.call_input_names(built)]
@@ -153,7 +155,7 @@ def _check_user_student(student_config, built, *, packing: bool) -> None:
   require(not (lora.rank and lora.dropout and protocol.merges_adapters(built)), "student.lora.dropout", lora.dropout,
           "must be 0 for an NNX or (init_fn, apply_fn) student: its adapters are merged into the weights before each "
           "call (dropout on x A B needs a Linen module)")
-  params = protocol.abstract_params(built)
+  params = protocol.abstract_params(built, student_config, example_inputs)
   if params is None:
     return
   if lora.rank:

@@ -338,12 +338,19 @@ def call_input_names(built) -> tuple[str, ...]:
   return causal_lm_input_names(built[1] if isinstance(built, tuple) else type(built).__call__)
 
 
-def abstract_params(built):
-  """The params (shapes only) of what `build` returned, where known before initialization (an NNX module's); else
-  None."""
-  if not isinstance(built, nnx.Module):
+def abstract_params(built, model_config=None, example_inputs=None):
+  """The params (shapes only) of what `build` returned, known before anything is initialized: an NNX module's from
+  its abstract state; a Linen module's or an (init_fn, apply_fn) pair's from tracing its init on `example_inputs`
+  (one example, data.example_inputs: None where the task's inputs are not known before it loads) without computing
+  anything. None where neither is at hand."""
+  if isinstance(built, nnx.Module):
+    return _string_keys(nnx.to_pure_dict(nnx.state(built, nnx.Param)))
+  if example_inputs is None or model_config is None:
     return None
-  return _string_keys(nnx.to_pure_dict(nnx.state(built, nnx.Param)))
+  input_names = call_input_names(built) if is_causal_lm(model_config) else ()
+  model = (LinenModel(built, _takes(type(built).__call__, "train"), input_names) if isinstance(built, nn.Module)
+           else FunctionModel(*built, input_names))
+  return jax.eval_shape(model.init_params, jax.random.PRNGKey(0), example_inputs)
 
 
 def merges_adapters(model) -> bool:
