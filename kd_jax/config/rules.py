@@ -215,7 +215,8 @@ def _check_features(config: ml_collections.ConfigDict) -> None:
 
 def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
   """Sequence-level distillation and chunked losses need a seq2seq or causal-LM task; packing and on-policy
-  distillation need causal_lm and what they use."""
+  distillation need causal_lm and what they use (on-policy with distill.strategy='sequence' mixes the student's
+  samples with the teacher's generations, TRL's seq_kd with lmbda: kd_jax/training/on_policy.py)."""
   data_config, distill = config.data, config.distill
   generative = schema.SEQ2SEQ_TASKS + schema.CAUSAL_LM_TASKS
   require(distill.strategy == "token" or data_config.name in generative, "distill.strategy", distill.strategy,
@@ -249,8 +250,6 @@ def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
   if distill.on_policy_fraction > 0:
     require(distill.teacher_mode == "online", "distill.on_policy_fraction", distill.on_policy_fraction,
             "needs distill.teacher_mode='online' (the teacher scores the student's sampled responses in the step)")
-    require(distill.strategy == "token", "distill.on_policy_fraction", distill.on_policy_fraction,
-            "needs distill.strategy='token'")
     require(data_config.prompt_column is not None, "distill.on_policy_fraction", distill.on_policy_fraction,
             "needs prompts to sample responses to (data.prompt_column; plain text has none)")
 

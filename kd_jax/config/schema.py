@@ -465,7 +465,10 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "token", "Seq2seq and causal_lm tasks: 'token' distills the teacher's distribution at every target "
             "(response) token (teacher_mode cached or online); 'sequence' trains the student with cross-entropy on the "
             "teacher's own greedy outputs (responses), generated once and cached as tokens (Kim & Rush 2016; the loss "
-            "weights and teacher_mode then do not apply).", choices=("token", "sequence")),
+            "weights and teacher_mode then do not apply). causal_lm with on_policy_fraction > 0 (TRL GKD's seq_kd "
+            "with lmbda): the teacher's responses replace the data's, a step samples the student's with probability "
+            "on_policy_fraction, and the online teacher distills both with the run's loss.",
+            choices=("token", "sequence")),
         "topk": Field(32, "Seq2seq cached mode: the teacher logits kept per target token (the k largest, with their "
                       "vocabulary ids and the log-sum-exp of the other logits; see losses.topk_divergence). "
                       "Full-vocabulary logits are never stored for seq2seq tasks.", positive=True),
@@ -489,7 +492,8 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             0.0, "causal_lm, on-policy distillation (GKD, Agarwal et al. 2024): lambda, the probability that a "
             "training batch's responses are sampled from the current student (at generation.train_temperature, at "
             "most data.max_target_length tokens) and scored by the teacher in the step (teacher_mode='online'); the "
-            "loss is then the distillation term on the student's tokens. 0: supervised KD on the data's responses.",
+            "loss is then the distillation term on the student's tokens. 0: supervised KD on the data's responses. With "
+            "strategy='sequence' the responses not sampled are the teacher's (TRL's seq_kd).",
             interval="[0.0, 1.0]"),
         "cross_tokenizer": Field(
             "none", "causal_lm: the loss between a teacher and a student with different tokenizers, on the chunks of "
