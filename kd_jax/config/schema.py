@@ -99,6 +99,12 @@ def _positive_integers(path: str, value) -> None:
   require(all(isinstance(w, int) and w > 0 for w in value), path, tuple(value), "must be positive integers")
 
 
+def uses_features(distill) -> bool:
+  """Whether config.distill asks for feature distillation: a layer map of the encoder (or only) stack or of an
+  encoder-decoder model's decoder."""
+  return distill.features is not None or distill.decoder_features is not None
+
+
 def is_user_model(name: str) -> bool:
   """Whether a model name names a user's factory, 'package.module:factory' or 'path/to/file.py:factory'
   (kd_jax/models/protocol.py), rather than a registered model."""
@@ -513,14 +519,24 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "teacher layer s * L_t // L_s; None: off. A placeholder of type object, so that the command line takes "
             "both: --config.distill.features=uniform and --config.distill.features='((0, 0), (2, 1))'. A learned "
             "linear projection maps the student's hidden state to the teacher's width where they differ (trained "
-            "with the student, not part of it).", type=object, check=layer_map),
+            "with the student, not part of it). Encoder-decoder models (T5, seq2seq data sets): the encoder's "
+            "hidden states (h_L: its final norm's output); decoder_features maps the decoder's.", type=object,
+            check=layer_map),
+        "decoder_features": Field(
+            None, "Feature distillation of encoder-decoder models (T5, seq2seq data sets): the decoder's hidden states "
+            "matched, as distill.features maps the encoder's, with the same syntax (None, 'uniform' or pairs; 0 = the "
+            "decoder's embeddings, l = the output of decoder layer l, the last after the final norm), on the target "
+            "positions; both maps' terms add up under feature_weight and attention_weight (self-attention; "
+            "cross-attention is not matched). --config.distill.decoder_features=uniform.", type=object,
+            check=layer_map),
         "feature_loss": Field("mse", "Distance of matched hidden states: 'mse' (TinyBERT) or 'cosine' (1 - cosine "
                               "similarity, DistilBERT).", choices=FEATURE_LOSSES),
         "feature_weight": Field(1.0, "Weight of the feature term (summed over the mapped pairs) in the loss.",
                                 non_negative=True),
         "attention_weight": Field(0.0, "Attention transfer: weight of the KL between teacher and student attention "
-                                  "distributions of the mapped layers (pairs with both indices >= 1; transformer "
-                                  "models that tokenize alike); 0 = off.", non_negative=True),
+                                  "distributions of the mapped layers (pairs with both indices >= 1, of features and "
+                                  "decoder_features; transformer models that tokenize alike); 0 = off.",
+                                  non_negative=True),
     }),
     "optim": Section("Optimizer of the students: AdamW with linear warmup then linear decay to 0.",
                      optim_section(learning_rate=3e-3, weight_decay=1e-4, warmup_ratio=0.05).fields),
