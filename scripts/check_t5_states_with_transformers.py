@@ -43,7 +43,8 @@ def write_kd_jax_states(out: pathlib.Path) -> None:
     arrays = {}
     for stack, sown in (("encoder", found), ("decoder", found.decoder)):
       arrays.update({f"{stack}_h{i}": np.asarray(h) for i, h in enumerate(sown.hidden_states)})
-      arrays.update({f"{stack}_a{i}": np.asarray(jax.nn.softmax(a, axis=-1)) for i, a in enumerate(sown.attention_logits)})
+      arrays.update({f"{stack}_a{i}": np.asarray(jax.nn.softmax(logits, axis=-1))
+                     for i, logits in enumerate(sown.attention_logits)})
     np.savez(out / f"{name}.npz", **arrays)
 
 

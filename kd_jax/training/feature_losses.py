@@ -30,8 +30,8 @@ Encoder-decoder models (T5): each stack has its own hidden states and self-atten
 stack (h_L of a stack is its final norm's output, transformers' encoder_hidden_states / decoder_hidden_states).
 distill.features maps the encoder's (the only stack of other models), distill.decoder_features the decoder's, with
 the same syntax; the terms of both maps are summed under the same weights, the decoder's over the target positions
-(the task's target weights; the two models share one tokenizer). Their projections are named apart (DECODER). Cross-attention is
-not matched.
+(the task's target weights; the two models share one tokenizer). Their projections are named apart (DECODER).
+Cross-attention is not matched.
 
 Positions: text models compare token by token when teacher and student tokenize the texts alike (`tokens_aligned`),
 weighting real tokens (attention_mask) of every example; otherwise token positions mean nothing across the two
@@ -40,9 +40,8 @@ Reimers & Gurevych 2020, who distill across tokenizers that way); attention tran
 over the global batch (`losses.global_mean`), like the logit terms.
 """
 
-from typing import Any, NamedTuple
-
 import re
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -93,7 +92,7 @@ def collect(intermediates) -> Intermediates:
 
 def _layer_index(path: tuple) -> int:
   """The layer number of a sown value's path: the last module name on it that ends in digits."""
-  return next(int(match.group(1)) for name in reversed(path[:-1]) if (match := re.search(r"(\d+)$", name)))
+  return next(int(match.group(1)) for name in reversed(path[:-1]) if (match := re.search(r"(\d+)$", str(name))))
 
 
 class Layers(NamedTuple):
@@ -345,12 +344,11 @@ class FeatureLoss:
           student_hidden = student_hidden.astype(jnp.float32) @ projection["kernel"] + projection["bias"]
         feature += mean(hidden_state_loss(student_hidden, teacher_hidden, self.kind))
       if (per_token or name) and student_stack.attention_logits and teacher_stack.attention_logits:
-        attention += [mean(attention_kl(student_stack.attention_logits[s - 1], teacher_stack.attention_logits[t - 1]))
-                      for t, s in pairs if t > 0 and s > 0]
+        attention += [mean(attention_kl(student_stack.attention_logits[s - 1],
+                                        teacher_stack.attention_logits[t - 1])) for t, s in pairs if t > 0 and s > 0]
     terms = {"feature_loss": feature}
     total = self.feature_weight * feature
     if attention:
       terms["attention_loss"] = sum(attention)
       total += self.attention_weight * terms["attention_loss"]
     return total, terms
-
