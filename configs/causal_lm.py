@@ -24,7 +24,9 @@ Variants (all fields of kd_jax/config/schema.py apply):
     --config.distill.on_policy_fraction=0       supervised KD on Dolly's responses (lambda = 0)
     --config.distill.teacher_mode=cached --config.distill.on_policy_fraction=0   the teacher's top-32 logits per
                                                 token, computed once and cached (kd_jax/teachers/teacher_cache.py)
-    --config.distill.strategy=sequence          sequence-level KD: CE on the teacher's greedy responses, cached
+    --config.distill.strategy=sequence          the teacher's greedy responses (cached) in place of Dolly's, mixed
+                                                with the student's samples (TRL GKD's seq_kd with lmbda 0.5); with
+    --config.distill.on_policy_fraction=0       sequence-level KD alone: CE on the teacher's responses
     --config.distill.beta=0.1 / --config.distill.divergence=forward_kl            the divergence
     --config.distill.loss_chunk=256             the logits 256 positions at a time (docs/losses.md): neither
                                                 model's [batch, 512, 151,936] logits exist whole

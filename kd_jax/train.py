@@ -159,7 +159,7 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
   trainable_params = None if trainable is None else trainable.count(next(iter(init_params.values())))
   num_steps = steps.num_train_steps(len(task.train), config.data.batch_size, config.train.num_epochs,
                                     config.train.num_steps)
-  layers = None if config.distill.features is None else _feature_layers(student, model, init_params, example_inputs)
+  layers = None if not schema.uses_features(config.distill) else _feature_layers(student, model, init_params, example_inputs)
   objective_of = lambda run_config, distills: Objective.from_config(run_config, num_steps=num_steps, distills=distills,
                                                                     task=task, model=model, layers=layers,
                                                                     tail_temperatures=student.tail_temperatures)
@@ -232,11 +232,12 @@ def _with_projections(features: feature_losses.FeatureLoss, layers: feature_loss
                       init_params: dict) -> dict:
   """What the KD phase trains per seed: the student's initial params joined with freshly initialized projections
   (for the mapped layers whose widths differ; seeded by the seed)."""
-  logger.info("Feature distillation: (teacher, student) hidden states %s, widths %s -> %s, %s.", features.pairs,
-              layers.student.widths, layers.teacher.widths,
+  logger.info("Feature distillation: (teacher, student) hidden states %s (decoder: %s), widths %s -> %s, %s.",
+              features.pairs, features.decoder_pairs, layers.student.widths, layers.teacher.widths,
               "mean-pooled per example (the tokenizations differ)" if layers.pool_tokens else "position by position")
   return {seed: feature_losses.join_params(params, feature_losses.init_projections(
-      features.pairs, layers.teacher, layers.student, jax.random.fold_in(jax.random.PRNGKey(seed), 1)))
+      features.pairs, layers.teacher, layers.student, jax.random.fold_in(jax.random.PRNGKey(seed), 1),
+      decoder_pairs=features.decoder_pairs))
           for seed, params in init_params.items()}
 
 

@@ -1,6 +1,7 @@
 """Causal-LM distillation: the response-only layout, packing, bad input, on-policy (GKD) against NumPy, exact resume,
 and the smoke run."""
 
+import dataclasses
 import json
 import types
 
@@ -338,6 +339,74 @@ def test_the_cached_teacher_is_its_topk_per_position_and_sequence_level_targets_
     np.testing.assert_array_equal(response, tokens[:len(response)])
     assert targets.token_weights[row].sum() == len(response) > 0
     np.testing.assert_array_equal(targets.inputs["prompt_ids"][row], task.train.inputs["prompt_ids"][row])
+
+
+@dataclasses.dataclass(frozen=True)
+class NextTokenCounter:
+  """A causal LM (the registry's apply convention) whose next token is the last one + 1 (mod V), with probability 1
+  at any sampling temperature: what the student samples is known without JAX."""
+  vocab_size: int
+
+  def apply(self, variables, inputs, train=False):
+    del variables, train
+    return 1e4 * jax.nn.one_hot((inputs["input_ids"] + 1) % self.vocab_size, self.vocab_size)
+
+
+def test_sequence_level_targets_mix_with_on_policy_samples_as_trl_seq_kd(task, tmp_path, monkeypatch):
+  """distill.strategy='sequence' with lambda = 0.5 (TRL GKD's seq_kd=True with lmbda; refused before): the teacher's
+  responses replace the data's, the teacher runs in the step with the distillation loss, and over 6 steps a batch
+  holds the student's samples exactly in the steps a Python reference of the rule (the coin of (seed, step) with
+  probability lambda; the student's continuation computed token by token) says, the teacher's responses (labeled)
+  in the others."""
+  from kd_jax import preflight  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.distill.strategy = "sequence"
+  assert (config.distill.on_policy_fraction, config.distill.teacher_mode) == (0.5, "online")
+  preflight.check(config)
+  info = task.causal_lm
+  vocab, eos = task.num_classes, set(info.eos_token_ids)
+  # The teacher's cached greedy generations (built from a real teacher in the test above): row i answers
+  # [20 + i % 7, 30, EOS] then pads.
+  tokens = np.full((len(task.train), info.max_new_tokens), info.pad_token_id, np.int32)
+  tokens[:, 0], tokens[:, 1], tokens[:, 2] = 20 + np.arange(len(task.train)) % 7, 30, info.eos_token_ids[0]
+  cache = types.SimpleNamespace(lookup=lambda index: {"tokens": tokens[np.asarray(index)]})
+  monkeypatch.setattr(student_data, "_build", lambda *args, **kwargs: (cache, {"built": True}))
+  the_teacher = teacher.Teacher("the teacher's model", "its params", str(tmp_path))
+  prepared = student_data.prepare(config, task, the_teacher, sharding.make_mesh())
+  assert prepared.online_teacher is the_teacher and prepared.distills
+  batch = prepared.examples.select(np.arange(8))
+  teacher_ids = np.asarray(batch.inputs["input_ids"])
+  for row in range(8):
+    np.testing.assert_array_equal(np.asarray(batch.label[row])[np.asarray(batch.label[row]) >= 0], tokens[row, :3])
+  objective = Objective.from_config(config, num_steps=6, task=task, model=NextTokenCounter(vocab),
+                                    distills=prepared.distills)
+  assert float(objective.logit_loss.soft_weight) > 0 and objective.on_policy.fraction == 0.5
+  rng = jax.random.PRNGKey(config.seed)
+  step_batch = jax.jit(lambda step: objective.on_policy.batch(None, rng, step, batch))
+  length = teacher_ids.shape[1]
+  coins = []
+  for step in range(6):
+    coin = bool(jax.random.bernoulli(jax.random.split(jax.random.fold_in(
+        jax.random.fold_in(rng, on_policy.ON_POLICY_STREAM), step))[0], 0.5))
+    coins.append(coin)
+    got = jax.device_get(step_batch(step))
+    for row in range(8):
+      if not coin:
+        np.testing.assert_array_equal(got.inputs["input_ids"][row], teacher_ids[row])
+        np.testing.assert_array_equal(got.label[row], batch.label[row])
+        continue
+      prompt = [int(t) for t, m in zip(batch.inputs["prompt_ids"][row], batch.inputs["prompt_mask"][row]) if m]
+      response = []
+      while len(response) < info.max_new_tokens and not (response and response[-1] in eos):
+        response.append(((response or prompt)[-1] + 1) % vocab)
+      sequence = (prompt + response)[:length]
+      expected = np.array(sequence + [info.pad_token_id] * (length - len(sequence)))
+      np.testing.assert_array_equal(got.inputs["input_ids"][row], expected)
+      assert (got.label[row] == -1).all()
+      positions = np.arange(length)
+      np.testing.assert_array_equal(got.token_weights[row] > 0,
+                                    (positions >= len(prompt) - 1) & (positions < len(sequence) - 1))
+  assert set(coins) == {True, False}
 
 
 def numpy_generalized_jsd(student_logits, teacher_logits, mask, beta):

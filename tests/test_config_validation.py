@@ -110,8 +110,12 @@ INVALID_FEATURES = [
      "config.distill.attention_weight=1.0: needs transformer models: teacher.name='mlp' has no attention"),
     ("sst2", {"distill.features": ((1, 3),)},
      "config.distill.features=((1, 3),): student layer 3 does not exist: the student has hidden states 0..2"),
-    ("esnli", {"distill.features": "uniform"},
-     "config.distill.features='uniform': is not supported for seq2seq data sets"),
+    ("esnli", {"distill.decoder_features": ((4, 1),)}, "config.distill.decoder_features=((4, 1),): teacher layer 4 "
+     "does not exist: the teacher has hidden states 0..3 (0 = embeddings)"),
+    ("default", {"distill.decoder_features": "uniform"}, "config.distill.decoder_features='uniform': maps the layers "
+     "of an encoder-decoder model's decoder: it needs a seq2seq data set"),
+    ("esnli", {"distill.features": "uniform", "distill.strategy": "sequence"},
+     "config.distill.features='uniform': needs distill.strategy='token'"),
     ("default", {"distill.features": "uniform", "ensemble.size": 2},
      "config.distill.features='uniform': needs a single teacher (ensemble.size=2)"),
     ("default", {"distill.features": "uniform", "student.name": "cnn", "data.name": "fashion_mnist",
@@ -141,6 +145,17 @@ def test_valid_memory_savers_on_a_transformer_student():
 def test_valid_feature_maps(features):
   config = load_config()
   config.distill.teacher_mode, config.distill.features = "online", features
+  preflight.check(config)
+
+
+@pytest.mark.parametrize("features, decoder_features", [("uniform", "uniform"), (None, ((3, 3), (1, 0))),
+                                                        (((2, 2),), None)])
+def test_t5_feature_maps_of_either_stack_are_valid(features, decoder_features):
+  """The e-SNLI smoke's T5s (2 encoder and 3 decoder layers): distill.features maps the encoder, decoder_features the
+  decoder, with attention transfer (refused for seq2seq data sets before)."""
+  config = load_config("configs/esnli.py")
+  config.distill.teacher_mode, config.distill.attention_weight = "online", 1.0
+  config.distill.features, config.distill.decoder_features = features, decoder_features
   preflight.check(config)
 
 

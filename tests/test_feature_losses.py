@@ -241,6 +241,38 @@ def test_layer_maps():
     feature_losses.resolve_layer_map("uniform", 2, 0)
 
 
+def test_decoder_pairs_add_the_decoder_stacks_terms_over_its_target_positions():
+  """An encoder-decoder model's maps (distill.features on the encoder, decoder_features on the decoder): the terms
+  are the NumPy terms of each stack, the decoder's over the target positions (the task's target weights, which also
+  weigh each example in the encoder's) with its own projection, summed; split
+  into two micro-batches normalized by the whole batch's per-stack weights (steps._accumulate) they add up to it."""
+  encoder, decoder = _feature_inputs(seed=2), list(_feature_inputs(seed=3))
+  decoder[6] = (np.arange(6)[None, :] < np.array([[2], [6], [4], [5]])).astype(np.float64)  # the target positions
+  f32 = lambda values: tuple(jnp.asarray(v, jnp.float32) for v in values)
+  stacks = [feature_losses.Intermediates(f32(inputs[i]), f32(inputs[i + 2])) for inputs in (encoder, decoder)
+            for i in (0, 1)]
+  student = stacks[0]._replace(decoder=stacks[2])
+  teacher = stacks[1]._replace(decoder=stacks[3])
+  projections = {feature_losses.projection_name(2, 2, name): {"kernel": jnp.asarray(inputs[4], jnp.float32),
+                                                               "bias": jnp.asarray(inputs[5], jnp.float32)}
+                 for name, inputs in (("", encoder), (feature_losses.DECODER, decoder))}
+  assert set(projections) == {"teacher2_student2", "decoder_teacher2_student2"}
+  loss = _feature_loss("mse", decoder_pairs=((1, 1), (2, 2)))
+  mask = jnp.asarray(encoder[6])
+  weights = jnp.asarray(encoder[7][:, None] * decoder[6], jnp.float32)  # a seq2seq task's target weights
+  call = lambda rows, weight_sum=None: loss(
+      jax.tree.map(lambda v: v[rows], student), jax.tree.map(lambda v: v[rows], teacher), projections,
+      student_mask=mask[rows], teacher_mask=mask[rows], example_weights=weights[rows], weight_sum=weight_sum)
+  total, terms = call(slice(None))
+  expected = [a + b for a, b in zip(_np_feature_terms(*encoder, "mse"), _np_feature_terms(*decoder, "mse"))]
+  np.testing.assert_allclose(terms["feature_loss"], expected[0], rtol=1e-5)
+  np.testing.assert_allclose(terms["attention_loss"], expected[1], rtol=1e-4)
+  np.testing.assert_allclose(total, 0.5 * expected[0] + 2.0 * expected[1], rtol=1e-4)
+  weight_sums = jax.tree.map(jnp.sum, loss.position_weights(weights, mask))
+  halves = [call(rows, weight_sums)[0] for rows in (slice(0, 2), slice(2, 4))]
+  np.testing.assert_allclose(sum(halves), total, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name, num_layers", [("distilbert", 2), ("bert", 2), ("roberta", 2)])
 def test_hf_encoders_sow_hidden_states_and_attention(name, num_layers):
   """h_L is the encoder's output (checked against transformers by test_hf_models), softmax of the attention logits

@@ -21,7 +21,8 @@ import transformers
 import kd_jax.models
 from kd_jax.errors import UserError
 from kd_jax.models import hf
-from kd_jax.models.hf import generation
+from kd_jax.models.hf import generation, pretrained
+from kd_jax.training import feature_losses
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "hf"
 TOLERANCE = 1e-5
@@ -85,13 +86,42 @@ def test_roberta_positions_start_after_padding_index():
 
 @pytest.mark.parametrize("name", ["t5", "t5_v1_1"])
 def test_t5_logits_and_encoder_states_match_transformers(name):
+  """Also the hidden states and self-attention both stacks sow for feature distillation
+  (kd_jax/training/feature_losses.py): each stack's h_0 is the shared embedding, the encoder's h_L transformers'
+  last_hidden_state, the decoder's h_L through the LM head transformers' logits; attention puts no weight on padded
+  keys (encoder) or later ones (decoder); describe and the 'uniform' maps see both stacks (2 and 3 layers)."""
   ref = reference(name)
   model, params = hf.from_pretrained(str(FIXTURES / name), task="seq2seq")
-  logits = model.apply({"params": params}, input_ids=ref["input_ids"], attention_mask=ref["attention_mask"],
-                       decoder_input_ids=ref["decoder_input_ids"],
-                       decoder_attention_mask=ref["decoder_attention_mask"])
+  logits, state = model.apply({"params": params}, input_ids=ref["input_ids"], attention_mask=ref["attention_mask"],
+                              decoder_input_ids=ref["decoder_input_ids"],
+                              decoder_attention_mask=ref["decoder_attention_mask"], mutable=["intermediates"])
   assert logits.shape == ref["logits"].shape
   assert relative_error(logits, ref["logits"], ref["decoder_attention_mask"]) <= TOLERANCE
+
+  found = feature_losses.collect(state["intermediates"])
+  encoder_states, decoder_states = found, found.decoder
+  assert (len(encoder_states.hidden_states), len(encoder_states.attention_logits)) == (3, 2)
+  assert (len(decoder_states.hidden_states), len(decoder_states.attention_logits)) == (4, 3)
+  embedding = np.asarray(params["shared"]["embedding"])
+  np.testing.assert_array_equal(encoder_states.hidden_states[0], embedding[ref["input_ids"]])
+  np.testing.assert_array_equal(decoder_states.hidden_states[0], embedding[ref["decoder_input_ids"]])
+  assert relative_error(encoder_states.hidden_states[-1], ref["last_hidden_state"], ref["attention_mask"]) <= TOLERANCE
+  assert relative_error(model.output_head(params)(decoder_states.hidden_states[-1]), ref["logits"],
+                        ref["decoder_attention_mask"]) <= TOLERANCE
+  (batch, source), target = ref["input_ids"].shape, ref["decoder_input_ids"].shape[1]
+  for stack, allowed in (
+      (encoder_states, np.broadcast_to(ref["attention_mask"][:, None, None, :] > 0, (batch, 4, source, source))),
+      (decoder_states, np.broadcast_to(np.tril(np.ones((target, target), bool)), (batch, 4, target, target)))):
+    for attention in stack.attention_logits:
+      probabilities = np.asarray(jax.nn.softmax(attention, axis=-1))
+      np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
+      assert np.all(probabilities[~allowed] == 0)
+  example = {key: ref[key][:1] for key in ("input_ids", "attention_mask", "decoder_input_ids")}
+  layers_found = feature_losses.describe(pretrained.RegistryModel(model), params, example)
+  assert layers_found == feature_losses.Layers((32,) * 3, (4,) * 2, feature_losses.Layers((32,) * 4, (4,) * 3))
+  distill = ml_collections.ConfigDict({"features": "uniform", "decoder_features": "uniform"})
+  assert feature_losses.resolve_pairs(distill, feature_losses.ModelLayers(layers_found, layers_found, False)) == (
+      ((1, 1), (2, 2)), ((1, 1), (2, 2), (3, 3)))
 
   encoder, encoder_params = hf.from_pretrained(str(FIXTURES / name), task="encoder")
   hidden = encoder.apply({"params": encoder_params}, input_ids=ref["input_ids"], attention_mask=ref["attention_mask"])

@@ -186,27 +186,33 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
 
 
 def _check_features(config: ml_collections.ConfigDict) -> None:
-  """Feature distillation needs the teacher in the step, one teacher, and classification models that return their
-  hidden states (transformers for attention transfer). The layer map against the models' depths is
+  """Feature distillation (distill.features, and an encoder-decoder model's distill.decoder_features) needs the
+  teacher in the step, one teacher, and models that return their hidden states (transformers for attention transfer):
+  classifiers and T5, not decoder-only LMs yet. The layer maps against the models' depths are
   kd_jax/training/feature_losses.py's."""
   distill = config.distill
-  if distill.features is None:
+  if not schema.uses_features(distill):
     require(distill.attention_weight == 0, "distill.attention_weight", distill.attention_weight,
-            "needs distill.features (the mapped layers whose attention is matched)")
+            "needs distill.features or distill.decoder_features (the mapped layers whose attention is matched)")
     return
-  require(distill.teacher_mode == "online", "distill.features", distill.features,
+  field = "distill.features" if distill.features is not None else "distill.decoder_features"
+  value = paths.get(config, field)
+  require(distill.decoder_features is None or config.data.name in schema.SEQ2SEQ_TASKS, "distill.decoder_features",
+          distill.decoder_features, f"maps the layers of an encoder-decoder model's decoder: it needs a seq2seq data "
+          f"set ({', '.join(schema.SEQ2SEQ_TASKS)}); data.name={config.data.name!r} (distill.features maps the only "
+          "stack)")
+  require(distill.teacher_mode == "online", field, value,
           "needs distill.teacher_mode='online' (the teacher's hidden states are computed in the step; a logit cache "
           "holds none)")
-  require(config.data.name not in schema.SEQ2SEQ_TASKS, "distill.features", distill.features,
-          f"is not supported for seq2seq data sets ({', '.join(schema.SEQ2SEQ_TASKS)}) yet: the T5 models do not "
-          "return their hidden states")
-  require(config.data.name not in schema.CAUSAL_LM_TASKS, "distill.features", distill.features,
+  require(distill.strategy == "token", field, value,
+          "needs distill.strategy='token' (sequence-level KD has no teacher in the step)")
+  require(config.data.name not in schema.CAUSAL_LM_TASKS, field, value,
           "is not supported for causal-LM data sets yet: the decoder-only models do not return their hidden states")
-  require(config.ensemble.size == 1, "distill.features", distill.features,
+  require(config.ensemble.size == 1, field, value,
           f"needs a single teacher (ensemble.size={config.ensemble.size}): whose hidden states would it match?")
   for section in ("teacher", "student"):
-    require(config[section].name in ("mlp", "hf") or schema.is_user_model(config[section].name), "distill.features",
-            distill.features, "needs MLP, HF or user's models (they return their hidden states); "
+    require(config[section].name in ("mlp", "hf") or schema.is_user_model(config[section].name), field, value,
+            "needs MLP, HF or user's models (they return their hidden states); "
             f"{section}.name={config[section].name!r}")
     require(distill.attention_weight == 0 or config[section].name == "hf", "distill.attention_weight",
             distill.attention_weight, f"needs transformer models: {section}.name={config[section].name!r} has no "
@@ -215,7 +221,8 @@ def _check_features(config: ml_collections.ConfigDict) -> None:
 
 def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
   """Sequence-level distillation and chunked losses need a seq2seq or causal-LM task; packing and on-policy
-  distillation need causal_lm and what they use."""
+  distillation need causal_lm and what they use (on-policy with distill.strategy='sequence' mixes the student's
+  samples with the teacher's generations, TRL's seq_kd with lmbda: kd_jax/training/on_policy.py)."""
   data_config, distill = config.data, config.distill
   generative = schema.SEQ2SEQ_TASKS + schema.CAUSAL_LM_TASKS
   require(distill.strategy == "token" or data_config.name in generative, "distill.strategy", distill.strategy,
@@ -249,8 +256,6 @@ def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
   if distill.on_policy_fraction > 0:
     require(distill.teacher_mode == "online", "distill.on_policy_fraction", distill.on_policy_fraction,
             "needs distill.teacher_mode='online' (the teacher scores the student's sampled responses in the step)")
-    require(distill.strategy == "token", "distill.on_policy_fraction", distill.on_policy_fraction,
-            "needs distill.strategy='token'")
     require(data_config.prompt_column is not None, "distill.on_policy_fraction", distill.on_policy_fraction,
             "needs prompts to sample responses to (data.prompt_column; plain text has none)")
 

@@ -99,6 +99,12 @@ def _positive_integers(path: str, value) -> None:
   require(all(isinstance(w, int) and w > 0 for w in value), path, tuple(value), "must be positive integers")
 
 
+def uses_features(distill) -> bool:
+  """Whether config.distill asks for feature distillation: a layer map of the encoder (or only) stack or of an
+  encoder-decoder model's decoder."""
+  return distill.features is not None or distill.decoder_features is not None
+
+
 def is_user_model(name: str) -> bool:
   """Whether a model name names a user's factory, 'package.module:factory' or 'path/to/file.py:factory'
   (kd_jax/models/protocol.py), rather than a registered model."""
@@ -465,7 +471,10 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "token", "Seq2seq and causal_lm tasks: 'token' distills the teacher's distribution at every target "
             "(response) token (teacher_mode cached or online); 'sequence' trains the student with cross-entropy on the "
             "teacher's own greedy outputs (responses), generated once and cached as tokens (Kim & Rush 2016; the loss "
-            "weights and teacher_mode then do not apply).", choices=("token", "sequence")),
+            "weights and teacher_mode then do not apply). causal_lm with on_policy_fraction > 0 (TRL GKD's seq_kd "
+            "with lmbda): the teacher's responses replace the data's, a step samples the student's with probability "
+            "on_policy_fraction, and the online teacher distills both with the run's loss.",
+            choices=("token", "sequence")),
         "topk": Field(32, "Seq2seq cached mode: the teacher logits kept per target token (the k largest, with their "
                       "vocabulary ids and the log-sum-exp of the other logits; see losses.topk_divergence). "
                       "Full-vocabulary logits are never stored for seq2seq tasks.", positive=True),
@@ -489,7 +498,8 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             0.0, "causal_lm, on-policy distillation (GKD, Agarwal et al. 2024): lambda, the probability that a "
             "training batch's responses are sampled from the current student (at generation.train_temperature, at "
             "most data.max_target_length tokens) and scored by the teacher in the step (teacher_mode='online'); the "
-            "loss is then the distillation term on the student's tokens. 0: supervised KD on the data's responses.",
+            "loss is then the distillation term on the student's tokens. 0: supervised KD on the data's responses. With "
+            "strategy='sequence' the responses not sampled are the teacher's (TRL's seq_kd).",
             interval="[0.0, 1.0]"),
         "cross_tokenizer": Field(
             "none", "causal_lm: the loss between a teacher and a student with different tokenizers, on the chunks of "
@@ -509,14 +519,24 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "teacher layer s * L_t // L_s; None: off. A placeholder of type object, so that the command line takes "
             "both: --config.distill.features=uniform and --config.distill.features='((0, 0), (2, 1))'. A learned "
             "linear projection maps the student's hidden state to the teacher's width where they differ (trained "
-            "with the student, not part of it).", type=object, check=layer_map),
+            "with the student, not part of it). Encoder-decoder models (T5, seq2seq data sets): the encoder's "
+            "hidden states (h_L: its final norm's output); decoder_features maps the decoder's.", type=object,
+            check=layer_map),
+        "decoder_features": Field(
+            None, "Feature distillation of encoder-decoder models (T5, seq2seq data sets): the decoder's hidden states "
+            "matched, as distill.features maps the encoder's, with the same syntax (None, 'uniform' or pairs; 0 = the "
+            "decoder's embeddings, l = the output of decoder layer l, the last after the final norm), on the target "
+            "positions; both maps' terms add up under feature_weight and attention_weight (self-attention; "
+            "cross-attention is not matched). --config.distill.decoder_features=uniform.", type=object,
+            check=layer_map),
         "feature_loss": Field("mse", "Distance of matched hidden states: 'mse' (TinyBERT) or 'cosine' (1 - cosine "
                               "similarity, DistilBERT).", choices=FEATURE_LOSSES),
         "feature_weight": Field(1.0, "Weight of the feature term (summed over the mapped pairs) in the loss.",
                                 non_negative=True),
         "attention_weight": Field(0.0, "Attention transfer: weight of the KL between teacher and student attention "
-                                  "distributions of the mapped layers (pairs with both indices >= 1; transformer "
-                                  "models that tokenize alike); 0 = off.", non_negative=True),
+                                  "distributions of the mapped layers (pairs with both indices >= 1, of features and "
+                                  "decoder_features; transformer models that tokenize alike); 0 = off.",
+                                  non_negative=True),
     }),
     "optim": Section("Optimizer of the students: AdamW with linear warmup then linear decay to 0.",
                      optim_section(learning_rate=3e-3, weight_decay=1e-4, warmup_ratio=0.05).fields),

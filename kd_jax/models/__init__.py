@@ -214,6 +214,18 @@ def num_layers(model_config) -> int | None:
   return next((hf_config[key] for key in ("num_hidden_layers", "n_layers", "num_layers") if key in hf_config), None)
 
 
+def num_decoder_layers(model_config) -> int | None:
+  """The decoder layers of an encoder-decoder teacher or student (T5: config.json's num_decoder_layers, else its
+  num_layers), where a local checkpoint's config.json tells; None otherwise (known once the model is loaded)."""
+  path = os.path.join(model_config.get("checkpoint") or "", "config.json")
+  if model_config.name != "hf" or not os.path.isfile(path):
+    return None
+  hf_config = files.read_json(path)
+  if not hf_config.get("is_encoder_decoder"):
+    return None
+  return hf_config.get("num_decoder_layers") or hf_config.get("num_layers")
+
+
 def with_remat(model, remat: str, attention_chunk: int = 0):
   """`model` as it trains with config.train.remat = `remat` (kd_jax/models/hf/layers.rematerialized) and
   config.train.attention_chunk (decoder-only LMs: layers.query_chunked): an HF model's module cloned with them (a LoRA

@@ -19,6 +19,9 @@
   sequence     distill.strategy='sequence', seq2seq and causal LM (Kim & Rush 2016): the teacher's greedy outputs
                (kind 'generation', cached as tokens; a causal LM's responses to the prompts) replace the reference
                targets; the student learns them by cross-entropy alone (`distills` False: no distillation term).
+               With on-policy distillation (causal LM, distill.on_policy_fraction > 0: TRL GKD's seq_kd with lmbda)
+               the teacher also runs in the step: it scores its own responses and, in the steps that sample, the
+               student's (kd_jax/training/on_policy.py), and the objective is the run's distillation loss.
 """
 
 import dataclasses
@@ -174,7 +177,8 @@ def _with_own_logprobs(config, task: data.TaskData, teacher: Teacher, mesh) -> T
 
 def _causal_lm_sequences(config, task: data.TaskData, teacher: Teacher, mesh) -> StudentData:
   """Sequence-level KD of a causal LM: the teacher's greedy responses to the training prompts (cached as tokens)
-  written behind the prompts in the training layout, learned by cross-entropy on the response tokens."""
+  written behind the prompts in the training layout, learned by cross-entropy on the response tokens; with on-policy
+  distillation, distilled from the teacher running in the step (the module docstring)."""
   info = task.causal_lm
   cache, stats = _build(config, task, teacher, mesh, "generation", _generate_fn(teacher, task, mesh),
                         max_new_tokens=info.max_new_tokens)
@@ -186,6 +190,8 @@ def _causal_lm_sequences(config, task: data.TaskData, teacher: Teacher, mesh) ->
       label=np.asarray(sequences["label"]), token_weights=np.asarray(sequences["response_mask"]),
       inputs={**inputs, "input_ids": np.asarray(sequences["input_ids"]),
               "attention_mask": np.asarray(sequences["attention_mask"])})
+  if config.distill.on_policy_fraction > 0:
+    return StudentData(examples, ensemble.online(teacher), distills=True, results={"teacher_generations": stats})
   return StudentData(examples, None, distills=False, results={"teacher_generations": stats})
 
 

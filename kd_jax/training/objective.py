@@ -7,7 +7,7 @@ One object, built from the config in one place (`Objective.from_config`) and pas
              distill.cross_tokenizer, the soft term is a mean over aligned chunks: kd_jax/training/cross_tokenizer.py)
        + feature_weight * sum_{pairs (t, s)} d(W h_s + b, h_t) + attention_weight * sum_{pairs} KL(A_t || A_s)
              the feature and attention terms (`feature_loss`, feature_losses.FeatureLoss; None without
-             distill.features)
+             distill.features / decoder_features)
   on the phase's batches, or, with `on_policy` (on_policy.OnPolicy; None unless distill.on_policy_fraction > 0), with
   probability lambda on responses the student samples for the batch's prompts.
 
@@ -27,6 +27,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from kd_jax.config import schema
 from kd_jax.data import alignment
 from kd_jax.models import peft
 from kd_jax.teachers import teacher_cache
@@ -66,7 +67,7 @@ class Objective:
         needed only with distill.on_policy_fraction > 0 (the task also with distill.cross_tokenizer='gold': its two
         tokenizers' shared vocabulary).
       layers: both models' layers (feature_losses.ModelLayers), which resolve the layer map; needed only with
-        distill.features.
+        distill.features or distill.decoder_features.
       tail_temperatures: the temperatures of the top-k cache's exact tail (losses.topk_divergence); None:
         teacher_cache.topk_tail_temperatures([config]) (a vectorized group passes its runs').
     """
@@ -92,12 +93,12 @@ class Objective:
                     else None),
         chunk=d.loss_chunk)
     feature_loss = None
-    if distills and d.features is not None:
+    if distills and schema.uses_features(d):
       assert layers is not None, "feature distillation resolves its layer map against both models' layers"
+      pairs, decoder_pairs = feature_losses.resolve_pairs(d, layers)
       feature_loss = feature_losses.FeatureLoss(
           feature_weight=jnp.float32(d.feature_weight), attention_weight=jnp.float32(d.attention_weight),
-          pairs=feature_losses.resolve_layer_map(d.features, layers.teacher.num_layers, layers.student.num_layers),
-          kind=d.feature_loss, pool_tokens=layers.pool_tokens)
+          pairs=pairs, kind=d.feature_loss, pool_tokens=layers.pool_tokens, decoder_pairs=decoder_pairs)
     on_policy = None
     if distills and d.on_policy_fraction > 0:
       info = task.causal_lm

@@ -13,6 +13,12 @@ at any stop token); the teacher, running in the step, scores them, and the loss 
 on the student's tokens (their labels are -1: the student's cross-entropy on its own samples teaches nothing, so the
 hard term is 0 on such batches). Whether a step samples is drawn from (seed, step) and each example's tokens from
 (seed, step, example index): a resumed run samples exactly what the uninterrupted one did, whatever the device count.
+
+Mixed with sequence-level KD (distill.strategy='sequence', TRL GKDTrainer's seq_kd=True with lmbda): the batch's
+responses are the teacher's greedy generations (kd_jax/teachers/student_data.py, cached once, labeled with the
+teacher's tokens), which a sampling step replaces by the student's as above; the teacher scores whichever the step
+trains on. TRL samples the teacher's responses afresh in every step at the training temperature; kd_jax's are greedy
+(Kim & Rush's sequence-level KD) and so need generating only once.
 """
 
 import dataclasses

@@ -224,7 +224,7 @@ def _accumulate(gradients, batch: Examples, microbatches: int, features):
   example_weights = batch.example_weights()
   feature_sum = None
   if features is not None:
-    feature_sum = jnp.sum(features.position_weights(example_weights, _attention_mask(batch.inputs)))
+    feature_sum = jax.tree.map(jnp.sum, features.position_weights(example_weights, _attention_mask(batch.inputs)))
   weight_sums = (losses.term_weight_sums(batch.label, example_weights), feature_sum)
   parts = jax.tree.map(lambda rows: rows.reshape((microbatches, rows.shape[0] // microbatches) + rows.shape[1:]),
                        batch)

@@ -119,7 +119,12 @@ class T5Attention(nn.Module):
       key, value = self.variable("cache", "encoder_key_value", project_key_value, encoder_hidden).value
     else:
       key, value = project_key_value(encoder_hidden)
-    probabilities = layers.attention_probabilities(query, key, bias)
+    logits = layers.attention_logits(query, key, bias)
+    if encoder_hidden is None:
+      # Self-attention scores for attention transfer (kd_jax/training/feature_losses.py): a no-op unless the
+      # 'intermediates' collection is mutable.
+      self.sow("intermediates", "attention_logits", logits)
+    probabilities = jax.nn.softmax(logits, axis=-1)
     probabilities = Dropout(dims.dropout_rate)(probabilities, deterministic=not train)
     return nn.Dense(dims.d_model, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, name="o")(
         layers.attention_output(probabilities, value))
@@ -190,6 +195,10 @@ class T5Stack(nn.Module):
     dims = self.dims
     dropout = Dropout(dims.dropout_rate, deterministic=not train)
     hidden = dropout(self.embed(input_ids))
+    # Hidden states 0 (embeddings) to L for feature distillation (kd_jax/training/feature_losses.py), as transformers'
+    # encoder_hidden_states / decoder_hidden_states: the inputs of blocks 0..L-1, then the final norm's output; sow is
+    # a no-op unless the 'intermediates' collection is mutable.
+    self.sow("intermediates", "hidden_states", hidden)
     query_positions = jnp.arange(input_ids.shape[1])
     key_positions = query_positions
     decode_position = None
@@ -213,13 +222,18 @@ class T5Stack(nn.Module):
     if attention_mask is not None:
       self_bias += layers.padding_bias(attention_mask)
     encoder_bias = None if encoder_mask is None else layers.padding_bias(encoder_mask)
-    for index in range(dims.num_decoder_layers if self.is_decoder else dims.num_layers):
+    num_blocks = dims.num_decoder_layers if self.is_decoder else dims.num_layers
+    for index in range(num_blocks):
       block = layers.rematerialized(T5Block, self.remat, train_argnum=3)
       hidden = block(dims, self.is_decoder, self.dtype, self.param_dtype, name=f"block.{index}")(
           hidden, self_bias, train, encoder_hidden=encoder_hidden, encoder_bias=encoder_bias,
           decode_position=decode_position)
-    hidden = T5LayerNorm(dims.layer_norm_epsilon, self.dtype, self.param_dtype, name="final_layer_norm")(hidden)
-    return dropout(hidden)
+      if index < num_blocks - 1:
+        self.sow("intermediates", "hidden_states", hidden)
+    hidden = dropout(T5LayerNorm(dims.layer_norm_epsilon, self.dtype, self.param_dtype, name="final_layer_norm")(
+        hidden))
+    self.sow("intermediates", "hidden_states", hidden)
+    return hidden
 
 
 class T5ForConditionalGeneration(nn.Module):
