@@ -182,6 +182,8 @@ def test_bad_input_is_one_line(tmp_path):
 @pytest.mark.parametrize("changes, message", [
     ({"distill.teacher_mode": "cached"}, "config.distill.on_policy_fraction=0.5: needs distill.teacher_mode='online'"),
     ({"data.prompt_column": None}, "config.distill.on_policy_fraction=0.5: needs prompts"),
+    ({"distill.on_policy_fraction": 0.0, "distill.on_policy_start_step": 50},
+     "config.distill.on_policy_start_step=50: needs distill.on_policy_fraction > 0"),
     ({"data.packing": True}, "config.data.packing=True: needs data.validation_split"),
     ({"distill.loss_chunk": 8, "student.lora.rank": 2, "student.lora.target_modules": ("q_proj", "lm_head")},
      "config.distill.loss_chunk=8: projects with the student's plain LM head: LoRA on lm_head"),
@@ -355,12 +357,14 @@ class NextTokenCounter:
 def test_sequence_level_targets_mix_with_on_policy_samples_as_trl_seq_kd(task, tmp_path, monkeypatch):
   """distill.strategy='sequence' with lambda = 0.5 (TRL GKD's seq_kd=True with lmbda; refused before): the teacher's
   responses replace the data's, the teacher runs in the step with the distillation loss, and over 6 steps a batch
-  holds the student's samples exactly in the steps a Python reference of the rule (the coin of (seed, step) with
-  probability lambda; the student's continuation computed token by token) says, the teacher's responses (labeled)
-  in the others."""
+  holds the student's samples exactly in the steps a Python reference of the rule (from distill.on_policy_start_step
+  = 2 on, the coin of (seed, step) with probability lambda; the student's continuation computed token by token)
+  says, the teacher's responses (labeled) in the others: step 1's coin says sample, and the start step overrules
+  it."""
   from kd_jax import preflight  # pylint: disable=import-outside-toplevel
   config = load_config("configs/causal_lm.py", "smoke")
   config.distill.strategy = "sequence"
+  config.distill.on_policy_start_step = 2
   assert (config.distill.on_policy_fraction, config.distill.teacher_mode) == (0.5, "online")
   preflight.check(config)
   info = task.causal_lm
@@ -381,6 +385,7 @@ def test_sequence_level_targets_mix_with_on_policy_samples_as_trl_seq_kd(task, t
   objective = Objective.from_config(config, num_steps=6, task=task, model=NextTokenCounter(vocab),
                                     distills=prepared.distills)
   assert float(objective.logit_loss.soft_weight) > 0 and objective.on_policy.fraction == 0.5
+  assert objective.on_policy.start_step == 2
   rng = jax.random.PRNGKey(config.seed)
   step_batch = jax.jit(lambda step: objective.on_policy.batch(None, rng, step, batch))
   length = teacher_ids.shape[1]
@@ -389,6 +394,7 @@ def test_sequence_level_targets_mix_with_on_policy_samples_as_trl_seq_kd(task, t
     coin = bool(jax.random.bernoulli(jax.random.split(jax.random.fold_in(
         jax.random.fold_in(rng, on_policy.ON_POLICY_STREAM), step))[0], 0.5))
     coins.append(coin)
+    coin = coin and step >= 2
     got = jax.device_get(step_batch(step))
     for row in range(8):
       if not coin:
@@ -406,7 +412,7 @@ def test_sequence_level_targets_mix_with_on_policy_samples_as_trl_seq_kd(task, t
       positions = np.arange(length)
       np.testing.assert_array_equal(got.token_weights[row] > 0,
                                     (positions >= len(prompt) - 1) & (positions < len(sequence) - 1))
-  assert set(coins) == {True, False}
+  assert coins[1] and set(coins[2:]) == {True, False}
 
 
 def numpy_generalized_jsd(student_logits, teacher_logits, mask, beta):

@@ -28,6 +28,8 @@ INVALID = [
     ("distill.teacher_mode", "live", "config.distill.teacher_mode='live': allowed: cached, online"),
     ("distill.on_policy_fraction", -0.5, "config.distill.on_policy_fraction=-0.5: must be in [0.0, 1.0]"),
     ("distill.on_policy_fraction", 0.5, "config.distill.on_policy_fraction=0.5: needs data.name='causal_lm'"),
+    ("distill.on_policy_start_step", -1, "config.distill.on_policy_start_step=-1: must be >= 0"),
+    ("distill.on_policy_start_step", 5, "config.distill.on_policy_start_step=5: needs data.name='causal_lm'"),
     ("distill.cross_tokenizer", "uld", "config.distill.cross_tokenizer='uld': needs data.name='causal_lm'"),
     ("distill.cross_tokenizer", "dskd", "config.distill.cross_tokenizer='dskd': allowed: none, uld, gold, alm"),
     ("data.packing", True, "config.data.packing=True: needs data.name='causal_lm'"),

@@ -239,7 +239,7 @@ def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
           "logits, not the final hidden states and LM head the chunks project (use 0)")
   if data_config.name not in schema.CAUSAL_LM_TASKS:
     for field, default in (("data.packing", False), ("distill.on_policy_fraction", 0.0),
-                           ("distill.cross_tokenizer", "none")):
+                           ("distill.on_policy_start_step", 0), ("distill.cross_tokenizer", "none")):
       value = paths.get(config, field)
       require(value == default, field, value, f"needs data.name='causal_lm' (data.name={data_config.name!r})")
     return
@@ -253,6 +253,8 @@ def _check_generative_tasks(config: ml_collections.ConfigDict) -> None:
             "example's prompt; a packed row has none)")
   if distill.cross_tokenizer != "none":
     _check_cross_tokenizer(config)
+  require(distill.on_policy_start_step == 0 or distill.on_policy_fraction > 0, "distill.on_policy_start_step",
+          distill.on_policy_start_step, "needs distill.on_policy_fraction > 0 (the step on-policy sampling starts at)")
   if distill.on_policy_fraction > 0:
     require(distill.teacher_mode == "online", "distill.on_policy_fraction", distill.on_policy_fraction,
             "needs distill.teacher_mode='online' (the teacher scores the student's sampled responses in the step)")

@@ -501,6 +501,12 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "loss is then the distillation term on the student's tokens. 0: supervised KD on the data's responses. With "
             "strategy='sequence' the responses not sampled are the teacher's (TRL's seq_kd).",
             interval="[0.0, 1.0]"),
+        "on_policy_start_step": Field(
+            0, "causal_lm with on_policy_fraction > 0: the first training step that may sample; the steps before it "
+            "are supervised KD on the data's (or, with strategy='sequence', the teacher's) responses, as GKD starts "
+            "from a student already fine-tuned (configs/causal_lm.py:smollm,gkd). The steps from it on draw the coin "
+            "of an on-policy run from step 0, so a run resumed on either side of the boundary is the uninterrupted "
+            "one. 0: on-policy from the first step.", non_negative=True),
         "cross_tokenizer": Field(
             "none", "causal_lm: the loss between a teacher and a student with different tokenizers, on the chunks of "
             "text where their tokenizations agree (kd_jax/data/alignment.py; formulas in "

@@ -105,7 +105,8 @@ class Objective:
       on_policy = OnPolicy(fraction=float(d.on_policy_fraction), model=peft.plain_model(model),
                            temperature=float(config.generation.train_temperature), max_new_tokens=info.max_new_tokens,
                            eos_token_ids=info.eos_token_ids, pad_token_id=info.pad_token_id,
-                           top_k=config.generation.train_top_k, top_p=config.generation.train_top_p)
+                           top_k=config.generation.train_top_k, top_p=config.generation.train_top_p,
+                           start_step=int(d.on_policy_start_step))
     return cls(logit_loss, feature_loss, on_policy)
 
   @classmethod

@@ -59,6 +59,7 @@ class OnPolicy:
     temperature, max_new_tokens, top_k, top_p: the sampling (generation.train_temperature, data.max_target_length,
       generation.train_top_k / train_top_p: the training samples' own filters, not the evaluation's).
     eos_token_ids, pad_token_id: the responses end at any of the stop tokens and are padded after it.
+    start_step: steps before it never sample (distill.on_policy_start_step: a supervised phase first).
   """
   fraction: float
   model: Any
@@ -68,10 +69,11 @@ class OnPolicy:
   pad_token_id: int
   top_k: int | None = None
   top_p: float | None = None
+  start_step: int = 0
 
   def batch(self, params, rng: jax.Array, step: jax.Array, batch: Examples) -> Examples:
-    """`batch`, or with probability `fraction` (drawn from rng and step) the same prompts with responses sampled
-    from the student with `params`: labels -1 and token_weights on the sampled response tokens (see the module
+    """`batch`, or from step `start_step` on with probability `fraction` (drawn from rng and step) the same prompts
+    with responses sampled from the student with `params`: labels -1 and token_weights on the sampled response tokens (see the module
     docstring)."""
     coin_key, sample_key = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, ON_POLICY_STREAM), step))
     inputs = batch.inputs
@@ -91,6 +93,6 @@ class OnPolicy:
     def supervised(_):
       return inputs, batch.label, batch.token_weights
 
-    on_policy = jax.random.bernoulli(coin_key, self.fraction)
+    on_policy = jax.random.bernoulli(coin_key, self.fraction) & (step >= self.start_step)
     inputs, label, token_weights = jax.lax.cond(on_policy, sampled, supervised, None)
     return batch.replace(inputs=inputs, label=label, token_weights=token_weights)
