@@ -187,7 +187,8 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
     trained_model = models.with_remat(model, config.train.remat, config.train.attention_chunk)
     common = dict(model=trained_model, optim_config=config.optim,
                   num_steps=num_steps, examples=examples, batch_size=config.data.batch_size, train_config=config.train,
-                  teacher=None if online is None else (online.model, online.params),
+                  teacher=None if online is None else (
+                      models.with_attention_chunk(online.model, config.train.attention_chunk), online.params),
                   input_noise_std=config.distill.input_noise_std, trainable=phase_trainable)
     if vectorize:
       program = vectorized.program(init_params=phase_init_params, objectives=[trainee.objective for trainee in trainees],

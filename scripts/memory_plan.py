@@ -128,6 +128,7 @@ def plan(config, mesh_sizes: dict, num_classes: int = 3, loss_chunks: tuple[int,
   student, student_params = pretrained.abstract_model(config.student, num_classes=num_classes)
   student = models.with_remat(student, config.train.remat, config.train.attention_chunk)  # as train.py trains it
   teacher, teacher_params = pretrained.abstract_model(config.teacher, num_classes=num_classes)
+  teacher = models.with_attention_chunk(teacher, config.train.attention_chunk)  # as train.py and the cache run it
   teacher_params = abstract(teacher_params, sharding.param_shardings(
       teacher_params, mesh, rules + models.partition_rules(teacher, mesh)))
   online = config.distill.teacher_mode == "online"

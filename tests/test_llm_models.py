@@ -578,6 +578,20 @@ def test_query_chunked_attention_matches_transformers_and_keeps_packing(name):
   assert "scan" in _primitives(apply(chunked), params) and "scan" not in _primitives(apply(module), params)
 
 
+def test_a_teacher_attends_in_the_students_chunks_where_it_can():
+  """A teacher run forward (online in the step, building its top-k cache) takes train.attention_chunk where its module
+  has the field (kd_jax.models.with_attention_chunk): a decoder-only LM cloned with it and nothing else (no remat:
+  no backward pass); an encoder, or a chunk of 0, leaves the model as it is."""
+  module, _ = hf.from_pretrained(str(FIXTURES / "qwen3"), task="causal_lm")
+  model = pretrained.RegistryModel(module)
+  teacher = kd_jax.models.with_attention_chunk(model, 512)
+  assert (teacher.module.attention_chunk, teacher.module.remat, model.module.attention_chunk) == (512, "none", 0)
+  assert kd_jax.models.with_attention_chunk(model, 0) is model
+  encoder = pretrained.RegistryModel(hf.from_pretrained(str(FIXTURES / "bert"),
+                                                        task="sequence_classification", num_labels=2)[0])
+  assert kd_jax.models.with_attention_chunk(encoder, 512) is encoder
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["qwen3", "mistral", "gpt2"])
 def test_decoder_layer_remat_and_chunked_attention_keep_the_gradients(name):

@@ -596,7 +596,8 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "holds more than one chunk's [batch, heads, chunk, length] scores instead of [batch, heads, length, "
             "length] per layer; the same attention up to float rounding (masks, packing's segments and sliding "
             "windows as without). 0 (default): all queries at once. Sequences no longer than it, decoding with a KV "
-            "cache, attention dropout in training and attention-map feature distillation attend whole.",
+            "cache, attention dropout in training and attention-map feature distillation attend whole. A decoder-only "
+            "teacher attends in the same chunks where it runs (online in the step, or building its top-k cache).",
             non_negative=True, operational=True),
     }),
     "mesh": Section(

@@ -243,6 +243,15 @@ def with_remat(model, remat: str, attention_chunk: int = 0):
   return _canonical(dataclasses.replace(model, module=model.module.clone(**fields)))
 
 
+def with_attention_chunk(model, attention_chunk: int):
+  """A teacher as it runs forward only (an online teacher in the student's step, a top-k cache build) with
+  config.train.attention_chunk: its module cloned with query-chunked attention where it has the field (the
+  decoder-only HF LMs), else `model` (remat does not apply: nothing is kept for a backward pass)."""
+  if not attention_chunk or not hasattr(getattr(model, "module", None), "attention_chunk"):
+    return model
+  return with_remat(model, "none", attention_chunk)
+
+
 @functools.lru_cache(maxsize=32)
 def compiled_init(module):
   """module.init compiled once per process and architecture (the runs of a sweep create the same models): for the

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kd_jax import data
+from kd_jax import data, models
 from kd_jax.data import causal_lm as causal_lm_data
 from kd_jax.data import text
 from kd_jax.data.examples import first_inputs
@@ -95,7 +95,8 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh, *,
       tail_temperatures = teacher_cache.topk_tail_temperatures([config])
     exact = {"tail_temperatures": list(tail_temperatures)} if tail_temperatures else {}  # flat: the fields of old caches
     cache, stats = _build(config, task, teacher, mesh, "topk",
-                          _topk_fn(teacher, mesh, k, config.distill.topk_dtype, tail_temperatures),
+                          _topk_fn(teacher, mesh, k, config.distill.topk_dtype, tail_temperatures,
+                                   attention_chunk=config.train.attention_chunk),
                           k=k, dtype=config.distill.topk_dtype, target_length=task.train.label.shape[1], **exact)
     return StudentData(teacher_cache.join(task.train, cache), None, distills=True,
                        results={"teacher_cache": {**stats, "k": k, "dtype": config.distill.topk_dtype,
@@ -231,10 +232,12 @@ def _build(config, task: data.TaskData, teacher: Teacher, mesh, kind: str, fn, *
   return cache, {"path": directory, "built": built, "wall_s": wall_s, "bytes_per_example": cache.bytes_per_example}
 
 
-def _topk_fn(teacher: Teacher, mesh, k: int, values_dtype: str, tail_temperatures: tuple[float, ...] = ()):
+def _topk_fn(teacher: Teacher, mesh, k: int, values_dtype: str, tail_temperatures: tuple[float, ...] = (), *,
+             attention_chunk: int = 0):
   """rows of inputs -> {values [B, T, k] in values_dtype, indices [B, T, k], tail_logsumexp [B, T] or [B, T, n]}: the
-  teacher's `topk_program`."""
-  return functools.partial(topk_program(teacher.model, mesh, k, values_dtype, tail_temperatures), teacher.params)
+  teacher's `topk_program` (its attention query-chunked with train.attention_chunk where it has it)."""
+  model = models.with_attention_chunk(teacher.model, attention_chunk)
+  return functools.partial(topk_program(model, mesh, k, values_dtype, tail_temperatures), teacher.params)
 
 
 def topk_program(teacher_model, mesh, k: int, values_dtype: str, tail_temperatures: tuple[float, ...] = ()):
