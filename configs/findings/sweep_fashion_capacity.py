@@ -13,7 +13,7 @@ on all 57,000 labels, as the strong one was (a teacher trained in a run learns f
 a 10% sweep would compare 5,700-label teachers with the 57,000-label strong one). One zipped factor, the teacher:
 
   student-size  conv (4, 8),   Dense ()      4,266 params, 6 epochs, no dropout   trained here
-  medium        conv (8, 16),  Dense (64,)   51,946 params, 6 epochs, no dropout  trained here
+  medium        conv (8, 16),  Dense (64,)   52,138 params, 6 epochs, no dropout  trained here
   strong        conv (32, 64), Dense (256,)  824,458 params, 6 epochs             restored (teacher.init)
   early-stopped the strong architecture, 1 epoch (its cosine schedule over that epoch)   trained here
   strong -> assistant   the strong teacher distills the medium architecture (teacher.assistant, 2 epochs as a KD
@@ -22,9 +22,10 @@ a 10% sweep would compare 5,700-label teachers with the 57,000-label strong one)
 5 seeds. The hard-label student does not depend on the teacher: only the first teacher's points train it
 (`baseline`), and every comparison pairs by seed. sweep.mode='vectorized' trains a teacher's seeds together.
 
-Arguments: `smoke`: the showcase's smoke data (2% of the images, one epoch) with a trained tiny strong teacher,
-teachers (4, 8) and the strong architecture, the strong teacher early-stopped (one step short of... no: num_steps
-as its epochs allow) and the chain, 2 seeds.
+Arguments: `smoke`: the showcase's smoke data (2% of the images, one epoch) with teachers of the same five kinds
+at tiny widths (the medium and strong ones of the same shape, trained for 2 and 3 epochs), every one trained in the
+sweep (no teacher directory needed); 2 seeds. More or fewer seeds:
+`--config.sweep.seeds=N`.
 """
 
 import ml_collections
@@ -33,16 +34,18 @@ from kd_jax.config import schema
 from configs.findings import sweep_fashion_showcase
 
 TEACHER_DIR = sweep_fashion_showcase.TEACHER_DIR
-ASSISTANT = "cnn"  # teacher.assistant: conv (8, 16), Dense (64,) (the schema's default widths), the medium teacher's
+ASSISTANT = "cnn"  # teacher.assistant's model: the medium teacher's widths
 
 
-def teachers(strong_init: str, strong_conv: tuple, strong_hidden: tuple, strong_epochs: int,
-             small_epochs: int) -> tuple:
-  """The zipped teacher factor: student-size, medium, strong, early-stopped strong, strong -> assistant."""
-  return (("teacher.conv_features", ((4, 8), (8, 16), strong_conv, strong_conv, strong_conv)),
-          ("teacher.hidden_sizes", ((), (64,), strong_hidden, strong_hidden, strong_hidden)),
-          ("teacher.dropout_rate", (0.0, 0.0, 0.3, 0.3, 0.3)),
-          ("teacher.num_epochs", (small_epochs, small_epochs, strong_epochs, 1, strong_epochs)),
+def teachers(small: tuple, medium: tuple, strong: tuple, *, dropout_rates: tuple, epochs: tuple,
+             strong_init: str) -> tuple:
+  """The zipped teacher factor: student-size, medium, strong, early-stopped strong, strong -> assistant; each size a
+  (conv_features, hidden_sizes) pair, dropout_rates and epochs (small, medium, strong, early-stopped). Only the first
+  trains the hard-label student (`baseline`)."""
+  return (("teacher.conv_features", (small[0], medium[0], strong[0], strong[0], strong[0])),
+          ("teacher.hidden_sizes", (small[1], medium[1], strong[1], strong[1], strong[1])),
+          ("teacher.dropout_rate", dropout_rates + (dropout_rates[2], dropout_rates[2])),
+          ("teacher.num_epochs", epochs + (epochs[2],)),
           ("teacher.init", ("train", "train", strong_init, "train", strong_init)),
           ("teacher.assistant.name", (None, None, None, None, ASSISTANT)),
           ("baseline", (True, False, False, False, False)))
@@ -57,9 +60,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.teacher.assistant.conv_features = (8, 16)
   config.teacher.assistant.hidden_sizes = (64,)
   config.sweep.grid = ()
-  config.sweep.zipped = (teachers(TEACHER_DIR, (32, 64), (256,), 6, 6),)
-  if "smoke" in options:
+  config.sweep.zipped = (teachers(((4, 8), ()), ((8, 16), (64,)), ((32, 64), (256,)), dropout_rates=(0.0, 0.0, 0.3),
+                                  epochs=(6, 6, 6, 1), strong_init=TEACHER_DIR),)
+  if "smoke" in options:  # two teacher shapes (the compiled steps are the showcase smoke's); the sizes differ in name
     config.teacher.assistant.conv_features = (4, 8)
-    config.teacher.assistant.hidden_sizes = (8,)
-    config.sweep.zipped = (teachers("train", (8, 16), (16,), 2, 1),)
+    config.teacher.assistant.hidden_sizes = ()
+    config.sweep.zipped = (teachers(((4, 8), ()), ((4, 8), (16,)), ((4, 8), (16,)), dropout_rates=(0.0, 0.3, 0.3),
+                                    epochs=(1, 2, 3, 1), strong_init="train"),)
   return config
