@@ -15,7 +15,7 @@ from kd_jax.teachers import assistant, teacher
 from tests.helpers import load_config
 
 
-@pytest.mark.trains
+@pytest.mark.slow
 def test_chain_student_distills_the_assistants_logits_and_resumes_bitwise_across_the_boundary(smoke_run, tmp_path):
   """configs/default.py:smoke restoring the shared smoke run's teacher, with an MLP assistant: the students' logit
   cache holds the assistant's logits (computed here from its saved params), not the teacher's; a run stopped inside
