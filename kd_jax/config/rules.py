@@ -71,8 +71,8 @@ def _check_assistant(config: ml_collections.ConfigDict) -> None:
           f"needs a teacher model (teacher.source='model'), not teacher.source={config.teacher.source!r}")
   require(config.ensemble.size == 1, field, name,
           f"needs a single teacher (ensemble.size=1), not ensemble.size={config.ensemble.size}")
-  require(config.distill.features is None, field, name,
-          "distills logits only: leave distill.features None")
+  require(not schema.uses_features(config.distill), field, name,
+          "distills logits only: leave distill.features and distill.decoder_features None")
   _check_model(config, "teacher.assistant")
 
 
