@@ -12,7 +12,7 @@ from kd_jax import data, evaluation, models
 from kd_jax.config import rules, validation
 from kd_jax.errors import require
 from kd_jax.parallel import sharding
-from kd_jax.teachers import ensemble, logprobs_file, teacher
+from kd_jax.teachers import assistant, ensemble, logprobs_file, teacher
 from kd_jax.training import feature_losses
 
 
@@ -24,6 +24,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   sharding.check_config(config)
   data.check_config(config)
   teacher.check_config(config)
+  assistant.check_config(config)
   logprobs_file.check_config(config)
   models.check_config(config, "student")
   feature_losses.check_config(config)

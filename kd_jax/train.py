@@ -2,7 +2,8 @@
 
 Fixed order: data -> mesh -> the runs' workdirs -> evaluator (kd_jax/evaluation: the one the task names) -> teacher
 (kd_jax/teachers/teacher.py: trained, restored or pretrained; or every member of an ensemble, kd_jax/teachers/ensemble.py)
--> its test metrics and the reference the students are compared with -> the student's data
+-> its test metrics and the reference the students are compared with -> with teacher.assistant, the assistant distilled
+from it, which takes its place as the students' teacher (kd_jax/teachers/assistant.py) -> the student's data
 (kd_jax/teachers/student_data.py: cache, online teacher or teacher targets) -> the students (KD, then the hard-label
 baseline; each under its objective, kd_jax/training/objective.py) through the one training loop
 (kd_jax/training/loop.py) -> their test metrics -> results.json
@@ -28,7 +29,7 @@ from kd_jax.errors import UserError
 from kd_jax.models import peft
 from kd_jax.parallel import distributed, preemption, sharding
 from kd_jax.reporting import efficiency, results
-from kd_jax.teachers import ensemble, logprobs_file, student_data, teacher, teacher_cache
+from kd_jax.teachers import assistant, ensemble, logprobs_file, student_data, teacher, teacher_cache
 from kd_jax.training import feature_losses, loop, metric_writer, steps, vectorized
 from kd_jax.training.objective import Objective
 
@@ -86,19 +87,32 @@ def run_group(runs: list[RunSpec], *, vectorize: bool = False, overwrite: bool =
                                   evaluate_fn=functools.partial(evaluator.during_training, teacher_inputs=True))
     teacher_metrics, reference = evaluator.teacher(the_teacher.model, the_teacher.params)
   teacher_results = ensemble.results(config, runs[0].workdir, the_teacher, evaluator, reference)
-  student = student_data.prepare(config, task, the_teacher, mesh, tail_temperatures=teacher_cache.topk_tail_temperatures(
-      [run.config for run in runs]))
+  selection = _selection(config)
+  # With a teacher assistant, the students' teacher is the assistant, distilled from the teacher here.
+  students_teacher = assistant.obtain(config, task, mesh, the_teacher, writer=writers[0].get(assistant.PHASE),
+                                      evaluate_fn=functools.partial(evaluator.during_training, reference=reference),
+                                      selection=selection)
+  models_metrics = {} if teacher_metrics is None else {"teacher": teacher_metrics}
+  if students_teacher is not the_teacher:
+    models_metrics[assistant.PHASE] = evaluator.final(students_teacher.model, students_teacher.params, reference)
+    reference = evaluator.teacher(students_teacher.model, students_teacher.params)[1]
+  student = student_data.prepare(config, task, students_teacher, mesh,
+                                 tail_temperatures=teacher_cache.topk_tail_temperatures([run.config for run in runs]))
   student_model, trained, trainable_params = train_students(
-      runs, writers, task, mesh, the_teacher, student,
-      evaluate_fn=functools.partial(evaluator.during_training, reference=reference), vectorize=vectorize)
+      runs, writers, task, mesh, students_teacher, student,
+      evaluate_fn=functools.partial(evaluator.during_training, reference=reference), vectorize=vectorize,
+      selection=selection)
   costs = model_efficiency(config, task, mesh, the_teacher, student_model, trained[0]["student"][0],
-                           student_trainable_params=trainable_params)
+                           student_trainable_params=trainable_params,
+                           the_assistant=None if students_teacher is the_teacher else students_teacher)
   final_metrics = {}  # id(params) -> metrics: a baseline shared by several runs is evaluated once
   outputs = []
   for i, run in enumerate(runs):
-    metrics, phases = ({} if teacher_metrics is None else {"teacher": teacher_metrics}), {}
-    if i == 0:  # the run that trained the teacher (or the ensemble's members)
+    metrics, phases = dict(models_metrics), {}
+    if i == 0:  # the run that trained the teacher (or the ensemble's members) and the assistant
       phases.update(ensemble.training_stats(config, the_teacher))
+      if students_teacher.stats is not None and students_teacher is not the_teacher:
+        phases[assistant.PHASE] = students_teacher.stats
     for phase, (params, phase_stats) in trained[i].items():
       if id(params) not in final_metrics:
         final_metrics[id(params)] = evaluator.final(student_model, params, reference)
@@ -128,9 +142,17 @@ class _Trainee:
   run_indices: tuple[int, ...]
 
 
+def _selection(config: ml_collections.ConfigDict) -> loop.Selection | None:
+  """train.select's choice of step for the students (and an assistant): None keeps the last."""
+  if config.train.select != "best_validation":
+    return None
+  metric = config.sweep.selection_metric
+  return loop.Selection(metric, higher_is_better=metric in results.HIGHER_IS_BETTER)
+
+
 def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData, mesh, the_teacher: teacher.Teacher,
-                   student: student_data.StudentData, *, evaluate_fn,
-                   vectorize: bool) -> tuple[object, list[dict], int | None]:
+                   student: student_data.StudentData, *, evaluate_fn, vectorize: bool,
+                   selection: loop.Selection | None) -> tuple[object, list[dict], int | None]:
   """The KD student and, with config.baseline, the hard-label student of every run, through the training loop.
 
   A single run trains one model per phase (steps.program); a vectorized group stacks its models (vectorized.program):
@@ -142,6 +164,7 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
 
   Args:
     evaluate_fn: (model, params) -> validation scalars at the loop's eval steps (the evaluator against the teacher).
+    selection: train.select's choice of step (_selection).
 
   Returns:
     (the student model as evaluation sees it, per run {phase: (its final params, the phase's stats)}, the number of
@@ -173,10 +196,6 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
     phases["student_hard"] = (task.train, [_Trainee(runs[indices[0]].config,
                                                     objective_of(runs[indices[0]].config, False), tuple(indices))
                                            for indices in shares])
-  selection = None
-  if config.train.select == "best_validation":
-    metric = config.sweep.selection_metric
-    selection = loop.Selection(metric, higher_is_better=metric in results.HIGHER_IS_BETTER)
   trained = [{} for _ in runs]
   for phase, (examples, trainees) in phases.items():
     online = student.online_teacher if phase == "student" else None
@@ -243,10 +262,12 @@ def _with_projections(features: feature_losses.FeatureLoss, layers: feature_loss
 
 
 def model_efficiency(config, task: data.TaskData, mesh, the_teacher: teacher.Teacher, student_model,
-                     student_params, *, student_trainable_params: int | None) -> dict:
-  """efficiency.measure of the teacher and the student architecture (both students share it), on this process's
-  first device of the mesh, with the students' compression relative to the teacher; `student_trainable_params`: the
-  parameters the students' training updated (LoRA adapters and unfrozen parameters; None: all)."""
+                     student_params, *, student_trainable_params: int | None,
+                     the_assistant: teacher.Teacher | None = None) -> dict:
+  """efficiency.measure of the teacher, the assistant (if any) and the student architecture (both students share
+  it), on this process's first device of the mesh, with the students' compression relative to the teacher;
+  `student_trainable_params`: the parameters the students' training updated (LoRA adapters and unfrozen parameters;
+  None: all)."""
   device = next(device for device in mesh.devices.flat if device.process_index == jax.process_index())
   one = lambda examples: first_inputs(examples.inputs)
   student = efficiency.measure(student_model, student_params, one(task.test), device=device,
@@ -256,6 +277,9 @@ def model_efficiency(config, task: data.TaskData, mesh, the_teacher: teacher.Tea
   costs = {"teacher": efficiency.measure(the_teacher.model, the_teacher.params, one(task.test.teacher_view()),
                                          device=device, batch_size=config.data.eval_batch_size)}
   costs["student"] = costs["student_hard"] = {**student, **efficiency.compression(costs["teacher"], student)}
+  if the_assistant is not None:
+    costs[assistant.PHASE] = efficiency.measure(the_assistant.model, the_assistant.params, one(task.test),
+                                                device=device, batch_size=config.data.eval_batch_size)
   return costs
 
 
@@ -308,4 +332,4 @@ def _start_workdir(run: RunSpec, overwrite: bool) -> dict:
   if distributed.is_main_process():
     files.write_json(os.path.join(run.workdir, CONFIG_FILE), run.config.to_dict())
   return {phase: metric_writer.MetricWriter(run.workdir, phase)
-          for phase in ensemble.phases(run.config) + STUDENT_PHASES}
+          for phase in ensemble.phases(run.config) + assistant.phases(run.config) + STUDENT_PHASES}

@@ -290,6 +290,8 @@ def test_unknown_and_mistyped_fields():
     (["--config.mesh.fsdp=2"], "error: config.mesh.data=-1: the mesh (data -1 x fsdp 2 x tensor 1) must multiply to "
      "the 1 devices of the run"),
     (["--config.data.batch_size=4096"], "error: config.data.batch_size=4096: larger than the 1198 training examples"),
+    (["--config.teacher.assistant.name=mlp", "--config.ensemble.size=2"],
+     "error: config.teacher.assistant.name='mlp': needs a single teacher (ensemble.size=1), not ensemble.size=2"),
     (["--config=configs/fashion_mnist.py:smoke", "--config.data.data_dir=/no/fashion-mnist"],
      "error: config.data.data_dir='/no/fashion-mnist': has no train-images-idx3-ubyte or train-images-idx3-ubyte.gz "
      "(the fashion_mnist IDX file of the train images); or set data.source='tfds'"),

@@ -123,3 +123,33 @@ def test_temperature_sweep_smoke(strong_run):
   assert len(compared) == (1 if "**1** (best)" in summary or "**16** (best)" in summary else 2), neighbours
   for low, high, outcome in compared:
     assert (outcome in ("better", "worse")) == (not float(low) <= 0.0 <= float(high)), neighbours
+
+
+@pytest.mark.slow
+def test_capacity_sweep_smoke(strong_run):
+  """configs/findings/sweep_fashion_capacity.py:smoke with 3 seeds: five teachers (student-size, medium, strong,
+  early-stopped, strong -> assistant) of one small student, the hard-label student trained with the first teacher's
+  points only, the chain sharing the strong teacher (one directory, one training) and reporting its assistant; the
+  report's KD-vs-hard and best-vs-neighbours lines call a difference only where its interval excludes 0."""
+  data_dir, _ = strong_run
+  workdir = data_dir / "capacity"
+  done = run_main("--config=configs/findings/sweep_fashion_capacity.py:smoke", f"--workdir={workdir}",
+                  f"--config.data.data_dir={data_dir}", "--config.data.train_fraction=1.0", "--config.sweep.seeds=3")
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(os.path.join(workdir, "results.csv")) as stream:
+    rows = list(csv.DictReader(stream))
+  assert [(row["teacher.num_epochs"], row["teacher.assistant.name"], int(row["seed"])) for row in rows] == [
+      (epochs, assistant, seed) for epochs, assistant in (("1", ""), ("2", ""), ("3", ""), ("1", ""), ("3", "cnn"))
+      for seed in range(3)]
+  assert [bool(row["student_hard_accuracy"]) for row in rows] == [True] * 3 + [False] * 12
+  assert [bool(row["assistant_accuracy"]) for row in rows] == [False] * 12 + [True] * 3
+  strong, chain = rows[6:9], rows[12:15]
+  assert {row["teacher_accuracy"] for row in strong} == {row["teacher_accuracy"] for row in chain}
+  assert len(os.listdir(workdir / "teachers")) == 4 + 4  # four teachers (the chain's is the strong one) and locks
+  assert {int(row["student_params"]) for row in rows} == {(9 * 4 + 4) + (9 * 4 * 8 + 8) + (7 * 7 * 8 * 10 + 10)}
+  summary = open(os.path.join(workdir, "summary.md")).read()
+  assert "15 of 15 points finished" in summary and "| teacher assistant |" in summary
+  assert_no_real_difference_claimed_inside_an_interval_containing_zero(summary)
+  neighbours = next(line for line in summary.splitlines() if "against its neighbours" in line)
+  for low, high, outcome in re.findall(r"interval \[([-+0-9.]+), ([-+0-9.]+)\], n = 3\), ([a-z ]+)", neighbours):
+    assert (outcome in ("better", "worse")) == (not float(low) <= 0.0 <= float(high)), neighbours

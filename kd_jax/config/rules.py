@@ -33,6 +33,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   _check_topk_tail(config)
   _check_text_task(config)
   _check_ensemble(config)
+  _check_assistant(config)
   train = config.train
   require(train.remat == "none" or config.student.name == "hf", "train.remat", train.remat,
           f"needs transformer blocks (student.name='hf'); the {config.student.name} student has none: use 'none'")
@@ -53,6 +54,26 @@ def check_teacher(config: ml_collections.ConfigDict) -> None:
   _check_model(config, "teacher")
   require(config.teacher.init != "pretrained" or config.teacher.name == "hf", "teacher.init", config.teacher.init,
           "'pretrained' needs teacher.name='hf' (the weights of teacher.checkpoint)")
+
+
+def _check_assistant(config: ml_collections.ConfigDict) -> None:
+  """A teacher assistant (teacher.assistant.name set) is a model distilled from one model teacher on a
+  classification task of digits, synthetic or image data, by logits alone."""
+  name = config.teacher.assistant.name
+  if name is None:
+    return
+  field = "teacher.assistant.name"
+  require(name != "hf", field, name, "allowed: 'mlp', 'cnn' or a user's model (an assistant distills classifiers of "
+          "digits, synthetic or image data)")
+  require(config.data.name not in schema.TEXT_TASKS, field, name,
+          f"needs a classification task of digits, synthetic or image data, not data.name={config.data.name!r}")
+  require(config.teacher.source == "model", field, name,
+          f"needs a teacher model (teacher.source='model'), not teacher.source={config.teacher.source!r}")
+  require(config.ensemble.size == 1, field, name,
+          f"needs a single teacher (ensemble.size=1), not ensemble.size={config.ensemble.size}")
+  require(not schema.uses_features(config.distill), field, name,
+          "distills logits only: leave distill.features and distill.decoder_features None")
+  _check_model(config, "teacher.assistant")
 
 
 # The fields of each teacher source but 'model' (teacher.source), with their defaults.

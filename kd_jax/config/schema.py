@@ -293,7 +293,24 @@ def _teacher_section() -> Section:
       "num_epochs": Field(150, "Training of the teacher (init='train'): epochs over the labeled examples.",
                           positive=True),
       "optim": optim_section(learning_rate=1e-3, weight_decay=1e-4, warmup_ratio=0.05),
+      "assistant": _assistant_section(),
   })
+
+
+def _assistant_section() -> Section:
+  model = _model_fields(hidden_sizes=(64,), dropout_rate=0.0, conv_features=(8, 16))
+  model["name"] = Field(
+      None, "None: no assistant. A model name (as teacher.name allows): this model is distilled from the teacher "
+      "first, then the students distill from it in the teacher's place (teacher -> assistant -> student).",
+      type=str, check=_model_name)
+  return Section(
+      "A teacher assistant (Mirzadeh et al. 2020; kd_jax/teachers/assistant.py): a student of the teacher that "
+      "becomes the students' teacher. It trains as the KD student does (config.distill, config.optim, "
+      "train.num_epochs or num_steps, data.batch_size, train.select, on the students' training data: the labeled "
+      "examples and the transfer set) from seed teacher.seed, once per teacher and assistant: in "
+      "`<teacher directory>/assistants/<key>/` with its checkpoints, params/ and the logit cache the students read. "
+      "The run reports it as the model 'assistant'. Classification tasks, one teacher of teacher.source='model'.",
+      model)
 
 
 def _student_section() -> Section:

@@ -21,8 +21,8 @@ import numpy as np
 from kd_jax import files
 from kd_jax.errors import UserError
 from kd_jax.reporting import stats
-from kd_jax.reporting.results import (BASELINE, HIGHER_IS_BETTER, MODEL_LABELS, PERCENT_METRICS, Group, Sweep,
-                                      best_group, format_mean_std, format_metric, format_value, load_sweep,
+from kd_jax.reporting.results import (ASSISTANT, BASELINE, HIGHER_IS_BETTER, MODEL_LABELS, PERCENT_METRICS, Group,
+                                      Sweep, best_group, format_mean_std, format_metric, format_value, load_sweep,
                                       model_varies, present_metrics)
 
 
@@ -266,7 +266,7 @@ def csv_rows(sweep: Sweep) -> list[dict]:
       for field, value in zip(factor.fields, factor.values[i]):
         row[field] = value if isinstance(value, (int, float, str, type(None))) else format_value(value)
     row["seed"] = run.seed
-    for model in ("student", BASELINE, "teacher"):
+    for model in ("student", BASELINE, "teacher") + ((ASSISTANT,) if _has_assistant(sweep) else ()):
       for metric in sweep.metrics:
         row[f"{model}_{metric}"] = run.results.metrics.get(model, {}).get(metric)
       for metric in sweep.metrics:
@@ -281,6 +281,11 @@ def csv_rows(sweep: Sweep) -> list[dict]:
       row[key] = train.get(key)
     rows.append(row)
   return rows
+
+
+def _has_assistant(sweep: Sweep) -> bool:
+  """Whether a finished point distilled its students from a teacher assistant."""
+  return any(ASSISTANT in run.results.metrics for run in sweep.runs)
 
 
 def results_csv(sweep: Sweep) -> str:
@@ -343,7 +348,8 @@ def summary_markdown(sweep: Sweep) -> str:
       cells[0] = f"**{cells[0]}** (best)"
     return cells
 
-  models = [(model, label) for model, label in MODEL_LABELS.items() if model != BASELINE or sweep.has_baseline]
+  models = [(model, label) for model, label in MODEL_LABELS.items()
+            if (model != BASELINE or sweep.has_baseline) and (model != ASSISTANT or _has_assistant(sweep))]
   rows = []
   for group in groups:
     for model, label in models:

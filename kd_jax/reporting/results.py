@@ -3,11 +3,11 @@
 A run of any mode (single, a sweep point, a point of a vectorized group) writes the same results.json through
 `Results`:
   data     {name, num_classes, num_train, num_labeled, num_unlabeled, num_validation, num_test}
-  metrics  {teacher, student, student_hard (when trained)}: each model's test metrics (kd_jax/evaluation/): what is
-           reported
+  metrics  {teacher, assistant (with teacher.assistant), student, student_hard (when trained)}: each model's test
+           metrics (kd_jax/evaluation/): what is reported
   validation_metrics   the same models' metrics on the validation split: what selects (the final model with
            train.select, a sweep's best point)
-  efficiency  {teacher, student, student_hard}: size and speed of each model (kd_jax/reporting/efficiency.py)
+  efficiency  {teacher, assistant, student, student_hard}: size and speed of each model (kd_jax/reporting/efficiency.py)
   train    {num_devices, num_processes, phases: {phase: the loop's stats}, steps, examples_per_sec (of the KD
            student), resumed_from_step, resumed_phase (where a rerun took up an interrupted run), wall_s}
   teacher_cache or teacher_generations   what the student's data was built from (kd_jax/teachers/student_data.py)
@@ -31,7 +31,9 @@ from kd_jax.errors import UserError
 from kd_jax.reporting import stats
 
 RESULTS_FILE = "results.json"
-MODEL_LABELS = {"teacher": "teacher", "student": "student (KD)", "student_hard": "student (hard labels)"}
+MODEL_LABELS = {"teacher": "teacher", "assistant": "teacher assistant", "student": "student (KD)",
+                "student_hard": "student (hard labels)"}
+ASSISTANT = "assistant"  # a teacher assistant's model (kd_jax/teachers/assistant.py), in the runs that have one
 # Every metric a table may show, in column order: classification tasks have accuracy, ece, brier; generation tasks
 # (e-SNLI) label_accuracy and ROUGE, causal LMs perplexity, bits per byte and ROUGE. Tables show the ones the results
 # hold (`present_metrics`).

@@ -25,7 +25,7 @@ from kd_jax.errors import UserError
 from kd_jax.parallel import preemption
 from kd_jax.reporting import report, results
 from kd_jax.sweeps import expansion
-from kd_jax.teachers import ensemble
+from kd_jax.teachers import assistant, ensemble
 from kd_jax.training import vectorized
 
 logger = logging.getLogger(__name__)
@@ -33,13 +33,18 @@ logger = logging.getLogger(__name__)
 
 def _teacher_ready(config: ml_collections.ConfigDict) -> bool:
   """The shared teacher directory holds the finished teacher and, unless the teacher runs online, a teacher cache
-(dense, top-k or generations: kd_jax/teachers/student_data.py); for an ensemble, every member's directory does."""
+(dense, top-k or generations: kd_jax/teachers/student_data.py); for an ensemble, every member's directory does; with a
+teacher assistant, its directory holds it finished and its cache too."""
   online = config.distill.teacher_mode == "online" and config.distill.strategy == "token"
   for member in ensemble.member_configs(config, config.teacher.workdir):
     directory = member.teacher.workdir
     trained = member.teacher.init != "train" or os.path.isdir(os.path.join(directory, "params"))
     if not (trained and (online or glob.glob(os.path.join(directory, "*_cache", "*", "metadata.json")))):
       return False
+  if assistant.enabled(config):  # and the assistant distilled from it, with its cache
+    directory = assistant.directory(config, config.teacher.workdir)
+    return os.path.isdir(os.path.join(directory, "params")) and (
+        online or bool(glob.glob(os.path.join(directory, "*_cache", "*", "metadata.json"))))
   return True
 
 

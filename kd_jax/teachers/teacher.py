@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 # Fields of the config that do not change which teacher it asks for: where it is stored, and how large the
 # inference batches are.
 NOT_IDENTITY = ("teacher.workdir", "data.eval_batch_size", "teacher.server_concurrency")
+# A teacher assistant (kd_jax/teachers/assistant.py) is not the teacher: it lives in the teacher's directory under a
+# key of its own, so runs with and without one share the teacher and its cache.
+ASSISTANT_PREFIX = "teacher.assistant."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +68,10 @@ class Teacher:
 
 def identity(config: ml_collections.ConfigDict) -> dict:
   """The teacher `config` asks for, as flat {dotted field: value} of config.teacher and config.data (but
-  NOT_IDENTITY)."""
+  NOT_IDENTITY and the assistant)."""
   sections = files.as_json_value({"teacher": config.teacher.to_dict(), "data": config.data.to_dict()})
-  return paths.without(sections, NOT_IDENTITY)
+  return {path: value for path, value in paths.without(sections, NOT_IDENTITY).items()
+          if not path.startswith(ASSISTANT_PREFIX)}
 
 
 def identity_key(config: ml_collections.ConfigDict) -> str:

@@ -40,10 +40,14 @@ BASELINE_FIELDS = ("seed", "distill.label_smoothing", "optim.learning_rate")
 
 
 def groups(points: list) -> list[list]:
-  """The points (sweep.Point) in groups of configs equal but for FIELDS, in order of first appearance."""
+  """The points (sweep.Point) in groups of configs equal but for FIELDS (but for the seed where a teacher assistant
+  is set), in order of first appearance."""
   by_key = {}
   for point in points:
-    key = fingerprints.fingerprint_json(paths.without(files.as_json_value(point.config.to_dict()), FIELDS))
+    # A teacher assistant is distilled under the points' objective and learning rate (kd_jax/teachers/assistant.py):
+    # points with one share a group only where they differ in the seed alone.
+    shared = FIELDS if point.config.teacher.assistant.name is None else ("seed",)
+    key = fingerprints.fingerprint_json(paths.without(files.as_json_value(point.config.to_dict()), shared))
     by_key.setdefault(key, []).append(point)
   return list(by_key.values())
 
