@@ -41,7 +41,7 @@ def test_quick_benchmark_runs_and_writes_its_figures(tmp_path):
   assert 0 < figures["chunked_over_unchunked_peak_bytes"] < 1 and figures["kd_over_ce_peak_bytes"] > 1
   assert figures["cache_bytes_per_example_dense"] == 44 and figures["cache_bytes_per_example_topk_esnli"] == 12548
   # Generation against transformers: kd_jax's side timed, the PyTorch side's absence said.
-  assert figures["kd_jax_generate_tokens_per_s_batch1"] > 0 and figures["kd_jax_generate_tokens_per_s_batch8"] > 0
+  assert figures["kd_jax_generate_tokens_per_s_batch8"] > 0
   assert figures["generate_over_transformers_tokens_per_s_batch8"] is None
   assert "cannot import torch and transformers" in figures["generate_torch_unavailable"]
 

@@ -44,7 +44,8 @@ def generate_over_transformers(quick: bool, torch_python: str, threads: int) -> 
   """Tokens/s of greedy generation (NEW_TOKENS new tokens after PROMPT_LENGTH-token prompts, none ending early) by
   kd_jax and by transformers at each of BATCH_SIZES, medians over alternating rounds after a warm-up call of each
   (kd_jax's compiles, timed apart); generate_over_transformers_tokens_per_s_batch{B} is kd_jax's over transformers'.
-  generate_tokens_agree_batch{B}: the share of generated tokens equal on the two sides."""
+  generate_tokens_agree_batch{B}: the share of generated tokens equal on the two sides. --smoke: batch 8 only, whose
+  program (the toy student, 8-token prompts, 8 new tokens) the causal_lm section has compiled already."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from kd_jax.models.hf import generate, weights  # pylint: disable=g-import-not-at-top
@@ -53,9 +54,10 @@ def generate_over_transformers(quick: bool, torch_python: str, threads: int) -> 
     return {**{f"generate_over_transformers_tokens_per_s_batch{b}": None for b in BATCH_SIZES},
             "generate_unavailable": loaded}
   name, module, params, config, prompt_ids = loaded
+  batch_sizes = BATCH_SIZES[-1:] if settings.SMOKE else BATCH_SIZES
   new_tokens = settings.LLM_PROMPT if settings.SMOKE else NEW_TOKENS
   rounds = 1 if settings.SMOKE else 2 if quick else 3
-  prompts = {batch: prompt_ids[:batch] for batch in BATCH_SIZES}
+  prompts = {batch: prompt_ids[:batch] for batch in batch_sizes}
   # EOS -1 never comes: every row runs its new_tokens steps, on both sides.
   def kd_jax_generate(batch):
     ids = jax.numpy.asarray(prompts[batch])
@@ -64,7 +66,7 @@ def generate_over_transformers(quick: bool, torch_python: str, threads: int) -> 
   result = {"generate_model": name, "generate_prompt_length": int(prompt_ids.shape[1]),
             "generate_new_tokens": new_tokens}
   kd_jax_tokens = {}
-  for batch in BATCH_SIZES:
+  for batch in batch_sizes:
     result[f"generate_compile_s_batch{batch}"] = timing.seconds(lambda batch=batch: kd_jax_generate(batch))
   unavailable = torch_unavailable(torch_python)
   worker = None
@@ -74,19 +76,19 @@ def generate_over_transformers(quick: bool, torch_python: str, threads: int) -> 
       np.savez(weights_path, **weights.to_tensors(params))
       worker = TorchWorker(torch_python, threads, worker="--torch_generate_worker", config=config,
                            weights=weights_path)
-    for batch in BATCH_SIZES:  # warm-up: PyTorch has nothing to compile; the first call allocates
+    for batch in batch_sizes:  # warm-up: PyTorch has nothing to compile; the first call allocates
       worker.ask({"input_ids": prompts[batch].tolist(), "max_new_tokens": new_tokens})
-  times = {(side, batch): [] for side in ("kd_jax", "transformers") for batch in BATCH_SIZES}
+  times = {(side, batch): [] for side in ("kd_jax", "transformers") for batch in batch_sizes}
   torch_tokens = {}
   for _ in range(rounds):
-    for batch in BATCH_SIZES:
+    for batch in batch_sizes:
       times["kd_jax", batch].append(timing.seconds(lambda batch=batch: kd_jax_tokens.update({batch:
                                                                                                kd_jax_generate(batch)})))
       if worker is not None:
         answer = worker.ask({"input_ids": prompts[batch].tolist(), "max_new_tokens": new_tokens})
         times["transformers", batch].append(answer["seconds"])
         torch_tokens[batch] = np.asarray(answer["tokens"])
-  for batch in BATCH_SIZES:
+  for batch in batch_sizes:
     jax_rate = batch * new_tokens / statistics.median(times["kd_jax", batch])
     result[f"kd_jax_generate_tokens_per_s_batch{batch}"] = jax_rate
     if worker is None:
