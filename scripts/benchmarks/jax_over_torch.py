@@ -27,7 +27,7 @@ def jax_over_torch(quick: bool, torch_python: str, threads: int, peak_flops: flo
   compile_s = timing.seconds(lambda: trainers["cached"].train(1))
   trainers["none"].train(1)
   unavailable = torch_unavailable(torch_python)
-  worker = None if unavailable else TorchWorker(torch_python, threads, total_steps)
+  worker = None if unavailable else TorchWorker(torch_python, threads, total_steps=total_steps)
   # Alternating by hand: the PyTorch side's seconds are the worker's own, without the pipe's.
   times = {"kd_jax": [], "kd_jax_ce": [], "torch": []}
   for _ in range(rounds):

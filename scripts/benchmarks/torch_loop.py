@@ -74,16 +74,18 @@ def torch_worker() -> None:
 
 
 class TorchWorker:
-  """The PyTorch loop in a worker process (`python scripts/benchmark.py --torch_worker`)."""
+  """A PyTorch worker process (`python scripts/benchmark.py --torch_worker`: the notebook's training loop; or
+  another worker flag, e.g. --torch_generate_worker) answering JSON lines."""
 
-  def __init__(self, python: str, threads: int, total_steps: int, **options):
-    """options: the worker's optional first-request fields (torch_worker: dims, batch_size, device, bf16)."""
+  def __init__(self, python: str, threads: int, worker: str = "--torch_worker", **first_request):
+    """first_request: the worker's first-request fields besides `threads` (torch_worker: total_steps, and optionally
+    dims, batch_size, device, bf16)."""
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")  # idle OpenMP threads must not spin while JAX is timed
-    self._process = subprocess.Popen([python, str(SCRIPT), "--torch_worker"], stdin=subprocess.PIPE,
+    self._process = subprocess.Popen([python, str(SCRIPT), worker], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    self.info = self._ask({"threads": threads, "total_steps": total_steps, **options})
+    self.info = self.ask({"threads": threads, **first_request})
 
-  def _ask(self, request: dict) -> dict:
+  def ask(self, request: dict) -> dict:
     self._process.stdin.write(json.dumps(request) + "\n")
     self._process.stdin.flush()
     line = self._process.stdout.readline()
@@ -92,7 +94,7 @@ class TorchWorker:
     return json.loads(line)
 
   def seconds_for(self, num_steps: int) -> float:
-    return self._ask({"steps": num_steps})["seconds"]
+    return self.ask({"steps": num_steps})["seconds"]
 
   def close(self) -> None:
     self._process.stdin.write("{}\n")

@@ -148,9 +148,12 @@ def _decode_causal_lm(module, max_new_tokens, temperature, top_k, top_p, params,
   cache_length = prompt_length + max_new_tokens
   cache_mask = jnp.concatenate([attention_mask, jnp.ones((batch_size, max_new_tokens), jnp.int32)], axis=1)
   positions = jnp.maximum(jnp.cumsum(attention_mask, axis=1) - 1, 0)
-  decode = functools.partial(module.apply, decode_length=cache_length, mutable=["cache"])
-  logits, cache = decode(variables, input_ids, cache_mask, positions)
-  logits = logits[:, -1]
+  decode = functools.partial(module.apply, decode_length=cache_length, mutable=["cache"], project=False)
+  # The LM head projects the last position only (the prompt's other logits are never used); its kernel (a tied
+  # embedding transposed) is made once, outside the loop, in the layout the steps' matmul reads.
+  head = module.output_head(params)
+  hidden, cache = decode(variables, input_ids, cache_mask, positions)
+  logits = head(hidden[:, -1])
   select = jax.vmap(lambda logits, rng: select_token(logits[None], rng, temperature=temperature, top_k=top_k,
                                                      top_p=top_p)[0])
 
@@ -165,8 +168,8 @@ def _decode_causal_lm(module, max_new_tokens, temperature, top_k, top_p, params,
     tokens = tokens.at[:, step].set(next_tokens)
     finished |= jnp.isin(next_tokens, eos_token_ids)
     position += 1
-    logits, cache = decode({**variables, **cache}, next_tokens[:, None], cache_mask, position[:, None])
-    return step + 1, tokens, finished, logits[:, -1], cache, position
+    hidden, cache = decode({**variables, **cache}, next_tokens[:, None], cache_mask, position[:, None])
+    return step + 1, tokens, finished, head(hidden[:, -1]), cache, position
 
   tokens = jnp.full((batch_size, max_new_tokens), pad_token_id, jnp.int32)
   state = (0, tokens, jnp.zeros(batch_size, bool), logits, cache, positions[:, -1])

@@ -12,7 +12,7 @@ projections (qkv_proj = [q; k; v], gate_up_proj = [gate; up]) and a rotation of 
 each head.
 
 Decoding with a KV cache (generation.py) calls the module with `decode_length` set: the keys and values of every
-call are written into a [batch, decode_length, kv_heads, head_dim] cache at the "cache" collection's index, and
+call are written into a [batch, kv_heads, head_dim, decode_length] cache at the "cache" collection's index, and
 `attention_mask` then covers all decode_length slots.
 """
 
@@ -204,13 +204,17 @@ class LlamaAttention(nn.Module):
       query, key = norm(name="q_norm")(query), norm(name="k_norm")(key)
     query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
     if cache_index is not None:
-      cache_shape = (hidden.shape[0], bias.shape[-1], dims.num_kv_heads, dims.head_dim)
+      # Slots last, [batch, kv_heads, head_dim, slots]: the operand layout XLA:CPU gives both attention products, so a
+      # step writes its tokens' columns instead of transposing the whole cache twice per layer (measured: 7% of a
+      # SmolLM2-135M decoding step at batch 8).
+      cache_shape = (hidden.shape[0], dims.num_kv_heads, dims.head_dim, bias.shape[-1])
       cached_key = self.variable("cache", "key", jnp.zeros, cache_shape, key.dtype)
       cached_value = self.variable("cache", "value", jnp.zeros, cache_shape, value.dtype)
-      start = (0, cache_index, 0, 0)
-      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key, start)
-      cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(key.dtype), start)
-      key, value = cached_key.value, cached_value.value
+      start = (0, 0, 0, cache_index)
+      slots_last = lambda x: jnp.transpose(x.astype(key.dtype), (0, 2, 3, 1))
+      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, slots_last(key), start)
+      cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, slots_last(value), start)
+      key, value = (jnp.transpose(cached.value, (0, 3, 1, 2)) for cached in (cached_key, cached_value))
     output_proj = dense(dims.hidden_size, use_bias=dims.output_bias, name="o_proj")
     if layers.chunks_attention(self, query.shape[1], decoding=cache_index is not None,
                                dropout=train and dims.attention_dropout > 0):
