@@ -63,8 +63,8 @@ Arguments:
     (docs/causal_lm.md): test perplexity teacher 29.4, KD student 213.9, hard-label student 232.0,
     on-policy student 2222.6; 54-55 min each on 2 heavily shared cores. `smollm,gkd`: the phased recipe (GKD
     starts from a student already trained on the task): the same loss as `smollm,on_policy`, 100 steps, the first
-    50 supervised on the data's responses (distill.on_policy_start_step = 50), the next 50 with lambda = 0.5; not
-    yet measured (docs/causal_lm.md).
+    50 supervised on the data's responses (distill.on_policy_start_step = 50), the next 50 with lambda = 0.5:
+    test perplexity 466.9 against 481.5 for 100 supervised steps with the same loss (one seed; docs/causal_lm.md).
 """
 
 import importlib.util
