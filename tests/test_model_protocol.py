@@ -105,11 +105,12 @@ def test_a_function_pair_teacher_trains_and_teaches_a_linen_student_online(tmp_p
 
 
 @pytest.mark.trains
+@pytest.mark.parametrize("name", [NNX_MLP, LINEN_MLP])
 @pytest.mark.parametrize("stacked", [False, True])
-def test_an_interrupted_nnx_student_resumes_bitwise(tmp_path, stacked):
-  """An NNX MLP student with dropout stopped by SIGTERM at step 150 and rerun ends with the parameters of the
-  uninterrupted run, bit for bit; alone, and as two runs stacked under vmap (a vectorized sweep's program)."""
-  config, examples, model, params, objective = digits_student(50, 150, 100, name=NNX_MLP, dropout_rate=0.1)
+def test_an_interrupted_user_student_resumes_bitwise(tmp_path, stacked, name):
+  """An NNX (or Linen) MLP student with dropout stopped by SIGTERM at step 150 and rerun ends with the parameters of
+  the uninterrupted run, bit for bit; alone, and as two runs stacked under vmap (a vectorized sweep's program)."""
+  config, examples, model, params, objective = digits_student(50, 150, 100, name=name, dropout_rate=0.1)
 
   def make_program():
     common = dict(model=model, optim_config=config.optim, num_steps=300, examples=examples,
@@ -136,12 +137,13 @@ def test_an_interrupted_nnx_student_resumes_bitwise(tmp_path, stacked):
 
 
 @pytest.mark.slow
-def test_a_vectorized_seed_sweep_of_an_nnx_student_equals_the_sequential_one(smoke_run, tmp_path):
-  """Two seeds of an NNX MLP student with dropout trained together (parameters stacked, vmapped) give the metrics of
-  the two runs one after another."""
+@pytest.mark.parametrize("name", [NNX_MLP, LINEN_MLP])
+def test_a_vectorized_seed_sweep_of_a_user_student_equals_the_sequential_one(smoke_run, tmp_path, name):
+  """Two seeds of an NNX (or Linen) MLP student with dropout trained together (parameters stacked, vmapped) give the
+  metrics of the two runs one after another."""
   metrics = {}
   for mode in ("sequential", "vectorized"):
-    config = custom_model_config(smoke_run, NNX_MLP)
+    config = custom_model_config(smoke_run, name)
     config.student.dropout_rate = 0.1
     config.sweep.seeds, config.sweep.mode = 2, mode
     config.train.num_steps = 60
@@ -161,12 +163,15 @@ def test_a_vectorized_seed_sweep_of_an_nnx_student_equals_the_sequential_one(smo
 
 @pytest.mark.slow
 @pytest.mark.multidevice
-def test_the_nnx_cnn_student_on_one_device_equals_fsdp_over_eight(smoke_run, tmp_path):
-  """The NNX CNN student trained on 1 device and with its parameters split over 8 (mesh.fsdp=8) ends with the same
-  metrics."""
+@pytest.mark.parametrize("student_name", [NNX_CNN, LINEN_MLP])
+def test_a_user_student_on_one_device_equals_fsdp_over_eight(smoke_run, tmp_path, student_name):
+  """The NNX CNN student (or a Linen MLP with dropout) trained on 1 device and with its parameters split over 8
+  (mesh.fsdp=8) ends with the same metrics."""
   results = {}
   for name, overrides in (("single", {"num_devices": 1}), ("fsdp", {})):
-    config = custom_model_config(smoke_run)
+    config = custom_model_config(smoke_run, student_name)
+    if student_name == LINEN_MLP:
+      config.student.hidden_sizes, config.student.dropout_rate = (32,), 0.1
     config.train.num_steps = 100
     config.train.update(overrides)
     if name == "fsdp":
