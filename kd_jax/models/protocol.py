@@ -326,11 +326,15 @@ def create(model_config, *, num_classes: int, example_inputs, rng, field: str):
   input_names = call_input_names(built) if is_causal_lm(model_config) else ()
   if isinstance(built, nnx.Module):
     return NnxModel.create(built, call, rng, field, model_config.name, input_names)
-  if isinstance(built, nn.Module):
-    model = LinenModel(built, _takes(type(built).__call__, "train"), input_names)
-  else:
-    model = FunctionModel(*built, input_names)
+  model = _linen_or_function_model(built, input_names)
   return model, model.init_params(rng, example_inputs)
+
+
+def _linen_or_function_model(built, input_names: tuple[str, ...]):
+  """The kd_jax model of a Linen module or an (init_fn, apply_fn) pair a factory returned."""
+  if isinstance(built, nn.Module):
+    return LinenModel(built, _takes(type(built).__call__, "train"), input_names)
+  return FunctionModel(*built, input_names)
 
 
 def call_input_names(built) -> tuple[str, ...]:
@@ -347,9 +351,7 @@ def abstract_params(built, model_config=None, example_inputs=None):
     return _string_keys(nnx.to_pure_dict(nnx.state(built, nnx.Param)))
   if example_inputs is None or model_config is None:
     return None
-  input_names = call_input_names(built) if is_causal_lm(model_config) else ()
-  model = (LinenModel(built, _takes(type(built).__call__, "train"), input_names) if isinstance(built, nn.Module)
-           else FunctionModel(*built, input_names))
+  model = _linen_or_function_model(built, call_input_names(built) if is_causal_lm(model_config) else ())
   return jax.eval_shape(model.init_params, jax.random.PRNGKey(0), example_inputs)
 
 

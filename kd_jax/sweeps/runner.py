@@ -36,15 +36,15 @@ def _teacher_ready(config: ml_collections.ConfigDict) -> bool:
 (dense, top-k or generations: kd_jax/teachers/student_data.py); for an ensemble, every member's directory does; with a
 teacher assistant, its directory holds it finished and its cache too."""
   online = config.distill.teacher_mode == "online" and config.distill.strategy == "token"
+  finished = lambda directory, trained: trained and (
+      online or bool(glob.glob(os.path.join(directory, "*_cache", "*", "metadata.json"))))
   for member in ensemble.member_configs(config, config.teacher.workdir):
     directory = member.teacher.workdir
-    trained = member.teacher.init != "train" or os.path.isdir(os.path.join(directory, "params"))
-    if not (trained and (online or glob.glob(os.path.join(directory, "*_cache", "*", "metadata.json")))):
+    if not finished(directory, member.teacher.init != "train" or os.path.isdir(os.path.join(directory, "params"))):
       return False
   if assistant.enabled(config):  # and the assistant distilled from it, with its cache
     directory = assistant.directory(config, config.teacher.workdir)
-    return os.path.isdir(os.path.join(directory, "params")) and (
-        online or bool(glob.glob(os.path.join(directory, "*_cache", "*", "metadata.json"))))
+    return finished(directory, os.path.isdir(os.path.join(directory, "params")))
   return True
 
 
