@@ -7,8 +7,8 @@ report lands in runs/findings_labeled/summary.md; wall time and numbers in docs/
 
 The showcase's protocol (configs/findings/sweep_fashion_showcase.py: the strong teacher restored, trained on every
 label; 2 student epochs over all 57,000 training images; selection on validation) with its small student (4,266
-parameters) at data.labeled_fraction in {0.01, 0.1, 1} (570, 5,700 and 57,000 labels; the rest is the unlabeled
-transfer set), 5 seeds. The claim: distillation gains most where labels are scarce and unlabeled data plentiful.
+parameters) at data.labeled_fraction in {0.01, 0.03, 0.1, 0.3, 1} (570, 1,710, 5,700, 17,100 and 57,000 labels; the
+rest is the unlabeled transfer set), 5 seeds. The claim: distillation gains most where labels are scarce and unlabeled data plentiful.
 
 Arguments: `smoke`: the showcase's smoke (tiny teacher trained in the sweep, 2% of the images) with the small student
 at labeled fractions {0.3, 1} x 2 seeds.
@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sweep.zipped = ()
   config.student.conv_features = (4, 8)
   config.student.hidden_sizes = ()
-  config.sweep.grid = (("data.labeled_fraction", (0.01, 0.1, 1.0)),)
+  config.sweep.grid = (("data.labeled_fraction", (0.01, 0.03, 0.1, 0.3, 1.0)),)
   if "smoke" in options:
     config.sweep.grid = (("data.labeled_fraction", (0.3, 1.0)),)
   return config
