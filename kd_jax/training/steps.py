@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
+from jax.extend import core as jax_core
 from flax.training import train_state
 
 from kd_jax.data import Examples, feed, pipeline
@@ -239,6 +240,18 @@ def _accumulate(gradients, batch: Examples, microbatches: int, features):
   return jax.tree.map(lambda total, shape: total.astype(shape.dtype), sums, shapes)
 
 
+def trace_once(fn, *args):
+  """(fn as a function of its jaxpr, fn's output shapes) for arguments shaped like `args`: `fn` is traced once,
+  and the returned function replays the traced program (the same primitives, so the same compiled code) on new
+  arguments of those shapes. For a loop that needs the shapes of a step's outputs before it traces the step: tracing
+  a transformer's train step costs seconds of Python (flax modules, dropout hashes), and `jax.eval_shape` followed by
+  the loop's own trace paid it twice."""
+  closed, out_shapes = jax.make_jaxpr(fn, return_shape=True)(*args)
+  out_tree = jax.tree.structure(out_shapes)
+  replay = jax_core.jaxpr_as_fun(closed)
+  return lambda *new_args: jax.tree.unflatten(out_tree, replay(*jax.tree.leaves(new_args))), out_shapes
+
+
 def run_steps(step_fn, state, teacher_params, objective, rng, num_steps: jax.Array, *data):
   """`num_steps` applications of `step_fn` in one `lax.fori_loop` (none when max_steps is 1), step i on batch i of
   `data` (up to max_steps).
@@ -265,7 +278,7 @@ def run_steps(step_fn, state, teacher_params, objective, rng, num_steps: jax.Arr
     # (jax-ml/jax#12868; 5x for the Fashion-MNIST CNN's step), so CNN configs dispatch every step.
     state, step_metrics = step_fn(state, teacher_params, objective, rng, batch_at(0))
     return state, jax.tree.map(lambda value: value[None], step_metrics)
-  metric_shapes = jax.eval_shape(step_fn, state, teacher_params, objective, rng, batch_at(0))[1]
+  step_fn, (_, metric_shapes) = trace_once(step_fn, state, teacher_params, objective, rng, batch_at(0))
   stacked_metrics = jax.tree.map(lambda shape: jnp.zeros((max_steps,) + shape.shape, shape.dtype), metric_shapes)
 
   def body(i, carry):
