@@ -55,6 +55,8 @@ INVALID = [
      "data.name='digits'"),
     ("teacher.init", "/no/such/teacher", "config.teacher.init='/no/such/teacher': must be 'train'"),
     ("student.dropout_rate", 1.0, "config.student.dropout_rate=1.0: must be in [0.0, 1.0)"),
+    ("teacher.hf_dropout", 0.1, "config.teacher.hf_dropout=0.1: must be None for teacher.name='mlp': it replaces a "
+     "Hugging Face checkpoint's dropout (an MLP's or CNN's is teacher.dropout_rate)"),
     ("distill.input_noise_std", 0.1, "config.distill.input_noise_std=0.1: needs distill.teacher_mode='online'"),
     ("train.num_devices", 9, "config.train.num_devices=9: must be None (all devices) or between 1 and the 8 local"),
     ("teacher.name", "hf", "config.teacher.checkpoint=None: required for teacher.name='hf'"),
@@ -328,6 +330,7 @@ INVALID_SST2 = [
     ({"student.lora.rank": 4, "student.lora.dropout": 1.0},
      "config.student.lora.dropout=1.0: must be in [0.0, 1.0)", ""),
     ({"student.lora.rank": 4, "student.lora.alpha": 0.0}, "config.student.lora.alpha=0.0: must be > 0", ""),
+    ({"student.hf_dropout": 1.0}, "config.student.hf_dropout=1.0: must be in [0.0, 1.0) or None", ""),
     ({"mesh.data": 1, "mesh.tensor": 8}, "config.mesh.tensor=8: must divide the 4 attention heads of "
      "teacher.checkpoint=", ""),
     ({"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}, "config.mesh.tensor=2: must be 1 when data and fsdp both "

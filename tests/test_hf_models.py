@@ -4,6 +4,7 @@ Parity is the relative error ||ours - theirs||₂ / ||theirs||₂ over the non-p
 float32. No test needs torch or network.
 """
 
+import dataclasses
 import importlib.resources
 import json
 import pathlib
@@ -267,9 +268,10 @@ def test_legacy_layer_norm_names_gamma_and_beta_load(tmp_path):
   assert relative_error(model.apply({"params": params}, **encoder_inputs(ref)), ref["logits"]) <= TOLERANCE
 
 
-def hf_model_config(checkpoint: str, task=None) -> ml_collections.ConfigDict:
+def hf_model_config(checkpoint: str, task=None, hf_dropout=None) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(name="hf", checkpoint=checkpoint, task=task, dtype="float32",
-                                        param_dtype="float32", dropout_rate=0.0, hidden_sizes=(32,)))
+                                        param_dtype="float32", dropout_rate=0.0, hidden_sizes=(32,),
+                                        hf_dropout=hf_dropout))
 
 
 @pytest.mark.slow
@@ -283,8 +285,9 @@ def test_registry_creates_a_classifier_with_dropout_in_training(tmp_path):
   assert relative_error(logits, ref["logits"]) <= TOLERANCE
   train_logits = lambda seed: model.apply({"params": params}, inputs, train=True,
                                           rngs={"dropout": jax.random.key(seed)})
-  assert relative_error(train_logits(0), logits) > 1e-3
-  assert relative_error(train_logits(0), train_logits(1)) > 1e-3  # each key draws its own masks
+  checkpoint_dropout = train_logits(0)
+  assert relative_error(checkpoint_dropout, logits) > 1e-3
+  assert relative_error(checkpoint_dropout, train_logits(1)) > 1e-3  # each key draws its own masks
   # The checkpoint's dropout rates are the only difference between training and evaluation mode: at rate 0 they agree.
   def no_dropout(config):
     config.update(dropout=0.0, attention_dropout=0.0, seq_classif_dropout=0.0)
@@ -293,6 +296,15 @@ def test_registry_creates_a_classifier_with_dropout_in_training(tmp_path):
                                        rng=jax.random.key(0))
   without_dropout = model.apply({"params": params}, inputs, train=True, rngs={"dropout": jax.random.key(0)})
   assert relative_error(without_dropout, ref["logits"]) <= TOLERANCE
+  # hf_dropout replaces the checkpoint's rates without rewriting it: 0 is the rewritten checkpoint's model to the bit;
+  # another rate draws other masks than the checkpoint's 0.1 at the same key.
+  overridden = lambda rate: kd_jax.models.create(hf_model_config(str(FIXTURES / "distilbert"), hf_dropout=rate),
+                                                 num_classes=2, example_inputs=inputs, rng=jax.random.key(0))[0]
+  np.testing.assert_array_equal(
+      overridden(0.0).apply({"params": params}, inputs, train=True, rngs={"dropout": jax.random.key(0)}),
+      without_dropout)
+  assert relative_error(overridden(0.5).apply({"params": params}, inputs, train=True,
+                                              rngs={"dropout": jax.random.key(0)}), checkpoint_dropout) > 1e-3
 
   # Per-example calls under vmap (batch size 1 inside), as the train loop may make them.
   per_example = jax.vmap(lambda example: model.apply({"params": params}, jax.tree.map(lambda x: x[None], example),
@@ -389,3 +401,29 @@ def test_unreachable_hub_id_offline_says_how_to_use_a_local_directory(tmp_path, 
       "Hugging Face hub (offline mode: HF_HUB_OFFLINE=1): download it where there is network "
       "(hf download distilbert/distilbert-base-uncased) or point the checkpoint at a local directory with "
       "config.json and model.safetensors")
+
+
+@pytest.mark.parametrize("name,task", [("bert", "sequence_classification"), ("distilbert", "sequence_classification"),
+                                       ("t5", "seq2seq"), ("gpt2", "causal_lm"), ("llama", "causal_lm")])
+def test_hf_dropout_replaces_every_dropout_rate_of_each_family(name, task):
+  """config.*.hf_dropout reaches every dropout probability of each family's dims, nested ones (BERT's encoder)
+  included, and leaves the rest of the architecture as the checkpoint says."""
+  model, _ = kd_jax.models.create(hf_model_config(str(FIXTURES / name), task=task, hf_dropout=0.25), num_classes=2,
+                                  example_inputs=None, rng=jax.random.key(0))
+  checkpoint_model, _ = kd_jax.models.create(hf_model_config(str(FIXTURES / name), task=task), num_classes=2,
+                                             example_inputs=None, rng=jax.random.key(0))
+
+  def rates(dims, prefix=""):
+    found = {}
+    for field in dataclasses.fields(dims):
+      value = getattr(dims, field.name)
+      if dataclasses.is_dataclass(value):
+        found |= rates(value, f"{prefix}{field.name}.")
+      elif "dropout" in field.name and not isinstance(value, bool):
+        found[prefix + field.name] = value
+    return found
+
+  replaced, original = rates(model.module.dims), rates(checkpoint_model.module.dims)
+  assert replaced and set(replaced.values()) == {0.25}, replaced
+  assert replaced.keys() == original.keys()
+  assert dataclasses.replace(model.module, dims=checkpoint_model.module.dims) == checkpoint_model.module

@@ -148,6 +148,9 @@ def _check_model(config: ml_collections.ConfigDict, section: str) -> None:
   elif model_config.name == "hf" and (section == "teacher" or model_config.init_from_teacher_layers is None):
     require(bool(model_config.checkpoint), f"{section}.checkpoint", model_config.checkpoint,
             f"required for {section}.name={model_config.name!r}: a hub id or a local checkpoint directory")
+  require(model_config.get("hf_dropout") is None or model_config.name == "hf", f"{section}.hf_dropout",
+          model_config.get("hf_dropout"), f"must be None for {section}.name={model_config.name!r}: it replaces a Hugging "
+          f"Face checkpoint's dropout (an MLP's or CNN's is {section}.dropout_rate)")
 
 
 def _check_student_parameters(config: ml_collections.ConfigDict) -> None:

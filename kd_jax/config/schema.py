@@ -251,6 +251,10 @@ def _model_fields(*, hidden_sizes: tuple, dropout_rate: float, conv_features: tu
                           "uses (None: the teacher's).", type=str),
       "task": Field(None, "Hugging Face models: 'sequence_classification' (None means it), 'seq2seq' or 'causal_lm' "
                     "(decoder-only LMs).", type=str),
+      "hf_dropout": Field(None, "Hugging Face models: None keeps the checkpoint's dropout probabilities (config.json's "
+                          "hidden, attention and classifier dropout); a number replaces every one of them in training "
+                          "(0: no dropout). A student built from the teacher's layers takes its own. (An MLP's or "
+                          "CNN's is dropout_rate.)", type=float, interval="[0.0, 1.0)"),
       "dtype": Field("float32", "dtype of the forward computation.", choices=DTYPES),
       "param_dtype": Field("float32", "dtype of the stored parameters.", choices=DTYPES),
   }

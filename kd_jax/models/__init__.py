@@ -74,7 +74,8 @@ def create_student(student_config, *, num_classes: int, example_inputs, rng, tea
   if student_config.init_from_teacher_layers is not None:
     from kd_jax.models.hf import from_teacher  # pylint: disable=g-import-not-at-top
     model, params = from_teacher.create(teacher_model, teacher_params, tuple(student_config.init_from_teacher_layers),
-                                        dtype=student_config.dtype, param_dtype=student_config.param_dtype)
+                                        dtype=student_config.dtype, param_dtype=student_config.param_dtype,
+                                        dropout=student_config.get("hf_dropout"))
   else:
     model, params = create(student_config, num_classes=num_classes, example_inputs=example_inputs, rng=rng,
                            field="student")

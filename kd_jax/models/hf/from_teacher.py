@@ -62,10 +62,11 @@ def select_layers(params, layers: tuple[int, ...], param_dtype):
 
 
 def create(teacher_model: pretrained.RegistryModel, teacher_params, layers: tuple[int, ...], *, dtype,
-           param_dtype):
+           param_dtype, dropout: float | None = None):
   """(student registry model, its parameters): the teacher's module with len(layers) layers (T5: in the encoder and
   the decoder), computing in `dtype`, initialized from the teacher's layers `layers` (strictly increasing, each below
-  the depth of every stack; config_validation checks it)."""
+  the depth of every stack; config_validation checks it); its dropout the teacher's checkpoint's, or every
+  probability `dropout` (student.hf_dropout)."""
   module = teacher_model.module
   dims = module.dims
   depth = {"num_layers": len(layers)}
@@ -76,7 +77,7 @@ def create(teacher_model: pretrained.RegistryModel, teacher_params, layers: tupl
   student = module.clone(parent=None, dims=dataclasses.replace(dims, **depth), dtype=jnp.dtype(dtype),
                          param_dtype=jnp.dtype(param_dtype))
   params = select_layers(teacher_params, tuple(layers), jnp.dtype(param_dtype))
-  return pretrained.RegistryModel(student), jax.device_put(params)
+  return pretrained.RegistryModel(pretrained.with_dropout(student, dropout)), jax.device_put(params)
 
 
 def student_hf_config(teacher_config, layers: tuple[int, ...]):

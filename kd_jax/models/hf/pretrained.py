@@ -237,4 +237,23 @@ def create(model_config, *, num_classes: int, example_inputs, rng):
   module, params = from_pretrained(
       model_config.checkpoint, task, num_labels=num_classes if task == "sequence_classification" else None,
       dtype=model_config.dtype, param_dtype=model_config.param_dtype, rng=rng)
-  return RegistryModel(module), params
+  return RegistryModel(with_dropout(module, model_config.get("hf_dropout"))), params
+
+
+def with_dropout(module, rate: float | None):
+  """`module` (a family's Flax model) with every dropout probability of its dims (hidden, attention, classifier;
+  nested dims included) replaced by `rate`: config.teacher/student.hf_dropout. None: `module` as it is."""
+  if rate is None:
+    return module
+
+  def replaced(dims):
+    changes = {}
+    for field in dataclasses.fields(dims):
+      value = getattr(dims, field.name)
+      if dataclasses.is_dataclass(value):
+        changes[field.name] = replaced(value)
+      elif "dropout" in field.name and isinstance(value, (int, float)) and not isinstance(value, bool):
+        changes[field.name] = float(rate)
+    return dataclasses.replace(dims, **changes)
+
+  return module.clone(parent=None, dims=replaced(module.dims))
