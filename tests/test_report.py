@@ -388,3 +388,24 @@ def test_summary_describes_only_the_intervals_its_seeds_give(tmp_path, seeds, sa
   assert says in protocol, protocol
   for text in does_not_say:
     assert text not in protocol, (text, protocol)
+
+
+def test_a_zipped_factor_is_numbered_with_its_key_and_a_shared_baseline_spans_the_axis(tmp_path):
+  """Five teachers zipped with `baseline` (True at the first: one hard-label student per seed, as
+  configs/findings/sweep_fashion_capacity.py): the x axis numbers the values and keys them under it instead of
+  overlapping tick labels, and the hard-label students, which do not depend on the teacher, are drawn across it."""
+  from kd_jax.reporting import plots  # pylint: disable=import-outside-toplevel  (matplotlib)
+  workdir = str(tmp_path / "capacity")
+  factor = results.Factor(("teacher.hidden_sizes", "teacher.num_epochs", "baseline"),
+                          (((32,), 6, True), ((64,), 6, False), ((256,), 6, False), ((256,), 1, False)))
+  hard = [0.85, 0.86, 0.87]
+  for point in write_sweep_json(workdir, [factor], seeds=3):
+    i, seed = point["value_indices"][0], point["seed"]
+    write_point(workdir, point["name"], 0.84 - 0.01 * i + 0.001 * seed, hard[seed] if i == 0 else None, 0.9)
+  figure = plots._one_factor_lines(results.load_sweep(workdir), 0, "accuracy")  # pylint: disable=protected-access
+  axis = figure.axes[0]
+  assert [label.get_text() for label in axis.get_xticklabels()] == ["1", "2", "3", "4"]
+  assert axis.get_xlabel().splitlines() == ["teacher.hidden_sizes + teacher.num_epochs + baseline", "1: 32,6,True",
+                                            "2: 64,6,False", "3: 256,6,False", "4: 256,1,False"]
+  (hard_line,) = [line for line in axis.get_lines() if line.get_label() == results.MODEL_LABELS["student_hard"]]
+  np.testing.assert_allclose(hard_line.get_ydata(), [100 * np.mean(hard)] * 4)

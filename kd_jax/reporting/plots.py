@@ -14,6 +14,7 @@ Colors are fixed per model (teacher gray, KD student blue, hard labels orange); 
 """
 
 import os
+import textwrap
 
 import matplotlib
 import matplotlib.ticker
@@ -85,8 +86,15 @@ def _scale(metric: str) -> float:
   return 100.0 if metric in results.PERCENT_METRICS else 1.0
 
 
+KEY_WIDTH = 70  # characters per line of a numbered axis's key
+# Tick labels longer than this (a zipped group of fields, long strings) become numbers with a key under the axis.
+MAX_TICK_LABEL = 12
+
+
 def _set_x_axis(axis, factor: results.Factor) -> np.ndarray:
-  """x positions of the factor's values: the values themselves (log scale if they span > 1 decade) or 0..k-1."""
+  """x positions of the factor's values: the values themselves (log scale if they span > 1 decade) or 0..k-1. Values
+  whose labels would overlap (a zipped factor's, long strings) are numbered 1..k, with the key as the axis label: the
+  fields, then each number's values, wrapped to the figure's width."""
   labels = [factor.value_label(i) for i in range(len(factor.values))]
   if factor.numeric:
     x = np.array([value for (value,) in factor.values], np.float64)
@@ -94,10 +102,17 @@ def _set_x_axis(axis, factor: results.Factor) -> np.ndarray:
       axis.set_xscale("log")
     axis.set_xticks(x, labels)
     axis.minorticks_off()
-  else:
-    x = np.arange(len(labels), dtype=np.float64)
+    axis.set_xlabel(factor.label)
+    return x
+  x = np.arange(len(labels), dtype=np.float64)
+  if max(len(label) for label in labels) <= MAX_TICK_LABEL and len(factor.fields) == 1:
     axis.set_xticks(x, labels)
-  axis.set_xlabel(factor.label)
+    axis.set_xlabel(factor.label)
+    return x
+  axis.set_xticks(x, [str(i + 1) for i in range(len(labels))])
+  key = [textwrap.fill(" + ".join(factor.fields), KEY_WIDTH)]
+  key += [textwrap.fill(f"{i + 1}: {label}", KEY_WIDTH, subsequent_indent="    ") for i, label in enumerate(labels)]
+  axis.set_xlabel("\n".join(key), fontsize=6.5, loc="left", linespacing=1.3)
   return x
 
 
@@ -122,12 +137,23 @@ def _one_factor_lines(sweep: results.Sweep, factor_index: int, metric: str):
     per_value = [[run.metric(model, metric) for run in sweep.runs if run.value_indices[factor_index] == i]
                  for i in range(len(factor.values))]
     means, stds = np.array([stats.mean_std(values) for values in per_value]).T * _scale(metric)
+    if model == "student_hard" and "baseline" in factor.fields and np.isfinite(means).sum() == 1:
+      # `baseline` zipped with the factor (True at one value): its hard-label students stand for every value (they
+      # do not depend on the teacher); drawn across the axis.
+      (mean, std), = [(m, s) for m, s in zip(means, stds) if np.isfinite(m)]
+      means, stds = np.full_like(x, mean), np.full_like(x, std)
     _draw_model(axis, model, x, means, stds, color=MODEL_COLORS[model], label=results.MODEL_LABELS[model])
   axis.set_ylabel(_axis_label(metric))
   averaged = " (averaged over the other factors)" if len(sweep.factors) > 1 else ""
-  axis.set_title(f"{metric} vs {factor.label}{averaged}", fontsize=8 if averaged else None)
-  axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=7, handlelength=1.8,
-              columnspacing=1.0)
+  name = factor.label if len(factor.fields) == 1 else f"{len(factor.fields)} zipped fields"
+  axis.set_title(f"{metric} vs {name}{averaged}", fontsize=8 if averaged else None)
+  if len(axis.get_xlabel().splitlines()) > 1:  # a numbered axis's key under it: the legend goes above the axes
+    axis.set_title(axis.get_title(), pad=18)
+    axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, handlelength=1.8,
+                columnspacing=1.0)
+  else:
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=7, handlelength=1.8,
+                columnspacing=1.0)
   return figure
 
 
