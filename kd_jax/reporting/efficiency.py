@@ -16,6 +16,7 @@ on one device (this process's first in the run's mesh). compression(teacher, stu
 student's).
 """
 
+import functools
 import statistics
 import time
 
@@ -61,7 +62,7 @@ def measure(model, params, example_inputs, *, device, batch_size: int, trainable
   """The size and speed of `model` (see the module docstring); `example_inputs`: one example's inputs [1, ...].
   `params` may be replicated over the devices of several processes; `device` must be one of this process's.
   trainable_params: how many of them training updated (None: all)."""
-  predict = jax.jit(lambda params, inputs: model.apply({"params": params}, inputs, train=False))
+  predict = _prediction(model)
   params = jax.device_put(jax.tree.map(sharding.local_copy, params), device)
   one = jax.device_put(example_inputs, device)
   batch = jax.device_put(jax.tree.map(lambda value: np.repeat(np.asarray(value), batch_size, axis=0),
@@ -71,6 +72,22 @@ def measure(model, params, example_inputs, *, device, batch_size: int, trainable
   throughput = batch_size / _median_seconds(lambda: predict(params, batch))
   return {**parameter_counts(params, trainable_params), "flops_per_example": flops(compiled),
           "latency_ms": latency * 1e3, "throughput_per_s": throughput}
+
+
+def _prediction(model):
+  """model.apply in evaluation mode, jitted once per model: the KD and hard-label students of a run (the same model)
+  and the runs of a sweep reuse its traces and compiled programs. A model that cannot be hashed gets its own."""
+  try:
+    return _cached_prediction(model)
+  except TypeError:
+    return _jitted_prediction(model)
+
+
+def _jitted_prediction(model):
+  return jax.jit(lambda params, inputs: model.apply({"params": params}, inputs, train=False))
+
+
+_cached_prediction = functools.lru_cache(maxsize=16)(_jitted_prediction)
 
 
 def compression(teacher: dict, student: dict) -> dict:
