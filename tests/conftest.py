@@ -119,3 +119,12 @@ def pytest_report_header(config):
 def smoke_config():
   """The default config's smoke variant (a few seconds of training)."""
   return helpers.load_config()
+
+
+@pytest.fixture
+def draft_plots(monkeypatch):
+  """A sweep report's figures drawn and saved as PNG only, at 30 dpi (instead of PNG and PDF at 200 dpi): for tests
+  that run a sweep and do not look at its figures (every figure is still drawn and written)."""
+  from kd_jax.reporting import plots  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(plots, "FORMATS", ("png",))
+  monkeypatch.setitem(plots.STYLE, "savefig.dpi", 30)

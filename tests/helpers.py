@@ -171,7 +171,9 @@ def random_distilbert(hidden_size: int, num_heads: int, seed: int):
                                  attention_output_dropout=False),
       num_layers=2, vocab_size=50, max_position_embeddings=16, classifier_dropout=0.1, initializer_range=0.02)
   model = RegistryModel(distilbert.DistilBertForSequenceClassification(dims, num_labels=2))
-  params = model.module.init(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"]
+  # One compiled init: op by op, each random initializer compiles on its own (7.2 -> 4.7 CPU-s for the two models
+  # of test_remat_and_microbatches_keep_the_train_step).
+  params = jax.jit(model.module.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"]
   return model, params
 
 

@@ -123,20 +123,21 @@ def test_two_processes_stopped_by_sigterm_to_one_resume_to_the_one_process_resul
   and ends with the results of `main.py` in one process, uninterrupted.
 
   The two processes read their shares of every batch through tf.data (train.device_data_max_mib=0); the single
-  process gathers its batches on its device. 6 epochs a phase: the students' 222 steps pass an eval and checkpoint
-  step (200) before their end. (One job for what were two: an uninterrupted 2-process FSDP run against 1 process,
-  and a SIGTERM-stopped 2-process data-parallel run with a 40-epoch teacher and its rerun. The data-parallel
-  2-process path is what FSDP's runs too, with the parameters replicated instead of split: batches split between
-  the processes, their gradients reduced, the stop agreed; the restored sharded checkpoint is the harder case.)
+  process gathers its batches on its device. 6 epochs of the teacher (18 steps), 3 of each student: their 111 steps
+  pass an eval step (100) and checkpoint steps before their end (a 2-process step costs ~50 ms: gloo and tf.data).
+  (One job for what were two: an uninterrupted 2-process FSDP run against 1 process, and a SIGTERM-stopped 2-process
+  data-parallel run with a 40-epoch teacher and its rerun. The data-parallel 2-process path is what FSDP's runs too,
+  with the parameters replicated instead of split: batches split between the processes, their gradients reduced, the
+  stop agreed; the restored sharded checkpoint is the harder case.)
   """
-  arguments = ["--config=configs/default.py:smoke", "--config.teacher.num_epochs=6", "--config.train.num_epochs=6",
-               "--config.train.checkpoint_every_steps=20"]
+  arguments = ["--config=configs/default.py:smoke", "--config.teacher.num_epochs=6", "--config.train.num_epochs=3",
+               "--config.train.eval_every_steps=100", "--config.train.checkpoint_every_steps=20"]
   two_workdir, one_workdir = tmp_path / "two_processes", tmp_path / "one_process"
   launch_arguments = ["bash", "scripts/multiprocess_local.sh", "2", *arguments, "--config.train.device_data_max_mib=0",
                       "--config.mesh.data=1", "--config.mesh.fsdp=2", f"--workdir={two_workdir}"]
   port = free_port()
   launch = Child(launch_arguments, env=launcher_environment(COORDINATOR_PORT=str(port)))
-  # The KD student's first log step (50) comes after its first checkpoint (step 20); 172 of its 222 steps and the
+  # The KD student's first log step (50) comes after its first checkpoint (step 20); 61 of its 111 steps and the
   # hard-label student's remain (the teacher, trained on the labeled tenth, has 18).
   launch.wait_for_step("student", 50)
   process_1 = _process_pid(port, 1)

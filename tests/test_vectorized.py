@@ -14,6 +14,9 @@ from kd_jax.sweeps import expansion, runner
 from kd_jax.training import vectorized
 from tests.helpers import Child, load_config, run_main
 
+# The sweeps' reports draw every figure, cheaply: no test here looks at them (test_report.py does).
+pytestmark = pytest.mark.usefixtures("draft_plots")
+
 
 def sweep_config(mode, grid=(), zipped=(), seeds=1):
   config = load_config()
