@@ -34,7 +34,7 @@ def _flag_values(name: str) -> list[str]:
 
 # The fake devices exist only if XLA is told before JAX starts. The programs are compiled, never run: LLVM's
 # optimization of their CPU code would be wasted (level 0 leaves XLA's buffer assignment, hence every figure
-# printed, as it is, and took the esnli smoke plan from 48 to 40 CPU-s); a level in XLA_FLAGS comes after and wins.
+# printed, as it is, and took the esnli smoke plan from 35 to 31 CPU-s); a level in XLA_FLAGS comes after and wins.
 _DEVICES = int((_flag_values("devices") or ["8"])[-1])
 os.environ["XLA_FLAGS"] = (f"--xla_backend_optimization_level=0 {os.environ.get('XLA_FLAGS', '')} "
                            f"--xla_force_host_platform_device_count={_DEVICES}")
