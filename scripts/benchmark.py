@@ -4,9 +4,10 @@
     python scripts/benchmark.py --accelerator [--out A.json] [--accel_batch_sizes distilbert=256,...]
 
 `--quick` (under 5 minutes on 2 CPU cores) takes fewer repeats and shorter trainings; `--smoke` (what
-tests/test_benchmark.py runs) runs every section once at toy sizes (settings.use_smoke_sizes): its figures say that
-the code runs, not how fast; `--sections` runs only the sections named (SECTIONS; the machine's figures always);
-`--out` writes the figures as a JSON object; a table is printed either way. Every time is
+tests/test_benchmark.py runs) runs every section once at toy sizes (settings.use_smoke_sizes), compiled with XLA's
+backend optimizations off (JAX_DISABLE_MOST_OPTIMIZATIONS): its figures say that the code runs, not how fast;
+`--sections` runs only the sections named (SECTIONS; the machine's figures always); `--out` writes the figures as a
+JSON object; a table is printed either way. Every time is
 a median over repeats measured after a warm-up call that compiles (compile times are reported separately), and each
 ratio is measured within this run with its two sides alternating, so that a change in machine load hits both alike.
 The keys:
@@ -124,7 +125,14 @@ def accelerator_main(args) -> dict:
   start = time.perf_counter()
   results = {"accel_shapes": "tiny" if args.accelerator_on_cpu else "full", **machine(),
              "jax_version": jax.__version__}
-  results.update(accelerator_figures(shapes, batch_sizes, args.torch_python))
+  # The tiny shapes on the CPU check the code, not its speed: XLA compiles them with its backend optimizations off
+  # (as --smoke does), restored after (the tests call main() in their own process).
+  optimizations_off = jax.config.values.get("jax_disable_most_optimizations", False)
+  jax.config.update("jax_disable_most_optimizations", optimizations_off or args.accelerator_on_cpu)
+  try:
+    results.update(accelerator_figures(shapes, batch_sizes, args.torch_python))
+  finally:
+    jax.config.update("jax_disable_most_optimizations", optimizations_off)
   results["accel_wall_s"] = time.perf_counter() - start
   return results
 
@@ -187,6 +195,9 @@ def main() -> None:
   if args.smoke:
     settings.use_smoke_sizes()
     args.quick = True
+    # Before JAX starts (the FSDP worker inherits it): the smoke's cost is XLA:CPU compiling toy programs, each run a
+    # few times and never timed for speed, so XLA compiles them with its backend optimizations off (LLVM -O0).
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
   sys.path.insert(0, str(REPO_ROOT))
   from kd_jax.parallel import environment  # pylint: disable=g-import-not-at-top
   environment.prepare()  # before JAX starts: XLA's CPU thread pools
