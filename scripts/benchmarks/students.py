@@ -27,9 +27,10 @@ def random_params(architecture, length: int | None = None):
 
 
 def _built_once(build):
-  """`build(dims, dtype)` remembered per (dims, dtype, SEQUENCE_LENGTH, LLM_LENGTH): the sections that train, infer
-  and compile the same model share one initialization (its jit(init) is traced and compiled or loaded once). The
-  parameters are never changed in place: the training programs start from a host copy."""
+  """`build(dims, dtype)` remembered per (dims, dtype, SEQUENCE_LENGTH, LLM_LENGTH, SMOKE: dims None are the settings'
+  models, which --smoke shrinks): the sections that train, infer and compile the same model share one initialization
+  (its jit(init) traced and compiled or loaded once). No section changes the parameters in place: the training
+  programs start from a host copy."""
   built = {}
 
   @functools.wraps(build)
