@@ -72,6 +72,7 @@ trainer, torch_loop. This script holds the command line, the order of the sectio
 """
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -125,16 +126,25 @@ def accelerator_main(args) -> dict:
   start = time.perf_counter()
   results = {"accel_shapes": "tiny" if args.accelerator_on_cpu else "full", **machine(),
              "jax_version": jax.__version__}
-  # The tiny shapes on the CPU check the code, not its speed: XLA compiles them with its backend optimizations off
-  # (as --smoke does), restored after (the tests call main() in their own process).
-  optimizations_off = jax.config.values.get("jax_disable_most_optimizations", False)
-  jax.config.update("jax_disable_most_optimizations", optimizations_off or args.accelerator_on_cpu)
-  try:
+  # The tiny shapes on the CPU check the code, not its speed (as --smoke does).
+  with xla_optimizations_off() if args.accelerator_on_cpu else contextlib.nullcontext():
     results.update(accelerator_figures(shapes, batch_sizes, args.torch_python))
-  finally:
-    jax.config.update("jax_disable_most_optimizations", optimizations_off)
   results["accel_wall_s"] = time.perf_counter() - start
   return results
+
+
+@contextlib.contextmanager
+def xla_optimizations_off():
+  """Inside, XLA compiles with its backend optimizations off (jax_disable_most_optimizations: LLVM -O0), restored
+  after (the tests run the accelerator section in their own process): for toy programs that check the code, where
+  compiling is the cost and nothing is timed for speed."""
+  import jax  # pylint: disable=g-import-not-at-top
+  before = jax.config.values.get("jax_disable_most_optimizations", False)
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 def print_table(results: dict) -> None:
