@@ -4,9 +4,10 @@
     python scripts/benchmark.py --accelerator [--out A.json] [--accel_batch_sizes distilbert=256,...]
 
 `--quick` (under 5 minutes on 2 CPU cores) takes fewer repeats and shorter trainings; `--smoke` (what
-tests/test_benchmark.py runs) runs every section once at toy sizes (settings.use_smoke_sizes): its figures say that
-the code runs, not how fast; `--sections` runs only the sections named (SECTIONS; the machine's figures always);
-`--out` writes the figures as a JSON object; a table is printed either way. Every time is
+tests/test_benchmark.py runs) runs every section once at toy sizes (settings.use_smoke_sizes), compiled with XLA's
+backend optimizations off (JAX_DISABLE_MOST_OPTIMIZATIONS): its figures say that the code runs, not how fast;
+`--sections` runs only the sections named (SECTIONS; the machine's figures always); `--out` writes the figures as a
+JSON object; a table is printed either way. Every time is
 a median over repeats measured after a warm-up call that compiles (compile times are reported separately), and each
 ratio is measured within this run with its two sides alternating, so that a change in machine load hits both alike.
 The keys:
@@ -71,6 +72,7 @@ trainer, torch_loop. This script holds the command line, the order of the sectio
 """
 
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -124,9 +126,25 @@ def accelerator_main(args) -> dict:
   start = time.perf_counter()
   results = {"accel_shapes": "tiny" if args.accelerator_on_cpu else "full", **machine(),
              "jax_version": jax.__version__}
-  results.update(accelerator_figures(shapes, batch_sizes, args.torch_python))
+  # The tiny shapes on the CPU check the code, not its speed (as --smoke does).
+  with xla_optimizations_off() if args.accelerator_on_cpu else contextlib.nullcontext():
+    results.update(accelerator_figures(shapes, batch_sizes, args.torch_python))
   results["accel_wall_s"] = time.perf_counter() - start
   return results
+
+
+@contextlib.contextmanager
+def xla_optimizations_off():
+  """Inside, XLA compiles with its backend optimizations off (jax_disable_most_optimizations: LLVM -O0), restored
+  after (the tests run the accelerator section in their own process): for toy programs that check the code, where
+  compiling is the cost and nothing is timed for speed."""
+  import jax  # pylint: disable=g-import-not-at-top
+  before = jax.config.values.get("jax_disable_most_optimizations", False)
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", before)
 
 
 def print_table(results: dict) -> None:
@@ -187,6 +205,9 @@ def main() -> None:
   if args.smoke:
     settings.use_smoke_sizes()
     args.quick = True
+    # Before JAX starts (the FSDP worker inherits it): the smoke's cost is XLA:CPU compiling toy programs, each run a
+    # few times and never timed for speed, so XLA compiles them with its backend optimizations off (LLVM -O0).
+    os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
   sys.path.insert(0, str(REPO_ROOT))
   from kd_jax.parallel import environment  # pylint: disable=g-import-not-at-top
   environment.prepare()  # before JAX starts: XLA's CPU thread pools

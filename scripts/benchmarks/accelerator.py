@@ -34,7 +34,8 @@ ACCEL_SHAPES = {
                  llm_length=settings.LLM_LENGTH, llm_prompt=settings.LLM_PROMPT,
                  batch=dict(distilbert=256, t5_small=256, smollm2=128, teacher=256),
                  steps=10, rounds=5, teacher_examples=8192, matmul_size=8192, matmul_chain=10),
-    # Without dropout, which XLA:CPU takes longest to compile.
+    # Without dropout, which XLA:CPU takes longest to compile; one step per round, one round (the cost is the
+    # compiles: one chunk of one step has no loop to compile).
     "tiny": dict(distilbert=dict(settings.DISTILBERT, dim=32, n_layers=1, n_heads=2, hidden_dim=64, dropout=0.0,
                                  attention_dropout=0.0, seq_classif_dropout=0.0),
                  t5=dict(FLAN_T5_SMALL, vocab_size=512, d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1,
@@ -45,7 +46,7 @@ ACCEL_SHAPES = {
                               num_heads=2, d_kv=16),
                  source_length=16, target_length=8, llm_length=16, llm_prompt=4,
                  batch=dict(distilbert=4, t5_small=4, smollm2=4, teacher=4),
-                 steps=2, rounds=2, teacher_examples=8, matmul_size=128, matmul_chain=2),
+                 steps=1, rounds=1, teacher_examples=8, matmul_size=128, matmul_chain=2),
 }
 
 

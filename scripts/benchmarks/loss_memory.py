@@ -15,7 +15,7 @@ The student trains as a user trains it at this size (REMAT, ATTENTION_CHUNK) in 
 keeps chunked attention (a loop) but not remat: it drops jax.checkpoint's optimization barriers and merges the
 recomputation back (docs/parallelism.md), so every layer's activations count as if remat were off.
 
---smoke compiles a 2-layer, 64-wide, 2,048-token-vocabulary student at batch 2 x 64 with chunks of 16.
+--smoke compiles a 1-layer, 64-wide, 2,048-token-vocabulary student at batch 2 x 64 with chunks of 16.
 """
 
 import json
@@ -37,7 +37,7 @@ def _shapes(smoke: bool) -> tuple[dict, int, int, int, int]:
   if not smoke:
     return fields, BATCH, LENGTH, LOSS_CHUNK, ATTENTION_CHUNK
   fields.update(bos_token_id=1, eos_token_id=2, vocab_size=2048, hidden_size=64, intermediate_size=128,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+                num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=16)
   return fields, 2, 64, 16, 16
 
 

@@ -1,6 +1,8 @@
 """The models the sections train, built by kd_jax with random weights: the default config's MLP and DistilBERT-,
 SmolLM2- (Llama) and T5-shaped Flax models of the transformers families kd_jax implements."""
 
+import functools
+
 from . import settings
 
 
@@ -24,6 +26,24 @@ def random_params(architecture, length: int | None = None):
   return jax.jit(architecture.module.init)(jax.random.PRNGKey(0), **inputs)["params"]
 
 
+def _built_once(build):
+  """`build(dims, dtype)` remembered per (dims, dtype, SEQUENCE_LENGTH, LLM_LENGTH, SMOKE: dims None are the settings'
+  models, which --smoke shrinks): the sections that train, infer and compile the same model share one initialization
+  (its jit(init) traced and compiled or loaded once). No section changes the parameters in place: the training
+  programs start from a host copy."""
+  built = {}
+
+  @functools.wraps(build)
+  def cached(dims: dict | None = None, dtype: str = "float32"):
+    key = (build.__name__, None if dims is None else tuple(sorted(dims.items())), dtype, settings.SEQUENCE_LENGTH,
+           settings.LLM_LENGTH, settings.SMOKE)
+    if key not in built:
+      built[key] = build(dims, dtype)
+    return built[key]
+  return cached
+
+
+@_built_once
 def distilbert_student(dims: dict | None = None, dtype: str = "float32"):
   """kd_jax's Flax DistilBERT classifier with `dims` (default DISTILBERT) and random float32 weights, computing in
   `dtype`."""
@@ -36,6 +56,7 @@ def distilbert_student(dims: dict | None = None, dtype: str = "float32"):
   return pretrained.RegistryModel(architecture.module), random_params(architecture, settings.SEQUENCE_LENGTH)
 
 
+@_built_once
 def smollm2_student(dims: dict | None = None, dtype: str = "float32"):
   """kd_jax's Flax Llama causal LM with `dims` (default SMOLLM2_STUDENT) and random float32 weights, computing in
   `dtype`: (raw module, params)."""
