@@ -15,6 +15,9 @@ from kd_jax import files
 from tests.helpers import run_main
 from tests.test_images import write_fixture
 
+# The sweeps' reports are read for their tables and summaries; their figures are drawn as drafts (conftest.py).
+pytestmark = pytest.mark.usefixtures("draft_plots")
+
 
 @pytest.fixture(scope="module")
 def strong_run(tmp_path_factory):

@@ -167,6 +167,7 @@ def test_preemption_during_inference_stops_cleanly():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("draft_plots")  # reads the report's tables, not its figures
 def test_two_sweep_index_processes_share_one_workdir_and_teacher(tmp_path):
   """Points 0 and 2 of the smoke temperature sweep (same teacher) run as two processes at once."""
   workdir = tmp_path / "W"

@@ -347,6 +347,7 @@ def test_sst2_from_teacher_and_the_lora_sweep_configs():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("draft_plots")  # reads the report's tables, not its figures
 def test_lora_rank_sweep_smoke_runs_and_counts_trainable_parameters(tmp_path, sst2_smoke_run):
   """`main.py --config=configs/sweep_lora_rank.py:smoke` (its teacher: the shared SST-2 smoke run's): five points,
   each results.json's trainable_params the hand count on the fixture DistilBERT (2 layers, 32 wide; head:

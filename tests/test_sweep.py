@@ -217,6 +217,7 @@ def test_smoke_sweep_writes_points_and_report(smoke_sweep):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("draft_plots")  # reads the report's tables, not its figures
 def test_rerun_skips_finished_points_and_resumes_an_unfinished_one(smoke_sweep, tmp_path):
   workdir = copy_of(smoke_sweep[0], tmp_path / "W")
   names = [point["name"] for point in files.read_json(os.path.join(workdir, "sweep.json"))["points"]]
