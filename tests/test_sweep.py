@@ -4,6 +4,7 @@ sweep end to end through main.py (report files; a rerun skips finished points an
 import csv
 import os
 
+import ml_collections
 import pytest
 
 from kd_jax import files, preflight
@@ -239,3 +240,18 @@ def test_rerun_skips_finished_points_and_resumes_an_unfinished_one(smoke_sweep, 
   assert done.returncode == 0, done.stderr[-3000:]
   assert files.read_json(results_paths[3])["train"]["resumed_from_step"] == steps
   assert [os.stat(path).st_mtime_ns for path in results_paths[:3]] == modified[:3]
+
+
+def test_a_teacher_field_added_later_keys_teachers_only_when_set():
+  """teacher.hf_dropout came after sweeps began keying teacher directories by the teacher's identity: unset, the keys
+  (the teacher's and its assistant's directories) are those of a config without the field, as runs started before it
+  stored; set, the teacher is another one."""
+  from kd_jax.teachers import assistant, teacher  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/findings/sweep_fashion_capacity.py", "smoke")
+  earlier = ml_collections.ConfigDict(config.to_dict())
+  del earlier.teacher["hf_dropout"]
+  del earlier.teacher.assistant["hf_dropout"]
+  assert teacher.identity_key(config) == teacher.identity_key(earlier)
+  assert assistant.directory(config, "T") == assistant.directory(earlier, "T")
+  config.teacher.hf_dropout = 0.0
+  assert teacher.identity_key(config) != teacher.identity_key(earlier)

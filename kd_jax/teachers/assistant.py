@@ -45,7 +45,8 @@ def identity(config: ml_collections.ConfigDict) -> dict:
   config.optim, config.train) and its data (config.data), but the fields a resumed run may change."""
   sections = files.as_json_value({name: config[name].to_dict() for name in ("teacher", "distill", "optim", "train",
                                                                               "data")})
-  return paths.without(sections, tuple(schema.OPERATIONAL_FIELDS) + teacher.NOT_IDENTITY)
+  return teacher.without_unset_additions(
+      paths.without(sections, tuple(schema.OPERATIONAL_FIELDS) + teacher.NOT_IDENTITY))
 
 
 def directory(config: ml_collections.ConfigDict, teacher_directory: str) -> str:

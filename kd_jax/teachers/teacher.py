@@ -38,6 +38,14 @@ NOT_IDENTITY = ("teacher.workdir", "data.eval_batch_size", "teacher.server_concu
 # A teacher assistant (kd_jax/teachers/assistant.py) is not the teacher: it lives in the teacher's directory under a
 # key of its own, so runs with and without one share the teacher and its cache.
 ASSISTANT_PREFIX = "teacher.assistant."
+# Fields added to config.teacher after teachers were first keyed by their identity: part of it only when set, so the
+# teacher directories and caches of runs and sweeps started before they existed keep their keys.
+IDENTITY_WHEN_SET = ("teacher.hf_dropout", "teacher.assistant.hf_dropout")
+
+
+def without_unset_additions(flat: dict) -> dict:
+  """A flat config identity without the IDENTITY_WHEN_SET fields that are None."""
+  return {path: value for path, value in flat.items() if not (path in IDENTITY_WHEN_SET and value is None)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +78,7 @@ def identity(config: ml_collections.ConfigDict) -> dict:
   """The teacher `config` asks for, as flat {dotted field: value} of config.teacher and config.data (but
   NOT_IDENTITY and the assistant)."""
   sections = files.as_json_value({"teacher": config.teacher.to_dict(), "data": config.data.to_dict()})
-  return {path: value for path, value in paths.without(sections, NOT_IDENTITY).items()
+  return {path: value for path, value in without_unset_additions(paths.without(sections, NOT_IDENTITY)).items()
           if not path.startswith(ASSISTANT_PREFIX)}
 
 
