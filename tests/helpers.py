@@ -163,6 +163,7 @@ def random_distilbert(hidden_size: int, num_heads: int, seed: int):
   """A randomly initialized 2-layer DistilBERT classifier of the given width and heads (registry convention)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from kd_jax import models  # pylint: disable=import-outside-toplevel
   from kd_jax.models.hf import distilbert, layers  # pylint: disable=import-outside-toplevel
   from kd_jax.models.hf.pretrained import RegistryModel  # pylint: disable=import-outside-toplevel
   dims = distilbert.DistilBertDims(
@@ -171,9 +172,9 @@ def random_distilbert(hidden_size: int, num_heads: int, seed: int):
                                  attention_output_dropout=False),
       num_layers=2, vocab_size=50, max_position_embeddings=16, classifier_dropout=0.1, initializer_range=0.02)
   model = RegistryModel(distilbert.DistilBertForSequenceClassification(dims, num_labels=2))
-  # One compiled init: op by op, each random initializer compiles on its own (7.2 -> 4.7 CPU-s for the two models
-  # of test_remat_and_microbatches_keep_the_train_step).
-  params = jax.jit(model.module.init)(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"]
+  # One compiled init (models.compiled_init, once per architecture): op by op, each random initializer compiles on
+  # its own (7.2 -> 4.7 CPU-s for the two models of test_remat_and_microbatches_keep_the_train_step).
+  params = models.compiled_init(model.module)(jax.random.PRNGKey(seed), jnp.zeros((1, 8), jnp.int32))["params"]
   return model, params
 
 

@@ -105,7 +105,7 @@ def _set_x_axis(axis, factor: results.Factor) -> np.ndarray:
     axis.set_xlabel(factor.label)
     return x
   x = np.arange(len(labels), dtype=np.float64)
-  if max(len(label) for label in labels) <= MAX_TICK_LABEL and len(factor.fields) == 1:
+  if not _numbered(factor):
     axis.set_xticks(x, labels)
     axis.set_xlabel(factor.label)
     return x
@@ -114,6 +114,13 @@ def _set_x_axis(axis, factor: results.Factor) -> np.ndarray:
   key += [textwrap.fill(f"{i + 1}: {label}", KEY_WIDTH, subsequent_indent="    ") for i, label in enumerate(labels)]
   axis.set_xlabel("\n".join(key), fontsize=6.5, loc="left", linespacing=1.3)
   return x
+
+
+def _numbered(factor: results.Factor) -> bool:
+  """Whether `_set_x_axis` numbers the factor's values and keys them under the axis: a zipped factor, or labels
+  longer than MAX_TICK_LABEL (a numeric factor's values are its ticks)."""
+  return not factor.numeric and (len(factor.fields) > 1 or max(
+      len(factor.value_label(i)) for i in range(len(factor.values))) > MAX_TICK_LABEL)
 
 
 def _draw_model(axis, model: str, x: np.ndarray, means: np.ndarray, stds: np.ndarray, *, color, label: str) -> None:
@@ -146,14 +153,11 @@ def _one_factor_lines(sweep: results.Sweep, factor_index: int, metric: str):
   axis.set_ylabel(_axis_label(metric))
   averaged = " (averaged over the other factors)" if len(sweep.factors) > 1 else ""
   name = factor.label if len(factor.fields) == 1 else f"{len(factor.fields)} zipped fields"
-  axis.set_title(f"{metric} vs {name}{averaged}", fontsize=8 if averaged else None)
-  if len(axis.get_xlabel().splitlines()) > 1:  # a numbered axis's key under it: the legend goes above the axes
-    axis.set_title(axis.get_title(), pad=18)
-    axis.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=7, handlelength=1.8,
-                columnspacing=1.0)
-  else:
-    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, fontsize=7, handlelength=1.8,
-                columnspacing=1.0)
+  keyed = _numbered(factor)  # the axis's key under it: the legend goes above the axes
+  axis.set_title(f"{metric} vs {name}{averaged}", fontsize=8 if averaged else None, pad=18 if keyed else None)
+  axis.legend(**(dict(loc="lower center", bbox_to_anchor=(0.5, 1.0)) if keyed else
+                 dict(loc="upper center", bbox_to_anchor=(0.5, -0.22))),
+              ncol=3, fontsize=7, handlelength=1.8, columnspacing=1.0)
   return figure
 
 

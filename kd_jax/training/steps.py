@@ -15,8 +15,8 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
-from jax.extend import core as jax_core
 from flax.training import train_state
+from jax.extend import core as jax_core
 
 from kd_jax.data import Examples, feed, pipeline
 from kd_jax import models
@@ -229,12 +229,12 @@ def _accumulate(gradients, batch: Examples, microbatches: int, features):
   weight_sums = (losses.term_weight_sums(batch.label, example_weights), feature_sum)
   parts = jax.tree.map(lambda rows: rows.reshape((microbatches, rows.shape[0] // microbatches) + rows.shape[1:]),
                        batch)
-  shapes = jax.eval_shape(gradients, jax.tree.map(lambda rows: rows[0], parts), weight_sums)
+  part_gradients, shapes = trace_once(gradients, jax.tree.map(lambda rows: rows[0], parts), weight_sums)
   zeros = jax.tree.map(lambda shape: jnp.zeros(shape.shape, jnp.promote_types(shape.dtype, jnp.float32)), shapes)
 
   def add_part(sums, rows):
     return jax.tree.map(lambda total, value: total + value.astype(total.dtype), sums,
-                        gradients(rows, weight_sums)), None
+                        part_gradients(rows, weight_sums)), None
 
   sums, _ = jax.lax.scan(add_part, zeros, parts)
   return jax.tree.map(lambda total, shape: total.astype(shape.dtype), sums, shapes)
