@@ -4,6 +4,11 @@ libraries, and the markers.
 Tiers: unit (`-m "not slow and not trains"`: no training), fast (`-m "not slow"`), full (everything; the README's test
 command and .ci/run).
 
+XLA's optimizations: the session compiles at LLVM -O0 (jax_disable_most_optimizations): most tests compile more
+than they run, and -O0 compiled the 1-device session's programs in 15% less CPU time; the tests marked
+`xla_optimized` (long training, or a number that depends on XLA's rewrites) compile with the optimizations users get.
+`JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest ...` runs every test optimized.
+
 Devices: every test runs on 1 CPU device, except those marked `multidevice`, which compare results across device
 counts or shard over a mesh: they run in their own session on 8 forced CPU devices, `pytest --devices=8 tests`,
 where the others are deselected (and vice versa). The README's test command runs both sessions.
@@ -26,6 +31,9 @@ from tests import helpers
 from tests.artifacts import smoke_run, smoke_sweep, sst2_smoke_run  # noqa: F401  (session fixtures)
 
 MULTIDEVICE_COUNT = 8
+# The session's default for jax_disable_most_optimizations (module docstring); children inherit it through the
+# environment, which pytest_runtest_setup sets per test.
+UNOPTIMIZED = "JAX_DISABLE_MOST_OPTIMIZATIONS"
 # The persistent XLA compilation cache of a test session: compiled programs are reused by later tests, by the other
 # xdist worker and by the subprocesses the tests start (through the environment). Entries of every size and compile
 # time are kept: the suite compiles the same small programs many times.
@@ -65,6 +73,9 @@ def pytest_configure(config):
                                      "`pytest -m 'not slow'`")
   config.addinivalue_line("markers", "trains: a fast test that runs optimizer steps; the unit tier, which trains "
                                      "nothing, is `pytest -m 'not slow and not trains'`")
+  config.addinivalue_line("markers", "xla_optimized: compiled with XLA's backend optimizations on (the session "
+                                     "compiles at -O0 by default): long training, or numbers that depend on "
+                                     "XLA's rewrites")
   config.addinivalue_line("markers", f"multidevice: needs {MULTIDEVICE_COUNT} devices; runs in the session "
                                      f"`pytest --devices={MULTIDEVICE_COUNT}`")
   devices = config.getoption("--devices")
@@ -75,6 +86,7 @@ def pytest_configure(config):
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   os.environ["XLA_FLAGS"] = " ".join(flags)
   os.environ.pop("PJRT_NPROC", None)
+  os.environ.setdefault(UNOPTIMIZED, "1")
   environment.prepare()
   # The tests never reach a network: Hugging Face's libraries read these when first imported, and without them every
   # hub lookup of a test (an error path, a missing local copy) waits for its connection to time out.
@@ -98,6 +110,20 @@ def pytest_unconfigure(config):
   cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
   if not hasattr(config, "workerinput") and os.path.basename(cache).startswith("kd_jax-tests-xla-cache-"):
     shutil.rmtree(cache, ignore_errors=True)
+
+
+_UNOPTIMIZED_SESSION = pytest.StashKey[bool]()  # whether the session compiles at -O0 by default
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+  """Before the test's fixtures are set up: XLA's optimizations on for a test marked `xla_optimized`, off for the
+  others (unless the session was started with JAX_DISABLE_MOST_OPTIMIZATIONS=0), in this process and its children."""
+  import jax  # pylint: disable=import-outside-toplevel  (after pytest_configure has set the device count)
+  if item.config.stash.setdefault(_UNOPTIMIZED_SESSION, os.environ.get(UNOPTIMIZED) != "0"):
+    unoptimized = item.get_closest_marker("xla_optimized") is None
+    os.environ[UNOPTIMIZED] = "1" if unoptimized else "0"
+    jax.config.update("jax_disable_most_optimizations", unoptimized)
 
 
 def pytest_collection_modifyitems(config, items):

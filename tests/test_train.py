@@ -145,6 +145,7 @@ def test_online_input_noise_trains(smoke_run, tmp_path):
   assert noisy["metrics"]["student"]["accuracy"] > 0.7
 
 
+@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_default_run_through_main(tmp_path):
   """The README's first command (a relative --workdir): teacher >= 0.90 and the distilled student beats the

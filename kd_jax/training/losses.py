@@ -249,6 +249,10 @@ def topk_divergence(student_logits: jax.Array, teacher: TopKLogits, temperature:
       student_top = jnp.concatenate([student_top, student_tail[..., None]], axis=-1)
       teacher_top = jnp.concatenate([teacher_top, teacher_tail[..., None]], axis=-1)
     value = divergence_of_log_probs(jax.nn.log_softmax(student_top), jax.nn.log_softmax(teacher_top), kind, params)
+    if k < vocab_size and tail_temperatures:
+      # A T the cache does not hold: NaN, stated here (divergences with 0 log 0 = 0 would turn NaN probabilities
+      # into 0 wherever XLA's NaN-propagation of the max in log_softmax differs, as at -O0).
+      value = jnp.where(jnp.isnan(teacher_tail), jnp.nan, value)
   if t2_scaling:
     value = value * jnp.square(temperature)
   return value
