@@ -151,8 +151,9 @@ def test_workdir_of_another_config_is_refused_unless_overwrite(reference_run, tm
   assert result.stderr.strip().splitlines()[-1].startswith(
       f"error: --workdir={workdir} holds a run of another config (data.name: 'digits' -> 'synthetic_clusters')")
   assert sorted(os.listdir(workdir)) == before
-  result = run_main(*RUN_ARGS, f"--workdir={workdir}", "--config.data.name=synthetic_clusters",
-                    "--config.train.num_steps=100", "--overwrite")
+  result = run_main(*RUN_ARGS, f"--workdir={workdir}", "--config.data.name=synthetic_clusters",  # a short new run
+                    "--config.teacher.num_epochs=1", "--config.train.num_steps=10", "--config.baseline=False",
+                    "--overwrite")
   assert result.returncode == 0, result.stderr[-3000:]
   assert read_results(workdir)["data"]["name"] == "synthetic_clusters"
   (moved,) = glob.glob(f"{workdir}.replaced-*")

@@ -8,6 +8,7 @@ matches neither), and the one-line errors. The slow tests start llama-cpp-python
 """
 
 import collections
+import functools
 import contextlib
 import importlib.util
 import http.server
@@ -345,13 +346,26 @@ def exported_served(tmp_path_factory):
     yield module, loaded, pretrained.load_tokenizer(path), url
 
 
+PADDED_LENGTH = 128  # kd_jax's forward pass runs on TEXTS right-padded to one length: one compiled program
+
+
 def kd_jax_logprobs(module, params, tokenizer, text: str):
-  """(token ids [n], log-probabilities [n, vocab] of each token's next one) of kd_jax's forward pass."""
+  """(token ids [n], log-probabilities [n, vocab] of each token's next one) of kd_jax's forward pass (jitted, on the
+  ids right-padded to PADDED_LENGTH: a causal model's logits at the text's positions do not see the padding)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
-  ids = np.asarray([tokenizer(text)["input_ids"]])
-  logits = module.apply({"params": params}, input_ids=ids, attention_mask=np.ones_like(ids))
-  return ids[0], np.asarray(jax.nn.log_softmax(logits[0].astype(np.float32), axis=-1))
+  ids = np.asarray(tokenizer(text)["input_ids"])
+  assert len(ids) <= PADDED_LENGTH, len(ids)
+  padded, mask = np.zeros((1, PADDED_LENGTH), ids.dtype), np.zeros((1, PADDED_LENGTH), np.int32)
+  padded[0, :len(ids)], mask[0, :len(ids)] = ids, 1
+  logits = _forward(module)(params, padded, mask)
+  return ids, np.asarray(jax.nn.log_softmax(logits[0, :len(ids)].astype(np.float32), axis=-1))
+
+
+@functools.cache
+def _forward(module):
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.jit(lambda params, ids, mask: module.apply({"params": params}, input_ids=ids, attention_mask=mask))
 
 
 def served_minus_kd_jax(path: str, module, params, tokenizer) -> list[float]:
