@@ -49,10 +49,15 @@ def run_main(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
 
 
 def child_environment(devices: int = 1, **variables: str) -> dict:
-  """The environment of a child process on `devices` CPU devices (with the session's XLA compilation cache)."""
-  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  """The environment of a child process on `devices` CPU devices (with the session's XLA compilation cache, its
+  compile flags and optimization level: tests/conftest.py)."""
+  env = {key: value for key, value in os.environ.items() if key != "PJRT_NPROC"}
+  flags = [flag for flag in env.pop("XLA_FLAGS", "").split()
+           if not flag.startswith("--xla_force_host_platform_device_count")]
   if devices > 1:
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  if flags:
+    env["XLA_FLAGS"] = " ".join(flags)
   return env | variables
 
 

@@ -4,19 +4,18 @@ other test noticing."""
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, child_environment
 
 
 @pytest.mark.slow
 def test_quick_benchmark_runs_and_writes_its_figures(tmp_path):
   out = tmp_path / "B.json"
-  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  env = child_environment()
   # An interpreter without torch: the PyTorch side reports why it is missing instead of timing.
   result = subprocess.run([sys.executable, "scripts/benchmark.py", "--smoke", "--skip_default_run", "--out", str(out),
                            "--torch_python", sys.executable], cwd=REPO_ROOT, env=env, capture_output=True, text=True,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, child_environment
 
 TPU_EXAMPLE = ["--tpu=kd-v4-32", "--zone=us-central2-b", "--project=my-project",
                "--repo=https://github.com/example/kd_jax.git", "--setup=sudo mount -t nfs 10.0.0.2:/runs /mnt/runs",
@@ -34,7 +34,7 @@ def launch(script: str, *arguments: str, cwd, fake_log=None, command=None) -> su
   for name in ("gcloud", "sbatch"):
     (fake_bin / name).write_text(FAKE_COMMAND)
     (fake_bin / name).chmod(0o755)
-  environment = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  environment = child_environment()
   environment.update(PATH=f"{fake_bin}:{os.environ['PATH']}", PYTHON=sys.executable, FAKE_LOG=str(fake_log or cwd))
   argv = ["bash", "-c", command] if command is not None else ["bash", str(REPO_ROOT / "scripts" / script), *arguments]
   result = subprocess.run(argv, cwd=cwd, env=environment, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -168,7 +168,7 @@ def test_colab_notebook_code_cells_run_on_cpu(tmp_path):
       if "parameters" in cell["metadata"].get("tags", []):
         program.append(overrides)
   assert len(program) > 5 and overrides in program
-  environment = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  environment = child_environment()
   environment["DISPLAY_LOG"] = str(tmp_path / "displayed.jsonl")
   result = subprocess.run([sys.executable, "-c", "\n\n".join(program)], cwd=tmp_path, env=environment,
                           capture_output=True, text=True, timeout=600, check=False)

@@ -2,7 +2,6 @@
 placement rules, the per-device bytes, the steps of the MLP, the BERT-family classifiers (online and cached teacher)
 and T5 (top-k cache), the teachers' caches computed sharded, and a run resumed on another mesh."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from kd_jax.parallel import preemption, sharding
 from kd_jax.teachers import student_data, teacher
 from kd_jax.training import loop, steps
 from kd_jax.training.objective import Objective
-from tests.helpers import REPO_ROOT, SigtermAt, digits_student, load_config
+from tests.helpers import REPO_ROOT, SigtermAt, child_environment, digits_student, load_config
 
 REPLICATED = {"data": 8, "fsdp": 1, "tensor": 1}
 pytestmark = pytest.mark.multidevice  # every test here compares meshes of the 8 devices
@@ -209,7 +208,7 @@ def test_memory_plan_prints_each_programs_per_device_bytes_and_whether_they_fit(
   """scripts/memory_plan.py on the esnli smoke config's fixture T5 models: the student's step (with whole-sequence
   logits and with a chunked loss) and the teacher's top-k inference on data 2 x fsdp 4, from config.json shapes;
   1 KiB per device fits none (exit 1); a mesh that does not multiply to the devices is one line, exit 2."""
-  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  env = child_environment()
   command = [sys.executable, "scripts/memory_plan.py", "--config=configs/esnli.py:smoke", "--device_memory=1KiB"]
   result = subprocess.run(command + ["--mesh=data:2,fsdp:4", "--loss_chunk=4"], cwd=REPO_ROOT, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
