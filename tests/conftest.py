@@ -4,10 +4,10 @@ libraries, and the markers.
 Tiers: unit (`-m "not slow and not trains"`: no training), fast (`-m "not slow"`), full (everything; the README's test
 command and .ci/run).
 
-XLA's optimizations: the session compiles with XLA:CPU's older fusion emitters (COMPILE_FLAGS) and at LLVM -O0 (jax_disable_most_optimizations): most tests compile more
-than they run, and -O0 compiled the 1-device session's programs in 15% less CPU time; the tests marked
-`xla_optimized` (long training, or a number that depends on XLA's rewrites) compile with the optimizations users get.
-`JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest ...` runs every test optimized.
+XLA: most tests compile more than they run, so the session compiles cheaply: with XLA:CPU's COMPILE_FLAGS (older
+fusion emitters, code generated in one piece) and at LLVM -O0 (jax_disable_most_optimizations); the tests marked
+`xla_optimized` (long training) compile at the level users get. `JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest ...` runs
+every test compiled as users compile (optimized, XLA's default flags). docs/tests.md has the measurements.
 
 Devices: every test runs on 1 CPU device, except those marked `multidevice`, which compare results across device
 counts or shard over a mesh: they run in their own session on 8 forced CPU devices, `pytest --devices=8 tests`,
@@ -79,15 +79,15 @@ def pytest_configure(config):
   config.addinivalue_line("markers", "trains: a fast test that runs optimizer steps; the unit tier, which trains "
                                      "nothing, is `pytest -m 'not slow and not trains'`")
   config.addinivalue_line("markers", "xla_optimized: compiled with XLA's backend optimizations on (the session "
-                                     "compiles at -O0 by default): long training, or numbers that depend on "
-                                     "XLA's rewrites")
+                                     "compiles at -O0 by default): tests that train long enough for them to pay")
   config.addinivalue_line("markers", f"multidevice: needs {MULTIDEVICE_COUNT} devices; runs in the session "
                                      f"`pytest --devices={MULTIDEVICE_COUNT}`")
   devices = config.getoption("--devices")
   # Before any test module imports jax (this runs first in the controller and in every xdist worker).
   flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
            if not flag.startswith("--xla_force_host_platform_device_count")]
-  flags += [flag for flag in COMPILE_FLAGS if not any(given.startswith(flag.split("=")[0] + "=") for given in flags)]
+  if os.environ.get(UNOPTIMIZED) != "0":  # JAX_DISABLE_MOST_OPTIMIZATIONS=0: every test compiled as users compile
+    flags += [flag for flag in COMPILE_FLAGS if not any(given.startswith(flag.split("=")[0] + "=") for given in flags)]
   if devices > 1:
     flags.append(f"--xla_force_host_platform_device_count={devices}")
   os.environ["XLA_FLAGS"] = " ".join(flags)
