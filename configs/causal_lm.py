@@ -81,6 +81,9 @@ SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOKE_SERVER = "http://127.0.0.1:8000/v1"
 # `smoke,logprobs_file` reads the file that scripts/teacher_logprobs.py writes there (docs/teachers.md).
 SMOKE_LOGPROBS = "runs/causal_lm_teacher/logprobs.jsonl"
+# `smollm,cross_tokenizer`'s student (a random 4-layer Llama with a 4,096-piece byte-level BPE of its own), written by
+# `python scripts/make_smollm_student.py` (relative to the working directory).
+SMOLLM_XTOK_STUDENT = "runs/smollm_xtok_student"
 
 
 def smollm_path() -> str:
@@ -213,4 +216,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "gkd" in options:  # GKD from a distilled student: 50 supervised steps, then 50 with on-policy samples
       config.train.num_steps = 100
       config.distill.on_policy_start_step = 50
+    if "cross_tokenizer" in options:  # a student of its own tokenizer: scripts/make_smollm_student.py writes it
+      config.student.checkpoint = SMOLLM_XTOK_STUDENT
+      config.student.init_from_teacher_layers = None
+      config.data.max_length = 176  # no passage truncated by either tokenizer: every model scores the same bytes
+      config.distill.cross_tokenizer = "gold"
+      config.distill.teacher_mode = "cached"  # the teacher writes its top-k logprobs once (a sweep shares them)
+      config.distill.topk = 32
+      config.optim = schema.optim_config(learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.05)
+      config.optim.grad_clip_norm = 1.0
+      config.train.num_steps = 250  # 4 epochs of the 499 passages
+      config.train.eval_every_steps = 250
+      config.train.checkpoint_every_steps = 125
+      config.train.log_every_steps = 25
   return config
