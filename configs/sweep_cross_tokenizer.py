@@ -10,7 +10,7 @@ tokenizer into runs/smollm_xtok_student; the report lands in runs/sweep_xtok/sum
 The teacher (SmolLM2-135M-Instruct, GGUF) is cached (distill.teacher_mode='cached'): it writes its top-32 logprobs of
 the training passages once, into the sweep's shared teacher directory, and every point reads them. The seed orders
 the batches; the student's initial weights are the checkpoint's, the same at every seed. Measured figures:
-docs/causal_lm.md ("Across tokenizers: SmolLM2 into a student of its own tokenizer").
+docs/causal_lm.md ("Real models: SmolLM2 into a student of its own tokenizer").
 
 Arguments: `smoke` (`--config=configs/sweep_cross_tokenizer.py:smoke`) sweeps the fixture pair of
 `configs/causal_lm.py:smoke,cross_tokenizer` instead (offline, no SmolLM2, 3 losses x 2 seeds, tiny training).
