@@ -7,6 +7,7 @@ float32. No test needs torch or network.
 import dataclasses
 import importlib.resources
 import json
+import os
 import pathlib
 import shutil
 
@@ -401,7 +402,7 @@ def test_unreachable_hub_id_offline_says_how_to_use_a_local_directory(tmp_path, 
       "checkpoint distilbert/distilbert-base-uncased is not a local directory and could not be fetched from the "
       "Hugging Face hub (offline mode: HF_HUB_OFFLINE=1): download it where there is network "
       "(hf download distilbert/distilbert-base-uncased) or point the checkpoint at a local directory with "
-      "config.json and model.safetensors")
+      f"config.json and model.safetensors (none at {os.path.abspath('distilbert/distilbert-base-uncased')})")
 
 
 @pytest.mark.parametrize("name,task", [("bert", "sequence_classification"), ("distilbert", "sequence_classification"),

@@ -79,7 +79,7 @@ def resolve(name_or_path: str) -> pathlib.Path:
         f"checkpoint {name_or_path} is not a local directory and could not be fetched from the Hugging Face hub "
         f"({reason}): download it where there is network "
         f"(hf download {name_or_path}) or point the checkpoint at a local directory with config.json and "
-        "model.safetensors") from None
+        f"model.safetensors (none at {os.path.abspath(name_or_path)})") from None
   return directory
 
 
