@@ -39,6 +39,7 @@ COMPILE_FLAGS = ("--xla_cpu_use_fusion_emitters=false", "--xla_cpu_parallel_code
 # The session's default for jax_disable_most_optimizations (module docstring); children inherit it through the
 # environment, which pytest_runtest_setup sets per test.
 UNOPTIMIZED = "JAX_DISABLE_MOST_OPTIMIZATIONS"
+_CHEAP_COMPILES = pytest.StashKey[bool]()  # whether this session compiles cheaply (pytest_configure decides)
 # The persistent XLA compilation cache of a test session: compiled programs are reused by later tests, by the other
 # xdist worker and by the subprocesses the tests start (through the environment). Entries of every size and compile
 # time are kept: the suite compiles the same small programs many times.
@@ -82,15 +83,13 @@ def pytest_configure(config):
                                      "compiles at -O0 by default): tests that train long enough for them to pay")
   config.addinivalue_line("markers", f"multidevice: needs {MULTIDEVICE_COUNT} devices; runs in the session "
                                      f"`pytest --devices={MULTIDEVICE_COUNT}`")
-  devices = config.getoption("--devices")
+  # JAX_DISABLE_MOST_OPTIMIZATIONS=0 at the start: every test compiled as users compile.
+  cheap = config.stash[_CHEAP_COMPILES] = os.environ.get(UNOPTIMIZED) != "0"
   # Before any test module imports jax (this runs first in the controller and in every xdist worker).
-  flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
-           if not flag.startswith("--xla_force_host_platform_device_count")]
-  if os.environ.get(UNOPTIMIZED) != "0":  # JAX_DISABLE_MOST_OPTIMIZATIONS=0: every test compiled as users compile
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  if cheap:
     flags += [flag for flag in COMPILE_FLAGS if not any(given.startswith(flag.split("=")[0] + "=") for given in flags)]
-  if devices > 1:
-    flags.append(f"--xla_force_host_platform_device_count={devices}")
-  os.environ["XLA_FLAGS"] = " ".join(flags)
+  os.environ["XLA_FLAGS"] = helpers.with_device_count(" ".join(flags), config.getoption("--devices"))
   os.environ.pop("PJRT_NPROC", None)
   os.environ.setdefault(UNOPTIMIZED, "1")
   environment.prepare()
@@ -118,15 +117,12 @@ def pytest_unconfigure(config):
     shutil.rmtree(cache, ignore_errors=True)
 
 
-_UNOPTIMIZED_SESSION = pytest.StashKey[bool]()  # whether the session compiles at -O0 by default
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
   """Before the test's fixtures are set up: XLA's optimizations on for a test marked `xla_optimized`, off for the
   others (unless the session was started with JAX_DISABLE_MOST_OPTIMIZATIONS=0), in this process and its children."""
   import jax  # pylint: disable=import-outside-toplevel  (after pytest_configure has set the device count)
-  if item.config.stash.setdefault(_UNOPTIMIZED_SESSION, os.environ.get(UNOPTIMIZED) != "0"):
+  if item.config.stash[_CHEAP_COMPILES]:
     unoptimized = item.get_closest_marker("xla_optimized") is None
     os.environ[UNOPTIMIZED] = "1" if unoptimized else "0"
     jax.config.update("jax_disable_most_optimizations", unoptimized)

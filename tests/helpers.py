@@ -25,12 +25,22 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHILD_TIMEOUT_SECONDS = 900
 
 
-def load_config(path: str = "configs/default.py", arg: str | None = "smoke"):
-  """get_config(arg) of a config file of this repository."""
-  spec = importlib.util.spec_from_file_location(f"config_{pathlib.Path(path).stem}", REPO_ROOT / path)
+def _load_module(name: str, path: pathlib.Path):
+  """The Python file at `path` executed as a module named `name` (not entered in sys.modules)."""
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load_config(path: str = "configs/default.py", arg: str | None = "smoke"):
+  """get_config(arg) of a config file of this repository."""
+  return _load_module(f"config_{pathlib.Path(path).stem}", REPO_ROOT / path).get_config(arg)
+
+
+def load_script(name: str):
+  """scripts/<name>.py as a module: its functions and main callable in this process."""
+  return _load_module(f"{name}_script", REPO_ROOT / "scripts" / f"{name}.py")
 
 
 def run_main(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
@@ -48,17 +58,18 @@ def run_main(*args: str, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
   return subprocess.CompletedProcess(["main.py", *args], returncode, stdout.getvalue(), stderr.getvalue())
 
 
+def with_device_count(xla_flags: str, devices: int) -> str:
+  """`xla_flags` (XLA_FLAGS) with its forced host device count replaced by `devices` (none for 1 device)."""
+  flags = [flag for flag in xla_flags.split() if not flag.startswith("--xla_force_host_platform_device_count")]
+  return " ".join(flags + ([f"--xla_force_host_platform_device_count={devices}"] if devices > 1 else []))
+
+
 def child_environment(devices: int = 1, **variables: str) -> dict:
   """The environment of a child process on `devices` CPU devices (with the session's XLA compilation cache, its
   compile flags and optimization level: tests/conftest.py)."""
-  env = {key: value for key, value in os.environ.items() if key != "PJRT_NPROC"}
-  flags = [flag for flag in env.pop("XLA_FLAGS", "").split()
-           if not flag.startswith("--xla_force_host_platform_device_count")]
-  if devices > 1:
-    flags.append(f"--xla_force_host_platform_device_count={devices}")
-  if flags:
-    env["XLA_FLAGS"] = " ".join(flags)
-  return env | variables
+  env = {key: value for key, value in os.environ.items() if key not in ("XLA_FLAGS", "PJRT_NPROC")}
+  flags = with_device_count(os.environ.get("XLA_FLAGS", ""), devices)
+  return env | ({"XLA_FLAGS": flags} if flags else {}) | variables
 
 
 class Child:

@@ -192,13 +192,10 @@ def test_the_smollm_cross_tokenizer_student_is_reproducible_and_aligns_with_smol
   """scripts/make_smollm_student.py (the student of configs/causal_lm.py:smollm,cross_tokenizer) writes the same files
   twice; its byte-level BPE is not SmolLM2's, and on every pydoc passage its tokens' byte spans and SmolLM2's align
   into chunks that cover the text exactly; the config with that student passes the preflight checks."""
-  import importlib.util as util  # pylint: disable=import-outside-toplevel
   from kd_jax import preflight  # pylint: disable=import-outside-toplevel
   from kd_jax.data import text  # pylint: disable=import-outside-toplevel
-  from tests.helpers import REPO_ROOT, load_config  # pylint: disable=import-outside-toplevel
-  spec = util.spec_from_file_location("make_smollm_student", REPO_ROOT / "scripts" / "make_smollm_student.py")
-  script = util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  from tests.helpers import load_config, load_script  # pylint: disable=import-outside-toplevel
+  script = load_script("make_smollm_student")
   written = {}
   for out in ("a", "b"):
     monkeypatch.setattr("sys.argv", ["make_smollm_student.py", f"--out={tmp_path / out}"])

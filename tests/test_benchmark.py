@@ -2,14 +2,13 @@
 kd_jax figure: the benchmark builds models and losses by hand, so a change to the library can stop it without any
 other test noticing."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT, child_environment
+from tests.helpers import REPO_ROOT, child_environment, load_script
 
 
 @pytest.mark.slow
@@ -52,10 +51,7 @@ def test_quick_benchmark_runs_and_writes_its_figures(tmp_path):
 @pytest.fixture(scope="module")
 def benchmark():
   """scripts/benchmark.py as a module; loading it puts scripts/ on sys.path, so its sections import as `benchmarks`."""
-  spec = importlib.util.spec_from_file_location("benchmark_script", REPO_ROOT / "scripts" / "benchmark.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("benchmark")
 
 
 @pytest.fixture(scope="module")

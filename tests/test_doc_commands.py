@@ -1,16 +1,13 @@
 """The commands of README.md and docs/*.md name existing configs, config arguments, fields, scripts and modules
 (scripts/doc_commands.py --check, in process: nothing is trained), and their links existing pages and headings."""
 
-import importlib.util
 import pathlib
 
 import pytest
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, load_script
 
-_spec = importlib.util.spec_from_file_location("doc_commands", REPO_ROOT / "scripts" / "doc_commands.py")
-doc_commands = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(doc_commands)
+doc_commands = load_script("doc_commands")
 
 
 def test_every_command_of_the_readme_and_docs_checks():

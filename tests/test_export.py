@@ -8,7 +8,6 @@ greedy tokens on a GGUF export are compared with kd_jax's here, where llama-cpp-
 """
 
 import dataclasses
-import importlib.util
 import os
 import pathlib
 import re
@@ -251,16 +250,9 @@ def finished_run(workdir: pathlib.Path, params, *, student_checkpoint="distilber
   return workdir
 
 
-def load_script(name: str):
-  spec = importlib.util.spec_from_file_location(f"{name}_script", helpers.REPO_ROOT / "scripts" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 @pytest.fixture(scope="module")
 def export_script():
-  return load_script("export")
+  return helpers.load_script("export")
 
 
 @pytest.fixture(scope="module")
@@ -431,7 +423,7 @@ def test_a_users_causal_lm_exports_with_its_tokenizer_and_answers_in_chat_py(tmp
   assert eos == causal_lm.stop_token_ids(teacher_tokenizer, (config.teacher.checkpoint,))
 
   message, max_new_tokens = "What color is the snow?", 6
-  tokens = load_script("chat").main([f"--checkpoint={out}", f"--message={message}",
+  tokens = helpers.load_script("chat").main([f"--checkpoint={out}", f"--message={message}",
                                      f"--max_new_tokens={max_new_tokens}"])
   sequence = list(tokenizer.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
                                                 return_dict=True)["input_ids"])
@@ -460,7 +452,7 @@ def test_llama_cpp_runs_a_float32_gguf_export_with_kd_jaxs_greedy_tokens(tmp_pat
   params = jax.tree.map(lambda leaf: np.asarray(leaf) + (0.3 * rng.standard_normal(np.shape(leaf))).astype(leaf.dtype),
                         params)
   export.write(export.Trained(str(FIXTURES / "llama_chat_small"), "causal_lm", params), "gguf", str(tmp_path / "out"))
-  script = load_script("check_gguf_with_llama_cpp")
+  script = helpers.load_script("check_gguf_with_llama_cpp")
   assert script.check(str(tmp_path / "out" / export.GGUF_FILE), "What color is the snow?", 12, llama_python)
   printed = capsys.readouterr().out
   tokens = re.search(r"kd_jax +greedy tokens \[(.*)\]", printed).group(1).split(", ")

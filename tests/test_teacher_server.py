@@ -8,8 +8,8 @@ matches neither), and the one-line errors. The slow tests start llama-cpp-python
 """
 
 import collections
-import functools
 import contextlib
+import functools
 import importlib.util
 import http.server
 import json
