@@ -72,7 +72,11 @@ Arguments:
     others), alpha 0.5, T = 1, the teacher cached (its top-32 logprobs of the training passages written once into
     the teacher directory), 250 steps of 8 at learning rate 1e-3, at most 176 tokens (no passage truncated by either
     tokenizer, so every model's bits per byte cover the same bytes). configs/sweep_cross_tokenizer.py runs the three
-    losses x 3 seeds; measured figures in docs/causal_lm.md.
+    losses x 3 seeds; measured figures in docs/causal_lm.md. `smollm,cross_tokenizer,server`: the same teacher
+    served by llama.cpp (llama-cpp-python's OpenAI-compatible server at http://127.0.0.1:8000/v1, the same GGUF
+    under the name `smollm2`: `python -m llama_cpp.server --model <the GGUF> --model_alias smollm2`), asked once for
+    the top-32 logprobs of every training passage, written as a logprobs file into the teacher directory;
+    `smollm,cross_tokenizer,logprobs_file` distills from such a file (`--config.teacher.logprobs_path=FILE`).
 """
 
 import importlib.util
@@ -92,6 +96,8 @@ SMOKE_LOGPROBS = "runs/causal_lm_teacher/logprobs.jsonl"
 # `smollm,cross_tokenizer`'s student (a random 4-layer Llama with a 4,096-piece byte-level BPE of its own), written by
 # `python scripts/make_smollm_student.py` (relative to the working directory).
 SMOLLM_XTOK_STUDENT = "runs/smollm_xtok_student"
+# `smollm,cross_tokenizer,server` asks SMOKE_SERVER for this model (llama_cpp.server --model_alias smollm2).
+SMOLLM_SERVED_MODEL = "smollm2"
 
 
 def smollm_path() -> str:
@@ -237,4 +243,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       config.train.eval_every_steps = 250
       config.train.checkpoint_every_steps = 125
       config.train.log_every_steps = 25
+      if "server" in options:  # the same GGUF served by llama.cpp's server (llama-cpp-python) instead of run here
+        config.teacher.source = "server"
+        config.teacher.server_url, config.teacher.server_model = SMOKE_SERVER, SMOLLM_SERVED_MODEL
+        config.teacher.top_logprobs = config.distill.topk
+      elif "logprobs_file" in options:  # the file such a server wrote (--config.teacher.logprobs_path names it)
+        config.teacher.source = "logprobs_file"
+    elif {"server", "logprobs_file"} & set(options):
+      raise ValueError("config arguments 'server' and 'logprobs_file' with 'smollm' need 'cross_tokenizer' (the "
+                       "6-layer student takes its weights from the teacher's model)")
   return config

@@ -12,7 +12,11 @@ the training passages once, into the sweep's shared teacher directory, and every
 the batches; the student's initial weights are the checkpoint's, the same at every seed. Measured figures:
 docs/causal_lm.md ("Real models: SmolLM2 into a student of its own tokenizer").
 
-Arguments: `smoke` (`--config=configs/sweep_cross_tokenizer.py:smoke`) sweeps the fixture pair of
+Arguments: `server` (`--config=configs/sweep_cross_tokenizer.py:server`): the same sweep with the teacher served by
+llama.cpp's server (`configs/causal_lm.py:smollm,cross_tokenizer,server`: start the server first, as
+docs/causal_lm.md shows); the server is asked once, its logprobs written into the sweep's teacher directory, and
+only the `uld` points train the hard-label student (the same at every loss), the others pair with it by seed.
+`smoke` (`--config=configs/sweep_cross_tokenizer.py:smoke`) sweeps the fixture pair of
 `configs/causal_lm.py:smoke,cross_tokenizer` instead (offline, no SmolLM2, 3 losses x 2 seeds, tiny training).
 """
 
@@ -25,9 +29,14 @@ LOSSES = ("uld", "gold", "alm")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  smoke = "smoke" in schema.parse_options(arg, allowed=("smoke",))
-  config = causal_lm.get_config("smoke,cross_tokenizer" if smoke else "smollm,cross_tokenizer")
+  options = schema.parse_options(arg, allowed=("smoke", "server"))
+  smoke = "smoke" in options
+  config = causal_lm.get_config(("smoke" if smoke else "smollm") + ",cross_tokenizer"
+                                + (",server" if "server" in options else ""))
   config.sweep.grid = (("distill.cross_tokenizer", LOSSES),)
+  if "server" in options:  # the hard-label student does not depend on the teacher: the first loss's points train it
+    config.sweep.grid = ()
+    config.sweep.zipped = ((("distill.cross_tokenizer", LOSSES), ("baseline", (True, False, False))),)
   config.sweep.seeds = 2 if smoke else 3
   config.sweep.selection_metric = "bits_per_byte"
   return config

@@ -212,3 +212,23 @@ def test_the_smollm_cross_tokenizer_student_is_reproducible_and_aligns_with_smol
       assert student.decode(student(passage)["input_ids"]) == passage
       a, b, chunks = alignment.align_texts(student, smollm2, passage)
       check_chunks(chunks, a, b, passage, "student / smollm2:")
+
+
+def test_the_smollm_cross_tokenizer_teacher_served_or_from_a_file():
+  """`smollm,cross_tokenizer,server` asks llama.cpp's server for as many logprobs per token as the cache keeps
+  (top_logprobs = topk), `logprobs_file` reads a file; either without `cross_tokenizer` is refused (the 6-layer
+  student copies the teacher model's layers); the sweep's `server` form trains the hard-label student at its first
+  loss only."""
+  from tests.helpers import load_config  # pylint: disable=import-outside-toplevel
+  served = load_config("configs/causal_lm.py", "smollm,cross_tokenizer,server")
+  assert (served.teacher.source, served.teacher.server_url, served.teacher.server_model) == (
+      "server", "http://127.0.0.1:8000/v1", "smollm2")
+  assert served.teacher.top_logprobs == served.distill.topk == 32 and served.distill.teacher_mode == "cached"
+  assert load_config("configs/causal_lm.py", "smollm,cross_tokenizer,logprobs_file").teacher.source == "logprobs_file"
+  for arg in ("smollm,server", "smollm,logprobs_file"):
+    with pytest.raises(ValueError, match=r"^config arguments 'server' and 'logprobs_file' with 'smollm' need "
+                                         r"'cross_tokenizer'"):
+      load_config("configs/causal_lm.py", arg)
+  sweep = load_config("configs/sweep_cross_tokenizer.py", "server")
+  assert sweep.teacher.source == "server" and sweep.sweep.grid == () and sweep.sweep.zipped == (
+      (("distill.cross_tokenizer", ("uld", "gold", "alm")), ("baseline", (True, False, False))),)
