@@ -11,7 +11,8 @@ memory_analysis: arguments + outputs + temporaries - donated), compiled from sha
   unchunked: the logit terms' own share of the peak (the teacher's parameters included), without the model's
   activations, which both steps hold alike.
 
-The student trains as a user trains it at this size (REMAT, ATTENTION_CHUNK, SCAN_LAYERS) in all three steps. Its
+The student trains as a user trains it at this size (REMAT, ATTENTION_CHUNK, SCAN_LAYERS) in all three steps, and the
+teacher attends in ATTENTION_CHUNK queries at a time as train.py runs an online teacher. The student's
 layers run as one scan (config.train.scan_layers), so XLA:CPU's plan keeps remat as it keeps chunked attention (a
 loop): over unrolled layers it drops jax.checkpoint's optimization barriers and merges the recomputation back
 (docs/parallelism.md), so every layer's activations counted as if remat were off. compile_seconds: the three
@@ -71,6 +72,8 @@ def peak_bytes(fields: dict, batch: int, length: int, *, loss_chunk: int, distil
   student, student_params = abstract_model("float32")
   student = models.with_remat(student, remat, attention_chunk, scan_layers)
   teacher, teacher_params = abstract_model("bfloat16") if distills else (None, None)
+  if distills:  # as train.py runs an online teacher: attention in the student's chunks
+    teacher = models.with_attention_chunk(teacher, attention_chunk)
   state = jax.eval_shape(lambda params: steps.create_train_state(student, params, settings.notebook_optim_config(),
                                                                  1000), student_params)
   distill = settings.distill_config(temperature=1.0, alpha=0.5, loss_chunk=loss_chunk)
