@@ -628,10 +628,13 @@ def _packed_inputs() -> dict:
 def _assert_same_function(scanned, unrolled, params, inputs):
   """`scanned` (train.scan_layers) gives `unrolled`'s logits and, for a loss of them, its parameter gradients, within
   1e-5 relative error (||a - b|| / ||b||, per logits and per gradient leaf; float32)."""
-  logits = lambda model: lambda params: model.apply({"params": params}, inputs, train=True)
-  loss = lambda model: lambda params: jnp.sum(jnp.square(jnp.tanh(logits(model)(params))))
-  assert relative_error(logits(scanned)(params), logits(unrolled)(params)) <= TOLERANCE
-  grads, scanned_grads = (jax.jit(jax.grad(loss(model)))(params) for model in (unrolled, scanned))
+  def loss(model):
+    def of(params):
+      logits = model.apply({"params": params}, inputs, train=True)
+      return jnp.sum(jnp.square(jnp.tanh(logits))), logits
+    return jax.jit(jax.grad(of, has_aux=True))
+  (grads, logits), (scanned_grads, scanned_logits) = (loss(model)(params) for model in (unrolled, scanned))
+  assert relative_error(scanned_logits, logits) <= TOLERANCE
   assert jax.tree.structure(scanned_grads) == jax.tree.structure(grads)
   errors = jax.tree.map(lambda ours, theirs: relative_error(ours, theirs) if np.any(theirs) else np.abs(ours).max(),
                         scanned_grads, grads)
@@ -640,15 +643,15 @@ def _assert_same_function(scanned, unrolled, params, inputs):
 
 
 @pytest.mark.parametrize("name, remat, packed", [
-    ("llama_chat_small", "none", False), ("llama_chat_small", "block", True), ("qwen3", "block", False),
-    ("qwen3", "dots_saveable", True),
+    ("llama_chat_small", "none", False), ("qwen3", "dots_saveable", True),
     # Mistral: one 4-slot window for every layer; Qwen2: a full layer, then a 4-slot one (biases picked per layer).
-    ("mistral", "block", True), ("qwen2", "none", True), ("qwen2", "block", False)])
+    ("mistral", "block", True), ("qwen2", "block", False)])
 def test_scanned_layers_are_the_unrolled_layers(name, remat, packed):
   """train.scan_layers (llama.LlamaModel.scanned_layers): the decoder layers as one scan over their stacked
   parameters, each layer under jax.checkpoint with train.remat's policy ('none': without), have the unrolled layers'
-  logits and gradients; the parameter tree stays per layer (init keeps the unrolled loop), and the program scans
-  over the layers (a `scan` without chunked attention's) and rematerializes only where remat asks."""
+  logits and gradients (on padded rows, or packed ones with segments); the parameter tree stays per layer (init keeps
+  the unrolled loop), and the program scans over the layers (a `scan`: no chunked attention here) and
+  rematerializes only where remat asks."""
   module, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
   unrolled = pretrained.RegistryModel(module.clone(remat=remat))
   scanned = kd_jax.models.with_remat(pretrained.RegistryModel(module), remat, scan_layers=True)
@@ -659,14 +662,15 @@ def test_scanned_layers_are_the_unrolled_layers(name, remat, packed):
   initialized = jax.eval_shape(lambda: scanned.module.init(jax.random.key(0), inputs["input_ids"]))["params"]
   assert jax.tree.structure(initialized) == jax.tree.structure(params)
   forward = lambda model: lambda params: model.apply({"params": params}, inputs, train=True)
-  assert "scan" in _primitives(forward(scanned), params) and "scan" not in _primitives(forward(unrolled), params)
-  assert ("remat2" in _primitives(forward(scanned), params)) == (remat != "none")
+  scanned_primitives = _primitives(forward(scanned), params)
+  assert "scan" in scanned_primitives and "scan" not in _primitives(forward(unrolled), params)
+  assert ("remat2" in scanned_primitives) == (remat != "none")
 
 
 def test_scanned_layers_with_lora_and_chunked_attention_are_the_unrolled_layers():
   """A LoRA student (adapters on q_proj and o_proj, random B so that A has gradients too) with train.scan_layers and
   train.attention_chunk: the adapters reach the scanned layers (the base's module is cloned under the LoraModel) and
-  the logits and gradients, adapters' included, are the unrolled model's."""
+  the logits and gradients, the adapters' included, are the unrolled model's."""
   module, params = hf.from_pretrained(str(FIXTURES / "llama_chat_small"), task="causal_lm")
   lora_config = ml_collections.ConfigDict({"rank": 4, "alpha": 8.0, "dropout": 0.0,
                                            "target_modules": ("q_proj", "o_proj")})
@@ -676,9 +680,7 @@ def test_scanned_layers_with_lora_and_chunked_attention_are_the_unrolled_layers(
       if peft.path_name(path).endswith("lora_b") else leaf, params)
   scanned = kd_jax.models.with_remat(model, "block", attention_chunk=4, scan_layers=True)
   assert isinstance(scanned, peft.LoraModel) and scanned.base.module.scan_layers
-  _assert_same_function(scanned, model, params, _packed_inputs())
-  plain = lambda model: model.apply({"params": params}, _packed_inputs())
-  assert relative_error(plain(scanned), plain(dataclasses.replace(model, scale=0.0))) > 1e-3  # the adapters count
+  _assert_same_function(scanned, model, params, _packed_inputs())  # adapters the scan dropped: their gradients 0
 
 
 def test_scan_layers_of_another_family_is_refused_in_one_line():
