@@ -256,6 +256,28 @@ def test_unusable_answer_refused_in_one_line_nothing_written(tmp_path, mode, mes
   assert not list(tmp_path.iterdir())
 
 
+def test_tokens_echoed_as_empty_past_32_bytes_recovered_from_the_text():
+  """llama-cpp-python 0.3.36 echoes a token longer than 32 bytes as '' (its detokenize buffer), the offsets after it
+  counting 0 characters: SmolLM2's answer for the start of a pydoc table (48 and 39 dashes are single tokens). The
+  text places them: the recovered tokens and offsets are the tokenizer's. Two long tokens in a row (where one ends
+  is not in the text) are not recovered; a '' piece of a multi-byte character stays a piece."""
+  text = "+" + "-" * 49 + "+" + "-" * 39 + "+ |"
+  echoed = dict(tokens=["+", "", "-", "+", "", "+", " |"], text_offset=[0, 1, 1, 2, 3, 3, 4],
+                token_logprobs=[None, -1.0, -2.0, -0.5, -1.5, -0.1, -3.0], top_logprobs=[None] + [{"+": -0.1}] * 6)
+  recovered = server.recovered_long_tokens(echoed, text)
+  assert recovered["tokens"] == ["+", "-" * 48, "-", "+", "-" * 39, "+", " |"]
+  assert recovered["text_offset"] == [0, 1, 49, 50, 51, 90, 91]
+  assert recovered["token_logprobs"] == echoed["token_logprobs"] and recovered["top_logprobs"] == echoed["top_logprobs"]
+  two_in_a_row = dict(tokens=["+", "", "", "+"], text_offset=[0, 1, 1, 1], token_logprobs=[None] * 4,
+                      top_logprobs=[None] * 4)
+  assert server.recovered_long_tokens(two_in_a_row, "+" + "-" * 80 + "+") is None
+  short_gap = dict(tokens=["a", "", "b"], text_offset=[0, 1, 1], token_logprobs=[None] * 3, top_logprobs=[None] * 3)
+  assert server.recovered_long_tokens(short_gap, "a" + "-" * 20 + "b") is None  # 20 bytes: no token was lost there
+  euro = dict(tokens=["a", "", "€", " b"], text_offset=[0, 1, 1, 2], token_logprobs=[None] * 4,
+              top_logprobs=[None] * 4)
+  assert server.recovered_long_tokens(euro, "a€ b")["tokens"] == ["a", "", "€", " b"]
+
+
 def test_killed_build_resumes_after_its_whole_lines(tmp_path):
   """A build whose server fails after 6 + 2 requests keeps 5 lines in the partial file (the 3 checked examples and 2
   more); a kill during a write adds a torn line. The rerun drops the torn line, scores only the examples missing,
@@ -436,6 +458,21 @@ def test_llama_cpp_python_echoes_smollm2_one_position_late_and_the_client_shifts
   assert line["token_logprobs"][:2] == [None, None] and line["top_logprobs"][:2] == [None, None]
   assert line["top_logprobs"][5] == {token: value for token, value in after_is.items() if token != " is"}
   assert line["token_logprobs"][5:] == pytest.approx([-0.26, -0.38], abs=0.01)
+
+
+@pytest.mark.slow
+def test_served_smollm2_tokens_past_32_bytes_recovered_as_its_tokenizer_splits_them(smollm2_served):
+  """A pydoc table rule: SmolLM2 tokenizes 48 and 39 dashes as single tokens, which llama-cpp-python echoes as '';
+  the client gives them back their text, and the tokens and offsets it returns are the HF tokenizer's."""
+  from kd_jax.models.hf import pretrained  # pylint: disable=import-outside-toplevel
+  gguf_path, url = smollm2_served
+  text = "+" + "-" * 49 + "+" + "-" * 39 + "+ | Operator | Description |"
+  endpoint = server.Endpoint(url)
+  served = server.echo_logprobs(endpoint, server.served_model(endpoint, None), text, 3)
+  tokenizer = pretrained.load_tokenizer(gguf_path)
+  encoded = tokenizer(text, return_offsets_mapping=True)
+  assert served["tokens"] == [text[a:b] for a, b in encoded["offset_mapping"]]
+  assert served["text_offset"] == [a for a, _ in encoded["offset_mapping"]] and "-" * 48 in served["tokens"]
 
 
 @pytest.mark.slow

@@ -24,10 +24,12 @@ every example is in; a killed build leaves only the partial file, and the next c
 continues it (with the same examples), skipping the examples it holds and dropping a torn last line.
 """
 
+import bisect
 import concurrent.futures
 import dataclasses
 import hashlib
 import http.client
+import itertools
 import json
 import logging
 import os
@@ -50,6 +52,8 @@ MAX_LOGPROB = 1e-4
 # Answers that are retried: a server starting up, overloaded or failing for the moment.
 RETRIED_STATUS = (429, 500, 502, 503, 504)
 PROGRESS_SECONDS = 30.0
+# llama-cpp-python 0.3.36 echoes a token whose piece is longer than this many bytes as '' (recovered_long_tokens).
+LONG_PIECE_BYTES = 32
 
 
 class ServerError(UserError):
@@ -168,7 +172,14 @@ def echo_logprobs(endpoint: Endpoint, model: str, text: str, top_logprobs: int) 
   scored = _without_leading_bos(logprobs, text)
   kept = [i for i, offset in enumerate(scored["text_offset"]) if offset < len(text)]
   scored = {key: [scored[key][i] for i in kept] for key in keys}
-  _check_scored(scored, text, where)
+  try:
+    _check_scored(scored, text, where)
+  except ServerError:
+    recovered = recovered_long_tokens(scored, text)
+    if recovered is None:
+      raise
+    _check_scored(recovered, text, where)
+    return recovered
   return scored
 
 
@@ -191,6 +202,11 @@ def _without_leading_bos(logprobs: dict, text: str) -> dict:
           for key, values in logprobs.items()}
 
 
+def _is_piece(token: str, text: str) -> bool:
+  """Whether a server's token string is a piece of a multi-byte character ('' or with U+FFFD), not its text."""
+  return not token or ("\ufffd" in token and "\ufffd" not in text)
+
+
 def _check_scored(logprobs: dict, text: str, where: str) -> None:
   """The tokens tile the text: each is the text at its offset and the next starts where it ends (a piece of a
   multi-byte character, which servers show as '' or with U+FFFD, is not compared, and the token after such pieces
@@ -202,15 +218,61 @@ def _check_scored(logprobs: dict, text: str, where: str) -> None:
   if offsets[0] != 0 or any(b < a for a, b in zip(offsets, offsets[1:])):
     raise ServerError(f"{where}: token offsets {offsets[:8]} do not cover the text from its start in order")
   for i, (token, offset, end) in enumerate(zip(tokens, offsets, offsets[1:] + [len(text)])):
-    piece = not token or ("\ufffd" in token and "\ufffd" not in text)
+    piece = _is_piece(token, text)
     if not piece and (text[offset:offset + len(token)] != token or end != offset + len(token)):
       raise ServerError(f"{where}: token {i} {token!r} at offset {offset} is not the text there "
                         f"({text[offset:end]!r}); the server's tokens do not cover the text (special tokens in it, "
-                        "such as a chat template's, which llama-cpp-python leaves out of its echo?)")
+                        "such as a chat template's, which llama-cpp-python leaves out of its echo? or tokens echoed "
+                        "as '' whose text the rest does not place)")
   values = [v for v in logprobs["token_logprobs"] if v is not None]
   values += [v for top in logprobs["top_logprobs"] if top for v in top.values()]
   if any(v is not None and v > MAX_LOGPROB for v in values):
     raise ServerError(f"{where}: a logprob above 0 ({max(values)}): not log-probabilities")
+
+
+def recovered_long_tokens(logprobs: dict, text: str) -> dict | None:
+  """The logprobs with the tokens that the server echoed as '' (a token longer than LONG_PIECE_BYTES bytes: a run of
+  dashes or spaces in a table or code) given back their text, where the text determines it; None where it does not.
+
+  llama-cpp-python 0.3.36 detokenizes each token into a 32-byte buffer and keeps nothing of a longer piece, so such a
+  token is echoed as '' and the offsets after it count it as 0 characters. The other tokens are right, so the text
+  says what the '' ones cover: every tiling of the text in which the non-empty tokens are the text at their place,
+  a '' token covers nothing (a piece of a multi-byte character) or more than LONG_PIECE_BYTES bytes, and a token
+  with U+FFFD (another server's piece) nothing or one character, is counted (up to 2); exactly one gives the
+  tokens and offsets, else None (ambiguous, e.g. two long tokens in a row: the text does not say where one ends).
+  Distributions and logprobs are kept as the server gave them (a '' key of a distribution stays unknown)."""
+  tokens, end = logprobs["tokens"], len(text)
+  byte_ends = list(itertools.accumulate((len(char.encode()) for char in text), initial=0))
+  # reach[i]: position after the first i tokens -> (number of tilings, capped at 2; the position before token i-1)
+  reach = [{0: (1, None)}]
+  for i, token in enumerate(tokens):
+    step: dict[int, tuple[int, int]] = {}
+    following = tokens[i + 1] if i + 1 < len(tokens) else None
+    for start, (count, _) in reach[-1].items():
+      if not token:  # nothing, or a long piece; ending where the next token can start (the text's end after the last)
+        first_long = bisect.bisect_right(byte_ends, byte_ends[start] + LONG_PIECE_BYTES)
+        ends = [stop for stop in (start, *range(first_long, end + 1))
+                if (stop == end if following is None
+                    else _is_piece(following, text) or text.startswith(following, stop))]
+      elif _is_piece(token, text):
+        ends = [start, start + 1] if start < end else [start]
+      else:
+        ends = [start + len(token)] if text.startswith(token, start) else []
+      for stop in ends:
+        total = step.get(stop, (0, start))[0] + count
+        step[stop] = (min(total, 2), step.get(stop, (0, start))[1])
+    if not step:
+      return None
+    reach.append(step)
+  if reach[-1].get(end, (0, None))[0] != 1:
+    return None
+  positions = [end]
+  for i in range(len(tokens), 0, -1):
+    positions.append(reach[i][positions[-1]][1])
+  positions.reverse()
+  spans = [text[a:b] for a, b in zip(positions, positions[1:])]
+  return dict(logprobs, tokens=[span if not token else token for token, span in zip(tokens, spans)],
+              text_offset=positions[:-1])
 
 
 def next_token_logprobs(endpoint: Endpoint, model: str, prefix: str, top_logprobs: int) -> dict:
