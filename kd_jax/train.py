@@ -203,7 +203,8 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
     phase_trainable = trainable
     if trainable is not None and phase_init_params is not init_params:  # the feature projections beside the model
       phase_trainable = dataclasses.replace(trainable, within=feature_losses.MODEL)
-    trained_model = models.with_remat(model, config.train.remat, config.train.attention_chunk)
+    trained_model = models.with_remat(model, config.train.remat, config.train.attention_chunk,
+                                      config.train.scan_layers)
     common = dict(model=trained_model, optim_config=config.optim,
                   num_steps=num_steps, examples=examples, batch_size=config.data.batch_size, train_config=config.train,
                   teacher=None if online is None else (

@@ -129,7 +129,8 @@ def plan(config, mesh_sizes: dict, num_classes: int = 3, loss_chunks: tuple[int,
   mesh = sharding.make_mesh(sizes=mesh_sizes)
   rules = tuple(config.mesh.rules)
   student, student_params = pretrained.abstract_model(config.student, num_classes=num_classes)
-  student = models.with_remat(student, config.train.remat, config.train.attention_chunk)  # as train.py trains it
+  student = models.with_remat(student, config.train.remat, config.train.attention_chunk,
+                              config.train.scan_layers)  # as train.py trains it
   teacher, teacher_params = pretrained.abstract_model(config.teacher, num_classes=num_classes)
   teacher = models.with_attention_chunk(teacher, config.train.attention_chunk)  # as train.py and the cache run it
   teacher_params = abstract(teacher_params, sharding.param_shardings(

@@ -82,6 +82,9 @@ INVALID = [
     ("train.attention_chunk", 512, "config.train.attention_chunk=512: needs a decoder-only HF student "
      "(student.name='hf', student.task='causal_lm'); the student is 'mlp' with task None: use 0"),
     ("train.attention_chunk", -1, "config.train.attention_chunk=-1: must be >= 0"),
+    ("train.scan_layers", True, "config.train.scan_layers=True: needs a Llama-family student (student.name='hf', "
+     "student.task='causal_lm', model_type llama, mistral, qwen2, qwen3 or phi3) without feature distillation; the "
+     "student is 'mlp' with task None: use False"),
     ("optim.moment_dtype", "float16", "config.optim.moment_dtype='float16': allowed: float32, bfloat16"),
     ("teacher.optim.moment_dtype", "int8", "config.teacher.optim.moment_dtype='int8': allowed: float32, bfloat16"),
     # The mesh on 8 devices (config.mesh).

@@ -24,6 +24,7 @@ import kd_jax.models
 from kd_jax.data import causal_lm as causal_lm_data
 from kd_jax.errors import UserError
 from kd_jax.models import hf
+from kd_jax.models import peft
 from kd_jax.models.hf import from_teacher
 from kd_jax.models.hf import gguf as gguf_lib
 from kd_jax.models.hf import llama
@@ -614,3 +615,82 @@ def test_decoder_layer_remat_and_chunked_attention_keep_the_gradients(name):
   # Rounding differs where the recomputation or the chunks sum in another order: 1e-6 of each gradient's largest entry.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * np.abs(b).max()), saver_grads,
                grads)
+
+
+def _packed_inputs() -> dict:
+  """A packed row (3 examples: segment ids, positions restarting) of 24 slots, the last ones padding."""
+  rng = np.random.default_rng(0)
+  packed = causal_lm_data.pack([rng.integers(3, 200, size).tolist() for size in (3, 2, 5)],
+                               [rng.integers(3, 200, size).tolist() for size in (4, 6, 2)], pad_token_id=0, length=24)
+  return {key: jnp.asarray(packed[key]) for key in ("input_ids", "attention_mask", "position_ids", "segment_ids")}
+
+
+def _assert_same_function(scanned, unrolled, params, inputs):
+  """`scanned` (train.scan_layers) gives `unrolled`'s logits and, for a loss of them, its parameter gradients, within
+  1e-5 relative error (||a - b|| / ||b||, per logits and per gradient leaf; float32)."""
+  def loss(model):
+    def of(params):
+      logits = model.apply({"params": params}, inputs, train=True)
+      return jnp.sum(jnp.square(jnp.tanh(logits))), logits
+    return jax.jit(jax.grad(of, has_aux=True))
+  (grads, logits), (scanned_grads, scanned_logits) = (loss(model)(params) for model in (unrolled, scanned))
+  assert relative_error(scanned_logits, logits) <= TOLERANCE
+  assert jax.tree.structure(scanned_grads) == jax.tree.structure(grads)
+  errors = jax.tree.map(lambda ours, theirs: relative_error(ours, theirs) if np.any(theirs) else np.abs(ours).max(),
+                        scanned_grads, grads)
+  worst = max(jax.tree.leaves(errors))
+  assert worst <= TOLERANCE, worst
+
+
+@pytest.mark.parametrize("name, remat, packed", [
+    ("llama_chat_small", "none", False), ("qwen3", "dots_saveable", True),
+    # Mistral: one 4-slot window for every layer; Qwen2: a full layer, then a 4-slot one (biases picked per layer).
+    ("mistral", "block", True), ("qwen2", "block", False)])
+def test_scanned_layers_are_the_unrolled_layers(name, remat, packed):
+  """train.scan_layers (llama.LlamaModel.scanned_layers): the decoder layers as one scan over their stacked
+  parameters, each layer under jax.checkpoint with train.remat's policy ('none': without), have the unrolled layers'
+  logits and gradients (on padded rows, or packed ones with segments); the parameter tree stays per layer (init keeps
+  the unrolled loop), and the program scans over the layers (a `scan`: no chunked attention here) and
+  rematerializes only where remat asks."""
+  module, params = hf.from_pretrained(str(FIXTURES / name), task="causal_lm")
+  unrolled = pretrained.RegistryModel(module.clone(remat=remat))
+  scanned = kd_jax.models.with_remat(pretrained.RegistryModel(module), remat, scan_layers=True)
+  assert (scanned.module.scan_layers, scanned.module.remat, module.scan_layers) == (True, remat, False)
+  inputs = _packed_inputs() if packed else {key: jnp.asarray(reference(
+      "llama" if name == "llama_chat_small" else name)[key]) for key in ("input_ids", "attention_mask")}
+  _assert_same_function(scanned, unrolled, params, inputs)
+  initialized = jax.eval_shape(lambda: scanned.module.init(jax.random.key(0), inputs["input_ids"]))["params"]
+  assert jax.tree.structure(initialized) == jax.tree.structure(params)
+  forward = lambda model: lambda params: model.apply({"params": params}, inputs, train=True)
+  scanned_primitives = _primitives(forward(scanned), params)
+  assert "scan" in scanned_primitives and "scan" not in _primitives(forward(unrolled), params)
+  assert ("remat2" in scanned_primitives) == (remat != "none")
+
+
+def test_scanned_layers_with_lora_and_chunked_attention_are_the_unrolled_layers():
+  """A LoRA student (adapters on q_proj and o_proj, random B so that A has gradients too) with train.scan_layers and
+  train.attention_chunk: the adapters reach the scanned layers (the base's module is cloned under the LoraModel) and
+  the logits and gradients, the adapters' included, are the unrolled model's."""
+  module, params = hf.from_pretrained(str(FIXTURES / "llama_chat_small"), task="causal_lm")
+  lora_config = ml_collections.ConfigDict({"rank": 4, "alpha": 8.0, "dropout": 0.0,
+                                           "target_modules": ("q_proj", "o_proj")})
+  model, params = peft.with_adapters(pretrained.RegistryModel(module), params, lora_config, jax.random.PRNGKey(0))
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: 0.1 * jax.random.normal(jax.random.PRNGKey(len(path)), leaf.shape)
+      if peft.path_name(path).endswith("lora_b") else leaf, params)
+  scanned = kd_jax.models.with_remat(model, "block", attention_chunk=4, scan_layers=True)
+  assert isinstance(scanned, peft.LoraModel) and scanned.base.module.scan_layers
+  _assert_same_function(scanned, model, params, _packed_inputs())  # adapters the scan dropped: their gradients 0
+
+
+def test_scan_layers_of_another_family_is_refused_in_one_line():
+  """train.scan_layers on a decoder-only HF student outside the Llama family (GPT-2: known once loaded, a hub id's
+  family is not known to config validation) is refused by kd_jax.models.with_remat, naming the field and the
+  module."""
+  module, _ = hf.from_pretrained(str(FIXTURES / "gpt2"), task="causal_lm")
+  with pytest.raises(UserError) as raised:
+    kd_jax.models.with_remat(pretrained.RegistryModel(module), "block", scan_layers=True)
+  assert str(raised.value) == (
+      "config.train.scan_layers=True: needs a Llama-family student (student.name='hf', student.task='causal_lm', "
+      "model_type llama, mistral, qwen2, qwen3 or phi3) without feature distillation; the student is a "
+      "GPT2LMHeadModel: use False")

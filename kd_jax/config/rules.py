@@ -40,6 +40,11 @@ def check(config: ml_collections.ConfigDict) -> None:
   require(train.attention_chunk == 0 or (config.student.name == "hf" and config.student.task == "causal_lm"),
           "train.attention_chunk", train.attention_chunk, "needs a decoder-only HF student (student.name='hf', "
           f"student.task='causal_lm'); the student is {config.student.name!r} with task {config.student.task!r}: use 0")
+  require(not train.scan_layers or (config.student.name == "hf" and config.student.task == "causal_lm"
+                                    and not schema.uses_features(config.distill)), "train.scan_layers",
+          train.scan_layers, f"{schema.SCAN_LAYERS_NEEDS}; the student is {config.student.name!r} with task "
+          f"{config.student.task!r}{', with feature distillation' if schema.uses_features(config.distill) else ''}: "
+          "use False")
   require(train.select != "best_validation" or train.num_steps is None or train.eval_every_steps < train.num_steps,
           "train.select", train.select,
           f"needs evaluation during training: train.eval_every_steps={train.eval_every_steps} evaluates only at the "

@@ -51,6 +51,9 @@ UNIFORM_FEATURES = "uniform"
 # 'none', 'block', then the jax.checkpoint_policies that are policies (kd_jax/models/__init__.py: remat_options).
 REMAT_OPTIONS = ("none", "block", "dots_saveable", "dots_with_no_batch_dims_saveable", "nothing_saveable",
                  "everything_saveable")
+# What config.train.scan_layers needs (config rules check the fields; kd_jax.models.with_remat the loaded family).
+SCAN_LAYERS_NEEDS = ("needs a Llama-family student (student.name='hf', student.task='causal_lm', model_type llama, "
+                     "mistral, qwen2, qwen3 or phi3) without feature distillation")
 MESH_AXES = ("data", "fsdp", "tensor")  # kd_jax/parallel/sharding.py, in mesh order
 PARAM_AXES = ("fsdp", "tensor")  # the axes a sharding rule may name
 
@@ -620,6 +623,16 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "cache, attention dropout in training and attention-map feature distillation attend whole. A decoder-only "
             "teacher attends in the same chunks where it runs (online in the step, or building its top-k cache).",
             non_negative=True, operational=True),
+        "scan_layers": Field(
+            False, "Run the student's decoder layers as one jax.lax.scan over their parameters stacked per step "
+            "(Llama, Mistral, Qwen2, Qwen3, Phi-3 students; kd_jax/models/hf/llama.py `scanned_layers`), in training "
+            "and evaluation forwards (initialization and decoding with a KV cache keep the unrolled layers). XLA "
+            "compiles one layer instead of all of them, and with train.remat other than 'none' the loop enforces "
+            "remat on every backend: only each layer's input hidden states are kept and the backward loop recomputes "
+            "the layer (XLA:CPU otherwise merges the recomputation back over unrolled layers). The parameter tree, "
+            "checkpoints, LoRA and sharding rules are unchanged; same results up to float rounding (dropout draws "
+            "other masks). Costs a stacked copy of the layers' parameters in the step's memory. Refused with "
+            "feature distillation (the scanned layers sow no attention maps).", operational=True),
     }),
     "mesh": Section(
         "The device mesh (kd_jax/parallel/sharding.py): axis sizes whose product is the device count "

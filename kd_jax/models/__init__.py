@@ -227,20 +227,26 @@ def num_decoder_layers(model_config) -> int | None:
   return hf_config.get("num_decoder_layers") or hf_config.get("num_layers")
 
 
-def with_remat(model, remat: str, attention_chunk: int = 0):
-  """`model` as it trains with config.train.remat = `remat` (kd_jax/models/hf/layers.rematerialized) and
-  config.train.attention_chunk (decoder-only LMs: layers.query_chunked): an HF model's module cloned with them (a LoRA
-  model's base likewise); the same function of the same parameters. 'none' and 0: `model`."""
-  if remat == "none" and not attention_chunk:
+def with_remat(model, remat: str, attention_chunk: int = 0, scan_layers: bool = False):
+  """`model` as it trains with config.train.remat = `remat` (kd_jax/models/hf/layers.rematerialized),
+  config.train.attention_chunk (decoder-only LMs: layers.query_chunked) and config.train.scan_layers (the Llama
+  family: llama.LlamaModel.scanned_layers): an HF model's module cloned with them (a LoRA model's base likewise); the
+  same function of the same parameters. 'none', 0 and False: `model`. A module without scan_layers (another family,
+  known only once a hub checkpoint is loaded) is refused with scan_layers."""
+  if remat == "none" and not attention_chunk and not scan_layers:
     return model
   from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
   if isinstance(model, peft.LoraModel):
-    return _canonical(dataclasses.replace(model, base=with_remat(model.base, remat, attention_chunk)))
+    return _canonical(dataclasses.replace(model, base=with_remat(model.base, remat, attention_chunk, scan_layers)))
   assert hasattr(model.module, "remat"), f"{type(model.module).__name__} has no transformer blocks to rematerialize"
   fields = {"remat": remat}
   if attention_chunk:
     assert hasattr(model.module, "attention_chunk"), f"{type(model.module).__name__} has no attention_chunk"
     fields["attention_chunk"] = attention_chunk
+  if scan_layers:
+    require(hasattr(model.module, "scan_layers"), "train.scan_layers", scan_layers,
+            f"{schema.SCAN_LAYERS_NEEDS}; the student is a {type(model.module).__name__}: use False")
+    fields["scan_layers"] = True
   return _canonical(dataclasses.replace(model, module=model.module.clone(**fields)))
 
 

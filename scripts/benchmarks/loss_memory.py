@@ -11,22 +11,26 @@ memory_analysis: arguments + outputs + temporaries - donated), compiled from sha
   unchunked: the logit terms' own share of the peak (the teacher's parameters included), without the model's
   activations, which both steps hold alike.
 
-The student trains as a user trains it at this size (REMAT, ATTENTION_CHUNK) in all three steps. XLA:CPU's plan
-keeps chunked attention (a loop) but not remat: it drops jax.checkpoint's optimization barriers and merges the
-recomputation back (docs/parallelism.md), so every layer's activations count as if remat were off.
+The student trains as a user trains it at this size (REMAT, ATTENTION_CHUNK, SCAN_LAYERS) in all three steps, and the
+teacher attends in ATTENTION_CHUNK queries at a time as train.py runs an online teacher. The student's
+layers run as one scan (config.train.scan_layers), so XLA:CPU's plan keeps remat as it keeps chunked attention (a
+loop): over unrolled layers it drops jax.checkpoint's optimization barriers and merges the recomputation back
+(docs/parallelism.md), so every layer's activations counted as if remat were off. compile_seconds: the three
+compilations' wall time.
 
 --smoke compiles a 1-layer, 64-wide, 2,048-token-vocabulary student at batch 2 x 64 with chunks of 16.
 """
 
 import json
+import time
 
 from . import REPO_ROOT, settings
 
 LOSS_CHUNK = 256
 # The student as a user trains it at this size, in the chunked and the unchunked steps alike (so the ratio compares
 # the loss alone): per-layer rematerialization (config.train.remat) and attention ATTENTION_CHUNK queries at a time
-# (config.train.attention_chunk).
-REMAT, ATTENTION_CHUNK = "block", 512
+# (config.train.attention_chunk), the layers as one rematerialized scan (config.train.scan_layers).
+REMAT, ATTENTION_CHUNK, SCAN_LAYERS = "block", 512, True
 BATCH, LENGTH = 8, 2048
 SHAPES = REPO_ROOT / "configs" / "shapes" / "qwen3-0.6b" / "config.json"
 
@@ -42,10 +46,11 @@ def _shapes(smoke: bool) -> tuple[dict, int, int, int, int]:
 
 
 def peak_bytes(fields: dict, batch: int, length: int, *, loss_chunk: int, distills: bool, remat: str = "none",
-               attention_chunk: int = 0) -> int:
+               attention_chunk: int = 0, scan_layers: bool = False) -> int:
   """The peak bytes of the compiled train step of a Qwen3 student of `fields` (float32) on one device: KD against a
   teacher of the same shape in bfloat16, online (`distills`), or cross-entropy alone; the student with
-  config.train.remat `remat` and config.train.attention_chunk `attention_chunk`."""
+  config.train.remat `remat`, config.train.attention_chunk `attention_chunk` and config.train.scan_layers
+  `scan_layers`."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -65,8 +70,10 @@ def peak_bytes(fields: dict, batch: int, length: int, *, loss_chunk: int, distil
 
   mesh = sharding.make_mesh(1)
   student, student_params = abstract_model("float32")
-  student = models.with_remat(student, remat, attention_chunk)
+  student = models.with_remat(student, remat, attention_chunk, scan_layers)
   teacher, teacher_params = abstract_model("bfloat16") if distills else (None, None)
+  if distills:  # as train.py runs an online teacher: attention in the student's chunks
+    teacher = models.with_attention_chunk(teacher, attention_chunk)
   state = jax.eval_shape(lambda params: steps.create_train_state(student, params, settings.notebook_optim_config(),
                                                                  1000), student_params)
   distill = settings.distill_config(temperature=1.0, alpha=0.5, loss_chunk=loss_chunk)
@@ -87,7 +94,8 @@ def loss_memory(quick: bool) -> dict:
   """The two ratios and the three peaks (GiB) they come from; compiled only, on one CPU device."""
   del quick  # three compilations either way
   fields, batch, length, chunk, attention_chunk = _shapes(settings.SMOKE)
-  savers = {"remat": REMAT, "attention_chunk": attention_chunk}
+  savers = {"remat": REMAT, "attention_chunk": attention_chunk, "scan_layers": SCAN_LAYERS}
+  start = time.perf_counter()
   plain = peak_bytes(fields, batch, length, loss_chunk=0, distills=True, **savers)
   chunked = peak_bytes(fields, batch, length, loss_chunk=chunk, distills=True, **savers)
   cross_entropy = peak_bytes(fields, batch, length, loss_chunk=chunk, distills=False, **savers)
@@ -96,4 +104,5 @@ def loss_memory(quick: bool) -> dict:
           "qwen3_0_6b_kd_step_peak_gib_unchunked": plain / 2**30,
           "qwen3_0_6b_kd_step_peak_gib_chunked": chunked / 2**30,
           "qwen3_0_6b_ce_step_peak_gib_chunked": cross_entropy / 2**30, "loss_chunk": chunk,
-          "attention_chunk": attention_chunk}
+          "attention_chunk": attention_chunk, "scan_layers": SCAN_LAYERS,
+          "compile_seconds": time.perf_counter() - start}

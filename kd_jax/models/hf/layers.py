@@ -39,8 +39,14 @@ def rematerialized(block: type[nn.Module], remat: str, train_argnum: int) -> typ
   `train` flag (self is 0), a Python bool that must stay static."""
   if remat == "none":
     return block
-  policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
-  return nn.remat(block, policy=policy, static_argnums=(train_argnum,))
+  return nn.remat(block, policy=remat_policy(remat), static_argnums=(train_argnum,))
+
+
+def remat_policy(remat: str):
+  """The jax.checkpoint policy of config.train.remat `remat` (not 'none'): None for 'block' (keep only the inputs),
+  else the jax.checkpoint_policies function of that name."""
+  assert remat != "none", "remat 'none' has no checkpoint policy"
+  return None if remat == "block" else getattr(jax.checkpoint_policies, remat)
 
 
 @flax.struct.dataclass

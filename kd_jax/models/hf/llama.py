@@ -289,6 +289,7 @@ class LlamaModel(nn.Module):
   param_dtype: Any = jnp.float32
   remat: str = "none"  # layers.rematerialized, per decoder layer (not while decoding with a KV cache)
   attention_chunk: int = 0  # layers.query_chunked; 0: all queries at once
+  scan_layers: bool = False  # `scanned_layers` in training and evaluation forwards
 
   @nn.compact
   def __call__(self, input_ids, attention_mask, position_ids, decode_length, train: bool, project: bool = True,
@@ -305,13 +306,52 @@ class LlamaModel(nn.Module):
     embed = nn.Embed(dims.vocab_size, dims.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                      name="embed_tokens")
     hidden = embed(input_ids)
-    remat = "none" if decode_length is not None else self.remat
-    layer = layers.rematerialized(LlamaDecoderLayer, remat, train_argnum=6)
-    for index, window in enumerate(dims.sliding_windows):
-      hidden = layer(dims, self.dtype, self.param_dtype, self.attention_chunk, name=f"layers.{index}")(
-          hidden, biases[window], cos, sin, cache_index, train)
+    if self.scan_layers and decode_length is None and not self.is_initializing():
+      hidden = self.scanned_layers(hidden, biases, cos, sin, train)
+    else:
+      remat = "none" if decode_length is not None else self.remat
+      layer = layers.rematerialized(LlamaDecoderLayer, remat, train_argnum=6)
+      for index, window in enumerate(dims.sliding_windows):
+        hidden = layer(dims, self.dtype, self.param_dtype, self.attention_chunk, name=f"layers.{index}")(
+            hidden, biases[window], cos, sin, cache_index, train)
     hidden = RMSNorm(dims.rms_norm_eps, self.dtype, self.param_dtype, name="norm")(hidden)
     return hidden, embed.attend(hidden) if dims.tie_word_embeddings and project else None
+
+  def scanned_layers(self, hidden, biases, cos, sin, train: bool) -> jax.Array:
+    """The decoder layers as one jax.lax.scan (config.train.scan_layers): one LlamaDecoderLayer applied functionally
+    to the parameters of layers.0 .. layers.{L-1} stacked along a new axis (the parameter tree stays per layer), so
+    XLA compiles one layer instead of L; under jax.checkpoint with train.remat's policy unless 'none', so the
+    backward loop recomputes each layer from the hidden states it carried in, on every backend (XLA:CPU cannot merge
+    the recomputation across iterations as it does over unrolled layers). A layer's attention bias is picked by index
+    among `biases` (one per distinct sliding window); its dropout key is the layer's fold of the model's (other
+    masks than the unrolled layers', which draw per module path). Same function as the unrolled loop."""
+    assert not self.is_mutable_collection("intermediates"), (
+        "scan_layers sows no intermediates (config rules refuse feature distillation with it)")
+    dims = self.dims
+    windows = list(dict.fromkeys(dims.sliding_windows))
+    bias_table = jnp.stack([biases[window] for window in windows])
+    params = self.variables["params"]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                           *(params[f"layers.{index}"] for index in range(dims.num_layers)))
+    window_index = jnp.array([windows.index(window) for window in dims.sliding_windows], jnp.int32)
+    keys = (jax.random.split(self.make_rng("dropout"), dims.num_layers) if train and self.has_rng("dropout")
+            else None)
+    layer = LlamaDecoderLayer(dims, self.dtype, self.param_dtype, self.attention_chunk, parent=None)
+
+    def apply_layer(layer_params, hidden, index, key, bias_table, cos, sin):
+      # The bias is picked inside the checkpoint: the backward pass keeps the index, not a bias per layer.
+      return layer.apply({"params": layer_params}, hidden, bias_table[index], cos, sin, None, train,
+                         rngs=None if key is None else {"dropout": key})
+
+    if self.remat != "none":
+      apply_layer = jax.checkpoint(apply_layer, policy=layers.remat_policy(self.remat), prevent_cse=False)
+
+    def body(hidden, layer_inputs):
+      layer_params, index, key = layer_inputs
+      return apply_layer(layer_params, hidden, index, key, bias_table, cos, sin), None
+
+    hidden, _ = jax.lax.scan(body, hidden, (stacked, window_index, keys))
+    return hidden
 
 
 class LlamaForCausalLM(nn.Module):
@@ -321,6 +361,7 @@ class LlamaForCausalLM(nn.Module):
   param_dtype: Any = jnp.float32
   remat: str = "none"  # config.train.remat (kd_jax.models.with_remat)
   attention_chunk: int = 0  # config.train.attention_chunk (kd_jax.models.with_remat)
+  scan_layers: bool = False  # config.train.scan_layers (kd_jax.models.with_remat)
 
   @nn.compact
   def __call__(self, input_ids, attention_mask=None, position_ids=None, decode_length: int | None = None,
@@ -339,7 +380,7 @@ class LlamaForCausalLM(nn.Module):
       tokens of its own segment; None: one sequence per row.
     """
     hidden, logits = LlamaModel(self.dims, self.dtype, self.param_dtype, self.remat, self.attention_chunk,
-                                name="model")(
+                                self.scan_layers, name="model")(
         input_ids, attention_mask, position_ids, decode_length, train, project, segment_ids)
     if not project:
       return hidden
