@@ -33,10 +33,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   smoke = "smoke" in options
   config = causal_lm.get_config(("smoke" if smoke else "smollm") + ",cross_tokenizer"
                                 + (",server" if "server" in options else ""))
-  config.sweep.grid = (("distill.cross_tokenizer", LOSSES),)
+  losses = ("distill.cross_tokenizer", LOSSES)
   if "server" in options:  # the hard-label student does not depend on the teacher: the first loss's points train it
-    config.sweep.grid = ()
-    config.sweep.zipped = ((("distill.cross_tokenizer", LOSSES), ("baseline", (True, False, False))),)
+    config.sweep.grid, config.sweep.zipped = (), ((losses, ("baseline", (True, False, False))),)
+  else:
+    config.sweep.grid = (losses,)
   config.sweep.seeds = 2 if smoke else 3
   config.sweep.selection_metric = "bits_per_byte"
   return config

@@ -258,9 +258,9 @@ def recovered_long_tokens(logprobs: dict, text: str) -> dict | None:
         ends = [start, start + 1] if start < end else [start]
       else:
         ends = [start + len(token)] if text.startswith(token, start) else []
-      for stop in ends:
-        total = step.get(stop, (0, start))[0] + count
-        step[stop] = (min(total, 2), step.get(stop, (0, start))[1])
+      for stop in ends:  # the first way in stays the predecessor (the only one where the count ends at 1)
+        earlier, before = step.get(stop, (0, start))
+        step[stop] = (min(earlier + count, 2), before)
     if not step:
       return None
     reach.append(step)
