@@ -694,3 +694,24 @@ def test_scan_layers_of_another_family_is_refused_in_one_line():
       "config.train.scan_layers=True: needs a Llama-family student (student.name='hf', student.task='causal_lm', "
       "model_type llama, mistral, qwen2, qwen3 or phi3) without feature distillation; the student is a "
       "GPT2LMHeadModel: use False")
+
+
+def test_scan_layers_is_checked_against_the_students_checkpoint_before_the_run():
+  """The config checks that run before anything is written (kd_jax/preflight.py) read the family of the checkpoint
+  the student is built from: the smoke run's GPT-2 student with train.scan_layers is refused in one line naming it;
+  its Llama student passes."""
+  from kd_jax import preflight  # pylint: disable=import-outside-toplevel
+  from kd_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from tests.helpers import load_config  # pylint: disable=import-outside-toplevel
+  config = load_config("configs/causal_lm.py", "smoke,cross_tokenizer")
+  config.train.scan_layers = True
+  with pytest.raises(ConfigError) as raised:
+    preflight.check(config)
+  assert str(raised.value) == (
+      "config.train.scan_layers=True: needs a Llama-family student (student.name='hf', student.task='causal_lm', "
+      "model_type llama, mistral, qwen2, qwen3 or phi3) without feature distillation; "
+      f"student.checkpoint={str(FIXTURES / 'gpt2')!r}, which the student is built from, is of the gpt2 family: "
+      "use False")
+  config = load_config("configs/causal_lm.py", "smoke")
+  config.train.scan_layers = True
+  preflight.check(config)

@@ -123,6 +123,8 @@ def check_config(config, section: str) -> None:
     from kd_jax import data  # pylint: disable=g-import-not-at-top
     _check_user_student(model_config, built, packing=config.data.packing, example_inputs=data.example_inputs(config))
     return
+  if config.train.scan_layers:
+    _check_scanned_family(config)
   if model_config.init_from_teacher_layers is None and not model_config.lora.rank:
     return
   from kd_jax.models.hf import from_teacher, pretrained  # pylint: disable=g-import-not-at-top  (jax, transformers)
@@ -138,6 +140,19 @@ def check_config(config, section: str) -> None:
   if model_config.lora.rank:
     from kd_jax.models import peft  # pylint: disable=g-import-not-at-top
     peft.check_rank(model_config.lora, abstract)
+
+
+def _check_scanned_family(config) -> None:
+  """train.scan_layers on an HF student (config rules checked the fields): the checkpoint its module is built from
+  (the teacher's, for a student of the teacher's layers) is of the Llama family (config.json or GGUF metadata, no
+  weights), so that a GPT-2 student is refused before anything is written, not when its step is built."""
+  from kd_jax.models.hf import llama, pretrained  # pylint: disable=g-import-not-at-top  (jax, transformers)
+  section = "teacher" if config.student.init_from_teacher_layers is not None else "student"
+  checkpoint = config[section].checkpoint
+  family, _ = pretrained.family_and_config(checkpoint, "causal_lm")
+  require(family is llama, "train.scan_layers", True, f"{schema.SCAN_LAYERS_NEEDS}; {section}.checkpoint="
+          f"{checkpoint!r}, which the student is built from, is of the {family.__name__.rsplit('.', 1)[-1]} "
+          "family: use False")
 
 
 def _check_user_student(student_config, built, *, packing: bool, example_inputs) -> None:
