@@ -157,7 +157,7 @@ class GPT2LMHeadModel(nn.Module):
 
   def output_head(self, params) -> layers.OutputHead:
     """The projection of `__call__(project=False)`'s hidden states to the logits: the token embedding wte (tied)."""
-    return layers.OutputHead(params["transformer"]["wte"]["embedding"].T, dtype=self.dtype)
+    return layers.OutputHead(params["transformer"]["wte"]["embedding"], dtype=self.dtype, tied=True)
 
 
 def heads_first(name: str, tensor: np.ndarray, num_heads: int) -> np.ndarray:

@@ -393,7 +393,7 @@ class LlamaForCausalLM(nn.Module):
     """The projection of `__call__(project=False)`'s hidden states to the logits: lm_head, or the token embedding
     when tie_word_embeddings."""
     if self.dims.tie_word_embeddings:
-      return layers.OutputHead(params["model"]["embed_tokens"]["embedding"].T, dtype=self.dtype)
+      return layers.OutputHead(params["model"]["embed_tokens"]["embedding"], dtype=self.dtype, tied=True)
     return layers.OutputHead(params["lm_head"]["kernel"], dtype=self.dtype)
 
 

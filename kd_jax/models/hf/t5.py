@@ -283,7 +283,7 @@ class T5ForConditionalGeneration(nn.Module):
     """The projection of `decode(project=False)`'s hidden states to the logits: the shared embedding scaled by
     d_model ** -0.5 when tied, else lm_head."""
     if self.dims.tied_lm_head:
-      return layers.OutputHead(params["shared"]["embedding"].T, input_scale=self.dims.d_model**-0.5,
+      return layers.OutputHead(params["shared"]["embedding"], tied=True, input_scale=self.dims.d_model**-0.5,
                                dtype=self.dtype)
     return layers.OutputHead(params["lm_head"]["kernel"], dtype=self.dtype)
 
