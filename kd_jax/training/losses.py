@@ -54,7 +54,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 def _kl_from_log_probs(log_p: jax.Array, log_q: jax.Array) -> jax.Array:
   """KL(p || q) = sum_c p_c (log p_c - log q_c), with 0 log 0 = 0."""
   p = jnp.exp(log_p)
-  return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), 0.0), axis=-1)
+  # Where p is 0 the term is p itself (0): a scalar 0.0 here would be broadcast to the logits' shape, and XLA:CPU
+  # hoisted that constant [batch, chunk, vocab] array out of chunked losses' loop, alive through the whole step.
+  return jnp.sum(jnp.where(p > 0, p * (log_p - log_q), p), axis=-1)
 
 
 def divergence(student_logits: jax.Array, teacher_logits, temperature: float, kind: str = "forward_kl",
