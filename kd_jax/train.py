@@ -208,7 +208,8 @@ def train_students(runs: list[RunSpec], writers: list[dict], task: data.TaskData
     common = dict(model=trained_model, optim_config=config.optim,
                   num_steps=num_steps, examples=examples, batch_size=config.data.batch_size, train_config=config.train,
                   teacher=None if online is None else (
-                      models.with_attention_chunk(online.model, config.train.attention_chunk), online.params),
+                      models.with_attention_chunk(online.model, config.train.attention_chunk,
+                                                   config.train.scan_layers), online.params),
                   input_noise_std=config.distill.input_noise_std, trainable=phase_trainable)
     if vectorize:
       program = vectorized.program(init_params=phase_init_params, objectives=[trainee.objective for trainee in trainees],

@@ -696,6 +696,24 @@ def test_scan_layers_of_another_family_is_refused_in_one_line():
       "GPT2LMHeadModel: use False")
 
 
+def test_a_teacher_runs_its_layers_scanned_where_its_family_can():
+  """An online teacher or a top-k cache build with train.scan_layers (kd_jax.models.with_attention_chunk): a
+  Llama-family teacher runs its layers as one scan, forward only (remat 'none'), with the unrolled teacher's logits;
+  a GPT-2 teacher beside a Llama student is not refused: it keeps its unrolled layers, its attention chunked."""
+  module, params = hf.from_pretrained(str(FIXTURES / "qwen3"), task="causal_lm")
+  teacher = pretrained.RegistryModel(module)
+  scanned = kd_jax.models.with_attention_chunk(teacher, 4, scan_layers=True)
+  assert (scanned.module.scan_layers, scanned.module.attention_chunk, scanned.module.remat) == (True, 4, "none")
+  inputs = _packed_inputs()
+  forward = lambda model: jax.jit(lambda params: model.apply({"params": params}, inputs, train=False))
+  assert relative_error(forward(scanned)(params), forward(teacher)(params)) <= TOLERANCE
+  assert "scan" in _primitives(lambda params: scanned.apply({"params": params}, inputs), params)
+  gpt2, _ = hf.from_pretrained(str(FIXTURES / "gpt2"), task="causal_lm")
+  chunked_gpt2 = kd_jax.models.with_attention_chunk(pretrained.RegistryModel(gpt2), 4, scan_layers=True)
+  assert chunked_gpt2.module.attention_chunk == 4 and not hasattr(chunked_gpt2.module, "scan_layers")
+  assert kd_jax.models.with_attention_chunk(teacher, 0) is teacher
+
+
 def test_scan_layers_is_checked_against_the_students_checkpoint_before_the_run():
   """The config checks that run before anything is written (kd_jax/preflight.py) read the family of the checkpoint
   the student is built from: the smoke run's GPT-2 student with train.scan_layers is refused in one line naming it;

@@ -631,8 +631,10 @@ SCHEMA = Section("The default run: an MLP teacher distilled into a small MLP stu
             "remat on every backend: only each layer's input hidden states are kept and the backward loop recomputes "
             "the layer (XLA:CPU otherwise merges the recomputation back over unrolled layers). The parameter tree, "
             "checkpoints, LoRA and sharding rules are unchanged; same results up to float rounding (dropout draws "
-            "other masks). Costs a stacked copy of the layers' parameters in the step's memory. Refused with "
-            "feature distillation (the scanned layers sow no attention maps).", operational=True),
+            "other masks). Costs a stacked copy of the layers' parameters in the step's memory. A Llama-family "
+            "teacher that runs forward in the step or builds a top-k cache scans its layers too (others stay "
+            "unrolled). Refused with feature distillation (the scanned layers sow no attention maps).",
+            operational=True),
     }),
     "mesh": Section(
         "The device mesh (kd_jax/parallel/sharding.py): axis sizes whose product is the device count "

@@ -265,13 +265,19 @@ def with_remat(model, remat: str, attention_chunk: int = 0, scan_layers: bool = 
   return _canonical(dataclasses.replace(model, module=model.module.clone(**fields)))
 
 
-def with_attention_chunk(model, attention_chunk: int):
+def with_attention_chunk(model, attention_chunk: int, scan_layers: bool = False):
   """A teacher as it runs forward only (an online teacher in the student's step, a top-k cache build) with
-  config.train.attention_chunk: its module cloned with query-chunked attention where it has the field (the
-  decoder-only HF LMs), else `model` (remat does not apply: nothing is kept for a backward pass)."""
-  if not attention_chunk or not hasattr(getattr(model, "module", None), "attention_chunk"):
+  config.train.attention_chunk and config.train.scan_layers: its module cloned with query-chunked attention and its
+  layers as one scan where it has the fields (the decoder-only HF LMs; the Llama family), else as it is (remat does
+  not apply: nothing is kept for a backward pass). A scanned teacher compiles one layer and holds one attention mask:
+  unrolled, XLA kept each layer's copy of the mask and each layer's weights converted for its dots alive together
+  (3.3 GiB of the Qwen3-0.6B-shaped KD step's plan, docs/benchmark.md)."""
+  module = getattr(model, "module", None)
+  attention_chunk = attention_chunk if hasattr(module, "attention_chunk") else 0
+  scan_layers = scan_layers and hasattr(module, "scan_layers")
+  if not attention_chunk and not scan_layers:
     return model
-  return with_remat(model, "none", attention_chunk)
+  return with_remat(model, "none", attention_chunk, scan_layers)
 
 
 @functools.lru_cache(maxsize=32)

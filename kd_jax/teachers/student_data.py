@@ -96,7 +96,7 @@ def prepare(config, task: data.TaskData, teacher: Teacher, mesh, *,
     exact = {"tail_temperatures": list(tail_temperatures)} if tail_temperatures else {}  # flat: the fields of old caches
     cache, stats = _build(config, task, teacher, mesh, "topk",
                           _topk_fn(teacher, mesh, k, config.distill.topk_dtype, tail_temperatures,
-                                   attention_chunk=config.train.attention_chunk),
+                                   attention_chunk=config.train.attention_chunk, scan_layers=config.train.scan_layers),
                           k=k, dtype=config.distill.topk_dtype, target_length=task.train.label.shape[1], **exact)
     return StudentData(teacher_cache.join(task.train, cache), None, distills=True,
                        results={"teacher_cache": {**stats, "k": k, "dtype": config.distill.topk_dtype,
@@ -233,10 +233,11 @@ def _build(config, task: data.TaskData, teacher: Teacher, mesh, kind: str, fn, *
 
 
 def _topk_fn(teacher: Teacher, mesh, k: int, values_dtype: str, tail_temperatures: tuple[float, ...] = (), *,
-             attention_chunk: int = 0):
+             attention_chunk: int = 0, scan_layers: bool = False):
   """rows of inputs -> {values [B, T, k] in values_dtype, indices [B, T, k], tail_logsumexp [B, T] or [B, T, n]}: the
-  teacher's `topk_program` (its attention query-chunked with train.attention_chunk where it has it)."""
-  model = models.with_attention_chunk(teacher.model, attention_chunk)
+  teacher's `topk_program` (its attention query-chunked with train.attention_chunk and its layers scanned with
+  train.scan_layers where it has them)."""
+  model = models.with_attention_chunk(teacher.model, attention_chunk, scan_layers)
   return functools.partial(topk_program(model, mesh, k, values_dtype, tail_temperatures), teacher.params)
 
 
