@@ -12,10 +12,12 @@ memory_analysis: arguments + outputs + temporaries - donated), compiled from sha
   activations, which both steps hold alike.
 
 The student trains as a user trains it at this size (REMAT, ATTENTION_CHUNK, SCAN_LAYERS) in all three steps, and the
-teacher attends in ATTENTION_CHUNK queries at a time as train.py runs an online teacher. The student's
-layers run as one scan (config.train.scan_layers), so XLA:CPU's plan keeps remat as it keeps chunked attention (a
-loop): over unrolled layers it drops jax.checkpoint's optimization barriers and merges the recomputation back
-(docs/parallelism.md), so every layer's activations counted as if remat were off. compile_seconds: the three
+teacher attends in ATTENTION_CHUNK queries at a time and scans its layers as train.py runs an online teacher.
+LOSS_CHUNK 128: at 256 the chunk's [8, 256, 151936] float32 arrays (1.16 GiB each) sit under the step's long-lived
+values in XLA's packing and the chunked step plans 20.2 GiB; at 128, 17.6; at 64, 17.5 (docs/benchmark.md). The
+student's layers run as one scan (config.train.scan_layers), so XLA:CPU's plan keeps remat as it keeps chunked
+attention (a loop): over unrolled layers it drops jax.checkpoint's optimization barriers and merges the recomputation
+back (docs/parallelism.md), so every layer's activations counted as if remat were off. compile_seconds: the three
 compilations' wall time.
 
 --smoke compiles a 1-layer, 64-wide, 2,048-token-vocabulary student at batch 2 x 64 with chunks of 16.
@@ -26,7 +28,7 @@ import time
 
 from . import REPO_ROOT, settings
 
-LOSS_CHUNK = 256
+LOSS_CHUNK = 128
 # The student as a user trains it at this size, in the chunked and the unchunked steps alike (so the ratio compares
 # the loss alone): per-layer rematerialization (config.train.remat) and attention ATTENTION_CHUNK queries at a time
 # (config.train.attention_chunk), the layers as one rematerialized scan (config.train.scan_layers).
@@ -72,8 +74,8 @@ def peak_bytes(fields: dict, batch: int, length: int, *, loss_chunk: int, distil
   student, student_params = abstract_model("float32")
   student = models.with_remat(student, remat, attention_chunk, scan_layers)
   teacher, teacher_params = abstract_model("bfloat16") if distills else (None, None)
-  if distills:  # as train.py runs an online teacher: attention in the student's chunks
-    teacher = models.with_attention_chunk(teacher, attention_chunk)
+  if distills:  # as train.py runs an online teacher: attention in the student's chunks, its layers scanned likewise
+    teacher = models.with_attention_chunk(teacher, attention_chunk, scan_layers)
   state = jax.eval_shape(lambda params: steps.create_train_state(student, params, settings.notebook_optim_config(),
                                                                  1000), student_params)
   distill = settings.distill_config(temperature=1.0, alpha=0.5, loss_chunk=loss_chunk)
