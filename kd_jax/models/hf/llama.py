@@ -12,8 +12,9 @@ projections (qkv_proj = [q; k; v], gate_up_proj = [gate; up]) and a rotation of 
 each head.
 
 Decoding with a KV cache (generation.py) calls the module with `decode_length` set: the keys and values of every
-call are written into a [batch, kv_heads, head_dim, decode_length] cache at the "cache" collection's index, and
-`attention_mask` then covers all decode_length slots.
+call are written into a cache of decode_length slots (keys [batch, kv_heads, head_dim, slots], values [batch,
+kv_heads, slots, head_dim]) at the "cache" collection's index, and `attention_mask` then covers all decode_length
+slots.
 """
 
 import dataclasses
@@ -174,6 +175,32 @@ def grouped_attention_output(probabilities: jax.Array, value: jax.Array) -> jax.
   return mixed.reshape(batch, length, -1)
 
 
+def cached_attention_logits(query: jax.Array, cached_key: jax.Array, bias: jax.Array, scale: float) -> jax.Array:
+  """grouped_attention_logits over the KV cache's keys, cached_key [batch, kv_heads, head_dim, slots]: per key head one
+  [group * queries, head_dim] x [head_dim, slots] product, whose operands XLA:CPU's dot library (YNNPACK) reads as they
+  lie. (grouped_attention_logits' einsum over the cache transposed made XLA:CPU put the cache first, contracted over
+  its second-minor axis, a dot that only its slower Eigen kernel takes: 7% of a SmolLM2-135M decoding step at batch 8
+  for 0.1 MFLOP per layer.)"""
+  batch, length, heads, head_dim = query.shape
+  kv_heads = cached_key.shape[1]
+  grouped = jnp.moveaxis(query.reshape(batch, length, kv_heads, heads // kv_heads, head_dim), 1, 3)
+  scores = jax.lax.dot_general(grouped.reshape(batch, kv_heads, -1, head_dim), cached_key,
+                               (((3,), (2,)), ((0, 1), (0, 1)))).astype(jnp.float32)
+  return scores.reshape(batch, heads, length, cached_key.shape[-1]) * scale + bias
+
+
+def cached_attention_output(probabilities: jax.Array, cached_value: jax.Array) -> jax.Array:
+  """grouped_attention_output over the KV cache's values, cached_value [batch, kv_heads, slots, head_dim]: per key head
+  one [group * queries, slots] x [slots, head_dim] product (with the values slots-last, as the keys, YNNPACK
+  transposed the whole cache in every layer and step: 3-5% of the step)."""
+  batch, heads, length, keys = probabilities.shape
+  kv_heads, head_dim = cached_value.shape[1], cached_value.shape[3]
+  grouped = probabilities.reshape(batch, kv_heads, -1, keys).astype(cached_value.dtype)
+  mixed = jax.lax.dot_general(grouped, cached_value, (((3,), (2,)), ((0, 1), (0, 1))))
+  mixed = jnp.moveaxis(mixed.reshape(batch, kv_heads, heads // kv_heads, length, head_dim), 3, 1)
+  return mixed.reshape(batch, length, -1)
+
+
 class LlamaAttention(nn.Module):
   """Grouped-query self-attention with rotary embeddings: o_proj(softmax(q kᵀ / sqrt(head_dim) + bias) v)."""
   dims: LlamaDims
@@ -204,27 +231,31 @@ class LlamaAttention(nn.Module):
       query, key = norm(name="q_norm")(query), norm(name="k_norm")(key)
     query, key = apply_rope(query, cos, sin), apply_rope(key, cos, sin)
     if cache_index is not None:
-      # Slots last, [batch, kv_heads, head_dim, slots]: the operand layout XLA:CPU gives both attention products, so a
-      # step writes its tokens' columns instead of transposing the whole cache twice per layer (measured: 7% of a
-      # SmolLM2-135M decoding step at batch 8).
-      cache_shape = (hidden.shape[0], dims.num_kv_heads, dims.head_dim, bias.shape[-1])
-      cached_key = self.variable("cache", "key", jnp.zeros, cache_shape, key.dtype)
-      cached_value = self.variable("cache", "value", jnp.zeros, cache_shape, value.dtype)
-      start = (0, 0, 0, cache_index)
-      slots_last = lambda x: jnp.transpose(x.astype(key.dtype), (0, 2, 3, 1))
-      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, slots_last(key), start)
-      cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, slots_last(value), start)
-      key, value = (jnp.transpose(cached.value, (0, 3, 1, 2)) for cached in (cached_key, cached_value))
+      # The layouts the attention products read as they lie (cached_attention_logits, cached_attention_output): keys
+      # [batch, kv_heads, head_dim, slots], values [batch, kv_heads, slots, head_dim]; a step writes its tokens' slots
+      # instead of transposing the cache.
+      batch, slots = hidden.shape[0], bias.shape[-1]
+      cached_key = self.variable("cache", "key", jnp.zeros, (batch, dims.num_kv_heads, dims.head_dim, slots), key.dtype)
+      cached_value = self.variable("cache", "value", jnp.zeros, (batch, dims.num_kv_heads, slots, dims.head_dim),
+                                   value.dtype)
+      cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, jnp.transpose(key, (0, 2, 3, 1)),
+                                                      (0, 0, 0, cache_index))
+      cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, jnp.transpose(value, (0, 2, 1, 3)),
+                                                        (0, 0, cache_index, 0))
+      key, value = cached_key.value, cached_value.value
+      attention_logits, attention_output = cached_attention_logits, cached_attention_output
+    else:
+      attention_logits, attention_output = grouped_attention_logits, grouped_attention_output
     output_proj = dense(dims.hidden_size, use_bias=dims.output_bias, name="o_proj")
     if layers.chunks_attention(self, query.shape[1], decoding=cache_index is not None,
                                dropout=train and dims.attention_dropout > 0):
-      attend = lambda part, part_bias: grouped_attention_output(
-          jax.nn.softmax(grouped_attention_logits(part, key, part_bias, dims.head_dim**-0.5), axis=-1), value)
+      attend = lambda part, part_bias: attention_output(
+          jax.nn.softmax(attention_logits(part, key, part_bias, dims.head_dim**-0.5), axis=-1), value)
       return output_proj(layers.query_chunked(attend, query, bias, self.attention_chunk))
-    logits = grouped_attention_logits(query, key, bias, dims.head_dim**-0.5)
+    logits = attention_logits(query, key, bias, dims.head_dim**-0.5)
     self.sow("intermediates", "attention_logits", logits)
     probabilities = Dropout(dims.attention_dropout)(jax.nn.softmax(logits, axis=-1), deterministic=not train)
-    return output_proj(grouped_attention_output(probabilities, value))
+    return output_proj(attention_output(probabilities, value))
 
 
 class LlamaDecoderLayer(nn.Module):
