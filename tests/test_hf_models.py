@@ -215,6 +215,17 @@ def test_select_token_draws_only_from_top_k_and_nucleus():
       generation.select_token(logits[:2], jax.random.key(0), temperature=0.0, top_k=None, top_p=None), [0, 0])
 
 
+def test_first_argmax_is_numpy_argmax_with_ties_infinities_and_nans():
+  rng = np.random.default_rng(0)
+  logits = rng.integers(0, 4, (64, 50)).astype(np.float32)  # many ties: the first maximum wins
+  logits[1] = -np.inf
+  logits[2, [7, 30]] = np.inf
+  logits[3, [5, 20]] = np.nan  # NumPy's argmax (as jnp.argmax): the first NaN
+  logits[4, 0] = np.nan
+  np.testing.assert_array_equal(generation.first_argmax(jnp.asarray(logits)), np.argmax(logits, axis=-1))
+  assert generation.first_argmax(jnp.asarray(logits)).dtype == jnp.int32
+
+
 def test_num_labels_adds_a_fresh_head_to_a_checkpoint_without_one(tmp_path):
   def drop_head(tensors):
     for name in [name for name in tensors if name.startswith(("pre_classifier.", "classifier."))]:
