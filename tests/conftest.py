@@ -5,9 +5,10 @@ Tiers: unit (`-m "not slow and not trains"`: no training), fast (`-m "not slow"`
 command and .ci/run).
 
 XLA: most tests compile more than they run, so the session compiles cheaply: with XLA:CPU's COMPILE_FLAGS (older
-fusion emitters, code generated in one piece) and at LLVM -O0 (jax_disable_most_optimizations); the tests marked
-`xla_optimized` (long training) compile at the level users get. `JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest ...` runs
-every test compiled as users compile (optimized, XLA's default flags). docs/tests.md has the measurements.
+fusion emitters, code generated in one piece) and at LLVM -O0 (jax_disable_most_optimizations); a test marked
+`xla_optimized` (training long enough for XLA's optimizations to pay) compiles at the level users get.
+`JAX_DISABLE_MOST_OPTIMIZATIONS=0 pytest ...` runs every test compiled as users compile (optimized, XLA's default
+flags). docs/tests.md has the measurements.
 
 Devices: every test runs on 1 CPU device, except those marked `multidevice`, which compare results across device
 counts or shard over a mesh: they run in their own session on 8 forced CPU devices, `pytest --devices=8 tests`,

@@ -498,7 +498,6 @@ def test_a_resumed_cross_tokenizer_run_is_bitwise_the_uninterrupted_one(cross_ta
                                          tmp_path)
 
 
-@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_causal_lm_smoke_end_to_end(tmp_path):
   """configs/causal_lm.py:smoke without its hard-label student (nothing here reads it; a causal LM's hard-label

@@ -97,7 +97,6 @@ def test_labeled_fraction_sweep_smoke(strong_run):
   assert {int(row["student_params"]) for row in rows} == {(9 * 4 + 4) + (9 * 4 * 8 + 8) + (7 * 7 * 8 * 10 + 10)}
 
 
-@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_temperature_sweep_smoke(strong_run):
   """configs/findings/sweep_fashion_temperature.py:smoke with 3 seeds (its teacher restored, as the full sweep does):
@@ -129,7 +128,6 @@ def test_temperature_sweep_smoke(strong_run):
     assert (outcome in ("better", "worse")) == (not float(low) <= 0.0 <= float(high)), neighbours
 
 
-@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_capacity_sweep_smoke(strong_run):
   """configs/findings/sweep_fashion_capacity.py:smoke with 3 seeds: five teachers (student-size, medium, strong,

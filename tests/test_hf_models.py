@@ -180,7 +180,6 @@ def test_sampling_with_top_k_one_is_greedy_and_is_reproducible():
   assert not np.array_equal(sample(3), sample(4))
 
 
-@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_sampling_draws_from_the_model_distribution_at_the_temperature():
   """The first generated token of 4,000 copies of one prompt at T = 2: each token expected at least 10 times is drawn

@@ -148,7 +148,6 @@ def display(item):
 """
 
 
-@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_colab_notebook_code_cells_run_on_cpu(tmp_path):
   """Every code cell in order, with the parameters cell's values replaced: this checkout, the smoke sweep, no pip."""

@@ -70,7 +70,6 @@ def test_the_nnx_adapter_computes_the_modules_own_logits():
   assert not np.array_equal(train_logits, eval_logits) and not np.array_equal(train_logits, other)
 
 
-@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_the_nnx_cnn_student_learns_from_cached_logits(smoke_run, tmp_path):
   """configs/custom_model.py:smoke's NNX CNN distilled on digits from the smoke teacher's cached logits ends far above

@@ -562,7 +562,6 @@ def untrained_esnli_student(esnli_run, esnli_task):
   return evaluator.final(student_model, student_params, reference)["test"]
 
 
-@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_esnli_smoke_end_to_end(esnli_run, esnli_task, untrained_esnli_student):
   _, results = esnli_run
@@ -597,7 +596,6 @@ def test_esnli_smoke_end_to_end(esnli_run, esnli_task, untrained_esnli_student):
   assert cache["bytes_per_example"] == target_length * (32 * (2 + 4) + 4) + 4
 
 
-@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_esnli_sequence_level_strategy(esnli_run, esnli_task, untrained_esnli_student, tmp_path):
   workdir, _ = esnli_run

@@ -38,7 +38,6 @@ def smoke_run(tmp_path_factory):
   return config, workdir, train.train_and_evaluate(config, str(workdir))
 
 
-@pytest.mark.xla_optimized
 @pytest.mark.slow
 def test_the_nnx_lm_student_learns_from_the_smoke_teacher(smoke_run):
   """The NNX student's test NLL (what results.json reports, recomputed in NumPy from its saved parameters) is a
