@@ -44,8 +44,11 @@ def fsdp_worker(quick: bool) -> None:
 
 
 def fsdp_figures(quick: bool) -> dict:
-  """fsdp_worker's figures, from a subprocess with 8 forced CPU devices (this process has its own device count)."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  """fsdp_worker's figures, from a subprocess with 8 forced CPU devices (this process has its own device count) and
+  this process's other XLA flags (the test session's compile flags: the --smoke worker in 10.9 CPU-s instead of 17.4,
+  two runs each)."""
+  env = {**os.environ,
+         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()}
   env.pop("PJRT_NPROC", None)
   result = subprocess.run([sys.executable, str(SCRIPT), "--fsdp_worker"] + (["--quick"] if quick else [])
                           + (["--smoke"] if settings.SMOKE else []), env=env,
