@@ -4,11 +4,13 @@ and the Colab TPU notebook's code cells, executed on CPU with the smoke sweep.""
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
 import pytest
 
+from tests.artifacts import copy_of
 from tests.helpers import REPO_ROOT, child_environment
 
 TPU_EXAMPLE = ["--tpu=kd-v4-32", "--zone=us-central2-b", "--project=my-project",
@@ -149,13 +151,18 @@ def display(item):
 
 
 @pytest.mark.slow
-def test_colab_notebook_code_cells_run_on_cpu(tmp_path):
-  """Every code cell in order, with the parameters cell's values replaced: this checkout, the smoke sweep, no pip."""
+def test_colab_notebook_code_cells_run_on_cpu(tmp_path, smoke_sweep):
+  """Every code cell in order, with the parameters cell's values replaced: this checkout, the smoke sweep, no pip.
+  The notebook is rerun on a copy of the session's finished smoke sweep (the run its parameters cell describes:
+  finished points skipped), so its `main.py` child reports without training; the sweep itself, trained from nothing
+  through the same command line, is tests/artifacts.py's smoke_sweep (checked in tests/test_sweep.py)."""
   with open(REPO_ROOT / "scripts" / "colab_tpu.ipynb") as stream:
     notebook = json.load(stream)
-  workdir = tmp_path / "sweep"
+  workdir = copy_of(smoke_sweep[0], tmp_path / "sweep")
+  (workdir / "summary.md").unlink()  # what the notebook shows must be what its rerun wrote
+  shutil.rmtree(workdir / "plots")
   overrides = (f"REPO_DIR = {str(REPO_ROOT)!r}\nCONFIG = 'configs/sweep_temp.py:smoke'\nWORKDIR = {str(workdir)!r}\n"
-               "EXTRA_ARGS = ['--config.sweep.seeds=1']\nINSTALL = False\n")
+               "EXTRA_ARGS = []\nINSTALL = False\n")
   fake_ipython = tmp_path / "fake_ipython"  # IPython.display recording what the notebook shows, for this process only
   (fake_ipython / "IPython").mkdir(parents=True)
   (fake_ipython / "IPython" / "__init__.py").write_text("")
@@ -173,6 +180,7 @@ def test_colab_notebook_code_cells_run_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert "devices: [CpuDevice(id=0)]" in result.stdout
+  assert result.stdout.count("finished earlier, skipped") == 4  # the child's output, streamed into the notebook's
   with open(tmp_path / "displayed.jsonl") as stream:
     displayed = [json.loads(line) for line in stream]
   with open(workdir / "summary.md") as stream:
