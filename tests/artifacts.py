@@ -2,9 +2,8 @@
 file lock, then read it): tests point at them (read-only) or copy them.
 
 `shared_artifact(tmp_path_factory, name, build)` is the mechanism; the fixtures below (registered by conftest.py) are
-the artifacts: finished runs of configs/default.py:smoke and configs/sst2.py:smoke (their trained teachers and caches
-included), and a finished configs/sweep_temp.py:smoke sweep. (The causal-LM smoke teacher is trained by one test only,
-test_causal_lm_smoke_end_to_end: the others distill from the fixture's own weights.)
+the artifacts: finished runs of configs/default.py:smoke, configs/sst2.py:smoke and configs/causal_lm.py:smoke (their
+trained teachers and caches included), and a finished configs/sweep_temp.py:smoke sweep.
 """
 
 import fcntl
@@ -98,3 +97,18 @@ def sst2_smoke_run(tmp_path_factory) -> tuple[pathlib.Path, dict]:
   root = shared_artifact(tmp_path_factory, "sst2-smoke", _sst2_smoke_run)
   from kd_jax import files  # pylint: disable=import-outside-toplevel
   return root / "run", files.read_json(str(root / "returned.json"))
+
+
+def _causal_lm_smoke_run(directory: pathlib.Path) -> None:
+  done = helpers.run_main("--config=configs/causal_lm.py:smoke", f"--workdir={directory / 'run'}",
+                          "--config.baseline=False")
+  assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def causal_lm_smoke_run(tmp_path_factory) -> pathlib.Path:
+  """The workdir of a finished `configs/causal_lm.py:smoke` run (through the in-process command line) without its
+  hard-label student: the fixture Llama teacher trained in the run, `<workdir>/teacher` (no logit cache: the smoke
+  distils online), is the teacher of configs/custom_lm.py:smoke too (the same teacher and data sections), whose runs
+  point config.teacher.workdir at it instead of training it again. Read-only."""
+  return shared_artifact(tmp_path_factory, "causal-lm-smoke", _causal_lm_smoke_run) / "run"

@@ -29,7 +29,7 @@ import pytest
 
 from kd_jax.parallel import environment
 from tests import helpers
-from tests.artifacts import smoke_run, smoke_sweep, sst2_smoke_run  # noqa: F401  (session fixtures)
+from tests.artifacts import causal_lm_smoke_run, smoke_run, smoke_sweep, sst2_smoke_run  # noqa: F401 (fixtures)
 
 MULTIDEVICE_COUNT = 8
 # XLA:CPU's compile flags for the test session (XLA_FLAGS, in this process and its children; one given in XLA_FLAGS

@@ -499,12 +499,12 @@ def test_a_resumed_cross_tokenizer_run_is_bitwise_the_uninterrupted_one(cross_ta
 
 
 @pytest.mark.slow
-def test_causal_lm_smoke_end_to_end(tmp_path):
-  """configs/causal_lm.py:smoke without its hard-label student (nothing here reads it; a causal LM's hard-label
-  student runs end to end in tests/test_logprobs_file.py's smoke run)."""
-  result = run_main("--config=configs/causal_lm.py:smoke", f"--workdir={tmp_path}", "--config.baseline=False")
-  assert result.returncode == 0, result.stderr[-3000:]
-  results = json.loads((tmp_path / "results.json").read_text())
+def test_causal_lm_smoke_end_to_end(causal_lm_smoke_run):
+  """configs/causal_lm.py:smoke through the command line (the session's shared run, tests/artifacts.py) without its
+  hard-label student (nothing here reads it; a causal LM's hard-label student runs end to end in
+  tests/test_logprobs_file.py's smoke run)."""
+  results = json.loads((causal_lm_smoke_run / "results.json").read_text())
+  assert "teacher" in results["train"]["phases"]  # trained in this run
   for section in ("metrics", "validation_metrics"):  # the test and validation splits
     teacher, student = results[section]["teacher"], results[section]["student"]
     assert teacher["perplexity"] < 1.5 and teacher["rougeL"] > 0.9  # the teacher learned the fixture world

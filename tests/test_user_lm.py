@@ -30,10 +30,13 @@ def response_nll(model, params, examples) -> float:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-  """configs/custom_lm.py:smoke run in-process without its hard-label student: (config, workdir, results)."""
+def smoke_run(tmp_path_factory, causal_lm_smoke_run):
+  """configs/custom_lm.py:smoke run in-process without its hard-label student, its teacher the one the session's
+  configs/causal_lm.py:smoke run trained (the same teacher and data sections; restored, not trained again):
+  (config, workdir, results)."""
   config = load_config("configs/custom_lm.py")
   config.baseline = False
+  config.teacher.workdir = str(causal_lm_smoke_run / "teacher")
   workdir = tmp_path_factory.mktemp("custom_lm")
   return config, workdir, train.train_and_evaluate(config, str(workdir))
 
