@@ -36,12 +36,13 @@ The keys:
 - packed_over_padded_tokens_per_s: response tokens/s of the SmolLM2-shaped student's KD training on the same
   passages of random lengths packed (data.packing: whole passages per row, segment ids) over padded one per row
   (benchmarks/causal_lm.py packed_over_padded).
-- chunked_over_unchunked_peak_bytes: the compiled KD step's peak bytes (XLA memory_analysis, one device, compiled
-  from shapes and never run) with the loss computed 128 positions at a time (config.distill.loss_chunk) over the same
-  step with whole-sequence logits: a Qwen3-0.6B-shaped student (configs/shapes/qwen3-0.6b, float32) at batch 8 x
-  2,048 with a Qwen3-0.6B-shaped bfloat16 teacher online, the student with per-layer remat, attention 512 queries
-  at a time and its layers scanned in both, the teacher likewise forward only (config.train.remat='block',
-  config.train.attention_chunk=512, config.train.scan_layers=True: as a user trains it at that size). kd_over_ce_peak_bytes: that chunked KD step's peak over the chunked cross-entropy step's (no teacher).
+- chunked_over_unchunked_peak_bytes: the compiled KD step's peak bytes (XLA memory_analysis, one device, compiled from
+  shapes and never run) with the loss computed 128 positions at a time (config.distill.loss_chunk) over the same step
+  with whole-sequence logits: a Qwen3-0.6B-shaped student (configs/shapes/qwen3-0.6b, float32) at batch 8 x 2,048 with
+  a Qwen3-0.6B-shaped bfloat16 teacher online, the student with per-layer remat, attention 512 queries at a time and
+  its layers scanned in both, the teacher likewise forward only (config.train.remat='block',
+  config.train.attention_chunk=512, config.train.scan_layers=True: as a user trains it at that size).
+  kd_over_ce_peak_bytes: that chunked KD step's peak over the chunked cross-entropy step's (no teacher).
   --smoke compiles a toy student instead.
 - generate_over_transformers_tokens_per_s_batch1, _batch8: greedy generation tokens/s of kd_jax's compiled KV-cache
   decoding (kd_jax.models.hf.generate) over transformers' PyTorch `generate`, on SmolLM2-135M-Instruct (the

@@ -55,8 +55,8 @@ class OutputHead:
   (the LM head's Dense, or a tied embedding's attend, as the module computes it).
 
   What chunked losses (kd_jax/training/chunked.py) project the final hidden states with, a chunk of positions at a
-  time, so that the full [batch, length, vocab] logits never exist. A pytree: `kernel` is the parameter itself (or
-  the tied embedding transposed), so gradients reach it.
+  time, so that the full [batch, length, vocab] logits never exist. A pytree: `kernel` is the parameter itself (the
+  LM head's kernel, or the tied embedding), so gradients reach it.
 
   kernel: [hidden, vocab] (a Dense kernel), or [vocab, hidden] when `tied` (the embedding itself).
   input_scale: multiplies the hidden states first (T5's tied head: d_model ** -0.5).
